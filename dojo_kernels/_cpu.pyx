@@ -1,0 +1,36 @@
+# Thin glue: run-time CPU detection (csrc/cpu.c).
+cdef extern from "dk_cpu.h":
+    unsigned dk_cpu_features() nogil
+    int dk_cpu_best_isa() nogil
+
+_FEATURE_NAMES = ("sse2", "avx", "fma", "f16c", "avx2", "avx512f", "avx512dq", "avx512bw",
+                  "avx512vl", "avx512_vnni", "avx512_bf16", "os_ymm", "os_zmm")
+
+
+def features():
+    """Names of the CPU features (as seen by cpuid, and enabled by the OS) that matter here."""
+    cdef unsigned f = dk_cpu_features()
+    return tuple(name for i, name in enumerate(_FEATURE_NAMES) if f & (1u << i))
+
+
+def best_isa():
+    """Index of the best tier this CPU runs: 0 generic, 1 avx2, 2 avx512bf16."""
+    return dk_cpu_best_isa()
+
+
+cdef extern from *:
+    """
+    #if defined(__clang__)
+    #define DK_COMPILER "clang " __clang_version__
+    #elif defined(__GNUC__)
+    #define DK_COMPILER "gcc " __VERSION__
+    #else
+    #define DK_COMPILER "unknown"
+    #endif
+    """
+    const char *DK_COMPILER
+
+
+def compiler():
+    """The C compiler that built the kernels."""
+    return DK_COMPILER.decode()

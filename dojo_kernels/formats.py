@@ -1,0 +1,139 @@
+"""Number formats of the Dojo D1 (SPEC section 1): FP32, BF16, CFloat8 (1-4-3, 1-5-2),
+SHP and UHP (the two CFloat16 flavours).
+
+A :class:`Format` is a small frozen value: the bit layout, the exponent bias and the
+subnormal rule. Codes are stored as unsigned integers of ``nbits`` bits (FP32 "codes"
+are float32 values themselves).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+SUBNORMAL_MODES = ("tesla", "ieee", "flush")
+
+
+@dataclass(frozen=True)
+class Format:
+    """A floating-point storage format.
+
+    Parameters
+    ----------
+    name : family name: ``"fp32"``, ``"bf16"``, ``"cfloat8_143"``, ``"cfloat8_152"``,
+        ``"shp"`` or ``"uhp"``.
+    exponent_bits, mantissa_bits : field widths.
+    signed : whether there is a sign bit (UHP has none).
+    bias : exponent bias.
+    subnormals : how codes with a zero exponent field decode (SPEC section 1):
+        ``"tesla"`` -- the white paper's literal ``2^-bias * M/2^m`` (a gap below the
+        smallest normal; model choice, the default for Tesla's configurable formats);
+        ``"ieee"`` -- ``2^(1-bias) * M/2^m`` (no gap, as OCP FP8 and ml_dtypes);
+        ``"flush"`` -- decode to zero, and results that would be subnormal become zero (UHP).
+    has_inf_nan : whether the all-ones exponent encodes Inf/NaN (IEEE style). CFloat8 and
+        SHP have none: every code is finite and overflow saturates.
+    """
+
+    name: str
+    exponent_bits: int
+    mantissa_bits: int
+    signed: bool
+    bias: int
+    subnormals: str
+    has_inf_nan: bool
+    _nan_code: int = field(default=0, repr=False, compare=False)
+
+    @property
+    def nbits(self) -> int:
+        return int(self.signed) + self.exponent_bits + self.mantissa_bits
+
+    @property
+    def storage_dtype(self) -> type:
+        """NumPy dtype of the codes: uint8, uint16, or float32 for FP32."""
+        if self.name == "fp32":
+            return np.float32
+        return np.uint8 if self.nbits == 8 else np.uint16
+
+    @property
+    def _emax_field(self) -> int:
+        top = (1 << self.exponent_bits) - 1
+        return top - 1 if self.has_inf_nan else top
+
+    @property
+    def max(self) -> float:
+        """Largest finite value."""
+        m = self.mantissa_bits
+        return math.ldexp((1 << (m + 1)) - 1, self._emax_field - self.bias - m)
+
+    @property
+    def min_normal(self) -> float:
+        """Smallest positive normal value."""
+        return math.ldexp(1.0, 1 - self.bias)
+
+    @property
+    def min_subnormal(self) -> float:
+        """Smallest positive subnormal value (0.0 for ``subnormals="flush"``)."""
+        if self.subnormals == "flush":
+            return 0.0
+        lowest = -self.bias if self.subnormals == "tesla" else 1 - self.bias
+        return math.ldexp(1.0, lowest - self.mantissa_bits)
+
+    @property
+    def max_code(self) -> int:
+        """Code of the largest finite positive value."""
+        return (self._emax_field << self.mantissa_bits) | ((1 << self.mantissa_bits) - 1)
+
+    @property
+    def nan_code(self) -> Optional[int]:
+        """Canonical (positive, quiet) NaN code, or None for formats without NaN."""
+        return self._nan_code if self.has_inf_nan else None
+
+    def __repr__(self) -> str:
+        if self.name in ("fp32", "bf16", "uhp"):
+            return self.name.upper()
+        sub = "" if self.subnormals == "tesla" else f", subnormals={self.subnormals!r}"
+        fam = {"cfloat8_143": "cfloat8_143", "cfloat8_152": "cfloat8_152", "shp": "shp"}[self.name]
+        return f"{fam}(bias={self.bias}{sub})"
+
+
+def _check_bias(bias: object) -> int:
+    if isinstance(bias, bool) or not isinstance(bias, (int, np.integer)):
+        raise ValueError(f"bias: expected an integer in 0..63, got {bias!r}")
+    if not 0 <= int(bias) <= 63:
+        raise ValueError(f"bias: expected an integer in 0..63, got {bias}")
+    return int(bias)
+
+
+def _check_subnormals(subnormals: object) -> str:
+    if subnormals not in SUBNORMAL_MODES:
+        raise ValueError(
+            f"subnormals: expected one of {', '.join(map(repr, SUBNORMAL_MODES))}, got {subnormals!r}")
+    return str(subnormals)
+
+
+def cfloat8_143(bias: int = 7, subnormals: str = "tesla") -> Format:
+    """Tesla CFloat8 with 1 sign, 4 exponent and 3 mantissa bits; bias 0..63 per tensor."""
+    return Format("cfloat8_143", 4, 3, True, _check_bias(bias), _check_subnormals(subnormals), False)
+
+
+def cfloat8_152(bias: int = 15, subnormals: str = "tesla") -> Format:
+    """Tesla CFloat8 with 1 sign, 5 exponent and 2 mantissa bits; bias 0..63 per tensor."""
+    return Format("cfloat8_152", 5, 2, True, _check_bias(bias), _check_subnormals(subnormals), False)
+
+
+def shp(bias: int = 15, subnormals: str = "tesla") -> Format:
+    """Signed half precision CFloat16 (1-5-10, bias 0..63, no Inf/NaN)."""
+    return Format("shp", 5, 10, True, _check_bias(bias), _check_subnormals(subnormals), False)
+
+
+FP32 = Format("fp32", 8, 23, True, 127, "ieee", True, 0x7FC00000)
+"""IEEE binary32."""
+BF16 = Format("bf16", 8, 7, True, 127, "ieee", True, 0x7FC0)
+"""bfloat16: FP32's exponent, 7 mantissa bits; rounding as ml_dtypes (NaN -> sign|0x7FC0)."""
+UHP = Format("uhp", 6, 10, False, 31, "flush", True, 0xFE00)
+"""Unsigned half precision CFloat16: 6 exponent bits (bias 31), 10 mantissa bits, IEEE-style
+Inf/NaN (canonical NaN 0xFE00), subnormal results flushed to +0."""
+
+FAMILIES = {"cfloat8_143": cfloat8_143, "cfloat8_152": cfloat8_152, "shp": shp}

@@ -1,0 +1,57 @@
+"""Build: one static library per ISA tier (each with its own flags), linked into
+every Cython extension. Tier code is only ever called after the run-time CPU check.
+
+    csrc/*.c              baseline drivers, dispatch and OpenMP loops  -> libdk_base
+    csrc/<tier>/*.c       kernels compiled with that tier's flags     -> libdk_<tier>
+    dojo_kernels/_*.pyx   thin Cython glue, one extension each
+"""
+import glob
+import os
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+BASE = ["-O3", "-std=c11", "-fno-strict-aliasing", "-fno-math-errno",
+        "-fno-trapping-math", "-Wall", "-Wno-unknown-pragmas"]
+OPENMP = ["-fopenmp"]
+TIERS = {
+    "generic": [],
+    "avx2": ["-mavx2", "-mfma", "-mf16c"],
+    "avx512bf16": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl",
+                   "-mavx512bf16", "-mavx512vnni", "-mfma", "-mf16c"],
+}
+if os.environ.get("DOJO_KERNELS_SANITIZE"):  # ASan + UBSan build (see .ci/run)
+    BASE += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
+
+HEADERS = sorted(glob.glob("include/*.h"))
+TIER_SOURCES = {t: sorted(glob.glob(f"csrc/{t}/*.c")) for t in TIERS}
+BASE_SOURCES = sorted(glob.glob("csrc/*.c"))
+ALL_C = BASE_SOURCES + [s for v in TIER_SOURCES.values() for s in v]
+
+
+def clib(name, sources, cflags):
+    return (name, {"sources": sources, "include_dirs": ["include"],
+                   "cflags": BASE + cflags, "obj_deps": {"": HEADERS}})
+
+
+# Order matters for static linking: the base library refers to the tiers.
+libraries = [clib("dk_base", BASE_SOURCES, OPENMP)]
+libraries += [clib(f"dk_{t}", TIER_SOURCES[t], f) for t, f in TIERS.items()]
+
+link = ["-fopenmp", "-lm"]
+if os.environ.get("DOJO_KERNELS_SANITIZE"):
+    link += ["-fsanitize=address,undefined"]
+
+extensions = [
+    Extension(f"dojo_kernels.{os.path.splitext(os.path.basename(p))[0]}", [p],
+              include_dirs=["include"], extra_compile_args=["-O2", *OPENMP],
+              extra_link_args=link, depends=ALL_C + HEADERS)
+    for p in sorted(glob.glob("dojo_kernels/_*.pyx"))
+]
+
+setup(
+    libraries=libraries,
+    ext_modules=cythonize(extensions, language_level=3, compiler_directives={
+        "boundscheck": False, "wraparound": False, "cdivision": True,
+        "initializedcheck": False, "embedsignature": True}),
+)
