@@ -25,4 +25,15 @@ typedef struct {
 /* Status codes returned by C drivers to the Cython glue. */
 enum { DK_OK = 0, DK_ENOMEM = 1, DK_EINVAL = 2 };
 
+/* FP32 bits -> BF16 bits, round to nearest even (SPEC section 2, as ml_dtypes):
+ * NaN -> sign | 0x7FC0, overflow -> +-Inf, FP32 subnormals rounded, not flushed. */
+DK_INLINE uint16_t dk_bf16_from_f32_bits(uint32_t u)
+{
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)(((u >> 16) & 0x8000u) | 0x7FC0u);
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* BF16 bits -> FP32 bits (exact). */
+DK_INLINE uint32_t dk_f32_bits_from_bf16(uint16_t h) { return (uint32_t)h << 16; }
+
 #endif
