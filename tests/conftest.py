@@ -9,3 +9,27 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import dojo_kernels  # noqa: E402
+from dojo_kernels import _config  # noqa: E402
+
+SUPPORTED_ISAS = tuple(_config.supported_isas())
+
+
+@pytest.fixture(params=SUPPORTED_ISAS)
+def isa(request):
+    """Run the test body once per ISA tier this CPU supports."""
+    with _config.use_isa(request.param):
+        assert dojo_kernels.get_isa() == request.param
+        yield request.param
+
+
+@pytest.fixture
+def threads_restored():
+    """Restore the thread count after a test that changes it."""
+    saved = dojo_kernels.get_num_threads()
+    yield
+    dojo_kernels.set_num_threads(saved)

@@ -275,7 +275,10 @@ def round_scalar(sign: int, a, rf: RefFormat, rounding: str, r: int | None = Non
         elif d_hi < d_lo:
             R = hi
         else:  # tie: the neighbour whose code has an even mantissa
-            R = lo if encode_mag(lo, rf) % 2 == 0 else hi
+            if rf.round_sub == "tesla" and hi == rf.min_normal and lo < hi / 2:
+                R = hi  # the tesla gap: lo is the largest subnormal (M odd)
+            else:  # regular grid: lo = k * (hi - lo), M of lo has k's parity
+                R = lo if (lo / (hi - lo)) % 2 == 0 else hi
     elif rounding == "stochastic":
         f = math.floor((a - lo) / (hi - lo) * 2 ** 32)
         R = hi if f + r >= 2 ** 32 else lo
@@ -386,7 +389,13 @@ def as_float64_exact(x: np.ndarray) -> np.ndarray:
 
 
 def quantize_vec(x, rf: RefFormat, rounding="nearest", seed=None):
-    """Vectorized reference for 8/16-bit formats: (codes, flags dict)."""
+    """Vectorized reference for 8/16-bit formats: (codes, flags dict of counts)."""
+    codes, fl = quantize_vec_elem(x, rf, rounding, seed)
+    return codes, {k: int(v.sum()) for k, v in fl.items()}
+
+
+def quantize_vec_elem(x, rf: RefFormat, rounding="nearest", seed=None):
+    """Vectorized reference: (codes, dict of per-element boolean flag arrays, flat)."""
     assert rf.family != "fp32"
     x = np.asarray(x)
     src = x.dtype
@@ -473,8 +482,8 @@ def quantize_vec(x, rf: RefFormat, rounding="nearest", seed=None):
         code = np.where(nan, rf.nan_code, code)
     tiny = 2.0 ** -1022 if src == np.float64 else 2.0 ** -126
     denormal = (a > 0) & (a < tiny)
-    flags = {"invalid": int(invalid.sum()), "denormal": int(denormal.sum()),
-             "overflow": int(overflow.sum()), "underflow": int(underflow.sum())}
+    flags = {"invalid": invalid, "denormal": denormal, "overflow": overflow,
+             "underflow": underflow}
     return code.astype(rf.storage_dtype).reshape(x.shape), flags
 
 
@@ -502,11 +511,6 @@ def _is_sub_code(code: int, rf: RefFormat) -> bool:
     E = (code >> rf.m) & ((1 << rf.ebits) - 1)
     M = code & ((1 << rf.m) - 1)
     return E == 0 and M != 0
-
-
-def _signed(v):
-    """decode_scalar output -> (sign, magnitude) or NAN."""
-    return v
 
 
 def exact_op(op: str, vals):
@@ -592,6 +596,61 @@ def arith_ref(op: str, operands, rf: RefFormat, rounding="nearest", seed=None):
     if rf.family == "fp32":
         out = out.view(np.float32)
     return out, tot
+
+
+def arith_vec(op: str, operands, rf: RefFormat, rounding="nearest", seed=None):
+    """Vectorized arithmetic reference for 8/16-bit formats: (codes, flags dict of counts).
+
+    Operands decode exactly to float64. The float64 result is used only where it is provably
+    exact: products of <= 11-bit significands always are (no float64 under/overflow in these
+    formats); sums are checked with the error-free TwoSum (error term 0 <=> exact). Any other
+    element (Inf/NaN operands, inexact sums) goes through the Fraction path, arith_scalar.
+    The exact float64 results are then rounded by quantize_vec_elem, whose flat index i is the
+    C-order index in the broadcast output, as SPEC's stochastic recipe needs.
+    """
+    assert rf.family != "fp32"
+    ops = [np.asarray(o) for o in operands]
+    bs = np.broadcast_arrays(*ops)
+    shape = bs[0].shape
+    flat = [b.reshape(-1).astype(np.int64) for b in bs]
+    tab = decode_table(rf)
+    vals = [tab[c] for c in flat]
+    special = np.zeros(flat[0].size, bool)
+    for v in vals:
+        special |= ~np.isfinite(v)
+    with np.errstate(all="ignore"):
+        if op == "mul":
+            res = vals[0] * vals[1]
+            exact = np.ones_like(special)
+        else:
+            if op == "add":
+                p, c = vals[0], vals[1]
+            elif op == "sub":
+                p, c = vals[0], -vals[1]
+            elif op == "fma":
+                p, c = vals[0] * vals[1], vals[2]  # the product is exact
+            else:
+                raise ValueError(op)
+            res = p + c
+            bb = res - p
+            err = (p - (res - bb)) + (c - bb)
+            exact = err == 0
+    slow = special | ~exact
+    res = np.where(slow, 0.0, res)
+    codes, fl = quantize_vec_elem(res, rf, rounding, seed)
+    codes = codes.copy()
+    fl = {k: v.copy() for k, v in fl.items()}
+    den = np.zeros_like(special)
+    for c in flat:
+        den |= ((c >> rf.m) & ((1 << rf.ebits) - 1) == 0) & (c & ((1 << rf.m) - 1) != 0)
+    fl["denormal"] = den
+    for i in np.nonzero(slow)[0]:
+        r = splitmix_r(int(seed), int(i)) if rounding == "stochastic" else None
+        c, f = arith_scalar(op, [int(fc[i]) for fc in flat], rf, rounding, r)
+        codes[i] = c
+        for k in ("invalid", "overflow", "underflow"):
+            fl[k][i] = bool(f[k])
+    return codes.reshape(shape), {k: int(v.sum()) for k, v in fl.items()}
 
 
 def max_value(family: str, bias: int) -> Fraction:

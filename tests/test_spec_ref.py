@@ -158,3 +158,37 @@ def test_float64_no_double_rounding():
     assert codes[0] == (7 << 3) | 1  # 1.125
     codes, _ = R.quantize_loop(x, rf)
     assert codes[0] == (7 << 3) | 1
+
+
+@pytest.mark.parametrize("rf", [
+    R.RefFormat("cfloat8_143", 7, "tesla"), R.RefFormat("cfloat8_152", 3, "ieee"),
+    R.RefFormat("shp", 40, "tesla"), R.UHP_R, R.BF16_R,
+], ids=str)
+@pytest.mark.parametrize("op", ["add", "sub", "mul", "fma"])
+@pytest.mark.parametrize("rounding", ["nearest", "toward_zero", "stochastic"])
+def test_arith_vec_matches_scalar(rf, op, rounding):
+    rng = np.random.default_rng(abs(hash((str(rf), op, rounding))) % 2 ** 32)
+    n = 600
+    hi = 1 << rf.nbits
+    ops = [rng.integers(0, hi, n).astype(rf.storage_dtype) for _ in range(3 if op == "fma" else 2)]
+    if rf.nbits == 16:  # keep exponents close so that sums interact
+        ops[1] = (ops[0].astype(np.int64) ^ rng.integers(0, 1 << 12, n)).astype(rf.storage_dtype)
+    v = R.arith_vec(op, ops, rf, rounding, seed=5)
+    s = R.arith_ref(op, ops, rf, rounding, seed=5)
+    assert np.array_equal(v[0], s[0])
+    assert v[1] == s[1]
+
+
+def test_arith_scalar_zero_signs():
+    rf = R.RefFormat("cfloat8_143", 7, "tesla")
+    one, mone, pz, nz = 0x38, 0xB8, 0x00, 0x80
+    assert R.arith_scalar("add", [one, mone], rf)[0] == pz  # x + (-x) = +0
+    assert R.arith_scalar("add", [nz, nz], rf)[0] == nz  # (-0) + (-0) = -0
+    assert R.arith_scalar("add", [pz, nz], rf)[0] == pz
+    assert R.arith_scalar("mul", [nz, one], rf)[0] == nz
+    assert R.arith_scalar("sub", [nz, pz], rf)[0] == nz  # -0 - (+0) = -0
+    assert R.arith_scalar("fma", [nz, one, nz], rf)[0] == nz
+    assert R.arith_scalar("fma", [nz, one, pz], rf)[0] == pz
+    # tiny negative product rounds to -0 and keeps its sign; underflow flagged
+    c, f = R.arith_scalar("mul", [0x81, 0x01], rf)
+    assert c == nz and f["underflow"] == 1 and f["denormal"] == 1
