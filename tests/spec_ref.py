@@ -603,8 +603,9 @@ def arith_vec(op: str, operands, rf: RefFormat, rounding="nearest", seed=None):
 
     Operands decode exactly to float64. The float64 result is used only where it is provably
     exact: products of <= 11-bit significands always are (no float64 under/overflow in these
-    formats); sums are checked with the error-free TwoSum (error term 0 <=> exact). Any other
-    element (Inf/NaN operands, inexact sums) goes through the Fraction path, arith_scalar.
+    formats); sums are checked with the error-free TwoSum (error term 0 <=> exact) and the
+    inexact ones rounded to odd (see below). Inf/NaN operands go through the Fraction path,
+    arith_scalar.
     The exact float64 results are then rounded by quantize_vec_elem, whose flat index i is the
     C-order index in the broadcast output, as SPEC's stochastic recipe needs.
     """
@@ -635,7 +636,24 @@ def arith_vec(op: str, operands, rf: RefFormat, rounding="nearest", seed=None):
             bb = res - p
             err = (p - (res - bb)) + (c - bb)
             exact = err == 0
-    slow = special | ~exact
+    # Inexact sums: round to odd at float64's 53 bits (keep the RNE result if its last bit is
+    # odd, else step one ulp toward the exact value, whose side the TwoSum error gives). A
+    # round-to-odd value with >= p + 2 bits rounds to nearest / toward zero exactly as the
+    # exact value does for any p-bit target (Boldo & Melquiond), and it keeps every bit down
+    # to 2^-32 of the format's ulp (m + 33 <= 53) plus a sticky bit, so SPEC's stochastic
+    # f = floor((|x| - lo) / ulp * 2^32) is the same too -- except in the tesla gap, where
+    # hi - lo is not a power of two: those go through the Fraction path.
+    inexact = ~exact & ~special
+    if inexact.any():
+        with np.errstate(all="ignore"):
+            s_bits = res.view(np.int64)
+            even = (s_bits & 1) == 0
+            step = inexact & even
+            toward = np.where(err > 0, np.inf, -np.inf)
+            res = np.where(step, np.nextafter(res, toward), res)
+    slow = special.copy()
+    if rounding == "stochastic" and rf.round_sub == "tesla":
+        slow |= inexact & (np.abs(res) < 2.0 * float(rf.min_normal))
     res = np.where(slow, 0.0, res)
     codes, fl = quantize_vec_elem(res, rf, rounding, seed)
     codes = codes.copy()

@@ -590,3 +590,14 @@ def test_bad_inputs_dequantize():
         dk.dequantize(np.zeros(4, np.uint8), dk.cfloat8_143(7), out=np.empty(5, np.float32))
     with pytest.raises((TypeError, ValueError), match="fmt"):
         dk.dequantize(np.zeros(4, np.uint8), 7)
+
+
+def test_zero_dim_keeps_shape(isa):
+    # "codes of x's shape": a 0-d array stays 0-d (and so do dequantize / fake_quantize)
+    fmt = dk.cfloat8_143(7)
+    x = np.array(1.0, np.float32)
+    c = dk.quantize(x, fmt)
+    assert c.shape == () and int(c) == 0x38
+    assert dk.quantize(np.array(1.0), dk.BF16).shape == ()
+    assert dk.dequantize(np.array(0x38, np.uint8), fmt).shape == ()
+    assert dk.fake_quantize(x, fmt).shape == ()

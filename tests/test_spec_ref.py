@@ -162,7 +162,8 @@ def test_float64_no_double_rounding():
 
 @pytest.mark.parametrize("rf", [
     R.RefFormat("cfloat8_143", 7, "tesla"), R.RefFormat("cfloat8_152", 3, "ieee"),
-    R.RefFormat("shp", 40, "tesla"), R.UHP_R, R.BF16_R,
+    R.RefFormat("shp", 40, "tesla"), R.UHP_R, R.BF16_R, R.RefFormat("cfloat8_143", 63, "tesla"),
+    R.RefFormat("shp", 63, "tesla"), R.RefFormat("cfloat8_152", 0, "tesla"),
 ], ids=str)
 @pytest.mark.parametrize("op", ["add", "sub", "mul", "fma"])
 @pytest.mark.parametrize("rounding", ["nearest", "toward_zero", "stochastic"])
@@ -192,3 +193,25 @@ def test_arith_scalar_zero_signs():
     # tiny negative product rounds to -0 and keeps its sign; underflow flagged
     c, f = R.arith_scalar("mul", [0x81, 0x01], rf)
     assert c == nz and f["underflow"] == 1 and f["denormal"] == 1
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "toward_zero", "stochastic"])
+@pytest.mark.parametrize("rf", [R.BF16_R, R.RefFormat("cfloat8_143", 63, "tesla"),
+                                R.RefFormat("shp", 5, "tesla")], ids=str)
+def test_arith_vec_round_to_odd_path(rf, rounding):
+    # fully random operands: most sums are inexact in float64 (exponents far apart), so the
+    # round-to-odd path of arith_vec is what is checked against the Fraction path here
+    rng = np.random.default_rng(99)
+    n = 3000
+    ops = [rng.integers(0, 1 << rf.nbits, n).astype(rf.storage_dtype) for _ in range(3)]
+    tab = R.decode_table(rf)
+    p, c = tab[ops[0].astype(np.int64)] * tab[ops[1].astype(np.int64)], tab[ops[2].astype(np.int64)]
+    with np.errstate(all="ignore"):
+        s = p + c
+        bb = s - p
+        err = (p - (s - bb)) + (c - bb)
+    assert np.sum(np.isfinite(err) & (err != 0)) > n // 100
+    for op, k in (("fma", 3), ("add", 2)):
+        v = R.arith_vec(op, ops[:k] if op == "add" else ops, rf, rounding, seed=3)
+        s_ = R.arith_ref(op, ops[:k] if op == "add" else ops, rf, rounding, seed=3)
+        assert np.array_equal(v[0], s_[0]) and v[1] == s_[1]
