@@ -601,3 +601,43 @@ def test_zero_dim_keeps_shape(isa):
     assert dk.quantize(np.array(1.0), dk.BF16).shape == ()
     assert dk.dequantize(np.array(0x38, np.uint8), fmt).shape == ()
     assert dk.fake_quantize(x, fmt).shape == ()
+
+
+def test_unusual_arrays_correct_or_clean_error(isa):
+    # Nothing crashes: read-only, unaligned, empty, many-dimensional, big-endian inputs give
+    # the reference's codes or a TypeError/ValueError that names x.
+    rf = R.RefFormat("cfloat8_143", 7, "tesla")
+    fmt = fmt_of(rf)
+    x = np.linspace(-500, 500, 96).astype(np.float32)
+    cases = {
+        "readonly": np.frombuffer(x.tobytes(), np.float32),
+        "unaligned": np.frombuffer(b"\0" + x.tobytes(), np.float32, offset=1),
+        "empty": np.empty((0, 5), np.float32),
+        "ndim8": x.reshape(2, 2, 2, 2, 2, 3, 1, 1),
+        "bigendian32": x.astype(">f4"),
+        "bigendian64": x.astype(">f8"),
+        "negstride3d": x.reshape(4, 6, 4)[::-1, ::2, ::-3],
+    }
+    for name, v in cases.items():
+        try:
+            got = dk.quantize(v, fmt, rounding="stochastic", seed=3)
+        except (TypeError, ValueError) as e:
+            assert "x" in str(e), (name, e)
+            continue
+        want = R.quantize_ref(np.asarray(v, dtype=v.dtype.newbyteorder("=")), rf, "stochastic", 3)[0]
+        assert got.shape == v.shape and np.array_equal(got, want), name
+    codes = np.arange(256, dtype=np.uint8)
+    for name, v in {"readonly": np.frombuffer(codes.tobytes(), np.uint8),
+                    "negstride": codes[::-5]}.items():
+        assert np.array_equal(dk.dequantize(v, fmt), R.dequantize_ref(v, rf).astype(np.float32)), name
+    u = np.arange(0, 65536, 7, dtype=np.uint16)
+    for name, v in {"bigendian": u.astype(">u2"),
+                    "unaligned": np.frombuffer(b"\0" + u.tobytes(), np.uint16, offset=1)}.items():
+        try:
+            got = dk.dequantize(v, dk.BF16, dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            assert "codes" in str(e), (name, e)
+            continue
+        want = R.dequantize_ref(u, R.BF16_R)
+        assert np.array_equal(np.isnan(got), np.isnan(want))
+        assert np.array_equal(got[~np.isnan(want)], want[~np.isnan(want)]), name
