@@ -33,3 +33,14 @@ def threads_restored():
     saved = dojo_kernels.get_num_threads()
     yield
     dojo_kernels.set_num_threads(saved)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked slow (exhaustive sweeps of all 2^32 float32 patterns, minutes) run only
+    when asked: ``-m slow`` (or any -m expression) or DOJO_KERNELS_SLOW_TESTS=1."""
+    if config.getoption("-m") or os.environ.get("DOJO_KERNELS_SLOW_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: run with -m slow or DOJO_KERNELS_SLOW_TESTS=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

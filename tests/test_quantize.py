@@ -534,11 +534,19 @@ def test_choose_bias(family):
     rounding=st.sampled_from(ROUNDINGS),
     seed=st.integers(0, (1 << 64) - 1),
     f32=st.booleans(),
+    data=st.data(),
 )
-def test_hypothesis_any_value(vals, family, bias, sub, rounding, seed, f32):
+def test_hypothesis_any_value(vals, family, bias, sub, rounding, seed, f32, data):
     rf = R.RefFormat(family, bias, sub)
+    # besides arbitrary floats, values near the format's own grid: lo + t * (hi - lo)
+    g = grid_of(rf)
+    ext = np.concatenate([g, [2 * g[-1]]])
+    k = data.draw(st.lists(st.integers(0, rf.max_code), max_size=20))
+    t = data.draw(st.lists(st.sampled_from([0.5, 0.25, 0.0]) | st.floats(0, 1), min_size=len(k),
+                           max_size=len(k)))
+    near = [float(ext[i] + ti * (ext[i + 1] - ext[i])) for i, ti in zip(k, t)]
     with np.errstate(over="ignore"):
-        x = np.array(vals, dtype=np.float32 if f32 else np.float64)
+        x = np.array(vals + near, dtype=np.float32 if f32 else np.float64)
     want = R.quantize_loop(x, rf, rounding, seed)  # the Fraction path here
     for name in R_ISAS:
         with _config.use_isa(name):
