@@ -251,3 +251,28 @@ def test_bad_inputs_arith():
         dk.add(a, a, "cfloat8_143")
     with pytest.raises((TypeError, ValueError)):
         dk.add(np.zeros(4, np.uint16), np.zeros(4, np.uint16), dk.FP32)
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_every_small_size_offset_and_scalars(isa, op):
+    rng = np.random.default_rng(23)
+    for rf in (R.RefFormat("cfloat8_143", 7, "tesla"), R.RefFormat("shp", 15, "ieee"), R.BF16_R):
+        k = 3 if op == "fma" else 2
+        base = [rng.integers(0, 1 << rf.nbits, 400).astype(rf.storage_dtype) for _ in range(k)]
+        for rounding in ROUNDINGS:
+            for n in list(range(0, 40)) + [63, 64, 65, 129]:
+                for off in (0, 1):
+                    ops = [b[off:off + n] for b in base]
+                    run(op, ops, rf, rounding, 6)
+            # a 0-d operand broadcasts
+            ops = [base[0][:50]] + [np.array(b[7], rf.storage_dtype) for b in base[1:]]
+            run(op, ops, rf, rounding, 6)
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_zero_dim_operands_give_zero_dim(isa, op):
+    # NumPy broadcasting of 0-d operands gives a 0-d result
+    rf = R.RefFormat("cfloat8_143", 7, "tesla")
+    scal = [np.array(c, np.uint8) for c in (0x38, 0x41, 0xB3)][: 3 if op == "fma" else 2]
+    got = run(op, scal, rf, "nearest", 6)
+    assert got.shape == ()
