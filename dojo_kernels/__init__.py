@@ -20,6 +20,8 @@ from .formats import BF16, FP32, UHP, Format, cfloat8_143, cfloat8_152, shp
 # --- numerics (issue: foundation) -------------------------------------------------------
 # --- GEMM and the D1 machine model --------------------------------------------------------
 # --- mesh all-reduce ---------------------------------------------------------------------
+from . import mesh  # noqa: E402  (dojo_kernels.mesh: Mesh2D and the D1 presets)
+from .collectives import AllreduceReport, allreduce, estimate_allreduce  # noqa: E402
 
 
 def show_config() -> None:
@@ -40,4 +42,6 @@ def show_config() -> None:
 __all__ = [
     "BF16", "FP32", "UHP", "Format", "cfloat8_143", "cfloat8_152", "shp",
     "get_isa", "get_num_threads", "set_num_threads", "show_config",
+    # mesh all-reduce
+    "mesh", "AllreduceReport", "allreduce", "estimate_allreduce",
 ]
