@@ -81,7 +81,7 @@ int dk_reduce_f32_to_bf16(int isa, int threads, uint16_t *dst, const float *src,
 /* Check every index of the program once, so the runner never reads out of bounds. */
 static int check_program(const dk_reduce_program *p)
 {
-    if (!p || p->nodes < 1 || p->nseg < 0 || p->nslots < 0 || p->nodes > INT32_MAX) return 0;
+    if (!p || p->nodes < 1 || p->out_rows < 1 || p->out_rows > p->nodes || p->nseg < 0 || p->nslots < 0 || p->nodes > INT32_MAX) return 0;
     if (!p->seg_lo || !p->add_off || (p->nseg && !p->out_op)) return 0;
     if (p->seg_lo[0] < 0 || p->add_off[0] != 0) return 0;
     for (int64_t s = 0; s < p->nseg; s++) {
@@ -95,7 +95,7 @@ static int check_program(const dk_reduce_program *p)
         for (int j = 0; j < 2; j++)
             if (ops[j] >= p->nslots || (ops[j] < 0 && -(int64_t)ops[j] - 1 >= p->nodes)) return 0;
     }
-    for (int64_t i = 0; i < p->nseg * p->nodes; i++) {
+    for (int64_t i = 0; i < p->nseg * p->out_rows; i++) {
         int32_t o = p->out_op[i];
         if (o >= p->nslots || (o < 0 && -(int64_t)o - 1 >= p->nodes)) return 0;
     }
@@ -108,7 +108,7 @@ int dk_reduce_run(int isa, int threads, const dk_reduce_program *p, int fmt, int
     if (bad_isa(isa) || (fmt != DK_REDUCE_F32 && fmt != DK_REDUCE_BF16)) return DK_EINVAL;
     if (!check_program(p) || !in || !out || in_stride < 0 || out_stride < 0) return DK_EINVAL;
     if (p->nseg == 0) return DK_OK;
-    const int64_t P = p->nodes, S = p->nseg;
+    const int64_t R = p->out_rows, S = p->nseg;
     if (p->seg_lo[S] > in_stride || p->seg_lo[S] > out_stride) return DK_EINVAL;
     kernels k = pick(isa);
     add_fn addf = (fmt == DK_REDUCE_BF16 && round_each) ? k.addr : k.add;
@@ -164,8 +164,8 @@ int dk_reduce_run(int isa, int threads, const dk_reduce_program *p, int fmt, int
                 }
                 addf(mine + (size_t)p->add_out[i] * DK_TILE, opnd[0], opnd[1], len);
             }
-            for (int64_t node = 0; node < P; node++) {
-                int32_t o = p->out_op[s * P + node];
+            for (int64_t node = 0; node < R; node++) {
+                int32_t o = p->out_op[s * R + node];
                 if (fmt == DK_REDUCE_F32) {
                     const float *src = o >= 0 ? mine + (size_t)o * DK_TILE
                                               : inf + (-(int64_t)o - 1) * in_stride + lo;

@@ -5,6 +5,7 @@ from libc.stdint cimport int32_t, int64_t, uint16_t
 cdef extern from "dk_reduce.h":
     ctypedef struct dk_reduce_program:
         int64_t nodes
+        int64_t out_rows
         int64_t nseg
         int64_t nslots
         const int64_t *seg_lo
@@ -65,13 +66,15 @@ def f32_to_bf16(int isa, int threads, uint16_t[::1] dst, const float[::1] src):
 
 cdef int _run(int isa, int threads, const int64_t[::1] seg_lo, const int64_t[::1] add_off,
               const int32_t[::1] add_out, const int32_t[::1] add_a, const int32_t[::1] add_b,
-              const int32_t[::1] out_op, int64_t nodes, int64_t nslots, int fmt, int round_each,
+              const int32_t[::1] out_op, int64_t nodes, int64_t out_rows, int64_t nslots,
+              int fmt, int round_each,
               const void *inp, int64_t in_stride, void *out, int64_t out_stride) except -1:
     cdef dk_reduce_program p
     cdef int32_t dummy = 0
     if seg_lo.shape[0] < 1 or add_off.shape[0] != seg_lo.shape[0]:
         raise ValueError("program: segment arrays disagree")
     p.nodes = nodes
+    p.out_rows = out_rows
     p.nseg = seg_lo.shape[0] - 1
     p.nslots = nslots
     p.seg_lo = &seg_lo[0]
@@ -79,7 +82,7 @@ cdef int _run(int isa, int threads, const int64_t[::1] seg_lo, const int64_t[::1
     n_add = add_out.shape[0]
     if add_a.shape[0] != n_add or add_b.shape[0] != n_add or add_off[p.nseg] != n_add:
         raise ValueError("program: add arrays disagree")
-    if out_op.shape[0] != p.nseg * nodes:
+    if out_rows < 1 or out_op.shape[0] != p.nseg * out_rows:
         raise ValueError("program: output table has the wrong size")
     p.add_out = &add_out[0] if n_add else &dummy
     p.add_a = &add_a[0] if n_add else &dummy
@@ -93,16 +96,16 @@ cdef int _run(int isa, int threads, const int64_t[::1] seg_lo, const int64_t[::1
 
 def run_f32(int isa, int threads, seg_lo, add_off, add_out, add_a, add_b, out_op,
             int64_t nslots, const float[:, ::1] inp, float[:, ::1] out):
-    if inp.shape[0] != out.shape[0] or inp.shape[1] != out.shape[1] or inp.shape[1] == 0:
-        raise ValueError("inp, out: shapes differ or are empty")
-    _run(isa, threads, seg_lo, add_off, add_out, add_a, add_b, out_op, inp.shape[0], nslots,
-         0, 0, &inp[0, 0], inp.shape[1], &out[0, 0], out.shape[1])
+    if out.shape[0] > inp.shape[0] or inp.shape[1] != out.shape[1] or inp.shape[1] == 0:
+        raise ValueError("inp, out: shapes disagree or are empty")
+    _run(isa, threads, seg_lo, add_off, add_out, add_a, add_b, out_op, inp.shape[0],
+         out.shape[0], nslots, 0, 0, &inp[0, 0], inp.shape[1], &out[0, 0], out.shape[1])
 
 
 def run_bf16(int isa, int threads, seg_lo, add_off, add_out, add_a, add_b, out_op,
              int64_t nslots, bint round_each, const uint16_t[:, ::1] inp,
              uint16_t[:, ::1] out):
-    if inp.shape[0] != out.shape[0] or inp.shape[1] != out.shape[1] or inp.shape[1] == 0:
-        raise ValueError("inp, out: shapes differ or are empty")
-    _run(isa, threads, seg_lo, add_off, add_out, add_a, add_b, out_op, inp.shape[0], nslots,
-         1, round_each, &inp[0, 0], inp.shape[1], &out[0, 0], out.shape[1])
+    if out.shape[0] > inp.shape[0] or inp.shape[1] != out.shape[1] or inp.shape[1] == 0:
+        raise ValueError("inp, out: shapes disagree or are empty")
+    _run(isa, threads, seg_lo, add_off, add_out, add_a, add_b, out_op, inp.shape[0],
+         out.shape[0], nslots, 1, round_each, &inp[0, 0], inp.shape[1], &out[0, 0], out.shape[1])

@@ -244,8 +244,9 @@ def compile_program(schedule: Schedule, n_elements: int) -> Program:
     # Slots: an add writes into its left operand's slot when that value has no other use.
     uses = np.bincount(np.concatenate([lhs, rhs, final.reshape(-1)]), minlength=P + nadd)
     idx = np.arange(nadd)
-    inherit = (lhs >= P) & (uses[np.maximum(lhs, 0)] == 1)
-    root = np.where(inherit, lhs - P, idx)
+    inh_l = (lhs >= P) & (uses[lhs] == 1)
+    inh_r = ~inh_l & (rhs >= P) & (uses[rhs] == 1)
+    root = np.where(inh_l, lhs - P, np.where(inh_r, rhs - P, idx))
     while True:
         nxt = root[root]
         if np.array_equal(nxt, root):
@@ -279,7 +280,8 @@ def compile_program(schedule: Schedule, n_elements: int) -> Program:
         add_out=slot[by_seg].astype(np.int32),
         add_a=operand(lhs[by_seg]).astype(np.int32),
         add_b=operand(rhs[by_seg]).astype(np.int32),
-        out_op=operand(final.T.reshape(-1)).astype(np.int32),
+        out_op=operand(final[:1].T.reshape(-1) if bit_identical
+                       else final.T.reshape(-1)).astype(np.int32),
         nslots=nslots, bit_identical=bit_identical)
 
 
@@ -328,7 +330,10 @@ def allreduce(buffers, topology, *, algorithm="auto", fmt=FP32, accumulate="fp32
     (result, report) : ``result`` has the shape and dtype of ``buffers`` (uint16 codes for
         BF16); row i is what node i holds at the end. ``report`` is an
         :class:`AllreduceReport` with ``nbytes`` = elements per node x bytes per element on
-        the wire.
+        the wire. When every node ends with the same bits (the schedule sums each element
+        once and copies it: see ``report.bit_identical``), ``result`` is a read-only
+        broadcast view of one row -- the P identical copies are not materialised; use
+        ``result.copy()`` for a writable array.
     """
     topology = _check_topology(topology)
     algorithm = _check_algorithm(algorithm)
@@ -341,9 +346,9 @@ def allreduce(buffers, topology, *, algorithm="auto", fmt=FP32, accumulate="fp32
     flat = np.ascontiguousarray(arr.reshape(P, -1))
     N = flat.shape[1]
     schedule, report = _choose(topology, float(N * wire), algorithm)
-    out = np.empty_like(flat)
     if N:
         prog = compile_program(schedule, N)
+        out = np.empty((1 if prog.bit_identical else P, N), flat.dtype)
         args = (_config.isa(), _config.threads(), prog.seg_lo, prog.add_off, prog.add_out,
                 prog.add_a, prog.add_b, prog.out_op, prog.nslots)
         from . import _reduce
@@ -351,6 +356,10 @@ def allreduce(buffers, topology, *, algorithm="auto", fmt=FP32, accumulate="fp32
             _reduce.run_f32(*args, flat, out)
         else:
             _reduce.run_bf16(*args, accumulate == "bf16", flat, out)
+        if out.shape[0] != P:  # every node holds the same bits: one row, broadcast
+            out = np.broadcast_to(out, (P, N))
+    else:
+        out = np.empty_like(flat)
     result = out.reshape(arr.shape)
     if result.dtype != out_dtype:
         result = result.view(out_dtype)

@@ -13,7 +13,8 @@
 enum { DK_REDUCE_F32 = 0, DK_REDUCE_BF16 = 1 };
 
 typedef struct {
-    int64_t nodes;          /* P: input and output rows */
+    int64_t nodes;          /* P: input rows */
+    int64_t out_rows;       /* output rows: P, or 1 when every node ends with the same bits */
     int64_t nseg;           /* segments of the buffer */
     int64_t nslots;         /* scratch slots needed by the largest segment */
     const int64_t *seg_lo;  /* nseg + 1 element boundaries, increasing */
@@ -21,7 +22,7 @@ typedef struct {
     const int32_t *add_out; /* slot written by each add */
     const int32_t *add_a;   /* operands: >= 0 scratch slot, < 0 input row (-v - 1) */
     const int32_t *add_b;
-    const int32_t *out_op;  /* nseg * nodes operands: what node i holds in segment s */
+    const int32_t *out_op;  /* nseg * out_rows operands: what row i holds in segment s */
 } dk_reduce_program;
 
 /* dst[i] = dst[i] + src[i]; with round_bf16 the sum is rounded to BF16 precision (the
