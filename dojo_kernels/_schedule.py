@@ -399,29 +399,46 @@ def bfs_tree(topology: Mesh2D, root: Optional[int] = None) -> np.ndarray:
     return parent
 
 
+def _forest_shape(parents: np.ndarray):
+    """depth, height (of the subtree) and root of every node of a stack of trees (T, P)."""
+    T, P = parents.shape
+    par = parents + (np.arange(T) * P)[:, None]
+    par = np.where(parents < 0, -1, par).reshape(-1)
+    n = par.size
+    me = np.arange(n)
+    jump = np.where(par < 0, me, par)
+    depth = (par >= 0).astype(np.int64)
+    while True:  # pointer jumping: depth = number of ancestors
+        nxt = jump[jump]
+        if np.array_equal(nxt, jump):
+            break
+        depth = depth + np.where(jump != nxt, depth[jump], 0)
+        jump = nxt
+    # max depth in each subtree, bottom-up by levels
+    sub = depth.copy()
+    order = np.argsort(-depth, kind="stable")
+    d_sorted = depth[order]
+    cuts = np.flatnonzero(np.diff(d_sorted)) + 1
+    for grp in np.split(order, cuts):
+        grp = grp[par[grp] >= 0]
+        if grp.size:
+            np.maximum.at(sub, par[grp], sub[grp])
+    height = (sub - depth).reshape(T, P)
+    roots = np.argmax(parents < 0, axis=1)
+    return depth.reshape(T, P), height, roots
+
+
 def _tree_shape(parent: np.ndarray):
     """depth and height (of the subtree) of every node; the root."""
-    P = parent.size
-    root = int(np.flatnonzero(parent < 0)[0])
-    depth = np.full(P, -1, np.int64)
-    depth[root] = 0
-    # iterate: depth[v] = depth[parent[v]] + 1
-    pending = np.flatnonzero(parent >= 0)
-    while pending.size:
-        ready = depth[parent[pending]] >= 0
-        depth[pending[ready]] = depth[parent[pending[ready]]] + 1
-        pending = pending[~ready]
-    height = np.zeros(P, np.int64)
-    for d in range(int(depth.max()), 0, -1):
-        vs = np.flatnonzero(depth == d)
-        np.maximum.at(height, parent[vs], height[vs] + 1)
-    return depth, height, root
+    d, h, r = _forest_shape(np.asarray(parent)[None])
+    return d[0], h[0], int(r[0])
 
 
-def _tree_into(bld: _Builder, parent: np.ndarray, *, s: int, base: int, csize: int, t0: int = 0):
+def _tree_into(bld: _Builder, parent: np.ndarray, *, s: int, base: int, csize: int, t0: int = 0,
+               shape=None):
     """Pipelined reduce (children of a node send chunk c together, added in id order) and
     broadcast over one tree; chunk c = units [base + c*csize, ...). Returns the step count."""
-    depth, height, root = _tree_shape(parent)
+    depth, height, root = shape if shape is not None else _tree_shape(parent)
     H = int(height[root])
     v = np.flatnonzero(parent >= 0)
     if v.size == 0:
@@ -482,7 +499,8 @@ def comb_trees(topology: Mesh2D):
 
 def build_spanning_trees(topology: Mesh2D, nbytes: float) -> Schedule:
     trees = comb_trees(topology)
-    shapes = [_tree_shape(p) for p, _ in trees]
+    fd, fh, fr = _forest_shape(np.stack([p for p, _ in trees]))
+    shapes = [(fd[i], fh[i], int(fr[i])) for i in range(len(trees))]
     Hmax = max(int(h[root]) for _, h, root in shapes)
     W = sum(w for _, w in trees)
     P = topology.nodes
@@ -490,8 +508,8 @@ def build_spanning_trees(topology: Mesh2D, nbytes: float) -> Schedule:
     s = _chunks(2 * Hmax - 1, factor, nbytes, topology)
     bld = _Builder(P)
     off = 0
-    for parent, w in trees:
-        _tree_into(bld, parent, s=s, base=off * s, csize=w)
+    for (parent, w), shape in zip(trees, shapes):
+        _tree_into(bld, parent, s=s, base=off * s, csize=w, shape=shape)
         off += w
     return bld.build("spanning_trees", max(W * s, 1), 1, True,
                      {"chunks": s, "trees": len(trees), "weights": [w for _, w in trees]})

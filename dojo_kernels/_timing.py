@@ -16,7 +16,6 @@ import numpy as np
 from ._schedule import Schedule
 from .mesh import Mesh2D
 
-_BLOCK_ELEMS = 4_000_000
 
 
 @dataclass
@@ -50,56 +49,68 @@ def simulate(schedule: Schedule, topology: Mesh2D, nbytes: float) -> Timing:
     NI = bp.size - 1
     i0 = np.searchsorted(bp, start)
     i1 = np.searchsorted(bp, end)
-    used, col = np.unique(hop_link, return_inverse=True)
+    on_link = np.bincount(hop_link, minlength=L)
+    used = np.flatnonzero(on_link)
+    remap = np.zeros(L, np.int64)
+    remap[used] = np.arange(used.size)
+    col = remap[hop_link]
     NL = used.size
     classes = np.unique(hops)
     # events per hop: (+size at i0, -size at i1), counts (+1, -1)
-    ev_i = np.concatenate([i0[hop_msg], i1[hop_msg]])
+    h_i0, h_i1, h_sz, h_h = i0[hop_msg], i1[hop_msg], size[hop_msg].astype(np.float64), hops[hop_msg]
+    ev_i = np.concatenate([h_i0, h_i1])
     ev_c = np.concatenate([col, col])
-    ev_u = np.concatenate([size[hop_msg], -size[hop_msg]])
-    ev_n = np.concatenate([np.ones(hop_msg.size, np.int64), -np.ones(hop_msg.size, np.int64)])
-    ev_h = np.concatenate([hops[hop_msg], hops[hop_msg]])
-    order = np.argsort(ev_i, kind="stable")
-    ev_i, ev_c, ev_u, ev_n, ev_h = ev_i[order], ev_c[order], ev_u[order], ev_n[order], ev_h[order]
+    ev_u = np.concatenate([h_sz, -h_sz])
+    ev_n = np.concatenate([np.ones(hop_msg.size), -np.ones(hop_msg.size)])
+    # stable sort by interval (radix sort when the index fits 16 bits)
+    order = np.argsort(ev_i.astype(np.int16) if NI < 2**15 else ev_i, kind="stable")
+    ev_i, ev_c, ev_u, ev_n = ev_i[order], ev_c[order], ev_u[order], ev_n[order]
     alpha, delta, B = topology.link_latency, topology.hop_latency, topology.link_bandwidth
     interval_time = np.zeros(NI)
     active = np.zeros(NI, bool)
     max_cont = 0
-    carry_u = np.zeros(NL, np.int64)
-    carry_n = np.zeros(NL, np.int64)
-    carry_h = {int(h): np.zeros(NL, np.int64) for h in classes}
-    blk = max(1, _BLOCK_ELEMS // max(NL, 1))
+    # loads before the current block, per used link (units, exact in float64), and counts
+    carry_u = np.zeros(NL)
+    carry_n = np.zeros(NL)
+    blk = 256
     for b0 in range(0, NI, blk):
         b1 = min(NI, b0 + blk)
         lo, hi = np.searchsorted(ev_i, [b0, b1])
-        ii, cc = ev_i[lo:hi] - b0, ev_c[lo:hi]
-        flat = ii * NL + cc
+        # links touched in this block: hops active in it, or ending at its first interval
+        touch = (h_i0 < b1) & (h_i1 >= b0)
+        cols = np.unique(col[touch])
+        nb = cols.size
         nrow = b1 - b0
-        d_u = np.bincount(flat, weights=ev_u[lo:hi].astype(np.float64),
-                          minlength=nrow * NL).reshape(nrow, NL)
-        d_n = np.bincount(flat, weights=ev_n[lo:hi].astype(np.float64),
-                          minlength=nrow * NL).reshape(nrow, NL)
-        load = np.cumsum(d_u.astype(np.int64), axis=0) + carry_u
-        cnt = np.cumsum(d_n.astype(np.int64), axis=0) + carry_n
-        carry_u, carry_n = load[-1].copy(), cnt[-1].copy()
-        max_cont = max(max_cont, int(cnt.max()))
-        active[b0:b1] = cnt.max(axis=1) > 0
-        best = np.full(nrow, -np.inf)
-        hh = ev_h[lo:hi]
-        for h in classes:
-            h = int(h)
-            sel = hh == h
-            if len(classes) == 1:
-                ch = cnt
-            else:
-                d_h = np.bincount(flat[sel], weights=ev_n[lo:hi][sel].astype(np.float64),
-                                  minlength=nrow * NL).reshape(nrow, NL)
-                ch = np.cumsum(d_h.astype(np.int64), axis=0) + carry_h[h]
-                carry_h[h] = ch[-1].copy()
-            m = np.where(ch > 0, load, -1).max(axis=1)
-            t = np.where(m >= 0, alpha + (h - 1) * delta + m * unit_bytes / B, -np.inf)
-            best = np.maximum(best, t)
-        interval_time[b0:b1] = np.where(active[b0:b1], best, 0.0)
+        ii = ev_i[lo:hi] - b0
+        cc = np.searchsorted(cols, ev_c[lo:hi])
+        flat = ii * nb + cc
+        d_u = np.bincount(flat, weights=ev_u[lo:hi], minlength=nrow * nb).reshape(nrow, nb)
+        d_n = np.bincount(flat, weights=ev_n[lo:hi], minlength=nrow * nb).reshape(nrow, nb)
+        load = np.cumsum(d_u, axis=0) + carry_u[cols]
+        cnt = np.cumsum(d_n, axis=0) + carry_n[cols]
+        carry_u[cols], carry_n[cols] = load[-1], cnt[-1]
+        if cnt.size:
+            max_cont = max(max_cont, int(round(cnt.max())))
+        act = cnt.max(axis=1) > 0.5 if nb else np.zeros(nrow, bool)
+        active[b0:b1] = act
+        if len(classes) == 1:
+            # every message has h hops: the slowest is the one on the busiest link
+            h = int(classes[0])
+            m = np.where(cnt > 0.5, load, -1.0).max(axis=1) if nb else np.full(nrow, -1.0)
+            best = np.where(m >= 0, alpha + (h - 1) * delta + m * unit_bytes / B, -np.inf)
+        else:
+            # per message: alpha + (h-1) delta + its busiest link, at every step it is active
+            sel = np.flatnonzero((h_i0 < b1) & (h_i1 > b0))
+            rs = np.maximum(h_i0[sel], b0)
+            lens = np.minimum(h_i1[sel], b1) - rs
+            tot = int(lens.sum())
+            rep = np.repeat(sel, lens)
+            row = np.repeat(rs - b0, lens) + (np.arange(tot) - np.repeat(np.cumsum(lens) - lens, lens))
+            val = load[row, np.searchsorted(cols, col[rep])]
+            t = alpha + (h_h[rep] - 1) * delta + val * unit_bytes / B
+            best = np.full(nrow, -np.inf)
+            np.maximum.at(best, row, t)
+        interval_time[b0:b1] = np.where(act, best, 0.0)
     lengths = np.diff(bp)
     step_times = np.repeat(interval_time[active], lengths[active])
     return Timing(step_times, bytes_per_link, byte_hops, max_cont,
