@@ -235,14 +235,69 @@ def _ring_order_uncached(a, b, wr, wc):
         return (list(range(a)), "cycle") if wc else ([int(x) for x in _folded_order(a)], "folded")
     if P % 2 == 0:
         return _snake_cycle(a, b), "cycle"
-    if P <= 400:
-        best = None
-        for path, m in _closure_rings(a, b):
-            best = path
-            break
-        if best is not None:
-            return best, "closure"
+    if a >= 3 and b >= 3 and (a, b) != (3, 3):
+        ring = _grown_closure(a, b)
+        if ring is not None:
+            return ring, "closure"
     return _snake_path(a, b), "routed"
+
+
+def _first_closure(a, b):
+    for path, _m in _closure_rings(a, b):
+        return path
+    return None
+
+
+def _widen(order, a, b):
+    """A closure ring of an a x b mesh -> one of a x (b+2): a vertical edge of the ring on the
+    last column is replaced by a detour through the two new columns (which covers them)."""
+    rc = [divmod(v, b) for v in order]
+    P = len(rc)
+    for i in range(P - 1):  # consecutive pairs only: the closure (last -> first) stays
+        (r1, c1), (r2, c2) = rc[i], rc[i + 1]
+        if c1 == c2 == b - 1 and abs(r1 - r2) == 1:
+            if r2 == r1 + 1:
+                det = [(r, b) for r in range(r1, -1, -1)] + [(r, b + 1) for r in range(a)] + \
+                      [(r, b) for r in range(a - 1, r2 - 1, -1)]
+            else:
+                det = [(r, b) for r in range(r1, a)] + [(r, b + 1) for r in range(a - 1, -1, -1)] \
+                      + [(r, b) for r in range(0, r2 + 1)]
+            new = rc[: i + 1] + det + rc[i + 1:]
+            return [r * (b + 2) + c for r, c in new]
+    return None
+
+
+def _transpose(order, a, b):
+    return [(v % b) * a + v // b for v in order]
+
+
+def _grown_closure(a, b):
+    """Closure ring of an odd x odd mesh: searched on a small base (5x5, 5x3, 3x5), then grown
+    two columns / two rows at a time (each growth keeps the path's edges and the 2-hop closure
+    disjoint, so the two ring directions still share no directed link)."""
+    a0 = 5 if a >= 5 else 3
+    b0 = 5 if b >= 5 else 3
+    if a * b <= 81:
+        direct = _first_closure(a, b)
+        if direct is not None:
+            return direct
+    order = _first_closure(a0, b0)
+    if order is None:
+        return None
+    cur_b = b0
+    while cur_b < b:
+        order = _widen(order, a0, cur_b)
+        if order is None:
+            return None
+        cur_b += 2
+    cur_a = a0
+    order = _transpose(order, cur_a, b)       # now a b x cur_a mesh: widen its columns
+    while cur_a < a:
+        order = _widen(order, b, cur_a)
+        if order is None:
+            return None
+        cur_a += 2
+    return _transpose(order, b, a)
 
 
 # --- builders -------------------------------------------------------------------------------

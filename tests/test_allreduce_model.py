@@ -51,7 +51,8 @@ def test_ring_on_1xP_torus(P):
             approx(2 * (P - 1) * (ALPHA + n / (2 * P * BW)))
 
 
-@pytest.mark.parametrize("a,b", [(5, 5), (5, 3), (7, 5), (7, 7)])
+@pytest.mark.parametrize("a,b", [(5, 5), (5, 3), (3, 5), (7, 5), (7, 7), (9, 9), (3, 11),
+                                 (11, 7), (21, 21), (49, 61)])
 def test_two_hop_closed_rings_on_odd_meshes(a, b):
     n = 3e6
     m = make(a, b)
@@ -61,6 +62,26 @@ def test_two_hop_closed_rings_on_odd_meshes(a, b):
     assert r.max_contention == 1 and r.longest_path_hops == 2
     u = estimate_allreduce(n, m, algorithm="ring")
     assert u.time == approx(2 * (P - 1) * (ALPHA + DELTA + n / (P * BW)))
+
+
+@pytest.mark.parametrize("a,b", [(5, 5), (7, 9), (4, 4), (2, 7), (1, 9), (25, 25)])
+def test_ring_order_is_a_hamiltonian_ring(a, b):
+    from dojo_kernels._schedule import ring_order
+    order, kind = ring_order(make(a, b))
+    P = a * b
+    assert sorted(order) == list(range(P))
+    steps = []
+    for i in range(P):
+        (r1, c1), (r2, c2) = divmod(order[i], b), divmod(order[(i + 1) % P], b)
+        steps.append((abs(r1 - r2), abs(c1 - c2)))
+    if kind == "cycle":
+        assert all(dr + dc == 1 for dr, dc in steps)
+    elif kind == "closure":   # one straight 2-hop message closes a Hamiltonian path
+        assert all(dr + dc == 1 for dr, dc in steps[:-1])
+        assert steps[-1] in ((2, 0), (0, 2))
+    else:
+        assert kind == "folded" and 1 in (a, b)
+        assert all(max(dr, dc) <= 2 for dr, dc in steps)
 
 
 def test_training_tile_ring_matches_spec():
