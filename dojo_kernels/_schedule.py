@@ -237,9 +237,19 @@ def _ring_order_uncached(a, b, wr, wc):
         return _snake_cycle(a, b), "cycle"
     if a >= 3 and b >= 3 and (a, b) != (3, 3):
         ring = _grown_closure(a, b)
-        if ring is not None:
+        if ring is not None and _shares_no_link(ring, a, b):
             return ring, "closure"
     return _snake_path(a, b), "routed"
+
+
+def _shares_no_link(order, a, b) -> bool:
+    """With both ring directions running (every ring message is in flight in every step), no
+    directed link carries two messages."""
+    m = Mesh2D(a, b, link_bandwidth=1, link_latency=0)
+    o = np.asarray(order)
+    nxt = np.roll(o, -1)
+    _, links, _ = m.route(np.concatenate([o, nxt]), np.concatenate([nxt, o]))
+    return np.unique(links).size == links.size
 
 
 def _first_closure(a, b):
