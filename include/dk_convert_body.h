@@ -1,0 +1,345 @@
+/* dk_convert_body.h - FP32 <-> format conversion kernels, written once with GCC vector
+ * extensions and compiled once per SIMD tier (csrc/<tier>/convert.c sets DK_TIER and
+ * DK_VL, the number of 32-bit lanes: 8 for avx2, 16 for avx512bf16).
+ *
+ * The algorithm works on FP32 bit patterns with integer operations only (so it never
+ * depends on MXCSR's FTZ/DAZ or rounding mode) and must agree bit for bit with the scalar
+ * semantics of dk_format.h, which also handles the tails and the rare lanes (stochastic
+ * rounding inside the Tesla subnormal gap). */
+#include <immintrin.h>
+#include <string.h>
+
+#include "dk_convert.h"
+#include "dk_format.h"
+
+#ifndef DK_TIER
+#error "define DK_TIER (the function-name suffix) and DK_VL before including this body"
+#endif
+
+#define DK_CAT_(a, b) a##_##b
+#define DK_CAT(a, b) DK_CAT_(a, b)
+#define DK_FN(name) DK_CAT(name, DK_TIER)
+
+typedef int32_t vi __attribute__((vector_size(DK_VL * 4)));
+typedef uint32_t vu __attribute__((vector_size(DK_VL * 4)));
+typedef float vf __attribute__((vector_size(DK_VL * 4)));
+typedef uint64_t vq __attribute__((vector_size(DK_VL * 4)));           /* DK_VL/2 lanes */
+typedef uint32_t vh __attribute__((vector_size(DK_VL * 2)));           /* DK_VL/2 lanes */
+
+/* Elements to prefetch ahead: the loop bodies are long, so without it too few cache
+ * misses are in flight to stream from DRAM (measured: 4x slower on 64 MiB inputs). */
+#define DK_PREFETCH 1024
+
+#define VSEL(mask, a, b) (((a) & (vi)(mask)) | ((b) & ~(vi)(mask)))
+#define VMAX(a, b) VSEL((a) > (b), a, b)
+#define VMIN(a, b) VSEL((a) < (b), a, b)
+
+/* SplitMix64 states (SPEC section 2) of DK_VL consecutive elements, in two halves. */
+typedef struct { vq lo, hi; } dk_rng;
+
+static inline dk_rng dk_rng_at(uint64_t seed, uint64_t i0)
+{
+    dk_rng g;
+    for (int j = 0; j < DK_VL / 2; j++) {
+        g.lo[j] = seed + (i0 + (uint64_t)j + 1u) * 0x9E3779B97F4A7C15ull;
+        g.hi[j] = seed + (i0 + (uint64_t)(j + DK_VL / 2) + 1u) * 0x9E3779B97F4A7C15ull;
+    }
+    return g;
+}
+
+/* The random numbers of the current DK_VL elements; advances the states by DK_VL. */
+__attribute__((always_inline)) static inline vu dk_rng_next(vq *state_lo, vq *state_hi)
+{
+    vq lo = *state_lo, hi = *state_hi;
+    *state_lo += (uint64_t)DK_VL * 0x9E3779B97F4A7C15ull;
+    *state_hi += (uint64_t)DK_VL * 0x9E3779B97F4A7C15ull;
+    lo = (lo ^ (lo >> 30)) * 0xBF58476D1CE4E5B9ull;
+    hi = (hi ^ (hi >> 30)) * 0xBF58476D1CE4E5B9ull;
+    lo = (lo ^ (lo >> 27)) * 0x94D049BB133111EBull;
+    hi = (hi ^ (hi >> 27)) * 0x94D049BB133111EBull;
+    lo ^= lo >> 31;
+    hi ^= hi >> 31;
+    vh l = __builtin_convertvector(lo >> 32, vh), h = __builtin_convertvector(hi >> 32, vh);
+#if DK_VL == 16
+    return (vu)__builtin_shufflevector(l, h, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+#else
+    return (vu)__builtin_shufflevector(l, h, 0, 1, 2, 3, 4, 5, 6, 7);
+#endif
+}
+
+/* Constants of one (format, mode) pair, hoisted out of the loop. */
+typedef struct {
+    int m, qmin, tesla, flush, inf_nan, is_signed, signpos;
+    int32_t maxc, infc, nanc, mid_bits, maxsub_bits, minnorm_bits;
+} dk_qconst;
+
+static inline dk_qconst dk_qconst_of(const dk_format *f)
+{
+    dk_qconst k;
+    k.m = f->mbits;
+    k.qmin = dk_qmin(f);
+    k.tesla = f->sub == DK_SUB_TESLA;
+    k.flush = f->sub == DK_SUB_FLUSH;
+    k.inf_nan = f->has_inf_nan;
+    k.is_signed = f->is_signed;
+    k.signpos = f->ebits + f->mbits;
+    k.maxc = (int32_t)dk_max_code(f);
+    k.infc = (int32_t)((dk_emax_field(f) + 1u) << f->mbits);
+    k.nanc = (int32_t)f->nan_code;
+    /* Tesla gap edges as FP32 bits (all are normal FP32 values for bias <= 63). */
+    double maxsub = (double)((1u << k.m) - 1u) * dk_pow2(-f->bias - k.m);
+    double minnorm = dk_pow2(1 - f->bias);
+    k.maxsub_bits = (int32_t)dk_fbits((float)maxsub);
+    k.minnorm_bits = (int32_t)dk_fbits((float)minnorm);
+    k.mid_bits = (int32_t)dk_fbits((float)(0.5 * (maxsub + minnorm)));
+    return k;
+}
+
+/* Codes (as 32-bit lanes) of DK_VL FP32 values u; r: random numbers (stochastic only). */
+__attribute__((always_inline)) static inline vi dk_quant_vec(vi u, vu r, const dk_qconst *k, int mode,
+                                                            int tesla, int flush, int inf_nan,
+                                                            int is_signed)
+{
+    const int m = k->m;
+    vi a = u & 0x7FFFFFFF;
+    vi ex = a >> 23;
+    vi sig = (a & 0x7FFFFF) | VSEL(ex != 0, (vi){} + 0x800000, (vi){});
+    vi exu = VMAX(ex, (vi){} + 1);
+    vi qe = VMAX(exu - (127 + m), (vi){} + k->qmin);
+    vi shift = qe - exu + 150;                 /* >= 23 - m */
+    vi sh = VMIN(shift, (vi){} + 31);
+    vi n;
+    if (mode == DK_NEAREST) {
+        vi half = ((vi){} + 1) << (sh - 1);
+        n = (sig + half - 1 + ((sig >> sh) & 1)) >> sh;
+    } else if (mode == DK_TOWARD_ZERO) {
+        n = sig >> sh;
+    } else {
+        vu rem = (vu)(sig & ((((vi){} + 1) << sh) - 1));
+        vu fl = (vu)VSEL(shift <= 32, (vi)(rem << (vu)VMAX(32 - shift, (vi){})),
+                     (vi)((vu)sig >> (vu)VMIN(VMAX(shift - 32, (vi){}), (vi){} + 31)));
+        vu sum = fl + r;
+        vi carry = (vi)(sum < fl);              /* -1 where f + r >= 2^32 */
+        n = (sig >> sh) - carry;
+    }
+    vi code = ((qe - k->qmin) << m) + n;
+    vi one = (vi){} + (1 << m);
+    if (tesla) {
+        vi ingap = (code >= one) & (code < (one << 1));
+        vi gapval = (mode == DK_NEAREST) ? VSEL(a >= k->mid_bits, one, one - 1) : one - 1;
+        code = VSEL(code >= (one << 1), code - one, code);
+        code = VSEL(ingap, gapval, code);
+    } else if (flush) {
+        code = VSEL(code < one, (vi){}, code);
+    }
+    vi ovf = code > k->maxc;
+    if (inf_nan && mode != DK_TOWARD_ZERO)
+        code = VSEL(ovf, (vi){} + k->infc, code);
+    else
+        code = VSEL(ovf, (vi){} + k->maxc, code);
+    vi isinf = a == 0x7F800000;
+    code = VSEL(isinf, (vi){} + (inf_nan ? k->infc : k->maxc), code);
+    vi sgn = (vi)((vu)u >> 31);
+    if (is_signed) code |= sgn << k->signpos;
+    vi isnan = a > 0x7F800000;
+    if (inf_nan) {
+        vi nanv = (vi){} + k->nanc;
+        if (is_signed) nanv |= sgn << k->signpos;
+        code = VSEL(isnan, nanv, code);
+    } else {
+        code = VSEL(isnan, (vi){} + k->maxc, code);
+    }
+    if (!is_signed) /* negative non-zero -> NaN (invalid); -0 -> +0 */
+        code = VSEL((sgn != 0) & (a != 0) & ~isnan, (vi){} + k->nanc, code);
+    return code;
+}
+
+/* Is any lane of the mask set? */
+static inline int dk_any(vi mask)
+{
+#if DK_VL == 16
+    return _mm512_test_epi32_mask((__m512i)mask, (__m512i)mask) != 0;
+#else
+    return !_mm256_testz_si256((__m256i)mask, (__m256i)mask);
+#endif
+}
+
+/* Narrowing stores and widening loads of codes. GCC's generic vector conversions turn
+ * these into per-lane scalar code, so they are written with the tier's intrinsics. */
+static inline void dk_store_codes(void *out, int64_t i, vi code, int width)
+{
+#if DK_VL == 16
+    if (width == 1) _mm_storeu_si128((__m128i *)((uint8_t *)out + i), _mm512_cvtepi32_epi8((__m512i)code));
+    else if (width == 2) _mm256_storeu_si256((__m256i *)((uint16_t *)out + i), _mm512_cvtepi32_epi16((__m512i)code));
+    else _mm512_storeu_si512((uint32_t *)out + i, (__m512i)code);
+#else
+    /* codes are non-negative and fit the width: saturating packs keep them. */
+    __m256i v = (__m256i)code;
+    __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    if (width == 1) _mm_storel_epi64((__m128i *)((uint8_t *)out + i), _mm_packus_epi16(w, w));
+    else if (width == 2) _mm_storeu_si128((__m128i *)((uint16_t *)out + i), w);
+    else _mm256_storeu_si256((__m256i *)((uint32_t *)out + i), v);
+#endif
+}
+
+static inline vi dk_load_codes(const void *codes, int64_t i, int width)
+{
+#if DK_VL == 16
+    if (width == 1) return (vi)_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)((const uint8_t *)codes + i)));
+    return (vi)_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)codes + i)));
+#else
+    if (width == 1) return (vi)_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)((const uint8_t *)codes + i)));
+    return (vi)_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)codes + i)));
+#endif
+}
+
+static inline void dk_store_scalar(void *out, int64_t i, uint32_t code, int width)
+{
+    if (width == 1) ((uint8_t *)out)[i] = (uint8_t)code;
+    else if (width == 2) ((uint16_t *)out)[i] = (uint16_t)code;
+    else ((uint32_t *)out)[i] = code;
+}
+
+/* The vector loop for one (mode, format family): every switch is a compile-time constant
+ * at the call sites below, so the loop body has no branches. Returns where it stopped. */
+__attribute__((always_inline)) static inline int64_t
+dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk_qconst *k, int width,
+              uint64_t seed, int64_t index0, int mode, int tesla, int flush, int inf_nan, int is_signed)
+{
+    int64_t i = 0;
+    if (mode == DK_STOCHASTIC) {
+        dk_rng g = dk_rng_at(seed, (uint64_t)index0);
+        vq lo = g.lo, hi = g.hi;
+        for (; i + DK_VL <= n; i += DK_VL) {
+            vi u;
+            memcpy(&u, x + i, sizeof u);
+            __builtin_prefetch(x + i + DK_PREFETCH);
+            vu r = dk_rng_next(&lo, &hi);
+            dk_store_codes(out, i, dk_quant_vec(u, r, k, mode, tesla, flush, inf_nan, is_signed), width);
+            if (tesla) { /* lanes inside the subnormal gap: scalar semantics */
+                vi a = u & 0x7FFFFFFF;
+                vi gap = (a > k->maxsub_bits) & (a < k->minnorm_bits);
+                if (dk_any(gap))
+                    for (int j = 0; j < DK_VL; j++)
+                        if (gap[j]) {
+                            unsigned fl = 0;
+                            dk_store_scalar(out, i + j, dk_round((double)x[i + j], 0.0, f, mode, r[j], &fl), width);
+                        }
+            }
+        }
+    } else {
+        for (; i + DK_VL <= n; i += DK_VL) {
+            vi u;
+            memcpy(&u, x + i, sizeof u);
+            __builtin_prefetch(x + i + DK_PREFETCH);
+            dk_store_codes(out, i, dk_quant_vec(u, (vu){}, k, mode, tesla, flush, inf_nan, is_signed), width);
+        }
+    }
+    return i;
+}
+
+#define DK_QFAMILIES(MODE)                                                                      \
+    do {                                                                                        \
+        if (width == 1 && is_signed && !inf_nan) /* CFloat8 */                                  \
+            i = sub == DK_SUB_TESLA ? dk_quant_loop(x, out, n, f, &k, 1, seed, index0, MODE, 1, 0, 0, 1)   \
+              : sub == DK_SUB_IEEE  ? dk_quant_loop(x, out, n, f, &k, 1, seed, index0, MODE, 0, 0, 0, 1)   \
+                                    : dk_quant_loop(x, out, n, f, &k, 1, seed, index0, MODE, 0, 1, 0, 1);  \
+        else if (width == 2 && is_signed && !inf_nan) /* SHP */                                 \
+            i = sub == DK_SUB_TESLA ? dk_quant_loop(x, out, n, f, &k, 2, seed, index0, MODE, 1, 0, 0, 1)   \
+              : sub == DK_SUB_IEEE  ? dk_quant_loop(x, out, n, f, &k, 2, seed, index0, MODE, 0, 0, 0, 1)   \
+                                    : dk_quant_loop(x, out, n, f, &k, 2, seed, index0, MODE, 0, 1, 0, 1);  \
+        else if (width == 2 && is_signed && inf_nan && sub == DK_SUB_IEEE) /* BF16 */           \
+            i = dk_quant_loop(x, out, n, f, &k, 2, seed, index0, MODE, 0, 0, 1, 1);              \
+        else if (width == 2 && !is_signed && inf_nan && sub == DK_SUB_FLUSH) /* UHP */          \
+            i = dk_quant_loop(x, out, n, f, &k, 2, seed, index0, MODE, 0, 1, 1, 0);              \
+        else                                                                                    \
+            i = dk_quant_loop(x, out, n, f, &k, width, seed, index0, MODE, k.tesla, k.flush,     \
+                              k.inf_nan, k.is_signed);                                          \
+    } while (0)
+
+void DK_FN(dk_quantize_f32)(const float *x, void *out, int64_t n, const dk_format *f, int mode,
+                            uint64_t seed, int64_t index0)
+{
+    const int width = dk_code_width(f);
+    const int is_signed = f->is_signed, inf_nan = f->has_inf_nan, sub = f->sub;
+    const dk_qconst k = dk_qconst_of(f);
+    int64_t i = 0;
+    if (width == 4 || f->mbits > 20) {
+        /* FP32 targets (and anything as wide) keep to the scalar semantics. */
+    } else if (f->ebits == 8 && f->mbits == 7 && mode == DK_NEAREST) { /* BF16: RNE bit trick */
+        for (; i + DK_VL <= n; i += DK_VL) {
+            vi u;
+            memcpy(&u, x + i, sizeof u);
+            __builtin_prefetch(x + i + DK_PREFETCH);
+            vi a = u & 0x7FFFFFFF;
+            vi rne = (vi)(((vu)u + 0x7FFFu + (((vu)u >> 16) & 1u)) >> 16);
+            vi nanv = (vi)(((vu)u >> 16) & 0x8000u) | 0x7FC0;
+            dk_store_codes(out, i, VSEL(a > 0x7F800000, nanv, rne), 2);
+        }
+    } else if (mode == DK_STOCHASTIC) {
+        DK_QFAMILIES(DK_STOCHASTIC);
+    } else if (mode == DK_NEAREST) {
+        DK_QFAMILIES(DK_NEAREST);
+    } else {
+        DK_QFAMILIES(DK_TOWARD_ZERO);
+    }
+    for (; i < n; i++) {
+        unsigned fl = 0;
+        uint32_t r = mode == DK_STOCHASTIC ? dk_splitmix32(seed, (uint64_t)(index0 + i)) : 0u;
+        dk_store_scalar(out, i, dk_round((double)x[i], 0.0, f, mode, r, &fl), width);
+    }
+}
+#undef DK_QFAMILIES
+
+/* Decode DK_VL codes (as 32-bit lanes) to FP32 bits. The format's fields arrive as
+ * compile-time-foldable arguments from the specialised loops below. */
+__attribute__((always_inline)) static inline vi dk_dequant_vec(vi c, int ebits, int m, int bias,
+                                                              int sub, int inf_nan, int is_signed,
+                                                              vf scale)
+{
+    const int32_t emask = (1 << ebits) - 1, mmask = (1 << m) - 1;
+    vi E = (c >> m) & emask, M = c & mmask;
+    vi normal = ((E + (127 - bias)) << 23) | (M << (23 - m));
+    vi subv = (sub == DK_SUB_FLUSH) ? (vi){} : (vi)(__builtin_convertvector(M, vf) * scale);
+    vi bits = VSEL(E == 0, subv, normal);
+    if (inf_nan)
+        bits = VSEL(E == emask, VSEL(M != 0, (vi){} + 0x7FC00000, (vi){} + 0x7F800000), bits);
+    if (is_signed) bits |= ((c >> (ebits + m)) & 1) << 31;
+    return bits;
+}
+
+void DK_FN(dk_dequantize_f32)(const void *codes, float *out, int64_t n, const dk_format *f)
+{
+    const int width = dk_code_width(f);
+    const int ebits = f->ebits, m = f->mbits, bias = f->bias, sub = f->sub;
+    const int inf_nan = f->has_inf_nan, is_signed = f->is_signed;
+    const vf scale = (vf){} + (float)dk_pow2(dk_qmin(f));
+    int64_t i = 0;
+    if (width == 4) { /* FP32 codes are the values */
+        memcpy(out, codes, (size_t)n * 4);
+        return;
+    }
+#define DK_DEQUANT_LOOP(W, BODY)                                                   \
+    for (; i + DK_VL <= n; i += DK_VL) {                                           \
+        __builtin_prefetch((const char *)codes + (i + DK_PREFETCH) * (W));          \
+        vi c = dk_load_codes(codes, i, (W));                                       \
+        vi bits = (BODY);                                                          \
+        memcpy(out + i, &bits, sizeof bits);                                       \
+    }
+    if (ebits == 8 && m == 7) {
+        DK_DEQUANT_LOOP(2, c << 16) /* BF16 */
+    } else if (width == 1 && !inf_nan && is_signed) { /* CFloat8 */
+        if (sub == DK_SUB_FLUSH)
+            DK_DEQUANT_LOOP(1, dk_dequant_vec(c, ebits, m, bias, DK_SUB_FLUSH, 0, 1, scale))
+        else
+            DK_DEQUANT_LOOP(1, dk_dequant_vec(c, ebits, m, bias, DK_SUB_IEEE, 0, 1, scale))
+    } else {
+        DK_DEQUANT_LOOP(width, dk_dequant_vec(c, ebits, m, bias, sub, inf_nan, is_signed, scale))
+    }
+#undef DK_DEQUANT_LOOP
+    for (; i < n; i++) {
+        uint32_t c = width == 1 ? ((const uint8_t *)codes)[i] : ((const uint16_t *)codes)[i];
+        uint32_t b = dk_decode_f32bits(c, f);
+        memcpy(out + i, &b, 4);
+    }
+}
