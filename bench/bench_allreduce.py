@@ -8,6 +8,8 @@
   (50 x 60 = 3000 D1), every algorithm (target: under a second each);
 - each algorithm's efficiency (lower bound / time) on 5x5 and 8x8 chip meshes.
 """
+import os
+import sys
 import time
 
 import numpy as np
@@ -17,14 +19,17 @@ from dojo_kernels import allreduce, estimate_allreduce
 from dojo_kernels.collectives import ALGORITHMS
 from dojo_kernels.mesh import chip_mesh, training_tile
 
+sys.path.insert(0, os.path.dirname(__file__))
+from _benchlib import RESULTS, TABLES, bench_size, record  # noqa: E402
+
 MiB = 1 << 20
 DATA_ALGS = ("ring", "2d", "spanning_trees", "auto")
+N_TILE = bench_size(64 * MiB // 4)   # float32 elements per node (64 MiB at scale 1)
 
 
 @pytest.fixture(scope="module")
 def tile_buffers():
-    n = 64 * MiB // 4
-    return np.random.default_rng(0).standard_normal((25, n), dtype=np.float32)
+    return np.random.default_rng(0).standard_normal((25, N_TILE), dtype=np.float32)
 
 
 def _blas_info():
@@ -40,6 +45,7 @@ def test_numpy_sum(benchmark, tile_buffers):
     benchmark.extra_info["threadpools"] = str(_blas_info())
     benchmark.extra_info["bytes_reduced"] = tile_buffers.nbytes
     benchmark.pedantic(lambda: tile_buffers.sum(axis=0), rounds=3, iterations=1)
+    record(benchmark, ("data", "numpy"), tile_buffers.nbytes, "B/s")
 
 
 @pytest.mark.benchmark(group="allreduce 5x5 x 64 MiB (data path)")
@@ -49,6 +55,7 @@ def test_allreduce_tile(benchmark, tile_buffers, alg):
     benchmark.extra_info["bytes_reduced"] = tile_buffers.nbytes
     benchmark.pedantic(lambda: allreduce(tile_buffers, tile, algorithm=alg), rounds=3,
                        iterations=1)
+    record(benchmark, ("data", alg), tile_buffers.nbytes, "B/s")
 
 
 @pytest.mark.benchmark(group="estimate 1 GiB on 50x60 chips (model path)")
@@ -57,8 +64,41 @@ def test_estimate_exapod(benchmark, alg):
     m = chip_mesh(50, 60)
     rep = benchmark.pedantic(lambda: estimate_allreduce(1 << 30, m, algorithm=alg), rounds=2,
                              iterations=1)
-    benchmark.extra_info["efficiency"] = rep.efficiency
-    benchmark.extra_info["time_s"] = rep.time
+    record(benchmark, ("model", alg), 1, "calls/s", efficiency=rep.efficiency,
+           model_time=rep.time)
+
+
+def _table(res):
+    lines = []
+    base = res.get(("data", "numpy"), {}).get("rate")
+    if base:
+        lines.append(f"All-reduce data path: 25 x {N_TILE * 4 / MiB:.0f} MiB float32 on the 5x5 "
+                     f"tile, bytes reduced per second (same run)")
+        lines.append(f"  numpy sum(axis=0)       {base / 1e9:7.2f} GB/s")
+        for alg in DATA_ALGS:
+            r = res.get(("data", alg), {}).get("rate")
+            if r:
+                lines.append(f"  allreduce {alg:14s}{r / 1e9:7.2f} GB/s  x{r / base:.2f} numpy")
+    if any(k[0] == "model" for k in res if isinstance(k, tuple)):
+        lines.append("estimate_allreduce(1 GiB) on chip_mesh(50, 60) = 3000 D1: wall time, "
+                     "model time, efficiency")
+        for alg in ALGORITHMS + ("auto",):
+            r = res.get(("model", alg))
+            if r:
+                lines.append(f"  {alg:18s} {r['seconds']:7.3f} s   {r['model_time'] * 1e3:8.3f} ms"
+                             f"   {r['efficiency']:.3f}")
+        lines.append("efficiency on chip meshes, 1 GiB per node:   5x5    8x8")
+        for alg, (e5, e8) in _efficiencies().items():
+            lines.append(f"  {alg:18s}                          {e5:.3f}  {e8:.3f}")
+    return lines
+
+
+def _efficiencies():
+    table = efficiency_table()
+    return {alg: tuple(reps[alg].efficiency for _, reps in table) for alg in ALGORITHMS}
+
+
+TABLES.append(_table)
 
 
 def efficiency_table(nbytes=1 << 30):

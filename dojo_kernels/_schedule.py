@@ -523,8 +523,11 @@ def _chunks(fill: int, factor: float, nbytes: float, topology: Mesh2D) -> int:
     alpha = topology.link_latency
     if alpha <= 0:
         return MAX_CHUNKS
-    s = math.sqrt(max(fill, 1) * factor * nbytes / (alpha * topology.link_bandwidth))
-    return int(min(MAX_CHUNKS, max(1, round(s))))
+    with np.errstate(over="ignore"):
+        s = math.sqrt(max(fill, 1) * factor * nbytes / alpha / topology.link_bandwidth)
+    if not math.isfinite(s) or s >= MAX_CHUNKS:
+        return MAX_CHUNKS
+    return int(max(1, round(s)))
 
 
 def build_tree(topology: Mesh2D, nbytes: float) -> Schedule:

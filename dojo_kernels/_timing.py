@@ -56,12 +56,24 @@ def simulate(schedule: Schedule, topology: Mesh2D, nbytes: float) -> Timing:
     col = remap[hop_link]
     NL = used.size
     classes = np.unique(hops)
-    # events per hop: (+size at i0, -size at i1), counts (+1, -1)
-    h_i0, h_i1, h_sz, h_h = i0[hop_msg], i1[hop_msg], size[hop_msg].astype(np.float64), hops[hop_msg]
+    # hops with the same (link, window, hop count) act together: aggregate them
+    h_i0, h_i1, h_h = i0[hop_msg], i1[hop_msg], hops[hop_msg]
+    h_sz = size[hop_msg].astype(np.float64)
+    h_n = np.ones(hop_msg.size)
+    hmax = int(hops.max()) + 1
+    key = ((col * (NI + 1) + h_i0) * (NI + 1) + h_i1) * hmax + h_h
+    if key.size > 4 * NL:
+        uk, inv = np.unique(key, return_inverse=True)
+        h_sz = np.bincount(inv, weights=h_sz, minlength=uk.size)
+        h_n = np.bincount(inv, minlength=uk.size).astype(np.float64)
+        uk, h_h = np.divmod(uk, hmax)
+        uk, h_i1 = np.divmod(uk, NI + 1)
+        col, h_i0 = np.divmod(uk, NI + 1)
+    # events per aggregated hop: (+size at i0, -size at i1), counts (+n, -n)
     ev_i = np.concatenate([h_i0, h_i1])
     ev_c = np.concatenate([col, col])
     ev_u = np.concatenate([h_sz, -h_sz])
-    ev_n = np.concatenate([np.ones(hop_msg.size), -np.ones(hop_msg.size)])
+    ev_n = np.concatenate([h_n, -h_n])
     # stable sort by interval (radix sort when the index fits 16 bits)
     order = np.argsort(ev_i.astype(np.int16) if NI < 2**15 else ev_i, kind="stable")
     ev_i, ev_c, ev_u, ev_n = ev_i[order], ev_c[order], ev_u[order], ev_n[order]
