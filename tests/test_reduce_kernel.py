@@ -74,3 +74,36 @@ def test_accumulate(tier, n):
 def test_length_mismatch_is_an_error():
     with pytest.raises(ValueError):
         _reduce.accumulate(0, 1, np.zeros(3, np.float32), np.zeros(4, np.float32), False)
+
+
+def _prog(**over):
+    p = dict(seg_lo=np.array([0, 4], np.int64), add_off=np.array([0, 1], np.int64),
+             add_out=np.array([0], np.int32), add_a=np.array([-1], np.int32),
+             add_b=np.array([-2], np.int32), out_op=np.array([0, 0], np.int32), nslots=1)
+    p.update(over)
+    return p
+
+
+def _run(p, inp, out):
+    _reduce.run_f32(0, 1, p["seg_lo"], p["add_off"], p["add_out"], p["add_a"], p["add_b"],
+                    p["out_op"], p["nslots"], inp, out)
+
+
+def test_program_runs_and_bad_programs_are_rejected():
+    inp = np.arange(8, dtype=np.float32).reshape(2, 4)
+    out = np.zeros((2, 4), np.float32)
+    _run(_prog(), inp, out)
+    np.testing.assert_array_equal(out, np.broadcast_to(inp[0] + inp[1], (2, 4)))
+    bad = [dict(add_a=np.array([-3], np.int32)),            # input row 2 of 2
+           dict(add_b=np.array([1], np.int32)),             # slot 1 of 1
+           dict(add_out=np.array([-1], np.int32)),
+           dict(out_op=np.array([5, 0], np.int32)),
+           dict(seg_lo=np.array([0, 5], np.int64)),         # past the end of the rows
+           dict(seg_lo=np.array([3, 1], np.int64)),         # decreasing
+           dict(add_off=np.array([0, 2], np.int64)),        # more adds than given
+           dict(out_op=np.array([0], np.int32))]            # wrong table size
+    for b in bad:
+        with pytest.raises(ValueError):
+            _run(_prog(**b), inp, out.copy())
+    with pytest.raises(ValueError):
+        _run(_prog(), inp, np.zeros((3, 4), np.float32))    # more output rows than nodes
