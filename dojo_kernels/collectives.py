@@ -285,7 +285,7 @@ def compile_program(schedule: Schedule, n_elements: int) -> Program:
         nslots=nslots, bit_identical=bit_identical)
 
 
-def _as_codes(buffers, fmt: Format, accumulate: str):
+def _as_codes(buffers, fmt: Format, accumulate: str, name: str = "buffers"):
     """Validate; return (2-D contiguous code array, shape, wire itemsize)."""
     if not isinstance(fmt, Format):
         raise TypeError(f"fmt: expected a dojo_kernels Format (FP32 or BF16), got "
@@ -299,15 +299,15 @@ def _as_codes(buffers, fmt: Format, accumulate: str):
     arr = np.asarray(buffers)
     if fmt == FP32:
         if arr.dtype != np.float32:
-            raise TypeError(f"buffers: expected float32 for fmt=FP32, got {arr.dtype}")
+            raise TypeError(f"{name}: expected float32 for fmt=FP32, got {arr.dtype}")
     else:
         if arr.dtype.name == "bfloat16":
             arr = arr.view(np.uint16)
         if arr.dtype != np.uint16:
-            raise TypeError(f"buffers: expected uint16 BF16 codes (or ml_dtypes.bfloat16) for "
+            raise TypeError(f"{name}: expected uint16 BF16 codes (or ml_dtypes.bfloat16) for "
                             f"fmt=BF16, got {arr.dtype}")
     if arr.ndim < 1:
-        raise ValueError("buffers: expected shape (P, ...), got a scalar")
+        raise ValueError(f"{name}: expected shape (P, ...), got a scalar")
     return arr, (4 if (fmt == BF16 and accumulate == "fp32") else arr.itemsize)
 
 

@@ -166,6 +166,19 @@ class Mesh2D:
         ok = nb >= 0
         return np.stack([src[ok], nb[ok]], axis=1)
 
+    def link_grid(self, values) -> np.ndarray:
+        """Per-link values (in :meth:`links` order, e.g. ``report.bytes_per_link``) as a
+        ``(rows, cols, 4)`` float array indexed by source node and direction (east, west,
+        south, north), NaN where there is no link: ready for plotting."""
+        values = np.asarray(values, np.float64)
+        if values.shape != (self.num_links,):
+            raise ValueError(f"values: expected shape ({self.num_links},), got {values.shape}")
+        out = np.full(self.nodes * 4, np.nan)
+        idx = self._link_index()
+        ok = idx >= 0
+        out[ok] = values[idx[ok]]
+        return out.reshape(self.rows, self.cols, 4)
+
     def degree(self) -> np.ndarray:
         return (self._neighbor_table() >= 0).sum(axis=1)
 

@@ -69,7 +69,7 @@ def allreduce(comm, array, *, algorithm="ring", mesh_shape=None, fmt=FP32, accum
     algorithm = _check_algorithm(algorithm)
     size, me = comm.Get_size(), comm.Get_rank()
     topology = _topology(mesh_shape, size, MPI)
-    arr, wire = _as_codes(np.asarray(array)[None], fmt, accumulate)
+    arr, wire = _as_codes(np.asarray(array)[None], fmt, accumulate, name="array")
     in_dtype = np.asarray(array).dtype
     row = np.ascontiguousarray(arr.reshape(-1))
     N = row.size

@@ -113,3 +113,19 @@ def test_presets_use_spec_figures():
     assert mesh.d1_chip(link_bandwidth=512e9).link_bandwidth == 512e9
     assert mesh.training_tile(link_latency=0.0).link_latency == 0.0
     assert mesh.system(2, 3, wraparound=True).wraparound
+
+
+def test_link_grid_places_values_by_source_and_direction():
+    m = make(2, 3)
+    vals = np.arange(m.num_links, dtype=float)
+    g = m.link_grid(vals)
+    assert g.shape == (2, 3, 4)
+    nb = {mesh.EAST: (0, 1), mesh.WEST: (0, -1), mesh.SOUTH: (1, 0), mesh.NORTH: (-1, 0)}
+    for k, (u, v) in enumerate(m.links()):
+        (r, c), (r2, c2) = divmod(int(u), 3), divmod(int(v), 3)
+        d = [d for d, (dr, dc) in nb.items() if (r + dr, c + dc) == (r2, c2)][0]
+        assert g[r, c, d] == vals[k]
+    assert np.isnan(g[0, 0, mesh.NORTH]) and np.isnan(g[1, 2, mesh.EAST])
+    assert int(np.isfinite(g).sum()) == m.num_links
+    with pytest.raises(ValueError, match="values"):
+        m.link_grid(np.zeros(3))
