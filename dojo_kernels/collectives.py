@@ -9,7 +9,8 @@ and their association orders are documented in docs/allreduce.md.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from types import MappingProxyType
+from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -25,7 +26,7 @@ BIT_IDENTICAL = {"ring": True, "bidirectional_ring": True, "2d": True,
                  "spanning_trees": True}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class AllreduceReport:
     """Timing-model report of one all-reduce (SPEC section 7). Units: seconds, bytes, B/s.
 
@@ -63,7 +64,7 @@ class AllreduceReport:
     links_used: int = 0
     longest_path_hops: int = 0
     bus_bandwidth: float = 0.0
-    lower_bounds: Dict[str, float] = field(default_factory=dict)
+    lower_bounds: Mapping[str, float] = field(default_factory=dict)
     lower_bound: float = 0.0
     efficiency: float = 1.0
     bit_identical: bool = True
@@ -111,7 +112,7 @@ def _report(schedule: Schedule, topology: Mesh2D, nbytes: float) -> AllreduceRep
         byte_hops=t.byte_hops, max_contention=t.max_contention, links_used=t.links_used,
         longest_path_hops=t.longest_path_hops,
         bus_bandwidth=(2 * (P - 1) / P * nbytes / time) if time > 0 else 0.0,
-        lower_bounds=lb, lower_bound=lbmax,
+        lower_bounds=MappingProxyType(lb), lower_bound=lbmax,
         efficiency=(lbmax / time) if time > 0 else 1.0,
         bit_identical=schedule.bit_identical,
         chunks=int(schedule.info.get("chunks", 1)))
