@@ -236,8 +236,10 @@ def spec_bounds(m, n):
 
 @settings(max_examples=120, deadline=None)
 @given(a=st.integers(1, 6), b=st.integers(1, 6), wrap=st.booleans(),
-       alpha=st.floats(0, 1e-5), delta=st.floats(0, 1e-5), bw=st.floats(1e8, 1e12),
-       n=st.floats(0, 1e9), alg=st.sampled_from(ALGORITHMS + ("auto",)))
+       alpha=st.one_of(st.just(0.0), st.floats(1e-12, 1e-5)),
+       delta=st.one_of(st.just(0.0), st.floats(1e-12, 1e-5)), bw=st.floats(1e8, 1e12),
+       n=st.one_of(st.just(0.0), st.floats(1e-3, 1e9)),   # physical sizes: no subnormals
+       alg=st.sampled_from(ALGORITHMS + ("auto",)))
 def test_time_respects_lower_bounds(a, b, wrap, alpha, delta, bw, n, alg):
     m = make(a, b, wrap, alpha, delta, bw)
     r = estimate_allreduce(n, m, algorithm=alg)
