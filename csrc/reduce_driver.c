@@ -44,7 +44,7 @@ int dk_reduce_accumulate(int isa, int threads, float *dst, const float *src, int
     kernels k = pick(isa);
     add_fn f = round_bf16 ? k.addr : k.add;
     int64_t nch = (n + CHUNK - 1) / CHUNK;
-#pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(static) if (nch > 1)
+#pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(static) if (n >= (1 << 20))
     for (int64_t c = 0; c < nch; c++) {
         int64_t lo = c * CHUNK, len = n - lo < CHUNK ? n - lo : CHUNK;
         f(dst + lo, dst + lo, src + lo, len);
@@ -57,7 +57,7 @@ int dk_reduce_bf16_to_f32(int isa, int threads, float *dst, const uint16_t *src,
     if (bad_isa(isa) || n < 0 || (n && (!dst || !src))) return DK_EINVAL;
     kernels k = pick(isa);
     int64_t nch = (n + CHUNK - 1) / CHUNK;
-#pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(static) if (nch > 1)
+#pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(static) if (n >= (1 << 20))
     for (int64_t c = 0; c < nch; c++) {
         int64_t lo = c * CHUNK, len = n - lo < CHUNK ? n - lo : CHUNK;
         k.widen(dst + lo, src + lo, len);
@@ -70,7 +70,7 @@ int dk_reduce_f32_to_bf16(int isa, int threads, uint16_t *dst, const float *src,
     if (bad_isa(isa) || n < 0 || (n && (!dst || !src))) return DK_EINVAL;
     kernels k = pick(isa);
     int64_t nch = (n + CHUNK - 1) / CHUNK;
-#pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(static) if (nch > 1)
+#pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(static) if (n >= (1 << 20))
     for (int64_t c = 0; c < nch; c++) {
         int64_t lo = c * CHUNK, len = n - lo < CHUNK ? n - lo : CHUNK;
         k.narrow(dst + lo, src + lo, len);
@@ -124,6 +124,11 @@ int dk_reduce_run(int isa, int threads, const dk_reduce_program *p, int fmt, int
     const int64_t ntiles = tile_off[S];
     int nthr = threads > 0 ? threads : 1;
     if (ntiles < nthr) nthr = ntiles > 0 ? (int)ntiles : 1;
+    /* Small jobs stay on one thread: waking a team costs more than the work. */
+    double work = 0;
+    for (int64_t s = 0; s < S; s++)
+        work += (double)(p->seg_lo[s + 1] - p->seg_lo[s]) * (double)(p->add_off[s + 1] - p->add_off[s] + R);
+    if (work < (double)(1 << 20)) nthr = 1;
     const size_t per = (size_t)(p->nslots + 2) * DK_TILE; /* slots + two widened operands */
     float *scratch = aligned_alloc(64, (size_t)nthr * per * sizeof(float));
     if (!scratch) { free(tile_off); return DK_ENOMEM; }
@@ -131,7 +136,7 @@ int dk_reduce_run(int isa, int threads, const dk_reduce_program *p, int fmt, int
     const float *inf = in; const uint16_t *inh = in;
     float *outf = out; uint16_t *outh = out;
 
-#pragma omp parallel num_threads(nthr)
+#pragma omp parallel num_threads(nthr) if (nthr > 1)
     {
 #ifdef _OPENMP
         extern int omp_get_thread_num(void);

@@ -8,6 +8,7 @@ and their association orders are documented in docs/allreduce.md.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Dict, Mapping, Optional, Tuple
@@ -118,8 +119,10 @@ def _report(schedule: Schedule, topology: Mesh2D, nbytes: float) -> AllreduceRep
         chunks=int(schedule.info.get("chunks", 1)))
 
 
+@functools.lru_cache(maxsize=64)
 def _choose(topology: Mesh2D, nbytes: float, algorithm: str):
-    """(schedule, report) of the algorithm, or of the fastest one for "auto"."""
+    """(schedule, report) of the algorithm, or of the fastest one for "auto". Both are
+    immutable, so repeated calls share them."""
     if algorithm != "auto":
         sch = build(algorithm, topology, nbytes)
         return sch, _report(sch, topology, nbytes)
@@ -171,6 +174,7 @@ class Program:
     bit_identical: bool
 
 
+@functools.lru_cache(maxsize=32)
 def compile_program(schedule: Schedule, n_elements: int) -> Program:
     """Symbolic execution of the schedule over the element segments it distinguishes: the
     additions each segment needs, in schedule order, and what each node ends with."""
@@ -275,7 +279,7 @@ def compile_program(schedule: Schedule, n_elements: int) -> Program:
     by_seg = np.argsort(aseg, kind="stable")
     add_off = np.zeros(S + 1, np.int64)
     np.cumsum(np.bincount(aseg, minlength=S), out=add_off[1:])
-    return Program(
+    prog = Program(
         seg_lo=bnds.astype(np.int64),
         add_off=add_off,
         add_out=slot[by_seg].astype(np.int32),
@@ -284,6 +288,9 @@ def compile_program(schedule: Schedule, n_elements: int) -> Program:
         out_op=operand(final[:1].T.reshape(-1) if bit_identical
                        else final.T.reshape(-1)).astype(np.int32),
         nslots=nslots, bit_identical=bit_identical)
+    for arr in (prog.seg_lo, prog.add_off, prog.add_out, prog.add_a, prog.add_b, prog.out_op):
+        arr.setflags(write=False)
+    return prog
 
 
 def _as_codes(buffers, fmt: Format, accumulate: str, name: str = "buffers"):
