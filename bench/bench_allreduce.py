@@ -23,7 +23,7 @@ from dojo_kernels.collectives import ALGORITHMS, _choose, compile_program
 from dojo_kernels.mesh import chip_mesh, training_tile
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _benchlib import RESULTS, TABLES, bench_size, record  # noqa: E402
+from _benchlib import TABLES, bench_size, record  # noqa: E402
 
 MiB = 1 << 20
 

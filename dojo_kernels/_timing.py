@@ -117,7 +117,8 @@ def simulate(schedule: Schedule, topology: Mesh2D, nbytes: float) -> Timing:
             lens = np.minimum(h_i1[sel], b1) - rs
             tot = int(lens.sum())
             rep = np.repeat(sel, lens)
-            row = np.repeat(rs - b0, lens) + (np.arange(tot) - np.repeat(np.cumsum(lens) - lens, lens))
+            first = np.repeat(np.cumsum(lens) - lens, lens)
+            row = np.repeat(rs - b0, lens) + (np.arange(tot) - first)
             val = load[row, np.searchsorted(cols, col[rep])]
             t = alpha + (h_h[rep] - 1) * delta + val * unit_bytes / B
             best = np.full(nrow, -np.inf)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Mapping
 
 import numpy as np
 
 from . import _config
-from ._schedule import ALGORITHMS, COPY, REDUCE, Schedule, build
+from ._schedule import ALGORITHMS, COPY, Schedule, build
 from ._timing import lower_bounds, simulate
 from .formats import BF16, FP32, Format
 from .mesh import Mesh2D
@@ -204,7 +204,8 @@ def compile_program(schedule: Schedule, n_elements: int) -> Program:
         ids = tpl[g0:g1]
         nseg = s1[g0:g1] - s0[g0:g1]
         inst = np.repeat(np.arange(g1 - g0), nseg)
-        seg = np.repeat(s0[g0:g1], nseg) + (np.arange(inst.size) - np.repeat(np.cumsum(nseg) - nseg, nseg))
+        first = np.repeat(np.cumsum(nseg) - nseg, nseg)
+        seg = np.repeat(s0[g0:g1], nseg) + (np.arange(inst.size) - first)
         t = ids[inst]
         src, dst, ss, ds, op = src_a[t], dst_a[t], ss_a[t], ds_a[t], op_a[t]
         snapshot = stage[g0] == 1
@@ -261,7 +262,8 @@ def compile_program(schedule: Schedule, n_elements: int) -> Program:
     order = np.lexsort((root, aseg))
     sr = root[order]
     sg = aseg[order]
-    newslot = np.concatenate([[True], (sr[1:] != sr[:-1]) | (sg[1:] != sg[:-1])]) if nadd else np.zeros(0, bool)
+    newslot = (np.concatenate([[True], (sr[1:] != sr[:-1]) | (sg[1:] != sg[:-1])]) if nadd
+               else np.zeros(0, bool))
     segstart = np.concatenate([[True], sg[1:] != sg[:-1]]) if nadd else np.zeros(0, bool)
     cum = np.cumsum(newslot) - 1
     base = np.maximum.accumulate(np.where(segstart, cum, 0)) if nadd else cum

@@ -2,7 +2,6 @@
 lower bounds as properties, contention, conservation of bytes, report fields and errors.
 Every expected value here is computed from SPEC's formulas, not from the code under test."""
 import dataclasses
-import math
 
 import numpy as np
 import pytest

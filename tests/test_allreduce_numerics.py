@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import dojo_kernels
-from dojo_kernels import BF16, FP32, UHP, _config, allreduce
+from dojo_kernels import BF16, UHP, _config, allreduce
 from dojo_kernels.mesh import Mesh2D
 from dojo_kernels._schedule import ring_order
 
