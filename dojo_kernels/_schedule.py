@@ -575,10 +575,16 @@ def build_spanning_trees(topology: Mesh2D, nbytes: float) -> Schedule:
     factor = (P - 1) / W if len(trees) > 1 else 1.0
     s = _chunks(2 * Hmax - 1, factor, nbytes, topology)
     bld = _Builder(P)
-    off = 0
-    for (parent, w), shape in zip(trees, shapes):
-        _tree_into(bld, parent, s=s, base=off * s, csize=w, shape=shape)
-        off += w
+    # every tree at once: the same pipelined reduce + broadcast as _tree_into
+    parents = np.stack([p for p, _ in trees])
+    w = np.array([w for _, w in trees], np.int64)
+    off = np.cumsum(w) - w
+    H = fh[np.arange(len(trees)), fr]
+    t_idx, v = np.nonzero(parents >= 0)
+    pv = parents[t_idx, v]
+    common = dict(count=s, base=off[t_idx] * s, size=w[t_idx], k0=0, dk=1, kmod=s, prio=v)
+    bld.add(v, pv, start=fh[t_idx, pv] - 1, op=REDUCE, **common)
+    bld.add(pv, v, start=H[t_idx] + fd[t_idx, pv], op=COPY, **common)
     return bld.build("spanning_trees", max(W * s, 1), 1, True,
                      {"chunks": s, "trees": len(trees), "weights": [w for _, w in trees]})
 
