@@ -65,16 +65,33 @@ class Schedule:
         lo = a["base"] + ((a["k0"] + j * a["dk"]) % a["kmod"]) * a["size"]
         return lo, lo + a["size"]
 
-    def instances(self):
-        """Every (template, step, lo_unit, hi_unit) in execution order."""
+    def instances(self, unit_bounds=None):
+        """Every (template, step, lo_unit, hi_unit) in execution order. With ``unit_bounds``
+        (element index of every unit boundary), only those moving at least one element."""
         a = self.arrays
-        cnt = a["count"]
-        tpl = np.repeat(np.arange(cnt.size), cnt)
-        first = np.repeat(np.cumsum(cnt) - cnt, cnt)
-        j = np.arange(tpl.size) - first
-        step = a["start"][tpl] + j
-        lo = a["base"][tpl] + ((a["k0"][tpl] + j * a["dk"][tpl]) % a["kmod"][tpl]) * a["size"][tpl]
-        hi = lo + a["size"][tpl]
+        parts = []
+        cnt_all = a["count"]
+        # in pieces of about a million instances, so that huge schedules stay in memory
+        total = int(cnt_all.sum())
+        cuts = np.searchsorted(np.cumsum(cnt_all), np.arange(1, 1 + total // (1 << 20)) << 20)
+        for t0, t1 in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [cnt_all.size]])):
+            if t1 <= t0:
+                continue
+            cnt = cnt_all[t0:t1]
+            tpl = t0 + np.repeat(np.arange(cnt.size), cnt)
+            first = np.repeat(np.cumsum(cnt) - cnt, cnt)
+            j = np.arange(tpl.size) - first
+            k = (a["k0"][tpl] + j * a["dk"][tpl]) % a["kmod"][tpl]
+            lo = a["base"][tpl] + k * a["size"][tpl]
+            hi = lo + a["size"][tpl]
+            if unit_bounds is not None:
+                keep = unit_bounds[hi] > unit_bounds[lo]
+                tpl, j, lo, hi = tpl[keep], j[keep], lo[keep], hi[keep]
+            parts.append((tpl, a["start"][tpl] + j, lo, hi))
+        if not parts:
+            z = np.zeros(0, np.int64)
+            return z, z, z, z
+        tpl, step, lo, hi = (np.concatenate([p[k] for p in parts]) for k in range(4))
         order = np.lexsort((tpl, a["prio"][tpl], a["stage"][tpl], step))
         return tpl[order], step[order], lo[order], hi[order]
 

@@ -180,11 +180,9 @@ def compile_program(schedule: Schedule, n_elements: int) -> Program:
     additions each segment needs, in schedule order, and what each node ends with."""
     P, K = schedule.nodes, schedule.slots
     ub = unit_boundaries(schedule, n_elements)
-    tpl, step, lo_u, hi_u = schedule.instances()
+    tpl, step, lo_u, hi_u = schedule.instances(ub)
     a = schedule.arrays
     lo_e, hi_e = ub[lo_u], ub[hi_u]
-    keep = hi_e > lo_e
-    tpl, step, lo_e, hi_e = tpl[keep], step[keep], lo_e[keep], hi_e[keep]
     bnds = np.unique(np.concatenate([lo_e, hi_e, [0, n_elements]]))
     S = bnds.size - 1
     s0 = np.searchsorted(bnds, lo_e)
