@@ -24,6 +24,8 @@ from .numerics import (Flags, add, choose_bias, dequantize, fake_quantize, fma, 
 # --- mesh all-reduce ---------------------------------------------------------------------
 from . import mesh  # noqa: E402  (dojo_kernels.mesh: Mesh2D and the D1 presets)
 from .collectives import AllreduceReport, allreduce, estimate_allreduce  # noqa: E402
+from .hierarchical import (HierarchicalReport, allreduce_hierarchical,  # noqa: E402
+                           estimate_hierarchical)
 
 
 def show_config() -> None:
@@ -47,4 +49,5 @@ __all__ = [
     "Flags", "quantize", "dequantize", "fake_quantize", "add", "sub", "mul", "fma", "choose_bias",
     # mesh all-reduce
     "mesh", "AllreduceReport", "allreduce", "estimate_allreduce",
+    "HierarchicalReport", "allreduce_hierarchical", "estimate_hierarchical",
 ]

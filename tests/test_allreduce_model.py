@@ -346,3 +346,17 @@ def test_bad_inputs():
         estimate_allreduce("1e6", m)
     with pytest.raises(TypeError, match="topology"):
         estimate_allreduce(1e6, (2, 2))
+
+
+def test_hierarchical_time_is_the_sum_of_the_levels():
+    from dojo_kernels.hierarchical import estimate_hierarchical
+    inner = make(2, 4)                              # even: a Hamiltonian cycle
+    top = make(1, 5, wrap=True, alpha=3e-6, bw=2e9)
+    n = 1e7
+    r = estimate_hierarchical(n, [inner, top], algorithms=["bidirectional_ring", "ring"])
+    t_in = 2 * 7 * (ALPHA + n / (2 * 8 * BW))       # reduce-scatter + all-gather inside
+    t_top = 2 * 4 * (3e-6 + n / (5 * 2e9))          # ring all-reduce across the groups
+    assert r.level_times == (approx(t_in), approx(t_top))
+    assert r.time == approx(t_in + t_top)
+    assert r.nodes == 40
+    assert r.bus_bandwidth == pytest.approx(2 * 39 / 40 * n / r.time)

@@ -366,3 +366,49 @@ def test_mpi_module_imports_without_mpi4py():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+# --- hierarchical all-reduce ---------------------------------------------------------------
+def test_hierarchical_values_nest_the_level_orders():
+    from dojo_kernels.hierarchical import allreduce_hierarchical
+    inner, top = make(2, 3), make(2, 2)
+    P = 24
+    x = data(P, 97, seed=4)
+    for alg_in, alg_top in [("bidirectional_ring", "tree"), ("2d", "ring"),
+                            ("ring", "spanning_trees")]:
+        got, rep = allreduce_hierarchical(x, [inner, top], algorithms=[alg_in, alg_top])
+        add = Adder(False)
+        sums = np.stack([reference(alg_in, x[g * 6:(g + 1) * 6], inner, add, None)[0]
+                         for g in range(4)])
+        top_rep = dojo_kernels.estimate_allreduce(97 * 4, top, algorithm=alg_top)
+        want = reference(alg_top, sums, top, add, top_rep)
+        np.testing.assert_array_equal(got, np.repeat(want, 6, axis=0))
+        assert rep.algorithms == (alg_in, alg_top) and rep.nodes == 24
+
+
+@pytest.mark.parametrize("accumulate", ["fp32", "bf16"])
+def test_hierarchical_bf16(accumulate):
+    from dojo_kernels.hierarchical import allreduce_hierarchical
+    inner, top = make(2, 2), make(1, 3)
+    vals = rnd_bf16(data(12, 55, seed=8))
+    codes = vals.astype(ml_dtypes.bfloat16).view(np.uint16)
+    got, rep = allreduce_hierarchical(codes, [inner, top], algorithms=["ring", "chain"],
+                                      fmt=BF16, accumulate=accumulate)
+    add = Adder(accumulate == "bf16")
+    sums = np.stack([ref_ring(vals[g * 4:(g + 1) * 4], inner, add)[0] for g in range(3)])
+    want = np.repeat(ref_chain(sums, top, add), 4, axis=0)
+    np.testing.assert_array_equal(got, want.astype(ml_dtypes.bfloat16).view(np.uint16))
+    assert not rep.bit_identical  # the chain at the top level
+
+
+def test_hierarchical_bad_inputs():
+    from dojo_kernels.hierarchical import allreduce_hierarchical, estimate_hierarchical
+    a, b = make(2, 2), make(1, 2)
+    with pytest.raises(ValueError, match="algorithms"):
+        estimate_hierarchical(1e6, [a, b], algorithms=["tree", "ring"])
+    with pytest.raises(ValueError, match="algorithms"):
+        estimate_hierarchical(1e6, [a, b], algorithms=["ring"])
+    with pytest.raises(TypeError, match="levels"):
+        estimate_hierarchical(1e6, a)
+    with pytest.raises(ValueError, match="buffers"):
+        allreduce_hierarchical(data(4, 3, 0), [a, b])
