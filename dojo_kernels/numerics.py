@@ -103,9 +103,10 @@ def _native(a: np.ndarray) -> np.ndarray:
 def _source(x: Any, name: str = "x") -> Tuple[np.ndarray, int]:
     """x as a C-contiguous native float32/float64/bf16-bits array, and its kind."""
     a = np.asarray(x)
-    if a.dtype == np.float32:
+    dt = a.dtype if a.dtype.isnative else a.dtype.newbyteorder("=")  # big-endian too
+    if dt == np.float32:
         return _native(a), _F32
-    if a.dtype == np.float64:
+    if dt == np.float64:
         return _native(a), _F64
     if _is_bf16(a.dtype):
         return _native(a).view(np.uint16), _BF16
