@@ -23,6 +23,7 @@ Model choices (SPEC marks them; each is written down here and in README.md):
 from __future__ import annotations
 
 import functools
+import math
 import operator
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple, Union
@@ -320,7 +321,10 @@ def choose_bias(x: Any, family: str, *, margin: int = 0) -> int:
         raise ValueError("x: contains NaN or Inf; no bias makes it representable")
     if top == 0.0:
         return 63
-    need = top * 2.0 ** margin
+    try:
+        need = math.ldexp(top, margin)
+    except OverflowError:  # a margin of thousands of binades: no bias can hold it
+        need = math.inf
     make = FAMILIES[family]
     for bias in range(63, -1, -1):
         if make(bias).max >= need:
