@@ -149,10 +149,15 @@ def _deliver(result: np.ndarray, out: Optional[np.ndarray]) -> np.ndarray:
     return result
 
 
-def _target(out: Optional[np.ndarray], shape: tuple, dtype: np.dtype) -> np.ndarray:
-    """Where the kernel writes: out itself when it is C-contiguous and native, else a new array."""
+def _target(out: Optional[np.ndarray], shape: tuple, dtype: np.dtype,
+            *inputs: np.ndarray) -> np.ndarray:
+    """Where the kernel writes: out itself when it is C-contiguous and native and overlaps no
+    input (exact element-for-element aliasing, i.e. in place, is fine), else a new array."""
     if out is not None and out.flags.c_contiguous and out.dtype.isnative:
-        return out
+        if all(not np.may_share_memory(out, a)
+               or (a.ctypes.data == out.ctypes.data and a.dtype.itemsize == out.dtype.itemsize
+                   and a.flags.c_contiguous) for a in inputs):
+            return out
     return np.empty(shape, dtype)
 
 
@@ -181,7 +186,7 @@ def quantize(x: Any, fmt: Format, *, rounding: str = "nearest", seed: Optional[i
     dtype = np.dtype(fmt.storage_dtype)
     if out is not None:
         _check_out(out, src.shape, dtype)
-    dst = _target(out, src.shape, dtype)
+    dst = _target(out, src.shape, dtype, src)
     flags = None
     if src.size:
         flags = _numerics.quantize(_bytes(src), kind, _bytes(dst), src.size, _ctuple(fmt), mode,
@@ -209,7 +214,7 @@ def dequantize(codes: Any, fmt: Format, *, dtype: Any = np.float32,
     c = _codes(codes, fmt)
     if out is not None:
         _check_out(out, c.shape, dt)
-    dst = _target(out, c.shape, dt)
+    dst = _target(out, c.shape, dt, c)
     if c.size:
         _numerics.dequantize(_bytes(c), _bytes(dst), 0 if dt == np.float32 else 1, c.size,
                              _ctuple(fmt), _config.isa(), _config.threads())
@@ -259,7 +264,7 @@ def _arith(op: str, operands: Tuple[Any, ...], fmt: Format, rounding: str, seed:
     dtype = np.dtype(fmt.storage_dtype)
     if out is not None:
         _check_out(out, shape, dtype)
-    dst = _target(out, shape, dtype)
+    dst = _target(out, shape, dtype, *arrays)
     flags = (0, 0, 0, 0)
     if dst.size:
         views = [_bytes(v) for v in arrays]
