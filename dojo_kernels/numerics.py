@@ -98,7 +98,9 @@ def _is_bf16(dtype: np.dtype) -> bool:
 def _native(a: np.ndarray) -> np.ndarray:
     if not a.dtype.isnative:
         a = a.astype(a.dtype.newbyteorder("="))
-    return np.asarray(a, order="C")
+    # C order AND aligned: the kernels load whole floats/codes (a misaligned pointer is UB in
+    # C and breaks the vector loops' alignment peeling). np.require keeps 0-d arrays 0-d.
+    return np.require(a, requirements=("C_CONTIGUOUS", "ALIGNED"))
 
 
 def _source(x: Any, name: str = "x") -> Tuple[np.ndarray, int]:
@@ -151,9 +153,9 @@ def _deliver(result: np.ndarray, out: Optional[np.ndarray]) -> np.ndarray:
 
 def _target(out: Optional[np.ndarray], shape: tuple, dtype: np.dtype,
             *inputs: np.ndarray) -> np.ndarray:
-    """Where the kernel writes: out itself when it is C-contiguous and native and overlaps no
+    """Where the kernel writes: out itself when it is C-contiguous, aligned, native and overlaps no
     input (exact element-for-element aliasing, i.e. in place, is fine), else a new array."""
-    if out is not None and out.flags.c_contiguous and out.dtype.isnative:
+    if out is not None and out.flags.c_contiguous and out.flags.aligned and out.dtype.isnative:
         if all(not np.may_share_memory(out, a)
                or (a.ctypes.data == out.ctypes.data and a.dtype.itemsize == out.dtype.itemsize
                    and a.flags.c_contiguous) for a in inputs):
