@@ -631,8 +631,9 @@ def test_fuzz_overlapping_out():
         vals = rand_bits(rng, idt, (n,))
         shift = int(rng.integers(-3 * odt.itemsize, 3 * odt.itemsize + 1)) if rng.random() < 0.8 else 0
         span = max(n * idt.itemsize, n * odt.itemsize) + 3 * odt.itemsize + 16
-        buf = np.zeros(2 * span, np.uint8)
-        base = span // 2 // 16 * 16
+        buf = np.zeros(3 * span + 64, np.uint8)
+        base = (span // 16 + 1) * 16   # room for out on either side (np.ndarray does not
+        assert base + shift // odt.itemsize * odt.itemsize >= 0   # check negative offsets)
         # element-aligned placements: x at base, out at base + shift (rounded to odt's size)
         off_o = base + shift // odt.itemsize * odt.itemsize
         x = np.ndarray((n,), idt, buffer=buf, offset=base)
