@@ -18,6 +18,8 @@ from ._config import get_isa, get_num_threads, set_num_threads
 from .formats import BF16, FP32, UHP, Format, cfloat8_143, cfloat8_152, shp
 
 # --- numerics (issue: foundation) -------------------------------------------------------
+from .numerics import (Flags, add, choose_bias, dequantize, fake_quantize, fma, mul, quantize,
+                       sub)
 # --- GEMM and the D1 machine model --------------------------------------------------------
 # --- mesh all-reduce ---------------------------------------------------------------------
 
@@ -40,4 +42,5 @@ def show_config() -> None:
 __all__ = [
     "BF16", "FP32", "UHP", "Format", "cfloat8_143", "cfloat8_152", "shp",
     "get_isa", "get_num_threads", "set_num_threads", "show_config",
+    "Flags", "quantize", "dequantize", "fake_quantize", "add", "sub", "mul", "fma", "choose_bias",
 ]

@@ -1,0 +1,329 @@
+"""Conversion and arithmetic in the Dojo number formats (SPEC sections 2-4).
+
+Every function here validates its arguments, then calls one C driver with the GIL released.
+Results are bit-identical whatever the ISA tier and the thread count.
+
+Model choices (SPEC marks them; each is written down here and in README.md):
+
+* ``rounding="nearest"`` is round-to-nearest, ties to even (the white paper only says
+  "round-to-nearest").
+* ``rounding="stochastic"`` is SPEC's bit-exact recipe: the random number of element ``i``
+  (flat C-order index in the logical array) is the top half of SplitMix64 after ``i + 1``
+  steps from ``seed``, so results never depend on memory layout, threads or SIMD path.
+* NaN into CFloat8/SHP (which have no NaN) gives ``+max``; ``+-Inf`` and overflow saturate
+  to ``+-max``. BF16/FP32 NaN becomes the quiet NaN ``sign|0x7FC0`` (``sign|0x7FC00000``),
+  as ml_dtypes does. UHP: NaN and any negative non-zero input give ``0xFE00``; ``-0 -> +0``.
+* Overflow is signalled (and a value clamped) when the value rounded with an unbounded
+  exponent exceeds ``max``. Toward zero, BF16/UHP overflow gives ``+-max``; nearest and
+  stochastic give ``+-Inf`` (stochastic: the grid continues past ``max`` and its next point
+  is Inf, so values at or above ``2^(emax+1)`` always become Inf).
+* In the ``"tesla"`` subnormal gap a value rounds between the largest subnormal and the
+  smallest normal (a tie goes to the smallest normal).
+"""
+from __future__ import annotations
+
+import functools
+import operator
+from dataclasses import dataclass
+from typing import Any, Optional, Tuple, Union
+
+import numpy as np
+
+from . import _config, _numerics
+from .formats import FAMILIES, Format
+
+__all__ = ["Flags", "quantize", "dequantize", "fake_quantize", "add", "sub", "mul", "fma",
+           "choose_bias"]
+
+_ROUNDING = {"nearest": 0, "stochastic": 1, "toward_zero": 2}
+_SUB = {"tesla": 0, "ieee": 1, "flush": 2}
+_F32, _F64, _BF16 = 0, 1, 2
+_OPS = {"add": 0, "sub": 1, "mul": 2, "fma": 3}
+
+
+@dataclass(frozen=True)
+class Flags:
+    """Exception counts of one call (SPEC section 3): how many elements raised each flag.
+
+    invalid   -- NaN operand, a negative non-zero value into UHP, or an invalid operation
+                 (Inf - Inf, 0 * Inf).
+    denormal  -- an operand that is subnormal in its source format (float32/float64/bf16
+                 for quantize; the format itself for arithmetic, one count per element).
+    overflow  -- a finite value whose result was clamped to max or rounded to Inf, and in
+                 CFloat8/SHP also an infinite input (it is clamped).
+    underflow -- a non-zero value whose result is subnormal or zero and differs from it.
+    """
+
+    invalid: int = 0
+    denormal: int = 0
+    overflow: int = 0
+    underflow: int = 0
+
+
+@functools.lru_cache(maxsize=None)
+def _ctuple(fmt: Format) -> tuple:
+    return (fmt.exponent_bits, fmt.mantissa_bits, fmt.bias, int(fmt.signed), _SUB[fmt.subnormals],
+            int(fmt.has_inf_nan), fmt.nan_code or 0)
+
+
+def _check_format(fmt: Any, name: str = "fmt") -> Format:
+    if not isinstance(fmt, Format):
+        raise TypeError(f"{name}: expected a dojo_kernels.Format (e.g. BF16, cfloat8_143(7)), "
+                        f"got {type(fmt).__name__}")
+    return fmt
+
+
+def _check_rounding(rounding: Any, seed: Any) -> Tuple[int, int]:
+    if rounding not in _ROUNDING:
+        raise ValueError(f"rounding: expected one of {', '.join(map(repr, _ROUNDING))}, "
+                         f"got {rounding!r}")
+    mode = _ROUNDING[rounding]
+    if mode != 1:
+        return mode, 0
+    if seed is None:
+        raise ValueError("seed: rounding='stochastic' needs an integer seed (0 <= seed < 2**64)")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
+    seed = int(seed)
+    if not 0 <= seed < 1 << 64:
+        raise ValueError(f"seed: expected 0 <= seed < 2**64, got {seed}")
+    return mode, seed
+
+
+def _is_bf16(dtype: np.dtype) -> bool:
+    return dtype.name == "bfloat16" and dtype.itemsize == 2
+
+
+def _native(a: np.ndarray) -> np.ndarray:
+    if not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
+    return np.ascontiguousarray(a)
+
+
+def _source(x: Any, name: str = "x") -> Tuple[np.ndarray, int]:
+    """x as a C-contiguous native float32/float64/bf16-bits array, and its kind."""
+    a = np.asarray(x)
+    if a.dtype == np.float32:
+        return _native(a), _F32
+    if a.dtype == np.float64:
+        return _native(a), _F64
+    if _is_bf16(a.dtype):
+        return _native(a).view(np.uint16), _BF16
+    raise TypeError(f"{name}: expected a float32, float64 or ml_dtypes.bfloat16 array, "
+                    f"got dtype {a.dtype}")
+
+
+def _codes(codes: Any, fmt: Format, name: str = "codes") -> np.ndarray:
+    """codes as a C-contiguous native array of fmt's storage dtype."""
+    a = np.asarray(codes)
+    want = np.dtype(fmt.storage_dtype)
+    if fmt.name == "bf16" and _is_bf16(a.dtype):
+        a = a.view(np.uint16)
+    if a.dtype.kind != want.kind or a.dtype.itemsize != want.itemsize:
+        raise TypeError(f"{name}: expected {want} codes for {fmt!r}, got dtype {a.dtype}")
+    return _native(a)
+
+
+def _bytes(a: np.ndarray) -> np.ndarray:
+    return a.reshape(-1).view(np.uint8)
+
+
+def _check_out(out: Any, shape: tuple, dtype: np.dtype, name: str = "out") -> np.ndarray:
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(out).__name__}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype}, got {out.dtype}")
+    if out.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape}, got {out.shape}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name}: array is read-only")
+    return out
+
+
+def _deliver(result: np.ndarray, out: Optional[np.ndarray]) -> np.ndarray:
+    if out is not None and result is not out:
+        out[...] = result
+        return out
+    return result
+
+
+def _target(out: Optional[np.ndarray], shape: tuple, dtype: np.dtype) -> np.ndarray:
+    """Where the kernel writes: out itself when it is C-contiguous and native, else a new array."""
+    if out is not None and out.flags.c_contiguous and out.dtype.isnative:
+        return out
+    return np.empty(shape, dtype)
+
+
+def quantize(x: Any, fmt: Format, *, rounding: str = "nearest", seed: Optional[int] = None,
+             out: Optional[np.ndarray] = None, return_flags: bool = False
+             ) -> Union[np.ndarray, Tuple[np.ndarray, Flags]]:
+    """Round ``x`` into ``fmt``; return the codes (uint8 or uint16; float32 for FP32).
+
+    Parameters
+    ----------
+    x : float32, float64 or ml_dtypes.bfloat16 array of any shape and strides. float64 is
+        rounded from its own value, never through float32.
+    fmt : the target :class:`Format`.
+    rounding : ``"nearest"`` (ties to even), ``"stochastic"`` (SPEC section 2; needs
+        ``seed``) or ``"toward_zero"``.
+    seed : int in ``[0, 2**64)``, required for stochastic rounding.
+    out : optional array of ``fmt.storage_dtype`` and ``x``'s shape to write into.
+    return_flags : also return a :class:`Flags` of exception counts.
+
+    ``quantize(x, BF16).view(ml_dtypes.bfloat16)`` equals ``x.astype(ml_dtypes.bfloat16)``
+    bit for bit for float32 ``x``.
+    """
+    fmt = _check_format(fmt)
+    mode, seed_ = _check_rounding(rounding, seed)
+    src, kind = _source(x)
+    dtype = np.dtype(fmt.storage_dtype)
+    if out is not None:
+        _check_out(out, src.shape, dtype)
+    dst = _target(out, src.shape, dtype)
+    flags = None
+    if src.size:
+        flags = _numerics.quantize(_bytes(src), kind, _bytes(dst), src.size, _ctuple(fmt), mode,
+                                   seed_, bool(return_flags), _config.isa(), _config.threads())
+    dst = _deliver(dst, out)
+    if return_flags:
+        return dst, Flags(*(flags or (0, 0, 0, 0)))
+    return dst
+
+
+def dequantize(codes: Any, fmt: Format, *, dtype: Any = np.float32,
+               out: Optional[np.ndarray] = None) -> np.ndarray:
+    """The exact values of ``codes`` in ``fmt``, as float32 (default) or float64.
+
+    ``codes`` must have ``fmt.storage_dtype`` (an ml_dtypes.bfloat16 array is accepted as
+    BF16 codes). Every value of every format is exact in float32.
+    """
+    fmt = _check_format(fmt)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype: expected float32 or float64, got {dtype!r}") from None
+    if dt not in (np.float32, np.float64):
+        raise ValueError(f"dtype: expected float32 or float64, got {dt}")
+    c = _codes(codes, fmt)
+    if out is not None:
+        _check_out(out, c.shape, dt)
+    dst = _target(out, c.shape, dt)
+    if c.size:
+        _numerics.dequantize(_bytes(c), _bytes(dst), 0 if dt == np.float32 else 1, c.size,
+                             _ctuple(fmt), _config.isa(), _config.threads())
+    return _deliver(dst, out)
+
+
+def _fits_bf16(fmt: Format) -> bool:
+    return fmt.name == "bf16" or (fmt.nbits == 8)
+
+
+def fake_quantize(x: Any, fmt: Format, *, rounding: str = "nearest",
+                  seed: Optional[int] = None) -> np.ndarray:
+    """``dequantize(quantize(x, fmt, ...), fmt)`` in one pass, in ``x``'s float dtype.
+
+    What quantization-aware training calls. float32 and float64 inputs keep their dtype; a
+    bfloat16 input gives bfloat16 for formats whose values are all bfloat16 values (BF16,
+    CFloat8) and is refused for the others (cast it to float32 first).
+    """
+    fmt = _check_format(fmt)
+    mode, seed_ = _check_rounding(rounding, seed)
+    a = np.asarray(x)
+    src, kind = _source(a)
+    if kind == _BF16 and not _fits_bf16(fmt):
+        raise TypeError(f"x: a bfloat16 input cannot hold every {fmt!r} value; "
+                        "pass x.astype(np.float32)")
+    dst = np.empty(src.shape, src.dtype)
+    if src.size:
+        _numerics.fake_quantize(_bytes(src), kind, _bytes(dst), src.size, _ctuple(fmt), mode,
+                                seed_, _config.isa(), _config.threads())
+    return dst.view(a.dtype) if kind == _BF16 else dst
+
+
+def _arith(op: str, operands: Tuple[Any, ...], fmt: Format, rounding: str, seed: Optional[int],
+           out: Optional[np.ndarray], return_flags: bool
+           ) -> Union[np.ndarray, Tuple[np.ndarray, Flags]]:
+    fmt = _check_format(fmt)
+    mode, seed_ = _check_rounding(rounding, seed)
+    names = ("a", "b", "c")
+    arrays = [_codes(v, fmt, names[i]) for i, v in enumerate(operands)]
+    try:
+        arrays = [np.ascontiguousarray(v) for v in np.broadcast_arrays(*arrays)]
+    except ValueError:
+        shapes = ", ".join(str(v.shape) for v in arrays)
+        raise ValueError(f"a, b{', c' if len(arrays) == 3 else ''}: shapes {shapes} do not "
+                         "broadcast together") from None
+    shape = arrays[0].shape
+    dtype = np.dtype(fmt.storage_dtype)
+    if out is not None:
+        _check_out(out, shape, dtype)
+    dst = _target(out, shape, dtype)
+    flags = (0, 0, 0, 0)
+    if dst.size:
+        views = [_bytes(v) for v in arrays]
+        c = views[2] if len(views) == 3 else views[0]
+        flags = _numerics.arith(_OPS[op], views[0], views[1], c, _bytes(dst), dst.size,
+                                _ctuple(fmt), mode, seed_, _config.threads())
+    dst = _deliver(dst, out)
+    return (dst, Flags(*flags)) if return_flags else dst
+
+
+def add(a: Any, b: Any, fmt: Format, *, rounding: str = "nearest", seed: Optional[int] = None,
+        out: Optional[np.ndarray] = None, return_flags: bool = False):
+    """``a + b`` on code arrays of ``fmt`` (NumPy broadcasting), the exact sum correctly
+    rounded into ``fmt`` (SPEC section 4). Stochastic random numbers follow the flat C-order
+    index of the broadcast result."""
+    return _arith("add", (a, b), fmt, rounding, seed, out, return_flags)
+
+
+def sub(a: Any, b: Any, fmt: Format, *, rounding: str = "nearest", seed: Optional[int] = None,
+        out: Optional[np.ndarray] = None, return_flags: bool = False):
+    """``a - b`` on code arrays of ``fmt``, correctly rounded (see :func:`add`)."""
+    return _arith("sub", (a, b), fmt, rounding, seed, out, return_flags)
+
+
+def mul(a: Any, b: Any, fmt: Format, *, rounding: str = "nearest", seed: Optional[int] = None,
+        out: Optional[np.ndarray] = None, return_flags: bool = False):
+    """``a * b`` on code arrays of ``fmt``, correctly rounded (see :func:`add`)."""
+    return _arith("mul", (a, b), fmt, rounding, seed, out, return_flags)
+
+
+def fma(a: Any, b: Any, c: Any, fmt: Format, *, rounding: str = "nearest",
+        seed: Optional[int] = None, out: Optional[np.ndarray] = None, return_flags: bool = False):
+    """``a * b + c`` with a single rounding, on code arrays of ``fmt`` (see :func:`add`)."""
+    return _arith("fma", (a, b, c), fmt, rounding, seed, out, return_flags)
+
+
+def choose_bias(x: Any, family: str, *, margin: int = 0) -> int:
+    """The largest bias (0..63) of ``family`` whose max is at least ``max|x| * 2**margin``.
+
+    So nothing in ``x`` overflows, with ``margin`` binades of headroom: the per-tensor
+    scale FP8 training picks. ``family`` is ``"cfloat8_143"``, ``"cfloat8_152"`` or
+    ``"shp"``. An all-zero ``x`` gives 63. Raises ValueError when even bias 0 is too small,
+    or when ``x`` holds NaN or Inf.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"family: expected one of {', '.join(map(repr, FAMILIES))}, "
+                         f"got {family!r}")
+    try:
+        margin = operator.index(margin)
+    except TypeError:
+        raise TypeError(f"margin: expected an int, got {type(margin).__name__}") from None
+    src, kind = _source(x)
+    vals = src.view(np.uint16).astype(np.uint32) << 16 if kind == _BF16 else src
+    vals = vals.view(np.float32) if kind == _BF16 else vals
+    if vals.size == 0:
+        return 63
+    top = float(np.max(np.abs(vals)))
+    if not np.isfinite(top):
+        raise ValueError("x: contains NaN or Inf; no bias makes it representable")
+    if top == 0.0:
+        return 63
+    need = top * 2.0 ** margin
+    make = FAMILIES[family]
+    for bias in range(63, -1, -1):
+        if make(bias).max >= need:
+            return bias
+    raise ValueError(f"x: max|x| * 2**margin = {need!r} exceeds {family}'s largest value even at "
+                     f"bias 0 ({make(0).max!r})")
+

@@ -1,0 +1,41 @@
+/* dk_convert.h - conversion kernels (per tier) and their baseline drivers. */
+#ifndef DK_CONVERT_H
+#define DK_CONVERT_H
+
+#include "dk_common.h"
+#include "dk_format.h"
+
+/* Bytes per code: 1 (8-bit formats), 2 (16-bit), 4 (FP32, stored as float32). */
+DK_INLINE int dk_code_width(const dk_format *f)
+{
+    int nbits = f->is_signed + f->ebits + f->mbits;
+    return nbits <= 8 ? 1 : nbits <= 16 ? 2 : 4;
+}
+
+/* Tier kernels over one contiguous block. index0 is the flat index of x[0] (it selects
+ * the random numbers of stochastic rounding). They compute no flags. */
+#define DK_DECLARE_CONVERT(tier)                                                               \
+    void dk_quantize_f32_##tier(const float *x, void *out, int64_t n, const dk_format *f,     \
+                                int mode, uint64_t seed, int64_t index0);                       \
+    void dk_dequantize_f32_##tier(const void *codes, float *out, int64_t n, const dk_format *f);
+DK_DECLARE_CONVERT(generic)
+DK_DECLARE_CONVERT(avx2)
+DK_DECLARE_CONVERT(avx512bf16)
+
+/* Source/destination element kinds of the drivers. */
+enum dk_kind { DK_F32 = 0, DK_F64 = 1, DK_BF16IN = 2 };
+
+/* Drivers (csrc/convert_driver.c): contiguous arrays of n elements, OpenMP over blocks,
+ * bit-identical for any nthreads. flags may be NULL (then the SIMD tier runs). */
+int dk_quantize(const void *x, int xkind, void *out, int64_t n, const dk_format *f, int mode,
+                uint64_t seed, dk_flags *flags, int isa, int nthreads);
+int dk_dequantize(const void *codes, void *out, int okind, int64_t n, const dk_format *f, int isa,
+                  int nthreads);
+/* dequantize(quantize(x)) into out, of x's kind (DK_BF16IN: BF16 bits out). */
+int dk_fake_quantize(const void *x, int xkind, void *out, int64_t n, const dk_format *f, int mode,
+                     uint64_t seed, int isa, int nthreads);
+/* Elementwise op (enum dk_op) on code arrays of format f (c only for FMA). */
+int dk_arith(int op, const void *a, const void *b, const void *c, void *out, int64_t n,
+             const dk_format *f, int mode, uint64_t seed, dk_flags *flags, int nthreads);
+
+#endif
