@@ -68,23 +68,23 @@ void dk_gemm_ukr_avx2(int64_t kp, const void *ap, const void *bp, float *c, int6
     _mm256_storeu_ps(c + 5 * ldc, c50); _mm256_storeu_ps(c + 5 * ldc + 8, c51);
 }
 
+/* Peak probe: 10 independent FMA chains held in named registers. */
 double dk_probe_fma_ymm(int64_t iters)
 {
-    __m256 x[10];
-    const __m256 m = _mm256_set1_ps(1.0f), d = _mm256_set1_ps(1e-7f);
-    for (int i = 0; i < 10; i++) x[i] = _mm256_set1_ps((float)i);
+#define YDECL(i) __m256 x##i = _mm256_set1_ps((float)(i))
+    YDECL(0); YDECL(1); YDECL(2); YDECL(3); YDECL(4); YDECL(5); YDECL(6); YDECL(7); YDECL(8); YDECL(9);
+    __m256 mm = _mm256_set1_ps(1.0f), d = _mm256_set1_ps(1e-7f);
+    __asm__ volatile("" : "+x"(mm), "+x"(d));
+#define YFMA(i) x##i = _mm256_fmadd_ps(x##i, mm, d)
     for (int64_t it = 0; it < iters; it++) {
-        x[0] = _mm256_fmadd_ps(x[0], m, d); x[1] = _mm256_fmadd_ps(x[1], m, d);
-        x[2] = _mm256_fmadd_ps(x[2], m, d); x[3] = _mm256_fmadd_ps(x[3], m, d);
-        x[4] = _mm256_fmadd_ps(x[4], m, d); x[5] = _mm256_fmadd_ps(x[5], m, d);
-        x[6] = _mm256_fmadd_ps(x[6], m, d); x[7] = _mm256_fmadd_ps(x[7], m, d);
-        x[8] = _mm256_fmadd_ps(x[8], m, d); x[9] = _mm256_fmadd_ps(x[9], m, d);
-        __asm__ volatile("" : "+x"(x[0]), "+x"(x[1]), "+x"(x[2]), "+x"(x[3]), "+x"(x[4]),
-                         "+x"(x[5]), "+x"(x[6]), "+x"(x[7]), "+x"(x[8]), "+x"(x[9]));
+        YFMA(0); YFMA(1); YFMA(2); YFMA(3); YFMA(4); YFMA(5); YFMA(6); YFMA(7); YFMA(8); YFMA(9);
+        __asm__ volatile("" : "+x"(x0), "+x"(x1), "+x"(x2), "+x"(x3), "+x"(x4), "+x"(x5),
+                         "+x"(x6), "+x"(x7), "+x"(x8), "+x"(x9));
     }
+    __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(x0, x1), _mm256_add_ps(x2, x3)),
+                             _mm256_add_ps(_mm256_add_ps(x4, x5), _mm256_add_ps(x6, x7)));
+    s = _mm256_add_ps(s, _mm256_add_ps(x8, x9));
     float sink[8];
-    __m256 s = x[0];
-    for (int i = 1; i < 10; i++) s = _mm256_add_ps(s, x[i]);
     _mm256_storeu_ps(sink, s);
     __asm__ volatile("" : : "r"(sink) : "memory");
     return (double)iters * 10 * 8 * 2;

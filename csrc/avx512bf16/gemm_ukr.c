@@ -73,19 +73,25 @@ void dk_gemm_ukr_avx512bf16(int64_t kp, const void *ap, const void *bp, float *c
     ROW_STORE(0); ROW_STORE(1); ROW_STORE(2); ROW_STORE(3); ROW_STORE(4); ROW_STORE(5);
 }
 
+/* Peak probes: 12 independent accumulator chains held in named registers. */
+#define P12(OP) OP(0); OP(1); OP(2); OP(3); OP(4); OP(5); OP(6); OP(7); OP(8); OP(9); OP(10); OP(11)
+#define PDECL(i) __m512 x##i = _mm512_set1_ps((float)(i))
+#define PSUM(i) s = _mm512_add_ps(s, x##i)
+#define PKEEP __asm__ volatile("" : "+v"(x0), "+v"(x1), "+v"(x2), "+v"(x3), "+v"(x4), "+v"(x5), \
+                               "+v"(x6), "+v"(x7), "+v"(x8), "+v"(x9), "+v"(x10), "+v"(x11))
+
 double dk_probe_vdpbf16ps_zmm(int64_t iters)
 {
-    __m512 x[12];
-    const __m512bh u = (__m512bh)_mm512_set1_epi32(0x3F803F80), v = (__m512bh)_mm512_set1_epi32(0x33803380);
-    for (int i = 0; i < 12; i++) x[i] = _mm512_set1_ps((float)i);
+    P12(PDECL);
+    __m512bh u = (__m512bh)_mm512_set1_epi32(0x3F803F80), v = (__m512bh)_mm512_set1_epi32(0x33803380);
+    __asm__ volatile("" : "+v"(u), "+v"(v));
+#define PDP(i) x##i = _mm512_dpbf16_ps(x##i, u, v)
     for (int64_t it = 0; it < iters; it++) {
-        for (int i = 0; i < 12; i++) x[i] = _mm512_dpbf16_ps(x[i], u, v);
-        __asm__ volatile("" : "+v"(x[0]), "+v"(x[1]), "+v"(x[2]), "+v"(x[3]), "+v"(x[4]),
-                         "+v"(x[5]), "+v"(x[6]), "+v"(x[7]), "+v"(x[8]), "+v"(x[9]),
-                         "+v"(x[10]), "+v"(x[11]));
+        P12(PDP);
+        PKEEP;
     }
-    __m512 s = x[0];
-    for (int i = 1; i < 12; i++) s = _mm512_add_ps(s, x[i]);
+    __m512 s = _mm512_setzero_ps();
+    P12(PSUM);
     float sink[16];
     _mm512_storeu_ps(sink, s);
     __asm__ volatile("" : : "r"(sink) : "memory");
@@ -94,17 +100,16 @@ double dk_probe_vdpbf16ps_zmm(int64_t iters)
 
 double dk_probe_fma_zmm(int64_t iters)
 {
-    __m512 x[12];
-    const __m512 m = _mm512_set1_ps(1.0f), d = _mm512_set1_ps(1e-7f);
-    for (int i = 0; i < 12; i++) x[i] = _mm512_set1_ps((float)i);
+    P12(PDECL);
+    __m512 mm = _mm512_set1_ps(1.0f), d = _mm512_set1_ps(1e-7f);
+    __asm__ volatile("" : "+v"(mm), "+v"(d));
+#define PFMA(i) x##i = _mm512_fmadd_ps(x##i, mm, d)
     for (int64_t it = 0; it < iters; it++) {
-        for (int i = 0; i < 12; i++) x[i] = _mm512_fmadd_ps(x[i], m, d);
-        __asm__ volatile("" : "+v"(x[0]), "+v"(x[1]), "+v"(x[2]), "+v"(x[3]), "+v"(x[4]),
-                         "+v"(x[5]), "+v"(x[6]), "+v"(x[7]), "+v"(x[8]), "+v"(x[9]),
-                         "+v"(x[10]), "+v"(x[11]));
+        P12(PFMA);
+        PKEEP;
     }
-    __m512 s = x[0];
-    for (int i = 1; i < 12; i++) s = _mm512_add_ps(s, x[i]);
+    __m512 s = _mm512_setzero_ps();
+    P12(PSUM);
     float sink[16];
     _mm512_storeu_ps(sink, s);
     __asm__ volatile("" : : "r"(sink) : "memory");
