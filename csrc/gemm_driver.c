@@ -30,7 +30,7 @@ typedef struct {
     int64_t nc;       /* columns per B panel (multiple of nr) */
 } tier_cfg;
 
-static int get_cfg(int isa, tier_cfg *t)
+static int get_cfg(int isa, int kernel, tier_cfg *t)
 {
     switch (isa) {
     case DK_ISA_GENERIC:
@@ -42,6 +42,11 @@ static int get_cfg(int isa, tier_cfg *t)
                         256, 144, 1024};
         return 1;
     case DK_ISA_AVX512BF16:
+        if (kernel == DK_GEMM_KERNEL_FMA) {
+            *t = (tier_cfg){dk_gemm_ukr_avx512fma, 1, DK_GEMM_F512_MR, DK_GEMM_F512_NR,
+                            256, 168, 1024};
+            return 1;
+        }
         *t = (tier_cfg){dk_gemm_ukr_avx512bf16, 0, DK_GEMM_PAIR_MR, DK_GEMM_PAIR_NR,
                         512, 192, 1024};
         return 1;
@@ -161,7 +166,7 @@ static void tile(const tier_cfg *t, int64_t kp, const void *ap, const void *bp, 
         return;
     }
     /* Edge tile: run on a full temporary tile, copy the valid part (BLIS-style). */
-    float tmp[DK_GEMM_PAIR_MR * DK_GEMM_PAIR_NR] __attribute__((aligned(64)));
+    float tmp[16 * 64] __attribute__((aligned(64)));
     int64_t mm = mrem < t->mr ? mrem : t->mr, nn = nrem < t->nr ? nrem : t->nr;
     memset(tmp, 0, sizeof(float) * (size_t)(t->mr * t->nr));
     if (flags & DK_UKR_LOAD)
@@ -180,10 +185,10 @@ static void *aligned_alloc_bytes(size_t n)
 
 int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
             const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
-            float *out, int64_t ldo, int64_t bso, int isa, int threads)
+            float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads)
 {
     tier_cfg t;
-    if (!get_cfg(isa, &t) || batch < 0 || m < 0 || n < 0 || k < 0 || threads < 1 || !a || !b)
+    if (!get_cfg(isa, kernel, &t) || batch < 0 || m < 0 || n < 0 || k < 0 || threads < 1 || !a || !b)
         return DK_EINVAL;
     if ((a->kind == DK_GEMM_U8 && !a->table) || (b->kind == DK_GEMM_U8 && !b->table))
         return DK_EINVAL;

@@ -10,7 +10,7 @@ cdef extern from "dk_gemm.h":
     int DK_GEMM_U16, DK_GEMM_U8
     int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
                 const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
-                float *out, int64_t ldo, int64_t bso, int isa, int threads) nogil
+                float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads) nogil
     double dk_probe_vdpbf16ps_zmm(int64_t iters) nogil
     double dk_probe_fma_zmm(int64_t iters) nogil
     double dk_probe_fma_ymm(int64_t iters) nogil
@@ -26,7 +26,7 @@ ctypedef fused code_b:
 
 
 def gemm(const code_a[:, :, :] a, const code_b[:, :, :] b, const uint16_t[::1] table_a,
-         const uint16_t[::1] table_b, float scale, float[:, :, ::1] out, int isa, int threads):
+         const uint16_t[::1] table_b, float scale, float[:, :, ::1] out, int isa, int kernel, int threads):
     """out[z] = a[z] @ b[z] (codes; 8-bit codes through the 256-entry tables). Returns status."""
     cdef dk_gemm_operand oa, ob
     cdef int64_t batch = a.shape[0], m = a.shape[1], k = a.shape[2], n = b.shape[2]
@@ -51,7 +51,7 @@ def gemm(const code_a[:, :, :] a, const code_b[:, :, :] b, const uint16_t[::1] t
     cdef float *po = &out[0, 0, 0]
     cdef int64_t ldo = out.strides[1] // sizeof(float), bso = out.strides[0] // sizeof(float)
     with nogil:
-        rc = dk_gemm(batch, m, n, k, &oa, &ob, scale, po, ldo, bso, isa, threads)
+        rc = dk_gemm(batch, m, n, k, &oa, &ob, scale, po, ldo, bso, isa, kernel, threads)
     return rc
 
 

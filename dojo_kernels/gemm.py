@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple, Union
 
@@ -44,6 +45,68 @@ from .numerics import dequantize, quantize
 __all__ = ["gemm", "plan_gemm", "GemmPlan"]
 
 _STANDARD_BIAS = {"cfloat8_143": 7, "cfloat8_152": 15}
+
+# The avx512bf16 tier has two micro-kernels with identical bits: VDPBF16PS (6 x 64) and
+# FP32 FMA on widened values under FTZ|DAZ (14 x 32). Which is faster depends on the CPU
+# (measured on a Sapphire-Rapids-class Xeon: VDPBF16PS issues once per 2 cycles, 512-bit
+# FMA twice per cycle, so FMA has twice the peak). The first call on that tier times both
+# instructions for a few milliseconds and keeps the faster; DOJO_KERNELS_GEMM_KERNEL=fma or
+# =vdpbf16ps forces one.
+KERNELS = ("fma", "vdpbf16ps")
+_kernel: Optional[int] = None
+
+
+def _measure_kernel() -> int:
+    import time
+
+    forced = os.environ.get("DOJO_KERNELS_GEMM_KERNEL", "").strip().lower()
+    if forced:
+        if forced not in KERNELS:
+            raise ValueError(f"DOJO_KERNELS_GEMM_KERNEL={forced!r}: expected one of {KERNELS}")
+        return KERNELS.index(forced)
+    rate = {}
+    for name, probe in (("fma", "fma_zmm"), ("vdpbf16ps", "vdpbf16ps_zmm")):
+        best = 0.0
+        for _ in range(3):
+            t = time.perf_counter()
+            flops = _gemm.probe(probe, 200_000)
+            best = max(best, flops / max(time.perf_counter() - t, 1e-9))
+        rate[name] = best
+    # an FMA does 2 FLOP (one MAC); VDPBF16PS 64 (32 MACs): the probes count both as FLOP
+    return 0 if rate["fma"] >= rate["vdpbf16ps"] else 1
+
+
+def kernel_name() -> str:
+    """The avx512bf16 micro-kernel in use: ``"fma"`` or ``"vdpbf16ps"`` (same bits)."""
+    return KERNELS[_kernel_index()]
+
+
+def _kernel_index() -> int:
+    global _kernel
+    if _kernel is None:
+        from . import _cpu
+
+        _kernel = _measure_kernel() if _cpu.best_isa() >= 2 else 0
+    return _kernel
+
+
+class use_kernel:
+    """Context manager forcing the avx512bf16 micro-kernel (tests and benchmarks)."""
+
+    def __init__(self, name: str) -> None:
+        if name not in KERNELS:
+            raise ValueError(f"name: expected one of {KERNELS}, got {name!r}")
+        self._idx = KERNELS.index(name)
+
+    def __enter__(self) -> "use_kernel":
+        global _kernel
+        self._saved = _kernel_index()
+        _kernel = self._idx
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        global _kernel
+        _kernel = self._saved
 _DUMMY_TABLE = np.zeros(256, np.uint16)
 
 
@@ -204,7 +267,9 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
     if dst is None:
         dst = np.empty((nb, m, n), np.float32)
 
-    rc = _gemm.gemm(a3, b3, ta, tb, scale, dst, _config.isa(), _config.threads())
+    isa = _config.isa()
+    rc = _gemm.gemm(a3, b3, ta, tb, scale, dst, isa, _kernel_index() if isa == 2 else 0,
+                    _config.threads())
     if rc == 1:
         raise MemoryError("gemm: could not allocate the packing buffers")
     if rc != 0:  # pragma: no cover - arguments are validated above

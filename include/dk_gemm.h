@@ -45,7 +45,7 @@ typedef struct {
  * m, n, k >= 0. `out` is written, never read. Returns DK_OK, DK_ENOMEM or DK_EINVAL. */
 int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
             const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
-            float *out, int64_t ldo, int64_t bso, int isa, int threads);
+            float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads);
 
 /* Micro-kernel contract (one per tier): full MR x NR tile, kp k-pairs of packed A and B,
  * C with row stride ldc. flags: DK_UKR_LOAD -> continue from the values in C (else
@@ -71,6 +71,16 @@ void dk_gemm_ukr_avx2(int64_t kp, const void *a, const void *b, float *c, int64_
 #define DK_GEMM_PAIR_NR 64
 void dk_gemm_ukr_avx512bf16(int64_t kp, const void *a, const void *b, float *c, int64_t ldc,
                             int flags, float scale);
+
+/* avx512bf16 tier, FMA variant: split layout with MR=14, NR=32 (FP32 zmm FMA). */
+#define DK_GEMM_F512_MR 14
+#define DK_GEMM_F512_NR 32
+void dk_gemm_ukr_avx512fma(int64_t kp, const void *a, const void *b, float *c, int64_t ldc,
+                           int flags, float scale);
+
+/* Kernel variants of the avx512bf16 tier (the `kernel` argument of dk_gemm; ignored by
+ * the other tiers). Both give the same bits. */
+enum { DK_GEMM_KERNEL_FMA = 0, DK_GEMM_KERNEL_VDPBF16PS = 1 };
 
 /* Peak probes (bench only): run `iters` rounds of independent dependency chains of one
  * instruction and return the FLOP count done. Call only on a CPU with that tier. */
