@@ -39,16 +39,16 @@ static int get_cfg(int isa, int kernel, tier_cfg *t)
         return 1;
     case DK_ISA_AVX2:
         *t = (tier_cfg){dk_gemm_ukr_avx2, 1, DK_GEMM_SPLIT_MR, DK_GEMM_SPLIT_NR,
-                        256, 144, 1024};
+                        512, 48, 2048};
         return 1;
     case DK_ISA_AVX512BF16:
         if (kernel == DK_GEMM_KERNEL_FMA) {
             *t = (tier_cfg){dk_gemm_ukr_avx512fma, 1, DK_GEMM_F512_MR, DK_GEMM_F512_NR,
-                            256, 168, 1024};
+                            384, 84, 2048};
             return 1;
         }
         *t = (tier_cfg){dk_gemm_ukr_avx512bf16, 0, DK_GEMM_PAIR_MR, DK_GEMM_PAIR_NR,
-                        512, 192, 1024};
+                        512, 96, 2048};
         return 1;
     default:
         return 0;
@@ -72,13 +72,13 @@ static inline uint16_t code_at(const view *v, int64_t r, int64_t c)
     return ((const uint16_t *)v->p)[off];
 }
 
-/* BF16 code -> FP32 value with DAZ (a subnormal BF16 reads as a zero of its sign). */
-static inline float widen_daz(uint16_t h)
+/* BF16 code -> FP32 bits with DAZ (a subnormal BF16 reads as a zero of its sign),
+ * branch-free so that it vectorizes. */
+static inline uint32_t widen_bits(uint16_t h)
 {
-    uint32_t u = (h & 0x7F80u) ? (uint32_t)h << 16 : (uint32_t)(h & 0x8000u) << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
+    uint32_t u = (uint32_t)h << 16;
+    uint32_t keep = (h & 0x7F80u) ? 0xFFFFFFFFu : 0x80000000u;
+    return u & keep;
 }
 
 /* Load the (even, odd) codes of k-pair p of "row" r: element (r, 2p) and (r, 2p+1) of a
@@ -102,13 +102,48 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
         int64_t base_line = l0 + s * lw;
         if (split) {
             float *o = (float *)dst + s * kp * 2 * lw;
+            int inside = base_line + lw <= nlines;
             for (int64_t p = 0; p < kp; p++) {
                 float *op = o + p * 2 * lw;
-                for (int64_t l = 0; l < lw; l++) {
-                    uint16_t e, d;
-                    pair_at(v, base_line + l, nlines, p0 + p, k, &e, &d);
-                    op[l] = widen_daz(d);        /* odd k first */
-                    op[lw + l] = widen_daz(e);   /* then even k */
+                int64_t k0 = 2 * (p0 + p);
+                uint32_t *ou = (uint32_t *)op;
+                if (inside && v->kind == DK_GEMM_U16 && v->rs == 1 && k0 + 1 < k) {
+                    const uint16_t *r0 = (const uint16_t *)v->p + base_line + k0 * v->cs;
+                    const uint16_t *r1 = r0 + v->cs;
+                    for (int64_t l = 0; l < lw; l++) {
+                        ou[l] = widen_bits(r1[l]);      /* odd k first */
+                        ou[lw + l] = widen_bits(r0[l]); /* then even k */
+                    }
+                } else if (inside && v->kind == DK_GEMM_U16 && v->cs == 1 && k0 + 1 < k) {
+                    const uint16_t *r0 = (const uint16_t *)v->p + base_line * v->rs + k0;
+                    for (int64_t l = 0; l < lw; l++) {
+                        const uint16_t *q = r0 + l * v->rs;
+                        ou[l] = widen_bits(q[1]);
+                        ou[lw + l] = widen_bits(q[0]);
+                    }
+                } else if (inside && v->kind == DK_GEMM_U8 && v->rs == 1 && k0 + 1 < k) {
+                    const uint8_t *r0 = (const uint8_t *)v->p + base_line + k0 * v->cs;
+                    const uint8_t *r1 = r0 + v->cs;
+                    const uint16_t *t = v->table;
+                    for (int64_t l = 0; l < lw; l++) {
+                        ou[l] = widen_bits(t[r1[l]]);
+                        ou[lw + l] = widen_bits(t[r0[l]]);
+                    }
+                } else if (inside && v->kind == DK_GEMM_U8 && v->cs == 1 && k0 + 1 < k) {
+                    const uint8_t *r0 = (const uint8_t *)v->p + base_line * v->rs + k0;
+                    const uint16_t *t = v->table;
+                    for (int64_t l = 0; l < lw; l++) {
+                        const uint8_t *q = r0 + l * v->rs;
+                        ou[l] = widen_bits(t[q[1]]);
+                        ou[lw + l] = widen_bits(t[q[0]]);
+                    }
+                } else {
+                    for (int64_t l = 0; l < lw; l++) {
+                        uint16_t e, d;
+                        pair_at(v, base_line + l, nlines, p0 + p, k, &e, &d);
+                        ou[l] = widen_bits(d);
+                        ou[lw + l] = widen_bits(e);
+                    }
                 }
             }
         } else {
