@@ -12,6 +12,7 @@
  * k. The micro-kernels continue each C tile from the running sum stored in C, so the
  * result is one fixed chain along k (dk_gemm.h): independent of blocking and threads.
  * CFloat8 codes are decoded to BF16 through the table while packing (exact). */
+#define _POSIX_C_SOURCE 200112L
 #include "dk_gemm.h"
 
 #include <math.h>
@@ -23,7 +24,8 @@
 
 typedef struct {
     dk_gemm_ukr_fn ukr;
-    int split;        /* 1: FP32 split layout (generic, avx2); 0: BF16 pair layout */
+    int split_a;      /* A packing: 1 FP32 split layout, 0 BF16 pair layout */
+    int split_b;      /* B packing: likewise */
     int64_t mr, nr;
     int64_t kc;       /* k per block (even) */
     int64_t mc_max;   /* rows per A block (multiple of mr) */
@@ -34,20 +36,20 @@ static int get_cfg(int isa, int kernel, tier_cfg *t)
 {
     switch (isa) {
     case DK_ISA_GENERIC:
-        *t = (tier_cfg){dk_gemm_ukr_generic, 1, DK_GEMM_SPLIT_MR, DK_GEMM_SPLIT_NR,
+        *t = (tier_cfg){dk_gemm_ukr_generic, 1, 1, DK_GEMM_SPLIT_MR, DK_GEMM_SPLIT_NR,
                         256, 96, 512};
         return 1;
     case DK_ISA_AVX2:
-        *t = (tier_cfg){dk_gemm_ukr_avx2, 1, DK_GEMM_SPLIT_MR, DK_GEMM_SPLIT_NR,
+        *t = (tier_cfg){dk_gemm_ukr_avx2, 1, 1, DK_GEMM_SPLIT_MR, DK_GEMM_SPLIT_NR,
                         512, 48, 2048};
         return 1;
     case DK_ISA_AVX512BF16:
         if (kernel == DK_GEMM_KERNEL_FMA) {
-            *t = (tier_cfg){dk_gemm_ukr_avx512fma, 1, DK_GEMM_F512_MR, DK_GEMM_F512_NR,
-                            384, 84, 2048};
+            *t = (tier_cfg){dk_gemm_ukr_avx512fma_pb, 1, 0, DK_GEMM_F512_MR, DK_GEMM_F512_NR,
+                            512, 84, 2048};
             return 1;
         }
-        *t = (tier_cfg){dk_gemm_ukr_avx512bf16, 0, DK_GEMM_PAIR_MR, DK_GEMM_PAIR_NR,
+        *t = (tier_cfg){dk_gemm_ukr_avx512bf16, 0, 0, DK_GEMM_PAIR_MR, DK_GEMM_PAIR_NR,
                         512, 96, 2048};
         return 1;
     default:
@@ -236,8 +238,7 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
 
     const int64_t kpairs = (k + 1) / 2;
     const int64_t kcp = t.kc / 2;                    /* pairs per block */
-    const int64_t esz = t.split ? 4 : 2;             /* bytes per packed element */
-    const int64_t pairA = t.mr * 2 * esz, pairB = t.nr * 2 * esz;
+    const int64_t pairA = t.mr * 2 * (t.split_a ? 4 : 2), pairB = t.nr * 2 * (t.split_b ? 4 : 2);
     int64_t nc = t.nc < n ? t.nc : ((n + t.nr - 1) / t.nr) * t.nr;
 
     /* Rows per A block: an even share per thread when m is large, so no thread idles. */
@@ -290,7 +291,7 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
                     int flags = (pc > 0 ? DK_UKR_LOAD : 0) | (pc + kp == kpairs ? DK_UKR_LAST : 0);
 #pragma omp for schedule(static)
                     for (int64_t s = 0; s < nsl; s++)
-                        pack_lines(&vb, n, k, jc + s * t.nr, t.nr, pc, kp, t.nr, t.split,
+                        pack_lines(&vb, n, k, jc + s * t.nr, t.nr, pc, kp, t.nr, t.split_b,
                                    bbuf + (size_t)s * kp * pairB);
                     int64_t packed_ic = -1;
 #pragma omp for schedule(static)
@@ -299,7 +300,7 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
                         int64_t i0 = ic * mc, mcur = m - i0 < mc ? m - i0 : mc;
                         int64_t msl = (mcur + t.mr - 1) / t.mr;
                         if (ic != packed_ic) {
-                            pack_lines(&va, m, k, i0, mcur, pc, kp, t.mr, t.split, mya);
+                            pack_lines(&va, m, k, i0, mcur, pc, kp, t.mr, t.split_a, mya);
                             packed_ic = ic;
                         }
                         int64_t s0 = nsl * g / ngroups, s1 = nsl * (g + 1) / ngroups;

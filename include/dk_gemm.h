@@ -72,11 +72,12 @@ void dk_gemm_ukr_avx2(int64_t kp, const void *a, const void *b, float *c, int64_
 void dk_gemm_ukr_avx512bf16(int64_t kp, const void *a, const void *b, float *c, int64_t ldc,
                             int flags, float scale);
 
-/* avx512bf16 tier, FMA variant: split layout with MR=14, NR=32 (FP32 zmm FMA). */
+/* avx512bf16 tier, FMA variant (FP32 zmm FMA on widened values, MXCSR FTZ|DAZ): A in the
+ * split layout with MR = 14, B in the pair layout with NR = 32, widened in registers. */
 #define DK_GEMM_F512_MR 14
 #define DK_GEMM_F512_NR 32
-void dk_gemm_ukr_avx512fma(int64_t kp, const void *a, const void *b, float *c, int64_t ldc,
-                           int flags, float scale);
+void dk_gemm_ukr_avx512fma_pb(int64_t kp, const void *a, const void *b, float *c, int64_t ldc,
+                              int flags, float scale);
 
 /* Kernel variants of the avx512bf16 tier (the `kernel` argument of dk_gemm; ignored by
  * the other tiers). Both give the same bits. */
