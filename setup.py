@@ -11,7 +11,7 @@ import os
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-BASE = ["-O3", "-std=c11", "-fno-strict-aliasing", "-fno-math-errno",
+BASE = ["-O3", "-std=c11", "-fno-math-errno",
         "-fno-trapping-math", "-Wall", "-Wno-unknown-pragmas"]
 OPENMP = ["-fopenmp"]
 TIERS = {
