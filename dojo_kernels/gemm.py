@@ -244,6 +244,8 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
         if not out.flags.writeable:
             raise ValueError("out: array is read-only")
 
+    if machine is not None and not isinstance(machine, (D1Chip, TrainingTile)):
+        raise TypeError(f"machine: expected a D1Chip or a TrainingTile, got {type(machine).__name__}")
     plan = None
     if return_plan:
         plan = plan_gemm(m, n, k, a_format=a_format, b_format=b_format, machine=machine)
@@ -295,6 +297,8 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
 
 _TILE_MN = np.array([8, 16, 32, 48, 64, 96, 128, 192, 256])
 _TILE_K = np.array([16, 32, 64, 128, 256, 512])
+_TILE_MN_COARSE = np.array([8, 16, 32, 64, 128, 256])
+_TILE_K_COARSE = np.array([32, 64, 128, 256, 512])
 
 
 @dataclass(frozen=True)
@@ -345,13 +349,37 @@ def _grids(machine) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     else:
         chip = machine.chip
         crs, ccs = range(1, machine.chips[0] + 1), range(1, machine.chips[1] + 1)
-        pick = lambda top: sorted({v for v in (1, 2, 3, 4, 6, 8, 9, 12, 16, top - 1, top)
-                                   if 1 <= v <= top})
+        pick = lambda top: sorted({v for v in (1, 2, 4, top // 2, top - 1, top) if 1 <= v <= top})
         rs, cs = pick(chip.grid[0]), pick(chip.grid[1])
     out = [(r, c, cr, cc) for r in rs for c in cs if r * c <= chip.active_nodes
            for cr in crs for cc in ccs]
     arr = np.array(out, dtype=np.int64)
     return arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3]
+
+
+@functools.lru_cache(maxsize=8)
+def _candidates(machine, ab: float, bb: float, ob: float):
+    """Every (grid, tile) pair the planner considers, as flat float arrays (read-only)."""
+    node = (machine if isinstance(machine, D1Chip) else machine.chip).node
+    r, c, cr, cc = _grids(machine)
+    if isinstance(machine, D1Chip):
+        tmn, tk = _TILE_MN, _TILE_K
+    else:  # a coarser tile set: the tile has ~25x more grid shapes
+        tmn, tk = _TILE_MN_COARSE, _TILE_K_COARSE
+    mt, nt, kt = np.meshgrid(tmn, tmn, tk, indexing="ij")
+    mt, nt, kt = mt.ravel(), nt.ravel(), kt.ravel()
+    foot = 2 * mt * kt * ab + 2 * kt * nt * bb + 4 * mt * nt + ob * mt * nt
+    fits = foot <= node.sram_bytes
+    if not fits.any():
+        return None
+    mt, nt, kt, foot = mt[fits], nt[fits], kt[fits], foot[fits]
+    G, T = len(r), len(mt)
+    r, c, cr, cc = (np.repeat(x, T).astype(np.float64) for x in (r, c, cr, cc))
+    mt, nt, kt, foot = (np.tile(x, G).astype(np.float64) for x in (mt, nt, kt, foot))
+    out = (r, c, cr, cc, r * cr, c * cc, mt, nt, kt, foot)
+    for x in out:
+        x.setflags(write=False)
+    return out
 
 
 def plan_gemm(m: int, n: int, k: int, *, a_format: Format, b_format: Format,
@@ -405,21 +433,13 @@ def plan_gemm(m: int, n: int, k: int, *, a_format: Format, b_format: Format,
     ab, bb, ob = _bytes_per(a_format), _bytes_per(b_format), _bytes_per(out_format)
     bm, bn, bk = node.mac_block
 
-    r, c, cr, cc = _grids(machine)
-    mt, nt, kt = np.meshgrid(_TILE_MN, _TILE_MN, _TILE_K, indexing="ij")
-    mt, nt, kt = mt.ravel(), nt.ravel(), kt.ravel()
-    foot = 2 * mt * kt * ab + 2 * kt * nt * bb + 4 * mt * nt + ob * mt * nt
-    fits = foot <= node.sram_bytes
-    if not fits.any():
+    cand = _candidates(machine, ab, bb, ob)
+    if cand is None:
+        mt0, nt0, kt0 = _TILE_MN[0], _TILE_MN[0], _TILE_K[0]
+        need = 2 * mt0 * kt0 * ab + 2 * kt0 * nt0 * bb + 4 * mt0 * nt0 + ob * mt0 * nt0
         raise ValueError(f"machine: no tile fits the node SRAM of {node.sram_bytes} bytes "
-                         f"(the smallest needs {int(foot.min())} bytes)")
-    mt, nt, kt, foot = mt[fits], nt[fits], kt[fits], foot[fits]
-    # cartesian product grids x tiles
-    G, T = len(r), len(mt)
-    r, c, cr, cc = (np.repeat(x, T).astype(np.float64) for x in (r, c, cr, cc))
-    mt, nt, kt, foot = (np.tile(x, G).astype(np.float64) for x in (mt, nt, kt, foot))
-    gr, gc = r * cr, c * cc
-
+                         f"(even an {mt0}x{nt0}x{kt0} tile needs {int(need)} bytes)")
+    r, c, cr, cc, gr, gc, mt, nt, kt, foot = cand
     clock = node.clock_hz
     step_cycles = np.ceil(mt / bm) * np.ceil(nt / bn) * np.ceil(kt / bk)
     sup = np.ceil(m / (gr * mt)) * np.ceil(n / (gc * nt))
