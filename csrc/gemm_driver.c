@@ -30,6 +30,7 @@ typedef struct {
     int64_t kc;       /* k per block (even) */
     int64_t mc_max;   /* rows per A block (multiple of mr) */
     int64_t nc;       /* columns per B panel (multiple of nr) */
+    int simd_pack;    /* 1: the avx512 pair-layout B packers may be used */
 } tier_cfg;
 
 static int get_cfg(int isa, int kernel, tier_cfg *t)
@@ -37,20 +38,20 @@ static int get_cfg(int isa, int kernel, tier_cfg *t)
     switch (isa) {
     case DK_ISA_GENERIC:
         *t = (tier_cfg){dk_gemm_ukr_generic, 1, 1, DK_GEMM_SPLIT_MR, DK_GEMM_SPLIT_NR,
-                        256, 96, 512};
+                        256, 96, 512, 0};
         return 1;
     case DK_ISA_AVX2:
         *t = (tier_cfg){dk_gemm_ukr_avx2, 1, 1, DK_GEMM_SPLIT_MR, DK_GEMM_SPLIT_NR,
-                        512, 48, 2048};
+                        512, 48, 2048, 0};
         return 1;
     case DK_ISA_AVX512BF16:
         if (kernel == DK_GEMM_KERNEL_FMA) {
             *t = (tier_cfg){dk_gemm_ukr_avx512fma_pb, 1, 0, DK_GEMM_F512_MR, DK_GEMM_F512_NR,
-                            512, 84, 2048};
+                            512, 84, 2048, 1};
             return 1;
         }
         *t = (tier_cfg){dk_gemm_ukr_avx512bf16, 0, 0, DK_GEMM_PAIR_MR, DK_GEMM_PAIR_NR,
-                        512, 96, 2048};
+                        512, 96, 2048, 1};
         return 1;
     default:
         return 0;
@@ -97,9 +98,39 @@ static inline void pair_at(const view *v, int64_t r, int64_t nrows, int64_t p, i
  * For A the lines are rows (v as given); for B the driver passes a transposed view so
  * that lines are columns of B. Output sliver s at dst + s * kp * pair_bytes. */
 static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int64_t nl,
-                       int64_t p0, int64_t kp, int64_t lw, int split, void *dst)
+                       int64_t p0, int64_t kp, int64_t lw, int split, int simd, void *dst)
 {
     int64_t nsl = (nl + lw - 1) / lw;
+    /* avx512 fast path: pair layout, lines contiguous (B row-major), whole slivers, full
+     * pairs; the last, half pair of an odd k goes through the portable loop below. */
+    if (simd && !split && v->rs == 1 && lw % 32 == 0 && l0 + nsl * lw <= nlines) {
+        int64_t kfull = (k / 2) - p0;
+        if (kfull > kp) kfull = kp;
+        if (kfull > 0) {
+            for (int64_t s = 0; s < nsl; s++) {
+                uint32_t *o = (uint32_t *)dst + s * kp * lw;
+                int64_t line = l0 + s * lw, koff = 2 * p0 * v->cs;
+                if (v->kind == DK_GEMM_U8)
+                    dk_gemm_pack_pair_u8_avx512((const uint8_t *)v->p + line + koff, v->cs, kfull,
+                                                lw, v->table, o);
+                else
+                    dk_gemm_pack_pair_u16_avx512((const uint16_t *)v->p + line + koff, v->cs,
+                                                 kfull, lw, o);
+            }
+            if (kfull == kp) return;
+            /* pack the remaining pair(s) portably */
+            for (int64_t s = 0; s < nsl; s++) {
+                uint32_t *o = (uint32_t *)dst + s * kp * lw;
+                for (int64_t p = kfull; p < kp; p++)
+                    for (int64_t l = 0; l < lw; l++) {
+                        uint16_t e, d;
+                        pair_at(v, l0 + s * lw + l, nlines, p0 + p, k, &e, &d);
+                        o[p * lw + l] = (uint32_t)e | ((uint32_t)d << 16);
+                    }
+            }
+            return;
+        }
+    }
     for (int64_t s = 0; s < nsl; s++) {
         int64_t base_line = l0 + s * lw;
         if (split) {
@@ -283,7 +314,11 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
             for (int64_t jc = 0; jc < n; jc += nc) {
                 int64_t ncur = n - jc < nc ? n - jc : nc;
                 int64_t nsl = (ncur + t.nr - 1) / t.nr;
-                int64_t ngroups = nb_m >= nteam ? 1 : nteam;
+                /* Work items (ic block, jr group): split each block's columns into nteam
+                 * groups when the blocks do not share out evenly (a thread then packs at
+                 * most one A block twice); static scheduling keeps a thread's items
+                 * contiguous. */
+                int64_t ngroups = nb_m % nteam == 0 ? 1 : nteam;
                 if (ngroups > nsl) ngroups = nsl;
                 int64_t nwork = nb_m * ngroups;
                 for (int64_t pc = 0; pc < kpairs; pc += kcp) {
@@ -291,7 +326,7 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
                     int flags = (pc > 0 ? DK_UKR_LOAD : 0) | (pc + kp == kpairs ? DK_UKR_LAST : 0);
 #pragma omp for schedule(static)
                     for (int64_t s = 0; s < nsl; s++)
-                        pack_lines(&vb, n, k, jc + s * t.nr, t.nr, pc, kp, t.nr, t.split_b,
+                        pack_lines(&vb, n, k, jc + s * t.nr, t.nr, pc, kp, t.nr, t.split_b, t.simd_pack,
                                    bbuf + (size_t)s * kp * pairB);
                     int64_t packed_ic = -1;
 #pragma omp for schedule(static)
@@ -300,7 +335,7 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
                         int64_t i0 = ic * mc, mcur = m - i0 < mc ? m - i0 : mc;
                         int64_t msl = (mcur + t.mr - 1) / t.mr;
                         if (ic != packed_ic) {
-                            pack_lines(&va, m, k, i0, mcur, pc, kp, t.mr, t.split_a, mya);
+                            pack_lines(&va, m, k, i0, mcur, pc, kp, t.mr, t.split_a, 0, mya);
                             packed_ic = ic;
                         }
                         int64_t s0 = nsl * g / ngroups, s1 = nsl * (g + 1) / ngroups;

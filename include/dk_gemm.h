@@ -79,6 +79,14 @@ void dk_gemm_ukr_avx512bf16(int64_t kp, const void *a, const void *b, float *c, 
 void dk_gemm_ukr_avx512fma_pb(int64_t kp, const void *a, const void *b, float *c, int64_t ldc,
                               int flags, float scale);
 
+/* avx512bf16-tier packing of B into the pair layout: kp full k-pairs of nr (a multiple of
+ * 32) columns, rows 2p and 2p+1 at src + 2p*ldk and src + (2p+1)*ldk (columns contiguous),
+ * into dst (64-byte aligned, nr lanes per pair). The u8 form decodes through table[256]. */
+void dk_gemm_pack_pair_u8_avx512(const uint8_t *src, int64_t ldk, int64_t kp, int64_t nr,
+                                 const uint16_t *table, uint32_t *dst);
+void dk_gemm_pack_pair_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp, int64_t nr,
+                                  uint32_t *dst);
+
 /* Kernel variants of the avx512bf16 tier (the `kernel` argument of dk_gemm; ignored by
  * the other tiers). Both give the same bits. */
 enum { DK_GEMM_KERNEL_FMA = 0, DK_GEMM_KERNEL_VDPBF16PS = 1 };

@@ -80,7 +80,7 @@ def check_invariants(p, machine):
     assert mt % 8 == 0 and nt % 8 == 0 and kt % 4 == 0
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(m=SIZES, n=SIZES, k=SIZES, fa=FMTS, fb=FMTS)
 def test_plan_invariants_chip(m, n, k, fa, fb):
     chip = D1Chip()

@@ -255,6 +255,28 @@ def test_identical_bits_across_tiers_kernels_threads():
         dk.set_num_threads(saved)
 
 
+@pytest.mark.parametrize("fa,fb", [(cfloat8_143(7), cfloat8_152(15)),
+                                   (cfloat8_152(63, "ieee"), cfloat8_143(0)),
+                                   (BF16, cfloat8_143(30)), (cfloat8_152(2), BF16), (BF16, BF16)])
+def test_identical_bits_across_tiers_cfloat8_and_packing_paths(fa, fb):
+    """Every code of each format, odd k above two KC blocks, full and edge column slivers,
+    B with a row stride (the SIMD packers' path) and B column-major (the portable one)."""
+    rng = np.random.default_rng(9)
+    m, n, k = 20, 130, 1031
+    a = codes_for(rng, fa, (m, k))
+    b_big = codes_for(rng, fb, (2 * k, n))
+    b = b_big[::2]                              # row stride 2n: rows still contiguous
+    if fa.nbits == 8:
+        a[0, :256] = np.arange(256, dtype=np.uint8)
+    if fb.nbits == 8:
+        b_big[0:512:2, 0] = np.arange(256, dtype=np.uint8)
+    ref = run(("generic", None), a, np.asfortranarray(b), a_format=fa, b_format=fb)
+    check_bound(ref, a, b, fa, fb)
+    for v in VARIANTS:
+        got = run(v, a, b, a_format=fa, b_format=fb)
+        assert np.array_equal(got.view(np.uint32), ref.view(np.uint32)), v
+
+
 def test_threads_large_fast_tier():
     """Blocks split over threads in every way the driver does (m above 2 MC, n above NC)."""
     rng = np.random.default_rng(2)
