@@ -314,22 +314,24 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
             for (int64_t jc = 0; jc < n; jc += nc) {
                 int64_t ncur = n - jc < nc ? n - jc : nc;
                 int64_t nsl = (ncur + t.nr - 1) / t.nr;
-                /* Work items (ic block, jr group): split each block's columns into nteam
-                 * groups when the blocks do not share out evenly (a thread then packs at
-                 * most one A block twice); static scheduling keeps a thread's items
-                 * contiguous. */
-                int64_t ngroups = nb_m % nteam == 0 ? 1 : nteam;
+                /* Work items (ic block, jr group), handed out dynamically so that a thread
+                 * slowed by a busy core takes fewer. With fewer than 4 items per thread,
+                 * each block's columns are split into groups; a thread takes items in
+                 * increasing order, so it packs an A block at most once per pc (the
+                 * packed_ic check). The order inside every C element is fixed, so the
+                 * schedule never changes the bits. */
+                int64_t ngroups = nb_m < 4 * (int64_t)nteam ? (4 * (int64_t)nteam + nb_m - 1) / nb_m : 1;
                 if (ngroups > nsl) ngroups = nsl;
                 int64_t nwork = nb_m * ngroups;
                 for (int64_t pc = 0; pc < kpairs; pc += kcp) {
                     int64_t kp = kpairs - pc < kcp ? kpairs - pc : kcp;
                     int flags = (pc > 0 ? DK_UKR_LOAD : 0) | (pc + kp == kpairs ? DK_UKR_LAST : 0);
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 2)
                     for (int64_t s = 0; s < nsl; s++)
                         pack_lines(&vb, n, k, jc + s * t.nr, t.nr, pc, kp, t.nr, t.split_b, t.simd_pack,
                                    bbuf + (size_t)s * kp * pairB);
                     int64_t packed_ic = -1;
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
                     for (int64_t w = 0; w < nwork; w++) {
                         int64_t ic = w / ngroups, g = w % ngroups;
                         int64_t i0 = ic * mc, mcur = m - i0 < mc ? m - i0 : mc;
