@@ -429,9 +429,20 @@ def test_beta_c_and_out():
     want = p + np.float32(2.0) * cc
     r = dk.gemm(a, b, c=cc, beta=2.0, out=cc)
     assert r is cc and np.array_equal(cc, want)
-    # return_plan
+    # c broadcast from a row; batched c
+    row = rng.standard_normal(9).astype(np.float32)
+    assert np.array_equal(dk.gemm(a, b, c=row, beta=-1.5), p + np.float32(-1.5) * row)
+    a3, b3 = bf16_codes(rng, (3, 12, 20)), bf16_codes(rng, (3, 20, 9))
+    c3 = rng.standard_normal((3, 12, 9)).astype(np.float32)
+    assert np.array_equal(dk.gemm(a3, b3, c=c3, beta=0.25), dk.gemm(a3, b3) + np.float32(0.25) * c3)
+    # return_plan, on the chip (default) and on a training tile
     r, plan = dk.gemm(a, b, return_plan=True)
     assert np.array_equal(r, p) and plan.flops == 2 * 12 * 9 * 20
+    assert plan == dk.plan_gemm(12, 9, 20, a_format=BF16, b_format=BF16)
+    _, tplan = dk.gemm(a, b, return_plan=True, machine=dk.TrainingTile())
+    assert isinstance(tplan.machine, dk.TrainingTile)
+    with pytest.raises(TypeError, match="machine"):
+        dk.gemm(a, b, machine="d1")
 
 
 def test_nonfinite_inputs_canonical_nan_same_everywhere():
