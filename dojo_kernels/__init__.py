@@ -24,6 +24,10 @@ from .numerics import (Flags, add, choose_bias, dequantize, fake_quantize, fma, 
 from .d1 import D1Chip, D1Node, DojoSystem, TrainingTile
 from .gemm import GemmPlan, gemm, plan_gemm
 # --- mesh all-reduce ---------------------------------------------------------------------
+from . import mesh  # noqa: E402  (dojo_kernels.mesh: Mesh2D and the D1 presets)
+from .collectives import AllreduceReport, allreduce, estimate_allreduce  # noqa: E402
+from .hierarchical import (HierarchicalReport, allreduce_hierarchical,  # noqa: E402
+                           estimate_hierarchical)
 
 
 def show_config() -> None:
@@ -45,5 +49,9 @@ __all__ = [
     "BF16", "FP32", "UHP", "Format", "cfloat8_143", "cfloat8_152", "shp",
     "get_isa", "get_num_threads", "set_num_threads", "show_config",
     "Flags", "quantize", "dequantize", "fake_quantize", "add", "sub", "mul", "fma", "choose_bias",
+    # GEMM and the D1 machine model
     "D1Node", "D1Chip", "TrainingTile", "DojoSystem", "GemmPlan", "gemm", "plan_gemm",
+    # mesh all-reduce
+    "mesh", "AllreduceReport", "allreduce", "estimate_allreduce",
+    "HierarchicalReport", "allreduce_hierarchical", "estimate_hierarchical",
 ]

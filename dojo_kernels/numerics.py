@@ -97,7 +97,7 @@ def _is_bf16(dtype: np.dtype) -> bool:
 def _native(a: np.ndarray) -> np.ndarray:
     if not a.dtype.isnative:
         a = a.astype(a.dtype.newbyteorder("="))
-    return np.ascontiguousarray(a)
+    return np.asarray(a, order="C")
 
 
 def _source(x: Any, name: str = "x") -> Tuple[np.ndarray, int]:
@@ -248,7 +248,7 @@ def _arith(op: str, operands: Tuple[Any, ...], fmt: Format, rounding: str, seed:
     names = ("a", "b", "c")
     arrays = [_codes(v, fmt, names[i]) for i, v in enumerate(operands)]
     try:
-        arrays = [np.ascontiguousarray(v) for v in np.broadcast_arrays(*arrays)]
+        arrays = [np.asarray(v, order="C") for v in np.broadcast_arrays(*arrays)]
     except ValueError:
         shapes = ", ".join(str(v.shape) for v in arrays)
         raise ValueError(f"a, b{', c' if len(arrays) == 3 else ''}: shapes {shapes} do not "
