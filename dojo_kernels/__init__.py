@@ -22,6 +22,10 @@ from .numerics import (Flags, add, choose_bias, dequantize, fake_quantize, fma, 
                        sub)
 # --- GEMM and the D1 machine model --------------------------------------------------------
 # --- mesh all-reduce ---------------------------------------------------------------------
+from . import mesh  # noqa: E402  (dojo_kernels.mesh: Mesh2D and the D1 presets)
+from .collectives import AllreduceReport, allreduce, estimate_allreduce  # noqa: E402
+from .hierarchical import (HierarchicalReport, allreduce_hierarchical,  # noqa: E402
+                           estimate_hierarchical)
 
 
 def show_config() -> None:
@@ -43,4 +47,7 @@ __all__ = [
     "BF16", "FP32", "UHP", "Format", "cfloat8_143", "cfloat8_152", "shp",
     "get_isa", "get_num_threads", "set_num_threads", "show_config",
     "Flags", "quantize", "dequantize", "fake_quantize", "add", "sub", "mul", "fma", "choose_bias",
+    # mesh all-reduce
+    "mesh", "AllreduceReport", "allreduce", "estimate_allreduce",
+    "HierarchicalReport", "allreduce_hierarchical", "estimate_hierarchical",
 ]

@@ -1,0 +1,190 @@
+/* reduce_driver.c - dispatch and the program runner of the all-reduce additions.
+ * Baseline code: tier bodies are called only for the tier the caller passes, which the
+ * Python layer takes from the run-time CPU check. Work is split into (segment, tile) items,
+ * each computed entirely by one thread, so results never depend on the thread count. */
+#include <stdlib.h>
+#include <string.h>
+#include "dk_reduce.h"
+
+#define DK_TILE 2048 /* elements per tile: scratch slots stay in L1/L2 */
+
+typedef void (*add_fn)(float *, const float *, const float *, int64_t);
+typedef void (*widen_fn)(float *, const uint16_t *, int64_t);
+typedef void (*narrow_fn)(uint16_t *, const float *, int64_t);
+
+typedef struct { add_fn add, addr; widen_fn widen; narrow_fn narrow; } kernels;
+
+static kernels pick(int isa)
+{
+    kernels k;
+    switch (isa) {
+    case DK_ISA_AVX512BF16:
+        k.add = dk_reduce_add_f32_avx512bf16; k.addr = dk_reduce_add_bf16r_avx512bf16;
+        k.widen = dk_reduce_widen_avx512bf16; k.narrow = dk_reduce_narrow_avx512bf16;
+        break;
+    case DK_ISA_AVX2:
+        k.add = dk_reduce_add_f32_avx2; k.addr = dk_reduce_add_bf16r_avx2;
+        k.widen = dk_reduce_widen_avx2; k.narrow = dk_reduce_narrow_avx2;
+        break;
+    default:
+        k.add = dk_reduce_add_f32_generic; k.addr = dk_reduce_add_bf16r_generic;
+        k.widen = dk_reduce_widen_generic; k.narrow = dk_reduce_narrow_generic;
+    }
+    return k;
+}
+
+static int bad_isa(int isa) { return isa < 0 || isa >= DK_ISA_COUNT; }
+
+#define CHUNK (1 << 16)
+
+int dk_reduce_accumulate(int isa, int threads, float *dst, const float *src, int64_t n,
+                         int round_bf16)
+{
+    if (bad_isa(isa) || n < 0 || (n && (!dst || !src))) return DK_EINVAL;
+    kernels k = pick(isa);
+    add_fn f = round_bf16 ? k.addr : k.add;
+    int64_t nch = (n + CHUNK - 1) / CHUNK;
+#pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(static) if (n >= (1 << 20))
+    for (int64_t c = 0; c < nch; c++) {
+        int64_t lo = c * CHUNK, len = n - lo < CHUNK ? n - lo : CHUNK;
+        f(dst + lo, dst + lo, src + lo, len);
+    }
+    return DK_OK;
+}
+
+int dk_reduce_bf16_to_f32(int isa, int threads, float *dst, const uint16_t *src, int64_t n)
+{
+    if (bad_isa(isa) || n < 0 || (n && (!dst || !src))) return DK_EINVAL;
+    kernels k = pick(isa);
+    int64_t nch = (n + CHUNK - 1) / CHUNK;
+#pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(static) if (n >= (1 << 20))
+    for (int64_t c = 0; c < nch; c++) {
+        int64_t lo = c * CHUNK, len = n - lo < CHUNK ? n - lo : CHUNK;
+        k.widen(dst + lo, src + lo, len);
+    }
+    return DK_OK;
+}
+
+int dk_reduce_f32_to_bf16(int isa, int threads, uint16_t *dst, const float *src, int64_t n)
+{
+    if (bad_isa(isa) || n < 0 || (n && (!dst || !src))) return DK_EINVAL;
+    kernels k = pick(isa);
+    int64_t nch = (n + CHUNK - 1) / CHUNK;
+#pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(static) if (n >= (1 << 20))
+    for (int64_t c = 0; c < nch; c++) {
+        int64_t lo = c * CHUNK, len = n - lo < CHUNK ? n - lo : CHUNK;
+        k.narrow(dst + lo, src + lo, len);
+    }
+    return DK_OK;
+}
+
+/* Check every index of the program once, so the runner never reads out of bounds. */
+static int check_program(const dk_reduce_program *p)
+{
+    if (!p || p->nodes < 1 || p->out_rows < 1 || p->out_rows > p->nodes || p->nseg < 0 || p->nslots < 0 || p->nodes > INT32_MAX) return 0;
+    if (!p->seg_lo || !p->add_off || (p->nseg && !p->out_op)) return 0;
+    if (p->seg_lo[0] < 0 || p->add_off[0] != 0) return 0;
+    for (int64_t s = 0; s < p->nseg; s++) {
+        if (p->seg_lo[s + 1] < p->seg_lo[s] || p->add_off[s + 1] < p->add_off[s]) return 0;
+    }
+    int64_t nadd = p->add_off[p->nseg];
+    if (nadd && (!p->add_out || !p->add_a || !p->add_b)) return 0;
+    for (int64_t i = 0; i < nadd; i++) {
+        if (p->add_out[i] < 0 || p->add_out[i] >= p->nslots) return 0;
+        int32_t ops[2] = {p->add_a[i], p->add_b[i]};
+        for (int j = 0; j < 2; j++)
+            if (ops[j] >= p->nslots || (ops[j] < 0 && -(int64_t)ops[j] - 1 >= p->nodes)) return 0;
+    }
+    for (int64_t i = 0; i < p->nseg * p->out_rows; i++) {
+        int32_t o = p->out_op[i];
+        if (o >= p->nslots || (o < 0 && -(int64_t)o - 1 >= p->nodes)) return 0;
+    }
+    return 1;
+}
+
+int dk_reduce_run(int isa, int threads, const dk_reduce_program *p, int fmt, int round_each,
+                  const void *in, int64_t in_stride, void *out, int64_t out_stride)
+{
+    if (bad_isa(isa) || (fmt != DK_REDUCE_F32 && fmt != DK_REDUCE_BF16)) return DK_EINVAL;
+    if (!check_program(p) || !in || !out || in_stride < 0 || out_stride < 0) return DK_EINVAL;
+    if (p->nseg == 0) return DK_OK;
+    const int64_t R = p->out_rows, S = p->nseg;
+    if (p->seg_lo[S] > in_stride || p->seg_lo[S] > out_stride) return DK_EINVAL;
+    kernels k = pick(isa);
+    add_fn addf = (fmt == DK_REDUCE_BF16 && round_each) ? k.addr : k.add;
+
+    /* tiles per segment */
+    int64_t *tile_off = malloc((size_t)(S + 1) * sizeof(int64_t));
+    if (!tile_off) return DK_ENOMEM;
+    tile_off[0] = 0;
+    for (int64_t s = 0; s < S; s++) {
+        int64_t len = p->seg_lo[s + 1] - p->seg_lo[s];
+        tile_off[s + 1] = tile_off[s] + (len + DK_TILE - 1) / DK_TILE;
+    }
+    const int64_t ntiles = tile_off[S];
+    int nthr = threads > 0 ? threads : 1;
+    if (ntiles < nthr) nthr = ntiles > 0 ? (int)ntiles : 1;
+    /* Small jobs stay on one thread: waking a team costs more than the work. */
+    double work = 0;
+    for (int64_t s = 0; s < S; s++)
+        work += (double)(p->seg_lo[s + 1] - p->seg_lo[s]) * (double)(p->add_off[s + 1] - p->add_off[s] + R);
+    if (work < (double)(1 << 20)) nthr = 1;
+    const size_t per = (size_t)(p->nslots + 2) * DK_TILE; /* slots + two widened operands */
+    float *scratch = aligned_alloc(64, (size_t)nthr * per * sizeof(float));
+    if (!scratch) { free(tile_off); return DK_ENOMEM; }
+
+    const float *inf = in; const uint16_t *inh = in;
+    float *outf = out; uint16_t *outh = out;
+
+#pragma omp parallel num_threads(nthr) if (nthr > 1)
+    {
+#ifdef _OPENMP
+        extern int omp_get_thread_num(void);
+        float *mine = scratch + (size_t)omp_get_thread_num() * per;
+#else
+        float *mine = scratch;
+#endif
+        float *tmp0 = mine + (size_t)p->nslots * DK_TILE, *tmp1 = tmp0 + DK_TILE;
+        int64_t s = 0;
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < ntiles; t++) {
+            while (tile_off[s + 1] <= t) s++;
+            while (tile_off[s] > t) s--;
+            int64_t lo = p->seg_lo[s] + (t - tile_off[s]) * DK_TILE;
+            int64_t len = p->seg_lo[s + 1] - lo;
+            if (len > DK_TILE) len = DK_TILE;
+            for (int64_t i = p->add_off[s]; i < p->add_off[s + 1]; i++) {
+                const float *opnd[2];
+                int32_t o[2] = {p->add_a[i], p->add_b[i]};
+                for (int j = 0; j < 2; j++) {
+                    if (o[j] >= 0) {
+                        opnd[j] = mine + (size_t)o[j] * DK_TILE;
+                    } else if (fmt == DK_REDUCE_F32) {
+                        opnd[j] = inf + (-(int64_t)o[j] - 1) * in_stride + lo;
+                    } else {
+                        float *tmp = j ? tmp1 : tmp0;
+                        k.widen(tmp, inh + (-(int64_t)o[j] - 1) * in_stride + lo, len);
+                        opnd[j] = tmp;
+                    }
+                }
+                addf(mine + (size_t)p->add_out[i] * DK_TILE, opnd[0], opnd[1], len);
+            }
+            for (int64_t node = 0; node < R; node++) {
+                int32_t o = p->out_op[s * R + node];
+                if (fmt == DK_REDUCE_F32) {
+                    const float *src = o >= 0 ? mine + (size_t)o * DK_TILE
+                                              : inf + (-(int64_t)o - 1) * in_stride + lo;
+                    memcpy(outf + node * out_stride + lo, src, (size_t)len * sizeof(float));
+                } else if (o >= 0) {
+                    k.narrow(outh + node * out_stride + lo, mine + (size_t)o * DK_TILE, len);
+                } else {
+                    memcpy(outh + node * out_stride + lo, inh + (-(int64_t)o - 1) * in_stride + lo,
+                           (size_t)len * sizeof(uint16_t));
+                }
+            }
+        }
+    }
+    free(scratch);
+    free(tile_off);
+    return DK_OK;
+}

@@ -1,0 +1,16 @@
+import numpy as np
+import numpy.typing as npt
+
+_F32 = npt.NDArray[np.float32]
+_U16 = npt.NDArray[np.uint16]
+_I64 = npt.NDArray[np.int64]
+_I32 = npt.NDArray[np.int32]
+
+def accumulate(isa: int, threads: int, dst: _F32, src: _F32, round_bf16: bool) -> None: ...
+def bf16_to_f32(isa: int, threads: int, dst: _F32, src: _U16) -> None: ...
+def f32_to_bf16(isa: int, threads: int, dst: _U16, src: _F32) -> None: ...
+def run_f32(isa: int, threads: int, seg_lo: _I64, add_off: _I64, add_out: _I32, add_a: _I32,
+            add_b: _I32, out_op: _I32, nslots: int, inp: _F32, out: _F32) -> None: ...
+def run_bf16(isa: int, threads: int, seg_lo: _I64, add_off: _I64, add_out: _I32, add_a: _I32,
+             add_b: _I32, out_op: _I32, nslots: int, round_each: bool, inp: _U16,
+             out: _U16) -> None: ...

@@ -1,0 +1,670 @@
+"""All-reduce schedules on a 2D mesh: one representation for the timing model, the
+numerics and the MPI executor (see docs/allreduce.md).
+
+A :class:`Schedule` is a table of *message templates*. Template ``i`` is active in steps
+``start[i] .. start[i]+count[i]-1``; in its ``j``-th active step it moves the unit range
+``[lo, lo+size[i])`` with ``lo = base[i] + ((k0[i] + j*dk[i]) mod kmod[i]) * size[i]`` from
+slot ``sslot[i]`` of node ``src[i]`` to slot ``dslot[i]`` of node ``dst[i]``, where it is
+added (``op = REDUCE``: ``dst = dst + received``) or stored (``op = COPY``). A buffer of N
+elements is cut into ``units`` equal units; unit ``u`` starts at element ``(u*N)//units``.
+The timing model treats bytes as divisible (a unit is ``n/units`` bytes).
+
+Within a step: ``stage 0`` node-local operations (``src == dst``, no link, no time), then
+every link message (``stage 1``: all read the senders' values from before the step, then
+are applied in ``(prio, template)`` order), then ``stage 2`` local operations, applied in
+``(prio, template)`` order. Slot 0 holds each node's contribution at the start and its
+result at the end.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .mesh import Mesh2D
+
+COPY, REDUCE = 0, 1
+MAX_CHUNKS = 256           # pipeline depth cap for the chunked algorithms
+
+ALGORITHMS = ("ring", "bidirectional_ring", "2d", "halving_doubling", "tree", "chain",
+              "spanning_trees")
+
+_FIELDS = ("src", "dst", "sslot", "dslot", "op", "stage", "prio", "start", "count",
+           "base", "size", "k0", "dk", "kmod")
+
+
+@dataclass(frozen=True, eq=False)
+class Schedule:
+    """A step-synchronous all-reduce schedule (see the module docstring)."""
+
+    algorithm: str
+    nodes: int
+    units: int
+    slots: int
+    bit_identical: bool
+    arrays: Dict[str, np.ndarray] = field(repr=False)
+    info: Dict[str, object] = field(default_factory=dict, repr=False)
+
+    def __getattr__(self, name):
+        arrays = self.__dict__.get("arrays")
+        if arrays is not None and name in arrays:
+            return arrays[name]
+        raise AttributeError(name)
+
+    @property
+    def num_templates(self) -> int:
+        return int(self.arrays["src"].size)
+
+    def ranges(self, j=None):
+        """Unit ranges (lo, hi) of every template for its j-th active step (array j)."""
+        a = self.arrays
+        if j is None:
+            j = np.zeros(a["src"].size, np.int64)
+        lo = a["base"] + ((a["k0"] + j * a["dk"]) % a["kmod"]) * a["size"]
+        return lo, lo + a["size"]
+
+    def instances(self, unit_bounds=None):
+        """Every (template, step, lo_unit, hi_unit) in execution order. With ``unit_bounds``
+        (element index of every unit boundary), only those moving at least one element."""
+        a = self.arrays
+        parts = []
+        cnt_all = a["count"]
+        # in pieces of about a million instances, so that huge schedules stay in memory
+        total = int(cnt_all.sum())
+        cuts = np.searchsorted(np.cumsum(cnt_all), np.arange(1, 1 + total // (1 << 20)) << 20)
+        for t0, t1 in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [cnt_all.size]])):
+            if t1 <= t0:
+                continue
+            cnt = cnt_all[t0:t1]
+            tpl = t0 + np.repeat(np.arange(cnt.size), cnt)
+            first = np.repeat(np.cumsum(cnt) - cnt, cnt)
+            j = np.arange(tpl.size) - first
+            k = (a["k0"][tpl] + j * a["dk"][tpl]) % a["kmod"][tpl]
+            lo = a["base"][tpl] + k * a["size"][tpl]
+            hi = lo + a["size"][tpl]
+            if unit_bounds is not None:
+                keep = unit_bounds[hi] > unit_bounds[lo]
+                tpl, j, lo, hi = tpl[keep], j[keep], lo[keep], hi[keep]
+            parts.append((tpl, a["start"][tpl] + j, lo, hi))
+        if not parts:
+            z = np.zeros(0, np.int64)
+            return z, z, z, z
+        tpl, step, lo, hi = (np.concatenate([p[k] for p in parts]) for k in range(4))
+        order = np.lexsort((tpl, a["prio"][tpl], a["stage"][tpl], step))
+        return tpl[order], step[order], lo[order], hi[order]
+
+
+class _Builder:
+    def __init__(self, nodes: int):
+        self.nodes = nodes
+        self.parts: List[Dict[str, np.ndarray]] = []
+
+    def add(self, src, dst, *, start, count, base, size, k0=0, dk=0, kmod=1, op=REDUCE,
+            sslot=0, dslot=0, prio=0, stage=1):
+        src = np.asarray(src, np.int64).reshape(-1)
+        vals = dict(src=src, dst=dst, sslot=sslot, dslot=dslot, op=op, stage=stage, prio=prio,
+                    start=start, count=count, base=base, size=size, k0=k0, dk=dk, kmod=kmod)
+        n = src.size
+        if n == 0:
+            return
+        self.parts.append({k: np.broadcast_to(np.asarray(v, np.int64), (n,)).copy()
+                           for k, v in vals.items()})
+
+    def build(self, algorithm, units, slots, bit_identical, info=None) -> Schedule:
+        if self.parts:
+            arrays = {k: np.concatenate([p[k] for p in self.parts]) for k in _FIELDS}
+        else:
+            arrays = {k: np.zeros(0, np.int64) for k in _FIELDS}
+        keep = arrays["count"] > 0
+        arrays = {k: v[keep] for k, v in arrays.items()}
+        for v in arrays.values():
+            v.setflags(write=False)
+        return Schedule(algorithm, self.nodes, int(units), int(slots), bool(bit_identical),
+                        arrays, dict(info or {}))
+
+
+# --- Hamiltonian cycles and paths ---------------------------------------------------------
+def _snake_cycle(a: int, b: int) -> List[int]:
+    """Hamiltonian cycle of an a x b mesh (a, b >= 2, a*b even), as (row, col) node ids."""
+    if a % 2 == 1:  # transpose: construct on b x a, map back
+        cyc = _snake_cycle(b, a)
+        return [(v % a) * b + (v // a) for v in cyc]
+    order = [(0, c) for c in range(b)]
+    for r in range(1, a):
+        cols = range(b - 1, 0, -1) if r % 2 == 1 else range(1, b)
+        order += [(r, c) for c in cols]
+    order += [(r, 0) for r in range(a - 1, 0, -1)]
+    return [r * b + c for r, c in order]
+
+
+def _snake_path(a: int, b: int) -> List[int]:
+    """Boustrophedon Hamiltonian path by rows."""
+    out = []
+    for r in range(a):
+        cols = range(b) if r % 2 == 0 else range(b - 1, -1, -1)
+        out += [r * b + c for c in cols]
+    return out
+
+
+def _folded_order(k: int) -> List[int]:
+    if k <= 2:
+        return list(range(k))
+    evens = list(range(0, k, 2))
+    odds = [i for i in range(k - 1, 0, -1) if i % 2 == 1]
+    return evens + odds
+
+
+def _ham_path(adj: List[List[int]], start: int, target: int, coords, cap: int):
+    """Hamiltonian path start -> target by backtracking in Warnsdorff order (fewest unvisited
+    neighbours first; ties: farther from the target first). None if not found within cap."""
+    P = len(adj)
+    visited = [False] * P
+    visited[start] = True
+    path = [start]
+    tr, tc = coords(target)
+
+    def candidates(v):
+        out = []
+        for w in adj[v]:
+            if visited[w]:
+                continue
+            if w == target and len(path) != P - 1:
+                continue
+            deg = sum(1 for x in adj[w] if not visited[x])
+            r, c = coords(w)
+            out.append((deg, -(abs(r - tr) + abs(c - tc)), w))
+        out.sort()
+        return [w for _, _, w in out]
+
+    stack = [iter(candidates(start))]
+    visits = 0
+    while stack:
+        if len(path) == P:
+            return path if path[-1] == target else None
+        nxt = next(stack[-1], None)
+        if nxt is None:
+            stack.pop()
+            visited[path.pop()] = False
+            continue
+        visits += 1
+        if visits > cap:
+            return None
+        visited[nxt] = True
+        path.append(nxt)
+        if len(path) == P:
+            if nxt == target:
+                return path
+            visited[path.pop()] = False
+            continue
+        stack.append(iter(candidates(nxt)))
+    return None
+
+
+def _closure_rings(a: int, b: int, cap: int = 20000):
+    """Candidate (order, m) pairs for an odd x odd mesh: a Hamiltonian path u .. w of the mesh
+    less the edges {u,m}, {m,w}, closed by the straight 2-hop message w -> m -> u."""
+    nb = Mesh2D(a, b, link_bandwidth=1, link_latency=0)._neighbor_table()
+    coords = lambda v: divmod(v, b)  # noqa: E731
+    for r in range(1, a - 1):
+        for c in range(1, b - 1):
+            if (r + c) % 2 == 0:
+                continue
+            m = r * b + c
+            for d in ((0, 1), (1, 0)):
+                u = (r - d[0]) * b + (c - d[1])
+                w = (r + d[0]) * b + (c + d[1])
+                adj = [[int(x) for x in nb[v] if x >= 0] for v in range(a * b)]
+                adj[u].remove(m), adj[m].remove(u), adj[m].remove(w), adj[w].remove(m)
+                path = _ham_path(adj, u, w, coords, cap)
+                if path is not None:
+                    yield path, m
+
+
+def ring_order(topology: Mesh2D):
+    """The cycle the ring algorithms run on, as a list of node ids, and how it closes:
+    ``"cycle"`` (a Hamiltonian cycle), ``"closure"`` (a Hamiltonian path closed by a straight
+    2-hop message on an odd x odd mesh), ``"folded"`` (a line: 0, 2, 4, ..., 3, 1) or
+    ``"routed"`` (a path closed by a dimension-order multi-hop message; may share links)."""
+    return _ring_order_cached(topology.rows, topology.cols, topology.wrap_rows,
+                              topology.wrap_cols)
+
+
+_RING_CACHE: Dict[tuple, tuple] = {}
+
+
+def _ring_order_cached(a, b, wr, wc):
+    key = (a, b, wr, wc)
+    if key not in _RING_CACHE:
+        _RING_CACHE[key] = _ring_order_uncached(a, b, wr, wc)
+    order, kind = _RING_CACHE[key]
+    return list(order), kind
+
+
+def _ring_order_uncached(a, b, wr, wc):
+    P = a * b
+    if P <= 2:
+        return list(range(P)), "cycle"
+    if a == 1:
+        return (list(range(b)), "cycle") if wr else ([int(x) for x in _folded_order(b)], "folded")
+    if b == 1:
+        return (list(range(a)), "cycle") if wc else ([int(x) for x in _folded_order(a)], "folded")
+    if P % 2 == 0:
+        return _snake_cycle(a, b), "cycle"
+    if a >= 3 and b >= 3 and (a, b) != (3, 3):
+        ring = _grown_closure(a, b)
+        if ring is not None and _shares_no_link(ring, a, b):
+            return ring, "closure"
+    return _snake_path(a, b), "routed"
+
+
+def _shares_no_link(order, a, b) -> bool:
+    """With both ring directions running (every ring message is in flight in every step), no
+    directed link carries two messages."""
+    m = Mesh2D(a, b, link_bandwidth=1, link_latency=0)
+    o = np.asarray(order)
+    nxt = np.roll(o, -1)
+    _, links, _ = m.route(np.concatenate([o, nxt]), np.concatenate([nxt, o]))
+    return np.unique(links).size == links.size
+
+
+def _first_closure(a, b):
+    for path, _m in _closure_rings(a, b):
+        return path
+    return None
+
+
+def _widen(order, a, b):
+    """A closure ring of an a x b mesh -> one of a x (b+2): a vertical edge of the ring on the
+    last column is replaced by a detour through the two new columns (which covers them)."""
+    rc = [divmod(v, b) for v in order]
+    P = len(rc)
+    for i in range(P - 1):  # consecutive pairs only: the closure (last -> first) stays
+        (r1, c1), (r2, c2) = rc[i], rc[i + 1]
+        if c1 == c2 == b - 1 and abs(r1 - r2) == 1:
+            if r2 == r1 + 1:
+                det = [(r, b) for r in range(r1, -1, -1)] + [(r, b + 1) for r in range(a)] + \
+                      [(r, b) for r in range(a - 1, r2 - 1, -1)]
+            else:
+                det = [(r, b) for r in range(r1, a)] + [(r, b + 1) for r in range(a - 1, -1, -1)] \
+                      + [(r, b) for r in range(0, r2 + 1)]
+            new = rc[: i + 1] + det + rc[i + 1:]
+            return [r * (b + 2) + c for r, c in new]
+    return None
+
+
+def _transpose(order, a, b):
+    return [(v % b) * a + v // b for v in order]
+
+
+def _grown_closure(a, b):
+    """Closure ring of an odd x odd mesh: searched on a small base (5x5, 5x3, 3x5), then grown
+    two columns / two rows at a time (each growth keeps the path's edges and the 2-hop closure
+    disjoint, so the two ring directions still share no directed link)."""
+    a0 = 5 if a >= 5 else 3
+    b0 = 5 if b >= 5 else 3
+    if a * b <= 81:
+        direct = _first_closure(a, b)
+        if direct is not None:
+            return direct
+    order = _first_closure(a0, b0)
+    if order is None:
+        return None
+    cur_b = b0
+    while cur_b < b:
+        order = _widen(order, a0, cur_b)
+        if order is None:
+            return None
+        cur_b += 2
+    cur_a = a0
+    order = _transpose(order, cur_a, b)       # now a b x cur_a mesh: widen its columns
+    while cur_a < a:
+        order = _widen(order, b, cur_a)
+        if order is None:
+            return None
+        cur_a += 2
+    return _transpose(order, b, a)
+
+
+# --- builders -------------------------------------------------------------------------------
+def _ring_into(bld: _Builder, order: Sequence[int], *, t0: int, base: int, bsize: int,
+               prio: int = 0):
+    """Unidirectional ring all-reduce on ``order``: P-1 reduce-scatter steps then P-1
+    all-gather steps; block j = units [base + j*bsize, ...); at step s the node at ring
+    position r sends block (r - s) mod P (reduce), then block (r + 1 - s) mod P (copy)."""
+    order = np.asarray(order, np.int64)
+    P = order.size
+    if P < 2:
+        return t0
+    pos = np.arange(P)
+    nxt = np.roll(order, -1)
+    bld.add(order, nxt, start=t0, count=P - 1, base=base, size=bsize, k0=pos, dk=-1, kmod=P,
+            op=REDUCE, prio=prio)
+    bld.add(order, nxt, start=t0 + P - 1, count=P - 1, base=base, size=bsize, k0=pos + 1,
+            dk=-1, kmod=P, op=COPY, prio=prio)
+    return t0 + 2 * (P - 1)
+
+
+def build_ring(topology: Mesh2D, *, bidirectional: bool = False, order=None) -> Schedule:
+    """Ring (or two counter-rotating rings, n/2 each) on ``order`` (default
+    :func:`ring_order`)."""
+    P = topology.nodes
+    kind = "given"
+    if order is None:
+        order, kind = ring_order(topology)
+    order = [int(x) for x in order]
+    if sorted(order) != list(range(P)):
+        raise ValueError("order: expected a permutation of the node ids")
+    bld = _Builder(P)
+    if bidirectional:
+        _ring_into(bld, order, t0=0, base=0, bsize=1)
+        _ring_into(bld, order[::-1], t0=0, base=P, bsize=1)
+        units = 2 * P
+    else:
+        _ring_into(bld, order, t0=0, base=0, bsize=1)
+        units = P
+    name = "bidirectional_ring" if bidirectional else "ring"
+    return bld.build(name, max(units, 1), 1, True, {"order": order, "ring_kind": kind})
+
+
+def _line_orders(k: int, wrap: bool):
+    return list(range(k)) if (wrap or k <= 2) else _folded_order(k)
+
+
+def build_2d(topology: Mesh2D) -> Schedule:
+    """Reduce-scatter along every row (ring over the row, folded on a mesh), all-reduce along
+    every column on the row block a node owns, all-gather along rows."""
+    a, b, P = topology.rows, topology.cols, topology.nodes
+    bld = _Builder(P)
+    rord = np.asarray(_line_orders(b, topology.wrap_rows), np.int64)   # positions -> column
+    cord = np.asarray(_line_orders(a, topology.wrap_cols), np.int64)   # positions -> row
+    # Units: P; row block j (j = 0..b-1) is units [j*a, (j+1)*a); column sub-block unit 1.
+    t = 0
+    if b >= 2:
+        p = np.tile(np.arange(b), a)
+        r = np.repeat(np.arange(a), b)
+        src = r * b + rord[p]
+        dst = r * b + rord[(p + 1) % b]
+        bld.add(src, dst, start=0, count=b - 1, base=0, size=a, k0=p, dk=-1, kmod=b, op=REDUCE)
+        t = b - 1
+    if a >= 2:
+        # Column of position p owns row block (p + 1) mod b after the reduce-scatter.
+        q = np.tile(np.arange(a), b)                  # position along the column ring
+        p = np.repeat(np.arange(b), a)                # position of the column in the row ring
+        col = rord[p]
+        blk = (p + 1) % b if b >= 2 else np.zeros_like(p)
+        src = cord[q] * b + col
+        dst = cord[(q + 1) % a] * b + col
+        bld.add(src, dst, start=t, count=a - 1, base=blk * a, size=1, k0=q, dk=-1, kmod=a,
+                op=REDUCE)
+        bld.add(src, dst, start=t + a - 1, count=a - 1, base=blk * a, size=1, k0=q + 1, dk=-1,
+                kmod=a, op=COPY)
+        t += 2 * (a - 1)
+    if b >= 2:
+        p = np.tile(np.arange(b), a)
+        r = np.repeat(np.arange(a), b)
+        src = r * b + rord[p]
+        dst = r * b + rord[(p + 1) % b]
+        bld.add(src, dst, start=t, count=b - 1, base=0, size=a, k0=p + 1, dk=-1, kmod=b,
+                op=COPY)
+    return bld.build("2d", P, 1, True, {"row_order": rord.tolist(), "col_order": cord.tolist()})
+
+
+def build_halving_doubling(topology: Mesh2D) -> Schedule:
+    """Rabenseifner: recursive-halving reduce-scatter (partner distance 1, 2, 4, ... in node-id
+    order) then recursive-doubling all-gather. P not a power of two: the first 2r nodes pair
+    up (2i sends everything to 2i+1) before, and get the result back after."""
+    P = topology.nodes
+    bld = _Builder(P)
+    if P == 1:
+        return bld.build("halving_doubling", 1, 1, True)
+    q = int(math.floor(math.log2(P)))
+    Pp = 1 << q
+    r = P - Pp
+    U = Pp
+    t = 0
+    if r:
+        ev = np.arange(r) * 2
+        bld.add(ev, ev + 1, start=0, count=1, base=0, size=U, op=REDUCE)
+        t = 1
+    part = np.concatenate([np.arange(r) * 2 + 1, np.arange(2 * r, P)]).astype(np.int64)
+    v = np.arange(Pp)
+    lo = np.zeros(Pp, np.int64)
+    size = U
+    for s in range(q):
+        bit = (v >> s) & 1
+        half = size // 2
+        partner = v ^ (1 << s)
+        keep_lo = np.where(bit == 0, lo, lo + half)
+        send_lo = np.where(bit == 0, lo + half, lo)
+        bld.add(part[v], part[partner], start=t, count=1, base=send_lo, size=half, op=REDUCE)
+        lo = keep_lo
+        size = half
+        t += 1
+    for s in reversed(range(q)):
+        partner = v ^ (1 << s)
+        bld.add(part[v], part[partner], start=t, count=1, base=lo, size=size, op=COPY)
+        bit = (v >> s) & 1
+        lo = np.where(bit == 0, lo, lo - size)
+        size *= 2
+        t += 1
+    if r:
+        ev = np.arange(r) * 2
+        bld.add(ev + 1, ev, start=t, count=1, base=0, size=U, op=COPY)
+    return bld.build("halving_doubling", U, 1, True, {"participants": part.tolist()})
+
+
+def bfs_tree(topology: Mesh2D, root: Optional[int] = None) -> np.ndarray:
+    """Parent array of the breadth-first spanning tree from ``root`` (default: the central
+    node), neighbours visited east, west, south, north; parent[root] = -1."""
+    P = topology.nodes
+    if root is None:
+        root = ((topology.rows - 1) // 2) * topology.cols + (topology.cols - 1) // 2
+    nb = topology._neighbor_table()
+    parent = np.full(P, -2, np.int64)
+    parent[root] = -1
+    frontier = np.array([root])
+    while frontier.size:
+        cand = nb[frontier].reshape(-1)
+        par = np.repeat(frontier, 4)
+        ok = cand >= 0
+        cand, par = cand[ok], par[ok]
+        fresh = parent[cand] == -2
+        cand, par = cand[fresh], par[fresh]
+        u, first = np.unique(cand, return_index=True)
+        # first discoverer in visiting order
+        order = np.argsort(first, kind="stable")
+        u = u[order]
+        parent[u] = par[first[order]]
+        frontier = u
+    return parent
+
+
+def _forest_shape(parents: np.ndarray):
+    """depth, height (of the subtree) and root of every node of a stack of trees (T, P)."""
+    T, P = parents.shape
+    par = parents + (np.arange(T) * P)[:, None]
+    par = np.where(parents < 0, -1, par).reshape(-1)
+    n = par.size
+    me = np.arange(n)
+    jump = np.where(par < 0, me, par)
+    depth = (par >= 0).astype(np.int64)
+    while True:  # pointer jumping: depth = number of ancestors
+        nxt = jump[jump]
+        if np.array_equal(nxt, jump):
+            break
+        depth = depth + np.where(jump != nxt, depth[jump], 0)
+        jump = nxt
+    # max depth in each subtree, bottom-up by levels
+    sub = depth.copy()
+    order = np.argsort(-depth, kind="stable")
+    d_sorted = depth[order]
+    cuts = np.flatnonzero(np.diff(d_sorted)) + 1
+    for grp in np.split(order, cuts):
+        grp = grp[par[grp] >= 0]
+        if grp.size:
+            np.maximum.at(sub, par[grp], sub[grp])
+    height = (sub - depth).reshape(T, P)
+    roots = np.argmax(parents < 0, axis=1)
+    return depth.reshape(T, P), height, roots
+
+
+def _tree_shape(parent: np.ndarray):
+    """depth and height (of the subtree) of every node; the root."""
+    d, h, r = _forest_shape(np.asarray(parent)[None])
+    return d[0], h[0], int(r[0])
+
+
+def _tree_into(bld: _Builder, parent: np.ndarray, *, s: int, base: int, csize: int, t0: int = 0,
+               shape=None):
+    """Pipelined reduce (children of a node send chunk c together, added in id order) and
+    broadcast over one tree; chunk c = units [base + c*csize, ...). Returns the step count."""
+    depth, height, root = shape if shape is not None else _tree_shape(parent)
+    H = int(height[root])
+    v = np.flatnonzero(parent >= 0)
+    if v.size == 0:
+        return 0
+    pv = parent[v]
+    bld.add(v, pv, start=t0 + height[pv] - 1, count=s, base=base, size=csize, k0=0, dk=1,
+            kmod=s, op=REDUCE, prio=v)
+    bld.add(pv, v, start=t0 + H + depth[pv], count=s, base=base, size=csize, k0=0, dk=1,
+            kmod=s, op=COPY, prio=v)
+    return 2 * H + s - 1
+
+
+def _chunks(fill: int, factor: float, nbytes: float, topology: Mesh2D) -> int:
+    """Pipeline depth s minimising (s + fill) * (alpha + factor*n/(s*B)), capped."""
+    if nbytes <= 0:
+        return 1
+    alpha = topology.link_latency
+    if alpha <= 0:
+        return MAX_CHUNKS
+    with np.errstate(over="ignore"):
+        s = math.sqrt(max(fill, 1) * factor * nbytes / alpha / topology.link_bandwidth)
+    if not math.isfinite(s) or s >= MAX_CHUNKS:
+        return MAX_CHUNKS
+    return int(max(1, round(s)))
+
+
+def build_tree(topology: Mesh2D, nbytes: float) -> Schedule:
+    parent = bfs_tree(topology)
+    depth, height, root = _tree_shape(parent)
+    s = _chunks(2 * int(height[root]) - 1, 1.0, nbytes, topology)
+    bld = _Builder(topology.nodes)
+    _tree_into(bld, parent, s=s, base=0, csize=1)
+    return bld.build("tree", s, 1, True, {"chunks": s, "parent": parent.tolist()})
+
+
+def comb_trees(topology: Mesh2D):
+    """The spanning trees of the packing and their integer weights: for every column j the
+    comb of all horizontal edges plus column j (weight rows-1), for every row i the comb of all
+    vertical edges plus row i (weight cols-1). Each mesh edge carries total weight P-1 out of
+    E = 2ab-a-b, so the packing reaches tau = E/(P-1) (SPEC section 7). A line is one tree."""
+    a, b = topology.rows, topology.cols
+    r, c = np.divmod(np.arange(a * b), b)
+    trees = []
+    if a == 1 or b == 1:
+        return [(bfs_tree(topology), 1)]
+    ra, cb = (a - 1) // 2, (b - 1) // 2
+    for j in range(b):
+        pr = np.where(c != j, r, np.where(r < ra, r + 1, r - 1))
+        pc = np.where(c < j, c + 1, np.where(c > j, c - 1, c))
+        parent = pr * b + pc
+        parent[ra * b + j] = -1
+        trees.append((parent, a - 1))
+    for i in range(a):
+        pr = np.where(r < i, r + 1, np.where(r > i, r - 1, r))
+        pc = np.where(r != i, c, np.where(c < cb, c + 1, c - 1))
+        parent = pr * b + pc
+        parent[i * b + cb] = -1
+        trees.append((parent, b - 1))
+    return trees
+
+
+def build_spanning_trees(topology: Mesh2D, nbytes: float) -> Schedule:
+    trees = comb_trees(topology)
+    fd, fh, fr = _forest_shape(np.stack([p for p, _ in trees]))
+    shapes = [(fd[i], fh[i], int(fr[i])) for i in range(len(trees))]
+    Hmax = max(int(h[root]) for _, h, root in shapes)
+    W = sum(w for _, w in trees)
+    P = topology.nodes
+    factor = (P - 1) / W if len(trees) > 1 else 1.0
+    s = _chunks(2 * Hmax - 1, factor, nbytes, topology)
+    bld = _Builder(P)
+    # every tree at once: the same pipelined reduce + broadcast as _tree_into
+    parents = np.stack([p for p, _ in trees])
+    w = np.array([w for _, w in trees], np.int64)
+    off = np.cumsum(w) - w
+    H = fh[np.arange(len(trees)), fr]
+    t_idx, v = np.nonzero(parents >= 0)
+    pv = parents[t_idx, v]
+    common = dict(count=s, base=off[t_idx] * s, size=w[t_idx], k0=0, dk=1, kmod=s, prio=v)
+    bld.add(v, pv, start=fh[t_idx, pv] - 1, op=REDUCE, **common)
+    bld.add(pv, v, start=H[t_idx] + fd[t_idx, pv], op=COPY, **common)
+    return bld.build("spanning_trees", max(W * s, 1), 1, True,
+                     {"chunks": s, "trees": len(trees), "weights": [w for _, w in trees]})
+
+
+def chain_path(topology: Mesh2D) -> List[int]:
+    """The line the chain runs on: the mesh itself if it is a line, else the row-by-row
+    boustrophedon Hamiltonian path."""
+    return _snake_path(topology.rows, topology.cols)
+
+
+def build_chain(topology: Mesh2D, nbytes: float) -> Schedule:
+    """Pipelined chain on a line v_0..v_{k-1}, s chunks: prefix sums flow right, suffix sums
+    flow left at once; node i ends with prefix_i + suffix_{i+1} (not the same bits on every
+    node). Slots: 0 own/result, 1 prefix, 2 suffix, 3 received suffix."""
+    path = np.asarray(chain_path(topology), np.int64)
+    k = path.size
+    bld = _Builder(topology.nodes)
+    if k == 1:
+        return bld.build("chain", 1, 1, True, {"chunks": 1, "path": path.tolist()})
+    s = _chunks(k - 2, 1.0, nbytes, topology)
+    U = s
+    ch = dict(count=s, k0=0, dk=1, kmod=s, size=1, base=0)
+    # stage 0, step 0: prefix and suffix accumulators start as the node's own value
+    bld.add(path[1:], path[1:], start=0, count=1, base=0, size=U, op=COPY, sslot=0, dslot=1,
+            stage=0)
+    bld.add(path[:-1], path[:-1], start=0, count=1, base=0, size=U, op=COPY, sslot=0, dslot=2,
+            stage=0)
+    i = np.arange(k - 1)
+    # prefix: v_i -> v_{i+1} at step i + c, added into slot 1
+    bld.add(path[i], path[i + 1], start=i, op=REDUCE, sslot=np.where(i == 0, 0, 1), dslot=1,
+            **ch)
+    # suffix: v_j -> v_{j-1} at step (k-1-j) + c, stored in slot 3, then added into slot 2
+    j = np.arange(k - 1, 0, -1)
+    bld.add(path[j], path[j - 1], start=k - 1 - j, op=COPY,
+            sslot=np.where(j == k - 1, 0, 2), dslot=3, **ch)
+    jj = j[j - 1 >= 1]  # receivers v_{j-1} that forward the suffix (not v_0)
+    bld.add(path[jj - 1], path[jj - 1], start=k - 1 - jj, op=REDUCE, sslot=3, dslot=2, stage=2,
+            **ch)
+    # results: v_0 = x_0 + S_1; v_i = P_i + S_{i+1}; v_{k-1} = P_{k-1}
+    bld.add(path[0], path[0], start=k - 2, op=REDUCE, sslot=3, dslot=0, stage=2, prio=1, **ch)
+    mid = np.arange(1, k - 1)
+    when = np.maximum(mid - 1, k - 2 - mid)
+    bld.add(path[mid], path[mid], start=when, op=COPY, sslot=1, dslot=0, stage=2, prio=0, **ch)
+    bld.add(path[mid], path[mid], start=when, op=REDUCE, sslot=3, dslot=0, stage=2, prio=1,
+            **ch)
+    bld.add(path[k - 1], path[k - 1], start=k - 2, op=COPY, sslot=1, dslot=0, stage=2, **ch)
+    return bld.build("chain", U, 4, False, {"chunks": s, "path": path.tolist()})
+
+
+def build(algorithm: str, topology: Mesh2D, nbytes: float) -> Schedule:
+    if algorithm == "ring":
+        return build_ring(topology)
+    if algorithm == "bidirectional_ring":
+        return build_ring(topology, bidirectional=True)
+    if algorithm == "2d":
+        return build_2d(topology)
+    if algorithm == "halving_doubling":
+        return build_halving_doubling(topology)
+    if algorithm == "tree":
+        return build_tree(topology, nbytes)
+    if algorithm == "chain":
+        return build_chain(topology, nbytes)
+    if algorithm == "spanning_trees":
+        return build_spanning_trees(topology, nbytes)
+    raise ValueError(f"algorithm: expected 'auto' or one of {', '.join(ALGORITHMS)}, "
+                     f"got {algorithm!r}")

@@ -1,0 +1,148 @@
+"""The link-level timing model of SPEC section 7, evaluated on a Schedule.
+
+Per step: every link message of ``m`` bytes over ``h`` hops takes
+``alpha + (h-1)*delta + L/B``, where ``L`` is the largest total of bytes that the messages
+of that step put on one directed link of its route (k equal messages on one link take k times
+the bandwidth term). A step ends with its slowest message. Templates are processed as
+intervals of steps in which the set of active messages does not change, so a ring on a
+3000-node mesh costs two intervals, not 6000 steps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._schedule import Schedule
+from .mesh import Mesh2D
+
+
+
+@dataclass
+class Timing:
+    step_times: np.ndarray
+    bytes_per_link: np.ndarray
+    byte_hops: float
+    max_contention: int
+    links_used: int
+    longest_path_hops: int
+
+
+def simulate(schedule: Schedule, topology: Mesh2D, nbytes: float) -> Timing:
+    a = schedule.arrays
+    L = topology.num_links
+    link = a["src"] != a["dst"]
+    src, dst = a["src"][link], a["dst"][link]
+    start, count, size = a["start"][link], a["count"][link], a["size"][link]
+    unit_bytes = float(nbytes) / schedule.units
+    if src.size == 0:
+        return Timing(np.zeros(0), np.zeros(L), 0.0, 0, 0, 0)
+    hop_msg, hop_link, hops = topology.route(src, dst)
+    end = start + count
+    # bytes per link and byte-hops: exact in units, scaled once
+    units_on_link = np.bincount(hop_link, weights=(size * count)[hop_msg].astype(np.float64),
+                                minlength=L)
+    bytes_per_link = units_on_link * unit_bytes
+    byte_hops = float(np.sum(size * count * hops)) * unit_bytes
+    # intervals of constant activity
+    bp = np.unique(np.concatenate([start, end]))
+    NI = bp.size - 1
+    i0 = np.searchsorted(bp, start)
+    i1 = np.searchsorted(bp, end)
+    on_link = np.bincount(hop_link, minlength=L)
+    used = np.flatnonzero(on_link)
+    remap = np.zeros(L, np.int64)
+    remap[used] = np.arange(used.size)
+    col = remap[hop_link]
+    NL = used.size
+    classes = np.unique(hops)
+    # hops with the same (link, window, hop count) act together: aggregate them
+    h_i0, h_i1, h_h = i0[hop_msg], i1[hop_msg], hops[hop_msg]
+    h_sz = size[hop_msg].astype(np.float64)
+    h_n = np.ones(hop_msg.size)
+    hmax = int(hops.max()) + 1
+    key = ((col * (NI + 1) + h_i0) * (NI + 1) + h_i1) * hmax + h_h
+    if key.size > 4 * NL:
+        uk, inv = np.unique(key, return_inverse=True)
+        h_sz = np.bincount(inv, weights=h_sz, minlength=uk.size)
+        h_n = np.bincount(inv, minlength=uk.size).astype(np.float64)
+        uk, h_h = np.divmod(uk, hmax)
+        uk, h_i1 = np.divmod(uk, NI + 1)
+        col, h_i0 = np.divmod(uk, NI + 1)
+    # events per aggregated hop: (+size at i0, -size at i1), counts (+n, -n)
+    ev_i = np.concatenate([h_i0, h_i1])
+    ev_c = np.concatenate([col, col])
+    ev_u = np.concatenate([h_sz, -h_sz])
+    ev_n = np.concatenate([h_n, -h_n])
+    # stable sort by interval (radix sort when the index fits 16 bits)
+    order = np.argsort(ev_i.astype(np.int16) if NI < 2**15 else ev_i, kind="stable")
+    ev_i, ev_c, ev_u, ev_n = ev_i[order], ev_c[order], ev_u[order], ev_n[order]
+    alpha, delta, B = topology.link_latency, topology.hop_latency, topology.link_bandwidth
+    interval_time = np.zeros(NI)
+    active = np.zeros(NI, bool)
+    max_cont = 0
+    # loads before the current block, per used link (units, exact in float64), and counts
+    carry_u = np.zeros(NL)
+    carry_n = np.zeros(NL)
+    blk = 256
+    for b0 in range(0, NI, blk):
+        b1 = min(NI, b0 + blk)
+        lo, hi = np.searchsorted(ev_i, [b0, b1])
+        # links touched in this block: hops active in it, or ending at its first interval
+        touch = (h_i0 < b1) & (h_i1 >= b0)
+        cols = np.unique(col[touch])
+        nb = cols.size
+        nrow = b1 - b0
+        ii = ev_i[lo:hi] - b0
+        cc = np.searchsorted(cols, ev_c[lo:hi])
+        flat = ii * nb + cc
+        d_u = np.bincount(flat, weights=ev_u[lo:hi], minlength=nrow * nb).reshape(nrow, nb)
+        d_n = np.bincount(flat, weights=ev_n[lo:hi], minlength=nrow * nb).reshape(nrow, nb)
+        load = np.cumsum(d_u, axis=0) + carry_u[cols]
+        cnt = np.cumsum(d_n, axis=0) + carry_n[cols]
+        carry_u[cols], carry_n[cols] = load[-1], cnt[-1]
+        if cnt.size:
+            max_cont = max(max_cont, int(round(cnt.max())))
+        act = cnt.max(axis=1) > 0.5 if nb else np.zeros(nrow, bool)
+        active[b0:b1] = act
+        if len(classes) == 1:
+            # every message has h hops: the slowest is the one on the busiest link
+            h = int(classes[0])
+            m = np.where(cnt > 0.5, load, -1.0).max(axis=1) if nb else np.full(nrow, -1.0)
+            best = np.where(m >= 0, alpha + (h - 1) * delta + m * unit_bytes / B, -np.inf)
+        else:
+            # per message: alpha + (h-1) delta + its busiest link, at every step it is active
+            sel = np.flatnonzero((h_i0 < b1) & (h_i1 > b0))
+            rs = np.maximum(h_i0[sel], b0)
+            lens = np.minimum(h_i1[sel], b1) - rs
+            tot = int(lens.sum())
+            rep = np.repeat(sel, lens)
+            first = np.repeat(np.cumsum(lens) - lens, lens)
+            row = np.repeat(rs - b0, lens) + (np.arange(tot) - first)
+            val = load[row, np.searchsorted(cols, col[rep])]
+            t = alpha + (h_h[rep] - 1) * delta + val * unit_bytes / B
+            best = np.full(nrow, -np.inf)
+            np.maximum.at(best, row, t)
+        interval_time[b0:b1] = np.where(act, best, 0.0)
+    lengths = np.diff(bp)
+    step_times = np.repeat(interval_time[active], lengths[active])
+    return Timing(step_times, bytes_per_link, byte_hops, max_cont,
+                  int(np.count_nonzero(bytes_per_link)), int(hops.max()))
+
+
+def lower_bounds(topology: Mesh2D, nbytes: float) -> dict:
+    """SPEC section 7 lower bounds (seconds). The latency bound is
+    ``alpha + (D-1)*min(alpha, delta)`` with D the diameter: a message may cross several hops
+    for ``(h-1)*delta`` (it equals SPEC's ``(a+b-2)*alpha`` when delta >= alpha)."""
+    P = topology.nodes
+    if P == 1:
+        return {"latency": 0.0, "degree": 0.0, "capacity": 0.0}
+    B = topology.link_bandwidth
+    D = topology.diameter()
+    alpha, delta = topology.link_latency, topology.hop_latency
+    edges = topology.num_links // 2
+    return {
+        "latency": alpha + (D - 1) * min(alpha, delta),
+        "degree": nbytes / (int(topology.degree().min()) * B),
+        "capacity": (P - 1) * nbytes / (edges * B),
+    }

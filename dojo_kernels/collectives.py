@@ -1,0 +1,378 @@
+"""Mesh all-reduce: the reduced values in each algorithm's order, and link-level timing.
+
+``allreduce(buffers, topology)`` returns what every node holds at the end and a report of
+the SPEC section 7 timing model; ``estimate_allreduce(nbytes, topology)`` gives the report
+alone. One schedule (``dojo_kernels._schedule``) drives the timing, the numerics (additions
+in our C kernels, GIL released) and the MPI executor (``dojo_kernels.mpi``). The algorithms
+and their association orders are documented in docs/allreduce.md.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+import numpy as np
+
+from . import _config
+from ._schedule import ALGORITHMS, COPY, Schedule, build
+from ._timing import lower_bounds, simulate
+from .formats import BF16, FP32, Format
+from .mesh import Mesh2D
+
+#: Whether every node ends with the same bits (structural property of the schedule).
+BIT_IDENTICAL = {"ring": True, "bidirectional_ring": True, "2d": True,
+                 "halving_doubling": True, "tree": True, "chain": False,
+                 "spanning_trees": True}
+
+
+@dataclass(frozen=True, eq=False)
+class AllreduceReport:
+    """Timing-model report of one all-reduce (SPEC section 7). Units: seconds, bytes, B/s.
+
+    Attributes
+    ----------
+    time : total time (s), the sum of ``step_times``.
+    algorithm : the algorithm run (the one chosen when ``"auto"`` was asked).
+    steps : number of synchronous steps; ``step_times`` their durations (s).
+    nbytes : bytes per node ``n`` (for BF16 with ``accumulate="fp32"``: 4 bytes per element,
+        since FP32 partials travel).
+    nodes : ``P``.
+    bytes_per_link : bytes carried by every directed link (order: ``topology.links()``);
+        ``bytes_per_link_max`` and ``bytes_per_link_mean`` over all directed links.
+    byte_hops : sum over messages of bytes x hops.
+    max_contention : most messages sharing one directed link in one step.
+    links_used, longest_path_hops : directed links that carry data; the longest route.
+    bus_bandwidth : ``2(P-1)/P * n / time`` (B/s, as nccl-tests).
+    lower_bounds : the SPEC section 7 bounds (s): ``latency``, ``degree``, ``capacity``.
+    lower_bound : the largest of them; ``efficiency = lower_bound / time``.
+    bit_identical : whether every node ends with the same bits.
+    chunks : pipeline depth of the chunked algorithms (1 otherwise).
+    """
+
+    time: float
+    algorithm: str
+    steps: int
+    step_times: np.ndarray = field(repr=False)
+    nbytes: float = 0.0
+    nodes: int = 1
+    bytes_per_link: np.ndarray = field(repr=False, default=None)
+    bytes_per_link_max: float = 0.0
+    bytes_per_link_mean: float = 0.0
+    byte_hops: float = 0.0
+    max_contention: int = 0
+    links_used: int = 0
+    longest_path_hops: int = 0
+    bus_bandwidth: float = 0.0
+    lower_bounds: Mapping[str, float] = field(default_factory=dict)
+    lower_bound: float = 0.0
+    efficiency: float = 1.0
+    bit_identical: bool = True
+    chunks: int = 1
+
+
+def _check_topology(topology) -> Mesh2D:
+    if not isinstance(topology, Mesh2D):
+        raise TypeError(f"topology: expected a dojo_kernels.mesh.Mesh2D, got "
+                        f"{type(topology).__name__}")
+    return topology
+
+
+def _check_nbytes(nbytes) -> float:
+    if isinstance(nbytes, bool) or not isinstance(nbytes, (int, float, np.integer, np.floating)):
+        raise TypeError(f"nbytes: expected a non-negative number, got {type(nbytes).__name__}")
+    v = float(nbytes)
+    if not np.isfinite(v) or v < 0:
+        raise ValueError(f"nbytes: expected a non-negative finite number, got {nbytes!r}")
+    return v
+
+
+def _check_algorithm(algorithm) -> str:
+    if not isinstance(algorithm, str) or (algorithm != "auto" and algorithm not in ALGORITHMS):
+        raise ValueError(f"algorithm: expected 'auto' or one of {', '.join(ALGORITHMS)}, "
+                         f"got {algorithm!r}")
+    return algorithm
+
+
+def _report(schedule: Schedule, topology: Mesh2D, nbytes: float) -> AllreduceReport:
+    t = simulate(schedule, topology, nbytes)
+    P = topology.nodes
+    time = float(t.step_times.sum())
+    lb = lower_bounds(topology, nbytes)
+    lbmax = max(lb.values())
+    bpl = t.bytes_per_link
+    bpl.setflags(write=False)
+    st = t.step_times
+    st.setflags(write=False)
+    return AllreduceReport(
+        time=time, algorithm=schedule.algorithm, steps=int(st.size), step_times=st,
+        nbytes=nbytes, nodes=P, bytes_per_link=bpl,
+        bytes_per_link_max=float(bpl.max()) if bpl.size else 0.0,
+        bytes_per_link_mean=float(bpl.mean()) if bpl.size else 0.0,
+        byte_hops=t.byte_hops, max_contention=t.max_contention, links_used=t.links_used,
+        longest_path_hops=t.longest_path_hops,
+        bus_bandwidth=(2 * (P - 1) / P * nbytes / time) if time > 0 else 0.0,
+        lower_bounds=MappingProxyType(lb), lower_bound=lbmax,
+        efficiency=(lbmax / time) if time > 0 else 1.0,
+        bit_identical=schedule.bit_identical,
+        chunks=int(schedule.info.get("chunks", 1)))
+
+
+@functools.lru_cache(maxsize=64)
+def _choose(topology: Mesh2D, nbytes: float, algorithm: str):
+    """(schedule, report) of the algorithm, or of the fastest one for "auto". Both are
+    immutable, so repeated calls share them."""
+    if algorithm != "auto":
+        sch = build(algorithm, topology, nbytes)
+        return sch, _report(sch, topology, nbytes)
+    best = None
+    for name in ALGORITHMS:
+        sch = build(name, topology, nbytes)
+        rep = _report(sch, topology, nbytes)
+        if best is None or rep.time < best[1].time:
+            best = (sch, rep)
+    return best
+
+
+def schedule_for(nbytes, topology, *, algorithm="auto") -> Schedule:
+    """The schedule ``allreduce``/``estimate_allreduce`` run for ``nbytes`` per node."""
+    topology = _check_topology(topology)
+    return _choose(topology, _check_nbytes(nbytes), _check_algorithm(algorithm))[0]
+
+
+def estimate_allreduce(nbytes, topology, *, algorithm="auto") -> AllreduceReport:
+    """Timing-model report of an all-reduce of ``nbytes`` per node on ``topology``, without
+    moving data. ``algorithm``: one of ``"ring"``, ``"bidirectional_ring"``, ``"2d"``,
+    ``"halving_doubling"``, ``"tree"``, ``"chain"``, ``"spanning_trees"``, or ``"auto"`` (the
+    fastest by the model)."""
+    topology = _check_topology(topology)
+    return _choose(topology, _check_nbytes(nbytes), _check_algorithm(algorithm))[1]
+
+
+def estimate_schedule(schedule: Schedule, topology: Mesh2D, nbytes) -> AllreduceReport:
+    """Timing-model report of any schedule (for example ``build_ring`` on a given order)."""
+    return _report(schedule, _check_topology(topology), _check_nbytes(nbytes))
+
+
+# --- numerics ------------------------------------------------------------------------------
+def unit_boundaries(schedule: Schedule, n_elements: int) -> np.ndarray:
+    """Element index where each unit starts: ``(u * N) // units``, u = 0..units."""
+    u = np.arange(schedule.units + 1, dtype=np.int64)
+    return (u * n_elements) // schedule.units
+
+
+@dataclass
+class Program:
+    seg_lo: np.ndarray
+    add_off: np.ndarray
+    add_out: np.ndarray
+    add_a: np.ndarray
+    add_b: np.ndarray
+    out_op: np.ndarray
+    nslots: int
+    bit_identical: bool
+
+
+@functools.lru_cache(maxsize=32)
+def compile_program(schedule: Schedule, n_elements: int) -> Program:
+    """Symbolic execution of the schedule over the element segments it distinguishes: the
+    additions each segment needs, in schedule order, and what each node ends with."""
+    P, K = schedule.nodes, schedule.slots
+    ub = unit_boundaries(schedule, n_elements)
+    tpl, step, lo_u, hi_u = schedule.instances(ub)
+    a = schedule.arrays
+    lo_e, hi_e = ub[lo_u], ub[hi_u]
+    bnds = np.unique(np.concatenate([lo_e, hi_e, [0, n_elements]]))
+    S = bnds.size - 1
+    s0 = np.searchsorted(bnds, lo_e)
+    s1 = np.searchsorted(bnds, hi_e)
+    state = np.full((P, K, S), -1, np.int64)
+    state[:, 0, :] = np.arange(P)[:, None]
+    lhs_l, rhs_l, seg_l = [], [], []
+    next_id = P
+    stage = a["stage"][tpl]
+    # groups of equal (step, stage), in execution order
+    key = step * 3 + stage
+    cut = np.flatnonzero(np.diff(key)) + 1
+    starts = np.concatenate([[0], cut]) if key.size else np.zeros(0, np.int64)
+    ends = np.concatenate([cut, [key.size]]) if key.size else np.zeros(0, np.int64)
+    src_a, dst_a, ss_a, ds_a, op_a = a["src"], a["dst"], a["sslot"], a["dslot"], a["op"]
+    for g0, g1 in zip(starts, ends):
+        ids = tpl[g0:g1]
+        nseg = s1[g0:g1] - s0[g0:g1]
+        inst = np.repeat(np.arange(g1 - g0), nseg)
+        first = np.repeat(np.cumsum(nseg) - nseg, nseg)
+        seg = np.repeat(s0[g0:g1], nseg) + (np.arange(inst.size) - first)
+        t = ids[inst]
+        src, dst, ss, ds, op = src_a[t], dst_a[t], ss_a[t], ds_a[t], op_a[t]
+        snapshot = stage[g0] == 1
+        if snapshot:
+            vals = state[src, ss, seg]
+        # rank of each delivery among those to the same target (in order)
+        tkey = (dst * K + ds) * S + seg
+        order = np.argsort(tkey, kind="stable")
+        sk = tkey[order]
+        newgrp = np.concatenate([[True], sk[1:] != sk[:-1]])
+        grp_start = np.maximum.accumulate(np.where(newgrp, np.arange(sk.size), 0))
+        rank = np.empty(sk.size, np.int64)
+        rank[order] = np.arange(sk.size) - grp_start
+        for lvl in range(int(rank.max()) + 1 if rank.size else 0):
+            m = rank == lvl
+            v = vals[m] if snapshot else state[src[m], ss[m], seg[m]]
+            if (v < 0).any():
+                raise AssertionError(f"{schedule.algorithm}: a message reads an empty slot")
+            dd, dsl, sg, o = dst[m], ds[m], seg[m], op[m]
+            cp = o == COPY
+            state[dd[cp], dsl[cp], sg[cp]] = v[cp]
+            rd = ~cp
+            if rd.any():
+                lhs = state[dd[rd], dsl[rd], sg[rd]]
+                if (lhs < 0).any():
+                    raise AssertionError(f"{schedule.algorithm}: a reduction into an empty slot")
+                k = int(rd.sum())
+                new = np.arange(next_id, next_id + k)
+                next_id += k
+                lhs_l.append(lhs)
+                rhs_l.append(v[rd])
+                seg_l.append(sg[rd])
+                state[dd[rd], dsl[rd], sg[rd]] = new
+    final = state[:, 0, :]
+    if (final < 0).any():
+        raise AssertionError(f"{schedule.algorithm}: a node ends without a value")
+    bit_identical = bool((final == final[0]).all())
+    lhs = np.concatenate(lhs_l) if lhs_l else np.zeros(0, np.int64)
+    rhs = np.concatenate(rhs_l) if rhs_l else np.zeros(0, np.int64)
+    aseg = np.concatenate(seg_l) if seg_l else np.zeros(0, np.int64)
+    nadd = lhs.size
+    # Slots: an add writes into its left operand's slot when that value has no other use.
+    uses = np.bincount(np.concatenate([lhs, rhs, final.reshape(-1)]), minlength=P + nadd)
+    idx = np.arange(nadd)
+    inh_l = (lhs >= P) & (uses[lhs] == 1)
+    inh_r = ~inh_l & (rhs >= P) & (uses[rhs] == 1)
+    root = np.where(inh_l, lhs - P, np.where(inh_r, rhs - P, idx))
+    while True:
+        nxt = root[root]
+        if np.array_equal(nxt, root):
+            break
+        root = nxt
+    # dense slot numbers of roots within each segment
+    order = np.lexsort((root, aseg))
+    sr = root[order]
+    sg = aseg[order]
+    newslot = (np.concatenate([[True], (sr[1:] != sr[:-1]) | (sg[1:] != sg[:-1])]) if nadd
+               else np.zeros(0, bool))
+    segstart = np.concatenate([[True], sg[1:] != sg[:-1]]) if nadd else np.zeros(0, bool)
+    cum = np.cumsum(newslot) - 1
+    base = np.maximum.accumulate(np.where(segstart, cum, 0)) if nadd else cum
+    slot_sorted = cum - base
+    slot_of_root = np.empty(nadd, np.int64)
+    slot_of_root[sr] = slot_sorted
+    slot = slot_of_root[root]
+    nslots = int(slot.max()) + 1 if nadd else 0
+
+    def operand(ids):
+        ids = np.asarray(ids)
+        return np.where(ids < P, -(ids + 1), slot[np.maximum(ids - P, 0)] if nadd else 0)
+
+    # adds grouped by segment (creation order inside a segment)
+    by_seg = np.argsort(aseg, kind="stable")
+    add_off = np.zeros(S + 1, np.int64)
+    np.cumsum(np.bincount(aseg, minlength=S), out=add_off[1:])
+    prog = Program(
+        seg_lo=bnds.astype(np.int64),
+        add_off=add_off,
+        add_out=slot[by_seg].astype(np.int32),
+        add_a=operand(lhs[by_seg]).astype(np.int32),
+        add_b=operand(rhs[by_seg]).astype(np.int32),
+        out_op=operand(final[:1].T.reshape(-1) if bit_identical
+                       else final.T.reshape(-1)).astype(np.int32),
+        nslots=nslots, bit_identical=bit_identical)
+    for arr in (prog.seg_lo, prog.add_off, prog.add_out, prog.add_a, prog.add_b, prog.out_op):
+        arr.setflags(write=False)
+    return prog
+
+
+def _as_codes(buffers, fmt: Format, accumulate: str, name: str = "buffers"):
+    """Validate; return (2-D contiguous code array, shape, wire itemsize)."""
+    if not isinstance(fmt, Format):
+        raise TypeError(f"fmt: expected a dojo_kernels Format (FP32 or BF16), got "
+                        f"{type(fmt).__name__}")
+    if fmt != FP32 and fmt != BF16:
+        raise ValueError(f"fmt: all-reduce supports FP32 and BF16, got {fmt.name}")
+    if accumulate not in ("fp32", "bf16"):
+        raise ValueError(f"accumulate: expected 'fp32' or 'bf16', got {accumulate!r}")
+    if fmt == FP32 and accumulate != "fp32":
+        raise ValueError("accumulate: 'bf16' rounding needs fmt=BF16")
+    arr = np.asarray(buffers)
+    if fmt == FP32:
+        if arr.dtype != np.float32:
+            raise TypeError(f"{name}: expected float32 for fmt=FP32, got {arr.dtype}")
+    else:
+        if arr.dtype.name == "bfloat16":
+            arr = arr.view(np.uint16)
+        if arr.dtype != np.uint16:
+            raise TypeError(f"{name}: expected uint16 BF16 codes (or ml_dtypes.bfloat16) for "
+                            f"fmt=BF16, got {arr.dtype}")
+    if arr.ndim < 1:
+        raise ValueError(f"{name}: expected shape (P, ...), got a scalar")
+    return arr, (4 if (fmt == BF16 and accumulate == "fp32") else arr.itemsize)
+
+
+def allreduce(buffers, topology, *, algorithm="auto", fmt=FP32, accumulate="fp32"):
+    """All-reduce (sum) of ``buffers`` over the nodes of ``topology``.
+
+    Parameters
+    ----------
+    buffers : array of shape ``(P, ...)``; row i is node i's contribution: float32 for
+        ``fmt=FP32``, uint16 BF16 codes (or an ``ml_dtypes.bfloat16`` array) for ``fmt=BF16``.
+        Never modified.
+    topology : a :class:`dojo_kernels.mesh.Mesh2D` with ``P`` nodes.
+    algorithm : see :func:`estimate_allreduce`.
+    fmt : ``FP32`` or ``BF16``.
+    accumulate : ``"fp32"`` (BF16: FP32 partials, rounded once at the end) or ``"bf16"``
+        (round to nearest even after every addition; BF16 only).
+
+    Returns
+    -------
+    (result, report) : ``result`` has the shape and dtype of ``buffers`` (uint16 codes for
+        BF16); row i is what node i holds at the end. ``report`` is an
+        :class:`AllreduceReport` with ``nbytes`` = elements per node x bytes per element on
+        the wire. When every node ends with the same bits (the schedule sums each element
+        once and copies it: see ``report.bit_identical``), ``result`` is a read-only
+        broadcast view of one row -- the P identical copies are not materialised; use
+        ``result.copy()`` for a writable array.
+    """
+    topology = _check_topology(topology)
+    algorithm = _check_algorithm(algorithm)
+    arr, wire = _as_codes(buffers, fmt, accumulate)
+    P = topology.nodes
+    if arr.shape[0] != P:
+        raise ValueError(f"buffers: first dimension must be the number of nodes P={P} of the "
+                         f"{topology.rows}x{topology.cols} mesh, got shape {arr.shape}")
+    out_dtype = np.asarray(buffers).dtype
+    flat = np.ascontiguousarray(arr.reshape(P, -1))
+    N = flat.shape[1]
+    schedule, report = _choose(topology, float(N * wire), algorithm)
+    if N:
+        prog = compile_program(schedule, N)
+        out = np.empty((1 if prog.bit_identical else P, N), flat.dtype)
+        args = (_config.isa(), _config.threads(), prog.seg_lo, prog.add_off, prog.add_out,
+                prog.add_a, prog.add_b, prog.out_op, prog.nslots)
+        from . import _reduce
+        if fmt == FP32:
+            _reduce.run_f32(*args, flat, out)
+        else:
+            _reduce.run_bf16(*args, accumulate == "bf16", flat, out)
+        if out.shape[0] != P:  # every node holds the same bits: one row, broadcast
+            out = np.broadcast_to(out, (P, N))
+    else:
+        out = np.empty_like(flat)
+    result = out.reshape(arr.shape)
+    if result.dtype != out_dtype:
+        result = result.view(out_dtype)
+    return result, report
+
+
+__all__ = ["AllreduceReport", "allreduce", "estimate_allreduce", "estimate_schedule",
+           "schedule_for", "ALGORITHMS", "BIT_IDENTICAL"]

@@ -1,0 +1,154 @@
+"""Hierarchical all-reduce across levels of meshes: nodes within chips, chips within tiles,
+tiles within a system.
+
+``levels[0]`` is the innermost mesh (e.g. ``mesh.d1_chip()``), ``levels[-1]`` the outermost
+(e.g. ``mesh.system(10, 12)``); the system has ``P = P_0 * P_1 * ... * P_L`` endpoints,
+numbered innermost first: endpoint ``((g_L * P_{L-1} + ...) * P_0 + g_0)``.
+
+Schedule: reduce-scatter inside every level-0 group (all groups at once), then inside every
+level-1 group on the level-1 mesh (a group of the level below counts as one node holding
+``n`` bytes), ..., all-reduce on the outermost level, then the all-gathers back down. The
+inner levels use a ring-family algorithm (``"ring"``, ``"bidirectional_ring"`` or ``"2d"``),
+whose reduce-scatter and all-gather halves take the same time: half of that algorithm's
+all-reduce. The outermost level may use any algorithm. What moves inside a group between
+its members and its links to the next level is not modelled (the inner network is assumed to
+keep up with the outer links).
+
+Association: every element is summed inside its level-0 group in that level's algorithm
+order, those group sums inside their level-1 group in the level-1 order, and so on; every
+endpoint ends with the same bits when the outermost algorithm gives every node the same bits.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Tuple
+
+import numpy as np
+
+from .collectives import (AllreduceReport, _as_codes, _check_algorithm, _check_nbytes,
+                          _check_topology, allreduce, estimate_allreduce)
+from .formats import BF16, FP32
+from .mesh import Mesh2D
+
+INNER_ALGORITHMS = ("ring", "bidirectional_ring", "2d")
+
+
+@dataclass(frozen=True, eq=False)
+class HierarchicalReport:
+    """Timing of a hierarchical all-reduce (seconds, bytes).
+
+    ``time``: total; ``level_times``: per level, the time that level contributes (reduce-scatter
+    plus all-gather for inner levels, the all-reduce for the outermost); ``levels``: the
+    per-level :class:`~dojo_kernels.AllreduceReport` of a full all-reduce of ``nbytes`` on
+    that level's mesh; ``algorithms``: the algorithm used at each level; ``nodes``: endpoints.
+    ``bus_bandwidth``: ``2(P-1)/P * n / time``.
+    """
+
+    time: float
+    level_times: Tuple[float, ...]
+    levels: Tuple[AllreduceReport, ...]
+    algorithms: Tuple[str, ...]
+    nodes: int
+    nbytes: float
+    bus_bandwidth: float
+    bit_identical: bool
+
+
+def _check_levels(levels, algorithms):
+    if isinstance(levels, Mesh2D) or not isinstance(levels, (list, tuple)) or not levels:
+        raise TypeError("levels: expected a non-empty sequence of Mesh2D, innermost first")
+    levels = tuple(_check_topology(m) for m in levels)
+    if algorithms is None:
+        algorithms = ("bidirectional_ring",) * (len(levels) - 1) + ("auto",)
+    if isinstance(algorithms, str) or len(algorithms) != len(levels):
+        raise ValueError(f"algorithms: expected one name per level ({len(levels)}), "
+                         f"got {algorithms!r}")
+    algorithms = tuple(_check_algorithm(a) for a in algorithms)
+    for k, a in enumerate(algorithms[:-1]):
+        if a not in INNER_ALGORITHMS:
+            raise ValueError(f"algorithms: level {k} is not the outermost, so it needs one of "
+                             f"{', '.join(INNER_ALGORITHMS)} (a reduce-scatter/all-gather), "
+                             f"got {a!r}")
+    return levels, algorithms
+
+
+def estimate_hierarchical(nbytes, levels: Sequence[Mesh2D], *,
+                          algorithms=None) -> HierarchicalReport:
+    """Timing of a hierarchical all-reduce of ``nbytes`` per endpoint (see the module doc).
+    ``algorithms``: one per level, default bidirectional rings inside and ``"auto"`` at the top.
+    """
+    n = _check_nbytes(nbytes)
+    levels, algorithms = _check_levels(levels, algorithms)
+    reps = tuple(estimate_allreduce(n, m, algorithm=a) for m, a in zip(levels, algorithms))
+    # inner levels: reduce-scatter + all-gather = one full all-reduce of that level
+    # (counted once on the way up and once on the way down, half each)
+    level_times = tuple(r.time for r in reps)
+    time = float(sum(level_times))
+    P = int(np.prod([m.nodes for m in levels]))
+    return HierarchicalReport(
+        time=time, level_times=level_times, levels=reps,
+        algorithms=tuple(r.algorithm for r in reps), nodes=P, nbytes=n,
+        bus_bandwidth=(2 * (P - 1) / P * n / time) if time > 0 else 0.0,
+        bit_identical=bool(reps[-1].bit_identical))
+
+
+def allreduce_hierarchical(buffers, levels: Sequence[Mesh2D], *, algorithms=None, fmt=FP32,
+                           accumulate="fp32"):
+    """All-reduce of ``buffers`` (shape ``(P, ...)``, endpoints numbered innermost first) in
+    the hierarchical order; returns ``(result, HierarchicalReport)``.
+
+    With ``fmt=BF16`` and ``accumulate="fp32"`` the partial sums of every level stay FP32 and
+    are rounded once at the end; with ``accumulate="bf16"`` every addition rounds.
+    """
+    levels, algorithms = _check_levels(levels, algorithms)
+    arr, wire = _as_codes(buffers, fmt, accumulate)
+    sizes = [m.nodes for m in levels]
+    P = int(np.prod(sizes))
+    if arr.shape[0] != P:
+        raise ValueError(f"buffers: first dimension must be the number of endpoints "
+                         f"P={P} ({' x '.join(map(str, sizes))}), got shape {arr.shape}")
+    out_dtype = np.asarray(buffers).dtype
+    flat = np.ascontiguousarray(arr.reshape(P, -1))
+    N = flat.shape[1]
+    # partial sums travel between levels in the accumulation format
+    if fmt == BF16 and accumulate == "fp32":
+        cur = (flat.astype(np.uint32) << 16).view(np.float32)
+        lvl_fmt = FP32
+    else:
+        cur = flat
+        lvl_fmt = fmt
+    acc = accumulate if lvl_fmt == BF16 else "fp32"
+    chosen = []
+    for m, alg in zip(levels[:-1], algorithms[:-1]):
+        # every group of this level sums its members (all members end with the same bits);
+        # the group sums are the members of the next level
+        groups = cur.reshape(-1, m.nodes, N)
+        nxt = np.empty((groups.shape[0], N), cur.dtype)
+        for g in range(groups.shape[0]):
+            res, rep = allreduce(groups[g], m, algorithm=alg, fmt=lvl_fmt, accumulate=acc)
+            nxt[g] = res[0]
+        chosen.append(alg)
+        cur = nxt
+    final, rep = allreduce(cur.reshape(levels[-1].nodes, N), levels[-1], algorithm=algorithms[-1],
+                           fmt=lvl_fmt, accumulate=acc)
+    chosen.append(rep.algorithm)
+    # every endpoint of top-level node j holds row j of the outermost result
+    top_nodes = levels[-1].nodes
+    inner = P // top_nodes
+    result = np.repeat(np.asarray(final).reshape(top_nodes, N), inner, axis=0)
+    if fmt == BF16 and accumulate == "fp32":
+        from . import _config, _reduce
+        codes = np.empty(result.size, np.uint16)
+        if result.size:
+            _reduce.f32_to_bf16(_config.isa(), _config.threads(), codes,
+                                np.ascontiguousarray(result, np.float32).reshape(-1))
+        result = codes.reshape(result.shape)
+    result = result.reshape(arr.shape)
+    if result.dtype != out_dtype:
+        result = result.view(out_dtype)
+    report = estimate_hierarchical(float(N * wire), levels, algorithms=tuple(chosen))
+    return result, report
+
+
+__all__ = ["HierarchicalReport", "estimate_hierarchical", "allreduce_hierarchical",
+           "INNER_ALGORITHMS"]

@@ -1,0 +1,295 @@
+"""2D mesh (and torus) topologies for the all-reduce model (SPEC section 7).
+
+A :class:`Mesh2D` of ``rows x cols`` nodes, node ``r*cols + c``. Every mesh edge is two
+independent directed links of bandwidth ``link_bandwidth`` (bytes/s); nodes are all-port.
+A message of ``m`` bytes over ``h`` hops (dimension-order routing: along the row first, then
+along the column, cut-through) takes ``link_latency + (h-1)*hop_latency + m/link_bandwidth``.
+
+Presets use the D1 figures of SPEC section 6. Every figure is a parameter; the ones marked
+"assumption" are not public and are our guesses.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+
+# Directions of the four links leaving a node, in link-index order.
+EAST, WEST, SOUTH, NORTH = 0, 1, 2, 3
+
+# --- D1 figures (SPEC section 6), kept here with their sources --------------------------
+CLOCK_HZ = 2.0e9                    # AI Day 2021, HC34 (high)
+#: Node-to-node link, bytes/s per direction: 64 B/cycle at 2 GHz (HC34 via TNP). AI Day 2021
+#: said 512 GB/s; unresolved (SPEC section 6), default 128 GB/s.
+NODE_LINK_BANDWIDTH = 128e9
+#: "single cycle per hop" (HC34): one cycle per extra hop, and (assumption) one cycle of
+#: fixed cost per message -- an optimistic floor with no software overhead.
+NODE_HOP_LATENCY = 1.0 / CLOCK_HZ
+NODE_LINK_LATENCY = 1.0 / CLOCK_HZ
+#: Node grid of one D1: 354 nodes, grid shape not public; 18 x 20 (less 6) is a guess. We
+#: model the full 18 x 20 rectangle.
+D1_NODE_ROWS, D1_NODE_COLS = 18, 20
+#: Chip-to-chip link inside a training tile: ~2 TB/s per D1 edge per direction
+#: (576 SerDes lanes x 112 Gb/s over 4 edges; AI Day, HC34, medium).
+CHIP_LINK_BANDWIDTH = 2.0e12
+#: Per-message and per-hop latency between chips: not public (assumption).
+CHIP_LINK_LATENCY = 100e-9
+CHIP_HOP_LATENCY = 20e-9
+#: Training tile: 5 x 5 D1 (HC34 system talk, high).
+TILE_ROWS, TILE_COLS = 5, 5
+#: Tile-to-tile: 36 TB/s off-tile, 9 TB/s per edge (HC34); taken per direction (assumption).
+TILE_LINK_BANDWIDTH = 9.0e12
+#: Per-message and per-hop latency between tiles: not public (assumption).
+TILE_LINK_LATENCY = 1e-6
+TILE_HOP_LATENCY = 100e-9
+#: ExaPOD: 10 cabinets x 2 trays x 6 tiles = 120 tiles = 3000 D1 (AI Day 2021/2022).
+EXAPOD_TILES = 120
+
+
+def _positive_int(name: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name}: expected a positive int, got {type(v).__name__}")
+    if v < 1:
+        raise ValueError(f"{name}: expected a positive int, got {v}")
+    return int(v)
+
+
+def _real(name: str, v, *, positive: bool) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a real number, got {type(v).__name__}")
+    v = float(v)
+    if not math.isfinite(v) or (v <= 0 if positive else v < 0):
+        what = "a positive finite number" if positive else "a non-negative finite number"
+        raise ValueError(f"{name}: expected {what}, got {v}")
+    return v
+
+
+@dataclass(frozen=True)
+class Mesh2D:
+    """A ``rows x cols`` mesh (``wraparound=True``: torus) of all-port nodes.
+
+    Parameters
+    ----------
+    rows, cols : mesh shape; node ``r*cols + c`` sits at row ``r``, column ``c``.
+    link_bandwidth : bytes/s of one directed link (each edge is two, full duplex).
+    link_latency : seconds, the fixed cost ``alpha`` of every message.
+    hop_latency : seconds, ``delta``, added per hop beyond the first.
+    wraparound : add the wrap-around links of a torus. A dimension of size 1 or 2 has no
+        wrap link (it would duplicate an existing edge or be a self-loop).
+    """
+
+    rows: int
+    cols: int
+    link_bandwidth: float
+    link_latency: float
+    hop_latency: float = 0.0
+    wraparound: bool = False
+
+    def __init__(self, rows, cols, *, link_bandwidth, link_latency, hop_latency=0.0,
+                 wraparound=False):
+        object.__setattr__(self, "rows", _positive_int("rows", rows))
+        object.__setattr__(self, "cols", _positive_int("cols", cols))
+        object.__setattr__(self, "link_bandwidth",
+                           _real("link_bandwidth", link_bandwidth, positive=True))
+        object.__setattr__(self, "link_latency",
+                           _real("link_latency", link_latency, positive=False))
+        object.__setattr__(self, "hop_latency", _real("hop_latency", hop_latency, positive=False))
+        if not isinstance(wraparound, (bool, np.bool_)):
+            raise TypeError(f"wraparound: expected a bool, got {type(wraparound).__name__}")
+        object.__setattr__(self, "wraparound", bool(wraparound))
+        if self.rows * self.cols > 1 << 24:
+            raise ValueError(f"rows*cols: at most {1 << 24} nodes, got {self.rows * self.cols}")
+
+    # --- structure ------------------------------------------------------------------------
+    @property
+    def nodes(self) -> int:
+        """Number of nodes ``P``."""
+        return self.rows * self.cols
+
+    @property
+    def shape(self) -> Tuple[int, int]:
+        return (self.rows, self.cols)
+
+    @property
+    def wrap_rows(self) -> bool:
+        """Whether each row is a cycle (wrap link between columns 0 and cols-1)."""
+        return self.wraparound and self.cols >= 3
+
+    @property
+    def wrap_cols(self) -> bool:
+        """Whether each column is a cycle."""
+        return self.wraparound and self.rows >= 3
+
+    def coords(self, node):
+        """(row, col) of node id(s)."""
+        node = np.asarray(node)
+        return node // self.cols, node % self.cols
+
+    def node(self, row, col):
+        return np.asarray(row) * self.cols + np.asarray(col)
+
+    def _neighbor_table(self) -> np.ndarray:
+        """(P, 4) neighbour of each node in directions E, W, S, N; -1 where no link."""
+        a, b = self.rows, self.cols
+        r, c = np.divmod(np.arange(self.nodes), b)
+        out = np.full((self.nodes, 4), -1, np.int64)
+        e = np.where(c + 1 < b, c + 1, 0 if self.wrap_rows else -1)
+        w = np.where(c - 1 >= 0, c - 1, b - 1 if self.wrap_rows else -1)
+        s = np.where(r + 1 < a, r + 1, 0 if self.wrap_cols else -1)
+        n = np.where(r - 1 >= 0, r - 1, a - 1 if self.wrap_cols else -1)
+        out[:, EAST] = np.where(e >= 0, r * b + e, -1)
+        out[:, WEST] = np.where(w >= 0, r * b + w, -1)
+        out[:, SOUTH] = np.where(s >= 0, s * b + c, -1)
+        out[:, NORTH] = np.where(n >= 0, n * b + c, -1)
+        return out
+
+    def _link_index(self) -> np.ndarray:
+        """(P*4,) compact directed-link index of (node, direction), -1 where no link."""
+        nb = self._neighbor_table().reshape(-1)
+        idx = np.full(nb.shape, -1, np.int64)
+        ok = nb >= 0
+        idx[ok] = np.arange(int(ok.sum()))
+        return idx
+
+    @property
+    def num_links(self) -> int:
+        """Number of directed links (twice the number of edges)."""
+        return int((self._neighbor_table() >= 0).sum())
+
+    def links(self) -> np.ndarray:
+        """(L, 2) array of (src, dst) of every directed link, in the order used by
+        ``report.bytes_per_link``: by source node, then direction east, west, south, north."""
+        nb = self._neighbor_table()
+        src = np.repeat(np.arange(self.nodes), 4).reshape(self.nodes, 4)
+        ok = nb >= 0
+        return np.stack([src[ok], nb[ok]], axis=1)
+
+    def link_grid(self, values) -> np.ndarray:
+        """Per-link values (in :meth:`links` order, e.g. ``report.bytes_per_link``) as a
+        ``(rows, cols, 4)`` float array indexed by source node and direction (east, west,
+        south, north), NaN where there is no link: ready for plotting."""
+        values = np.asarray(values, np.float64)
+        if values.shape != (self.num_links,):
+            raise ValueError(f"values: expected shape ({self.num_links},), got {values.shape}")
+        out = np.full(self.nodes * 4, np.nan)
+        idx = self._link_index()
+        ok = idx >= 0
+        out[ok] = values[idx[ok]]
+        return out.reshape(self.rows, self.cols, 4)
+
+    def degree(self) -> np.ndarray:
+        return (self._neighbor_table() >= 0).sum(axis=1)
+
+    def diameter(self) -> int:
+        """Largest hop count of a dimension-order route."""
+        dr = self.rows // 2 if self.wrap_cols else self.rows - 1
+        dc = self.cols // 2 if self.wrap_rows else self.cols - 1
+        return dr + dc
+
+    def route(self, src, dst):
+        """Dimension-order routes of messages ``src[i] -> dst[i]`` (along the row first).
+
+        Returns ``(msg, link, hops)``: for every hop, the message index and the compact
+        directed-link index (see :meth:`links`), and the hop count of every message.
+        Torus dimensions take the shorter way (ties: increasing index).
+        """
+        src = np.asarray(src, np.int64).reshape(-1)
+        dst = np.asarray(dst, np.int64).reshape(-1)
+        a, b = self.rows, self.cols
+        r1, c1 = np.divmod(src, b)
+        r2, c2 = np.divmod(dst, b)
+        dc, sc = _signed_steps(c2 - c1, b, self.wrap_rows)
+        dr, sr = _signed_steps(r2 - r1, a, self.wrap_cols)
+        hops = dc + dr
+        total = int(hops.sum())
+        lid = self._link_index()
+        msg = np.repeat(np.arange(src.size), hops)
+        if total == 0:
+            return msg, np.zeros(0, np.int64), hops
+        start = np.cumsum(hops) - hops
+        k = np.arange(total) - np.repeat(start, hops)      # hop number within the message
+        dcm = np.repeat(dc, hops)
+        horiz = k < dcm
+        rr = np.repeat(r1, hops)
+        cc = np.repeat(c1, hops)
+        scm = np.repeat(sc, hops)
+        srm = np.repeat(sr, hops)
+        # Horizontal hop k leaves (r1, c1 + k*sc); vertical hop j leaves (r1 + j*sr, c2).
+        col_h = (cc + k * scm) % b
+        j = k - dcm
+        row_v = (rr + j * srm) % a
+        col_v = np.repeat(c2, hops)
+        node = np.where(horiz, rr * b + col_h, row_v * b + col_v)
+        direction = np.where(horiz, np.where(scm > 0, EAST, WEST),
+                             np.where(srm > 0, SOUTH, NORTH))
+        link = lid[node * 4 + direction]
+        if (link < 0).any():  # pragma: no cover - a routing bug, never user input
+            raise AssertionError("route crosses a missing link")
+        return msg, link, hops
+
+    def replace(self, **changes) -> "Mesh2D":
+        """A copy with some parameters changed."""
+        kw = dict(rows=self.rows, cols=self.cols, link_bandwidth=self.link_bandwidth,
+                  link_latency=self.link_latency, hop_latency=self.hop_latency,
+                  wraparound=self.wraparound)
+        kw.update(changes)
+        return Mesh2D(kw.pop("rows"), kw.pop("cols"), **kw)
+
+
+def _signed_steps(d, k, wrap):
+    """Hop count and direction (+1/-1) along one dimension of size k."""
+    d = np.asarray(d, np.int64)
+    if wrap:
+        fwd = d % k
+        back = k - fwd
+        use_fwd = fwd <= back
+        steps = np.where(fwd == 0, 0, np.where(use_fwd, fwd, back))
+        sign = np.where(use_fwd, 1, -1)
+    else:
+        steps = np.abs(d)
+        sign = np.where(d >= 0, 1, -1)
+    return steps, sign
+
+
+# --- presets ---------------------------------------------------------------------------------
+def d1_chip(*, rows: int = D1_NODE_ROWS, cols: int = D1_NODE_COLS,
+            link_bandwidth: float = NODE_LINK_BANDWIDTH,
+            link_latency: float = NODE_LINK_LATENCY, hop_latency: float = NODE_HOP_LATENCY,
+            wraparound: bool = False) -> Mesh2D:
+    """The node mesh of one D1 chip (SPEC section 6): 18 x 20 nodes (the real chip has 354;
+    the 6 missing nodes are not modelled), 128 GB/s per directed link, one cycle per hop."""
+    return Mesh2D(rows, cols, link_bandwidth=link_bandwidth, link_latency=link_latency,
+                  hop_latency=hop_latency, wraparound=wraparound)
+
+
+def chip_mesh(rows: int, cols: int, *, link_bandwidth: float = CHIP_LINK_BANDWIDTH,
+              link_latency: float = CHIP_LINK_LATENCY, hop_latency: float = CHIP_HOP_LATENCY,
+              wraparound: bool = False) -> Mesh2D:
+    """A mesh of D1 chips joined by their off-chip links (~2 TB/s per edge per direction).
+    ``chip_mesh(50, 60)`` is an ExaPOD's 3000 D1 as one flat chip mesh."""
+    return Mesh2D(rows, cols, link_bandwidth=link_bandwidth, link_latency=link_latency,
+                  hop_latency=hop_latency, wraparound=wraparound)
+
+
+def training_tile(*, rows: int = TILE_ROWS, cols: int = TILE_COLS,
+                  link_bandwidth: float = CHIP_LINK_BANDWIDTH,
+                  link_latency: float = CHIP_LINK_LATENCY, hop_latency: float = CHIP_HOP_LATENCY,
+                  wraparound: bool = False) -> Mesh2D:
+    """The 5 x 5 chip mesh of a training tile (HC34), chip-to-chip links of ~2 TB/s."""
+    return chip_mesh(rows, cols, link_bandwidth=link_bandwidth, link_latency=link_latency,
+                     hop_latency=hop_latency, wraparound=wraparound)
+
+
+def system(rows: int, cols: int, *, link_bandwidth: float = TILE_LINK_BANDWIDTH,
+           link_latency: float = TILE_LINK_LATENCY, hop_latency: float = TILE_HOP_LATENCY,
+           wraparound: bool = False) -> Mesh2D:
+    """A mesh of training tiles (9 TB/s per tile edge, HC34). An ExaPOD has 120 tiles,
+    e.g. ``system(10, 12)``."""
+    return Mesh2D(rows, cols, link_bandwidth=link_bandwidth, link_latency=link_latency,
+                  hop_latency=hop_latency, wraparound=wraparound)
+
+
+__all__ = ["Mesh2D", "d1_chip", "chip_mesh", "training_tile", "system",
+           "EAST", "WEST", "SOUTH", "NORTH"]
