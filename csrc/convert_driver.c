@@ -71,6 +71,15 @@ static void quantize_scalar(const void *x, int xkind, void *out, int64_t i0, int
     }
 }
 
+static void store_flags(dk_flags *flags, int64_t inv, int64_t den, int64_t ovf, int64_t und)
+{
+    if (!flags) return;
+    flags->invalid = inv;
+    flags->denormal = den;
+    flags->overflow = ovf;
+    flags->underflow = und;
+}
+
 /* Codes of elements [at, at + m) (m <= DK_CHUNK) into codes[0 .. m), by the tier kernel;
  * a float64 source takes the scalar semantics. Random numbers follow the global index. */
 static void quantize_chunk(dk_q_fn q, const void *x, int xkind, void *codes, int64_t at, int64_t m,
@@ -118,12 +127,7 @@ int dk_quantize(const void *x, int xkind, void *out, int64_t n, const dk_format 
             }
         }
     }
-    if (flags) {
-        flags->invalid = inv;
-        flags->denormal = den;
-        flags->overflow = ovf;
-        flags->underflow = und;
-    }
+    store_flags(flags, inv, den, ovf, und);
     return DK_OK;
 }
 
@@ -209,11 +213,6 @@ int dk_arith(int op, const void *a, const void *b, const void *c, void *out, int
             count(fl, &inv, &den, &ovf, &und);
         }
     }
-    if (flags) {
-        flags->invalid = inv;
-        flags->denormal = den;
-        flags->overflow = ovf;
-        flags->underflow = und;
-    }
+    store_flags(flags, inv, den, ovf, und);
     return DK_OK;
 }

@@ -21,6 +21,8 @@ from .formats import BF16, FP32, UHP, Format, cfloat8_143, cfloat8_152, shp
 from .numerics import (Flags, add, choose_bias, dequantize, fake_quantize, fma, mul, quantize,
                        sub)
 # --- GEMM and the D1 machine model --------------------------------------------------------
+from .d1 import D1Chip, D1Node, DojoSystem, TrainingTile
+from .gemm import GemmPlan, gemm, plan_gemm
 # --- mesh all-reduce ---------------------------------------------------------------------
 from . import mesh  # noqa: E402  (dojo_kernels.mesh: Mesh2D and the D1 presets)
 from .collectives import AllreduceReport, allreduce, estimate_allreduce  # noqa: E402
@@ -47,6 +49,8 @@ __all__ = [
     "BF16", "FP32", "UHP", "Format", "cfloat8_143", "cfloat8_152", "shp",
     "get_isa", "get_num_threads", "set_num_threads", "show_config",
     "Flags", "quantize", "dequantize", "fake_quantize", "add", "sub", "mul", "fma", "choose_bias",
+    # GEMM and the D1 machine model
+    "D1Node", "D1Chip", "TrainingTile", "DojoSystem", "GemmPlan", "gemm", "plan_gemm",
     # mesh all-reduce
     "mesh", "AllreduceReport", "allreduce", "estimate_allreduce",
     "HierarchicalReport", "allreduce_hierarchical", "estimate_hierarchical",

@@ -12,40 +12,44 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
+
+from .d1 import D1Chip, D1Node, DojoSystem, TrainingTile
 
 # Directions of the four links leaving a node, in link-index order.
 EAST, WEST, SOUTH, NORTH = 0, 1, 2, 3
 
-# --- D1 figures (SPEC section 6), kept here with their sources --------------------------
-CLOCK_HZ = 2.0e9                    # AI Day 2021, HC34 (high)
-#: Node-to-node link, bytes/s per direction: 64 B/cycle at 2 GHz (HC34 via TNP). AI Day 2021
-#: said 512 GB/s; unresolved (SPEC section 6), default 128 GB/s.
-NODE_LINK_BANDWIDTH = 128e9
-#: "single cycle per hop" (HC34): one cycle per extra hop, and (assumption) one cycle of
-#: fixed cost per message -- an optimistic floor with no software overhead.
-NODE_HOP_LATENCY = 1.0 / CLOCK_HZ
+# --- D1 figures: SPEC section 6, from the machine model in dojo_kernels.d1 -------------------
+_NODE, _CHIP, _TILE = D1Node(), D1Chip(), TrainingTile()
+CLOCK_HZ = _NODE.clock_hz
+#: Node-to-node link, bytes/s per direction (D1Node.noc_link_bw: 64 B/cycle, HC34 via TNP;
+#: AI Day 2021 said 512 GB/s; unresolved, SPEC section 6).
+NODE_LINK_BANDWIDTH = _NODE.noc_link_bw
+#: "single cycle per hop" (HC34): D1Node.hop_latency_cycles per extra hop, and
+#: (assumption) one cycle of fixed cost per message -- an optimistic floor.
+NODE_HOP_LATENCY = _NODE.hop_latency_cycles / _NODE.clock_hz
 NODE_LINK_LATENCY = 1.0 / CLOCK_HZ
-#: Node grid of one D1: 354 nodes, grid shape not public; 18 x 20 (less 6) is a guess. We
-#: model the full 18 x 20 rectangle.
-D1_NODE_ROWS, D1_NODE_COLS = 18, 20
-#: Chip-to-chip link inside a training tile: ~2 TB/s per D1 edge per direction
-#: (576 SerDes lanes x 112 Gb/s over 4 edges; AI Day, HC34, medium).
-CHIP_LINK_BANDWIDTH = 2.0e12
+#: Node grid of one D1 (D1Chip.grid): 354 nodes, shape not public; the full 18 x 20
+#: rectangle is modelled.
+D1_NODE_ROWS, D1_NODE_COLS = _CHIP.grid
+#: Chip-to-chip link inside a training tile (TrainingTile.chip_link_bw, ~2 TB/s per D1 edge
+#: per direction: 576 SerDes lanes x 112 Gb/s over 4 edges; AI Day, HC34, medium).
+CHIP_LINK_BANDWIDTH = _TILE.chip_link_bw
 #: Per-message and per-hop latency between chips: not public (assumption).
 CHIP_LINK_LATENCY = 100e-9
 CHIP_HOP_LATENCY = 20e-9
-#: Training tile: 5 x 5 D1 (HC34 system talk, high).
-TILE_ROWS, TILE_COLS = 5, 5
-#: Tile-to-tile: 36 TB/s off-tile, 9 TB/s per edge (HC34); taken per direction (assumption).
-TILE_LINK_BANDWIDTH = 9.0e12
+#: Training tile: 5 x 5 D1 (TrainingTile.chips; HC34 system talk, high).
+TILE_ROWS, TILE_COLS = _TILE.chips
+#: Tile-to-tile (TrainingTile.offtile_bw_per_edge: 36 TB/s off-tile, 9 TB/s per edge, HC34);
+#: taken per direction (assumption).
+TILE_LINK_BANDWIDTH = _TILE.offtile_bw_per_edge
 #: Per-message and per-hop latency between tiles: not public (assumption).
 TILE_LINK_LATENCY = 1e-6
 TILE_HOP_LATENCY = 100e-9
-#: ExaPOD: 10 cabinets x 2 trays x 6 tiles = 120 tiles = 3000 D1 (AI Day 2021/2022).
-EXAPOD_TILES = 120
+#: ExaPOD: 10 cabinets x 2 trays x 6 tiles = 120 tiles = 3000 D1 (DojoSystem.tiles).
+EXAPOD_TILES = DojoSystem().tiles
 
 
 def _positive_int(name: str, v) -> int:
@@ -254,14 +258,23 @@ def _signed_steps(d, k, wrap):
 
 
 # --- presets ---------------------------------------------------------------------------------
-def d1_chip(*, rows: int = D1_NODE_ROWS, cols: int = D1_NODE_COLS,
-            link_bandwidth: float = NODE_LINK_BANDWIDTH,
-            link_latency: float = NODE_LINK_LATENCY, hop_latency: float = NODE_HOP_LATENCY,
+def d1_chip(machine: Optional[D1Chip] = None, *, rows: Optional[int] = None,
+            cols: Optional[int] = None, link_bandwidth: Optional[float] = None,
+            link_latency: float = NODE_LINK_LATENCY, hop_latency: Optional[float] = None,
             wraparound: bool = False) -> Mesh2D:
-    """The node mesh of one D1 chip (SPEC section 6): 18 x 20 nodes (the real chip has 354;
-    the 6 missing nodes are not modelled), 128 GB/s per directed link, one cycle per hop."""
-    return Mesh2D(rows, cols, link_bandwidth=link_bandwidth, link_latency=link_latency,
-                  hop_latency=hop_latency, wraparound=wraparound)
+    """The node mesh of one D1 chip (SPEC section 6): by default 18 x 20 nodes (the real chip
+    has 354; the 6 missing nodes are not modelled), 128 GB/s per directed link, one cycle per
+    hop. ``machine`` (a :class:`dojo_kernels.d1.D1Chip`) supplies the grid, link bandwidth
+    and hop latency; keyword figures override it."""
+    chip = _CHIP if machine is None else machine
+    if not isinstance(chip, D1Chip):
+        raise TypeError(f"machine: expected a dojo_kernels.d1.D1Chip, got {type(chip).__name__}")
+    return Mesh2D(chip.grid[0] if rows is None else rows, chip.grid[1] if cols is None else cols,
+                  link_bandwidth=chip.node.noc_link_bw if link_bandwidth is None else link_bandwidth,
+                  link_latency=link_latency,
+                  hop_latency=(chip.node.hop_latency_cycles / chip.node.clock_hz
+                               if hop_latency is None else hop_latency),
+                  wraparound=wraparound)
 
 
 def chip_mesh(rows: int, cols: int, *, link_bandwidth: float = CHIP_LINK_BANDWIDTH,
@@ -273,13 +286,19 @@ def chip_mesh(rows: int, cols: int, *, link_bandwidth: float = CHIP_LINK_BANDWID
                   hop_latency=hop_latency, wraparound=wraparound)
 
 
-def training_tile(*, rows: int = TILE_ROWS, cols: int = TILE_COLS,
-                  link_bandwidth: float = CHIP_LINK_BANDWIDTH,
+def training_tile(machine: Optional[TrainingTile] = None, *, rows: Optional[int] = None,
+                  cols: Optional[int] = None, link_bandwidth: Optional[float] = None,
                   link_latency: float = CHIP_LINK_LATENCY, hop_latency: float = CHIP_HOP_LATENCY,
                   wraparound: bool = False) -> Mesh2D:
-    """The 5 x 5 chip mesh of a training tile (HC34), chip-to-chip links of ~2 TB/s."""
-    return chip_mesh(rows, cols, link_bandwidth=link_bandwidth, link_latency=link_latency,
-                     hop_latency=hop_latency, wraparound=wraparound)
+    """The 5 x 5 chip mesh of a training tile (HC34), chip-to-chip links of ~2 TB/s.
+    ``machine`` (a :class:`dojo_kernels.d1.TrainingTile`) supplies the chip grid and link
+    bandwidth; keyword figures override it."""
+    tile = _TILE if machine is None else machine
+    if not isinstance(tile, TrainingTile):
+        raise TypeError(f"machine: expected a dojo_kernels.d1.TrainingTile, got {type(tile).__name__}")
+    return chip_mesh(tile.chips[0] if rows is None else rows, tile.chips[1] if cols is None else cols,
+                     link_bandwidth=tile.chip_link_bw if link_bandwidth is None else link_bandwidth,
+                     link_latency=link_latency, hop_latency=hop_latency, wraparound=wraparound)
 
 
 def system(rows: int, cols: int, *, link_bandwidth: float = TILE_LINK_BANDWIDTH,

@@ -385,7 +385,8 @@ def _round_grid(rf: RefFormat) -> np.ndarray:
 
 def as_float64_exact(x: np.ndarray) -> np.ndarray:
     """float32, float64 and bfloat16 all convert exactly to float64."""
-    return np.asarray(x).astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.asarray(x).astype(np.float64)
 
 
 def quantize_vec(x, rf: RefFormat, rounding="nearest", seed=None):

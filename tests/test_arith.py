@@ -12,6 +12,10 @@ import spec_ref as R
 from dk_helpers import bits, flags_dict
 from dojo_kernels import _config
 
+# NumPy warns when the tests cast NaN/Inf/out-of-range values on purpose (references, inputs)
+pytestmark = [pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning"),
+              pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")]
+
 CTORS = {"cfloat8_143": dk.cfloat8_143, "cfloat8_152": dk.cfloat8_152, "shp": dk.shp}
 MODES = ("tesla", "ieee", "flush")
 ROUNDINGS = ("nearest", "toward_zero", "stochastic")

@@ -15,6 +15,10 @@ import spec_ref as R
 from dk_helpers import bits, flags_dict
 from dojo_kernels import _config
 
+# NumPy warns when the tests cast NaN/Inf/out-of-range values on purpose (references, inputs)
+pytestmark = [pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning"),
+              pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")]
+
 ALL_TIERS = ("generic", "avx2", "avx512bf16")
 SUPPORTED = tuple(_config.supported_isas())
 

@@ -129,3 +129,20 @@ def test_link_grid_places_values_by_source_and_direction():
     assert int(np.isfinite(g).sum()) == m.num_links
     with pytest.raises(ValueError, match="values"):
         m.link_grid(np.zeros(3))
+
+
+def test_presets_take_their_figures_from_the_d1_machine_model():
+    from dojo_kernels import d1
+
+    node = d1.D1Node(noc_link_bw=512e9, clock_hz=1e9, hop_latency_cycles=2.0)
+    m = mesh.d1_chip(d1.D1Chip(node=node, grid=(6, 7), active_nodes=40))
+    assert (m.rows, m.cols, m.link_bandwidth, m.hop_latency) == (6, 7, 512e9, 2e-9)
+    t = mesh.training_tile(d1.TrainingTile(chips=(3, 4), chip_link_bw=1e12))
+    assert (t.rows, t.cols, t.link_bandwidth) == (3, 4, 1e12)
+    # keyword figures still override the machine
+    assert mesh.training_tile(d1.TrainingTile(chips=(3, 4)), rows=2).rows == 2
+    # defaults are SPEC section 6: 18 x 20 nodes at 128 GB/s; 5 x 5 chips at 2 TB/s
+    assert (mesh.d1_chip().shape, mesh.d1_chip().link_bandwidth) == ((18, 20), 128e9)
+    assert (mesh.training_tile().shape, mesh.training_tile().link_bandwidth) == ((5, 5), 2e12)
+    with pytest.raises(TypeError, match="machine"):
+        mesh.training_tile(d1.D1Chip())

@@ -16,6 +16,10 @@ import spec_ref as R
 from dk_helpers import bits, flags_dict
 from dojo_kernels import _config
 
+# NumPy warns when the tests cast NaN/Inf/out-of-range values on purpose (references, inputs)
+pytestmark = [pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning"),
+              pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")]
+
 R_ISAS = tuple(_config.supported_isas())
 
 CTORS = {"cfloat8_143": dk.cfloat8_143, "cfloat8_152": dk.cfloat8_152, "shp": dk.shp}
@@ -351,6 +355,62 @@ def test_stochastic_decision_boundary_exact(isa):
         got = dk.quantize(x, fmt, rounding="stochastic", seed=seed)
         bad = np.nonzero(got != want)[0]
         assert bad.size == 0, (delta, bad[:5], x[bad[:5]], got[bad[:5]])
+
+
+def _float_ceil_floor(q: Fraction):
+    """(smallest float64 >= q, largest float64 < q) for a positive rational q."""
+    f = float(q)
+    up = f if Fraction(f) >= q else float(np.nextafter(f, np.inf))
+    dn = float(np.nextafter(up, 0.0))
+    assert Fraction(dn) < q <= Fraction(up)
+    return up, dn
+
+
+@pytest.mark.parametrize("rf,lo_code", [
+    (R.RefFormat("cfloat8_152", 15, "tesla"), 0x3D),  # normal binade
+    (R.RefFormat("cfloat8_143", 7, "tesla"), 0x02),  # subnormal step
+    (R.RefFormat("cfloat8_143", 7, "tesla"), 0x07),  # the tesla gap: hi - lo = 9/8 * 2^-7
+    (R.RefFormat("shp", 15, "tesla"), 0x03FF),  # tesla gap of SHP
+    (R.RefFormat("shp", 40, "ieee"), 0x5123),
+    (R.BF16_R, 0x3F85),
+    (R.BF16_R, 0x7F7F),  # max -> hi = 2^128 = Inf
+    (R.UHP_R, 0x7C01),
+    (R.RefFormat("cfloat8_143", 3, "ieee"), 0x7F),  # max -> saturates either way
+], ids=str)
+def test_stochastic_threshold_every_r(isa, rf, lo_code):
+    # SPEC: hi iff floor((|x| - lo) / (hi - lo) * 2^32) + r >= 2^32. For each element i, x is
+    # the float64 just at / just below lo + (2^32 - r(i)) * (hi - lo) / 2^32, so every bit of
+    # r(i) matters; negative x too (the sign does not enter the decision).
+    seed = 0x0123456789ABCDEF
+    n = 2048
+    r = [int(v) for v in R.splitmix_r_array(seed, n)]
+    s_lo, lo = R.decode_scalar(lo_code, rf)
+    _, hi = R.neighbours(lo + Fraction(1, 2 ** 200), rf)
+    assert hi > lo
+    xs, want = [], []
+    hi_code = lo_code + 1
+    if hi > rf.max:
+        hi_code = rf.inf_code if rf.has_inf_nan else lo_code
+    for i in range(n):
+        if r[i] == 0:
+            xs.append(float(lo)); want.append(lo_code); continue
+        thr = lo + (2 ** 32 - r[i]) * (hi - lo) / 2 ** 32
+        up, dn = _float_ceil_floor(thr)
+        use_up = i % 2 == 0
+        xs.append(up if use_up else dn)
+        want.append(hi_code if use_up else lo_code)
+    x = np.array(xs)
+    sign = np.where(np.arange(n) % 4 < 2, 1.0, -1.0)
+    if not rf.signed:
+        sign[:] = 1.0
+    x = x * sign
+    want = np.array(want, np.int64) | np.where(sign < 0, rf.sign_bit, 0)
+    got = dk.quantize(x, fmt_of(rf), rounding="stochastic", seed=seed)
+    bad = np.nonzero(got.astype(np.int64) != want)[0]
+    assert bad.size == 0, [(int(i), float(x[i]).hex(), r[i], hex(int(got[i])), hex(int(want[i])))
+                           for i in bad[:4]]
+    # the reference agrees (it is what the other stochastic tests compare with)
+    assert np.array_equal(R.quantize_ref(x, rf, "stochastic", seed)[0].astype(np.int64), want)
 
 
 @pytest.mark.parametrize("v,rf", [

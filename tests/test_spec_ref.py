@@ -14,6 +14,10 @@ import pytest
 
 import spec_ref as R
 
+# NumPy warns when the tests cast NaN/Inf/out-of-range values on purpose (references, inputs)
+pytestmark = [pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning"),
+              pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")]
+
 F = Fraction
 
 

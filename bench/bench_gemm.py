@@ -1,0 +1,209 @@
+"""GEMM benchmarks: dojo_kernels.gemm beside NumPy float32 matmul, ml_dtypes bfloat16
+matmul (small sizes) and torch bfloat16 matmul (when installed), with the percentage of
+this CPU's peaks measured in the same run (bench/peak_probe.py).
+
+    python -m pytest bench/bench_gemm.py --benchmark-only -q      # pytest-benchmark
+    python bench/bench_gemm.py [--quick]                          # the GFLOP/s table
+
+Shapes are (m, n, k): squares 256..4096 and the skinny (4096, 256, 4096), (64, 4096, 4096).
+Thread counts 1 and 2 (dk.set_num_threads and threadpoolctl for NumPy's BLAS).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import time
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import peak_probe  # noqa: E402
+
+import dojo_kernels as dk  # noqa: E402
+from dojo_kernels import _config  # noqa: E402
+
+G = importlib.import_module("dojo_kernels.gemm")
+
+try:
+    from threadpoolctl import threadpool_info, threadpool_limits
+except ImportError:  # pragma: no cover
+    threadpool_limits = None
+    threadpool_info = lambda: []  # noqa: E731
+try:
+    import ml_dtypes
+except ImportError:  # pragma: no cover
+    ml_dtypes = None
+try:
+    import torch
+except ImportError:
+    torch = None
+
+SQUARE = [(s, s, s) for s in (256, 512, 1024, 2048, 4096)]
+SKINNY = [(4096, 256, 4096), (64, 4096, 4096)]
+SHAPES = SQUARE + SKINNY
+THREADS = [1, 2]
+F8A, F8B = dk.cfloat8_143(7), dk.cfloat8_152(15)
+
+
+def blas_kernel() -> str:
+    for info in threadpool_info():
+        if info.get("user_api") == "blas":
+            return f"{info.get('internal_api')} {info.get('version')} {info.get('architecture')}"
+    return "unknown"
+
+
+_inputs: dict = {}
+
+
+def inputs(m, n, k):
+    key = (m, n, k)
+    if key not in _inputs:
+        rng = np.random.default_rng(0)
+        a = rng.standard_normal((m, k)).astype(np.float32)
+        b = rng.standard_normal((k, n)).astype(np.float32)
+        _inputs.clear()
+        _inputs[key] = dict(
+            a32=a, b32=b,
+            a16=dk.quantize(a, dk.BF16), b16=dk.quantize(b, dk.BF16),
+            a8=dk.quantize(a, F8A), b8=dk.quantize(b, F8B))
+    return _inputs[key]
+
+
+def runner(impl, m, n, k, threads):
+    """A no-argument callable doing one product, or None if unavailable."""
+    x = inputs(m, n, k)
+    if impl == "dk_bf16":
+        return lambda: dk.gemm(x["a16"], x["b16"])
+    if impl == "dk_cf8":
+        return lambda: dk.gemm(x["a8"], x["b8"], a_format=F8A, b_format=F8B)
+    if impl == "dk_bf16_vdpbf16ps":
+        if _config.get_isa() != "avx512bf16":
+            return None
+        def f():
+            with G.use_kernel("vdpbf16ps"):
+                return dk.gemm(x["a16"], x["b16"])
+        return f
+    if impl == "dk_bf16_avx2":
+        if "avx2" not in _config.supported_isas():
+            return None
+        def f():
+            with _config.use_isa("avx2"):
+                return dk.gemm(x["a16"], x["b16"])
+        return f
+    if impl == "numpy_f32":
+        return lambda: np.matmul(x["a32"], x["b32"])
+    if impl == "ml_dtypes_bf16":
+        if ml_dtypes is None or max(m, n, k) > 512:
+            return None
+        ab, bb = x["a32"].astype(ml_dtypes.bfloat16), x["b32"].astype(ml_dtypes.bfloat16)
+        return lambda: np.matmul(ab, bb)
+    if impl == "torch_bf16":
+        if torch is None:
+            return None
+        ta, tb = torch.from_numpy(x["a32"]).bfloat16(), torch.from_numpy(x["b32"]).bfloat16()
+        return lambda: torch.matmul(ta, tb)
+    raise ValueError(impl)
+
+
+class threads_set:
+    def __init__(self, n):
+        self.n = n
+
+    def __enter__(self):
+        self.saved = dk.get_num_threads()
+        dk.set_num_threads(self.n)
+        self.tl = threadpool_limits(self.n) if threadpool_limits else None
+        if torch is not None:
+            self.tt = torch.get_num_threads()
+            torch.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *e):
+        dk.set_num_threads(self.saved)
+        if self.tl is not None:
+            self.tl.restore_original_limits()
+        if torch is not None:
+            torch.set_num_threads(self.tt)
+
+
+_peaks: dict = {}
+
+
+def peaks(threads):
+    if threads not in _peaks:
+        _peaks[threads] = {p: peak_probe.measure(p, threads) for p in peak_probe.available()}
+    return _peaks[threads]
+
+
+IMPLS = ["dk_bf16", "dk_cf8", "dk_bf16_vdpbf16ps", "dk_bf16_avx2", "numpy_f32",
+         "ml_dtypes_bf16", "torch_bf16"]
+
+
+def _params():
+    out = []
+    for shape in SHAPES:
+        for th in THREADS:
+            for impl in IMPLS:
+                if impl in ("dk_bf16_vdpbf16ps", "dk_bf16_avx2") and shape[0] != shape[2]:
+                    continue
+                if impl in ("dk_bf16_vdpbf16ps", "dk_bf16_avx2") and shape[0] not in (1024, 2048):
+                    continue
+                out.append(pytest.param(impl, shape, th, id=f"{impl}-{'x'.join(map(str, shape))}-t{th}"))
+    return out
+
+
+@pytest.mark.parametrize("impl,shape,threads", _params())
+def test_gemm_speed(benchmark, impl, shape, threads):
+    m, n, k = shape
+    f = runner(impl, m, n, k, threads)
+    if f is None:
+        pytest.skip(f"{impl} unavailable here (or too slow at this size)")
+    with threads_set(threads):
+        pk = peaks(threads)
+        rounds = 2 if m * n * k >= 2048 ** 3 else 4
+        benchmark.pedantic(f, rounds=rounds, iterations=1, warmup_rounds=1)
+    gflops = 2.0 * m * n * k / benchmark.stats.stats.min / 1e9
+    benchmark.extra_info.update(
+        gflops=round(gflops, 1), tier=_config.get_isa(), kernel=G.kernel_name(),
+        threads=threads, blas=blas_kernel(),
+        pct_vdpbf16ps_peak=round(100 * gflops * 1e9 / pk.get("vdpbf16ps_zmm", float("nan")), 1),
+        pct_fma_zmm_peak=round(100 * gflops * 1e9 / pk.get("fma_zmm", float("nan")), 1))
+
+
+# ---- the table (python bench/bench_gemm.py) ---------------------------------------------
+
+def best_time(f, rounds):
+    f()
+    best = float("inf")
+    for _ in range(rounds):
+        t = time.perf_counter()
+        f()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main(quick: bool = False) -> None:
+    shapes = [(1024,) * 3, (2048,) * 3, (4096, 256, 4096), (64, 4096, 4096)] if quick else SHAPES
+    print(f"dojo_kernels tier {_config.get_isa()}, avx512 kernel {G.kernel_name()}; "
+          f"NumPy BLAS: {blas_kernel()}; torch: {'yes' if torch else 'not installed'}")
+    for th in THREADS:
+        with threads_set(th):
+            pk = peaks(th)
+            print(f"\nthreads={th}  peaks GFLOP/s: " + ", ".join(f"{p} {v / 1e9:.1f}" for p, v in pk.items()))
+            print(f"{'m x n x k':<18}" + "".join(f"{i:>19}" for i in IMPLS))
+            for (m, n, k) in shapes:
+                row = f"{m}x{n}x{k}".ljust(18)
+                for impl in IMPLS:
+                    f = runner(impl, m, n, k, th)
+                    if f is None:
+                        row += f"{'-':>19}"
+                        continue
+                    t = best_time(f, 2 if m * n * k >= 2048 ** 3 else 3)
+                    row += f"{2 * m * n * k / t / 1e9:>19.1f}"
+                print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main(quick="--quick" in sys.argv)

@@ -1,0 +1,60 @@
+/* gemm_pack.c (avx512bf16 tier) - packing B into the BF16 pair layout with AVX-512BW.
+ *
+ * CFloat8 codes are decoded through the 256-entry table held in 8 zmm registers: four
+ * VPERMI2W lookups of 64 entries, then two blends on code bits 6 and 7 (exact: the table
+ * is the decode). The (even k, odd k) rows are interleaved with VPERMT2W. */
+#include "dk_gemm.h"
+
+#include <immintrin.h>
+
+static inline __m512i lookup(__m512i code, const __m512i t[8])
+{
+    __m512i r0 = _mm512_permutex2var_epi16(t[0], code, t[1]);
+    __m512i r1 = _mm512_permutex2var_epi16(t[2], code, t[3]);
+    __m512i r2 = _mm512_permutex2var_epi16(t[4], code, t[5]);
+    __m512i r3 = _mm512_permutex2var_epi16(t[6], code, t[7]);
+    __mmask32 b6 = _mm512_test_epi16_mask(code, _mm512_set1_epi16(0x40));
+    __mmask32 b7 = _mm512_test_epi16_mask(code, _mm512_set1_epi16(0x80));
+    __m512i lo = _mm512_mask_blend_epi16(b6, r0, r1);
+    __m512i hi = _mm512_mask_blend_epi16(b6, r2, r3);
+    return _mm512_mask_blend_epi16(b7, lo, hi);
+}
+
+static inline void interleave_store(__m512i even, __m512i odd, uint32_t *dst)
+{
+    /* lanes j = 0..15: (even[j], odd[j]); then j = 16..31 */
+    const __m512i ilo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9,
+                                         40, 8, 39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1,
+                                         32, 0);
+    const __m512i ihi = _mm512_set_epi16(63, 31, 62, 30, 61, 29, 60, 28, 59, 27, 58, 26, 57, 25,
+                                         56, 24, 55, 23, 54, 22, 53, 21, 52, 20, 51, 19, 50, 18,
+                                         49, 17, 48, 16);
+    _mm512_store_si512((void *)dst, _mm512_permutex2var_epi16(even, ilo, odd));
+    _mm512_store_si512((void *)(dst + 16), _mm512_permutex2var_epi16(even, ihi, odd));
+}
+
+void dk_gemm_pack_pair_u8_avx512(const uint8_t *src, int64_t ldk, int64_t kp, int64_t nr,
+                                 const uint16_t *table, uint32_t *dst)
+{
+    __m512i t[8];
+    for (int i = 0; i < 8; i++) t[i] = _mm512_loadu_si512((const void *)(table + 32 * i));
+    for (int64_t p = 0; p < kp; p++) {
+        const uint8_t *r0 = src + 2 * p * ldk, *r1 = r0 + ldk;
+        for (int64_t j = 0; j < nr; j += 32) {
+            __m512i c0 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(r0 + j)));
+            __m512i c1 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(r1 + j)));
+            interleave_store(lookup(c0, t), lookup(c1, t), dst + p * nr + j);
+        }
+    }
+}
+
+void dk_gemm_pack_pair_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp, int64_t nr,
+                                  uint32_t *dst)
+{
+    for (int64_t p = 0; p < kp; p++) {
+        const uint16_t *r0 = src + 2 * p * ldk, *r1 = r0 + ldk;
+        for (int64_t j = 0; j < nr; j += 32)
+            interleave_store(_mm512_loadu_si512((const void *)(r0 + j)),
+                             _mm512_loadu_si512((const void *)(r1 + j)), dst + p * nr + j);
+    }
+}

@@ -1,0 +1,507 @@
+"""D1-style GEMM: BF16 / CFloat8 inputs, FP32 accumulation (SPEC section 5), and the D1
+cost model of the same product (SPEC section 6, our own dataflow).
+
+Numerics of :func:`gemm` (every ISA tier, every thread count gives the same bits)
+--------------------------------------------------------------------------------
+Products are exact and accumulate in FP32 with RNE in one fixed order, the order a chain
+of VDPBF16PS instructions gives: ``k`` is padded to even length with a zero, the pairs
+``(2p, 2p+1)`` are taken in increasing ``p`` and, within a pair, the **odd** element first::
+
+    acc = +0
+    for p in range(ceil(K / 2)):
+        acc = F(acc + A[i, 2p+1] * B[2p+1, j])   # one rounding (fused), then flush
+        acc = F(acc + A[i, 2p]   * B[2p, j])
+    C[i, j] = acc * 2**-(sa + sb)                # exact power of two; NaN -> 0x7FC00000
+
+``F`` flushes a result below ``2**-126`` in magnitude to a zero of its sign (FTZ) and
+subnormal BF16 inputs are read as zeros (DAZ), as VDPBF16PS does.
+
+Scaling (SPEC section 5): a CFloat8 operand is decoded to BF16 multiplied by an exact
+power of two ``2**s``. When **both** operands are CFloat8, ``s`` maps each format's smallest
+step (its smallest subnormal) to ``2**-63``: every product is then a multiple of
+``2**-126`` and every partial sum too, so nothing is ever flushed, for any bias, and the
+result is within ``gamma(K) * (|A| @ |B|)``, ``gamma(K) = K u / (1 - K u)``, ``u = 2**-24``
+(barring a final result below FP32's normal range, rounded by the last multiply). When an
+operand is BF16, the CFloat8 operand (if any) is rescaled to its family's standard bias (7
+for 1_4_3, 15 for 1_5_2) and the flush term applies: products involving a subnormal BF16
+input are dropped, and each of the ``2 ceil(K/2)`` steps may lose less than ``2**-126`` (in
+the scaled domain, i.e. ``2**-126 * 2**-(sa+sb)`` in the result).
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Optional, Tuple, Union
+
+import numpy as np
+
+from . import _config, _gemm
+from .d1 import D1Chip, TrainingTile
+from .formats import BF16, FP32, Format
+from .numerics import dequantize, quantize
+
+__all__ = ["gemm", "plan_gemm", "GemmPlan"]
+
+_STANDARD_BIAS = {"cfloat8_143": 7, "cfloat8_152": 15}
+
+# The avx512bf16 tier has two micro-kernels with identical bits: VDPBF16PS (6 x 64) and
+# FP32 FMA on widened values under FTZ|DAZ (14 x 32). Which is faster depends on the CPU
+# (measured on a Sapphire-Rapids-class Xeon: VDPBF16PS issues once per 2 cycles, 512-bit
+# FMA twice per cycle, so FMA has twice the peak). The first call on that tier times both
+# instructions for a few milliseconds and keeps the faster; DOJO_KERNELS_GEMM_KERNEL=fma or
+# =vdpbf16ps forces one.
+KERNELS = ("fma", "vdpbf16ps")
+_kernel: Optional[int] = None
+
+
+def _measure_kernel() -> int:
+    import time
+
+    forced = os.environ.get("DOJO_KERNELS_GEMM_KERNEL", "").strip().lower()
+    if forced:
+        if forced not in KERNELS:
+            raise ValueError(f"DOJO_KERNELS_GEMM_KERNEL={forced!r}: expected one of {KERNELS}")
+        return KERNELS.index(forced)
+    rate = {}
+    for name, probe in (("fma", "fma_zmm"), ("vdpbf16ps", "vdpbf16ps_zmm")):
+        best = 0.0
+        for _ in range(3):
+            t = time.perf_counter()
+            flops = _gemm.probe(probe, 200_000)
+            best = max(best, flops / max(time.perf_counter() - t, 1e-9))
+        rate[name] = best
+    # an FMA does 2 FLOP (one MAC); VDPBF16PS 64 (32 MACs): the probes count both as FLOP
+    return 0 if rate["fma"] >= rate["vdpbf16ps"] else 1
+
+
+def kernel_name() -> str:
+    """The avx512bf16 micro-kernel in use: ``"fma"`` or ``"vdpbf16ps"`` (same bits)."""
+    return KERNELS[_kernel_index()]
+
+
+def _kernel_index() -> int:
+    global _kernel
+    if _kernel is None:
+        from . import _cpu
+
+        _kernel = _measure_kernel() if _cpu.best_isa() >= 2 else 0
+    return _kernel
+
+
+class use_kernel:
+    """Context manager forcing the avx512bf16 micro-kernel (tests and benchmarks)."""
+
+    def __init__(self, name: str) -> None:
+        if name not in KERNELS:
+            raise ValueError(f"name: expected one of {KERNELS}, got {name!r}")
+        self._idx = KERNELS.index(name)
+
+    def __enter__(self) -> "use_kernel":
+        global _kernel
+        self._saved = _kernel_index()
+        _kernel = self._idx
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        global _kernel
+        _kernel = self._saved
+_DUMMY_TABLE = np.zeros(256, np.uint16)
+
+
+def _check_input_format(fmt: Any, name: str) -> Format:
+    if not isinstance(fmt, Format):
+        raise TypeError(f"{name}: expected a dojo_kernels.Format (BF16, cfloat8_143(bias) or "
+                        f"cfloat8_152(bias)), got {type(fmt).__name__}")
+    if fmt.name not in ("bf16", "cfloat8_143", "cfloat8_152"):
+        raise ValueError(f"{name}: GEMM inputs are BF16 or CFloat8 (SPEC section 5), got {fmt!r}")
+    return fmt
+
+
+def _unit_exp(fmt: Format) -> int:
+    """log2 of the smallest step of a CFloat8 format (every value is a multiple of it)."""
+    low = -fmt.bias if fmt.subnormals == "tesla" else 1 - fmt.bias
+    return low - fmt.mantissa_bits
+
+
+def _scale_exp(fmt: Format, both_cfloat8: bool) -> int:
+    if fmt.name == "bf16":
+        return 0
+    if both_cfloat8:
+        return -63 - _unit_exp(fmt)
+    return fmt.bias - _STANDARD_BIAS[fmt.name]
+
+
+@functools.lru_cache(maxsize=64)
+def _table(fmt: Format, s: int) -> np.ndarray:
+    """256-entry table: CFloat8 code -> BF16 bits of (value * 2**s), exact."""
+    vals = dequantize(np.arange(256, dtype=np.uint8), fmt).astype(np.float64) * 2.0 ** s
+    v32 = vals.astype(np.float32)
+    if not np.array_equal(v32.astype(np.float64), vals):  # pragma: no cover - by construction
+        raise AssertionError("scaled CFloat8 table is not exact in float32")
+    bits = v32.view(np.uint32)
+    if np.any(bits & 0xFFFF):  # pragma: no cover - by construction
+        raise AssertionError("scaled CFloat8 table is not exact in BF16")
+    t = (bits >> 16).astype(np.uint16)
+    t.setflags(write=False)
+    return t
+
+
+def _operand(x: Any, fmt: Format, name: str) -> np.ndarray:
+    """x as codes of fmt (uint16 / uint8 array of any strides), 2-D or 3-D."""
+    arr = np.asarray(x)
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"{name}: expected a 2-D (rows, cols) or 3-D (batch, rows, cols) array, "
+                         f"got {arr.ndim}-D with shape {arr.shape}")
+    want = np.dtype(fmt.storage_dtype)
+    dt = arr.dtype
+    if dt.name == "bfloat16" and dt.itemsize == 2:
+        if fmt.name == "bf16":
+            return arr.view(np.uint16)
+        return quantize(arr, fmt)
+    if dt.kind == "f":
+        if dt not in (np.float32, np.float64):
+            arr = arr.astype(np.float32)
+        return quantize(arr, fmt)
+    if dt.kind == "u" or dt.kind == "i" or dt.kind == "b":
+        if dt.kind != "u" or dt.itemsize != want.itemsize:
+            raise TypeError(f"{name}: codes for {fmt!r} must be {want}, got dtype {dt} "
+                            f"(float arrays are rounded into the format)")
+        if not dt.isnative:
+            arr = arr.astype(dt.newbyteorder("="))
+        return arr.view(want)
+    raise TypeError(f"{name}: expected a float array or {want} codes of {fmt!r}, got dtype {dt}")
+
+
+def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] = None,
+         c: Any = None, beta: float = 0.0, out: Optional[np.ndarray] = None,
+         return_plan: bool = False, machine: Any = None
+         ) -> Union[np.ndarray, Tuple[np.ndarray, "GemmPlan"]]:
+    """D1-style matrix product ``a @ b`` (+ ``beta * c``) with FP32 accumulation.
+
+    Parameters
+    ----------
+    a : (m, k) or (batch, m, k). Float arrays (float16/32/64, ml_dtypes.bfloat16) are
+        rounded to nearest-even into ``a_format`` first (``quantize``); unsigned-integer
+        arrays are codes of ``a_format`` (uint16 for BF16, uint8 for CFloat8). Any strides,
+        C or Fortran order, transposed views.
+    b : (k, n) or (batch, k, n), likewise in ``b_format``. A 2-D operand is shared by every
+        batch item of a 3-D one.
+    a_format, b_format : BF16, ``cfloat8_143(bias)`` or ``cfloat8_152(bias)``; A and B may
+        differ in format and bias. ``b_format`` defaults to ``a_format``.
+    c, beta : optional addend, broadcastable to the result, converted to float32. The result
+        is ``P + float32(beta) * c`` in float32 (two roundings) where ``P`` is the product.
+        With ``beta == 0``, ``c`` is never read (it may hold NaN).
+    out : optional float32 array of the result's shape to write into (returned).
+    return_plan : also return :func:`plan_gemm`'s plan of one (m, n, k) product on
+        ``machine`` (a batch runs its products one after the other: multiply by batch).
+    machine : a :class:`D1Chip` (default) or :class:`TrainingTile`, for the plan.
+
+    Returns the float32 result (m, n) or (batch, m, n), or ``(result, plan)``.
+
+    Numerics: see the module docstring (docs/gemm.md): one fixed accumulation order, the
+    order of chained VDPBF16PS, identical bits on every tier and thread count.
+    """
+    a_format = _check_input_format(a_format, "a_format")
+    b_format = a_format if b_format is None else _check_input_format(b_format, "b_format")
+    ca = _operand(a, a_format, "a")
+    cb = _operand(b, b_format, "b")
+    if ca.shape[-1] != cb.shape[-2]:
+        raise ValueError(f"a, b: inner dimensions differ: a has k = {ca.shape[-1]} (shape "
+                         f"{ca.shape}), b has k = {cb.shape[-2]} (shape {cb.shape})")
+    batched = ca.ndim == 3 or cb.ndim == 3
+    if ca.ndim == 3 and cb.ndim == 3 and ca.shape[0] != cb.shape[0]:
+        raise ValueError(f"a, b: batch sizes differ: {ca.shape[0]} and {cb.shape[0]}")
+    nb = ca.shape[0] if ca.ndim == 3 else (cb.shape[0] if cb.ndim == 3 else 1)
+    m, k, n = ca.shape[-2], ca.shape[-1], cb.shape[-1]
+    a3 = ca if ca.ndim == 3 else np.broadcast_to(ca, (nb, m, k))
+    b3 = cb if cb.ndim == 3 else np.broadcast_to(cb, (nb, k, n))
+    shape = (nb, m, n) if batched else (m, n)
+
+    if isinstance(beta, bool) or not isinstance(beta, (int, float, np.floating, np.integer)):
+        raise TypeError(f"beta: expected a real number, got {type(beta).__name__}")
+    beta32 = np.float32(beta)
+    use_c = beta32 != 0
+    if use_c:
+        if c is None:
+            raise ValueError(f"c: beta = {beta} needs an addend c")
+        c32 = np.asarray(c)
+        if c32.dtype.kind not in "fiu":
+            raise TypeError(f"c: expected a real array, got dtype {c32.dtype}")
+        try:
+            c32 = np.broadcast_to(c32, shape)
+        except ValueError:
+            raise ValueError(f"c: shape {c32.shape} does not broadcast to the result {shape}") from None
+
+    if out is not None:
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"out: expected a numpy.ndarray, got {type(out).__name__}")
+        if out.dtype != np.float32:
+            raise TypeError(f"out: expected dtype float32, got {out.dtype}")
+        if out.shape != shape:
+            raise ValueError(f"out: expected shape {shape}, got {out.shape}")
+        if not out.flags.writeable:
+            raise ValueError("out: array is read-only")
+
+    if machine is not None and not isinstance(machine, (D1Chip, TrainingTile)):
+        raise TypeError(f"machine: expected a D1Chip or a TrainingTile, got {type(machine).__name__}")
+    plan = None
+    if return_plan:
+        plan = plan_gemm(m, n, k, a_format=a_format, b_format=b_format, machine=machine)
+
+    both8 = a_format.nbits == 8 and b_format.nbits == 8
+    sa, sb = _scale_exp(a_format, both8), _scale_exp(b_format, both8)
+    ta = _table(a_format, sa) if a_format.nbits == 8 else _DUMMY_TABLE
+    tb = _table(b_format, sb) if b_format.nbits == 8 else _DUMMY_TABLE
+    scale = float(np.float32(2.0 ** -(sa + sb)))
+
+    # Where the kernel writes: `out` itself when its rows are unit-stride float32 and it
+    # does not overlap anything the computation still reads.
+    dst, direct = None, False
+    if out is not None:
+        o3 = out if batched else out[None]
+        if (o3.dtype.isnative and o3.strides[-1] == 4
+                and all(st % 4 == 0 and st >= 0 for st in o3.strides)
+                and not np.may_share_memory(o3, ca) and not np.may_share_memory(o3, cb)
+                and not (use_c and np.may_share_memory(o3, c32))):
+            dst, direct = o3, True
+    if dst is None:
+        dst = np.empty((nb, m, n), np.float32)
+
+    isa = _config.isa()
+    rc = _gemm.gemm(a3, b3, ta, tb, scale, dst, isa, _kernel_index() if isa == 2 else 0,
+                    _config.threads())
+    if rc == 1:
+        raise MemoryError("gemm: could not allocate the packing buffers")
+    if rc != 0:  # pragma: no cover - arguments are validated above
+        raise RuntimeError(f"gemm: C driver returned status {rc}")
+
+    if use_c:
+        with np.errstate(all="ignore"):
+            term = (beta32 * c32.astype(np.float32, copy=False)).astype(np.float32, copy=False)
+            np.add(dst, term if batched else term[None], out=dst)
+    res = dst if batched else dst[0]
+    if out is not None:
+        if not direct:
+            out[...] = res
+        res = out
+    if return_plan:
+        return res, plan
+    return res
+
+
+# ---------------------------------------------------------------------------------------
+# The D1 cost model
+# ---------------------------------------------------------------------------------------
+
+_TILE_MN = np.array([8, 16, 32, 48, 64, 96, 128, 192, 256])
+_TILE_K = np.array([16, 32, 64, 128, 256, 512])
+_TILE_MN_COARSE = np.array([8, 16, 32, 64, 128, 256])
+_TILE_K_COARSE = np.array([32, 64, 128, 256, 512])
+
+
+@dataclass(frozen=True)
+class GemmPlan:
+    """How a D1 chip (or training tile) runs one (m, n, k) product, and what it costs.
+
+    See :func:`plan_gemm` for the dataflow and the overlap model. Byte counts are totals
+    over the whole product and every node; times in seconds.
+    """
+
+    m: int
+    n: int
+    k: int
+    a_format: Format
+    b_format: Format
+    out_format: Format
+    machine: Any
+    node_grid: Tuple[int, int]        # (rows, cols) of nodes used
+    tile: Tuple[int, int, int]        # (mt, nt, kt) per node step
+    sram_bytes_per_node: int
+    flops: float                      # 2 m n k (useful work)
+    padded_flops: float               # work done at 8x8x4 granularity, padding included
+    steps: int                        # node steps (every node does the same number)
+    cycles: float
+    seconds: float
+    utilization: float
+    bound: str                        # "compute", "sram", "noc" or "offchip"
+    offchip_bytes: float
+    noc_bytes: float
+    sram_read_bytes: float
+    sram_write_bytes: float
+    compute_seconds: float
+    sram_seconds: float
+    noc_seconds: float
+    offchip_seconds: float
+    fill_seconds: float
+
+
+def _bytes_per(fmt: Format) -> float:
+    return fmt.nbits / 8
+
+
+def _grids(machine) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate node grids: rows, cols, chip rows, chip cols spanned."""
+    if isinstance(machine, D1Chip):
+        chip, crs, ccs = machine, [1], [1]
+        rs, cs = range(1, chip.grid[0] + 1), range(1, chip.grid[1] + 1)
+    else:
+        chip = machine.chip
+        crs, ccs = range(1, machine.chips[0] + 1), range(1, machine.chips[1] + 1)
+        pick = lambda top: sorted({v for v in (1, 2, 4, top // 2, top - 1, top) if 1 <= v <= top})
+        rs, cs = pick(chip.grid[0]), pick(chip.grid[1])
+    out = [(r, c, cr, cc) for r in rs for c in cs if r * c <= chip.active_nodes
+           for cr in crs for cc in ccs]
+    arr = np.array(out, dtype=np.int64)
+    return arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3]
+
+
+@functools.lru_cache(maxsize=8)
+def _candidates(machine, ab: float, bb: float, ob: float):
+    """Every (grid, tile) pair the planner considers, as flat float arrays (read-only)."""
+    node = (machine if isinstance(machine, D1Chip) else machine.chip).node
+    r, c, cr, cc = _grids(machine)
+    if isinstance(machine, D1Chip):
+        tmn, tk = _TILE_MN, _TILE_K
+    else:  # a coarser tile set: the tile has ~25x more grid shapes
+        tmn, tk = _TILE_MN_COARSE, _TILE_K_COARSE
+    mt, nt, kt = np.meshgrid(tmn, tmn, tk, indexing="ij")
+    mt, nt, kt = mt.ravel(), nt.ravel(), kt.ravel()
+    foot = 2 * mt * kt * ab + 2 * kt * nt * bb + 4 * mt * nt + ob * mt * nt
+    fits = foot <= node.sram_bytes
+    if not fits.any():
+        return None
+    mt, nt, kt, foot = mt[fits], nt[fits], kt[fits], foot[fits]
+    G, T = len(r), len(mt)
+    r, c, cr, cc = (np.repeat(x, T).astype(np.float64) for x in (r, c, cr, cc))
+    mt, nt, kt, foot = (np.tile(x, G).astype(np.float64) for x in (mt, nt, kt, foot))
+    out = (r, c, cr, cc, r * cr, c * cc, mt, nt, kt, foot)
+    for x in out:
+        x.setflags(write=False)
+    return out
+
+
+def plan_gemm(m: int, n: int, k: int, *, a_format: Format, b_format: Format,
+              machine: Any = None, out_format: Format = FP32) -> GemmPlan:
+    """Plan C (m x n) = A (m x k) @ B (k x n) on a D1 chip or a training tile; return its cost.
+
+    Dataflow (our design on public figures; Tesla's compiler is not public): SUMMA on a
+    ``gr x gc`` rectangle of nodes. C is cut into super-tiles of ``(gr*mt) x (gc*nt)``; node
+    (r, c) owns one ``mt x nt`` FP32 accumulator of it, resident in its SRAM for the whole k
+    loop (k is never split across nodes, so the sum order is fixed). Each of the
+    ``ceil(k/kt)`` steps brings an A panel ``mt x kt`` into every node row from the west
+    edge (off-chip), forwarded node to node along the row, and a B panel ``kt x nt`` down
+    every column from the north edge; the node multiplies them on its matrix unit in
+    8x8x4 blocks, one block per cycle (``ceil(mt/8) ceil(nt/8) ceil(kt/4)`` cycles: padding
+    waste counts). A finished C tile is drained off-chip in ``out_format``. Every step and
+    super-tile is costed at full padded size (edge tiles are padded).
+
+    Per node SRAM (double-buffered A and B panels, the FP32 accumulator, an output staging
+    buffer): ``2 mt kt a + 2 kt nt b + 4 mt nt + o mt nt`` bytes (``a, b, o`` bytes per
+    element), never above the node's SRAM. SRAM traffic per step: the matrix unit reads
+    ``mt nt kt (a + b) / 8`` bytes (A and B re-read per 8-wide block, C held in the unit
+    across the step), reads and writes the C tile once (4 mt nt each), writes the
+    incoming panels and reads them again to forward them.
+
+    Overlap model: with double buffering, transfers of step s+1 overlap the compute of step
+    s, so the time is the largest of the per-resource totals (compute, SRAM = max(load /
+    load_bw, store / store_bw), NoC = busiest link, off-chip = max(in, out) / bandwidth)
+    plus a fill/drain term: the first step's panels (off-chip + NoC + hop latency across
+    ``gr + gc`` hops) and the last C drain. ``bound`` names the largest total. On a
+    :class:`TrainingTile` the grid may span ``cr x cc`` chips; a link crossing a chip
+    boundary shares the chip-to-chip bandwidth among the rows (columns) crossing it.
+    The planner searches grid shapes and tile sizes (a fixed candidate set) for the
+    fewest seconds, so a bigger problem is never cheaper.
+    """
+    for name, v in (("m", m), ("n", n), ("k", k)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
+        if v < 1:
+            raise ValueError(f"{name}: cannot plan an empty product: expected >= 1, got {v}")
+    a_format = _check_input_format(a_format, "a_format")
+    b_format = _check_input_format(b_format, "b_format")
+    if not isinstance(out_format, Format):
+        raise TypeError(f"out_format: expected a Format, got {type(out_format).__name__}")
+    if machine is None:
+        machine = D1Chip()
+    if not isinstance(machine, (D1Chip, TrainingTile)):
+        raise TypeError(f"machine: expected a D1Chip or a TrainingTile, got {type(machine).__name__}")
+    m, n, k = int(m), int(n), int(k)
+    chip = machine if isinstance(machine, D1Chip) else machine.chip
+    node = chip.node
+    ab, bb, ob = _bytes_per(a_format), _bytes_per(b_format), _bytes_per(out_format)
+    bm, bn, bk = node.mac_block
+
+    cand = _candidates(machine, ab, bb, ob)
+    if cand is None:
+        mt0, nt0, kt0 = _TILE_MN[0], _TILE_MN[0], _TILE_K[0]
+        need = 2 * mt0 * kt0 * ab + 2 * kt0 * nt0 * bb + 4 * mt0 * nt0 + ob * mt0 * nt0
+        raise ValueError(f"machine: no tile fits the node SRAM of {node.sram_bytes} bytes "
+                         f"(even an {mt0}x{nt0}x{kt0} tile needs {int(need)} bytes)")
+    r, c, cr, cc, gr, gc, mt, nt, kt, foot = cand
+    clock = node.clock_hz
+    step_cycles = np.ceil(mt / bm) * np.ceil(nt / bn) * np.ceil(kt / bk)
+    sup = np.ceil(m / (gr * mt)) * np.ceil(n / (gc * nt))
+    kst = np.ceil(k / kt)
+    steps = sup * kst
+    t_comp = steps * step_cycles / clock
+    # SRAM per node
+    rd_step = mt * nt * kt * (ab + bb) / 8 + 4 * mt * nt + (mt * kt * ab + kt * nt * bb)
+    wr_step = 4 * mt * nt + (mt * kt * ab + kt * nt * bb)
+    rd_node = steps * rd_step + sup * mt * nt * 4          # + reading C out for the drain
+    wr_node = steps * wr_step
+    t_sram = np.maximum(rd_node / node.sram_load_bw, wr_node / node.sram_store_bw)
+    # NoC: busiest horizontal / vertical link
+    link = node.noc_link_bw
+    if isinstance(machine, TrainingTile):
+        eff_h = np.where(cc > 1, np.minimum(link, machine.chip_link_bw / r), link)
+        eff_v = np.where(cr > 1, np.minimum(link, machine.chip_link_bw / c), link)
+        in_bw = machine.offchip_bw
+    else:
+        eff_h = eff_v = np.full_like(r, link)
+        in_bw = machine.offchip_bw
+    h_link = steps * mt * kt * ab * (gc > 1)
+    v_link = steps * kt * nt * bb * (gr > 1)
+    t_noc = np.maximum(h_link / eff_h, v_link / eff_v)
+    noc = steps * (gr * (gc - 1) * mt * kt * ab + gc * (gr - 1) * kt * nt * bb)
+    # off-chip
+    off_in = steps * (gr * mt * kt * ab + gc * kt * nt * bb)
+    off_out = sup * gr * gc * mt * nt * ob
+    t_off = np.maximum(off_in, off_out) / in_bw
+    # fill / drain
+    fill = ((gr * mt * kt * ab + gc * kt * nt * bb) / in_bw
+            + np.maximum(mt * kt * ab / eff_h, kt * nt * bb / eff_v)
+            + (gr + gc) * node.hop_latency_s
+            + gr * gc * mt * nt * ob / in_bw)
+    totals = np.stack([t_comp, t_sram, t_noc, t_off])
+    seconds = totals.max(axis=0) + fill
+    best = int(np.argmin(seconds))
+    names = ("compute", "sram", "noc", "offchip")
+    peak = machine.peak_flops
+    flops = 2.0 * m * n * k
+    nodes = gr[best] * gc[best]
+    sec = float(seconds[best])
+    return GemmPlan(
+        m=m, n=n, k=k, a_format=a_format, b_format=b_format, out_format=out_format,
+        machine=machine,
+        node_grid=(int(gr[best]), int(gc[best])),
+        tile=(int(mt[best]), int(nt[best]), int(kt[best])),
+        sram_bytes_per_node=int(foot[best]),
+        flops=flops,
+        padded_flops=float(steps[best] * step_cycles[best] * node.matrix_flops_per_cycle * nodes),
+        steps=int(steps[best]),
+        cycles=sec * clock,
+        seconds=sec,
+        utilization=flops / (sec * peak),
+        bound=names[int(np.argmax(totals[:, best]))],
+        offchip_bytes=float(off_in[best] + off_out[best]),
+        noc_bytes=float(noc[best]),
+        sram_read_bytes=float(rd_node[best] * nodes),
+        sram_write_bytes=float(wr_node[best] * nodes),
+        compute_seconds=float(t_comp[best]),
+        sram_seconds=float(t_sram[best]),
+        noc_seconds=float(t_noc[best]),
+        offchip_seconds=float(t_off[best]),
+        fill_seconds=float(fill[best]),
+    )

@@ -1,0 +1,103 @@
+/* dk_gemm.h - BF16 / CFloat8 GEMM with FP32 accumulation (issue 4).
+ *
+ * C[i,j] = scale * sum_k A[i,k] * B[k,j], A and B given as BF16 codes (uint16) or as
+ * 8-bit codes decoded through a 256-entry table (code -> BF16 bits, exact; the Python
+ * layer builds it, pre-multiplied by an exact power of two, see below).
+ *
+ * THE ACCUMULATION ORDER (identical bits on every tier, thread count and blocking):
+ *   k is padded to an even length with a zero; the pairs p = 0, 1, ... are taken in order
+ *   and, within a pair, the ODD element first:
+ *       acc = 0
+ *       for p in 0 .. ceil(k/2)-1:
+ *           acc = F(acc + A[i,2p+1] * B[2p+1,j])
+ *           acc = F(acc + A[i,2p]   * B[2p,j])
+ *       C[i,j] = canon(acc * scale)
+ *   where each step is one fused multiply-add (product exact, one RNE rounding with an
+ *   unbounded exponent) and F flushes a result below 2^-126 in magnitude to a zero of its
+ *   sign (FTZ); BF16 inputs that are subnormal are read as zeros of their sign (DAZ).
+ *   This is exactly VDPBF16PS (odd element first, DAZ, FTZ per step) chained along k; the
+ *   KC blocks of the CPU blocking reload the running sum, so blocking changes nothing.
+ *   canon() turns any NaN into the quiet NaN 0x7FC00000. The scale multiply is an
+ *   ordinary FP32 multiply (a power of two: exact unless the result is subnormal).
+ *
+ * Tiers: generic (portable scalar C, emulating the step in software), avx2 (FP32 FMA on
+ * widened values under MXCSR FTZ|DAZ), avx512bf16 (VDPBF16PS, 6x64 register block).
+ */
+#ifndef DK_GEMM_H
+#define DK_GEMM_H
+
+#include "dk_common.h"
+
+/* Operand element kinds. */
+enum { DK_GEMM_U16 = 0, /* BF16 codes */
+       DK_GEMM_U8 = 1   /* 8-bit codes, decoded with table[256] -> BF16 bits */ };
+
+/* One operand: a batch of (rows, cols) matrices with element strides (may be negative). */
+typedef struct {
+    const void *ptr;        /* element [0, 0, 0] */
+    int64_t bs, rs, cs;     /* batch, row and column strides, in elements */
+    int kind;               /* DK_GEMM_U16 or DK_GEMM_U8 */
+    const uint16_t *table;  /* 256 BF16 codes when kind == DK_GEMM_U8, else unused */
+} dk_gemm_operand;
+
+/* out[b] (m x n float32, row stride ldo elements, unit column stride, batch stride bso)
+ * = the product above for each of `batch` items; a is (m x k), b is (k x n).
+ * m, n, k >= 0. `out` is written, never read. Returns DK_OK, DK_ENOMEM or DK_EINVAL. */
+int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
+            const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
+            float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads);
+
+/* Micro-kernel contract (one per tier): full MR x NR tile, kp k-pairs of packed A and B,
+ * C with row stride ldc. flags: DK_UKR_LOAD -> continue from the values in C (else
+ * start from +0); DK_UKR_LAST -> multiply by scale and canonicalize NaN before storing. */
+enum { DK_UKR_LOAD = 1, DK_UKR_LAST = 2 };
+typedef void (*dk_gemm_ukr_fn)(int64_t kp, const void *a, const void *b, float *c,
+                               int64_t ldc, int flags, float scale);
+
+/* generic and avx2: "split" layout, FP32 values (DAZ applied while packing).
+ *   A sliver: per pair p, MR=6 odd-k values then 6 even-k values (12 floats).
+ *   B sliver: per pair p, NR=16 odd-k values then 16 even-k values (32 floats). */
+#define DK_GEMM_SPLIT_MR 6
+#define DK_GEMM_SPLIT_NR 16
+void dk_gemm_ukr_generic(int64_t kp, const void *a, const void *b, float *c, int64_t ldc,
+                         int flags, float scale);
+void dk_gemm_ukr_avx2(int64_t kp, const void *a, const void *b, float *c, int64_t ldc,
+                      int flags, float scale);
+
+/* avx512bf16: "pair" layout, BF16 codes, one 32-bit lane per (even k, odd k) pair.
+ *   A sliver: per pair p, MR=6 lanes (a[i,2p] | a[i,2p+1] << 16).
+ *   B sliver: per pair p, NR=64 lanes (b[2p,j] | b[2p+1,j] << 16). */
+#define DK_GEMM_PAIR_MR 6
+#define DK_GEMM_PAIR_NR 64
+void dk_gemm_ukr_avx512bf16(int64_t kp, const void *a, const void *b, float *c, int64_t ldc,
+                            int flags, float scale);
+
+/* avx512bf16 tier, FMA variant (FP32 zmm FMA on widened values, MXCSR FTZ|DAZ): A in the
+ * split layout with MR = 14, B in the pair layout with NR = 32, widened in registers. */
+#define DK_GEMM_F512_MR 14
+#define DK_GEMM_F512_NR 32
+void dk_gemm_ukr_avx512fma_pb(int64_t kp, const void *a, const void *b, float *c, int64_t ldc,
+                              int flags, float scale);
+
+/* avx512bf16-tier packing of B into the pair layout: kp full k-pairs of nr (a multiple of
+ * 32) columns, rows 2p and 2p+1 at src + 2p*ldk and src + (2p+1)*ldk (columns contiguous),
+ * into dst (64-byte aligned, nr lanes per pair). The u8 form decodes through table[256]. */
+void dk_gemm_pack_pair_u8_avx512(const uint8_t *src, int64_t ldk, int64_t kp, int64_t nr,
+                                 const uint16_t *table, uint32_t *dst);
+void dk_gemm_pack_pair_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp, int64_t nr,
+                                  uint32_t *dst);
+
+/* Kernel variants of the avx512bf16 tier (the `kernel` argument of dk_gemm; ignored by
+ * the other tiers). Both give the same bits. */
+enum { DK_GEMM_KERNEL_FMA = 0, DK_GEMM_KERNEL_VDPBF16PS = 1 };
+
+/* Peak probes (bench only): run `iters` rounds of independent dependency chains of one
+ * instruction and return the FLOP count done. Call only on a CPU with that tier. */
+double dk_probe_vdpbf16ps_zmm(int64_t iters);
+double dk_probe_fma_zmm(int64_t iters);
+double dk_probe_fma_ymm(int64_t iters);
+
+/* The scalar step of the generic tier, exposed for tests of the semantics (baseline). */
+float dk_gemm_step_generic(float acc, float a, float b);
+
+#endif

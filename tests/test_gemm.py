@@ -1,0 +1,495 @@
+"""Tests of dojo_kernels.gemm: numerics (SPEC section 5), layouts, formats, tiers, threads.
+
+References are independent of the package: CFloat8 and BF16 are decoded here from the
+SPEC section 1 formulas, products are checked against float64 NumPy under the SPEC
+bound, and the documented accumulation order is emulated with exact Fractions.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import os
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import dojo_kernels as dk
+from dojo_kernels import BF16, _config, cfloat8_143, cfloat8_152
+
+G = importlib.import_module("dojo_kernels.gemm")
+
+U = 2.0 ** -24
+# .ci/run repeats the suite per forced lower tier with DOJO_TEST_QUICK=1: then test that tier
+# only (the unforced run covers every tier and both avx512bf16 kernels).
+TIERS = ([dk.get_isa()] if os.environ.get("DOJO_TEST_QUICK") == "1"
+         else list(_config.supported_isas()))
+
+
+def variants():
+    """(tier, avx512 kernel) pairs this machine runs."""
+    out = []
+    for t in TIERS:
+        if t == "avx512bf16":
+            out += [(t, "fma"), (t, "vdpbf16ps")]
+        else:
+            out.append((t, None))
+    return out
+
+
+VARIANTS = variants()
+
+
+def run(variant, *args, **kw):
+    tier, kern = variant
+    with _config.use_isa(tier):
+        if kern is None:
+            return dk.gemm(*args, **kw)
+        with G.use_kernel(kern):
+            return dk.gemm(*args, **kw)
+
+
+# ---- independent decoding (SPEC section 1) -------------------------------------------
+
+def decode_cf8(codes, exp_bits, man_bits, bias, subnormals="tesla"):
+    codes = np.asarray(codes, dtype=np.int64)
+    s = (codes >> 7) & 1
+    e = (codes >> man_bits) & ((1 << exp_bits) - 1)
+    mnt = codes & ((1 << man_bits) - 1)
+    sub_exp = -bias if subnormals == "tesla" else 1 - bias
+    val = np.where(e == 0, np.ldexp(mnt / 2.0 ** man_bits, sub_exp),
+                   np.ldexp(1 + mnt / 2.0 ** man_bits, e - bias))
+    return np.where(s == 1, -val, val)
+
+
+def decode(codes, fmt):
+    if fmt.name == "bf16":
+        return (np.asarray(codes).astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    eb, mb = (4, 3) if fmt.name == "cfloat8_143" else (5, 2)
+    return decode_cf8(codes, eb, mb, fmt.bias, fmt.subnormals)
+
+
+def gamma(k):
+    return k * U / (1 - k * U)
+
+
+def bf16_codes(rng, shape, lo=-8, hi=8):
+    """Random finite BF16 codes with exponents in [lo, hi] (normals)."""
+    sign = rng.integers(0, 2, shape, dtype=np.uint32) << 15
+    exp = (rng.integers(lo, hi + 1, shape) + 127).astype(np.uint32) << 7
+    man = rng.integers(0, 128, shape, dtype=np.uint32)
+    return (sign | exp | man).astype(np.uint16)
+
+
+def cf8_codes(rng, shape):
+    return rng.integers(0, 256, shape, dtype=np.uint8)
+
+
+def codes_for(rng, fmt, shape):
+    return bf16_codes(rng, shape) if fmt.name == "bf16" else cf8_codes(rng, shape)
+
+
+def check_bound(c, a_codes, b_codes, fa, fb):
+    """|C - exact| <= gamma(K) |A||B| (+ the flush term when an operand is BF16)."""
+    A, B = decode(a_codes, fa), decode(b_codes, fb)
+    exact = A @ B
+    k = A.shape[-1]
+    absab = np.abs(A) @ np.abs(B)
+    bound = (gamma(k) + 4 * k * 2.0 ** -53) * absab
+    if fa.name == "bf16" or fb.name == "bf16":
+        both8 = False
+        s = G._scale_exp(fa, both8) + G._scale_exp(fb, both8)
+        bound = bound + 2 * ((k + 1) // 2) * 2.0 ** -126 * 2.0 ** -s
+        tiny = 2.0 ** -126
+        if fa.name == "bf16":
+            bound = bound + (np.abs(A) * (np.abs(A) < tiny)) @ np.abs(B)
+        if fb.name == "bf16":
+            bound = bound + np.abs(A) @ (np.abs(B) * (np.abs(B) < tiny))
+    err = np.abs(c.astype(np.float64) - exact)
+    assert np.all(err <= bound), (err - bound).max()
+
+
+# ---- exact emulation of the documented order (Fractions) ------------------------------
+
+F32_MAX = Fraction((2 ** 24 - 1) * 2 ** 104)
+TINY = Fraction(1, 2 ** 126)
+
+
+def round24(x: Fraction) -> Fraction:
+    """RNE to 24 significant bits, unbounded exponent."""
+    if x == 0:
+        return x
+    ax = abs(x)
+    e = math.floor(math.log2(ax.numerator) - math.log2(ax.denominator))
+    while Fraction(2) ** e > ax:
+        e -= 1
+    while Fraction(2) ** (e + 1) <= ax:
+        e += 1
+    q = Fraction(2) ** (e - 23)
+    n = ax / q
+    fl = math.floor(n)
+    rem = n - fl
+    if rem > Fraction(1, 2) or (rem == Fraction(1, 2) and fl % 2 == 1):
+        fl += 1
+    r = fl * q
+    return r if x > 0 else -r
+
+
+def emulate(a_vals, b_vals, scale):
+    """C by the documented order: pairs, odd k first, fused steps, FTZ, DAZ; float32 out."""
+    m, k = a_vals.shape
+    n = b_vals.shape[1]
+    kk = k + (k % 2)
+    A = np.zeros((m, kk))
+    B = np.zeros((kk, n))
+    A[:, :k], B[:k, :] = a_vals, b_vals
+    # DAZ: subnormal inputs read as signed zeros
+    A = np.where(np.abs(A) < 2.0 ** -126, np.copysign(0.0, A), A)
+    B = np.where(np.abs(B) < 2.0 ** -126, np.copysign(0.0, B), B)
+    out = np.empty((m, n), np.float32)
+    for i in range(m):
+        for j in range(n):
+            acc = 0.0  # python float holding an exact float32 value
+            for p in range(kk // 2):
+                for kidx in (2 * p + 1, 2 * p):
+                    a, b = A[i, kidx], B[kidx, j]
+                    prod = Fraction(a) * Fraction(b)
+                    x = Fraction(acc) + prod
+                    if x == 0:
+                        pz_neg = math.copysign(1, a) * math.copysign(1, b) < 0
+                        neg = math.copysign(1, acc) < 0 and pz_neg and prod == 0 and acc == 0
+                        acc = -0.0 if neg else 0.0
+                        continue
+                    r = round24(x)
+                    if abs(r) > F32_MAX:
+                        acc = math.copysign(math.inf, x)
+                    elif abs(r) < TINY:
+                        acc = math.copysign(0.0, x)
+                    else:
+                        acc = float(r)
+            out[i, j] = np.float32(acc) * np.float32(scale)
+    return out
+
+
+def tiny_mix_bf16(rng, shape):
+    """BF16 codes: ordinary values, values whose products underflow FP32, subnormals, zeros."""
+    c = bf16_codes(rng, shape, -6, 6)
+    pick = rng.random(shape)
+    c = np.where(pick < 0.25, bf16_codes(rng, shape, -75, -55), c)
+    sub = (rng.integers(0, 2, shape) << 15 | rng.integers(1, 128, shape)).astype(np.uint16)
+    c = np.where((pick >= 0.25) & (pick < 0.32), sub, c)
+    c = np.where((pick >= 0.32) & (pick < 0.36), np.uint16(0x8000), c)
+    return c.astype(np.uint16)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(x for x in v if x))
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 5, 9), (7, 17, 8), (2, 3, 0)])
+def test_bit_exact_against_fraction_emulation(variant, shape):
+    rng = np.random.default_rng(sum(shape) + 11)
+    m, n, k = shape
+    a = tiny_mix_bf16(rng, (m, k))
+    b = tiny_mix_bf16(rng, (k, n))
+    a[0, :] = bf16_codes(rng, (k,), -75, -62)   # a row whose products all underflow
+    b[:, -1] = bf16_codes(rng, (k,), -70, -60)
+    got = run(variant, a, b)
+    want = emulate(decode(a, BF16), decode(b, BF16), 1.0)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(x for x in v if x))
+def test_bit_exact_emulation_cfloat8_scaled(variant):
+    rng = np.random.default_rng(5)
+    fa, fb = cfloat8_143(60), cfloat8_152(3)
+    a, b = cf8_codes(rng, (4, 11)), cf8_codes(rng, (11, 6))
+    got = run(variant, a, b, a_format=fa, b_format=fb)
+    sa, sb = G._scale_exp(fa, True), G._scale_exp(fb, True)
+    want = emulate(decode(a, fa) * 2.0 ** sa, decode(b, fb) * 2.0 ** sb, 2.0 ** -(sa + sb))
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_generic_step_boundary_cases():
+    """The software FTZ step at the 2**-126 boundary (tininess after rounding)."""
+    step = importlib.import_module("dojo_kernels._gemm").step_generic
+    t = 2.0 ** -126
+    cases = [
+        (t, 1.5 * 2.0 ** -75, -(2.0 ** -76)),      # 2^-126 - 0.75*2^-150: flushed (unbounded rounding)
+        (t, 2.0 ** -76, -(2.0 ** -76)),            # 2^-126 - 2^-152: rounds up to 2^-126
+        (0.0, 2.0 ** -70, 2.0 ** -60),             # tiny product alone: flushed to +0
+        (0.0, -(2.0 ** -70), 2.0 ** -60),          # ... to -0
+        (2.0 ** -120, 2.0 ** -70, 2.0 ** -60),     # tiny product absorbed by a normal acc
+        (3 * t, -t, 2.0),                          # exact cancellation to a subnormal: flushed
+        (-3.4e38, 2.0 ** 64, 2.0 ** 64),           # product overflows FP32, fused sum does not
+        (1.0, 0.0, -5.0),
+    ]
+    for acc, a, b in cases:
+        acc32, a32, b32 = np.float32(acc), np.float32(a), np.float32(b)
+        x = Fraction(float(acc32)) + Fraction(float(a32)) * Fraction(float(b32))
+        if x == 0:
+            want = 0.0
+        else:
+            r = round24(x)
+            want = (math.copysign(math.inf, x) if abs(r) > F32_MAX else
+                    math.copysign(0.0, x) if abs(r) < TINY else float(r))
+        got = step(float(acc32), float(a32), float(b32))
+        assert np.float32(got).view(np.uint32) == np.float32(want).view(np.uint32), (acc, a, b, got, want)
+
+
+# ---- agreement across tiers, kernels and threads ---------------------------------------
+
+def test_identical_bits_across_tiers_kernels_threads():
+    rng = np.random.default_rng(1)
+    m, n, k = 45, 83, 533      # m, n off the register blocks; k odd, above KC (256 / 512)
+    a = tiny_mix_bf16(rng, (m, k))
+    b = tiny_mix_bf16(rng, (k, n))
+    ref = run(("generic", None), a, b)
+    saved = dk.get_num_threads()
+    try:
+        for th in (1, 2, 3):
+            dk.set_num_threads(th)
+            for v in VARIANTS:
+                got = run(v, a, b)
+                assert np.array_equal(got.view(np.uint32), ref.view(np.uint32)), (v, th)
+    finally:
+        dk.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("fa,fb", [(cfloat8_143(7), cfloat8_152(15)),
+                                   (cfloat8_152(63, "ieee"), cfloat8_143(0)),
+                                   (BF16, cfloat8_143(30)), (cfloat8_152(2), BF16), (BF16, BF16)])
+def test_identical_bits_across_tiers_cfloat8_and_packing_paths(fa, fb):
+    """Every code of each format, odd k above two KC blocks, full and edge column slivers,
+    B with a row stride (the SIMD packers' path) and B column-major (the portable one)."""
+    rng = np.random.default_rng(9)
+    m, n, k = 20, 130, 1031
+    a = codes_for(rng, fa, (m, k))
+    b_big = codes_for(rng, fb, (2 * k, n))
+    b = b_big[::2]                              # row stride 2n: rows still contiguous
+    if fa.nbits == 8:
+        a[0, :256] = np.arange(256, dtype=np.uint8)
+    if fb.nbits == 8:
+        b_big[0:512:2, 0] = np.arange(256, dtype=np.uint8)
+    ref = run(("generic", None), a, np.asfortranarray(b), a_format=fa, b_format=fb)
+    check_bound(ref, a, b, fa, fb)
+    for v in VARIANTS:
+        got = run(v, a, b, a_format=fa, b_format=fb)
+        assert np.array_equal(got.view(np.uint32), ref.view(np.uint32)), v
+
+
+def test_threads_large_fast_tier():
+    """Blocks split over threads in every way the driver does (m above 2 MC, n above NC)."""
+    rng = np.random.default_rng(2)
+    best = (TIERS[-1], "fma" if TIERS[-1] == "avx512bf16" else None)
+    # sizes above 2 MC (m), NC (n) and KC (k) of the tier, and an m below one MC
+    sizes = {"generic": [(200, 600, 300), (20, 1100, 100)],
+             "avx2": [(300, 2100, 600), (40, 2100, 300)]}.get(
+                 TIERS[-1], [(700, 1100, 600), (40, 2100, 300)])
+    for m, n, k in sizes:
+        a, b = bf16_codes(rng, (m, k)), bf16_codes(rng, (k, n))
+        saved = dk.get_num_threads()
+        outs = []
+        try:
+            for th in (1, 2, 4):
+                dk.set_num_threads(th)
+                outs.append(run(best, a, b))
+        finally:
+            dk.set_num_threads(saved)
+        for o in outs[1:]:
+            assert np.array_equal(o.view(np.uint32), outs[0].view(np.uint32))
+        if TIERS[-1] == "avx512bf16":
+            assert np.array_equal(run(("avx512bf16", "vdpbf16ps"), a, b).view(np.uint32),
+                                  outs[0].view(np.uint32))
+
+
+# ---- SPEC bound over shapes, layouts and formats --------------------------------------
+
+DIMS = st.sampled_from([0, 1, 2, 3, 5, 6, 7, 13, 16, 17, 31, 64, 65, 97])
+KDIMS = st.sampled_from([0, 1, 2, 3, 7, 31, 255, 256, 257, 511, 513])
+FORMATS = st.sampled_from([BF16, cfloat8_143(7), cfloat8_143(0), cfloat8_143(63),
+                           cfloat8_152(15), cfloat8_152(0), cfloat8_152(63),
+                           cfloat8_143(20, "ieee"), cfloat8_152(40, "ieee")])
+LAYOUTS = st.sampled_from(["C", "F", "T", "strided", "reversed"])
+
+
+def lay(x, how):
+    if how == "C":
+        return np.ascontiguousarray(x)
+    if how == "F":
+        return np.asfortranarray(x)
+    if how == "T":
+        return np.ascontiguousarray(x.T).T
+    if how == "strided":
+        big = np.zeros((x.shape[0] * 2 + 1, x.shape[1] * 3 + 1), x.dtype)
+        big[1::2, ::3][: x.shape[0], : x.shape[1]] = x
+        return big[1::2, ::3][: x.shape[0], : x.shape[1]]
+    y = np.ascontiguousarray(x[::-1, ::-1])
+    return y[::-1, ::-1]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(m=DIMS, n=DIMS, k=KDIMS, fa=FORMATS, fb=FORMATS, la=LAYOUTS, lb=LAYOUTS,
+       seed=st.integers(0, 2 ** 32 - 1), tier=st.sampled_from(TIERS))
+def test_bound_shapes_layouts_formats(m, n, k, fa, fb, la, lb, seed, tier):
+    if tier == "generic" and m * n * k > 200_000:
+        tier = TIERS[-1]
+    rng = np.random.default_rng(seed)
+    a = codes_for(rng, fa, (m, k))
+    b = codes_for(rng, fb, (k, n))
+    with _config.use_isa(tier):
+        c = dk.gemm(lay(a, la), lay(b, lb), a_format=fa, b_format=fb)
+    assert c.dtype == np.float32 and c.shape == (m, n)
+    check_bound(c, a, b, fa, fb)
+    # layouts never change bits
+    with _config.use_isa(tier):
+        c2 = dk.gemm(a, b, a_format=fa, b_format=fb)
+    assert np.array_equal(c.view(np.uint32), c2.view(np.uint32))
+
+
+def test_cfloat8_extreme_bias_nothing_flushed():
+    """Bias 63 subnormals: every product is below 2^-126 (a flushing kernel would return 0),
+    yet the result is within the bound with no flush term."""
+    rng = np.random.default_rng(3)
+    fa, fb = cfloat8_143(63), cfloat8_152(63)
+    a = (rng.integers(0, 2, (20, 300)) << 7 | rng.integers(0, 8, (20, 300))).astype(np.uint8)
+    b = (rng.integers(0, 2, (300, 30)) << 7 | rng.integers(0, 4, (300, 30))).astype(np.uint8)
+    A, B = decode(a, fa), decode(b, fb)
+    assert (np.abs(A).max() * np.abs(B).max()) < 2.0 ** -126
+    exact = A @ B
+    for v in VARIANTS:
+        c = run(v, a, b, a_format=fa, b_format=fb)
+        err = np.abs(c.astype(np.float64) - exact)
+        assert np.all(err <= gamma(300) * (np.abs(A) @ np.abs(B))), v
+        assert np.all((c != 0) == (exact != 0))
+
+
+def test_cfloat8_large_bias_products_kept():
+    """Products below 2^-126 but a result in range: the scaling keeps them all (no flush term)."""
+    rng = np.random.default_rng(4)
+    fa, fb = cfloat8_143(50), cfloat8_152(40)
+    a, b = cf8_codes(rng, (9, 40)), cf8_codes(rng, (40, 12))
+    A, B = decode(a, fa), decode(b, fb)
+    for v in VARIANTS:
+        c = run(v, a, b, a_format=fa, b_format=fb)
+        err = np.abs(c.astype(np.float64) - A @ B)
+        assert np.all(err <= gamma(40) * (np.abs(A) @ np.abs(B)))
+
+
+def test_float_inputs_are_rounded_into_the_formats():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((13, 29))
+    y = rng.standard_normal((29, 7)).astype(np.float32)
+    for fa, fb in [(BF16, BF16), (cfloat8_143(7), cfloat8_152(15)), (BF16, cfloat8_143(4))]:
+        got = dk.gemm(x, y, a_format=fa, b_format=fb)
+        want = dk.gemm(dk.quantize(x, fa), dk.quantize(y, fb), a_format=fa, b_format=fb)
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    ml = pytest.importorskip("ml_dtypes")
+    xb = x.astype(np.float32).astype(ml.bfloat16)
+    assert np.array_equal(dk.gemm(xb, y), dk.gemm(xb.view(np.uint16), y))
+    assert np.array_equal(dk.gemm(x.astype(np.float16), y), dk.gemm(x.astype(np.float16).astype(np.float32), y))
+
+
+def test_batched_and_broadcast():
+    rng = np.random.default_rng(7)
+    a = bf16_codes(rng, (4, 10, 33))
+    b = bf16_codes(rng, (4, 33, 70))
+    c = dk.gemm(a, b)
+    assert c.shape == (4, 10, 70)
+    for z in range(4):
+        assert np.array_equal(c[z], dk.gemm(a[z], b[z]))
+    # a 2-D operand is shared by every batch item
+    c2 = dk.gemm(a, b[1])
+    for z in range(4):
+        assert np.array_equal(c2[z], dk.gemm(a[z], b[1]))
+    # transposed batch views
+    at = np.ascontiguousarray(a.transpose(0, 2, 1)).transpose(0, 2, 1)
+    assert np.array_equal(dk.gemm(at, b), c)
+    assert dk.gemm(a[:0], b[:0]).shape == (0, 10, 70)
+
+
+def test_beta_c_and_out():
+    rng = np.random.default_rng(8)
+    a, b = bf16_codes(rng, (12, 20)), bf16_codes(rng, (20, 9))
+    p = dk.gemm(a, b)
+    nan_c = np.full((12, 9), np.nan, np.float32)
+    assert np.array_equal(dk.gemm(a, b, c=nan_c, beta=0.0), p)
+    c = rng.standard_normal((12, 9))
+    got = dk.gemm(a, b, c=c, beta=0.5)
+    assert np.array_equal(got, p + np.float32(0.5) * c.astype(np.float32))
+    # out: filled with NaN first, written, returned
+    out = np.full((12, 9), np.nan, np.float32)
+    r = dk.gemm(a, b, out=out)
+    assert r is out and np.array_equal(out, p)
+    # out non-contiguous
+    big = np.full((12, 20), np.nan, np.float32)
+    r = dk.gemm(a, b, out=big[:, ::2][:, :9])
+    assert np.array_equal(big[:, ::2][:, :9], p)
+    # out aliasing c (in-place C = A B + beta C)
+    cc = c.astype(np.float32)
+    want = p + np.float32(2.0) * cc
+    r = dk.gemm(a, b, c=cc, beta=2.0, out=cc)
+    assert r is cc and np.array_equal(cc, want)
+    # c broadcast from a row; batched c
+    row = rng.standard_normal(9).astype(np.float32)
+    assert np.array_equal(dk.gemm(a, b, c=row, beta=-1.5), p + np.float32(-1.5) * row)
+    a3, b3 = bf16_codes(rng, (3, 12, 20)), bf16_codes(rng, (3, 20, 9))
+    c3 = rng.standard_normal((3, 12, 9)).astype(np.float32)
+    assert np.array_equal(dk.gemm(a3, b3, c=c3, beta=0.25), dk.gemm(a3, b3) + np.float32(0.25) * c3)
+    # return_plan, on the chip (default) and on a training tile
+    r, plan = dk.gemm(a, b, return_plan=True)
+    assert np.array_equal(r, p) and plan.flops == 2 * 12 * 9 * 20
+    assert plan == dk.plan_gemm(12, 9, 20, a_format=BF16, b_format=BF16)
+    _, tplan = dk.gemm(a, b, return_plan=True, machine=dk.TrainingTile())
+    assert isinstance(tplan.machine, dk.TrainingTile)
+    with pytest.raises(TypeError, match="machine"):
+        dk.gemm(a, b, machine="d1")
+
+
+def test_nonfinite_inputs_canonical_nan_same_everywhere():
+    a = np.array([[np.inf, 1.0], [np.nan, 2.0], [np.inf, -np.inf]], np.float32)
+    b = np.array([[0.0, 1.0], [1.0, 1.0]], np.float32)
+    outs = [run(v, a, b) for v in VARIANTS]
+    for o in outs:
+        assert np.array_equal(o.view(np.uint32), outs[0].view(np.uint32))
+    assert outs[0].view(np.uint32)[0, 0] == 0x7FC00000  # inf * 0
+    assert outs[0][0, 1] == np.inf
+
+
+def test_k_zero_and_empty():
+    a = np.zeros((3, 0), np.uint16)
+    b = np.zeros((0, 4), np.uint16)
+    c = dk.gemm(a, b)
+    assert c.shape == (3, 4) and np.all(c == 0)
+    assert dk.gemm(np.zeros((0, 5), np.uint16), np.zeros((5, 4), np.uint16)).shape == (0, 4)
+    cc = np.ones((3, 4))
+    assert np.all(dk.gemm(a, b, c=cc, beta=3.0) == 3.0)
+
+
+def test_bad_inputs():
+    a, b = np.zeros((3, 4), np.uint16), np.zeros((4, 5), np.uint16)
+    with pytest.raises(ValueError, match="inner dimensions"):
+        dk.gemm(a, np.zeros((5, 5), np.uint16))
+    with pytest.raises(TypeError, match="uint8"):
+        dk.gemm(a, b, a_format=cfloat8_143(7))
+    with pytest.raises(TypeError, match="uint16"):
+        dk.gemm(a.astype(np.uint8), b)
+    with pytest.raises(TypeError, match="codes"):
+        dk.gemm(a.astype(np.int16), b)
+    with pytest.raises(ValueError, match="BF16 or CFloat8"):
+        dk.gemm(a, b, a_format=dk.shp(15))
+    with pytest.raises(TypeError, match="a_format"):
+        dk.gemm(a, b, a_format="bf16")
+    with pytest.raises(ValueError, match="2-D"):
+        dk.gemm(a[0], b)
+    with pytest.raises(ValueError, match="batch sizes"):
+        dk.gemm(np.zeros((2, 3, 4), np.uint16), np.zeros((3, 4, 5), np.uint16))
+    with pytest.raises(ValueError, match="needs an addend"):
+        dk.gemm(a, b, beta=1.0)
+    with pytest.raises(ValueError, match="broadcast"):
+        dk.gemm(a, b, c=np.zeros((2, 2)), beta=1.0)
+    with pytest.raises(TypeError, match="float32"):
+        dk.gemm(a, b, out=np.zeros((3, 5)))
+    with pytest.raises(ValueError, match="shape"):
+        dk.gemm(a, b, out=np.zeros((5, 3), np.float32))
+    with pytest.raises(TypeError, match="expected a float array"):
+        dk.gemm(np.zeros((3, 4), complex), b)
