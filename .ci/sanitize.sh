@@ -39,8 +39,10 @@ done
 ldd "$(python -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')"/dojo_kernels/_numerics*.so \
   | grep -q libasan || { echo "sanitize.sh: installed extension is not instrumented"; exit 1; }
 
-export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1"
-export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
+# Reports go to files ($run/asan.PID, $run/ubsan.PID): pytest captures fd 2 during a test,
+# and an aborting process would take a report on stderr down with it.
+export ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1:halt_on_error=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1:log_path=$run/asan"
+export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$run/ubsan"
 export HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-sanitize}"  # tests/conftest.py: fewer examples
 export PYTHONFAULTHANDLER=1
 
@@ -50,7 +52,9 @@ LD_PRELOAD="$san_preload" python -m pytest -q -p no:cacheprovider \
     --rootdir="$repo" -c "$repo/pyproject.toml" "${@:-$repo/tests}" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
-if grep -qE "ERROR: AddressSanitizer|runtime error:|ERROR: LeakSanitizer" "$log"; then
+reports=$(ls "$run"/asan.* "$run"/ubsan.* 2>/dev/null || true)
+if [ -n "$reports" ] || grep -qE "ERROR: AddressSanitizer|runtime error:" "$log"; then
+  for f in $reports; do echo "=== $f"; cat "$f"; done
   echo "sanitize.sh: sanitizer report(s) above"
   exit 1
 fi
