@@ -148,6 +148,12 @@ def _table(fmt: Format, s: int) -> np.ndarray:
     return t
 
 
+def _aligned(arr: np.ndarray) -> np.ndarray:
+    """arr, copied if its data pointer or a stride is not a multiple of the item size: the C
+    driver addresses elements as pointer + (stride // itemsize) * index."""
+    return arr if arr.flags.aligned else np.require(arr, requirements="A")
+
+
 def _operand(x: Any, fmt: Format, name: str) -> np.ndarray:
     """x as codes of fmt (uint16 / uint8 array of any strides), 2-D or 3-D."""
     arr = np.asarray(x)
@@ -158,7 +164,7 @@ def _operand(x: Any, fmt: Format, name: str) -> np.ndarray:
     dt = arr.dtype
     if dt.name == "bfloat16" and dt.itemsize == 2:
         if fmt.name == "bf16":
-            return arr.view(np.uint16)
+            return _aligned(arr.view(np.uint16))
         return quantize(arr, fmt)
     if dt.kind == "f":
         if dt not in (np.float32, np.float64):
@@ -170,7 +176,7 @@ def _operand(x: Any, fmt: Format, name: str) -> np.ndarray:
                             f"(float arrays are rounded into the format)")
         if not dt.isnative:
             arr = arr.astype(dt.newbyteorder("="))
-        return arr.view(want)
+        return _aligned(arr.view(want))
     raise TypeError(f"{name}: expected a float array or {want} codes of {fmt!r}, got dtype {dt}")
 
 
@@ -256,13 +262,12 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
     tb = _table(b_format, sb) if b_format.nbits == 8 else _DUMMY_TABLE
     scale = float(np.float32(2.0 ** -(sa + sb)))
 
-    # Where the kernel writes: `out` itself when its rows are unit-stride float32 and it
-    # does not overlap anything the computation still reads.
+    # Where the kernel writes: `out` itself when it is C-contiguous (the glue takes a
+    # float[:, :, ::1] view), aligned, and overlaps nothing the computation still reads.
     dst, direct = None, False
     if out is not None:
         o3 = out if batched else out[None]
-        if (o3.dtype.isnative and o3.strides[-1] == 4
-                and all(st % 4 == 0 and st >= 0 for st in o3.strides)
+        if (o3.dtype.isnative and o3.flags.c_contiguous and o3.flags.aligned
                 and not np.may_share_memory(o3, ca) and not np.may_share_memory(o3, cb)
                 and not (use_c and np.may_share_memory(o3, c32))):
             dst, direct = o3, True
