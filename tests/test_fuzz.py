@@ -655,3 +655,135 @@ def test_fuzz_overlapping_out():
             res = dk.fma(other, x, x, fmt, out=out)
         assert res is out, desc
         assert same_bits(res, ref), f"{desc}: wrong result"
+
+
+# --- GEMM -------------------------------------------------------------------------------------
+
+def _gemm_format(rng):
+    r = rng.random()
+    if r < 0.03:
+        return (dk.UHP, "bf16", None)[int(rng.integers(3))]
+    if r < 0.4:
+        return dk.BF16
+    fam = (dk.cfloat8_143, dk.cfloat8_152)[int(rng.integers(2))]
+    return fam(int(rng.integers(0, 64)), ("tesla", "ieee", "flush")[int(rng.integers(3))])
+
+
+def _gemm_operand(rng, fmt, shape):
+    """(operand, its codes as a contiguous native array or None if invalid, description)."""
+    ok_fmt = isinstance(fmt, dk.Format) and fmt.name in ("bf16", "cfloat8_143", "cfloat8_152")
+    sdt = np.dtype(fmt.storage_dtype) if ok_fmt else np.dtype(np.uint16)
+    r = rng.random()
+    if r < 0.04:
+        bad = [None, "a", [[1, 2], [3]], 3.0]
+        v = bad[int(rng.integers(len(bad)))]
+        return v, None, f"bad {type(v).__name__}"
+    if r < 0.08:   # wrong rank or wrong integer type
+        v = rng.integers(0, 3, size=shape[-1:] if rng.random() < 0.5 else (1, 2) + shape,
+                         dtype=np.int32 if rng.random() < 0.5 else sdt)
+        return v, None, f"{v.dtype}{v.shape} bad"
+    codes = rand_bits(rng, sdt, shape)
+    if ok_fmt and rng.random() < 0.7:   # mostly finite codes
+        if fmt.name == "bf16":
+            codes = (rng.standard_normal(codes.shape) * 4).astype(BF16_DT).view(np.uint16)
+        else:
+            codes = rng.integers(0, fmt.max_code + 1, size=codes.shape).astype(np.uint8)
+            sign = rng.integers(0, 2, size=codes.shape).astype(np.uint8) << 7
+            codes = codes | sign
+    if ok_fmt and rng.random() < 0.25:   # a float operand: rounded into the format first
+        fdt = np.dtype((np.float32, np.float64, BF16_DT)[int(rng.integers(3))])
+        vals = rand_bits(rng, fdt, shape)
+        a, how = layout(rng, vals)
+        return a, dk.quantize(contig(vals), fmt), f"{fdt.str}{shape} {how}"
+    if sdt == np.uint16 and rng.random() < 0.2:
+        a, how = layout(rng, codes.view(BF16_DT) if fmt == dk.BF16 else codes)
+    else:
+        a, how = layout(rng, codes)
+    return a, (codes if ok_fmt else None), f"codes {sdt}{shape} {how}"
+
+
+def test_fuzz_gemm():
+    gemm = pytest.importorskip("dojo_kernels.gemm").gemm
+    rng = np.random.default_rng(53)
+    dims = (0, 1, 2, 3, 5, 8, 17, 33, 70)
+    for case in range(max(CASES // 2, 20)):
+        m, n, k = (int(rng.choice(dims)) for _ in range(3))
+        batch = int(rng.choice((1, 2, 3)))
+        sa = (batch, m, k) if rng.random() < 0.3 else (m, k)
+        sb = (batch, k, n) if rng.random() < 0.3 else (k, n)
+        fa, fb = _gemm_format(rng), (_gemm_format(rng) if rng.random() < 0.6 else None)
+        a, ca, da = _gemm_operand(rng, fa, sa)
+        b, cb, db = _gemm_operand(rng, fb if fb is not None else fa, sb)
+        batched = len(sa) == 3 or len(sb) == 3
+        shape = (batch, m, n) if batched else (m, n)
+        beta, c = 0.0, None
+        if rng.random() < 0.3:
+            beta = float(rng.choice([0.0, 1.0, -0.5, 3.0]))
+            c = rng.standard_normal(shape[-1:] if rng.random() < 0.5 else shape).astype(
+                np.float32)
+        out, out_ok, odesc = rand_out(rng, shape, np.float32, (a, b))
+        if odesc == "overlap":
+            out = None
+        desc = (f"case {case}: gemm(a={da}, b={db}, a_format={fa!r}, b_format={fb!r}, "
+                f"beta={beta}, c={None if c is None else c.shape}, out={odesc})")
+        valid = ca is not None and cb is not None and out_ok
+        try:
+            res = gemm(a, b, a_format=fa, b_format=fb, c=c, beta=beta, out=out)
+        except Exception as exc:  # noqa: BLE001
+            assert not valid, f"{desc}: valid call raised {type(exc).__name__}: {exc}"
+            check_error(exc, desc)
+            continue
+        assert valid, f"{desc}: invalid call returned"
+        assert res.shape == shape and res.dtype == np.float32, desc
+        if out is not None:
+            assert res is out, desc
+        ref = gemm(ca, cb, a_format=fa, b_format=fb, c=c, beta=beta)
+        assert same_bits(res, ref), f"{desc}: differs from the contiguous codes' result"
+        fb_ = fb if fb is not None else fa
+        if fa.nbits == 8 and fb_.nbits == 8 and k:
+            # independent: both CFloat8 -> within gamma(K) |A||B| of the exact product
+            A = dk.dequantize(ca, fa, dtype=np.float64)
+            B = dk.dequantize(cb, fb_, dtype=np.float64)
+            if np.all(np.isfinite(A)) and np.all(np.isfinite(B)):
+                exact = A @ B + (float(np.float32(beta)) * c.astype(np.float64) if beta else 0)
+                u = 2.0 ** -24
+                gam = 2 * k * u / (1 - 2 * k * u)
+                bound = gam * (np.abs(A) @ np.abs(B)) + 2.0 ** -120 + (
+                    4 * u * np.abs(exact) if beta else 0)
+                with np.errstate(invalid="ignore", over="ignore"):
+                    err = np.abs(res.astype(np.float64) - exact)
+                big = np.abs(exact) > 3.4e38   # rounded to Inf: no bound to check
+                assert np.all((err <= bound) | big), f"{desc}: off by {np.max(err - bound)}"
+
+
+def test_fuzz_plan_gemm():
+    gm = pytest.importorskip("dojo_kernels.gemm")
+    from dojo_kernels import d1
+
+    rng = np.random.default_rng(59)
+    weird = [0, -1, 1.0, None, "8", True, 2**31 - 1, 2**31 + 1, 2**32, 2**63 - 1, 2**63,
+             2**100, np.int64(7), np.uint64(2**40)]
+    machines = [None, d1.D1Chip(), d1.TrainingTile(), "chip", 3]
+    for case in range(max(CASES // 5, 20)):
+        mnk = [int(rng.integers(1, 5000)) for _ in range(3)]
+        if rng.random() < 0.6:
+            mnk[int(rng.integers(3))] = weird[int(rng.integers(len(weird)))]
+        fa, fb = _gemm_format(rng), _gemm_format(rng)
+        machine = machines[int(rng.integers(len(machines)))] if rng.random() < 0.3 else None
+        desc = f"case {case}: plan_gemm({mnk}, {fa!r}, {fb!r}, machine={type(machine).__name__})"
+        try:
+            plan = gm.plan_gemm(*mnk, a_format=fa, b_format=fb, machine=machine)
+        except Exception as exc:  # noqa: BLE001
+            check_error(exc, desc)
+            valid = (all(not isinstance(v, bool) and isinstance(v, (int, np.integer)) and v >= 1
+                         for v in mnk)
+                     and all(isinstance(f, dk.Format) and f.name in ("bf16", "cfloat8_143",
+                                                                     "cfloat8_152")
+                             for f in (fa, fb))
+                     and (machine is None or isinstance(machine, (d1.D1Chip, d1.TrainingTile))))
+            assert not valid, f"{desc}: valid call raised {exc!r}"
+            continue
+        assert (plan.m, plan.n, plan.k) == tuple(int(v) for v in mnk), desc
+        assert math.isfinite(plan.seconds) and plan.seconds > 0, desc
+        assert 0 < plan.utilization <= 1 + 1e-9, desc
+        assert plan.flops == pytest.approx(2.0 * mnk[0] * mnk[1] * mnk[2]), desc
