@@ -29,6 +29,10 @@ F8 = dk.cfloat8_152(11)
 MESH = dk.mesh.Mesh2D(3, 4, link_bandwidth=1e10, link_latency=1e-7, wraparound=True)
 BUFS = rng.standard_normal((12, 70_000)).astype(np.float32)
 BUFS16 = BUFS.astype(ml_dtypes.bfloat16).view(np.uint16)
+GA = rng.integers(0, 1 << 16, (300, 257), dtype=np.uint16) & 0xBFFF   # finite BF16
+GB = rng.integers(0, 1 << 16, (257, 190), dtype=np.uint16) & 0xBFFF
+GA8 = rng.integers(0, 256, (4, 100, 130), dtype=np.uint8)
+GB8 = rng.integers(0, 256, (130, 150), dtype=np.uint8)
 
 
 def _bits(r):
@@ -51,6 +55,9 @@ CALLS = [
     ("fake_quantize", lambda: dk.fake_quantize(X32, dk.cfloat8_143(3))),
     ("add", lambda: dk.add(C16, C16[::-1], dk.BF16, return_flags=True)),
     ("fma stochastic", lambda: dk.fma(C8, C8[::-1], C8, F8, rounding="stochastic", seed=2)),
+    ("gemm bf16", lambda: dk.gemm(GA, GB)),
+    ("gemm cfloat8 batched", lambda: dk.gemm(GA8, GB8, a_format=dk.cfloat8_143(9),
+                                             b_format=dk.cfloat8_152(15))),
     ("allreduce ring", lambda: dk.allreduce(BUFS, MESH, algorithm="ring")),
     ("allreduce bf16 2d", lambda: dk.allreduce(BUFS16, MESH, algorithm="2d", fmt=dk.BF16,
                                                accumulate="bf16")),
@@ -188,11 +195,12 @@ def test_gil_probe_sees_a_gil_holding_call():
 
 
 @pytest.mark.parametrize("which", ["quantize", "dequantize", "fake_quantize", "arith",
-                                   "accumulate", "allreduce program"])
+                                   "accumulate", "allreduce program", "gemm"])
 def test_kernels_release_the_gil(which):
     """The Cython glue calls its C driver with the GIL released (the Python wrappers add
     NumPy work, which may release the GIL itself, so probe the glue directly)."""
-    from dojo_kernels import _numerics, _reduce
+    from dojo_kernels import _gemm, _numerics, _reduce
+    from dojo_kernels.gemm import _DUMMY_TABLE, _kernel_index
     from dojo_kernels.collectives import compile_program, schedule_for
     from dojo_kernels.numerics import _ctuple
 
@@ -209,6 +217,9 @@ def test_kernels_release_the_gil(which):
                            n // 4)
     out = np.empty((1 if prog.bit_identical else 4, n // 4), np.float32)
     acc = x.copy()
+    ga = np.full((1, 1200, 1200), 0x3F80, np.uint16)
+    gout = np.empty((1, 1200, 1200), np.float32)
+    kern = _kernel_index() if isa == 2 else 0
     call = {
         "quantize": lambda: _numerics.quantize(xb, 0, codes, n, f, 1, 7, True, isa, 1),
         "dequantize": lambda: _numerics.dequantize(codes, o8, 1, n, f, isa, 1),
@@ -218,5 +229,6 @@ def test_kernels_release_the_gil(which):
         "allreduce program": lambda: _reduce.run_f32(
             isa, 1, prog.seg_lo, prog.add_off, prog.add_out, prog.add_a, prog.add_b,
             prog.out_op, prog.nslots, bufs, out),
+        "gemm": lambda: _gemm.gemm(ga, ga, _DUMMY_TABLE, _DUMMY_TABLE, 1.0, gout, isa, kern, 1),
     }[which]
     assert _increments_during(call) > 0, f"{which}: the kernel call holds the GIL"
