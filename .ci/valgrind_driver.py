@@ -59,6 +59,14 @@ for isa in TIERS:
                 assert np.array_equal(r, np.broadcast_to(bufs.sum(0), r.shape)), alg
                 dk.allreduce(bufs16, mesh, algorithm=alg, fmt=dk.BF16, accumulate="bf16")
                 dk.allreduce(bufs16, mesh, algorithm=alg, fmt=dk.BF16)
+            ga = rng.integers(0, 1 << 16, (37, 70), dtype=np.uint16) & 0xBFFF
+            gb = rng.integers(0, 1 << 16, (70, 29), dtype=np.uint16) & 0xBFFF
+            g8 = rng.integers(0, 256, (2, 19, 70), dtype=np.uint8)
+            r1 = dk.gemm(ga, gb)
+            assert np.array_equal(r1, dk.gemm(ga.T.copy().T, gb[::-1][::-1]))
+            dk.gemm(g8, gb, a_format=dk.cfloat8_143(4), b_format=dk.BF16,
+                    c=np.ones(29, np.float32), beta=0.5)
+            dk.gemm(g8, g8[0].T, a_format=dk.cfloat8_152(30), out=np.empty((2, 19, 19), np.float32))
             dk.estimate_allreduce(1e6, mesh)
             dk.choose_bias(x32[4:], "cfloat8_143", margin=1)
 
@@ -67,6 +75,7 @@ for bad in (lambda: dk.quantize(x32, "bf16"), lambda: dk.quantize(bufs.astype(np
             lambda: dk.quantize(x32, dk.BF16, rounding="stochastic"),
             lambda: dk.dequantize(x32, dk.BF16), lambda: dk.add(bufs16, bufs16[:, :3], dk.BF16),
             lambda: dk.allreduce(bufs[:5], mesh), lambda: dk.choose_bias(x32, "shp"),
+            lambda: dk.gemm(np.zeros((3, 4), np.uint16), np.zeros((5, 3), np.uint16)),
             lambda: dk.choose_bias(x32[4:], "shp", margin=5000),
             lambda: _reduce.run_f32(0, 1, np.array([0, 10], np.int64), np.array([0, 1], np.int64),
                                     np.array([0], np.int32), np.array([-1], np.int32),
@@ -83,5 +92,6 @@ try:  # the C driver's out-of-memory path (it must free what it allocated)
                     np.empty((1, 10), np.float32))
 except MemoryError:
     errors += 1
-assert errors == 10, errors
+assert errors == 11, errors
+dk.plan_gemm(2**31 + 1, 4096, 2**31 + 1, a_format=dk.BF16, b_format=dk.cfloat8_143())
 print("valgrind driver: ok on tiers", TIERS)
