@@ -115,3 +115,17 @@ def test_shapes_beyond_2_63_are_refused():
     # a zero-size array with huge other dimensions is fine
     out = dk.quantize(np.zeros((2**40, 0, 2**20), np.float32), dk.BF16)
     assert out.shape == (2**40, 0, 2**20)
+
+
+@pytest.mark.slow
+def test_gemm_beyond_2_31_rows():
+    """gemm with m = 2^31 + 3 rows (a zero-stride A, so only the 8 GiB output is real):
+    every row is written, the ones past 2^31 included (row offsets are 64-bit). ~1 min."""
+    m = 2**31 + 3
+    a = np.broadcast_to(np.uint16(0x3F80), (m, 3))            # 1.0 in every row
+    b = np.array([[0x4000], [0x4040], [0x3F00]], np.uint16)   # 2, 3, 0.5 (BF16)
+    out = np.full((m, 1), np.nan, np.float32)
+    res = dk.gemm(a, b, out=out)
+    assert res is out
+    assert out[0, 0] == 5.5 and out[2**31, 0] == 5.5 and out[-1, 0] == 5.5
+    assert np.count_nonzero(out != 5.5) == 0   # no row left unwritten (NaN) or wrong
