@@ -74,7 +74,7 @@ def _check_format(fmt: Any, name: str = "fmt") -> Format:
 
 
 def _check_rounding(rounding: Any, seed: Any) -> Tuple[int, int]:
-    if rounding not in _ROUNDING:
+    if not isinstance(rounding, str) or rounding not in _ROUNDING:
         raise ValueError(f"rounding: expected one of {', '.join(map(repr, _ROUNDING))}, "
                          f"got {rounding!r}")
     mode = _ROUNDING[rounding]
@@ -103,10 +103,8 @@ def _native(a: np.ndarray) -> np.ndarray:
 def _source(x: Any, name: str = "x") -> Tuple[np.ndarray, int]:
     """x as a C-contiguous native float32/float64/bf16-bits array, and its kind."""
     a = np.asarray(x)
-    if a.dtype == np.float32:
-        return _native(a), _F32
-    if a.dtype == np.float64:
-        return _native(a), _F64
+    if a.dtype.kind == "f" and a.dtype.itemsize in (4, 8):  # either byte order
+        return _native(a), _F32 if a.dtype.itemsize == 4 else _F64
     if _is_bf16(a.dtype):
         return _native(a).view(np.uint16), _BF16
     raise TypeError(f"{name}: expected a float32, float64 or ml_dtypes.bfloat16 array, "
@@ -147,9 +145,13 @@ def _deliver(result: np.ndarray, out: Optional[np.ndarray]) -> np.ndarray:
     return result
 
 
-def _target(out: Optional[np.ndarray], shape: tuple, dtype: np.dtype) -> np.ndarray:
-    """Where the kernel writes: out itself when it is C-contiguous and native, else a new array."""
-    if out is not None and out.flags.c_contiguous and out.dtype.isnative:
+def _target(out: Optional[np.ndarray], shape: tuple, dtype: np.dtype,
+            *sources: np.ndarray) -> np.ndarray:
+    """Where the kernel writes: out itself when it is C-contiguous, native and shares no
+    memory with a source (a partial overlap would be read after being written), else a new
+    array that _deliver copies into out."""
+    if (out is not None and out.flags.c_contiguous and out.dtype.isnative
+            and not any(np.may_share_memory(out, s) for s in sources)):
         return out
     return np.empty(shape, dtype)
 
@@ -179,7 +181,7 @@ def quantize(x: Any, fmt: Format, *, rounding: str = "nearest", seed: Optional[i
     dtype = np.dtype(fmt.storage_dtype)
     if out is not None:
         _check_out(out, src.shape, dtype)
-    dst = _target(out, src.shape, dtype)
+    dst = _target(out, src.shape, dtype, src)
     flags = None
     if src.size:
         flags = _numerics.quantize(_bytes(src), kind, _bytes(dst), src.size, _ctuple(fmt), mode,
@@ -207,7 +209,7 @@ def dequantize(codes: Any, fmt: Format, *, dtype: Any = np.float32,
     c = _codes(codes, fmt)
     if out is not None:
         _check_out(out, c.shape, dt)
-    dst = _target(out, c.shape, dt)
+    dst = _target(out, c.shape, dt, c)
     if c.size:
         _numerics.dequantize(_bytes(c), _bytes(dst), 0 if dt == np.float32 else 1, c.size,
                              _ctuple(fmt), _config.isa(), _config.threads())
@@ -257,7 +259,7 @@ def _arith(op: str, operands: Tuple[Any, ...], fmt: Format, rounding: str, seed:
     dtype = np.dtype(fmt.storage_dtype)
     if out is not None:
         _check_out(out, shape, dtype)
-    dst = _target(out, shape, dtype)
+    dst = _target(out, shape, dtype, *arrays)
     flags = (0, 0, 0, 0)
     if dst.size:
         views = [_bytes(v) for v in arrays]
@@ -302,7 +304,7 @@ def choose_bias(x: Any, family: str, *, margin: int = 0) -> int:
     ``"shp"``. An all-zero ``x`` gives 63. Raises ValueError when even bias 0 is too small,
     or when ``x`` holds NaN or Inf.
     """
-    if family not in FAMILIES:
+    if not isinstance(family, str) or family not in FAMILIES:
         raise ValueError(f"family: expected one of {', '.join(map(repr, FAMILIES))}, "
                          f"got {family!r}")
     try:
