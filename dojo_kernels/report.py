@@ -264,7 +264,7 @@ class Report:
                 "tile_peak_flop_per_s": m.peak_flops,
             },
             "cpu": {"threads": self.threads, "isa": self.isa, "wall_s": self.wall_s,
-                    "gemm_emulation_s": dict(self.cpu_emulation_s)},
+                    "gemm_emulation": {f"{k}_s": v for k, v in self.cpu_emulation_s.items()}},
             "gemms": [],
             "allreduce": [],
             "totals": {"step_flop": self.flops},
@@ -684,8 +684,10 @@ def plot_report(report: Report, directory: str) -> List[str]:
         ars = [a for a in report.allreduce if a.mesh == where]
         ncol = min(4, len(ars))
         nrow = math.ceil(len(ars) / ncol)
-        fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol + 1.2, 3.6 * nrow * topo.rows
-                                                      / max(topo.cols, 1) + 0.9), squeeze=False)
+        cell = 3.4
+        fig, axes = plt.subplots(nrow, ncol, squeeze=False, layout="constrained",
+                                 figsize=(cell * ncol + 1.2,
+                                          cell * nrow * min(1.0, topo.rows / topo.cols) + 1.0))
         vmax = max(float(a.bytes_per_link.max()) if a.bytes_per_link.size else 0.0 for a in ars)
         norm = None
         for ax, a in zip(axes.flat, ars):
@@ -707,7 +709,10 @@ def plot_report(report: Report, directory: str) -> List[str]:
     # roofline
     m = c.machine
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    ai = np.logspace(0, 5, 200)
+    ais = [g.plans[f].flops / g.plans[f].offchip_bytes for g in report.gemms for f in c.formats]
+    knee = m.peak_flops / m.offchip_bw
+    ai = np.logspace(math.log10(min(min(ais), knee) / 3), math.log10(max(max(ais), knee) * 10),
+                     200)
     ax.loglog(ai, np.minimum(m.peak_flops, ai * m.offchip_bw), "k-",
               label=f"tile roof: {_si(m.peak_flops, 'FLOP/s')}, off-tile {_si(m.offchip_bw, 'B/s')}")
     markers = {"compute": "o", "sram": "s", "noc": "^", "offchip": "D"}
@@ -722,12 +727,13 @@ def plot_report(report: Report, directory: str) -> List[str]:
             ax.loglog(x, y, markers[p.bound], color=colors[f], ms=8,
                       label=None if lab in seen else lab, alpha=0.85)
             seen.add(lab)
-            if f == c.formats[0]:
+            if f == c.formats[0] and g.phase == "forward":
                 ax.annotate(g.name, (x, y), textcoords="offset points", xytext=(5, -10),
                             fontsize=7)
     ax.set_xlabel("arithmetic intensity, FLOP per off-tile byte")
     ax.set_ylabel("achieved FLOP/s (plan_gemm)")
-    ax.set_title(f"Roofline of the step's GEMM plans on a D1 training tile")
+    ax.set_title("Roofline of the step's GEMM plans on a D1 training tile "
+                 "(forward GEMMs labelled)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     p = os.path.join(directory, "gemm_roofline.png")
