@@ -347,12 +347,12 @@ class Progress:
 
 # --- the step ---------------------------------------------------------------------------
 def _gelu(u: np.ndarray) -> np.ndarray:
-    return 0.5 * u * (1.0 + np.tanh(0.7978845608 * (u + 0.044715 * u ** 3)))
+    return np.asarray(0.5 * u * (1.0 + np.tanh(0.7978845608 * (u + 0.044715 * u ** 3))))
 
 
 def _gelu_grad(u: np.ndarray) -> np.ndarray:
     t = np.tanh(0.7978845608 * (u + 0.044715 * u ** 3))
-    return 0.5 * (1.0 + t) + 0.5 * u * (1.0 - t * t) * 0.7978845608 * (1.0 + 3 * 0.044715 * u * u)
+    return np.asarray(0.5 * (1.0 + t) + 0.5 * u * (1.0 - t * t) * 0.7978845608 * (1.0 + 3 * 0.044715 * u * u))
 
 
 def _operands(cfg: ReportConfig) -> List[Tuple[str, str, np.ndarray, np.ndarray, str, str]]:
@@ -701,10 +701,10 @@ def plot_report(report: Report, directory: str) -> List[str]:
         what = (f"{topo.rows}x{topo.cols} D1 chips of a training tile" if where == "tile"
                 else f"{topo.rows}x{topo.cols} training tiles")
         fig.suptitle(f"Gradient all-reduce ({_si(ars[0].nbytes, 'B')} per node) on {what}")
-        p = os.path.join(directory, f"allreduce_links_{where}.png")
-        fig.savefig(p, dpi=110)
+        path = os.path.join(directory, f"allreduce_links_{where}.png")
+        fig.savefig(path, dpi=110)
         plt.close(fig)
-        paths.append(p)
+        paths.append(path)
 
     # roofline
     m = c.machine
@@ -736,11 +736,11 @@ def plot_report(report: Report, directory: str) -> List[str]:
                  "(forward GEMMs labelled)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    p = os.path.join(directory, "gemm_roofline.png")
+    path = os.path.join(directory, "gemm_roofline.png")
     fig.tight_layout()
-    fig.savefig(p, dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    paths.append(p)
+    paths.append(path)
 
     # error histograms
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -756,11 +756,11 @@ def plot_report(report: Report, directory: str) -> List[str]:
     ax.set_title("Error of the step's GEMMs against FP32")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    p = os.path.join(directory, "error_histograms.png")
+    path = os.path.join(directory, "error_histograms.png")
     fig.tight_layout()
-    fig.savefig(p, dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    paths.append(p)
+    paths.append(path)
     return paths
 
 
