@@ -2,7 +2,7 @@
 cost model of the same product (SPEC section 6, our own dataflow).
 
 Numerics of :func:`gemm` (every ISA tier, every thread count gives the same bits)
---------------------------------------------------------------------------------
+---------------------------------------------------------------------------------
 Products are exact and accumulate in FP32 with RNE in one fixed order, the order a chain
 of VDPBF16PS instructions gives: ``k`` is padded to even length with a zero, the pairs
 ``(2p, 2p+1)`` are taken in increasing ``p`` and, within a pair, the **odd** element first::

@@ -45,13 +45,19 @@ _OPS = {"add": 0, "sub": 1, "mul": 2, "fma": 3}
 class Flags:
     """Exception counts of one call (SPEC section 3): how many elements raised each flag.
 
-    invalid   -- NaN operand, a negative non-zero value into UHP, or an invalid operation
-                 (Inf - Inf, 0 * Inf).
-    denormal  -- an operand that is subnormal in its source format (float32/float64/bf16
-                 for quantize; the format itself for arithmetic, one count per element).
-    overflow  -- a finite value whose result was clamped to max or rounded to Inf, and in
-                 CFloat8/SHP also an infinite input (it is clamped).
-    underflow -- a non-zero value whose result is subnormal or zero and differs from it.
+    Attributes
+    ----------
+    invalid : int
+        NaN operand, a negative non-zero value into UHP, or an invalid operation
+        (Inf - Inf, 0 * Inf).
+    denormal : int
+        An operand that is subnormal in its source format (float32/float64/bf16 for
+        quantize; the format itself for arithmetic, one count per element).
+    overflow : int
+        A finite value whose result was clamped to max or rounded to Inf, and in
+        CFloat8/SHP also an infinite input (it is clamped).
+    underflow : int
+        A non-zero value whose result is subnormal or zero and differs from it.
     """
 
     invalid: int = 0

@@ -49,7 +49,7 @@ from .numerics import choose_bias
 __all__ = ["ReportConfig", "GemmResult", "AllreduceResult", "Report", "run_report",
            "render_report", "plot_report", "Progress", "HIST_EDGES"]
 
-#: Edges of the error histograms: log10(|error| / RMS(reference)) of each output element.
+#: Edges of the error histograms: ``log10(|error| / RMS(reference))`` of each output element.
 HIST_EDGES: np.ndarray = np.linspace(-9.0, 1.0, 51)
 
 _CF8 = {"cfloat8_143": cfloat8_143, "cfloat8_152": cfloat8_152}
