@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Tuple
 
 from . import _cpu
 
@@ -115,6 +116,6 @@ class use_isa:
         _isa = self._saved
 
 
-def supported_isas() -> tuple:
+def supported_isas() -> Tuple[str, ...]:
     """The tiers this CPU can run, lowest first."""
     return ISA_NAMES[: _cpu.best_isa() + 1]
