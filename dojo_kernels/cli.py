@@ -80,6 +80,7 @@ def _report(args: argparse.Namespace) -> int:
 
     def total(n: int) -> None:
         bar.total = n
+        bar.show("FP32 operands of the step")
 
     try:
         result = rp.run_report(cfg, progress=bar.advance, progress_total=total)
