@@ -7,6 +7,7 @@ Peers are used when importable: NumPy (always), ml_dtypes, torch.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import threading
 import time
@@ -16,6 +17,7 @@ from typing import Any, Callable, List, Optional, Sequence
 import numpy as np
 
 from . import _config, _cpu, _gemm, mesh
+from ._config import set_num_threads
 from .collectives import allreduce
 from .formats import BF16, cfloat8_143
 from .gemm import gemm
@@ -86,12 +88,29 @@ def measure_peak(probe: str, threads: int = 1, iters: int = 2_000_000, repeats: 
     return best
 
 
-def run_bench(*, quick: bool = False, progress: Optional[Callable[[str], None]] = None
-              ) -> List[BenchRow]:
+def run_bench(*, quick: bool = False, threads: Optional[int] = None,
+              progress: Optional[Callable[[str], None]] = None) -> List[BenchRow]:
     """Measure the key rates and their peers; return the rows of the table.
 
-    ``quick`` uses smaller problems and fewer repeats (a few seconds).
+    ``quick`` uses smaller problems and fewer repeats (a few seconds). ``threads`` sets the
+    kernel threads for the run (default: as configured) and, when threadpoolctl is
+    installed, limits NumPy's BLAS to the same number so that the GEMM ratio is fair.
     """
+    saved = _config.get_num_threads()
+    if threads is not None:
+        set_num_threads(threads)
+    limits = _optional("threadpoolctl")
+    ctx = (limits.threadpool_limits(_config.threads(), user_api="blas") if limits is not None
+           else contextlib.nullcontext())
+    try:
+        with ctx:
+            return _run(quick, progress)
+    finally:
+        if threads is not None:
+            set_num_threads(saved)
+
+
+def _run(quick: bool, progress: Optional[Callable[[str], None]]) -> List[BenchRow]:
     tick = progress if progress is not None else (lambda label: None)
     rep = 3 if quick else 5
     rows: List[BenchRow] = []
@@ -178,8 +197,10 @@ def run_bench(*, quick: bool = False, progress: Optional[Callable[[str], None]] 
     return rows
 
 
-def render_bench(rows: Sequence[BenchRow]) -> str:
-    """The rows as an aligned table, with the CPU and thread count."""
+def render_bench(rows: Sequence[BenchRow], *, threads: Optional[int] = None) -> str:
+    """The rows as an aligned table, with the ISA tier and the kernel thread count the rows
+    were measured with (``threads``, default: the current setting)."""
+    nth = _config.threads() if threads is None else threads
     head = ["group", "measurement", "dojo_kernels", "peer", "peer rate", "ratio"]
     body = []
     for r in rows:
@@ -193,15 +214,15 @@ def render_bench(rows: Sequence[BenchRow]) -> str:
         return "  ".join(c.ljust(w) if al == "l" else c.rjust(w)
                          for c, w, al in zip(cells, widths, align)).rstrip()
 
-    out = [f"dojo_kernels bench: ISA tier {_config.get_isa()}, {_config.threads()} kernel "
+    out = [f"dojo_kernels bench: ISA tier {_config.get_isa()}, {nth} kernel "
            f"thread(s); best of a few repeats, one run (ratios > 1: dojo_kernels faster)",
            line(head), "  ".join("-" * w for w in widths)]
     out += [line(b) for b in body]
     peaks = {r.name: r.rate for r in rows if r.group.startswith("peak")}
     g = [r for r in rows if r.group == "GEMM" and r.peer.startswith("NumPy")]
     if "fma_zmm" in peaks and g:
-        out.append(f"BF16 GEMM at {g[0].rate / (peaks['fma_zmm'] * _config.threads()):.0%} of "
-                   f"{_config.threads()} x the 1-thread FMA zmm peak ({peaks['fma_zmm']:.0f} "
+        out.append(f"BF16 GEMM at {g[0].rate / (peaks['fma_zmm'] * nth):.0%} of "
+                   f"{nth} x the 1-thread FMA zmm peak ({peaks['fma_zmm']:.0f} "
                    f"GFLOP/s per core); the kernel emulates VDPBF16PS with FMA "
                    f"(docs/gemm.md)")
     return "\n".join(out)

@@ -132,10 +132,10 @@ def _bench(args: argparse.Namespace) -> int:
 
     bar = Progress(5, enabled=not args.quiet)
     try:
-        rows = bm.run_bench(quick=args.quick, progress=bar.advance)
+        rows = bm.run_bench(quick=args.quick, threads=args.threads, progress=bar.advance)
     finally:
         bar.close()
-    print(bm.render_bench(rows))
+    print(bm.render_bench(rows, threads=args.threads))
     return 0
 
 
@@ -205,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="smaller problems, a few seconds")
     b.add_argument("--suite", action="store_true",
                    help="run pytest-benchmark on ./bench (source checkout) instead")
+    b.add_argument("--threads", type=int, default=None,
+                   help="kernel (and, with threadpoolctl, BLAS) threads (default: all)")
     b.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     b.set_defaults(func=_bench)
     return parser

@@ -72,9 +72,10 @@ def test_bench_rows_and_table():
 
 
 def test_bench_quick_runs(tmp_path):
-    p = _py(["bench", "--quick", "-q"], tmp_path)
+    p = _py(["bench", "--quick", "--threads", "1", "-q"], tmp_path)
     assert p.returncode == 0, p.stderr
     assert "float32 -> BF16" in p.stdout and "NumPy float32 matmul" in p.stdout
+    assert "1 kernel thread(s)" in p.stdout
 
 
 def test_bench_suite_needs_a_checkout(tmp_path):
