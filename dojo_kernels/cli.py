@@ -86,14 +86,16 @@ def _report(args: argparse.Namespace) -> int:
         result = rp.run_report(cfg, progress=bar.advance, progress_total=total)
     finally:
         bar.close()
-    print(rp.render_report(result))
+    to_stdout = args.json == "-"   # JSON alone on stdout (the tables would corrupt it)
+    if not to_stdout:
+        print(rp.render_report(result))
     if args.json:
         rp.write_json(result, args.json)
-        if args.json != "-":
+        if not to_stdout:
             print(f"\nJSON written to {args.json}")
     if args.plot:
         paths = rp.plot_report(result, args.plot)
-        print("\nPlots: " + ", ".join(paths))
+        print("\nPlots: " + ", ".join(paths), file=sys.stderr if to_stdout else sys.stdout)
     return 0
 
 
@@ -188,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--algorithms", default="all",
                    help=f"all-reduce algorithms, comma-separated, or all ({','.join(ALGORITHMS)})")
     g = r.add_argument_group("output")
-    g.add_argument("--json", metavar="FILE", help="write every figure as JSON (- for stdout)")
+    g.add_argument("--json", metavar="FILE", help="write every figure as JSON (- : JSON alone on stdout)")
     g.add_argument("--plot", metavar="DIR", help="write PNG plots into DIR (needs matplotlib)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     g.add_argument("--threads", type=int, default=None, help="kernel threads (default: all)")

@@ -86,3 +86,13 @@ def test_bench_suite_needs_a_checkout(tmp_path):
 def test_measure_peak_validates():
     with pytest.raises(ValueError, match="probe"):
         _bench.measure_peak("nope")
+
+
+def test_report_json_to_stdout_is_pure_json(capsys):
+    import json
+
+    rc = cli.main(["report", "--d-model", "16", "--seq", "16", "--formats", "bf16",
+                   "--algorithms", "ring", "--check-elements", "0", "-q", "--json", "-"])
+    assert rc == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["config"]["seq"] == 16 and d["gemms"][0]["m"] == 16
