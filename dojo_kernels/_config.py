@@ -11,6 +11,7 @@ from __future__ import annotations
 import operator
 import os
 import threading
+from typing import Tuple
 
 from . import _cpu
 
@@ -122,6 +123,6 @@ class use_isa:
         _isa = self._saved
 
 
-def supported_isas() -> tuple:
+def supported_isas() -> Tuple[str, ...]:
     """The tiers this CPU can run, lowest first."""
     return ISA_NAMES[: _cpu.best_isa() + 1]

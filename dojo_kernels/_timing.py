@@ -10,6 +10,7 @@ intervals of steps in which the set of active messages does not change, so a rin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Dict
 
 import numpy as np
 
@@ -130,7 +131,7 @@ def simulate(schedule: Schedule, topology: Mesh2D, nbytes: float) -> Timing:
                   int(np.count_nonzero(bytes_per_link)), int(hops.max()))
 
 
-def lower_bounds(topology: Mesh2D, nbytes: float) -> dict:
+def lower_bounds(topology: Mesh2D, nbytes: float) -> Dict[str, float]:
     """SPEC section 7 lower bounds (seconds). The latency bound is
     ``alpha + (D-1)*min(alpha, delta)`` with D the diameter: a message may cross several hops
     for ``(h-1)*delta`` (it equals SPEC's ``(a+b-2)*alpha`` when delta >= alpha)."""

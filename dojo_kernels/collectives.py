@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
+from typing import Any, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -57,7 +57,7 @@ class AllreduceReport:
     step_times: np.ndarray = field(repr=False)
     nbytes: float = 0.0
     nodes: int = 1
-    bytes_per_link: np.ndarray = field(repr=False, default=None)
+    bytes_per_link: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     bytes_per_link_max: float = 0.0
     bytes_per_link_mean: float = 0.0
     byte_hops: float = 0.0
@@ -72,14 +72,14 @@ class AllreduceReport:
     chunks: int = 1
 
 
-def _check_topology(topology) -> Mesh2D:
+def _check_topology(topology: Any) -> Mesh2D:
     if not isinstance(topology, Mesh2D):
         raise TypeError(f"topology: expected a dojo_kernels.mesh.Mesh2D, got "
                         f"{type(topology).__name__}")
     return topology
 
 
-def _check_nbytes(nbytes) -> float:
+def _check_nbytes(nbytes: Any) -> float:
     if isinstance(nbytes, bool) or not isinstance(nbytes, (int, float, np.integer, np.floating)):
         raise TypeError(f"nbytes: expected a non-negative number, got {type(nbytes).__name__}")
     v = float(nbytes)
@@ -88,7 +88,7 @@ def _check_nbytes(nbytes) -> float:
     return v
 
 
-def _check_algorithm(algorithm) -> str:
+def _check_algorithm(algorithm: Any) -> str:
     if not isinstance(algorithm, str) or (algorithm != "auto" and algorithm not in ALGORITHMS):
         raise ValueError(f"algorithm: expected 'auto' or one of {', '.join(ALGORITHMS)}, "
                          f"got {algorithm!r}")
@@ -116,32 +116,35 @@ def _report(schedule: Schedule, topology: Mesh2D, nbytes: float) -> AllreduceRep
         lower_bounds=MappingProxyType(lb), lower_bound=lbmax,
         efficiency=(lbmax / time) if time > 0 else 1.0,
         bit_identical=schedule.bit_identical,
-        chunks=int(schedule.info.get("chunks", 1)))
+        chunks=int(str(schedule.info.get("chunks", 1))))
 
 
 @functools.lru_cache(maxsize=64)
-def _choose(topology: Mesh2D, nbytes: float, algorithm: str):
+def _choose(topology: Mesh2D, nbytes: float, algorithm: str
+            ) -> Tuple[Schedule, AllreduceReport]:
     """(schedule, report) of the algorithm, or of the fastest one for "auto". Both are
     immutable, so repeated calls share them."""
     if algorithm != "auto":
         sch = build(algorithm, topology, nbytes)
         return sch, _report(sch, topology, nbytes)
-    best = None
+    best: Optional[Tuple[Schedule, AllreduceReport]] = None
     for name in ALGORITHMS:
         sch = build(name, topology, nbytes)
         rep = _report(sch, topology, nbytes)
         if best is None or rep.time < best[1].time:
             best = (sch, rep)
+    assert best is not None  # ALGORITHMS is not empty
     return best
 
 
-def schedule_for(nbytes, topology, *, algorithm="auto") -> Schedule:
+def schedule_for(nbytes: float, topology: Mesh2D, *, algorithm: str = "auto") -> Schedule:
     """The schedule ``allreduce``/``estimate_allreduce`` run for ``nbytes`` per node."""
     topology = _check_topology(topology)
     return _choose(topology, _check_nbytes(nbytes), _check_algorithm(algorithm))[0]
 
 
-def estimate_allreduce(nbytes, topology, *, algorithm="auto") -> AllreduceReport:
+def estimate_allreduce(nbytes: float, topology: Mesh2D, *, algorithm: str = "auto"
+                       ) -> AllreduceReport:
     """Timing-model report of an all-reduce of ``nbytes`` per node on ``topology``, without
     moving data. ``algorithm``: one of ``"ring"``, ``"bidirectional_ring"``, ``"2d"``,
     ``"halving_doubling"``, ``"tree"``, ``"chain"``, ``"spanning_trees"``, or ``"auto"`` (the
@@ -150,7 +153,7 @@ def estimate_allreduce(nbytes, topology, *, algorithm="auto") -> AllreduceReport
     return _choose(topology, _check_nbytes(nbytes), _check_algorithm(algorithm))[1]
 
 
-def estimate_schedule(schedule: Schedule, topology: Mesh2D, nbytes) -> AllreduceReport:
+def estimate_schedule(schedule: Schedule, topology: Mesh2D, nbytes: float) -> AllreduceReport:
     """Timing-model report of any schedule (for example ``build_ring`` on a given order)."""
     return _report(schedule, _check_topology(topology), _check_nbytes(nbytes))
 
@@ -271,7 +274,7 @@ def compile_program(schedule: Schedule, n_elements: int) -> Program:
     slot = slot_of_root[root]
     nslots = int(slot.max()) + 1 if nadd else 0
 
-    def operand(ids):
+    def operand(ids: Any) -> np.ndarray:
         ids = np.asarray(ids)
         return np.where(ids < P, -(ids + 1), slot[np.maximum(ids - P, 0)] if nadd else 0)
 
@@ -293,7 +296,8 @@ def compile_program(schedule: Schedule, n_elements: int) -> Program:
     return prog
 
 
-def _as_codes(buffers, fmt: Format, accumulate: str, name: str = "buffers"):
+def _as_codes(buffers: Any, fmt: Format, accumulate: str, name: str = "buffers"
+              ) -> Tuple[np.ndarray, int]:
     """Validate; return (2-D contiguous code array, shape, wire itemsize)."""
     if not isinstance(fmt, Format):
         raise TypeError(f"fmt: expected a dojo_kernels Format (FP32 or BF16), got "
@@ -319,7 +323,8 @@ def _as_codes(buffers, fmt: Format, accumulate: str, name: str = "buffers"):
     return arr, (4 if (fmt == BF16 and accumulate == "fp32") else arr.itemsize)
 
 
-def allreduce(buffers, topology, *, algorithm="auto", fmt=FP32, accumulate="fp32"):
+def allreduce(buffers: Any, topology: Mesh2D, *, algorithm: str = "auto", fmt: Format = FP32,
+              accumulate: str = "fp32") -> Tuple[np.ndarray, AllreduceReport]:
     """All-reduce (sum) of ``buffers`` over the nodes of ``topology``.
 
     Parameters

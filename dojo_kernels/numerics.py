@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import operator
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Literal, Optional, Tuple, Union, overload
 
 import numpy as np
 
@@ -45,13 +45,19 @@ _OPS = {"add": 0, "sub": 1, "mul": 2, "fma": 3}
 class Flags:
     """Exception counts of one call (SPEC section 3): how many elements raised each flag.
 
-    invalid   -- NaN operand, a negative non-zero value into UHP, or an invalid operation
-                 (Inf - Inf, 0 * Inf).
-    denormal  -- an operand that is subnormal in its source format (float32/float64/bf16
-                 for quantize; the format itself for arithmetic, one count per element).
-    overflow  -- a finite value whose result was clamped to max or rounded to Inf, and in
-                 CFloat8/SHP also an infinite input (it is clamped).
-    underflow -- a non-zero value whose result is subnormal or zero and differs from it.
+    Attributes
+    ----------
+    invalid : int
+        NaN operand, a negative non-zero value into UHP, or an invalid operation
+        (Inf - Inf, 0 * Inf).
+    denormal : int
+        An operand that is subnormal in its source format (float32/float64/bf16 for
+        quantize; the format itself for arithmetic, one count per element).
+    overflow : int
+        A finite value whose result was clamped to max or rounded to Inf, and in
+        CFloat8/SHP also an infinite input (it is clamped).
+    underflow : int
+        A non-zero value whose result is subnormal or zero and differs from it.
     """
 
     invalid: int = 0
@@ -61,7 +67,7 @@ class Flags:
 
 
 @functools.lru_cache(maxsize=None)
-def _ctuple(fmt: Format) -> tuple:
+def _ctuple(fmt: Format) -> Tuple[Any, ...]:
     return (fmt.exponent_bits, fmt.mantissa_bits, fmt.bias, int(fmt.signed), _SUB[fmt.subnormals],
             int(fmt.has_inf_nan), fmt.nan_code or 0)
 
@@ -126,7 +132,8 @@ def _bytes(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1).view(np.uint8)
 
 
-def _check_out(out: Any, shape: tuple, dtype: np.dtype, name: str = "out") -> np.ndarray:
+def _check_out(out: Any, shape: Tuple[int, ...], dtype: np.dtype[Any],
+               name: str = "out") -> np.ndarray:
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name}: expected a numpy.ndarray, got {type(out).__name__}")
     if out.dtype != dtype:
@@ -145,7 +152,7 @@ def _deliver(result: np.ndarray, out: Optional[np.ndarray]) -> np.ndarray:
     return result
 
 
-def _target(out: Optional[np.ndarray], shape: tuple, dtype: np.dtype,
+def _target(out: Optional[np.ndarray], shape: Tuple[int, ...], dtype: np.dtype[Any],
             *sources: np.ndarray) -> np.ndarray:
     """Where the kernel writes: out itself when it is C-contiguous, native and shares no
     memory with a source (a partial overlap would be read after being written), else a new
@@ -156,6 +163,18 @@ def _target(out: Optional[np.ndarray], shape: tuple, dtype: np.dtype,
     return np.empty(shape, dtype)
 
 
+@overload
+def quantize(x: Any, fmt: Format, *, rounding: str = ..., seed: Optional[int] = ...,
+             out: Optional[np.ndarray] = ..., return_flags: Literal[False] = ...
+             ) -> np.ndarray: ...
+@overload
+def quantize(x: Any, fmt: Format, *, rounding: str = ..., seed: Optional[int] = ...,
+             out: Optional[np.ndarray] = ..., return_flags: Literal[True]
+             ) -> Tuple[np.ndarray, Flags]: ...
+@overload
+def quantize(x: Any, fmt: Format, *, rounding: str = ..., seed: Optional[int] = ...,
+             out: Optional[np.ndarray] = ..., return_flags: bool = ...
+             ) -> Union[np.ndarray, Tuple[np.ndarray, Flags]]: ...
 def quantize(x: Any, fmt: Format, *, rounding: str = "nearest", seed: Optional[int] = None,
              out: Optional[np.ndarray] = None, return_flags: bool = False
              ) -> Union[np.ndarray, Tuple[np.ndarray, Flags]]:
@@ -271,7 +290,8 @@ def _arith(op: str, operands: Tuple[Any, ...], fmt: Format, rounding: str, seed:
 
 
 def add(a: Any, b: Any, fmt: Format, *, rounding: str = "nearest", seed: Optional[int] = None,
-        out: Optional[np.ndarray] = None, return_flags: bool = False):
+        out: Optional[np.ndarray] = None, return_flags: bool = False
+        ) -> Union[np.ndarray, Tuple[np.ndarray, Flags]]:
     """``a + b`` on code arrays of ``fmt`` (NumPy broadcasting), the exact sum correctly
     rounded into ``fmt`` (SPEC section 4). Stochastic random numbers follow the flat C-order
     index of the broadcast result."""
@@ -279,19 +299,22 @@ def add(a: Any, b: Any, fmt: Format, *, rounding: str = "nearest", seed: Optiona
 
 
 def sub(a: Any, b: Any, fmt: Format, *, rounding: str = "nearest", seed: Optional[int] = None,
-        out: Optional[np.ndarray] = None, return_flags: bool = False):
+        out: Optional[np.ndarray] = None, return_flags: bool = False
+        ) -> Union[np.ndarray, Tuple[np.ndarray, Flags]]:
     """``a - b`` on code arrays of ``fmt``, correctly rounded (see :func:`add`)."""
     return _arith("sub", (a, b), fmt, rounding, seed, out, return_flags)
 
 
 def mul(a: Any, b: Any, fmt: Format, *, rounding: str = "nearest", seed: Optional[int] = None,
-        out: Optional[np.ndarray] = None, return_flags: bool = False):
+        out: Optional[np.ndarray] = None, return_flags: bool = False
+        ) -> Union[np.ndarray, Tuple[np.ndarray, Flags]]:
     """``a * b`` on code arrays of ``fmt``, correctly rounded (see :func:`add`)."""
     return _arith("mul", (a, b), fmt, rounding, seed, out, return_flags)
 
 
 def fma(a: Any, b: Any, c: Any, fmt: Format, *, rounding: str = "nearest",
-        seed: Optional[int] = None, out: Optional[np.ndarray] = None, return_flags: bool = False):
+        seed: Optional[int] = None, out: Optional[np.ndarray] = None, return_flags: bool = False
+        ) -> Union[np.ndarray, Tuple[np.ndarray, Flags]]:
     """``a * b + c`` with a single rounding, on code arrays of ``fmt`` (see :func:`add`)."""
     return _arith("fma", (a, b, c), fmt, rounding, seed, out, return_flags)
 
