@@ -21,12 +21,6 @@ from ._timing import lower_bounds, simulate
 from .formats import BF16, FP32, Format
 from .mesh import Mesh2D
 
-#: Whether every node ends with the same bits (structural property of the schedule).
-BIT_IDENTICAL = {"ring": True, "bidirectional_ring": True, "2d": True,
-                 "halving_doubling": True, "tree": True, "chain": False,
-                 "spanning_trees": True}
-
-
 @dataclass(frozen=True, eq=False)
 class AllreduceReport:
     """Timing-model report of one all-reduce (SPEC section 7). Units: seconds, bytes, B/s.
@@ -294,7 +288,8 @@ def compile_program(schedule: Schedule, n_elements: int) -> Program:
 
 
 def _as_codes(buffers, fmt: Format, accumulate: str, name: str = "buffers"):
-    """Validate; return (2-D contiguous code array, shape, wire itemsize)."""
+    """Validate; return ``(codes, wire_itemsize)``: the array of codes (float32, or uint16
+    BF16 codes) and the bytes per element on the wire (4 when BF16 accumulates in FP32)."""
     if not isinstance(fmt, Format):
         raise TypeError(f"fmt: expected a dojo_kernels Format (FP32 or BF16), got "
                         f"{type(fmt).__name__}")
@@ -375,4 +370,4 @@ def allreduce(buffers, topology, *, algorithm="auto", fmt=FP32, accumulate="fp32
 
 
 __all__ = ["AllreduceReport", "allreduce", "estimate_allreduce", "estimate_schedule",
-           "schedule_for", "ALGORITHMS", "BIT_IDENTICAL"]
+           "schedule_for", "ALGORITHMS"]
