@@ -317,6 +317,10 @@ def _as_codes(buffers, fmt: Format, accumulate: str, name: str = "buffers"):
 def allreduce(buffers, topology, *, algorithm="auto", fmt=FP32, accumulate="fp32"):
     """All-reduce (sum) of ``buffers`` over the nodes of ``topology``.
 
+    When every node ends with the same bits (``report.bit_identical``: every algorithm but
+    ``"chain"``), ``result`` is a **read-only** broadcast view of one row -- the P identical
+    copies are not materialised. ``np.array(result)`` gives a writable copy.
+
     Parameters
     ----------
     buffers : array of shape ``(P, ...)``; row i is node i's contribution: float32 for
@@ -335,8 +339,8 @@ def allreduce(buffers, topology, *, algorithm="auto", fmt=FP32, accumulate="fp32
         :class:`AllreduceReport` with ``nbytes`` = elements per node x bytes per element on
         the wire. When every node ends with the same bits (the schedule sums each element
         once and copies it: see ``report.bit_identical``), ``result`` is a read-only
-        broadcast view of one row -- the P identical copies are not materialised; use
-        ``result.copy()`` for a writable array.
+        broadcast view of one row (``np.array(result)`` for a writable copy); otherwise a
+        new writable array.
     """
     topology = _check_topology(topology)
     algorithm = _check_algorithm(algorithm)
