@@ -17,7 +17,7 @@ import numpy as np
 
 from . import _config
 from ._schedule import ALGORITHMS, COPY, Schedule, build
-from ._timing import lower_bounds, simulate
+from ._timing import BOUND_KEYS, lower_bounds, simulate
 from .formats import BF16, FP32, Format
 from .mesh import Mesh2D
 
@@ -39,8 +39,14 @@ class AllreduceReport:
     max_contention : most messages sharing one directed link in one step.
     links_used, longest_path_hops : directed links that carry data; the longest route.
     bus_bandwidth : ``2(P-1)/P * n / time`` (B/s, as nccl-tests).
-    lower_bounds : the SPEC section 7 bounds (s): ``latency``, ``degree``, ``capacity``.
-    lower_bound : the largest of them; ``efficiency = lower_bound / time``.
+    lower_bounds : the SPEC section 7 bounds (s): ``latency``, ``degree``, ``capacity``, and
+        ``latency_spec`` for comparison. ``latency`` is ``alpha + (D-1)*min(alpha, delta)``
+        (D the diameter): a message may cross several hops for ``delta`` each. SPEC's
+        ``(a+b-2)*alpha``, reported as ``latency_spec``, assumes ``delta >= alpha`` (and no
+        wrap links); then the two are equal. Otherwise it is not a bound (halving-doubling
+        with small ``delta`` beats it), so it never enters ``lower_bound``.
+    lower_bound : the largest of ``latency``, ``degree``, ``capacity``;
+        ``efficiency = lower_bound / time``.
     bit_identical : whether every node ends with the same bits.
     chunks : pipeline depth of the chunked algorithms (1 otherwise).
     """
@@ -94,7 +100,7 @@ def _report(schedule: Schedule, topology: Mesh2D, nbytes: float) -> AllreduceRep
     P = topology.nodes
     time = float(t.step_times.sum())
     lb = lower_bounds(topology, nbytes)
-    lbmax = max(lb.values())
+    lbmax = max(lb[k] for k in BOUND_KEYS)
     bpl = t.bytes_per_link
     bpl.setflags(write=False)
     st = t.step_times

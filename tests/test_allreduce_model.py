@@ -255,6 +255,23 @@ def test_time_respects_lower_bounds(a, b, wrap, alpha, delta, bw, n, alg):
         assert r.bus_bandwidth == pytest.approx(2 * (P - 1) / P * n / r.time, rel=1e-12)
 
 
+def test_latency_spec_reported_but_not_a_bound_when_delta_is_small():
+    """SPEC's (a+b-2)*alpha is reported as 'latency_spec'; with delta < alpha a schedule of
+    long messages beats it, so it must not enter lower_bound."""
+    alpha, delta = 1e-6, 1e-9
+    m = make(1, 8, alpha=alpha, delta=delta)
+    r = estimate_allreduce(0.0, m, algorithm="halving_doubling")
+    assert r.lower_bounds["latency_spec"] == approx(7 * alpha)
+    assert r.lower_bounds["latency"] == approx(alpha + 6 * delta)
+    assert r.time < r.lower_bounds["latency_spec"]      # SPEC's form is not a bound here
+    assert r.lower_bound == approx(alpha + 6 * delta)
+    assert r.time >= r.lower_bound
+    # delta >= alpha on a mesh: the two agree
+    m2 = make(3, 5, alpha=1e-7, delta=2e-7)
+    lb = estimate_allreduce(1e3, m2, algorithm="ring").lower_bounds
+    assert lb["latency_spec"] == approx(6 * 1e-7) and lb["latency"] == approx(6 * 1e-7)
+
+
 @pytest.mark.parametrize("alg,shape,wrap", [
     ("ring", (4, 4), False), ("bidirectional_ring", (2, 6), False), ("tree", (5, 5), False),
     ("spanning_trees", (5, 5), False), ("spanning_trees", (3, 7), False),
