@@ -84,17 +84,23 @@ def simulate(schedule: Schedule, topology: Mesh2D, nbytes: float) -> Timing:
     # loads before the current block, per used link (units, exact in float64), and counts
     carry_u = np.zeros(NL)
     carry_n = np.zeros(NL)
-    blk = 256
+    # blocks of intervals: the dense (intervals x links) tables stay about 1 MiB
+    blk = int(min(256, max(8, (1 << 17) // max(NL, 1))))
+    mark = np.zeros(NL, bool)                # links touched by the current block
+    pos = np.zeros(NL, np.int64)             # their column in the block's tables
     for b0 in range(0, NI, blk):
         b1 = min(NI, b0 + blk)
         lo, hi = np.searchsorted(ev_i, [b0, b1])
         # links touched in this block: hops active in it, or ending at its first interval
         touch = (h_i0 < b1) & (h_i1 >= b0)
-        cols = np.unique(col[touch])
+        mark[col[touch]] = True
+        cols = np.flatnonzero(mark)          # sorted, without a sort
+        mark[cols] = False
         nb = cols.size
+        pos[cols] = np.arange(nb)
         nrow = b1 - b0
         ii = ev_i[lo:hi] - b0
-        cc = np.searchsorted(cols, ev_c[lo:hi])
+        cc = pos[ev_c[lo:hi]]
         flat = ii * nb + cc
         d_u = np.bincount(flat, weights=ev_u[lo:hi], minlength=nrow * nb).reshape(nrow, nb)
         d_n = np.bincount(flat, weights=ev_n[lo:hi], minlength=nrow * nb).reshape(nrow, nb)
@@ -119,7 +125,7 @@ def simulate(schedule: Schedule, topology: Mesh2D, nbytes: float) -> Timing:
             rep = np.repeat(sel, lens)
             first = np.repeat(np.cumsum(lens) - lens, lens)
             row = np.repeat(rs - b0, lens) + (np.arange(tot) - first)
-            val = load[row, np.searchsorted(cols, col[rep])]
+            val = load[row, pos[col[rep]]]
             t = alpha + (h_h[rep] - 1) * delta + val * unit_bytes / B
             best = np.full(nrow, -np.inf)
             np.maximum.at(best, row, t)
