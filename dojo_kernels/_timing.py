@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._schedule import Schedule
-from .mesh import Mesh2D
+from .mesh import Mesh2D, _signed_steps
 
 
 
@@ -28,12 +28,33 @@ class Timing:
     longest_path_hops: int
 
 
-def simulate(schedule: Schedule, topology: Mesh2D, nbytes: float) -> Timing:
-    a = schedule.arrays
-    L = topology.num_links
+def _windows(start: np.ndarray, end: np.ndarray):
+    """Breakpoints ``bp`` (sorted distinct starts and ends) and the interval index of every
+    start and end. Steps are small non-negative integers: a table instead of sorting."""
+    top = int(end.max()) + 1
+    if top <= 8 * start.size + 4096 and int(start.min()) >= 0:
+        seen = np.zeros(top, bool)
+        seen[start] = True
+        seen[end] = True
+        bp = np.flatnonzero(seen)
+        index = np.cumsum(seen) - 1
+        return bp, index[start], index[end]
+    bp = np.unique(np.concatenate([start, end]))
+    return bp, np.searchsorted(bp, start), np.searchsorted(bp, end)
+
+
+def _link_messages(a):
+    """The templates that cross links (src != dst): src, dst, start, count, size."""
     link = a["src"] != a["dst"]
-    src, dst = a["src"][link], a["dst"][link]
-    start, count, size = a["start"][link], a["count"][link], a["size"][link]
+    keys = ("src", "dst", "start", "count", "size")
+    if link.all():
+        return tuple(a[k] for k in keys)
+    return tuple(a[k][link] for k in keys)
+
+
+def simulate(schedule: Schedule, topology: Mesh2D, nbytes: float) -> Timing:
+    L = topology.num_links
+    src, dst, start, count, size = _link_messages(schedule.arrays)
     unit_bytes = float(nbytes) / schedule.units
     if src.size == 0:
         return Timing(np.zeros(0), np.zeros(L), 0.0, 0, 0, 0)
@@ -45,10 +66,8 @@ def simulate(schedule: Schedule, topology: Mesh2D, nbytes: float) -> Timing:
     bytes_per_link = units_on_link * unit_bytes
     byte_hops = float(np.sum(size * count * hops)) * unit_bytes
     # intervals of constant activity
-    bp = np.unique(np.concatenate([start, end]))
+    bp, i0, i1 = _windows(start, end)
     NI = bp.size - 1
-    i0 = np.searchsorted(bp, start)
-    i1 = np.searchsorted(bp, end)
     on_link = np.bincount(hop_link, minlength=L)
     used = np.flatnonzero(on_link)
     remap = np.zeros(L, np.int64)
@@ -134,6 +153,40 @@ def simulate(schedule: Schedule, topology: Mesh2D, nbytes: float) -> Timing:
     step_times = np.repeat(interval_time[active], lengths[active])
     return Timing(step_times, bytes_per_link, byte_hops, max_cont,
                   int(np.count_nonzero(bytes_per_link)), int(hops.max()))
+
+
+def time_floor(schedule: Schedule, topology: Mesh2D, nbytes: float) -> float:
+    """A cheap lower bound on ``simulate(...).step_times.sum()``, without routing: every step
+    lasts at least as long as each of its link messages would alone (``alpha + (h-1)*delta +
+    own bytes/B``; the busiest link of its route carries at least its own bytes). Used by
+    ``algorithm="auto"`` to skip algorithms that cannot win. Returns 0.0 (no information)
+    when the schedule has too many distinct activity windows to evaluate cheaply."""
+    src, dst, start, count, size = _link_messages(schedule.arrays)
+    if src.size == 0:
+        return 0.0
+    b = topology.cols
+    r1, c1 = np.divmod(src, b)
+    r2, c2 = np.divmod(dst, b)
+    hops = (_signed_steps(c2 - c1, b, topology.wrap_rows)[0]
+            + _signed_steps(r2 - r1, topology.rows, topology.wrap_cols)[0])
+    unit_bytes = float(nbytes) / schedule.units
+    c = (topology.link_latency + (hops - 1) * topology.hop_latency
+         + size * unit_bytes / topology.link_bandwidth)
+    end = start + count
+    bp, i0, i1 = _windows(start, end)
+    NI = bp.size - 1
+    pair = i0 * (NI + 1) + i1
+    order = np.argsort(pair)     # groups only: no need for a stable sort
+    pair = pair[order]
+    first = np.flatnonzero(np.concatenate([[True], pair[1:] != pair[:-1]]))
+    if first.size > 4096:
+        return 0.0
+    cmax = np.maximum.reduceat(c[order], first)
+    p0, p1 = np.divmod(pair[first], NI + 1)
+    floor = np.zeros(NI)
+    for lo, hi, v in zip(p0.tolist(), p1.tolist(), cmax.tolist()):
+        np.maximum(floor[lo:hi], v, out=floor[lo:hi])
+    return float(np.dot(floor, np.diff(bp)))
 
 
 #: The keys of :func:`lower_bounds` that are valid bounds (``lower_bound`` is their maximum).

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import _config
 from ._schedule import ALGORITHMS, COPY, Schedule, build
-from ._timing import BOUND_KEYS, lower_bounds, simulate
+from ._timing import BOUND_KEYS, lower_bounds, simulate, time_floor
 from .formats import BF16, FP32, Format
 from .mesh import Mesh2D
 
@@ -126,13 +126,24 @@ def _choose(topology: Mesh2D, nbytes: float, algorithm: str):
     if algorithm != "auto":
         sch = build(algorithm, topology, nbytes)
         return sch, _report(sch, topology, nbytes)
-    best = None
-    for name in ALGORITHMS:
+    # The fastest; ties go to the earlier name in ALGORITHMS. Candidates are simulated in
+    # the order of a cheap lower bound on their time (time_floor), and one whose bound
+    # exceeds the best time found is skipped: it cannot win, so the choice is the same as
+    # simulating all of them.
+    cands = []
+    for idx, name in enumerate(ALGORITHMS):
         sch = build(name, topology, nbytes)
+        cands.append((time_floor(sch, topology, nbytes), idx, sch))
+    cands.sort(key=lambda c: (c[0], c[1]))
+    best = None
+    for floor, idx, sch in cands:
+        if best is not None and floor > best[0][0] * (1 + 1e-9):
+            continue
         rep = _report(sch, topology, nbytes)
-        if best is None or rep.time < best[1].time:
-            best = (sch, rep)
-    return best
+        key = (rep.time, idx)
+        if best is None or key < best[0]:
+            best = (key, sch, rep)
+    return best[1], best[2]
 
 
 def schedule_for(nbytes, topology, *, algorithm="auto") -> Schedule:
