@@ -34,7 +34,7 @@ def cold(f):
     def run():
         _choose.cache_clear()
         compile_program.cache_clear()
-        _schedule._ring_order_cached.cache_clear()
+        _schedule._RING_CACHE.clear()
         _schedule._spanning_skeleton.cache_clear()
         return f()
     return run
