@@ -17,6 +17,7 @@ result at the end.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -112,7 +113,8 @@ class _Builder:
         n = src.size
         if n == 0:
             return
-        self.parts.append({k: np.broadcast_to(np.asarray(v, np.int64), (n,)).copy()
+        # broadcast views: build() makes the one copy
+        self.parts.append({k: np.broadcast_to(np.asarray(v, np.int64), (n,))
                            for k, v in vals.items()})
 
     def build(self, algorithm: str, units: int, slots: int, bit_identical: bool,
@@ -122,7 +124,8 @@ class _Builder:
         else:
             arrays = {k: np.zeros(0, np.int64) for k in _FIELDS}
         keep = arrays["count"] > 0
-        arrays = {k: v[keep] for k, v in arrays.items()}
+        if not keep.all():
+            arrays = {k: v[keep] for k, v in arrays.items()}
         for v in arrays.values():
             v.setflags(write=False)
         return Schedule(algorithm, self.nodes, int(units), int(slots), bool(bit_identical),
@@ -593,28 +596,60 @@ def comb_trees(topology: Mesh2D) -> List[Tuple[np.ndarray, int]]:
     return trees
 
 
-def build_spanning_trees(topology: Mesh2D, nbytes: float) -> Schedule:
-    trees = comb_trees(topology)
-    fd, fh, fr = _forest_shape(np.stack([p for p, _ in trees]))
-    shapes = [(fd[i], fh[i], int(fr[i])) for i in range(len(trees))]
-    Hmax = max(int(h[root]) for _, h, root in shapes)
-    W = sum(w for _, w in trees)
-    P = topology.nodes
-    factor = (P - 1) / W if len(trees) > 1 else 1.0
-    s = _chunks(2 * Hmax - 1, factor, nbytes, topology)
-    bld = _Builder(P)
-    # every tree at once: the same pipelined reduce + broadcast as _tree_into
+@functools.lru_cache(maxsize=2)
+def _spanning_skeleton(a: int, b: int, wraparound: bool
+                       ) -> Tuple[Any, int, int, int, List[int]]:
+    """The size-independent part of the spanning-tree schedule of an ``a x b`` mesh: the
+    reduce and broadcast templates of every tree (src, dst, prio, start), the tree of every
+    template and its weight. Building it is most of the cost of ``build_spanning_trees`` on a
+    large mesh, and it depends only on the shape, so the last two meshes are kept (about
+    40 MB each on a 50 x 60 ExaPOD mesh; the arrays are read-only and shared by the
+    schedules)."""
+    # comb_trees depends on the shape (and, for a line, the wrap link) only
+    topo = Mesh2D(a, b, link_bandwidth=1.0, link_latency=0.0, wraparound=wraparound)
+    trees = comb_trees(topo)
     parents = np.stack([p for p, _ in trees])
+    fd, fh, fr = _forest_shape(parents)
+    H = fh[np.arange(len(trees)), fr]
     w = np.array([w for _, w in trees], np.int64)
     off = np.cumsum(w) - w
-    H = fh[np.arange(len(trees)), fr]
     t_idx, v = np.nonzero(parents >= 0)
     pv = parents[t_idx, v]
-    common = dict(count=s, base=off[t_idx] * s, size=w[t_idx], k0=0, dk=1, kmod=s, prio=v)
-    bld.add(v, pv, start=fh[t_idx, pv] - 1, op=REDUCE, **common)
-    bld.add(pv, v, start=H[t_idx] + fd[t_idx, pv], op=COPY, **common)
-    return bld.build("spanning_trees", max(W * s, 1), 1, True,
-                     {"chunks": s, "trees": len(trees), "weights": [w for _, w in trees]})
+    sk = dict(
+        src=np.concatenate([v, pv]), dst=np.concatenate([pv, v]),
+        prio=np.concatenate([v, v]),
+        # reduce: v -> parent when the parent's subtree below it is done; then broadcast
+        start=np.concatenate([fh[t_idx, pv] - 1, H[t_idx] + fd[t_idx, pv]]),
+        size=np.concatenate([w[t_idx], w[t_idx]]),
+        off=np.concatenate([off[t_idx], off[t_idx]]),
+        op=np.concatenate([np.full(v.size, REDUCE, np.int64), np.full(v.size, COPY, np.int64)]))
+    for arr in sk.values():
+        arr.setflags(write=False)
+    return sk, int(H.max()), int(w.sum()), len(trees), [int(x) for x in w]
+
+
+def build_spanning_trees(topology: Mesh2D, nbytes: float) -> Schedule:
+    """Every tree of :func:`comb_trees` at once, on its own share of the buffer (units
+    ``[off*s, (off+w)*s)``): the same pipelined reduce + broadcast as ``_tree_into``."""
+    sk, Hmax, W, ntrees, weights = _spanning_skeleton(topology.rows, topology.cols,
+                                                      topology.wraparound)
+    P = topology.nodes
+    factor = (P - 1) / W if ntrees > 1 else 1.0
+    s = _chunks(2 * Hmax - 1, factor, nbytes, topology)
+    n = sk["src"].size
+    if n == 0:
+        return _Builder(P).build("spanning_trees", max(W * s, 1), 1, True,
+                                 {"chunks": s, "trees": ntrees, "weights": weights})
+    zeros = np.zeros(n, np.int64)
+    zeros.setflags(write=False)
+    arrays = dict(src=sk["src"], dst=sk["dst"], sslot=zeros, dslot=zeros, op=sk["op"],
+                  stage=np.ones(n, np.int64), prio=sk["prio"], start=sk["start"],
+                  count=np.full(n, s, np.int64), base=sk["off"] * s, size=sk["size"],
+                  k0=zeros, dk=np.ones(n, np.int64), kmod=np.full(n, s, np.int64))
+    for arr in arrays.values():
+        arr.setflags(write=False)
+    return Schedule("spanning_trees", P, max(W * s, 1), 1, True, arrays,
+                    {"chunks": s, "trees": ntrees, "weights": weights})
 
 
 def chain_path(topology: Mesh2D) -> List[int]:

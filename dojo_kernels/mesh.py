@@ -209,8 +209,18 @@ class Mesh2D:
         dc, sc = _signed_steps(c2 - c1, b, self.wrap_rows)
         dr, sr = _signed_steps(r2 - r1, a, self.wrap_cols)
         hops = dc + dr
-        total = int(hops.sum())
         lid = self._link_index()
+        if hops.size and int(hops.max()) <= 1:
+            # one hop or none (most schedules): no expansion needed
+            msg = np.flatnonzero(hops)
+            h = dc[msg] > 0
+            direction = np.where(h, np.where(sc[msg] > 0, EAST, WEST),
+                                 np.where(sr[msg] > 0, SOUTH, NORTH))
+            link = lid[src[msg] * 4 + direction]
+            if (link < 0).any():  # pragma: no cover - a routing bug, never user input
+                raise AssertionError("route crosses a missing link")
+            return msg, link, hops
+        total = int(hops.sum())
         msg = np.repeat(np.arange(src.size), hops)
         if total == 0:
             return msg, np.zeros(0, np.int64), hops
