@@ -54,5 +54,6 @@ setup(
     libraries=libraries,
     ext_modules=cythonize(extensions, language_level=3, compiler_directives={
         "boundscheck": False, "wraparound": False, "cdivision": True,
-        "initializedcheck": False, "embedsignature": True}),
+        "initializedcheck": False, "embedsignature": True,
+        "autotestdict": False}),
 )

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from dojo_kernels import allreduce, estimate_allreduce
+from dojo_kernels import _schedule, allreduce, estimate_allreduce
 from dojo_kernels.collectives import ALGORITHMS, _choose, compile_program
 from dojo_kernels.mesh import chip_mesh, training_tile
 
@@ -29,10 +29,13 @@ MiB = 1 << 20
 
 
 def cold(f):
-    """Run f with empty schedule/program caches (time the whole call, not a cache hit)."""
+    """Run f with empty schedule/program caches (time the whole call, not a cache hit),
+    including the per-mesh ones (ring orders, the spanning-tree skeleton)."""
     def run():
         _choose.cache_clear()
         compile_program.cache_clear()
+        _schedule._RING_CACHE.clear()
+        _schedule._spanning_skeleton.cache_clear()
         return f()
     return run
 
@@ -144,9 +147,8 @@ def main():
     print("model path: estimate_allreduce(1 GiB) on chip_mesh(50, 60) = 3000 D1")
     m = chip_mesh(50, 60)
     for alg in ALGORITHMS + ("auto",):
-        _choose.cache_clear()
         t0 = time.perf_counter()
-        r = estimate_allreduce(1 << 30, m, algorithm=alg)
+        r = cold(lambda: estimate_allreduce(1 << 30, m, algorithm=alg))()
         dt = time.perf_counter() - t0
         print(f"  {alg:18s} wall {dt:6.3f} s  model {r.time * 1e3:9.3f} ms  "
               f"efficiency {r.efficiency:.3f}  steps {r.steps}")

@@ -27,18 +27,6 @@ static dk_d_fn pick_d(int isa)
                                     : dk_dequantize_f32_generic;
 }
 
-static inline uint32_t load_code(const void *p, int64_t i, int width)
-{
-    if (width == 1) return ((const uint8_t *)p)[i];
-    if (width == 2) return ((const uint16_t *)p)[i];
-    return ((const uint32_t *)p)[i];
-}
-static inline void store_code(void *p, int64_t i, uint32_t c, int width)
-{
-    if (width == 1) ((uint8_t *)p)[i] = (uint8_t)c;
-    else if (width == 2) ((uint16_t *)p)[i] = (uint16_t)c;
-    else ((uint32_t *)p)[i] = c;
-}
 static inline float bf16_to_f32(uint16_t h)
 {
     uint32_t b = dk_f32_bits_from_bf16(h);
@@ -66,7 +54,7 @@ static void quantize_scalar(const void *x, int xkind, void *out, int64_t i0, int
         if (xkind == DK_F64) code = dk_round_f64(((const double *)x)[i], f, mode, r, &fl);
         else if (xkind == DK_F32) code = dk_round_f32(((const float *)x)[i], f, mode, r, &fl);
         else code = dk_round_f32(bf16_to_f32(((const uint16_t *)x)[i]), f, mode, r, &fl);
-        store_code(out, i, code, width);
+        dk_store_code(out, i, code, width);
         count(fl, &c[0], &c[1], &c[2], &c[3]);
     }
 }
@@ -96,7 +84,7 @@ static void quantize_chunk(dk_q_fn q, const void *x, int xkind, void *codes, int
         for (int64_t j = 0; j < m; j++) {
             unsigned fl = 0;
             uint32_t r = mode == DK_STOCHASTIC ? dk_splitmix32(seed, (uint64_t)(at + j)) : 0u;
-            store_code(codes, j, dk_round_f64(((const double *)x)[at + j], f, mode, r, &fl), width);
+            dk_store_code(codes, j, dk_round_f64(((const double *)x)[at + j], f, mode, r, &fl), width);
         }
     }
 }
@@ -172,7 +160,7 @@ int dk_fake_quantize(const void *x, int xkind, void *out, int64_t n, const dk_fo
             quantize_chunk(q, x, xkind, codes, at, m, f, mode, seed);
             if (xkind == DK_F64) {
                 for (int64_t j = 0; j < m; j++)
-                    ((double *)out)[at + j] = dk_decode(load_code(codes, j, width), f);
+                    ((double *)out)[at + j] = dk_decode(dk_load_code(codes, j, width), f);
             } else if (xkind == DK_F32) {
                 d(codes, (float *)out + at, m, f);
             } else { /* BF16 out: exact, the caller admits only formats inside BF16 */
@@ -199,8 +187,8 @@ int dk_arith(int op, const void *a, const void *b, const void *c, void *out, int
     for (int64_t blk = 0; blk < nblocks; blk++) {
         int64_t i0 = blk * DK_BLOCK, end = n - i0 < DK_BLOCK ? n : i0 + DK_BLOCK;
         for (int64_t i = i0; i < end; i++) {
-            uint32_t ca = load_code(a, i, width), cb = load_code(b, i, width);
-            uint32_t cc = op == DK_OP_FMA ? load_code(c, i, width) : 0u;
+            uint32_t ca = dk_load_code(a, i, width), cb = dk_load_code(b, i, width);
+            uint32_t cc = op == DK_OP_FMA ? dk_load_code(c, i, width) : 0u;
             unsigned fl = 0;
             if (dk_is_subnormal_code(ca, f) || dk_is_subnormal_code(cb, f) ||
                 (op == DK_OP_FMA && dk_is_subnormal_code(cc, f)))
@@ -209,7 +197,7 @@ int dk_arith(int op, const void *a, const void *b, const void *c, void *out, int
             dk_exact_op(op, dk_decode(ca, f), dk_decode(cb, f), op == DK_OP_FMA ? dk_decode(cc, f) : 0.0,
                         &s, &t);
             uint32_t r = mode == DK_STOCHASTIC ? dk_splitmix32(seed, (uint64_t)i) : 0u;
-            store_code(out, i, dk_round(s, t, f, mode, r, &fl), width);
+            dk_store_code(out, i, dk_round(s, t, f, mode, r, &fl), width);
             count(fl, &inv, &den, &ovf, &und);
         }
     }

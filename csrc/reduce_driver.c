@@ -5,6 +5,36 @@
 #include <stdlib.h>
 #include <string.h>
 #include "dk_reduce.h"
+#if defined(__SSE__) || defined(__x86_64__)
+#include <xmmintrin.h>
+#define DK_HAVE_MXCSR 1
+#endif
+
+/* The float additions must not depend on the caller's floating-point environment: a library
+ * built with -ffast-math can set FTZ/DAZ process-wide, and subnormal partial sums would then
+ * flush. Every thread that adds (each has its own MXCSR) saves its MXCSR, runs under the
+ * default (round to nearest, all exceptions masked, no FTZ, no DAZ; the exception flag bits
+ * kept as they were) and restores the saved value before leaving the parallel region. */
+#define DK_MXCSR_DEFAULT 0x1F80u
+#define DK_MXCSR_FLAGS 0x003Fu
+static unsigned fpenv_enter(void)
+{
+#ifdef DK_HAVE_MXCSR
+    unsigned saved = _mm_getcsr();
+    _mm_setcsr(DK_MXCSR_DEFAULT | (saved & DK_MXCSR_FLAGS));
+    return saved;
+#else
+    return 0;
+#endif
+}
+static void fpenv_leave(unsigned saved)
+{
+#ifdef DK_HAVE_MXCSR
+    _mm_setcsr(saved);
+#else
+    (void)saved;
+#endif
+}
 
 #define DK_TILE 2048 /* elements per tile: scratch slots stay in L1/L2 */
 
@@ -44,10 +74,15 @@ int dk_reduce_accumulate(int isa, int threads, float *dst, const float *src, int
     kernels k = pick(isa);
     add_fn f = round_bf16 ? k.addr : k.add;
     int64_t nch = (n + CHUNK - 1) / CHUNK;
-#pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(static) if (n >= (1 << 20))
-    for (int64_t c = 0; c < nch; c++) {
-        int64_t lo = c * CHUNK, len = n - lo < CHUNK ? n - lo : CHUNK;
-        f(dst + lo, dst + lo, src + lo, len);
+#pragma omp parallel num_threads(threads > 0 ? threads : 1) if (n >= (1 << 20))
+    {
+        unsigned csr = fpenv_enter();
+#pragma omp for schedule(static)
+        for (int64_t c = 0; c < nch; c++) {
+            int64_t lo = c * CHUNK, len = n - lo < CHUNK ? n - lo : CHUNK;
+            f(dst + lo, dst + lo, src + lo, len);
+        }
+        fpenv_leave(csr);
     }
     return DK_OK;
 }
@@ -146,6 +181,7 @@ int dk_reduce_run(int isa, int threads, const dk_reduce_program *p, int fmt, int
 #endif
         float *tmp0 = mine + (size_t)p->nslots * DK_TILE, *tmp1 = tmp0 + DK_TILE;
         int64_t s = 0;
+        unsigned csr = fpenv_enter();
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < ntiles; t++) {
             while (tile_off[s + 1] <= t) s++;
@@ -183,8 +219,35 @@ int dk_reduce_run(int isa, int threads, const dk_reduce_program *p, int fmt, int
                 }
             }
         }
+        fpenv_leave(csr);
     }
     free(scratch);
     free(tile_off);
     return DK_OK;
+}
+
+int dk_reduce_test_under_mxcsr(int isa, unsigned csr, int which, const float *in, int64_t n,
+                               float *out, unsigned *csr_after)
+{
+#ifdef DK_HAVE_MXCSR
+    if (!in || !out || !csr_after || n < 1 || (which != 0 && which != 1)) return DK_EINVAL;
+    int64_t seg_lo[2] = {0, n}, add_off[2] = {0, 1};
+    int32_t add_out[1] = {0}, add_a[1] = {-1}, add_b[1] = {-2}, out_op[1] = {0};
+    dk_reduce_program p = {2, 1, 1, 1, seg_lo, add_off, add_out, add_a, add_b, out_op};
+    unsigned saved = _mm_getcsr();
+    _mm_setcsr(csr);
+    int rc;
+    if (which == 0) {
+        memcpy(out, in, (size_t)n * sizeof(float));
+        rc = dk_reduce_accumulate(isa, 1, out, in + n, n, 0);
+    } else {
+        rc = dk_reduce_run(isa, 1, &p, DK_REDUCE_F32, 0, in, n, out, n);
+    }
+    *csr_after = _mm_getcsr();
+    _mm_setcsr(saved);
+    return rc;
+#else
+    (void)isa; (void)csr; (void)which; (void)in; (void)n; (void)out; (void)csr_after;
+    return -1;
+#endif
 }

@@ -8,12 +8,16 @@ calls that start after it. Results never depend on either.
 """
 from __future__ import annotations
 
+import operator
 import os
 import threading
+from typing import Tuple
 
 from . import _cpu
 
 ISA_NAMES = ("generic", "avx2", "avx512bf16")
+#: Largest thread count accepted (OpenMP would start that many threads).
+MAX_THREADS = 4096
 
 _lock = threading.Lock()
 
@@ -41,9 +45,9 @@ def _default_threads() -> int:
             n = int(env)
         except ValueError:
             n = 0
-        if n < 1:
+        if not 1 <= n <= MAX_THREADS:
             raise ImportError(
-                f"DOJO_KERNELS_NUM_THREADS={env!r}: expected a positive integer")
+                f"DOJO_KERNELS_NUM_THREADS={env!r}: expected an integer in 1..{MAX_THREADS}")
         return n
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -81,10 +85,14 @@ def set_num_threads(n: int) -> None:
     Results are bit-identical whatever the count; only speed changes.
     """
     global _threads
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"n: expected a positive int, got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"n: expected a positive int, got {n}")
+    if isinstance(n, bool):
+        raise TypeError("n: expected a positive int, got bool")
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"n: expected a positive int, got {type(n).__name__}") from None
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"n: expected an int in 1..{MAX_THREADS}, got {n}")
     with _lock:
         _threads = n
 
@@ -115,6 +123,6 @@ class use_isa:
         _isa = self._saved
 
 
-def supported_isas() -> tuple:
+def supported_isas() -> Tuple[str, ...]:
     """The tiers this CPU can run, lowest first."""
     return ISA_NAMES[: _cpu.best_isa() + 1]

@@ -1,3 +1,5 @@
+from typing import Optional
+
 import numpy as np
 import numpy.typing as npt
 
@@ -14,3 +16,4 @@ def run_f32(isa: int, threads: int, seg_lo: _I64, add_off: _I64, add_out: _I32, 
 def run_bf16(isa: int, threads: int, seg_lo: _I64, add_off: _I64, add_out: _I32, add_a: _I32,
              add_b: _I32, out_op: _I32, nslots: int, round_each: bool, inp: _U16,
              out: _U16) -> None: ...
+def _test_under_mxcsr(isa: int, csr: int, which: int, inp: _F32, out: _F32) -> Optional[int]: ...

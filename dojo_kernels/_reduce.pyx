@@ -23,6 +23,8 @@ cdef extern from "dk_reduce.h":
     int dk_reduce_run(int isa, int threads, const dk_reduce_program *prog, int fmt,
                       int round_each, const void *inp, int64_t in_stride, void *out,
                       int64_t out_stride) nogil
+    int dk_reduce_test_under_mxcsr(int isa, unsigned csr, int which, const float *inp,
+                                   int64_t n, float *out, unsigned *csr_after) nogil
 
 
 cdef int _check(int rc) except -1:
@@ -109,3 +111,21 @@ def run_bf16(int isa, int threads, seg_lo, add_off, add_out, add_a, add_b, out_o
         raise ValueError("inp, out: shapes disagree or are empty")
     _run(isa, threads, seg_lo, add_off, add_out, add_a, add_b, out_op, inp.shape[0],
          out.shape[0], nslots, 1, round_each, &inp[0, 0], inp.shape[1], &out[0, 0], out.shape[1])
+
+
+def _test_under_mxcsr(int isa, unsigned csr, int which, const float[:, ::1] inp,
+                      float[::1] out):
+    """Test only: out = inp[0] + inp[1] with this thread's MXCSR set to csr for the call
+    (which: 0 accumulate, 1 program runner). Returns the MXCSR seen right after the call,
+    or None where there is no MXCSR."""
+    if inp.shape[0] != 2 or inp.shape[1] != out.shape[0] or out.shape[0] == 0:
+        raise ValueError("inp, out: expected shapes (2, n) and (n,), n >= 1")
+    cdef unsigned after = 0
+    cdef int rc
+    with nogil:
+        rc = dk_reduce_test_under_mxcsr(isa, csr, which, &inp[0, 0], out.shape[0], &out[0],
+                                        &after)
+    if rc == -1:
+        return None
+    _check(rc)
+    return after

@@ -17,9 +17,10 @@ result at the end.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -47,17 +48,18 @@ class Schedule:
     arrays: Dict[str, np.ndarray] = field(repr=False)
     info: Dict[str, object] = field(default_factory=dict, repr=False)
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> np.ndarray:
         arrays = self.__dict__.get("arrays")
         if arrays is not None and name in arrays:
-            return arrays[name]
+            got: np.ndarray = arrays[name]
+            return got
         raise AttributeError(name)
 
     @property
     def num_templates(self) -> int:
         return int(self.arrays["src"].size)
 
-    def ranges(self, j=None):
+    def ranges(self, j: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
         """Unit ranges (lo, hi) of every template for its j-th active step (array j)."""
         a = self.arrays
         if j is None:
@@ -65,7 +67,8 @@ class Schedule:
         lo = a["base"] + ((a["k0"] + j * a["dk"]) % a["kmod"]) * a["size"]
         return lo, lo + a["size"]
 
-    def instances(self, unit_bounds=None):
+    def instances(self, unit_bounds: Optional[np.ndarray] = None
+                  ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Every (template, step, lo_unit, hi_unit) in execution order. With ``unit_bounds``
         (element index of every unit boundary), only those moving at least one element."""
         a = self.arrays
@@ -97,28 +100,32 @@ class Schedule:
 
 
 class _Builder:
-    def __init__(self, nodes: int):
+    def __init__(self, nodes: int) -> None:
         self.nodes = nodes
         self.parts: List[Dict[str, np.ndarray]] = []
 
-    def add(self, src, dst, *, start, count, base, size, k0=0, dk=0, kmod=1, op=REDUCE,
-            sslot=0, dslot=0, prio=0, stage=1):
+    def add(self, src: Any, dst: Any, *, start: Any, count: Any, base: Any, size: Any,
+            k0: Any = 0, dk: Any = 0, kmod: Any = 1, op: Any = REDUCE, sslot: Any = 0,
+            dslot: Any = 0, prio: Any = 0, stage: Any = 1) -> None:
         src = np.asarray(src, np.int64).reshape(-1)
         vals = dict(src=src, dst=dst, sslot=sslot, dslot=dslot, op=op, stage=stage, prio=prio,
                     start=start, count=count, base=base, size=size, k0=k0, dk=dk, kmod=kmod)
         n = src.size
         if n == 0:
             return
-        self.parts.append({k: np.broadcast_to(np.asarray(v, np.int64), (n,)).copy()
+        # broadcast views: build() makes the one copy
+        self.parts.append({k: np.broadcast_to(np.asarray(v, np.int64), (n,))
                            for k, v in vals.items()})
 
-    def build(self, algorithm, units, slots, bit_identical, info=None) -> Schedule:
+    def build(self, algorithm: str, units: int, slots: int, bit_identical: bool,
+              info: Optional[Dict[str, object]] = None) -> Schedule:
         if self.parts:
             arrays = {k: np.concatenate([p[k] for p in self.parts]) for k in _FIELDS}
         else:
             arrays = {k: np.zeros(0, np.int64) for k in _FIELDS}
         keep = arrays["count"] > 0
-        arrays = {k: v[keep] for k, v in arrays.items()}
+        if not keep.all():
+            arrays = {k: v[keep] for k, v in arrays.items()}
         for v in arrays.values():
             v.setflags(write=False)
         return Schedule(algorithm, self.nodes, int(units), int(slots), bool(bit_identical),
@@ -156,7 +163,8 @@ def _folded_order(k: int) -> List[int]:
     return evens + odds
 
 
-def _ham_path(adj: List[List[int]], start: int, target: int, coords, cap: int):
+def _ham_path(adj: List[List[int]], start: int, target: int,
+              coords: Callable[[int], Tuple[int, int]], cap: int) -> Optional[List[int]]:
     """Hamiltonian path start -> target by backtracking in Warnsdorff order (fewest unvisited
     neighbours first; ties: farther from the target first). None if not found within cap."""
     P = len(adj)
@@ -165,7 +173,7 @@ def _ham_path(adj: List[List[int]], start: int, target: int, coords, cap: int):
     path = [start]
     tr, tc = coords(target)
 
-    def candidates(v):
+    def candidates(v: int) -> List[int]:
         out = []
         for w in adj[v]:
             if visited[w]:
@@ -202,11 +210,13 @@ def _ham_path(adj: List[List[int]], start: int, target: int, coords, cap: int):
     return None
 
 
-def _closure_rings(a: int, b: int, cap: int = 20000):
+def _closure_rings(a: int, b: int, cap: int = 20000) -> Iterator[Tuple[List[int], int]]:
     """Candidate (order, m) pairs for an odd x odd mesh: a Hamiltonian path u .. w of the mesh
     less the edges {u,m}, {m,w}, closed by the straight 2-hop message w -> m -> u."""
     nb = Mesh2D(a, b, link_bandwidth=1, link_latency=0)._neighbor_table()
-    coords = lambda v: divmod(v, b)  # noqa: E731
+    def coords(v: int) -> Tuple[int, int]:
+        return divmod(v, b)
+
     for r in range(1, a - 1):
         for c in range(1, b - 1):
             if (r + c) % 2 == 0:
@@ -216,13 +226,16 @@ def _closure_rings(a: int, b: int, cap: int = 20000):
                 u = (r - d[0]) * b + (c - d[1])
                 w = (r + d[0]) * b + (c + d[1])
                 adj = [[int(x) for x in nb[v] if x >= 0] for v in range(a * b)]
-                adj[u].remove(m), adj[m].remove(u), adj[m].remove(w), adj[w].remove(m)
+                adj[u].remove(m)
+                adj[m].remove(u)
+                adj[m].remove(w)
+                adj[w].remove(m)
                 path = _ham_path(adj, u, w, coords, cap)
                 if path is not None:
                     yield path, m
 
 
-def ring_order(topology: Mesh2D):
+def ring_order(topology: Mesh2D) -> Tuple[List[int], str]:
     """The cycle the ring algorithms run on, as a list of node ids, and how it closes:
     ``"cycle"`` (a Hamiltonian cycle), ``"closure"`` (a Hamiltonian path closed by a straight
     2-hop message on an odd x odd mesh), ``"folded"`` (a line: 0, 2, 4, ..., 3, 1) or
@@ -231,10 +244,10 @@ def ring_order(topology: Mesh2D):
                               topology.wrap_cols)
 
 
-_RING_CACHE: Dict[tuple, tuple] = {}
+_RING_CACHE: Dict[Tuple[int, int, bool, bool], Tuple[List[int], str]] = {}
 
 
-def _ring_order_cached(a, b, wr, wc):
+def _ring_order_cached(a: int, b: int, wr: bool, wc: bool) -> Tuple[List[int], str]:
     key = (a, b, wr, wc)
     if key not in _RING_CACHE:
         _RING_CACHE[key] = _ring_order_uncached(a, b, wr, wc)
@@ -242,7 +255,7 @@ def _ring_order_cached(a, b, wr, wc):
     return list(order), kind
 
 
-def _ring_order_uncached(a, b, wr, wc):
+def _ring_order_uncached(a: int, b: int, wr: bool, wc: bool) -> Tuple[List[int], str]:
     P = a * b
     if P <= 2:
         return list(range(P)), "cycle"
@@ -259,23 +272,23 @@ def _ring_order_uncached(a, b, wr, wc):
     return _snake_path(a, b), "routed"
 
 
-def _shares_no_link(order, a, b) -> bool:
+def _shares_no_link(order: Sequence[int], a: int, b: int) -> bool:
     """With both ring directions running (every ring message is in flight in every step), no
     directed link carries two messages."""
     m = Mesh2D(a, b, link_bandwidth=1, link_latency=0)
     o = np.asarray(order)
     nxt = np.roll(o, -1)
     _, links, _ = m.route(np.concatenate([o, nxt]), np.concatenate([nxt, o]))
-    return np.unique(links).size == links.size
+    return bool(np.unique(links).size == links.size)
 
 
-def _first_closure(a, b):
+def _first_closure(a: int, b: int) -> Optional[List[int]]:
     for path, _m in _closure_rings(a, b):
         return path
     return None
 
 
-def _widen(order, a, b):
+def _widen(order: Sequence[int], a: int, b: int) -> Optional[List[int]]:
     """A closure ring of an a x b mesh -> one of a x (b+2): a vertical edge of the ring on the
     last column is replaced by a detour through the two new columns (which covers them)."""
     rc = [divmod(v, b) for v in order]
@@ -294,11 +307,11 @@ def _widen(order, a, b):
     return None
 
 
-def _transpose(order, a, b):
+def _transpose(order: Sequence[int], a: int, b: int) -> List[int]:
     return [(v % b) * a + v // b for v in order]
 
 
-def _grown_closure(a, b):
+def _grown_closure(a: int, b: int) -> Optional[List[int]]:
     """Closure ring of an odd x odd mesh: searched on a small base (5x5, 5x3, 3x5), then grown
     two columns / two rows at a time (each growth keeps the path's edges and the 2-hop closure
     disjoint, so the two ring directions still share no directed link)."""
@@ -328,12 +341,12 @@ def _grown_closure(a, b):
 
 
 # --- builders -------------------------------------------------------------------------------
-def _ring_into(bld: _Builder, order: Sequence[int], *, t0: int, base: int, bsize: int,
-               prio: int = 0):
+def _ring_into(bld: _Builder, order_seq: Sequence[int], *, t0: int, base: int, bsize: int,
+               prio: int = 0) -> int:
     """Unidirectional ring all-reduce on ``order``: P-1 reduce-scatter steps then P-1
     all-gather steps; block j = units [base + j*bsize, ...); at step s the node at ring
     position r sends block (r - s) mod P (reduce), then block (r + 1 - s) mod P (copy)."""
-    order = np.asarray(order, np.int64)
+    order = np.asarray(order_seq, np.int64)
     P = order.size
     if P < 2:
         return t0
@@ -346,7 +359,8 @@ def _ring_into(bld: _Builder, order: Sequence[int], *, t0: int, base: int, bsize
     return t0 + 2 * (P - 1)
 
 
-def build_ring(topology: Mesh2D, *, bidirectional: bool = False, order=None) -> Schedule:
+def build_ring(topology: Mesh2D, *, bidirectional: bool = False,
+               order: Optional[Sequence[int]] = None) -> Schedule:
     """Ring (or two counter-rotating rings, n/2 each) on ``order`` (default
     :func:`ring_order`)."""
     P = topology.nodes
@@ -368,7 +382,7 @@ def build_ring(topology: Mesh2D, *, bidirectional: bool = False, order=None) -> 
     return bld.build(name, max(units, 1), 1, True, {"order": order, "ring_kind": kind})
 
 
-def _line_orders(k: int, wrap: bool):
+def _line_orders(k: int, wrap: bool) -> List[int]:
     return list(range(k)) if (wrap or k <= 2) else _folded_order(k)
 
 
@@ -481,7 +495,7 @@ def bfs_tree(topology: Mesh2D, root: Optional[int] = None) -> np.ndarray:
     return parent
 
 
-def _forest_shape(parents: np.ndarray):
+def _forest_shape(parents: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """depth, height (of the subtree) and root of every node of a stack of trees (T, P)."""
     T, P = parents.shape
     par = parents + (np.arange(T) * P)[:, None]
@@ -510,14 +524,14 @@ def _forest_shape(parents: np.ndarray):
     return depth.reshape(T, P), height, roots
 
 
-def _tree_shape(parent: np.ndarray):
+def _tree_shape(parent: np.ndarray) -> Tuple[np.ndarray, np.ndarray, int]:
     """depth and height (of the subtree) of every node; the root."""
     d, h, r = _forest_shape(np.asarray(parent)[None])
     return d[0], h[0], int(r[0])
 
 
 def _tree_into(bld: _Builder, parent: np.ndarray, *, s: int, base: int, csize: int, t0: int = 0,
-               shape=None):
+               shape: Optional[Tuple[np.ndarray, np.ndarray, int]] = None) -> int:
     """Pipelined reduce (children of a node send chunk c together, added in id order) and
     broadcast over one tree; chunk c = units [base + c*csize, ...). Returns the step count."""
     depth, height, root = shape if shape is not None else _tree_shape(parent)
@@ -556,7 +570,7 @@ def build_tree(topology: Mesh2D, nbytes: float) -> Schedule:
     return bld.build("tree", s, 1, True, {"chunks": s, "parent": parent.tolist()})
 
 
-def comb_trees(topology: Mesh2D):
+def comb_trees(topology: Mesh2D) -> List[Tuple[np.ndarray, int]]:
     """The spanning trees of the packing and their integer weights: for every column j the
     comb of all horizontal edges plus column j (weight rows-1), for every row i the comb of all
     vertical edges plus row i (weight cols-1). Each mesh edge carries total weight P-1 out of
@@ -582,28 +596,60 @@ def comb_trees(topology: Mesh2D):
     return trees
 
 
-def build_spanning_trees(topology: Mesh2D, nbytes: float) -> Schedule:
-    trees = comb_trees(topology)
-    fd, fh, fr = _forest_shape(np.stack([p for p, _ in trees]))
-    shapes = [(fd[i], fh[i], int(fr[i])) for i in range(len(trees))]
-    Hmax = max(int(h[root]) for _, h, root in shapes)
-    W = sum(w for _, w in trees)
-    P = topology.nodes
-    factor = (P - 1) / W if len(trees) > 1 else 1.0
-    s = _chunks(2 * Hmax - 1, factor, nbytes, topology)
-    bld = _Builder(P)
-    # every tree at once: the same pipelined reduce + broadcast as _tree_into
+@functools.lru_cache(maxsize=2)
+def _spanning_skeleton(a: int, b: int, wraparound: bool
+                       ) -> Tuple[Any, int, int, int, List[int]]:
+    """The size-independent part of the spanning-tree schedule of an ``a x b`` mesh: the
+    reduce and broadcast templates of every tree (src, dst, prio, start), the tree of every
+    template and its weight. Building it is most of the cost of ``build_spanning_trees`` on a
+    large mesh, and it depends only on the shape, so the last two meshes are kept (about
+    40 MB each on a 50 x 60 ExaPOD mesh; the arrays are read-only and shared by the
+    schedules)."""
+    # comb_trees depends on the shape (and, for a line, the wrap link) only
+    topo = Mesh2D(a, b, link_bandwidth=1.0, link_latency=0.0, wraparound=wraparound)
+    trees = comb_trees(topo)
     parents = np.stack([p for p, _ in trees])
+    fd, fh, fr = _forest_shape(parents)
+    H = fh[np.arange(len(trees)), fr]
     w = np.array([w for _, w in trees], np.int64)
     off = np.cumsum(w) - w
-    H = fh[np.arange(len(trees)), fr]
     t_idx, v = np.nonzero(parents >= 0)
     pv = parents[t_idx, v]
-    common = dict(count=s, base=off[t_idx] * s, size=w[t_idx], k0=0, dk=1, kmod=s, prio=v)
-    bld.add(v, pv, start=fh[t_idx, pv] - 1, op=REDUCE, **common)
-    bld.add(pv, v, start=H[t_idx] + fd[t_idx, pv], op=COPY, **common)
-    return bld.build("spanning_trees", max(W * s, 1), 1, True,
-                     {"chunks": s, "trees": len(trees), "weights": [w for _, w in trees]})
+    sk = dict(
+        src=np.concatenate([v, pv]), dst=np.concatenate([pv, v]),
+        prio=np.concatenate([v, v]),
+        # reduce: v -> parent when the parent's subtree below it is done; then broadcast
+        start=np.concatenate([fh[t_idx, pv] - 1, H[t_idx] + fd[t_idx, pv]]),
+        size=np.concatenate([w[t_idx], w[t_idx]]),
+        off=np.concatenate([off[t_idx], off[t_idx]]),
+        op=np.concatenate([np.full(v.size, REDUCE, np.int64), np.full(v.size, COPY, np.int64)]))
+    for arr in sk.values():
+        arr.setflags(write=False)
+    return sk, int(H.max()), int(w.sum()), len(trees), [int(x) for x in w]
+
+
+def build_spanning_trees(topology: Mesh2D, nbytes: float) -> Schedule:
+    """Every tree of :func:`comb_trees` at once, on its own share of the buffer (units
+    ``[off*s, (off+w)*s)``): the same pipelined reduce + broadcast as ``_tree_into``."""
+    sk, Hmax, W, ntrees, weights = _spanning_skeleton(topology.rows, topology.cols,
+                                                      topology.wraparound)
+    P = topology.nodes
+    factor = (P - 1) / W if ntrees > 1 else 1.0
+    s = _chunks(2 * Hmax - 1, factor, nbytes, topology)
+    n = sk["src"].size
+    if n == 0:
+        return _Builder(P).build("spanning_trees", max(W * s, 1), 1, True,
+                                 {"chunks": s, "trees": ntrees, "weights": weights})
+    zeros = np.zeros(n, np.int64)
+    zeros.setflags(write=False)
+    arrays = dict(src=sk["src"], dst=sk["dst"], sslot=zeros, dslot=zeros, op=sk["op"],
+                  stage=np.ones(n, np.int64), prio=sk["prio"], start=sk["start"],
+                  count=np.full(n, s, np.int64), base=sk["off"] * s, size=sk["size"],
+                  k0=zeros, dk=np.ones(n, np.int64), kmod=np.full(n, s, np.int64))
+    for arr in arrays.values():
+        arr.setflags(write=False)
+    return Schedule("spanning_trees", P, max(W * s, 1), 1, True, arrays,
+                    {"chunks": s, "trees": ntrees, "weights": weights})
 
 
 def chain_path(topology: Mesh2D) -> List[int]:

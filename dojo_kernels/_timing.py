@@ -10,11 +10,12 @@ intervals of steps in which the set of active messages does not change, so a rin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Dict, Tuple
 
 import numpy as np
 
 from ._schedule import Schedule
-from .mesh import Mesh2D
+from .mesh import Mesh2D, _signed_steps
 
 
 
@@ -28,12 +29,33 @@ class Timing:
     longest_path_hops: int
 
 
-def simulate(schedule: Schedule, topology: Mesh2D, nbytes: float) -> Timing:
-    a = schedule.arrays
-    L = topology.num_links
+def _windows(start: np.ndarray, end: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Breakpoints ``bp`` (sorted distinct starts and ends) and the interval index of every
+    start and end. Steps are small non-negative integers: a table instead of sorting."""
+    top = int(end.max()) + 1
+    if top <= 8 * start.size + 4096 and int(start.min()) >= 0:
+        seen = np.zeros(top, bool)
+        seen[start] = True
+        seen[end] = True
+        bp = np.flatnonzero(seen)
+        index = np.cumsum(seen) - 1
+        return bp, index[start], index[end]
+    bp = np.unique(np.concatenate([start, end]))
+    return bp, np.searchsorted(bp, start), np.searchsorted(bp, end)
+
+
+def _link_messages(a: Any) -> Tuple[np.ndarray, ...]:
+    """The templates that cross links (src != dst): src, dst, start, count, size."""
     link = a["src"] != a["dst"]
-    src, dst = a["src"][link], a["dst"][link]
-    start, count, size = a["start"][link], a["count"][link], a["size"][link]
+    keys = ("src", "dst", "start", "count", "size")
+    if link.all():
+        return tuple(a[k] for k in keys)
+    return tuple(a[k][link] for k in keys)
+
+
+def simulate(schedule: Schedule, topology: Mesh2D, nbytes: float) -> Timing:
+    L = topology.num_links
+    src, dst, start, count, size = _link_messages(schedule.arrays)
     unit_bytes = float(nbytes) / schedule.units
     if src.size == 0:
         return Timing(np.zeros(0), np.zeros(L), 0.0, 0, 0, 0)
@@ -45,10 +67,8 @@ def simulate(schedule: Schedule, topology: Mesh2D, nbytes: float) -> Timing:
     bytes_per_link = units_on_link * unit_bytes
     byte_hops = float(np.sum(size * count * hops)) * unit_bytes
     # intervals of constant activity
-    bp = np.unique(np.concatenate([start, end]))
+    bp, i0, i1 = _windows(start, end)
     NI = bp.size - 1
-    i0 = np.searchsorted(bp, start)
-    i1 = np.searchsorted(bp, end)
     on_link = np.bincount(hop_link, minlength=L)
     used = np.flatnonzero(on_link)
     remap = np.zeros(L, np.int64)
@@ -84,17 +104,23 @@ def simulate(schedule: Schedule, topology: Mesh2D, nbytes: float) -> Timing:
     # loads before the current block, per used link (units, exact in float64), and counts
     carry_u = np.zeros(NL)
     carry_n = np.zeros(NL)
-    blk = 256
+    # blocks of intervals: the dense (intervals x links) tables stay about 1 MiB
+    blk = int(min(256, max(8, (1 << 17) // max(NL, 1))))
+    mark = np.zeros(NL, bool)                # links touched by the current block
+    pos = np.zeros(NL, np.int64)             # their column in the block's tables
     for b0 in range(0, NI, blk):
         b1 = min(NI, b0 + blk)
         lo, hi = np.searchsorted(ev_i, [b0, b1])
         # links touched in this block: hops active in it, or ending at its first interval
         touch = (h_i0 < b1) & (h_i1 >= b0)
-        cols = np.unique(col[touch])
+        mark[col[touch]] = True
+        cols = np.flatnonzero(mark)          # sorted, without a sort
+        mark[cols] = False
         nb = cols.size
+        pos[cols] = np.arange(nb)
         nrow = b1 - b0
         ii = ev_i[lo:hi] - b0
-        cc = np.searchsorted(cols, ev_c[lo:hi])
+        cc = pos[ev_c[lo:hi]]
         flat = ii * nb + cc
         d_u = np.bincount(flat, weights=ev_u[lo:hi], minlength=nrow * nb).reshape(nrow, nb)
         d_n = np.bincount(flat, weights=ev_n[lo:hi], minlength=nrow * nb).reshape(nrow, nb)
@@ -119,7 +145,7 @@ def simulate(schedule: Schedule, topology: Mesh2D, nbytes: float) -> Timing:
             rep = np.repeat(sel, lens)
             first = np.repeat(np.cumsum(lens) - lens, lens)
             row = np.repeat(rs - b0, lens) + (np.arange(tot) - first)
-            val = load[row, np.searchsorted(cols, col[rep])]
+            val = load[row, pos[col[rep]]]
             t = alpha + (h_h[rep] - 1) * delta + val * unit_bytes / B
             best = np.full(nrow, -np.inf)
             np.maximum.at(best, row, t)
@@ -130,19 +156,62 @@ def simulate(schedule: Schedule, topology: Mesh2D, nbytes: float) -> Timing:
                   int(np.count_nonzero(bytes_per_link)), int(hops.max()))
 
 
-def lower_bounds(topology: Mesh2D, nbytes: float) -> dict:
-    """SPEC section 7 lower bounds (seconds). The latency bound is
-    ``alpha + (D-1)*min(alpha, delta)`` with D the diameter: a message may cross several hops
-    for ``(h-1)*delta`` (it equals SPEC's ``(a+b-2)*alpha`` when delta >= alpha)."""
+def time_floor(schedule: Schedule, topology: Mesh2D, nbytes: float) -> float:
+    """A cheap lower bound on ``simulate(...).step_times.sum()``, without routing: every step
+    lasts at least as long as each of its link messages would alone (``alpha + (h-1)*delta +
+    own bytes/B``; the busiest link of its route carries at least its own bytes). Used by
+    ``algorithm="auto"`` to skip algorithms that cannot win. Returns 0.0 (no information)
+    when the schedule has too many distinct activity windows to evaluate cheaply."""
+    src, dst, start, count, size = _link_messages(schedule.arrays)
+    if src.size == 0:
+        return 0.0
+    b = topology.cols
+    r1, c1 = np.divmod(src, b)
+    r2, c2 = np.divmod(dst, b)
+    hops = (_signed_steps(c2 - c1, b, topology.wrap_rows)[0]
+            + _signed_steps(r2 - r1, topology.rows, topology.wrap_cols)[0])
+    unit_bytes = float(nbytes) / schedule.units
+    c = (topology.link_latency + (hops - 1) * topology.hop_latency
+         + size * unit_bytes / topology.link_bandwidth)
+    end = start + count
+    bp, i0, i1 = _windows(start, end)
+    NI = bp.size - 1
+    pair = i0 * (NI + 1) + i1
+    order = np.argsort(pair)     # groups only: no need for a stable sort
+    pair = pair[order]
+    first = np.flatnonzero(np.concatenate([[True], pair[1:] != pair[:-1]]))
+    if first.size > 4096:
+        return 0.0
+    cmax = np.maximum.reduceat(c[order], first)
+    p0, p1 = np.divmod(pair[first], NI + 1)
+    floor = np.zeros(NI)
+    for lo, hi, v in zip(p0.tolist(), p1.tolist(), cmax.tolist()):
+        np.maximum(floor[lo:hi], v, out=floor[lo:hi])
+    return float(np.dot(floor, np.diff(bp)))
+
+
+#: The keys of :func:`lower_bounds` that are valid bounds (``lower_bound`` is their maximum).
+BOUND_KEYS = ("latency", "degree", "capacity")
+
+
+def lower_bounds(topology: Mesh2D, nbytes: float) -> Dict[str, float]:
+    """SPEC section 7 lower bounds (seconds).
+
+    ``latency`` is ``alpha + (D-1)*min(alpha, delta)`` with D the diameter: a message may
+    cross several hops for ``(h-1)*delta``. ``latency_spec`` is SPEC's literal
+    ``(a+b-2)*alpha``, reported for comparison only: it assumes ``delta >= alpha`` and no
+    wrap links (then it equals ``latency``) and is not used in the report's ``lower_bound``
+    (the maximum of :data:`BOUND_KEYS`)."""
     P = topology.nodes
+    alpha, delta = topology.link_latency, topology.hop_latency
     if P == 1:
-        return {"latency": 0.0, "degree": 0.0, "capacity": 0.0}
+        return {"latency": 0.0, "degree": 0.0, "capacity": 0.0, "latency_spec": 0.0}
     B = topology.link_bandwidth
     D = topology.diameter()
-    alpha, delta = topology.link_latency, topology.hop_latency
     edges = topology.num_links // 2
     return {
         "latency": alpha + (D - 1) * min(alpha, delta),
         "degree": nbytes / (int(topology.degree().min()) * B),
         "capacity": (P - 1) * nbytes / (edges * B),
+        "latency_spec": (topology.rows + topology.cols - 2) * alpha,
     }

@@ -1,9 +1,14 @@
-"""The ``dojo-kernels`` command (also ``python -m dojo_kernels``)."""
+"""The ``dojo-kernels`` command (also ``python -m dojo_kernels``).
+
+``dojo-kernels report`` (the main job), ``dojo-kernels bench [--quick]``, ``dojo-kernels info``.
+"""
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
-from typing import List, Optional
+from typing import Optional, Sequence, Tuple
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -13,19 +18,206 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _csv(text: str) -> Tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def _shape(text: str) -> Tuple[int, int]:
+    try:
+        r, c = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ROWSxCOLS, e.g. 2x3, got {text!r}") from None
+    if r < 1 or c < 1:
+        raise argparse.ArgumentTypeError(f"expected positive ROWSxCOLS, got {text!r}")
+    return r, c
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
+def _report(args: argparse.Namespace) -> int:
+    from . import report as rp
+    from ._config import set_num_threads
+    from ._schedule import ALGORITHMS
+
+    if args.threads is not None:
+        set_num_threads(args.threads)
+    formats = _csv(args.formats)
+    algorithms = ALGORITHMS if args.algorithms == "all" else _csv(args.algorithms)
+    machine = rp.machine_with(
+        clock_hz=None if args.clock is None else args.clock * 1e9,
+        sram_bytes=None if args.sram is None else int(args.sram * 1024),
+        noc_link_bw=None if args.noc_bandwidth is None else args.noc_bandwidth * 1e9,
+        chip_link_bw=None if args.link_bandwidth is None else args.link_bandwidth * 1e9)
+    try:
+        cfg = rp.ReportConfig(
+            d_model=args.d_model, seq=args.seq, batch=args.batch, mlp_ratio=args.mlp_ratio,
+            formats=formats, forward_format=args.forward_format,
+            gradient_format=args.gradient_format, bias=args.bias, bias_margin=args.bias_margin,
+            grad_bytes_per_param={"bf16": 2, "fp32": 4, "cfloat8": 1}[args.grad_dtype],
+            machine=machine, system_shape=args.system,
+            tile_link_bandwidth=(rp.ReportConfig.tile_link_bandwidth
+                                 if args.tile_link_bandwidth is None
+                                 else args.tile_link_bandwidth * 1e9),
+            algorithms=algorithms, check_elements=args.check_elements, seed=args.seed)
+    except (ValueError, TypeError) as exc:
+        print(f"dojo-kernels report: {exc}", file=sys.stderr)
+        return 2
+    if args.plot:  # fail before the work when matplotlib is missing
+        try:
+            rp._pyplot()
+        except ImportError as exc:
+            print(f"dojo-kernels report: {exc}", file=sys.stderr)
+            return 2
+    bar = rp.Progress(1, enabled=not args.quiet)
+
+    def total(n: int) -> None:
+        bar.total = n
+        bar.show("FP32 operands of the step")
+
+    try:
+        result = rp.run_report(cfg, progress=bar.advance, progress_total=total)
+    finally:
+        bar.close()
+    to_stdout = args.json == "-"   # JSON alone on stdout (the tables would corrupt it)
+    if not to_stdout:
+        print(rp.render_report(result))
+    if args.json:
+        rp.write_json(result, args.json)
+        if not to_stdout:
+            print(f"\nJSON written to {args.json}")
+    if args.plot:
+        paths = rp.plot_report(result, args.plot)
+        print("\nPlots: " + ", ".join(paths), file=sys.stderr if to_stdout else sys.stdout)
+    return 0
+
+
+def _find_suite() -> Optional[str]:
+    """The source checkout's bench/ directory, searched from the cwd upwards."""
+    d = os.getcwd()
+    while True:
+        cand = os.path.join(d, "bench")
+        if os.path.isfile(os.path.join(cand, "conftest.py")) and os.path.isfile(
+                os.path.join(cand, "_benchlib.py")):
+            return cand
+        parent = os.path.dirname(d)
+        if parent == d:
+            return None
+        d = parent
+
+
+def _bench(args: argparse.Namespace) -> int:
+    if args.suite:
+        suite = _find_suite()
+        if suite is None:
+            print("dojo-kernels bench --suite: no bench/ directory (with conftest.py and "
+                  "_benchlib.py) in the current directory or above; run it from the source "
+                  "checkout, or drop --suite for the built-in benchmark", file=sys.stderr)
+            return 2
+        env = dict(os.environ)
+        if args.quick:
+            env.setdefault("DOJO_BENCH_SCALE", "0.1")
+        cmd = [sys.executable, "-m", "pytest", suite, "--benchmark-only", "-q", "-p",
+               "no:cacheprovider"]
+        print("running: " + " ".join(cmd), flush=True)
+        return subprocess.call(cmd, env=env)
+
+    from . import _bench as bm
+    from .report import Progress
+
+    bar = Progress(5, enabled=not args.quiet)
+    try:
+        rows = bm.run_bench(quick=args.quick, threads=args.threads, progress=bar.advance)
+    finally:
+        bar.close()
+    print(bm.render_bench(rows, threads=args.threads))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``dojo-kernels`` command."""
+    from ._schedule import ALGORITHMS
+
     parser = argparse.ArgumentParser(
         prog="dojo-kernels",
         description="Tesla Dojo D1 numerics, SRAM-tiled GEMM and mesh all-reduce emulation.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("info", help="version, ISA tier, CPU features, threads, compiler")
     p.set_defaults(func=_info)
+
+    r = sub.add_parser(
+        "report", help="one transformer-block training step: emulated here, costed on a D1 tile",
+        description="Run one training step of a transformer block: its 12 GEMMs for real on "
+                    "this CPU in FP32, BF16 and CFloat8 (errors against FP32), their D1 plans "
+                    "on a training tile, the gradient all-reduce across the tile's chips and "
+                    "across a set of tiles, and the step's total against the tile's peak.")
+    g = r.add_argument_group("shape")
+    g.add_argument("--d-model", type=int, default=1024, help="model width (default 1024)")
+    g.add_argument("--seq", type=int, default=2048, help="sequence length (default 2048)")
+    g.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    g.add_argument("--mlp-ratio", type=int, default=4, help="MLP hidden / d_model (default 4)")
+    g = r.add_argument_group("formats")
+    g.add_argument("--formats", default="bf16,cfloat8",
+                   help="emulated formats besides FP32, comma-separated (default bf16,cfloat8)")
+    g.add_argument("--forward-format", default="cfloat8_143", choices=["cfloat8_143", "cfloat8_152"],
+                   help="CFloat8 family of activations and weights (default cfloat8_143)")
+    g.add_argument("--gradient-format", default="cfloat8_152", choices=["cfloat8_143", "cfloat8_152"],
+                   help="CFloat8 family of gradients (default cfloat8_152)")
+    g.add_argument("--bias", type=int, default=None,
+                   help="fixed CFloat8 bias 0..63 (default: choose_bias per tensor)")
+    g.add_argument("--bias-margin", type=int, default=0,
+                   help="binades of headroom for choose_bias (default 0)")
+    g.add_argument("--grad-dtype", default="bf16", choices=["bf16", "fp32", "cfloat8"],
+                   help="gradient element on the all-reduce wire (default bf16: 2 B)")
+    g = r.add_argument_group("machine (defaults: the public D1 figures, see dojo_kernels.d1)")
+    g.add_argument("--clock", type=_positive_float, metavar="GHZ", help="node clock (2)")
+    g.add_argument("--sram", type=_positive_float, metavar="KIB", help="SRAM per node (1280)")
+    g.add_argument("--noc-bandwidth", type=_positive_float, metavar="GB/S",
+                   help="node-to-node link per direction (128)")
+    g.add_argument("--link-bandwidth", type=_positive_float, metavar="GB/S",
+                   help="chip-to-chip link per direction inside a tile (2000)")
+    g.add_argument("--tile-link-bandwidth", type=_positive_float, metavar="GB/S",
+                   help="tile-to-tile link per direction (9000)")
+    g.add_argument("--system", type=_shape, default=(2, 3), metavar="ROWSxCOLS",
+                   help="tiles of the system all-reduce (default 2x3)")
+    g.add_argument("--algorithms", default="all",
+                   help=f"all-reduce algorithms, comma-separated, or all ({','.join(ALGORITHMS)})")
+    g = r.add_argument_group("output")
+    g.add_argument("--json", metavar="FILE", help="write every figure as JSON (- : JSON alone on stdout)")
+    g.add_argument("--plot", metavar="DIR", help="write PNG plots into DIR (needs matplotlib)")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    g.add_argument("--threads", type=int, default=None, help="kernel threads (default: all)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the operands (default 0)")
+    g.add_argument("--check-elements", type=int, default=4096,
+                   help="elements per node of the real all-reduce check (0: skip)")
+    r.set_defaults(func=_report)
+
+    b = sub.add_parser(
+        "bench", help="key rates against the peers installed (NumPy, ml_dtypes, torch)",
+        description="Measure conversion, GEMM and all-reduce rates against the peers found "
+                    "installed, with this CPU's measured FMA/VDPBF16PS peaks. --suite runs the "
+                    "full pytest-benchmark suite of a source checkout's bench/ instead.")
+    b.add_argument("--quick", action="store_true", help="smaller problems, a few seconds")
+    b.add_argument("--suite", action="store_true",
+                   help="run pytest-benchmark on ./bench (source checkout) instead")
+    b.add_argument("--threads", type=int, default=None,
+                   help="kernel (and, with threadpoolctl, BLAS) threads (default: all)")
+    b.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    b.set_defaults(func=_bench)
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``dojo-kernels``; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(None if argv is None else list(argv))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

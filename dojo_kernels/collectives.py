@@ -11,21 +11,15 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
+from typing import Any, List, Mapping, Optional, Tuple
 
 import numpy as np
 
 from . import _config
 from ._schedule import ALGORITHMS, COPY, Schedule, build
-from ._timing import lower_bounds, simulate
+from ._timing import BOUND_KEYS, lower_bounds, simulate, time_floor
 from .formats import BF16, FP32, Format
 from .mesh import Mesh2D
-
-#: Whether every node ends with the same bits (structural property of the schedule).
-BIT_IDENTICAL = {"ring": True, "bidirectional_ring": True, "2d": True,
-                 "halving_doubling": True, "tree": True, "chain": False,
-                 "spanning_trees": True}
-
 
 @dataclass(frozen=True, eq=False)
 class AllreduceReport:
@@ -45,8 +39,14 @@ class AllreduceReport:
     max_contention : most messages sharing one directed link in one step.
     links_used, longest_path_hops : directed links that carry data; the longest route.
     bus_bandwidth : ``2(P-1)/P * n / time`` (B/s, as nccl-tests).
-    lower_bounds : the SPEC section 7 bounds (s): ``latency``, ``degree``, ``capacity``.
-    lower_bound : the largest of them; ``efficiency = lower_bound / time``.
+    lower_bounds : the SPEC section 7 bounds (s): ``latency``, ``degree``, ``capacity``, and
+        ``latency_spec`` for comparison. ``latency`` is ``alpha + (D-1)*min(alpha, delta)``
+        (D the diameter): a message may cross several hops for ``delta`` each. SPEC's
+        ``(a+b-2)*alpha``, reported as ``latency_spec``, assumes ``delta >= alpha`` (and no
+        wrap links); then the two are equal. Otherwise it is not a bound (halving-doubling
+        with small ``delta`` beats it), so it never enters ``lower_bound``.
+    lower_bound : the largest of ``latency``, ``degree``, ``capacity``;
+        ``efficiency = lower_bound / time``.
     bit_identical : whether every node ends with the same bits.
     chunks : pipeline depth of the chunked algorithms (1 otherwise).
     """
@@ -57,7 +57,7 @@ class AllreduceReport:
     step_times: np.ndarray = field(repr=False)
     nbytes: float = 0.0
     nodes: int = 1
-    bytes_per_link: np.ndarray = field(repr=False, default=None)
+    bytes_per_link: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     bytes_per_link_max: float = 0.0
     bytes_per_link_mean: float = 0.0
     byte_hops: float = 0.0
@@ -72,14 +72,14 @@ class AllreduceReport:
     chunks: int = 1
 
 
-def _check_topology(topology) -> Mesh2D:
+def _check_topology(topology: Any) -> Mesh2D:
     if not isinstance(topology, Mesh2D):
         raise TypeError(f"topology: expected a dojo_kernels.mesh.Mesh2D, got "
                         f"{type(topology).__name__}")
     return topology
 
 
-def _check_nbytes(nbytes) -> float:
+def _check_nbytes(nbytes: Any) -> float:
     if isinstance(nbytes, bool) or not isinstance(nbytes, (int, float, np.integer, np.floating)):
         raise TypeError(f"nbytes: expected a non-negative number, got {type(nbytes).__name__}")
     v = float(nbytes)
@@ -88,7 +88,7 @@ def _check_nbytes(nbytes) -> float:
     return v
 
 
-def _check_algorithm(algorithm) -> str:
+def _check_algorithm(algorithm: Any) -> str:
     if not isinstance(algorithm, str) or (algorithm != "auto" and algorithm not in ALGORITHMS):
         raise ValueError(f"algorithm: expected 'auto' or one of {', '.join(ALGORITHMS)}, "
                          f"got {algorithm!r}")
@@ -100,7 +100,7 @@ def _report(schedule: Schedule, topology: Mesh2D, nbytes: float) -> AllreduceRep
     P = topology.nodes
     time = float(t.step_times.sum())
     lb = lower_bounds(topology, nbytes)
-    lbmax = max(lb.values())
+    lbmax = max(lb[k] for k in BOUND_KEYS)
     bpl = t.bytes_per_link
     bpl.setflags(write=False)
     st = t.step_times
@@ -116,32 +116,46 @@ def _report(schedule: Schedule, topology: Mesh2D, nbytes: float) -> AllreduceRep
         lower_bounds=MappingProxyType(lb), lower_bound=lbmax,
         efficiency=(lbmax / time) if time > 0 else 1.0,
         bit_identical=schedule.bit_identical,
-        chunks=int(schedule.info.get("chunks", 1)))
+        chunks=int(str(schedule.info.get("chunks", 1))))
 
 
 @functools.lru_cache(maxsize=64)
-def _choose(topology: Mesh2D, nbytes: float, algorithm: str):
+def _choose(topology: Mesh2D, nbytes: float, algorithm: str
+            ) -> Tuple[Schedule, AllreduceReport]:
     """(schedule, report) of the algorithm, or of the fastest one for "auto". Both are
     immutable, so repeated calls share them."""
     if algorithm != "auto":
         sch = build(algorithm, topology, nbytes)
         return sch, _report(sch, topology, nbytes)
-    best = None
-    for name in ALGORITHMS:
+    # The fastest; ties go to the earlier name in ALGORITHMS. Candidates are simulated in
+    # the order of a cheap lower bound on their time (time_floor), and one whose bound
+    # exceeds the best time found is skipped: it cannot win, so the choice is the same as
+    # simulating all of them.
+    cands: List[Tuple[float, int, Schedule]] = []
+    for idx, name in enumerate(ALGORITHMS):
         sch = build(name, topology, nbytes)
+        cands.append((time_floor(sch, topology, nbytes), idx, sch))
+    cands.sort(key=lambda c: (c[0], c[1]))
+    best: Optional[Tuple[Tuple[float, int], Schedule, AllreduceReport]] = None
+    for floor, idx, sch in cands:
+        if best is not None and floor > best[0][0] * (1 + 1e-9):
+            continue
         rep = _report(sch, topology, nbytes)
-        if best is None or rep.time < best[1].time:
-            best = (sch, rep)
-    return best
+        key = (rep.time, idx)
+        if best is None or key < best[0]:
+            best = (key, sch, rep)
+    assert best is not None  # the smallest floor is never skipped
+    return best[1], best[2]
 
 
-def schedule_for(nbytes, topology, *, algorithm="auto") -> Schedule:
+def schedule_for(nbytes: float, topology: Mesh2D, *, algorithm: str = "auto") -> Schedule:
     """The schedule ``allreduce``/``estimate_allreduce`` run for ``nbytes`` per node."""
     topology = _check_topology(topology)
     return _choose(topology, _check_nbytes(nbytes), _check_algorithm(algorithm))[0]
 
 
-def estimate_allreduce(nbytes, topology, *, algorithm="auto") -> AllreduceReport:
+def estimate_allreduce(nbytes: float, topology: Mesh2D, *, algorithm: str = "auto"
+                       ) -> AllreduceReport:
     """Timing-model report of an all-reduce of ``nbytes`` per node on ``topology``, without
     moving data. ``algorithm``: one of ``"ring"``, ``"bidirectional_ring"``, ``"2d"``,
     ``"halving_doubling"``, ``"tree"``, ``"chain"``, ``"spanning_trees"``, or ``"auto"`` (the
@@ -150,7 +164,7 @@ def estimate_allreduce(nbytes, topology, *, algorithm="auto") -> AllreduceReport
     return _choose(topology, _check_nbytes(nbytes), _check_algorithm(algorithm))[1]
 
 
-def estimate_schedule(schedule: Schedule, topology: Mesh2D, nbytes) -> AllreduceReport:
+def estimate_schedule(schedule: Schedule, topology: Mesh2D, nbytes: float) -> AllreduceReport:
     """Timing-model report of any schedule (for example ``build_ring`` on a given order)."""
     return _report(schedule, _check_topology(topology), _check_nbytes(nbytes))
 
@@ -271,7 +285,7 @@ def compile_program(schedule: Schedule, n_elements: int) -> Program:
     slot = slot_of_root[root]
     nslots = int(slot.max()) + 1 if nadd else 0
 
-    def operand(ids):
+    def operand(ids: Any) -> np.ndarray:
         ids = np.asarray(ids)
         return np.where(ids < P, -(ids + 1), slot[np.maximum(ids - P, 0)] if nadd else 0)
 
@@ -293,8 +307,10 @@ def compile_program(schedule: Schedule, n_elements: int) -> Program:
     return prog
 
 
-def _as_codes(buffers, fmt: Format, accumulate: str, name: str = "buffers"):
-    """Validate; return (2-D contiguous code array, shape, wire itemsize)."""
+def _as_codes(buffers: Any, fmt: Format, accumulate: str, name: str = "buffers"
+              ) -> Tuple[np.ndarray, int]:
+    """Validate; return ``(codes, wire_itemsize)``: the array of codes (float32, or uint16
+    BF16 codes) and the bytes per element on the wire (4 when BF16 accumulates in FP32)."""
     if not isinstance(fmt, Format):
         raise TypeError(f"fmt: expected a dojo_kernels Format (FP32 or BF16), got "
                         f"{type(fmt).__name__}")
@@ -319,8 +335,13 @@ def _as_codes(buffers, fmt: Format, accumulate: str, name: str = "buffers"):
     return arr, (4 if (fmt == BF16 and accumulate == "fp32") else arr.itemsize)
 
 
-def allreduce(buffers, topology, *, algorithm="auto", fmt=FP32, accumulate="fp32"):
+def allreduce(buffers: Any, topology: Mesh2D, *, algorithm: str = "auto", fmt: Format = FP32,
+              accumulate: str = "fp32") -> Tuple[np.ndarray, AllreduceReport]:
     """All-reduce (sum) of ``buffers`` over the nodes of ``topology``.
+
+    When every node ends with the same bits (``report.bit_identical``: every algorithm but
+    ``"chain"``), ``result`` is a **read-only** broadcast view of one row -- the P identical
+    copies are not materialised. ``np.array(result)`` gives a writable copy.
 
     Parameters
     ----------
@@ -340,8 +361,8 @@ def allreduce(buffers, topology, *, algorithm="auto", fmt=FP32, accumulate="fp32
         :class:`AllreduceReport` with ``nbytes`` = elements per node x bytes per element on
         the wire. When every node ends with the same bits (the schedule sums each element
         once and copies it: see ``report.bit_identical``), ``result`` is a read-only
-        broadcast view of one row -- the P identical copies are not materialised; use
-        ``result.copy()`` for a writable array.
+        broadcast view of one row (``np.array(result)`` for a writable copy); otherwise a
+        new writable array.
     """
     topology = _check_topology(topology)
     algorithm = _check_algorithm(algorithm)
@@ -375,4 +396,4 @@ def allreduce(buffers, topology, *, algorithm="auto", fmt=FP32, accumulate="fp32
 
 
 __all__ = ["AllreduceReport", "allreduce", "estimate_allreduce", "estimate_schedule",
-           "schedule_for", "ALGORITHMS", "BIT_IDENTICAL"]
+           "schedule_for", "ALGORITHMS"]

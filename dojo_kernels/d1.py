@@ -12,6 +12,7 @@ is our own model on these figures.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Tuple
 
 __all__ = ["D1Node", "D1Chip", "TrainingTile", "DojoSystem"]
 
@@ -50,7 +51,7 @@ class D1Node:
     sram_store_bw: float = 270e9
     matrix_flops_per_cycle: int = 512
     fp32_flops_per_cycle: int = 32
-    mac_block: tuple = (8, 8, 4)
+    mac_block: Tuple[int, int, int] = (8, 8, 4)
     noc_link_bw: float = 128e9
     hop_latency_cycles: float = 1.0
 
@@ -101,7 +102,7 @@ class D1Chip:
     """
 
     node: D1Node = field(default_factory=D1Node)
-    grid: tuple = (18, 20)
+    grid: Tuple[int, int] = (18, 20)
     active_nodes: int = 354
     offchip_bw_per_edge: float = 2e12
     edges: int = 4
@@ -158,7 +159,7 @@ class TrainingTile:
     """
 
     chip: D1Chip = field(default_factory=D1Chip)
-    chips: tuple = (5, 5)
+    chips: Tuple[int, int] = (5, 5)
     chip_link_bw: float = 2e12
     offtile_bw_per_edge: float = 9e12
     edges: int = 4

@@ -8,12 +8,24 @@ are float32 values themselves).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
 SUBNORMAL_MODES = ("tesla", "ieee", "flush")
+
+# name -> (exponent_bits, mantissa_bits, signed, has_inf_nan, fixed bias, fixed subnormals);
+# a bias of None means "per tensor, 0..63".
+_LAYOUTS = {
+    "fp32": (8, 23, True, True, 127, "ieee"),
+    "bf16": (8, 7, True, True, 127, "ieee"),
+    "uhp": (6, 10, False, True, 31, "flush"),
+    "cfloat8_143": (4, 3, True, False, None, None),
+    "cfloat8_152": (5, 2, True, False, None, None),
+    "shp": (5, 10, True, False, None, None),
+}
+_NAN_CODES = {"fp32": 0x7FC00000, "bf16": 0x7FC0, "uhp": 0xFE00}
 
 
 @dataclass(frozen=True)
@@ -43,7 +55,25 @@ class Format:
     bias: int
     subnormals: str
     has_inf_nan: bool
-    _nan_code: int = field(default=0, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        layout = _LAYOUTS.get(self.name)
+        if layout is None:
+            raise ValueError(f"name: expected one of {', '.join(map(repr, _LAYOUTS))}, "
+                             f"got {self.name!r}")
+        got = (self.exponent_bits, self.mantissa_bits, self.signed, self.has_inf_nan)
+        if got != layout[:4]:
+            raise ValueError(
+                f"{self.name}: expected (exponent_bits, mantissa_bits, signed, has_inf_nan) = "
+                f"{layout[:4]}, got {got}")
+        fixed_bias, fixed_sub = layout[4], layout[5]
+        if fixed_bias is not None:
+            if self.bias != fixed_bias or self.subnormals != fixed_sub:
+                raise ValueError(f"{self.name}: bias and subnormals are fixed at "
+                                 f"{fixed_bias}, {fixed_sub!r}")
+        else:
+            _check_bias(self.bias)
+            _check_subnormals(self.subnormals)
 
     @property
     def nbits(self) -> int:
@@ -88,7 +118,7 @@ class Format:
     @property
     def nan_code(self) -> Optional[int]:
         """Canonical (positive, quiet) NaN code, or None for formats without NaN."""
-        return self._nan_code if self.has_inf_nan else None
+        return _NAN_CODES.get(self.name)
 
     def __repr__(self) -> str:
         if self.name in ("fp32", "bf16", "uhp"):
@@ -113,26 +143,26 @@ def _check_subnormals(subnormals: object) -> str:
     return str(subnormals)
 
 
-def cfloat8_143(bias: int = 7, subnormals: str = "tesla") -> Format:
+def cfloat8_143(bias: int, subnormals: str = "tesla") -> Format:
     """Tesla CFloat8 with 1 sign, 4 exponent and 3 mantissa bits; bias 0..63 per tensor."""
     return Format("cfloat8_143", 4, 3, True, _check_bias(bias), _check_subnormals(subnormals), False)
 
 
-def cfloat8_152(bias: int = 15, subnormals: str = "tesla") -> Format:
+def cfloat8_152(bias: int, subnormals: str = "tesla") -> Format:
     """Tesla CFloat8 with 1 sign, 5 exponent and 2 mantissa bits; bias 0..63 per tensor."""
     return Format("cfloat8_152", 5, 2, True, _check_bias(bias), _check_subnormals(subnormals), False)
 
 
-def shp(bias: int = 15, subnormals: str = "tesla") -> Format:
+def shp(bias: int, subnormals: str = "tesla") -> Format:
     """Signed half precision CFloat16 (1-5-10, bias 0..63, no Inf/NaN)."""
     return Format("shp", 5, 10, True, _check_bias(bias), _check_subnormals(subnormals), False)
 
 
-FP32 = Format("fp32", 8, 23, True, 127, "ieee", True, 0x7FC00000)
+FP32 = Format("fp32", 8, 23, True, 127, "ieee", True)
 """IEEE binary32."""
-BF16 = Format("bf16", 8, 7, True, 127, "ieee", True, 0x7FC0)
+BF16 = Format("bf16", 8, 7, True, 127, "ieee", True)
 """bfloat16: FP32's exponent, 7 mantissa bits; rounding as ml_dtypes (NaN -> sign|0x7FC0)."""
-UHP = Format("uhp", 6, 10, False, 31, "flush", True, 0xFE00)
+UHP = Format("uhp", 6, 10, False, 31, "flush", True)
 """Unsigned half precision CFloat16: 6 exponent bits (bias 31), 10 mantissa bits, IEEE-style
 Inf/NaN (canonical NaN 0xFE00), subnormal results flushed to +0."""
 

@@ -2,7 +2,7 @@
 cost model of the same product (SPEC section 6, our own dataflow).
 
 Numerics of :func:`gemm` (every ISA tier, every thread count gives the same bits)
---------------------------------------------------------------------------------
+---------------------------------------------------------------------------------
 Products are exact and accumulate in FP32 with RNE in one fixed order, the order a chain
 of VDPBF16PS instructions gives: ``k`` is padded to even length with a zero, the pairs
 ``(2p, 2p+1)`` are taken in increasing ``p`` and, within a pair, the **odd** element first::
@@ -33,7 +33,7 @@ import functools
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple, Union
+from typing import Any, List, Literal, Optional, Sequence, Tuple, Union, overload
 
 import numpy as np
 
@@ -180,6 +180,19 @@ def _operand(x: Any, fmt: Format, name: str) -> np.ndarray:
     raise TypeError(f"{name}: expected a float array or {want} codes of {fmt!r}, got dtype {dt}")
 
 
+@overload
+def gemm(a: Any, b: Any, *, a_format: Format = ..., b_format: Optional[Format] = ...,
+         c: Any = ..., beta: float = ..., out: Optional[np.ndarray] = ...,
+         return_plan: Literal[False] = ..., machine: Any = ...) -> np.ndarray: ...
+@overload
+def gemm(a: Any, b: Any, *, a_format: Format = ..., b_format: Optional[Format] = ...,
+         c: Any = ..., beta: float = ..., out: Optional[np.ndarray] = ...,
+         return_plan: Literal[True], machine: Any = ...) -> Tuple[np.ndarray, "GemmPlan"]: ...
+@overload
+def gemm(a: Any, b: Any, *, a_format: Format = ..., b_format: Optional[Format] = ...,
+         c: Any = ..., beta: float = ..., out: Optional[np.ndarray] = ...,
+         return_plan: bool = ..., machine: Any = ...
+         ) -> Union[np.ndarray, Tuple[np.ndarray, "GemmPlan"]]: ...
 def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] = None,
          c: Any = None, beta: float = 0.0, out: Optional[np.ndarray] = None,
          return_plan: bool = False, machine: Any = None
@@ -291,7 +304,7 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
         if not direct:
             out[...] = res
         res = out
-    if return_plan:
+    if plan is not None:
         return res, plan
     return res
 
@@ -346,16 +359,24 @@ def _bytes_per(fmt: Format) -> float:
     return fmt.nbits / 8
 
 
-def _grids(machine) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _pick(top: int) -> List[int]:
+    return sorted({v for v in (1, 2, 4, top // 2, top - 1, top) if 1 <= v <= top})
+
+
+def _grids(machine: Union[D1Chip, TrainingTile]
+           ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Candidate node grids: rows, cols, chip rows, chip cols spanned."""
+    rs: Sequence[int]
+    cs: Sequence[int]
+    crs: Sequence[int]
+    ccs: Sequence[int]
     if isinstance(machine, D1Chip):
         chip, crs, ccs = machine, [1], [1]
         rs, cs = range(1, chip.grid[0] + 1), range(1, chip.grid[1] + 1)
     else:
         chip = machine.chip
         crs, ccs = range(1, machine.chips[0] + 1), range(1, machine.chips[1] + 1)
-        pick = lambda top: sorted({v for v in (1, 2, 4, top // 2, top - 1, top) if 1 <= v <= top})
-        rs, cs = pick(chip.grid[0]), pick(chip.grid[1])
+        rs, cs = _pick(chip.grid[0]), _pick(chip.grid[1])
     out = [(r, c, cr, cc) for r in rs for c in cs if r * c <= chip.active_nodes
            for cr in crs for cc in ccs]
     arr = np.array(out, dtype=np.int64)
@@ -363,7 +384,8 @@ def _grids(machine) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=8)
-def _candidates(machine, ab: float, bb: float, ob: float):
+def _candidates(machine: Union[D1Chip, TrainingTile], ab: float, bb: float, ob: float
+                ) -> Optional[Tuple[np.ndarray, ...]]:
     """Every (grid, tile) pair the planner considers, as flat float arrays (read-only)."""
     node = (machine if isinstance(machine, D1Chip) else machine.chip).node
     r, c, cr, cc = _grids(machine)

@@ -21,13 +21,13 @@ endpoint ends with the same bits when the outermost algorithm gives every node t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .collectives import (AllreduceReport, _as_codes, _check_algorithm, _check_nbytes,
                           _check_topology, allreduce, estimate_allreduce)
-from .formats import BF16, FP32
+from .formats import BF16, FP32, Format
 from .mesh import Mesh2D
 
 INNER_ALGORITHMS = ("ring", "bidirectional_ring", "2d")
@@ -54,7 +54,7 @@ class HierarchicalReport:
     bit_identical: bool
 
 
-def _check_levels(levels, algorithms):
+def _check_levels(levels: Any, algorithms: Any) -> Tuple[Tuple[Mesh2D, ...], Tuple[str, ...]]:
     if isinstance(levels, Mesh2D) or not isinstance(levels, (list, tuple)) or not levels:
         raise TypeError("levels: expected a non-empty sequence of Mesh2D, innermost first")
     levels = tuple(_check_topology(m) for m in levels)
@@ -72,8 +72,8 @@ def _check_levels(levels, algorithms):
     return levels, algorithms
 
 
-def estimate_hierarchical(nbytes, levels: Sequence[Mesh2D], *,
-                          algorithms=None) -> HierarchicalReport:
+def estimate_hierarchical(nbytes: float, levels: Sequence[Mesh2D], *,
+                          algorithms: Optional[Sequence[str]] = None) -> HierarchicalReport:
     """Timing of a hierarchical all-reduce of ``nbytes`` per endpoint (see the module doc).
     ``algorithms``: one per level, default bidirectional rings inside and ``"auto"`` at the top.
     """
@@ -92,8 +92,9 @@ def estimate_hierarchical(nbytes, levels: Sequence[Mesh2D], *,
         bit_identical=bool(reps[-1].bit_identical))
 
 
-def allreduce_hierarchical(buffers, levels: Sequence[Mesh2D], *, algorithms=None, fmt=FP32,
-                           accumulate="fp32"):
+def allreduce_hierarchical(buffers: Any, levels: Sequence[Mesh2D], *,
+                           algorithms: Optional[Sequence[str]] = None, fmt: Format = FP32,
+                           accumulate: str = "fp32") -> Tuple[np.ndarray, HierarchicalReport]:
     """All-reduce of ``buffers`` (shape ``(P, ...)``, endpoints numbered innermost first) in
     the hierarchical order; returns ``(result, HierarchicalReport)``.
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -52,7 +52,7 @@ TILE_HOP_LATENCY = 100e-9
 EXAPOD_TILES = DojoSystem().tiles
 
 
-def _positive_int(name: str, v) -> int:
+def _positive_int(name: str, v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
         raise TypeError(f"{name}: expected a positive int, got {type(v).__name__}")
     if v < 1:
@@ -60,14 +60,14 @@ def _positive_int(name: str, v) -> int:
     return int(v)
 
 
-def _real(name: str, v, *, positive: bool) -> float:
+def _real(name: str, v: Any, *, positive: bool) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name}: expected a real number, got {type(v).__name__}")
-    v = float(v)
-    if not math.isfinite(v) or (v <= 0 if positive else v < 0):
+    f = float(v)
+    if not math.isfinite(f) or (f <= 0 if positive else f < 0):
         what = "a positive finite number" if positive else "a non-negative finite number"
-        raise ValueError(f"{name}: expected {what}, got {v}")
-    return v
+        raise ValueError(f"{name}: expected {what}, got {f}")
+    return f
 
 
 @dataclass(frozen=True)
@@ -91,8 +91,8 @@ class Mesh2D:
     hop_latency: float = 0.0
     wraparound: bool = False
 
-    def __init__(self, rows, cols, *, link_bandwidth, link_latency, hop_latency=0.0,
-                 wraparound=False):
+    def __init__(self, rows: int, cols: int, *, link_bandwidth: float, link_latency: float,
+                 hop_latency: float = 0.0, wraparound: bool = False) -> None:
         object.__setattr__(self, "rows", _positive_int("rows", rows))
         object.__setattr__(self, "cols", _positive_int("cols", cols))
         object.__setattr__(self, "link_bandwidth",
@@ -126,13 +126,14 @@ class Mesh2D:
         """Whether each column is a cycle."""
         return self.wraparound and self.rows >= 3
 
-    def coords(self, node):
+    def coords(self, node: Any) -> Tuple[np.ndarray, np.ndarray]:
         """(row, col) of node id(s)."""
         node = np.asarray(node)
         return node // self.cols, node % self.cols
 
-    def node(self, row, col):
-        return np.asarray(row) * self.cols + np.asarray(col)
+    def node(self, row: Any, col: Any) -> np.ndarray:
+        """Node id(s) of (row, col)."""
+        return np.asarray(np.asarray(row) * self.cols + np.asarray(col))
 
     def _neighbor_table(self) -> np.ndarray:
         """(P, 4) neighbour of each node in directions E, W, S, N; -1 where no link."""
@@ -170,7 +171,7 @@ class Mesh2D:
         ok = nb >= 0
         return np.stack([src[ok], nb[ok]], axis=1)
 
-    def link_grid(self, values) -> np.ndarray:
+    def link_grid(self, values: Any) -> np.ndarray:
         """Per-link values (in :meth:`links` order, e.g. ``report.bytes_per_link``) as a
         ``(rows, cols, 4)`` float array indexed by source node and direction (east, west,
         south, north), NaN where there is no link: ready for plotting."""
@@ -184,7 +185,8 @@ class Mesh2D:
         return out.reshape(self.rows, self.cols, 4)
 
     def degree(self) -> np.ndarray:
-        return (self._neighbor_table() >= 0).sum(axis=1)
+        """Number of links leaving each node."""
+        return np.asarray((self._neighbor_table() >= 0).sum(axis=1))
 
     def diameter(self) -> int:
         """Largest hop count of a dimension-order route."""
@@ -192,7 +194,7 @@ class Mesh2D:
         dc = self.cols // 2 if self.wrap_rows else self.cols - 1
         return dr + dc
 
-    def route(self, src, dst):
+    def route(self, src: Any, dst: Any) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Dimension-order routes of messages ``src[i] -> dst[i]`` (along the row first).
 
         Returns ``(msg, link, hops)``: for every hop, the message index and the compact
@@ -207,8 +209,18 @@ class Mesh2D:
         dc, sc = _signed_steps(c2 - c1, b, self.wrap_rows)
         dr, sr = _signed_steps(r2 - r1, a, self.wrap_cols)
         hops = dc + dr
-        total = int(hops.sum())
         lid = self._link_index()
+        if hops.size and int(hops.max()) <= 1:
+            # one hop or none (most schedules): no expansion needed
+            msg = np.flatnonzero(hops)
+            h = dc[msg] > 0
+            direction = np.where(h, np.where(sc[msg] > 0, EAST, WEST),
+                                 np.where(sr[msg] > 0, SOUTH, NORTH))
+            link = lid[src[msg] * 4 + direction]
+            if (link < 0).any():  # pragma: no cover - a routing bug, never user input
+                raise AssertionError("route crosses a missing link")
+            return msg, link, hops
+        total = int(hops.sum())
         msg = np.repeat(np.arange(src.size), hops)
         if total == 0:
             return msg, np.zeros(0, np.int64), hops
@@ -233,16 +245,16 @@ class Mesh2D:
             raise AssertionError("route crosses a missing link")
         return msg, link, hops
 
-    def replace(self, **changes) -> "Mesh2D":
+    def replace(self, **changes: Any) -> "Mesh2D":
         """A copy with some parameters changed."""
-        kw = dict(rows=self.rows, cols=self.cols, link_bandwidth=self.link_bandwidth,
+        kw: Dict[str, Any] = dict(rows=self.rows, cols=self.cols, link_bandwidth=self.link_bandwidth,
                   link_latency=self.link_latency, hop_latency=self.hop_latency,
                   wraparound=self.wraparound)
         kw.update(changes)
         return Mesh2D(kw.pop("rows"), kw.pop("cols"), **kw)
 
 
-def _signed_steps(d, k, wrap):
+def _signed_steps(d: Any, k: int, wrap: bool) -> Tuple[np.ndarray, np.ndarray]:
     """Hop count and direction (+1/-1) along one dimension of size k."""
     d = np.asarray(d, np.int64)
     if wrap:

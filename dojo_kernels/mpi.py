@@ -11,25 +11,27 @@ imported when a function of this module is called, not when the module is import
 """
 from __future__ import annotations
 
+from typing import Any, List, Optional
+
 import numpy as np
 
 from . import _config
 from .collectives import _as_codes, _check_algorithm, schedule_for, unit_boundaries
-from .formats import BF16, FP32
+from .formats import BF16, FP32, Format
 from .mesh import Mesh2D, chip_mesh
 from ._schedule import COPY
 
 
-def _mpi():
+def _mpi() -> Any:
     try:
-        from mpi4py import MPI
+        from mpi4py import MPI  # type: ignore[import-not-found,unused-ignore]  # optional
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("dojo_kernels.mpi needs mpi4py: pip install mpi4py mpich "
                           "(or pip install dojo_kernels[mpi])") from exc
     return MPI
 
 
-def _topology(mesh_shape, size: int, MPI) -> Mesh2D:
+def _topology(mesh_shape: Any, size: int, MPI: Any) -> Mesh2D:
     if mesh_shape is None:
         rows, cols = MPI.Compute_dims(size, 2)
         return chip_mesh(int(rows), int(cols))
@@ -48,7 +50,8 @@ def _topology(mesh_shape, size: int, MPI) -> Mesh2D:
     return topo
 
 
-def allreduce(comm, array, *, algorithm="ring", mesh_shape=None, fmt=FP32, accumulate="fp32"):
+def allreduce(comm: Any, array: Any, *, algorithm: str = "ring", mesh_shape: Any = None,
+              fmt: Format = FP32, accumulate: str = "fp32") -> np.ndarray:
     """All-reduce ``array`` (this rank's contribution) over ``comm``.
 
     Parameters
@@ -77,21 +80,23 @@ def allreduce(comm, array, *, algorithm="ring", mesh_shape=None, fmt=FP32, accum
     isa, threads = _config.isa(), _config.threads()
     from . import _reduce
 
-    slots = [None] * schedule.slots
+    slots: List[Optional[np.ndarray]] = [None] * schedule.slots
+    first = np.empty(N, np.float32)
     if fmt == BF16:
-        slots[0] = np.empty(N, np.float32)
         if N:
-            _reduce.bf16_to_f32(isa, threads, slots[0], row)
+            _reduce.bf16_to_f32(isa, threads, first, row)
     else:
-        slots[0] = row.astype(np.float32, copy=True)
+        first[...] = row
+    slots[0] = first
     round_each = fmt == BF16 and accumulate == "bf16"
 
-    def slot(k):
-        if slots[k] is None:
-            slots[k] = np.zeros(N, np.float32)
-        return slots[k]
+    def slot(k: int) -> np.ndarray:
+        have = slots[k]
+        if have is None:
+            have = slots[k] = np.zeros(N, np.float32)
+        return have
 
-    def apply(op, dslot, lo, hi, payload):
+    def apply(op: int, dslot: int, lo: int, hi: int, payload: np.ndarray) -> None:
         dst = slot(dslot)[lo:hi]
         if op == COPY:
             dst[...] = payload
@@ -137,7 +142,8 @@ def allreduce(comm, array, *, algorithm="ring", mesh_shape=None, fmt=FP32, accum
             for i, buf in incoming:  # applied in (prio, template) order
                 t = tpl[i]
                 apply(a["op"][t], a["dslot"][t], int(lo_e[i]), int(hi_e[i]), buf)
-    res = slots[0]
+    res = first
+    out: np.ndarray
     if fmt == BF16:
         out = np.empty(N, np.uint16)
         if N:

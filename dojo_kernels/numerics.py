@@ -26,7 +26,7 @@ import functools
 import math
 import operator
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Literal, Optional, Tuple, Union, overload
 
 import numpy as np
 
@@ -46,13 +46,19 @@ _OPS = {"add": 0, "sub": 1, "mul": 2, "fma": 3}
 class Flags:
     """Exception counts of one call (SPEC section 3): how many elements raised each flag.
 
-    invalid   -- NaN operand, a negative non-zero value into UHP, or an invalid operation
-                 (Inf - Inf, 0 * Inf).
-    denormal  -- an operand that is subnormal in its source format (float32/float64/bf16
-                 for quantize; the format itself for arithmetic, one count per element).
-    overflow  -- a finite value whose result was clamped to max or rounded to Inf, and in
-                 CFloat8/SHP also an infinite input (it is clamped).
-    underflow -- a non-zero value whose result is subnormal or zero and differs from it.
+    Attributes
+    ----------
+    invalid : int
+        NaN operand, a negative non-zero value into UHP, or an invalid operation
+        (Inf - Inf, 0 * Inf).
+    denormal : int
+        An operand that is subnormal in its source format (float32/float64/bf16 for
+        quantize; the format itself for arithmetic, one count per element).
+    overflow : int
+        A finite value whose result was clamped to max or rounded to Inf, and in
+        CFloat8/SHP also an infinite input (it is clamped).
+    underflow : int
+        A non-zero value whose result is subnormal or zero and differs from it.
     """
 
     invalid: int = 0
@@ -62,7 +68,7 @@ class Flags:
 
 
 @functools.lru_cache(maxsize=None)
-def _ctuple(fmt: Format) -> tuple:
+def _ctuple(fmt: Format) -> Tuple[Any, ...]:
     return (fmt.exponent_bits, fmt.mantissa_bits, fmt.bias, int(fmt.signed), _SUB[fmt.subnormals],
             int(fmt.has_inf_nan), fmt.nan_code or 0)
 
@@ -75,7 +81,7 @@ def _check_format(fmt: Any, name: str = "fmt") -> Format:
 
 
 def _check_rounding(rounding: Any, seed: Any) -> Tuple[int, int]:
-    if rounding not in _ROUNDING:
+    if not isinstance(rounding, str) or rounding not in _ROUNDING:
         raise ValueError(f"rounding: expected one of {', '.join(map(repr, _ROUNDING))}, "
                          f"got {rounding!r}")
     mode = _ROUNDING[rounding]
@@ -106,11 +112,8 @@ def _native(a: np.ndarray) -> np.ndarray:
 def _source(x: Any, name: str = "x") -> Tuple[np.ndarray, int]:
     """x as a C-contiguous native float32/float64/bf16-bits array, and its kind."""
     a = np.asarray(x)
-    dt = a.dtype if a.dtype.isnative else a.dtype.newbyteorder("=")  # big-endian too
-    if dt == np.float32:
-        return _native(a), _F32
-    if dt == np.float64:
-        return _native(a), _F64
+    if a.dtype.kind == "f" and a.dtype.itemsize in (4, 8):  # either byte order
+        return _native(a), _F32 if a.dtype.itemsize == 4 else _F64
     if _is_bf16(a.dtype):
         return _native(a).view(np.uint16), _BF16
     raise TypeError(f"{name}: expected a float32, float64 or ml_dtypes.bfloat16 array, "
@@ -132,7 +135,8 @@ def _bytes(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1).view(np.uint8)
 
 
-def _check_out(out: Any, shape: tuple, dtype: np.dtype, name: str = "out") -> np.ndarray:
+def _check_out(out: Any, shape: Tuple[int, ...], dtype: np.dtype[Any],
+               name: str = "out") -> np.ndarray:
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name}: expected a numpy.ndarray, got {type(out).__name__}")
     if out.dtype != dtype:
@@ -151,18 +155,29 @@ def _deliver(result: np.ndarray, out: Optional[np.ndarray]) -> np.ndarray:
     return result
 
 
-def _target(out: Optional[np.ndarray], shape: tuple, dtype: np.dtype,
-            *inputs: np.ndarray) -> np.ndarray:
-    """Where the kernel writes: out itself when it is C-contiguous, aligned, native and overlaps no
-    input (exact element-for-element aliasing, i.e. in place, is fine), else a new array."""
-    if out is not None and out.flags.c_contiguous and out.flags.aligned and out.dtype.isnative:
-        if all(not np.may_share_memory(out, a)
-               or (a.ctypes.data == out.ctypes.data and a.dtype.itemsize == out.dtype.itemsize
-                   and a.flags.c_contiguous) for a in inputs):
-            return out
+def _target(out: Optional[np.ndarray], shape: Tuple[int, ...], dtype: np.dtype[Any],
+            *sources: np.ndarray) -> np.ndarray:
+    """Where the kernel writes: out itself when it is C-contiguous, aligned, native and shares
+    no memory with a source (a partial overlap would be read after being written), else a
+    new array that _deliver copies into out."""
+    if (out is not None and out.flags.c_contiguous and out.flags.aligned and out.dtype.isnative
+            and not any(np.may_share_memory(out, s) for s in sources)):
+        return out
     return np.empty(shape, dtype)
 
 
+@overload
+def quantize(x: Any, fmt: Format, *, rounding: str = ..., seed: Optional[int] = ...,
+             out: Optional[np.ndarray] = ..., return_flags: Literal[False] = ...
+             ) -> np.ndarray: ...
+@overload
+def quantize(x: Any, fmt: Format, *, rounding: str = ..., seed: Optional[int] = ...,
+             out: Optional[np.ndarray] = ..., return_flags: Literal[True]
+             ) -> Tuple[np.ndarray, Flags]: ...
+@overload
+def quantize(x: Any, fmt: Format, *, rounding: str = ..., seed: Optional[int] = ...,
+             out: Optional[np.ndarray] = ..., return_flags: bool = ...
+             ) -> Union[np.ndarray, Tuple[np.ndarray, Flags]]: ...
 def quantize(x: Any, fmt: Format, *, rounding: str = "nearest", seed: Optional[int] = None,
              out: Optional[np.ndarray] = None, return_flags: bool = False
              ) -> Union[np.ndarray, Tuple[np.ndarray, Flags]]:
@@ -278,7 +293,8 @@ def _arith(op: str, operands: Tuple[Any, ...], fmt: Format, rounding: str, seed:
 
 
 def add(a: Any, b: Any, fmt: Format, *, rounding: str = "nearest", seed: Optional[int] = None,
-        out: Optional[np.ndarray] = None, return_flags: bool = False):
+        out: Optional[np.ndarray] = None, return_flags: bool = False
+        ) -> Union[np.ndarray, Tuple[np.ndarray, Flags]]:
     """``a + b`` on code arrays of ``fmt`` (NumPy broadcasting), the exact sum correctly
     rounded into ``fmt`` (SPEC section 4). Stochastic random numbers follow the flat C-order
     index of the broadcast result."""
@@ -286,19 +302,22 @@ def add(a: Any, b: Any, fmt: Format, *, rounding: str = "nearest", seed: Optiona
 
 
 def sub(a: Any, b: Any, fmt: Format, *, rounding: str = "nearest", seed: Optional[int] = None,
-        out: Optional[np.ndarray] = None, return_flags: bool = False):
+        out: Optional[np.ndarray] = None, return_flags: bool = False
+        ) -> Union[np.ndarray, Tuple[np.ndarray, Flags]]:
     """``a - b`` on code arrays of ``fmt``, correctly rounded (see :func:`add`)."""
     return _arith("sub", (a, b), fmt, rounding, seed, out, return_flags)
 
 
 def mul(a: Any, b: Any, fmt: Format, *, rounding: str = "nearest", seed: Optional[int] = None,
-        out: Optional[np.ndarray] = None, return_flags: bool = False):
+        out: Optional[np.ndarray] = None, return_flags: bool = False
+        ) -> Union[np.ndarray, Tuple[np.ndarray, Flags]]:
     """``a * b`` on code arrays of ``fmt``, correctly rounded (see :func:`add`)."""
     return _arith("mul", (a, b), fmt, rounding, seed, out, return_flags)
 
 
 def fma(a: Any, b: Any, c: Any, fmt: Format, *, rounding: str = "nearest",
-        seed: Optional[int] = None, out: Optional[np.ndarray] = None, return_flags: bool = False):
+        seed: Optional[int] = None, out: Optional[np.ndarray] = None, return_flags: bool = False
+        ) -> Union[np.ndarray, Tuple[np.ndarray, Flags]]:
     """``a * b + c`` with a single rounding, on code arrays of ``fmt`` (see :func:`add`)."""
     return _arith("fma", (a, b, c), fmt, rounding, seed, out, return_flags)
 
@@ -311,7 +330,7 @@ def choose_bias(x: Any, family: str, *, margin: int = 0) -> int:
     ``"shp"``. An all-zero ``x`` gives 63. Raises ValueError when even bias 0 is too small,
     or when ``x`` holds NaN or Inf.
     """
-    if family not in FAMILIES:
+    if not isinstance(family, str) or family not in FAMILIES:
         raise ValueError(f"family: expected one of {', '.join(map(repr, FAMILIES))}, "
                          f"got {family!r}")
     try:

@@ -12,6 +12,20 @@ DK_INLINE int dk_code_width(const dk_format *f)
     return nbits <= 8 ? 1 : nbits <= 16 ? 2 : 4;
 }
 
+/* Code i of a buffer of codes `width` bytes wide. */
+DK_INLINE uint32_t dk_load_code(const void *p, int64_t i, int width)
+{
+    if (width == 1) return ((const uint8_t *)p)[i];
+    if (width == 2) return ((const uint16_t *)p)[i];
+    return ((const uint32_t *)p)[i];
+}
+DK_INLINE void dk_store_code(void *p, int64_t i, uint32_t c, int width)
+{
+    if (width == 1) ((uint8_t *)p)[i] = (uint8_t)c;
+    else if (width == 2) ((uint16_t *)p)[i] = (uint16_t)c;
+    else ((uint32_t *)p)[i] = c;
+}
+
 /* Tier kernels over one contiguous block. index0 is the flat index of x[0] (it selects
  * the random numbers of stochastic rounding). They compute no flags. */
 #define DK_DECLARE_CONVERT(tier)                                                               \

@@ -193,12 +193,6 @@ static inline vi dk_load_codes(const void *codes, int64_t i, int width)
 #endif
 }
 
-static inline void dk_store_scalar(void *out, int64_t i, uint32_t code, int width)
-{
-    if (width == 1) ((uint8_t *)out)[i] = (uint8_t)code;
-    else if (width == 2) ((uint16_t *)out)[i] = (uint16_t)code;
-    else ((uint32_t *)out)[i] = code;
-}
 
 /* The vector loop for one (mode, format family): every switch is a compile-time constant
  * at the call sites below, so the loop body has no branches. Returns where it stopped. */
@@ -223,7 +217,7 @@ dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk
                     for (int j = 0; j < DK_VL; j++)
                         if (gap[j]) {
                             unsigned fl = 0;
-                            dk_store_scalar(out, i + j, dk_round((double)x[i + j], 0.0, f, mode, r[j], &fl), width);
+                            dk_store_code(out, i + j, dk_round(dk_f32_to_f64(x[i + j]), 0.0, f, mode, r[j], &fl), width);
                         }
             }
         }
@@ -286,7 +280,7 @@ void DK_FN(dk_quantize_f32)(const float *x, void *out, int64_t n, const dk_forma
     for (; i < n; i++) {
         unsigned fl = 0;
         uint32_t r = mode == DK_STOCHASTIC ? dk_splitmix32(seed, (uint64_t)(index0 + i)) : 0u;
-        dk_store_scalar(out, i, dk_round((double)x[i], 0.0, f, mode, r, &fl), width);
+        dk_store_code(out, i, dk_round(dk_f32_to_f64(x[i]), 0.0, f, mode, r, &fl), width);
     }
 }
 #undef DK_QFAMILIES
@@ -338,8 +332,7 @@ void DK_FN(dk_dequantize_f32)(const void *codes, float *out, int64_t n, const dk
     }
 #undef DK_DEQUANT_LOOP
     for (; i < n; i++) {
-        uint32_t c = width == 1 ? ((const uint8_t *)codes)[i] : ((const uint16_t *)codes)[i];
-        uint32_t b = dk_decode_f32bits(c, f);
+        uint32_t b = dk_decode_f32bits(dk_load_code(codes, i, width), f);
         memcpy(out + i, &b, 4);
     }
 }

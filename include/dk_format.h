@@ -216,9 +216,16 @@ DK_INLINE uint32_t dk_round(double s, double t, const dk_format *f, int mode, ui
             int qe_lo = qe; /* quantum of the grid just below a */
             if (a == dk_pow2(E0)) qe_lo = E0 - 1 - m > qmin ? E0 - 1 - m : qmin;
             double lo = a - dk_pow2(qe_lo);
-            if (mode == DK_NEAREST) res = a;
-            else if (mode == DK_TOWARD_ZERO) res = lo;
-            else res = (r >= 1u) ? a : lo; /* f = 2^32 - 1 */
+            if (mode == DK_NEAREST) {
+                res = a;
+            } else if (mode == DK_TOWARD_ZERO) {
+                res = lo;
+            } else {
+                /* f = 2^32 + floor(e / q_lo * 2^32): 2^32 - 1 unless the format is as wide as
+                 * FP32, where e can reach several units of 2^-32 of the quantum. */
+                int64_t down = (int64_t)floor(ldexp(e, 32 - qe_lo)); /* exact: in [-2^32, 0) */
+                res = ((int64_t)r + down >= 0) ? a : lo;
+            }
         } else {
             double lo = n * q, hi = (n + 1.0) * q;
             if (mode == DK_NEAREST) {
@@ -231,10 +238,12 @@ DK_INLINE uint32_t dk_round(double s, double t, const dk_format *f, int mode, ui
             } else if (mode == DK_TOWARD_ZERO) {
                 res = lo;
             } else {
-                double T = ldexp(frac, 32); /* exact */
-                uint64_t fi = (uint64_t)T;
-                if ((double)fi == T && e < 0 && fi > 0) fi -= 1;
-                res = (fi + (uint64_t)r >= (1ull << 32)) ? hi : lo;
+                /* f = floor((frac + e / q) * 2^32), exactly: T = frac * 2^32 and E = e / q * 2^32
+                 * are exact doubles; T's fractional part is a multiple of 2^(m-20) and |E| is at
+                 * most half of that, so floor(fractional part + E) is exact in double. */
+                double T = ldexp(frac, 32), E = ldexp(e, 32 - qe), fT = floor(T);
+                int64_t fi = (int64_t)fT + (int64_t)floor((T - fT) + E);
+                res = (fi + (int64_t)r >= (1ll << 32)) ? hi : lo;
             }
         }
     }
@@ -269,11 +278,22 @@ DK_INLINE uint32_t dk_round(double s, double t, const dk_format *f, int mode, ui
 }
 
 /* FP32 (as float) -> code, with the denormal flag of the source. */
+/* FP32 -> double, exactly, whatever the caller's MXCSR: a DAZ setting (left by some
+ * -ffast-math library) would read subnormal inputs of cvtss2sd as zero, so subnormals
+ * are built from their integer mantissa. */
+DK_INLINE double dk_f32_to_f64(float x)
+{
+    uint32_t u = dk_fbits(x);
+    if ((u & 0x7F800000u) != 0 || (u & 0x007FFFFFu) == 0) return (double)x;
+    double v = (double)(u & 0x007FFFFFu) * 0x1p-149; /* normal double: DAZ/FTZ do not apply */
+    return (u >> 31) ? -v : v;
+}
+
 DK_INLINE uint32_t dk_round_f32(float x, const dk_format *f, int mode, uint32_t r, unsigned *fl)
 {
     uint32_t u = dk_fbits(x);
     if ((u & 0x7F800000u) == 0 && (u & 0x007FFFFFu) != 0) *fl |= DK_FL_DENORMAL;
-    return dk_round((double)x, 0.0, f, mode, r, fl);
+    return dk_round(dk_f32_to_f64(x), 0.0, f, mode, r, fl);
 }
 
 DK_INLINE uint32_t dk_round_f64(double x, const dk_format *f, int mode, uint32_t r, unsigned *fl)
@@ -304,7 +324,6 @@ DK_INLINE void dk_exact_op(int op, double a, double b, double c, double *s, doub
     case DK_OP_MUL: *s = a * b; *t = 0.0; break;
     default: dk_two_sum(a * b, c, s, t); break;
     }
-    if (*s == 0.0 && *t != 0.0) { *s = *t; *t = 0.0; } /* cannot happen for TwoSum; defensive */
 }
 
 #endif

@@ -39,6 +39,13 @@ int dk_reduce_f32_to_bf16(int isa, int threads, uint16_t *dst, const float *src,
 int dk_reduce_run(int isa, int threads, const dk_reduce_program *prog, int fmt, int round_each,
                   const void *in, int64_t in_stride, void *out, int64_t out_stride);
 
+/* Test only (tests/test_reduce_kernel.py): out = in[0:n] + in[n:2n] on one thread, by
+ * dk_reduce_accumulate (which = 0) or dk_reduce_run (which = 1), with the calling thread's
+ * MXCSR set to csr for the call; *csr_after is the MXCSR seen after it, then the caller's is
+ * restored. Returns -1 where there is no MXCSR (not x86). */
+int dk_reduce_test_under_mxcsr(int isa, unsigned csr, int which, const float *in, int64_t n,
+                               float *out, unsigned *csr_after);
+
 /* Per-tier bodies (csrc/<tier>/reduce.c from include/dk_reduce_body.h). */
 #define DK_REDUCE_DECLARE(sfx)                                                                  \
     void dk_reduce_add_f32_##sfx(float *out, const float *a, const float *b, int64_t n);       \

@@ -2,6 +2,7 @@
 algorithm's documented order (docs/allreduce.md, notes: association order table), one float32
 add at a time; BF16 rounding by ml_dtypes. Written from the documentation, not the code."""
 import subprocess
+import tempfile
 import sys
 
 import ml_dtypes
@@ -363,7 +364,9 @@ def test_mpi_module_imports_without_mpi4py():
             "import dojo_kernels.mpi as m\n"
             "try:\n    m.allreduce(None, None)\nexcept ImportError as e:\n"
             "    assert 'mpi4py' in str(e); print('ok')\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    # cwd outside the repository, so the source tree cannot shadow the installed package
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tempfile.gettempdir())
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -27,8 +28,10 @@ def _py(code: str, **env_over):
     env = {k: v for k, v in os.environ.items()
            if k not in ("DOJO_KERNELS_ISA", "DOJO_KERNELS_NUM_THREADS")}
     env.update(env_over)
+    # cwd outside the repository: `python -c` puts the cwd first on sys.path, and the source
+    # tree (not built in place by a plain `pip install .`) would shadow the installed package
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, cwd=tempfile.gettempdir())
 
 
 def test_supported_isas_shape():

@@ -107,3 +107,45 @@ def test_program_runs_and_bad_programs_are_rejected():
             _run(_prog(**b), inp, out.copy())
     with pytest.raises(ValueError):
         _run(_prog(), inp, np.zeros((3, 4), np.float32))    # more output rows than nodes
+
+
+# --- independence from the caller's floating-point environment -------------------------------
+MXCSR_DEFAULT, FTZ, DAZ = 0x1F80, 0x8000, 0x0040
+RC_ZERO, RC_DOWN = 0x6000, 0x2000
+
+
+def _mxcsr_cases(n=37):
+    """Inputs whose exact sums (float64: every sum here is exact) show FTZ, DAZ and a changed
+    rounding mode: subnormal + subnormal, normal + subnormal -> subnormal, and 1 + 3/4 ulp."""
+    rng = np.random.default_rng(7)
+    k = rng.integers(1, 1 << 20, (3, n))
+    sub_a = (k[0] * 2.0 ** -149) * rng.choice([-1, 1], n)         # subnormals
+    sub_b = (k[1] * 2.0 ** -149) * rng.choice([-1, 1], n)
+    tiny = 2.0 ** -126 - k[2] * 2.0 ** -149                        # normal + (-subnormal)
+    third = n // 3
+    a = np.concatenate([sub_a[:third], np.full(third, 2.0 ** -126),
+                        1.0 + k[0][:n - 2 * third] * 2.0 ** -23])
+    b = np.concatenate([sub_b[:third], tiny[:third] - 2.0 ** -126,
+                        np.full(n - 2 * third, 3 * 2.0 ** -25)])
+    assert np.all(np.float32(a) == a) and np.all(np.float32(b) == b)
+    return a, b
+
+
+@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize("which", [0, 1], ids=["accumulate", "program"])
+@pytest.mark.parametrize("csr", [MXCSR_DEFAULT | FTZ | DAZ, MXCSR_DEFAULT | RC_ZERO,
+                                 MXCSR_DEFAULT | FTZ | DAZ | RC_DOWN],
+                         ids=["ftz_daz", "toward_zero", "ftz_daz_down"])
+def test_adds_ignore_the_callers_mxcsr(tier, which, csr):
+    """A caller running with FTZ/DAZ or another rounding mode (a -ffast-math library can set
+    them process-wide) gets the same, IEEE round-to-nearest sums; its MXCSR is restored."""
+    a, b = _mxcsr_cases()
+    inp = np.stack([a, b]).astype(np.float32)
+    want = (a + b).astype(np.float32)       # exact in float64, then nearest float32
+    assert np.count_nonzero(np.abs(want) < 2.0 ** -126) > 10   # subnormal results present
+    out = np.full(a.size, np.nan, np.float32)
+    after = _reduce._test_under_mxcsr(_config.ISA_NAMES.index(tier), csr, which, inp, out)
+    if after is None:
+        pytest.skip("no MXCSR on this CPU (not x86): nothing to test")
+    assert after == csr                     # the caller's environment is given back
+    np.testing.assert_array_equal(out.view(np.uint32), want.view(np.uint32))

@@ -14,10 +14,8 @@ void dk_quantize_f32_generic(const float *x, void *out, int64_t n, const dk_form
         if (width == 2 && f->ebits == 8 && mode == DK_NEAREST) /* BF16 */
             c = dk_bf16_from_f32_bits(dk_fbits(x[i]));
         else
-            c = dk_round((double)x[i], 0.0, f, mode, r, &fl);
-        if (width == 1) ((uint8_t *)out)[i] = (uint8_t)c;
-        else if (width == 2) ((uint16_t *)out)[i] = (uint16_t)c;
-        else ((uint32_t *)out)[i] = c;
+            c = dk_round(dk_f32_to_f64(x[i]), 0.0, f, mode, r, &fl);
+        dk_store_code(out, i, c, width);
     }
 }
 
@@ -38,7 +36,7 @@ void dk_dequantize_f32_generic(const void *codes, float *out, int64_t n, const d
         if (width == 1) {
             out[i] = table[((const uint8_t *)codes)[i]];
         } else {
-            uint32_t b = dk_decode_f32bits(((const uint16_t *)codes)[i], f);
+            uint32_t b = dk_decode_f32bits(dk_load_code(codes, i, width), f);
             memcpy(out + i, &b, 4);
         }
     }

@@ -1,0 +1,807 @@
+"""The main job: one training step of a transformer block, emulated and costed on Dojo.
+
+:func:`run_report` runs the step's GEMMs for real on this CPU in FP32 (NumPy float32 matmul,
+the reference), BF16 and CFloat8 (the D1 kernels of :func:`dojo_kernels.gemm`), measures each
+format's error against FP32, plans every GEMM on a D1 training tile
+(:func:`dojo_kernels.plan_gemm`), costs the gradient all-reduce across the tile's chips and
+across a set of tiles (:func:`dojo_kernels.estimate_allreduce`) and adds it all up.
+:func:`render_report` prints it as tables; :meth:`Report.to_dict` gives a JSON-ready dict
+whose keys carry their units; :func:`plot_report` draws PNGs (needs matplotlib).
+
+The block (``M = batch * seq`` tokens, ``d = d_model``, ``h = mlp_ratio * d``):
+
+- forward: ``QKV = X Wqkv`` (M x d x 3d), ``Out = Ctx Wo`` (M x d x d),
+  ``U = X1 W1`` (M x d x h), ``Y = gelu(U) W2`` (M x h x d);
+- backward, for every forward ``Y = A W``: ``dA = dY W^T`` and ``dW = A^T dY``.
+
+That is 12 GEMMs, ``3 x 2 M (4 d^2 + 2 d h)`` FLOP. Attention itself (the softmax and its two
+batched products) is not part of the step here: the context is ``V`` (as if each token
+attended only to itself) and ``dQ, dK`` are Gaussian with ``dV``'s RMS. The operands are
+computed once in FP32 from Gaussian ``X``, weights ``N(0, 1/fan_in)`` and a Gaussian output
+gradient ``dY`` of RMS ``grad_scale``; every format multiplies the same FP32 operands
+(rounded to nearest-even into the format), so each error is that of one GEMM.
+
+Formats: BF16 for both operands; CFloat8 uses ``forward_format`` (1-4-3) for activations and
+weights and ``gradient_format`` (1-5-2) for output gradients, each tensor with its own bias
+from :func:`dojo_kernels.choose_bias` (the largest with no overflow, ``bias_margin``
+binades of headroom) unless ``bias`` fixes one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
+
+import numpy as np
+
+from . import _config, mesh
+from ._schedule import ALGORITHMS
+from .collectives import allreduce, estimate_allreduce
+from .d1 import TrainingTile
+from .formats import BF16, Format, cfloat8_143, cfloat8_152
+from .gemm import GemmPlan, gemm, plan_gemm
+from .numerics import choose_bias
+
+__all__ = ["ReportConfig", "GemmResult", "AllreduceResult", "Report", "run_report",
+           "render_report", "plot_report", "Progress", "HIST_EDGES"]
+
+#: Edges of the error histograms: ``log10(|error| / RMS(reference))`` of each output element.
+HIST_EDGES: np.ndarray = np.linspace(-9.0, 1.0, 51)
+
+_CF8 = {"cfloat8_143": cfloat8_143, "cfloat8_152": cfloat8_152}
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """What :func:`run_report` emulates. Every field has the default of ``dojo-kernels report``.
+
+    Attributes
+    ----------
+    d_model, seq, batch, mlp_ratio : the block's shape (``M = batch * seq`` tokens, MLP
+        hidden ``mlp_ratio * d_model``).
+    formats : emulated formats besides the FP32 reference, from ``"bf16"``, ``"cfloat8"``.
+    forward_format, gradient_format : CFloat8 families for activations/weights and for
+        gradients (``"cfloat8_143"`` or ``"cfloat8_152"``).
+    bias : a fixed CFloat8 bias for every tensor, or None for :func:`choose_bias` per tensor.
+    bias_margin : binades of headroom for :func:`choose_bias`.
+    grad_scale : RMS of the output gradient ``dY``.
+    grad_bytes_per_param : bytes per gradient element on the wire of the all-reduce (2: BF16).
+    machine : the :class:`TrainingTile` the GEMMs are planned on (its figures also set the
+        tile mesh's link bandwidth).
+    system_shape : (rows, cols) of training tiles for the system all-reduce.
+    tile_link_bandwidth : bytes/s per direction between two tiles (:func:`mesh.system`).
+    algorithms : all-reduce algorithms to cost.
+    check_elements : elements per node of the real all-reduce run as a numeric check
+        (0: skip).
+    seed : seed of the operands.
+    """
+
+    d_model: int = 1024
+    seq: int = 2048
+    batch: int = 1
+    mlp_ratio: int = 4
+    formats: Tuple[str, ...] = ("bf16", "cfloat8")
+    forward_format: str = "cfloat8_143"
+    gradient_format: str = "cfloat8_152"
+    bias: Optional[int] = None
+    bias_margin: int = 0
+    grad_scale: float = 1e-3
+    grad_bytes_per_param: int = 2
+    machine: TrainingTile = field(default_factory=TrainingTile)
+    system_shape: Tuple[int, int] = (2, 3)
+    tile_link_bandwidth: float = mesh.TILE_LINK_BANDWIDTH
+    algorithms: Tuple[str, ...] = ALGORITHMS
+    check_elements: int = 4096
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "seq", "batch", "mlp_ratio"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name}: expected a positive int, got {v!r}")
+        for f in self.formats:
+            if f not in ("bf16", "cfloat8"):
+                raise ValueError(f"formats: expected 'bf16' and/or 'cfloat8', got {f!r}")
+        for name in ("forward_format", "gradient_format"):
+            if getattr(self, name) not in _CF8:
+                raise ValueError(f"{name}: expected one of {', '.join(_CF8)}, "
+                                 f"got {getattr(self, name)!r}")
+        if self.bias is not None and not (isinstance(self.bias, int) and 0 <= self.bias <= 63):
+            raise ValueError(f"bias: expected an int in 0..63 or None, got {self.bias!r}")
+        if not self.algorithms:
+            raise ValueError("algorithms: expected at least one algorithm")
+        for a in self.algorithms:
+            if a not in ALGORITHMS:
+                raise ValueError(f"algorithms: expected names from {', '.join(ALGORITHMS)}, "
+                                 f"got {a!r}")
+        if not isinstance(self.machine, TrainingTile):
+            raise TypeError(f"machine: expected a TrainingTile, got {type(self.machine).__name__}")
+        if len(self.system_shape) != 2 or min(self.system_shape) < 1:
+            raise ValueError(f"system_shape: expected (rows, cols) >= 1, got {self.system_shape!r}")
+        if not (self.grad_scale > 0 and math.isfinite(self.grad_scale)):
+            raise ValueError(f"grad_scale: expected a positive number, got {self.grad_scale!r}")
+        if self.grad_bytes_per_param not in (1, 2, 4):
+            raise ValueError(f"grad_bytes_per_param: expected 1, 2 or 4, got "
+                             f"{self.grad_bytes_per_param!r}")
+
+    @property
+    def tokens(self) -> int:
+        """``M = batch * seq``."""
+        return self.batch * self.seq
+
+    @property
+    def hidden(self) -> int:
+        """MLP hidden width ``mlp_ratio * d_model``."""
+        return self.mlp_ratio * self.d_model
+
+    @property
+    def params(self) -> int:
+        """Weights of the block's four matrices: ``4 d^2 + 2 d h``."""
+        d, h = self.d_model, self.hidden
+        return 4 * d * d + 2 * d * h
+
+
+@dataclass
+class FormatError:
+    """One format's result of one GEMM against the FP32 reference.
+
+    ``max_rel_error = max|y - ref| / max|ref|`` and ``rms_rel_error = ||y - ref|| / ||ref||``
+    (norm-wise: element-wise ratios blow up where the reference is near zero).
+    ``emulation_s`` is this CPU's wall time (rounding the operands included). ``a_format``
+    and ``b_format`` name the operand formats with their biases. ``histogram`` counts the
+    output elements per bin of ``HIST_EDGES`` of ``log10(|y - ref| / RMS(ref))`` (exact
+    results are left out; their number is ``exact``).
+    """
+
+    max_rel_error: float
+    rms_rel_error: float
+    emulation_s: float
+    a_format: str
+    b_format: str
+    histogram: List[int]
+    exact: int
+
+
+@dataclass
+class GemmResult:
+    """One GEMM of the step: its shape, the CPU emulation per format, the D1 plan per format."""
+
+    name: str
+    phase: str                      # "forward" or "backward"
+    m: int
+    n: int
+    k: int
+    flops: float                    # 2 m n k
+    reference_s: float              # NumPy float32 matmul wall time on this CPU
+    errors: Dict[str, FormatError]  # by format key ("bf16", "cfloat8")
+    plans: Dict[str, GemmPlan]      # by format key
+
+
+@dataclass
+class AllreduceResult:
+    """One algorithm's all-reduce of the step's gradients on one mesh."""
+
+    mesh: str                       # "tile" or "system"
+    shape: Tuple[int, int]
+    algorithm: str
+    nbytes: float                   # bytes per node
+    time_s: float
+    efficiency: float
+    bus_bandwidth: float            # B/s
+    lower_bound_s: float
+    steps: int
+    bytes_per_link_max: float
+    bit_identical: bool
+    check_max_rel_error: Optional[float]  # real all-reduce of a small FP32 buffer vs float64
+    bytes_per_link: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+
+
+@dataclass
+class Report:
+    """Everything :func:`run_report` found. See :meth:`to_dict` for the units."""
+
+    config: ReportConfig
+    gemms: List[GemmResult]
+    allreduce: List[AllreduceResult]
+    cpu_emulation_s: Dict[str, float]     # per format key and "fp32": the step's GEMMs
+    wall_s: float                         # the whole report on this CPU
+    threads: int
+    isa: str
+
+    # --- totals -------------------------------------------------------------------------
+    @property
+    def flops(self) -> float:
+        """FLOP of the step's GEMMs."""
+        return float(sum(g.flops for g in self.gemms))
+
+    def compute_s(self, fmt: str) -> float:
+        """Sum of the D1 plan times of the step's GEMMs in format ``fmt`` (one after another)."""
+        return float(sum(g.plans[fmt].seconds for g in self.gemms))
+
+    def best_allreduce(self, where: str) -> AllreduceResult:
+        """The fastest costed algorithm on ``where`` (``"tile"`` or ``"system"``)."""
+        return min((a for a in self.allreduce if a.mesh == where), key=lambda a: a.time_s)
+
+    def step_s(self, fmt: str) -> float:
+        """The step on one tile: GEMMs one after another, then the tile all-reduce (no
+        overlap: the all-reduce starts when the last dW is done)."""
+        return self.compute_s(fmt) + self.best_allreduce("tile").time_s
+
+    def system_step_s(self, fmt: str) -> float:
+        """The step on the system of tiles (data parallel, one block per tile): the tile
+        step, then the all-reduce across tiles (no overlap)."""
+        return self.step_s(fmt) + self.best_allreduce("system").time_s
+
+    @property
+    def peak_flops(self) -> float:
+        """The tile's BF16/CFloat8 peak, FLOP/s."""
+        return self.config.machine.peak_flops
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-ready dict; every figure's key names its unit (``_s`` seconds, ``_bytes``,
+        ``_bytes_per_s``, ``_flop``, ``_flop_per_s``, ``_fraction`` for ratios in 0..1,
+        ``_rel_error`` for relative errors)."""
+        c = self.config
+        m = c.machine
+        out: Dict[str, Any] = {
+            "config": {
+                "d_model": c.d_model, "seq": c.seq, "batch": c.batch, "mlp_ratio": c.mlp_ratio,
+                "tokens": c.tokens, "hidden": c.hidden, "params": c.params,
+                "formats": list(c.formats), "forward_format": c.forward_format,
+                "gradient_format": c.gradient_format, "bias": c.bias,
+                "bias_margin_binades": c.bias_margin, "grad_scale": c.grad_scale,
+                "grad_bytes_per_param": c.grad_bytes_per_param,
+                "system_shape_tiles": list(c.system_shape),
+                "algorithms": list(c.algorithms), "seed": c.seed,
+                "clock_hz": m.chip.node.clock_hz, "sram_per_node_bytes": m.chip.node.sram_bytes,
+                "noc_link_bandwidth_bytes_per_s": m.chip.node.noc_link_bw,
+                "chip_link_bandwidth_bytes_per_s": m.chip_link_bw,
+                "tile_link_bandwidth_bytes_per_s": c.tile_link_bandwidth,
+                "tile_peak_flop_per_s": m.peak_flops,
+            },
+            "cpu": {"threads": self.threads, "isa": self.isa, "wall_s": self.wall_s,
+                    "gemm_emulation": {f"{k}_s": v for k, v in self.cpu_emulation_s.items()}},
+            "gemms": [],
+            "allreduce": [],
+            "totals": {"step_flop": self.flops},
+        }
+        for g in self.gemms:
+            gd: Dict[str, Any] = {"name": g.name, "phase": g.phase, "m": g.m, "n": g.n,
+                                  "k": g.k, "flop": g.flops, "fp32_reference_s": g.reference_s,
+                                  "formats": {}}
+            for key, e in g.errors.items():
+                p = g.plans[key]
+                gd["formats"][key] = {
+                    "a_format": e.a_format, "b_format": e.b_format,
+                    "max_rel_error": e.max_rel_error, "rms_rel_error": e.rms_rel_error,
+                    "cpu_emulation_s": e.emulation_s,
+                    "error_histogram_counts": e.histogram, "exact_elements": e.exact,
+                    "d1_time_s": p.seconds, "d1_utilization_fraction": p.utilization,
+                    "d1_bound": p.bound, "d1_node_grid": list(p.node_grid),
+                    "d1_tile_mnk": list(p.tile), "d1_offchip_bytes": p.offchip_bytes,
+                    "d1_achieved_flop_per_s": p.flops / p.seconds,
+                }
+            out["gemms"].append(gd)
+        for a in self.allreduce:
+            out["allreduce"].append({
+                "mesh": a.mesh, "shape": list(a.shape), "algorithm": a.algorithm,
+                "per_node_bytes": a.nbytes, "time_s": a.time_s,
+                "efficiency_fraction": a.efficiency, "bus_bandwidth_bytes_per_s": a.bus_bandwidth,
+                "lower_bound_s": a.lower_bound_s, "steps": a.steps,
+                "busiest_link_bytes": a.bytes_per_link_max, "bit_identical": a.bit_identical,
+                "check_max_rel_error": a.check_max_rel_error})
+        out["error_histogram_log10_edges"] = HIST_EDGES.tolist()
+        t = out["totals"]
+        t["tile_peak_flop_per_s"] = self.peak_flops
+        t["tile_allreduce_best"] = self.best_allreduce("tile").algorithm
+        t["tile_allreduce_s"] = self.best_allreduce("tile").time_s
+        t["system_allreduce_best"] = self.best_allreduce("system").algorithm
+        t["system_allreduce_s"] = self.best_allreduce("system").time_s
+        for key in self.config.formats:
+            t[key] = {"d1_compute_s": self.compute_s(key), "d1_step_s": self.step_s(key),
+                      "d1_step_peak_fraction": self.flops / (self.step_s(key) * self.peak_flops),
+                      "d1_system_step_s": self.system_step_s(key),
+                      "cpu_emulation_s": self.cpu_emulation_s[key]}
+        t["fp32_reference_cpu_s"] = self.cpu_emulation_s["fp32"]
+        return out
+
+
+# --- progress ---------------------------------------------------------------------------
+class Progress:
+    """A textual progress bar on ``stream`` (stderr), redrawn in place.
+
+    Silent unless ``enabled`` and the stream is a terminal. ``advance(label)`` counts one
+    unit of work; ``close()`` clears the line.
+    """
+
+    def __init__(self, total: int, *, enabled: bool = True,
+                 stream: Optional[TextIO] = None, width: int = 30) -> None:
+        self.total = max(1, total)
+        self.done = 0
+        self.stream = sys.stderr if stream is None else stream
+        isatty = getattr(self.stream, "isatty", None)
+        self.enabled = bool(enabled and isatty is not None and isatty())
+        self.width = width
+        self.t0 = time.perf_counter()
+
+    def advance(self, label: str = "") -> None:
+        """Count one unit of work done and redraw."""
+        self.done = min(self.total, self.done + 1)
+        self.show(label)
+
+    def show(self, label: str = "") -> None:
+        """Redraw the bar (without counting work), e.g. before a long first unit."""
+        if not self.enabled:
+            return
+        frac = self.done / self.total
+        fill = int(round(frac * self.width))
+        bar = "#" * fill + "-" * (self.width - fill)
+        el = time.perf_counter() - self.t0
+        self.stream.write(f"\r[{bar}] {self.done}/{self.total} {el:5.1f}s {label[:40]:<40}")
+        self.stream.flush()
+
+    def close(self) -> None:
+        """Clear the bar's line."""
+        if self.enabled:
+            self.stream.write("\r" + " " * (self.width + 60) + "\r")
+            self.stream.flush()
+
+
+# --- the step ---------------------------------------------------------------------------
+def _gelu(u: np.ndarray) -> np.ndarray:
+    return np.asarray(0.5 * u * (1.0 + np.tanh(0.7978845608 * (u + 0.044715 * u ** 3))))
+
+
+def _gelu_grad(u: np.ndarray) -> np.ndarray:
+    t = np.tanh(0.7978845608 * (u + 0.044715 * u ** 3))
+    return np.asarray(0.5 * (1.0 + t) + 0.5 * u * (1.0 - t * t) * 0.7978845608 * (1.0 + 3 * 0.044715 * u * u))
+
+
+def _operands(cfg: ReportConfig) -> List[Tuple[str, str, np.ndarray, np.ndarray, str, str]]:
+    """The 12 GEMMs as (name, phase, A, B, a_role, b_role); roles "act"/"weight"/"grad"."""
+    rng = np.random.default_rng(cfg.seed)
+    M, d, h = cfg.tokens, cfg.d_model, cfg.hidden
+    f32 = np.float32
+
+    def gauss(*shape: int, std: float = 1.0) -> np.ndarray:
+        return (rng.standard_normal(shape, dtype=f32) * f32(std)).astype(f32)
+
+    X = gauss(M, d)
+    Wqkv, Wo = gauss(d, 3 * d, std=d ** -0.5), gauss(d, d, std=d ** -0.5)
+    W1, W2 = gauss(d, h, std=d ** -0.5), gauss(h, d, std=h ** -0.5)
+    QKV = X @ Wqkv
+    ctx = np.ascontiguousarray(QKV[:, 2 * d:])
+    X1 = X + ctx @ Wo
+    U = X1 @ W1
+    H = _gelu(U).astype(f32)
+    dY = gauss(M, d, std=cfg.grad_scale)
+    dH = dY @ W2.T
+    dU = (dH * _gelu_grad(U)).astype(f32)
+    dX1 = dU @ W1.T
+    dctx = dX1 @ Wo.T
+    rms = float(np.sqrt(np.mean(dctx.astype(np.float64) ** 2)))
+    dQKV = np.concatenate([gauss(M, 2 * d, std=rms), dctx], axis=1)
+    return [
+        ("qkv", "forward", X, Wqkv, "act", "weight"),
+        ("attn_out", "forward", ctx, Wo, "act", "weight"),
+        ("mlp_up", "forward", X1, W1, "act", "weight"),
+        ("mlp_down", "forward", H, W2, "act", "weight"),
+        ("mlp_down.dX", "backward", dY, W2.T, "grad", "weight"),
+        ("mlp_down.dW", "backward", H.T, dY, "act", "grad"),
+        ("mlp_up.dX", "backward", dU, W1.T, "grad", "weight"),
+        ("mlp_up.dW", "backward", X1.T, dU, "act", "grad"),
+        ("attn_out.dX", "backward", dX1, Wo.T, "grad", "weight"),
+        ("attn_out.dW", "backward", ctx.T, dX1, "act", "grad"),
+        ("qkv.dX", "backward", dQKV, Wqkv.T, "grad", "weight"),
+        ("qkv.dW", "backward", X.T, dQKV, "act", "grad"),
+    ]
+
+
+def _format_for(cfg: ReportConfig, key: str, role: str, x: np.ndarray) -> Format:
+    if key == "bf16":
+        return BF16
+    family = cfg.gradient_format if role == "grad" else cfg.forward_format
+    bias = cfg.bias if cfg.bias is not None else choose_bias(x, family, margin=cfg.bias_margin)
+    return _CF8[family](bias)
+
+
+def _error(y: np.ndarray, ref: np.ndarray) -> Tuple[float, float, List[int], int]:
+    diff = np.abs(y.astype(np.float64) - ref)
+    ref_rms = float(np.sqrt(np.mean(ref * ref)))
+    ref_max = float(np.max(np.abs(ref)))
+    max_rel = float(diff.max() / ref_max) if ref_max > 0 else float(diff.max())
+    rms_rel = float(np.sqrt(np.mean(diff * diff)) / ref_rms) if ref_rms > 0 else 0.0
+    nz = diff[diff > 0]
+    exact = int(diff.size - nz.size)
+    scale = ref_rms if ref_rms > 0 else 1.0
+    hist, _ = np.histogram(np.clip(np.log10(nz / scale), HIST_EDGES[0], HIST_EDGES[-1]),
+                           bins=HIST_EDGES)
+    return max_rel, rms_rel, hist.astype(int).tolist(), exact
+
+
+def _tile_mesh(cfg: ReportConfig) -> mesh.Mesh2D:
+    return mesh.training_tile(cfg.machine)
+
+
+def _system_mesh(cfg: ReportConfig) -> mesh.Mesh2D:
+    r, c = cfg.system_shape
+    return mesh.system(r, c, link_bandwidth=cfg.tile_link_bandwidth)
+
+
+def run_report(config: Optional[ReportConfig] = None, *,
+               progress: Optional[Callable[[str], None]] = None,
+               progress_total: Optional[Callable[[int], None]] = None) -> Report:
+    """Emulate and cost one training step (see the module docstring); return a :class:`Report`.
+
+    Parameters
+    ----------
+    config : what to run; ``ReportConfig()`` (the defaults of ``dojo-kernels report``).
+    progress : called with a label after every unit of work (for a progress bar).
+    progress_total : called once, first, with the number of units of work.
+    """
+    cfg = ReportConfig() if config is None else config
+    t_start = time.perf_counter()
+    ops = _operands(cfg)
+    meshes = [("tile", _tile_mesh(cfg)), ("system", _system_mesh(cfg))]
+    units = len(ops) * (1 + len(cfg.formats)) + len(meshes) * len(cfg.algorithms)
+    if progress_total is not None:
+        progress_total(units)
+    tick = progress if progress is not None else (lambda label: None)
+
+    gemms: List[GemmResult] = []
+    emu: Dict[str, float] = {"fp32": 0.0, **{k: 0.0 for k in cfg.formats}}
+    for name, phase, A, B, ra, rb in ops:
+        t0 = time.perf_counter()
+        ref32 = A @ B
+        t_ref = time.perf_counter() - t0
+        emu["fp32"] += t_ref
+        tick(f"{name} fp32")
+        ref = ref32.astype(np.float64)
+        m, k = A.shape
+        n = B.shape[1]
+        errors: Dict[str, FormatError] = {}
+        plans: Dict[str, GemmPlan] = {}
+        for key in cfg.formats:
+            t0 = time.perf_counter()
+            fa, fb = _format_for(cfg, key, ra, A), _format_for(cfg, key, rb, B)
+            y = gemm(A, B, a_format=fa, b_format=fb)
+            dt = time.perf_counter() - t0
+            emu[key] += dt
+            assert isinstance(y, np.ndarray)
+            mx, rms, hist, exact = _error(y, ref)
+            errors[key] = FormatError(mx, rms, dt, repr(fa), repr(fb), hist, exact)
+            plans[key] = plan_gemm(m, n, k, a_format=fa, b_format=fb, machine=cfg.machine)
+            tick(f"{name} {key}")
+        gemms.append(GemmResult(name, phase, m, n, k, 2.0 * m * n * k, t_ref, errors, plans))
+
+    nbytes = float(cfg.params * cfg.grad_bytes_per_param)
+    ars: List[AllreduceResult] = []
+    rng = np.random.default_rng(cfg.seed + 1)
+    for where, topo in meshes:
+        bufs = (rng.standard_normal((topo.nodes, cfg.check_elements), dtype=np.float32)
+                if cfg.check_elements > 0 else None)
+        exact_sum = bufs.astype(np.float64).sum(axis=0) if bufs is not None else None
+        for alg in cfg.algorithms:
+            r = estimate_allreduce(nbytes, topo, algorithm=alg)
+            check = None
+            if bufs is not None and exact_sum is not None:
+                res, _ = allreduce(bufs, topo, algorithm=alg)
+                err = np.abs(np.asarray(res, np.float64) - exact_sum[None, :])
+                check = float(err.max() / np.abs(exact_sum).max())
+            ars.append(AllreduceResult(
+                where, topo.shape, alg, nbytes, r.time, r.efficiency, r.bus_bandwidth,
+                r.lower_bound, r.steps, r.bytes_per_link_max, r.bit_identical, check,
+                np.array(r.bytes_per_link)))
+            tick(f"all-reduce {where} {alg}")
+    return Report(cfg, gemms, ars, emu, time.perf_counter() - t_start,
+                  _config.threads(), _config.get_isa())
+
+
+# --- rendering --------------------------------------------------------------------------
+def _si(v: float, unit: str, digits: int = 3) -> str:
+    """``v`` with an SI prefix: _si(1.5e-6, 's') = '1.50 us'."""
+    if v == 0 or not math.isfinite(v):
+        return f"{v:g} {unit}"
+    prefixes = [(1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""),
+                (1e-3, "m"), (1e-6, "u"), (1e-9, "n")]
+    for scale, p in prefixes:
+        if abs(v) >= scale:
+            break
+    return f"{v / scale:.{digits}g} {p}{unit}"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]],
+           align: Optional[str] = None) -> List[str]:
+    """Aligned text table; ``align`` has one 'l' or 'r' per column (default: first left)."""
+    al = align or ("l" + "r" * (len(headers) - 1))
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h))
+              for i, h in enumerate(headers)]
+
+    def fmt(cells: Sequence[str]) -> str:
+        return "  ".join(str(c).ljust(w) if a == "l" else str(c).rjust(w)
+                         for c, w, a in zip(cells, widths, al)).rstrip()
+
+    return [fmt(headers), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows]
+
+
+def render_report(report: Report) -> str:
+    """The report as aligned text tables (what ``dojo-kernels report`` prints)."""
+    c = report.config
+    m = c.machine
+    L: List[str] = []
+    L.append(f"dojo_kernels report: one training step of a transformer block on a D1 training tile")
+    L.append(f"  block: d_model {c.d_model}, seq {c.seq}, batch {c.batch}, MLP {c.mlp_ratio}x "
+             f"({c.hidden}); {c.params / 1e6:.2f} M weights; 12 GEMMs, "
+             f"{report.flops / 1e9:.1f} GFLOP")
+    L.append(f"  tile: {m.chips[0]}x{m.chips[1]} D1, {m.chip.active_nodes} nodes each at "
+             f"{m.chip.node.clock_hz / 1e9:g} GHz, {m.chip.node.sram_bytes / 2**20:g} MiB SRAM/node, "
+             f"peak {_si(m.peak_flops, 'FLOP/s')}")
+    names = {"bf16": "BF16", "cfloat8": f"CFloat8 ({c.forward_format[-3:]} fwd, "
+                                       f"{c.gradient_format[-3:]} grad)"}
+    L.append(f"  CPU: {report.threads} thread(s), ISA tier {report.isa}; formats: FP32 reference "
+             f"(NumPy float32 matmul), " + ", ".join(names[f] for f in c.formats))
+    L.append("")
+
+    L.append("GEMM error against FP32 (norm-wise relative: max|y-ref|/max|ref|, "
+             "||y-ref||/||ref||)")
+    hdr = ["GEMM", "m x n x k", "GFLOP"]
+    for f in c.formats:
+        hdr += [f"{f} max", f"{f} rms"]
+    rows = []
+    for g in report.gemms:
+        row = [g.name, f"{g.m}x{g.n}x{g.k}", f"{g.flops / 1e9:.2f}"]
+        for f in c.formats:
+            e = g.errors[f]
+            row += [f"{e.max_rel_error:.2e}", f"{e.rms_rel_error:.2e}"]
+        rows.append(row)
+    L += _table(hdr, rows)
+    if "cfloat8" in c.formats:
+        g0 = report.gemms[0].errors["cfloat8"]
+        L.append(f"  CFloat8 operand formats, e.g. {report.gemms[0].name}: A {g0.a_format}, "
+                 f"B {g0.b_format} (biases from choose_bias, margin {c.bias_margin})"
+                 if c.bias is None else f"  CFloat8 bias fixed at {c.bias}")
+    L.append("")
+
+    L.append("D1 plan of each GEMM on the tile (plan_gemm, machine=TrainingTile)")
+    hdr = ["GEMM"]
+    for f in c.formats:
+        hdr += [f"{f} time", "util", "bound"]
+    hdr += [f"{c.formats[0]} node grid"]
+    rows = []
+    for g in report.gemms:
+        row = [g.name]
+        for f in c.formats:
+            p = g.plans[f]
+            row += [_si(p.seconds, "s"), f"{p.utilization:.1%}", p.bound]
+        p0 = g.plans[c.formats[0]]
+        row += [f"{p0.node_grid[0]}x{p0.node_grid[1]}"]  # of the first format
+        rows.append(row)
+    L += _table(hdr, rows)
+    L.append("")
+
+    L.append(f"Gradient all-reduce: {c.params / 1e6:.2f} M gradients x {c.grad_bytes_per_param} B "
+             f"= {_si(c.params * c.grad_bytes_per_param, 'B')} per chip/tile "
+             f"(estimate_allreduce; check: a real FP32 all-reduce of "
+             f"{c.check_elements} elements vs float64)")
+    for where, title in (("tile", f"across the tile's {m.n_chips} chips "
+                                  f"({m.chips[0]}x{m.chips[1]} mesh, "
+                                  f"{_si(m.chip_link_bw, 'B/s')} per link)"),
+                         ("system", f"across {c.system_shape[0]}x{c.system_shape[1]} tiles "
+                                    f"({_si(c.tile_link_bandwidth, 'B/s')} per link)")):
+        L.append("  " + title)
+        rows = []
+        best = report.best_allreduce(where).algorithm
+        for a in report.allreduce:
+            if a.mesh != where:
+                continue
+            rows.append([a.algorithm + (" *" if a.algorithm == best else ""), _si(a.time_s, "s"),
+                         f"{a.efficiency:.1%}", _si(a.bus_bandwidth, "B/s"), str(a.steps),
+                         _si(a.bytes_per_link_max, "B"), "yes" if a.bit_identical else "no",
+                         "-" if a.check_max_rel_error is None else f"{a.check_max_rel_error:.1e}"])
+        L += ["  " + s for s in _table(["algorithm", "time", "efficiency", "bus bw", "steps",
+                                        "busiest link", "same bits", "check err"], rows)]
+    L.append("  * fastest. efficiency = SPEC section 7 lower bound / time; bus bw = "
+             "2(P-1)/P x bytes / time; check err = max|error| / max|sum| of the real FP32 "
+             "all-reduce against float64")
+    L.append("")
+
+    L.append("The step (GEMMs one after another, then the fastest all-reduce: no overlap)")
+    rows = []
+    tile_ar = report.best_allreduce("tile")
+    sys_ar = report.best_allreduce("system")
+    for f in c.formats:
+        comp = report.compute_s(f)
+        step = report.step_s(f)
+        rows.append([names[f].split(" (")[0], _si(comp, "s"), _si(tile_ar.time_s, "s"),
+                     _si(step, "s"), f"{report.flops / (step * report.peak_flops):.1%}",
+                     _si(report.flops / step, "FLOP/s"), _si(report.system_step_s(f), "s"),
+                     f"{report.cpu_emulation_s[f]:.2f} s",
+                     f"{report.cpu_emulation_s[f] / step:.3g}x"])
+    L += _table(["format", "GEMMs", "all-reduce", "tile step", "of peak", "achieved",
+                 f"+{c.system_shape[0]}x{c.system_shape[1]} tiles", "CPU emulation",
+                 "CPU/D1 time"], rows)
+    L.append(f"  tile all-reduce: {tile_ar.algorithm}; across tiles: {sys_ar.algorithm} "
+             f"(+{_si(sys_ar.time_s, 's')}); FP32 reference on this CPU: "
+             f"{report.cpu_emulation_s['fp32']:.2f} s; whole report {report.wall_s:.1f} s")
+    over = ", ".join(
+        f"{names[f].split(' (')[0]} {_si(max(report.compute_s(f), tile_ar.time_s), 's')} "
+        f"({report.flops / (max(report.compute_s(f), tile_ar.time_s) * report.peak_flops):.1%}"
+        f" of peak)" for f in c.formats)
+    L.append(f"  With the all-reduce fully overlapped with the GEMMs (step = the longer of the "
+             f"two): {over}.")
+    return "\n".join(L)
+
+
+# --- plots ------------------------------------------------------------------------------
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("--plot needs matplotlib: pip install 'dojo_kernels[plot]' "
+                          "(or pip install matplotlib)") from None
+    return plt
+
+
+def _draw_links(ax: Any, topo: mesh.Mesh2D, values: np.ndarray, vmax: float, cmap: Any) -> Any:
+    grid = topo.link_grid(values) / 1e6  # MB
+    off = 0.12
+    import matplotlib.colors as mcolors
+    norm = mcolors.Normalize(vmin=0, vmax=max(vmax / 1e6, 1e-12))
+    # (dx, dy, perpendicular offset) per direction E, W, S, N; row 0 drawn at the top
+    dirs = {mesh.EAST: (1, 0, (0, off)), mesh.WEST: (-1, 0, (0, -off)),
+            mesh.SOUTH: (0, -1, (off, 0)), mesh.NORTH: (0, 1, (-off, 0))}
+    for r in range(topo.rows):
+        for cc in range(topo.cols):
+            for dr, (dx, dy, (ox, oy)) in dirs.items():
+                v = grid[r, cc, dr]
+                if not np.isfinite(v):
+                    continue
+                x0, y0 = cc + ox, -r + oy
+                ax.annotate("", xy=(x0 + 0.78 * dx, y0 + 0.78 * dy),
+                            xytext=(x0 + 0.22 * dx, y0 + 0.22 * dy),
+                            arrowprops=dict(arrowstyle="-|>", lw=2.2,
+                                            color=cmap(norm(v)) if v > 0 else "0.85"))
+    ax.scatter([cc for r in range(topo.rows) for cc in range(topo.cols)],
+               [-r for r in range(topo.rows) for cc in range(topo.cols)], s=60, c="k", zorder=3)
+    ax.set_xlim(-0.6, topo.cols - 0.4)
+    ax.set_ylim(-topo.rows + 0.4, 0.6)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return norm
+
+
+def plot_report(report: Report, directory: str) -> List[str]:
+    """Write the report's PNGs into ``directory`` (created); return their paths.
+
+    ``allreduce_links_tile.png`` / ``allreduce_links_system.png``: the bytes every directed
+    link carries, per algorithm, drawn on the mesh; ``gemm_roofline.png``: each GEMM plan's
+    achieved FLOP/s against its off-chip arithmetic intensity under the tile's roofs;
+    ``error_histograms.png``: the distribution of the element errors of each format.
+    Raises ImportError with the install command when matplotlib is missing.
+    """
+    plt = _pyplot()
+    os.makedirs(directory, exist_ok=True)
+    paths: List[str] = []
+    c = report.config
+    cmap = plt.get_cmap("viridis")
+
+    for where, topo in (("tile", _tile_mesh(c)), ("system", _system_mesh(c))):
+        ars = [a for a in report.allreduce if a.mesh == where]
+        ncol = min(4, len(ars))
+        nrow = math.ceil(len(ars) / ncol)
+        cell = 3.4
+        fig, axes = plt.subplots(nrow, ncol, squeeze=False, layout="constrained",
+                                 figsize=(cell * ncol + 1.2,
+                                          cell * nrow * min(1.0, topo.rows / topo.cols) + 1.0))
+        vmax = max(float(a.bytes_per_link.max()) if a.bytes_per_link.size else 0.0 for a in ars)
+        norm = None
+        for ax, a in zip(axes.flat, ars):
+            norm = _draw_links(ax, topo, a.bytes_per_link, vmax, cmap)
+            ax.set_title(f"{a.algorithm}\n{_si(a.time_s, 's')}, eff. {a.efficiency:.0%}",
+                         fontsize=10)
+        for ax in list(axes.flat)[len(ars):]:
+            ax.axis("off")
+        sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
+        fig.colorbar(sm, ax=axes.ravel().tolist(), shrink=0.8, label="MB carried per directed link")
+        what = (f"{topo.rows}x{topo.cols} D1 chips of a training tile" if where == "tile"
+                else f"{topo.rows}x{topo.cols} training tiles")
+        fig.suptitle(f"Gradient all-reduce ({_si(ars[0].nbytes, 'B')} per node) on {what}")
+        path = os.path.join(directory, f"allreduce_links_{where}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+
+    # roofline
+    m = c.machine
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    ais = [g.plans[f].flops / g.plans[f].offchip_bytes for g in report.gemms for f in c.formats]
+    knee = m.peak_flops / m.offchip_bw
+    ai = np.logspace(math.log10(min(min(ais), knee) / 3), math.log10(max(max(ais), knee) * 10),
+                     200)
+    ax.loglog(ai, np.minimum(m.peak_flops, ai * m.offchip_bw), "k-",
+              label=f"tile roof: {_si(m.peak_flops, 'FLOP/s')}, off-tile {_si(m.offchip_bw, 'B/s')}")
+    markers = {"compute": "o", "sram": "s", "noc": "^", "offchip": "D"}
+    colors = {"bf16": "tab:blue", "cfloat8": "tab:orange"}
+    seen = set()
+    for g in report.gemms:
+        for f in c.formats:
+            p = g.plans[f]
+            x = p.flops / p.offchip_bytes
+            y = p.flops / p.seconds
+            lab = f"{f}, {p.bound}-bound"
+            ax.loglog(x, y, markers[p.bound], color=colors[f], ms=8,
+                      label=None if lab in seen else lab, alpha=0.85)
+            seen.add(lab)
+            if f == c.formats[0] and g.phase == "forward":
+                ax.annotate(g.name, (x, y), textcoords="offset points", xytext=(5, -10),
+                            fontsize=7)
+    ax.set_xlabel("arithmetic intensity, FLOP per off-tile byte")
+    ax.set_ylabel("achieved FLOP/s (plan_gemm)")
+    ax.set_title("Roofline of the step's GEMM plans on a D1 training tile "
+                 "(forward GEMMs labelled)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    path = os.path.join(directory, "gemm_roofline.png")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    paths.append(path)
+
+    # error histograms
+    fig, ax = plt.subplots(figsize=(8, 5))
+    centers = 0.5 * (HIST_EDGES[1:] + HIST_EDGES[:-1])
+    for f in c.formats:
+        for phase, ls in (("forward", "-"), ("backward", "--")):
+            h = np.sum([g.errors[f].histogram for g in report.gemms if g.phase == phase], axis=0)
+            tot = h.sum()
+            if tot:
+                ax.plot(centers, h / tot, ls, color=colors[f], label=f"{f} {phase}")
+    ax.set_xlabel("log10(|y - FP32 reference| / RMS(reference)) per output element")
+    ax.set_ylabel("fraction of elements")
+    ax.set_title("Error of the step's GEMMs against FP32")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    path = os.path.join(directory, "error_histograms.png")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    paths.append(path)
+    return paths
+
+
+def write_json(report: Report, path: str) -> None:
+    """Write :meth:`Report.to_dict` to ``path`` (``-`` for stdout)."""
+    text = json.dumps(report.to_dict(), indent=2)
+    if path == "-":
+        sys.stdout.write(text + "\n")
+    else:
+        with open(path, "w") as fh:
+            fh.write(text + "\n")
+
+
+def machine_with(*, clock_hz: Optional[float] = None, sram_bytes: Optional[int] = None,
+                 noc_link_bw: Optional[float] = None, chip_link_bw: Optional[float] = None,
+                 base: Optional[TrainingTile] = None) -> TrainingTile:
+    """A :class:`TrainingTile` with some figures replaced (None keeps the default)."""
+    tile = TrainingTile() if base is None else base
+    node = tile.chip.node
+    nk: Dict[str, Any] = {}
+    if clock_hz is not None:
+        nk["clock_hz"] = clock_hz
+    if sram_bytes is not None:
+        nk["sram_bytes"] = sram_bytes
+    if noc_link_bw is not None:
+        nk["noc_link_bw"] = noc_link_bw
+    chip = replace(tile.chip, node=replace(node, **nk)) if nk else tile.chip
+    tk: Dict[str, Any] = {"chip": chip}
+    if chip_link_bw is not None:
+        tk["chip_link_bw"] = chip_link_bw
+    return replace(tile, **tk)
+

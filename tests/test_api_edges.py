@@ -1,0 +1,128 @@
+"""Edges a code review found: Format validation, out= overlapping an input, byte-swapped
+inputs, argument errors, and stochastic rounding of wide-mantissa arithmetic where the
+exact value sits a few 2^-32 quanta below a grid point."""
+import numpy as np
+import pytest
+
+import dojo_kernels as dk
+import spec_ref as R
+
+M64 = (1 << 64) - 1
+
+
+@pytest.mark.parametrize("args, match", [
+    (("custom", 8, 23, True, 127, "ieee", True), "name"),
+    (("uhp", 6, 10, True, 31, "flush", True), "signed"),
+    (("fp32", 8, 23, True, 127, "ieee", False), "has_inf_nan"),
+    (("bf16", 8, 7, True, 100, "ieee", True), "fixed"),
+    (("cfloat8_143", 4, 3, True, -5, "tesla", False), "bias"),
+    (("cfloat8_143", 4, 3, True, 64, "tesla", False), "bias"),
+    (("cfloat8_152", 5, 2, True, 15, "bogus", False), "subnormals"),
+    (("shp", 5, 9, True, 15, "tesla", False), "mantissa_bits"),
+])
+def test_format_constructor_validates(args, match):
+    with pytest.raises(ValueError, match=match):
+        dk.Format(*args)
+
+
+def test_format_equal_to_constant_behaves_like_it():
+    # A Format built by hand equal to UHP must quantize like UHP (no stale cached layout).
+    mine = dk.Format("uhp", 6, 10, False, 31, "flush", True)
+    assert mine == dk.UHP and hash(mine) == hash(dk.UHP) and mine.nan_code == 0xFE00
+    x = np.float32([np.nan, -1.0, 1.0])
+    np.testing.assert_array_equal(dk.quantize(x, mine), dk.quantize(x, dk.UHP))
+    np.testing.assert_array_equal(dk.quantize(x, dk.UHP), [0xFE00, 0xFE00, 31 << 10])
+
+
+def test_bias_is_required():
+    with pytest.raises(TypeError):
+        dk.cfloat8_143()  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("shift", [1, 7, 1 << 12])
+def test_out_overlapping_the_input(shift):
+    x = np.linspace(1, 2, 1 << 14, dtype=np.float32)
+    want = dk.quantize(x, dk.BF16)
+    buf = np.concatenate([x, np.zeros(shift, np.float32)])
+    # out starts inside x's own bytes: writes would clobber inputs not yet read
+    out = buf.view(np.uint16)[shift:shift + x.size]
+    got = dk.quantize(buf[:x.size], dk.BF16, out=out)
+    assert got is out
+    np.testing.assert_array_equal(out, want)
+    codes = want.copy()
+    vals = np.empty(codes.size * 2 + 8, np.uint16)
+    vals[: codes.size] = codes
+    out_f = vals[4:].view(np.float32)[: codes.size]  # overlaps the codes it decodes
+    dk.dequantize(vals[: codes.size], dk.BF16, out=out_f)
+    np.testing.assert_array_equal(out_f, (want.astype(np.uint32) << 16).view(np.float32))
+
+
+def test_arith_out_aliasing_an_operand():
+    f = dk.cfloat8_143(7)
+    a = np.arange(256, dtype=np.uint8)
+    b = a[::-1].copy()
+    want = dk.add(a, b, f)
+    dk.add(a, b, f, out=a)  # in place, as NumPy ufuncs allow
+    np.testing.assert_array_equal(a, want)
+
+
+@pytest.mark.parametrize("dtype", [">f4", ">f8"])
+def test_byte_swapped_float_input(dtype):
+    x = np.random.default_rng(1).standard_normal(1001) * 100
+    f = dk.cfloat8_152(12)
+    native = x.astype(dtype[1:].replace("f", "float").replace("float4", "float32").replace("float8", "float64"))
+    np.testing.assert_array_equal(dk.quantize(x.astype(dtype), f), dk.quantize(native, f))
+    np.testing.assert_array_equal(dk.fake_quantize(x.astype(dtype), f), dk.fake_quantize(native, f))
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: dk.quantize(np.ones(3, np.float32), dk.BF16, rounding=[]), "rounding"),
+    (lambda: dk.choose_bias(np.ones(3, np.float32), ["shp"]), "family"),
+    (lambda: dk.set_num_threads(2 ** 31), "n"),
+    (lambda: dk.set_num_threads(0), "n"),
+])
+def test_argument_errors_name_the_argument(call, name):
+    with pytest.raises((ValueError, TypeError), match=f"^{name}:"):
+        call()
+
+
+def test_set_num_threads_accepts_numpy_ints():
+    saved = dk.get_num_threads()
+    try:
+        dk.set_num_threads(np.int64(1))
+        assert dk.get_num_threads() == 1
+    finally:
+        dk.set_num_threads(saved)
+
+
+def _unxorshift(z, k):
+    x = z
+    for _ in range(64 // k + 1):
+        x = z ^ (x >> k)
+    return x & M64
+
+
+def _seed_with_first_random(r):
+    """A seed whose r(0) is r: SplitMix64's output step inverted (each step is a bijection)."""
+    z = (r << 32) | 0x2468
+    z = _unxorshift(z, 31)
+    z = (z * pow(0x94D049BB133111EB, -1, 1 << 64)) & M64
+    z = _unxorshift(z, 27)
+    z = (z * pow(0xBF58476D1CE4E5B9, -1, 1 << 64)) & M64
+    z = _unxorshift(z, 30)
+    return (z - 0x9E3779B97F4A7C15) & M64
+
+
+@pytest.mark.parametrize("r", [0, 1, 2, 3, 4, 5, (1 << 32) - 1])
+@pytest.mark.parametrize("a, b", [(1.0, -2.0 ** -54), (1.0, -3 * 2.0 ** -55), (1.5, 2.0 ** -50 + 2.0 ** -73),
+                                  (2.0 ** -126, -2.0 ** -149), (2.0 ** -100, 2.0 ** -149)])
+def test_fp32_stochastic_add_decided_by_low_random_bits(a, b, r):
+    """FP32 has 23 mantissa bits: the exact sum's distance below a grid point is a few
+    2^-32 quanta, so r = 1..4 decide the result (SPEC section 2's f, computed exactly)."""
+    seed = _seed_with_first_random(r)
+    assert R.splitmix_r(seed, 0) == r
+    x, y = np.float32([a]), np.float32([b])
+    assert float(x[0]) == a and float(y[0]) == b
+    got = dk.add(x, y, dk.FP32, rounding="stochastic", seed=seed)
+    want, _ = R.arith_ref("add", (x, y), R.ref_of(dk.FP32), "stochastic", seed)
+    assert got.view(np.uint32)[0] == np.asarray(want).reshape(-1).view(np.uint32)[0]
