@@ -36,8 +36,12 @@ for lib in $san_preload; do
 done
 
 # The installed package must be the instrumented one (it links libasan).
-ldd "$(python -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')"/dojo_kernels/_numerics*.so \
-  | grep -q libasan || { echo "sanitize.sh: installed extension is not instrumented"; exit 1; }
+# (ldd's output captured first: `ldd | grep -q` can die of SIGPIPE under pipefail.)
+deps=$(ldd "$(python -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')"/dojo_kernels/_numerics*.so)
+case "$deps" in
+  *libasan*) ;;
+  *) echo "sanitize.sh: installed extension is not instrumented"; exit 1 ;;
+esac
 
 # Reports go to files ($run/asan.PID, $run/ubsan.PID): pytest captures fd 2 during a test,
 # and an aborting process would take a report on stderr down with it.
