@@ -31,6 +31,15 @@ def gemm(const code_a[:, :, :] a, const code_b[:, :, :] b, const uint16_t[::1] t
     cdef dk_gemm_operand oa, ob
     cdef int64_t batch = a.shape[0], m = a.shape[1], k = a.shape[2], n = b.shape[2]
     cdef int rc
+    # The driver addresses elements as pointer + (stride // itemsize) * index: gemm.py
+    # copies any operand whose strides or pointer are not multiples of the item size.
+    # (A stride of an extent-1 axis is never used.)
+    cdef int d
+    for d in range(3):
+        if a.shape[d] > 1 and a.strides[d] % <Py_ssize_t>sizeof(code_a):
+            raise ValueError(f"a: stride {a.strides[d]} is not a multiple of the item size")
+        if b.shape[d] > 1 and b.strides[d] % <Py_ssize_t>sizeof(code_b):
+            raise ValueError(f"b: stride {b.strides[d]} is not a multiple of the item size")
     if batch == 0 or m == 0 or n == 0:
         return 0
     if k == 0:

@@ -149,9 +149,13 @@ def _table(fmt: Format, s: int) -> np.ndarray:
 
 
 def _aligned(arr: np.ndarray) -> np.ndarray:
-    """arr, copied if its data pointer or a stride is not a multiple of the item size: the C
-    driver addresses elements as pointer + (stride // itemsize) * index."""
-    return arr if arr.flags.aligned else np.require(arr, requirements="A")
+    """arr, copied if its data pointer or a stride (of an axis longer than 1) is not a
+    multiple of the item size: the C driver addresses elements as pointer +
+    (stride // itemsize) * index, and the glue refuses such strides."""
+    isz = arr.dtype.itemsize
+    ok = (arr.flags.aligned and arr.__array_interface__["data"][0] % isz == 0
+          and all(st % isz == 0 for st, ext in zip(arr.strides, arr.shape) if ext > 1))
+    return arr if ok else np.array(arr, order="C")
 
 
 def _operand(x: Any, fmt: Format, name: str) -> np.ndarray:

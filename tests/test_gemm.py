@@ -493,3 +493,35 @@ def test_bad_inputs():
         dk.gemm(a, b, out=np.zeros((5, 3), np.float32))
     with pytest.raises(TypeError, match="expected a float array"):
         dk.gemm(np.zeros((3, 4), complex), b)
+
+
+def test_codes_with_odd_byte_strides_are_read_correctly():
+    """uint16 codes with strides that are not multiples of 2 (a structured-array field):
+    the result must equal that of a contiguous copy, on every tier (reviewer item 1)."""
+    rng = np.random.default_rng(11)
+    s = np.zeros(64, dtype=[("a", "u1"), ("b", "<u2")])
+    s["b"] = bf16_codes(rng, 64)
+    for A in (s["b"].reshape(8, 8), s["b"].reshape(8, 8)[::-1, ::-1], s["b"].reshape(8, 8).T,
+              s["b"].reshape(2, 4, 8)):
+        assert any(st % 2 for st in A.strides)
+        Bc = bf16_codes(rng, (8, 5))
+        want = decode(np.ascontiguousarray(A), BF16) @ decode(Bc, BF16)
+        for v in VARIANTS:
+            got = run(v, A, Bc)
+            ref = run(v, np.ascontiguousarray(A), Bc)
+            assert np.array_equal(got.view(np.uint32), ref.view(np.uint32))
+            assert np.allclose(got, want, rtol=1e-5, atol=0)
+        # and as the B operand
+        At = bf16_codes(rng, (5, A.shape[-2]))
+        got = dk.gemm(At, A[..., :, :5])
+        ref = dk.gemm(At, np.ascontiguousarray(A[..., :, :5]))
+        assert np.array_equal(got.view(np.uint32), ref.view(np.uint32))
+
+
+def test_glue_refuses_strides_not_multiple_of_itemsize():
+    from dojo_kernels import _gemm
+    s = np.zeros(64, dtype=[("a", "u1"), ("b", "<u2")])
+    A = s["b"].reshape(1, 8, 8)
+    t = np.zeros(256, np.uint16)
+    with pytest.raises(ValueError, match="item size"):
+        _gemm.gemm(A, A, t, t, 1.0, np.zeros((1, 8, 8), np.float32), 0, 0, 1)
