@@ -16,16 +16,14 @@ of VDPBF16PS instructions gives: ``k`` is padded to even length with a zero, the
 ``F`` flushes a result below ``2**-126`` in magnitude to a zero of its sign (FTZ) and
 subnormal BF16 inputs are read as zeros (DAZ), as VDPBF16PS does.
 
-Scaling (SPEC section 5): a CFloat8 operand is decoded to BF16 multiplied by an exact
-power of two ``2**s``. When **both** operands are CFloat8, ``s`` maps each format's smallest
-step (its smallest subnormal) to ``2**-63``: every product is then a multiple of
-``2**-126`` and every partial sum too, so nothing is ever flushed, for any bias, and the
-result is within ``gamma(K) * (|A| @ |B|)``, ``gamma(K) = K u / (1 - K u)``, ``u = 2**-24``
-(barring a final result below FP32's normal range, rounded by the last multiply). When an
-operand is BF16, the CFloat8 operand (if any) is rescaled to its family's standard bias (7
-for 1_4_3, 15 for 1_5_2) and the flush term applies: products involving a subnormal BF16
-input are dropped, and each of the ``2 ceil(K/2)`` steps may lose less than ``2**-126`` (in
-the scaled domain, i.e. ``2**-126 * 2**-(sa+sb)`` in the result).
+Scaling (SPEC section 5): each operand is multiplied by an exact power of two (a CFloat8
+operand through its decode table, as a whole format) and the result by the inverse. The
+exponents are chosen per call from the exponent ranges of both operands so that every
+scaled value is a normal BF16, every scaled product is a multiple of ``2**-126`` (so no
+partial sum is ever flushed) and ``K`` times the largest product stays below ``2**127``;
+then the result is within ``gamma(K) * (|A| @ |B|)``, ``gamma(K) = K u / (1 - K u)``,
+``u = 2**-24`` (barring a final result below FP32's normal range, rounded by the last
+multiply). See docs/gemm.md for when that is possible.
 """
 from __future__ import annotations
 
@@ -44,7 +42,6 @@ from .numerics import dequantize, quantize
 
 __all__ = ["gemm", "plan_gemm", "GemmPlan"]
 
-_STANDARD_BIAS = {"cfloat8_143": 7, "cfloat8_152": 15}
 
 # The avx512bf16 tier has two micro-kernels with identical bits: VDPBF16PS (6 x 64) and
 # FP32 FMA on widened values under FTZ|DAZ (14 x 32). Which is faster depends on the CPU
@@ -119,18 +116,99 @@ def _check_input_format(fmt: Any, name: str) -> Format:
     return fmt
 
 
-def _unit_exp(fmt: Format) -> int:
-    """log2 of the smallest step of a CFloat8 format (every value is a multiple of it)."""
-    low = -fmt.bias if fmt.subnormals == "tesla" else 1 - fmt.bias
-    return low - fmt.mantissa_bits
+_BIG = 1 << 20  # "no constraint" for an exponent bound
 
 
-def _scale_exp(fmt: Format, both_cfloat8: bool) -> int:
-    if fmt.name == "bf16":
-        return 0
-    if both_cfloat8:
-        return -63 - _unit_exp(fmt)
-    return fmt.bias - _STANDARD_BIAS[fmt.name]
+@dataclass(frozen=True)
+class _Range:
+    """What the scaling needs to know of one operand (exponents are floor(log2(.)))."""
+
+    lo: int      # smallest nonzero finite magnitude
+    hi: int      # largest finite magnitude
+    quantum: int  # every finite value is a multiple of 2**quantum
+    empty: bool  # no nonzero finite value
+
+
+def _format_range(fmt: Format) -> _Range:
+    """A CFloat8 operand is scaled through its 256-entry table: the whole format's range."""
+    sub = fmt.min_subnormal > 0
+    lo = math.frexp(fmt.min_subnormal if sub else fmt.min_normal)[1] - 1
+    hi = math.frexp(fmt.max)[1] - 1
+    return _Range(lo, hi, lo if sub else lo - fmt.mantissa_bits, False)
+
+
+def _bf16_range(codes: np.ndarray) -> _Range:
+    """The exponent range of the nonzero finite values of BF16 codes (one pass)."""
+    if codes.size == 0:
+        return _Range(0, 0, 0, True)
+    mag = codes & np.uint16(0x7FFF)
+    finite = mag < 0x7F80
+    big = int(np.where(finite, mag, 0).max())
+    if big == 0:
+        return _Range(0, 0, 0, True)
+    small = int(np.where(finite & (mag != 0), mag, 0x7FFF).min())
+
+    def exp_of(m: int) -> int:  # floor(log2) of the BF16 magnitude with bits m
+        e = m >> 7
+        return e - 127 if e else (m.bit_length() - 1) - 133
+
+    lo, hi = exp_of(small), exp_of(big)
+    return _Range(lo, hi, max(lo, -126) - 7, False)
+
+
+def _scale_exps(ra: _Range, rb: _Range, a_is_bf16: bool, b_is_bf16: bool,
+                k: int) -> Tuple[int, int]:
+    """Exact power-of-two exponents (sa, sb) for the operands (SPEC section 5).
+
+    Every scaled operand value must be a normal BF16 (the kernel reads subnormal BF16 as
+    zero); with S = sa + sb, every scaled product must be a multiple of 2**-126 (then every
+    partial sum is 0 or at least 2**-126 in magnitude: nothing is ever flushed), K times
+    the largest scaled product must stay below 2**127 (no overflow), and 2**-S must be a
+    float32 (the final multiply). When these cannot all hold (operands spanning more than
+    about 250 binades together), overflow is avoided first and the smallest values may be
+    flushed. A BF16 operand keeps s = 0 when possible (a nonzero s costs a copy).
+    """
+    def own(r: _Range, is_bf16: bool) -> Tuple[int, int]:
+        if r.empty:
+            return (-_BIG, _BIG) if not is_bf16 else (0, 0)
+        lo, hi = -126 - r.lo, 127 - r.hi
+        if is_bf16:  # (BF16 operands are not rescaled: s = 0)
+            return (0, 0)
+        return (lo, hi) if lo <= hi else (hi, hi)
+
+    lo_a, hi_a = own(ra, a_is_bf16)
+    lo_b, hi_b = own(rb, b_is_bf16)
+    if ra.empty or rb.empty:
+        s_lo, s_hi = -_BIG, _BIG
+    else:
+        s_lo = -126 - (ra.quantum + rb.quantum)
+        s_hi = 127 - (ra.hi + rb.hi + 2) - max(k, 1).bit_length()
+    L = max(s_lo, lo_a + lo_b, -127)
+    H = min(s_hi, hi_a + hi_b, 149)
+    if L <= H:
+        S = min(max(0, L), H)
+    else:  # no overflow first, then as few flushes as possible
+        S = min(max(min(s_hi, max(s_lo, -127)), lo_a + lo_b, -127), hi_a + hi_b, 149)
+
+    def split(S: int) -> Optional[Tuple[int, int]]:
+        cands = []
+        if a_is_bf16:
+            cands.append(0)
+        if b_is_bf16:
+            cands.append(S)
+        cands.append(S // 2)
+        lo, hi = max(lo_a, S - hi_b), min(hi_a, S - lo_b)
+        if lo > hi:
+            return None
+        for sa in cands:
+            if lo <= sa <= hi:
+                return sa, S - sa
+        return min(max(cands[-1], lo), hi), S - min(max(cands[-1], lo), hi)
+
+    got = split(S)
+    if got is None:  # pragma: no cover - the per-operand ranges are always compatible
+        got = (min(max(0, lo_a), hi_a), min(max(0, lo_b), hi_b))
+    return got
 
 
 @functools.lru_cache(maxsize=64)
@@ -260,8 +338,10 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
     if return_plan:
         plan = plan_gemm(m, n, k, a_format=a_format, b_format=b_format, machine=machine)
 
-    both8 = a_format.nbits == 8 and b_format.nbits == 8
-    sa, sb = _scale_exp(a_format, both8), _scale_exp(b_format, both8)
+    a16, b16 = a_format.nbits == 16, b_format.nbits == 16
+    ra = _bf16_range(ca) if a16 else _format_range(a_format)
+    rb = _bf16_range(cb) if b16 else _format_range(b_format)
+    sa, sb = _scale_exps(ra, rb, a16, b16, k)
     ta = _table(a_format, sa) if a_format.nbits == 8 else _DUMMY_TABLE
     tb = _table(b_format, sb) if b_format.nbits == 8 else _DUMMY_TABLE
     scale = float(np.float32(2.0 ** -(sa + sb)))
