@@ -14,7 +14,10 @@ of VDPBF16PS instructions gives: ``k`` is padded to even length with a zero, the
     C[i, j] = acc * 2**-(sa + sb)                # exact power of two; NaN -> 0x7FC00000
 
 ``F`` flushes a result below ``2**-126`` in magnitude to a zero of its sign (FTZ) and
-subnormal BF16 inputs are read as zeros (DAZ), as VDPBF16PS does.
+subnormal BF16 inputs are read as zeros (DAZ), as VDPBF16PS does -- but the scaling below
+keeps every input normal and every product and partial sum at least ``2**-126``, so
+nothing is flushed (subnormal BF16 inputs included) unless the operands' exponent
+ranges together span more than 253 binades.
 
 Scaling (SPEC section 5): each operand is multiplied by an exact power of two (a CFloat8
 operand through its decode table, as a whole format) and the result by the inverse. The
@@ -166,14 +169,14 @@ def _scale_exps(ra: _Range, rb: _Range, a_is_bf16: bool, b_is_bf16: bool,
     the largest scaled product must stay below 2**127 (no overflow), and 2**-S must be a
     float32 (the final multiply). When these cannot all hold (operands spanning more than
     about 250 binades together), overflow is avoided first and the smallest values may be
-    flushed. A BF16 operand keeps s = 0 when possible (a nonzero s costs a copy).
+    flushed. A BF16 operand keeps s = 0 when possible (a nonzero s costs a scaled copy,
+    :func:`_rescale_bf16`); one whose own values span more than 253 binades keeps its
+    largest values and loses its smallest.
     """
     def own(r: _Range, is_bf16: bool) -> Tuple[int, int]:
         if r.empty:
             return (-_BIG, _BIG) if not is_bf16 else (0, 0)
         lo, hi = -126 - r.lo, 127 - r.hi
-        if is_bf16:  # (BF16 operands are not rescaled: s = 0)
-            return (0, 0)
         return (lo, hi) if lo <= hi else (hi, hi)
 
     lo_a, hi_a = own(ra, a_is_bf16)
@@ -185,10 +188,15 @@ def _scale_exps(ra: _Range, rb: _Range, a_is_bf16: bool, b_is_bf16: bool,
         s_hi = 127 - (ra.hi + rb.hi + 2) - max(k, 1).bit_length()
     L = max(s_lo, lo_a + lo_b, -127)
     H = min(s_hi, hi_a + hi_b, 149)
-    if L <= H:
-        S = min(max(0, L), H)
-    else:  # no overflow first, then as few flushes as possible
-        S = min(max(min(s_hi, max(s_lo, -127)), lo_a + lo_b, -127), hi_a + hi_b, 149)
+    if L > H:  # no overflow first (upper bounds only), then as few flushes as possible
+        # (a CFloat8 operand stays within its own range: its table must be exact)
+        S = max(min(s_hi, hi_a + hi_b, 149), -127)
+        if not b_is_bf16:
+            sb = min(max(lo_b, S - hi_a), hi_b)
+            return S - sb, sb
+        sa = min(max(lo_a, S - hi_b), hi_a)
+        return sa, S - sa
+    S = min(max(0, L), H)
 
     def split(S: int) -> Optional[Tuple[int, int]]:
         cands = []
@@ -203,12 +211,22 @@ def _scale_exps(ra: _Range, rb: _Range, a_is_bf16: bool, b_is_bf16: bool,
         for sa in cands:
             if lo <= sa <= hi:
                 return sa, S - sa
-        return min(max(cands[-1], lo), hi), S - min(max(cands[-1], lo), hi)
+        sa = min(max(cands[-1], lo), hi)
+        return sa, S - sa
 
     got = split(S)
     if got is None:  # pragma: no cover - the per-operand ranges are always compatible
         got = (min(max(0, lo_a), hi_a), min(max(0, lo_b), hi_b))
     return got
+
+
+def _rescale_bf16(codes: np.ndarray, s: int) -> np.ndarray:
+    """BF16 codes of value * 2**s (exact: _scale_exps keeps the results normal BF16;
+    subnormal inputs scaled up become normal). Inf and NaN stay Inf and NaN."""
+    f = (codes.astype(np.uint32) << 16).view(np.float32)
+    with np.errstate(all="ignore"):
+        f = np.ldexp(f, s).astype(np.float32)
+    return (f.view(np.uint32) >> 16).astype(np.uint16)
 
 
 @functools.lru_cache(maxsize=64)
@@ -342,6 +360,12 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
     ra = _bf16_range(ca) if a16 else _format_range(a_format)
     rb = _bf16_range(cb) if b16 else _format_range(b_format)
     sa, sb = _scale_exps(ra, rb, a16, b16, k)
+    if a16 and sa:
+        ca = _rescale_bf16(ca, sa)
+        a3 = ca if ca.ndim == 3 else np.broadcast_to(ca, (nb, m, k))
+    if b16 and sb:
+        cb = _rescale_bf16(cb, sb)
+        b3 = cb if cb.ndim == 3 else np.broadcast_to(cb, (nb, k, n))
     ta = _table(a_format, sa) if a_format.nbits == 8 else _DUMMY_TABLE
     tb = _table(b_format, sb) if b_format.nbits == 8 else _DUMMY_TABLE
     scale = float(np.float32(2.0 ** -(sa + sb)))
