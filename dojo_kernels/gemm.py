@@ -507,7 +507,10 @@ def plan_gemm(m: int, n: int, k: int, *, a_format: Format, b_format: Format,
     edge (off-chip), forwarded node to node along the row, and a B panel ``kt x nt`` down
     every column from the north edge; the node multiplies them on its matrix unit in
     8x8x4 blocks, one block per cycle (``ceil(mt/8) ceil(nt/8) ceil(kt/4)`` cycles: padding
-    waste counts). A finished C tile is drained off-chip in ``out_format``. Every step and
+    waste counts). A finished C tile is drained off-chip in ``out_format`` over the east and
+    south edges. Each edge carries ``offchip_bw_per_edge`` (a tile: ``offtile_bw_per_edge``)
+    per direction: A gets one edge, B one, C the other ``edges - 2`` (with fewer than three
+    edges: the input edges' outbound direction). Every step and
     super-tile is costed at full padded size (edge tiles are padded).
 
     Per node SRAM (double-buffered A and B panels, the FP32 accumulator, an output staging
@@ -519,9 +522,9 @@ def plan_gemm(m: int, n: int, k: int, *, a_format: Format, b_format: Format,
 
     Overlap model: with double buffering, transfers of step s+1 overlap the compute of step
     s, so the time is the largest of the per-resource totals (compute, SRAM = max(load /
-    load_bw, store / store_bw), NoC = busiest link, off-chip = max(in, out) / bandwidth)
-    plus a fill/drain term: the first step's panels (off-chip + NoC + hop latency across
-    ``gr + gc`` hops) and the last C drain. ``bound`` names the largest total. On a
+    load_bw, store / store_bw), NoC = busiest link, off-chip = the busiest of the A edge,
+    the B edge and the C edges) plus a fill/drain term: the first step's panels (over their
+    edges, then NoC and hop latency across ``gr + gc`` hops) and the last C drain. ``bound`` names the largest total. On a
     :class:`TrainingTile` the grid may span ``cr x cc`` chips; a link crossing a chip
     boundary shares the chip-to-chip bandwidth among the rows (columns) crossing it.
     The planner searches grid shapes and tile sizes (a fixed candidate set) for the
@@ -570,23 +573,37 @@ def plan_gemm(m: int, n: int, k: int, *, a_format: Format, b_format: Format,
     if isinstance(machine, TrainingTile):
         eff_h = np.where(cc > 1, np.minimum(link, machine.chip_link_bw / r), link)
         eff_v = np.where(cr > 1, np.minimum(link, machine.chip_link_bw / c), link)
-        in_bw = machine.offchip_bw
+        edge_bw = machine.offtile_bw_per_edge
     else:
         eff_h = eff_v = np.full_like(r, link)
-        in_bw = machine.offchip_bw
+        edge_bw = machine.offchip_bw_per_edge
+    edges = machine.edges
+    # A enters over the west edge, B over the north edge (one edge each, inbound; with a
+    # single edge they share it); C leaves over the other edges (east and south), or over
+    # the outbound direction of the input edges when there are only two (or one).
+    out_bw = (edges - 2 if edges > 2 else edges) * edge_bw
     h_link = steps * mt * kt * ab * (gc > 1)
     v_link = steps * kt * nt * bb * (gr > 1)
     t_noc = np.maximum(h_link / eff_h, v_link / eff_v)
     noc = steps * (gr * (gc - 1) * mt * kt * ab + gc * (gr - 1) * kt * nt * bb)
     # off-chip
-    off_in = steps * (gr * mt * kt * ab + gc * kt * nt * bb)
+    off_a = steps * gr * mt * kt * ab
+    off_b = steps * gc * kt * nt * bb
+    off_in = off_a + off_b
     off_out = sup * gr * gc * mt * nt * ob
-    t_off = np.maximum(off_in, off_out) / in_bw
-    # fill / drain
-    fill = ((gr * mt * kt * ab + gc * kt * nt * bb) / in_bw
+
+    def t_in(a_bytes, b_bytes):
+        if edges >= 2:
+            return np.maximum(a_bytes, b_bytes) / edge_bw
+        return (a_bytes + b_bytes) / edge_bw
+
+    t_off = np.maximum(t_in(off_a, off_b), off_out / out_bw)
+    # fill / drain: the first step's panels (west and north edges, then the NoC and the
+    # hops), and the last super-tile's C drain
+    fill = (t_in(gr * mt * kt * ab, gc * kt * nt * bb)
             + np.maximum(mt * kt * ab / eff_h, kt * nt * bb / eff_v)
             + (gr + gc) * node.hop_latency_s
-            + gr * gc * mt * nt * ob / in_bw)
+            + gr * gc * mt * nt * ob / out_bw)
     totals = np.stack([t_comp, t_sram, t_noc, t_off])
     seconds = totals.max(axis=0) + fill
     best = int(np.argmin(seconds))
