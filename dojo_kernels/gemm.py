@@ -281,7 +281,7 @@ def _operand(x: Any, fmt: Format, name: str) -> np.ndarray:
 
 
 def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] = None,
-         c: Any = None, beta: float = 0.0, out: Optional[np.ndarray] = None,
+         c: Any = None, beta: Optional[float] = None, out: Optional[np.ndarray] = None,
          return_plan: bool = False, machine: Any = None
          ) -> Union[np.ndarray, Tuple[np.ndarray, "GemmPlan"]]:
     """D1-style matrix product ``a @ b`` (+ ``beta * c``) with FP32 accumulation.
@@ -298,10 +298,14 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
         differ in format and bias. ``b_format`` defaults to ``a_format``.
     c, beta : optional addend, broadcastable to the result, converted to float32. The result
         is ``P + float32(beta) * c`` in float32 (two roundings) where ``P`` is the product.
-        With ``beta == 0``, ``c`` is never read (it may hold NaN).
+        ``beta`` defaults to 1.0 when ``c`` is given (``gemm(a, b, c=c)`` is ``a @ b + c``,
+        as torch.addmm) and to 0 otherwise. An explicit ``beta == 0`` follows BLAS: ``c``
+        is never read (it may hold NaN).
     out : optional float32 array of the result's shape to write into (returned).
     return_plan : also return :func:`plan_gemm`'s plan of one (m, n, k) product on
         ``machine`` (a batch runs its products one after the other: multiply by batch).
+        An empty product (m, n or k == 0, or an empty batch) has the zero plan: no nodes,
+        no steps, every byte count and time 0, ``bound == "empty"``.
     machine : a :class:`D1Chip` (default) or :class:`TrainingTile`, for the plan.
 
     Returns the float32 result (m, n) or (batch, m, n), or ``(result, plan)``.
@@ -325,6 +329,8 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
     b3 = cb if cb.ndim == 3 else np.broadcast_to(cb, (nb, k, n))
     shape = (nb, m, n) if batched else (m, n)
 
+    if beta is None:
+        beta = 0.0 if c is None else 1.0
     if isinstance(beta, bool) or not isinstance(beta, (int, float, np.floating, np.integer)):
         raise TypeError(f"beta: expected a real number, got {type(beta).__name__}")
     beta32 = np.float32(beta)
@@ -354,7 +360,10 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
         raise TypeError(f"machine: expected a D1Chip or a TrainingTile, got {type(machine).__name__}")
     plan = None
     if return_plan:
-        plan = plan_gemm(m, n, k, a_format=a_format, b_format=b_format, machine=machine)
+        if m == 0 or n == 0 or k == 0 or nb == 0:
+            plan = _zero_plan(m, n, k, a_format, b_format, machine)
+        else:
+            plan = plan_gemm(m, n, k, a_format=a_format, b_format=b_format, machine=machine)
 
     a16, b16 = a_format.nbits == 16, b_format.nbits == 16
     ra = _bf16_range(ca) if a16 else _format_range(a_format)
@@ -438,7 +447,7 @@ class GemmPlan:
     cycles: float
     seconds: float
     utilization: float
-    bound: str                        # "compute", "sram", "noc" or "offchip"
+    bound: str                        # "compute", "sram", "noc", "offchip" ("empty": m n k = 0)
     offchip_bytes: float
     noc_bytes: float
     sram_read_bytes: float
@@ -448,6 +457,18 @@ class GemmPlan:
     noc_seconds: float
     offchip_seconds: float
     fill_seconds: float
+
+
+def _zero_plan(m: int, n: int, k: int, a_format: Format, b_format: Format,
+               machine: Any) -> GemmPlan:
+    """The plan of an empty product: nothing to move or multiply."""
+    return GemmPlan(
+        m=m, n=n, k=k, a_format=a_format, b_format=b_format, out_format=FP32,
+        machine=D1Chip() if machine is None else machine, node_grid=(0, 0), tile=(0, 0, 0),
+        sram_bytes_per_node=0, flops=0.0, padded_flops=0.0, steps=0, cycles=0.0, seconds=0.0,
+        utilization=0.0, bound="empty", offchip_bytes=0.0, noc_bytes=0.0, sram_read_bytes=0.0,
+        sram_write_bytes=0.0, compute_seconds=0.0, sram_seconds=0.0, noc_seconds=0.0,
+        offchip_seconds=0.0, fill_seconds=0.0)
 
 
 def _bytes_per(fmt: Format) -> float:

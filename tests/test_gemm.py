@@ -635,3 +635,26 @@ def test_glue_refuses_strides_not_multiple_of_itemsize():
     t = np.zeros(256, np.uint16)
     with pytest.raises(ValueError, match="item size"):
         _gemm.gemm(A, A, t, t, 1.0, np.zeros((1, 8, 8), np.float32), 0, 0, 1)
+
+
+def test_c_without_beta_is_added():
+    """Reviewer item 6: gemm(a, b, c=c) used to ignore c (beta defaulted to 0)."""
+    rng = np.random.default_rng(21)
+    a, b = bf16_codes(rng, (5, 7)), bf16_codes(rng, (7, 3))
+    c = rng.standard_normal((5, 3)).astype(np.float32)
+    p = dk.gemm(a, b)
+    assert np.array_equal(dk.gemm(a, b, c=c), p + c)
+    nan_c = np.full((5, 3), np.nan, np.float32)
+    assert np.array_equal(dk.gemm(a, b, c=nan_c, beta=0), p)   # BLAS: beta == 0 never reads c
+
+
+def test_return_plan_of_an_empty_product():
+    for sa, sb in (((0, 4), (4, 3)), ((2, 4), (4, 0)), ((2, 0), (0, 3)), ((0, 2, 4), (4, 3))):
+        r, plan = dk.gemm(np.zeros(sa, np.uint16), np.zeros(sb, np.uint16), return_plan=True)
+        assert r.shape == sa[:-1] + sb[-1:] and np.all(r == 0)
+        assert plan.bound == "empty" and plan.seconds == 0 and plan.flops == 0
+        assert plan.offchip_bytes == 0 and plan.steps == 0
+        assert (plan.m, plan.k, plan.n) == (sa[-2], sa[-1], sb[-1])
+    _, plan = dk.gemm(np.zeros((0, 4), np.uint16), np.zeros((4, 3), np.uint16),
+                      return_plan=True, machine=dk.TrainingTile())
+    assert isinstance(plan.machine, dk.TrainingTile)
