@@ -144,12 +144,14 @@ def _bf16_range(codes: np.ndarray) -> _Range:
     """The exponent range of the nonzero finite values of BF16 codes (one pass)."""
     if codes.size == 0:
         return _Range(0, 0, 0, True)
-    mag = codes & np.uint16(0x7FFF)
-    finite = mag < 0x7F80
-    big = int(np.where(finite, mag, 0).max())
+    mag = np.bitwise_and(codes, np.uint16(0x7FFF), dtype=np.uint16)
+    big = int(mag.max())
+    if big >= 0x7F80:  # Inf or NaN present (rare): leave them out
+        big = int(np.where(mag < 0x7F80, mag, 0).max())
     if big == 0:
         return _Range(0, 0, 0, True)
-    small = int(np.where(finite & (mag != 0), mag, 0x7FFF).min())
+    np.subtract(mag, np.uint16(1), out=mag)   # 0 wraps to 0xFFFF: the min skips zeros
+    small = int(mag.min()) + 1
 
     def exp_of(m: int) -> int:  # floor(log2) of the BF16 magnitude with bits m
         e = m >> 7
