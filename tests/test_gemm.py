@@ -59,8 +59,8 @@ def decode_cf8(codes, exp_bits, man_bits, bias, subnormals="tesla"):
     e = (codes >> man_bits) & ((1 << exp_bits) - 1)
     mnt = codes & ((1 << man_bits) - 1)
     sub_exp = -bias if subnormals == "tesla" else 1 - bias
-    val = np.where(e == 0, np.ldexp(mnt / 2.0 ** man_bits, sub_exp),
-                   np.ldexp(1 + mnt / 2.0 ** man_bits, e - bias))
+    sub = np.ldexp(mnt / 2.0 ** man_bits, sub_exp) if subnormals != "flush" else 0.0 * mnt
+    val = np.where(e == 0, sub, np.ldexp(1 + mnt / 2.0 ** man_bits, e - bias))
     return np.where(s == 1, -val, val)
 
 
