@@ -251,8 +251,11 @@ def _aligned(arr: np.ndarray) -> np.ndarray:
     multiple of the item size: the C driver addresses elements as pointer +
     (stride // itemsize) * index, and the glue refuses such strides."""
     isz = arr.dtype.itemsize
-    ok = (arr.flags.aligned and arr.__array_interface__["data"][0] % isz == 0
-          and all(st % isz == 0 for st, ext in zip(arr.strides, arr.shape) if ext > 1))
+    ok = arr.flags.aligned   # NumPy: the pointer and the strides (of axes longer than 1)
+    if ok:
+        for st, ext in zip(arr.strides, arr.shape):
+            if ext > 1 and st % isz:
+                ok = False
     return arr if ok else np.array(arr, order="C")
 
 
