@@ -20,8 +20,11 @@ TIERS = {
     "avx512bf16": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl",
                    "-mavx512bf16", "-mavx512vnni", "-mfma", "-mf16c"],
 }
-if os.environ.get("DOJO_KERNELS_SANITIZE"):  # ASan + UBSan build (see .ci/run)
-    BASE += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
+# ASan + UBSan build (.ci/sanitize.sh): the C libraries AND the Cython glue are instrumented.
+SANITIZE = (["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+             "-fno-omit-frame-pointer", "-g"]
+            if os.environ.get("DOJO_KERNELS_SANITIZE") else [])
+BASE += SANITIZE
 
 HEADERS = sorted(glob.glob("include/*.h"))
 TIER_SOURCES = {t: sorted(glob.glob(f"csrc/{t}/*.c")) for t in TIERS}
@@ -38,13 +41,11 @@ def clib(name, sources, cflags):
 libraries = [clib("dk_base", BASE_SOURCES, OPENMP)]
 libraries += [clib(f"dk_{t}", TIER_SOURCES[t], f) for t, f in TIERS.items()]
 
-link = ["-fopenmp", "-lm"]
-if os.environ.get("DOJO_KERNELS_SANITIZE"):
-    link += ["-fsanitize=address,undefined"]
+link = ["-fopenmp", "-lm"] + (["-fsanitize=address,undefined"] if SANITIZE else [])
 
 extensions = [
     Extension(f"dojo_kernels.{os.path.splitext(os.path.basename(p))[0]}", [p],
-              include_dirs=["include"], extra_compile_args=["-O2", *OPENMP],
+              include_dirs=["include"], extra_compile_args=["-O2", *OPENMP, *SANITIZE],
               extra_link_args=link, depends=ALL_C + HEADERS)
     for p in sorted(glob.glob("dojo_kernels/_*.pyx"))
 ]

@@ -372,7 +372,7 @@ def allreduce(buffers: Any, topology: Mesh2D, *, algorithm: str = "auto", fmt: F
         raise ValueError(f"buffers: first dimension must be the number of nodes P={P} of the "
                          f"{topology.rows}x{topology.cols} mesh, got shape {arr.shape}")
     out_dtype = np.asarray(buffers).dtype
-    flat = np.ascontiguousarray(arr.reshape(P, -1))
+    flat = np.require(arr.reshape(P, -1), requirements=("C_CONTIGUOUS", "ALIGNED"))
     N = flat.shape[1]
     schedule, report = _choose(topology, float(N * wire), algorithm)
     if N:

@@ -74,7 +74,7 @@ def allreduce(comm: Any, array: Any, *, algorithm: str = "ring", mesh_shape: Any
     topology = _topology(mesh_shape, size, MPI)
     arr, wire = _as_codes(np.asarray(array)[None], fmt, accumulate, name="array")
     in_dtype = np.asarray(array).dtype
-    row = np.ascontiguousarray(arr.reshape(-1))
+    row = np.require(arr.reshape(-1), requirements=("C_CONTIGUOUS", "ALIGNED"))
     N = row.size
     schedule = schedule_for(float(N * wire), topology, algorithm=algorithm)
     isa, threads = _config.isa(), _config.threads()

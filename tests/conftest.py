@@ -12,9 +12,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 import dojo_kernels  # noqa: E402
 from dojo_kernels import _config  # noqa: E402
+
+# Hypothesis profiles, chosen with HYPOTHESIS_PROFILE (default: hypothesis' own "default").
+# "sanitize" (.ci/sanitize.sh, .ci/valgrind.sh): instrumented builds run 2-20x slower, so no
+# deadline, a fixed seed and a smaller budget for the tests that do not set their own.
+settings.register_profile("sanitize", max_examples=25, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 SUPPORTED_ISAS = tuple(_config.supported_isas())
 # .ci/run runs the whole suite once more per forced lower tier with DOJO_TEST_QUICK=1: then
