@@ -2,7 +2,7 @@
 matmul (small sizes) and torch bfloat16 matmul (when installed), with the percentage of
 this CPU's peaks measured in the same run (bench/peak_probe.py).
 
-    python -m pytest bench/bench_gemm.py --benchmark-only -q      # pytest-benchmark
+    pytest bench/bench_gemm.py --benchmark-only -q      # pytest-benchmark (not python -m)
     python bench/bench_gemm.py [--quick]                          # the GFLOP/s table
 
 Shapes are (m, n, k): squares 256..4096 and the skinny (4096, 256, 4096), (64, 4096, 4096).

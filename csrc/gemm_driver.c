@@ -292,8 +292,6 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
         free(abuf);
         return DK_ENOMEM;
     }
-    int status = DK_OK;
-
     for (int64_t bi = 0; bi < batch; bi++) {
         /* A seen as rows x k; B seen as columns x k (lines along n). */
         view va = {(const char *)a->ptr + bi * a->bs * (a->kind == DK_GEMM_U8 ? 1 : 2),
@@ -357,5 +355,5 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
     }
     free(bbuf);
     free(abuf);
-    return status;
+    return DK_OK;
 }

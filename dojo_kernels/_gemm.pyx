@@ -31,24 +31,29 @@ def gemm(const code_a[:, :, :] a, const code_b[:, :, :] b, const uint16_t[::1] t
     cdef dk_gemm_operand oa, ob
     cdef int64_t batch = a.shape[0], m = a.shape[1], k = a.shape[2], n = b.shape[2]
     cdef int rc
-    if batch == 0 or m == 0 or n == 0:
-        return 0
-    if k == 0:
-        out[:, :, :] = 0.0
-        return 0
-    oa.ptr = &a[0, 0, 0]
+    # The driver addresses elements as pointer + (stride // itemsize) * index: gemm.py
+    # copies any operand whose strides or pointer are not multiples of the item size.
+    # (A stride of an extent-1 axis is never used.)
+    cdef int d
+    for d in range(3):
+        if a.shape[d] > 1 and a.strides[d] % <Py_ssize_t>sizeof(code_a):
+            raise ValueError(f"a: stride {a.strides[d]} is not a multiple of the item size")
+        if b.shape[d] > 1 and b.strides[d] % <Py_ssize_t>sizeof(code_b):
+            raise ValueError(f"b: stride {b.strides[d]} is not a multiple of the item size")
+    # Empty shapes (and k == 0: zeros) are the driver's business; only take pointers that exist.
+    oa.ptr = &a[0, 0, 0] if a.shape[0] and a.shape[1] and a.shape[2] else NULL
     oa.bs = a.strides[0] // sizeof(code_a)
     oa.rs = a.strides[1] // sizeof(code_a)
     oa.cs = a.strides[2] // sizeof(code_a)
     oa.kind = DK_GEMM_U8 if code_a is uint8_t else DK_GEMM_U16
     oa.table = &table_a[0]
-    ob.ptr = &b[0, 0, 0]
+    ob.ptr = &b[0, 0, 0] if b.shape[0] and b.shape[1] and b.shape[2] else NULL
     ob.bs = b.strides[0] // sizeof(code_b)
     ob.rs = b.strides[1] // sizeof(code_b)
     ob.cs = b.strides[2] // sizeof(code_b)
     ob.kind = DK_GEMM_U8 if code_b is uint8_t else DK_GEMM_U16
     ob.table = &table_b[0]
-    cdef float *po = &out[0, 0, 0]
+    cdef float *po = &out[0, 0, 0] if out.shape[0] and out.shape[1] and out.shape[2] else NULL
     cdef int64_t ldo = out.strides[1] // sizeof(float), bso = out.strides[0] // sizeof(float)
     with nogil:
         rc = dk_gemm(batch, m, n, k, &oa, &ob, scale, po, ldo, bso, isa, kernel, threads)

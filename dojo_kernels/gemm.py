@@ -14,18 +14,19 @@ of VDPBF16PS instructions gives: ``k`` is padded to even length with a zero, the
     C[i, j] = acc * 2**-(sa + sb)                # exact power of two; NaN -> 0x7FC00000
 
 ``F`` flushes a result below ``2**-126`` in magnitude to a zero of its sign (FTZ) and
-subnormal BF16 inputs are read as zeros (DAZ), as VDPBF16PS does.
+subnormal BF16 inputs are read as zeros (DAZ), as VDPBF16PS does -- but the scaling below
+keeps every input normal and every product and partial sum at least ``2**-126``, so
+nothing is flushed (subnormal BF16 inputs included) unless the operands' exponent
+ranges together span more than 253 binades.
 
-Scaling (SPEC section 5): a CFloat8 operand is decoded to BF16 multiplied by an exact
-power of two ``2**s``. When **both** operands are CFloat8, ``s`` maps each format's smallest
-step (its smallest subnormal) to ``2**-63``: every product is then a multiple of
-``2**-126`` and every partial sum too, so nothing is ever flushed, for any bias, and the
-result is within ``gamma(K) * (|A| @ |B|)``, ``gamma(K) = K u / (1 - K u)``, ``u = 2**-24``
-(barring a final result below FP32's normal range, rounded by the last multiply). When an
-operand is BF16, the CFloat8 operand (if any) is rescaled to its family's standard bias (7
-for 1_4_3, 15 for 1_5_2) and the flush term applies: products involving a subnormal BF16
-input are dropped, and each of the ``2 ceil(K/2)`` steps may lose less than ``2**-126`` (in
-the scaled domain, i.e. ``2**-126 * 2**-(sa+sb)`` in the result).
+Scaling (SPEC section 5): each operand is multiplied by an exact power of two (a CFloat8
+operand through its decode table, as a whole format) and the result by the inverse. The
+exponents are chosen per call from the exponent ranges of both operands so that every
+scaled value is a normal BF16, every scaled product is a multiple of ``2**-126`` (so no
+partial sum is ever flushed) and ``K`` times the largest product stays below ``2**127``;
+then the result is within ``gamma(K) * (|A| @ |B|)``, ``gamma(K) = K u / (1 - K u)``,
+``u = 2**-24`` (barring a final result below FP32's normal range, rounded by the last
+multiply). See docs/gemm.md for when that is possible.
 """
 from __future__ import annotations
 
@@ -44,7 +45,6 @@ from .numerics import dequantize, quantize
 
 __all__ = ["gemm", "plan_gemm", "GemmPlan"]
 
-_STANDARD_BIAS = {"cfloat8_143": 7, "cfloat8_152": 15}
 
 # The avx512bf16 tier has two micro-kernels with identical bits: VDPBF16PS (6 x 64) and
 # FP32 FMA on widened values under FTZ|DAZ (14 x 32). Which is faster depends on the CPU
@@ -119,18 +119,116 @@ def _check_input_format(fmt: Any, name: str) -> Format:
     return fmt
 
 
-def _unit_exp(fmt: Format) -> int:
-    """log2 of the smallest step of a CFloat8 format (every value is a multiple of it)."""
-    low = -fmt.bias if fmt.subnormals == "tesla" else 1 - fmt.bias
-    return low - fmt.mantissa_bits
+_BIG = 1 << 20  # "no constraint" for an exponent bound
 
 
-def _scale_exp(fmt: Format, both_cfloat8: bool) -> int:
-    if fmt.name == "bf16":
-        return 0
-    if both_cfloat8:
-        return -63 - _unit_exp(fmt)
-    return fmt.bias - _STANDARD_BIAS[fmt.name]
+@dataclass(frozen=True)
+class _Range:
+    """What the scaling needs to know of one operand (exponents are floor(log2(.)))."""
+
+    lo: int      # smallest nonzero finite magnitude
+    hi: int      # largest finite magnitude
+    quantum: int  # every finite value is a multiple of 2**quantum
+    empty: bool  # no nonzero finite value
+
+
+def _format_range(fmt: Format) -> _Range:
+    """A CFloat8 operand is scaled through its 256-entry table: the whole format's range."""
+    sub = fmt.min_subnormal > 0
+    lo = math.frexp(fmt.min_subnormal if sub else fmt.min_normal)[1] - 1
+    hi = math.frexp(fmt.max)[1] - 1
+    return _Range(lo, hi, lo if sub else lo - fmt.mantissa_bits, False)
+
+
+def _bf16_range(codes: np.ndarray) -> _Range:
+    """The exponent range of the nonzero finite values of BF16 codes (one pass)."""
+    if codes.size == 0:
+        return _Range(0, 0, 0, True)
+    mag = np.bitwise_and(codes, np.uint16(0x7FFF), dtype=np.uint16)
+    big = int(mag.max())
+    if big >= 0x7F80:  # Inf or NaN present (rare): leave them out
+        big = int(np.where(mag < 0x7F80, mag, 0).max())
+    if big == 0:
+        return _Range(0, 0, 0, True)
+    np.subtract(mag, np.uint16(1), out=mag)   # 0 wraps to 0xFFFF: the min skips zeros
+    small = int(mag.min()) + 1
+
+    def exp_of(m: int) -> int:  # floor(log2) of the BF16 magnitude with bits m
+        e = m >> 7
+        return e - 127 if e else (m.bit_length() - 1) - 133
+
+    lo, hi = exp_of(small), exp_of(big)
+    return _Range(lo, hi, max(lo, -126) - 7, False)
+
+
+def _scale_exps(ra: _Range, rb: _Range, a_is_bf16: bool, b_is_bf16: bool,
+                k: int) -> Tuple[int, int]:
+    """Exact power-of-two exponents (sa, sb) for the operands (SPEC section 5).
+
+    Every scaled operand value must be a normal BF16 (the kernel reads subnormal BF16 as
+    zero); with S = sa + sb, every scaled product must be a multiple of 2**-126 (then every
+    partial sum is 0 or at least 2**-126 in magnitude: nothing is ever flushed), K times
+    the largest scaled product must stay below 2**127 (no overflow), and 2**-S must be a
+    float32 (the final multiply). When these cannot all hold (operands spanning more than
+    about 250 binades together), overflow is avoided first and the smallest values may be
+    flushed. A BF16 operand keeps s = 0 when possible (a nonzero s costs a scaled copy,
+    :func:`_rescale_bf16`); one whose own values span more than 253 binades keeps its
+    largest values and loses its smallest.
+    """
+    def own(r: _Range, is_bf16: bool) -> Tuple[int, int]:
+        if r.empty:
+            return (-_BIG, _BIG) if not is_bf16 else (0, 0)
+        lo, hi = -126 - r.lo, 127 - r.hi
+        return (lo, hi) if lo <= hi else (hi, hi)
+
+    lo_a, hi_a = own(ra, a_is_bf16)
+    lo_b, hi_b = own(rb, b_is_bf16)
+    if ra.empty or rb.empty:
+        s_lo, s_hi = -_BIG, _BIG
+    else:
+        s_lo = -126 - (ra.quantum + rb.quantum)
+        s_hi = 127 - (ra.hi + rb.hi + 2) - max(k, 1).bit_length()
+    L = max(s_lo, lo_a + lo_b, -127)
+    H = min(s_hi, hi_a + hi_b, 149)
+    if L > H:  # no overflow first (upper bounds only), then as few flushes as possible
+        # (a CFloat8 operand stays within its own range: its table must be exact)
+        S = max(min(s_hi, hi_a + hi_b, 149), -127)
+        if not b_is_bf16:
+            sb = min(max(lo_b, S - hi_a), hi_b)
+            return S - sb, sb
+        sa = min(max(lo_a, S - hi_b), hi_a)
+        return sa, S - sa
+    S = min(max(0, L), H)
+
+    def split(S: int) -> Optional[Tuple[int, int]]:
+        cands = []
+        if a_is_bf16:
+            cands.append(0)
+        if b_is_bf16:
+            cands.append(S)
+        cands.append(S // 2)
+        lo, hi = max(lo_a, S - hi_b), min(hi_a, S - lo_b)
+        if lo > hi:
+            return None
+        for sa in cands:
+            if lo <= sa <= hi:
+                return sa, S - sa
+        sa = min(max(cands[-1], lo), hi)
+        return sa, S - sa
+
+    got = split(S)
+    if got is None:  # pragma: no cover - the per-operand ranges are always compatible
+        got = (min(max(0, lo_a), hi_a), min(max(0, lo_b), hi_b))
+    return got
+
+
+def _rescale_bf16(codes: np.ndarray, s: int) -> np.ndarray:
+    """BF16 codes of value * 2**s (exact: _scale_exps keeps the results normal BF16;
+    subnormal inputs scaled up become normal). Inf and NaN stay Inf and NaN."""
+    f = (codes.astype(np.uint32) << 16).view(np.float32)
+    with np.errstate(all="ignore"):
+        f = np.ldexp(f, s).astype(np.float32)
+    return (f.view(np.uint32) >> 16).astype(np.uint16)
 
 
 @functools.lru_cache(maxsize=64)
@@ -149,9 +247,16 @@ def _table(fmt: Format, s: int) -> np.ndarray:
 
 
 def _aligned(arr: np.ndarray) -> np.ndarray:
-    """arr, copied if its data pointer or a stride is not a multiple of the item size: the C
-    driver addresses elements as pointer + (stride // itemsize) * index."""
-    return arr if arr.flags.aligned else np.require(arr, requirements="A")
+    """arr, copied if its data pointer or a stride (of an axis longer than 1) is not a
+    multiple of the item size: the C driver addresses elements as pointer +
+    (stride // itemsize) * index, and the glue refuses such strides."""
+    isz = arr.dtype.itemsize
+    ok = arr.flags.aligned   # NumPy: the pointer and the strides (of axes longer than 1)
+    if ok:
+        for st, ext in zip(arr.strides, arr.shape):
+            if ext > 1 and st % isz:
+                ok = False
+    return arr if ok else np.array(arr, order="C")
 
 
 def _operand(x: Any, fmt: Format, name: str) -> np.ndarray:
@@ -194,7 +299,7 @@ def gemm(a: Any, b: Any, *, a_format: Format = ..., b_format: Optional[Format] =
          return_plan: bool = ..., machine: Any = ...
          ) -> Union[np.ndarray, Tuple[np.ndarray, "GemmPlan"]]: ...
 def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] = None,
-         c: Any = None, beta: float = 0.0, out: Optional[np.ndarray] = None,
+         c: Any = None, beta: Optional[float] = None, out: Optional[np.ndarray] = None,
          return_plan: bool = False, machine: Any = None
          ) -> Union[np.ndarray, Tuple[np.ndarray, "GemmPlan"]]:
     """D1-style matrix product ``a @ b`` (+ ``beta * c``) with FP32 accumulation.
@@ -211,10 +316,14 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
         differ in format and bias. ``b_format`` defaults to ``a_format``.
     c, beta : optional addend, broadcastable to the result, converted to float32. The result
         is ``P + float32(beta) * c`` in float32 (two roundings) where ``P`` is the product.
-        With ``beta == 0``, ``c`` is never read (it may hold NaN).
+        ``beta`` defaults to 1.0 when ``c`` is given (``gemm(a, b, c=c)`` is ``a @ b + c``,
+        as torch.addmm) and to 0 otherwise. An explicit ``beta == 0`` follows BLAS: ``c``
+        is never read (it may hold NaN).
     out : optional float32 array of the result's shape to write into (returned).
     return_plan : also return :func:`plan_gemm`'s plan of one (m, n, k) product on
         ``machine`` (a batch runs its products one after the other: multiply by batch).
+        An empty product (m, n or k == 0, or an empty batch) has the zero plan: no nodes,
+        no steps, every byte count and time 0, ``bound == "empty"``.
     machine : a :class:`D1Chip` (default) or :class:`TrainingTile`, for the plan.
 
     Returns the float32 result (m, n) or (batch, m, n), or ``(result, plan)``.
@@ -238,6 +347,8 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
     b3 = cb if cb.ndim == 3 else np.broadcast_to(cb, (nb, k, n))
     shape = (nb, m, n) if batched else (m, n)
 
+    if beta is None:
+        beta = 0.0 if c is None else 1.0
     if isinstance(beta, bool) or not isinstance(beta, (int, float, np.floating, np.integer)):
         raise TypeError(f"beta: expected a real number, got {type(beta).__name__}")
     beta32 = np.float32(beta)
@@ -267,10 +378,21 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
         raise TypeError(f"machine: expected a D1Chip or a TrainingTile, got {type(machine).__name__}")
     plan = None
     if return_plan:
-        plan = plan_gemm(m, n, k, a_format=a_format, b_format=b_format, machine=machine)
+        if m == 0 or n == 0 or k == 0 or nb == 0:
+            plan = _zero_plan(m, n, k, a_format, b_format, machine)
+        else:
+            plan = plan_gemm(m, n, k, a_format=a_format, b_format=b_format, machine=machine)
 
-    both8 = a_format.nbits == 8 and b_format.nbits == 8
-    sa, sb = _scale_exp(a_format, both8), _scale_exp(b_format, both8)
+    a16, b16 = a_format.nbits == 16, b_format.nbits == 16
+    ra = _bf16_range(ca) if a16 else _format_range(a_format)
+    rb = _bf16_range(cb) if b16 else _format_range(b_format)
+    sa, sb = _scale_exps(ra, rb, a16, b16, k)
+    if a16 and sa:
+        ca = _rescale_bf16(ca, sa)
+        a3 = ca if ca.ndim == 3 else np.broadcast_to(ca, (nb, m, k))
+    if b16 and sb:
+        cb = _rescale_bf16(cb, sb)
+        b3 = cb if cb.ndim == 3 else np.broadcast_to(cb, (nb, k, n))
     ta = _table(a_format, sa) if a_format.nbits == 8 else _DUMMY_TABLE
     tb = _table(b_format, sb) if b_format.nbits == 8 else _DUMMY_TABLE
     scale = float(np.float32(2.0 ** -(sa + sb)))
@@ -343,7 +465,7 @@ class GemmPlan:
     cycles: float
     seconds: float
     utilization: float
-    bound: str                        # "compute", "sram", "noc" or "offchip"
+    bound: str                        # "compute", "sram", "noc", "offchip" ("empty": m n k = 0)
     offchip_bytes: float
     noc_bytes: float
     sram_read_bytes: float
@@ -353,6 +475,18 @@ class GemmPlan:
     noc_seconds: float
     offchip_seconds: float
     fill_seconds: float
+
+
+def _zero_plan(m: int, n: int, k: int, a_format: Format, b_format: Format,
+               machine: Any) -> GemmPlan:
+    """The plan of an empty product: nothing to move or multiply."""
+    return GemmPlan(
+        m=m, n=n, k=k, a_format=a_format, b_format=b_format, out_format=FP32,
+        machine=D1Chip() if machine is None else machine, node_grid=(0, 0), tile=(0, 0, 0),
+        sram_bytes_per_node=0, flops=0.0, padded_flops=0.0, steps=0, cycles=0.0, seconds=0.0,
+        utilization=0.0, bound="empty", offchip_bytes=0.0, noc_bytes=0.0, sram_read_bytes=0.0,
+        sram_write_bytes=0.0, compute_seconds=0.0, sram_seconds=0.0, noc_seconds=0.0,
+        offchip_seconds=0.0, fill_seconds=0.0)
 
 
 def _bytes_per(fmt: Format) -> float:
@@ -421,7 +555,10 @@ def plan_gemm(m: int, n: int, k: int, *, a_format: Format, b_format: Format,
     edge (off-chip), forwarded node to node along the row, and a B panel ``kt x nt`` down
     every column from the north edge; the node multiplies them on its matrix unit in
     8x8x4 blocks, one block per cycle (``ceil(mt/8) ceil(nt/8) ceil(kt/4)`` cycles: padding
-    waste counts). A finished C tile is drained off-chip in ``out_format``. Every step and
+    waste counts). A finished C tile is drained off-chip in ``out_format`` over the east and
+    south edges. Each edge carries ``offchip_bw_per_edge`` (a tile: ``offtile_bw_per_edge``)
+    per direction: A gets one edge, B one, C the other ``edges - 2`` (with fewer than three
+    edges: the input edges' outbound direction). Every step and
     super-tile is costed at full padded size (edge tiles are padded).
 
     Per node SRAM (double-buffered A and B panels, the FP32 accumulator, an output staging
@@ -433,9 +570,9 @@ def plan_gemm(m: int, n: int, k: int, *, a_format: Format, b_format: Format,
 
     Overlap model: with double buffering, transfers of step s+1 overlap the compute of step
     s, so the time is the largest of the per-resource totals (compute, SRAM = max(load /
-    load_bw, store / store_bw), NoC = busiest link, off-chip = max(in, out) / bandwidth)
-    plus a fill/drain term: the first step's panels (off-chip + NoC + hop latency across
-    ``gr + gc`` hops) and the last C drain. ``bound`` names the largest total. On a
+    load_bw, store / store_bw), NoC = busiest link, off-chip = the busiest of the A edge,
+    the B edge and the C edges) plus a fill/drain term: the first step's panels (over their
+    edges, then NoC and hop latency across ``gr + gc`` hops) and the last C drain. ``bound`` names the largest total. On a
     :class:`TrainingTile` the grid may span ``cr x cc`` chips; a link crossing a chip
     boundary shares the chip-to-chip bandwidth among the rows (columns) crossing it.
     The planner searches grid shapes and tile sizes (a fixed candidate set) for the
@@ -484,23 +621,37 @@ def plan_gemm(m: int, n: int, k: int, *, a_format: Format, b_format: Format,
     if isinstance(machine, TrainingTile):
         eff_h = np.where(cc > 1, np.minimum(link, machine.chip_link_bw / r), link)
         eff_v = np.where(cr > 1, np.minimum(link, machine.chip_link_bw / c), link)
-        in_bw = machine.offchip_bw
+        edge_bw = machine.offtile_bw_per_edge
     else:
         eff_h = eff_v = np.full_like(r, link)
-        in_bw = machine.offchip_bw
+        edge_bw = machine.offchip_bw_per_edge
+    edges = machine.edges
+    # A enters over the west edge, B over the north edge (one edge each, inbound; with a
+    # single edge they share it); C leaves over the other edges (east and south), or over
+    # the outbound direction of the input edges when there are only two (or one).
+    out_bw = (edges - 2 if edges > 2 else edges) * edge_bw
     h_link = steps * mt * kt * ab * (gc > 1)
     v_link = steps * kt * nt * bb * (gr > 1)
     t_noc = np.maximum(h_link / eff_h, v_link / eff_v)
     noc = steps * (gr * (gc - 1) * mt * kt * ab + gc * (gr - 1) * kt * nt * bb)
     # off-chip
-    off_in = steps * (gr * mt * kt * ab + gc * kt * nt * bb)
+    off_a = steps * gr * mt * kt * ab
+    off_b = steps * gc * kt * nt * bb
+    off_in = off_a + off_b
     off_out = sup * gr * gc * mt * nt * ob
-    t_off = np.maximum(off_in, off_out) / in_bw
-    # fill / drain
-    fill = ((gr * mt * kt * ab + gc * kt * nt * bb) / in_bw
+
+    def t_in(a_bytes: Any, b_bytes: Any) -> Any:
+        if edges >= 2:
+            return np.maximum(a_bytes, b_bytes) / edge_bw
+        return (a_bytes + b_bytes) / edge_bw
+
+    t_off = np.maximum(t_in(off_a, off_b), off_out / out_bw)
+    # fill / drain: the first step's panels (west and north edges, then the NoC and the
+    # hops), and the last super-tile's C drain
+    fill = (t_in(gr * mt * kt * ab, gc * kt * nt * bb)
             + np.maximum(mt * kt * ab / eff_h, kt * nt * bb / eff_v)
             + (gr + gc) * node.hop_latency_s
-            + gr * gc * mt * nt * ob / in_bw)
+            + gr * gc * mt * nt * ob / out_bw)
     totals = np.stack([t_comp, t_sram, t_noc, t_off])
     seconds = totals.max(axis=0) + fill
     best = int(np.argmin(seconds))

@@ -112,8 +112,11 @@ def _native(a: np.ndarray) -> np.ndarray:
 def _source(x: Any, name: str = "x") -> Tuple[np.ndarray, int]:
     """x as a C-contiguous native float32/float64/bf16-bits array, and its kind."""
     a = np.asarray(x)
-    if a.dtype.kind == "f" and a.dtype.itemsize in (4, 8):  # either byte order
-        return _native(a), _F32 if a.dtype.itemsize == 4 else _F64
+    dt = a.dtype if a.dtype.isnative else a.dtype.newbyteorder("=")  # big-endian too
+    if dt == np.float32:
+        return _native(a), _F32
+    if dt == np.float64:
+        return _native(a), _F64
     if _is_bf16(a.dtype):
         return _native(a).view(np.uint16), _BF16
     raise TypeError(f"{name}: expected a float32, float64 or ml_dtypes.bfloat16 array, "
@@ -156,13 +159,14 @@ def _deliver(result: np.ndarray, out: Optional[np.ndarray]) -> np.ndarray:
 
 
 def _target(out: Optional[np.ndarray], shape: Tuple[int, ...], dtype: np.dtype[Any],
-            *sources: np.ndarray) -> np.ndarray:
-    """Where the kernel writes: out itself when it is C-contiguous, aligned, native and shares
-    no memory with a source (a partial overlap would be read after being written), else a
-    new array that _deliver copies into out."""
-    if (out is not None and out.flags.c_contiguous and out.flags.aligned and out.dtype.isnative
-            and not any(np.may_share_memory(out, s) for s in sources)):
-        return out
+            *inputs: np.ndarray) -> np.ndarray:
+    """Where the kernel writes: out itself when it is C-contiguous, aligned, native and overlaps no
+    input (exact element-for-element aliasing, i.e. in place, is fine), else a new array."""
+    if out is not None and out.flags.c_contiguous and out.flags.aligned and out.dtype.isnative:
+        if all(not np.may_share_memory(out, a)
+               or (a.ctypes.data == out.ctypes.data and a.dtype.itemsize == out.dtype.itemsize
+                   and a.flags.c_contiguous) for a in inputs):
+            return out
     return np.empty(shape, dtype)
 
 

@@ -69,6 +69,21 @@ def check_invariants(p, machine):
     assert p.sram_bytes_per_node <= node.sram_bytes
     assert p.node_grid[0] * p.node_grid[1] <= nodes_total
     assert p.seconds >= p.offchip_bytes / (2 * machine.offchip_bw) * (1 - 1e-12)
+    # the documented dataflow: A over the west edge, B over the north edge, C over the
+    # other edges -- each input edge carries at least all of its operand once
+    edge_bw = (machine.offchip_bw_per_edge if isinstance(machine, D1Chip)
+               else machine.offtile_bw_per_edge)
+    edges = machine.edges
+    ab, bb, ob = p.a_format.nbits / 8, p.b_format.nbits / 8, p.out_format.nbits / 8
+    tol = 1 - 1e-12
+    if edges >= 2:
+        assert p.offchip_seconds >= p.m * p.k * ab / edge_bw * tol
+        assert p.offchip_seconds >= p.k * p.n * bb / edge_bw * tol
+    out_edges = edges - 2 if edges > 2 else edges
+    assert p.offchip_seconds >= p.m * p.n * ob / (out_edges * edge_bw) * tol
+    in_edges = min(edges, 2)
+    assert p.offchip_bytes <= p.offchip_seconds * (in_edges + out_edges) * edge_bw / tol
+    assert p.seconds >= p.offchip_seconds * tol
     assert p.seconds >= p.sram_read_bytes / (nodes_total * node.sram_load_bw) * (1 - 1e-12)
     assert p.seconds >= p.sram_write_bytes / (nodes_total * node.sram_store_bw) * (1 - 1e-12)
     links = 2 * nodes_total * 2   # at most 2 outgoing links per node per axis direction
@@ -137,3 +152,15 @@ def test_plan_bad_requests():
         dk.plan_gemm(4, 4, 4, a_format=BF16, b_format=BF16, machine=tiny)
     with pytest.raises(TypeError, match="b_format"):
         dk.plan_gemm(4, 4, 4, a_format=BF16, b_format=None)
+
+
+def test_plan_offchip_rate_follows_the_edges():
+    """Reviewer item 4: A and B come over one edge each (2 TB/s per D1 edge), so the
+    bytes per off-chip second cannot exceed 2 input edges + 2 output edges."""
+    chip = D1Chip()
+    p = dk.plan_gemm(4096, 4096, 64, a_format=BF16, b_format=BF16)
+    assert p.offchip_bytes / p.offchip_seconds <= 4 * chip.offchip_bw_per_edge * (1 + 1e-12)
+    # the input alone: at most two edges' worth
+    in_bytes = p.offchip_bytes - 4096 * 4096 * 4
+    assert in_bytes / p.offchip_seconds <= 2 * chip.offchip_bw_per_edge * (1 + 1e-12)
+    check_invariants(p, chip)
