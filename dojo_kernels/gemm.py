@@ -170,8 +170,9 @@ def _scale_exps(ra: _Range, rb: _Range, a_is_bf16: bool, b_is_bf16: bool,
     partial sum is 0 or at least 2**-126 in magnitude: nothing is ever flushed), K times
     the largest scaled product must stay below 2**127 (no overflow), and 2**-S must be a
     float32 (the final multiply). When these cannot all hold (operands spanning more than
-    about 250 binades together), overflow is avoided first and the smallest values may be
-    flushed. A BF16 operand keeps s = 0 when possible (a nonzero s costs a scaled copy,
+    about 250 binades together), the scaling never makes a result overflow that an FP32
+    product would not (SPEC section 5 holds "barring overflow"), keeps every operand value
+    normal when a split allows it, and otherwise balances the two operands' losses. A BF16 operand keeps s = 0 when possible (a nonzero s costs a scaled copy,
     :func:`_rescale_bf16`); one whose own values span more than 253 binades keeps its
     largest values and loses its smallest.
     """
@@ -190,15 +191,6 @@ def _scale_exps(ra: _Range, rb: _Range, a_is_bf16: bool, b_is_bf16: bool,
         s_hi = 127 - (ra.hi + rb.hi + 2) - max(k, 1).bit_length()
     L = max(s_lo, lo_a + lo_b, -127)
     H = min(s_hi, hi_a + hi_b, 149)
-    if L > H:  # no overflow first (upper bounds only), then as few flushes as possible
-        # (a CFloat8 operand stays within its own range: its table must be exact)
-        S = max(min(s_hi, hi_a + hi_b, 149), -127)
-        if not b_is_bf16:
-            sb = min(max(lo_b, S - hi_a), hi_b)
-            return S - sb, sb
-        sa = min(max(lo_a, S - hi_b), hi_a)
-        return sa, S - sa
-    S = min(max(0, L), H)
 
     def split(S: int) -> Optional[Tuple[int, int]]:
         cands = []
@@ -216,6 +208,25 @@ def _scale_exps(ra: _Range, rb: _Range, a_is_bf16: bool, b_is_bf16: bool,
         sa = min(max(cands[-1], lo), hi)
         return sa, S - sa
 
+    if L > H:
+        # The products span more than FP32 holds: no scaling avoids both overflow and
+        # flushing. Scale down only as far as the products need when FP32 itself could hold
+        # them (s_hi >= 0); when it could not (s_hi < 0) keep S = 0, so results overflow
+        # exactly where an FP32 product would (SPEC section 5: "barring overflow"). Then keep
+        # every operand value normal if a split allows it, else balance what each operand
+        # loses against the other's largest values.
+        S = max(min(max(s_hi, 0), hi_a + hi_b, 149), -127)
+        got = split(S)
+        if got is not None:
+            return got
+        sa = (S + (rb.hi if not rb.empty else 0) - (ra.hi if not ra.empty else 0)) // 2
+        if not a_is_bf16:
+            sa = min(max(sa, lo_a), hi_a)  # a CFloat8 table must stay exact
+        elif not b_is_bf16:
+            sa = S - min(max(S - sa, lo_b), hi_b)
+        sa = min(max(sa, S - hi_b), hi_a)
+        return sa, S - sa
+    S = min(max(0, L), H)
     got = split(S)
     if got is None:  # pragma: no cover - the per-operand ranges are always compatible
         got = (min(max(0, lo_a), hi_a), min(max(0, lo_b), hi_b))

@@ -139,9 +139,10 @@ def check_bound(c, a_codes, b_codes, fa, fb):
     absab = np.abs(A) @ np.abs(B)
     bound = (gamma(k) + 4 * k * 2.0 ** -53) * absab
     if not no_flush_expected(A, fa, B, fb, k):
-        # docs/gemm.md: overflow avoided first -> a step may lose less than 2**-126 in the
-        # scaled domain, 2**(hiA + hiB + 2 + bitlen(K) - 253) in the result; a BF16 operand
-        # spanning more than 253 binades loses its values below 2**(hi - 253)
+        # docs/gemm.md: the products span more than FP32 holds; nothing overflows that an
+        # FP32 product would not, and a step may lose less than 2**(hiA + hiB + 2 +
+        # bitlen(K) - 253) in the result; a BF16 operand spanning more than 253 binades
+        # loses its values below 2**(hi - 253)
         ra, rb = operand_range(A, fa), operand_range(B, fb)
         thr = 2.0 ** (ra[1] + rb[1] + 2 + max(k, 1).bit_length() - 253)
         bound = bound + 2 * ((k + 1) // 2) * thr
