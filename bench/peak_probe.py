@@ -5,47 +5,23 @@ in dojo_kernels._gemm (independent register chains of one instruction, no memory
 
 Each probe runs in `threads` Python threads at once (the C call releases the GIL), so the
 2-thread figure is the two-core peak when both cores are free. Report GEMM speed as a
-fraction of a peak measured in the same run: the machine may be shared.
+fraction of a peak measured in the same run: the machine may be shared. The measurement
+itself is dojo_kernels._bench.measure_peak (also used by `dojo-kernels bench`).
 """
 from __future__ import annotations
 
-import threading
-import time
-
-from dojo_kernels import _cpu, _gemm
-
-PROBES = {
-    "vdpbf16ps_zmm": 2,  # tier needed (index): avx512bf16
-    "fma_zmm": 2,
-    "fma_ymm": 1,
-}
+from dojo_kernels import _bench, _cpu
 
 
 def available() -> list:
+    """The probes this CPU can run."""
     best = _cpu.best_isa()
-    return [p for p, tier in PROBES.items() if best >= tier]
+    return [p for p, tier in _bench._PROBES.items() if best >= tier]
 
 
 def measure(probe: str, threads: int = 1, iters: int = 3_000_000, repeats: int = 3) -> float:
     """Best FLOP/s of `repeats` runs of `threads` concurrent probes."""
-    if probe not in available():
-        raise ValueError(f"probe {probe!r} needs a tier this CPU lacks")
-    best = 0.0
-    for _ in range(repeats):
-        flops = [0.0] * threads
-
-        def work(i: int) -> None:
-            flops[i] = _gemm.probe(probe, iters)
-
-        ts = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
-        t0 = time.perf_counter()
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        dt = time.perf_counter() - t0
-        best = max(best, sum(flops) / dt)
-    return best
+    return _bench.measure_peak(probe, threads, iters, repeats)
 
 
 def main() -> None:
