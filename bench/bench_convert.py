@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import dojo_kernels as dk
+from dojo_kernels import _bench
 
 from _benchlib import RESULTS, TABLES, bench_size, record
 
@@ -74,20 +75,11 @@ def test_ml_dtypes(benchmark, data, name, how):
     else:
         to = benchmark.pedantic(lambda: x.astype(t), **ROUNDS)
     record(benchmark, ("ml", name, how, "to"), N, "elem/s")
-    # the reverse direction, timed by hand in the same process (one extra table column)
-    import time
-
+    # the reverse direction, timed in the same process (one extra table column)
     fn = (lambda: np.copyto(f32, y, casting="unsafe")) if how == "copyto" else (lambda: y.astype(np.float32))
-    fn()
-    best = min(_timed(fn, time) for _ in range(5))
+    best = _bench._best(fn, 5)
     RESULTS[("ml", name, how, "from")] = dict(rate=N / best, unit="elem/s")
     del to
-
-
-def _timed(fn, time):
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def _table(res):

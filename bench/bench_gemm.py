@@ -13,13 +13,13 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-import time
 
 import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peak_probe  # noqa: E402
+from dojo_kernels import _bench  # noqa: E402
 
 import dojo_kernels as dk  # noqa: E402
 from dojo_kernels import _config  # noqa: E402
@@ -175,13 +175,8 @@ def test_gemm_speed(benchmark, impl, shape, threads):
 # ---- the table (python bench/bench_gemm.py) ---------------------------------------------
 
 def best_time(f, rounds):
-    f()
-    best = float("inf")
-    for _ in range(rounds):
-        t = time.perf_counter()
-        f()
-        best = min(best, time.perf_counter() - t)
-    return best
+    """Fastest of ``rounds`` calls after a warm-up (the built-in benchmark's timer)."""
+    return _bench._best(f, rounds)
 
 
 def main(quick: bool = False) -> None:
