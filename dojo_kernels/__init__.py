@@ -26,6 +26,7 @@ from .gemm import GemmPlan, gemm, plan_gemm
 # --- mesh all-reduce ---------------------------------------------------------------------
 from . import mesh  # noqa: E402  (dojo_kernels.mesh: Mesh2D and the D1 presets)
 from .collectives import AllreduceReport, allreduce, estimate_allreduce  # noqa: E402
+from .schedule import Schedule  # noqa: E402  (the public, exportable all-reduce schedule)
 from .hierarchical import (HierarchicalReport, allreduce_hierarchical,  # noqa: E402
                            estimate_hierarchical)
 
@@ -52,6 +53,6 @@ __all__ = [
     # GEMM and the D1 machine model
     "D1Node", "D1Chip", "TrainingTile", "DojoSystem", "GemmPlan", "gemm", "plan_gemm",
     # mesh all-reduce
-    "mesh", "AllreduceReport", "allreduce", "estimate_allreduce",
+    "mesh", "AllreduceReport", "allreduce", "estimate_allreduce", "Schedule",
     "HierarchicalReport", "allreduce_hierarchical", "estimate_hierarchical",
 ]

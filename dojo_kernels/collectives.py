@@ -9,9 +9,9 @@ and their association orders are documented in docs/allreduce.md.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import Any, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -20,6 +20,45 @@ from ._schedule import ALGORITHMS, COPY, Schedule, build
 from ._timing import BOUND_KEYS, lower_bounds, simulate, time_floor
 from .formats import BF16, FP32, Format
 from .mesh import Mesh2D
+from .schedule import Schedule as PublicSchedule
+
+
+class FrozenDict(Dict[str, float]):
+    """A read-only ``dict`` (the report's ``lower_bounds``): it pickles, deep-copies and
+    serializes to JSON like a dict, and refuses changes (reports are shared by a cache)."""
+
+    def _readonly(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("this mapping is read-only (a report field)")
+
+    __setitem__ = __delitem__ = _readonly  # type: ignore[assignment]
+    clear = pop = popitem = setdefault = update = _readonly  # type: ignore[assignment]
+
+    def __ior__(self, other: Any) -> "FrozenDict":  # type: ignore[override,misc]
+        raise TypeError("this mapping is read-only (a report field)")
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        return (type(self), (dict(self),))
+
+    def __copy__(self) -> "FrozenDict":
+        return self
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> "FrozenDict":
+        return self
+
+
+def _float_list(a: Any) -> List[float]:
+    return [float(x) for x in np.asarray(a, np.float64).reshape(-1)]
+
+
+def _ro(a: Any) -> np.ndarray:
+    arr = np.array(a, np.float64).reshape(-1)
+    arr.setflags(write=False)
+    return arr
+
+
+def _same(x: float, y: float) -> bool:
+    return x == y or (math.isnan(x) and math.isnan(y))
+
 
 @dataclass(frozen=True, eq=False)
 class AllreduceReport:
@@ -49,6 +88,15 @@ class AllreduceReport:
         ``efficiency = lower_bound / time``.
     bit_identical : whether every node ends with the same bits.
     chunks : pipeline depth of the chunked algorithms (1 otherwise).
+    schedule : the :class:`dojo_kernels.Schedule` that was timed (who sends what to whom at
+        which step; ``messages()``, ``to_json()``, ``to_csv()``, ``to_msccl_xml()``), or
+        ``None`` for a report rebuilt by :meth:`from_dict`. Not part of ``to_dict()`` nor of
+        ``==`` (export it with its own methods).
+
+    Results as data: a report pickles, ``dataclasses.asdict`` works, :meth:`to_dict` gives
+    a JSON-serializable dict with the units in its keys (``time_s``, ``bytes_per_link_bytes``,
+    ...) and :meth:`from_dict` rebuilds an equal report. ``==`` compares every field but
+    ``schedule`` (arrays element by element).
     """
 
     time: float
@@ -70,6 +118,80 @@ class AllreduceReport:
     efficiency: float = 1.0
     bit_identical: bool = True
     chunks: int = 1
+    schedule: Optional[PublicSchedule] = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The report as plain JSON types, units in the keys (seconds ``_s``, bytes
+        ``_bytes``, bytes/s ``_bytes_per_s``, ratios ``_fraction``). The schedule is left out:
+        ``report.schedule.to_json()`` exports it."""
+        return {
+            "kind": "AllreduceReport",
+            "algorithm": self.algorithm,
+            "time_s": float(self.time),
+            "steps": int(self.steps),
+            "step_times_s": _float_list(self.step_times),
+            "per_node_bytes": float(self.nbytes),
+            "nodes": int(self.nodes),
+            "bytes_per_link_bytes": _float_list(self.bytes_per_link),
+            "bytes_per_link_max_bytes": float(self.bytes_per_link_max),
+            "bytes_per_link_mean_bytes": float(self.bytes_per_link_mean),
+            "byte_hops": float(self.byte_hops),
+            "max_contention_messages": int(self.max_contention),
+            "links_used": int(self.links_used),
+            "longest_path_hops": int(self.longest_path_hops),
+            "bus_bandwidth_bytes_per_s": float(self.bus_bandwidth),
+            "lower_bounds_s": {str(k): float(v) for k, v in self.lower_bounds.items()},
+            "lower_bound_s": float(self.lower_bound),
+            "efficiency_fraction": float(self.efficiency),
+            "bit_identical": bool(self.bit_identical),
+            "chunks": int(self.chunks),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "AllreduceReport":
+        """Rebuild a report from :meth:`to_dict` output (``schedule`` is ``None``)."""
+        if not isinstance(d, Mapping):
+            raise TypeError(f"d: expected a mapping from AllreduceReport.to_dict(), got "
+                            f"{type(d).__name__}")
+        if d.get("kind", "AllreduceReport") != "AllreduceReport":
+            raise ValueError(f"d: expected kind 'AllreduceReport', got {d.get('kind')!r}")
+        try:
+            return cls(
+                time=float(d["time_s"]), algorithm=str(d["algorithm"]), steps=int(d["steps"]),
+                step_times=_ro(d["step_times_s"]), nbytes=float(d["per_node_bytes"]),
+                nodes=int(d["nodes"]), bytes_per_link=_ro(d["bytes_per_link_bytes"]),
+                bytes_per_link_max=float(d["bytes_per_link_max_bytes"]),
+                bytes_per_link_mean=float(d["bytes_per_link_mean_bytes"]),
+                byte_hops=float(d["byte_hops"]),
+                max_contention=int(d["max_contention_messages"]),
+                links_used=int(d["links_used"]), longest_path_hops=int(d["longest_path_hops"]),
+                bus_bandwidth=float(d["bus_bandwidth_bytes_per_s"]),
+                lower_bounds=FrozenDict({str(k): float(v)
+                                         for k, v in dict(d["lower_bounds_s"]).items()}),
+                lower_bound=float(d["lower_bound_s"]),
+                efficiency=float(d["efficiency_fraction"]),
+                bit_identical=bool(d["bit_identical"]), chunks=int(d["chunks"]))
+        except KeyError as exc:
+            raise ValueError(f"d: missing key {exc.args[0]!r} (expected the output of "
+                             f"AllreduceReport.to_dict())") from None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, AllreduceReport):
+            return NotImplemented
+        a, b = self.to_dict(), other.to_dict()
+        if a.keys() != b.keys():
+            return False
+        for k in a:
+            x, y = a[k], b[k]
+            if isinstance(x, float) and isinstance(y, float):
+                if not _same(x, y):
+                    return False
+            elif x != y:
+                return False
+        return True
+
+    def __hash__(self) -> int:
+        return hash((self.algorithm, self.time, self.nbytes, self.nodes, self.steps))
 
 
 def _check_topology(topology: Any) -> Mesh2D:
@@ -96,6 +218,7 @@ def _check_algorithm(algorithm: Any) -> str:
 
 
 def _report(schedule: Schedule, topology: Mesh2D, nbytes: float) -> AllreduceReport:
+    """Simulate ``schedule``; the report carries it (as a public Schedule)."""
     t = simulate(schedule, topology, nbytes)
     P = topology.nodes
     time = float(t.step_times.sum())
@@ -113,10 +236,11 @@ def _report(schedule: Schedule, topology: Mesh2D, nbytes: float) -> AllreduceRep
         byte_hops=t.byte_hops, max_contention=t.max_contention, links_used=t.links_used,
         longest_path_hops=t.longest_path_hops,
         bus_bandwidth=(2 * (P - 1) / P * nbytes / time) if time > 0 else 0.0,
-        lower_bounds=MappingProxyType(lb), lower_bound=lbmax,
+        lower_bounds=FrozenDict(lb), lower_bound=lbmax,
         efficiency=(lbmax / time) if time > 0 else 1.0,
         bit_identical=schedule.bit_identical,
-        chunks=int(str(schedule.info.get("chunks", 1))))
+        chunks=int(str(schedule.info.get("chunks", 1))),
+        schedule=PublicSchedule(schedule, topology, nbytes))
 
 
 @functools.lru_cache(maxsize=64)

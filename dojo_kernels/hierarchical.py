@@ -21,7 +21,7 @@ endpoint ends with the same bits when the outermost algorithm gives every node t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -42,6 +42,11 @@ class HierarchicalReport:
     per-level :class:`~dojo_kernels.AllreduceReport` of a full all-reduce of ``nbytes`` on
     that level's mesh; ``algorithms``: the algorithm used at each level; ``nodes``: endpoints.
     ``bus_bandwidth``: ``2(P-1)/P * n / time``.
+
+    Results as data: it pickles, ``dataclasses.asdict`` works, :meth:`to_dict` gives a
+    JSON-serializable dict (units in the keys; the levels as
+    :meth:`AllreduceReport.to_dict <dojo_kernels.AllreduceReport.to_dict>` dicts) and
+    :meth:`from_dict` rebuilds an equal report.
     """
 
     time: float
@@ -52,6 +57,53 @@ class HierarchicalReport:
     nbytes: float
     bus_bandwidth: float
     bit_identical: bool
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The report as plain JSON types, units in the keys."""
+        return {
+            "kind": "HierarchicalReport",
+            "time_s": float(self.time),
+            "level_times_s": [float(t) for t in self.level_times],
+            "levels": [r.to_dict() for r in self.levels],
+            "algorithms": [str(a) for a in self.algorithms],
+            "nodes": int(self.nodes),
+            "per_node_bytes": float(self.nbytes),
+            "bus_bandwidth_bytes_per_s": float(self.bus_bandwidth),
+            "bit_identical": bool(self.bit_identical),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "HierarchicalReport":
+        """Rebuild a report from :meth:`to_dict` output (the levels' schedules are ``None``)."""
+        if not isinstance(d, Mapping):
+            raise TypeError(f"d: expected a mapping from HierarchicalReport.to_dict(), got "
+                            f"{type(d).__name__}")
+        if d.get("kind", "HierarchicalReport") != "HierarchicalReport":
+            raise ValueError(f"d: expected kind 'HierarchicalReport', got {d.get('kind')!r}")
+        try:
+            return cls(
+                time=float(d["time_s"]),
+                level_times=tuple(float(t) for t in d["level_times_s"]),
+                levels=tuple(AllreduceReport.from_dict(r) for r in d["levels"]),
+                algorithms=tuple(str(a) for a in d["algorithms"]), nodes=int(d["nodes"]),
+                nbytes=float(d["per_node_bytes"]),
+                bus_bandwidth=float(d["bus_bandwidth_bytes_per_s"]),
+                bit_identical=bool(d["bit_identical"]))
+        except KeyError as exc:
+            raise ValueError(f"d: missing key {exc.args[0]!r} (expected the output of "
+                             f"HierarchicalReport.to_dict())") from None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, HierarchicalReport):
+            return NotImplemented
+        return (self.time == other.time and self.level_times == other.level_times
+                and self.levels == other.levels and self.algorithms == other.algorithms
+                and self.nodes == other.nodes and self.nbytes == other.nbytes
+                and self.bus_bandwidth == other.bus_bandwidth
+                and self.bit_identical == other.bit_identical)
+
+    def __hash__(self) -> int:
+        return hash((self.time, self.algorithms, self.nodes, self.nbytes))
 
 
 def _check_levels(levels: Any, algorithms: Any) -> Tuple[Tuple[Mesh2D, ...], Tuple[str, ...]]:
