@@ -36,6 +36,7 @@ def cold(f):
         compile_program.cache_clear()
         _schedule._RING_CACHE.clear()
         _schedule._spanning_skeleton.cache_clear()
+        _schedule.lp_trees.cache_clear()          # the spanning-tree LP is solved again
         return f()
     return run
 

@@ -596,19 +596,265 @@ def comb_trees(topology: Mesh2D) -> List[Tuple[np.ndarray, int]]:
     return trees
 
 
+# --- spanning-tree packing by linear programming ------------------------------------------
+def graph_edges(topology: Mesh2D) -> np.ndarray:
+    """(E, 2) undirected edges ``(u, v)``, ``u < v``, of the topology, wrap links included
+    (each edge is two directed links of :meth:`Mesh2D.links`)."""
+    lk = topology.links()
+    und = lk[lk[:, 0] < lk[:, 1]]
+    return np.unique(und, axis=0)
+
+
+def _edge_ids(u: np.ndarray, v: np.ndarray, keys: np.ndarray, P: int) -> np.ndarray:
+    """Indices of the undirected edges {u[i], v[i]} among the sorted keys ``lo*P + hi``."""
+    k = np.minimum(u, v) * P + np.maximum(u, v)
+    i = np.searchsorted(keys, k)
+    if (i >= keys.size).any() or (keys[np.minimum(i, keys.size - 1)] != k).any():
+        raise ValueError("seeds: a tree uses a pair of nodes that is not an edge")
+    return i
+
+
+def _tree_edges(parent: np.ndarray, keys: np.ndarray, P: int) -> np.ndarray:
+    v = np.flatnonzero(parent >= 0)
+    if v.size != P - 1 or parent.shape != (P,):
+        raise ValueError("seeds: expected parent arrays of spanning trees (one root)")
+    return _edge_ids(v, parent[v], keys, P)
+
+
+def _rooted(P: int, edges: np.ndarray, tree: np.ndarray) -> np.ndarray:
+    """Parent array of the tree (edge indices) rooted at a centre (least height)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import breadth_first_order
+    e = edges[tree]
+    g = coo_matrix((np.ones(e.shape[0]), (e[:, 0], e[:, 1])), shape=(P, P)).tocsr()
+    order, pred = breadth_first_order(g, 0, directed=False)
+    u = int(order[-1])                        # an end of a longest path
+    order, pred = breadth_first_order(g, u, directed=False)
+    path = [int(order[-1])]
+    while pred[path[-1]] >= 0:
+        path.append(int(pred[path[-1]]))
+    centre = path[len(path) // 2]
+    _, pred = breadth_first_order(g, centre, directed=False)
+    parent = np.asarray(pred, np.int64)
+    parent[centre] = -1
+    if (parent < -1).any():  # pragma: no cover - pricing returns spanning trees only
+        raise AssertionError("not a spanning tree")
+    return parent
+
+
+def pack_spanning_trees(nodes: int, edges: Any, seeds: Sequence[np.ndarray] = (), *,
+                        max_rounds: int = 60, tol: float = 1e-9
+                        ) -> Tuple[List[np.ndarray], np.ndarray, float, bool]:
+    """Fractional spanning-tree packing of a connected graph by linear programming.
+
+    Maximise ``sum(lambda_T)`` over spanning trees ``T`` subject to ``sum of lambda_T over
+    the trees using edge e <= 1`` for every (undirected) edge: the packing number ``tau``
+    (Tutte, Nash-Williams). Column generation: the master LP over the trees found so far is
+    solved by SciPy's HiGHS (``scipy.optimize.linprog``); its edge duals ``y`` price a new
+    column, the minimum spanning tree under ``y`` (``scipy.sparse.csgraph``), added while its
+    weight is below 1 (a tree of reduced cost < 0). When no such tree exists the LP optimum
+    over *all* spanning trees is reached (``optimal``).
+
+    Parameters
+    ----------
+    nodes : number of nodes ``P`` (ids ``0..P-1``).
+    edges : ``(E, 2)`` undirected edges (no grid assumption: any connected graph, e.g. a
+        mesh with failed links or nodes removed and renumbered).
+    seeds : starting trees as parent arrays (``-1`` at the root), e.g. good shallow trees;
+        without seeds the first column is a BFS tree.
+    max_rounds : cap on pricing rounds.
+
+    Returns
+    -------
+    (parents, weights, tau, optimal) : the trees with ``weight > 0`` as parent arrays (seeds
+        keep their root; generated trees are rooted at a centre), their ``lambda``, the LP
+        value ``sum(lambda)``, and whether pricing proved it optimal.
+    """
+    from scipy.optimize import linprog
+    from scipy.sparse import coo_matrix, csc_matrix
+    from scipy.sparse.csgraph import breadth_first_order, minimum_spanning_tree
+
+    P = int(nodes)
+    ed = np.asarray(edges, np.int64).reshape(-1, 2)
+    ed = np.unique(np.sort(ed, axis=1), axis=0)      # sorted by key lo*P + hi
+    E = ed.shape[0]
+    if P < 2 or E == 0:
+        return [np.full(max(P, 1), -1, np.int64)], np.ones(1), 1.0, True
+    keys = ed[:, 0] * P + ed[:, 1]
+    # every tree has P-1 edges, so sum(lambda) <= E/(P-1): reaching it proves optimality
+    trivial_bound = E / (P - 1)
+    cols: List[np.ndarray] = []
+    parents: List[Optional[np.ndarray]] = []
+    for par in seeds:
+        par = np.asarray(par, np.int64)
+        cols.append(_tree_edges(par, keys, P))
+        parents.append(par)
+    if not cols:
+        g = coo_matrix((np.ones(E), (ed[:, 0], ed[:, 1])), shape=(P, P)).tocsr()
+        _, pred = breadth_first_order(g, 0, directed=False)
+        par = np.asarray(pred, np.int64)
+        par[0] = -1
+        if (par < -1).any():
+            raise ValueError("edges: the graph is not connected")
+        cols.append(_tree_edges(par, keys, P))
+        parents.append(None)
+    optimal = False
+    lam = np.zeros(0)
+    for _ in range(max_rounds + 1):
+        T = len(cols)
+        rows = np.concatenate(cols)
+        cidx = np.repeat(np.arange(T), [c.size for c in cols])
+        A = csc_matrix((np.ones(rows.size), (rows, cidx)), shape=(E, T))
+        res = linprog(-np.ones(T), A_ub=A, b_ub=np.ones(E), bounds=(0, None), method="highs")
+        if res.status != 0:  # pragma: no cover - the LP is always feasible and bounded
+            raise RuntimeError(f"spanning-tree LP failed: {res.message}")
+        lam = np.asarray(res.x, np.float64)
+        if lam.sum() >= trivial_bound * (1 - 1e-9):
+            optimal = True
+            break
+        y = np.maximum(-np.asarray(res.ineqlin.marginals, np.float64), 0.0)
+        # pricing: the lightest spanning tree under the duals (csgraph drops zero weights,
+        # so every weight gets a tiny positive floor)
+        w = y + 1e-12
+        g = coo_matrix((w, (ed[:, 0], ed[:, 1])), shape=(P, P)).tocsr()
+        mst = minimum_spanning_tree(g).tocoo()
+        if mst.nnz != P - 1:
+            raise ValueError("edges: the graph is not connected")
+        tree = _edge_ids(mst.row.astype(np.int64), mst.col.astype(np.int64), keys, P)
+        # a dual bound: y / min_T y(T) is feasible for the dual, so tau <= sum(y) / y(mst)
+        if float(y[tree].sum()) >= 1.0 - 1e-7 or \
+                lam.sum() >= y.sum() / max(float(y[tree].sum()), 1e-300) * (1 - 1e-9):
+            optimal = True
+            break
+        if _ == max_rounds:
+            break
+        cols.append(tree)
+        parents.append(None)
+    keep = np.flatnonzero(lam > tol)
+    out = []
+    for i in keep:
+        par = parents[i]
+        out.append(par if par is not None else _rooted(P, ed, cols[i]))
+    return out, lam[keep], float(lam.sum()), optimal
+
+
+def _line_tree(k: int, centre: int) -> np.ndarray:
+    """Parent array of a path 0..k-1 rooted at ``centre``."""
+    i = np.arange(k)
+    return np.where(i < centre, i + 1, np.where(i > centre, i - 1, -1)).astype(np.int64)
+
+
+def _torus_combs(a: int, b: int, wr: bool, wc: bool, all_drops: bool) -> List[np.ndarray]:
+    """Shallow seed trees of an a x b torus (either dimension may wrap): for each column j a
+    comb of the rows (each row a cycle less the edge opposite column j) on the spine column j
+    (a cycle less one edge: every choice of that edge when ``all_drops``, else one, rotating
+    with j); and the same with rows and columns swapped. Every tree is rooted at the middle
+    of its spine, so its height is about a/2 + b/2."""
+    out: List[np.ndarray] = []
+    r, c = np.divmod(np.arange(a * b), b)
+
+    def along(pos: np.ndarray, k: int, root: int, wrap: bool) -> np.ndarray:
+        """Parent position of ``pos`` on a line (or a cycle less the edge opposite root)
+        of k nodes rooted at ``root``."""
+        if wrap:
+            d = (pos - root) % k                       # 0..k-1 forward distance
+            fwd = d <= k // 2
+            return np.where(d == 0, -1, np.where(fwd, (pos - 1) % k, (pos + 1) % k))
+        return np.where(pos < root, pos + 1, np.where(pos > root, pos - 1, -1))
+
+    for j in range(b):
+        drops = range(a) if (wc and all_drops) else [j % a if wc else 0]
+        for g in drops:
+            # spine column j: a path of the column; with wrap, the cycle less the edge
+            # (g, g+1), rooted at its middle
+            if wc:
+                order = [(g + 1 + t) % a for t in range(a)]       # path g+1, ..., g
+                rootrow = order[(a - 1) // 2]
+                pos_of = {row: t for t, row in enumerate(order)}
+                pr_t = np.array([pos_of[x] for x in range(a)])
+                par_t = np.where(pr_t < (a - 1) // 2, pr_t + 1,
+                                 np.where(pr_t > (a - 1) // 2, pr_t - 1, -1))
+                spine_par = np.array([order[t] if t >= 0 else -1 for t in par_t])
+            else:
+                rootrow = (a - 1) // 2
+                spine_par = _line_tree(a, rootrow)
+            pc = along(c, b, j, wr)
+            par = np.where(c != j, r * b + pc, np.where(spine_par[r] >= 0,
+                                                        spine_par[r] * b + c, -1))
+            out.append(par.astype(np.int64))
+    for i in range(a):
+        drops = range(b) if (wr and all_drops) else [i % b if wr else 0]
+        for g in drops:
+            if wr:
+                order = [(g + 1 + t) % b for t in range(b)]
+                pos_of = {col: t for t, col in enumerate(order)}
+                pc_t = np.array([pos_of[x] for x in range(b)])
+                par_t = np.where(pc_t < (b - 1) // 2, pc_t + 1,
+                                 np.where(pc_t > (b - 1) // 2, pc_t - 1, -1))
+                spine_par = np.array([order[t] if t >= 0 else -1 for t in par_t])
+            else:
+                spine_par = _line_tree(b, (b - 1) // 2)
+            pr = along(r, a, i, wc)
+            par = np.where(r != i, pr * b + c, np.where(spine_par[c] >= 0,
+                                                        r * b + spine_par[c], -1))
+            out.append(par.astype(np.int64))
+    return out
+
+
+def _integer_weights(lam: np.ndarray, resolution: int = 64) -> np.ndarray:
+    """Integer shares proportional to ``lam`` (each tree's units per chunk): rounded to
+    ``resolution`` steps per tree on average, at least 1."""
+    q = lam / lam.sum()
+    w = np.maximum(1, np.rint(q * resolution * lam.size)).astype(np.int64)
+    g = int(np.gcd.reduce(w))
+    return w // g
+
+
+@functools.lru_cache(maxsize=8)
+def lp_trees(a: int, b: int, wraparound: bool) -> Tuple[List[Tuple[np.ndarray, int]], float, bool]:
+    """The spanning trees of the packing of an ``a x b`` mesh or torus and their integer
+    weights, from :func:`pack_spanning_trees` seeded with shallow combs (mesh: the combs of
+    :func:`comb_trees`, which already reach ``tau = E/(P-1)``; torus: the wrap-aware combs
+    of ``_torus_combs``); returns ``(trees, tau, optimal)``."""
+    topo = Mesh2D(a, b, link_bandwidth=1.0, link_latency=0.0, wraparound=wraparound)
+    P = a * b
+    if P == 1:
+        return [(np.full(1, -1, np.int64), 1)], 1.0, True
+    wr, wc = topo.wrap_rows, topo.wrap_cols
+    if a == 1 or b == 1:
+        seeds = [p for p, _ in comb_trees(topo)]
+        if wr or wc:   # a ring: every path less one edge, rooted at its middle
+            seeds = []
+            for g in range(P):
+                order = [(g + 1 + t) % P for t in range(P)]
+                par = np.full(P, -1, np.int64)
+                mid = (P - 1) // 2
+                for t in range(P):
+                    if t != mid:
+                        par[order[t]] = order[t + 1] if t < mid else order[t - 1]
+                seeds.append(par)
+    elif wr or wc:
+        seeds = _torus_combs(a, b, wr, wc, all_drops=2 * P <= 2048)
+    else:
+        seeds = [p for p, _ in comb_trees(topo)]
+    parents, lam, tau, optimal = pack_spanning_trees(P, graph_edges(topo), seeds,
+                                                     max_rounds=0 if P > 1024 else 40)
+    w = _integer_weights(lam)
+    return [(p, int(x)) for p, x in zip(parents, w)], tau, optimal
+
+
 @functools.lru_cache(maxsize=2)
 def _spanning_skeleton(a: int, b: int, wraparound: bool
-                       ) -> Tuple[Any, int, int, int, List[int]]:
+                       ) -> Tuple[Any, int, int, int, List[int], np.ndarray, float]:
     """The size-independent part of the spanning-tree schedule of an ``a x b`` mesh: the
     reduce and broadcast templates of every tree (src, dst, prio, start), the tree of every
     template and its weight. Building it is most of the cost of ``build_spanning_trees`` on a
     large mesh, and it depends only on the shape, so the last two meshes are kept (about
     40 MB each on a 50 x 60 ExaPOD mesh; the arrays are read-only and shared by the
     schedules)."""
-    # comb_trees depends on the shape (and, for a line, the wrap link) only
-    topo = Mesh2D(a, b, link_bandwidth=1.0, link_latency=0.0, wraparound=wraparound)
-    trees = comb_trees(topo)
+    trees, _tau, _opt = lp_trees(a, b, wraparound)
     parents = np.stack([p for p, _ in trees])
+    parents.setflags(write=False)
     fd, fh, fr = _forest_shape(parents)
     H = fh[np.arange(len(trees)), fr]
     w = np.array([w for _, w in trees], np.int64)
@@ -625,21 +871,31 @@ def _spanning_skeleton(a: int, b: int, wraparound: bool
         op=np.concatenate([np.full(v.size, REDUCE, np.int64), np.full(v.size, COPY, np.int64)]))
     for arr in sk.values():
         arr.setflags(write=False)
-    return sk, int(H.max()), int(w.sum()), len(trees), [int(x) for x in w]
+    # the busiest edge's share of the buffer (each tree uses each of its edges once per
+    # direction): sum of the weights of the trees through it, out of sum(w)
+    ekey = np.minimum(v, pv) * (a * b) + np.maximum(v, pv)
+    _, inv = np.unique(ekey, return_inverse=True)
+    load = np.bincount(inv.reshape(-1), weights=w[t_idx].astype(np.float64))
+    sk_load = float(load.max()) if load.size else 0.0
+    return sk, int(H.max()), int(w.sum()), len(trees), [int(x) for x in w], parents, sk_load
 
 
 def build_spanning_trees(topology: Mesh2D, nbytes: float) -> Schedule:
-    """Every tree of :func:`comb_trees` at once, on its own share of the buffer (units
-    ``[off*s, (off+w)*s)``): the same pipelined reduce + broadcast as ``_tree_into``."""
-    sk, Hmax, W, ntrees, weights = _spanning_skeleton(topology.rows, topology.cols,
-                                                      topology.wraparound)
+    """Every tree of the LP packing (:func:`lp_trees`) at once, tree ``T`` (weight ``w_T``,
+    trees in order, ``off_T`` the sum of the weights before it) on units
+    ``[off_T*s, (off_T+w_T)*s)``, chunk ``c`` of it units ``off_T*s + c*w_T ..``: the same
+    pipelined reduce + broadcast as ``_tree_into``. ``info["parents"]`` holds the trees
+    (``(trees, P)`` parent arrays) and ``info["weights"]`` their weights."""
+    sk, Hmax, W, ntrees, weights, parents, load = _spanning_skeleton(
+        topology.rows, topology.cols, topology.wraparound)
     P = topology.nodes
-    factor = (P - 1) / W if ntrees > 1 else 1.0
+    factor = load / W if W else 1.0
     s = _chunks(2 * Hmax - 1, factor, nbytes, topology)
     n = sk["src"].size
     if n == 0:
         return _Builder(P).build("spanning_trees", max(W * s, 1), 1, True,
-                                 {"chunks": s, "trees": ntrees, "weights": weights})
+                                 {"chunks": s, "trees": ntrees, "weights": weights,
+                                  "parents": parents})
     zeros = np.zeros(n, np.int64)
     zeros.setflags(write=False)
     arrays = dict(src=sk["src"], dst=sk["dst"], sslot=zeros, dslot=zeros, op=sk["op"],
@@ -649,7 +905,7 @@ def build_spanning_trees(topology: Mesh2D, nbytes: float) -> Schedule:
     for arr in arrays.values():
         arr.setflags(write=False)
     return Schedule("spanning_trees", P, max(W * s, 1), 1, True, arrays,
-                    {"chunks": s, "trees": ntrees, "weights": weights})
+                    {"chunks": s, "trees": ntrees, "weights": weights, "parents": parents})
 
 
 def chain_path(topology: Mesh2D) -> List[int]:

@@ -145,40 +145,34 @@ def ref_tree(x, m, add):
     return np.broadcast_to(tree_value(x, bfs_parents(m), add, slice(None)), x.shape).copy()
 
 
-def combs(m):
-    """Documented packing: column combs j = 0..b-1 (weight a-1, root ((a-1)//2, j)), then row
-    combs i = 0..a-1 (weight b-1, root (i, (b-1)//2)); a line is the BFS tree."""
-    a, b = m.rows, m.cols
-    if a == 1 or b == 1:
-        return [(bfs_parents(m), 1)]
+def lp_trees_of(m, report):
+    """The trees and weights the LP chose (schedule data: which trees is the schedule's
+    choice, how each share must be summed is the documented order checked here), after
+    checking that each is a spanning tree of the topology."""
+    info = report.schedule.info
+    parents, weights = info["parents"], info["weights"]
+    links = {tuple(l) for l in m.links().tolist()}
     out = []
-    for j in range(b):
-        par = []
-        for v in range(a * b):
-            r, c = divmod(v, b)
-            if c != j:
-                par.append(r * b + (c + 1 if c < j else c - 1))
-            elif r != (a - 1) // 2:
-                par.append((r + 1 if r < (a - 1) // 2 else r - 1) * b + c)
-            else:
-                par.append(-1)
-        out.append((par, a - 1))
-    for i in range(a):
-        par = []
-        for v in range(a * b):
-            r, c = divmod(v, b)
-            if r != i:
-                par.append((r + 1 if r < i else r - 1) * b + c)
-            elif c != (b - 1) // 2:
-                par.append(r * b + (c + 1 if c < (b - 1) // 2 else c - 1))
-            else:
-                par.append(-1)
-        out.append((par, b - 1))
+    for par, w in zip(parents.tolist(), weights):
+        assert par.count(-1) == 1 and w >= 1
+        for v, p in enumerate(par):
+            assert p == -1 or (v, p) in links
+        root = par.index(-1)
+        for v in range(len(par)):      # every node reaches the root
+            seen = 0
+            while v != root:
+                v = par[v]
+                seen += 1
+                assert seen < len(par)
+        out.append((par, w))
     return out
 
 
-def ref_spanning_trees(x, m, add, chunks):
-    trees = combs(m)
+def ref_spanning_trees(x, m, add, report):
+    """Tree T (weight w_T, in order) owns units [off*s, (off+w_T)*s), s = report.chunks;
+    every element of that share is summed in T's post-order, children by id."""
+    chunks = report.chunks
+    trees = lp_trees_of(m, report)
     W = sum(w for _, w in trees)
     U = W * chunks
     N = x.shape[1]
@@ -215,7 +209,7 @@ def ref_chain(x, m, add):
 
 def reference(alg, x, m, add, report):
     if alg == "spanning_trees":
-        return ref_spanning_trees(x, m, add, report.chunks)
+        return ref_spanning_trees(x, m, add, report)
     return globals()["ref_" + alg](x, m, add)
 
 
@@ -226,7 +220,8 @@ def data(P, N, seed, spread=6):
 
 
 SHAPES = [((1, 1), False), ((1, 2), False), ((2, 2), False), ((1, 5), False), ((3, 3), False),
-          ((2, 3), False), ((5, 5), False), ((4, 3), True), ((3, 5), True), ((1, 6), True)]
+          ((2, 3), False), ((5, 5), False), ((4, 3), True), ((3, 5), True), ((1, 6), True),
+          ((4, 4), True), ((5, 5), True)]
 
 
 @pytest.mark.parametrize("alg", ALGS)

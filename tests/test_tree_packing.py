@@ -1,0 +1,133 @@
+"""Spanning-tree packing from a linear program (issue 12 item 7): the LP reaches the packing
+number on meshes, tori and damaged graphs, and the schedule built on it is near the capacity
+bound. Its numerics are checked in test_allreduce_numerics.py (tori included)."""
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+import dojo_kernels as dk
+from dojo_kernels._schedule import lp_trees, pack_spanning_trees
+from dojo_kernels.mesh import Mesh2D, chip_mesh
+
+GiB = 1 << 30
+
+
+def make(a, b, wrap=False, alpha=0.0, delta=0.0, bw=2e12):
+    return Mesh2D(a, b, link_bandwidth=bw, link_latency=alpha, hop_latency=delta,
+                  wraparound=wrap)
+
+
+def check_packing(P, edges, parents, lam):
+    """Every returned tree is a spanning tree of the graph; every edge carries <= 1."""
+    eset = {frozenset(e) for e in np.asarray(edges).tolist()}
+    load = {e: 0.0 for e in eset}
+    for par, w in zip(parents, lam):
+        par = np.asarray(par)
+        assert par.shape == (P,) and (par == -1).sum() == 1
+        root = int(np.flatnonzero(par == -1)[0])
+        for v in range(P):
+            if v != root:
+                e = frozenset((v, int(par[v])))
+                assert e in eset, (v, par[v])
+                load[e] += w
+            seen, u = 0, v
+            while u != root:           # reaches the root: no cycle
+                u = int(par[u])
+                seen += 1
+                assert seen < P
+    assert max(load.values()) <= 1 + 1e-7
+
+
+@pytest.mark.parametrize("a,b,wrap", [(5, 5, False), (8, 8, False), (5, 5, True),
+                                      (8, 8, True), (3, 7, False), (4, 6, True), (3, 4, True),
+                                      (1, 6, True), (2, 5, False)])
+def test_lp_reaches_the_packing_number(a, b, wrap):
+    """tau = E/(P-1) on meshes and tori (no subgraph is denser than the whole; notes §2.8):
+    E counted here from the shape, not from the package."""
+    m = make(a, b, wrap)
+    P = a * b
+    wr, wc = wrap and b >= 3, wrap and a >= 3
+    E = a * (b - 1) + b * (a - 1) + (a if wr else 0) + (b if wc else 0)
+    trees, tau, optimal = lp_trees(a, b, wrap)
+    assert optimal
+    assert tau == pytest.approx(E / (P - 1), rel=1e-9)
+    edges = [tuple(l) for l in m.links().tolist() if l[0] < l[1]]
+    assert len(edges) == E
+    # the integer weights keep every edge within the busiest-edge share used by the model
+    check_packing(P, edges, [p for p, _ in trees], [0.0] * len(trees))
+
+
+def test_lp_on_damaged_graphs():
+    """A 4x4 mesh with links removed, and two 4-cliques joined by one bridge: the bridge is
+    in every spanning tree, so tau = 1, below E/(P-1); the dual bound proves it."""
+    # two K4 joined by the bridge 3-4
+    k4 = [(i, j) for i in range(4) for j in range(i + 1, 4)]
+    edges = k4 + [(i + 4, j + 4) for i, j in k4] + [(3, 4)]
+    parents, lam, tau, optimal = pack_spanning_trees(8, edges)
+    assert optimal and tau == pytest.approx(1.0)
+    check_packing(8, edges, parents, lam)
+    # K5: tau = E/(P-1) = 10/4
+    k5 = [(i, j) for i in range(5) for j in range(i + 1, 5)]
+    parents, lam, tau, optimal = pack_spanning_trees(5, k5)
+    assert optimal and tau == pytest.approx(2.5)
+    check_packing(5, k5, parents, lam)
+    # a 4x4 mesh less two links (node ids kept): 22 edges over 15 nodes - 1, and no part is
+    # denser, so tau = 22/15 (every tree has 15 edges: sum(lambda) <= 22/15 always)
+    m = make(4, 4)
+    edges = [tuple(l) for l in m.links().tolist() if l[0] < l[1]]
+    edges.remove((5, 6))
+    edges.remove((9, 10))
+    parents, lam, tau, optimal = pack_spanning_trees(16, edges)
+    assert optimal
+    check_packing(16, edges, parents, lam)
+    assert tau == pytest.approx(22 / 15)
+
+
+def test_lp_rejects_disconnected_graphs_and_bad_seeds():
+    with pytest.raises(ValueError, match="connected"):
+        pack_spanning_trees(4, [(0, 1), (2, 3)])
+    with pytest.raises(ValueError, match="seeds"):
+        pack_spanning_trees(3, [(0, 1), (1, 2)], seeds=[np.array([-1, 0, 0])])
+
+
+@pytest.mark.parametrize("k", [5, 8])
+@pytest.mark.parametrize("wrap", [False, True])
+def test_efficiency_at_least_0_9(k, wrap):
+    """Capacity bound / time >= 0.9 at 1 GiB per node, with alpha = delta = 0 (the bandwidth
+    and pipeline-fill terms alone)."""
+    m = make(k, k, wrap)
+    r = dk.estimate_allreduce(GiB, m, algorithm="spanning_trees")
+    E = 2 * k * (k - 1) + (2 * k if wrap else 0)
+    cap = (k * k - 1) * GiB / (E * m.link_bandwidth)
+    assert r.lower_bounds["capacity"] == pytest.approx(cap)
+    assert cap / r.time >= 0.9, (k, wrap, cap / r.time)
+    assert r.time >= cap * (1 - 1e-12)
+
+
+@pytest.mark.parametrize("k,wrap", [(5, False), (5, True), (8, True)])
+def test_efficiency_on_chip_meshes(k, wrap):
+    """With the chip-mesh latencies (alpha = 100 ns per step) the pipeline fill costs more;
+    still >= 0.9 here. (8x8 mesh: about 0.88, since every spanning tree has height >= 7.)"""
+    m = chip_mesh(k, k, wraparound=wrap)
+    r = dk.estimate_allreduce(GiB, m, algorithm="spanning_trees")
+    assert r.efficiency >= 0.9, r.efficiency
+
+
+def test_torus_uses_wrap_links():
+    m = make(5, 5, wrap=True)
+    r = dk.estimate_allreduce(GiB, m, algorithm="spanning_trees")
+    assert r.links_used == m.num_links            # wrap links included
+    mesh = dk.estimate_allreduce(GiB, make(5, 5), algorithm="spanning_trees")
+    assert r.time < mesh.time * 0.85              # tau 50/24 against 40/24
+
+
+def test_weights_are_exact_shares_on_symmetric_meshes():
+    """On a k x k mesh the combs with equal weights are an optimum; whichever optimum the LP
+    returns, the busiest edge carries exactly (P-1)/E of the buffer in the model."""
+    for k in (3, 4, 5):
+        m = make(k, k)
+        n = float(GiB)
+        r = dk.estimate_allreduce(n, m, algorithm="spanning_trees")
+        per_link = Fraction(k * k - 1, 2 * k * (k - 1))
+        assert r.bytes_per_link_max == pytest.approx(float(per_link) * n, rel=1e-9)
