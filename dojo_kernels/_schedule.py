@@ -611,7 +611,7 @@ def _edge_ids(u: np.ndarray, v: np.ndarray, keys: np.ndarray, P: int) -> np.ndar
     i = np.searchsorted(keys, k)
     if (i >= keys.size).any() or (keys[np.minimum(i, keys.size - 1)] != k).any():
         raise ValueError("seeds: a tree uses a pair of nodes that is not an edge")
-    return i
+    return np.asarray(i, np.int64)
 
 
 def _tree_edges(parent: np.ndarray, keys: np.ndarray, P: int) -> np.ndarray:
@@ -731,10 +731,10 @@ def pack_spanning_trees(nodes: int, edges: Any, seeds: Sequence[np.ndarray] = ()
         cols.append(tree)
         parents.append(None)
     keep = np.flatnonzero(lam > tol)
-    out = []
+    out: List[np.ndarray] = []
     for i in keep:
-        par = parents[i]
-        out.append(par if par is not None else _rooted(P, ed, cols[i]))
+        got = parents[i]
+        out.append(got if got is not None else _rooted(P, ed, cols[i]))
     return out, lam[keep], float(lam.sum()), optimal
 
 
@@ -807,7 +807,7 @@ def _integer_weights(lam: np.ndarray, resolution: int = 64) -> np.ndarray:
     q = lam / lam.sum()
     w = np.maximum(1, np.rint(q * resolution * lam.size)).astype(np.int64)
     g = int(np.gcd.reduce(w))
-    return w // g
+    return np.asarray(w // g, np.int64)
 
 
 @functools.lru_cache(maxsize=8)

@@ -30,8 +30,9 @@ class FrozenDict(Dict[str, float]):
     def _readonly(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("this mapping is read-only (a report field)")
 
-    __setitem__ = __delitem__ = _readonly  # type: ignore[assignment]
-    clear = pop = popitem = setdefault = update = _readonly  # type: ignore[assignment]
+    __setitem__ = __delitem__ = _readonly  # type: ignore[assignment, unused-ignore]
+    clear = pop = popitem = _readonly  # type: ignore[assignment, unused-ignore]
+    setdefault = update = _readonly  # type: ignore[assignment, unused-ignore]
 
     def __ior__(self, other: Any) -> "FrozenDict":  # type: ignore[override,misc]
         raise TypeError("this mapping is read-only (a report field)")

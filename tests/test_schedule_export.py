@@ -172,7 +172,8 @@ def test_messages_ring_rows_by_hand():
     rows = sch.messages(elements=8)
     assert len(rows) == 24
     assert list(np.bincount(rows["step"])) == [4] * 6
-    assert np.all(rows["count"] == 2) and np.all(rows["bytes"] == 1000) and np.all(rows["hops"] == 1)
+    assert np.all(rows["count"] == 2) and np.all(rows["bytes"] == 1000)
+    assert np.all(rows["hops"] == 1)
     assert list(rows["op"][:12]) == ["reduce"] * 12 and list(rows["op"][12:]) == ["copy"] * 12
     nxt = {0: 1, 1: 3, 3: 2, 2: 0}
     assert all(nxt[s] == d for s, d in zip(rows["src"], rows["dst"]))
