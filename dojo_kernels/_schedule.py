@@ -700,19 +700,31 @@ def pack_spanning_trees(nodes: int, edges: Any, seeds: Sequence[np.ndarray] = ()
         parents.append(None)
     optimal = False
     lam = np.zeros(0)
-    for _ in range(max_rounds + 1):
+    for rnd in range(max_rounds + 1):
         T = len(cols)
         rows = np.concatenate(cols)
         cidx = np.repeat(np.arange(T), [c.size for c in cols])
-        A = csc_matrix((np.ones(rows.size), (rows, cidx)), shape=(E, T))
-        res = linprog(-np.ones(T), A_ub=A, b_ub=np.ones(E), bounds=(0, None), method="highs")
+        # Edges used by the same set of trees give the same constraint: keep one of each
+        # (on a mesh with combs, 5890 edges become a + b rows). Sets are compared by two
+        # random sums over their trees, added in the same order for equal sets.
+        rng = np.random.default_rng(0x5EED)
+        k1 = np.bincount(rows, weights=rng.random(T)[cidx], minlength=E)
+        k2 = np.bincount(rows, weights=rng.random(T)[cidx], minlength=E)
+        _, rep, inv, cnt = np.unique(k1 + 1j * k2, return_index=True, return_inverse=True,
+                                     return_counts=True)
+        inv = inv.reshape(-1)
+        A = csc_matrix((np.ones(rows.size), (rows, cidx)), shape=(E, T)).tocsr()[rep]
+        res = linprog(-np.ones(T), A_ub=A, b_ub=np.ones(rep.size), bounds=(0, None),
+                      method="highs")
         if res.status != 0:  # pragma: no cover - the LP is always feasible and bounded
             raise RuntimeError(f"spanning-tree LP failed: {res.message}")
         lam = np.asarray(res.x, np.float64)
         if lam.sum() >= trivial_bound * (1 - 1e-9):
             optimal = True
             break
-        y = np.maximum(-np.asarray(res.ineqlin.marginals, np.float64), 0.0)
+        # a merged row's dual, split evenly over its edges, is a dual solution of the full LP
+        y_red = np.maximum(-np.asarray(res.ineqlin.marginals, np.float64), 0.0)
+        y = y_red[inv] / cnt[inv]
         # pricing: the lightest spanning tree under the duals (csgraph drops zero weights,
         # so every weight gets a tiny positive floor)
         w = y + 1e-12
@@ -726,7 +738,7 @@ def pack_spanning_trees(nodes: int, edges: Any, seeds: Sequence[np.ndarray] = ()
                 lam.sum() >= y.sum() / max(float(y[tree].sum()), 1e-300) * (1 - 1e-9):
             optimal = True
             break
-        if _ == max_rounds:
+        if rnd == max_rounds:
             break
         cols.append(tree)
         parents.append(None)
@@ -801,13 +813,39 @@ def _torus_combs(a: int, b: int, wr: bool, wc: bool, all_drops: bool) -> List[np
     return out
 
 
-def _integer_weights(lam: np.ndarray, resolution: int = 64) -> np.ndarray:
-    """Integer shares proportional to ``lam`` (each tree's units per chunk): rounded to
-    ``resolution`` steps per tree on average, at least 1."""
+def _integer_weights(lam: np.ndarray, parents: Sequence[np.ndarray], resolution: int = 64
+                     ) -> np.ndarray:
+    """Integer shares proportional to ``lam`` (each tree's units per chunk). Two candidates:
+    the LP values as exact fractions (a vertex of this LP has small denominators), scaled by
+    the lcm of the denominators, and a rounding to ``resolution`` steps per tree; the one
+    whose busiest edge carries the smaller share of the buffer wins (ties: fewer units)."""
+    from fractions import Fraction
+    P = parents[0].size
+    v = np.concatenate([np.flatnonzero(p >= 0) for p in parents])
+    pv = np.concatenate([p[p >= 0] for p in parents])
+    t = np.repeat(np.arange(len(parents)), [int((p >= 0).sum()) for p in parents])
+    _, edge = np.unique(np.minimum(v, pv) * P + np.maximum(v, pv), return_inverse=True)
+    edge = edge.reshape(-1)
+
+    def share(w: np.ndarray) -> float:
+        return float(np.bincount(edge, weights=w[t].astype(np.float64)).max()) / float(w.sum())
+
+    cands = []
     q = lam / lam.sum()
-    w = np.maximum(1, np.rint(q * resolution * lam.size)).astype(np.int64)
-    g = int(np.gcd.reduce(w))
-    return np.asarray(w // g, np.int64)
+    r = np.maximum(1, np.rint(q * resolution * lam.size)).astype(np.int64)
+    cands.append(r // int(np.gcd.reduce(r)))
+    fr = [Fraction(float(x)).limit_denominator(8 * P) for x in lam]
+    den = 1
+    for f in fr:
+        den = den * f.denominator // math.gcd(den, f.denominator)
+        if den > 1 << 20:
+            break
+    else:
+        e = np.array([int(f * den) for f in fr], np.int64)
+        if (e > 0).all() and int(e.sum()) <= 1 << 22:
+            cands.append(e // int(np.gcd.reduce(e)))
+    best = min(cands, key=lambda w: (share(w), int(w.sum())))
+    return np.asarray(best, np.int64)
 
 
 @functools.lru_cache(maxsize=8)
@@ -839,7 +877,7 @@ def lp_trees(a: int, b: int, wraparound: bool) -> Tuple[List[Tuple[np.ndarray, i
         seeds = [p for p, _ in comb_trees(topo)]
     parents, lam, tau, optimal = pack_spanning_trees(P, graph_edges(topo), seeds,
                                                      max_rounds=0 if P > 1024 else 40)
-    w = _integer_weights(lam)
+    w = _integer_weights(lam, parents)
     return [(p, int(x)) for p, x in zip(parents, w)], tau, optimal
 
 

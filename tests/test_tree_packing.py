@@ -84,6 +84,20 @@ def test_lp_on_damaged_graphs():
     assert tau == pytest.approx(22 / 15)
 
 
+@pytest.mark.parametrize("a,b,wrap", [(5, 5, False), (3, 5, True)])
+def test_column_generation_from_one_bfs_tree(a, b, wrap):
+    """Without seeds the LP starts from one BFS tree (value 1) and pricing adds trees until
+    it proves tau = E/(P-1); capped at 0 rounds it stops at 1, not proved."""
+    m = make(a, b, wrap)
+    edges = [tuple(l) for l in m.links().tolist() if l[0] < l[1]]
+    P = a * b
+    parents, lam, tau, optimal = pack_spanning_trees(P, edges)
+    assert optimal and tau == pytest.approx(len(edges) / (P - 1))
+    check_packing(P, edges, parents, lam)
+    _, _, tau0, optimal0 = pack_spanning_trees(P, edges, max_rounds=0)
+    assert tau0 == pytest.approx(1.0) and not optimal0
+
+
 def test_lp_rejects_disconnected_graphs_and_bad_seeds():
     with pytest.raises(ValueError, match="connected"):
         pack_spanning_trees(4, [(0, 1), (2, 3)])
