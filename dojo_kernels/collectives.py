@@ -218,8 +218,11 @@ def _check_algorithm(algorithm: Any) -> str:
     return algorithm
 
 
-def _report(schedule: Schedule, topology: Mesh2D, nbytes: float) -> AllreduceReport:
-    """Simulate ``schedule``; the report carries it (as a public Schedule)."""
+def _report(schedule: Schedule, topology: Mesh2D, nbytes: float, *,
+            rebuildable: bool = False) -> AllreduceReport:
+    """Simulate ``schedule``; the report carries it (as a public Schedule). ``rebuildable``:
+    the schedule is ``build(schedule.algorithm, topology, nbytes)``, so a pickled report
+    carries its recipe instead of its arrays."""
     t = simulate(schedule, topology, nbytes)
     P = topology.nodes
     time = float(t.step_times.sum())
@@ -241,7 +244,7 @@ def _report(schedule: Schedule, topology: Mesh2D, nbytes: float) -> AllreduceRep
         efficiency=(lbmax / time) if time > 0 else 1.0,
         bit_identical=schedule.bit_identical,
         chunks=int(str(schedule.info.get("chunks", 1))),
-        schedule=PublicSchedule(schedule, topology, nbytes))
+        schedule=PublicSchedule(schedule, topology, nbytes, rebuildable=rebuildable))
 
 
 @functools.lru_cache(maxsize=64)
@@ -251,7 +254,7 @@ def _choose(topology: Mesh2D, nbytes: float, algorithm: str
     immutable, so repeated calls share them."""
     if algorithm != "auto":
         sch = build(algorithm, topology, nbytes)
-        return sch, _report(sch, topology, nbytes)
+        return sch, _report(sch, topology, nbytes, rebuildable=True)
     # The fastest; ties go to the earlier name in ALGORITHMS. Candidates are simulated in
     # the order of a cheap lower bound on their time (time_floor), and one whose bound
     # exceeds the best time found is skipped: it cannot win, so the choice is the same as
@@ -265,7 +268,7 @@ def _choose(topology: Mesh2D, nbytes: float, algorithm: str
     for floor, idx, sch in cands:
         if best is not None and floor > best[0][0] * (1 + 1e-9):
             continue
-        rep = _report(sch, topology, nbytes)
+        rep = _report(sch, topology, nbytes, rebuildable=True)
         key = (rep.time, idx)
         if best is None or key < best[0]:
             best = (key, sch, rep)

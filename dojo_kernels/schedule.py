@@ -70,19 +70,34 @@ class Schedule:
     info : algorithm details (e.g. ``chunks``, ``trees``, ``weights``, ``ring``).
     """
 
-    __slots__ = ("_plan", "topology", "nbytes")
+    __slots__ = ("_plan_or_none", "_algorithm", "_rebuildable", "topology", "nbytes")
 
-    def __init__(self, plan: "_Plan", topology: Mesh2D, nbytes: float) -> None:
-        self._plan = plan
+    def __init__(self, plan: "_Plan", topology: Mesh2D, nbytes: float, *,
+                 rebuildable: bool = False) -> None:
+        self._plan_or_none: Optional["_Plan"] = plan
+        self._algorithm = str(plan.algorithm)
+        self._rebuildable = bool(rebuildable)
         self.topology = topology
         self.nbytes = float(nbytes)
 
-    # pickling: __slots__ classes need explicit state
+    @property
+    def _plan(self) -> "_Plan":
+        plan = self._plan_or_none
+        if plan is None:        # unpickled from its recipe: build it again (deterministic)
+            from ._schedule import build
+            plan = build(self._algorithm, self.topology, self.nbytes)
+            self._plan_or_none = plan
+        return plan
+
+    # pickling: a schedule that ``build(algorithm, topology, nbytes)`` makes again travels as
+    # that recipe (a 50 x 60 spanning-tree schedule is tens of MB of arrays)
     def __getstate__(self) -> Tuple[Any, ...]:
-        return (self._plan, self.topology, self.nbytes)
+        plan = None if self._rebuildable else self._plan
+        return (plan, self._algorithm, self._rebuildable, self.topology, self.nbytes)
 
     def __setstate__(self, state: Tuple[Any, ...]) -> None:
-        self._plan, self.topology, self.nbytes = state
+        (self._plan_or_none, self._algorithm, self._rebuildable, self.topology,
+         self.nbytes) = state
 
     def __repr__(self) -> str:
         t = self.topology
@@ -92,7 +107,7 @@ class Schedule:
 
     @property
     def algorithm(self) -> str:
-        return str(self._plan.algorithm)
+        return self._algorithm
 
     @property
     def nodes(self) -> int:

@@ -90,6 +90,23 @@ def test_hierarchical_report_pickles_and_round_trips():
     assert dk.HierarchicalReport.from_dict(changed) != h
 
 
+def test_pickled_schedule_is_the_same_schedule():
+    """A report's schedule travels as its recipe (algorithm, mesh, nbytes) and is rebuilt on
+    first use: same messages; a hand-built schedule travels whole."""
+    from dojo_kernels._schedule import build_ring
+    from dojo_kernels.collectives import estimate_schedule
+    m = make(5, 5)
+    r = dk.estimate_allreduce(1e7, m, algorithm="spanning_trees")
+    blob = pickle.dumps(r)
+    assert len(blob) < 20000
+    r2 = pickle.loads(blob)
+    assert np.array_equal(r2.schedule.messages(), r.schedule.messages())
+    custom = estimate_schedule(build_ring(m, order=list(range(25))), m, 1e6)
+    c2 = pickle.loads(pickle.dumps(custom))
+    assert np.array_equal(c2.schedule.messages(), custom.schedule.messages())
+    assert c2 == custom
+
+
 def test_reports_through_multiprocessing_pickle_protocols():
     r = dk.estimate_allreduce(1e6, make(2, 3), algorithm="2d")
     for proto in range(2, pickle.HIGHEST_PROTOCOL + 1):
