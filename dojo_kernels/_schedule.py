@@ -813,19 +813,18 @@ def _torus_combs(a: int, b: int, wr: bool, wc: bool, all_drops: bool) -> List[np
     return out
 
 
-def _integer_weights(lam: np.ndarray, parents: Sequence[np.ndarray], resolution: int = 64
-                     ) -> np.ndarray:
+def _integer_weights(lam: np.ndarray, parents: Sequence[np.ndarray], keys: np.ndarray,
+                     resolution: int = 64) -> Tuple[np.ndarray, float]:
     """Integer shares proportional to ``lam`` (each tree's units per chunk). Two candidates:
     the LP values as exact fractions (a vertex of this LP has small denominators), scaled by
     the lcm of the denominators, and a rounding to ``resolution`` steps per tree; the one
-    whose busiest edge carries the smaller share of the buffer wins (ties: fewer units)."""
+    whose busiest edge carries the smaller share of the buffer wins (ties: fewer units).
+    Returns the weights and that share. ``keys``: the sorted edge keys ``lo*P + hi``."""
     from fractions import Fraction
     P = parents[0].size
-    v = np.concatenate([np.flatnonzero(p >= 0) for p in parents])
-    pv = np.concatenate([p[p >= 0] for p in parents])
-    t = np.repeat(np.arange(len(parents)), [int((p >= 0).sum()) for p in parents])
-    _, edge = np.unique(np.minimum(v, pv) * P + np.maximum(v, pv), return_inverse=True)
-    edge = edge.reshape(-1)
+    par = np.stack(parents)
+    t, v = np.nonzero(par >= 0)
+    edge = _edge_ids(v, par[t, v], keys, P)
 
     def share(w: np.ndarray) -> float:
         return float(np.bincount(edge, weights=w[t].astype(np.float64)).max()) / float(w.sum())
@@ -845,19 +844,21 @@ def _integer_weights(lam: np.ndarray, parents: Sequence[np.ndarray], resolution:
         if (e > 0).all() and int(e.sum()) <= 1 << 22:
             cands.append(e // int(np.gcd.reduce(e)))
     best = min(cands, key=lambda w: (share(w), int(w.sum())))
-    return np.asarray(best, np.int64)
+    return np.asarray(best, np.int64), share(best)
 
 
 @functools.lru_cache(maxsize=8)
-def lp_trees(a: int, b: int, wraparound: bool) -> Tuple[List[Tuple[np.ndarray, int]], float, bool]:
+def lp_trees(a: int, b: int, wraparound: bool
+             ) -> Tuple[List[Tuple[np.ndarray, int]], float, bool, float]:
     """The spanning trees of the packing of an ``a x b`` mesh or torus and their integer
     weights, from :func:`pack_spanning_trees` seeded with shallow combs (mesh: the combs of
     :func:`comb_trees`, which already reach ``tau = E/(P-1)``; torus: the wrap-aware combs
-    of ``_torus_combs``); returns ``(trees, tau, optimal)``."""
+    of ``_torus_combs``); returns ``(trees, tau, optimal, share)``, ``share`` the fraction
+    of the buffer on the busiest edge with these integer weights (``1/tau`` when exact)."""
     topo = Mesh2D(a, b, link_bandwidth=1.0, link_latency=0.0, wraparound=wraparound)
     P = a * b
     if P == 1:
-        return [(np.full(1, -1, np.int64), 1)], 1.0, True
+        return [(np.full(1, -1, np.int64), 1)], 1.0, True, 0.0
     wr, wc = topo.wrap_rows, topo.wrap_cols
     if a == 1 or b == 1:
         seeds = [p for p, _ in comb_trees(topo)]
@@ -875,10 +876,11 @@ def lp_trees(a: int, b: int, wraparound: bool) -> Tuple[List[Tuple[np.ndarray, i
         seeds = _torus_combs(a, b, wr, wc, all_drops=2 * P <= 2048)
     else:
         seeds = [p for p, _ in comb_trees(topo)]
-    parents, lam, tau, optimal = pack_spanning_trees(P, graph_edges(topo), seeds,
+    edges = graph_edges(topo)
+    parents, lam, tau, optimal = pack_spanning_trees(P, edges, seeds,
                                                      max_rounds=0 if P > 1024 else 40)
-    w = _integer_weights(lam, parents)
-    return [(p, int(x)) for p, x in zip(parents, w)], tau, optimal
+    w, share = _integer_weights(lam, parents, edges[:, 0] * P + edges[:, 1])
+    return [(p, int(x)) for p, x in zip(parents, w)], tau, optimal, share
 
 
 @functools.lru_cache(maxsize=2)
@@ -890,7 +892,7 @@ def _spanning_skeleton(a: int, b: int, wraparound: bool
     large mesh, and it depends only on the shape, so the last two meshes are kept (about
     40 MB each on a 50 x 60 ExaPOD mesh; the arrays are read-only and shared by the
     schedules)."""
-    trees, _tau, _opt = lp_trees(a, b, wraparound)
+    trees, _tau, _opt, share = lp_trees(a, b, wraparound)
     parents = np.stack([p for p, _ in trees])
     parents.setflags(write=False)
     fd, fh, fr = _forest_shape(parents)
@@ -911,11 +913,7 @@ def _spanning_skeleton(a: int, b: int, wraparound: bool
         arr.setflags(write=False)
     # the busiest edge's share of the buffer (each tree uses each of its edges once per
     # direction): sum of the weights of the trees through it, out of sum(w)
-    ekey = np.minimum(v, pv) * (a * b) + np.maximum(v, pv)
-    _, inv = np.unique(ekey, return_inverse=True)
-    load = np.bincount(inv.reshape(-1), weights=w[t_idx].astype(np.float64))
-    sk_load = float(load.max()) if load.size else 0.0
-    return sk, int(H.max()), int(w.sum()), len(trees), [int(x) for x in w], parents, sk_load
+    return sk, int(H.max()), int(w.sum()), len(trees), [int(x) for x in w], parents, share
 
 
 def build_spanning_trees(topology: Mesh2D, nbytes: float) -> Schedule:
@@ -924,10 +922,10 @@ def build_spanning_trees(topology: Mesh2D, nbytes: float) -> Schedule:
     ``[off_T*s, (off_T+w_T)*s)``, chunk ``c`` of it units ``off_T*s + c*w_T ..``: the same
     pipelined reduce + broadcast as ``_tree_into``. ``info["parents"]`` holds the trees
     (``(trees, P)`` parent arrays) and ``info["weights"]`` their weights."""
-    sk, Hmax, W, ntrees, weights, parents, load = _spanning_skeleton(
+    sk, Hmax, W, ntrees, weights, parents, share = _spanning_skeleton(
         topology.rows, topology.cols, topology.wraparound)
     P = topology.nodes
-    factor = load / W if W else 1.0
+    factor = share if ntrees > 1 else 1.0
     s = _chunks(2 * Hmax - 1, factor, nbytes, topology)
     n = sk["src"].size
     if n == 0:
