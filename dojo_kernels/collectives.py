@@ -65,6 +65,11 @@ def _same(x: float, y: float) -> bool:
 class AllreduceReport:
     """Timing-model report of one all-reduce (SPEC section 7). Units: seconds, bytes, B/s.
 
+    Results as data: a report pickles, ``dataclasses.asdict`` works, :meth:`to_dict` gives
+    a JSON-serializable dict with the units in its keys (``time_s``,
+    ``bytes_per_link_bytes``, and so on) and :meth:`from_dict` rebuilds an equal report.
+    ``==`` compares every field but ``schedule`` (arrays element by element).
+
     Attributes
     ----------
     time : total time (s), the sum of ``step_times``.
@@ -89,15 +94,10 @@ class AllreduceReport:
         ``efficiency = lower_bound / time``.
     bit_identical : whether every node ends with the same bits.
     chunks : pipeline depth of the chunked algorithms (1 otherwise).
-    schedule : the :class:`dojo_kernels.Schedule` that was timed (who sends what to whom at
+    schedule : the :class:`dojo_kernels.schedule.Schedule` that was timed (who sends what to whom at
         which step; ``messages()``, ``to_json()``, ``to_csv()``, ``to_msccl_xml()``), or
         ``None`` for a report rebuilt by :meth:`from_dict`. Not part of ``to_dict()`` nor of
         ``==`` (export it with its own methods).
-
-    Results as data: a report pickles, ``dataclasses.asdict`` works, :meth:`to_dict` gives
-    a JSON-serializable dict with the units in its keys (``time_s``, ``bytes_per_link_bytes``,
-    ...) and :meth:`from_dict` rebuilds an equal report. ``==`` compares every field but
-    ``schedule`` (arrays element by element).
     """
 
     time: float

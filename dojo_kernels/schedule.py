@@ -414,4 +414,36 @@ def _msccl_xml(sch: Schedule, name: str, proto: str, channels: int) -> str:
     return ET.tostring(algo, encoding="unicode")
 
 
-__all__ = ["Schedule", "MESSAGE_DTYPE"]
+def pack_spanning_trees(nodes: int, edges: Any, seeds: Any = (), *, max_rounds: int = 60
+                        ) -> Tuple[List[np.ndarray], np.ndarray, float, bool]:
+    """Fractional spanning-tree packing of any connected graph by linear programming (the LP
+    behind the ``"spanning_trees"`` schedule; SciPy's HiGHS solves it).
+
+    Maximise ``sum(lambda_T)`` over spanning trees ``T`` with, for every undirected edge, the
+    total ``lambda`` of the trees through it at most 1 (the packing number ``tau``). Column
+    generation: HiGHS (``scipy.optimize.linprog``) solves the LP over the trees found so far,
+    the minimum spanning tree under its edge duals prices the next tree.
+
+    Parameters
+    ----------
+    nodes : number of nodes ``P`` (ids ``0..P-1``).
+    edges : ``(E, 2)`` array-like of undirected edges; any connected graph (for example a
+        mesh with failed links removed), no grid assumption.
+    seeds : starting trees as parent arrays (``-1`` at the root); optional.
+    max_rounds : cap on pricing rounds.
+
+    Returns
+    -------
+    (parents, weights, tau, optimal) : the trees with positive weight (parent arrays; new
+        trees rooted at a centre), their ``lambda``, ``sum(lambda)``, and whether it is
+        proved optimal (no spanning tree prices below 1, or a bound is reached).
+
+    Raises
+    ------
+    ValueError : the graph is not connected, or a seed is not a spanning tree of it.
+    """
+    from . import _schedule
+    return _schedule.pack_spanning_trees(nodes, edges, tuple(seeds), max_rounds=max_rounds)
+
+
+__all__ = ["Schedule", "MESSAGE_DTYPE", "pack_spanning_trees"]
