@@ -154,7 +154,9 @@ def test_messages_conservation_and_byte_hops(alg, shape, wrap):
     r = dk.estimate_allreduce(5e4, m, algorithm=alg)
     sch = r.schedule
     assert isinstance(sch, dk.Schedule) and sch.algorithm == alg
+    assert sch.steps == r.steps and sch.nodes == m.nodes and sch.topology == m
     rows = sch.messages()
+    assert rows.size == 0 or int(rows["step"].max()) == r.steps - 1
     assert rows.dtype == dk.schedule.MESSAGE_DTYPE
     # bytes x hops adds up to the report's byte_hops
     assert float(np.sum(rows["bytes"] * rows["hops"])) == pytest.approx(r.byte_hops, rel=1e-12)

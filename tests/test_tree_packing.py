@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import dojo_kernels as dk
-from dojo_kernels._schedule import lp_trees, pack_spanning_trees
+from dojo_kernels._schedule import lp_trees
+from dojo_kernels.schedule import pack_spanning_trees
 from dojo_kernels.mesh import Mesh2D, chip_mesh
 
 GiB = 1 << 30
