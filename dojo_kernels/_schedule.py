@@ -893,7 +893,16 @@ def _spanning_skeleton(a: int, b: int, wraparound: bool
     40 MB each on a 50 x 60 ExaPOD mesh; the arrays are read-only and shared by the
     schedules)."""
     trees, _tau, _opt, share = lp_trees(a, b, wraparound)
-    parents = np.stack([p for p, _ in trees])
+    return skeleton_from_trees(trees, share)
+
+
+def skeleton_from_trees(trees: Sequence[Tuple[np.ndarray, int]], share: float
+                        ) -> Tuple[Any, int, int, int, List[int], np.ndarray, float]:
+    """The templates of the pipelined reduce + broadcast on ``trees`` (``(parent array,
+    integer weight)`` pairs on any graph, e.g. from :func:`pack_spanning_trees` on a damaged
+    mesh) for :func:`build_spanning_trees`; ``share``: the busiest edge's fraction of the
+    buffer with these weights."""
+    parents = np.stack([np.asarray(p, np.int64) for p, _ in trees])
     parents.setflags(write=False)
     fd, fh, fr = _forest_shape(parents)
     H = fh[np.arange(len(trees)), fr]
