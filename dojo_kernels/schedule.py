@@ -231,12 +231,16 @@ class Schedule:
 
     # --- MSCCL-IR -------------------------------------------------------------------------
     def to_msccl_xml(self, path: Optional[str] = None, *, name: Optional[str] = None,
-                     proto: str = "Simple", channels: int = 1) -> str:
+                     proto: str = "Simple", channels: int = 1, min_bytes: int = 0,
+                     max_bytes: int = 1 << 40) -> str:
         """The schedule as MSCCL-IR XML (the ``<algo>`` format msccl-tools emit and the MSCCL
         runtime of NCCL/RCCL loads; ASTRA-sim converts it to Chakra ET).
 
         - ``<algo name proto nchannels nchunksperloop=units ngpus=P coll="allreduce"
-          inplace="1">``: one ``<gpu id i_chunks o_chunks s_chunks>`` per node; in place,
+          inplace="1" outofplace="0" redop="sum" minBytes maxBytes>`` (``minBytes`` and
+          ``maxBytes``: the buffer sizes, bytes, for which the runtime may pick this
+          algorithm; ``min_bytes``, ``max_bytes``): one ``<gpu id i_chunks o_chunks
+          s_chunks>`` per node; in place,
           so the input buffer ``i`` is the output ``o``; scratch buffer ``k`` of the
           schedule is chunks ``[(k-1)*units, k*units)`` of ``s``.
         - Per node, one threadblock ``<tb id send recv chan>`` per (peer, direction,
@@ -262,15 +266,22 @@ class Schedule:
             raise ValueError(f"channels: expected a positive int, got {channels!r}")
         if not isinstance(proto, str) or proto not in ("Simple", "LL", "LL128"):
             raise ValueError(f"proto: expected 'Simple', 'LL' or 'LL128', got {proto!r}")
+        for nm, v in (("min_bytes", min_bytes), ("max_bytes", max_bytes)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise ValueError(f"{nm}: expected a non-negative int (bytes), got {v!r}")
+        if max_bytes < min_bytes:
+            raise ValueError(f"max_bytes: expected >= min_bytes={min_bytes}, got {max_bytes}")
         text = _msccl_xml(self, name or f"dojo_{self.algorithm}_{self.topology.rows}x"
-                          f"{self.topology.cols}", proto, int(channels))
+                          f"{self.topology.cols}", proto, int(channels), int(min_bytes),
+                          int(max_bytes))
         if path is not None:
             with open(path, "w", encoding="utf-8") as f:
                 f.write(text)
         return text
 
 
-def _msccl_xml(sch: Schedule, name: str, proto: str, channels: int) -> str:
+def _msccl_xml(sch: Schedule, name: str, proto: str, channels: int, min_bytes: int,
+               max_bytes: int) -> str:
     plan = sch._plan
     P, U, K = plan.nodes, plan.units, plan.slots
     a = plan.arrays
@@ -362,7 +373,9 @@ def _msccl_xml(sch: Schedule, name: str, proto: str, channels: int) -> str:
 
     algo = ET.Element("algo", {
         "name": name, "proto": proto, "nchannels": str(channels),
-        "nchunksperloop": str(U), "ngpus": str(P), "coll": "allreduce", "inplace": "1"})
+        "nchunksperloop": str(U), "ngpus": str(P), "coll": "allreduce", "inplace": "1",
+        "outofplace": "0", "redop": "sum", "minBytes": str(min_bytes),
+        "maxBytes": str(max_bytes)})
     for rank in range(P):
         keys = sorted(tbs[rank], key=lambda k: (k[0], k[1], k[2]))
         # threadblock ids in msccl-tools order (by send peer, recv peer, channel)

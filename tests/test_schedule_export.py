@@ -388,6 +388,11 @@ def test_msccl_xml_header_matches_the_schedule():
     root = ET.fromstring(sch.to_msccl_xml(name="mine", proto="LL"))
     assert root.get("name") == "mine" and root.get("proto") == "LL"
     assert root.get("ngpus") == "6" and root.get("nchunksperloop") == str(sch.units)
-    assert root.get("inplace") == "1"
+    assert root.get("inplace") == "1" and root.get("redop") == "sum"
+    assert root.get("minBytes") == "0" and int(root.get("maxBytes")) > 0
+    root = ET.fromstring(sch.to_msccl_xml(min_bytes=1024, max_bytes=4096))
+    assert (root.get("minBytes"), root.get("maxBytes")) == ("1024", "4096")
+    with pytest.raises(ValueError, match="max_bytes"):
+        sch.to_msccl_xml(min_bytes=10, max_bytes=5)
     gpu0 = root.find("gpu")
     assert gpu0.get("s_chunks") == str((sch.slots - 1) * sch.units)
