@@ -458,7 +458,23 @@ def pack_spanning_trees(nodes: int, edges: Any, seeds: Any = (), *, max_rounds: 
     ValueError : the graph is not connected, or a seed is not a spanning tree of it.
     """
     from . import _schedule
-    return _schedule.pack_spanning_trees(nodes, edges, tuple(seeds), max_rounds=max_rounds)
+    if isinstance(nodes, bool) or not isinstance(nodes, (int, np.integer)) or nodes < 1:
+        raise ValueError(f"nodes: expected a positive int, got {nodes!r}")
+    e = np.asarray(edges)
+    if e.size == 0:
+        e = e.reshape(0, 2)
+    if e.ndim != 2 or e.shape[1] != 2 or not np.issubdtype(e.dtype, np.integer):
+        raise ValueError(f"edges: expected an (E, 2) array of int node ids, got shape "
+                         f"{e.shape} and dtype {e.dtype}")
+    if e.size and (e.min() < 0 or e.max() >= nodes or (e[:, 0] == e[:, 1]).any()):
+        raise ValueError(f"edges: node ids must be in 0..{int(nodes) - 1}, no self-loops")
+    if isinstance(max_rounds, bool) or not isinstance(max_rounds, (int, np.integer)) \
+            or max_rounds < 0:
+        raise ValueError(f"max_rounds: expected a non-negative int, got {max_rounds!r}")
+    if int(nodes) > 1 and e.shape[0] == 0:
+        raise ValueError("edges: the graph is not connected (no edges)")
+    return _schedule.pack_spanning_trees(int(nodes), e.astype(np.int64), tuple(seeds),
+                                         max_rounds=int(max_rounds))
 
 
 __all__ = ["Schedule", "MESSAGE_DTYPE", "pack_spanning_trees"]

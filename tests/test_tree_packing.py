@@ -104,6 +104,20 @@ def test_lp_rejects_disconnected_graphs_and_bad_seeds():
         pack_spanning_trees(4, [(0, 1), (2, 3)])
     with pytest.raises(ValueError, match="seeds"):
         pack_spanning_trees(3, [(0, 1), (1, 2)], seeds=[np.array([-1, 0, 0])])
+    with pytest.raises(ValueError, match="edges"):
+        pack_spanning_trees(3, [(0, 1), (1, 3)])
+    with pytest.raises(ValueError, match="edges"):
+        pack_spanning_trees(3, [(0, 1), (1, 1)])
+    with pytest.raises(ValueError, match="edges"):
+        pack_spanning_trees(3, [0, 1, 2])
+    with pytest.raises(ValueError, match="edges"):
+        pack_spanning_trees(3, [])
+    with pytest.raises(ValueError, match="nodes"):
+        pack_spanning_trees(0, [(0, 1)])
+    with pytest.raises(ValueError, match="max_rounds"):
+        pack_spanning_trees(2, [(0, 1)], max_rounds=-1)
+    parents, lam, tau, optimal = pack_spanning_trees(1, np.zeros((0, 2), np.int64))
+    assert tau == 1.0 and optimal and list(parents[0]) == [-1]
 
 
 @pytest.mark.parametrize("k", [5, 8])
