@@ -7,7 +7,11 @@
  *     fma's addend by 2^2K) so that every normal value, every product and every sum of them
  *     is a normal FP32 number: products of two p-bit significands (<= 22 bits) are then
  *     exact, and a sum comes as an FP32 value s plus its exact error t (TwoSum).
- *  2. Round to odd: if t != 0 and s's last bit is 0, step s by one FP32 ulp towards s + t.
+ *     Round to nearest of a sum, difference or product needs no error term: the FP32 result
+ *     rounded once more into the format is the correctly rounded result, as double rounding
+ *     is innocuous when 24 >= 2p + 2 (Figueroa 1995), for p <= 11 (values in the Tesla gap
+ *     are multiples of the smallest quantum with at most m + 2 bits, so exact in FP32).
+ *  2. Otherwise (fma, toward zero) round to odd: if t != 0 and s's last bit is 0, step s by one FP32 ulp towards s + t.
  *     Every grid point and midpoint of the format (and the Tesla gap's midpoint) has at most
  *     p + 2 <= 13 significant bits, so it is an FP32 value with an even last bit: the
  *     rounded-to-odd value lies strictly on the same side of each as the exact s + t, and
@@ -106,10 +110,12 @@ dk_arith_loop(int op, const void *a, const void *b, const void *c, void *out, in
                 if (bf16) odd |= (DK_BITS(u) & 0x7FFFFFFF) <= 0x00800000;
                 v = DK_FLT(dk_arith_decode(cc, q, q->dc, bf16));
             }
-            /* TwoSum (Knuth): s + t == u + v exactly (round to nearest, no overflow). */
             s = u + v;
-            vf vv = s - u, uu = s - vv;
-            t = (u - uu) + (v - vv);
+            if (op == DK_OP_FMA || mode != DK_NEAREST) {
+                /* TwoSum (Knuth): s + t == u + v exactly (round to nearest, no overflow). */
+                vf vv = s - u, uu = s - vv;
+                t = (u - uu) + (v - vv);
+            }
         }
         vi sb = DK_BITS(s), tb = DK_BITS(t);
         vi inexact = (tb & 0x7FFFFFFF) != 0;
@@ -122,7 +128,11 @@ dk_arith_loop(int op, const void *a, const void *b, const void *c, void *out, in
             vi step = VSEL((tb ^ sb) < 0, (vi){} - 1, (vi){} + 1);
             sb = VSEL(inexact & ((sb & 1) == 0), sb + step, sb);
         }
-        vi code = dk_quant_vec(sb, r, &q->k, mode, q->k.tesla, q->k.flush, q->inf_nan, q->is_signed);
+        vi code;
+        if (bf16 && mode == DK_NEAREST) /* FP32 -> BF16 nearest even (s is finite, not NaN) */
+            code = (vi)(((vu)sb + 0x7FFFu + (((vu)sb >> 16) & 1u)) >> 16);
+        else
+            code = dk_quant_vec(sb, r, &q->k, mode, q->k.tesla, q->k.flush, q->inf_nan, q->is_signed);
         vi E = (code >> m) & emask;
         odd |= (E == 0) | (E >= q->emaxf);
         dk_store_codes(out, at, code, width);
