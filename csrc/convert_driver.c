@@ -246,6 +246,24 @@ int dk_arith(int op, const void *a, const void *b, const void *c, void *out, int
     return DK_OK;
 }
 
+int dk_arith_test_under_mxcsr(unsigned csr, int op, const void *a, const void *b, const void *c,
+                              void *out, int64_t n, const dk_format *f, int mode, uint64_t seed,
+                              dk_flags *flags, int isa, unsigned *csr_after)
+{
+#ifdef DK_HAVE_MXCSR
+    unsigned saved = _mm_getcsr();
+    _mm_setcsr(csr);
+    int rc = dk_arith(op, a, b, c, out, n, f, mode, seed, flags, isa, 1);
+    *csr_after = _mm_getcsr();
+    _mm_setcsr(saved);
+    return rc;
+#else
+    (void)csr; (void)op; (void)a; (void)b; (void)c; (void)out; (void)n; (void)f; (void)mode;
+    (void)seed; (void)flags; (void)isa; (void)csr_after;
+    return -1;
+#endif
+}
+
 /* max of the magnitude bits of elements [i0, i0 + len): integer compares order the
  * magnitudes of IEEE values (NaN above Inf above every finite value). */
 static uint64_t maxabs_block(const void *x, int xkind, int64_t i0, int64_t len)

@@ -83,6 +83,12 @@ int dk_fake_quantize(const void *x, int xkind, void *out, int64_t n, const dk_fo
  * under the default MXCSR (round to nearest, no FTZ/DAZ), the caller's restored after. */
 int dk_arith(int op, const void *a, const void *b, const void *c, void *out, int64_t n,
              const dk_format *f, int mode, uint64_t seed, dk_flags *flags, int isa, int nthreads);
+/* Test only (tests/test_arith_simd.py): dk_arith on one thread with the calling thread's
+ * MXCSR set to csr for the call; *csr_after is the MXCSR seen right after it, then the
+ * caller's is restored. Returns -1 where there is no MXCSR (not x86). */
+int dk_arith_test_under_mxcsr(unsigned csr, int op, const void *a, const void *b, const void *c,
+                              void *out, int64_t n, const dk_format *f, int mode, uint64_t seed,
+                              dk_flags *flags, int isa, unsigned *csr_after);
 /* max |x| over n elements of kind xkind (DK_F32, DK_F64, DK_BF16IN) as a double, exact;
  * NaN if any element is NaN (Inf if the largest is infinite). One pass, integer compares. */
 double dk_maxabs(const void *x, int xkind, int64_t n, int nthreads);
