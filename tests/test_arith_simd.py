@@ -203,11 +203,15 @@ def _choose_bias_loop(top, family, margin):
         need = math.ldexp(top, margin)
     except OverflowError:
         need = math.inf
-    make = {"cfloat8_143": dk.cfloat8_143, "cfloat8_152": dk.cfloat8_152, "shp": dk.shp}[family]
+    maxes = _MAXES[family]
     for bias in range(63, -1, -1):
-        if make(bias).max >= need:
+        if maxes[bias] >= need:
             return bias
     return None
+
+
+_MAXES = {name: [make(b).max for b in range(64)] for name, make in
+          (("cfloat8_143", dk.cfloat8_143), ("cfloat8_152", dk.cfloat8_152), ("shp", dk.shp))}
 
 
 def _magnitudes():
