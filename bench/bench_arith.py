@@ -7,7 +7,8 @@
   ``torch.addcmul`` into preallocated outputs (torch rounds each op to nearest);
 - CFloat8 1_4_3 add / mul (no torch peer: torch has no fp8 arithmetic);
 - quantize float32 -> CFloat8 / BF16 with nearest and stochastic rounding;
-- fake_quantize float32 -> CFloat8 -> float32 beside a NumPy copy of the same bytes.
+- fake_quantize float32 -> CFloat8 -> float32 beside a NumPy copy of the same bytes;
+- choose_bias beside ``np.abs(x).max()`` at 4K and 16M elements.
 The table at the end gives the ratios (targets of issue 11 in brackets).
 """
 import numpy as np
@@ -102,6 +103,17 @@ def test_fake_quantize(benchmark, data, threads, rounding, t):
     record(benchmark, ("fq", rounding, t), N, "elem/s")
 
 
+@pytest.mark.parametrize("n", [4096, 1 << 24])
+@pytest.mark.parametrize("who", ["choose_bias", "np_abs_max"])
+def test_choose_bias(benchmark, who, n):
+    x = np.random.default_rng(1).standard_normal(n, dtype=np.float32)
+    fn = (lambda: dk.choose_bias(x, "cfloat8_143")) if who == "choose_bias" else \
+        (lambda: np.abs(x).max())
+    benchmark.pedantic(fn, rounds=50 if n == 4096 else 5, iterations=20 if n == 4096 else 1,
+                       warmup_rounds=1)
+    record(benchmark, ("cb", who, n), n, "elem/s")
+
+
 def _table(res):
     g = lambda k: res.get(k, {}).get("rate")  # noqa: E731
     gel = lambda v: f"{v / 1e9:6.2f}" if v else "   n/a"  # noqa: E731
@@ -133,6 +145,10 @@ def _table(res):
             lines.append(f"fake_quantize f32 -> cf8 -> f32 ({rounding}), {t} thread(s): "
                          f"{gel(fq).strip()} Gelem/s = {rat(fq, copy)} of a NumPy f32 copy "
                          f"({gel(copy).strip()}) [>=0.8]")
+    for n in (4096, 1 << 24):
+        cb, ref = g(("cb", "choose_bias", n)), g(("cb", "np_abs_max", n))
+        lines.append(f"choose_bias on {n:,} float32: {rat(cb, ref)} the speed of np.abs(x).max() "
+                     "[>=0.33 at 4K]")
     return lines
 
 

@@ -265,40 +265,45 @@ int dk_arith_test_under_mxcsr(unsigned csr, int op, const void *a, const void *b
 }
 
 /* max of the magnitude bits of elements [i0, i0 + len): integer compares order the
- * magnitudes of IEEE values (NaN above Inf above every finite value). */
+ * magnitudes of IEEE values (NaN above Inf above every finite value). Signed lanes (the
+ * magnitudes are below the sign bit) so that the baseline build vectorizes the loops. */
 static uint64_t maxabs_block(const void *x, int xkind, int64_t i0, int64_t len)
 {
     if (xkind == DK_F64) {
-        const uint64_t *p = (const uint64_t *)x + i0;
-        uint64_t m = 0;
+        const int64_t *p = (const int64_t *)x + i0;
+        int64_t m = 0;
         for (int64_t i = 0; i < len; i++) {
-            uint64_t v = p[i] & 0x7FFFFFFFFFFFFFFFull;
+            int64_t v = p[i] & 0x7FFFFFFFFFFFFFFFll;
             m = v > m ? v : m;
         }
-        return m;
+        return (uint64_t)m;
     }
     if (xkind == DK_F32) {
-        const uint32_t *p = (const uint32_t *)x + i0;
-        uint32_t m = 0;
+        const int32_t *p = (const int32_t *)x + i0;
+        int32_t m = 0;
         for (int64_t i = 0; i < len; i++) {
-            uint32_t v = p[i] & 0x7FFFFFFFu;
+            int32_t v = p[i] & 0x7FFFFFFF;
             m = v > m ? v : m;
         }
-        return m;
+        return (uint64_t)m;
     }
-    const uint16_t *p = (const uint16_t *)x + i0;
-    uint16_t m = 0;
+    const int16_t *p = (const int16_t *)x + i0;
+    int16_t m = 0;
     for (int64_t i = 0; i < len; i++) {
-        uint16_t v = (uint16_t)(p[i] & 0x7FFFu);
+        int16_t v = (int16_t)(p[i] & 0x7FFF);
         m = v > m ? v : m;
     }
-    return m;
+    return (uint64_t)m;
 }
 
 double dk_maxabs(const void *x, int xkind, int64_t n, int nthreads)
 {
-    const int64_t nblocks = (n + DK_BLOCK - 1) / DK_BLOCK;
+    int64_t nblocks = (n + DK_BLOCK - 1) / DK_BLOCK;
     uint64_t top = 0;
+    if (nblocks <= 4 || nthreads <= 1) { /* small: no parallel region at all */
+        top = maxabs_block(x, xkind, 0, n);
+        nblocks = 0;
+    }
 #pragma omp parallel for num_threads(nthreads) schedule(static) reduction(max : top) \
     if (nblocks > 4 && nthreads > 1)
     for (int64_t b = 0; b < nblocks; b++) {
