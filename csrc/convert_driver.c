@@ -2,11 +2,38 @@
  * fixed blocks (so results never depend on the thread count), run the blocks on OpenMP
  * threads, call the tier kernel chosen by the caller, and count exception flags.
  *
- * Flags, float64 sources and arithmetic take the scalar semantics of dk_format.h on every
- * tier; the FP32/BF16 conversions without flags take the tier's SIMD kernels. */
+ * Flags and float64 sources of conversions take the scalar semantics of dk_format.h on every
+ * tier; the FP32/BF16 conversions without flags and the arithmetic take the tier's SIMD
+ * kernels (the arithmetic ones count flags themselves). */
 #include <string.h>
 
 #include "dk_convert.h"
+#if defined(__SSE__) || defined(__x86_64__)
+#include <xmmintrin.h>
+#define DK_HAVE_MXCSR 1
+#endif
+
+/* The default MXCSR: round to nearest, exceptions masked, no FTZ, no DAZ (flag bits kept). */
+#define DK_MXCSR_DEFAULT 0x1F80u
+#define DK_MXCSR_FLAGS 0x003Fu
+static unsigned fpenv_enter(void)
+{
+#ifdef DK_HAVE_MXCSR
+    unsigned saved = _mm_getcsr();
+    _mm_setcsr(DK_MXCSR_DEFAULT | (saved & DK_MXCSR_FLAGS));
+    return saved;
+#else
+    return 0;
+#endif
+}
+static void fpenv_leave(unsigned saved)
+{
+#ifdef DK_HAVE_MXCSR
+    _mm_setcsr(saved);
+#else
+    (void)saved;
+#endif
+}
 
 #define DK_BLOCK 32768 /* elements per parallel block */
 #define DK_CHUNK 2048  /* elements per stack buffer inside a block */
@@ -176,31 +203,119 @@ int dk_fake_quantize(const void *x, int xkind, void *out, int64_t n, const dk_fo
     return DK_OK;
 }
 
-int dk_arith(int op, const void *a, const void *b, const void *c, void *out, int64_t n,
-             const dk_format *f, int mode, uint64_t seed, dk_flags *flags, int nthreads)
+typedef void (*dk_a_fn)(int, const void *, const void *, const void *, void *, int64_t, int64_t,
+                        const dk_format *, int, uint64_t, int64_t *);
+
+static dk_a_fn pick_a(int isa)
 {
-    const int width = dk_code_width(f);
+    return isa >= DK_ISA_AVX512BF16 ? dk_arith_block_avx512bf16
+           : isa == DK_ISA_AVX2     ? dk_arith_block_avx2
+                                    : dk_arith_block_generic;
+}
+
+/* Elements [i0, i0 + len) of an arithmetic call, flags added to cnt: the tier kernel under
+ * the default MXCSR (its TwoSum needs round to nearest; FTZ/DAZ would flush the scalar
+ * lanes' subnormals), the calling thread's MXCSR restored after. */
+static void arith_block(dk_a_fn k, int op, const void *a, const void *b, const void *c, void *out,
+                        int64_t i0, int64_t len, const dk_format *f, int mode, uint64_t seed,
+                        int64_t cnt[4])
+{
+    unsigned csr = fpenv_enter();
+    k(op, a, b, c, out, i0, len, f, mode, seed, cnt);
+    fpenv_leave(csr);
+}
+
+int dk_arith(int op, const void *a, const void *b, const void *c, void *out, int64_t n,
+             const dk_format *f, int mode, uint64_t seed, dk_flags *flags, int isa, int nthreads)
+{
     const int64_t nblocks = (n + DK_BLOCK - 1) / DK_BLOCK;
+    const dk_a_fn k = pick_a(isa);
     int64_t inv = 0, den = 0, ovf = 0, und = 0;
 #pragma omp parallel for num_threads(nthreads) schedule(static) reduction(+ : inv, den, ovf, und) \
     if (nblocks > 1 && nthreads > 1)
     for (int64_t blk = 0; blk < nblocks; blk++) {
-        int64_t i0 = blk * DK_BLOCK, end = n - i0 < DK_BLOCK ? n : i0 + DK_BLOCK;
-        for (int64_t i = i0; i < end; i++) {
-            uint32_t ca = dk_load_code(a, i, width), cb = dk_load_code(b, i, width);
-            uint32_t cc = op == DK_OP_FMA ? dk_load_code(c, i, width) : 0u;
-            unsigned fl = 0;
-            if (dk_is_subnormal_code(ca, f) || dk_is_subnormal_code(cb, f) ||
-                (op == DK_OP_FMA && dk_is_subnormal_code(cc, f)))
-                fl |= DK_FL_DENORMAL;
-            double s, t;
-            dk_exact_op(op, dk_decode(ca, f), dk_decode(cb, f), op == DK_OP_FMA ? dk_decode(cc, f) : 0.0,
-                        &s, &t);
-            uint32_t r = mode == DK_STOCHASTIC ? dk_splitmix32(seed, (uint64_t)i) : 0u;
-            dk_store_code(out, i, dk_round(s, t, f, mode, r, &fl), width);
-            count(fl, &inv, &den, &ovf, &und);
-        }
+        int64_t i0 = blk * DK_BLOCK, len = n - i0 < DK_BLOCK ? n - i0 : DK_BLOCK;
+        int64_t cnt[4] = {0, 0, 0, 0};
+        arith_block(k, op, a, b, c, out, i0, len, f, mode, seed, cnt);
+        inv += cnt[0];
+        den += cnt[1];
+        ovf += cnt[2];
+        und += cnt[3];
     }
     store_flags(flags, inv, den, ovf, und);
     return DK_OK;
+}
+
+int dk_arith_test_under_mxcsr(unsigned csr, int op, const void *a, const void *b, const void *c,
+                              void *out, int64_t n, const dk_format *f, int mode, uint64_t seed,
+                              dk_flags *flags, int isa, unsigned *csr_after)
+{
+#ifdef DK_HAVE_MXCSR
+    unsigned saved = _mm_getcsr();
+    _mm_setcsr(csr);
+    int rc = dk_arith(op, a, b, c, out, n, f, mode, seed, flags, isa, 1);
+    *csr_after = _mm_getcsr();
+    _mm_setcsr(saved);
+    return rc;
+#else
+    (void)csr; (void)op; (void)a; (void)b; (void)c; (void)out; (void)n; (void)f; (void)mode;
+    (void)seed; (void)flags; (void)isa; (void)csr_after;
+    return -1;
+#endif
+}
+
+/* max of the magnitude bits of elements [i0, i0 + len): integer compares order the
+ * magnitudes of IEEE values (NaN above Inf above every finite value). Signed lanes (the
+ * magnitudes are below the sign bit) so that the baseline build vectorizes the loops. */
+static uint64_t maxabs_block(const void *x, int xkind, int64_t i0, int64_t len)
+{
+    if (xkind == DK_F64) {
+        const int64_t *p = (const int64_t *)x + i0;
+        int64_t m = 0;
+        for (int64_t i = 0; i < len; i++) {
+            int64_t v = p[i] & 0x7FFFFFFFFFFFFFFFll;
+            m = v > m ? v : m;
+        }
+        return (uint64_t)m;
+    }
+    if (xkind == DK_F32) {
+        const int32_t *p = (const int32_t *)x + i0;
+        int32_t m = 0;
+        for (int64_t i = 0; i < len; i++) {
+            int32_t v = p[i] & 0x7FFFFFFF;
+            m = v > m ? v : m;
+        }
+        return (uint64_t)m;
+    }
+    const int16_t *p = (const int16_t *)x + i0;
+    int16_t m = 0;
+    for (int64_t i = 0; i < len; i++) {
+        int16_t v = (int16_t)(p[i] & 0x7FFF);
+        m = v > m ? v : m;
+    }
+    return (uint64_t)m;
+}
+
+double dk_maxabs(const void *x, int xkind, int64_t n, int nthreads)
+{
+    int64_t nblocks = (n + DK_BLOCK - 1) / DK_BLOCK;
+    uint64_t top = 0;
+    if (nblocks <= 4 || nthreads <= 1) { /* small: no parallel region at all */
+        top = maxabs_block(x, xkind, 0, n);
+        nblocks = 0;
+    }
+#pragma omp parallel for num_threads(nthreads) schedule(static) reduction(max : top) \
+    if (nblocks > 4 && nthreads > 1)
+    for (int64_t b = 0; b < nblocks; b++) {
+        int64_t i0 = b * DK_BLOCK, len = n - i0 < DK_BLOCK ? n - i0 : DK_BLOCK;
+        uint64_t m = maxabs_block(x, xkind, i0, len);
+        top = m > top ? m : top;
+    }
+    if (xkind == DK_F64) {
+        double d;
+        memcpy(&d, &top, 8);
+        return d;
+    }
+    uint32_t u = xkind == DK_F32 ? (uint32_t)top : (uint32_t)top << 16;
+    return dk_f32_to_f64(dk_bitsf(u)); /* exact, whatever the MXCSR */
 }

@@ -15,7 +15,13 @@ cdef extern from "dk_convert.h":
     int dk_fake_quantize(const void *x, int xkind, void *out, int64_t n, const dk_format *f,
                          int mode, uint64_t seed, int isa, int nthreads) nogil
     int dk_arith(int op, const void *a, const void *b, const void *c, void *out, int64_t n,
-                 const dk_format *f, int mode, uint64_t seed, dk_flags *flags, int nthreads) nogil
+                 const dk_format *f, int mode, uint64_t seed, dk_flags *flags, int isa,
+                 int nthreads) nogil
+    double dk_maxabs(const void *x, int xkind, int64_t n, int nthreads) nogil
+    int dk_arith_test_under_mxcsr(unsigned csr, int op, const void *a, const void *b,
+                                  const void *c, void *out, int64_t n, const dk_format *f,
+                                  int mode, uint64_t seed, dk_flags *flags, int isa,
+                                  unsigned *csr_after) nogil
 
 
 cdef dk_format _fmt(tuple t):
@@ -51,9 +57,38 @@ def fake_quantize(const uint8_t[::1] x, int xkind, uint8_t[::1] out, int64_t n, 
 
 
 def arith(int op, const uint8_t[::1] a, const uint8_t[::1] b, const uint8_t[::1] c,
-          uint8_t[::1] out, int64_t n, tuple fmt, int mode, uint64_t seed, int nthreads):
+          uint8_t[::1] out, int64_t n, tuple fmt, int mode, uint64_t seed, int isa,
+          int nthreads):
     cdef dk_format f = _fmt(fmt)
     cdef dk_flags fl
     with nogil:
-        dk_arith(op, &a[0], &b[0], &c[0], &out[0], n, &f, mode, seed, &fl, nthreads)
+        dk_arith(op, &a[0], &b[0], &c[0], &out[0], n, &f, mode, seed, &fl, isa, nthreads)
     return (fl.invalid, fl.denormal, fl.overflow, fl.underflow)
+
+
+def maxabs(x, int xkind, int64_t n, int nthreads):
+    """max |x| of a C-contiguous float32/float64/bf16-bits array of n elements (NaN if any
+    element is NaN), in one pass. x is any object exporting a contiguous buffer."""
+    cdef const uint8_t[::1] v = x
+    cdef double r
+    with nogil:
+        r = dk_maxabs(&v[0], xkind, n, nthreads)
+    return r
+
+
+
+def _arith_under_mxcsr(unsigned csr, int op, const uint8_t[::1] a, const uint8_t[::1] b,
+                       const uint8_t[::1] c, uint8_t[::1] out, int64_t n, tuple fmt, int mode,
+                       uint64_t seed, int isa):
+    """Test only: arith on one thread with this thread's MXCSR set to csr for the call.
+    Returns (flags, MXCSR seen right after the call), or None where there is no MXCSR."""
+    cdef dk_format f = _fmt(fmt)
+    cdef dk_flags fl
+    cdef unsigned after = 0
+    cdef int rc
+    with nogil:
+        rc = dk_arith_test_under_mxcsr(csr, op, &a[0], &b[0], &c[0], &out[0], n, &f, mode, seed,
+                                       &fl, isa, &after)
+    if rc < 0:
+        return None
+    return (fl.invalid, fl.denormal, fl.overflow, fl.underflow), after

@@ -291,7 +291,7 @@ def _arith(op: str, operands: Tuple[Any, ...], fmt: Format, rounding: str, seed:
         views = [_bytes(v) for v in arrays]
         c = views[2] if len(views) == 3 else views[0]
         flags = _numerics.arith(_OPS[op], views[0], views[1], c, _bytes(dst), dst.size,
-                                _ctuple(fmt), mode, seed_, _config.threads())
+                                _ctuple(fmt), mode, seed_, _config.isa(), _config.threads())
     dst = _deliver(dst, out)
     return (dst, Flags(*flags)) if return_flags else dst
 
@@ -342,12 +342,10 @@ def choose_bias(x: Any, family: str, *, margin: int = 0) -> int:
     except TypeError:
         raise TypeError(f"margin: expected an int, got {type(margin).__name__}") from None
     src, kind = _source(x)
-    vals = src.view(np.uint16).astype(np.uint32) << 16 if kind == _BF16 else src
-    vals = vals.view(np.float32) if kind == _BF16 else vals
-    if vals.size == 0:
+    if src.size == 0:
         return 63
-    top = float(np.max(np.abs(vals)))
-    if not np.isfinite(top):
+    top = _numerics.maxabs(_bytes(src), kind, src.size, _config.threads())
+    if not math.isfinite(top):
         raise ValueError("x: contains NaN or Inf; no bias makes it representable")
     if top == 0.0:
         return 63
@@ -355,10 +353,31 @@ def choose_bias(x: Any, family: str, *, margin: int = 0) -> int:
         need = math.ldexp(top, margin)
     except OverflowError:  # a margin of thousands of binades: no bias can hold it
         need = math.inf
-    make = FAMILIES[family]
-    for bias in range(63, -1, -1):
-        if make(bias).max >= need:
-            return bias
-    raise ValueError(f"x: max|x| * 2**margin = {need!r} exceeds {family}'s largest value even at "
-                     f"bias 0 ({make(0).max!r})")
+    bias = _largest_bias(need, *_BIAS_FAMILY[family])
+    if bias < 0:
+        raise ValueError(f"x: max|x| * 2**margin = {need!r} exceeds {family}'s largest value even "
+                         f"at bias 0 ({FAMILIES[family](0).max!r})")
+    return bias
 
+
+# family -> (largest exponent field, mantissa bits): every family of choose_bias has no
+# Inf/NaN, so its max at bias b is (2 - 2**-m) * 2**(emax - b).
+_BIAS_FAMILY = {"cfloat8_143": (15, 3), "cfloat8_152": (31, 2), "shp": (31, 10)}
+
+
+def _largest_bias(need: float, emax: int, m: int) -> int:
+    """The largest b <= 63 with (2 - 2**-m) * 2**(emax - b) >= need (need >= 0), or -1.
+
+    With need = fr * 2**ex (frexp, 0.5 <= fr < 1) the condition reads
+    (1 - 2**-(m+1)) * 2**(emax + 1 - b) >= fr * 2**ex: when fr <= 1 - 2**-(m+1) it holds iff
+    emax + 1 - b >= ex, otherwise iff emax + 1 - b > ex. Both sides are exact binary
+    fractions, so the comparison is exact; max decreases with b, so the largest such b is
+    the answer of the loop over the 64 biases this replaces.
+    """
+    if need == 0.0:
+        return 63
+    if need == math.inf:
+        return -1
+    fr, ex = math.frexp(need)
+    b = emax + 1 - ex - (fr > 1.0 - math.ldexp(1.0, -(m + 1)))
+    return min(b, 63) if b >= 0 else -1

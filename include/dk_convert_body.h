@@ -5,7 +5,8 @@
  * The algorithm works on FP32 bit patterns with integer operations only (so it never
  * depends on MXCSR's FTZ/DAZ or rounding mode) and must agree bit for bit with the scalar
  * semantics of dk_format.h, which also handles the tails and the rare lanes (stochastic
- * rounding inside the Tesla subnormal gap). */
+ * rounding inside the Tesla subnormal gap). DK_VL 4 (the baseline tier, SSE2) builds only the
+ * helpers that the arithmetic body (dk_arith_body.h) shares: define DK_ARITH_ONLY. */
 #include <immintrin.h>
 #include <string.h>
 
@@ -62,8 +63,10 @@ __attribute__((always_inline)) static inline vu dk_rng_next(vq *state_lo, vq *st
     vh l = __builtin_convertvector(lo >> 32, vh), h = __builtin_convertvector(hi >> 32, vh);
 #if DK_VL == 16
     return (vu)__builtin_shufflevector(l, h, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-#else
+#elif DK_VL == 8
     return (vu)__builtin_shufflevector(l, h, 0, 1, 2, 3, 4, 5, 6, 7);
+#else
+    return (vu)__builtin_shufflevector(l, h, 0, 1, 2, 3);
 #endif
 }
 
@@ -159,8 +162,10 @@ static inline int dk_any(vi mask)
 {
 #if DK_VL == 16
     return _mm512_test_epi32_mask((__m512i)mask, (__m512i)mask) != 0;
-#else
+#elif DK_VL == 8
     return !_mm256_testz_si256((__m256i)mask, (__m256i)mask);
+#else
+    return _mm_movemask_epi8((__m128i)mask) != 0;
 #endif
 }
 
@@ -172,6 +177,8 @@ static inline void dk_store_codes(void *out, int64_t i, vi code, int width)
     if (width == 1) _mm_storeu_si128((__m128i *)((uint8_t *)out + i), _mm512_cvtepi32_epi8((__m512i)code));
     else if (width == 2) _mm256_storeu_si256((__m256i *)((uint16_t *)out + i), _mm512_cvtepi32_epi16((__m512i)code));
     else _mm512_storeu_si512((uint32_t *)out + i, (__m512i)code);
+#elif DK_VL == 4
+    for (int j = 0; j < 4; j++) dk_store_code(out, i + j, (uint32_t)code[j], width);
 #else
     /* codes are non-negative and fit the width: saturating packs keep them. */
     __m256i v = (__m256i)code;
@@ -187,6 +194,10 @@ static inline vi dk_load_codes(const void *codes, int64_t i, int width)
 #if DK_VL == 16
     if (width == 1) return (vi)_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)((const uint8_t *)codes + i)));
     return (vi)_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)codes + i)));
+#elif DK_VL == 4
+    vi c;
+    for (int j = 0; j < 4; j++) c[j] = (int32_t)dk_load_code(codes, i + j, width);
+    return c;
 #else
     if (width == 1) return (vi)_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)((const uint8_t *)codes + i)));
     return (vi)_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)codes + i)));
@@ -194,6 +205,7 @@ static inline vi dk_load_codes(const void *codes, int64_t i, int width)
 }
 
 
+#ifndef DK_ARITH_ONLY
 /* The vector loop for one (mode, format family): every switch is a compile-time constant
  * at the call sites below, so the loop body has no branches. Returns where it stopped. */
 __attribute__((always_inline)) static inline int64_t
@@ -336,3 +348,4 @@ void DK_FN(dk_dequantize_f32)(const void *codes, float *out, int64_t n, const dk
         memcpy(out + i, &b, 4);
     }
 }
+#endif /* DK_ARITH_ONLY */

@@ -1,0 +1,241 @@
+/* dk_arith_body.h - add/sub/mul/fma on codes (SPEC section 4) in SIMD, written once with GCC
+ * vector extensions and compiled once per tier: include it after dk_convert_body.h (whose
+ * types and helpers it shares) with DK_TIER and DK_VL defined.
+ *
+ * Method, for a format with p <= 11 significant bits (every format but FP32):
+ *  1. Decode each operand to FP32, scaled by an exact power of two 2^K (K = bias; BF16: K = 0;
+ *     fma's addend by 2^2K) so that every normal value, every product and every sum of them
+ *     is a normal FP32 number: products of two p-bit significands (<= 22 bits) are then
+ *     exact, and a sum comes as an FP32 value s plus its exact error t (TwoSum).
+ *     Round to nearest of a sum, difference or product needs no error term: the FP32 result
+ *     rounded once more into the format is the correctly rounded result, as double rounding
+ *     is innocuous when 24 >= 2p + 2 (Figueroa 1995), for p <= 11 (values in the Tesla gap
+ *     are multiples of the smallest quantum with at most m + 2 bits, so exact in FP32).
+ *  2. Otherwise (fma, toward zero) round to odd: if t != 0 and s's last bit is 0, step s by one FP32 ulp towards s + t.
+ *     Every grid point and midpoint of the format (and the Tesla gap's midpoint) has at most
+ *     p + 2 <= 13 significant bits, so it is an FP32 value with an even last bit: the
+ *     rounded-to-odd value lies strictly on the same side of each as the exact s + t, and
+ *     rounding it to nearest or toward zero (dk_quant_vec, on the format moved by the same
+ *     scale) gives the correctly rounded result. Stochastic rounding needs the exact value:
+ *     lanes with t == 0 are rounded from s exactly; lanes with t != 0 take the scalar path.
+ *  3. Zeros and subnormals are decoded exactly (scaled, they are normal FP32 numbers, BF16's
+ *     are FP32 subnormals, exact without DAZ); the denormal flag counts subnormal operands,
+ *     the underflow flag zero or subnormal results that differ from s + t.
+ *  4. Rare lanes go through the scalar semantics (dk_arith_elem): an Inf or NaN operand; a
+ *     result code in the top binade or Inf/NaN (overflow and invalid live there, and UHP's
+ *     negative results); BF16 products at or below 2^-126 (FP32 may have rounded them);
+ *     stochastic lanes with t != 0 or inside the Tesla gap.
+ * Hardware FP operations run under the default MXCSR, which the driver sets (round to
+ * nearest, no FTZ/DAZ); nothing here depends on the caller's. */
+#ifndef DK_TIER
+#error "include dk_convert_body.h (with DK_TIER and DK_VL) first"
+#endif
+
+typedef struct {
+    int ebits, m, bf16, is_signed, inf_nan, sub, emaxf;
+    int32_t dab, dc;  /* FP32 exponent offsets of the decode: a and b, fma's c */
+    vf subab, subc;   /* value of a subnormal mantissa's unit, scaled as a and b, as fma's c */
+    vf subres;        /* the same for the result's scale */
+    dk_qconst k;      /* rounding constants of the format moved by the result's scale */
+} dk_aconst;
+
+static inline dk_aconst dk_aconst_of(const dk_format *f, int op)
+{
+    dk_aconst a;
+    a.ebits = f->ebits;
+    a.m = f->mbits;
+    a.bf16 = f->ebits == 8 && f->mbits == 7;
+    a.is_signed = f->is_signed;
+    a.inf_nan = f->has_inf_nan;
+    a.sub = f->sub;
+    a.emaxf = (int)dk_emax_field(f);
+    const int K = a.bf16 ? 0 : f->bias;
+    const int Kres = op == DK_OP_MUL || op == DK_OP_FMA ? 2 * K : K;
+    a.dab = 127 + K - f->bias;
+    a.dc = 127 + 2 * K - f->bias;
+    /* 2^(qmin + scale): normal FP32 numbers for every format but BF16 (which decodes by a
+     * shift and never uses them) */
+    a.subab = (vf){} + (a.bf16 ? 1.0f : (float)dk_pow2(dk_qmin(f) + K));
+    a.subc = (vf){} + (a.bf16 ? 1.0f : (float)dk_pow2(dk_qmin(f) + 2 * K));
+    a.subres = (vf){} + (a.bf16 ? 1.0f : (float)dk_pow2(dk_qmin(f) + Kres));
+    dk_format moved = *f;
+    moved.bias = f->bias - Kres;
+    a.k = dk_qconst_of(&moved);
+    return a;
+}
+
+/* FP32 bits of DK_VL codes' values times the operand's scale 2^(off - 127 + bias); zeros and
+ * subnormals exact too (subnormal units `sub`; flushed to zero in the "flush" mode and UHP).
+ * Inf/NaN codes give garbage: those lanes take the scalar path. */
+__attribute__((always_inline)) static inline vi dk_arith_decode(vi c, const dk_aconst *q, int32_t off,
+                                                               vf sub, int bf16)
+{
+    if (bf16) return c << 16;
+    const int m = q->m;
+    vi E = (c >> m) & ((1 << q->ebits) - 1), M = c & ((1 << m) - 1);
+    vi bits = ((E + off) << 23) | (M << (23 - m));
+    vi subv = q->sub == DK_SUB_FLUSH ? (vi){} : (vi)(__builtin_convertvector(M, vf) * sub);
+    bits = VSEL(E == 0, subv, bits);
+    if (q->is_signed) bits |= ((c >> (q->ebits + m)) & 1) << 31;
+    return bits;
+}
+
+/* Lanes whose code is a subnormal encoding (the denormal flag). */
+__attribute__((always_inline)) static inline vi dk_arith_subnormal(vi c, const dk_aconst *q)
+{
+    vi mag = c & ((1 << (q->ebits + q->m)) - 1);
+    return (mag != 0) & ((mag >> q->m) == 0);
+}
+
+/* Lanes whose code is Inf or NaN (formats that have them). */
+__attribute__((always_inline)) static inline vi dk_arith_infnan(vi c, const dk_aconst *q)
+{
+    if (!q->inf_nan) return (vi){};
+    return ((c >> q->m) & ((1 << q->ebits) - 1)) == ((1 << q->ebits) - 1);
+}
+
+#define DK_BITS(v) ((vi)(v))
+#define DK_FLT(v) ((vf)(v))
+
+static inline int64_t dk_lanes_sum(vi v)
+{
+    int64_t s = 0;
+    for (int j = 0; j < DK_VL; j++) s += v[j];
+    return s;
+}
+
+__attribute__((always_inline)) static inline void
+dk_arith_loop(int op, const void *a, const void *b, const void *c, void *out, int64_t i0, int64_t n,
+              const dk_format *f, const dk_aconst *q, int mode, uint64_t seed, int64_t cnt[4],
+              int width, int bf16, int64_t *done)
+{
+    int64_t i = 0;
+    dk_rng g = dk_rng_at(seed, (uint64_t)i0);
+    vq lo = g.lo, hi = g.hi;
+    const int m = q->m;
+    const int32_t emask = (1 << q->ebits) - 1;
+    vi nden = {}, nund = {}; /* minus the flag counts of the vector lanes */
+    for (; i + DK_VL <= n; i += DK_VL) {
+        const int64_t at = i0 + i;
+        __builtin_prefetch((const char *)a + (at + DK_PREFETCH) * width);
+        __builtin_prefetch((const char *)b + (at + DK_PREFETCH) * width);
+        vi ca = dk_load_codes(a, at, width), cb = dk_load_codes(b, at, width), cc = {};
+        vi odd = dk_arith_infnan(ca, q) | dk_arith_infnan(cb, q);
+        vi den = dk_arith_subnormal(ca, q) | dk_arith_subnormal(cb, q);
+        vf x = DK_FLT(dk_arith_decode(ca, q, q->dab, q->subab, bf16));
+        vf y = DK_FLT(dk_arith_decode(cb, q, q->dab, q->subab, bf16));
+        vf s, t = (vf){};
+        if (op == DK_OP_MUL) {
+            s = x * y;
+            /* BF16: a product at or below 2^-126 may have been rounded by FP32 */
+            if (bf16) odd |= ((DK_BITS(s) & 0x7FFFFFFF) <= 0x00800000) & ((ca & 0x7FFF) != 0) & ((cb & 0x7FFF) != 0);
+        } else {
+            vf u = x, v = y;
+            if (op == DK_OP_SUB) v = DK_FLT(DK_BITS(y) ^ (int32_t)0x80000000);
+            if (op == DK_OP_FMA) {
+                cc = dk_load_codes(c, at, width);
+                odd |= dk_arith_infnan(cc, q);
+                den |= dk_arith_subnormal(cc, q);
+                u = x * y;
+                if (bf16) odd |= ((DK_BITS(u) & 0x7FFFFFFF) <= 0x00800000) & ((ca & 0x7FFF) != 0) & ((cb & 0x7FFF) != 0);
+                v = DK_FLT(dk_arith_decode(cc, q, q->dc, q->subc, bf16));
+            }
+            s = u + v;
+            if (op == DK_OP_FMA || mode != DK_NEAREST) {
+                /* TwoSum (Knuth): s + t == u + v exactly (round to nearest, no overflow). */
+                vf vv = s - u, uu = s - vv;
+                t = (u - uu) + (v - vv);
+            }
+        }
+        vi sb = DK_BITS(s), tb = DK_BITS(t);
+        vi inexact = (tb & 0x7FFFFFFF) != 0;
+        vu r = {};
+        if (mode == DK_STOCHASTIC) {
+            r = dk_rng_next(&lo, &hi);
+            odd |= inexact;
+            if (q->k.tesla) { /* inside the Tesla gap: the scalar semantics */
+                vi mag = sb & 0x7FFFFFFF;
+                odd |= (mag > q->k.maxsub_bits) & (mag < q->k.minnorm_bits);
+            }
+        } else if (op == DK_OP_FMA || mode != DK_NEAREST) {
+            /* round to odd: even last bit and t != 0 -> one FP32 step towards s + t */
+            vi step = VSEL((tb ^ sb) < 0, (vi){} - 1, (vi){} + 1);
+            sb = VSEL(inexact & ((sb & 1) == 0), sb + step, sb);
+        }
+        vi code;
+        if (bf16 && mode == DK_NEAREST) /* FP32 -> BF16 nearest even (s is finite, not NaN) */
+            code = (vi)(((vu)sb + 0x7FFFu + (((vu)sb >> 16) & 1u)) >> 16);
+        else
+            code = dk_quant_vec(sb, r, &q->k, mode, q->k.tesla, q->k.flush, q->inf_nan, q->is_signed);
+        vi E = (code >> m) & emask;
+        /* the top binade, Inf and NaN (overflow, invalid) and UHP's negative results */
+        odd |= E >= q->emaxf;
+        vi tiny = E == 0;
+        if (dk_any(tiny)) {
+            /* underflow: a zero or subnormal result that differs from the exact value, which
+             * is s + t (s holds it exactly when t was not formed: tiny sums and products
+             * of scaled operands, and BF16 sums, are exact in FP32; BF16 products here went
+             * to the scalar path above). The value of the result code, scaled: */
+            vi M = code & ((1 << m) - 1);
+            vi val = bf16 ? M << 16
+                   : q->sub == DK_SUB_FLUSH ? (vi){} : (vi)(__builtin_convertvector(M, vf) * q->subres);
+            vi differs = ((DK_BITS(s) & 0x7FFFFFFF) != val) | inexact;
+            nund += tiny & differs & ~odd;
+        }
+        nden += den & ~odd;
+        dk_store_codes(out, at, code, width);
+        if (dk_any(odd))
+            for (int j = 0; j < DK_VL; j++)
+                if (odd[j]) {
+                    unsigned fl = 0;
+                    dk_store_code(out, at + j, dk_arith_elem(op, a, b, c, at + j, f, mode, seed, &fl), width);
+                    cnt[0] += (fl & DK_FL_INVALID) != 0;
+                    cnt[1] += (fl & DK_FL_DENORMAL) != 0;
+                    cnt[2] += (fl & DK_FL_OVERFLOW) != 0;
+                    cnt[3] += (fl & DK_FL_UNDERFLOW) != 0;
+                }
+    }
+    cnt[1] -= dk_lanes_sum(nden);
+    cnt[3] -= dk_lanes_sum(nund);
+    *done = i;
+}
+
+#define DK_ARITH_MODES(OP, BF, W)                                                                \
+    do {                                                                                         \
+        if (mode == DK_NEAREST)                                                                  \
+            dk_arith_loop(OP, a, b, c, out, i0, n, f, &q, DK_NEAREST, seed, cnt, W, BF, &i);      \
+        else if (mode == DK_STOCHASTIC)                                                          \
+            dk_arith_loop(OP, a, b, c, out, i0, n, f, &q, DK_STOCHASTIC, seed, cnt, W, BF, &i);   \
+        else                                                                                     \
+            dk_arith_loop(OP, a, b, c, out, i0, n, f, &q, DK_TOWARD_ZERO, seed, cnt, W, BF, &i);  \
+    } while (0)
+#define DK_ARITH_OPS(BF, W)                                                                      \
+    do {                                                                                         \
+        if (op == DK_OP_ADD) DK_ARITH_MODES(DK_OP_ADD, BF, W);                                   \
+        else if (op == DK_OP_SUB) DK_ARITH_MODES(DK_OP_SUB, BF, W);                              \
+        else if (op == DK_OP_MUL) DK_ARITH_MODES(DK_OP_MUL, BF, W);                              \
+        else DK_ARITH_MODES(DK_OP_FMA, BF, W);                                                   \
+    } while (0)
+
+void DK_FN(dk_arith_block)(int op, const void *a, const void *b, const void *c, void *out, int64_t i0,
+                           int64_t n, const dk_format *f, int mode, uint64_t seed, int64_t cnt[4])
+{
+    const int width = dk_code_width(f);
+    int64_t i = 0;
+    if (f->mbits <= 11 && width <= 2) {
+        const dk_aconst q = dk_aconst_of(f, op);
+        if (q.bf16) DK_ARITH_OPS(1, 2);
+        else if (width == 1) DK_ARITH_OPS(0, 1);
+        else DK_ARITH_OPS(0, 2);
+    }
+    for (; i < n; i++) {
+        unsigned fl = 0;
+        dk_store_code(out, i0 + i, dk_arith_elem(op, a, b, c, i0 + i, f, mode, seed, &fl), width);
+        cnt[0] += (fl & DK_FL_INVALID) != 0;
+        cnt[1] += (fl & DK_FL_DENORMAL) != 0;
+        cnt[2] += (fl & DK_FL_OVERFLOW) != 0;
+        cnt[3] += (fl & DK_FL_UNDERFLOW) != 0;
+    }
+}
+#undef DK_ARITH_OPS
+#undef DK_ARITH_MODES

@@ -1,0 +1,271 @@
+"""The SIMD arithmetic kernels (include/dk_arith_body.h) against the independent reference
+(spec_ref, written from SPEC) on every tier: fma over every 8-bit pair, BF16/SHP/UHP edge
+values by hypothesis, flag counts, thread-count independence, the caller's MXCSR; and
+choose_bias's closed form against the loop over the 64 biases it replaced."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import dojo_kernels as dk
+import spec_ref as R
+from dk_helpers import bits, flags_dict
+from dojo_kernels import _config, _numerics
+from dojo_kernels.numerics import _ctuple
+
+pytestmark = [pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning"),
+              pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")]
+
+CTORS = {"cfloat8_143": dk.cfloat8_143, "cfloat8_152": dk.cfloat8_152, "shp": dk.shp}
+OPS = {"add": dk.add, "sub": dk.sub, "mul": dk.mul, "fma": dk.fma}
+ROUNDINGS = ("nearest", "toward_zero", "stochastic")
+
+
+def fmt_of(rf):
+    return {"bf16": dk.BF16, "uhp": dk.UHP}.get(rf.family) or \
+        CTORS[rf.family](rf.bias, subnormals=rf.subnormals)
+
+
+def check(op, ops, rf, rounding, seed, want=None):
+    fmt = fmt_of(rf)
+    kw = {"seed": seed} if rounding == "stochastic" else {}
+    got, fl = OPS[op](*ops, fmt, rounding=rounding, return_flags=True, **kw)
+    wc, wf = want if want is not None else R.arith_vec(op, ops, rf, rounding, seed)
+    gb, wb = bits(got).reshape(-1).astype(np.uint32), bits(wc).reshape(-1).astype(np.uint32)
+    if rf.family == "bf16":  # a NaN result's sign is unspecified: compare the magnitude
+        nan = (wb & 0x7FFF) == 0x7FC0
+        gb = np.where(nan & ((gb & 0x7FFF) == 0x7FC0), wb, gb)
+    bad = np.nonzero(gb != wb)[0]
+    assert bad.size == 0, (f"{bad.size} mismatches {op} {fmt!r} {rounding}: " + ", ".join(
+        f"{[hex(int(np.broadcast_to(o, wc.shape).reshape(-1)[i])) for o in ops]} got "
+        f"{int(gb[i]):#x} want {int(wb[i]):#x}" for i in bad[:5]))
+    assert flags_dict(fl) == wf, (op, fmt, rounding, flags_dict(fl), wf)
+
+
+@pytest.mark.parametrize("family", ["cfloat8_143", "cfloat8_152"])
+@pytest.mark.parametrize("sub", ["tesla", "ieee", "flush"])
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+def test_cfloat8_fma_every_pair(isa, family, sub, rounding):
+    """fma(a, b, c) over all 65,536 (a, b) pairs, for addends c near zero, near one, the
+    largest and a subnormal: every rounding, a few biases."""
+    a = np.arange(256, dtype=np.uint8)[:, None]
+    b = np.arange(256, dtype=np.uint8)[None, :]
+    for bias in (0, 7, 40):
+        rf = R.RefFormat(family, bias, sub)
+        one = bias << rf.m  # the code of 1.0 (exponent field == bias) or the nearest below
+        for c in {0x00, 0x80 | 0x01, min(one, 0x7F), 0x7F, 0x80 | min(one + 3, 0x7F)}:
+            check("fma", [a, b, np.uint8(c)], rf, rounding, 99 + bias)
+
+
+def _edge_codes(rf):
+    """Codes near the special places of a 16-bit format: zeros, subnormals, the smallest
+    normals, around one, the top binade, Inf/NaN, with both signs."""
+    m, top = rf.m, (1 << rf.ebits) - 1
+    one = (127 if rf.family == "bf16" else rf.bias) << m
+    base = [0, 1, 2, (1 << m) - 1, 1 << m, (1 << m) + 1, (2 << m) - 1, one - 1, one, one + 1,
+            (top - 1) << m, ((top - 1) << m) + 1, (top << m) - 1, top << m, (top << m) | 1,
+            (top << m) | (1 << (m - 1)), (1 << (rf.ebits + m)) - 1]
+    base = [c for c in base if 0 <= c < (1 << (rf.ebits + m))]
+    if rf.signed:
+        base += [c | (1 << (rf.ebits + m)) for c in base]
+    return sorted(set(base))
+
+
+def _formats16():
+    return [R.BF16_R, R.UHP_R, R.RefFormat("shp", 15, "tesla"), R.RefFormat("shp", 63, "ieee"),
+            R.RefFormat("shp", 0, "flush")]
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), rfi=st.integers(0, 4), op=st.sampled_from(sorted(OPS)),
+       rounding=st.sampled_from(ROUNDINGS), seed=st.integers(0, (1 << 64) - 1))
+def test_hypothesis_16bit_edges_every_tier(data, rfi, op, rounding, seed):
+    """Operands drawn from the edge codes, ties (a code and its neighbour, halves) and random
+    codes, in vectors long enough for every tier's vector loop; every tier against the
+    Fraction reference."""
+    rf = _formats16()[rfi]
+    edges = _edge_codes(rf)
+    code = st.one_of(st.sampled_from(edges), st.integers(0, (1 << rf.nbits) - 1))
+    n = data.draw(st.integers(17, 48))
+    ops = [np.array(data.draw(st.lists(code, min_size=n, max_size=n)), rf.storage_dtype)
+           for _ in range(3 if op == "fma" else 2)]
+    want = R.arith_ref(op, ops, rf, rounding, seed)
+    for name in _config.supported_isas():
+        with _config.use_isa(name):
+            check(op, ops, rf, rounding, seed, want)
+
+
+@pytest.mark.parametrize("rf", _formats16(), ids=str)
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+def test_16bit_edge_pairs(isa, rf, rounding):
+    """Every pair of edge codes (add, sub, mul) and fma with every edge addend."""
+    e = np.array(_edge_codes(rf), rf.storage_dtype)
+    a, b = e[:, None], e[None, :]
+    for op in ("add", "sub", "mul"):
+        check(op, [a, b], rf, rounding, 5)
+    check("fma", [a[:, :, None], b[:, :, None], e[None, None, :]], rf, rounding, 5)
+
+
+def test_bf16_products_near_fp32_underflow(isa):
+    """BF16 products whose FP32 value is subnormal or rounds up to 2^-126, alone and with an
+    addend: the lanes FP32 cannot hold exactly."""
+    rng = np.random.default_rng(4)
+    n = 4000
+    # exponents summing near -126 - 8 .. -126 + 1
+    ea = rng.integers(-70, -50, n)
+    eb = -126 - ea + rng.integers(-10, 3, n)
+    ma = rng.integers(128, 256, n)
+    mb = rng.integers(128, 256, n)
+    sa = rng.integers(0, 2, n) << 15
+    sb = rng.integers(0, 2, n) << 15
+    a = (sa | ((ea + 127) << 7) | (ma & 127)).astype(np.uint16)
+    b = (sb | ((eb + 127) << 7) | (mb & 127)).astype(np.uint16)
+    c = rng.choice(np.array([0x0080, 0x8080, 0x0001, 0x0100, 0x00FF, 0], np.uint16), n)
+    for rounding in ROUNDINGS:
+        check("mul", [a, b], R.BF16_R, rounding, 3)
+        check("fma", [a, b, c], R.BF16_R, rounding, 3)
+
+
+@pytest.mark.parametrize("rf", [R.BF16_R, R.RefFormat("cfloat8_143", 7, "tesla"),
+                                R.RefFormat("shp", 20, "ieee")], ids=str)
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_thread_count_independence(isa, threads_restored, rf, op):
+    """Bits and flag counts equal for 1, 2 and 3 threads over several blocks."""
+    rng = np.random.default_rng(11)
+    n = 3 * 32768 + 123
+    ops = [rng.integers(0, 1 << rf.nbits, n).astype(rf.storage_dtype) for _ in range(3 if op == "fma" else 2)]
+    fmt = fmt_of(rf)
+    res = []
+    for t in (1, 2, 3):
+        dk.set_num_threads(t)
+        for rounding in ("nearest", "stochastic"):
+            got, fl = OPS[op](*ops, fmt, rounding=rounding, seed=8, return_flags=True)
+            res.append((rounding, bits(got).tobytes(), flags_dict(fl)))
+    assert res[0:2] == res[2:4] == res[4:6]
+
+
+# --- the caller's floating-point environment -------------------------------------------------
+MXCSR_DEFAULT, FTZ, DAZ = 0x1F80, 0x8000, 0x0040
+RC_ZERO, RC_DOWN, RC_UP = 0x6000, 0x2000, 0x4000
+
+
+@pytest.mark.parametrize("csr", [MXCSR_DEFAULT | FTZ | DAZ, MXCSR_DEFAULT | RC_ZERO,
+                                 MXCSR_DEFAULT | RC_UP, MXCSR_DEFAULT | FTZ | DAZ | RC_DOWN],
+                         ids=["ftz_daz", "toward_zero", "up", "ftz_daz_down"])
+def test_arith_ignores_the_callers_mxcsr(csr):
+    """A caller running with FTZ/DAZ or another rounding mode gets the same bits and flags as
+    the reference (subnormal BF16 operands and results, sums that FP32 rounds); its MXCSR is
+    given back."""
+    rng = np.random.default_rng(21)
+    n = 200
+    sub = rng.integers(1, 128, n).astype(np.uint16) | (rng.integers(0, 2, n) << 15).astype(np.uint16)
+    norm = rng.integers(0x0080, 0x7F00, n).astype(np.uint16) | (rng.integers(0, 2, n) << 15).astype(np.uint16)
+    small = rng.integers(0x0080, 0x0200, n).astype(np.uint16)
+    cases = {
+        R.BF16_R: [np.concatenate([sub, norm, small]), np.concatenate([sub[::-1], norm[::-1], small ^ 0x8000]),
+                   np.concatenate([norm, sub, norm])],
+        R.RefFormat("shp", 63, "tesla"): [rng.integers(0, 1 << 16, 600).astype(np.uint16) for _ in range(3)],
+        R.RefFormat("cfloat8_143", 7, "ieee"): [rng.integers(0, 256, 600).astype(np.uint8) for _ in range(3)],
+    }
+    for rf, (a, b, c) in cases.items():
+        fmt = fmt_of(rf)
+        for opname, op in (("add", 0), ("sub", 1), ("mul", 2), ("fma", 3)):
+            for rounding, mode in (("nearest", 0), ("stochastic", 1), ("toward_zero", 2)):
+                ops = [a, b, c] if opname == "fma" else [a, b]
+                wc, wf = R.arith_vec(opname, ops, rf, rounding, 17)
+                for isa in _config.supported_isas():
+                    out = np.zeros_like(a)
+                    v = [x.view(np.uint8) for x in (a, b, c)]
+                    r = _numerics._arith_under_mxcsr(csr, op, v[0], v[1], v[2], out.view(np.uint8),
+                                                     a.size, _ctuple(fmt), mode, 17,
+                                                     _config.ISA_NAMES.index(isa))
+                    if r is None:
+                        pytest.skip("no MXCSR on this CPU (not x86): nothing to test")
+                    fl, after = r
+                    assert after == csr
+                    gb, wb = out.astype(np.uint32), wc.astype(np.uint32)
+                    if rf.family == "bf16":
+                        nan = (wb & 0x7FFF) == 0x7FC0
+                        gb = np.where(nan & ((gb & 0x7FFF) == 0x7FC0), wb, gb)
+                    assert np.array_equal(gb, wb), (isa, opname, rounding, fmt)
+                    assert dict(zip(("invalid", "denormal", "overflow", "underflow"), fl)) == wf
+
+
+# --- choose_bias ------------------------------------------------------------------------------
+def _choose_bias_loop(top, family, margin):
+    """The algorithm choose_bias had before its closed form: the largest bias whose max holds
+    top * 2**margin, by trying the 64 biases from the top (None: no bias does)."""
+    try:
+        need = math.ldexp(top, margin)
+    except OverflowError:
+        need = math.inf
+    maxes = _MAXES[family]
+    for bias in range(63, -1, -1):
+        if maxes[bias] >= need:
+            return bias
+    return None
+
+
+_MAXES = {name: [make(b).max for b in range(64)] for name, make in
+          (("cfloat8_143", dk.cfloat8_143), ("cfloat8_152", dk.cfloat8_152), ("shp", dk.shp))}
+
+
+def _magnitudes():
+    """Every family max at every bias and its float32 neighbours, and powers of two with a
+    spread of significands over float32's whole range."""
+    out = set()
+    for make in (dk.cfloat8_143, dk.cfloat8_152, dk.shp):
+        for b in range(64):
+            mx = np.float32(make(b).max)
+            out.update(float(v) for v in (mx, np.nextafter(mx, np.float32(0)),
+                                          np.nextafter(mx, np.float32(np.inf))))
+    for e in range(-149, 128):
+        for frac in (1.0, 1.0 + 2 ** -23, 1.5, 1.875, 1.9375, 1.96875, 1.999, 2 - 2 ** -23):
+            v = np.float32(math.ldexp(frac, e))
+            if np.isfinite(v) and v > 0:
+                out.add(float(v))
+    return sorted(out)
+
+
+@pytest.mark.parametrize("family", ["cfloat8_143", "cfloat8_152", "shp"])
+def test_choose_bias_closed_form_equals_the_loop(family):
+    mags = _magnitudes()
+    for margin in (0, 1, -1, 3, -7, 30, -30, 200, -200, 2000):
+        for top in mags:
+            x = np.array([top, -top / 2], np.float32)
+            want = _choose_bias_loop(top, family, margin)
+            if want is None:
+                with pytest.raises(ValueError, match="exceeds"):
+                    dk.choose_bias(x, family, margin=margin)
+            else:
+                assert dk.choose_bias(x, family, margin=margin) == want, (top, margin)
+
+
+def test_choose_bias_scan_kinds_and_sizes(threads_restored):
+    """The one-pass scan: float32, float64, bfloat16, the max anywhere in a long array, any
+    thread count; NaN/Inf anywhere refused."""
+    import ml_dtypes
+    rng = np.random.default_rng(5)
+    for n in (1, 7, 100, 70_000, 300_001):
+        x = rng.standard_normal(n)
+        k = int(rng.integers(n))
+        x[k] = 3000.0 * (-1) ** k
+        for dt in (np.float64, np.float32, ml_dtypes.bfloat16):
+            xv = x.astype(dt)
+            top = float(np.max(np.abs(xv.astype(np.float64))))
+            for t in (1, 2):
+                dk.set_num_threads(t)
+                assert dk.choose_bias(xv, "cfloat8_143") == _choose_bias_loop(top, "cfloat8_143", 0)
+            for bad in (np.nan, np.inf, -np.inf):
+                y = xv.copy()
+                y[n // 2] = bad
+                with pytest.raises(ValueError, match="NaN or Inf"):
+                    dk.choose_bias(y, "shp")
+    assert dk.choose_bias(np.zeros(5, np.float32), "shp") == 63
+    assert dk.choose_bias(np.array([-0.0, 0.0]), "cfloat8_152") == 63
+    # a float64 max that float32 would round: 480 * (1 + 2^-40) exceeds cfloat8_143(7).max
+    assert dk.choose_bias(np.array([480.0 * (1 + 2 ** -40)]), "cfloat8_143") == 6
