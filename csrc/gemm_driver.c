@@ -31,10 +31,20 @@ typedef struct {
     int64_t mc_max;   /* rows per A block (multiple of mr) */
     int64_t nc;       /* columns per B panel (multiple of nr) */
     int simd_pack;    /* 1: the avx512 pair-layout B packers may be used */
+    int rowtile_a;    /* 1: A in the AMX "row tiles" layout (overrides split_a) */
+    int64_t kblk;     /* the kernel takes k-pairs in multiples of this (zero padded) */
+    void (*enter)(void), (*leave)(void);  /* per-thread set-up around a work item */
 } tier_cfg;
 
-static int get_cfg(int isa, int kernel, tier_cfg *t)
+static int get_cfg(int isa, int kernel, int order, tier_cfg *t)
 {
+    if (order == DK_GEMM_ORDER_AMX) {
+        if (isa < DK_ISA_AMX) return 0;
+        *t = (tier_cfg){dk_gemm_ukr_amx, 0, 0, DK_GEMM_AMX_MR, DK_GEMM_AMX_NR,
+                        512, 256, 1024, 1, 1, 16, dk_gemm_amx_enter, dk_gemm_amx_leave};
+        return 1;
+    }
+    if (order != DK_GEMM_ORDER_VDPBF16PS) return 0;
     switch (isa) {
     case DK_ISA_GENERIC:
         *t = (tier_cfg){dk_gemm_ukr_generic, 1, 1, DK_GEMM_SPLIT_MR, DK_GEMM_SPLIT_NR,
@@ -45,6 +55,7 @@ static int get_cfg(int isa, int kernel, tier_cfg *t)
                         512, 48, 2048, 0};
         return 1;
     case DK_ISA_AVX512BF16:
+    case DK_ISA_AMX: /* the vdpbf16ps order has no AMX form: the avx512bf16 kernels */
         if (kernel == DK_GEMM_KERNEL_FMA) {
             *t = (tier_cfg){dk_gemm_ukr_avx512fma_pb, 1, 0, DK_GEMM_F512_MR, DK_GEMM_F512_NR,
                             512, 84, 2048, 1};
@@ -224,6 +235,41 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
     }
 }
 
+/* Pack A into the AMX "row tiles" layout (dk_gemm.h): slivers of mr rows from row l0,
+ * kp pairs (a multiple of 16) from pair p0; per block of 16 pairs, mr rows x 16 lanes.
+ * Rows past nlines and pairs past k are zeros. */
+static void pack_rowtiles(const view *v, int64_t nlines, int64_t k, int64_t l0, int64_t nl,
+                          int64_t p0, int64_t kp, int64_t mr, void *dst)
+{
+    int64_t nsl = (nl + mr - 1) / mr;
+    for (int64_t s = 0; s < nsl; s++) {
+        uint32_t *o = (uint32_t *)dst + s * kp * mr;
+        for (int64_t blk = 0; blk < kp / 16; blk++) {
+            int64_t k0 = 2 * (p0 + 16 * blk);  /* first k of the block */
+            for (int64_t r = 0; r < mr; r++) {
+                int64_t row = l0 + s * mr + r;
+                uint32_t *orow = o + blk * 16 * mr + r * 16;
+                if (row < nlines && k0 + 32 <= k && v->cs == 1) {
+                    if (v->kind == DK_GEMM_U16) {
+                        memcpy(orow, (const uint16_t *)v->p + row * v->rs + k0, 64);
+                    } else {
+                        const uint8_t *q = (const uint8_t *)v->p + row * v->rs + k0;
+                        const uint16_t *tb = v->table;
+                        for (int64_t j = 0; j < 16; j++)
+                            orow[j] = (uint32_t)tb[q[2 * j]] | ((uint32_t)tb[q[2 * j + 1]] << 16);
+                    }
+                    continue;
+                }
+                for (int64_t j = 0; j < 16; j++) {
+                    uint16_t e, d;
+                    pair_at(v, row, nlines, p0 + 16 * blk + j, k, &e, &d);
+                    orow[j] = (uint32_t)e | ((uint32_t)d << 16);
+                }
+            }
+        }
+    }
+}
+
 /* ---- the macro-kernel -------------------------------------------------------------- */
 
 static void tile(const tier_cfg *t, int64_t kp, const void *ap, const void *bp, float *c,
@@ -253,11 +299,12 @@ static void *aligned_alloc_bytes(size_t n)
 
 int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
             const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
-            float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads)
+            float *out, int64_t ldo, int64_t bso, int isa, int kernel, int order, int threads)
 {
     tier_cfg t;
-    if (!get_cfg(isa, kernel, &t) || batch < 0 || m < 0 || n < 0 || k < 0 || threads < 1 || !a || !b)
+    if (!get_cfg(isa, kernel, order, &t) || batch < 0 || m < 0 || n < 0 || k < 0 || threads < 1 || !a || !b)
         return DK_EINVAL;
+    if (t.kblk < 1) t.kblk = 1;
     if ((a->kind == DK_GEMM_U8 && !a->table) || (b->kind == DK_GEMM_U8 && !b->table))
         return DK_EINVAL;
     if (batch == 0 || m == 0 || n == 0) return DK_OK;
@@ -322,8 +369,10 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
                 if (ngroups > nsl) ngroups = nsl;
                 int64_t nwork = nb_m * ngroups;
                 for (int64_t pc = 0; pc < kpairs; pc += kcp) {
-                    int64_t kp = kpairs - pc < kcp ? kpairs - pc : kcp;
-                    int flags = (pc > 0 ? DK_UKR_LOAD : 0) | (pc + kp == kpairs ? DK_UKR_LAST : 0);
+                    int64_t kreal = kpairs - pc < kcp ? kpairs - pc : kcp;
+                    int flags = (pc > 0 ? DK_UKR_LOAD : 0) | (pc + kreal == kpairs ? DK_UKR_LAST : 0);
+                    /* the kernel's k granularity: the packers pad with zero pairs */
+                    int64_t kp = (kreal + t.kblk - 1) / t.kblk * t.kblk;
 #pragma omp for schedule(dynamic, 2)
                     for (int64_t s = 0; s < nsl; s++)
                         pack_lines(&vb, n, k, jc + s * t.nr, t.nr, pc, kp, t.nr, t.split_b, t.simd_pack,
@@ -335,9 +384,13 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
                         int64_t i0 = ic * mc, mcur = m - i0 < mc ? m - i0 : mc;
                         int64_t msl = (mcur + t.mr - 1) / t.mr;
                         if (ic != packed_ic) {
-                            pack_lines(&va, m, k, i0, mcur, pc, kp, t.mr, t.split_a, 0, mya);
+                            if (t.rowtile_a)
+                                pack_rowtiles(&va, m, k, i0, mcur, pc, kp, t.mr, mya);
+                            else
+                                pack_lines(&va, m, k, i0, mcur, pc, kp, t.mr, t.split_a, 0, mya);
                             packed_ic = ic;
                         }
+                        if (t.enter) t.enter();
                         int64_t s0 = nsl * g / ngroups, s1 = nsl * (g + 1) / ngroups;
                         for (int64_t s = s0; s < s1; s++) {
                             const char *bp = bbuf + (size_t)s * kp * pairB;
@@ -348,6 +401,7 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
                                      ldo, m - i, n - j, flags, scale);
                             }
                         }
+                        if (t.leave) t.leave();
                     }
                 }
             }

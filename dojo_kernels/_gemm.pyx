@@ -1,5 +1,5 @@
 # Thin glue for the GEMM driver (csrc/gemm_driver.c). Validation lives in gemm.py.
-from libc.stdint cimport int64_t, uint8_t, uint16_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t
 
 cdef extern from "dk_gemm.h":
     ctypedef struct dk_gemm_operand:
@@ -10,7 +10,11 @@ cdef extern from "dk_gemm.h":
     int DK_GEMM_U16, DK_GEMM_U8
     int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
                 const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
-                float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads) nogil
+                float *out, int64_t ldo, int64_t bso, int isa, int kernel, int order,
+                int threads) nogil
+    void dk_amx_tdpbf16ps(const uint16_t *a, int64_t lda, const uint32_t *b, int64_t ldb,
+                          float *c, int64_t ldc, int m, int n, int kpairs) nogil
+    double dk_probe_tdpbf16ps(int64_t iters) nogil
     double dk_probe_vdpbf16ps_zmm(int64_t iters) nogil
     double dk_probe_fma_zmm(int64_t iters) nogil
     double dk_probe_fma_ymm(int64_t iters) nogil
@@ -26,7 +30,8 @@ ctypedef fused code_b:
 
 
 def gemm(const code_a[:, :, :] a, const code_b[:, :, :] b, const uint16_t[::1] table_a,
-         const uint16_t[::1] table_b, float scale, float[:, :, ::1] out, int isa, int kernel, int threads):
+         const uint16_t[::1] table_b, float scale, float[:, :, ::1] out, int isa, int kernel,
+         int order, int threads):
     """out[z] = a[z] @ b[z] (codes; 8-bit codes through the 256-entry tables). Returns status."""
     cdef dk_gemm_operand oa, ob
     cdef int64_t batch = a.shape[0], m = a.shape[1], k = a.shape[2], n = b.shape[2]
@@ -56,7 +61,7 @@ def gemm(const code_a[:, :, :] a, const code_b[:, :, :] b, const uint16_t[::1] t
     cdef float *po = &out[0, 0, 0] if out.shape[0] and out.shape[1] and out.shape[2] else NULL
     cdef int64_t ldo = out.strides[1] // sizeof(float), bso = out.strides[0] // sizeof(float)
     with nogil:
-        rc = dk_gemm(batch, m, n, k, &oa, &ob, scale, po, ldo, bso, isa, kernel, threads)
+        rc = dk_gemm(batch, m, n, k, &oa, &ob, scale, po, ldo, bso, isa, kernel, order, threads)
     return rc
 
 
@@ -69,6 +74,9 @@ def probe(str which, int64_t iters):
     elif which == "fma_zmm":
         with nogil:
             r = dk_probe_fma_zmm(iters)
+    elif which == "tdpbf16ps":
+        with nogil:
+            r = dk_probe_tdpbf16ps(iters)
     elif which == "fma_ymm":
         with nogil:
             r = dk_probe_fma_ymm(iters)
@@ -80,3 +88,24 @@ def probe(str which, int64_t iters):
 def step_generic(float acc, float a, float b):
     """One accumulation step of the generic tier (tests)."""
     return dk_gemm_step_generic(acc, a, b)
+
+
+def amx_tdpbf16ps(const uint16_t[:, :] a, const uint32_t[:, :] b, float[:, :] c):
+    """c += one TDPBF16PS of a (m x 2K BF16 codes) and b (K x n pair lanes), in place.
+
+    Tests only: the caller checks that the CPU has the amx tier (a tile instruction on a
+    CPU without it raises SIGILL). 1 <= m, n, K <= 16.
+    """
+    cdef int m = a.shape[0], kk = a.shape[1], kp = b.shape[0], n = b.shape[1]
+    if not (1 <= m <= 16 and 1 <= n <= 16 and 1 <= kp <= 16 and kk == 2 * kp):
+        raise ValueError(f"amx_tdpbf16ps: shapes a {m}x{kk}, b {kp}x{n}: expected "
+                         "m, n, K in 1..16 and a with 2K columns")
+    if c.shape[0] != m or c.shape[1] != n:
+        raise ValueError(f"amx_tdpbf16ps: c must be {m}x{n}, got {c.shape[0]}x{c.shape[1]}")
+    if (a.strides[1] != 2 or b.strides[1] != 4 or c.strides[1] != 4 or a.strides[0] % 2
+            or b.strides[0] % 4 or c.strides[0] % 4 or a.strides[0] < 0 or b.strides[0] < 0
+            or c.strides[0] < 0):
+        raise ValueError("amx_tdpbf16ps: rows must be contiguous, row strides positive")
+    with nogil:
+        dk_amx_tdpbf16ps(&a[0, 0], a.strides[0] // 2, &b[0, 0], b.strides[0] // 4,
+                         &c[0, 0], c.strides[0] // 4, m, n, kp)

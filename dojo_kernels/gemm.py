@@ -108,6 +108,7 @@ class use_kernel:
         global _kernel
         _kernel = self._saved
 _DUMMY_TABLE = np.zeros(256, np.uint16)
+_ORDERS = ("vdpbf16ps", "amx")
 
 
 def _check_input_format(fmt: Any, name: str) -> Format:
@@ -311,7 +312,7 @@ def gemm(a: Any, b: Any, *, a_format: Format = ..., b_format: Optional[Format] =
          ) -> Union[np.ndarray, Tuple[np.ndarray, "GemmPlan"]]: ...
 def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] = None,
          c: Any = None, beta: Optional[float] = None, out: Optional[np.ndarray] = None,
-         return_plan: bool = False, machine: Any = None
+         return_plan: bool = False, machine: Any = None, order: str = "vdpbf16ps"
          ) -> Union[np.ndarray, Tuple[np.ndarray, "GemmPlan"]]:
     """D1-style matrix product ``a @ b`` (+ ``beta * c``) with FP32 accumulation.
 
@@ -421,8 +422,8 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
         dst = np.empty((nb, m, n), np.float32)
 
     isa = _config.isa()
-    rc = _gemm.gemm(a3, b3, ta, tb, scale, dst, isa, _kernel_index() if isa == 2 else 0,
-                    _config.threads())
+    rc = _gemm.gemm(a3, b3, ta, tb, scale, dst, isa, _kernel_index() if isa >= 2 else 0,
+                    _ORDERS.index(order), _config.threads())
     if rc == 1:
         raise MemoryError("gemm: could not allocate the packing buffers")
     if rc != 0:  # pragma: no cover - arguments are validated above

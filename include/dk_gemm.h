@@ -45,7 +45,10 @@ typedef struct {
  * m, n, k >= 0. `out` is written, never read. Returns DK_OK, DK_ENOMEM or DK_EINVAL. */
 int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
             const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
-            float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads);
+            float *out, int64_t ldo, int64_t bso, int isa, int kernel, int order, int threads);
+
+/* Accumulation orders (the `order` argument of dk_gemm). */
+enum { DK_GEMM_ORDER_VDPBF16PS = 0, DK_GEMM_ORDER_AMX = 1 };
 
 /* Micro-kernel contract (one per tier): full MR x NR tile, kp k-pairs of packed A and B,
  * C with row stride ldc. flags: DK_UKR_LOAD -> continue from the values in C (else
@@ -86,6 +89,23 @@ void dk_gemm_pack_pair_u8_avx512(const uint8_t *src, int64_t ldk, int64_t kp, in
                                  const uint16_t *table, uint32_t *dst);
 void dk_gemm_pack_pair_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp, int64_t nr,
                                   uint32_t *dst);
+
+/* amx tier: TDPBF16PS on tile registers, the `amx` order (blocks of 16 k-pairs).
+ *   A in the "row tiles" layout: per block of 16 pairs, MR = 32 rows x 16 pair lanes
+ *     (a[i,2p] | a[i,2p+1] << 16), rows 0-15 then rows 16-31 (two 1 KiB tiles).
+ *   B in the pair layout with NR = 32 lanes per pair.
+ *   kp is a multiple of 16 (the packers pad with zeros). Call only between
+ *   dk_gemm_amx_enter() and dk_gemm_amx_leave() on the same thread (tile configuration). */
+#define DK_GEMM_AMX_MR 32
+#define DK_GEMM_AMX_NR 32
+void dk_gemm_ukr_amx(int64_t kp, const void *a, const void *b, float *c, int64_t ldc,
+                     int flags, float scale);
+void dk_gemm_amx_enter(void);
+void dk_gemm_amx_leave(void);
+/* One TDPBF16PS on an m x n C tile with kpairs pairs (1..16 each), for tests. */
+void dk_amx_tdpbf16ps(const uint16_t *a, int64_t lda, const uint32_t *b, int64_t ldb,
+                      float *c, int64_t ldc, int m, int n, int kpairs);
+double dk_probe_tdpbf16ps(int64_t iters);
 
 /* Kernel variants of the avx512bf16 tier (the `kernel` argument of dk_gemm; ignored by
  * the other tiers). Both give the same bits. */
