@@ -41,7 +41,7 @@ static int get_cfg(int isa, int kernel, int order, tier_cfg *t)
     if (order == DK_GEMM_ORDER_AMX) {
         if (isa < DK_ISA_AMX) return 0;
         *t = (tier_cfg){dk_gemm_ukr_amx, 0, 0, DK_GEMM_AMX_MR, DK_GEMM_AMX_NR,
-                        512, 256, 1024, 1, 1, 16, dk_gemm_amx_enter, dk_gemm_amx_leave};
+                        512, 256, 4096, 1, 1, 16, dk_gemm_amx_enter, dk_gemm_amx_leave};
         return 1;
     }
     if (order != DK_GEMM_ORDER_VDPBF16PS) return 0;
@@ -397,6 +397,7 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
                             int64_t j = jc + s * t.nr;
                             for (int64_t r = 0; r < msl; r++) {
                                 int64_t i = i0 + r * t.mr;
+
                                 tile(&t, kp, mya + (size_t)r * kp * pairA, bp, cb + i * ldo + j,
                                      ldo, m - i, n - j, flags, scale);
                             }
