@@ -270,6 +270,54 @@ static void pack_rowtiles(const view *v, int64_t nlines, int64_t k, int64_t l0, 
     }
 }
 
+/* ---- operand magnitude range (the scaling pre-pass) ---------------------------------- */
+
+/* Magnitudes (code & 0x7FFF) are 0..0x7FFF: signed 16-bit compares suffice, so the
+ * contiguous loop vectorizes on the baseline (SSE2 pminsw / pmaxsw). */
+static void range_row(const uint16_t *p, int64_t n, int64_t s, int16_t *lo, int16_t *hi)
+{
+    int16_t mn = *lo, mx = *hi;
+    if (s == 1) {
+        for (int64_t i = 0; i < n; i++) {
+            int16_t v = (int16_t)(p[i] & 0x7FFF);
+            int16_t f = v < 0x7F80 ? v : 0;      /* finite magnitude, else 0 */
+            int16_t z = v != 0 ? v : 0x7FFF;     /* nonzero magnitude, else the top */
+            mx = f > mx ? f : mx;
+            mn = z < mn ? z : mn;
+        }
+    } else {
+        for (int64_t i = 0; i < n; i++) {
+            int16_t v = (int16_t)(p[i * s] & 0x7FFF);
+            int16_t f = v < 0x7F80 ? v : 0;
+            int16_t z = v != 0 ? v : 0x7FFF;
+            mx = f > mx ? f : mx;
+            mn = z < mn ? z : mn;
+        }
+    }
+    *lo = mn;
+    *hi = mx;
+}
+
+void dk_gemm_bf16_range(const uint16_t *p, int64_t d0, int64_t d1, int64_t d2, int64_t s0,
+                        int64_t s1, int64_t s2, uint16_t *minnz, uint16_t *maxfin)
+{
+    int16_t lo = 0x7FFF, hi = 0;
+    if (d0 > 0 && d1 > 0 && d2 > 0) {
+        /* walk the longer of the two inner axes innermost, preferring a unit stride */
+        int inner2 = (s2 == 1 || s2 == -1) || !(s1 == 1 || s1 == -1);
+        int64_t n_in = inner2 ? d2 : d1, s_in = inner2 ? s2 : s1;
+        int64_t n_out = inner2 ? d1 : d2, s_out = inner2 ? s1 : s2;
+        for (int64_t b = 0; b < d0; b++)
+            for (int64_t r = 0; r < n_out; r++) {
+                const uint16_t *row = p + b * s0 + r * s_out;
+                if (s_in < 0) range_row(row + (n_in - 1) * s_in, n_in, -s_in, &lo, &hi);
+                else range_row(row, n_in, s_in, &lo, &hi);
+            }
+    }
+    *minnz = (uint16_t)lo;
+    *maxfin = (uint16_t)hi;
+}
+
 /* ---- the macro-kernel -------------------------------------------------------------- */
 
 static void tile(const tier_cfg *t, int64_t kp, const void *ap, const void *bp, float *c,

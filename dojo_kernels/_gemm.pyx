@@ -19,6 +19,8 @@ cdef extern from "dk_gemm.h":
     double dk_probe_fma_zmm(int64_t iters) nogil
     double dk_probe_fma_ymm(int64_t iters) nogil
     float dk_gemm_step_generic(float acc, float a, float b) nogil
+    void dk_gemm_bf16_range(const uint16_t *p, int64_t d0, int64_t d1, int64_t d2, int64_t s0,
+                            int64_t s1, int64_t s2, uint16_t *minnz, uint16_t *maxfin) nogil
 
 ctypedef fused code_a:
     uint8_t
@@ -109,3 +111,15 @@ def amx_tdpbf16ps(const uint16_t[:, :] a, const uint32_t[:, :] b, float[:, :] c)
     with nogil:
         dk_amx_tdpbf16ps(&a[0, 0], a.strides[0] // 2, &b[0, 0], b.strides[0] // 4,
                          &c[0, 0], c.strides[0] // 4, m, n, kp)
+
+
+def bf16_range(const uint16_t[:, :, :] a):
+    """(smallest nonzero, largest finite) magnitude bits of BF16 codes; (0x7FFF, 0) if none."""
+    cdef uint16_t lo = 0x7FFF, hi = 0
+    cdef const uint16_t *p = &a[0, 0, 0] if a.shape[0] and a.shape[1] and a.shape[2] else NULL
+    if p == NULL:
+        return 0x7FFF, 0
+    with nogil:
+        dk_gemm_bf16_range(p, a.shape[0], a.shape[1], a.shape[2], a.strides[0] // 2,
+                           a.strides[1] // 2, a.strides[2] // 2, &lo, &hi)
+    return lo, hi

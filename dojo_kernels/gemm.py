@@ -142,24 +142,23 @@ def _format_range(fmt: Format) -> _Range:
 
 
 def _bf16_range(codes: np.ndarray) -> _Range:
-    """The exponent range of the nonzero finite values of BF16 codes (one pass)."""
+    """The exponent range of the nonzero finite values of BF16 codes (one pass, in C)."""
     if codes.size == 0:
-        return _Range(0, 0, 0, True)
-    mag = np.bitwise_and(codes, np.uint16(0x7FFF), dtype=np.uint16)
-    big = int(mag.max())
-    if big >= 0x7F80:  # Inf or NaN present (rare): leave them out
-        big = int(np.where(mag < 0x7F80, mag, 0).max())
+        return _EMPTY_RANGE
+    small, big = _gemm.bf16_range(codes if codes.ndim == 3 else codes[None])
     if big == 0:
-        return _Range(0, 0, 0, True)
-    np.subtract(mag, np.uint16(1), out=mag)   # 0 wraps to 0xFFFF: the min skips zeros
-    small = int(mag.min()) + 1
-
-    def exp_of(m: int) -> int:  # floor(log2) of the BF16 magnitude with bits m
-        e = m >> 7
-        return e - 127 if e else (m.bit_length() - 1) - 133
-
-    lo, hi = exp_of(small), exp_of(big)
+        return _EMPTY_RANGE
+    lo, hi = _bf16_exp(small), _bf16_exp(big)
     return _Range(lo, hi, max(lo, -126) - 7, False)
+
+
+def _bf16_exp(m: int) -> int:
+    """floor(log2) of the nonzero BF16 magnitude with bits m."""
+    e = m >> 7
+    return e - 127 if e else (m.bit_length() - 1) - 133
+
+
+_EMPTY_RANGE = _Range(0, 0, 0, True)
 
 
 def _scale_exps(ra: _Range, rb: _Range, a_is_bf16: bool, b_is_bf16: bool,

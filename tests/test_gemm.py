@@ -680,7 +680,7 @@ def test_glue_refuses_strides_not_multiple_of_itemsize():
     A = s["b"].reshape(1, 8, 8)
     t = np.zeros(256, np.uint16)
     with pytest.raises(ValueError, match="item size"):
-        _gemm.gemm(A, A, t, t, 1.0, np.zeros((1, 8, 8), np.float32), 0, 0, 1)
+        _gemm.gemm(A, A, t, t, 1.0, np.zeros((1, 8, 8), np.float32), 0, 0, 0, 1)
 
 
 def test_c_without_beta_is_added():
