@@ -10,7 +10,9 @@
  * One (jc, pc, ic) block is the CPU image of one D1 SRAM tile (docs/gemm.md).
  * Threads share out the (ic, jr-group) work items of one (jc, pc) step: they never split
  * k. The micro-kernels continue each C tile from the running sum stored in C, so the
- * result is one fixed chain along k (dk_gemm.h): independent of blocking and threads.
+ * result is the fixed order of dk_gemm.h, independent of blocking and threads (for the
+ * amx order KC is a multiple of the order's 32-element block, so blocks never straddle
+ * two KC steps and a partial block can only be the last).
  * CFloat8 codes are decoded to BF16 through the table while packing (exact). */
 #define _POSIX_C_SOURCE 200112L
 #include "dk_gemm.h"
@@ -27,7 +29,7 @@ typedef struct {
     int split_a;      /* A packing: 1 FP32 split layout, 0 BF16 pair layout */
     int split_b;      /* B packing: likewise */
     int64_t mr, nr;
-    int64_t kc;       /* k per block (even) */
+    int64_t kc;       /* k per block (even; a multiple of 32 for the amx order) */
     int64_t mc_max;   /* rows per A block (multiple of mr) */
     int64_t nc;       /* columns per B panel (multiple of nr) */
     int simd_pack;    /* 1: the avx512 pair-layout B packers may be used */
@@ -38,24 +40,27 @@ typedef struct {
 
 static int get_cfg(int isa, int kernel, int order, tier_cfg *t)
 {
+    if (isa < 0 || isa >= DK_ISA_COUNT) return 0;
     if (order == DK_GEMM_ORDER_AMX) {
-        if (isa < DK_ISA_AMX) return 0;
-        *t = (tier_cfg){dk_gemm_ukr_amx, 0, 0, DK_GEMM_AMX_MR, DK_GEMM_AMX_NR,
-                        512, 256, 4096, 1, 1, 16, dk_gemm_amx_enter, dk_gemm_amx_leave};
+        /* KC is a multiple of 32 elements (whole blocks of the order), so the blocks are
+         * absolute in k whatever the blocking. */
+        if (isa >= DK_ISA_AMX)
+            *t = (tier_cfg){dk_gemm_ukr_amxtile, 0, 0, DK_GEMM_AMXTILE_MR, DK_GEMM_AMXTILE_NR,
+                            512, 256, 4096, 1, 1, DK_GEMM_AMX_BLOCK_PAIRS, dk_gemm_amxtile_enter,
+                            dk_gemm_amxtile_leave};
+        else if (isa >= DK_ISA_AVX512BF16)
+            *t = (tier_cfg){dk_gemm_ukr_amx_avx512, 1, 0, DK_GEMM_AMX512_MR, DK_GEMM_AMX512_NR,
+                            512, 84, 2048, 1};
+        else if (isa == DK_ISA_AVX2)
+            *t = (tier_cfg){dk_gemm_ukr_amx_avx2, 1, 1, DK_GEMM_AMX_AVX2_MR, DK_GEMM_SPLIT_NR,
+                            256, 48, 2048, 0};
+        else
+            *t = (tier_cfg){dk_gemm_ukr_amx_generic, 1, 1, DK_GEMM_SPLIT_MR, DK_GEMM_SPLIT_NR,
+                            256, 96, 512, 0};
         return 1;
     }
     if (order != DK_GEMM_ORDER_VDPBF16PS) return 0;
-    switch (isa) {
-    case DK_ISA_GENERIC:
-        *t = (tier_cfg){dk_gemm_ukr_generic, 1, 1, DK_GEMM_SPLIT_MR, DK_GEMM_SPLIT_NR,
-                        256, 96, 512, 0};
-        return 1;
-    case DK_ISA_AVX2:
-        *t = (tier_cfg){dk_gemm_ukr_avx2, 1, 1, DK_GEMM_SPLIT_MR, DK_GEMM_SPLIT_NR,
-                        512, 48, 2048, 0};
-        return 1;
-    case DK_ISA_AVX512BF16:
-    case DK_ISA_AMX: /* the vdpbf16ps order has no AMX form: the avx512bf16 kernels */
+    if (isa >= DK_ISA_AVX512BF16) { /* amx has no vdpbf16ps-order form: these kernels */
         if (kernel == DK_GEMM_KERNEL_FMA) {
             *t = (tier_cfg){dk_gemm_ukr_avx512fma_pb, 1, 0, DK_GEMM_F512_MR, DK_GEMM_F512_NR,
                             512, 84, 2048, 1};
@@ -64,9 +69,15 @@ static int get_cfg(int isa, int kernel, int order, tier_cfg *t)
         *t = (tier_cfg){dk_gemm_ukr_avx512bf16, 0, 0, DK_GEMM_PAIR_MR, DK_GEMM_PAIR_NR,
                         512, 96, 2048, 1};
         return 1;
-    default:
-        return 0;
     }
+    if (isa == DK_ISA_AVX2) {
+        *t = (tier_cfg){dk_gemm_ukr_avx2, 1, 1, DK_GEMM_SPLIT_MR, DK_GEMM_SPLIT_NR,
+                        512, 48, 2048, 0};
+        return 1;
+    }
+    *t = (tier_cfg){dk_gemm_ukr_generic, 1, 1, DK_GEMM_SPLIT_MR, DK_GEMM_SPLIT_NR,
+                    256, 96, 512, 0};
+    return 1;
 }
 
 /* ---- element access and packing ---------------------------------------------------- */
@@ -347,7 +358,7 @@ static void *aligned_alloc_bytes(size_t n)
 
 int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
             const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
-            float *out, int64_t ldo, int64_t bso, int isa, int kernel, int order, int threads)
+            float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads, int order)
 {
     tier_cfg t;
     if (!get_cfg(isa, kernel, order, &t) || batch < 0 || m < 0 || n < 0 || k < 0 || threads < 1 || !a || !b)

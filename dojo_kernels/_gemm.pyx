@@ -8,10 +8,11 @@ cdef extern from "dk_gemm.h":
         int kind
         const uint16_t *table
     int DK_GEMM_U16, DK_GEMM_U8
+    int DK_GEMM_ORDER_VDPBF16PS, DK_GEMM_ORDER_AMX
     int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
                 const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
-                float *out, int64_t ldo, int64_t bso, int isa, int kernel, int order,
-                int threads) nogil
+                float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads,
+                int order) nogil
     void dk_amx_tdpbf16ps(const uint16_t *a, int64_t lda, const uint32_t *b, int64_t ldb,
                           float *c, int64_t ldc, int m, int n, int kpairs) nogil
     double dk_probe_tdpbf16ps(int64_t iters) nogil
@@ -21,6 +22,11 @@ cdef extern from "dk_gemm.h":
     float dk_gemm_step_generic(float acc, float a, float b) nogil
     void dk_gemm_bf16_range(const uint16_t *p, int64_t d0, int64_t d1, int64_t d2, int64_t s0,
                             int64_t s1, int64_t s2, uint16_t *minnz, uint16_t *maxfin) nogil
+    float dk_gemm_add_generic(float x, float y) nogil
+
+#: Accumulation orders (the `order` argument of gemm; dk_gemm.h).
+ORDER_VDPBF16PS = DK_GEMM_ORDER_VDPBF16PS
+ORDER_AMX = DK_GEMM_ORDER_AMX
 
 ctypedef fused code_a:
     uint8_t
@@ -32,9 +38,11 @@ ctypedef fused code_b:
 
 
 def gemm(const code_a[:, :, :] a, const code_b[:, :, :] b, const uint16_t[::1] table_a,
-         const uint16_t[::1] table_b, float scale, float[:, :, ::1] out, int isa, int kernel,
-         int order, int threads):
-    """out[z] = a[z] @ b[z] (codes; 8-bit codes through the 256-entry tables). Returns status."""
+         const uint16_t[::1] table_b, float scale, float[:, :, ::1] out, int isa, int kernel, int threads,
+         int order=DK_GEMM_ORDER_AMX):
+    """out[z] = a[z] @ b[z] (codes; 8-bit codes through the 256-entry tables) in the
+    accumulation order `order` (ORDER_AMX or ORDER_VDPBF16PS). Returns status (2: a bad
+    isa or order)."""
     cdef dk_gemm_operand oa, ob
     cdef int64_t batch = a.shape[0], m = a.shape[1], k = a.shape[2], n = b.shape[2]
     cdef int rc
@@ -63,7 +71,7 @@ def gemm(const code_a[:, :, :] a, const code_b[:, :, :] b, const uint16_t[::1] t
     cdef float *po = &out[0, 0, 0] if out.shape[0] and out.shape[1] and out.shape[2] else NULL
     cdef int64_t ldo = out.strides[1] // sizeof(float), bso = out.strides[0] // sizeof(float)
     with nogil:
-        rc = dk_gemm(batch, m, n, k, &oa, &ob, scale, po, ldo, bso, isa, kernel, order, threads)
+        rc = dk_gemm(batch, m, n, k, &oa, &ob, scale, po, ldo, bso, isa, kernel, threads, order)
     return rc
 
 
@@ -90,6 +98,11 @@ def probe(str which, int64_t iters):
 def step_generic(float acc, float a, float b):
     """One accumulation step of the generic tier (tests)."""
     return dk_gemm_step_generic(acc, a, b)
+
+
+def add_generic(float x, float y):
+    """One addition step (FTZ) of the generic tier's amx order (tests)."""
+    return dk_gemm_add_generic(x, y)
 
 
 def amx_tdpbf16ps(const uint16_t[:, :] a, const uint32_t[:, :] b, float[:, :] c):

@@ -229,6 +229,6 @@ def test_kernels_release_the_gil(which):
         "allreduce program": lambda: _reduce.run_f32(
             isa, 1, prog.seg_lo, prog.add_off, prog.add_out, prog.add_a, prog.add_b,
             prog.out_op, prog.nslots, bufs, out),
-        "gemm": lambda: _gemm.gemm(ga, ga, _DUMMY_TABLE, _DUMMY_TABLE, 1.0, gout, isa, kern, 0, 1),
+        "gemm": lambda: _gemm.gemm(ga, ga, _DUMMY_TABLE, _DUMMY_TABLE, 1.0, gout, isa, kern, 1, 0),
     }[which]
     assert _increments_during(call) > 0, f"{which}: the kernel call holds the GIL"

@@ -18,16 +18,16 @@
  *     is 16 consecutive pairs of 16 lanes (row stride 128 bytes).
  *   kp (the pairs given to the kernel) is a multiple of 16: the packers pad with zeros.
  *
- * The tile state belongs to the thread: dk_gemm_amx_enter() loads the configuration and
- * dk_gemm_amx_leave() releases it; the driver brackets each work item with them, so no
+ * The tile state belongs to the thread: dk_gemm_amxtile_enter() loads the configuration and
+ * dk_gemm_amxtile_leave() releases it; the driver brackets each work item with them, so no
  * other code (another library using AMX on the same thread) can run in between. */
 #include "dk_gemm.h"
 
 #include <immintrin.h>
 #include <string.h>
 
-#define MR DK_GEMM_AMX_MR
-#define NR DK_GEMM_AMX_NR
+#define MR DK_GEMM_AMXTILE_MR
+#define NR DK_GEMM_AMXTILE_NR
 
 typedef struct {
     uint8_t palette_id;
@@ -49,15 +49,15 @@ static tilecfg full_config(void)
     return cfg;
 }
 
-void dk_gemm_amx_enter(void)
+void dk_gemm_amxtile_enter(void)
 {
     tilecfg cfg = full_config();
     _tile_loadconfig(&cfg);
 }
 
-void dk_gemm_amx_leave(void) { _tile_release(); }
+void dk_gemm_amxtile_leave(void) { _tile_release(); }
 
-void dk_gemm_ukr_amx(int64_t kp, const void *ap, const void *bp, float *c, int64_t ldc,
+void dk_gemm_ukr_amxtile(int64_t kp, const void *ap, const void *bp, float *c, int64_t ldc,
                      int flags, float scale)
 {
     const uint32_t *a = (const uint32_t *)ap;
@@ -140,7 +140,7 @@ double dk_probe_tdpbf16ps(int64_t iters)
 {
     static const uint16_t ones[16 * 32] __attribute__((aligned(64))) = {0};
     float sink[16 * 16] __attribute__((aligned(64)));
-    dk_gemm_amx_enter();
+    dk_gemm_amxtile_enter();
     _tile_zero(0);
     _tile_zero(1);
     _tile_zero(2);
@@ -157,6 +157,6 @@ double dk_probe_tdpbf16ps(int64_t iters)
     }
     _tile_stored(0, sink, 64);
     __asm__ volatile("" : : "r"(sink) : "memory");
-    dk_gemm_amx_leave();
+    dk_gemm_amxtile_leave();
     return (double)iters * 4 * (16.0 * 16 * 32 * 2);
 }
