@@ -145,6 +145,9 @@ _KERNEL_NAMES = {
     ("avx512bf16", "amx"): "avx512bf16: FP32 FMA zmm, 7x32, E/O accumulators",
     ("avx512bf16", "vdpbf16ps", "fma"): "avx512bf16: FP32 FMA zmm, 14x32",
     ("avx512bf16", "vdpbf16ps", "vdpbf16ps"): "avx512bf16: VDPBF16PS zmm, 6x64",
+    ("amx", "amx"): "amx: TDPBF16PS tiles, 32x32 (2x2 tiles of 16x16)",
+    ("amx", "vdpbf16ps", "fma"): "avx512bf16: FP32 FMA zmm, 14x32",
+    ("amx", "vdpbf16ps", "vdpbf16ps"): "avx512bf16: VDPBF16PS zmm, 6x64",
 }
 
 
