@@ -20,6 +20,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -283,27 +286,38 @@ static void pack_rowtiles(const view *v, int64_t nlines, int64_t k, int64_t l0, 
 
 /* ---- operand magnitude range (the scaling pre-pass) ---------------------------------- */
 
-/* Magnitudes (code & 0x7FFF) are 0..0x7FFF: signed 16-bit compares suffice, so the
- * contiguous loop vectorizes on the baseline (SSE2 pminsw / pmaxsw). */
+/* Magnitudes (code & 0x7FFF) are 0..0x7FFF: signed 16-bit compares suffice (SSE2, part
+ * of the x86-64 baseline: pmaxsw / pminsw, 8 codes a step). */
 static void range_row(const uint16_t *p, int64_t n, int64_t s, int16_t *lo, int16_t *hi)
 {
     int16_t mn = *lo, mx = *hi;
-    if (s == 1) {
-        for (int64_t i = 0; i < n; i++) {
-            int16_t v = (int16_t)(p[i] & 0x7FFF);
-            int16_t f = v < 0x7F80 ? v : 0;      /* finite magnitude, else 0 */
-            int16_t z = v != 0 ? v : 0x7FFF;     /* nonzero magnitude, else the top */
-            mx = f > mx ? f : mx;
-            mn = z < mn ? z : mn;
+    int64_t i = 0;
+#ifdef __SSE2__
+    if (s == 1 && n >= 8) {
+        const __m128i m7 = _mm_set1_epi16(0x7FFF), inf = _mm_set1_epi16(0x7F80);
+        __m128i vmx = _mm_set1_epi16(mx), vmn = _mm_set1_epi16(mn);
+        for (; i + 8 <= n; i += 8) {
+            __m128i v = _mm_and_si128(_mm_loadu_si128((const __m128i *)(p + i)), m7);
+            __m128i f = _mm_and_si128(v, _mm_cmpgt_epi16(inf, v));           /* finite, else 0 */
+            __m128i z = _mm_or_si128(v, _mm_and_si128(_mm_cmpeq_epi16(v, _mm_setzero_si128()), m7));
+            vmx = _mm_max_epi16(vmx, f);
+            vmn = _mm_min_epi16(vmn, z);
         }
-    } else {
-        for (int64_t i = 0; i < n; i++) {
-            int16_t v = (int16_t)(p[i * s] & 0x7FFF);
-            int16_t f = v < 0x7F80 ? v : 0;
-            int16_t z = v != 0 ? v : 0x7FFF;
-            mx = f > mx ? f : mx;
-            mn = z < mn ? z : mn;
+        int16_t a[8], b[8];
+        _mm_storeu_si128((__m128i *)a, vmx);
+        _mm_storeu_si128((__m128i *)b, vmn);
+        for (int j = 0; j < 8; j++) {
+            mx = a[j] > mx ? a[j] : mx;
+            mn = b[j] < mn ? b[j] : mn;
         }
+    }
+#endif
+    for (; i < n; i++) {
+        int16_t v = (int16_t)(p[i * s] & 0x7FFF);
+        int16_t f = v < 0x7F80 ? v : 0;      /* finite magnitude, else 0 */
+        int16_t z = v != 0 ? v : 0x7FFF;     /* nonzero magnitude, else the top */
+        mx = f > mx ? f : mx;
+        mn = z < mn ? z : mn;
     }
     *lo = mn;
     *hi = mx;
@@ -389,8 +403,10 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
     nb_m = (m + mc - 1) / mc;
 
     int nthr = threads;
-    size_t bbytes = (size_t)((nc + t.nr - 1) / t.nr) * kcp * pairB;
-    size_t abytes = (size_t)(mc / t.mr) * kcp * pairA;
+    /* buffers for the largest k block actually used (small products allocate little) */
+    int64_t kcp_use = kpairs < kcp ? (kpairs + t.kblk - 1) / t.kblk * t.kblk : kcp;
+    size_t bbytes = (size_t)((nc + t.nr - 1) / t.nr) * kcp_use * pairB;
+    size_t abytes = (size_t)(mc / t.mr) * kcp_use * pairA;
     char *bbuf = aligned_alloc_bytes(bbytes);
     char *abuf = aligned_alloc_bytes(abytes * nthr);
     if (!bbuf || !abuf) {

@@ -28,46 +28,60 @@ cdef extern from "dk_gemm.h":
 ORDER_VDPBF16PS = DK_GEMM_ORDER_VDPBF16PS
 ORDER_AMX = DK_GEMM_ORDER_AMX
 
-ctypedef fused code_a:
-    uint8_t
-    uint16_t
+cdef int _fill(dk_gemm_operand *o, object arr, const uint16_t[::1] table, str name) except -1:
+    """One operand: a 3-D uint16 (BF16 codes) or uint8 (8-bit codes) array of any strides
+    that are multiples of the item size (gemm.py copies others). A batch axis of extent 1
+    is shared by every batch item (batch stride 0)."""
+    cdef const uint16_t[:, :, :] v16
+    cdef const uint8_t[:, :, :] v8
+    cdef Py_ssize_t isz
+    cdef Py_ssize_t shape[3]
+    cdef Py_ssize_t strides[3]
+    cdef int d
+    if arr.dtype.itemsize == 2:
+        v16 = arr
+        isz = 2
+        o.kind = DK_GEMM_U16
+        o.ptr = &v16[0, 0, 0] if v16.shape[0] and v16.shape[1] and v16.shape[2] else NULL
+        for d in range(3):
+            shape[d] = v16.shape[d]
+            strides[d] = v16.strides[d]
+    else:
+        v8 = arr
+        isz = 1
+        o.kind = DK_GEMM_U8
+        o.ptr = &v8[0, 0, 0] if v8.shape[0] and v8.shape[1] and v8.shape[2] else NULL
+        for d in range(3):
+            shape[d] = v8.shape[d]
+            strides[d] = v8.strides[d]
+    # The driver addresses elements as pointer + (stride // itemsize) * index.
+    for d in range(3):
+        if shape[d] > 1 and strides[d] % isz:
+            raise ValueError(f"{name}: stride {strides[d]} is not a multiple of the item size")
+    o.bs = strides[0] // isz if shape[0] > 1 else 0
+    o.rs = strides[1] // isz
+    o.cs = strides[2] // isz
+    o.table = &table[0]
+    return 0
 
-ctypedef fused code_b:
-    uint8_t
-    uint16_t
 
-
-def gemm(const code_a[:, :, :] a, const code_b[:, :, :] b, const uint16_t[::1] table_a,
-         const uint16_t[::1] table_b, float scale, float[:, :, ::1] out, int isa, int kernel, int threads,
+def gemm(object a, object b, const uint16_t[::1] table_a, const uint16_t[::1] table_b,
+         float scale, float[:, :, ::1] out, int isa, int kernel, int threads,
          int order=DK_GEMM_ORDER_AMX):
-    """out[z] = a[z] @ b[z] (codes; 8-bit codes through the 256-entry tables) in the
+    """out[z] = a[z] @ b[z] (3-D uint16 BF16 codes or uint8 codes through the 256-entry
+    tables; an operand with batch extent 1 is shared by every item of out) in the
     accumulation order `order` (ORDER_AMX or ORDER_VDPBF16PS). Returns status (2: a bad
     isa or order)."""
     cdef dk_gemm_operand oa, ob
-    cdef int64_t batch = a.shape[0], m = a.shape[1], k = a.shape[2], n = b.shape[2]
+    cdef int64_t batch = out.shape[0], m = out.shape[1], n = out.shape[2]
+    cdef int64_t k = a.shape[2]
     cdef int rc
-    # The driver addresses elements as pointer + (stride // itemsize) * index: gemm.py
-    # copies any operand whose strides or pointer are not multiples of the item size.
-    # (A stride of an extent-1 axis is never used.)
-    cdef int d
-    for d in range(3):
-        if a.shape[d] > 1 and a.strides[d] % <Py_ssize_t>sizeof(code_a):
-            raise ValueError(f"a: stride {a.strides[d]} is not a multiple of the item size")
-        if b.shape[d] > 1 and b.strides[d] % <Py_ssize_t>sizeof(code_b):
-            raise ValueError(f"b: stride {b.strides[d]} is not a multiple of the item size")
-    # Empty shapes (and k == 0: zeros) are the driver's business; only take pointers that exist.
-    oa.ptr = &a[0, 0, 0] if a.shape[0] and a.shape[1] and a.shape[2] else NULL
-    oa.bs = a.strides[0] // sizeof(code_a)
-    oa.rs = a.strides[1] // sizeof(code_a)
-    oa.cs = a.strides[2] // sizeof(code_a)
-    oa.kind = DK_GEMM_U8 if code_a is uint8_t else DK_GEMM_U16
-    oa.table = &table_a[0]
-    ob.ptr = &b[0, 0, 0] if b.shape[0] and b.shape[1] and b.shape[2] else NULL
-    ob.bs = b.strides[0] // sizeof(code_b)
-    ob.rs = b.strides[1] // sizeof(code_b)
-    ob.cs = b.strides[2] // sizeof(code_b)
-    ob.kind = DK_GEMM_U8 if code_b is uint8_t else DK_GEMM_U16
-    ob.table = &table_b[0]
+    if (a.ndim != 3 or b.ndim != 3 or a.shape[1] != m or b.shape[2] != n or b.shape[1] != k
+            or a.shape[0] not in (1, batch) or b.shape[0] not in (1, batch)):
+        raise ValueError(f"gemm: shapes a {a.shape}, b {b.shape}, out "
+                         f"{(out.shape[0], out.shape[1], out.shape[2])} do not match")
+    _fill(&oa, a, table_a, "a")
+    _fill(&ob, b, table_b, "b")
     cdef float *po = &out[0, 0, 0] if out.shape[0] and out.shape[1] and out.shape[2] else NULL
     cdef int64_t ldo = out.strides[1] // sizeof(float), bso = out.strides[0] // sizeof(float)
     with nogil:

@@ -146,8 +146,8 @@ _KERNEL_NAMES = {
     ("avx512bf16", "vdpbf16ps", "fma"): "avx512bf16: FP32 FMA zmm, 14x32",
     ("avx512bf16", "vdpbf16ps", "vdpbf16ps"): "avx512bf16: VDPBF16PS zmm, 6x64",
     ("amx", "amx"): "amx: TDPBF16PS tiles, 32x32 (2x2 tiles of 16x16)",
-    ("amx", "vdpbf16ps", "fma"): "avx512bf16: FP32 FMA zmm, 14x32",
-    ("amx", "vdpbf16ps", "vdpbf16ps"): "avx512bf16: VDPBF16PS zmm, 6x64",
+    ("amx", "vdpbf16ps", "fma"): "amx: the avx512bf16 FP32 FMA zmm kernel, 14x32",
+    ("amx", "vdpbf16ps", "vdpbf16ps"): "amx: the avx512bf16 VDPBF16PS zmm kernel, 6x64",
 }
 
 
@@ -306,6 +306,13 @@ def _scale_exps(ra: _Range, rb: _Range, a_is_bf16: bool, b_is_bf16: bool,
     return got
 
 
+@functools.lru_cache(maxsize=4096)
+def _scale_exps_cached(ra: _Range, rb: _Range, a_is_bf16: bool, b_is_bf16: bool,
+                       k: int) -> Tuple[int, int]:
+    """:func:`_scale_exps` for repeated arguments (a pure function of them)."""
+    return _scale_exps(ra, rb, a_is_bf16, b_is_bf16, k)
+
+
 def _rescale_bf16(codes: np.ndarray, s: int) -> np.ndarray:
     """BF16 codes of value * 2**s (exact: _scale_exps keeps the results normal BF16;
     subnormal inputs scaled up become normal). Inf and NaN stay Inf and NaN."""
@@ -345,12 +352,14 @@ def _aligned(arr: np.ndarray) -> np.ndarray:
 
 def _operand(x: Any, fmt: Format, name: str) -> np.ndarray:
     """x as codes of fmt (uint16 / uint8 array of any strides), 2-D or 3-D."""
-    arr = np.asarray(x)
+    arr = x if type(x) is np.ndarray else np.asarray(x)
     if arr.ndim not in (2, 3):
         raise ValueError(f"{name}: expected a 2-D (rows, cols) or 3-D (batch, rows, cols) array, "
                          f"got {arr.ndim}-D with shape {arr.shape}")
-    want = np.dtype(fmt.storage_dtype)
     dt = arr.dtype
+    if dt.kind == "u" and dt.isnative and dt.itemsize == fmt.nbits // 8:  # codes: the fast path
+        return _aligned(arr)
+    want = np.dtype(fmt.storage_dtype)
     if dt.name == "bfloat16" and dt.itemsize == 2:
         if fmt.name == "bf16":
             return _aligned(arr.view(np.uint16))
@@ -439,8 +448,9 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
         raise ValueError(f"a, b: batch sizes differ: {ca.shape[0]} and {cb.shape[0]}")
     nb = ca.shape[0] if ca.ndim == 3 else (cb.shape[0] if cb.ndim == 3 else 1)
     m, k, n = ca.shape[-2], ca.shape[-1], cb.shape[-1]
-    a3 = ca if ca.ndim == 3 else np.broadcast_to(ca, (nb, m, k))
-    b3 = cb if cb.ndim == 3 else np.broadcast_to(cb, (nb, k, n))
+    # a 2-D operand is passed with a batch extent of 1: the glue shares it (batch stride 0)
+    a3 = ca if ca.ndim == 3 else ca[None]
+    b3 = cb if cb.ndim == 3 else cb[None]
     shape = (nb, m, n) if batched else (m, n)
 
     if beta is None:
@@ -482,13 +492,13 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
     a16, b16 = a_format.nbits == 16, b_format.nbits == 16
     ra = _bf16_range(ca) if a16 else _format_range(a_format)
     rb = _bf16_range(cb) if b16 else _format_range(b_format)
-    sa, sb = _scale_exps(ra, rb, a16, b16, k)
+    sa, sb = _scale_exps_cached(ra, rb, a16, b16, k)
     if a16 and sa:
         ca = _rescale_bf16(ca, sa)
-        a3 = ca if ca.ndim == 3 else np.broadcast_to(ca, (nb, m, k))
+        a3 = ca if ca.ndim == 3 else ca[None]
     if b16 and sb:
         cb = _rescale_bf16(cb, sb)
-        b3 = cb if cb.ndim == 3 else np.broadcast_to(cb, (nb, k, n))
+        b3 = cb if cb.ndim == 3 else cb[None]
     ta = _table(a_format, sa) if a_format.nbits == 8 else _DUMMY_TABLE
     tb = _table(b_format, sb) if b_format.nbits == 8 else _DUMMY_TABLE
     scale = float(np.float32(2.0 ** -(sa + sb)))
