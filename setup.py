@@ -19,6 +19,9 @@ TIERS = {
     "avx2": ["-mavx2", "-mfma", "-mf16c"],
     "avx512bf16": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl",
                    "-mavx512bf16", "-mavx512vnni", "-mfma", "-mf16c"],
+    # AVX-512 as above plus the tile instructions: only csrc/amx/ is built with these.
+    "amx": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512bf16",
+            "-mavx512vnni", "-mfma", "-mf16c", "-mamx-tile", "-mamx-bf16"],
 }
 # ASan + UBSan build (.ci/sanitize.sh): the C libraries AND the Cython glue are instrumented.
 SANITIZE = (["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",

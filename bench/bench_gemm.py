@@ -1,6 +1,8 @@
-"""GEMM benchmarks: dojo_kernels.gemm beside NumPy float32 matmul, ml_dtypes bfloat16
-matmul (small sizes) and torch bfloat16 matmul (when installed), with the percentage of
-this CPU's peaks measured in the same run (bench/peak_probe.py).
+"""GEMM benchmarks: dojo_kernels.gemm in both accumulation orders beside NumPy float32
+matmul, ml_dtypes bfloat16 matmul (small sizes), torch bfloat16 ``mm`` and torch's FP8
+``_scaled_mm`` (when torch is installed: ``pip install "torch==2.13.*"`` gives the CPU
+wheel), with the percentage of this CPU's peaks measured in the same run
+(bench/peak_probe.py: FP32 FMA, VDPBF16PS and, on an AMX CPU, TDPBF16PS).
 
     pytest bench/bench_gemm.py --benchmark-only -q      # pytest-benchmark (not python -m)
     python bench/bench_gemm.py [--quick]                          # the GFLOP/s table
@@ -71,26 +73,36 @@ def inputs(m, n, k):
     return _inputs[key]
 
 
+def _out(m, n):
+    return np.empty((m, n), np.float32)
+
+
 def runner(impl, m, n, k, threads):
     """A no-argument callable doing one product, or None if unavailable."""
     x = inputs(m, n, k)
-    if impl == "dk_bf16":
-        return lambda: dk.gemm(x["a16"], x["b16"])
+    if impl == "dk_bf16":               # the default order ("amx")
+        o = _out(m, n)
+        return lambda: dk.gemm(x["a16"], x["b16"], out=o)
+    if impl == "dk_bf16_vdpbf16ps":     # the VDPBF16PS-chain order
+        o = _out(m, n)
+        return lambda: dk.gemm(x["a16"], x["b16"], out=o, order="vdpbf16ps")
     if impl == "dk_cf8":
-        return lambda: dk.gemm(x["a8"], x["b8"], a_format=F8A, b_format=F8B)
-    if impl == "dk_bf16_vdpbf16ps":
-        if _config.get_isa() != "avx512bf16":
+        o = _out(m, n)
+        return lambda: dk.gemm(x["a8"], x["b8"], a_format=F8A, b_format=F8B, out=o)
+    if impl == "dk_cf8_vdpbf16ps":
+        o = _out(m, n)
+        return lambda: dk.gemm(x["a8"], x["b8"], a_format=F8A, b_format=F8B, out=o,
+                               order="vdpbf16ps")
+    if impl in ("dk_bf16_avx512", "dk_bf16_avx2"):  # the amx order without tiles
+        tier = impl[len("dk_bf16_"):]
+        tier = "avx512bf16" if tier == "avx512" else tier
+        if tier not in _config.supported_isas() or _config.get_isa() == tier:
             return None
+        o = _out(m, n)
+
         def f():
-            with G.use_kernel("vdpbf16ps"):
-                return dk.gemm(x["a16"], x["b16"])
-        return f
-    if impl == "dk_bf16_avx2":
-        if "avx2" not in _config.supported_isas():
-            return None
-        def f():
-            with _config.use_isa("avx2"):
-                return dk.gemm(x["a16"], x["b16"])
+            with _config.use_isa(tier):
+                return dk.gemm(x["a16"], x["b16"], out=o)
         return f
     if impl == "numpy_f32":
         return lambda: np.matmul(x["a32"], x["b32"])
@@ -103,7 +115,19 @@ def runner(impl, m, n, k, threads):
         if torch is None:
             return None
         ta, tb = torch.from_numpy(x["a32"]).bfloat16(), torch.from_numpy(x["b32"]).bfloat16()
-        return lambda: torch.matmul(ta, tb)
+        return lambda: torch.mm(ta, tb)
+    if impl == "torch_fp8":             # e4m3 x e5m2 with per-tensor scales, FP32 out
+        if torch is None or not hasattr(torch, "_scaled_mm"):
+            return None
+        ta = torch.from_numpy(x["a32"]).to(torch.float8_e4m3fn)
+        tb = torch.from_numpy(x["b32"]).to(torch.float8_e5m2).t().contiguous().t()
+        one = torch.tensor(1.0)
+        try:
+            torch._scaled_mm(ta[:16, :16], tb[:16, :16], scale_a=one, scale_b=one,
+                             out_dtype=torch.float32)
+        except (RuntimeError, NotImplementedError):  # not in this torch build
+            return None
+        return lambda: torch._scaled_mm(ta, tb, scale_a=one, scale_b=one, out_dtype=torch.float32)
     raise ValueError(impl)
 
 
@@ -137,8 +161,10 @@ def peaks(threads):
     return _peaks[threads]
 
 
-IMPLS = ["dk_bf16", "dk_cf8", "dk_bf16_vdpbf16ps", "dk_bf16_avx2", "numpy_f32",
-         "ml_dtypes_bf16", "torch_bf16"]
+IMPLS = ["dk_bf16", "dk_bf16_vdpbf16ps", "dk_cf8", "dk_cf8_vdpbf16ps", "dk_bf16_avx512",
+         "dk_bf16_avx2", "numpy_f32", "ml_dtypes_bf16", "torch_bf16", "torch_fp8"]
+#: implementations timed only on the squares 1024 and 2048 (lower tiers, for reference)
+LOWER_TIER = ("dk_bf16_avx512", "dk_bf16_avx2")
 
 
 def _params():
@@ -146,9 +172,7 @@ def _params():
     for shape in SHAPES:
         for th in THREADS:
             for impl in IMPLS:
-                if impl in ("dk_bf16_vdpbf16ps", "dk_bf16_avx2") and shape[0] != shape[2]:
-                    continue
-                if impl in ("dk_bf16_vdpbf16ps", "dk_bf16_avx2") and shape[0] not in (1024, 2048):
+                if impl in LOWER_TIER and (shape[0] != shape[2] or shape[0] not in (1024, 2048)):
                     continue
                 out.append(pytest.param(impl, shape, th, id=f"{impl}-{'x'.join(map(str, shape))}-t{th}"))
     return out
@@ -166,10 +190,9 @@ def test_gemm_speed(benchmark, impl, shape, threads):
         benchmark.pedantic(f, rounds=rounds, iterations=1, warmup_rounds=1)
     gflops = 2.0 * m * n * k / benchmark.stats.stats.min / 1e9
     benchmark.extra_info.update(
-        gflops=round(gflops, 1), tier=_config.get_isa(), kernel=G.kernel_name(),
+        gflops=round(gflops, 1), tier=_config.get_isa(), kernels=G.kernel_names(),
         threads=threads, blas=blas_kernel(),
-        pct_vdpbf16ps_peak=round(100 * gflops * 1e9 / pk.get("vdpbf16ps_zmm", float("nan")), 1),
-        pct_fma_zmm_peak=round(100 * gflops * 1e9 / pk.get("fma_zmm", float("nan")), 1))
+        **{f"pct_{p}_peak": round(100 * gflops * 1e9 / v, 1) for p, v in pk.items()})
 
 
 # ---- the table (python bench/bench_gemm.py) ---------------------------------------------
@@ -181,13 +204,13 @@ def best_time(f, rounds):
 
 def main(quick: bool = False) -> None:
     shapes = [(1024,) * 3, (2048,) * 3, (4096, 256, 4096), (64, 4096, 4096)] if quick else SHAPES
-    print(f"dojo_kernels tier {_config.get_isa()}, avx512 kernel {G.kernel_name()}; "
-          f"NumPy BLAS: {blas_kernel()}; torch: {'yes' if torch else 'not installed'}")
+    print(f"dojo_kernels tier {_config.get_isa()}; kernels {G.kernel_names()}; "
+          f"NumPy BLAS: {blas_kernel()}; torch: {torch.__version__ if torch else 'not installed'}")
     for th in THREADS:
         with threads_set(th):
             pk = peaks(th)
             print(f"\nthreads={th}  peaks GFLOP/s: " + ", ".join(f"{p} {v / 1e9:.1f}" for p, v in pk.items()))
-            print(f"{'m x n x k':<18}" + "".join(f"{i:>19}" for i in IMPLS))
+            print(f"{'m x n x k':<18}" + "".join(f"{i:>19}" for i in IMPLS) + "   (GFLOP/s)")
             for (m, n, k) in shapes:
                 row = f"{m}x{n}x{k}".ljust(18)
                 for impl in IMPLS:

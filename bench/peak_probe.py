@@ -1,5 +1,6 @@
-"""Peak probe: this CPU's VDPBF16PS and FMA throughput, measured with the C probes shipped
-in dojo_kernels._gemm (independent register chains of one instruction, no memory traffic).
+"""Peak probe: this CPU's FMA, VDPBF16PS and (on AMX CPUs) TDPBF16PS throughput, measured
+with the C probes shipped in dojo_kernels._gemm (independent register chains, or tile
+registers, of one instruction; no memory traffic).
 
     python bench/peak_probe.py            # table for 1 and 2 threads
 

@@ -10,7 +10,9 @@
  * One (jc, pc, ic) block is the CPU image of one D1 SRAM tile (docs/gemm.md).
  * Threads share out the (ic, jr-group) work items of one (jc, pc) step: they never split
  * k. The micro-kernels continue each C tile from the running sum stored in C, so the
- * result is one fixed chain along k (dk_gemm.h): independent of blocking and threads.
+ * result is the fixed order of dk_gemm.h, independent of blocking and threads (for the
+ * amx order KC is a multiple of the order's 32-element block, so blocks never straddle
+ * two KC steps and a partial block can only be the last).
  * CFloat8 codes are decoded to BF16 through the table while packing (exact). */
 #define _POSIX_C_SOURCE 200112L
 #include "dk_gemm.h"
@@ -18,6 +20,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -27,24 +32,38 @@ typedef struct {
     int split_a;      /* A packing: 1 FP32 split layout, 0 BF16 pair layout */
     int split_b;      /* B packing: likewise */
     int64_t mr, nr;
-    int64_t kc;       /* k per block (even) */
+    int64_t kc;       /* k per block (even; a multiple of 32 for the amx order) */
     int64_t mc_max;   /* rows per A block (multiple of mr) */
     int64_t nc;       /* columns per B panel (multiple of nr) */
     int simd_pack;    /* 1: the avx512 pair-layout B packers may be used */
+    int rowtile_a;    /* 1: A in the AMX "row tiles" layout (overrides split_a) */
+    int64_t kblk;     /* the kernel takes k-pairs in multiples of this (zero padded) */
+    void (*enter)(void), (*leave)(void);  /* per-thread set-up around a work item */
 } tier_cfg;
 
-static int get_cfg(int isa, int kernel, tier_cfg *t)
+static int get_cfg(int isa, int kernel, int order, tier_cfg *t)
 {
-    switch (isa) {
-    case DK_ISA_GENERIC:
-        *t = (tier_cfg){dk_gemm_ukr_generic, 1, 1, DK_GEMM_SPLIT_MR, DK_GEMM_SPLIT_NR,
-                        256, 96, 512, 0};
+    if (isa < 0 || isa >= DK_ISA_COUNT) return 0;
+    if (order == DK_GEMM_ORDER_AMX) {
+        /* KC is a multiple of 32 elements (whole blocks of the order), so the blocks are
+         * absolute in k whatever the blocking. */
+        if (isa >= DK_ISA_AMX)
+            *t = (tier_cfg){dk_gemm_ukr_amxtile, 0, 0, DK_GEMM_AMXTILE_MR, DK_GEMM_AMXTILE_NR,
+                            512, 256, 4096, 1, 1, DK_GEMM_AMX_BLOCK_PAIRS, dk_gemm_amxtile_enter,
+                            dk_gemm_amxtile_leave};
+        else if (isa >= DK_ISA_AVX512BF16)
+            *t = (tier_cfg){dk_gemm_ukr_amx_avx512, 1, 0, DK_GEMM_AMX512_MR, DK_GEMM_AMX512_NR,
+                            512, 84, 2048, 1};
+        else if (isa == DK_ISA_AVX2)
+            *t = (tier_cfg){dk_gemm_ukr_amx_avx2, 1, 1, DK_GEMM_AMX_AVX2_MR, DK_GEMM_SPLIT_NR,
+                            256, 48, 2048, 0};
+        else
+            *t = (tier_cfg){dk_gemm_ukr_amx_generic, 1, 1, DK_GEMM_SPLIT_MR, DK_GEMM_SPLIT_NR,
+                            256, 96, 512, 0};
         return 1;
-    case DK_ISA_AVX2:
-        *t = (tier_cfg){dk_gemm_ukr_avx2, 1, 1, DK_GEMM_SPLIT_MR, DK_GEMM_SPLIT_NR,
-                        512, 48, 2048, 0};
-        return 1;
-    case DK_ISA_AVX512BF16:
+    }
+    if (order != DK_GEMM_ORDER_VDPBF16PS) return 0;
+    if (isa >= DK_ISA_AVX512BF16) { /* amx has no vdpbf16ps-order form: these kernels */
         if (kernel == DK_GEMM_KERNEL_FMA) {
             *t = (tier_cfg){dk_gemm_ukr_avx512fma_pb, 1, 0, DK_GEMM_F512_MR, DK_GEMM_F512_NR,
                             512, 84, 2048, 1};
@@ -53,9 +72,15 @@ static int get_cfg(int isa, int kernel, tier_cfg *t)
         *t = (tier_cfg){dk_gemm_ukr_avx512bf16, 0, 0, DK_GEMM_PAIR_MR, DK_GEMM_PAIR_NR,
                         512, 96, 2048, 1};
         return 1;
-    default:
-        return 0;
     }
+    if (isa == DK_ISA_AVX2) {
+        *t = (tier_cfg){dk_gemm_ukr_avx2, 1, 1, DK_GEMM_SPLIT_MR, DK_GEMM_SPLIT_NR,
+                        512, 48, 2048, 0};
+        return 1;
+    }
+    *t = (tier_cfg){dk_gemm_ukr_generic, 1, 1, DK_GEMM_SPLIT_MR, DK_GEMM_SPLIT_NR,
+                    256, 96, 512, 0};
+    return 1;
 }
 
 /* ---- element access and packing ---------------------------------------------------- */
@@ -224,6 +249,100 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
     }
 }
 
+/* Pack A into the AMX "row tiles" layout (dk_gemm.h): slivers of mr rows from row l0,
+ * kp pairs (a multiple of 16) from pair p0; per block of 16 pairs, mr rows x 16 lanes.
+ * Rows past nlines and pairs past k are zeros. */
+static void pack_rowtiles(const view *v, int64_t nlines, int64_t k, int64_t l0, int64_t nl,
+                          int64_t p0, int64_t kp, int64_t mr, void *dst)
+{
+    int64_t nsl = (nl + mr - 1) / mr;
+    for (int64_t s = 0; s < nsl; s++) {
+        uint32_t *o = (uint32_t *)dst + s * kp * mr;
+        for (int64_t blk = 0; blk < kp / 16; blk++) {
+            int64_t k0 = 2 * (p0 + 16 * blk);  /* first k of the block */
+            for (int64_t r = 0; r < mr; r++) {
+                int64_t row = l0 + s * mr + r;
+                uint32_t *orow = o + blk * 16 * mr + r * 16;
+                if (row < nlines && k0 + 32 <= k && v->cs == 1) {
+                    if (v->kind == DK_GEMM_U16) {
+                        memcpy(orow, (const uint16_t *)v->p + row * v->rs + k0, 64);
+                    } else {
+                        const uint8_t *q = (const uint8_t *)v->p + row * v->rs + k0;
+                        const uint16_t *tb = v->table;
+                        for (int64_t j = 0; j < 16; j++)
+                            orow[j] = (uint32_t)tb[q[2 * j]] | ((uint32_t)tb[q[2 * j + 1]] << 16);
+                    }
+                    continue;
+                }
+                for (int64_t j = 0; j < 16; j++) {
+                    uint16_t e, d;
+                    pair_at(v, row, nlines, p0 + 16 * blk + j, k, &e, &d);
+                    orow[j] = (uint32_t)e | ((uint32_t)d << 16);
+                }
+            }
+        }
+    }
+}
+
+/* ---- operand magnitude range (the scaling pre-pass) ---------------------------------- */
+
+/* Magnitudes (code & 0x7FFF) are 0..0x7FFF: signed 16-bit compares suffice (SSE2, part
+ * of the x86-64 baseline: pmaxsw / pminsw, 8 codes a step). */
+static void range_row(const uint16_t *p, int64_t n, int64_t s, int16_t *lo, int16_t *hi)
+{
+    int16_t mn = *lo, mx = *hi;
+    int64_t i = 0;
+#ifdef __SSE2__
+    if (s == 1 && n >= 8) {
+        const __m128i m7 = _mm_set1_epi16(0x7FFF), inf = _mm_set1_epi16(0x7F80);
+        __m128i vmx = _mm_set1_epi16(mx), vmn = _mm_set1_epi16(mn);
+        for (; i + 8 <= n; i += 8) {
+            __m128i v = _mm_and_si128(_mm_loadu_si128((const __m128i *)(p + i)), m7);
+            __m128i f = _mm_and_si128(v, _mm_cmpgt_epi16(inf, v));           /* finite, else 0 */
+            __m128i z = _mm_or_si128(v, _mm_and_si128(_mm_cmpeq_epi16(v, _mm_setzero_si128()), m7));
+            vmx = _mm_max_epi16(vmx, f);
+            vmn = _mm_min_epi16(vmn, z);
+        }
+        int16_t a[8], b[8];
+        _mm_storeu_si128((__m128i *)a, vmx);
+        _mm_storeu_si128((__m128i *)b, vmn);
+        for (int j = 0; j < 8; j++) {
+            mx = a[j] > mx ? a[j] : mx;
+            mn = b[j] < mn ? b[j] : mn;
+        }
+    }
+#endif
+    for (; i < n; i++) {
+        int16_t v = (int16_t)(p[i * s] & 0x7FFF);
+        int16_t f = v < 0x7F80 ? v : 0;      /* finite magnitude, else 0 */
+        int16_t z = v != 0 ? v : 0x7FFF;     /* nonzero magnitude, else the top */
+        mx = f > mx ? f : mx;
+        mn = z < mn ? z : mn;
+    }
+    *lo = mn;
+    *hi = mx;
+}
+
+void dk_gemm_bf16_range(const uint16_t *p, int64_t d0, int64_t d1, int64_t d2, int64_t s0,
+                        int64_t s1, int64_t s2, uint16_t *minnz, uint16_t *maxfin)
+{
+    int16_t lo = 0x7FFF, hi = 0;
+    if (d0 > 0 && d1 > 0 && d2 > 0) {
+        /* walk the longer of the two inner axes innermost, preferring a unit stride */
+        int inner2 = (s2 == 1 || s2 == -1) || !(s1 == 1 || s1 == -1);
+        int64_t n_in = inner2 ? d2 : d1, s_in = inner2 ? s2 : s1;
+        int64_t n_out = inner2 ? d1 : d2, s_out = inner2 ? s1 : s2;
+        for (int64_t b = 0; b < d0; b++)
+            for (int64_t r = 0; r < n_out; r++) {
+                const uint16_t *row = p + b * s0 + r * s_out;
+                if (s_in < 0) range_row(row + (n_in - 1) * s_in, n_in, -s_in, &lo, &hi);
+                else range_row(row, n_in, s_in, &lo, &hi);
+            }
+    }
+    *minnz = (uint16_t)lo;
+    *maxfin = (uint16_t)hi;
+}
+
 /* ---- the macro-kernel -------------------------------------------------------------- */
 
 static void tile(const tier_cfg *t, int64_t kp, const void *ap, const void *bp, float *c,
@@ -253,11 +372,12 @@ static void *aligned_alloc_bytes(size_t n)
 
 int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
             const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
-            float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads)
+            float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads, int order)
 {
     tier_cfg t;
-    if (!get_cfg(isa, kernel, &t) || batch < 0 || m < 0 || n < 0 || k < 0 || threads < 1 || !a || !b)
+    if (!get_cfg(isa, kernel, order, &t) || batch < 0 || m < 0 || n < 0 || k < 0 || threads < 1 || !a || !b)
         return DK_EINVAL;
+    if (t.kblk < 1) t.kblk = 1;
     if ((a->kind == DK_GEMM_U8 && !a->table) || (b->kind == DK_GEMM_U8 && !b->table))
         return DK_EINVAL;
     if (batch == 0 || m == 0 || n == 0) return DK_OK;
@@ -283,8 +403,10 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
     nb_m = (m + mc - 1) / mc;
 
     int nthr = threads;
-    size_t bbytes = (size_t)((nc + t.nr - 1) / t.nr) * kcp * pairB;
-    size_t abytes = (size_t)(mc / t.mr) * kcp * pairA;
+    /* buffers for the largest k block actually used (small products allocate little) */
+    int64_t kcp_use = kpairs < kcp ? (kpairs + t.kblk - 1) / t.kblk * t.kblk : kcp;
+    size_t bbytes = (size_t)((nc + t.nr - 1) / t.nr) * kcp_use * pairB;
+    size_t abytes = (size_t)(mc / t.mr) * kcp_use * pairA;
     char *bbuf = aligned_alloc_bytes(bbytes);
     char *abuf = aligned_alloc_bytes(abytes * nthr);
     if (!bbuf || !abuf) {
@@ -322,8 +444,10 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
                 if (ngroups > nsl) ngroups = nsl;
                 int64_t nwork = nb_m * ngroups;
                 for (int64_t pc = 0; pc < kpairs; pc += kcp) {
-                    int64_t kp = kpairs - pc < kcp ? kpairs - pc : kcp;
-                    int flags = (pc > 0 ? DK_UKR_LOAD : 0) | (pc + kp == kpairs ? DK_UKR_LAST : 0);
+                    int64_t kreal = kpairs - pc < kcp ? kpairs - pc : kcp;
+                    int flags = (pc > 0 ? DK_UKR_LOAD : 0) | (pc + kreal == kpairs ? DK_UKR_LAST : 0);
+                    /* the kernel's k granularity: the packers pad with zero pairs */
+                    int64_t kp = (kreal + t.kblk - 1) / t.kblk * t.kblk;
 #pragma omp for schedule(dynamic, 2)
                     for (int64_t s = 0; s < nsl; s++)
                         pack_lines(&vb, n, k, jc + s * t.nr, t.nr, pc, kp, t.nr, t.split_b, t.simd_pack,
@@ -335,19 +459,25 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
                         int64_t i0 = ic * mc, mcur = m - i0 < mc ? m - i0 : mc;
                         int64_t msl = (mcur + t.mr - 1) / t.mr;
                         if (ic != packed_ic) {
-                            pack_lines(&va, m, k, i0, mcur, pc, kp, t.mr, t.split_a, 0, mya);
+                            if (t.rowtile_a)
+                                pack_rowtiles(&va, m, k, i0, mcur, pc, kp, t.mr, mya);
+                            else
+                                pack_lines(&va, m, k, i0, mcur, pc, kp, t.mr, t.split_a, 0, mya);
                             packed_ic = ic;
                         }
+                        if (t.enter) t.enter();
                         int64_t s0 = nsl * g / ngroups, s1 = nsl * (g + 1) / ngroups;
                         for (int64_t s = s0; s < s1; s++) {
                             const char *bp = bbuf + (size_t)s * kp * pairB;
                             int64_t j = jc + s * t.nr;
                             for (int64_t r = 0; r < msl; r++) {
                                 int64_t i = i0 + r * t.mr;
+
                                 tile(&t, kp, mya + (size_t)r * kp * pairA, bp, cb + i * ldo + j,
                                      ldo, m - i, n - j, flags, scale);
                             }
                         }
+                        if (t.leave) t.leave();
                     }
                 }
             }

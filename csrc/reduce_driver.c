@@ -48,6 +48,7 @@ static kernels pick(int isa)
 {
     kernels k;
     switch (isa) {
+    case DK_ISA_AMX: /* the reductions have no AMX form: the avx512bf16 kernels */
     case DK_ISA_AVX512BF16:
         k.add = dk_reduce_add_f32_avx512bf16; k.addr = dk_reduce_add_bf16r_avx512bf16;
         k.widen = dk_reduce_widen_avx512bf16; k.narrow = dk_reduce_narrow_avx512bf16;

@@ -25,7 +25,7 @@ from .numerics import dequantize, quantize
 
 __all__ = ["BenchRow", "run_bench", "render_bench", "measure_peak"]
 
-_PROBES = {"fma_zmm": 2, "vdpbf16ps_zmm": 2, "fma_ymm": 1}
+_PROBES = {"fma_zmm": 2, "vdpbf16ps_zmm": 2, "fma_ymm": 1, "tdpbf16ps": 3}
 
 
 @dataclass
@@ -66,7 +66,8 @@ def _optional(name: str) -> Any:
 
 def measure_peak(probe: str, threads: int = 1, iters: int = 2_000_000, repeats: int = 3) -> float:
     """Best FLOP/s of ``threads`` concurrent register-only probes (the bench/peak_probe.py
-    method): ``"fma_zmm"``, ``"fma_ymm"`` or ``"vdpbf16ps_zmm"``; needs the probe's tier."""
+    method): ``"fma_zmm"``, ``"fma_ymm"``, ``"vdpbf16ps_zmm"`` or ``"tdpbf16ps"`` (AMX tiles);
+    needs the probe's tier."""
     if probe not in _PROBES:
         raise ValueError(f"probe: expected one of {', '.join(_PROBES)}, got {probe!r}")
     if _cpu.best_isa() < _PROBES[probe]:

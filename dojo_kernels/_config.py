@@ -15,7 +15,7 @@ from typing import Tuple
 
 from . import _cpu
 
-ISA_NAMES = ("generic", "avx2", "avx512bf16")
+ISA_NAMES = ("generic", "avx2", "avx512bf16", "amx")
 #: Largest thread count accepted (OpenMP would start that many threads).
 MAX_THREADS = 4096
 
@@ -60,7 +60,7 @@ _threads: int = _default_threads()
 
 
 def isa() -> int:
-    """The tier index the kernels use (0 generic, 1 avx2, 2 avx512bf16)."""
+    """The tier index the kernels use (0 generic, 1 avx2, 2 avx512bf16, 3 amx)."""
     return _isa
 
 
@@ -70,7 +70,8 @@ def threads() -> int:
 
 
 def get_isa() -> str:
-    """Name of the ISA tier the kernels run: ``"generic"``, ``"avx2"`` or ``"avx512bf16"``."""
+    """Name of the ISA tier the kernels run: ``"generic"``, ``"avx2"``, ``"avx512bf16"`` or
+    ``"amx"`` (avx512bf16 plus Intel AMX-BF16 tiles, used by the GEMM)."""
     return ISA_NAMES[_isa]
 
 

@@ -4,7 +4,8 @@ cdef extern from "dk_cpu.h":
     int dk_cpu_best_isa() nogil
 
 _FEATURE_NAMES = ("sse2", "avx", "fma", "f16c", "avx2", "avx512f", "avx512dq", "avx512bw",
-                  "avx512vl", "avx512_vnni", "avx512_bf16", "os_ymm", "os_zmm")
+                  "avx512vl", "avx512_vnni", "avx512_bf16", "os_ymm", "os_zmm",
+                  "amx_tile", "amx_bf16", "os_amx", "amx_granted")
 
 
 def features():
@@ -14,7 +15,7 @@ def features():
 
 
 def best_isa():
-    """Index of the best tier this CPU runs: 0 generic, 1 avx2, 2 avx512bf16."""
+    """Index of the best tier this CPU runs: 0 generic, 1 avx2, 2 avx512bf16, 3 amx."""
     return dk_cpu_best_isa()
 
 

@@ -3,21 +3,46 @@ cost model of the same product (SPEC section 6, our own dataflow).
 
 Numerics of :func:`gemm` (every ISA tier, every thread count gives the same bits)
 ---------------------------------------------------------------------------------
-Products are exact and accumulate in FP32 with RNE in one fixed order, the order a chain
-of VDPBF16PS instructions gives: ``k`` is padded to even length with a zero, the pairs
-``(2p, 2p+1)`` are taken in increasing ``p`` and, within a pair, the **odd** element first::
+Products are exact and accumulate in FP32 with RNE in one of two fixed, documented orders,
+chosen with ``order=`` (docs/gemm.md). In both, every operation (a fused multiply-add, or an
+addition) is computed exactly and rounded once to FP32 (round to nearest even, unbounded
+exponent); ``F`` flushes a result whose magnitude after that rounding is below ``2**-126``
+to a zero with the sign of the exact result (FTZ, tininess after rounding); subnormal BF16
+inputs are read as zeros of their sign (DAZ); an exact zero sum is +0 unless both addends
+are -0.
+
+``order="amx"`` (the default): what Intel AMX ``TDPBF16PS`` computes. ``k`` is taken in
+blocks of 32 elements (16 pairs) from ``k = 0``, the last block padded with zeros (A and B
+both +0: a padded step turns a -0 partial sum into +0)::
+
+    C = +0
+    for k0 in range(0, K, 32):                   # one block
+        E = +0; O = +0
+        for q in range(16):
+            E = F(fma(A[i, k0+2q],   B[k0+2q, j],   E))   # even elements
+            O = F(fma(A[i, k0+2q+1], B[k0+2q+1, j], O))   # odd elements
+        T = F(E + O)
+        C = F(C + T)
+    C[i, j] = C * 2**-(sa + sb)                  # exact power of two; NaN -> 0x7FC00000
+
+``order="vdpbf16ps"``: one chain of VDPBF16PS instructions along ``k`` (the order of
+dojo_kernels 0.1). ``k`` is padded to even length with a zero, the pairs ``(2p, 2p+1)`` are
+taken in increasing ``p`` and, within a pair, the **odd** element first::
 
     acc = +0
     for p in range(ceil(K / 2)):
-        acc = F(acc + A[i, 2p+1] * B[2p+1, j])   # one rounding (fused), then flush
-        acc = F(acc + A[i, 2p]   * B[2p, j])
+        acc = F(fma(A[i, 2p+1], B[2p+1, j], acc))
+        acc = F(fma(A[i, 2p],   B[2p, j],   acc))
     C[i, j] = acc * 2**-(sa + sb)                # exact power of two; NaN -> 0x7FC00000
 
-``F`` flushes a result below ``2**-126`` in magnitude to a zero of its sign (FTZ) and
-subnormal BF16 inputs are read as zeros (DAZ), as VDPBF16PS does -- but the scaling below
-keeps every input normal and every product and partial sum at least ``2**-126``, so
-nothing is flushed (subnormal BF16 inputs included) unless the operands' exponent
-ranges together span more than 253 binades.
+The amx order is the default: its chains are at most 16 steps long (E and O) before
+they are added, so it is the more accurate of the two, and it is the native order of
+the CPUs with AMX (the most common server CPUs). Its bits differ from the vdpbf16ps
+order's (CHANGELOG.md).
+
+The scaling below keeps every input normal and every product and partial sum at least
+``2**-126``, so nothing is flushed (subnormal BF16 inputs included) unless the operands'
+exponent ranges together span more than 253 binades -- in either order.
 
 Scaling (SPEC section 5): each operand is multiplied by an exact power of two (a CFloat8
 operand through its decode table, as a whole format) and the result by the inverse. The
@@ -26,7 +51,12 @@ scaled value is a normal BF16, every scaled product is a multiple of ``2**-126``
 partial sum is ever flushed) and ``K`` times the largest product stays below ``2**127``;
 then the result is within ``gamma(K) * (|A| @ |B|)``, ``gamma(K) = K u / (1 - K u)``,
 ``u = 2**-24`` (barring a final result below FP32's normal range, rounded by the last
-multiply). See docs/gemm.md for when that is possible.
+multiply). None of this depends on the order in which the products are added: a sum of
+multiples of ``2**-126`` is one, and stays one when rounded to 24 bits, whichever
+products it holds; every partial sum (E, O, T, C or the chain's acc) is a rounded sum of
+a subset of the products, so at most ``K`` times the largest in magnitude, up to the
+rounding error; and any summation tree of ``K`` terms gives at most ``K - 1`` roundings to
+each. See docs/gemm.md for when that is possible.
 """
 from __future__ import annotations
 
@@ -43,7 +73,21 @@ from .d1 import D1Chip, TrainingTile
 from .formats import BF16, FP32, Format
 from .numerics import dequantize, quantize
 
-__all__ = ["gemm", "plan_gemm", "GemmPlan"]
+__all__ = ["gemm", "plan_gemm", "GemmPlan", "ORDERS", "kernel_names"]
+
+#: The accumulation orders of :func:`gemm` (``order=``); the first is the default.
+ORDERS = ("amx", "vdpbf16ps")
+_ORDER_CODE = {"amx": _gemm.ORDER_AMX, "vdpbf16ps": _gemm.ORDER_VDPBF16PS}
+
+
+def _check_order(order: Any) -> int:
+    """The C code of an ``order=`` value (a ValueError/TypeError naming ``order`` if bad)."""
+    if not isinstance(order, str):
+        raise TypeError(f"order: expected a str, one of {', '.join(map(repr, ORDERS))}, "
+                        f"got {type(order).__name__}")
+    if order not in _ORDER_CODE:
+        raise ValueError(f"order: expected one of {', '.join(map(repr, ORDERS))}, got {order!r}")
+    return _ORDER_CODE[order]
 
 
 # The avx512bf16 tier has two micro-kernels with identical bits: VDPBF16PS (6 x 64) and
@@ -77,7 +121,8 @@ def _measure_kernel() -> int:
 
 
 def kernel_name() -> str:
-    """The avx512bf16 micro-kernel in use: ``"fma"`` or ``"vdpbf16ps"`` (same bits)."""
+    """The avx512bf16 micro-kernel of the vdpbf16ps order: ``"fma"`` or ``"vdpbf16ps"``
+    (same bits; the amx order has one kernel per tier, :func:`kernel_names`)."""
     return KERNELS[_kernel_index()]
 
 
@@ -88,6 +133,35 @@ def _kernel_index() -> int:
 
         _kernel = _measure_kernel() if _cpu.best_isa() >= 2 else 0
     return _kernel
+
+
+# The micro-kernel of each (tier, order); ("avx512bf16", "vdpbf16ps") depends on the
+# measured choice above (kernel_name()).
+_KERNEL_NAMES = {
+    ("generic", "amx"): "generic: portable scalar C, 6x16, E/O chains",
+    ("generic", "vdpbf16ps"): "generic: portable scalar C, 6x16",
+    ("avx2", "amx"): "avx2: FP32 FMA ymm, 3x16, E/O accumulators",
+    ("avx2", "vdpbf16ps"): "avx2: FP32 FMA ymm, 6x16",
+    ("avx512bf16", "amx"): "avx512bf16: FP32 FMA zmm, 7x32, E/O accumulators",
+    ("avx512bf16", "vdpbf16ps", "fma"): "avx512bf16: FP32 FMA zmm, 14x32",
+    ("avx512bf16", "vdpbf16ps", "vdpbf16ps"): "avx512bf16: VDPBF16PS zmm, 6x64",
+    ("amx", "amx"): "amx: TDPBF16PS tiles, 32x32 (2x2 tiles of 16x16)",
+    ("amx", "vdpbf16ps", "fma"): "amx: the avx512bf16 FP32 FMA zmm kernel, 14x32",
+    ("amx", "vdpbf16ps", "vdpbf16ps"): "amx: the avx512bf16 VDPBF16PS zmm kernel, 6x64",
+}
+
+
+def kernel_names() -> dict:
+    """Which GEMM micro-kernel each accumulation order runs on the current ISA tier:
+    ``{"amx": "...", "vdpbf16ps": "..."}`` (for ``show_config()`` and benchmarks)."""
+    tier = _config.get_isa()
+    out = {}
+    for order in ORDERS:
+        key: Tuple[str, ...] = (tier, order)
+        if key not in _KERNEL_NAMES:
+            key = (tier, order, kernel_name())
+        out[order] = _KERNEL_NAMES.get(key, f"{tier} ({order} order)")
+    return out
 
 
 class use_kernel:
@@ -141,24 +215,23 @@ def _format_range(fmt: Format) -> _Range:
 
 
 def _bf16_range(codes: np.ndarray) -> _Range:
-    """The exponent range of the nonzero finite values of BF16 codes (one pass)."""
+    """The exponent range of the nonzero finite values of BF16 codes (one pass, in C)."""
     if codes.size == 0:
-        return _Range(0, 0, 0, True)
-    mag = np.bitwise_and(codes, np.uint16(0x7FFF), dtype=np.uint16)
-    big = int(mag.max())
-    if big >= 0x7F80:  # Inf or NaN present (rare): leave them out
-        big = int(np.where(mag < 0x7F80, mag, 0).max())
+        return _EMPTY_RANGE
+    small, big = _gemm.bf16_range(codes if codes.ndim == 3 else codes[None])
     if big == 0:
-        return _Range(0, 0, 0, True)
-    np.subtract(mag, np.uint16(1), out=mag)   # 0 wraps to 0xFFFF: the min skips zeros
-    small = int(mag.min()) + 1
-
-    def exp_of(m: int) -> int:  # floor(log2) of the BF16 magnitude with bits m
-        e = m >> 7
-        return e - 127 if e else (m.bit_length() - 1) - 133
-
-    lo, hi = exp_of(small), exp_of(big)
+        return _EMPTY_RANGE
+    lo, hi = _bf16_exp(small), _bf16_exp(big)
     return _Range(lo, hi, max(lo, -126) - 7, False)
+
+
+def _bf16_exp(m: int) -> int:
+    """floor(log2) of the nonzero BF16 magnitude with bits m."""
+    e = m >> 7
+    return e - 127 if e else (m.bit_length() - 1) - 133
+
+
+_EMPTY_RANGE = _Range(0, 0, 0, True)
 
 
 def _scale_exps(ra: _Range, rb: _Range, a_is_bf16: bool, b_is_bf16: bool,
@@ -233,6 +306,13 @@ def _scale_exps(ra: _Range, rb: _Range, a_is_bf16: bool, b_is_bf16: bool,
     return got
 
 
+@functools.lru_cache(maxsize=4096)
+def _scale_exps_cached(ra: _Range, rb: _Range, a_is_bf16: bool, b_is_bf16: bool,
+                       k: int) -> Tuple[int, int]:
+    """:func:`_scale_exps` for repeated arguments (a pure function of them)."""
+    return _scale_exps(ra, rb, a_is_bf16, b_is_bf16, k)
+
+
 def _rescale_bf16(codes: np.ndarray, s: int) -> np.ndarray:
     """BF16 codes of value * 2**s (exact: _scale_exps keeps the results normal BF16;
     subnormal inputs scaled up become normal). Inf and NaN stay Inf and NaN."""
@@ -272,12 +352,14 @@ def _aligned(arr: np.ndarray) -> np.ndarray:
 
 def _operand(x: Any, fmt: Format, name: str) -> np.ndarray:
     """x as codes of fmt (uint16 / uint8 array of any strides), 2-D or 3-D."""
-    arr = np.asarray(x)
+    arr = x if type(x) is np.ndarray else np.asarray(x)
     if arr.ndim not in (2, 3):
         raise ValueError(f"{name}: expected a 2-D (rows, cols) or 3-D (batch, rows, cols) array, "
                          f"got {arr.ndim}-D with shape {arr.shape}")
-    want = np.dtype(fmt.storage_dtype)
     dt = arr.dtype
+    if dt.kind == "u" and dt.isnative and dt.itemsize == fmt.nbits // 8:  # codes: the fast path
+        return _aligned(arr)
+    want = np.dtype(fmt.storage_dtype)
     if dt.name == "bfloat16" and dt.itemsize == 2:
         if fmt.name == "bf16":
             return _aligned(arr.view(np.uint16))
@@ -299,19 +381,20 @@ def _operand(x: Any, fmt: Format, name: str) -> np.ndarray:
 @overload
 def gemm(a: Any, b: Any, *, a_format: Format = ..., b_format: Optional[Format] = ...,
          c: Any = ..., beta: float = ..., out: Optional[np.ndarray] = ...,
-         return_plan: Literal[False] = ..., machine: Any = ...) -> np.ndarray: ...
+         return_plan: Literal[False] = ..., machine: Any = ..., order: str = ...) -> np.ndarray: ...
 @overload
 def gemm(a: Any, b: Any, *, a_format: Format = ..., b_format: Optional[Format] = ...,
          c: Any = ..., beta: float = ..., out: Optional[np.ndarray] = ...,
-         return_plan: Literal[True], machine: Any = ...) -> Tuple[np.ndarray, "GemmPlan"]: ...
+         return_plan: Literal[True], machine: Any = ..., order: str = ...
+         ) -> Tuple[np.ndarray, "GemmPlan"]: ...
 @overload
 def gemm(a: Any, b: Any, *, a_format: Format = ..., b_format: Optional[Format] = ...,
          c: Any = ..., beta: float = ..., out: Optional[np.ndarray] = ...,
-         return_plan: bool = ..., machine: Any = ...
+         return_plan: bool = ..., machine: Any = ..., order: str = ...
          ) -> Union[np.ndarray, Tuple[np.ndarray, "GemmPlan"]]: ...
 def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] = None,
          c: Any = None, beta: Optional[float] = None, out: Optional[np.ndarray] = None,
-         return_plan: bool = False, machine: Any = None
+         return_plan: bool = False, machine: Any = None, order: str = "amx"
          ) -> Union[np.ndarray, Tuple[np.ndarray, "GemmPlan"]]:
     """D1-style matrix product ``a @ b`` (+ ``beta * c``) with FP32 accumulation.
 
@@ -336,14 +419,25 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
         An empty product (m, n or k == 0, or an empty batch) has the zero plan: no nodes,
         no steps, every byte count and time 0, ``bound == "empty"``.
     machine : a :class:`D1Chip` (default) or :class:`TrainingTile`, for the plan.
+    order : the accumulation order of the FP32 sums, ``"amx"`` (default) or
+        ``"vdpbf16ps"`` (see the module docstring and docs/gemm.md). ``"amx"``: what Intel
+        AMX TDPBF16PS computes -- k in blocks of 32 (the last padded with zeros), per
+        block an FP32 FMA chain over the even and one over the odd elements, added, then
+        added to C; the more accurate order, and the default (a change from 0.1:
+        CHANGELOG.md).
+        ``"vdpbf16ps"``: one chain of VDPBF16PS steps along k, odd element of each pair
+        first (the only order, and the bits, of 0.1). Both are exact emulations, not
+        approximations: each gives identical bits on every tier and thread count, and
+        both keep the SPEC section 5 scaling guarantees.
 
     Returns the float32 result (m, n) or (batch, m, n), or ``(result, plan)``.
 
-    Numerics: see the module docstring (docs/gemm.md): one fixed accumulation order, the
-    order of chained VDPBF16PS, identical bits on every tier and thread count.
+    Numerics: see the module docstring (docs/gemm.md): the accumulation order ``order``,
+    identical bits on every tier and thread count.
     """
     a_format = _check_input_format(a_format, "a_format")
     b_format = a_format if b_format is None else _check_input_format(b_format, "b_format")
+    order_code = _check_order(order)
     ca = _operand(a, a_format, "a")
     cb = _operand(b, b_format, "b")
     if ca.shape[-1] != cb.shape[-2]:
@@ -354,8 +448,9 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
         raise ValueError(f"a, b: batch sizes differ: {ca.shape[0]} and {cb.shape[0]}")
     nb = ca.shape[0] if ca.ndim == 3 else (cb.shape[0] if cb.ndim == 3 else 1)
     m, k, n = ca.shape[-2], ca.shape[-1], cb.shape[-1]
-    a3 = ca if ca.ndim == 3 else np.broadcast_to(ca, (nb, m, k))
-    b3 = cb if cb.ndim == 3 else np.broadcast_to(cb, (nb, k, n))
+    # a 2-D operand is passed with a batch extent of 1: the glue shares it (batch stride 0)
+    a3 = ca if ca.ndim == 3 else ca[None]
+    b3 = cb if cb.ndim == 3 else cb[None]
     shape = (nb, m, n) if batched else (m, n)
 
     if beta is None:
@@ -397,13 +492,13 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
     a16, b16 = a_format.nbits == 16, b_format.nbits == 16
     ra = _bf16_range(ca) if a16 else _format_range(a_format)
     rb = _bf16_range(cb) if b16 else _format_range(b_format)
-    sa, sb = _scale_exps(ra, rb, a16, b16, k)
+    sa, sb = _scale_exps_cached(ra, rb, a16, b16, k)
     if a16 and sa:
         ca = _rescale_bf16(ca, sa)
-        a3 = ca if ca.ndim == 3 else np.broadcast_to(ca, (nb, m, k))
+        a3 = ca if ca.ndim == 3 else ca[None]
     if b16 and sb:
         cb = _rescale_bf16(cb, sb)
-        b3 = cb if cb.ndim == 3 else np.broadcast_to(cb, (nb, k, n))
+        b3 = cb if cb.ndim == 3 else cb[None]
     ta = _table(a_format, sa) if a_format.nbits == 8 else _DUMMY_TABLE
     tb = _table(b_format, sb) if b_format.nbits == 8 else _DUMMY_TABLE
     scale = float(np.float32(2.0 ** -(sa + sb)))
@@ -421,8 +516,9 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
         dst = np.empty((nb, m, n), np.float32)
 
     isa = _config.isa()
-    rc = _gemm.gemm(a3, b3, ta, tb, scale, dst, isa, _kernel_index() if isa == 2 else 0,
-                    _config.threads())
+    # the avx512bf16 kernel choice (and its first-call probe) only concerns the vdpbf16ps order
+    kern = _kernel_index() if isa >= 2 and order_code == _gemm.ORDER_VDPBF16PS else 0
+    rc = _gemm.gemm(a3, b3, ta, tb, scale, dst, isa, kern, _config.threads(), order_code)
     if rc == 1:
         raise MemoryError("gemm: could not allocate the packing buffers")
     if rc != 0:  # pragma: no cover - arguments are validated above

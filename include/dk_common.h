@@ -12,7 +12,9 @@
 #define DK_INLINE static inline __attribute__((always_inline))
 
 /* ISA tiers, in increasing order of capability. */
-enum dk_isa { DK_ISA_GENERIC = 0, DK_ISA_AVX2 = 1, DK_ISA_AVX512BF16 = 2, DK_ISA_COUNT = 3 };
+enum dk_isa { DK_ISA_GENERIC = 0, DK_ISA_AVX2 = 1, DK_ISA_AVX512BF16 = 2,
+              DK_ISA_AMX = 3, /* avx512bf16 plus AMX-TILE/AMX-BF16, tile data granted by the OS */
+              DK_ISA_COUNT = 4 };
 
 /* Per-call exception counts (SPEC section 3): each field counts elements. */
 typedef struct {

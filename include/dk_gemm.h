@@ -1,32 +1,63 @@
-/* dk_gemm.h - BF16 / CFloat8 GEMM with FP32 accumulation (issue 4).
+/* dk_gemm.h - BF16 / CFloat8 GEMM with FP32 accumulation (issues 4 and 10).
  *
  * C[i,j] = scale * sum_k A[i,k] * B[k,j], A and B given as BF16 codes (uint16) or as
  * 8-bit codes decoded through a 256-entry table (code -> BF16 bits, exact; the Python
  * layer builds it, pre-multiplied by an exact power of two, see below).
  *
- * THE ACCUMULATION ORDER (identical bits on every tier, thread count and blocking):
- *   k is padded to an even length with a zero; the pairs p = 0, 1, ... are taken in order
- *   and, within a pair, the ODD element first:
- *       acc = 0
+ * Two ACCUMULATION ORDERS, chosen per call by the `order` argument of dk_gemm. Each gives
+ * identical bits on every tier, thread count and blocking. In both:
+ *   - every operation (fused multiply-add: product exact; or addition) is computed exactly
+ *     and rounded once to FP32, round to nearest even, with an unbounded exponent;
+ *   - DAZ: BF16 inputs that are subnormal are read as zeros of their sign;
+ *   - FTZ with tininess after rounding: a result whose magnitude after rounding to 24 bits
+ *     is below 2^-126 becomes a zero with the sign of the exact result (F below);
+ *   - an exact zero sum is +0 unless both addends are -0 (RNE);
+ *   - the end: C[i,j] = canon(acc * scale), an ordinary FP32 multiply (scale is a power of
+ *     two: exact unless the result is subnormal) and canon() turns any NaN into the quiet
+ *     NaN 0x7FC00000.
+ *
+ * DK_GEMM_ORDER_AMX (1) - what Intel AMX TDPBF16PS computes (docs/gemm.md; the default of
+ *   dojo_kernels.gemm). k is taken in blocks of 32 elements (16 pairs) from k = 0, the last
+ *   block padded with zeros (A and B both +0); per output:
+ *       C = +0
+ *       for each block (k0 = 0, 32, 64, ...):
+ *           E = +0; O = +0
+ *           for q in 0 .. 15:
+ *               E = F(fma(A[i,k0+2q],   B[k0+2q,j],   E))    even elements
+ *               O = F(fma(A[i,k0+2q+1], B[k0+2q+1,j], O))    odd elements
+ *           T = F(E + O)
+ *           C = F(C + T)
+ *       C[i,j] = canon(C * scale)
+ *   The padded steps of a partial last block are real steps: fma(+0, +0, -0) = +0, so an E
+ *   or O of -0 becomes +0 there (the kernels add +0 to T of a partial block: the same bits).
+ *   KC blocks of the CPU blocking are multiples of 32 elements, so block boundaries are
+ *   absolute in k; a KC block continues from the C stored by the previous one.
+ *
+ * DK_GEMM_ORDER_VDPBF16PS (0) - one chain of VDPBF16PS steps along k. k is padded to an
+ *   even length with a zero; the pairs p = 0, 1, ... are taken in order and, within a
+ *   pair, the ODD element first:
+ *       acc = +0
  *       for p in 0 .. ceil(k/2)-1:
- *           acc = F(acc + A[i,2p+1] * B[2p+1,j])
- *           acc = F(acc + A[i,2p]   * B[2p,j])
+ *           acc = F(fma(A[i,2p+1], B[2p+1,j], acc))
+ *           acc = F(fma(A[i,2p],   B[2p,j],   acc))
  *       C[i,j] = canon(acc * scale)
- *   where each step is one fused multiply-add (product exact, one RNE rounding with an
- *   unbounded exponent) and F flushes a result below 2^-126 in magnitude to a zero of its
- *   sign (FTZ); BF16 inputs that are subnormal are read as zeros of their sign (DAZ).
  *   This is exactly VDPBF16PS (odd element first, DAZ, FTZ per step) chained along k; the
  *   KC blocks of the CPU blocking reload the running sum, so blocking changes nothing.
- *   canon() turns any NaN into the quiet NaN 0x7FC00000. The scale multiply is an
- *   ordinary FP32 multiply (a power of two: exact unless the result is subnormal).
  *
- * Tiers: generic (portable scalar C, emulating the step in software), avx2 (FP32 FMA on
- * widened values under MXCSR FTZ|DAZ), avx512bf16 (VDPBF16PS, 6x64 register block).
+ * Tiers: generic (portable scalar C, emulating each step in software), avx2 (FP32 FMA on
+ * widened values under MXCSR FTZ|DAZ, which detects tininess after rounding: the same F),
+ * avx512bf16 (VDPBF16PS 6x64 or FP32-FMA 14x32 for the vdpbf16ps order; FP32-FMA with an
+ * E and an O accumulator per output for the amx order).
  */
 #ifndef DK_GEMM_H
 #define DK_GEMM_H
 
 #include "dk_common.h"
+
+/* Accumulation orders (the `order` argument of dk_gemm; see above). */
+enum { DK_GEMM_ORDER_VDPBF16PS = 0, DK_GEMM_ORDER_AMX = 1 };
+/* The amx order's block: 32 k elements = 16 k-pairs. */
+#define DK_GEMM_AMX_BLOCK_PAIRS 16
 
 /* Operand element kinds. */
 enum { DK_GEMM_U16 = 0, /* BF16 codes */
@@ -42,14 +73,26 @@ typedef struct {
 
 /* out[b] (m x n float32, row stride ldo elements, unit column stride, batch stride bso)
  * = the product above for each of `batch` items; a is (m x k), b is (k x n).
- * m, n, k >= 0. `out` is written, never read. Returns DK_OK, DK_ENOMEM or DK_EINVAL. */
+ * m, n, k >= 0. `out` is written, never read. `order` is DK_GEMM_ORDER_VDPBF16PS or
+ * DK_GEMM_ORDER_AMX. Returns DK_OK, DK_ENOMEM or DK_EINVAL (also for an unknown order). */
 int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
             const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
-            float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads);
+            float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads, int order);
 
-/* Micro-kernel contract (one per tier): full MR x NR tile, kp k-pairs of packed A and B,
- * C with row stride ldc. flags: DK_UKR_LOAD -> continue from the values in C (else
- * start from +0); DK_UKR_LAST -> multiply by scale and canonicalize NaN before storing. */
+/* The magnitude range of a batch of BF16 code matrices (shape d0 x d1 x d2, element
+ * strides s0, s1, s2, any sign): *maxfin = the largest magnitude bits (code & 0x7FFF)
+ * below 0x7F80 (Inf/NaN left out), 0 when none; *minnz = the smallest nonzero magnitude
+ * bits, 0x7FFF when none (NaN codes count: the caller only uses it when *maxfin > 0).
+ * One pass, no allocation (the scaling of SPEC section 5 needs both, see gemm.py). */
+void dk_gemm_bf16_range(const uint16_t *p, int64_t d0, int64_t d1, int64_t d2, int64_t s0,
+                        int64_t s1, int64_t s2, uint16_t *minnz, uint16_t *maxfin);
+
+/* Micro-kernel contract (one per tier and order): full MR x NR tile, kp k-pairs of packed
+ * A and B, C with row stride ldc. flags: DK_UKR_LOAD -> continue from the values in C
+ * (else start from +0); DK_UKR_LAST -> multiply by scale and canonicalize NaN before
+ * storing. An amx-order kernel is given whole blocks of 16 pairs, except that the last
+ * call of a C tile may end with a partial block (kp % 16 != 0), which it completes as if
+ * padded with zero pairs. */
 enum { DK_UKR_LOAD = 1, DK_UKR_LAST = 2 };
 typedef void (*dk_gemm_ukr_fn)(int64_t kp, const void *a, const void *b, float *c,
                                int64_t ldc, int flags, float scale);
@@ -72,6 +115,22 @@ void dk_gemm_ukr_avx2(int64_t kp, const void *a, const void *b, float *c, int64_
 void dk_gemm_ukr_avx512bf16(int64_t kp, const void *a, const void *b, float *c, int64_t ldc,
                             int flags, float scale);
 
+/* amx order, generic and avx2 tiers: the split layout above (6 x 16 generic, 3 x 16 avx2:
+ * an E and an O accumulator per output). */
+#define DK_GEMM_AMX_AVX2_MR 3
+void dk_gemm_ukr_amx_generic(int64_t kp, const void *a, const void *b, float *c, int64_t ldc,
+                             int flags, float scale);
+void dk_gemm_ukr_amx_avx2(int64_t kp, const void *a, const void *b, float *c, int64_t ldc,
+                          int flags, float scale);
+
+/* amx order, avx512bf16 tier: FP32 zmm FMA under MXCSR FTZ|DAZ, A in the split layout
+ * with MR = 7, B in the pair layout with NR = 32 (widened in registers); 28 zmm hold an E
+ * and an O accumulator per output. */
+#define DK_GEMM_AMX512_MR 7
+#define DK_GEMM_AMX512_NR 32
+void dk_gemm_ukr_amx_avx512(int64_t kp, const void *a, const void *b, float *c, int64_t ldc,
+                            int flags, float scale);
+
 /* avx512bf16 tier, FMA variant (FP32 zmm FMA on widened values, MXCSR FTZ|DAZ): A in the
  * split layout with MR = 14, B in the pair layout with NR = 32, widened in registers. */
 #define DK_GEMM_F512_MR 14
@@ -87,8 +146,27 @@ void dk_gemm_pack_pair_u8_avx512(const uint8_t *src, int64_t ldk, int64_t kp, in
 void dk_gemm_pack_pair_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp, int64_t nr,
                                   uint32_t *dst);
 
-/* Kernel variants of the avx512bf16 tier (the `kernel` argument of dk_gemm; ignored by
- * the other tiers). Both give the same bits. */
+/* amx tier: TDPBF16PS on tile registers, the amx order (dk_gemm.h; blocks of 16 pairs).
+ *   A in the "row tiles" layout: per block of 16 pairs, MR = 32 rows x 16 pair lanes
+ *     (a[i,2p] | a[i,2p+1] << 16), rows 0-15 then rows 16-31 (two 1 KiB tiles).
+ *   B in the pair layout with NR = 32 lanes per pair.
+ *   kp is a multiple of 16 (the driver rounds up; the packers pad with zero pairs, which
+ *   is the order's padding). Call only between dk_gemm_amxtile_enter() and
+ *   dk_gemm_amxtile_leave() on the same thread (they load and release the tile
+ *   configuration). */
+#define DK_GEMM_AMXTILE_MR 32
+#define DK_GEMM_AMXTILE_NR 32
+void dk_gemm_ukr_amxtile(int64_t kp, const void *a, const void *b, float *c, int64_t ldc,
+                         int flags, float scale);
+void dk_gemm_amxtile_enter(void);
+void dk_gemm_amxtile_leave(void);
+/* One TDPBF16PS on an m x n C tile with kpairs pairs (1..16 each), for tests. */
+void dk_amx_tdpbf16ps(const uint16_t *a, int64_t lda, const uint32_t *b, int64_t ldb,
+                      float *c, int64_t ldc, int m, int n, int kpairs);
+double dk_probe_tdpbf16ps(int64_t iters);
+
+/* Kernel variants of the avx512bf16 tier for the vdpbf16ps order (the `kernel` argument
+ * of dk_gemm; ignored by the other tiers and by the amx order). Both give the same bits. */
 enum { DK_GEMM_KERNEL_FMA = 0, DK_GEMM_KERNEL_VDPBF16PS = 1 };
 
 /* Peak probes (bench only): run `iters` rounds of independent dependency chains of one
@@ -97,7 +175,9 @@ double dk_probe_vdpbf16ps_zmm(int64_t iters);
 double dk_probe_fma_zmm(int64_t iters);
 double dk_probe_fma_ymm(int64_t iters);
 
-/* The scalar step of the generic tier, exposed for tests of the semantics (baseline). */
+/* The scalar steps of the generic tier, exposed for tests of the semantics (baseline):
+ * F(fma(a, b, acc)) and F(x + y), inputs already DAZ'd. */
 float dk_gemm_step_generic(float acc, float a, float b);
+float dk_gemm_add_generic(float x, float y);
 
 #endif

@@ -219,7 +219,7 @@ def test_kernels_release_the_gil(which):
     acc = x.copy()
     ga = np.full((1, 1200, 1200), 0x3F80, np.uint16)
     gout = np.empty((1, 1200, 1200), np.float32)
-    kern = _kernel_index() if isa == 2 else 0
+    kern = _kernel_index() if isa >= 2 else 0
     call = {
         "quantize": lambda: _numerics.quantize(xb, 0, codes, n, f, 1, 7, True, isa, 1),
         "dequantize": lambda: _numerics.dequantize(codes, o8, 1, n, f, isa, 1),
@@ -229,6 +229,6 @@ def test_kernels_release_the_gil(which):
         "allreduce program": lambda: _reduce.run_f32(
             isa, 1, prog.seg_lo, prog.add_off, prog.add_out, prog.add_a, prog.add_b,
             prog.out_op, prog.nslots, bufs, out),
-        "gemm": lambda: _gemm.gemm(ga, ga, _DUMMY_TABLE, _DUMMY_TABLE, 1.0, gout, isa, kern, 1),
+        "gemm": lambda: _gemm.gemm(ga, ga, _DUMMY_TABLE, _DUMMY_TABLE, 1.0, gout, isa, kern, 1, 0),
     }[which]
     assert _increments_during(call) > 0, f"{which}: the kernel call holds the GIL"

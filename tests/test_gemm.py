@@ -2,7 +2,9 @@
 
 References are independent of the package: CFloat8 and BF16 are decoded here from the
 SPEC section 1 formulas, products are checked against float64 NumPy under the SPEC
-bound, and the documented accumulation order is emulated with exact Fractions.
+bound, and the documented accumulation order is emulated with exact Fractions. This file
+checks the vdpbf16ps order (``order="vdpbf16ps"``, pinned in run()); tests/test_gemm_order.py
+checks the amx order (the default) and what both orders share.
 """
 from __future__ import annotations
 
@@ -43,6 +45,10 @@ VARIANTS = variants()
 
 
 def run(variant, *args, **kw):
+    """gemm on one (tier, avx512 kernel). This file checks the vdpbf16ps order, pinned here
+    (the default is the amx order: tests/test_gemm_order.py checks it, and both orders'
+    shared properties)."""
+    kw.setdefault("order", "vdpbf16ps")
     tier, kern = variant
     with _config.use_isa(tier):
         if kern is None:
@@ -472,12 +478,12 @@ def test_bound_shapes_layouts_formats(m, n, k, fa, fb, la, lb, wa, wb, seed, tie
     a = codes_for(rng, fa, (m, k), wa)
     b = codes_for(rng, fb, (k, n), wb)
     with _config.use_isa(tier):
-        c = dk.gemm(lay(a, la), lay(b, lb), a_format=fa, b_format=fb)
+        c = dk.gemm(lay(a, la), lay(b, lb), a_format=fa, b_format=fb, order="vdpbf16ps")
     assert c.dtype == np.float32 and c.shape == (m, n)
     check_bound(c, a, b, fa, fb)
     # layouts never change bits
     with _config.use_isa(tier):
-        c2 = dk.gemm(a, b, a_format=fa, b_format=fb)
+        c2 = dk.gemm(a, b, a_format=fa, b_format=fb, order="vdpbf16ps")
     assert np.array_equal(c.view(np.uint32), c2.view(np.uint32))
 
 
@@ -498,7 +504,7 @@ def test_bound_mixed_bf16_cfloat8(m, n, k, fc, w, bf16_first, seed, tier):
     a = codes_for(rng, fa, (m, k), w)
     b = codes_for(rng, fb, (k, n), w)
     with _config.use_isa(tier):
-        c = dk.gemm(a, b, a_format=fa, b_format=fb)
+        c = dk.gemm(a, b, a_format=fa, b_format=fb, order="vdpbf16ps")
     check_bound(c, a, b, fa, fb)
 
 
@@ -680,7 +686,7 @@ def test_glue_refuses_strides_not_multiple_of_itemsize():
     A = s["b"].reshape(1, 8, 8)
     t = np.zeros(256, np.uint16)
     with pytest.raises(ValueError, match="item size"):
-        _gemm.gemm(A, A, t, t, 1.0, np.zeros((1, 8, 8), np.float32), 0, 0, 1)
+        _gemm.gemm(A, A, t, t, 1.0, np.zeros((1, 8, 8), np.float32), 0, 0, 1, 0)
 
 
 def test_c_without_beta_is_added():

@@ -1,0 +1,162 @@
+/* gemm_amx.c (amx tier) - the GEMM micro-kernel on Intel AMX tiles (TDPBF16PS).
+ *
+ * What TDPBF16PS computes was measured bit for bit (shared/notes/amx.md): per output and
+ * per instruction of K <= 16 BF16 pairs, two FP32 fused chains E (even elements) and O (odd
+ * elements), T = E + O, C = C + T, each step rounded once (RNE), inputs DAZ, results FTZ
+ * (tininess after rounding), MXCSR ignored. That is the `amx` accumulation order of
+ * dk_gemm.h with blocks of 16 pairs; this kernel produces it by running the instruction.
+ *
+ * Register block: 32 x 32 outputs in four C tiles (tmm0..3), A as two 16-row tiles
+ * (tmm4, tmm5), B as two 16-column tiles (tmm6, tmm7). One configuration for all:
+ * palette 1, every tile 16 rows x 64 bytes.
+ *
+ * Packed layouts (written by the driver):
+ *   A ("row tiles", MR = 32): per block of 16 k-pairs, 32 rows x 16 uint32 lanes, each lane
+ *     (a[i, 2p] | a[i, 2p+1] << 16): the A tile of rows 0-15 then the one of rows 16-31,
+ *     each 1 KiB, contiguous.
+ *   B (pair layout, NR = 32): per k-pair, 32 lanes (b[2p, j] | b[2p+1, j] << 16); a B tile
+ *     is 16 consecutive pairs of 16 lanes (row stride 128 bytes).
+ *   kp (the pairs given to the kernel) is a multiple of 16: the packers pad with zeros.
+ *
+ * The tile state belongs to the thread: dk_gemm_amxtile_enter() loads the configuration and
+ * dk_gemm_amxtile_leave() releases it; the driver brackets each work item with them, so no
+ * other code (another library using AMX on the same thread) can run in between. */
+#include "dk_gemm.h"
+
+#include <immintrin.h>
+#include <string.h>
+
+#define MR DK_GEMM_AMXTILE_MR
+#define NR DK_GEMM_AMXTILE_NR
+
+typedef struct {
+    uint8_t palette_id;
+    uint8_t start_row;
+    uint8_t reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} __attribute__((aligned(64))) tilecfg;
+
+static tilecfg full_config(void)
+{
+    tilecfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette_id = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.colsb[t] = 64;
+        cfg.rows[t] = 16;
+    }
+    return cfg;
+}
+
+void dk_gemm_amxtile_enter(void)
+{
+    tilecfg cfg = full_config();
+    _tile_loadconfig(&cfg);
+}
+
+void dk_gemm_amxtile_leave(void) { _tile_release(); }
+
+void dk_gemm_ukr_amxtile(int64_t kp, const void *ap, const void *bp, float *c, int64_t ldc,
+                     int flags, float scale)
+{
+    const uint32_t *a = (const uint32_t *)ap;
+    const uint32_t *b = (const uint32_t *)bp;
+    const size_t ldcb = (size_t)ldc * sizeof(float);
+    if (flags & DK_UKR_LOAD) {
+        _tile_loadd(0, c, ldcb);
+        _tile_loadd(1, c + 16, ldcb);
+        _tile_loadd(2, c + 16 * ldc, ldcb);
+        _tile_loadd(3, c + 16 * ldc + 16, ldcb);
+    } else {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+    }
+    for (int64_t blk = 0; blk < kp / 16; blk++) {
+        const uint32_t *ab = a + blk * (MR * 16);
+        const uint32_t *bb = b + blk * (16 * NR);
+        _tile_loadd(4, ab, 64);
+        _tile_loadd(6, bb, NR * 4);
+        _tile_loadd(7, bb + 16, NR * 4);
+        _tile_loadd(5, ab + 16 * 16, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+    }
+    if (!(flags & DK_UKR_LAST)) {
+        _tile_stored(0, c, ldcb);
+        _tile_stored(1, c + 16, ldcb);
+        _tile_stored(2, c + 16 * ldc, ldcb);
+        _tile_stored(3, c + 16 * ldc + 16, ldcb);
+        return;
+    }
+    /* Last k block: the exact power-of-two scale and NaN -> 0x7FC00000 (dk_gemm.h). */
+    float tmp[MR * NR] __attribute__((aligned(64)));
+    _tile_stored(0, tmp, NR * 4);
+    _tile_stored(1, tmp + 16, NR * 4);
+    _tile_stored(2, tmp + 16 * NR, NR * 4);
+    _tile_stored(3, tmp + 16 * NR + 16, NR * 4);
+    const __m512 s = _mm512_set1_ps(scale);
+    const __m512 qnan = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FC00000));
+    for (int i = 0; i < MR; i++)
+        for (int h = 0; h < NR; h += 16) {
+            __m512 x = _mm512_mul_ps(_mm512_load_ps(tmp + i * NR + h), s);
+            x = _mm512_mask_mov_ps(x, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), qnan);
+            _mm512_storeu_ps(c + i * ldc + h, x);
+        }
+}
+
+/* One TDPBF16PS on tiles of the given shape, for the tests that prove the contract
+ * against the instruction itself: c (m x n FP32, row stride ldc floats) +=
+ * a (m x 2*kpairs BF16 codes, row stride lda codes) . b (kpairs x n pair lanes, row
+ * stride ldb lanes). 1 <= m, n, kpairs <= 16. No scaling, no NaN canonicalization,
+ * MXCSR untouched: exactly the instruction. */
+void dk_amx_tdpbf16ps(const uint16_t *a, int64_t lda, const uint32_t *b, int64_t ldb,
+                      float *c, int64_t ldc, int m, int n, int kpairs)
+{
+    tilecfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette_id = 1;
+    cfg.rows[0] = (uint8_t)m;                     /* C: m x n FP32 */
+    cfg.colsb[0] = (uint16_t)(n * 4);
+    cfg.rows[1] = (uint8_t)m;                     /* A: m x kpairs pairs */
+    cfg.colsb[1] = (uint16_t)(kpairs * 4);
+    cfg.rows[2] = (uint8_t)kpairs;                /* B: kpairs x n pairs */
+    cfg.colsb[2] = (uint16_t)(n * 4);
+    _tile_loadconfig(&cfg);
+    _tile_loadd(0, c, (size_t)ldc * 4);
+    _tile_loadd(1, a, (size_t)lda * 2);
+    _tile_loadd(2, b, (size_t)ldb * 4);
+    _tile_dpbf16ps(0, 1, 2);
+    _tile_stored(0, c, (size_t)ldc * 4);
+    _tile_release();
+}
+
+/* Peak probe: four independent C tiles, A and B held in tiles, no memory traffic. */
+double dk_probe_tdpbf16ps(int64_t iters)
+{
+    static const uint16_t ones[16 * 32] __attribute__((aligned(64))) = {0};
+    float sink[16 * 16] __attribute__((aligned(64)));
+    dk_gemm_amxtile_enter();
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    _tile_loadd(4, ones, 64);
+    _tile_loadd(5, ones, 64);
+    _tile_loadd(6, ones, 64);
+    _tile_loadd(7, ones, 64);
+    for (int64_t it = 0; it < iters; it++) {
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+    }
+    _tile_stored(0, sink, 64);
+    __asm__ volatile("" : : "r"(sink) : "memory");
+    dk_gemm_amxtile_leave();
+    return (double)iters * 4 * (16.0 * 16 * 32 * 2);
+}
