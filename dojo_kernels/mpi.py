@@ -249,11 +249,12 @@ class _Call:
             if progressed:
                 last, delay = now, _SLEEP_MIN
             elif self.timeout is not None and now - last >= self.timeout:
+                since = f", {now - start:.3g} s into the wait" if now - start > now - last \
+                    + 0.5 else ""
                 self.timed_out = (
                     f"rank {self.me} waited {now - last:.3g} s (timeout={self.timeout:g}) for "
                     f"{waiting_for()} in {self.where} of call {self.call} on this communicator "
-                    f"({now - start:.3g} s into the wait): it is slow, blocked on another "
-                    f"rank, or dead")
+                    f"without progress{since}: it is slow, blocked on another rank, or dead")
                 raise TimeoutError(f"mpi.allreduce: {self.timed_out}")
             sleep = delay if self.timeout is None else min(delay, max(
                 self.timeout - (now - last), 0.0))
@@ -281,6 +282,7 @@ class _Call:
                     "or dead)") if late else "its own descriptions to be delivered"
         try:
             self.wait(poll, missing)
+            self.check_notices()   # a rank that came late learns here that others gave up
         except BaseException:
             _strand(self.MPI, sends, [None] * len(sends), cancel=False)
             raise
@@ -321,7 +323,7 @@ def _channel(comm: Any, MPI: Any, timeout: Optional[float]) -> _Channel:
             waited = time.monotonic() - start
             if timeout is not None and waited >= timeout:
                 raise TimeoutError(
-                    f"rank {comm.Get_rank()} waited {waited:.3g} s (timeout={timeout:g}) for "
+                    f"mpi.allreduce: rank {comm.Get_rank()} waited {waited:.3g} s (timeout={timeout:g}) for "
                     f"every rank of the communicator to make its first mpi.allreduce call "
                     f"(MPI_Comm_idup of the private communicator): a rank is not calling, "
                     f"is slow, or is dead")
