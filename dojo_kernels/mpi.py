@@ -498,6 +498,40 @@ class _Prepared:
             else:
                 _reduce.accumulate(isa, threads, dst, payload, round_each)
 
+        def comm_step(g0: int, g1: int) -> None:
+            """One step's messages; its buffers are freed on return."""
+            reqs: List[Any] = []
+            bufs: List[Any] = []
+            what: List[Tuple[int, str, int]] = []   # (peer, "send"/"receive", elements)
+            # every send reads the values from before the step: the slots are not written
+            # until every request of the step has completed, so views need no copy
+            for i in range(g0, g1):
+                k = tpl[i]
+                if src[i] == me and dst[i] != me:
+                    lo, hi = int(lo_e[i]), int(hi_e[i])
+                    view = slot(a["sslot"][k])[lo:hi]
+                    for p in range(0, hi - lo, _MAX_COUNT):
+                        piece = view[p:p + _MAX_COUNT]
+                        reqs.append(comm.Isend([piece, MPI.FLOAT], dest=int(dst[i]),
+                                               tag=run.data_tag))
+                        bufs.append(piece)
+                        what.append((int(dst[i]), "send", piece.size))
+            incoming = []
+            for i in range(g0, g1):
+                if dst[i] == me and src[i] != me:
+                    buf = np.empty(int(hi_e[i] - lo_e[i]), np.float32)
+                    for p in range(0, buf.size, _MAX_COUNT):
+                        piece = buf[p:p + _MAX_COUNT]
+                        reqs.append(comm.Irecv([piece, MPI.FLOAT], source=int(src[i]),
+                                               tag=run.data_tag))
+                        bufs.append(piece)
+                        what.append((int(src[i]), "receive", piece.size))
+                    incoming.append((i, buf))
+            _exchange(run, reqs, bufs, what)
+            for i, buf in incoming:  # applied in (prio, template) order
+                k = tpl[i]
+                apply(a["op"][k], a["dslot"][k], int(lo_e[i]), int(hi_e[i]), buf)
+
         label = schedule.algorithm if schedule.algorithm == self.algorithm else \
             f"{schedule.algorithm} (chosen by {self.algorithm!r})"
         t = self.topology
@@ -525,37 +559,7 @@ class _Prepared:
                         apply(a["op"][k], a["dslot"][k], lo, hi,
                               slot(a["sslot"][k])[lo:hi].copy())
                     continue
-                reqs: List[Any] = []
-                bufs: List[Any] = []
-                what: List[Tuple[int, str, int]] = []   # (peer, "send"/"receive", elements)
-                # every send reads the values from before the step: the slots are not written
-                # until every request of the step has completed, so views need no copy
-                for i in range(g0, g1):
-                    k = tpl[i]
-                    if src[i] == me and dst[i] != me:
-                        lo, hi = int(lo_e[i]), int(hi_e[i])
-                        view = slot(a["sslot"][k])[lo:hi]
-                        for p in range(0, hi - lo, _MAX_COUNT):
-                            piece = view[p:p + _MAX_COUNT]
-                            reqs.append(comm.Isend([piece, MPI.FLOAT], dest=int(dst[i]),
-                                                   tag=run.data_tag))
-                            bufs.append(piece)
-                            what.append((int(dst[i]), "send", piece.size))
-                incoming = []
-                for i in range(g0, g1):
-                    if dst[i] == me and src[i] != me:
-                        buf = np.empty(int(hi_e[i] - lo_e[i]), np.float32)
-                        for p in range(0, buf.size, _MAX_COUNT):
-                            piece = buf[p:p + _MAX_COUNT]
-                            reqs.append(comm.Irecv([piece, MPI.FLOAT], source=int(src[i]),
-                                                   tag=run.data_tag))
-                            bufs.append(piece)
-                            what.append((int(src[i]), "receive", piece.size))
-                        incoming.append((i, buf))
-                _exchange(run, reqs, bufs, what)
-                for i, buf in incoming:  # applied in (prio, template) order
-                    k = tpl[i]
-                    apply(a["op"][k], a["dslot"][k], int(lo_e[i]), int(hi_e[i]), buf)
+                comm_step(int(g0), int(g1))
         run.where = "the end of the call"
         res = first
         out: np.ndarray
