@@ -1,9 +1,8 @@
 """dojo_kernels.mpi.allreduce on a rank buffer of 2**31 + 33 elements under mpiexec -n 2
 (issue 14, big buffers): messages of about 2**30 elements travel in pieces of 2**28.
 
-Opt-in like tests/test_huge.py: needs about 25 GiB of RAM (12 GiB per rank: 3.2 GB measured
-at 2**29 + 33 elements) and a few
-minutes, so it runs only with DOJO_KERNELS_HUGE_TESTS=1, e.g.
+Opt-in like tests/test_huge.py: needs about 25 GiB of RAM (12 GiB per rank; 3.2 GB measured
+at 2**29 + 33 elements) and a few minutes, so it runs only with DOJO_KERNELS_HUGE_TESTS=1, e.g.
 ``DOJO_KERNELS_HUGE_TESTS=1 pytest -m slow tests/test_mpi_huge.py``. The run is bounded from
 outside (the process group is killed after 30 minutes).
 """
