@@ -188,6 +188,7 @@ class _Call:
         self.where = "the agreement step"
         self.told = False           # the error being raised came from a peer's notice
         self.timed_out = ""         # this rank's own timeout, as told to the others
+        self.checked = True         # the ranks agreed on the call (False with check=False)
 
     # --- messages of this call, in arrival order; later calls' are kept -------------------
     def _take(self, tag: int) -> List[Tuple[int, Any]]:
@@ -429,7 +430,9 @@ def allreduce(comm: Any, array: Any, *, algorithm: str = "ring", mesh_shape: Any
                 raise ValueError("mpi.allreduce: the ranks' calls disagree, no data was "
                                  "moved: " + "; ".join(lines))
             settled = False
-        elif err is not None:
+        else:
+            run.checked = False
+        if check is False and err is not None:
             run.notify("args", f"rank {me} refused its arguments ({desc['error']})")
             settled = True
             raise err
@@ -439,6 +442,8 @@ def allreduce(comm: Any, array: Any, *, algorithm: str = "ring", mesh_shape: Any
         if not (settled or run.told):
             if run.timed_out and isinstance(exc, TimeoutError):
                 run.notify("timeout", run.timed_out)
+            elif isinstance(exc, RuntimeError) and str(exc).startswith("mpi.allreduce: "):
+                run.notify("error", str(exc)[len("mpi.allreduce: "):])   # already says where
             else:
                 run.notify("error", f"rank {me} failed in {run.where}: {_error_text(exc)}")
         raise
@@ -577,15 +582,23 @@ def _exchange(run: _Call, reqs: List[Any], bufs: List[Any],
               what: List[Tuple[int, str, int]]) -> None:
     """Wait for one step's requests (polling; timeout; peers' notices)."""
     MPI = run.MPI
-    left = [len(reqs)]
+    left = list(range(len(reqs)))
 
     def poll() -> Tuple[bool, bool]:
-        if not left[0]:
-            return True, False
-        got = MPI.Request.Testsome(reqs)
-        n = len(got) if got else 0
-        left[0] -= n
-        return left[0] == 0, n > 0
+        n = len(left)
+        for j in list(left):
+            try:
+                done = reqs[j].Test()
+            except MPI.Exception as exc:
+                peer, kind, count = what[j]
+                hint = "" if run.checked else " (check=False: do the ranks' calls agree?)"
+                raise RuntimeError(
+                    f"mpi.allreduce: rank {run.me}: MPI error on the {kind} of {count} elements "
+                    f"{'to' if kind == 'send' else 'from'} rank {peer} in {run.where}{hint}: "
+                    f"{_short(str(exc))}") from exc
+            if done:
+                left.remove(j)
+        return not left, len(left) < n
 
     def pending() -> str:
         by_peer: Dict[int, List[str]] = {}

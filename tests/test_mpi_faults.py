@@ -6,8 +6,9 @@ By default: the scenarios that must end at once (mismatched sizes, dtypes, forma
 accumulations, algorithms, meshes; one rank's arguments refused, with and without the
 agreement; one rank raising inside the schedule) under ``mpiexec -n 4``, about 2 s.
 With ``DOJO_KERNELS_MPI_TESTS=1`` (.ci/mpi.sh sets it): every scenario under ``-n 4`` and
-``-n 6``, including those that must time out (a late rank; a rank that dies before the first
-call, between calls, or in the middle of one), about a minute.
+``-n 6``, including those that must time out (a late rank; mismatched sizes without the
+agreement; a rank that dies before the first call, between calls, or in the middle of one),
+about a minute and a half.
 """
 from __future__ import annotations
 
@@ -34,9 +35,11 @@ pytestmark = [pytest.mark.mpi,
               pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found (pip install mpich)")]
 
 IMMEDIATE = ["size", "dtype", "format", "accumulate", "algorithm", "mesh", "args",
-             "args_nocheck", "raise_during", "raise_during_nocheck", "raise_during_big"]
+             "args_nocheck", "raise_during", "raise_during_nocheck", "raise_during_big",
+             "user_messages"]
 # scenario -> the rank that dies (None: nobody dies, one comes late)
-TIMED = {"slow": None, "dead_during": 1, "dead_before": -1, "dead_first": -1}
+TIMED = {"slow": None, "size_nocheck": None, "dead_during": 1, "dead_before": -1,
+         "dead_first": -1}
 
 
 def _hydra() -> bool:

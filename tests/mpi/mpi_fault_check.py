@@ -4,12 +4,12 @@ does, bounded by an outer timeout):
     mpiexec -n 4 python tests/mpi/mpi_fault_check.py SCENARIO [SCENARIO ...]
     mpiexec -disable-auto-cleanup -n 4 python tests/mpi/mpi_fault_check.py dead_during
 
-Every rank prints one line per scenario, ``RESULT <rank> <scenario> ok <seconds> <error>``
+Every rank prints one line per scenario, ``RESULT <rank> <scenario> ok <seconds> s (cpu <seconds> s) <error>``
 or ``RESULT <rank> <scenario> FAIL <why>``; the driver checks that every surviving rank printed
 ``ok``. A scenario is ok on a rank when the call raised the documented error (type and the
 names in its message, written here from the issue, not taken from the code) within the
 time allowed: well under ``timeout`` when nobody should wait, ``timeout`` plus a margin when
-somebody must. The scenarios that need no dead or late rank also check that the same
+somebody must, using at most a quarter of a core while it waits. The scenarios that need no dead or late rank also check that the same
 communicator still gives the right sum afterwards.
 """
 import os
@@ -183,6 +183,10 @@ def scenario(name, comm):
                 time.sleep(SHORT + 2)
             return dk_mpi.allreduce(comm, x, timeout=SHORT)
         return exp, call
+    if name == "size_nocheck":  # without the agreement a mismatch is an MPI error or a timeout
+        n = N + 5 if me == last else N
+        return (Expect((RuntimeError, TimeoutError), ["rank"], SHORT + MARGIN),
+                lambda: dk_mpi.allreduce(comm, data(me, n), check=False, timeout=SHORT))
     if name == "dead_during":   # rank 1 dies at its 2nd addition (mid ring)
         exp = Expect((TimeoutError, RuntimeError), ["rank 1"], SHORT + MARGIN)
 
@@ -210,6 +214,22 @@ def scenario(name, comm):
                 died()
             return dk_mpi.allreduce(comm, x, timeout=SHORT)
         return exp, call
+    if name == "user_messages":   # the caller's own messages on comm are never taken
+        def call():
+            mine = np.full(3, 100 + me, np.float32)
+            tags = range(6)             # whatever tags the module might use on comm itself
+            reqs = [comm.Isend([mine, MPI.FLOAT], dest=(me + 1) % P, tag=t) for t in tags]
+            for _ in range(2):
+                got = dk_mpi.allreduce(comm, x, timeout=FAST)
+                want = np.sum([data(r).astype(np.float64) for r in range(P)], axis=0)
+                assert np.allclose(got, want, rtol=1e-5, atol=1e-5), "wrong sum"
+            for t in tags:
+                buf = np.zeros(3, np.float32)
+                comm.Recv([buf, MPI.FLOAT], source=(me - 1) % P, tag=t)
+                assert np.all(buf == 100 + (me - 1) % P), f"user message {t} changed: {buf}"
+            MPI.Request.Waitall(reqs)
+            raise LookupError("all good")   # the harness expects an exception
+        return Expect((LookupError,), ["all good"], FAST / 3), call
     raise SystemExit(f"unknown scenario {name!r}")
 
 
@@ -221,11 +241,11 @@ def run(name, world):
     comm = world.Dup()   # a fresh communicator for every scenario
     me, P = comm.rank, comm.size
     exp, call = scenario(name, comm)
-    t0 = time.monotonic()
+    t0, c0 = time.monotonic(), time.process_time()
     try:
         call()
     except Exception as exc:   # noqa: BLE001
-        dt = time.monotonic() - t0
+        dt, cpu = time.monotonic() - t0, time.process_time() - c0
         text = f"{type(exc).__name__}: {exc}"
         if not isinstance(exc, exp.types):
             return f"FAIL raised {text}"
@@ -234,12 +254,14 @@ def run(name, world):
             return f"FAIL message lacks {missing}: {text}"
         if dt > exp.limit:
             return f"FAIL took {dt:.2f} s (limit {exp.limit} s): {text}"
+        if dt > 2 and cpu > 0.25 * dt:   # a wait that spins would use a whole core
+            return f"FAIL used {cpu:.2f} s of CPU in {dt:.2f} s: {text}"
         if name in RECOVERS:   # the communicator still works, and sums right
             got = dk_mpi.allreduce(comm, data(me), timeout=FAST)
             want = np.sum([data(r).astype(np.float64) for r in range(P)], axis=0)
             if not np.allclose(got, want, rtol=1e-5, atol=1e-5):
                 return "FAIL the call after the fault gave a wrong sum"
-        return f"ok {dt:.2f} {text}".replace("\n", " ")
+        return f"ok {dt:.2f} s (cpu {cpu:.2f} s) {text}".replace("\n", " ")
     return "FAIL returned instead of raising"
 
 
