@@ -16,9 +16,10 @@ It never hangs silently (docs/mpi.md has the details):
 - **Errors travel.** A rank that fails inside the schedule tells every other rank, which raise a
   ``RuntimeError`` naming it, the step and its error (the failing rank raises its own error).
 - **Nothing waits forever.** A rank that waits more than ``timeout`` seconds on a peer without
-  progress raises ``TimeoutError`` naming the peer and the step, and tells the others, which
-  raise ``TimeoutError`` too. A peer that died is such a case. Waits poll (``Testsome`` /
-  ``improbe``) with sleeps growing from 20 us to 2 ms: they never spin a core.
+  progress tells the others whom it waits for; they answer with whom they wait for, and
+  within about 2 s every rank raises ``TimeoutError`` naming the rank that did not answer
+  (dead, or stuck elsewhere) and the step. Waits poll (``Request.Test`` / ``improbe``) with
+  sleeps growing from 20 us to 2 ms: they never spin a core.
 - **Big buffers.** Messages travel in pieces of at most ``2**28`` elements (1 GiB), below MPI's
   ``int`` count limit, so a rank's buffer may hold more than ``2**31`` elements.
 
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -55,6 +56,7 @@ _TAG_DATA = 3                 # data: _TAG_DATA + call number modulo the tag ran
 _SLEEP_MIN = 20e-6            # seconds: the first sleep of a wait
 _SLEEP_MAX = 2e-3             # seconds: the longest sleep (a wait never spins a core)
 _MAX_TEXT = 400               # characters of a value or an error quoted in a message
+_GRACE = 2.0                  # seconds the ranks take, after a timeout, to say who is stuck
 
 _KEYVAL: Optional[int] = None
 # requests that were still pending when a call failed, with the buffers they use: kept alive
@@ -187,7 +189,6 @@ class _Call:
         self.data_tag = _TAG_DATA + self.call % span
         self.where = "the agreement step"
         self.told = False           # the error being raised came from a peer's notice
-        self.timed_out = ""         # this rank's own timeout, as told to the others
         self.checked = True         # the ranks agreed on the call (False with check=False)
 
     # --- messages of this call, in arrival order; later calls' are kept -------------------
@@ -206,57 +207,109 @@ class _Call:
                 self.chan.mail.setdefault((call, tag), []).append((src, payload))
             # else: from a call that failed earlier on this rank: dropped
 
-    def check_notices(self) -> None:
-        for src, (kind, text) in self._take(_TAG_NOTICE):
+    def check_notices(self, waiting: Optional[Callable[[], Tuple[List[int], str]]] = None
+                      ) -> None:
+        """Raise a peer's error or verdict if its notice arrived; join a stall if a peer
+        reports one (``waiting`` says whom this rank waits for, and how long)."""
+        stalls: Dict[int, Tuple[List[int], str]] = {}
+        for src, (kind, body) in self._take(_TAG_NOTICE):
+            if kind == "stall":
+                stalls[src] = body
+                continue
             self.told = True
             here = f"(rank {self.me} stopped in {self.where})"
             if kind == "timeout":
-                raise TimeoutError(f"mpi.allreduce: {text} {here}")
+                raise TimeoutError(f"mpi.allreduce: {body} {here}")
             if kind == "args":
-                raise ValueError(f"mpi.allreduce: {text}; no data was moved {here}")
-            raise RuntimeError(f"mpi.allreduce: {text} {here}")
+                raise ValueError(f"mpi.allreduce: {body}; no data was moved {here}")
+            raise RuntimeError(f"mpi.allreduce: {body} {here}")
+        if stalls:
+            self.stall(waiting, stalls)
 
-    def notify(self, kind: str, text: str) -> None:
-        """Tell every other rank that this call failed here (best effort, never waits)."""
+    def notify(self, kind: str, body: Any) -> None:
+        """Tell every other rank (best effort, never waits)."""
         for r in range(self.size):
             if r == self.me:
                 continue
             try:
-                req = self.comm.isend((self.call, (kind, text)), dest=r, tag=_TAG_NOTICE)
+                req = self.comm.isend((self.call, (kind, body)), dest=r, tag=_TAG_NOTICE)
                 _STRANDED.append((req, None))
             except Exception:  # noqa: BLE001 - a dead peer may refuse the message
                 pass
 
+    def stall(self, waiting: Optional[Callable[[], Tuple[List[int], str]]],
+              heard: Dict[int, Tuple[List[int], str]]) -> NoReturn:
+        """A rank timed out (this one, or a peer whose report is in ``heard``). Tell everyone
+        whom this rank waits for, gather the others' answers for up to ``_GRACE`` seconds,
+        and raise TimeoutError naming the ranks that did not answer but are waited for
+        (dead, or stuck outside this function), or the cycle of waits. A rank that already
+        concluded sends its verdict, which the others adopt."""
+        MPI = self.MPI
+        mine = waiting() if waiting is not None else \
+            ([], f"rank {self.me} was in {self.where}, waiting for no rank")
+        heard[self.me] = mine
+        self.notify("stall", mine)
+        verdict = ""
+        end = time.monotonic() + min(_GRACE, self.timeout or _GRACE)
+        delay = _SLEEP_MIN
+        while len(heard) < self.size and not verdict and time.monotonic() < end:
+            time.sleep(delay)
+            delay = min(2 * delay, _SLEEP_MAX)
+            try:
+                notes = self._take(_TAG_NOTICE)
+            except MPI.Exception:  # pragma: no cover - a failed peer; conclude with what we have
+                break
+            for src, (kind, body) in notes:
+                if kind == "stall":
+                    heard[src] = body
+                elif kind == "timeout":
+                    verdict = body
+                else:
+                    self.told = True
+                    here = f"(rank {self.me} stopped in {self.where})"
+                    if kind == "args":
+                        raise ValueError(f"mpi.allreduce: {body}; no data was moved {here}")
+                    raise RuntimeError(f"mpi.allreduce: {body} {here}")
+        if not verdict:
+            verdict = _verdict(heard)
+            self.notify("timeout", verdict)
+        self.told = True
+        raise TimeoutError(f"mpi.allreduce: {verdict} (rank {self.me} stopped in {self.where})")
+
     # --- the one wait loop -----------------------------------------------------------------
     def wait(self, poll: Callable[[], Tuple[bool, bool]],
-             waiting_for: Callable[[], str]) -> None:
+             waiting_for: Callable[[], Tuple[List[int], str]]) -> None:
         """Call ``poll() -> (done, progressed)`` until done, sleeping between polls (20 us
-        doubling to 2 ms, back to 20 us on progress); raise TimeoutError after ``timeout``
-        seconds without progress, and a peer's error as soon as its notice arrives."""
+        doubling to 2 ms, back to 20 us on progress); after ``timeout`` seconds without
+        progress, find out with the other ranks who is stuck (:meth:`stall`) and raise
+        TimeoutError; raise a peer's error as soon as its notice arrives. ``waiting_for()``
+        gives the peers waited for and a description of them."""
         MPI = self.MPI
         delay = _SLEEP_MIN
         start = last = time.monotonic()
+
+        def state() -> Tuple[List[int], str]:
+            now = time.monotonic()
+            peers, what = waiting_for()
+            since = f", {now - start:.3g} s into the wait" if now - start > now - last \
+                + 0.5 else ""
+            return peers, (f"rank {self.me} waited {now - last:.3g} s for {what} in "
+                           f"{self.where} without progress{since}")
         while True:
             try:
                 done, progressed = poll()
                 if done:
                     return
-                self.check_notices()
+                self.check_notices(state)
             except MPI.Exception as exc:
                 raise RuntimeError(
                     f"mpi.allreduce: rank {self.me}: MPI error in {self.where} while waiting "
-                    f"for {waiting_for()}: {_short(str(exc))}") from exc
+                    f"for {waiting_for()[1]}: {_short(str(exc))}") from exc
             now = time.monotonic()
             if progressed:
                 last, delay = now, _SLEEP_MIN
             elif self.timeout is not None and now - last >= self.timeout:
-                since = f", {now - start:.3g} s into the wait" if now - start > now - last \
-                    + 0.5 else ""
-                self.timed_out = (
-                    f"rank {self.me} waited {now - last:.3g} s (timeout={self.timeout:g}) for "
-                    f"{waiting_for()} in {self.where} of call {self.call} on this communicator "
-                    f"without progress{since}: it is slow, blocked on another rank, or dead")
-                raise TimeoutError(f"mpi.allreduce: {self.timed_out}")
+                self.stall(state, {})
             sleep = delay if self.timeout is None else min(delay, max(
                 self.timeout - (now - last), 0.0))
             time.sleep(sleep)
@@ -270,24 +323,46 @@ class _Call:
         sends = [self.comm.isend((self.call, desc), dest=r, tag=_TAG_AGREE)
                  for r in range(self.size) if r != self.me]
 
+        # the sends complete on their own (small messages); kept alive until they have
+        _strand(self.MPI, sends, [None] * len(sends), cancel=False)
+
         def poll() -> Tuple[bool, bool]:
             n = len(descs)
             for src, d in self._take(_TAG_AGREE):
                 descs[src] = d
-            sent = self.MPI.Request.Testall(sends) if sends else True
-            return len(descs) == self.size and sent, len(descs) > n
+            return len(descs) == self.size, len(descs) > n
 
-        def missing() -> str:
+        def missing() -> Tuple[List[int], str]:
             late = [r for r in range(self.size) if r not in descs]
-            return (_ranks(late) + " (no description received: not called, blocked elsewhere "
-                    "or dead)") if late else "its own descriptions to be delivered"
-        try:
-            self.wait(poll, missing)
-            self.check_notices()   # a rank that came late learns here that others gave up
-        except BaseException:
-            _strand(self.MPI, sends, [None] * len(sends), cancel=False)
-            raise
+            return late, _ranks(late) + " (no description received: not called, blocked " \
+                "elsewhere or dead)"
+        self.wait(poll, missing)
+        self.check_notices()   # a rank that came late learns here that others gave up
         return [descs[r] for r in range(self.size)]
+
+
+def _verdict(heard: Dict[int, Tuple[List[int], str]]) -> str:
+    """Who is stuck, from every answering rank's (peers waited for, description)."""
+    waits = "; ".join(f"{r} -> {', '.join(map(str, sorted(set(p))))}"
+                      for r, (p, _) in sorted(heard.items()) if p)
+    waited = {q for p, _ in heard.values() for q in p}
+    silent = sorted(waited - set(heard))
+    idle = sorted(r for r in waited & set(heard) if not heard[r][0])
+    if silent or idle:
+        blame = [text for r, (p, text) in sorted(heard.items()) if set(p) & set(silent + idle)]
+        who = []
+        if silent:
+            who.append(f"{_ranks(silent)} did not answer (dead, or stuck outside "
+                       f"mpi.allreduce)")
+        if idle:
+            who.append(f"{_ranks(idle)} came late (waiting for nobody when the others "
+                       f"timed out)")
+        return (", ".join(who) + ": " + _short("; ".join(blame))
+                + f" [who waits for whom: {waits}]")
+    texts = [text for _, (p, text) in sorted(heard.items()) if p]
+    return ("every rank that answered waits for another, none is missing (a deadlock: do the "
+            "ranks' calls agree? check=False does not check): "
+            + _short("; ".join(texts[:2])) + f" [who waits for whom: {waits or 'nobody'}]")
 
 
 def _disagreement(descs: List[Dict[str, Any]], keys: Sequence[Tuple[str, str]]) -> List[str]:
@@ -324,10 +399,10 @@ def _channel(comm: Any, MPI: Any, timeout: Optional[float]) -> _Channel:
             waited = time.monotonic() - start
             if timeout is not None and waited >= timeout:
                 raise TimeoutError(
-                    f"mpi.allreduce: rank {comm.Get_rank()} waited {waited:.3g} s (timeout={timeout:g}) for "
-                    f"every rank of the communicator to make its first mpi.allreduce call "
-                    f"(MPI_Comm_idup of the private communicator): a rank is not calling, "
-                    f"is slow, or is dead")
+                    f"mpi.allreduce: rank {comm.Get_rank()} waited {waited:.3g} s "
+                    f"(timeout={timeout:g}) for every rank of the communicator to make its "
+                    f"first mpi.allreduce call (MPI_Comm_idup of the private communicator): a "
+                    f"rank is not calling, is slow, or is dead")
             time.sleep(delay)
             delay = min(2 * delay, _SLEEP_MAX)
         chan.pending = None
@@ -379,8 +454,9 @@ def allreduce(comm: Any, array: Any, *, algorithm: str = "ring", mesh_shape: Any
         On every other rank when one rank fails inside the schedule (naming it, the step and
         its error; that rank raises its own error), or on an MPI error.
     TimeoutError
-        On a rank that waited ``timeout`` seconds for a peer (naming the peer and the step),
-        and then on every rank it could tell. A dead peer ends this way. After a
+        When a rank waited ``timeout`` seconds for a peer without progress: on every rank
+        still running, about 2 s later, naming the rank that did not answer (a dead peer
+        ends this way), the step, and who waited for whom. After a
         ``TimeoutError`` the messages of that call may still be in flight: the ranks can call
         again (later calls do not match them), but a dead rank stays dead, and
         ``MPI_Finalize`` waits for it: end such a program with ``comm.Abort()`` or
@@ -440,9 +516,7 @@ def allreduce(comm: Any, array: Any, *, algorithm: str = "ring", mesh_shape: Any
         return prep.execute(run)
     except BaseException as exc:
         if not (settled or run.told):
-            if run.timed_out and isinstance(exc, TimeoutError):
-                run.notify("timeout", run.timed_out)
-            elif isinstance(exc, RuntimeError) and str(exc).startswith("mpi.allreduce: "):
+            if isinstance(exc, RuntimeError) and str(exc).startswith("mpi.allreduce: "):
                 run.notify("error", str(exc)[len("mpi.allreduce: "):])   # already says where
             else:
                 run.notify("error", f"rank {me} failed in {run.where}: {_error_text(exc)}")
@@ -600,12 +674,13 @@ def _exchange(run: _Call, reqs: List[Any], bufs: List[Any],
                 left.remove(j)
         return not left, len(left) < n
 
-    def pending() -> str:
+    def pending() -> Tuple[List[int], str]:
         by_peer: Dict[int, List[str]] = {}
-        for req, (peer, kind, n) in zip(reqs, what):
-            if req != MPI.REQUEST_NULL:
-                by_peer.setdefault(peer, []).append(f"{kind} of {n} elements")
-        return "; ".join(f"rank {p} ({', '.join(v)})" for p, v in sorted(by_peer.items()))
+        for j in left:
+            peer, kind, n = what[j]
+            by_peer.setdefault(peer, []).append(f"{kind} of {n} elements")
+        return sorted(by_peer), "; ".join(f"rank {p} ({', '.join(v)})"
+                                          for p, v in sorted(by_peer.items()))
     try:
         run.wait(poll, pending)
     except BaseException:
