@@ -84,3 +84,23 @@ def test_communicator_freed_after_use():
     np.testing.assert_array_equal(got, user)
     comm.Free()
     assert chan.comm == MPI.COMM_NULL     # freed with comm
+
+
+def test_timeout_verdict_names_the_stuck_rank():
+    """After a timeout the ranks report whom they wait for; the verdict names the rank that
+    is waited for but did not answer, one that answered waiting for nobody (late), or a cycle
+    of waits. (The multi-rank runs are in tests/test_mpi_faults.py.)"""
+    ring = {0: ([1], "rank 0 waited 5 s for rank 1 (receive) in step 3"),
+            2: ([0], "rank 2 waited 5 s for rank 0 (receive) in step 4"),
+            3: ([2], "rank 3 waited 5 s for rank 2 (receive) in step 5")}
+    v = mpi._verdict(ring)
+    assert v.startswith("rank 1 did not answer") and "rank 0 waited 5 s for rank 1" in v
+    assert "rank 2 waited" not in v.split("[")[0]          # only the direct waiter is quoted
+    assert "0 -> 1; 2 -> 0; 3 -> 2" in v
+    late = {1: ([0], "rank 1 waited 5 s for rank 0"), 0: ([], "rank 0 was in the agreement")}
+    assert mpi._verdict(late).startswith("rank 0 came late")
+    both = {0: ([1, 3], "rank 0 waited"), 2: ([3], "rank 2 waited")}
+    assert mpi._verdict(both).startswith("ranks 1, 3 did not answer")
+    cycle = {0: ([1], "rank 0 waited for rank 1"), 1: ([0], "rank 1 waited for rank 0")}
+    v = mpi._verdict(cycle)
+    assert "did not answer" not in v and "deadlock" in v and "0 -> 1; 1 -> 0" in v
