@@ -686,3 +686,6 @@ def _exchange(run: _Call, reqs: List[Any], bufs: List[Any],
     except BaseException:
         _strand(MPI, reqs, bufs, cancel=True)
         raise
+
+
+__all__ = ["DEFAULT_TIMEOUT", "allreduce"]
