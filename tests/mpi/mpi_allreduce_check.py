@@ -1,6 +1,7 @@
 """Run under mpiexec (-n 4, -n 6, ...): dojo_kernels.mpi.allreduce must give every rank the
 same bits as the simulator's row for that rank, for every algorithm, several mesh shapes, FP32
-and BF16 (both accumulations). Exits non-zero on the first mismatch (via MPI Abort)."""
+and BF16 (both accumulations), and again with messages cut into pieces of 97 elements (the
+limit is 2**28). Exits non-zero on the first mismatch (via MPI Abort)."""
 import sys
 import traceback
 
@@ -22,6 +23,56 @@ def shapes(P):
         if P % r == 0:
             out.append((r, P // r))
     return out
+
+
+class Counting:
+    """Stands in for the module's private communicator and records the element count of
+    every Isend/Irecv, so that the check below can see the messages travel in pieces."""
+
+    def __init__(self, comm):
+        self.comm, self.counts = comm, []
+
+    def Isend(self, spec, **kw):
+        self.counts.append(len(spec[0]))
+        return self.comm.Isend(spec, **kw)
+
+    def Irecv(self, spec, **kw):
+        self.counts.append(len(spec[0]))
+        return self.comm.Irecv(spec, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.comm, name)
+
+
+def check_pieces(comm, rng, limit=97):
+    """Messages longer than the piece limit (2**28 elements, lowered here to 97) are sent in
+    pieces, and the result keeps the simulator's bits."""
+    P, me = comm.Get_size(), comm.Get_rank()
+    dk_mpi.allreduce(comm, np.zeros(1, np.float32))    # the private communicator exists
+    chan = comm.Get_attr(dk_mpi._KEYVAL)
+    real, counting = chan.comm, Counting(chan.comm)
+    chan.comm, saved, dk_mpi._MAX_COUNT = counting, dk_mpi._MAX_COUNT, limit
+    checked = 0
+    try:
+        topo = Mesh2D(1, P, link_bandwidth=1e9, link_latency=2e-6)
+        x = rng.standard_normal((P, 2051)).astype(np.float32)
+        xb = (x.view(np.uint32) >> 16).astype(np.uint16)
+        for alg in ALGS:
+            for buf, fmt, acc in [(x, FP32, "fp32"), (xb, BF16, "bf16")]:
+                want, _ = dojo_kernels.allreduce(buf, topo, algorithm=alg, fmt=fmt,
+                                                 accumulate=acc)
+                got = dk_mpi.allreduce(comm, buf[me], algorithm=alg, mesh_shape=topo,
+                                       fmt=fmt, accumulate=acc)
+                if got.tobytes() != np.ascontiguousarray(want[me]).tobytes():
+                    raise AssertionError(f"rank {me}: {alg} {fmt.name} in pieces of {limit}: "
+                                         "bits differ from the simulator")
+                checked += 1
+    finally:
+        chan.comm, dk_mpi._MAX_COUNT = real, saved
+    # a ring on P ranks sends 2051/P > 97 elements per message: some pieces are full
+    assert counting.counts and max(counting.counts) == limit, \
+        f"rank {me}: no message was cut at {limit} elements: {sorted(set(counting.counts))}"
+    return checked
 
 
 def main():
@@ -61,6 +112,7 @@ def main():
     assert got.tobytes() == np.ascontiguousarray(want[me]).tobytes(), "default layout differs"
     assert np.allclose(got, x.astype(np.float64).sum(0), rtol=1e-5, atol=1e-4)
     checked += 1
+    checked += check_pieces(comm, rng)
     total = comm.allreduce(checked)
     if me == 0:
         print(f"mpi allreduce: {P} ranks, {total} rank-cases bit-identical to the simulator")
