@@ -16,7 +16,7 @@ def _csv(text: str) -> Tuple[str, ...]:
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add the ``train`` subparser to ``sub`` (the result of ``add_subparsers``)."""
-    t = sub.add_parser(
+    t: argparse.ArgumentParser = sub.add_parser(
         "train", help="train an MLP on scikit-learn's digits in FP32, BF16 and CFloat8 (torch)",
         description="Train a small MLP on scikit-learn's digits under the recipes fp32, bf16, "
                     "cfloat8 and cfloat8 with stochastic-rounding BF16 weights (D1 GEMMs via "

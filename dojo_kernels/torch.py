@@ -41,6 +41,7 @@ and with one that has it (``"amx"`` by default there, or ``"vdpbf16ps"``).
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
 from collections import deque
@@ -57,8 +58,9 @@ from .formats import BF16, FAMILIES, Format
 from .gemm import GemmPlan, _zero_plan, plan_gemm
 from .gemm import gemm as _dk_gemm
 
+_ml_dtypes: Any
 try:  # a dependency of the [torch] extra; only bfloat16 tensors need it
-    import ml_dtypes as _ml_dtypes
+    _ml_dtypes = importlib.import_module("ml_dtypes")
 except ImportError:  # pragma: no cover - the extra installs it
     _ml_dtypes = None
 
@@ -237,7 +239,8 @@ def fake_quantize(x: Any, fmt: Format, *, rounding: str = "nearest",
     if ste not in STE_MODES:
         raise ValueError(f"ste: expected one of {', '.join(map(repr, STE_MODES))}, got {ste!r}")
     _tensor(x, "x")   # the argument checks, before autograd sees it
-    y: torch.Tensor = _FakeQuantizeFn.apply(x, fmt, rounding, seed, ste)
+    y: torch.Tensor = _FakeQuantizeFn.apply(  # type: ignore[no-untyped-call]
+        x, fmt, rounding, seed, ste)
     return y
 
 
@@ -463,6 +466,10 @@ def _order_kw(order: Optional[str]) -> Dict[str, Any]:
     return {"order": order}
 
 
+def _beta_kw(beta: Optional[float]) -> Dict[str, Any]:
+    return {} if beta is None else {"beta": beta}
+
+
 def _codes_for(x: torch.Tensor, arr: np.ndarray, spec: _Spec, role: str, name: str
                ) -> Tuple[np.ndarray, Format]:
     """An operand as codes of its format: float tensors are rounded (nearest), integer
@@ -496,8 +503,8 @@ class _GemmFn(torch.autograd.Function):
                 ca: np.ndarray, cb: np.ndarray, spec: _Spec, beta: Optional[float],
                 c_np: Optional[np.ndarray]) -> torch.Tensor:
         fa, fb = spec.formats["a"], spec.formats["b"]
-        y = _dk_gemm(ca, cb, a_format=fa, b_format=fb, c=c_np, beta=beta,
-                           **_order_kw(spec.order))
+        y = _dk_gemm(ca, cb, a_format=fa, b_format=fb, c=c_np, **_beta_kw(beta),
+                     **_order_kw(spec.order))
         assert isinstance(y, np.ndarray)
         ctx.ca, ctx.cb, ctx.spec, ctx.beta = ca, cb, spec, beta
         ctx.a_dtype, ctx.b_dtype = a.dtype, b.dtype
@@ -613,13 +620,14 @@ def gemm(a: Any, b: Any, *, a_format: Optional[FormatLike] = None,
         if ca.shape[-1] != cb.shape[-2]:
             raise ValueError(f"a, b: inner dimensions differ: a has k = {ca.shape[-1]}, b has "
                              f"k = {cb.shape[-2]}")
-        y: torch.Tensor = _GemmFn.apply(a, b, c, ca, cb, spec, beta, c_np)
+        y = _GemmFn.apply(a, b, c, ca, cb, spec, beta, c_np)  # type: ignore[no-untyped-call]
     else:
         o = None if out is None else _out_np(out, np.dtype(np.float32))
-        res = _dk_gemm(ca, cb, a_format=fa, b_format=fb, c=c_np, beta=beta, out=o,
-                             **_order_kw(spec.order))
+        res = _dk_gemm(ca, cb, a_format=fa, b_format=fb, c=c_np, out=o, **_beta_kw(beta),
+                       **_order_kw(spec.order))
         assert isinstance(res, np.ndarray)
         y = out if out is not None else _from_np(res)
+    assert isinstance(y, torch.Tensor)
     if return_plan:
         m, k, n = ca.shape[-2], ca.shape[-1], cb.shape[-1]
         if m and n and k:

@@ -435,6 +435,7 @@ def plot_training(result: TrainResult, directory: str) -> List[str]:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise ImportError("--plot needs matplotlib: pip install 'dojo_kernels[train]' "
                           "(or pip install matplotlib)") from None
@@ -451,7 +452,7 @@ def plot_training(result: TrainResult, directory: str) -> List[str]:
             else:
                 ax.plot(epochs[1:], ys, marker="o", ms=3, label=r.name)
         ax.set_xlabel("epoch")
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         if key == "loss":
             ax.set_yscale("log")
