@@ -47,7 +47,8 @@ from .gemm import plan_gemm
 from .torch import RECIPES, Recipe, SROptimizer, convert
 
 __all__ = ["TrainConfig", "TrainResult", "RecipeRun", "StepCost", "run_training",
-           "render_training", "plot_training", "write_json", "RECIPE_NAMES", "describe"]
+           "render_training", "plot_training", "write_json", "RECIPE_NAMES", "describe",
+           "step_cost"]
 
 #: Every recipe ``dojo-kernels train`` knows, in display order.
 RECIPE_NAMES = ("fp32", "bf16", "cfloat8", "cfloat8_sr", "cfloat8_rn", "cfloat8_delayed")
@@ -411,7 +412,7 @@ def render_training(result: TrainResult) -> str:
                      _si(c.tile_s, "s"), f"{cfg.batch * c.tile_chips}",
                      f"{cfg.batch * c.tile_chips / c.tile_s:.3g}", f"{r.cpu_s:.2f} s"])
     lines.append(_table(["recipe", "one D1", "tile all-reduce", "tile step", "tile batch",
-                         "tile samples/s", "CPU (whole run)"], rows))
+                         "tile samples/s", "this CPU, wall"], rows))
     if any(r.cost is None for r in result.runs):
         lines.append("  fp32: the D1 matrix unit takes BF16/CFloat8 operands (FP32 runs on the "
                      "vector unit), so no GEMM plan")
