@@ -482,6 +482,10 @@ def _codes_for(x: torch.Tensor, arr: np.ndarray, spec: _Spec, role: str, name: s
         spec.formats[role] = like
         return arr, like
     f = spec.resolve(role, arr)
+    if arr.ndim >= 2 and not arr.flags.c_contiguous and _t(arr).flags.c_contiguous:
+        # a transposed view (a Linear's W^T): round it in its own layout, no transposing
+        # copy; nearest rounding is elementwise, so the codes are the same
+        return _t(_nx.quantize(_t(arr), f)), f
     return _nx.quantize(arr, f), f
 
 
@@ -533,14 +537,18 @@ class _GemmFn(torch.autograd.Function):
                 assert isinstance(da, np.ndarray)
                 ga = _from_np(da).to(ctx.a_dtype)
             if need_b:   # dB = A^T dY (a shared 2-D B of a 3-D A: summed over the batch)
-                if cb.ndim == 2 and ca.ndim == 3:
-                    k = ca.shape[-1]
-                    db = _dk_gemm(_t(ca.reshape(-1, k)), cg.reshape(-1, cg.shape[-1]),
-                                        a_format=fa, b_format=fg, **kw)
+                if cb.ndim == 2:
+                    # (dY^T A)^T: the same products in the same order (same bits), computed
+                    # in the layout of b's transpose, so a Linear's dW needs no transpose copy
+                    a2 = ca.reshape(-1, ca.shape[-1])
+                    dbt = _dk_gemm(_t(cg.reshape(-1, cg.shape[-1])), a2, a_format=fg,
+                                   b_format=fa, **kw)
+                    assert isinstance(dbt, np.ndarray)
+                    gb = _from_np(dbt).t().to(ctx.b_dtype)
                 else:
                     db = _dk_gemm(_t(ca), cg, a_format=fa, b_format=fg, **kw)
-                assert isinstance(db, np.ndarray)
-                gb = _from_np(db).to(ctx.b_dtype)
+                    assert isinstance(db, np.ndarray)
+                    gb = _from_np(db).to(ctx.b_dtype)
         if need_c:
             beta = 1.0 if ctx.beta is None else ctx.beta
             gc = (g * float(np.float32(beta))).sum_to_size(ctx.c_shape).to(ctx.c_dtype)
