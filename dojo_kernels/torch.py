@@ -178,8 +178,11 @@ def quantize(x: Any, fmt: Format, *, rounding: str = "nearest", seed: Optional[i
     src = _values(x, "x")
     fmt = _nx._check_format(fmt)
     o = None if out is None else _out_np(out, _storage(fmt))
-    res = _nx.quantize(src, fmt, rounding=rounding, seed=seed, out=o, return_flags=True)
-    codes, flags = res
+    if return_flags:   # flags cost the kernel a little: only when asked
+        codes, flags = _nx.quantize(src, fmt, rounding=rounding, seed=seed, out=o,
+                                    return_flags=True)
+    else:
+        codes = _nx.quantize(src, fmt, rounding=rounding, seed=seed, out=o)
     t = out if out is not None else _from_np(codes)
     return (t, flags) if return_flags else t
 
@@ -190,8 +193,13 @@ def dequantize(codes: Any, fmt: Format, *, dtype: Any = torch.float32,
     or float64 (``dtype`` a torch or NumPy dtype), or written into ``out``."""
     npdt = {torch.float32: np.float32, torch.float64: np.float64}.get(dtype, dtype)
     c = _codes_np(codes, "codes")
-    o = None if out is None else _out_np(out, np.dtype(npdt) if npdt in (np.float32, np.float64)
-                                         else np.dtype(np.float32))
+    o = None
+    if out is not None:
+        try:
+            want = np.dtype(npdt)
+        except TypeError:
+            want = np.dtype(np.float32)   # the NumPy API names the bad dtype below
+        o = _out_np(out, want)
     res = _nx.dequantize(c, fmt, dtype=npdt, out=o)
     return out if out is not None else _from_np(res)
 
@@ -250,9 +258,11 @@ def _arith(op: Callable[..., Any], names: Sequence[str], operands: Sequence[Any]
     fmt = _nx._check_format(fmt)
     arrays = [_codes_np(v, n) for v, n in zip(operands, names)]
     o = None if out is None else _out_np(out, _storage(fmt))
-    res, flags = op(*arrays, fmt, rounding=rounding, seed=seed, out=o, return_flags=True)
-    t = out if out is not None else _from_np(res)
-    return (t, flags) if return_flags else t
+    got = op(*arrays, fmt, rounding=rounding, seed=seed, out=o, return_flags=return_flags)
+    if return_flags:
+        res, flags = got
+        return (out if out is not None else _from_np(res)), flags
+    return out if out is not None else _from_np(got)
 
 
 def add(a: Any, b: Any, fmt: Format, *, rounding: str = "nearest", seed: Optional[int] = None,
