@@ -211,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="kernel (and, with threadpoolctl, BLAS) threads (default: all)")
     b.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     b.set_defaults(func=_bench)
+
+    from . import _train_cli   # dojo-kernels train: the [train] extra, torch imported lazily
+    _train_cli.add_parser(sub)
     return parser
 
 
