@@ -44,7 +44,7 @@ from .d1 import D1Chip, D1Node, DojoSystem, TrainingTile
 from .formats import BF16, FP32, Format
 from .numerics import dequantize, quantize
 
-__all__ = ["gemm", "plan_gemm", "GemmPlan"]
+__all__ = ["gemm", "plan_gemm", "GemmPlan", "feed_bandwidths"]
 
 
 # The avx512bf16 tier has two micro-kernels with identical bits: VDPBF16PS (6 x 64) and
@@ -931,3 +931,15 @@ def _useful_k(k: int, ks: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     keep = np.ones(cnt.shape, dtype=bool)
     keep[:, 1:] = cnt[:, 1:] < cnt[:, :-1]
     return keep
+
+
+def feed_bandwidths(machine: Any = None) -> Tuple[float, float, float]:
+    """(A feed, B feed, C drain) in bytes/s per direction that :func:`plan_gemm` gives a
+    grid spanning the whole ``machine`` (the same formulas as its search): a D1Chip's west,
+    north and other edges; a tile's edges as reached through the chips on them; a system's
+    interface-processor feeds on its outer tile edges. Their sum is the off-chip roof of
+    the roofline plot."""
+    machine = _check_machine(machine)
+    g = _groups(machine, False)
+    i = int(np.argmax(g["RT"] * g["gc"]))
+    return float(g["feed_a"][i]), float(g["feed_b"][i]), float(g["feed_out"][i])
