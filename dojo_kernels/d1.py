@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple, Type, TypeVar
+from typing import Any, Dict, Optional, Tuple, Type, TypeVar, cast
 
 from . import _units
 
@@ -97,7 +97,7 @@ class _Machine:
     @classmethod
     def from_dict(cls: Type[T], d: Dict[str, Any]) -> T:
         """The object :meth:`to_dict` described (``kind`` must name this class or a subclass)."""
-        return machine_from_dict(d, cls)
+        return cast(T, machine_from_dict(d, cls))
 
 
 def machine_from_dict(d: Dict[str, Any], expected: Optional[type] = None) -> Any:

@@ -277,7 +277,7 @@ class Report:
         inner = [a for a in self.allreduce if a.mesh == "tile" and a.algorithm in INNER_ALGORITHMS]
         inner_alg = (min(inner, key=lambda a: a.time_s).algorithm if inner
                      else "bidirectional_ring")
-        return estimate_hierarchical(nbytes, c.system,
+        return estimate_hierarchical(nbytes, mesh.as_levels(c.system),
                                      algorithms=(inner_alg, self.best_allreduce("system").algorithm))
 
     def system_step_s(self, fmt: str, overlap: Optional[bool] = None) -> float:
@@ -916,7 +916,7 @@ def compare_machines(report: Report, other: TrainingTile) -> List[str]:
                  key=lambda r: r.time)
     inner = [a for a in c.algorithms if a in INNER_ALGORITHMS] or ["bidirectional_ring"]
     inner_alg = min(inner, key=lambda a: estimate_allreduce(nbytes, tile_o, algorithm=a).time)
-    hier = estimate_hierarchical(nbytes, other_cfg.system, algorithms=(inner_alg, ar_sys.algorithm))
+    hier = estimate_hierarchical(nbytes, mesh.as_levels(other_cfg.system), algorithms=(inner_alg, ar_sys.algorithm))
     me = report.config.machine
     rows = []
     for f in c.formats:
