@@ -44,7 +44,7 @@ from .d1 import D1Chip, D1Node, DojoSystem, TrainingTile
 from .formats import BF16, FP32, Format
 from .numerics import dequantize, quantize
 
-__all__ = ["gemm", "plan_gemm", "GemmPlan", "feed_bandwidths"]
+__all__ = ["gemm", "plan_gemm", "GemmPlan", "feed_bandwidths", "clear_plan_cache"]
 
 
 # The avx512bf16 tier has two micro-kernels with identical bits: VDPBF16PS (6 x 64) and
@@ -565,9 +565,14 @@ def _bytes_per(fmt: Format) -> float:
     return fmt.nbits / 8
 
 
+_DEFAULT_CHIP: List[D1Chip] = []
+
+
 def _check_machine(machine: Any) -> Machine:
     if machine is None:
-        return D1Chip()
+        if not _DEFAULT_CHIP:
+            _DEFAULT_CHIP.append(D1Chip())
+        return _DEFAULT_CHIP[0]
     if not isinstance(machine, (D1Chip, TrainingTile, DojoSystem)):
         raise TypeError(f"machine: expected a D1Chip, TrainingTile (or D2Tile) or DojoSystem, "
                         f"got {type(machine).__name__}")
@@ -795,6 +800,15 @@ def plan_gemm(m: int, n: int, k: int, *, a_format: Format, b_format: Format,
     cheaper and a bigger system never slower. Plans are cached: a repeated call with equal
     arguments returns the same plan object (machines and formats are frozen values).
     """
+    # fast path: the very same argument objects as a recent call (frozen values, held by
+    # the entry so their ids cannot be reused while it lives)
+    fast = type(m) is int and type(n) is int and type(k) is int and type(k_split) is bool
+    if fast:
+        key = (m, n, k, id(a_format), id(b_format), id(machine), id(out_format), k_split)
+        hit = _RECENT.get(key)
+        if (hit is not None and hit[0] is a_format and hit[1] is b_format
+                and hit[2] is machine and hit[3] is out_format):
+            return hit[4]
     for name, v in (("m", m), ("n", n), ("k", k)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
             raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
@@ -806,8 +820,24 @@ def plan_gemm(m: int, n: int, k: int, *, a_format: Format, b_format: Format,
         raise TypeError(f"out_format: expected a Format, got {type(out_format).__name__}")
     if not isinstance(k_split, (bool, np.bool_)):
         raise TypeError(f"k_split: expected a bool, got {type(k_split).__name__}")
-    return _plan(int(m), int(n), int(k), a_format, b_format, _check_machine(machine),
+    plan = _plan(int(m), int(n), int(k), a_format, b_format, _check_machine(machine),
                  out_format, bool(k_split))
+    if fast:
+        if len(_RECENT) >= 1024:
+            _RECENT.clear()
+        _RECENT[key] = (a_format, b_format, machine, out_format, plan)
+    return plan
+
+
+#: plan_gemm's identity-keyed front cache (the value-keyed one is _plan's lru_cache)
+_RECENT: Dict[Tuple[Any, ...], Tuple[Any, ...]] = {}
+
+
+def clear_plan_cache() -> None:
+    """Forget every cached plan (plans are pure functions of their arguments, so this only
+    matters to benchmarks and tests of the cache)."""
+    _RECENT.clear()
+    _plan.cache_clear()
 
 
 @functools.lru_cache(maxsize=4096)
@@ -848,12 +878,19 @@ def _plan(m: int, n: int, k: int, a_format: Format, b_format: Format, machine: M
     ug, ig = g["u_gr"], g["i_gr"]
     uc, ic = g["u_gc"], g["i_gc"]
     uk, ik = g["u_ks"], g["i_ks"]
-    use_m = _useful(m, ug, _TILE_MN.astype(np.float64))
-    use_n = _useful(n, uc, _TILE_MN.astype(np.float64))
+    tmn = _TILE_MN.astype(np.float64)
+    use_m = _useful(m, ug, tmn)
+    use_n = _useful(n, uc, tmn)
     use_k = _useful_k(k, uk, _TILE_K.astype(np.float64))
+    # inside one chip, a span one node narrower with as many super-tiles dominates
+    # (same steps, less of everything else); spans of whole chips are kept
+    min_m = _narrowest(m, ug, tmn)
+    min_n = _narrowest(n, uc, tmn)
 
     def evaluate(sel: np.ndarray) -> Tuple[Dict[str, np.ndarray], np.ndarray, np.ndarray]:
-        mask = (use_m[ig[sel]][:, :, None, None] & use_n[ic[sel]][:, None, :, None]
+        um = use_m[ig[sel]] & (min_m[ig[sel]] | ~one_r[sel, None])
+        un = use_n[ic[sel]] & (min_n[ic[sel]] | ~one_c[sel, None])
+        mask = (um[:, :, None, None] & un[:, None, :, None]
                 & use_k[ik[sel]][:, None, None, :] & fits[None])
         gi, i, j, l = np.nonzero(mask)
         gsel = sel[gi]
@@ -923,6 +960,14 @@ def _plan(m: int, n: int, k: int, a_format: Format, b_format: Format, machine: M
         reduction_seconds=float(c["t_red"][best]),
         sync_seconds=float(c["t_sync"][best]),
     )
+
+
+def _narrowest(total: int, width: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """(len(width), len(sizes)) bool: ``width`` is the narrowest span giving its number of
+    super-tiles with tiles of that size (``width - 1`` would need more)."""
+    cnt = np.ceil(total / (width[:, None] * sizes[None, :]))
+    narrower = np.ceil(total / (np.maximum(width - 1, 1)[:, None] * sizes[None, :]))
+    return np.asarray((width[:, None] == 1) | (narrower > cnt))
 
 
 def _useful_k(k: int, ks: np.ndarray, sizes: np.ndarray) -> np.ndarray:

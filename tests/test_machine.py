@@ -185,7 +185,7 @@ def test_plan_pickle_and_json_round_trip(machine):
 
 # --- plan cache -------------------------------------------------------------------------------
 def test_plan_cache_hits_and_never_goes_stale():
-    G._plan.cache_clear()
+    G.clear_plan_cache()
     kw = dict(a_format=BF16, b_format=BF16)
     p1 = dk.plan_gemm(1000, 2000, 3000, **kw)
     assert dk.plan_gemm(1000, 2000, 3000, **kw) is p1          # repeated: the same object
@@ -203,7 +203,7 @@ def test_plan_cache_hits_and_never_goes_stale():
         m, n, k = args.pop("m"), args.pop("n"), args.pop("k")
         cached = dk.plan_gemm(m, n, k, **args)
         assert (cached.m, cached.k) == (m, k)
-        G._plan.cache_clear()
+        G.clear_plan_cache()
         fresh = dk.plan_gemm(m, n, k, **args)
         assert cached == fresh and cached is not p1
         assert cached.machine == args.get("machine", D1Chip())
