@@ -915,6 +915,8 @@ def _plan(m: int, n: int, k: int, a_format: Format, b_format: Format, machine: M
         if batch.size == 0:
             break
         part = evaluate(np.sort(batch))
+        if part[0]["seconds"].size == 0:   # every candidate of these spans is dominated
+            continue
         parts.append(part)
         ub = min(ub, float(part[0]["seconds"].min()))
         if _DEBUG is not None:
