@@ -124,9 +124,10 @@ def machine_from_dict(d: Dict[str, Any], expected: Optional[type] = None) -> Any
 
 @dataclass(frozen=True, init=False)
 class D1Node(_Machine):
-    """One D1 processing node (core + SRAM + matrix units + NoC router).
+    """One D1 processing node (core + SRAM + matrix units + NoC router). Its per-cycle
+    figures scale with ``clock_hz``.
 
-    Parameters (per cycle: scale with ``clock_hz``)
+    Parameters
     ----------
     clock_hz : core clock, Hz: 2 GHz (AI Day 2021, HC34; high confidence).
     sram_bytes : node SRAM, bytes: 1.25 MB taken as 1.25 MiB = 1,310,720 B (AI Day, HC34;
