@@ -299,7 +299,7 @@ def test_system_spans_tiles_for_a_big_product():
 # --- item 9: the D2 what-if -------------------------------------------------------------------
 def test_d2_tile_figures_and_acceptance():
     d2, d1 = D2Tile(), TrainingTile()
-    assert isinstance(d2, TrainingTile) and d2 != d1
+    assert isinstance(d2, TrainingTile) and d2 != d1 and dk.D2Tile is D2Tile
     assert d2.chip_link_bw == 10e12                    # the D1 chip's bisection, AI Day
     assert d2.chip_link_latency == pytest.approx(10e-9)  # 20 cycles at 2 GHz
     assert d2.peak_flops == d1.peak_flops and d2.chips == (5, 5)
@@ -325,3 +325,43 @@ def test_report_compare_d1_d2():
     r1 = rp.run_report(dataclasses.replace(cfg, machine=TrainingTile()))
     assert f"{r1.compute_s('bf16') * 1e9:.3g} ns" in text or \
         f"{r1.compute_s('bf16') * 1e6:.3g} us" in text
+
+
+def test_cli_report_machine_d2():
+    import subprocess
+    out = subprocess.run(
+        [sys.executable, "-m", "dojo_kernels", "report", "--machine", "d2", "--d-model", "64",
+         "--seq", "64", "--mlp-ratio", "2", "--formats", "bf16", "--algorithms", "ring,2d",
+         "--check-elements", "0", "--overlap", "-q"],
+        capture_output=True, text=True, timeout=300, cwd="/")
+    assert out.returncode == 0, out.stderr
+    assert "D2 wafer tile (what-if)" in out.stdout and "Side by side" in out.stdout
+    assert "(overlap)" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "dojo_kernels", "report", "--machine", "d3"],
+                         capture_output=True, text=True, timeout=60, cwd="/")
+    assert bad.returncode == 2 and "d3" in bad.stderr
+
+
+def _exhaustive_seconds(m, n, k, machine, fa, fb, out=FP32):
+    """The fewest seconds over every candidate the planner has (no bounds, no dominance):
+    checks that the pruned search is exact."""
+    node = (machine if isinstance(machine, D1Chip) else
+            machine.chip if isinstance(machine, TrainingTile) else machine.tile.chip).node
+    ab, bb, ob = fa.nbits / 8, fb.nbits / 8, out.nbits / 8
+    g = G._groups(machine, True)
+    mt, nt, kt, fits = G._tiles(node.sram_bytes, ab, bb, ob)
+    i, j, l = np.nonzero(fits)
+    ng, nt_ = len(g["gr"]), len(i)
+    gi = np.repeat(np.arange(ng), nt_)
+    c = G._cost(m, n, k, g, gi, np.tile(mt[i, j, l], ng), np.tile(nt[i, j, l], ng),
+                np.tile(kt[i, j, l], ng), node, ab, bb, ob)
+    return float(c["seconds"].min())
+
+
+@settings(max_examples=12, deadline=None)
+@given(m=st.integers(1, 30000), n=st.integers(1, 30000), k=st.integers(1, 30000),
+       machine=st.sampled_from([D1Chip(), TrainingTile(), DojoSystem(tiles=4)]),
+       fa=st.sampled_from([BF16, cfloat8_143(7)]))
+def test_pruned_search_is_exact(m, n, k, machine, fa):
+    p = dk.plan_gemm(m, n, k, a_format=fa, b_format=BF16, machine=machine)
+    assert p.seconds == pytest.approx(_exhaustive_seconds(m, n, k, machine, fa, BF16), rel=1e-12)
