@@ -724,11 +724,13 @@ def _cost(m: int, n: int, k: int, g: Dict[str, np.ndarray], gi: np.ndarray, mt: 
     off_a = steps * RT * pa
     off_b = steps * gc * ks * pb
     off_out = sup * gr * gc * mt * nt * ob
-    shared = g["shared"][gi] > 0
-    t_in = np.where(shared, (off_a + off_b) / feed_a, np.maximum(off_a / feed_a, off_b / feed_b))
+    if g["shared"][0] > 0:   # one edge: A and B share it (the same for every span)
+        t_in = (off_a + off_b) / feed_a
+        fill_in = (RT * pa + gc * ks * pb) / feed_a
+    else:
+        t_in = np.maximum(off_a / feed_a, off_b / feed_b)
+        fill_in = np.maximum(RT * pa / feed_a, gc * ks * pb / feed_b)
     t_off = np.maximum(t_in, off_out / feed_out)
-    fill_in = np.where(shared, (RT * pa + gc * ks * pb) / feed_a,
-                       np.maximum(RT * pa / feed_a, gc * ks * pb / feed_b))
     fill = (fill_in + np.maximum(pa / eff_h, pb / eff_v) + g["hop"][gi]
             + gr * gc * mt * nt * ob / feed_out)
     # k-split: a chain over the ks adjacent node rows per super-tile (receive a partial tile,
@@ -908,7 +910,7 @@ def _plan(m: int, n: int, k: int, a_format: Format, b_format: Format, machine: M
     # bound exceeds the best plan found cannot hold the optimum
     parts: List[Tuple[Dict[str, np.ndarray], np.ndarray, np.ndarray]] = []
     ub, pos = math.inf, 0
-    for size in (2, 6, len(order)):
+    for size in (2, 6, 24, len(order)):
         batch = order[pos:pos + size]
         pos += size
         batch = batch[lb[batch] <= ub]
@@ -926,7 +928,9 @@ def _plan(m: int, n: int, k: int, a_format: Format, b_format: Format, machine: M
     idx = np.concatenate([p[2] for p in parts], axis=1)
     # the fewest seconds; ties broken by fewer nodes, then the candidate order (deterministic)
     nodes_used = g["RT"][gsel] * gc[gsel]
-    best = int(np.lexsort((np.arange(len(gsel)), nodes_used, c["seconds"]))[0])
+    secs = c["seconds"]
+    tie = np.flatnonzero(secs == secs.min())
+    best = int(tie[np.argmin(nodes_used[tie])])   # argmin: the first of equals
     b = int(gsel[best])
     i, j, l = (int(v) for v in idx[:, best])
     names = ("compute", "sram", "noc", "offchip")
