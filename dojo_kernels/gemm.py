@@ -810,7 +810,8 @@ def plan_gemm(m: int, n: int, k: int, *, a_format: Format, b_format: Format,
         hit = _RECENT.get(key)
         if (hit is not None and hit[0] is a_format and hit[1] is b_format
                 and hit[2] is machine and hit[3] is out_format):
-            return hit[4]
+            plan_hit: GemmPlan = hit[4]
+            return plan_hit
     for name, v in (("m", m), ("n", n), ("k", k)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
             raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
