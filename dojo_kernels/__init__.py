@@ -21,7 +21,7 @@ from .formats import BF16, FP32, UHP, Format, cfloat8_143, cfloat8_152, shp
 from .numerics import (Flags, add, choose_bias, dequantize, fake_quantize, fma, mul, quantize,
                        sub)
 # --- GEMM and the D1 machine model --------------------------------------------------------
-from .d1 import D1Chip, D1Node, DojoSystem, TrainingTile
+from .d1 import D1Chip, D1Node, D2Tile, DojoSystem, TrainingTile
 from .gemm import GemmPlan, gemm, plan_gemm
 # --- mesh all-reduce ---------------------------------------------------------------------
 from . import mesh  # noqa: E402  (dojo_kernels.mesh: Mesh2D and the D1 presets)
@@ -55,7 +55,7 @@ __all__ = [
     "get_isa", "get_num_threads", "set_num_threads", "show_config",
     "Flags", "quantize", "dequantize", "fake_quantize", "add", "sub", "mul", "fma", "choose_bias",
     # GEMM and the D1 machine model
-    "D1Node", "D1Chip", "TrainingTile", "DojoSystem", "GemmPlan", "gemm", "plan_gemm",
+    "D1Node", "D1Chip", "TrainingTile", "D2Tile", "DojoSystem", "GemmPlan", "gemm", "plan_gemm",
     # mesh all-reduce
     "mesh", "AllreduceReport", "allreduce", "estimate_allreduce", "Schedule",
     "HierarchicalReport", "allreduce_hierarchical", "estimate_hierarchical",

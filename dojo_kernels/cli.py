@@ -42,6 +42,11 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def rp_machines() -> Tuple[str, ...]:
+    """The ``--machine`` choices (report.MACHINES), without importing NumPy at parse time."""
+    return ("d1", "d2")
+
+
 def _report(args: argparse.Namespace) -> int:
     from . import report as rp
     from ._config import set_num_threads
@@ -51,21 +56,27 @@ def _report(args: argparse.Namespace) -> int:
         set_num_threads(args.threads)
     formats = _csv(args.formats)
     algorithms = ALGORITHMS if args.algorithms == "all" else _csv(args.algorithms)
-    machine = rp.machine_with(
-        clock_hz=None if args.clock is None else args.clock * 1e9,
-        sram_bytes=None if args.sram is None else int(args.sram * 1024),
-        noc_link_bw=None if args.noc_bandwidth is None else args.noc_bandwidth * 1e9,
-        chip_link_bw=None if args.link_bandwidth is None else args.link_bandwidth * 1e9)
+    from ._units import from_cli
+
+    # human units (labelled in --help) -> SI, in this one place
+    def si(value: Optional[float], unit: str) -> Optional[float]:
+        return None if value is None else from_cli(value, unit)
+
+    sram = si(args.sram, "KiB")
     try:
+        machine = rp.machine_with(
+            base=rp.MACHINES[args.machine](),
+            clock_hz=si(args.clock, "GHz"),
+            sram_bytes=None if sram is None else int(sram),
+            noc_link_bw=si(args.noc_bandwidth, "GB/s"),
+            chip_link_bw=si(args.link_bandwidth, "GB/s"),
+            offtile_bw_per_edge=si(args.tile_link_bandwidth, "GB/s"))
         cfg = rp.ReportConfig(
             d_model=args.d_model, seq=args.seq, batch=args.batch, mlp_ratio=args.mlp_ratio,
             formats=formats, forward_format=args.forward_format,
             gradient_format=args.gradient_format, bias=args.bias, bias_margin=args.bias_margin,
             grad_bytes_per_param={"bf16": 2, "fp32": 4, "cfloat8": 1}[args.grad_dtype],
-            machine=machine, system_shape=args.system,
-            tile_link_bandwidth=(rp.ReportConfig.tile_link_bandwidth
-                                 if args.tile_link_bandwidth is None
-                                 else args.tile_link_bandwidth * 1e9),
+            machine=machine, system_shape=args.system, overlap=args.overlap,
             algorithms=algorithms, check_elements=args.check_elements, seed=args.seed)
     except (ValueError, TypeError) as exc:
         print(f"dojo-kernels report: {exc}", file=sys.stderr)
@@ -89,6 +100,14 @@ def _report(args: argparse.Namespace) -> int:
     to_stdout = args.json == "-"   # JSON alone on stdout (the tables would corrupt it)
     if not to_stdout:
         print(rp.render_report(result))
+        if args.machine != "d1":   # the what-if beside the D1 tile it changes
+            d1 = rp.machine_with(
+                base=rp.MACHINES["d1"](), clock_hz=si(args.clock, "GHz"),
+                sram_bytes=None if sram is None else int(sram),
+                noc_link_bw=si(args.noc_bandwidth, "GB/s"),
+                offtile_bw_per_edge=si(args.tile_link_bandwidth, "GB/s"))
+            print()
+            print("\n".join(rp.compare_machines(result, d1)))
     if args.json:
         rp.write_json(result, args.json)
         if not to_stdout:
@@ -176,17 +195,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="binades of headroom for choose_bias (default 0)")
     g.add_argument("--grad-dtype", default="bf16", choices=["bf16", "fp32", "cfloat8"],
                    help="gradient element on the all-reduce wire (default bf16: 2 B)")
-    g = r.add_argument_group("machine (defaults: the public D1 figures, see dojo_kernels.d1)")
-    g.add_argument("--clock", type=_positive_float, metavar="GHZ", help="node clock (2)")
-    g.add_argument("--sram", type=_positive_float, metavar="KIB", help="SRAM per node (1280)")
+    g = r.add_argument_group("machine (defaults: the public D1 figures, see dojo_kernels.d1; "
+                             "units as labelled: the CLI's human units, converted to SI)")
+    g.add_argument("--machine", choices=sorted(rp_machines()), default="d1",
+                   help="d1: a D1 training tile (default); d2: the D2 wafer what-if (every "
+                        "figure an assumption, docs/machine.md), printed beside the D1 tile")
+    g.add_argument("--clock", type=_positive_float, metavar="GHZ",
+                   help="node clock in GHz (2); SRAM and NoC bandwidths scale with it")
+    g.add_argument("--sram", type=_positive_float, metavar="KIB", help="SRAM per node in KiB (1280)")
     g.add_argument("--noc-bandwidth", type=_positive_float, metavar="GB/S",
-                   help="node-to-node link per direction (128)")
+                   help="node-to-node link per direction in GB/s (128)")
     g.add_argument("--link-bandwidth", type=_positive_float, metavar="GB/S",
-                   help="chip-to-chip link per direction inside a tile (2000)")
+                   help="chip-to-chip link per direction inside a tile in GB/s (2000)")
     g.add_argument("--tile-link-bandwidth", type=_positive_float, metavar="GB/S",
-                   help="tile-to-tile link per direction (9000)")
+                   help="tile edge and tile-to-tile link per direction in GB/s (9000)")
     g.add_argument("--system", type=_shape, default=(2, 3), metavar="ROWSxCOLS",
-                   help="tiles of the system all-reduce (default 2x3)")
+                   help="tiles of the system-scale step (default 2x3)")
+    g.add_argument("--overlap", action="store_true",
+                   help="system step: overlap each gradient all-reduce with the later "
+                        "backward GEMMs")
     g.add_argument("--algorithms", default="all",
                    help=f"all-reduce algorithms, comma-separated, or all ({','.join(ALGORITHMS)})")
     g = r.add_argument_group("output")

@@ -196,10 +196,10 @@ class AllreduceReport:
 
 
 def _check_topology(topology: Any) -> Mesh2D:
-    if not isinstance(topology, Mesh2D):
-        raise TypeError(f"topology: expected a dojo_kernels.mesh.Mesh2D, got "
-                        f"{type(topology).__name__}")
-    return topology
+    """A Mesh2D, or the mesh a machine object stands for (``mesh.as_topology``)."""
+    from .mesh import as_topology
+
+    return as_topology(topology)
 
 
 def _check_nbytes(nbytes: Any) -> float:

@@ -60,20 +60,22 @@ each. See docs/gemm.md for when that is possible.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, List, Literal, Optional, Sequence, Tuple, Union, overload
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union, overload
 
 import numpy as np
 
 from . import _config, _gemm
-from .d1 import D1Chip, TrainingTile
+from .d1 import D1Chip, D1Node, DojoSystem, TrainingTile
 from .formats import BF16, FP32, Format
 from .numerics import dequantize, quantize
 
-__all__ = ["gemm", "plan_gemm", "GemmPlan", "ORDERS", "kernel_names"]
+__all__ = ["gemm", "plan_gemm", "GemmPlan", "ORDERS", "kernel_names", "feed_bandwidths",
+           "clear_plan_cache"]
 
 #: The accumulation orders of :func:`gemm` (``order=``); the first is the default.
 ORDERS = ("amx", "vdpbf16ps")
@@ -418,7 +420,8 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
         ``machine`` (a batch runs its products one after the other: multiply by batch).
         An empty product (m, n or k == 0, or an empty batch) has the zero plan: no nodes,
         no steps, every byte count and time 0, ``bound == "empty"``.
-    machine : a :class:`D1Chip` (default) or :class:`TrainingTile`, for the plan.
+    machine : a :class:`D1Chip` (default), :class:`TrainingTile` (or ``D2Tile``) or
+        :class:`DojoSystem`, for the plan (cached: a repeated shape costs a dict lookup).
     order : the accumulation order of the FP32 sums, ``"amx"`` (default) or
         ``"vdpbf16ps"`` (see the module docstring and docs/gemm.md). ``"amx"``: what Intel
         AMX TDPBF16PS computes -- k in blocks of 32 (the last padded with zeros), per
@@ -480,8 +483,7 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
         if not out.flags.writeable:
             raise ValueError("out: array is read-only")
 
-    if machine is not None and not isinstance(machine, (D1Chip, TrainingTile)):
-        raise TypeError(f"machine: expected a D1Chip or a TrainingTile, got {type(machine).__name__}")
+    machine = _check_machine(machine)
     plan = None
     if return_plan:
         if m == 0 or n == 0 or k == 0 or nb == 0:
@@ -542,18 +544,36 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
 # The D1 cost model
 # ---------------------------------------------------------------------------------------
 
-_TILE_MN = np.array([8, 16, 32, 48, 64, 96, 128, 192, 256])
+_TILE_MN = np.array([8, 16, 32, 64, 128, 256])
 _TILE_K = np.array([16, 32, 64, 128, 256, 512])
-_TILE_MN_COARSE = np.array([8, 16, 32, 64, 128, 256])
-_TILE_K_COARSE = np.array([32, 64, 128, 256, 512])
+_DEBUG: Optional[List[Any]] = None
+#: k-split factors the planner considers (partial sums of ks node rows reduced over the NoC)
+_K_SPLITS = (1, 2, 4, 8, 16)
+
+Machine = Union[D1Chip, TrainingTile, DojoSystem]
+
+# GemmPlan field -> to_dict key (the unit in the key, as report.py's JSON)
+_PLAN_KEYS = {
+    "flops": "flop", "padded_flops": "padded_flop", "seconds": "time_s",
+    "utilization": "utilization_fraction", "compute_seconds": "compute_s",
+    "sram_seconds": "sram_s", "noc_seconds": "noc_s", "offchip_seconds": "offchip_s",
+    "fill_seconds": "fill_s", "reduction_seconds": "reduction_s", "sync_seconds": "sync_s",
+    "node_grid": "node_grid_nodes", "tile": "tile_mnk", "chip_grid": "chip_grid_chips",
+    "tile_grid": "tile_grid_tiles", "steps": "steps", "cycles": "cycles",
+}
 
 
 @dataclass(frozen=True)
 class GemmPlan:
-    """How a D1 chip (or training tile) runs one (m, n, k) product, and what it costs.
+    """How a D1 chip, training tile or Dojo system runs one (m, n, k) product, and its cost.
 
     See :func:`plan_gemm` for the dataflow and the overlap model. Byte counts are totals
-    over the whole product and every node; times in seconds.
+    over the whole product and every node (bytes); times in seconds; ``flops`` in FLOP.
+    ``node_grid`` is the (rows, cols) of nodes used in all (with a k-split, ``k_split``
+    consecutive node rows share one row of C); ``chip_grid`` / ``tile_grid``: the chips per
+    tile and tiles it spans. ``reduction_seconds``: the k-split's partial-sum reduction;
+    ``sync_seconds``: the per-step synchronization (``D1Node.step_sync_cycles``).
+    Plans pickle and round-trip through :meth:`to_dict` / :meth:`from_dict`.
     """
 
     m: int
@@ -582,6 +602,48 @@ class GemmPlan:
     noc_seconds: float
     offchip_seconds: float
     fill_seconds: float
+    k_split: int = 1
+    chip_grid: Tuple[int, int] = (1, 1)
+    tile_grid: Tuple[int, int] = (1, 1)
+    reduction_seconds: float = 0.0
+    sync_seconds: float = 0.0
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-ready dict; every figure's key names its unit (``_s`` seconds, ``_bytes``,
+        ``flop``, ``_fraction``); formats as their fields, the machine as its ``to_dict()``.
+        :meth:`from_dict` inverts it."""
+        out: Dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            key = _PLAN_KEYS.get(f.name, f.name)
+            if isinstance(v, Format):
+                v = dataclasses.asdict(v)
+            elif f.name == "machine":
+                v = v.to_dict()
+            elif isinstance(v, tuple):
+                v = list(v)
+            out[key] = v
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "GemmPlan":
+        """The plan :meth:`to_dict` described."""
+        from .d1 import machine_from_dict
+
+        kw: Dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            key = _PLAN_KEYS.get(f.name, f.name)
+            if key not in d:
+                continue
+            v = d[key]
+            if f.name in ("a_format", "b_format", "out_format"):
+                v = Format(**v)
+            elif f.name == "machine":
+                v = machine_from_dict(v)
+            elif isinstance(v, list):
+                v = tuple(v)
+            kw[f.name] = v
+        return cls(**kw)
 
 
 def _zero_plan(m: int, n: int, k: int, a_format: Format, b_format: Format,
@@ -600,73 +662,220 @@ def _bytes_per(fmt: Format) -> float:
     return fmt.nbits / 8
 
 
-def _pick(top: int) -> List[int]:
-    return sorted({v for v in (1, 2, 4, top // 2, top - 1, top) if 1 <= v <= top})
+_DEFAULT_CHIP: List[D1Chip] = []
 
 
-def _grids(machine: Union[D1Chip, TrainingTile]
-           ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Candidate node grids: rows, cols, chip rows, chip cols spanned."""
-    rs: Sequence[int]
-    cs: Sequence[int]
-    crs: Sequence[int]
-    ccs: Sequence[int]
+def _check_machine(machine: Any) -> Machine:
+    if machine is None:
+        if not _DEFAULT_CHIP:
+            _DEFAULT_CHIP.append(D1Chip())
+        return _DEFAULT_CHIP[0]
+    if not isinstance(machine, (D1Chip, TrainingTile, DojoSystem)):
+        raise TypeError(f"machine: expected a D1Chip, TrainingTile (or D2Tile) or DojoSystem, "
+                        f"got {type(machine).__name__}")
+    return machine
+
+
+def _dim_options(machine: Machine, axis: int) -> List[Tuple[int, int, int, int]]:
+    """Spans the planner considers along one axis (0: node rows, 1: node columns):
+    (nodes, per chip, chips per tile, tiles). Inside one chip every count; across chips and
+    tiles whole chips (rows: all, columns: one less than the grid when a full grid would
+    exceed the active nodes) and whole tiles."""
+    chip = machine if isinstance(machine, D1Chip) else (
+        machine.chip if isinstance(machine, TrainingTile) else machine.tile.chip)
+    full = chip.grid[axis]
+    # whole chips: all node rows, and as many columns as the active nodes allow with them
+    full_multi = full if axis == 0 else min(full, chip.active_nodes // chip.grid[0])
+    out = [(v, v, 1, 1) for v in range(1, full + 1)]
     if isinstance(machine, D1Chip):
-        chip, crs, ccs = machine, [1], [1]
-        rs, cs = range(1, chip.grid[0] + 1), range(1, chip.grid[1] + 1)
+        return out
+    tile = machine if isinstance(machine, TrainingTile) else machine.tile
+    nch = tile.chips[axis]
+    out += [(full_multi * c, full_multi, c, 1) for c in range(2, nch + 1)]
+    if isinstance(machine, DojoSystem):
+        out += [(full_multi * nch * t, full_multi, nch, t) for t in range(2, machine.grid[axis] + 1)]
+    return out
+
+
+@functools.lru_cache(maxsize=32)
+def _groups(machine: Machine, k_split: bool) -> Dict[str, np.ndarray]:
+    """Every (row span, k-split, column span) the planner considers, with the figures that do
+    not depend on (m, n, k): link bandwidths, feeds, latencies. Read-only arrays."""
+    if isinstance(machine, D1Chip):
+        chip, tile, sysm = machine, None, None
+    elif isinstance(machine, TrainingTile):
+        chip, tile, sysm = machine.chip, machine, None
     else:
-        chip = machine.chip
-        crs, ccs = range(1, machine.chips[0] + 1), range(1, machine.chips[1] + 1)
-        rs, cs = _pick(chip.grid[0]), _pick(chip.grid[1])
-    out = [(r, c, cr, cc) for r in rs for c in cs if r * c <= chip.active_nodes
-           for cr in crs for cc in ccs]
-    arr = np.array(out, dtype=np.int64)
-    return arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3]
+        chip, tile, sysm = machine.tile.chip, machine.tile, machine
+    node = chip.node
+    rows = _dim_options(machine, 0)
+    cols = _dim_options(machine, 1)
+    recs = []
+    for RT, r, cr, tr in rows:
+        for ks in (_K_SPLITS if k_split else (1,)):
+            if RT % ks:
+                continue
+            for CT, c, cc, tc in cols:
+                if r * c > chip.active_nodes:
+                    continue
+                recs.append((RT // ks, ks, RT, r, cr, tr, CT, c, cc, tc))
+    a = np.array(recs, dtype=np.float64)
+    g: Dict[str, np.ndarray] = {name: a[:, i].copy() for i, name in enumerate(
+        ("gr", "ks", "RT", "r", "cr", "tr", "gc", "c", "cc", "tc"))}
+    link = node.noc_link_bw
+    eff_h = np.full(len(a), link)
+    eff_v = np.full(len(a), link)
+    hop = (g["RT"] + g["gc"]) * node.hop_latency_s
+    edge = chip.offchip_bw_per_edge
+    if tile is not None:
+        # a link crossing a chip (tile) boundary shares the chip (tile) link among the node
+        # rows (columns) crossing it
+        eff_h = np.where(g["cc"] > 1, np.minimum(eff_h, tile.chip_link_bw / g["r"]), eff_h)
+        eff_v = np.where(g["cr"] > 1, np.minimum(eff_v, tile.chip_link_bw / g["c"]), eff_v)
+        hop = hop + (g["cr"] + g["cc"] - 2) * tile.chip_hop_latency
+    if sysm is not None:
+        assert tile is not None
+        eff_h = np.where(g["tc"] > 1, np.minimum(eff_h, tile.offtile_bw_per_edge / (g["r"] * g["cr"])),
+                         eff_h)
+        eff_v = np.where(g["tr"] > 1, np.minimum(eff_v, tile.offtile_bw_per_edge / (g["c"] * g["cc"])),
+                         eff_v)
+        hop = hop + (g["tr"] + g["tc"] - 2) * sysm.tile_hop_latency
+        f = sysm.edge_feed_bw
+        feed_a = g["tr"] * np.minimum(f, g["cr"] * edge)
+        feed_b = g["tc"] * np.minimum(f, g["cc"] * edge)
+        feed_out = feed_a + feed_b
+        shared = False
+    else:
+        e_bw = edge if tile is None else tile.offtile_bw_per_edge
+        edges = chip.edges if tile is None else tile.edges
+        out_edges = edges - 2 if edges > 2 else edges
+        if tile is None:
+            feed_a = np.full(len(a), e_bw)
+            feed_b = np.full(len(a), e_bw)
+            feed_out = np.full(len(a), out_edges * e_bw)
+        else:  # a tile edge reaches the grid through the chips on it
+            feed_a = np.minimum(e_bw, g["cr"] * edge)
+            feed_b = np.minimum(e_bw, g["cc"] * edge)
+            feed_out = np.minimum(out_edges * e_bw, (g["cr"] + g["cc"]) * edge)
+        shared = edges < 2
+    g.update(eff_h=eff_h, eff_v=eff_v, hop=hop, feed_a=feed_a, feed_b=feed_b,
+             feed_out=feed_out, shared=np.full(len(a), 1.0 if shared else 0.0))
+    for key in ("gr", "gc", "ks"):
+        u, inv = np.unique(g[key], return_inverse=True)
+        g["u_" + key], g["i_" + key] = u, inv
+    g["one_r"] = ((g["cr"] == 1) & (g["tr"] == 1)).astype(np.float64)
+    g["one_c"] = ((g["cc"] == 1) & (g["tc"] == 1)).astype(np.float64)
+    for v in g.values():
+        v.setflags(write=False)
+    return g
 
 
-@functools.lru_cache(maxsize=8)
-def _candidates(machine: Union[D1Chip, TrainingTile], ab: float, bb: float, ob: float
-                ) -> Optional[Tuple[np.ndarray, ...]]:
-    """Every (grid, tile) pair the planner considers, as flat float arrays (read-only)."""
-    node = (machine if isinstance(machine, D1Chip) else machine.chip).node
-    r, c, cr, cc = _grids(machine)
-    if isinstance(machine, D1Chip):
-        tmn, tk = _TILE_MN, _TILE_K
-    else:  # a coarser tile set: the tile has ~25x more grid shapes
-        tmn, tk = _TILE_MN_COARSE, _TILE_K_COARSE
-    mt, nt, kt = np.meshgrid(tmn, tmn, tk, indexing="ij")
-    mt, nt, kt = mt.ravel(), nt.ravel(), kt.ravel()
+@functools.lru_cache(maxsize=32)
+def _tiles(sram_bytes: int, ab: float, bb: float, ob: float
+           ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(mt, nt, kt, fits) over the full tile set, shape (6, 6, 6): fits = the footprint
+    (double-buffered A and B panels, FP32 accumulator, output staging) fits the SRAM."""
+    mt, nt, kt = np.meshgrid(_TILE_MN, _TILE_MN, _TILE_K, indexing="ij")
     foot = 2 * mt * kt * ab + 2 * kt * nt * bb + 4 * mt * nt + ob * mt * nt
-    fits = foot <= node.sram_bytes
-    if not fits.any():
-        return None
-    mt, nt, kt, foot = mt[fits], nt[fits], kt[fits], foot[fits]
-    G, T = len(r), len(mt)
-    r, c, cr, cc = (np.repeat(x, T).astype(np.float64) for x in (r, c, cr, cc))
-    mt, nt, kt, foot = (np.tile(x, G).astype(np.float64) for x in (mt, nt, kt, foot))
-    out = (r, c, cr, cc, r * cr, c * cc, mt, nt, kt, foot)
+    out = (mt.astype(np.float64), nt.astype(np.float64), kt.astype(np.float64), foot <= sram_bytes)
     for x in out:
         x.setflags(write=False)
     return out
 
 
+def _useful(total: int, width: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """(len(width), len(sizes)) bool: size i is useful for a span of ``width`` nodes unless a
+    smaller size needs as many super-tiles (it then dominates: less of everything)."""
+    cnt = np.ceil(total / (width[:, None] * sizes[None, :]))
+    keep = np.ones(cnt.shape, dtype=bool)
+    keep[:, 1:] = cnt[:, 1:] < cnt[:, :-1]
+    return keep
+
+
+def _cost(m: int, n: int, k: int, g: Dict[str, np.ndarray], gi: np.ndarray, mt: np.ndarray,
+          nt: np.ndarray, kt: np.ndarray, node: D1Node, ab: float, bb: float, ob: float
+          ) -> Dict[str, np.ndarray]:
+    """The cost model on candidates (group index gi, tile mt x nt x kt): see plan_gemm."""
+    gr, gc, ks, RT = g["gr"][gi], g["gc"][gi], g["ks"][gi], g["RT"][gi]
+    eff_h, eff_v = g["eff_h"][gi], g["eff_v"][gi]
+    feed_a, feed_b, feed_out = g["feed_a"][gi], g["feed_b"][gi], g["feed_out"][gi]
+    bm, bn, bk = node.mac_block
+    clock = node.clock_hz
+    step_cycles = np.ceil(mt / bm) * np.ceil(nt / bn) * np.ceil(kt / bk)
+    sup = np.ceil(m / (gr * mt)) * np.ceil(n / (gc * nt))
+    kst = np.ceil(np.ceil(k / ks) / kt)
+    steps = sup * kst
+    t_comp = steps * step_cycles / clock
+    red = ks > 1
+    S = 4 * mt * nt                                     # one FP32 partial C tile
+    pa, pb = mt * kt * ab, kt * nt * bb                 # one A panel, one B panel
+    rd_node = steps * (mt * nt * kt * (ab + bb) / 8 + S + pa + pb) + sup * S + red * sup * 2 * S
+    wr_node = steps * (S + pa + pb) + red * sup * 2 * S
+    t_sram = np.maximum(rd_node / node.sram_load_bw, wr_node / node.sram_store_bw)
+    v_panels = np.where(gr > 1, ks, ks - 1)             # distinct B panels down the top link
+    h_link = steps * pa * (gc > 1)
+    v_link = steps * v_panels * pb + red * sup * S
+    t_noc = np.maximum(h_link / eff_h, v_link / eff_v)
+    noc = (steps * (RT * (gc - 1) * pa + gc * (RT - 1) * v_panels * pb)
+           + red * sup * (ks - 1) * gr * gc * S)
+    off_a = steps * RT * pa
+    off_b = steps * gc * ks * pb
+    off_out = sup * gr * gc * mt * nt * ob
+    if g["shared"][0] > 0:   # one edge: A and B share it (the same for every span)
+        t_in = (off_a + off_b) / feed_a
+        fill_in = (RT * pa + gc * ks * pb) / feed_a
+    else:
+        t_in = np.maximum(off_a / feed_a, off_b / feed_b)
+        fill_in = np.maximum(RT * pa / feed_a, gc * ks * pb / feed_b)
+    t_off = np.maximum(t_in, off_out / feed_out)
+    fill = (fill_in + np.maximum(pa / eff_h, pb / eff_v) + g["hop"][gi]
+            + gr * gc * mt * nt * ob / feed_out)
+    # k-split: a chain over the ks adjacent node rows per super-tile (receive a partial tile,
+    # add it at the FP32 vector rate, pass it on), not overlapped with the next super-tile
+    t_red = red * sup * (ks - 1) * (S / eff_v + node.hop_latency_s + node.link_latency_s
+                                    + mt * nt / node.fp32_peak_flops)
+    t_sync = steps * node.step_sync_s
+    totals = np.stack([t_comp, t_sram, t_noc, t_off])
+    seconds = totals.max(axis=0) + fill + t_red + t_sync
+    return dict(seconds=seconds, totals=totals, steps=steps, step_cycles=step_cycles,
+                rd_node=rd_node, wr_node=wr_node, noc=noc, off_in=off_a + off_b,
+                off_out=off_out, fill=fill, t_red=t_red, t_sync=t_sync,
+                foot=2 * pa + 2 * pb + S + ob * mt * nt)
+
+
 def plan_gemm(m: int, n: int, k: int, *, a_format: Format, b_format: Format,
-              machine: Any = None, out_format: Format = FP32) -> GemmPlan:
-    """Plan C (m x n) = A (m x k) @ B (k x n) on a D1 chip or a training tile; return its cost.
+              machine: Any = None, out_format: Format = FP32, k_split: bool = True) -> GemmPlan:
+    """Plan C (m x n) = A (m x k) @ B (k x n) on a D1 chip, a training tile (or ``D2Tile``)
+    or a Dojo system; return its cost (seconds, bytes, FLOP).
 
     Dataflow (our design on public figures; Tesla's compiler is not public): SUMMA on a
-    ``gr x gc`` rectangle of nodes. C is cut into super-tiles of ``(gr*mt) x (gc*nt)``; node
-    (r, c) owns one ``mt x nt`` FP32 accumulator of it, resident in its SRAM for the whole k
-    loop (k is never split across nodes, so the sum order is fixed). Each of the
-    ``ceil(k/kt)`` steps brings an A panel ``mt x kt`` into every node row from the west
-    edge (off-chip), forwarded node to node along the row, and a B panel ``kt x nt`` down
-    every column from the north edge; the node multiplies them on its matrix unit in
-    8x8x4 blocks, one block per cycle (``ceil(mt/8) ceil(nt/8) ceil(kt/4)`` cycles: padding
-    waste counts). A finished C tile is drained off-chip in ``out_format`` over the east and
-    south edges. Each edge carries ``offchip_bw_per_edge`` (a tile: ``offtile_bw_per_edge``)
-    per direction: A gets one edge, B one, C the other ``edges - 2`` (with fewer than three
-    edges: the input edges' outbound direction). Every step and
-    super-tile is costed at full padded size (edge tiles are padded).
+    rectangle of nodes. C is cut into super-tiles of ``(gr*mt) x (gc*nt)``; node (r, c) owns
+    one ``mt x nt`` FP32 accumulator of it, resident in its SRAM for the whole k loop. Each
+    of the ``ceil(k/kt)`` steps brings an A panel ``mt x kt`` into every node row from the
+    west edge, forwarded node to node along the row, and a B panel ``kt x nt`` down every
+    column from the north edge; the node multiplies them on its matrix unit in 8x8x4 blocks,
+    one block per cycle (``ceil(mt/8) ceil(nt/8) ceil(kt/4)`` cycles: padding waste counts).
+    A finished C tile is drained in ``out_format`` over the east and south edges. Every step
+    and super-tile is costed at full padded size.
+
+    k-split (``k_split=True``, the default): ``ks`` in 1, 2, 4, 8, 16 adjacent node rows
+    share one row of C, each summing ``ceil(k/ks)`` of k; the ks partial tiles are reduced
+    by a chain along the column (``ks - 1`` transfers of ``4 mt nt`` bytes over the NoC,
+    one hop each, added at the node's FP32 rate), after every super-tile, not overlapped.
+    This makes GEMV and skinny shapes use the whole grid. ``k_split=False`` plans without it
+    (then k is never split across nodes); the k-split plan is never slower, since ``ks = 1``
+    is among its candidates. (The product :func:`gemm` computes is unaffected: the plan is a
+    cost model.)
+
+    Edges and feeds (bytes/s per direction): a chip's edges carry ``offchip_bw_per_edge``:
+    A gets the west edge, B the north, C the other ``edges - 2`` (with fewer than three
+    edges: the input edges' outbound direction; with one, A and B share it). A tile's edges
+    carry ``offtile_bw_per_edge``, but reach the grid only through the chips on that edge
+    (``chips spanned x offchip_bw_per_edge``). On a :class:`DojoSystem` the grid may span
+    several tiles of the system mesh; A, B and C move from and to the interface processors'
+    HBM on the outer tile edges: ``DojoSystem.edge_feed_bw`` per tile edge spanned (west: A,
+    north: B, east and south: C). A link crossing a chip (tile) boundary shares the chip
+    (tile) link among the node rows or columns crossing it.
 
     Per node SRAM (double-buffered A and B panels, the FP32 accumulator, an output staging
     buffer): ``2 mt kt a + 2 kt nt b + 4 mt nt + o mt nt`` bytes (``a, b, o`` bytes per
@@ -677,14 +886,29 @@ def plan_gemm(m: int, n: int, k: int, *, a_format: Format, b_format: Format,
 
     Overlap model: with double buffering, transfers of step s+1 overlap the compute of step
     s, so the time is the largest of the per-resource totals (compute, SRAM = max(load /
-    load_bw, store / store_bw), NoC = busiest link, off-chip = the busiest of the A edge,
-    the B edge and the C edges) plus a fill/drain term: the first step's panels (over their
-    edges, then NoC and hop latency across ``gr + gc`` hops) and the last C drain. ``bound`` names the largest total. On a
-    :class:`TrainingTile` the grid may span ``cr x cc`` chips; a link crossing a chip
-    boundary shares the chip-to-chip bandwidth among the rows (columns) crossing it.
-    The planner searches grid shapes and tile sizes (a fixed candidate set) for the
-    fewest seconds, so a bigger problem is never cheaper.
+    load_bw, store / store_bw), NoC = busiest link, off-chip = the busiest of the A feed,
+    the B feed and the C drain) plus a fill/drain term (the first step's panels over their
+    feeds, then the NoC and the hop latencies; the last C drain), plus the k-split
+    reduction, plus ``steps x D1Node.step_sync_cycles`` (0 by default: no public figure).
+    ``bound`` names the largest total.
+
+    Search: every span (per chip: every node count; across chips and tiles: whole chips and
+    tiles), k-split and tile size (mt, nt in 8, 16, ..., 256, kt in 16..512) is a candidate; the
+    planner returns the fewest seconds, exactly (bounds prune spans that cannot win; a tile
+    needing as many super-tiles as a smaller one is dominated), so a bigger problem is never
+    cheaper and a bigger system never slower. Plans are cached: a repeated call with equal
+    arguments returns the same plan object (machines and formats are frozen values).
     """
+    # fast path: the very same argument objects as a recent call (frozen values, held by
+    # the entry so their ids cannot be reused while it lives)
+    fast = type(m) is int and type(n) is int and type(k) is int and type(k_split) is bool
+    if fast:
+        key = (m, n, k, id(a_format), id(b_format), id(machine), id(out_format), k_split)
+        hit = _RECENT.get(key)
+        if (hit is not None and hit[0] is a_format and hit[1] is b_format
+                and hit[2] is machine and hit[3] is out_format):
+            plan_hit: GemmPlan = hit[4]
+            return plan_hit
     for name, v in (("m", m), ("n", n), ("k", k)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
             raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
@@ -694,99 +918,177 @@ def plan_gemm(m: int, n: int, k: int, *, a_format: Format, b_format: Format,
     b_format = _check_input_format(b_format, "b_format")
     if not isinstance(out_format, Format):
         raise TypeError(f"out_format: expected a Format, got {type(out_format).__name__}")
-    if machine is None:
-        machine = D1Chip()
-    if not isinstance(machine, (D1Chip, TrainingTile)):
-        raise TypeError(f"machine: expected a D1Chip or a TrainingTile, got {type(machine).__name__}")
-    m, n, k = int(m), int(n), int(k)
-    chip = machine if isinstance(machine, D1Chip) else machine.chip
+    if not isinstance(k_split, (bool, np.bool_)):
+        raise TypeError(f"k_split: expected a bool, got {type(k_split).__name__}")
+    plan = _plan(int(m), int(n), int(k), a_format, b_format, _check_machine(machine),
+                 out_format, bool(k_split))
+    if fast:
+        if len(_RECENT) >= 1024:
+            _RECENT.clear()
+        _RECENT[key] = (a_format, b_format, machine, out_format, plan)
+    return plan
+
+
+#: plan_gemm's identity-keyed front cache (the value-keyed one is _plan's lru_cache)
+_RECENT: Dict[Tuple[Any, ...], Tuple[Any, ...]] = {}
+
+
+def clear_plan_cache() -> None:
+    """Forget every cached plan (plans are pure functions of their arguments, so this only
+    matters to benchmarks and tests of the cache)."""
+    _RECENT.clear()
+    _plan.cache_clear()
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan(m: int, n: int, k: int, a_format: Format, b_format: Format, machine: Machine,
+          out_format: Format, k_split: bool) -> GemmPlan:
+    chip = machine if isinstance(machine, D1Chip) else (
+        machine.chip if isinstance(machine, TrainingTile) else machine.tile.chip)
     node = chip.node
     ab, bb, ob = _bytes_per(a_format), _bytes_per(b_format), _bytes_per(out_format)
-    bm, bn, bk = node.mac_block
-
-    cand = _candidates(machine, ab, bb, ob)
-    if cand is None:
+    mt_a, nt_a, kt_a, fits = _tiles(node.sram_bytes, ab, bb, ob)
+    if not fits.any():
         mt0, nt0, kt0 = _TILE_MN[0], _TILE_MN[0], _TILE_K[0]
         need = 2 * mt0 * kt0 * ab + 2 * kt0 * nt0 * bb + 4 * mt0 * nt0 + ob * mt0 * nt0
         raise ValueError(f"machine: no tile fits the node SRAM of {node.sram_bytes} bytes "
                          f"(even an {mt0}x{nt0}x{kt0} tile needs {int(need)} bytes)")
-    r, c, cr, cc, gr, gc, mt, nt, kt, foot = cand
-    clock = node.clock_hz
-    step_cycles = np.ceil(mt / bm) * np.ceil(nt / bn) * np.ceil(kt / bk)
-    sup = np.ceil(m / (gr * mt)) * np.ceil(n / (gc * nt))
-    kst = np.ceil(k / kt)
-    steps = sup * kst
-    t_comp = steps * step_cycles / clock
-    # SRAM per node
-    rd_step = mt * nt * kt * (ab + bb) / 8 + 4 * mt * nt + (mt * kt * ab + kt * nt * bb)
-    wr_step = 4 * mt * nt + (mt * kt * ab + kt * nt * bb)
-    rd_node = steps * rd_step + sup * mt * nt * 4          # + reading C out for the drain
-    wr_node = steps * wr_step
-    t_sram = np.maximum(rd_node / node.sram_load_bw, wr_node / node.sram_store_bw)
-    # NoC: busiest horizontal / vertical link
-    link = node.noc_link_bw
-    if isinstance(machine, TrainingTile):
-        eff_h = np.where(cc > 1, np.minimum(link, machine.chip_link_bw / r), link)
-        eff_v = np.where(cr > 1, np.minimum(link, machine.chip_link_bw / c), link)
-        edge_bw = machine.offtile_bw_per_edge
-    else:
-        eff_h = eff_v = np.full_like(r, link)
-        edge_bw = machine.offchip_bw_per_edge
-    edges = machine.edges
-    # A enters over the west edge, B over the north edge (one edge each, inbound; with a
-    # single edge they share it); C leaves over the other edges (east and south), or over
-    # the outbound direction of the input edges when there are only two (or one).
-    out_bw = (edges - 2 if edges > 2 else edges) * edge_bw
-    h_link = steps * mt * kt * ab * (gc > 1)
-    v_link = steps * kt * nt * bb * (gr > 1)
-    t_noc = np.maximum(h_link / eff_h, v_link / eff_v)
-    noc = steps * (gr * (gc - 1) * mt * kt * ab + gc * (gr - 1) * kt * nt * bb)
-    # off-chip
-    off_a = steps * gr * mt * kt * ab
-    off_b = steps * gc * kt * nt * bb
-    off_in = off_a + off_b
-    off_out = sup * gr * gc * mt * nt * ob
+    g = _groups(machine, k_split)
+    gr, gc, ks = g["gr"], g["gc"], g["ks"]
+    bm, bn, bk = node.mac_block
+    # lower bound of every span, whatever the tile: each node's share of the padded work;
+    # each operand crosses its feed at least once; the hop latencies
+    lb_comp = (np.ceil(np.ceil(m / gr) / bm) * np.ceil(np.ceil(n / gc) / bn)
+               * np.ceil(np.ceil(k / ks) / bk) / node.clock_hz)
+    shared = g["shared"] > 0
+    # A is fed once per column of super-tiles, B once per row of them (at most 256 wide)
+    sr_min = np.ceil(m / (gr * _TILE_MN[-1]))
+    sc_min = np.ceil(n / (gc * _TILE_MN[-1]))
+    in_a, in_b = sc_min * (m * k * ab), sr_min * (k * n * bb)
+    lb_in = np.where(shared, (in_a + in_b) / g["feed_a"],
+                     np.maximum(in_a / g["feed_a"], in_b / g["feed_b"]))
+    # the fill of the smallest tile (8 x 8 x 16)
+    pa0, pb0 = _TILE_MN[0] * _TILE_K[0] * ab, _TILE_K[0] * _TILE_MN[0] * bb
+    fill0 = (np.where(shared, (g["RT"] * pa0 + gc * ks * pb0) / g["feed_a"],
+                      np.maximum(g["RT"] * pa0 / g["feed_a"], gc * ks * pb0 / g["feed_b"]))
+             + np.maximum(pa0 / g["eff_h"], pb0 / g["eff_v"])
+             + gr * gc * (_TILE_MN[0] ** 2 * ob) / g["feed_out"])
+    lb = np.maximum(np.maximum(lb_comp, lb_in), m * n * ob / g["feed_out"]) + g["hop"] + fill0
+    # tiles that are not dominated, per span
+    ug, ig = g["u_gr"], g["i_gr"]
+    uc, ic = g["u_gc"], g["i_gc"]
+    uk, ik = g["u_ks"], g["i_ks"]
+    tmn = _TILE_MN.astype(np.float64)
+    use_m = _useful(m, ug, tmn)
+    use_n = _useful(n, uc, tmn)
+    use_k = _useful_k(k, uk, _TILE_K.astype(np.float64))
+    # inside one chip, a span one node narrower with as many super-tiles dominates
+    # (same steps, less of everything else); spans of whole chips are kept
+    min_m = _narrowest(m, ug, tmn)
+    min_n = _narrowest(n, uc, tmn)
 
-    def t_in(a_bytes: Any, b_bytes: Any) -> Any:
-        if edges >= 2:
-            return np.maximum(a_bytes, b_bytes) / edge_bw
-        return (a_bytes + b_bytes) / edge_bw
+    def evaluate(sel: np.ndarray) -> Tuple[Dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        um = use_m[ig[sel]] & (min_m[ig[sel]] | ~one_r[sel, None])
+        un = use_n[ic[sel]] & (min_n[ic[sel]] | ~one_c[sel, None])
+        mask = (um[:, :, None, None] & un[:, None, :, None]
+                & use_k[ik[sel]][:, None, None, :] & fits[None])
+        gi, i, j, l = np.nonzero(mask)
+        gsel = sel[gi]
+        c = _cost(m, n, k, g, gsel, mt_a[i, j, l], nt_a[i, j, l], kt_a[i, j, l], node, ab, bb, ob)
+        return c, gsel, np.stack([i, j, l])
 
-    t_off = np.maximum(t_in(off_a, off_b), off_out / out_bw)
-    # fill / drain: the first step's panels (west and north edges, then the NoC and the
-    # hops), and the last super-tile's C drain
-    fill = (t_in(gr * mt * kt * ab, gc * kt * nt * bb)
-            + np.maximum(mt * kt * ab / eff_h, kt * nt * bb / eff_v)
-            + (gr + gc) * node.hop_latency_s
-            + gr * gc * mt * nt * ob / out_bw)
-    totals = np.stack([t_comp, t_sram, t_noc, t_off])
-    seconds = totals.max(axis=0) + fill
-    best = int(np.argmin(seconds))
+    # a span inside one chip with more node rows (columns) than ceil(m / 8) (ceil(n / 8)) per
+    # k-split is dominated by the narrower one: the same single super-tile, less of the rest
+    one_r = g["one_r"] > 0
+    one_c = g["one_c"] > 0
+    lb[one_r & (gr > -(-m // bm))] = np.inf
+    lb[one_c & (gc > -(-n // bn))] = np.inf
+    order = np.argsort(lb, kind="stable")
+    # branch and bound: spans in the order of their bounds, in growing batches; a span whose
+    # bound exceeds the best plan found cannot hold the optimum
+    parts: List[Tuple[Dict[str, np.ndarray], np.ndarray, np.ndarray]] = []
+    ub, pos = math.inf, 0
+    for size in (2, 6, 24, len(order)):
+        batch = order[pos:pos + size]
+        pos += size
+        batch = batch[lb[batch] <= ub]
+        if batch.size == 0:
+            break
+        part = evaluate(np.sort(batch))
+        if part[0]["seconds"].size == 0:   # every candidate of these spans is dominated
+            continue
+        parts.append(part)
+        ub = min(ub, float(part[0]["seconds"].min()))
+        if _DEBUG is not None:
+            _DEBUG.append((int(batch.size), int(part[0]["seconds"].size)))
+    c = {key: np.concatenate([p[0][key] for p in parts], axis=-1) for key in parts[0][0]}
+    gsel = np.concatenate([p[1] for p in parts])
+    idx = np.concatenate([p[2] for p in parts], axis=1)
+    # the fewest seconds; ties broken by fewer nodes, then the candidate order (deterministic)
+    nodes_used = g["RT"][gsel] * gc[gsel]
+    secs = c["seconds"]
+    tie = np.flatnonzero(secs == secs.min())
+    best = int(tie[np.argmin(nodes_used[tie])])   # argmin: the first of equals
+    b = int(gsel[best])
+    i, j, l = (int(v) for v in idx[:, best])
     names = ("compute", "sram", "noc", "offchip")
-    peak = machine.peak_flops
     flops = 2.0 * m * n * k
-    nodes = gr[best] * gc[best]
-    sec = float(seconds[best])
+    sec = float(c["seconds"][best])
+    nodes = float(nodes_used[best])
     return GemmPlan(
         m=m, n=n, k=k, a_format=a_format, b_format=b_format, out_format=out_format,
         machine=machine,
-        node_grid=(int(gr[best]), int(gc[best])),
-        tile=(int(mt[best]), int(nt[best]), int(kt[best])),
-        sram_bytes_per_node=int(foot[best]),
+        node_grid=(int(g["RT"][b]), int(gc[b])),
+        tile=(int(_TILE_MN[i]), int(_TILE_MN[j]), int(_TILE_K[l])),
+        sram_bytes_per_node=int(c["foot"][best]),
         flops=flops,
-        padded_flops=float(steps[best] * step_cycles[best] * node.matrix_flops_per_cycle * nodes),
-        steps=int(steps[best]),
-        cycles=sec * clock,
+        padded_flops=float(c["steps"][best] * c["step_cycles"][best]
+                           * node.matrix_flops_per_cycle * nodes),
+        steps=int(c["steps"][best]),
+        cycles=sec * node.clock_hz,
         seconds=sec,
-        utilization=flops / (sec * peak),
-        bound=names[int(np.argmax(totals[:, best]))],
-        offchip_bytes=float(off_in[best] + off_out[best]),
-        noc_bytes=float(noc[best]),
-        sram_read_bytes=float(rd_node[best] * nodes),
-        sram_write_bytes=float(wr_node[best] * nodes),
-        compute_seconds=float(t_comp[best]),
-        sram_seconds=float(t_sram[best]),
-        noc_seconds=float(t_noc[best]),
-        offchip_seconds=float(t_off[best]),
-        fill_seconds=float(fill[best]),
+        utilization=flops / (sec * machine.peak_flops),
+        bound=names[int(np.argmax(c["totals"][:, best]))],
+        offchip_bytes=float(c["off_in"][best] + c["off_out"][best]),
+        noc_bytes=float(c["noc"][best]),
+        sram_read_bytes=float(c["rd_node"][best] * nodes),
+        sram_write_bytes=float(c["wr_node"][best] * nodes),
+        compute_seconds=float(c["totals"][0, best]),
+        sram_seconds=float(c["totals"][1, best]),
+        noc_seconds=float(c["totals"][2, best]),
+        offchip_seconds=float(c["totals"][3, best]),
+        fill_seconds=float(c["fill"][best]),
+        k_split=int(ks[b]),
+        chip_grid=(int(g["cr"][b]), int(g["cc"][b])),
+        tile_grid=(int(g["tr"][b]), int(g["tc"][b])),
+        reduction_seconds=float(c["t_red"][best]),
+        sync_seconds=float(c["t_sync"][best]),
     )
+
+
+def _narrowest(total: int, width: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """(len(width), len(sizes)) bool: ``width`` is the narrowest span giving its number of
+    super-tiles with tiles of that size (``width - 1`` would need more)."""
+    cnt = np.ceil(total / (width[:, None] * sizes[None, :]))
+    narrower = np.ceil(total / (np.maximum(width - 1, 1)[:, None] * sizes[None, :]))
+    return np.asarray((width[:, None] == 1) | (narrower > cnt))
+
+
+def _useful_k(k: int, ks: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """As :func:`_useful` for kt: the steps are ceil(ceil(k / ks) / kt)."""
+    cnt = np.ceil(np.ceil(k / ks)[:, None] / sizes[None, :])
+    keep = np.ones(cnt.shape, dtype=bool)
+    keep[:, 1:] = cnt[:, 1:] < cnt[:, :-1]
+    return keep
+
+
+def feed_bandwidths(machine: Any = None) -> Tuple[float, float, float]:
+    """(A feed, B feed, C drain) in bytes/s per direction that :func:`plan_gemm` gives a
+    grid spanning the whole ``machine`` (the same formulas as its search): a D1Chip's west,
+    north and other edges; a tile's edges as reached through the chips on them; a system's
+    interface-processor feeds on its outer tile edges. Their sum is the off-chip roof of
+    the roofline plot."""
+    machine = _check_machine(machine)
+    g = _groups(machine, False)
+    i = int(np.argmax(g["RT"] * g["gc"]))
+    return float(g["feed_a"][i]), float(g["feed_b"][i]), float(g["feed_out"][i])

@@ -107,9 +107,14 @@ class HierarchicalReport:
 
 
 def _check_levels(levels: Any, algorithms: Any) -> Tuple[Tuple[Mesh2D, ...], Tuple[str, ...]]:
-    if isinstance(levels, Mesh2D) or not isinstance(levels, (list, tuple)) or not levels:
-        raise TypeError("levels: expected a non-empty sequence of Mesh2D, innermost first")
-    levels = tuple(_check_topology(m) for m in levels)
+    from .d1 import D1Chip, DojoSystem, TrainingTile
+    from .mesh import as_levels
+
+    if isinstance(levels, Mesh2D) or not (isinstance(levels, (list, tuple, D1Chip, TrainingTile,
+                                                             DojoSystem)) and levels):
+        raise TypeError("levels: expected a non-empty sequence of Mesh2D (or machines), innermost "
+                        "first, or a machine (D1Chip, TrainingTile, DojoSystem)")
+    levels = tuple(_check_topology(m) for m in as_levels(levels))
     if algorithms is None:
         algorithms = ("bidirectional_ring",) * (len(levels) - 1) + ("auto",)
     if isinstance(algorithms, str) or len(algorithms) != len(levels):

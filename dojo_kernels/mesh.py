@@ -12,44 +12,46 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 
+from . import _units
 from .d1 import D1Chip, D1Node, DojoSystem, TrainingTile
 
 # Directions of the four links leaving a node, in link-index order.
 EAST, WEST, SOUTH, NORTH = 0, 1, 2, 3
 
-# --- D1 figures: SPEC section 6, from the machine model in dojo_kernels.d1 -------------------
-_NODE, _CHIP, _TILE = D1Node(), D1Chip(), TrainingTile()
+# --- D1 figures: SPEC section 6. Each lives in dojo_kernels.d1 (one place); these module
+# constants are read from the default machine objects, for backward compatibility. ----------
+_NODE, _CHIP, _TILE, _SYSTEM = D1Node(), D1Chip(), TrainingTile(), DojoSystem()
 CLOCK_HZ = _NODE.clock_hz
-#: Node-to-node link, bytes/s per direction (D1Node.noc_link_bw: 64 B/cycle, HC34 via TNP;
-#: AI Day 2021 said 512 GB/s; unresolved, SPEC section 6).
+#: Node-to-node link, bytes/s per direction (D1Node.noc_link_bytes_per_cycle: 64 B/cycle,
+#: HC34 via TNP; AI Day 2021 said 512 GB/s; unresolved, SPEC section 6).
 NODE_LINK_BANDWIDTH = _NODE.noc_link_bw
 #: "single cycle per hop" (HC34): D1Node.hop_latency_cycles per extra hop, and
-#: (assumption) one cycle of fixed cost per message -- an optimistic floor.
-NODE_HOP_LATENCY = _NODE.hop_latency_cycles / _NODE.clock_hz
-NODE_LINK_LATENCY = 1.0 / CLOCK_HZ
+#: D1Node.link_latency_cycles (assumption: one cycle) of fixed cost per message.
+NODE_HOP_LATENCY = _NODE.hop_latency_s
+NODE_LINK_LATENCY = _NODE.link_latency_s
 #: Node grid of one D1 (D1Chip.grid): 354 nodes, shape not public; the full 18 x 20
 #: rectangle is modelled.
 D1_NODE_ROWS, D1_NODE_COLS = _CHIP.grid
-#: Chip-to-chip link inside a training tile (TrainingTile.chip_link_bw, ~2 TB/s per D1 edge
-#: per direction: 576 SerDes lanes x 112 Gb/s over 4 edges; AI Day, HC34, medium).
+#: Chip-to-chip link inside a training tile (TrainingTile.chip_link_bw, derived: one D1
+#: edge, ~2 TB/s per direction: 576 SerDes lanes x 112 Gb/s over 4 edges; AI Day, HC34).
 CHIP_LINK_BANDWIDTH = _TILE.chip_link_bw
-#: Per-message and per-hop latency between chips: not public (assumption).
-CHIP_LINK_LATENCY = 100e-9
-CHIP_HOP_LATENCY = 20e-9
+#: Per-message and per-hop latency between chips (TrainingTile; assumption).
+CHIP_LINK_LATENCY = _TILE.chip_link_latency
+CHIP_HOP_LATENCY = _TILE.chip_hop_latency
 #: Training tile: 5 x 5 D1 (TrainingTile.chips; HC34 system talk, high).
 TILE_ROWS, TILE_COLS = _TILE.chips
 #: Tile-to-tile (TrainingTile.offtile_bw_per_edge: 36 TB/s off-tile, 9 TB/s per edge, HC34);
 #: taken per direction (assumption).
 TILE_LINK_BANDWIDTH = _TILE.offtile_bw_per_edge
-#: Per-message and per-hop latency between tiles: not public (assumption).
-TILE_LINK_LATENCY = 1e-6
-TILE_HOP_LATENCY = 100e-9
+#: Per-message and per-hop latency between tiles (DojoSystem; assumption).
+TILE_LINK_LATENCY = _SYSTEM.tile_link_latency
+TILE_HOP_LATENCY = _SYSTEM.tile_hop_latency
 #: ExaPOD: 10 cabinets x 2 trays x 6 tiles = 120 tiles = 3000 D1 (DojoSystem.tiles).
-EXAPOD_TILES = DojoSystem().tiles
+EXAPOD_TILES = _SYSTEM.tiles
 
 
 def _positive_int(name: str, v: Any) -> int:
@@ -270,57 +272,128 @@ def _signed_steps(d: Any, k: int, wrap: bool) -> Tuple[np.ndarray, np.ndarray]:
 
 
 # --- presets ---------------------------------------------------------------------------------
+def _preset_figures(link_bandwidth: float, link_latency: float, hop_latency: float) -> None:
+    """The presets model Dojo hardware: a figure off by a unit prefix is an error there
+    (Mesh2D itself stays generic and takes any positive bandwidth)."""
+    _units.check("link_bandwidth", link_bandwidth, "B/s")
+    _units.check_latency("link_latency", link_latency)
+    _units.check_latency("hop_latency", hop_latency)
+
+
 def d1_chip(machine: Optional[D1Chip] = None, *, rows: Optional[int] = None,
             cols: Optional[int] = None, link_bandwidth: Optional[float] = None,
-            link_latency: float = NODE_LINK_LATENCY, hop_latency: Optional[float] = None,
+            link_latency: Optional[float] = None, hop_latency: Optional[float] = None,
             wraparound: bool = False) -> Mesh2D:
     """The node mesh of one D1 chip (SPEC section 6): by default 18 x 20 nodes (the real chip
     has 354; the 6 missing nodes are not modelled), 128 GB/s per directed link, one cycle per
-    hop. ``machine`` (a :class:`dojo_kernels.d1.D1Chip`) supplies the grid, link bandwidth
-    and hop latency; keyword figures override it."""
+    hop and per message. ``machine`` (a :class:`dojo_kernels.d1.D1Chip`) supplies the grid,
+    link bandwidth (bytes/s) and latencies (seconds, from the node's cycles and clock);
+    keyword figures (SI units) override it."""
     chip = _CHIP if machine is None else machine
     if not isinstance(chip, D1Chip):
         raise TypeError(f"machine: expected a dojo_kernels.d1.D1Chip, got {type(chip).__name__}")
+    node = chip.node
+    bw = node.noc_link_bw if link_bandwidth is None else link_bandwidth
+    la = node.link_latency_s if link_latency is None else link_latency
+    hl = node.hop_latency_s if hop_latency is None else hop_latency
+    _preset_figures(bw, la, hl)
     return Mesh2D(chip.grid[0] if rows is None else rows, chip.grid[1] if cols is None else cols,
-                  link_bandwidth=chip.node.noc_link_bw if link_bandwidth is None else link_bandwidth,
-                  link_latency=link_latency,
-                  hop_latency=(chip.node.hop_latency_cycles / chip.node.clock_hz
-                               if hop_latency is None else hop_latency),
-                  wraparound=wraparound)
+                  link_bandwidth=bw, link_latency=la, hop_latency=hl, wraparound=wraparound)
 
 
 def chip_mesh(rows: int, cols: int, *, link_bandwidth: float = CHIP_LINK_BANDWIDTH,
               link_latency: float = CHIP_LINK_LATENCY, hop_latency: float = CHIP_HOP_LATENCY,
               wraparound: bool = False) -> Mesh2D:
-    """A mesh of D1 chips joined by their off-chip links (~2 TB/s per edge per direction).
-    ``chip_mesh(50, 60)`` is an ExaPOD's 3000 D1 as one flat chip mesh."""
+    """A mesh of D1 chips joined by their off-chip links (~2 TB/s per edge per direction;
+    ``link_bandwidth`` in bytes/s, latencies in seconds). ``chip_mesh(50, 60)`` is an
+    ExaPOD's 3000 D1 as one flat chip mesh."""
+    _preset_figures(link_bandwidth, link_latency, hop_latency)
     return Mesh2D(rows, cols, link_bandwidth=link_bandwidth, link_latency=link_latency,
                   hop_latency=hop_latency, wraparound=wraparound)
 
 
 def training_tile(machine: Optional[TrainingTile] = None, *, rows: Optional[int] = None,
                   cols: Optional[int] = None, link_bandwidth: Optional[float] = None,
-                  link_latency: float = CHIP_LINK_LATENCY, hop_latency: float = CHIP_HOP_LATENCY,
+                  link_latency: Optional[float] = None, hop_latency: Optional[float] = None,
                   wraparound: bool = False) -> Mesh2D:
     """The 5 x 5 chip mesh of a training tile (HC34), chip-to-chip links of ~2 TB/s.
-    ``machine`` (a :class:`dojo_kernels.d1.TrainingTile`) supplies the chip grid and link
-    bandwidth; keyword figures override it."""
+    ``machine`` (a :class:`dojo_kernels.d1.TrainingTile`, e.g. a ``D2Tile``) supplies the chip
+    grid, link bandwidth (bytes/s) and latencies (seconds); keyword figures override it."""
     tile = _TILE if machine is None else machine
     if not isinstance(tile, TrainingTile):
         raise TypeError(f"machine: expected a dojo_kernels.d1.TrainingTile, got {type(tile).__name__}")
     return chip_mesh(tile.chips[0] if rows is None else rows, tile.chips[1] if cols is None else cols,
                      link_bandwidth=tile.chip_link_bw if link_bandwidth is None else link_bandwidth,
-                     link_latency=link_latency, hop_latency=hop_latency, wraparound=wraparound)
+                     link_latency=tile.chip_link_latency if link_latency is None else link_latency,
+                     hop_latency=tile.chip_hop_latency if hop_latency is None else hop_latency,
+                     wraparound=wraparound)
 
 
-def system(rows: int, cols: int, *, link_bandwidth: float = TILE_LINK_BANDWIDTH,
-           link_latency: float = TILE_LINK_LATENCY, hop_latency: float = TILE_HOP_LATENCY,
-           wraparound: bool = False) -> Mesh2D:
-    """A mesh of training tiles (9 TB/s per tile edge, HC34). An ExaPOD has 120 tiles,
-    e.g. ``system(10, 12)``."""
-    return Mesh2D(rows, cols, link_bandwidth=link_bandwidth, link_latency=link_latency,
-                  hop_latency=hop_latency, wraparound=wraparound)
+def system(rows: Optional[int] = None, cols: Optional[int] = None, *,
+           link_bandwidth: Optional[float] = None, link_latency: Optional[float] = None,
+           hop_latency: Optional[float] = None, wraparound: bool = False,
+           machine: Optional[DojoSystem] = None) -> Mesh2D:
+    """A mesh of training tiles (9 TB/s per tile edge, HC34; ``link_bandwidth`` in bytes/s,
+    latencies in seconds). An ExaPOD has 120 tiles, e.g. ``system(10, 12)``. ``machine`` (a
+    :class:`dojo_kernels.d1.DojoSystem`, default ``DojoSystem()``) supplies the grid (when
+    ``rows``/``cols`` are not given), the link (its tile's ``offtile_bw_per_edge``) and the
+    latencies; keyword figures override it."""
+    sysm = _SYSTEM if machine is None else machine
+    if not isinstance(sysm, DojoSystem):
+        raise TypeError(f"machine: expected a dojo_kernels.d1.DojoSystem, got {type(sysm).__name__}")
+    if (rows is None) != (cols is None):
+        raise TypeError("rows, cols: give both or neither (then the machine's grid)")
+    bw = sysm.tile.offtile_bw_per_edge if link_bandwidth is None else link_bandwidth
+    la = sysm.tile_link_latency if link_latency is None else link_latency
+    hl = sysm.tile_hop_latency if hop_latency is None else hop_latency
+    _preset_figures(bw, la, hl)
+    r, c = sysm.grid if rows is None or cols is None else (rows, cols)
+    return Mesh2D(r, c, link_bandwidth=bw, link_latency=la, hop_latency=hl, wraparound=wraparound)
 
 
-__all__ = ["Mesh2D", "d1_chip", "chip_mesh", "training_tile", "system",
-           "EAST", "WEST", "SOUTH", "NORTH"]
+#: What :func:`as_topology` accepts.
+Machine = Union[D1Chip, TrainingTile, DojoSystem]
+
+
+def as_topology(obj: Any, name: str = "topology") -> Mesh2D:
+    """The all-reduce topology a machine stands for -- the one conversion every function
+    taking a machine or a topology uses:
+
+    - a :class:`Mesh2D`: itself;
+    - a :class:`~dojo_kernels.d1.D1Chip`: its node mesh, :func:`d1_chip` (machine);
+    - a :class:`~dojo_kernels.d1.TrainingTile` (or ``D2Tile``): its chip mesh,
+      :func:`training_tile` (machine);
+    - a :class:`~dojo_kernels.d1.DojoSystem`: its tile mesh, :func:`system` (machine=...).
+
+    Anything else is a TypeError naming ``name``.
+    """
+    if isinstance(obj, Mesh2D):
+        return obj
+    if isinstance(obj, D1Chip):
+        return d1_chip(obj)
+    if isinstance(obj, TrainingTile):
+        return training_tile(obj)
+    if isinstance(obj, DojoSystem):
+        return system(machine=obj)
+    raise TypeError(f"{name}: expected a dojo_kernels.mesh.Mesh2D or a machine (D1Chip, "
+                    f"TrainingTile, D2Tile, DojoSystem), got {type(obj).__name__}")
+
+
+def as_levels(obj: Any) -> Tuple[Mesh2D, ...]:
+    """The levels of a hierarchical all-reduce a machine stands for, innermost first, with
+    chips as endpoints (a D1Chip's endpoints are its nodes): D1Chip -> (node mesh,),
+    TrainingTile -> (chip mesh,), DojoSystem -> (chip mesh of a tile, tile mesh). A sequence
+    is returned as a tuple of :func:`as_topology` of its items."""
+    if isinstance(obj, DojoSystem):
+        return (training_tile(obj.tile), system(machine=obj))
+    if isinstance(obj, (D1Chip, TrainingTile, Mesh2D)):
+        return (as_topology(obj),)
+    if isinstance(obj, (list, tuple)) and obj:
+        return tuple(as_topology(m, "levels") for m in obj)
+    raise TypeError("levels: expected a non-empty sequence of Mesh2D (or machines), innermost "
+                    f"first, or a machine (D1Chip, TrainingTile, DojoSystem); got "
+                    f"{type(obj).__name__}")
+
+
+__all__ = ["Mesh2D", "d1_chip", "chip_mesh", "training_tile", "system", "as_topology",
+           "as_levels", "EAST", "WEST", "SOUTH", "NORTH"]

@@ -41,12 +41,14 @@ import numpy as np
 from . import _config, mesh
 from ._schedule import ALGORITHMS
 from .collectives import allreduce, estimate_allreduce
-from .d1 import TrainingTile
+from .d1 import D2Tile, DojoSystem, TrainingTile
+from .hierarchical import INNER_ALGORITHMS, HierarchicalReport, estimate_hierarchical
 from .formats import BF16, Format, cfloat8_143, cfloat8_152
-from .gemm import GemmPlan, gemm, plan_gemm
+from .gemm import GemmPlan, feed_bandwidths, gemm, plan_gemm
 from .numerics import choose_bias
 
 __all__ = ["ReportConfig", "GemmResult", "AllreduceResult", "Report", "run_report",
+           "compare_machines", "MACHINES",
            "render_report", "plot_report", "Progress", "HIST_EDGES"]
 
 #: Edges of the error histograms: ``log10(|error| / RMS(reference))`` of each output element.
@@ -70,10 +72,17 @@ class ReportConfig:
     bias_margin : binades of headroom for :func:`choose_bias`.
     grad_scale : RMS of the output gradient ``dY``.
     grad_bytes_per_param : bytes per gradient element on the wire of the all-reduce (2: BF16).
-    machine : the :class:`TrainingTile` the GEMMs are planned on (its figures also set the
-        tile mesh's link bandwidth).
-    system_shape : (rows, cols) of training tiles for the system all-reduce.
-    tile_link_bandwidth : bytes/s per direction between two tiles (:func:`mesh.system`).
+    machine : the :class:`TrainingTile` (or :class:`~dojo_kernels.d1.D2Tile`) the GEMMs are
+        planned on; its figures also set the tile mesh's links and (``offtile_bw_per_edge``)
+        the tile-to-tile links.
+    system_shape : (rows, cols) of training tiles of the system: :attr:`system` is the
+        ``DojoSystem(machine, grid=system_shape)`` of the system-scale step.
+    tile_link_bandwidth : deprecated (it duplicated ``machine.offtile_bw_per_edge``). None
+        (default): the machine's figure. A value (bytes/s) still overrides the tile-to-tile
+        link of the system, with a DeprecationWarning; set
+        ``machine=dataclasses.replace(tile, offtile_bw_per_edge=...)`` instead.
+    overlap : the system-scale step overlaps each weight's gradient all-reduce with the
+        backward GEMMs that follow its dW (False: the all-reduce starts after the last GEMM).
     algorithms : all-reduce algorithms to cost.
     check_elements : elements per node of the real all-reduce run as a numeric check
         (0: skip).
@@ -93,7 +102,8 @@ class ReportConfig:
     grad_bytes_per_param: int = 2
     machine: TrainingTile = field(default_factory=TrainingTile)
     system_shape: Tuple[int, int] = (2, 3)
-    tile_link_bandwidth: float = mesh.TILE_LINK_BANDWIDTH
+    tile_link_bandwidth: Optional[float] = None
+    overlap: bool = False
     algorithms: Tuple[str, ...] = ALGORITHMS
     check_elements: int = 4096
     seed: int = 0
@@ -119,7 +129,18 @@ class ReportConfig:
                 raise ValueError(f"algorithms: expected names from {', '.join(ALGORITHMS)}, "
                                  f"got {a!r}")
         if not isinstance(self.machine, TrainingTile):
-            raise TypeError(f"machine: expected a TrainingTile, got {type(self.machine).__name__}")
+            raise TypeError(f"machine: expected a TrainingTile (or D2Tile), got "
+                            f"{type(self.machine).__name__}")
+        if self.tile_link_bandwidth is not None:
+            import warnings
+
+            from . import _units
+            _units.check("tile_link_bandwidth", self.tile_link_bandwidth, "B/s")
+            warnings.warn("ReportConfig.tile_link_bandwidth is deprecated: it duplicates "
+                          "machine.offtile_bw_per_edge; set that instead",
+                          DeprecationWarning, stacklevel=3)
+        if not isinstance(self.overlap, (bool, np.bool_)):
+            raise TypeError(f"overlap: expected a bool, got {type(self.overlap).__name__}")
         if len(self.system_shape) != 2 or min(self.system_shape) < 1:
             raise ValueError(f"system_shape: expected (rows, cols) >= 1, got {self.system_shape!r}")
         if not (self.grad_scale > 0 and math.isfinite(self.grad_scale)):
@@ -127,6 +148,20 @@ class ReportConfig:
         if self.grad_bytes_per_param not in (1, 2, 4):
             raise ValueError(f"grad_bytes_per_param: expected 1, 2 or 4, got "
                              f"{self.grad_bytes_per_param!r}")
+
+    @property
+    def system(self) -> DojoSystem:
+        """The Dojo system of the system-scale step: ``system_shape`` tiles of ``machine``
+        (the deprecated ``tile_link_bandwidth``, when set, replaces the tile-to-tile link)."""
+        tile = self.machine
+        if self.tile_link_bandwidth is not None:
+            tile = replace(tile, offtile_bw_per_edge=self.tile_link_bandwidth)
+        return DojoSystem(tile, grid=self.system_shape)
+
+    @property
+    def system_link_bandwidth(self) -> float:
+        """Bytes/s per direction between two tiles (the system's tile-to-tile link)."""
+        return self.system.tile.offtile_bw_per_edge
 
     @property
     def tokens(self) -> int:
@@ -231,10 +266,46 @@ class Report:
         overlap: the all-reduce starts when the last dW is done)."""
         return self.compute_s(fmt) + self.best_allreduce("tile").time_s
 
-    def system_step_s(self, fmt: str) -> float:
-        """The step on the system of tiles (data parallel, one block per tile): the tile
-        step, then the all-reduce across tiles (no overlap)."""
-        return self.step_s(fmt) + self.best_allreduce("system").time_s
+    def hierarchical_allreduce(self) -> HierarchicalReport:
+        """The system's gradient all-reduce: hierarchical (``estimate_hierarchical`` on the
+        system: across the tile's chips with the fastest costed ring-family algorithm, then
+        across the tiles with the fastest costed algorithm)."""
+        return self._hier(float(self.config.params * self.config.grad_bytes_per_param))
+
+    def _hier(self, nbytes: float) -> HierarchicalReport:
+        c = self.config
+        inner = [a for a in self.allreduce if a.mesh == "tile" and a.algorithm in INNER_ALGORITHMS]
+        inner_alg = (min(inner, key=lambda a: a.time_s).algorithm if inner
+                     else "bidirectional_ring")
+        return estimate_hierarchical(nbytes, mesh.as_levels(c.system),
+                                     algorithms=(inner_alg, self.best_allreduce("system").algorithm))
+
+    def system_step_s(self, fmt: str, overlap: Optional[bool] = None) -> float:
+        """The step on the system of tiles, data parallel (each tile runs the block on its
+        own batch): the tile's GEMMs and the hierarchical gradient all-reduce
+        (:meth:`hierarchical_allreduce`). ``overlap`` (default ``config.overlap``): each
+        weight's gradient all-reduce starts when its dW GEMM is done and the previous
+        all-reduce has finished, concurrently with the remaining backward GEMMs (links and
+        compute are separate resources; contention on the tile edges is not modelled);
+        the step ends when both are done; per-weight all-reduces pay their latencies four
+        times, so the overlapped step is the faster of that and the serial one (one fused
+        all-reduce at the end), as a framework's gradient buckets choose. Without overlap:
+        GEMMs, then the all-reduce."""
+        c = self.config
+        serial = self.compute_s(fmt) + self.hierarchical_allreduce().time
+        if not (c.overlap if overlap is None else overlap):
+            return serial
+        t = 0.0
+        ar_end = 0.0
+        d, h = c.d_model, c.hidden
+        weights = {"qkv.dW": 3 * d * d, "attn_out.dW": d * d, "mlp_up.dW": d * h,
+                   "mlp_down.dW": h * d}
+        for g in self.gemms:
+            t += g.plans[fmt].seconds
+            if g.name in weights:
+                ar = self._hier(float(weights[g.name] * c.grad_bytes_per_param)).time
+                ar_end = max(ar_end, t) + ar
+        return min(serial, max(t, ar_end))
 
     @property
     def peak_flops(self) -> float:
@@ -260,8 +331,9 @@ class Report:
                 "clock_hz": m.chip.node.clock_hz, "sram_per_node_bytes": m.chip.node.sram_bytes,
                 "noc_link_bandwidth_bytes_per_s": m.chip.node.noc_link_bw,
                 "chip_link_bandwidth_bytes_per_s": m.chip_link_bw,
-                "tile_link_bandwidth_bytes_per_s": c.tile_link_bandwidth,
+                "tile_link_bandwidth_bytes_per_s": c.system_link_bandwidth,
                 "tile_peak_flop_per_s": m.peak_flops,
+                "machine": m.to_dict(), "system": c.system.to_dict(), "overlap": c.overlap,
             },
             "cpu": {"threads": self.threads, "isa": self.isa, "wall_s": self.wall_s,
                     "gemm_emulation": {f"{k}_s": v for k, v in self.cpu_emulation_s.items()}},
@@ -283,6 +355,7 @@ class Report:
                     "d1_time_s": p.seconds, "d1_utilization_fraction": p.utilization,
                     "d1_bound": p.bound, "d1_node_grid": list(p.node_grid),
                     "d1_tile_mnk": list(p.tile), "d1_offchip_bytes": p.offchip_bytes,
+                    "d1_k_split": p.k_split,
                     "d1_achieved_flop_per_s": p.flops / p.seconds,
                 }
             out["gemms"].append(gd)
@@ -301,10 +374,15 @@ class Report:
         t["tile_allreduce_s"] = self.best_allreduce("tile").time_s
         t["system_allreduce_best"] = self.best_allreduce("system").algorithm
         t["system_allreduce_s"] = self.best_allreduce("system").time_s
+        h = self.hierarchical_allreduce()
+        t["system_hierarchical_allreduce_s"] = h.time
+        t["system_hierarchical_algorithms"] = list(h.algorithms)
         for key in self.config.formats:
             t[key] = {"d1_compute_s": self.compute_s(key), "d1_step_s": self.step_s(key),
                       "d1_step_peak_fraction": self.flops / (self.step_s(key) * self.peak_flops),
                       "d1_system_step_s": self.system_step_s(key),
+                      "d1_system_step_overlapped_s": self.system_step_s(key, overlap=True),
+                      "d1_system_step_serial_s": self.system_step_s(key, overlap=False),
                       "cpu_emulation_s": self.cpu_emulation_s[key]}
         t["fp32_reference_cpu_s"] = self.cpu_emulation_s["fp32"]
         return out
@@ -428,8 +506,7 @@ def _tile_mesh(cfg: ReportConfig) -> mesh.Mesh2D:
 
 
 def _system_mesh(cfg: ReportConfig) -> mesh.Mesh2D:
-    r, c = cfg.system_shape
-    return mesh.system(r, c, link_bandwidth=cfg.tile_link_bandwidth)
+    return mesh.as_topology(cfg.system)
 
 
 def run_report(config: Optional[ReportConfig] = None, *,
@@ -533,7 +610,7 @@ def render_report(report: Report) -> str:
     c = report.config
     m = c.machine
     L: List[str] = []
-    L.append(f"dojo_kernels report: one training step of a transformer block on a D1 training tile")
+    L.append(f"dojo_kernels report: one training step of a transformer block on a {m.name}")
     L.append(f"  block: d_model {c.d_model}, seq {c.seq}, batch {c.batch}, MLP {c.mlp_ratio}x "
              f"({c.hidden}); {c.params / 1e6:.2f} M weights; 12 GEMMs, "
              f"{report.flops / 1e9:.1f} GFLOP")
@@ -566,11 +643,12 @@ def render_report(report: Report) -> str:
                  if c.bias is None else f"  CFloat8 bias fixed at {c.bias}")
     L.append("")
 
-    L.append("D1 plan of each GEMM on the tile (plan_gemm, machine=TrainingTile)")
+    L.append(f"D1 plan of each GEMM on the tile (plan_gemm, machine={type(m).__name__}; "
+             f"ks = k split across node rows)")
     hdr = ["GEMM"]
     for f in c.formats:
         hdr += [f"{f} time", "util", "bound"]
-    hdr += [f"{c.formats[0]} node grid"]
+    hdr += [f"{c.formats[0]} node grid", "ks"]
     rows = []
     for g in report.gemms:
         row = [g.name]
@@ -578,7 +656,7 @@ def render_report(report: Report) -> str:
             p = g.plans[f]
             row += [_si(p.seconds, "s"), f"{p.utilization:.1%}", p.bound]
         p0 = g.plans[c.formats[0]]
-        row += [f"{p0.node_grid[0]}x{p0.node_grid[1]}"]  # of the first format
+        row += [f"{p0.node_grid[0]}x{p0.node_grid[1]}", str(p0.k_split)]  # of the first format
         rows.append(row)
     L += _table(hdr, rows)
     L.append("")
@@ -591,7 +669,7 @@ def render_report(report: Report) -> str:
                                   f"({m.chips[0]}x{m.chips[1]} mesh, "
                                   f"{_si(m.chip_link_bw, 'B/s')} per link)"),
                          ("system", f"across {c.system_shape[0]}x{c.system_shape[1]} tiles "
-                                    f"({_si(c.tile_link_bandwidth, 'B/s')} per link)")):
+                                    f"({_si(c.system_link_bandwidth, 'B/s')} per link)")):
         L.append("  " + title)
         rows = []
         best = report.best_allreduce(where).algorithm
@@ -609,7 +687,8 @@ def render_report(report: Report) -> str:
              "all-reduce against float64")
     L.append("")
 
-    L.append("The step (GEMMs one after another, then the fastest all-reduce: no overlap)")
+    L.append("The step (GEMMs one after another, then the fastest all-reduce: no overlap; the "
+             "system: data parallel, hierarchical all-reduce)")
     rows = []
     tile_ar = report.best_allreduce("tile")
     sys_ar = report.best_allreduce("system")
@@ -622,10 +701,13 @@ def render_report(report: Report) -> str:
                      f"{report.cpu_emulation_s[f]:.2f} s",
                      f"{report.cpu_emulation_s[f] / step:.3g}x"])
     L += _table(["format", "GEMMs", "all-reduce", "tile step", "of peak", "achieved",
-                 f"+{c.system_shape[0]}x{c.system_shape[1]} tiles", "CPU emulation",
+                 f"{c.system_shape[0]}x{c.system_shape[1]} tiles"
+                 + (" (overlap)" if c.overlap else ""), "CPU emulation",
                  "CPU/D1 time"], rows)
-    L.append(f"  tile all-reduce: {tile_ar.algorithm}; across tiles: {sys_ar.algorithm} "
-             f"(+{_si(sys_ar.time_s, 's')}); FP32 reference on this CPU: "
+    hier = report.hierarchical_allreduce()
+    L.append(f"  tile all-reduce: {tile_ar.algorithm}; system: hierarchical "
+             f"{' then '.join(hier.algorithms)} ({_si(hier.time, 's')}; estimate_hierarchical"
+             f"); FP32 reference on this CPU: "
              f"{report.cpu_emulation_s['fp32']:.2f} s; whole report {report.wall_s:.1f} s")
     over = ", ".join(
         f"{names[f].split(' (')[0]} {_si(max(report.compute_s(f), tile_ar.time_s), 's')} "
@@ -633,6 +715,10 @@ def render_report(report: Report) -> str:
         f" of peak)" for f in c.formats)
     L.append(f"  With the all-reduce fully overlapped with the GEMMs (step = the longer of the "
              f"two): {over}.")
+    sysov = ", ".join(f"{names[f].split(' (')[0]} {_si(report.system_step_s(f, overlap=True), 's')}"
+                      for f in c.formats)
+    L.append(f"  System step with each gradient all-reduce overlapped with the later backward "
+             f"GEMMs (--overlap): {sysov}.")
     return "\n".join(L)
 
 
@@ -722,11 +808,13 @@ def plot_report(report: Report, directory: str) -> List[str]:
     m = c.machine
     fig, ax = plt.subplots(figsize=(8, 5.5))
     ais = [g.plans[f].flops / g.plans[f].offchip_bytes for g in report.gemms for f in c.formats]
-    knee = m.peak_flops / m.offchip_bw
+    feed = float(sum(feed_bandwidths(m)))   # the feeds plan_gemm gives the whole tile
+    knee = m.peak_flops / feed
     ai = np.logspace(math.log10(min(min(ais), knee) / 3), math.log10(max(max(ais), knee) * 10),
                      200)
-    ax.loglog(ai, np.minimum(m.peak_flops, ai * m.offchip_bw), "k-",
-              label=f"tile roof: {_si(m.peak_flops, 'FLOP/s')}, off-tile {_si(m.offchip_bw, 'B/s')}")
+    ax.loglog(ai, np.minimum(m.peak_flops, ai * feed), "k-",
+              label=f"tile roof: {_si(m.peak_flops, 'FLOP/s')}, A+B feeds and C drain "
+                    f"{_si(feed, 'B/s')} (plan_gemm's)")
     markers = {"compute": "o", "sram": "s", "noc": "^", "offchip": "D"}
     colors = {"bf16": "tab:blue", "cfloat8": "tab:orange"}
     seen = set()
@@ -788,8 +876,11 @@ def write_json(report: Report, path: str) -> None:
 
 def machine_with(*, clock_hz: Optional[float] = None, sram_bytes: Optional[int] = None,
                  noc_link_bw: Optional[float] = None, chip_link_bw: Optional[float] = None,
-                 base: Optional[TrainingTile] = None) -> TrainingTile:
-    """A :class:`TrainingTile` with some figures replaced (None keeps the default)."""
+                 base: Optional[TrainingTile] = None,
+                 offtile_bw_per_edge: Optional[float] = None) -> TrainingTile:
+    """A :class:`TrainingTile` with some figures replaced (None keeps the default), in SI
+    units: ``clock_hz`` Hz, ``sram_bytes`` bytes, the bandwidths bytes/s. The node's
+    per-cycle figures (SRAM, NoC) scale with a new clock unless given."""
     tile = TrainingTile() if base is None else base
     node = tile.chip.node
     nk: Dict[str, Any] = {}
@@ -803,5 +894,55 @@ def machine_with(*, clock_hz: Optional[float] = None, sram_bytes: Optional[int] 
     tk: Dict[str, Any] = {"chip": chip}
     if chip_link_bw is not None:
         tk["chip_link_bw"] = chip_link_bw
+    if offtile_bw_per_edge is not None:
+        tk["offtile_bw_per_edge"] = offtile_bw_per_edge
     return replace(tile, **tk)
 
+
+
+def compare_machines(report: Report, other: TrainingTile) -> List[str]:
+    """Lines of a side-by-side table: the report's step on its machine and on ``other``
+    (e.g. a D1 tile against a :class:`~dojo_kernels.d1.D2Tile`): the same GEMMs (same
+    operand formats) re-planned, the all-reduces re-costed; the CPU emulation and the
+    errors do not depend on the machine."""
+    c = report.config
+    other_cfg = replace(c, machine=other)
+    nbytes = float(c.params * c.grad_bytes_per_param)
+    tile_o = mesh.as_topology(other)
+    ar_tile = min((estimate_allreduce(nbytes, tile_o, algorithm=a) for a in c.algorithms),
+                  key=lambda r: r.time)
+    sys_topo = mesh.as_topology(other_cfg.system)
+    ar_sys = min((estimate_allreduce(nbytes, sys_topo, algorithm=a) for a in c.algorithms),
+                 key=lambda r: r.time)
+    inner = [a for a in c.algorithms if a in INNER_ALGORITHMS] or ["bidirectional_ring"]
+    inner_alg = min(inner, key=lambda a: estimate_allreduce(nbytes, tile_o, algorithm=a).time)
+    hier = estimate_hierarchical(nbytes, mesh.as_levels(other_cfg.system), algorithms=(inner_alg, ar_sys.algorithm))
+    me = report.config.machine
+    rows = []
+    for f in c.formats:
+        comp_o = sum(plan_gemm(g.m, g.n, g.k, a_format=g.plans[f].a_format,
+                               b_format=g.plans[f].b_format, machine=other).seconds
+                     for g in report.gemms)
+        comp = report.compute_s(f)
+        step, step_o = report.step_s(f), comp_o + ar_tile.time
+        sys_s = report.system_step_s(f, overlap=False)
+        sys_o = comp_o + hier.time
+        rows.append([f, _si(comp, "s"), _si(comp_o, "s"),
+                     _si(report.best_allreduce("tile").time_s, "s"), _si(ar_tile.time, "s"),
+                     _si(step, "s"), _si(step_o, "s"), f"{step / step_o:.2f}x",
+                     _si(sys_s, "s"), _si(sys_o, "s")])
+    a, b = me.name, other.name
+    L = [f"Side by side: {a} (A) and {b} (B), same step, same formats",
+         f"  chip-to-chip links: A {_si(me.chip_link_bw, 'B/s')}, {_si(me.chip_link_latency, 's')}; "
+         f"B {_si(other.chip_link_bw, 'B/s')}, {_si(other.chip_link_latency, 's')}"]
+    L += ["  " + r for r in _table(["format", "GEMMs A", "GEMMs B", "tile AR A", "tile AR B",
+                                    "tile step A", "tile step B", "A/B",
+                                    f"{c.system_shape[0]}x{c.system_shape[1]} A",
+                                    f"{c.system_shape[0]}x{c.system_shape[1]} B"], rows)]
+    L.append("  AR = the fastest costed gradient all-reduce; system steps without overlap. "
+             "Every D2 figure is an assumption (docs/machine.md).")
+    return L
+
+
+#: ``--machine`` choices of ``dojo-kernels report``.
+MACHINES: Dict[str, Callable[[], TrainingTile]] = {"d1": TrainingTile, "d2": D2Tile}

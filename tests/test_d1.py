@@ -145,9 +145,9 @@ def test_plan_bad_requests():
         dk.plan_gemm(4, 4, 4.5, a_format=BF16, b_format=BF16)
     with pytest.raises(ValueError, match="BF16 or CFloat8"):
         dk.plan_gemm(4, 4, 4, a_format=FP32, b_format=BF16)
-    with pytest.raises(TypeError, match="machine"):
-        dk.plan_gemm(4, 4, 4, a_format=BF16, b_format=BF16, machine=DojoSystem())
-    tiny = D1Chip(node=D1Node(sram_bytes=1000))
+    with pytest.raises(TypeError, match="machine"):   # a bare mesh has no compute figures
+        dk.plan_gemm(4, 4, 4, a_format=BF16, b_format=BF16, machine=dk.mesh.training_tile())
+    tiny = D1Chip(node=D1Node(sram_bytes=1024))   # 1 KiB: no tile fits
     with pytest.raises(ValueError, match="SRAM"):
         dk.plan_gemm(4, 4, 4, a_format=BF16, b_format=BF16, machine=tiny)
     with pytest.raises(TypeError, match="b_format"):
