@@ -40,7 +40,8 @@ import numpy as np
 from . import _config
 from .collectives import _as_codes, _check_algorithm, schedule_for, unit_boundaries
 from .formats import BF16, FP32, Format
-from .mesh import Mesh2D, chip_mesh
+from .d1 import D1Chip, DojoSystem, TrainingTile
+from .mesh import Mesh2D, as_topology, chip_mesh
 from ._schedule import COPY
 
 #: Default ``timeout`` of :func:`allreduce`, seconds. Long enough for ranks that reach the call
@@ -77,14 +78,14 @@ def _topology(mesh_shape: Any, size: int, MPI: Any) -> Mesh2D:
     if mesh_shape is None:
         rows, cols = MPI.Compute_dims(size, 2)
         return chip_mesh(int(rows), int(cols))
-    if isinstance(mesh_shape, Mesh2D):
-        topo = mesh_shape
+    if isinstance(mesh_shape, (Mesh2D, D1Chip, TrainingTile, DojoSystem)):
+        topo = as_topology(mesh_shape, "mesh_shape")   # a machine stands for its mesh
     else:
         try:
             rows, cols = mesh_shape
         except (TypeError, ValueError):
-            raise TypeError(f"mesh_shape: expected None, (rows, cols) or a Mesh2D, got "
-                            f"{mesh_shape!r}") from None
+            raise TypeError(f"mesh_shape: expected None, (rows, cols), a Mesh2D or a machine "
+                            f"(D1Chip, TrainingTile, DojoSystem), got {mesh_shape!r}") from None
         topo = chip_mesh(rows, cols)
     if topo.nodes != size:
         raise ValueError(f"mesh_shape: {topo.rows}x{topo.cols} has {topo.nodes} nodes but the "
@@ -424,8 +425,10 @@ def allreduce(comm: Any, array: Any, *, algorithm: str = "ring", mesh_shape: Any
         BF16 codes (or ``ml_dtypes.bfloat16``) for BF16. Not modified. It may hold more than
         ``2**31`` elements (messages travel in pieces of at most ``2**28`` elements).
     algorithm : as in :func:`dojo_kernels.allreduce` (default ``"ring"``).
-    mesh_shape : ``(rows, cols)``, a :class:`~dojo_kernels.mesh.Mesh2D` or None
-        (``MPI.Compute_dims(size, 2)``). The chunked algorithms (tree, chain, spanning_trees)
+    mesh_shape : ``(rows, cols)``, a :class:`~dojo_kernels.mesh.Mesh2D`, a machine
+        (:class:`~dojo_kernels.D1Chip`, :class:`~dojo_kernels.TrainingTile`,
+        :class:`~dojo_kernels.DojoSystem`: the mesh it stands for,
+        :func:`~dojo_kernels.mesh.as_topology`) or None (``MPI.Compute_dims(size, 2)``). The chunked algorithms (tree, chain, spanning_trees)
         pick their pipeline depth from the link figures, so pass the same Mesh2D as to the
         simulator to run the same schedule; a shape uses :func:`~dojo_kernels.mesh.chip_mesh`.
     fmt, accumulate : as in :func:`dojo_kernels.allreduce`. Partial sums travel as FP32.

@@ -33,6 +33,18 @@ def test_bad_arguments():
     np.testing.assert_array_equal(mpi.allreduce(MPI.COMM_SELF, x, mesh_shape=m), x)
 
 
+def test_machine_objects_stand_for_their_mesh():
+    """A D1 machine object is accepted as mesh_shape (the mesh it stands for): on one rank
+    its node count is checked against the communicator like any mesh."""
+    import dojo_kernels as dk
+
+    x = np.zeros(4, np.float32)
+    with pytest.raises(ValueError, match="mesh_shape: 5x5 has 25 nodes but the communicator has 1"):
+        mpi.allreduce(MPI.COMM_SELF, x, mesh_shape=dk.TrainingTile())
+    with pytest.raises(ValueError, match="mesh_shape: .* nodes but the communicator has 1"):
+        mpi.allreduce(MPI.COMM_SELF, x, mesh_shape=dk.D1Chip())
+
+
 def test_timeout_and_check_arguments():
     """timeout: positive seconds or None; check: a bool; comm: a communicator. On one rank the
     refused argument raises here, as the issue asks (other ranks would raise ValueError)."""
