@@ -643,7 +643,8 @@ def _rooted(P: int, edges: np.ndarray, tree: np.ndarray) -> np.ndarray:
 
 
 def pack_spanning_trees(nodes: int, edges: Any, seeds: Sequence[np.ndarray] = (), *,
-                        max_rounds: int = 60, tol: float = 1e-9
+                        groups: Optional[Sequence[int]] = None, max_rounds: int = 60,
+                        tol: float = 1e-9
                         ) -> Tuple[List[np.ndarray], np.ndarray, float, bool]:
     """Fractional spanning-tree packing of a connected graph by linear programming.
 
@@ -662,6 +663,11 @@ def pack_spanning_trees(nodes: int, edges: Any, seeds: Sequence[np.ndarray] = ()
         mesh with failed links or nodes removed and renumbered).
     seeds : starting trees as parent arrays (``-1`` at the root), e.g. good shallow trees;
         without seeds the first column is a BFS tree.
+    groups : optional class id per seed: the seeds of one class share one weight (one LP
+        column, their summed edge use). For a family that a symmetry maps onto itself (the
+        combs of a mesh or torus) uniform weights lose nothing and the LP stays tiny; pricing
+        still checks the result against every spanning tree. Generated trees are classes of
+        their own.
     max_rounds : cap on pricing rounds.
 
     Returns
@@ -671,7 +677,7 @@ def pack_spanning_trees(nodes: int, edges: Any, seeds: Sequence[np.ndarray] = ()
         value ``sum(lambda)``, and whether pricing proved it optimal.
     """
     from scipy.optimize import linprog
-    from scipy.sparse import coo_matrix, csc_matrix
+    from scipy.sparse import coo_matrix, csr_matrix
     from scipy.sparse.csgraph import breadth_first_order, minimum_spanning_tree
 
     P = int(nodes)
@@ -689,6 +695,14 @@ def pack_spanning_trees(nodes: int, edges: Any, seeds: Sequence[np.ndarray] = ()
         par = np.asarray(par, np.int64)
         cols.append(_tree_edges(par, keys, P))
         parents.append(par)
+    if groups is None:
+        cls = list(range(len(cols)))
+    else:
+        if len(groups) != len(cols):
+            raise ValueError(f"groups: expected one class id per seed ({len(cols)}), got "
+                             f"{len(groups)}")
+        _, first = np.unique(np.asarray(groups), return_inverse=True)
+        cls = [int(c) for c in first.reshape(-1)]
     if not cols:
         g = coo_matrix((np.ones(E), (ed[:, 0], ed[:, 1])), shape=(P, P)).tocsr()
         _, pred = breadth_first_order(g, 0, directed=False)
@@ -698,27 +712,33 @@ def pack_spanning_trees(nodes: int, edges: Any, seeds: Sequence[np.ndarray] = ()
             raise ValueError("edges: the graph is not connected")
         cols.append(_tree_edges(par, keys, P))
         parents.append(None)
+        cls = [0]
     optimal = False
     lam = np.zeros(0)
     for rnd in range(max_rounds + 1):
         T = len(cols)
+        K = max(cls) + 1
+        size = np.bincount(cls, minlength=K).astype(np.float64)
         rows = np.concatenate(cols)
-        cidx = np.repeat(np.arange(T), [c.size for c in cols])
-        # Edges used by the same set of trees give the same constraint: keep one of each
-        # (on a mesh with combs, 5890 edges become a + b rows). Sets are compared by two
-        # random sums over their trees, added in the same order for equal sets.
+        cidx = np.repeat(np.asarray(cls, np.int64), [c.size for c in cols])
+        # A[e, k]: how many trees of class k use edge e (duplicates add up)
+        A = csr_matrix((np.ones(rows.size), (rows, cidx)), shape=(E, K))
+        A.sum_duplicates()
+        A.sort_indices()
+        # Equal rows are the same constraint: keep one of each (on a mesh with its combs,
+        # 5890 edges become a + b rows). Rows are compared by two random projections;
+        # equal rows (same pattern, same order) give bit-equal sums.
         rng = np.random.default_rng(0x5EED)
-        k1 = np.bincount(rows, weights=rng.random(T)[cidx], minlength=E)
-        k2 = np.bincount(rows, weights=rng.random(T)[cidx], minlength=E)
+        k1 = A @ rng.random(K)
+        k2 = A @ rng.random(K)
         _, rep, inv, cnt = np.unique(k1 + 1j * k2, return_index=True, return_inverse=True,
                                      return_counts=True)
         inv = inv.reshape(-1)
-        A = csc_matrix((np.ones(rows.size), (rows, cidx)), shape=(E, T)).tocsr()[rep]
-        res = linprog(-np.ones(T), A_ub=A, b_ub=np.ones(rep.size), bounds=(0, None),
+        res = linprog(-size, A_ub=A[rep], b_ub=np.ones(rep.size), bounds=(0, None),
                       method="highs")
         if res.status != 0:  # pragma: no cover - the LP is always feasible and bounded
             raise RuntimeError(f"spanning-tree LP failed: {res.message}")
-        lam = np.asarray(res.x, np.float64)
+        lam = np.asarray(res.x, np.float64)[np.asarray(cls, np.int64)]    # per tree
         if lam.sum() >= trivial_bound * (1 - 1e-9):
             optimal = True
             break
@@ -742,6 +762,7 @@ def pack_spanning_trees(nodes: int, edges: Any, seeds: Sequence[np.ndarray] = ()
             break
         cols.append(tree)
         parents.append(None)
+        cls.append(K)
     keep = np.flatnonzero(lam > tol)
     out: List[np.ndarray] = []
     for i in keep:
@@ -833,16 +854,20 @@ def _integer_weights(lam: np.ndarray, parents: Sequence[np.ndarray], keys: np.nd
     q = lam / lam.sum()
     r = np.maximum(1, np.rint(q * resolution * lam.size)).astype(np.int64)
     cands.append(r // int(np.gcd.reduce(r)))
-    fr = [Fraction(float(x)).limit_denominator(8 * P) for x in lam]
-    den = 1
-    for f in fr:
-        den = den * f.denominator // math.gcd(den, f.denominator)
-        if den > 1 << 20:
-            break
-    else:
-        e = np.array([int(f * den) for f in fr], np.int64)
-        if (e > 0).all() and int(e.sum()) <= 1 << 22:
-            cands.append(e // int(np.gcd.reduce(e)))
+    # exact fractions of the LP values, and small ratios to the smallest value (trees of one
+    # class share one value, so there are few distinct ratios)
+    lo = float(lam.min())
+    for fr in ([Fraction(float(x)).limit_denominator(8 * P) for x in lam],
+               [Fraction(float(x) / lo).limit_denominator(64) for x in lam]):
+        den = 1
+        for f in fr:
+            den = den * f.denominator // math.gcd(den, f.denominator)
+            if den > 1 << 20:
+                break
+        else:
+            e = np.array([int(f * den) for f in fr], np.int64)
+            if (e > 0).all() and int(e.sum()) <= 1 << 16:
+                cands.append(e // int(np.gcd.reduce(e)))
     best = min(cands, key=lambda w: (share(w), int(w.sum())))
     return np.asarray(best, np.int64), share(best)
 
@@ -873,12 +898,23 @@ def lp_trees(a: int, b: int, wraparound: bool
                         par[order[t]] = order[t + 1] if t < mid else order[t - 1]
                 seeds.append(par)
     elif wr or wc:
-        seeds = _torus_combs(a, b, wr, wc, all_drops=2 * P <= 2048)
+        # every choice of the spine's dropped edge: tau exactly, 2P trees; on larger tori
+        # one choice per spine (a + b trees) reaches 2 against tau = 2ab/(ab-1)
+        seeds = _torus_combs(a, b, wr, wc, all_drops=P <= 256)
     else:
         seeds = [p for p, _ in comb_trees(topo)]
+    # two classes: the combs on a column spine, the combs on a row spine (a translation of
+    # the mesh or torus maps each class onto itself)
+    if a > 1 and b > 1:
+        ncol = b * (a if (wc and P <= 256) else 1) if (wr or wc) else b
+    else:
+        ncol = len(seeds)
+    groups = [0] * ncol + [1] * (len(seeds) - ncol)
     edges = graph_edges(topo)
-    parents, lam, tau, optimal = pack_spanning_trees(P, edges, seeds,
-                                                     max_rounds=0 if P > 1024 else 40)
+    # pricing may add deep trees (pipeline fill) for little capacity once the shallow seeds
+    # are near tau: it runs on small graphs only
+    parents, lam, tau, optimal = pack_spanning_trees(P, edges, seeds, groups=groups,
+                                                     max_rounds=40 if P <= 256 else 0)
     w, share = _integer_weights(lam, parents, edges[:, 0] * P + edges[:, 1])
     return [(p, int(x)) for p, x in zip(parents, w)], tau, optimal, share
 

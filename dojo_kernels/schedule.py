@@ -429,7 +429,8 @@ def _msccl_xml(sch: Schedule, name: str, proto: str, channels: int, min_bytes: i
     return ET.tostring(algo, encoding="unicode")
 
 
-def pack_spanning_trees(nodes: int, edges: Any, seeds: Any = (), *, max_rounds: int = 60
+def pack_spanning_trees(nodes: int, edges: Any, seeds: Any = (), *, groups: Any = None,
+                        max_rounds: int = 60
                         ) -> Tuple[List[np.ndarray], np.ndarray, float, bool]:
     """Fractional spanning-tree packing of any connected graph by linear programming (the LP
     behind the ``"spanning_trees"`` schedule; SciPy's HiGHS solves it).
@@ -445,6 +446,9 @@ def pack_spanning_trees(nodes: int, edges: Any, seeds: Any = (), *, max_rounds: 
     edges : ``(E, 2)`` array-like of undirected edges; any connected graph (for example a
         mesh with failed links removed), no grid assumption.
     seeds : starting trees as parent arrays (``-1`` at the root); optional.
+    groups : optional class id per seed; the seeds of a class share one weight (one LP
+        column): for a family that a symmetry of the graph maps onto itself this loses
+        nothing and keeps the LP small. Pricing still compares against every tree.
     max_rounds : cap on pricing rounds.
 
     Returns
@@ -474,6 +478,7 @@ def pack_spanning_trees(nodes: int, edges: Any, seeds: Any = (), *, max_rounds: 
     if int(nodes) > 1 and e.shape[0] == 0:
         raise ValueError("edges: the graph is not connected (no edges)")
     return _schedule.pack_spanning_trees(int(nodes), e.astype(np.int64), tuple(seeds),
+                                         groups=None if groups is None else list(groups),
                                          max_rounds=int(max_rounds))
 
 

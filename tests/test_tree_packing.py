@@ -99,6 +99,34 @@ def test_column_generation_from_one_bfs_tree(a, b, wrap):
     assert tau0 == pytest.approx(1.0) and not optimal0
 
 
+def test_grouped_seeds_share_a_weight():
+    """Combs of a 4x6 mesh in two classes (column spines, row spines): one weight per class,
+    still tau (the classes are symmetric); a wrong group count is refused."""
+    from dojo_kernels._schedule import comb_trees
+    m = make(4, 6)
+    edges = [tuple(l) for l in m.links().tolist() if l[0] < l[1]]
+    seeds = [p for p, _ in comb_trees(m)]
+    groups = [0] * 6 + [1] * 4
+    parents, lam, tau, optimal = pack_spanning_trees(24, edges, seeds, groups=groups,
+                                                     max_rounds=0)
+    assert optimal and tau == pytest.approx(38 / 23)
+    assert len(set(np.round(lam[:6], 12))) == 1 and len(set(np.round(lam[6:], 12))) == 1
+    # (a-1)/(ab-1) per column comb, (b-1)/(ab-1) per row comb: notes §2.8
+    assert lam[0] == pytest.approx(3 / 23) and lam[-1] == pytest.approx(5 / 23)
+    with pytest.raises(ValueError, match="groups"):
+        pack_spanning_trees(24, edges, seeds, groups=[0, 1])
+
+
+def test_large_torus_one_drop_per_spine_is_near_tau():
+    """Beyond 256 nodes a torus gets one comb per spine (a + b trees), no pricing: 2 against
+    tau = 2ab/(ab-1), a loss of 1/(ab); the schedule uses the wrap links."""
+    trees, tau, optimal, share = lp_trees(17, 17, True)
+    assert len(trees) == 34
+    assert tau >= (1 - 1e-9) * 2 * 289 / 288 * (288 / 289)
+    r = dk.estimate_allreduce(GiB, make(17, 17, True), algorithm="spanning_trees")
+    assert r.links_used == 4 * 289
+
+
 def test_lp_rejects_disconnected_graphs_and_bad_seeds():
     with pytest.raises(ValueError, match="connected"):
         pack_spanning_trees(4, [(0, 1), (2, 3)])
