@@ -257,6 +257,10 @@ def test_argument_errors_name_the_argument():
     with pytest.raises(ValueError, match="out: gemm with tensors that require grad"):
         dt.gemm(x.requires_grad_(), x, out=torch.empty(4, 4))
     x.requires_grad_(False)
+    bad = x.clone()
+    bad[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="b: contains NaN or Inf"):
+        dt.gemm(x, bad, a_format="cfloat8_143")
     # quantize of a tensor that requires grad works (detached), unlike x.numpy()
     assert dt.quantize(x.clone().requires_grad_(), dk.BF16).shape == (4, 4)
 
