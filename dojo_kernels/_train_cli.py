@@ -27,6 +27,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     t.add_argument("--recipes", default="fp32,bf16,cfloat8,cfloat8_sr",
                    help="comma-separated, from fp32, bf16, cfloat8, cfloat8_sr, cfloat8_rn, "
                         "cfloat8_delayed (default fp32,bf16,cfloat8,cfloat8_sr)")
+    t.add_argument("--model", default="mlp", choices=["mlp", "rnn"],
+                   help="mlp (default) or rnn: a row-by-row Elman RNN, a sequence model")
     t.add_argument("--seed", type=int, default=0, help="seed of weights, batches, SR (default 0)")
     t.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
     t.add_argument("--lr", type=float, default=0.005, help="SGD learning rate (default 0.005)")
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = tr.TrainConfig(epochs=args.epochs, recipes=_csv(args.recipes), seed=args.seed,
                              batch=args.batch, lr=args.lr, momentum=args.momentum,
-                             threads=args.threads)
+                             threads=args.threads, model=args.model)
     except (TypeError, ValueError) as exc:
         print(f"dojo-kernels train: {exc}", file=sys.stderr)
         return 2

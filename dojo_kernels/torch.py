@@ -437,18 +437,20 @@ class _Spec:
         if isinstance(like, Format):
             self.formats[role] = like
             return like
+        amax = _amax(arr)
+        if not math.isfinite(amax):
+            raise ValueError(f"{_ROLE_NAMES[role]}: contains NaN or Inf; no bias makes it "
+                             "representable")
         if self.policy == "delayed":
             assert self.scaling is not None
-            amax = _amax(arr)
-            if not math.isfinite(amax):
-                raise ValueError(f"{_ROLE_NAMES[role]}: contains NaN or Inf; no bias makes it "
-                                 "representable")
             hist = self.scaling[role]
             bias = hist.bias(like, amax, self.margin)
             hist.push(amax)
         else:
+            # choose_bias depends on max|x| alone: give it that one value (torch's inf-norm
+            # reads any strides in place; choose_bias would copy a transposed view first)
             try:
-                bias = _nx.choose_bias(arr, like, margin=self.margin)
+                bias = _nx.choose_bias(np.array([amax], np.float64), like, margin=self.margin)
             except ValueError as exc:
                 raise ValueError(f"{_ROLE_NAMES[role]}: {exc}") from None
         f = FAMILIES[like](bias)

@@ -46,7 +46,7 @@ from .formats import BF16, Format, cfloat8_143, cfloat8_152
 from .gemm import plan_gemm
 from .torch import RECIPES, Recipe, SROptimizer, convert
 
-__all__ = ["TrainConfig", "TrainResult", "RecipeRun", "StepCost", "run_training",
+__all__ = ["TrainConfig", "TrainResult", "RowRNN", "RecipeRun", "StepCost", "run_training",
            "render_training", "plot_training", "write_json", "RECIPE_NAMES", "describe",
            "step_cost"]
 
@@ -80,7 +80,10 @@ class TrainConfig:
     batch : samples per step (default 32).
     lr : SGD learning rate (default 0.005).
     momentum : SGD momentum (default 0.9).
-    hidden : hidden layer widths of the MLP (default (128, 64)).
+    hidden : hidden layer widths of the MLP (default (128, 64)); the RNN uses the first.
+    model : ``"mlp"`` (default) or ``"rnn"``: a sequence model reading each image as 8 rows
+        of 8 pixels, an Elman RNN ``h_t = tanh(W_x x_t + b + W_h h_{t-1})`` (two Linear
+        layers, 8 steps) and a Linear classifier on the last ``h``.
     test_fraction : held-out share of the 1,797 digits (default 0.25, a fixed split).
     threads : kernel and torch intra-op threads during training (default 1: this model's
         GEMMs are tiny, and on a loaded machine a second thread costs more than it gives;
@@ -94,6 +97,7 @@ class TrainConfig:
     lr: float = 0.005
     momentum: float = 0.9
     hidden: Tuple[int, ...] = (128, 64)
+    model: str = "mlp"
     test_fraction: float = 0.25
     threads: Optional[int] = 1
 
@@ -126,6 +130,8 @@ class TrainConfig:
         if self.threads is not None and (isinstance(self.threads, bool) or
                                          not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"threads: expected a positive int or None, got {self.threads!r}")
+        if self.model not in ("mlp", "rnn"):
+            raise ValueError(f"model: expected 'mlp' or 'rnn', got {self.model!r}")
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"test_fraction: expected 0 < f < 1, got {self.test_fraction}")
 
@@ -167,6 +173,7 @@ class TrainResult:
     parameters: int
     layers: List[Tuple[int, int]]  # (in, out) of every Linear
     wall_s: float
+    model: str = ""                # a description of the model
 
     def run(self, name: str) -> RecipeRun:
         """The run of one recipe."""
@@ -192,7 +199,7 @@ class TrainResult:
                                 "tile_s": c.tile_s}
             runs[r.name] = d
         cfg = asdict(self.config)
-        return {"config": cfg, "dataset": "sklearn.datasets.load_digits",
+        return {"config": cfg, "model": self.model, "dataset": "sklearn.datasets.load_digits",
                 "samples": {"train": self.samples[0], "test": self.samples[1]},
                 "parameters": self.parameters, "layers": [list(x) for x in self.layers],
                 "runs": runs, "wall_s": self.wall_s}
@@ -228,6 +235,34 @@ def _mlp(cfg: TrainConfig, n_in: int, n_out: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class RowRNN(nn.Module):
+    """An Elman RNN over the 8 rows of a digit: ``h_t = tanh(W_x x_t + b + W_h h_{t-1})``,
+    then a Linear classifier on ``h_8`` (every product an ``nn.Linear``, so :func:`convert`
+    makes them all D1 GEMMs)."""
+
+    def __init__(self, hidden: int, gen: torch.Generator, rows: int = 8, cols: int = 8,
+                 classes: int = 10) -> None:
+        super().__init__()
+        self.rows, self.cols, self.hidden = rows, cols, hidden
+        self.inp = nn.Linear(cols, hidden)
+        self.rec = nn.Linear(hidden, hidden, bias=False)
+        self.out = nn.Linear(hidden, classes)
+        with torch.no_grad():
+            for lin in (self.inp, self.rec, self.out):
+                bound = 1.0 / math.sqrt(lin.in_features)
+                lin.weight.uniform_(-bound, bound, generator=gen)
+                if lin.bias is not None:
+                    lin.bias.uniform_(-bound, bound, generator=gen)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xs = x.reshape(x.shape[0], self.rows, self.cols)
+        h = torch.zeros(x.shape[0], self.hidden, dtype=x.dtype)
+        for t in range(self.rows):
+            h = torch.tanh(self.inp(xs[:, t]) + self.rec(h))
+        out: torch.Tensor = self.out(h)
+        return out
+
+
 def _recipe(name: str) -> Optional[Recipe]:
     if name == "fp32":
         return None
@@ -239,15 +274,28 @@ def _recipe(name: str) -> Optional[Recipe]:
 # --- the D1 cost of one step ------------------------------------------------------------------
 def _step_gemms(cfg: TrainConfig, layers: Sequence[Tuple[int, int]], fwd: Format, grad: Format
                 ) -> List[Tuple[int, int, int, Format, Format]]:
-    """(m, n, k, a_format, b_format) of one step's GEMMs: per layer Y = X W^T, dW = dY^T X and,
-    past the first layer, dX = dY W."""
+    """(m, n, k, a_format, b_format) of one step's GEMMs. MLP: per layer Y = X W^T,
+    dW = dY^T X and, past the first layer, dX = dY W. RNN (``layers`` = input, recurrent,
+    output Linear): per row the input and recurrent products and their dW, the recurrent dX
+    past the first row, then the classifier's three."""
     out = []
     b = cfg.batch
-    for i, (n_in, n_out) in enumerate(layers):
+
+    def linear(n_in: int, n_out: int, dx: bool) -> None:
         out.append((b, n_out, n_in, fwd, fwd))
         out.append((n_out, n_in, b, grad, fwd))
-        if i > 0:
+        if dx:
             out.append((b, n_in, n_out, grad, fwd))
+
+    if cfg.model == "rnn":
+        (i_in, i_out), (r_in, r_out), (o_in, o_out) = layers
+        for t in range(8):
+            linear(i_in, i_out, False)
+            linear(r_in, r_out, t > 0)
+        linear(o_in, o_out, True)
+        return out
+    for i, (n_in, n_out) in enumerate(layers):
+        linear(n_in, n_out, i > 0)
     return out
 
 
@@ -298,7 +346,14 @@ def run_training(config: Optional[TrainConfig] = None, *,
         set_num_threads(cfg.threads)
     try:
         xtr, ytr, xte, yte = _digits(cfg)
-        base = _mlp(cfg, xtr.shape[1], 10)
+        base: nn.Module
+        if cfg.model == "rnn":
+            base = RowRNN(cfg.hidden[0], torch.Generator().manual_seed(cfg.seed))
+            desc = (f"row RNN (8 rows of 8 pixels, hidden {cfg.hidden[0]}, tanh) + Linear "
+                    f"{cfg.hidden[0]}-10")
+        else:
+            base = _mlp(cfg, xtr.shape[1], 10)
+            desc = "MLP " + "-".join(str(v) for v in [xtr.shape[1], *cfg.hidden, 10])
         layers = [(m.in_features, m.out_features) for m in base.modules()
                   if isinstance(m, nn.Linear)]
         parameters = sum(p.numel() for p in base.parameters())
@@ -345,7 +400,7 @@ def run_training(config: Optional[TrainConfig] = None, *,
         torch.set_num_threads(saved_threads[0])
         set_num_threads(saved_threads[1])
     return TrainResult(cfg, runs, (len(ytr), len(yte)), parameters, layers,
-                       time.perf_counter() - t_start)
+                       time.perf_counter() - t_start, desc)
 
 
 # --- rendering --------------------------------------------------------------------------------
@@ -375,10 +430,9 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1)
 def render_training(result: TrainResult) -> str:
     """The per-epoch table, the final figures and the D1 step times, as text."""
     cfg = result.config
-    widths = "-".join(str(x) for x in [result.layers[0][0], *[o for _, o in result.layers]])
     lines = [
         f"scikit-learn digits: {result.samples[0]} train / {result.samples[1]} test images "
-        f"(8x8, 10 classes); MLP {widths} ({result.parameters:,} parameters)",
+        f"(8x8, 10 classes); {result.model} ({result.parameters:,} parameters)",
         f"SGD lr {cfg.lr:g} momentum {cfg.momentum:g}, batch {cfg.batch}, {cfg.epochs} "
         f"epochs, seed {cfg.seed}",
     ]

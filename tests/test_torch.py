@@ -257,6 +257,10 @@ def test_argument_errors_name_the_argument():
     with pytest.raises(ValueError, match="out: gemm with tensors that require grad"):
         dt.gemm(x.requires_grad_(), x, out=torch.empty(4, 4))
     x.requires_grad_(False)
+    bad = x.clone()
+    bad[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="b: contains NaN or Inf"):
+        dt.gemm(x, bad, a_format="cfloat8_143")
     # quantize of a tensor that requires grad works (detached), unlike x.numpy()
     assert dt.quantize(x.clone().requires_grad_(), dk.BF16).shape == (4, 4)
 
@@ -531,3 +535,27 @@ def test_sr_optimizer_refuses_bfloat16_parameters():
         dt.SROptimizer(torch.optim.SGD([p], lr=0.1))
     with pytest.raises(TypeError, match="optimizer"):
         dt.SROptimizer("sgd")
+
+
+def test_order_is_passed_only_when_given():
+    """Works before and after dojo_kernels.gemm gains order=: None never passes it; a given
+    order reaches dojo_kernels.gemm (same bits as calling it directly) or, on a gemm without
+    the keyword, is a ValueError naming order."""
+    import inspect
+    rng = np.random.default_rng(10)
+    a = rng.standard_normal((16, 24)).astype(np.float32)
+    b = rng.standard_normal((24, 8)).astype(np.float32)
+    at, bt = torch.from_numpy(a), torch.from_numpy(b)
+    plain = dt.gemm(at, bt)
+    assert np.array_equal(bits(plain), np_bits(dk.gemm(a, b)))
+    lin = dt.D1Linear(24, 8, recipe=dt.Recipe(forward=dk.BF16, gradient=dk.BF16,
+                                              order="vdpbf16ps"))
+    if "order" in inspect.signature(dk.gemm).parameters:
+        got = dt.gemm(at, bt, order="vdpbf16ps")
+        assert np.array_equal(bits(got), np_bits(dk.gemm(a, b, order="vdpbf16ps")))
+        assert lin(at[:, :24] @ torch.ones(24, 24)).shape == (16, 8)
+    else:
+        with pytest.raises(ValueError, match="order: this dojo_kernels.gemm has no order="):
+            dt.gemm(at, bt, order="vdpbf16ps")
+        with pytest.raises(ValueError, match="order"):
+            lin(torch.randn(4, 24))

@@ -94,3 +94,20 @@ def test_cli_train_json_and_errors(tmp_path, capsys):
                        (["--lr", "-1"], "lr")):
         assert cli.main(["train", *args]) == 2
         assert word in capsys.readouterr().err
+
+
+def test_rnn_sequence_model_trains():
+    train = _torch()
+    cfg = train.TrainConfig(epochs=2, recipes=("cfloat8",), model="rnn", hidden=(32,),
+                            batch=256, lr=0.05)
+    r = train.run_training(cfg)
+    run = r.run("cfloat8")
+    assert run.loss[1] < run.loss[0] < run.initial_loss, run.loss
+    assert r.layers == [(8, 32), (32, 32), (32, 10)]
+    # per row: input and recurrent forward and dW (16 + 16), recurrent dX past row 1 (7);
+    # the classifier's forward, dW, dX (3)
+    assert run.cost.gemms == 42
+    model = train.RowRNN(32, __import__("torch").Generator().manual_seed(0))
+    from dojo_kernels.torch import D1Linear, convert
+    convert(model)
+    assert all(isinstance(m, D1Linear) for m in (model.inp, model.rec, model.out))
