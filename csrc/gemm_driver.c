@@ -8,19 +8,30 @@
  *   jr  : NR columns (one packed B sliver, L1)
  *   ir  : MR rows   (one packed A sliver)            micro-kernel on an MR x NR tile
  * One (jc, pc, ic) block is the CPU image of one D1 SRAM tile (docs/gemm.md).
- * Threads share out the (ic, jr-group) work items of one (jc, pc) step: they never split
+ * Threads (the pool of dk_pool.h) share out the (ic, jr-group) work items of one jc step;
+ * an item runs its rows x columns of C through every pc block in order: threads never split
  * k. The micro-kernels continue each C tile from the running sum stored in C, so the
  * result is one fixed chain along k (dk_gemm.h): independent of blocking and threads.
- * CFloat8 codes are decoded to BF16 through the table while packing (exact). */
+ * CFloat8 codes are decoded to BF16 through the table while packing (exact).
+ *
+ * No barrier: the packed B of a jc step holds every pc block, cut into units of
+ * DK_GEMM_CHUNK slivers. The first item that needs a unit packs it (an atomic flag per
+ * unit: unpacked, packing, ready); an item that finds it being packed by another thread
+ * packs a private copy instead of waiting, so a descheduled thread holds up nobody.
+ * Problems below DK_GEMM_PAR_MIN multiply-adds per jc step run on the calling thread. */
 #define _POSIX_C_SOURCE 200112L
 #include "dk_gemm.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+
+#include "dk_pool.h"
+
+#define DK_GEMM_CHUNK 4                         /* B slivers per packing unit */
+#define DK_GEMM_PAR_MIN ((double)(1 << 21))     /* m * ncols * k of a step handed to the pool */
+#define DK_GEMM_BPANEL_MAX ((size_t)32 << 20)   /* bytes of packed B per jc step (all of k) */
 
 typedef struct {
     dk_gemm_ukr_fn ukr;
@@ -251,6 +262,69 @@ static void *aligned_alloc_bytes(size_t n)
     return p;
 }
 
+/* One jc step of one batch item, shared by its work items. */
+typedef struct {
+    const tier_cfg *t;
+    const view *va, *vb;
+    float *cb;
+    int64_t m, n, k, ldo, jc, nsl, nchunks, ngroups, kpairs, kcp, mc, pairA, pairB;
+    float scale;
+    char *bbuf;          /* packed B of the step: pc block at sliver offset nsl * pc */
+    atomic_int *bstate;  /* per (pc block, chunk): 0 unpacked, 1 being packed, 2 ready */
+    char *abuf, *bpriv;  /* per slot: packed A block, private copy of one B unit */
+    size_t abytes, bpriv_bytes;
+} gemm_step;
+
+/* Work item w = (ic block, column group): all pc blocks in order, for its tiles only. */
+static void gemm_item(void *arg, int64_t w, int slot)
+{
+    const gemm_step *S = arg;
+    const tier_cfg *t = S->t;
+    const int64_t m = S->m, n = S->n, k = S->k, nsl = S->nsl, pairA = S->pairA, pairB = S->pairB;
+    const int64_t ic = w / S->ngroups, g = w % S->ngroups;
+    const int64_t i0 = ic * S->mc, mcur = m - i0 < S->mc ? m - i0 : S->mc;
+    const int64_t msl = (mcur + t->mr - 1) / t->mr;
+    const int64_t c0 = S->nchunks * g / S->ngroups, c1 = S->nchunks * (g + 1) / S->ngroups;
+    char *mya = S->abuf + (size_t)slot * S->abytes;
+    char *myb = S->bpriv + (size_t)slot * S->bpriv_bytes;
+    for (int64_t pc = 0, pb = 0; pc < S->kpairs; pc += S->kcp, pb++) {
+        int64_t kp = S->kpairs - pc < S->kcp ? S->kpairs - pc : S->kcp;
+        int flags = (pc > 0 ? DK_UKR_LOAD : 0) | (pc + kp == S->kpairs ? DK_UKR_LAST : 0);
+        pack_lines(S->va, m, k, i0, mcur, pc, kp, t->mr, t->split_a, 0, mya);
+        for (int64_t c = c0; c < c1; c++) {
+            int64_t s0 = c * DK_GEMM_CHUNK, s1 = s0 + DK_GEMM_CHUNK < nsl ? s0 + DK_GEMM_CHUNK : nsl;
+            char *unit = S->bbuf + (size_t)(nsl * pc + s0 * kp) * pairB;
+            atomic_int *st = &S->bstate[pb * S->nchunks + c];
+            int seen = atomic_load_explicit(st, memory_order_acquire);
+            if (seen != 2) {
+                char *dst = unit;
+                seen = 0;
+                if (!atomic_compare_exchange_strong_explicit(st, &seen, 1, memory_order_acquire,
+                                                             memory_order_acquire)) {
+                    if (seen != 2) dst = myb; /* being packed elsewhere: our own copy */
+                    else dst = NULL;          /* became ready meanwhile */
+                }
+                if (dst) {
+                    for (int64_t s = s0; s < s1; s++)
+                        pack_lines(S->vb, n, k, S->jc + s * t->nr, t->nr, pc, kp, t->nr,
+                                   t->split_b, t->simd_pack, dst + (size_t)(s - s0) * kp * pairB);
+                    if (dst == unit) atomic_store_explicit(st, 2, memory_order_release);
+                    else unit = myb;
+                }
+            }
+            for (int64_t s = s0; s < s1; s++) {
+                const char *bp = unit + (size_t)(s - s0) * kp * pairB;
+                int64_t j = S->jc + s * t->nr;
+                for (int64_t r = 0; r < msl; r++) {
+                    int64_t i = i0 + r * t->mr;
+                    tile(t, kp, mya + (size_t)r * kp * pairA, bp, S->cb + i * S->ldo + j,
+                         S->ldo, m - i, n - j, flags, S->scale);
+                }
+            }
+        }
+    }
+}
+
 int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
             const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
             float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads)
@@ -271,25 +345,39 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
     const int64_t kcp = t.kc / 2;                    /* pairs per block */
     const int64_t pairA = t.mr * 2 * (t.split_a ? 4 : 2), pairB = t.nr * 2 * (t.split_b ? 4 : 2);
     int64_t nc = t.nc < n ? t.nc : ((n + t.nr - 1) / t.nr) * t.nr;
+    /* The packed B of a step holds all of k: bound it by narrowing the step. */
+    int64_t nsl_cap = (int64_t)(DK_GEMM_BPANEL_MAX / ((size_t)kpairs * (size_t)pairB));
+    if (nsl_cap < DK_GEMM_CHUNK) nsl_cap = DK_GEMM_CHUNK;
+    if (nc > nsl_cap * t.nr) nc = nsl_cap * t.nr;
+
+    /* Small steps run on the calling thread: waking a worker costs more than it saves. */
+    int nthr = (double)m * (double)(n < nc ? n : nc) * (double)k < DK_GEMM_PAR_MIN ? 1 : threads;
 
     /* Rows per A block: an even share per thread when m is large, so no thread idles. */
     int64_t nb_m = 1, mc;
     if (m > t.mc_max) {
-        int64_t per = (m + (int64_t)threads * t.mc_max - 1) / ((int64_t)threads * t.mc_max);
-        nb_m = per * threads;
+        int64_t per = (m + (int64_t)nthr * t.mc_max - 1) / ((int64_t)nthr * t.mc_max);
+        nb_m = per * nthr;
     }
     mc = (m + nb_m - 1) / nb_m;
     mc = ((mc + t.mr - 1) / t.mr) * t.mr;
     nb_m = (m + mc - 1) / mc;
 
-    int nthr = threads;
-    size_t bbytes = (size_t)((nc + t.nr - 1) / t.nr) * kcp * pairB;
+    const int64_t nsl_max = (nc + t.nr - 1) / t.nr;
+    const int64_t npc = (kpairs + kcp - 1) / kcp;
+    const int64_t nchunks_max = (nsl_max + DK_GEMM_CHUNK - 1) / DK_GEMM_CHUNK;
+    size_t bbytes = (size_t)nsl_max * (size_t)kpairs * (size_t)pairB;
     size_t abytes = (size_t)(mc / t.mr) * kcp * pairA;
+    size_t bpriv_bytes = (size_t)DK_GEMM_CHUNK * kcp * pairB;
     char *bbuf = aligned_alloc_bytes(bbytes);
     char *abuf = aligned_alloc_bytes(abytes * nthr);
-    if (!bbuf || !abuf) {
+    char *bpriv = aligned_alloc_bytes(bpriv_bytes * nthr);
+    atomic_int *bstate = malloc((size_t)(npc * nchunks_max) * sizeof(atomic_int));
+    if (!bbuf || !abuf || !bpriv || !bstate) {
         free(bbuf);
         free(abuf);
+        free(bpriv);
+        free(bstate);
         return DK_ENOMEM;
     }
     for (int64_t bi = 0; bi < batch; bi++) {
@@ -299,61 +387,25 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
         view vb = {(const char *)b->ptr + bi * b->bs * (b->kind == DK_GEMM_U8 ? 1 : 2),
                    b->cs, b->rs, b->kind, b->table};
         float *cb = out + bi * bso;
-
-#pragma omp parallel num_threads(nthr)
-        {
-#ifdef _OPENMP
-            int tid = omp_get_thread_num();
-            int nteam = omp_get_num_threads();
-#else
-            int tid = 0, nteam = 1;
-#endif
-            char *mya = abuf + (size_t)tid * abytes;
-            for (int64_t jc = 0; jc < n; jc += nc) {
-                int64_t ncur = n - jc < nc ? n - jc : nc;
-                int64_t nsl = (ncur + t.nr - 1) / t.nr;
-                /* Work items (ic block, jr group), handed out dynamically so that a thread
-                 * slowed by a busy core takes fewer. With fewer than 4 items per thread,
-                 * each block's columns are split into groups; a thread takes items in
-                 * increasing order, so it packs an A block at most once per pc (the
-                 * packed_ic check). The order inside every C element is fixed, so the
-                 * schedule never changes the bits. */
-                int64_t ngroups = nb_m < 4 * (int64_t)nteam ? (4 * (int64_t)nteam + nb_m - 1) / nb_m : 1;
-                if (ngroups > nsl) ngroups = nsl;
-                int64_t nwork = nb_m * ngroups;
-                for (int64_t pc = 0; pc < kpairs; pc += kcp) {
-                    int64_t kp = kpairs - pc < kcp ? kpairs - pc : kcp;
-                    int flags = (pc > 0 ? DK_UKR_LOAD : 0) | (pc + kp == kpairs ? DK_UKR_LAST : 0);
-#pragma omp for schedule(dynamic, 2)
-                    for (int64_t s = 0; s < nsl; s++)
-                        pack_lines(&vb, n, k, jc + s * t.nr, t.nr, pc, kp, t.nr, t.split_b, t.simd_pack,
-                                   bbuf + (size_t)s * kp * pairB);
-                    int64_t packed_ic = -1;
-#pragma omp for schedule(dynamic, 1)
-                    for (int64_t w = 0; w < nwork; w++) {
-                        int64_t ic = w / ngroups, g = w % ngroups;
-                        int64_t i0 = ic * mc, mcur = m - i0 < mc ? m - i0 : mc;
-                        int64_t msl = (mcur + t.mr - 1) / t.mr;
-                        if (ic != packed_ic) {
-                            pack_lines(&va, m, k, i0, mcur, pc, kp, t.mr, t.split_a, 0, mya);
-                            packed_ic = ic;
-                        }
-                        int64_t s0 = nsl * g / ngroups, s1 = nsl * (g + 1) / ngroups;
-                        for (int64_t s = s0; s < s1; s++) {
-                            const char *bp = bbuf + (size_t)s * kp * pairB;
-                            int64_t j = jc + s * t.nr;
-                            for (int64_t r = 0; r < msl; r++) {
-                                int64_t i = i0 + r * t.mr;
-                                tile(&t, kp, mya + (size_t)r * kp * pairA, bp, cb + i * ldo + j,
-                                     ldo, m - i, n - j, flags, scale);
-                            }
-                        }
-                    }
-                }
-            }
+        for (int64_t jc = 0; jc < n; jc += nc) {
+            int64_t ncur = n - jc < nc ? n - jc : nc;
+            int64_t nsl = (ncur + t.nr - 1) / t.nr;
+            int64_t nchunks = (nsl + DK_GEMM_CHUNK - 1) / DK_GEMM_CHUNK;
+            /* Work items (ic block, column group), handed out dynamically so that a thread
+             * slowed by a busy core takes fewer. With fewer than 4 items per thread, each
+             * block's columns are split into groups of whole packing units. The order
+             * inside every C element is fixed, so the schedule never changes the bits. */
+            int64_t ngroups = nb_m < 4 * (int64_t)nthr ? (4 * (int64_t)nthr + nb_m - 1) / nb_m : 1;
+            if (ngroups > nchunks) ngroups = nchunks;
+            for (int64_t u = 0; u < npc * nchunks; u++) atomic_init(&bstate[u], 0);
+            gemm_step S = {&t, &va, &vb, cb, m, n, k, ldo, jc, nsl, nchunks, ngroups, kpairs, kcp,
+                           mc, pairA, pairB, scale, bbuf, bstate, abuf, bpriv, abytes, bpriv_bytes};
+            dk_pool_run(nthr, nb_m * ngroups, gemm_item, &S);
         }
     }
     free(bbuf);
     free(abuf);
+    free(bpriv);
+    free(bstate);
     return DK_OK;
 }
