@@ -63,6 +63,10 @@ except ImportError as exc:
     raise _missing_compiled(exc) from exc
 
 from ._config import get_isa, get_num_threads, set_num_threads
+
+import atexit as _atexit
+
+_atexit.register(_cpu._pool_shutdown)  # join the pool's workers at interpreter exit
 from .formats import BF16, FP32, UHP, Format, cfloat8_143, cfloat8_152, shp
 
 # --- numerics (issue: foundation) -------------------------------------------------------
