@@ -13,7 +13,7 @@ from __future__ import annotations
 import operator
 import os
 import threading
-from typing import Tuple
+from typing import Any, Tuple
 
 from . import _cpu
 
@@ -176,8 +176,10 @@ def _register_threadpoolctl() -> None:
     """Make threadpoolctl (>= 3.0) see and limit the kernels' pool: ``threadpool_info()``
     lists it with user_api and internal_api ``"dojo_kernels"``, and ``threadpool_limits``
     maps onto :func:`set_num_threads`. Nothing happens without threadpoolctl."""
+    import importlib
+
     try:
-        import threadpoolctl
+        threadpoolctl: Any = importlib.import_module("threadpoolctl")
     except ImportError:
         return
     base = getattr(threadpoolctl, "LibController", None)
