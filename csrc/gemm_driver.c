@@ -393,9 +393,11 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
             int64_t nchunks = (nsl + DK_GEMM_CHUNK - 1) / DK_GEMM_CHUNK;
             /* Work items (ic block, column group), handed out dynamically so that a thread
              * slowed by a busy core takes fewer. With fewer than 4 items per thread, each
-             * block's columns are split into groups of whole packing units. The order
+             * block's columns are split into groups of whole packing units (an item packs
+             * its A block itself, so one thread keeps one group). The order
              * inside every C element is fixed, so the schedule never changes the bits. */
-            int64_t ngroups = nb_m < 4 * (int64_t)nthr ? (4 * (int64_t)nthr + nb_m - 1) / nb_m : 1;
+            int64_t ngroups = nthr > 1 && nb_m < 4 * (int64_t)nthr
+                                  ? (4 * (int64_t)nthr + nb_m - 1) / nb_m : 1;
             if (ngroups > nchunks) ngroups = nchunks;
             for (int64_t u = 0; u < npc * nchunks; u++) atomic_init(&bstate[u], 0);
             gemm_step S = {&t, &va, &vb, cb, m, n, k, ldo, jc, nsl, nchunks, ngroups, kpairs, kcp,
