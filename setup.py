@@ -1,7 +1,7 @@
 """Build: one static library per ISA tier (each with its own flags), linked into
 every Cython extension. Tier code is only ever called after the run-time CPU check.
 
-    csrc/*.c              baseline drivers, dispatch and OpenMP loops  -> libdk_base
+    csrc/*.c              baseline drivers, dispatch, the thread pool -> libdk_base
     csrc/<tier>/*.c       kernels compiled with that tier's flags     -> libdk_<tier>
     dojo_kernels/_*.pyx   thin Cython glue, one extension each
 """
@@ -13,7 +13,9 @@ from setuptools import Extension, setup
 
 BASE = ["-O3", "-std=c11", "-fno-math-errno",
         "-fno-trapping-math", "-Wall", "-Wno-unknown-pragmas"]
-OPENMP = ["-fopenmp"]
+# Threads: our own pool (csrc/pool.c, POSIX threads), not OpenMP: libgomp's threads spin
+# while they wait, which stalls every parallel region when another process is busy.
+PTHREAD = ["-pthread"]
 TIERS = {
     "generic": [],
     "avx2": ["-mavx2", "-mfma", "-mf16c"],
@@ -41,14 +43,14 @@ def clib(name, sources, cflags):
 
 
 # Order matters for static linking: the base library refers to the tiers.
-libraries = [clib("dk_base", BASE_SOURCES, OPENMP)]
+libraries = [clib("dk_base", BASE_SOURCES, PTHREAD)]
 libraries += [clib(f"dk_{t}", TIER_SOURCES[t], f) for t, f in TIERS.items()]
 
-link = ["-fopenmp", "-lm"] + (["-fsanitize=address,undefined"] if SANITIZE else [])
+link = ["-pthread", "-lm"] + (["-fsanitize=address,undefined"] if SANITIZE else [])
 
 extensions = [
     Extension(f"dojo_kernels.{os.path.splitext(os.path.basename(p))[0]}", [p],
-              include_dirs=["include"], extra_compile_args=["-O2", *OPENMP, *SANITIZE],
+              include_dirs=["include"], extra_compile_args=["-O2", *PTHREAD, *SANITIZE],
               extra_link_args=link, depends=ALL_C + HEADERS)
     for p in sorted(glob.glob("dojo_kernels/_*.pyx"))
 ]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CI step: one valgrind memcheck run of a small workload (.ci/valgrind_driver.py: every
 # kernel, both tiers valgrind can execute, 1 and 2 threads, the error and out-of-memory
-# paths). Fails on any memcheck error and on any definite leak, after checking that a
+# paths), then one helgrind run of the thread pool (.ci/helgrind_driver.py). Fails on any
+# memcheck or helgrind error and on any definite leak, after checking that a
 # deliberate leak + out-of-bounds read (the driver's --control) IS reported through the
 # CPython/NumPy suppressions (.ci/valgrind-python.supp).
 #
@@ -49,4 +50,19 @@ rc=$?
 set -e
 grep -E "valgrind driver|ERROR SUMMARY|definitely lost:|Invalid|uninitialised|lost in" "$run/vg.log" || true
 if [ "$rc" -ne 0 ]; then cat "$run/vg.log"; echo "valgrind.sh: memcheck failed ($rc)"; exit 1; fi
+
+# The GEMM's packed-B flags are C11 atomics, which helgrind does not model: csrc/gemm_driver.c
+# annotates them through <valgrind/helgrind.h> when the build finds that header.
+if [ -f /usr/include/valgrind/helgrind.h ]; then
+  echo "=== valgrind helgrind: .ci/helgrind_driver.py (the thread pool) on tier $tier ==="
+  set +e
+  valgrind --tool=helgrind --error-exitcode=1 --num-callers=30 "$py" "$repo/.ci/helgrind_driver.py" \
+      >"$run/hg.log" 2>&1
+  rc=$?
+  set -e
+  grep -E "ERROR SUMMARY|Possible data race|lock order" "$run/hg.log" || true
+  if [ "$rc" -ne 0 ]; then cat "$run/hg.log"; echo "valgrind.sh: helgrind failed ($rc)"; exit 1; fi
+else
+  echo "valgrind.sh: no <valgrind/helgrind.h>: the helgrind run is skipped"
+fi
 echo "valgrind.sh: clean"

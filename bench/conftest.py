@@ -11,6 +11,16 @@ sys.path.insert(0, os.path.dirname(__file__))  # importlib mode: make _benchlib 
 from _benchlib import RESULTS, TABLES  # noqa: E402
 
 
+def pytest_collect_file(file_path, parent):
+    """Collect bench/bench_*.py (pytest's default python_files is test_*.py, and this
+    conftest cannot change an ini option): `pytest bench` and `dojo-kernels bench --suite`
+    run the whole suite. Files named on the command line are collected by pytest itself."""
+    if (file_path.suffix == ".py" and file_path.name.startswith("bench_")
+            and not parent.session.isinitpath(file_path)):
+        return pytest.Module.from_parent(parent, path=file_path)
+    return None
+
+
 def pytest_terminal_summary(terminalreporter):
     lines = []
     for table in TABLES:

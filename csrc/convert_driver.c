@@ -1,13 +1,16 @@
 /* convert_driver.c - baseline drivers for conversion and arithmetic: split the work into
- * fixed blocks (so results never depend on the thread count), run the blocks on OpenMP
- * threads, call the tier kernel chosen by the caller, and count exception flags.
+ * fixed blocks (so results never depend on the thread count), run the blocks on the pool's
+ * threads (dk_pool.h), call the tier kernel chosen by the caller, and count exception flags.
+ * Calls below DK_PAR_MIN elements run on the calling thread only.
  *
  * Flags and float64 sources of conversions take the scalar semantics of dk_format.h on every
  * tier; the FP32/BF16 conversions without flags and the arithmetic take the tier's SIMD
  * kernels (the arithmetic ones count flags themselves). */
+#include <stdatomic.h>
 #include <string.h>
 
 #include "dk_convert.h"
+#include "dk_pool.h"
 #if defined(__SSE__) || defined(__x86_64__)
 #include <xmmintrin.h>
 #define DK_HAVE_MXCSR 1
@@ -37,6 +40,21 @@ static void fpenv_leave(unsigned saved)
 
 #define DK_BLOCK 32768 /* elements per parallel block */
 #define DK_CHUNK 2048  /* elements per stack buffer inside a block */
+/* Smallest call handed to the pool (4 blocks): below it, waking a worker (tens of
+ * microseconds) costs about what a second thread would save. */
+#define DK_PAR_MIN ((int64_t)4 * DK_BLOCK)
+
+static int threads_for(int64_t n, int nthreads) { return n >= DK_PAR_MIN ? nthreads : 1; }
+
+/* Flag counts summed over blocks (integer sums: the order of the blocks does not matter). */
+typedef struct { atomic_llong inv, den, ovf, und; } flag_sums;
+static void add_counts(flag_sums *s, int64_t inv, int64_t den, int64_t ovf, int64_t und)
+{
+    if (inv) atomic_fetch_add_explicit(&s->inv, inv, memory_order_relaxed);
+    if (den) atomic_fetch_add_explicit(&s->den, den, memory_order_relaxed);
+    if (ovf) atomic_fetch_add_explicit(&s->ovf, ovf, memory_order_relaxed);
+    if (und) atomic_fetch_add_explicit(&s->und, und, memory_order_relaxed);
+}
 
 typedef void (*dk_q_fn)(const float *, void *, int64_t, const dk_format *, int, uint64_t, int64_t);
 typedef void (*dk_d_fn)(const void *, float *, int64_t, const dk_format *);
@@ -116,90 +134,135 @@ static void quantize_chunk(dk_q_fn q, const void *x, int xkind, void *codes, int
     }
 }
 
+/* The arguments of one call, shared by its blocks. */
+typedef struct {
+    const void *x, *b, *c;
+    void *out;
+    int xkind, okind, op, mode, width, scalar;
+    int64_t n;
+    const dk_format *f;
+    uint64_t seed;
+    dk_q_fn q;
+    dk_d_fn d;
+    void (*a)(int, const void *, const void *, const void *, void *, int64_t, int64_t,
+              const dk_format *, int, uint64_t, int64_t *);
+    flag_sums sums;
+} call_args;
+
+static int64_t nblocks_of(int64_t n) { return (n + DK_BLOCK - 1) / DK_BLOCK; }
+
+static void quantize_block(void *arg, int64_t b, int slot)
+{
+    call_args *A = arg;
+    (void)slot;
+    const void *x = A->x;
+    void *out = A->out;
+    const int64_t n = A->n;
+    const int xkind = A->xkind, mode = A->mode, width = A->width;
+    const dk_format *f = A->f;
+    const uint64_t seed = A->seed;
+    int64_t i0 = b * DK_BLOCK, len = n - i0 < DK_BLOCK ? n - i0 : DK_BLOCK;
+    if (A->scalar) {
+        int64_t c[4] = {0, 0, 0, 0};
+        quantize_scalar(x, xkind, out, i0, len, f, mode, seed, c);
+        add_counts(&A->sums, c[0], c[1], c[2], c[3]);
+    } else {
+        for (int64_t s = 0; s < len; s += DK_CHUNK) {
+            int64_t m = len - s < DK_CHUNK ? len - s : DK_CHUNK;
+            quantize_chunk(A->q, x, xkind, (char *)out + (i0 + s) * width, i0 + s, m, f, mode, seed);
+        }
+    }
+}
+
+static void store_sums(dk_flags *flags, flag_sums *s)
+{
+    store_flags(flags, (int64_t)atomic_load(&s->inv), (int64_t)atomic_load(&s->den),
+                (int64_t)atomic_load(&s->ovf), (int64_t)atomic_load(&s->und));
+}
+
 int dk_quantize(const void *x, int xkind, void *out, int64_t n, const dk_format *f, int mode,
                 uint64_t seed, dk_flags *flags, int isa, int nthreads)
 {
-    const int width = dk_code_width(f);
-    const int64_t nblocks = (n + DK_BLOCK - 1) / DK_BLOCK;
-    const dk_q_fn q = pick_q(isa);
-    const int scalar = flags != NULL || xkind == DK_F64;
-    int64_t inv = 0, den = 0, ovf = 0, und = 0;
-#pragma omp parallel for num_threads(nthreads) schedule(static) reduction(+ : inv, den, ovf, und) \
-    if (nblocks > 1 && nthreads > 1)
-    for (int64_t b = 0; b < nblocks; b++) {
-        int64_t i0 = b * DK_BLOCK, len = n - i0 < DK_BLOCK ? n - i0 : DK_BLOCK;
-        if (scalar) {
-            int64_t c[4] = {0, 0, 0, 0};
-            quantize_scalar(x, xkind, out, i0, len, f, mode, seed, c);
-            inv += c[0];
-            den += c[1];
-            ovf += c[2];
-            und += c[3];
-        } else {
-            for (int64_t s = 0; s < len; s += DK_CHUNK) {
-                int64_t m = len - s < DK_CHUNK ? len - s : DK_CHUNK;
-                quantize_chunk(q, x, xkind, (char *)out + (i0 + s) * width, i0 + s, m, f, mode, seed);
-            }
+    call_args A = {.x = x, .out = out, .xkind = xkind, .mode = mode, .width = dk_code_width(f),
+                   .scalar = flags != NULL || xkind == DK_F64, .n = n, .f = f, .seed = seed,
+                   .q = pick_q(isa)};
+    dk_pool_run(threads_for(n, nthreads), nblocks_of(n), quantize_block, &A);
+    store_sums(flags, &A.sums);
+    return DK_OK;
+}
+
+static void dequantize_block(void *arg, int64_t b, int slot)
+{
+    call_args *A = arg;
+    (void)slot;
+    const int64_t n = A->n;
+    const int width = A->width;
+    const dk_format *f = A->f;
+    const dk_d_fn d = A->d;
+    void *out = A->out;
+    int64_t i0 = b * DK_BLOCK, len = n - i0 < DK_BLOCK ? n - i0 : DK_BLOCK;
+    const char *src = (const char *)A->x + i0 * width;
+    if (A->okind == DK_F32) {
+        d(src, (float *)out + i0, len, f);
+    } else { /* float64: decode a chunk to FP32 (exact), then widen */
+        float tmp[DK_CHUNK];
+        for (int64_t s = 0; s < len; s += DK_CHUNK) {
+            int64_t m = len - s < DK_CHUNK ? len - s : DK_CHUNK;
+            d(src + s * width, tmp, m, f);
+            for (int64_t j = 0; j < m; j++) ((double *)out)[i0 + s + j] = (double)tmp[j];
         }
     }
-    store_flags(flags, inv, den, ovf, und);
-    return DK_OK;
 }
 
 int dk_dequantize(const void *codes, void *out, int okind, int64_t n, const dk_format *f, int isa,
                   int nthreads)
 {
-    const int width = dk_code_width(f);
-    const int64_t nblocks = (n + DK_BLOCK - 1) / DK_BLOCK;
-    const dk_d_fn d = pick_d(isa);
-#pragma omp parallel for num_threads(nthreads) schedule(static) if (nblocks > 1 && nthreads > 1)
-    for (int64_t b = 0; b < nblocks; b++) {
-        int64_t i0 = b * DK_BLOCK, len = n - i0 < DK_BLOCK ? n - i0 : DK_BLOCK;
-        const char *src = (const char *)codes + i0 * width;
-        if (okind == DK_F32) {
-            d(src, (float *)out + i0, len, f);
-        } else { /* float64: decode a chunk to FP32 (exact), then widen */
-            float tmp[DK_CHUNK];
-            for (int64_t s = 0; s < len; s += DK_CHUNK) {
-                int64_t m = len - s < DK_CHUNK ? len - s : DK_CHUNK;
-                d(src + s * width, tmp, m, f);
-                for (int64_t j = 0; j < m; j++) ((double *)out)[i0 + s + j] = (double)tmp[j];
+    call_args A = {.x = codes, .out = out, .okind = okind, .width = dk_code_width(f), .n = n,
+                   .f = f, .d = pick_d(isa)};
+    dk_pool_run(threads_for(n, nthreads), nblocks_of(n), dequantize_block, &A);
+    return DK_OK;
+}
+
+static void fake_quantize_block(void *arg, int64_t b, int slot)
+{
+    call_args *A = arg;
+    (void)slot;
+    const void *x = A->x;
+    void *out = A->out;
+    const int64_t n = A->n;
+    const int xkind = A->xkind, mode = A->mode, width = A->width;
+    const dk_format *f = A->f;
+    const uint64_t seed = A->seed;
+    const dk_q_fn q = A->q;
+    const dk_d_fn d = A->d;
+    int64_t i0 = b * DK_BLOCK, len = n - i0 < DK_BLOCK ? n - i0 : DK_BLOCK;
+    uint32_t codes[DK_CHUNK];
+    float vals[DK_CHUNK];
+    for (int64_t s = 0; s < len; s += DK_CHUNK) {
+        int64_t m = len - s < DK_CHUNK ? len - s : DK_CHUNK, at = i0 + s;
+        quantize_chunk(q, x, xkind, codes, at, m, f, mode, seed);
+        if (xkind == DK_F64) {
+            for (int64_t j = 0; j < m; j++)
+                ((double *)out)[at + j] = dk_decode(dk_load_code(codes, j, width), f);
+        } else if (xkind == DK_F32) {
+            d(codes, (float *)out + at, m, f);
+        } else { /* BF16 out: exact, the caller admits only formats inside BF16 */
+            d(codes, vals, m, f);
+            for (int64_t j = 0; j < m; j++) {
+                uint32_t bits;
+                memcpy(&bits, &vals[j], 4);
+                ((uint16_t *)out)[at + j] = (uint16_t)(bits >> 16);
             }
         }
     }
-    return DK_OK;
 }
 
 int dk_fake_quantize(const void *x, int xkind, void *out, int64_t n, const dk_format *f, int mode,
                      uint64_t seed, int isa, int nthreads)
 {
-    const int width = dk_code_width(f);
-    const int64_t nblocks = (n + DK_BLOCK - 1) / DK_BLOCK;
-    const dk_q_fn q = pick_q(isa);
-    const dk_d_fn d = pick_d(isa);
-#pragma omp parallel for num_threads(nthreads) schedule(static) if (nblocks > 1 && nthreads > 1)
-    for (int64_t b = 0; b < nblocks; b++) {
-        int64_t i0 = b * DK_BLOCK, len = n - i0 < DK_BLOCK ? n - i0 : DK_BLOCK;
-        uint32_t codes[DK_CHUNK];
-        float vals[DK_CHUNK];
-        for (int64_t s = 0; s < len; s += DK_CHUNK) {
-            int64_t m = len - s < DK_CHUNK ? len - s : DK_CHUNK, at = i0 + s;
-            quantize_chunk(q, x, xkind, codes, at, m, f, mode, seed);
-            if (xkind == DK_F64) {
-                for (int64_t j = 0; j < m; j++)
-                    ((double *)out)[at + j] = dk_decode(dk_load_code(codes, j, width), f);
-            } else if (xkind == DK_F32) {
-                d(codes, (float *)out + at, m, f);
-            } else { /* BF16 out: exact, the caller admits only formats inside BF16 */
-                d(codes, vals, m, f);
-                for (int64_t j = 0; j < m; j++) {
-                    uint32_t bits;
-                    memcpy(&bits, &vals[j], 4);
-                    ((uint16_t *)out)[at + j] = (uint16_t)(bits >> 16);
-                }
-            }
-        }
-    }
+    call_args A = {.x = x, .out = out, .xkind = xkind, .mode = mode, .width = dk_code_width(f),
+                   .n = n, .f = f, .seed = seed, .q = pick_q(isa), .d = pick_d(isa)};
+    dk_pool_run(threads_for(n, nthreads), nblocks_of(n), fake_quantize_block, &A);
     return DK_OK;
 }
 
@@ -213,36 +276,28 @@ static dk_a_fn pick_a(int isa)
                                     : dk_arith_block_generic;
 }
 
-/* Elements [i0, i0 + len) of an arithmetic call, flags added to cnt: the tier kernel under
- * the default MXCSR (its TwoSum needs round to nearest; FTZ/DAZ would flush the scalar
- * lanes' subnormals), the calling thread's MXCSR restored after. */
-static void arith_block(dk_a_fn k, int op, const void *a, const void *b, const void *c, void *out,
-                        int64_t i0, int64_t len, const dk_format *f, int mode, uint64_t seed,
-                        int64_t cnt[4])
+/* One block of an arithmetic call: the tier kernel under the default MXCSR (its TwoSum
+ * needs round to nearest; FTZ/DAZ would flush the scalar lanes' subnormals), the running
+ * thread's MXCSR restored after; flags summed into the call's counters. */
+static void arith_block(void *arg, int64_t blk, int slot)
 {
+    call_args *A = arg;
+    (void)slot;
+    int64_t i0 = blk * DK_BLOCK, len = A->n - i0 < DK_BLOCK ? A->n - i0 : DK_BLOCK;
+    int64_t cnt[4] = {0, 0, 0, 0};
     unsigned csr = fpenv_enter();
-    k(op, a, b, c, out, i0, len, f, mode, seed, cnt);
+    A->a(A->op, A->x, A->b, A->c, A->out, i0, len, A->f, A->mode, A->seed, cnt);
     fpenv_leave(csr);
+    add_counts(&A->sums, cnt[0], cnt[1], cnt[2], cnt[3]);
 }
 
 int dk_arith(int op, const void *a, const void *b, const void *c, void *out, int64_t n,
              const dk_format *f, int mode, uint64_t seed, dk_flags *flags, int isa, int nthreads)
 {
-    const int64_t nblocks = (n + DK_BLOCK - 1) / DK_BLOCK;
-    const dk_a_fn k = pick_a(isa);
-    int64_t inv = 0, den = 0, ovf = 0, und = 0;
-#pragma omp parallel for num_threads(nthreads) schedule(static) reduction(+ : inv, den, ovf, und) \
-    if (nblocks > 1 && nthreads > 1)
-    for (int64_t blk = 0; blk < nblocks; blk++) {
-        int64_t i0 = blk * DK_BLOCK, len = n - i0 < DK_BLOCK ? n - i0 : DK_BLOCK;
-        int64_t cnt[4] = {0, 0, 0, 0};
-        arith_block(k, op, a, b, c, out, i0, len, f, mode, seed, cnt);
-        inv += cnt[0];
-        den += cnt[1];
-        ovf += cnt[2];
-        und += cnt[3];
-    }
-    store_flags(flags, inv, den, ovf, und);
+    call_args A = {.x = a, .b = b, .c = c, .out = out, .op = op, .mode = mode,
+                   .width = dk_code_width(f), .n = n, .f = f, .seed = seed, .a = pick_a(isa)};
+    dk_pool_run(threads_for(n, nthreads), nblocks_of(n), arith_block, &A);
+    store_sums(flags, &A.sums);
     return DK_OK;
 }
 
@@ -296,20 +351,34 @@ static uint64_t maxabs_block(const void *x, int xkind, int64_t i0, int64_t len)
     return (uint64_t)m;
 }
 
+typedef struct {
+    const void *x;
+    int xkind;
+    int64_t n;
+    _Atomic uint64_t top;
+} maxabs_args;
+
+static void maxabs_item(void *arg, int64_t b, int slot)
+{
+    maxabs_args *M = arg;
+    (void)slot;
+    int64_t i0 = b * DK_BLOCK, len = M->n - i0 < DK_BLOCK ? M->n - i0 : DK_BLOCK;
+    uint64_t m = maxabs_block(M->x, M->xkind, i0, len);
+    uint64_t cur = atomic_load_explicit(&M->top, memory_order_relaxed);
+    while (m > cur && !atomic_compare_exchange_weak(&M->top, &cur, m)) {
+    }
+}
+
 double dk_maxabs(const void *x, int xkind, int64_t n, int nthreads)
 {
-    int64_t nblocks = (n + DK_BLOCK - 1) / DK_BLOCK;
-    uint64_t top = 0;
-    if (nblocks <= 4 || nthreads <= 1) { /* small: no parallel region at all */
+    uint64_t top;
+    if (threads_for(n, nthreads) <= 1) { /* small: the calling thread, no pool call */
         top = maxabs_block(x, xkind, 0, n);
-        nblocks = 0;
-    }
-#pragma omp parallel for num_threads(nthreads) schedule(static) reduction(max : top) \
-    if (nblocks > 4 && nthreads > 1)
-    for (int64_t b = 0; b < nblocks; b++) {
-        int64_t i0 = b * DK_BLOCK, len = n - i0 < DK_BLOCK ? n - i0 : DK_BLOCK;
-        uint64_t m = maxabs_block(x, xkind, i0, len);
-        top = m > top ? m : top;
+    } else {
+        maxabs_args M = {.x = x, .xkind = xkind, .n = n};
+        atomic_init(&M.top, 0);
+        dk_pool_run(nthreads, nblocks_of(n), maxabs_item, &M);
+        top = atomic_load(&M.top);
     }
     if (xkind == DK_F64) {
         double d;

@@ -8,24 +8,47 @@
  *   jr  : NR columns (one packed B sliver, L1)
  *   ir  : MR rows   (one packed A sliver)            micro-kernel on an MR x NR tile
  * One (jc, pc, ic) block is the CPU image of one D1 SRAM tile (docs/gemm.md).
- * Threads share out the (ic, jr-group) work items of one (jc, pc) step: they never split
+ * Threads (the pool of dk_pool.h) share out the (ic, jr-group) work items of one jc step;
+ * an item runs its rows x columns of C through every pc block in order: threads never split
  * k. The micro-kernels continue each C tile from the running sum stored in C, so the
  * result is the fixed order of dk_gemm.h, independent of blocking and threads (for the
  * amx order KC is a multiple of the order's 32-element block, so blocks never straddle
  * two KC steps and a partial block can only be the last).
- * CFloat8 codes are decoded to BF16 through the table while packing (exact). */
+ * CFloat8 codes are decoded to BF16 through the table while packing (exact).
+ *
+ * No barrier: the packed B of a jc step holds every pc block, cut into units of
+ * DK_GEMM_CHUNK slivers. The first item that needs a unit packs it (an atomic flag per
+ * unit: unpacked, packing, ready); an item that finds it being packed by another thread
+ * packs a private copy instead of waiting, so a descheduled thread holds up nobody.
+ * Problems below DK_GEMM_PAR_MIN multiply-adds per jc step run on the calling thread. */
 #define _POSIX_C_SOURCE 200112L
 #include "dk_gemm.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef __SSE2__
 #include <emmintrin.h>
 #endif
-#ifdef _OPENMP
-#include <omp.h>
+
+#include "dk_pool.h"
+
+/* The packed-B flags publish data with C11 release/acquire, which valgrind's helgrind does not
+ * model: tell it (no-ops outside valgrind; absent without the valgrind headers). */
+#if defined(__has_include)
+#if __has_include(<valgrind/helgrind.h>)
+#include <valgrind/helgrind.h>
 #endif
+#endif
+#ifndef ANNOTATE_HAPPENS_BEFORE
+#define ANNOTATE_HAPPENS_BEFORE(obj) ((void)0)
+#define ANNOTATE_HAPPENS_AFTER(obj) ((void)0)
+#endif
+
+#define DK_GEMM_CHUNK 4                         /* B slivers per packing unit */
+#define DK_GEMM_PAR_MIN ((double)(1 << 21))     /* m * ncols * k of a step handed to the pool */
+#define DK_GEMM_BPANEL_MAX ((size_t)32 << 20)   /* bytes of packed B per jc step (all of k) */
 
 typedef struct {
     dk_gemm_ukr_fn ukr;
@@ -370,6 +393,83 @@ static void *aligned_alloc_bytes(size_t n)
     return p;
 }
 
+/* One jc step of one batch item, shared by its work items. */
+typedef struct {
+    const tier_cfg *t;
+    const view *va, *vb;
+    float *cb;
+    int64_t m, n, k, ldo, jc, nsl, nchunks, ngroups, kpairs, kcp, mc, pairA, pairB;
+    float scale;
+    char *bbuf;          /* packed B of the step: pc block at sliver offset nsl * pc */
+    atomic_int *bstate;  /* per (pc block, chunk): 0 unpacked, 1 being packed, 2 ready */
+    char *abuf, *bpriv;  /* per slot: packed A block, private copy of one B unit */
+    size_t abytes, bpriv_bytes;
+} gemm_step;
+
+/* Work item w = (ic block, column group): all pc blocks in order, for its tiles only. */
+static void gemm_item(void *arg, int64_t w, int slot)
+{
+    const gemm_step *S = arg;
+    const tier_cfg *t = S->t;
+    const int64_t m = S->m, n = S->n, k = S->k, nsl = S->nsl, pairA = S->pairA, pairB = S->pairB;
+    const int64_t ic = w / S->ngroups, g = w % S->ngroups;
+    const int64_t i0 = ic * S->mc, mcur = m - i0 < S->mc ? m - i0 : S->mc;
+    const int64_t msl = (mcur + t->mr - 1) / t->mr;
+    const int64_t c0 = S->nchunks * g / S->ngroups, c1 = S->nchunks * (g + 1) / S->ngroups;
+    char *mya = S->abuf + (size_t)slot * S->abytes;
+    char *myb = S->bpriv + (size_t)slot * S->bpriv_bytes;
+    if (t->enter) t->enter(); /* e.g. the AMX tile configuration of this thread */
+    for (int64_t pc = 0, pb = 0; pc < S->kpairs; pc += S->kcp, pb++) {
+        int64_t kreal = S->kpairs - pc < S->kcp ? S->kpairs - pc : S->kcp;
+        int flags = (pc > 0 ? DK_UKR_LOAD : 0) | (pc + kreal == S->kpairs ? DK_UKR_LAST : 0);
+        /* the kernel's k granularity: the packers pad with zero pairs (a whole number of
+         * t->kblk; only the last block can be partial, kcp is a multiple of t->kblk) */
+        int64_t kp = (kreal + t->kblk - 1) / t->kblk * t->kblk;
+        if (t->rowtile_a)
+            pack_rowtiles(S->va, m, k, i0, mcur, pc, kp, t->mr, mya);
+        else
+            pack_lines(S->va, m, k, i0, mcur, pc, kp, t->mr, t->split_a, 0, mya);
+        for (int64_t c = c0; c < c1; c++) {
+            int64_t s0 = c * DK_GEMM_CHUNK, s1 = s0 + DK_GEMM_CHUNK < nsl ? s0 + DK_GEMM_CHUNK : nsl;
+            char *unit = S->bbuf + (size_t)(nsl * pc + s0 * kp) * pairB;
+            atomic_int *st = &S->bstate[pb * S->nchunks + c];
+            /* read-modify-write (not a plain load): helgrind sees locked accesses as atomic */
+            int seen = atomic_fetch_or_explicit(st, 0, memory_order_acquire);
+            if (seen == 2) ANNOTATE_HAPPENS_AFTER(st);
+            if (seen != 2) {
+                char *dst = unit;
+                seen = 0;
+                if (!atomic_compare_exchange_strong_explicit(st, &seen, 1, memory_order_acquire,
+                                                             memory_order_acquire)) {
+                    if (seen != 2) dst = myb; /* being packed elsewhere: our own copy */
+                    else dst = NULL;          /* became ready meanwhile */
+                    if (seen == 2) ANNOTATE_HAPPENS_AFTER(st);
+                }
+                if (dst) {
+                    for (int64_t s = s0; s < s1; s++)
+                        pack_lines(S->vb, n, k, S->jc + s * t->nr, t->nr, pc, kp, t->nr,
+                                   t->split_b, t->simd_pack, dst + (size_t)(s - s0) * kp * pairB);
+                    if (dst == unit) {
+                        ANNOTATE_HAPPENS_BEFORE(st);
+                        atomic_exchange_explicit(st, 2, memory_order_release);
+                    }
+                    else unit = myb;
+                }
+            }
+            for (int64_t s = s0; s < s1; s++) {
+                const char *bp = unit + (size_t)(s - s0) * kp * pairB;
+                int64_t j = S->jc + s * t->nr;
+                for (int64_t r = 0; r < msl; r++) {
+                    int64_t i = i0 + r * t->mr;
+                    tile(t, kp, mya + (size_t)r * kp * pairA, bp, S->cb + i * S->ldo + j,
+                         S->ldo, m - i, n - j, flags, S->scale);
+                }
+            }
+        }
+    }
+    if (t->leave) t->leave();
+}
+
 int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
             const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
             float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads, int order)
@@ -391,27 +491,50 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
     const int64_t kcp = t.kc / 2;                    /* pairs per block */
     const int64_t pairA = t.mr * 2 * (t.split_a ? 4 : 2), pairB = t.nr * 2 * (t.split_b ? 4 : 2);
     int64_t nc = t.nc < n ? t.nc : ((n + t.nr - 1) / t.nr) * t.nr;
+    /* The packed B of a step holds all of k: bound it by narrowing the step. */
+    int64_t nsl_cap = (int64_t)(DK_GEMM_BPANEL_MAX / ((size_t)kpairs * (size_t)pairB));
+    if (nsl_cap < DK_GEMM_CHUNK) nsl_cap = DK_GEMM_CHUNK;
+    if (nc > nsl_cap * t.nr) nc = nsl_cap * t.nr;
+
+    /* Small steps run on the calling thread: waking a worker costs more than it saves. */
+    int nthr = (double)m * (double)(n < nc ? n : nc) * (double)k < DK_GEMM_PAR_MIN ? 1 : threads;
 
     /* Rows per A block: an even share per thread when m is large, so no thread idles. */
     int64_t nb_m = 1, mc;
     if (m > t.mc_max) {
-        int64_t per = (m + (int64_t)threads * t.mc_max - 1) / ((int64_t)threads * t.mc_max);
-        nb_m = per * threads;
+        int64_t per = (m + (int64_t)nthr * t.mc_max - 1) / ((int64_t)nthr * t.mc_max);
+        nb_m = per * nthr;
+    }
+    /* Too few items for the threads (a short, narrow product on a kernel with a large
+     * register block, e.g. AMX's 32 x 32): cut m finer, down to one sliver per block. */
+    const int64_t nchunks0 = ((nc + t.nr - 1) / t.nr + DK_GEMM_CHUNK - 1) / DK_GEMM_CHUNK;
+    if (nthr > 1 && nb_m * nchunks0 < nthr) {
+        int64_t msl_all = (m + t.mr - 1) / t.mr;
+        nb_m = msl_all < nthr ? msl_all : nthr;
     }
     mc = (m + nb_m - 1) / nb_m;
     mc = ((mc + t.mr - 1) / t.mr) * t.mr;
     nb_m = (m + mc - 1) / mc;
 
-    int nthr = threads;
-    /* buffers for the largest k block actually used (small products allocate little) */
-    int64_t kcp_use = kpairs < kcp ? (kpairs + t.kblk - 1) / t.kblk * t.kblk : kcp;
-    size_t bbytes = (size_t)((nc + t.nr - 1) / t.nr) * kcp_use * pairB;
+    /* the kernel's k granularity (t.kblk pairs; the packers pad with zero pairs) and buffers
+     * for the largest k block actually used (small products allocate little) */
+    const int64_t kpairs_pad = (kpairs + t.kblk - 1) / t.kblk * t.kblk;
+    const int64_t kcp_use = kpairs_pad < kcp ? kpairs_pad : kcp;
+    const int64_t nsl_max = (nc + t.nr - 1) / t.nr;
+    const int64_t npc = (kpairs + kcp - 1) / kcp;
+    const int64_t nchunks_max = (nsl_max + DK_GEMM_CHUNK - 1) / DK_GEMM_CHUNK;
+    size_t bbytes = (size_t)nsl_max * (size_t)kpairs_pad * (size_t)pairB;
     size_t abytes = (size_t)(mc / t.mr) * kcp_use * pairA;
+    size_t bpriv_bytes = (size_t)DK_GEMM_CHUNK * kcp_use * pairB;
     char *bbuf = aligned_alloc_bytes(bbytes);
     char *abuf = aligned_alloc_bytes(abytes * nthr);
-    if (!bbuf || !abuf) {
+    char *bpriv = aligned_alloc_bytes(bpriv_bytes * nthr);
+    atomic_int *bstate = malloc((size_t)(npc * nchunks_max) * sizeof(atomic_int));
+    if (!bbuf || !abuf || !bpriv || !bstate) {
         free(bbuf);
         free(abuf);
+        free(bpriv);
+        free(bstate);
         return DK_ENOMEM;
     }
     for (int64_t bi = 0; bi < batch; bi++) {
@@ -421,69 +544,27 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
         view vb = {(const char *)b->ptr + bi * b->bs * (b->kind == DK_GEMM_U8 ? 1 : 2),
                    b->cs, b->rs, b->kind, b->table};
         float *cb = out + bi * bso;
-
-#pragma omp parallel num_threads(nthr)
-        {
-#ifdef _OPENMP
-            int tid = omp_get_thread_num();
-            int nteam = omp_get_num_threads();
-#else
-            int tid = 0, nteam = 1;
-#endif
-            char *mya = abuf + (size_t)tid * abytes;
-            for (int64_t jc = 0; jc < n; jc += nc) {
-                int64_t ncur = n - jc < nc ? n - jc : nc;
-                int64_t nsl = (ncur + t.nr - 1) / t.nr;
-                /* Work items (ic block, jr group), handed out dynamically so that a thread
-                 * slowed by a busy core takes fewer. With fewer than 4 items per thread,
-                 * each block's columns are split into groups; a thread takes items in
-                 * increasing order, so it packs an A block at most once per pc (the
-                 * packed_ic check). The order inside every C element is fixed, so the
-                 * schedule never changes the bits. */
-                int64_t ngroups = nb_m < 4 * (int64_t)nteam ? (4 * (int64_t)nteam + nb_m - 1) / nb_m : 1;
-                if (ngroups > nsl) ngroups = nsl;
-                int64_t nwork = nb_m * ngroups;
-                for (int64_t pc = 0; pc < kpairs; pc += kcp) {
-                    int64_t kreal = kpairs - pc < kcp ? kpairs - pc : kcp;
-                    int flags = (pc > 0 ? DK_UKR_LOAD : 0) | (pc + kreal == kpairs ? DK_UKR_LAST : 0);
-                    /* the kernel's k granularity: the packers pad with zero pairs */
-                    int64_t kp = (kreal + t.kblk - 1) / t.kblk * t.kblk;
-#pragma omp for schedule(dynamic, 2)
-                    for (int64_t s = 0; s < nsl; s++)
-                        pack_lines(&vb, n, k, jc + s * t.nr, t.nr, pc, kp, t.nr, t.split_b, t.simd_pack,
-                                   bbuf + (size_t)s * kp * pairB);
-                    int64_t packed_ic = -1;
-#pragma omp for schedule(dynamic, 1)
-                    for (int64_t w = 0; w < nwork; w++) {
-                        int64_t ic = w / ngroups, g = w % ngroups;
-                        int64_t i0 = ic * mc, mcur = m - i0 < mc ? m - i0 : mc;
-                        int64_t msl = (mcur + t.mr - 1) / t.mr;
-                        if (ic != packed_ic) {
-                            if (t.rowtile_a)
-                                pack_rowtiles(&va, m, k, i0, mcur, pc, kp, t.mr, mya);
-                            else
-                                pack_lines(&va, m, k, i0, mcur, pc, kp, t.mr, t.split_a, 0, mya);
-                            packed_ic = ic;
-                        }
-                        if (t.enter) t.enter();
-                        int64_t s0 = nsl * g / ngroups, s1 = nsl * (g + 1) / ngroups;
-                        for (int64_t s = s0; s < s1; s++) {
-                            const char *bp = bbuf + (size_t)s * kp * pairB;
-                            int64_t j = jc + s * t.nr;
-                            for (int64_t r = 0; r < msl; r++) {
-                                int64_t i = i0 + r * t.mr;
-
-                                tile(&t, kp, mya + (size_t)r * kp * pairA, bp, cb + i * ldo + j,
-                                     ldo, m - i, n - j, flags, scale);
-                            }
-                        }
-                        if (t.leave) t.leave();
-                    }
-                }
-            }
+        for (int64_t jc = 0; jc < n; jc += nc) {
+            int64_t ncur = n - jc < nc ? n - jc : nc;
+            int64_t nsl = (ncur + t.nr - 1) / t.nr;
+            int64_t nchunks = (nsl + DK_GEMM_CHUNK - 1) / DK_GEMM_CHUNK;
+            /* Work items (ic block, column group), handed out dynamically so that a thread
+             * slowed by a busy core takes fewer. With fewer than 4 items per thread, each
+             * block's columns are split into groups of whole packing units (an item packs
+             * its A block itself, so one thread keeps one group). The order
+             * inside every C element is fixed, so the schedule never changes the bits. */
+            int64_t ngroups = nthr > 1 && nb_m < 4 * (int64_t)nthr
+                                  ? (4 * (int64_t)nthr + nb_m - 1) / nb_m : 1;
+            if (ngroups > nchunks) ngroups = nchunks;
+            for (int64_t u = 0; u < npc * nchunks; u++) atomic_init(&bstate[u], 0);
+            gemm_step S = {&t, &va, &vb, cb, m, n, k, ldo, jc, nsl, nchunks, ngroups, kpairs, kcp,
+                           mc, pairA, pairB, scale, bbuf, bstate, abuf, bpriv, abytes, bpriv_bytes};
+            dk_pool_run(nthr, nb_m * ngroups, gemm_item, &S);
         }
     }
     free(bbuf);
     free(abuf);
+    free(bpriv);
+    free(bstate);
     return DK_OK;
 }

@@ -1,9 +1,12 @@
 /* reduce_driver.c - dispatch and the program runner of the all-reduce additions.
  * Baseline code: tier bodies are called only for the tier the caller passes, which the
  * Python layer takes from the run-time CPU check. Work is split into (segment, tile) items,
- * each computed entirely by one thread, so results never depend on the thread count. */
+ * each computed entirely by one thread, so results never depend on the thread count.
+ * Threads come from the pool (dk_pool.h); calls below 2^20 elements (2^20 additions for a
+ * program) run on the calling thread only. */
 #include <stdlib.h>
 #include <string.h>
+#include "dk_pool.h"
 #include "dk_reduce.h"
 #if defined(__SSE__) || defined(__x86_64__)
 #include <xmmintrin.h>
@@ -14,7 +17,7 @@
  * built with -ffast-math can set FTZ/DAZ process-wide, and subnormal partial sums would then
  * flush. Every thread that adds (each has its own MXCSR) saves its MXCSR, runs under the
  * default (round to nearest, all exceptions masked, no FTZ, no DAZ; the exception flag bits
- * kept as they were) and restores the saved value before leaving the parallel region. */
+ * kept as they were) and restores the saved value before leaving the work item. */
 #define DK_MXCSR_DEFAULT 0x1F80u
 #define DK_MXCSR_FLAGS 0x003Fu
 static unsigned fpenv_enter(void)
@@ -67,50 +70,64 @@ static kernels pick(int isa)
 static int bad_isa(int isa) { return isa < 0 || isa >= DK_ISA_COUNT; }
 
 #define CHUNK (1 << 16)
+#define PAR_MIN ((int64_t)1 << 20) /* smallest call handed to the pool (elements) */
+
+/* One elementwise call, cut into CHUNK items. */
+typedef struct {
+    kernels k;
+    add_fn add;
+    int op; /* 0 accumulate, 1 widen, 2 narrow */
+    void *dst;
+    const void *src;
+    int64_t n;
+} ew_args;
+
+static void ew_item(void *arg, int64_t c, int slot)
+{
+    ew_args *E = arg;
+    (void)slot;
+    int64_t lo = c * CHUNK, len = E->n - lo < CHUNK ? E->n - lo : CHUNK;
+    if (E->op == 0) {
+        float *dst = E->dst;
+        unsigned csr = fpenv_enter();
+        E->add(dst + lo, dst + lo, (const float *)E->src + lo, len);
+        fpenv_leave(csr);
+    } else if (E->op == 1) {
+        E->k.widen((float *)E->dst + lo, (const uint16_t *)E->src + lo, len);
+    } else {
+        E->k.narrow((uint16_t *)E->dst + lo, (const float *)E->src + lo, len);
+    }
+}
+
+static void ew_run(int threads, ew_args *E)
+{
+    int64_t nch = (E->n + CHUNK - 1) / CHUNK;
+    dk_pool_run(E->n >= PAR_MIN && threads > 1 ? threads : 1, nch, ew_item, E);
+}
 
 int dk_reduce_accumulate(int isa, int threads, float *dst, const float *src, int64_t n,
                          int round_bf16)
 {
     if (bad_isa(isa) || n < 0 || (n && (!dst || !src))) return DK_EINVAL;
     kernels k = pick(isa);
-    add_fn f = round_bf16 ? k.addr : k.add;
-    int64_t nch = (n + CHUNK - 1) / CHUNK;
-#pragma omp parallel num_threads(threads > 0 ? threads : 1) if (n >= (1 << 20))
-    {
-        unsigned csr = fpenv_enter();
-#pragma omp for schedule(static)
-        for (int64_t c = 0; c < nch; c++) {
-            int64_t lo = c * CHUNK, len = n - lo < CHUNK ? n - lo : CHUNK;
-            f(dst + lo, dst + lo, src + lo, len);
-        }
-        fpenv_leave(csr);
-    }
+    ew_args E = {k, round_bf16 ? k.addr : k.add, 0, dst, src, n};
+    ew_run(threads, &E);
     return DK_OK;
 }
 
 int dk_reduce_bf16_to_f32(int isa, int threads, float *dst, const uint16_t *src, int64_t n)
 {
     if (bad_isa(isa) || n < 0 || (n && (!dst || !src))) return DK_EINVAL;
-    kernels k = pick(isa);
-    int64_t nch = (n + CHUNK - 1) / CHUNK;
-#pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(static) if (n >= (1 << 20))
-    for (int64_t c = 0; c < nch; c++) {
-        int64_t lo = c * CHUNK, len = n - lo < CHUNK ? n - lo : CHUNK;
-        k.widen(dst + lo, src + lo, len);
-    }
+    ew_args E = {pick(isa), NULL, 1, dst, src, n};
+    ew_run(threads, &E);
     return DK_OK;
 }
 
 int dk_reduce_f32_to_bf16(int isa, int threads, uint16_t *dst, const float *src, int64_t n)
 {
     if (bad_isa(isa) || n < 0 || (n && (!dst || !src))) return DK_EINVAL;
-    kernels k = pick(isa);
-    int64_t nch = (n + CHUNK - 1) / CHUNK;
-#pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(static) if (n >= (1 << 20))
-    for (int64_t c = 0; c < nch; c++) {
-        int64_t lo = c * CHUNK, len = n - lo < CHUNK ? n - lo : CHUNK;
-        k.narrow(dst + lo, src + lo, len);
-    }
+    ew_args E = {pick(isa), NULL, 2, dst, src, n};
+    ew_run(threads, &E);
     return DK_OK;
 }
 
@@ -136,6 +153,78 @@ static int check_program(const dk_reduce_program *p)
         if (o >= p->nslots || (o < 0 && -(int64_t)o - 1 >= p->nodes)) return 0;
     }
     return 1;
+}
+
+/* One call of the program runner, shared by its tiles. */
+typedef struct {
+    const dk_reduce_program *p;
+    int fmt;
+    kernels k;
+    add_fn addf;
+    const int64_t *tile_off;
+    float *scratch;
+    size_t per;
+    const void *in;
+    int64_t in_stride;
+    void *out;
+    int64_t out_stride;
+} run_args;
+
+/* Tile t of the program: every addition of its segment on this tile's columns, in the
+ * program's order, then the outputs. Scratch slots are the running thread's own. */
+static void run_tile(void *arg, int64_t t, int slot)
+{
+    const run_args *A = arg;
+    const dk_reduce_program *p = A->p;
+    const int fmt = A->fmt;
+    const kernels k = A->k;
+    const int64_t *tile_off = A->tile_off, R = p->out_rows, in_stride = A->in_stride,
+                  out_stride = A->out_stride;
+    const float *inf = A->in; const uint16_t *inh = A->in;
+    float *outf = A->out; uint16_t *outh = A->out;
+    float *mine = A->scratch + (size_t)slot * A->per;
+    float *tmp0 = mine + (size_t)p->nslots * DK_TILE, *tmp1 = tmp0 + DK_TILE;
+    /* the segment of tile t: the last s with tile_off[s] <= t (empty segments skipped) */
+    int64_t lo_s = 0, hi_s = p->nseg - 1;
+    while (lo_s < hi_s) {
+        int64_t mid = (lo_s + hi_s + 1) / 2;
+        if (tile_off[mid] <= t) lo_s = mid; else hi_s = mid - 1;
+    }
+    int64_t s = lo_s;
+    unsigned csr = fpenv_enter();
+    int64_t lo = p->seg_lo[s] + (t - tile_off[s]) * DK_TILE;
+    int64_t len = p->seg_lo[s + 1] - lo;
+    if (len > DK_TILE) len = DK_TILE;
+    for (int64_t i = p->add_off[s]; i < p->add_off[s + 1]; i++) {
+        const float *opnd[2];
+        int32_t o[2] = {p->add_a[i], p->add_b[i]};
+        for (int j = 0; j < 2; j++) {
+            if (o[j] >= 0) {
+                opnd[j] = mine + (size_t)o[j] * DK_TILE;
+            } else if (fmt == DK_REDUCE_F32) {
+                opnd[j] = inf + (-(int64_t)o[j] - 1) * in_stride + lo;
+            } else {
+                float *tmp = j ? tmp1 : tmp0;
+                k.widen(tmp, inh + (-(int64_t)o[j] - 1) * in_stride + lo, len);
+                opnd[j] = tmp;
+            }
+        }
+        A->addf(mine + (size_t)p->add_out[i] * DK_TILE, opnd[0], opnd[1], len);
+    }
+    for (int64_t node = 0; node < R; node++) {
+        int32_t o = p->out_op[s * R + node];
+        if (fmt == DK_REDUCE_F32) {
+            const float *src = o >= 0 ? mine + (size_t)o * DK_TILE
+                                      : inf + (-(int64_t)o - 1) * in_stride + lo;
+            memcpy(outf + node * out_stride + lo, src, (size_t)len * sizeof(float));
+        } else if (o >= 0) {
+            k.narrow(outh + node * out_stride + lo, mine + (size_t)o * DK_TILE, len);
+        } else {
+            memcpy(outh + node * out_stride + lo, inh + (-(int64_t)o - 1) * in_stride + lo,
+                   (size_t)len * sizeof(uint16_t));
+        }
+    }
+    fpenv_leave(csr);
 }
 
 int dk_reduce_run(int isa, int threads, const dk_reduce_program *p, int fmt, int round_each,
@@ -169,59 +258,8 @@ int dk_reduce_run(int isa, int threads, const dk_reduce_program *p, int fmt, int
     float *scratch = aligned_alloc(64, (size_t)nthr * per * sizeof(float));
     if (!scratch) { free(tile_off); return DK_ENOMEM; }
 
-    const float *inf = in; const uint16_t *inh = in;
-    float *outf = out; uint16_t *outh = out;
-
-#pragma omp parallel num_threads(nthr) if (nthr > 1)
-    {
-#ifdef _OPENMP
-        extern int omp_get_thread_num(void);
-        float *mine = scratch + (size_t)omp_get_thread_num() * per;
-#else
-        float *mine = scratch;
-#endif
-        float *tmp0 = mine + (size_t)p->nslots * DK_TILE, *tmp1 = tmp0 + DK_TILE;
-        int64_t s = 0;
-        unsigned csr = fpenv_enter();
-#pragma omp for schedule(static)
-        for (int64_t t = 0; t < ntiles; t++) {
-            while (tile_off[s + 1] <= t) s++;
-            while (tile_off[s] > t) s--;
-            int64_t lo = p->seg_lo[s] + (t - tile_off[s]) * DK_TILE;
-            int64_t len = p->seg_lo[s + 1] - lo;
-            if (len > DK_TILE) len = DK_TILE;
-            for (int64_t i = p->add_off[s]; i < p->add_off[s + 1]; i++) {
-                const float *opnd[2];
-                int32_t o[2] = {p->add_a[i], p->add_b[i]};
-                for (int j = 0; j < 2; j++) {
-                    if (o[j] >= 0) {
-                        opnd[j] = mine + (size_t)o[j] * DK_TILE;
-                    } else if (fmt == DK_REDUCE_F32) {
-                        opnd[j] = inf + (-(int64_t)o[j] - 1) * in_stride + lo;
-                    } else {
-                        float *tmp = j ? tmp1 : tmp0;
-                        k.widen(tmp, inh + (-(int64_t)o[j] - 1) * in_stride + lo, len);
-                        opnd[j] = tmp;
-                    }
-                }
-                addf(mine + (size_t)p->add_out[i] * DK_TILE, opnd[0], opnd[1], len);
-            }
-            for (int64_t node = 0; node < R; node++) {
-                int32_t o = p->out_op[s * R + node];
-                if (fmt == DK_REDUCE_F32) {
-                    const float *src = o >= 0 ? mine + (size_t)o * DK_TILE
-                                              : inf + (-(int64_t)o - 1) * in_stride + lo;
-                    memcpy(outf + node * out_stride + lo, src, (size_t)len * sizeof(float));
-                } else if (o >= 0) {
-                    k.narrow(outh + node * out_stride + lo, mine + (size_t)o * DK_TILE, len);
-                } else {
-                    memcpy(outh + node * out_stride + lo, inh + (-(int64_t)o - 1) * in_stride + lo,
-                           (size_t)len * sizeof(uint16_t));
-                }
-            }
-        }
-        fpenv_leave(csr);
-    }
+    run_args A = {p, fmt, k, addf, tile_off, scratch, per, in, in_stride, out, out_stride};
+    dk_pool_run(nthr, ntiles, run_tile, &A);
     free(scratch);
     free(tile_off);
     return DK_OK;

@@ -6,15 +6,67 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+
+
+def _other_installations() -> "list[str]":
+    """Directories of dojo_kernels packages other than this one: on sys.path, and where
+    importlib.metadata says the distribution is installed (editable or not)."""
+    import json
+    import os
+    import sys
+
+    here = os.path.dirname(os.path.realpath(__file__))
+    found: "list[str]" = []
+
+    def add(d: str) -> None:
+        d = os.path.realpath(d)
+        if d != here and d not in found and os.path.isfile(os.path.join(d, "__init__.py")):
+            found.append(d)
+
+    for entry in sys.path:
+        add(os.path.join(entry or os.getcwd(), "dojo_kernels"))
+    try:
+        from importlib import metadata
+
+        dist = metadata.distribution("dojo_kernels")
+        add(str(dist.locate_file("dojo_kernels")))
+        url = json.loads(dist.read_text("direct_url.json") or "{}").get("url", "")
+        if url.startswith("file://"):
+            add(os.path.join(url[len("file://"):], "dojo_kernels"))
+    except Exception:  # pragma: no cover - no metadata: the sys.path scan is all we have
+        pass
+    return found
+
+
+def _missing_compiled(exc: ImportError) -> ImportError:
+    import os
+
+    here = os.path.dirname(os.path.realpath(__file__))
+    others = _other_installations()
+    if others:
+        return ImportError(
+            f"dojo_kernels: the source tree at {here} shadows the installed package at "
+            f"{others[0]}. Python imported the source tree (it comes first on sys.path, "
+            f"e.g. because you run Python from the repository root), and the source tree "
+            f"has no compiled modules. Fix: run from another directory, or build the source "
+            f"tree in place with `pip install -e .` (then it is the installed package). "
+            f"({exc})")
+    return ImportError(
+        f"dojo_kernels: compiled module missing in {here}: this is an unbuilt source tree. "
+        f"Install it first with `pip install .` and run from another directory, or use "
+        f"`pip install -e .` for development. ({exc})")
+
+
 try:
     from . import _cpu  # noqa: F401  (the compiled core; fails in an unbuilt source tree)
-except ImportError as exc:  # pragma: no cover - exercised only from a source checkout
-    raise ImportError(
-        "dojo_kernels: compiled module missing. Do not import dojo_kernels from its source "
-        "tree; install it first with `pip install .` (or `pip install -e .` for development)."
-    ) from exc
+except ImportError as exc:
+    raise _missing_compiled(exc) from exc
 
 from ._config import get_isa, get_num_threads, set_num_threads
+
+import atexit as _atexit
+
+_atexit.register(_cpu._pool_shutdown)  # join the pool's workers at interpreter exit
 from .formats import BF16, FP32, UHP, Format, cfloat8_143, cfloat8_152, shp
 
 # --- numerics (issue: foundation) -------------------------------------------------------
@@ -39,7 +91,8 @@ def show_config() -> None:
     print(f"  isa tier      : {get_isa()} (best on this CPU: {_config.ISA_NAMES[_cpu.best_isa()]};"
           f" force with DOJO_KERNELS_ISA)")
     print(f"  cpu features  : {' '.join(_cpu.features()) or 'none'}")
-    print(f"  threads       : {get_num_threads()} (DOJO_KERNELS_NUM_THREADS, set_num_threads)")
+    print(f"  threads       : {get_num_threads()} (default from {_config._threads_source}; "
+          f"DOJO_KERNELS_NUM_THREADS, set_num_threads, threadpoolctl)")
     from .gemm import kernel_names
 
     for order, name in kernel_names().items():

@@ -2,21 +2,23 @@
 
 The tier is chosen once, at import, from cpuid/xgetbv (never from compile-time flags);
 ``DOJO_KERNELS_ISA`` may force a lower tier. The thread count defaults to the number of
-CPUs this process may run on; ``DOJO_KERNELS_NUM_THREADS`` or :func:`set_num_threads`
-change it. Kernels read both per call, so a change made from another thread only affects
-calls that start after it. Results never depend on either.
+CPUs this process may run on, shared out among the MPI ranks of the node when a launcher
+says how many there are (:data:`LOCAL_RANK_VARS`); ``DOJO_KERNELS_NUM_THREADS``,
+:func:`set_num_threads` or threadpoolctl change it. Kernels read both per call, so a change
+made from another thread only affects calls that start after it. Results never depend on
+either. The threads are our own pool (csrc/pool.c): they sleep while they wait.
 """
 from __future__ import annotations
 
 import operator
 import os
 import threading
-from typing import Tuple
+from typing import Any, Tuple
 
 from . import _cpu
 
 ISA_NAMES = ("generic", "avx2", "avx512bf16", "amx")
-#: Largest thread count accepted (OpenMP would start that many threads).
+#: Largest thread count accepted (the pool would start that many threads).
 MAX_THREADS = 4096
 
 _lock = threading.Lock()
@@ -38,7 +40,44 @@ def _detect_isa() -> int:
     return want
 
 
-def _default_threads() -> int:
+#: Launcher variables that give the number of MPI ranks on this node, first match wins:
+#: MPICH/Hydra and Intel MPI, Open MPI, MVAPICH2, Cray PALS, Slurm (srun steps, then jobs).
+LOCAL_RANK_VARS = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE",
+                   "PALS_LOCAL_SIZE", "SLURM_STEP_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE")
+
+
+def _local_ranks() -> Tuple[int, str]:
+    """(ranks of this job on this node, the variable that said so); (1, "") outside MPI."""
+    for var in LOCAL_RANK_VARS:
+        raw = os.environ.get(var, "").strip()
+        if not raw:
+            continue
+        # Slurm writes per-node lists such as "4(x2),3": take the largest count
+        counts = []
+        for part in raw.split(","):
+            head = part.split("(")[0].strip()
+            if head.isdigit():
+                counts.append(int(head))
+        if counts and max(counts) >= 1:
+            return max(counts), var
+    return 1, ""
+
+
+def _affinity_cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _default_threads() -> Tuple[int, str]:
+    """The default thread count and where it comes from (shown by show_config).
+
+    ``DOJO_KERNELS_NUM_THREADS`` if set; else the CPUs of this process's affinity mask,
+    divided among the MPI ranks that share them: with ``r`` ranks on a node of ``N`` CPUs
+    and a mask of ``a`` CPUs, about ``ceil(r * a / N)`` ranks share the mask (``r`` when the
+    launcher does not bind, 1 when it binds every rank to its own cores).
+    """
     env = os.environ.get("DOJO_KERNELS_NUM_THREADS", "").strip()
     if env:
         try:
@@ -48,15 +87,19 @@ def _default_threads() -> int:
         if not 1 <= n <= MAX_THREADS:
             raise ImportError(
                 f"DOJO_KERNELS_NUM_THREADS={env!r}: expected an integer in 1..{MAX_THREADS}")
-        return n
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
+        return n, "DOJO_KERNELS_NUM_THREADS"
+    cpus = _affinity_cpus()
+    ranks, var = _local_ranks()
+    if ranks <= 1:
+        return min(cpus, MAX_THREADS), "CPUs of the affinity mask"
+    node = max(cpus, os.cpu_count() or cpus)
+    sharing = max(1, min(ranks, -(-ranks * cpus // node)))
+    return (max(1, min(cpus // sharing, MAX_THREADS)),
+            f"CPUs of the affinity mask / {sharing} MPI ranks sharing them ({var}={ranks})")
 
 
 _isa: int = _detect_isa()
-_threads: int = _default_threads()
+_threads, _threads_source = _default_threads()
 
 
 def isa() -> int:
@@ -127,3 +170,47 @@ class use_isa:
 def supported_isas() -> Tuple[str, ...]:
     """The tiers this CPU can run, lowest first."""
     return ISA_NAMES[: _cpu.best_isa() + 1]
+
+
+# --- threadpoolctl ------------------------------------------------------------------------
+def _register_threadpoolctl() -> None:
+    """Make threadpoolctl (>= 3.0) see and limit the kernels' pool: ``threadpool_info()``
+    lists it with user_api and internal_api ``"dojo_kernels"``, and ``threadpool_limits``
+    maps onto :func:`set_num_threads`. Nothing happens without threadpoolctl."""
+    import importlib
+
+    try:
+        threadpoolctl: Any = importlib.import_module("threadpoolctl")
+    except ImportError:
+        return
+    base = getattr(threadpoolctl, "LibController", None)
+    register = getattr(threadpoolctl, "register", None)
+    if base is None or register is None:  # pragma: no cover - threadpoolctl < 3
+        return
+    if any(getattr(c, "internal_api", None) == "dojo_kernels"
+           for c in getattr(threadpoolctl, "_ALL_CONTROLLERS", ())):
+        return
+
+    class DojoKernelsController(base):  # type: ignore[misc, valid-type]
+        """threadpoolctl controller of dojo_kernels' thread pool (found through the
+        compiled module dojo_kernels._cpu, which holds the pool)."""
+
+        user_api = "dojo_kernels"
+        internal_api = "dojo_kernels"
+        filename_prefixes = ("_cpu.",)
+        check_symbols = ("dk_pool_entry",)
+
+        def get_num_threads(self) -> int:
+            return get_num_threads()
+
+        def set_num_threads(self, num_threads: int) -> None:
+            set_num_threads(max(1, min(int(num_threads), MAX_THREADS)))
+
+        def get_version(self) -> str:
+            from . import __version__
+            return __version__
+
+    register(DojoKernelsController)
+
+
+_register_threadpoolctl()

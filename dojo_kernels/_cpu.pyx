@@ -35,3 +35,33 @@ cdef extern from *:
 def compiler():
     """The C compiler that built the kernels."""
     return DK_COMPILER.decode()
+
+
+# The kernels' thread pool (csrc/pool.c). Every extension links its own copy of the C base
+# library; the others forward their parallel calls to this module's pool (_pool_capsule),
+# so the process has one pool.
+from cpython.pycapsule cimport PyCapsule_New
+from libc.stdint cimport int64_t
+
+cdef extern from "dk_pool.h":
+    ctypedef int (*dk_pool_run_fn)(int, int64_t, void *, void *)
+    dk_pool_run_fn dk_pool_entry()
+    void dk_pool_shutdown() nogil
+    int64_t dk_pool_parallel_calls()
+    int dk_pool_workers()
+
+
+def _pool_capsule():
+    """The pool's entry point, for the other extensions (dk_pool_forward_to)."""
+    return PyCapsule_New(<void *>dk_pool_entry(), b"dojo_kernels.pool", NULL)
+
+
+def _pool_shutdown():
+    """Stop and join the pool's worker threads (a later parallel call starts new ones)."""
+    with nogil:
+        dk_pool_shutdown()
+
+
+def _pool_stats():
+    """(parallel calls so far, worker threads alive): calls that used more than one thread."""
+    return dk_pool_parallel_calls(), dk_pool_workers()

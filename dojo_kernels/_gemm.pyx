@@ -150,3 +150,14 @@ def bf16_range(const uint16_t[:, :, :] a):
         dk_gemm_bf16_range(p, a.shape[0], a.shape[1], a.shape[2], a.strides[0] // 2,
                            a.strides[1] // 2, a.strides[2] // 2, &lo, &hi)
     return lo, hi
+
+
+# One pool per process: forward parallel calls to the pool of dojo_kernels._cpu.
+from cpython.pycapsule cimport PyCapsule_GetPointer
+from dojo_kernels import _cpu as _cpu_mod
+
+cdef extern from "dk_pool.h":
+    ctypedef int (*dk_pool_run_fn)(int, int64_t, void *, void *)
+    void dk_pool_forward_to(dk_pool_run_fn f)
+
+dk_pool_forward_to(<dk_pool_run_fn>PyCapsule_GetPointer(_cpu_mod._pool_capsule(), b"dojo_kernels.pool"))

@@ -92,3 +92,14 @@ def _arith_under_mxcsr(unsigned csr, int op, const uint8_t[::1] a, const uint8_t
     if rc < 0:
         return None
     return (fl.invalid, fl.denormal, fl.overflow, fl.underflow), after
+
+
+# One pool per process: forward parallel calls to the pool of dojo_kernels._cpu.
+from cpython.pycapsule cimport PyCapsule_GetPointer
+from dojo_kernels import _cpu as _cpu_mod
+
+cdef extern from "dk_pool.h":
+    ctypedef int (*dk_pool_run_fn)(int, int64_t, void *, void *)
+    void dk_pool_forward_to(dk_pool_run_fn f)
+
+dk_pool_forward_to(<dk_pool_run_fn>PyCapsule_GetPointer(_cpu_mod._pool_capsule(), b"dojo_kernels.pool"))

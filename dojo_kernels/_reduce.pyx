@@ -129,3 +129,14 @@ def _test_under_mxcsr(int isa, unsigned csr, int which, const float[:, ::1] inp,
         return None
     _check(rc)
     return after
+
+
+# One pool per process: forward parallel calls to the pool of dojo_kernels._cpu.
+from cpython.pycapsule cimport PyCapsule_GetPointer
+from dojo_kernels import _cpu as _cpu_mod
+
+cdef extern from "dk_pool.h":
+    ctypedef int (*dk_pool_run_fn)(int, int64_t, void *, void *)
+    void dk_pool_forward_to(dk_pool_run_fn f)
+
+dk_pool_forward_to(<dk_pool_run_fn>PyCapsule_GetPointer(_cpu_mod._pool_capsule(), b"dojo_kernels.pool"))

@@ -144,19 +144,34 @@ def _bench(args: argparse.Namespace) -> int:
         if args.quick:
             env.setdefault("DOJO_BENCH_SCALE", "0.1")
         cmd = [sys.executable, "-m", "pytest", suite, "--benchmark-only", "-q", "-p",
-               "no:cacheprovider"]
+               "no:cacheprovider"] + (["--collect-only"] if args.collect_only else [])
         print("running: " + " ".join(cmd), flush=True)
-        return subprocess.call(cmd, env=env)
+        # from inside bench/: at the checkout's root, `python -m` would put the source tree
+        # (no compiled modules unless built in place) before the installed package
+        return subprocess.call(cmd, env=env, cwd=suite)
 
     from . import _bench as bm
     from .report import Progress
 
-    bar = Progress(5, enabled=not args.quiet)
+    state = bm.machine_state(quick=args.quick)
+    for w in state.warnings:
+        print(f"WARNING: {w}", file=sys.stderr, flush=True)
+    counts = 1 if args.threads is not None else 2
+    bar = Progress(1 + 4 * counts, enabled=not args.quiet)
     try:
         rows = bm.run_bench(quick=args.quick, threads=args.threads, progress=bar.advance)
     finally:
         bar.close()
-    print(bm.render_bench(rows, threads=args.threads))
+    print(bm.render_bench(rows, threads=args.threads, state=state))
+    if args.json:
+        import json
+
+        text = json.dumps(bm.bench_json(rows, state), indent=1)
+        if args.json == "-":
+            print(text)
+        else:
+            with open(args.json, "w") as f:
+                f.write(text + "\n")
     return 0
 
 
@@ -228,14 +243,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser(
         "bench", help="key rates against the peers installed (NumPy, ml_dtypes, torch)",
-        description="Measure conversion, GEMM and all-reduce rates against the peers found "
-                    "installed, with this CPU's measured FMA/VDPBF16PS peaks. --suite runs the "
-                    "full pytest-benchmark suite of a source checkout's bench/ instead.")
+        description="Measure conversion, arithmetic, GEMM and all-reduce rates against the "
+                    "peers found installed (NumPy, ml_dtypes, torch) at 1 and 2 threads, with "
+                    "this CPU's measured FMA/VDPBF16PS peaks; every figure is the median "
+                    "[min-max] of repeats, and the run warns when the machine is busy. --suite "
+                    "runs the full pytest-benchmark suite of a source checkout's bench/ instead.")
     b.add_argument("--quick", action="store_true", help="smaller problems, a few seconds")
     b.add_argument("--suite", action="store_true",
                    help="run pytest-benchmark on ./bench (source checkout) instead")
+    b.add_argument("--collect-only", action="store_true",
+                   help="with --suite: list the suite's benchmarks without running them")
     b.add_argument("--threads", type=int, default=None,
-                   help="kernel (and, with threadpoolctl, BLAS) threads (default: all)")
+                   help="kernel (and BLAS, torch) threads (default: 1 and 2, in turn)")
+    b.add_argument("--json", metavar="FILE", help="also write every figure as JSON (- : stdout)")
     b.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     b.set_defaults(func=_bench)
 
