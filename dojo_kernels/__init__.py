@@ -39,6 +39,10 @@ def show_config() -> None:
           f" force with DOJO_KERNELS_ISA)")
     print(f"  cpu features  : {' '.join(_cpu.features()) or 'none'}")
     print(f"  threads       : {get_num_threads()} (DOJO_KERNELS_NUM_THREADS, set_num_threads)")
+    from .gemm import kernel_names
+
+    for order, name in kernel_names().items():
+        print(f"  gemm {order + ' order':<9}: {name}")
     print(f"  compiler      : {_cpu.compiler()}")
     import numpy
 
