@@ -58,7 +58,7 @@ typedef struct {
     int64_t kc;       /* k per block (even; a multiple of 32 for the amx order) */
     int64_t mc_max;   /* rows per A block (multiple of mr) */
     int64_t nc;       /* columns per B panel (multiple of nr) */
-    int simd_pack;    /* 1: the avx512 pair-layout B packers may be used */
+    int simd_pack;    /* 1: the avx512 B packers (pair or split layout) may be used */
     int rowtile_a;    /* 1: A in the AMX "row tiles" layout (overrides split_a) */
     int64_t kblk;     /* the kernel takes k-pairs in multiples of this (zero padded) */
     void (*enter)(void), (*leave)(void);  /* per-thread set-up around a work item */
@@ -75,7 +75,7 @@ static int get_cfg(int isa, int kernel, int order, tier_cfg *t)
                             512, 256, 4096, 1, 1, DK_GEMM_AMX_BLOCK_PAIRS, dk_gemm_amxtile_enter,
                             dk_gemm_amxtile_leave};
         else if (isa >= DK_ISA_AVX512BF16)
-            *t = (tier_cfg){dk_gemm_ukr_amx_avx512, 1, 0, DK_GEMM_AMX512_MR, DK_GEMM_AMX512_NR,
+            *t = (tier_cfg){dk_gemm_ukr_amx_avx512, 1, 1, DK_GEMM_AMX512_MR, DK_GEMM_AMX512_NR,
                             512, 84, 2048, 1};
         else if (isa == DK_ISA_AVX2)
             *t = (tier_cfg){dk_gemm_ukr_amx_avx2, 1, 1, DK_GEMM_AMX_AVX2_MR, DK_GEMM_SPLIT_NR,
@@ -149,15 +149,26 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
                        int64_t p0, int64_t kp, int64_t lw, int split, int simd, void *dst)
 {
     int64_t nsl = (nl + lw - 1) / lw;
-    /* avx512 fast path: pair layout, lines contiguous (B row-major), whole slivers, full
-     * pairs; the last, half pair of an odd k goes through the portable loop below. */
-    if (simd && !split && v->rs == 1 && lw % 32 == 0 && l0 + nsl * lw <= nlines) {
+    /* avx512 fast path: lines contiguous (B row-major), whole slivers, full pairs; the
+     * last, half pair of an odd k goes through the portable loop below. Pair layout (the
+     * vdpbf16ps order's kernels) or split layout (the amx order's). */
+    if (simd && v->rs == 1 && lw % 32 == 0 && l0 + nsl * lw <= nlines) {
         int64_t kfull = (k / 2) - p0;
         if (kfull > kp) kfull = kp;
         if (kfull > 0) {
             for (int64_t s = 0; s < nsl; s++) {
-                uint32_t *o = (uint32_t *)dst + s * kp * lw;
                 int64_t line = l0 + s * lw, koff = 2 * p0 * v->cs;
+                if (split) {
+                    float *o = (float *)dst + s * kp * 2 * lw;
+                    if (v->kind == DK_GEMM_U8)
+                        dk_gemm_pack_split_u8_avx512((const uint8_t *)v->p + line + koff, v->cs,
+                                                     kfull, lw, v->table, o);
+                    else
+                        dk_gemm_pack_split_u16_avx512((const uint16_t *)v->p + line + koff,
+                                                      v->cs, kfull, lw, o);
+                    continue;
+                }
+                uint32_t *o = (uint32_t *)dst + s * kp * lw;
                 if (v->kind == DK_GEMM_U8)
                     dk_gemm_pack_pair_u8_avx512((const uint8_t *)v->p + line + koff, v->cs, kfull,
                                                 lw, v->table, o);
@@ -168,12 +179,18 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
             if (kfull == kp) return;
             /* pack the remaining pair(s) portably */
             for (int64_t s = 0; s < nsl; s++) {
-                uint32_t *o = (uint32_t *)dst + s * kp * lw;
                 for (int64_t p = kfull; p < kp; p++)
                     for (int64_t l = 0; l < lw; l++) {
                         uint16_t e, d;
                         pair_at(v, l0 + s * lw + l, nlines, p0 + p, k, &e, &d);
-                        o[p * lw + l] = (uint32_t)e | ((uint32_t)d << 16);
+                        if (split) {
+                            uint32_t *o = (uint32_t *)dst + s * kp * 2 * lw + p * 2 * lw;
+                            o[l] = widen_bits(d);
+                            o[lw + l] = widen_bits(e);
+                        } else {
+                            uint32_t *o = (uint32_t *)dst + s * kp * lw;
+                            o[p * lw + l] = (uint32_t)e | ((uint32_t)d << 16);
+                        }
                     }
             }
             return;

@@ -75,6 +75,7 @@ def _report(args: argparse.Namespace) -> int:
             d_model=args.d_model, seq=args.seq, batch=args.batch, mlp_ratio=args.mlp_ratio,
             formats=formats, forward_format=args.forward_format,
             gradient_format=args.gradient_format, bias=args.bias, bias_margin=args.bias_margin,
+            gemm_order=args.gemm_order,
             grad_bytes_per_param={"bf16": 2, "fp32": 4, "cfloat8": 1}[args.grad_dtype],
             machine=machine, system_shape=args.system, overlap=args.overlap,
             algorithms=algorithms, check_elements=args.check_elements, seed=args.seed)
@@ -208,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fixed CFloat8 bias 0..63 (default: choose_bias per tensor)")
     g.add_argument("--bias-margin", type=int, default=0,
                    help="binades of headroom for choose_bias (default 0)")
+    g.add_argument("--gemm-order", default="amx", choices=["amx", "vdpbf16ps"],
+                   help="accumulation order of the emulated GEMMs (default amx: Intel AMX's; "
+                        "vdpbf16ps: one VDPBF16PS chain, dojo_kernels 0.1's bits)")
     g.add_argument("--grad-dtype", default="bf16", choices=["bf16", "fp32", "cfloat8"],
                    help="gradient element on the all-reduce wire (default bf16: 2 B)")
     g = r.add_argument_group("machine (defaults: the public D1 figures, see dojo_kernels.d1; "

@@ -65,7 +65,7 @@ import functools
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Literal, Optional, Tuple, Union, overload
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union, overload
 
 import numpy as np
 
@@ -153,11 +153,11 @@ _KERNEL_NAMES = {
 }
 
 
-def kernel_names() -> dict:
+def kernel_names() -> Dict[str, str]:
     """Which GEMM micro-kernel each accumulation order runs on the current ISA tier:
     ``{"amx": "...", "vdpbf16ps": "..."}`` (for ``show_config()`` and benchmarks)."""
     tier = _config.get_isa()
-    out = {}
+    out: Dict[str, str] = {}
     for order in ORDERS:
         key: Tuple[str, ...] = (tier, order)
         if key not in _KERNEL_NAMES:

@@ -44,6 +44,7 @@ from .collectives import allreduce, estimate_allreduce
 from .d1 import D2Tile, DojoSystem, TrainingTile
 from .hierarchical import INNER_ALGORITHMS, HierarchicalReport, estimate_hierarchical
 from .formats import BF16, Format, cfloat8_143, cfloat8_152
+from .gemm import ORDERS as GEMM_ORDERS
 from .gemm import GemmPlan, feed_bandwidths, gemm, plan_gemm
 from .numerics import choose_bias
 
@@ -70,6 +71,8 @@ class ReportConfig:
         gradients (``"cfloat8_143"`` or ``"cfloat8_152"``).
     bias : a fixed CFloat8 bias for every tensor, or None for :func:`choose_bias` per tensor.
     bias_margin : binades of headroom for :func:`choose_bias`.
+    gemm_order : the accumulation order of every emulated GEMM, ``"amx"`` (default) or
+        ``"vdpbf16ps"`` (the ``order=`` of :func:`dojo_kernels.gemm`, docs/gemm.md).
     grad_scale : RMS of the output gradient ``dY``.
     grad_bytes_per_param : bytes per gradient element on the wire of the all-reduce (2: BF16).
     machine : the :class:`TrainingTile` (or :class:`~dojo_kernels.d1.D2Tile`) the GEMMs are
@@ -98,6 +101,7 @@ class ReportConfig:
     gradient_format: str = "cfloat8_152"
     bias: Optional[int] = None
     bias_margin: int = 0
+    gemm_order: str = "amx"
     grad_scale: float = 1e-3
     grad_bytes_per_param: int = 2
     machine: TrainingTile = field(default_factory=TrainingTile)
@@ -120,6 +124,9 @@ class ReportConfig:
             if getattr(self, name) not in _CF8:
                 raise ValueError(f"{name}: expected one of {', '.join(_CF8)}, "
                                  f"got {getattr(self, name)!r}")
+        if self.gemm_order not in GEMM_ORDERS:
+            raise ValueError(f"gemm_order: expected one of {', '.join(GEMM_ORDERS)}, "
+                             f"got {self.gemm_order!r}")
         if self.bias is not None and not (isinstance(self.bias, int) and 0 <= self.bias <= 63):
             raise ValueError(f"bias: expected an int in 0..63 or None, got {self.bias!r}")
         if not self.algorithms:
@@ -324,7 +331,8 @@ class Report:
                 "tokens": c.tokens, "hidden": c.hidden, "params": c.params,
                 "formats": list(c.formats), "forward_format": c.forward_format,
                 "gradient_format": c.gradient_format, "bias": c.bias,
-                "bias_margin_binades": c.bias_margin, "grad_scale": c.grad_scale,
+                "bias_margin_binades": c.bias_margin, "gemm_order": c.gemm_order,
+                "grad_scale": c.grad_scale,
                 "grad_bytes_per_param": c.grad_bytes_per_param,
                 "system_shape_tiles": list(c.system_shape),
                 "algorithms": list(c.algorithms), "seed": c.seed,
@@ -545,7 +553,7 @@ def run_report(config: Optional[ReportConfig] = None, *,
         for key in cfg.formats:
             t0 = time.perf_counter()
             fa, fb = _format_for(cfg, key, ra, A), _format_for(cfg, key, rb, B)
-            y = gemm(A, B, a_format=fa, b_format=fb)
+            y = gemm(A, B, a_format=fa, b_format=fb, order=cfg.gemm_order)
             dt = time.perf_counter() - t0
             emu[key] += dt
             assert isinstance(y, np.ndarray)

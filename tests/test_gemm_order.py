@@ -462,3 +462,26 @@ def test_generic_add_step_boundary_cases():
         got = add(x32, y32)
         assert (np.float32(got).view(np.uint32) == np.float32(want).view(np.uint32)
                 or (math.isnan(got) and math.isnan(want))), (x, y, got, want)
+
+
+def test_report_and_cli_pass_the_order_through(tmp_path):
+    import json
+
+    from dojo_kernels import cli
+    from dojo_kernels.report import ReportConfig
+
+    assert ReportConfig().gemm_order == "amx"
+    with pytest.raises(ValueError, match="gemm_order"):
+        ReportConfig(gemm_order="fma")
+    out = tmp_path / "r.json"
+    args = ["report", "--d-model", "16", "--seq", "32", "--formats", "bf16", "--algorithms",
+            "chain", "--system", "1x2", "--check-elements", "0", "-q", "--json", str(out)]
+    errs = {}
+    for order in ORDERS:
+        assert cli.main(args + ["--gemm-order", order]) == 0
+        d = json.loads(out.read_text())
+        assert d["config"]["gemm_order"] == order
+        errs[order] = [g["formats"]["bf16"]["max_rel_error"] for g in d["gemms"]]
+    assert errs["amx"] != errs["vdpbf16ps"]       # the GEMMs did run in each order
+    with pytest.raises(SystemExit):
+        cli.main(args + ["--gemm-order", "AMX"])

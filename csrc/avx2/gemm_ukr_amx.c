@@ -3,8 +3,8 @@
  * FP32 ymm FMA on widened values (split layout, DAZ applied while packing) under MXCSR
  * FTZ|DAZ, which detects tininess after rounding: each FMA and add is one step of the
  * order. 12 ymm accumulators: an E (even k) and an O (odd k) chain per output, reset to +0
- * at every 16-pair block; at the block's end T = E + O and C = C + T, C kept in memory
- * (the output tile) between blocks. */
+ * at every 16-pair block; at the block's end T = E + O and C = C + T, C kept in a
+ * contiguous copy of the tile between blocks. */
 #include "dk_gemm.h"
 
 #include <immintrin.h>
@@ -17,14 +17,16 @@ void dk_gemm_ukr_amx_avx2(int64_t kp, const void *ap, const void *bp, float *c, 
                           int flags, float scale)
 {
     const float *a = (const float *)ap, *b = (const float *)bp;
+    /* C between blocks: a contiguous copy of the tile (the rows of C are ldc apart, often
+     * a multiple of 4 KiB: they would share an L1 set and alias the stores before them) */
+    const __m256 zero = _mm256_setzero_ps();
+    float cl[MR * NR] __attribute__((aligned(32)));
+    for (int i = 0; i < MR; i++)
+        for (int h = 0; h < NR; h += 8)
+            _mm256_store_ps(cl + i * NR + h,
+                            (flags & DK_UKR_LOAD) ? _mm256_loadu_ps(c + i * ldc + h) : zero);
     unsigned csr = _mm_getcsr();
     _mm_setcsr(csr | 0x8040u); /* FTZ | DAZ */
-    const __m256 zero = _mm256_setzero_ps();
-    if (kp <= 0 && !(flags & DK_UKR_LOAD))
-        for (int i = 0; i < MR; i++) {
-            _mm256_storeu_ps(c + i * ldc, zero);
-            _mm256_storeu_ps(c + i * ldc + 8, zero);
-        }
     for (int64_t p0 = 0; p0 < kp; p0 += BLK) {
         int64_t np = kp - p0 < BLK ? kp - p0 : BLK;
         __m256 e00 = zero, e01 = zero, e10 = zero, e11 = zero, e20 = zero, e21 = zero;
@@ -48,28 +50,27 @@ void dk_gemm_ukr_amx_avx2(int64_t kp, const void *ap, const void *bp, float *c, 
         }
         /* T = E + O; a partial (zero-padded) block's padded steps turn a -0 into +0 */
         const int partial = np < BLK;
-        const int load = p0 > 0 || (flags & DK_UKR_LOAD);
 #define ROW(i)                                                                          \
         do {                                                                            \
             __m256 t0 = _mm256_add_ps(e##i##0, o##i##0), t1 = _mm256_add_ps(e##i##1, o##i##1); \
             if (partial) { t0 = _mm256_add_ps(t0, zero); t1 = _mm256_add_ps(t1, zero); } \
-            __m256 c0 = load ? _mm256_loadu_ps(c + (i) * ldc) : zero;                   \
-            __m256 c1 = load ? _mm256_loadu_ps(c + (i) * ldc + 8) : zero;               \
-            _mm256_storeu_ps(c + (i) * ldc, _mm256_add_ps(c0, t0));                     \
-            _mm256_storeu_ps(c + (i) * ldc + 8, _mm256_add_ps(c1, t1));                 \
+            _mm256_store_ps(cl + (i) * NR, _mm256_add_ps(_mm256_load_ps(cl + (i) * NR), t0)); \
+            _mm256_store_ps(cl + (i) * NR + 8,                                          \
+                            _mm256_add_ps(_mm256_load_ps(cl + (i) * NR + 8), t1));      \
         } while (0)
         ROW(0); ROW(1); ROW(2);
 #undef ROW
     }
     _mm_setcsr(csr);
-    if (flags & DK_UKR_LAST) {
-        const __m256 s = _mm256_set1_ps(scale);
-        const __m256 qnan = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FC00000));
-        for (int i = 0; i < MR; i++)
-            for (int h = 0; h < NR; h += 8) {
-                __m256 x = _mm256_mul_ps(_mm256_loadu_ps(c + i * ldc + h), s);
+    const __m256 s = _mm256_set1_ps(scale);
+    const __m256 qnan = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FC00000));
+    for (int i = 0; i < MR; i++)
+        for (int h = 0; h < NR; h += 8) {
+            __m256 x = _mm256_load_ps(cl + i * NR + h);
+            if (flags & DK_UKR_LAST) {
+                x = _mm256_mul_ps(x, s);
                 x = _mm256_blendv_ps(x, qnan, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
-                _mm256_storeu_ps(c + i * ldc + h, x);
             }
-    }
+            _mm256_storeu_ps(c + i * ldc + h, x);
+        }
 }
