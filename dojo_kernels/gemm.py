@@ -221,6 +221,13 @@ def _bf16_range(codes: np.ndarray) -> _Range:
     if codes.size == 0:
         return _EMPTY_RANGE
     small, big = _gemm.bf16_range(codes if codes.ndim == 3 else codes[None])
+    return _range_of(small, big)
+
+
+@functools.lru_cache(maxsize=4096)
+def _range_of(small: int, big: int) -> _Range:
+    """The _Range of BF16 magnitude bits (smallest nonzero, largest finite); one object per
+    pair, so repeated calls cost a dict lookup (and hash fast in the scaling cache)."""
     if big == 0:
         return _EMPTY_RANGE
     lo, hi = _bf16_exp(small), _bf16_exp(big)
@@ -456,23 +463,27 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
     b3 = cb if cb.ndim == 3 else cb[None]
     shape = (nb, m, n) if batched else (m, n)
 
-    if beta is None:
-        beta = 0.0 if c is None else 1.0
-    if isinstance(beta, bool) or not isinstance(beta, (int, float, np.floating, np.integer)):
-        raise TypeError(f"beta: expected a real number, got {type(beta).__name__}")
-    beta32 = np.float32(beta)
-    use_c = beta32 != 0
-    if use_c:
-        if c is None:
-            raise ValueError(f"c: beta = {beta} needs an addend c")
-        c32 = np.asarray(c)
-        if c32.dtype.kind not in "fiu":
-            raise TypeError(f"c: expected a real array, got dtype {c32.dtype}")
-        try:
-            c32 = np.broadcast_to(c32, shape)
-        except ValueError:
-            raise ValueError(f"c: shape {c32.shape} does not broadcast to the result {shape}") from None
-
+    if beta is None and c is None:   # the common call: no addend (nothing to check)
+        use_c = False
+        beta32 = np.float32(0.0)
+    else:
+        if beta is None:
+            beta = 0.0 if c is None else 1.0
+        if isinstance(beta, bool) or not isinstance(beta, (int, float, np.floating, np.integer)):
+            raise TypeError(f"beta: expected a real number, got {type(beta).__name__}")
+        beta32 = np.float32(beta)
+        use_c = bool(beta32 != 0)
+        if use_c:
+            if c is None:
+                raise ValueError(f"c: beta = {beta} needs an addend c")
+            c32 = np.asarray(c)
+            if c32.dtype.kind not in "fiu":
+                raise TypeError(f"c: expected a real array, got dtype {c32.dtype}")
+            try:
+                c32 = np.broadcast_to(c32, shape)
+            except ValueError:
+                raise ValueError(f"c: shape {c32.shape} does not broadcast to the result "
+                                 f"{shape}") from None
     if out is not None:
         if not isinstance(out, np.ndarray):
             raise TypeError(f"out: expected a numpy.ndarray, got {type(out).__name__}")
@@ -503,7 +514,7 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
         b3 = cb if cb.ndim == 3 else cb[None]
     ta = _table(a_format, sa) if a_format.nbits == 8 else _DUMMY_TABLE
     tb = _table(b_format, sb) if b_format.nbits == 8 else _DUMMY_TABLE
-    scale = float(np.float32(2.0 ** -(sa + sb)))
+    scale = 2.0 ** -(sa + sb)  # a float32 value: _scale_exps keeps sa + sb in [-127, 149]
 
     # Where the kernel writes: `out` itself when it is C-contiguous (the glue takes a
     # float[:, :, ::1] view), aligned, and overlaps nothing the computation still reads.
