@@ -47,6 +47,13 @@ static dk_q_fn pick_q(int isa)
            : isa == DK_ISA_AVX2     ? dk_quantize_f32_avx2
                                     : dk_quantize_f32_generic;
 }
+typedef void (*dk_fq_fn)(const float *, float *, int64_t, const dk_format *, int, uint64_t, int64_t);
+static dk_fq_fn pick_fq(int isa)
+{
+    return isa >= DK_ISA_AVX512BF16 ? dk_fake_quantize_f32_avx512bf16
+           : isa == DK_ISA_AVX2     ? dk_fake_quantize_f32_avx2
+                                    : dk_fake_quantize_f32_generic;
+}
 static dk_d_fn pick_d(int isa)
 {
     return isa >= DK_ISA_AVX512BF16 ? dk_dequantize_f32_avx512bf16
@@ -177,9 +184,14 @@ int dk_fake_quantize(const void *x, int xkind, void *out, int64_t n, const dk_fo
     const int64_t nblocks = (n + DK_BLOCK - 1) / DK_BLOCK;
     const dk_q_fn q = pick_q(isa);
     const dk_d_fn d = pick_d(isa);
+    const dk_fq_fn fq = pick_fq(isa);
 #pragma omp parallel for num_threads(nthreads) schedule(static) if (nblocks > 1 && nthreads > 1)
     for (int64_t b = 0; b < nblocks; b++) {
         int64_t i0 = b * DK_BLOCK, len = n - i0 < DK_BLOCK ? n - i0 : DK_BLOCK;
+        if (xkind == DK_F32) { /* one pass: quantize and decode in registers */
+            fq((const float *)x + i0, (float *)out + i0, len, f, mode, seed, i0);
+            continue;
+        }
         uint32_t codes[DK_CHUNK];
         float vals[DK_CHUNK];
         for (int64_t s = 0; s < len; s += DK_CHUNK) {
@@ -188,8 +200,6 @@ int dk_fake_quantize(const void *x, int xkind, void *out, int64_t n, const dk_fo
             if (xkind == DK_F64) {
                 for (int64_t j = 0; j < m; j++)
                     ((double *)out)[at + j] = dk_decode(dk_load_code(codes, j, width), f);
-            } else if (xkind == DK_F32) {
-                d(codes, (float *)out + at, m, f);
             } else { /* BF16 out: exact, the caller admits only formats inside BF16 */
                 d(codes, vals, m, f);
                 for (int64_t j = 0; j < m; j++) {
