@@ -165,6 +165,8 @@ dk_arith_loop(int op, const void *a, const void *b, const void *c, void *out, in
         vi code;
         if (bf16 && mode == DK_NEAREST) /* FP32 -> BF16 nearest even (s is finite, not NaN) */
             code = (vi)(((vu)sb + 0x7FFFu + (((vu)sb >> 16) & 1u)) >> 16);
+        else if (bf16 && mode == DK_STOCHASTIC) /* s exact (t != 0 went scalar) */
+            code = dk_bf16_stoch_vec(sb, r);
         else
             code = dk_quant_vec(sb, r, &q->k, mode, q->k.tesla, q->k.flush, q->inf_nan, q->is_signed);
         vi E = (code >> m) & emask;

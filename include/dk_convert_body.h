@@ -157,6 +157,16 @@ __attribute__((always_inline)) static inline vi dk_quant_vec(vi u, vu r, const d
     return code;
 }
 
+/* BF16 codes of DK_VL FP32 values under stochastic rounding with random numbers r. */
+__attribute__((always_inline)) static inline vi dk_bf16_stoch_vec(vi u, vu r)
+{
+    vu low = (vu)u << 16;
+    vi carry = (vi)((low + r) < low); /* -1 where f + r >= 2^32 */
+    vi code = (vi)((vu)u >> 16) - carry;
+    vi nanv = (vi)(((vu)u >> 16) & 0x8000u) | 0x7FC0;
+    return VSEL((u & 0x7FFFFFFF) > 0x7F800000, nanv, code);
+}
+
 /* Is any lane of the mask set? */
 static inline int dk_any(vi mask)
 {
@@ -320,6 +330,25 @@ dk_quant_run(const float *x, void *out, int64_t n, const dk_format *f, int mode,
             vi rne = (vi)(((vu)u + 0x7FFFu + (((vu)u >> 16) & 1u)) >> 16);
             vi nanv = (vi)(((vu)u >> 16) & 0x8000u) | 0x7FC0;
             vi code = VSEL(a > 0x7F800000, nanv, rne);
+            if (fake) {
+                vi v = code << 16;
+                memcpy((float *)out + i, &v, sizeof v);
+            } else {
+                dk_store_codes(out, i, code, 2);
+            }
+        }
+    } else if (f->ebits == 8 && f->mbits == 7 && mode == DK_STOCHASTIC) {
+        /* BF16's grid is FP32's with the low 16 bits dropped (subnormals too), so f is the
+         * low half times 2^16 and "f + r >= 2^32" is the carry of that 32-bit add; past the
+         * largest finite value the carry reaches the Inf code, as SPEC says. */
+        dk_rng g = dk_rng_at(seed, (uint64_t)index0);
+        vq lo = g.lo, hi = g.hi;
+        for (; i + DK_VL <= n; i += DK_VL) {
+            vi u;
+            memcpy(&u, x + i, sizeof u);
+            __builtin_prefetch(x + i + DK_PREFETCH);
+            vu r = dk_rng_next(&lo, &hi);
+            vi code = dk_bf16_stoch_vec(u, r);
             if (fake) {
                 vi v = code << 16;
                 memcpy((float *)out + i, &v, sizeof v);
