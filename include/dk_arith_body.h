@@ -185,17 +185,18 @@ dk_arith_loop(int op, const void *a, const void *b, const void *c, void *out, in
             nund += tiny & differs & ~odd;
         }
         nden += den & ~odd;
-        dk_store_codes(out, at, code, width);
+        /* the scalar lanes before the store: out may be an operand (in place) */
         if (dk_any(odd))
             for (int j = 0; j < DK_VL; j++)
                 if (odd[j]) {
                     unsigned fl = 0;
-                    dk_store_code(out, at + j, dk_arith_elem(op, a, b, c, at + j, f, mode, seed, &fl), width);
+                    code[j] = (int32_t)dk_arith_elem(op, a, b, c, at + j, f, mode, seed, &fl);
                     cnt[0] += (fl & DK_FL_INVALID) != 0;
                     cnt[1] += (fl & DK_FL_DENORMAL) != 0;
                     cnt[2] += (fl & DK_FL_OVERFLOW) != 0;
                     cnt[3] += (fl & DK_FL_UNDERFLOW) != 0;
                 }
+        dk_store_codes(out, at, code, width);
     }
     cnt[1] -= dk_lanes_sum(nden);
     cnt[3] -= dk_lanes_sum(nund);

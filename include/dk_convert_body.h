@@ -7,7 +7,9 @@
  * semantics of dk_format.h, which also handles the tails and the rare lanes (stochastic
  * rounding inside the Tesla subnormal gap). DK_VL 4 (the baseline tier, SSE2) builds only the
  * helpers that the arithmetic body (dk_arith_body.h) shares: define DK_ARITH_ONLY. */
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#endif
 #include <string.h>
 
 #include "dk_convert.h"
@@ -174,8 +176,12 @@ static inline int dk_any(vi mask)
     return _mm512_test_epi32_mask((__m512i)mask, (__m512i)mask) != 0;
 #elif DK_VL == 8
     return !_mm256_testz_si256((__m256i)mask, (__m256i)mask);
-#else
+#elif defined(__SSE2__)
     return _mm_movemask_epi8((__m128i)mask) != 0;
+#else
+    int any = 0;
+    for (int j = 0; j < DK_VL; j++) any |= mask[j];
+    return any != 0;
 #endif
 }
 
