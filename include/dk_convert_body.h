@@ -258,6 +258,18 @@ dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk
             __builtin_prefetch(x + i + DK_PREFETCH);
             vu r = dk_rng_next(&lo, &hi);
             vi code = dk_quant_vec(u, r, k, mode, tesla, flush, inf_nan, is_signed);
+            if (tesla) { /* lanes inside the subnormal gap: scalar semantics (before the
+                          * store: fake_quantize may write over x) */
+                vi a = u & 0x7FFFFFFF;
+                vi gap = (a > k->maxsub_bits) & (a < k->minnorm_bits);
+                if (dk_any(gap))
+                    for (int j = 0; j < DK_VL; j++)
+                        if (gap[j]) {
+                            unsigned fl = 0;
+                            code[j] = (int32_t)dk_round(dk_f32_to_f64(dk_bitsf((uint32_t)u[j])), 0.0, f,
+                                                        mode, r[j], &fl);
+                        }
+            }
             if (fake) {
                 /* BF16 by a shift: its subnormals are FP32 subnormals, which a multiply could flush */
                 vi v = f->ebits == 8 ? code << 16
@@ -265,18 +277,6 @@ dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk
                 memcpy((float *)out + i, &v, sizeof v);
             } else {
                 dk_store_codes(out, i, code, width);
-            }
-            if (tesla) { /* lanes inside the subnormal gap: scalar semantics */
-                vi a = u & 0x7FFFFFFF;
-                vi gap = (a > k->maxsub_bits) & (a < k->minnorm_bits);
-                if (dk_any(gap))
-                    for (int j = 0; j < DK_VL; j++)
-                        if (gap[j]) {
-                            unsigned fl = 0;
-                            uint32_t cj = dk_round(dk_f32_to_f64(x[i + j]), 0.0, f, mode, r[j], &fl);
-                            if (fake) ((uint32_t *)out)[i + j] = dk_decode_f32bits(cj, f);
-                            else dk_store_code(out, i + j, cj, width);
-                        }
             }
         }
     } else {
