@@ -65,6 +65,13 @@ static dk_q_fn pick_q(int isa)
            : isa == DK_ISA_AVX2     ? dk_quantize_f32_avx2
                                     : dk_quantize_f32_generic;
 }
+typedef void (*dk_fq_fn)(const float *, float *, int64_t, const dk_format *, int, uint64_t, int64_t);
+static dk_fq_fn pick_fq(int isa)
+{
+    return isa >= DK_ISA_AVX512BF16 ? dk_fake_quantize_f32_avx512bf16
+           : isa == DK_ISA_AVX2     ? dk_fake_quantize_f32_avx2
+                                    : dk_fake_quantize_f32_generic;
+}
 static dk_d_fn pick_d(int isa)
 {
     return isa >= DK_ISA_AVX512BF16 ? dk_dequantize_f32_avx512bf16
@@ -144,6 +151,7 @@ typedef struct {
     uint64_t seed;
     dk_q_fn q;
     dk_d_fn d;
+    dk_fq_fn fq;
     void (*a)(int, const void *, const void *, const void *, void *, int64_t, int64_t,
               const dk_format *, int, uint64_t, int64_t *);
     flag_sums sums;
@@ -236,6 +244,10 @@ static void fake_quantize_block(void *arg, int64_t b, int slot)
     const dk_q_fn q = A->q;
     const dk_d_fn d = A->d;
     int64_t i0 = b * DK_BLOCK, len = n - i0 < DK_BLOCK ? n - i0 : DK_BLOCK;
+    if (xkind == DK_F32) { /* one pass: quantize and decode in registers */
+        A->fq((const float *)x + i0, (float *)out + i0, len, f, mode, seed, i0);
+        return;
+    }
     uint32_t codes[DK_CHUNK];
     float vals[DK_CHUNK];
     for (int64_t s = 0; s < len; s += DK_CHUNK) {
@@ -244,8 +256,6 @@ static void fake_quantize_block(void *arg, int64_t b, int slot)
         if (xkind == DK_F64) {
             for (int64_t j = 0; j < m; j++)
                 ((double *)out)[at + j] = dk_decode(dk_load_code(codes, j, width), f);
-        } else if (xkind == DK_F32) {
-            d(codes, (float *)out + at, m, f);
         } else { /* BF16 out: exact, the caller admits only formats inside BF16 */
             d(codes, vals, m, f);
             for (int64_t j = 0; j < m; j++) {
@@ -261,7 +271,8 @@ int dk_fake_quantize(const void *x, int xkind, void *out, int64_t n, const dk_fo
                      uint64_t seed, int isa, int nthreads)
 {
     call_args A = {.x = x, .out = out, .xkind = xkind, .mode = mode, .width = dk_code_width(f),
-                   .n = n, .f = f, .seed = seed, .q = pick_q(isa), .d = pick_d(isa)};
+                   .n = n, .f = f, .seed = seed, .q = pick_q(isa), .d = pick_d(isa),
+                   .fq = pick_fq(isa)};
     dk_pool_run(threads_for(n, nthreads), nblocks_of(n), fake_quantize_block, &A);
     return DK_OK;
 }

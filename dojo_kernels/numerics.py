@@ -247,12 +247,14 @@ def _fits_bf16(fmt: Format) -> bool:
 
 
 def fake_quantize(x: Any, fmt: Format, *, rounding: str = "nearest",
-                  seed: Optional[int] = None) -> np.ndarray:
+                  seed: Optional[int] = None, out: Optional[np.ndarray] = None) -> np.ndarray:
     """``dequantize(quantize(x, fmt, ...), fmt)`` in one pass, in ``x``'s float dtype.
 
     What quantization-aware training calls. float32 and float64 inputs keep their dtype; a
     bfloat16 input gives bfloat16 for formats whose values are all bfloat16 values (BF16,
-    CFloat8) and is refused for the others (cast it to float32 first).
+    CFloat8) and is refused for the others (cast it to float32 first). ``out``: an optional
+    array of ``x``'s dtype and shape to write into (``x`` itself is allowed: in place); a
+    preallocated output saves the page faults of a fresh one.
     """
     fmt = _check_format(fmt)
     mode, seed_ = _check_rounding(rounding, seed)
@@ -261,10 +263,19 @@ def fake_quantize(x: Any, fmt: Format, *, rounding: str = "nearest",
     if kind == _BF16 and not _fits_bf16(fmt):
         raise TypeError(f"x: a bfloat16 input cannot hold every {fmt!r} value; "
                         "pass x.astype(np.float32)")
-    dst = np.empty(src.shape, src.dtype)
+    want = a.dtype if kind == _BF16 else src.dtype
+    if out is not None:
+        _check_out(out, src.shape, np.dtype(want))
+        outv = out.view(np.uint16) if kind == _BF16 else out
+        dst = _target(outv, src.shape, src.dtype, src)
+    else:
+        dst = np.empty(src.shape, src.dtype)
     if src.size:
         _numerics.fake_quantize(_bytes(src), kind, _bytes(dst), src.size, _ctuple(fmt), mode,
                                 seed_, _config.isa(), _config.threads())
+    if out is not None:
+        _deliver(dst, outv)
+        return out
     return dst.view(a.dtype) if kind == _BF16 else dst
 
 

@@ -165,6 +165,8 @@ dk_arith_loop(int op, const void *a, const void *b, const void *c, void *out, in
         vi code;
         if (bf16 && mode == DK_NEAREST) /* FP32 -> BF16 nearest even (s is finite, not NaN) */
             code = (vi)(((vu)sb + 0x7FFFu + (((vu)sb >> 16) & 1u)) >> 16);
+        else if (bf16 && mode == DK_STOCHASTIC) /* s exact (t != 0 went scalar) */
+            code = dk_bf16_stoch_vec(sb, r);
         else
             code = dk_quant_vec(sb, r, &q->k, mode, q->k.tesla, q->k.flush, q->inf_nan, q->is_signed);
         vi E = (code >> m) & emask;
@@ -183,17 +185,18 @@ dk_arith_loop(int op, const void *a, const void *b, const void *c, void *out, in
             nund += tiny & differs & ~odd;
         }
         nden += den & ~odd;
-        dk_store_codes(out, at, code, width);
+        /* the scalar lanes before the store: out may be an operand (in place) */
         if (dk_any(odd))
             for (int j = 0; j < DK_VL; j++)
                 if (odd[j]) {
                     unsigned fl = 0;
-                    dk_store_code(out, at + j, dk_arith_elem(op, a, b, c, at + j, f, mode, seed, &fl), width);
+                    code[j] = (int32_t)dk_arith_elem(op, a, b, c, at + j, f, mode, seed, &fl);
                     cnt[0] += (fl & DK_FL_INVALID) != 0;
                     cnt[1] += (fl & DK_FL_DENORMAL) != 0;
                     cnt[2] += (fl & DK_FL_OVERFLOW) != 0;
                     cnt[3] += (fl & DK_FL_UNDERFLOW) != 0;
                 }
+        dk_store_codes(out, at, code, width);
     }
     cnt[1] -= dk_lanes_sum(nden);
     cnt[3] -= dk_lanes_sum(nund);

@@ -49,7 +49,9 @@ DK_INLINE uint32_t dk_arith_elem(int op, const void *a, const void *b, const voi
 #define DK_DECLARE_CONVERT(tier)                                                               \
     void dk_quantize_f32_##tier(const float *x, void *out, int64_t n, const dk_format *f,     \
                                 int mode, uint64_t seed, int64_t index0);                       \
-    void dk_dequantize_f32_##tier(const void *codes, float *out, int64_t n, const dk_format *f);
+    void dk_dequantize_f32_##tier(const void *codes, float *out, int64_t n, const dk_format *f); \
+    void dk_fake_quantize_f32_##tier(const float *x, float *out, int64_t n, const dk_format *f,  \
+                                     int mode, uint64_t seed, int64_t index0);
 DK_DECLARE_CONVERT(generic)
 DK_DECLARE_CONVERT(avx2)
 DK_DECLARE_CONVERT(avx512bf16)

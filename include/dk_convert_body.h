@@ -7,7 +7,9 @@
  * semantics of dk_format.h, which also handles the tails and the rare lanes (stochastic
  * rounding inside the Tesla subnormal gap). DK_VL 4 (the baseline tier, SSE2) builds only the
  * helpers that the arithmetic body (dk_arith_body.h) shares: define DK_ARITH_ONLY. */
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#endif
 #include <string.h>
 
 #include "dk_convert.h"
@@ -157,6 +159,16 @@ __attribute__((always_inline)) static inline vi dk_quant_vec(vi u, vu r, const d
     return code;
 }
 
+/* BF16 codes of DK_VL FP32 values under stochastic rounding with random numbers r. */
+__attribute__((always_inline)) static inline vi dk_bf16_stoch_vec(vi u, vu r)
+{
+    vu low = (vu)u << 16;
+    vi carry = (vi)((low + r) < low); /* -1 where f + r >= 2^32 */
+    vi code = (vi)((vu)u >> 16) - carry;
+    vi nanv = (vi)(((vu)u >> 16) & 0x8000u) | 0x7FC0;
+    return VSEL((u & 0x7FFFFFFF) > 0x7F800000, nanv, code);
+}
+
 /* Is any lane of the mask set? */
 static inline int dk_any(vi mask)
 {
@@ -164,8 +176,12 @@ static inline int dk_any(vi mask)
     return _mm512_test_epi32_mask((__m512i)mask, (__m512i)mask) != 0;
 #elif DK_VL == 8
     return !_mm256_testz_si256((__m256i)mask, (__m256i)mask);
-#else
+#elif defined(__SSE2__)
     return _mm_movemask_epi8((__m128i)mask) != 0;
+#else
+    int any = 0;
+    for (int j = 0; j < DK_VL; j++) any |= mask[j];
+    return any != 0;
 #endif
 }
 
@@ -205,98 +221,6 @@ static inline vi dk_load_codes(const void *codes, int64_t i, int width)
 }
 
 
-#ifndef DK_ARITH_ONLY
-/* The vector loop for one (mode, format family): every switch is a compile-time constant
- * at the call sites below, so the loop body has no branches. Returns where it stopped. */
-__attribute__((always_inline)) static inline int64_t
-dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk_qconst *k, int width,
-              uint64_t seed, int64_t index0, int mode, int tesla, int flush, int inf_nan, int is_signed)
-{
-    int64_t i = 0;
-    if (mode == DK_STOCHASTIC) {
-        dk_rng g = dk_rng_at(seed, (uint64_t)index0);
-        vq lo = g.lo, hi = g.hi;
-        for (; i + DK_VL <= n; i += DK_VL) {
-            vi u;
-            memcpy(&u, x + i, sizeof u);
-            __builtin_prefetch(x + i + DK_PREFETCH);
-            vu r = dk_rng_next(&lo, &hi);
-            dk_store_codes(out, i, dk_quant_vec(u, r, k, mode, tesla, flush, inf_nan, is_signed), width);
-            if (tesla) { /* lanes inside the subnormal gap: scalar semantics */
-                vi a = u & 0x7FFFFFFF;
-                vi gap = (a > k->maxsub_bits) & (a < k->minnorm_bits);
-                if (dk_any(gap))
-                    for (int j = 0; j < DK_VL; j++)
-                        if (gap[j]) {
-                            unsigned fl = 0;
-                            dk_store_code(out, i + j, dk_round(dk_f32_to_f64(x[i + j]), 0.0, f, mode, r[j], &fl), width);
-                        }
-            }
-        }
-    } else {
-        for (; i + DK_VL <= n; i += DK_VL) {
-            vi u;
-            memcpy(&u, x + i, sizeof u);
-            __builtin_prefetch(x + i + DK_PREFETCH);
-            dk_store_codes(out, i, dk_quant_vec(u, (vu){}, k, mode, tesla, flush, inf_nan, is_signed), width);
-        }
-    }
-    return i;
-}
-
-#define DK_QFAMILIES(MODE)                                                                      \
-    do {                                                                                        \
-        if (width == 1 && is_signed && !inf_nan) /* CFloat8 */                                  \
-            i = sub == DK_SUB_TESLA ? dk_quant_loop(x, out, n, f, &k, 1, seed, index0, MODE, 1, 0, 0, 1)   \
-              : sub == DK_SUB_IEEE  ? dk_quant_loop(x, out, n, f, &k, 1, seed, index0, MODE, 0, 0, 0, 1)   \
-                                    : dk_quant_loop(x, out, n, f, &k, 1, seed, index0, MODE, 0, 1, 0, 1);  \
-        else if (width == 2 && is_signed && !inf_nan) /* SHP */                                 \
-            i = sub == DK_SUB_TESLA ? dk_quant_loop(x, out, n, f, &k, 2, seed, index0, MODE, 1, 0, 0, 1)   \
-              : sub == DK_SUB_IEEE  ? dk_quant_loop(x, out, n, f, &k, 2, seed, index0, MODE, 0, 0, 0, 1)   \
-                                    : dk_quant_loop(x, out, n, f, &k, 2, seed, index0, MODE, 0, 1, 0, 1);  \
-        else if (width == 2 && is_signed && inf_nan && sub == DK_SUB_IEEE) /* BF16 */           \
-            i = dk_quant_loop(x, out, n, f, &k, 2, seed, index0, MODE, 0, 0, 1, 1);              \
-        else if (width == 2 && !is_signed && inf_nan && sub == DK_SUB_FLUSH) /* UHP */          \
-            i = dk_quant_loop(x, out, n, f, &k, 2, seed, index0, MODE, 0, 1, 1, 0);              \
-        else                                                                                    \
-            i = dk_quant_loop(x, out, n, f, &k, width, seed, index0, MODE, k.tesla, k.flush,     \
-                              k.inf_nan, k.is_signed);                                          \
-    } while (0)
-
-void DK_FN(dk_quantize_f32)(const float *x, void *out, int64_t n, const dk_format *f, int mode,
-                            uint64_t seed, int64_t index0)
-{
-    const int width = dk_code_width(f);
-    const int is_signed = f->is_signed, inf_nan = f->has_inf_nan, sub = f->sub;
-    const dk_qconst k = dk_qconst_of(f);
-    int64_t i = 0;
-    if (width == 4 || f->mbits > 20) {
-        /* FP32 targets (and anything as wide) keep to the scalar semantics. */
-    } else if (f->ebits == 8 && f->mbits == 7 && mode == DK_NEAREST) { /* BF16: RNE bit trick */
-        for (; i + DK_VL <= n; i += DK_VL) {
-            vi u;
-            memcpy(&u, x + i, sizeof u);
-            __builtin_prefetch(x + i + DK_PREFETCH);
-            vi a = u & 0x7FFFFFFF;
-            vi rne = (vi)(((vu)u + 0x7FFFu + (((vu)u >> 16) & 1u)) >> 16);
-            vi nanv = (vi)(((vu)u >> 16) & 0x8000u) | 0x7FC0;
-            dk_store_codes(out, i, VSEL(a > 0x7F800000, nanv, rne), 2);
-        }
-    } else if (mode == DK_STOCHASTIC) {
-        DK_QFAMILIES(DK_STOCHASTIC);
-    } else if (mode == DK_NEAREST) {
-        DK_QFAMILIES(DK_NEAREST);
-    } else {
-        DK_QFAMILIES(DK_TOWARD_ZERO);
-    }
-    for (; i < n; i++) {
-        unsigned fl = 0;
-        uint32_t r = mode == DK_STOCHASTIC ? dk_splitmix32(seed, (uint64_t)(index0 + i)) : 0u;
-        dk_store_code(out, i, dk_round(dk_f32_to_f64(x[i]), 0.0, f, mode, r, &fl), width);
-    }
-}
-#undef DK_QFAMILIES
-
 /* Decode DK_VL codes (as 32-bit lanes) to FP32 bits. The format's fields arrive as
  * compile-time-foldable arguments from the specialised loops below. */
 __attribute__((always_inline)) static inline vi dk_dequant_vec(vi c, int ebits, int m, int bias,
@@ -313,6 +237,160 @@ __attribute__((always_inline)) static inline vi dk_dequant_vec(vi c, int ebits, 
     if (is_signed) bits |= ((c >> (ebits + m)) & 1) << 31;
     return bits;
 }
+
+#ifndef DK_ARITH_ONLY
+/* The vector loop for one (mode, format family): every switch is a compile-time constant
+ * at the call sites below, so the loop body has no branches. Returns where it stopped. */
+__attribute__((always_inline)) static inline int64_t
+dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk_qconst *k, int width,
+              uint64_t seed, int64_t index0, int mode, int tesla, int flush, int inf_nan, int is_signed,
+              int fake)
+{
+    /* fake: store the codes' FP32 values into (float *)out instead of the codes */
+    const vf scale = (vf){} + (float)dk_pow2(dk_qmin(f));
+    int64_t i = 0;
+    if (mode == DK_STOCHASTIC) {
+        dk_rng g = dk_rng_at(seed, (uint64_t)index0);
+        vq lo = g.lo, hi = g.hi;
+        for (; i + DK_VL <= n; i += DK_VL) {
+            vi u;
+            memcpy(&u, x + i, sizeof u);
+            __builtin_prefetch(x + i + DK_PREFETCH);
+            vu r = dk_rng_next(&lo, &hi);
+            vi code = dk_quant_vec(u, r, k, mode, tesla, flush, inf_nan, is_signed);
+            if (tesla) { /* lanes inside the subnormal gap: scalar semantics (before the
+                          * store: fake_quantize may write over x) */
+                vi a = u & 0x7FFFFFFF;
+                vi gap = (a > k->maxsub_bits) & (a < k->minnorm_bits);
+                if (dk_any(gap))
+                    for (int j = 0; j < DK_VL; j++)
+                        if (gap[j]) {
+                            unsigned fl = 0;
+                            code[j] = (int32_t)dk_round(dk_f32_to_f64(dk_bitsf((uint32_t)u[j])), 0.0, f,
+                                                        mode, r[j], &fl);
+                        }
+            }
+            if (fake) {
+                /* BF16 by a shift: its subnormals are FP32 subnormals, which a multiply could flush */
+                vi v = f->ebits == 8 ? code << 16
+                     : dk_dequant_vec(code, f->ebits, f->mbits, f->bias, f->sub, inf_nan, is_signed, scale);
+                memcpy((float *)out + i, &v, sizeof v);
+            } else {
+                dk_store_codes(out, i, code, width);
+            }
+        }
+    } else {
+        for (; i + DK_VL <= n; i += DK_VL) {
+            vi u;
+            memcpy(&u, x + i, sizeof u);
+            __builtin_prefetch(x + i + DK_PREFETCH);
+            vi code = dk_quant_vec(u, (vu){}, k, mode, tesla, flush, inf_nan, is_signed);
+            if (fake) {
+                /* BF16 by a shift: its subnormals are FP32 subnormals, which a multiply could flush */
+                vi v = f->ebits == 8 ? code << 16
+                     : dk_dequant_vec(code, f->ebits, f->mbits, f->bias, f->sub, inf_nan, is_signed, scale);
+                memcpy((float *)out + i, &v, sizeof v);
+            } else {
+                dk_store_codes(out, i, code, width);
+            }
+        }
+    }
+    return i;
+}
+
+#define DK_QFAMILIES(MODE)                                                                      \
+    do {                                                                                        \
+        if (width == 1 && is_signed && !inf_nan) /* CFloat8 */                                  \
+            i = sub == DK_SUB_TESLA ? dk_quant_loop(x, out, n, f, &k, 1, seed, index0, MODE, 1, 0, 0, 1, fake)   \
+              : sub == DK_SUB_IEEE  ? dk_quant_loop(x, out, n, f, &k, 1, seed, index0, MODE, 0, 0, 0, 1, fake)   \
+                                    : dk_quant_loop(x, out, n, f, &k, 1, seed, index0, MODE, 0, 1, 0, 1, fake);  \
+        else if (width == 2 && is_signed && !inf_nan) /* SHP */                                 \
+            i = sub == DK_SUB_TESLA ? dk_quant_loop(x, out, n, f, &k, 2, seed, index0, MODE, 1, 0, 0, 1, fake)   \
+              : sub == DK_SUB_IEEE  ? dk_quant_loop(x, out, n, f, &k, 2, seed, index0, MODE, 0, 0, 0, 1, fake)   \
+                                    : dk_quant_loop(x, out, n, f, &k, 2, seed, index0, MODE, 0, 1, 0, 1, fake);  \
+        else if (width == 2 && is_signed && inf_nan && sub == DK_SUB_IEEE) /* BF16 */           \
+            i = dk_quant_loop(x, out, n, f, &k, 2, seed, index0, MODE, 0, 0, 1, 1, fake);              \
+        else if (width == 2 && !is_signed && inf_nan && sub == DK_SUB_FLUSH) /* UHP */          \
+            i = dk_quant_loop(x, out, n, f, &k, 2, seed, index0, MODE, 0, 1, 1, 0, fake);              \
+        else                                                                                    \
+            i = dk_quant_loop(x, out, n, f, &k, width, seed, index0, MODE, k.tesla, k.flush,     \
+                              k.inf_nan, k.is_signed, fake);                                    \
+    } while (0)
+
+__attribute__((always_inline)) static inline void
+dk_quant_run(const float *x, void *out, int64_t n, const dk_format *f, int mode, uint64_t seed,
+             int64_t index0, int fake)
+{
+    const int width = dk_code_width(f);
+    const int is_signed = f->is_signed, inf_nan = f->has_inf_nan, sub = f->sub;
+    const dk_qconst k = dk_qconst_of(f);
+    int64_t i = 0;
+    if (width == 4 || f->mbits > 20) {
+        /* FP32 targets (and anything as wide) keep to the scalar semantics. */
+    } else if (f->ebits == 8 && f->mbits == 7 && mode == DK_NEAREST) { /* BF16: RNE bit trick */
+        for (; i + DK_VL <= n; i += DK_VL) {
+            vi u;
+            memcpy(&u, x + i, sizeof u);
+            __builtin_prefetch(x + i + DK_PREFETCH);
+            vi a = u & 0x7FFFFFFF;
+            vi rne = (vi)(((vu)u + 0x7FFFu + (((vu)u >> 16) & 1u)) >> 16);
+            vi nanv = (vi)(((vu)u >> 16) & 0x8000u) | 0x7FC0;
+            vi code = VSEL(a > 0x7F800000, nanv, rne);
+            if (fake) {
+                vi v = code << 16;
+                memcpy((float *)out + i, &v, sizeof v);
+            } else {
+                dk_store_codes(out, i, code, 2);
+            }
+        }
+    } else if (f->ebits == 8 && f->mbits == 7 && mode == DK_STOCHASTIC) {
+        /* BF16's grid is FP32's with the low 16 bits dropped (subnormals too), so f is the
+         * low half times 2^16 and "f + r >= 2^32" is the carry of that 32-bit add; past the
+         * largest finite value the carry reaches the Inf code, as SPEC says. */
+        dk_rng g = dk_rng_at(seed, (uint64_t)index0);
+        vq lo = g.lo, hi = g.hi;
+        for (; i + DK_VL <= n; i += DK_VL) {
+            vi u;
+            memcpy(&u, x + i, sizeof u);
+            __builtin_prefetch(x + i + DK_PREFETCH);
+            vu r = dk_rng_next(&lo, &hi);
+            vi code = dk_bf16_stoch_vec(u, r);
+            if (fake) {
+                vi v = code << 16;
+                memcpy((float *)out + i, &v, sizeof v);
+            } else {
+                dk_store_codes(out, i, code, 2);
+            }
+        }
+    } else if (mode == DK_STOCHASTIC) {
+        DK_QFAMILIES(DK_STOCHASTIC);
+    } else if (mode == DK_NEAREST) {
+        DK_QFAMILIES(DK_NEAREST);
+    } else {
+        DK_QFAMILIES(DK_TOWARD_ZERO);
+    }
+    for (; i < n; i++) {
+        unsigned fl = 0;
+        uint32_t r = mode == DK_STOCHASTIC ? dk_splitmix32(seed, (uint64_t)(index0 + i)) : 0u;
+        uint32_t code = dk_round(dk_f32_to_f64(x[i]), 0.0, f, mode, r, &fl);
+        if (fake) ((uint32_t *)out)[i] = dk_decode_f32bits(code, f);
+        else dk_store_code(out, i, code, width);
+    }
+}
+
+void DK_FN(dk_quantize_f32)(const float *x, void *out, int64_t n, const dk_format *f, int mode,
+                            uint64_t seed, int64_t index0)
+{
+    dk_quant_run(x, out, n, f, mode, seed, index0, 0);
+}
+
+/* dequantize(quantize(x)) of n FP32 values into out, in registers (one pass). */
+void DK_FN(dk_fake_quantize_f32)(const float *x, float *out, int64_t n, const dk_format *f, int mode,
+                                 uint64_t seed, int64_t index0)
+{
+    dk_quant_run(x, out, n, f, mode, seed, index0, 1);
+}
+#undef DK_QFAMILIES
 
 void DK_FN(dk_dequantize_f32)(const void *codes, float *out, int64_t n, const dk_format *f)
 {

@@ -269,3 +269,53 @@ def test_choose_bias_scan_kinds_and_sizes(threads_restored):
     assert dk.choose_bias(np.array([-0.0, 0.0]), "cfloat8_152") == 63
     # a float64 max that float32 would round: 480 * (1 + 2^-40) exceeds cfloat8_143(7).max
     assert dk.choose_bias(np.array([480.0 * (1 + 2 ** -40)]), "cfloat8_143") == 6
+
+
+@pytest.mark.parametrize("rf", [R.BF16_R, R.UHP_R, R.RefFormat("cfloat8_152", 3, "tesla")], ids=str)
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+def test_in_place_with_scalar_lanes(isa, rf, rounding):
+    """out aliasing an operand (as NumPy ufuncs allow), with lanes that take the scalar path
+    (Inf/NaN, overflow) in every vector: the result equals the out-of-place one."""
+    e = np.array(_edge_codes(rf), rf.storage_dtype)
+    rng = np.random.default_rng(2)
+    a = np.resize(e, 300)
+    b = rng.permutation(a)
+    c = rng.permutation(a)
+    fmt = fmt_of(rf)
+    kw = {"seed": 3} if rounding == "stochastic" else {}
+    for name, ops, alias in (("add", [a, b], 0), ("mul", [a, b], 1), ("fma", [a, b, c], 2),
+                             ("sub", [a, b], 0)):
+        want = OPS[name](*ops, fmt, rounding=rounding, **kw)
+        ops = [o.copy() for o in ops]
+        got = OPS[name](*ops, fmt, rounding=rounding, out=ops[alias], **kw)
+        assert got is ops[alias]
+        assert np.array_equal(got, want), (name, fmt, rounding)
+
+
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+def test_fake_quantize_out(isa, rounding):
+    """fake_quantize into a preallocated array, in place, and into a bfloat16 out: the same
+    bits as the reference's dequantize(quantize(x)); Tesla-gap values (scalar lanes of the
+    stochastic vector loop) included."""
+    import ml_dtypes
+    rng = np.random.default_rng(9)
+    rf = R.RefFormat("cfloat8_143", 7, "tesla")
+    fmt = fmt_of(rf)
+    kw = {"seed": 12} if rounding == "stochastic" else {}
+    gap = rng.uniform(7 / 8 * 2.0 ** -7, 2.0 ** -6, 500)  # between maxsub and minnorm
+    x = np.concatenate([rng.standard_normal(1500) * 8, gap, -gap]).astype(np.float32)
+    want = R.dequantize_ref(R.quantize_ref(x, rf, rounding, kw.get("seed"))[0], rf).astype(np.float32)
+    out = np.empty_like(x)
+    assert dk.fake_quantize(x, fmt, rounding=rounding, out=out, **kw) is out
+    assert np.array_equal(bits(out), bits(want))
+    y = x.copy()
+    assert dk.fake_quantize(y, fmt, rounding=rounding, out=y, **kw) is y
+    assert np.array_equal(bits(y), bits(want))
+    xb = x.astype(ml_dtypes.bfloat16)
+    ob = np.empty_like(xb)
+    assert dk.fake_quantize(xb, fmt, rounding=rounding, out=ob, **kw) is ob
+    assert np.array_equal(bits(ob), bits(dk.fake_quantize(xb, fmt, rounding=rounding, **kw)))
+    with pytest.raises(TypeError, match="out"):
+        dk.fake_quantize(x, fmt, rounding=rounding, out=np.empty(x.shape, np.float64), **kw)
+    with pytest.raises(ValueError, match="out"):
+        dk.fake_quantize(x, fmt, rounding=rounding, out=np.empty(3, np.float32), **kw)

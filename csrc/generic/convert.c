@@ -41,3 +41,17 @@ void dk_dequantize_f32_generic(const void *codes, float *out, int64_t n, const d
         }
     }
 }
+
+void dk_fake_quantize_f32_generic(const float *x, float *out, int64_t n, const dk_format *f,
+                                  int mode, uint64_t seed, int64_t index0)
+{
+    const int bf16 = f->ebits == 8 && f->mbits == 7;
+    for (int64_t i = 0; i < n; i++) {
+        unsigned fl = 0;
+        uint32_t r = mode == DK_STOCHASTIC ? dk_splitmix32(seed, (uint64_t)(index0 + i)) : 0u;
+        uint32_t c = bf16 && mode == DK_NEAREST ? dk_bf16_from_f32_bits(dk_fbits(x[i]))
+                                                : dk_round(dk_f32_to_f64(x[i]), 0.0, f, mode, r, &fl);
+        uint32_t b = dk_decode_f32bits(c, f);
+        memcpy(out + i, &b, 4);
+    }
+}
