@@ -34,9 +34,15 @@ def _detect_isa() -> int:
             f"DOJO_KERNELS_ISA={forced!r} is not a tier: expected one of {', '.join(ISA_NAMES)}")
     want = ISA_NAMES.index(forced)
     if want > best:
+        feats = _cpu.features()
+        why = ""
+        if forced == "amx" and {"amx_tile", "amx_bf16", "os_amx"} <= set(feats):
+            why = ("; the CPU has AMX but Linux did not grant this process the tile-data "
+                   "state (arch_prctl ARCH_REQ_XCOMP_PERM refused, or DOJO_KERNELS_NO_AMX_REQUEST "
+                   "is set)")
         raise ImportError(
             f"DOJO_KERNELS_ISA={forced!r} asks for a tier this CPU lacks: the best it runs is "
-            f"{ISA_NAMES[best]!r} (features: {', '.join(_cpu.features()) or 'none'})")
+            f"{ISA_NAMES[best]!r} (features: {', '.join(feats) or 'none'}){why}")
     return want
 
 

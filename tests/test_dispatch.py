@@ -20,7 +20,7 @@ from dojo_kernels import _config
 pytestmark = [pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning"),
               pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")]
 
-ALL_TIERS = ("generic", "avx2", "avx512bf16")
+ALL_TIERS = ("generic", "avx2", "avx512bf16", "amx")
 SUPPORTED = tuple(_config.supported_isas())
 
 
