@@ -167,6 +167,11 @@ def test_threadpoolctl_sees_and_limits():
         dk.set_num_threads(saved)
 
 
+# Subprocesses run in the tests folder: from the repository root the source tree would
+# shadow an installed (non-editable) package, as CI installs it.
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
 # ---- default thread count under MPI launchers -----------------------------------------------
 
 def _default_in_child(env_extra, cpus=None):
@@ -175,7 +180,7 @@ def _default_in_child(env_extra, cpus=None):
     pre = f"import os; os.sched_setaffinity(0, {sorted(cpus)!r}); " if cpus else ""
     out = subprocess.run([sys.executable, "-c", pre + "import dojo_kernels as dk; "
                           "print(dk.get_num_threads())"],
-                         env=env, capture_output=True, text=True, timeout=120)
+                         env=env, capture_output=True, text=True, timeout=120, cwd=HERE)
     assert out.returncode == 0, out.stderr
     return int(out.stdout.split()[-1])
 
@@ -212,7 +217,7 @@ def test_mpi_bound_rank_and_explicit_count():
 
 def _run_script(code, timeout=120):
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, cwd=HERE)
 
 
 def test_fork_child_runs_parallel_kernels():
