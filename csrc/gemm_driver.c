@@ -26,6 +26,7 @@
 
 #include <math.h>
 #include <stdatomic.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef __SSE2__
@@ -363,21 +364,51 @@ static void range_row(const uint16_t *p, int64_t n, int64_t s, int16_t *lo, int1
     *hi = mx;
 }
 
+typedef struct {
+    const uint16_t *p;
+    int64_t n_in, s_in, n_out, s_out, s0, rows_per_item, nrows;
+    int16_t lo[64], hi[64];  /* per slot */
+} range_args;
+
+static void range_item(void *arg, int64_t item, int slot)
+{
+    range_args *R = arg;
+    int64_t r0 = item * R->rows_per_item, r1 = r0 + R->rows_per_item;
+    if (r1 > R->nrows) r1 = R->nrows;
+    int16_t lo = R->lo[slot], hi = R->hi[slot];
+    for (int64_t r = r0; r < r1; r++) { /* row r of the (batch x outer) rows */
+        const uint16_t *row = R->p + (r / R->n_out) * R->s0 + (r % R->n_out) * R->s_out;
+        if (R->s_in < 0) range_row(row + (R->n_in - 1) * R->s_in, R->n_in, -R->s_in, &lo, &hi);
+        else range_row(row, R->n_in, R->s_in, &lo, &hi);
+    }
+    R->lo[slot] = lo;
+    R->hi[slot] = hi;
+}
+
 void dk_gemm_bf16_range(const uint16_t *p, int64_t d0, int64_t d1, int64_t d2, int64_t s0,
-                        int64_t s1, int64_t s2, uint16_t *minnz, uint16_t *maxfin)
+                        int64_t s1, int64_t s2, uint16_t *minnz, uint16_t *maxfin, int threads)
 {
     int16_t lo = 0x7FFF, hi = 0;
     if (d0 > 0 && d1 > 0 && d2 > 0) {
         /* walk the longer of the two inner axes innermost, preferring a unit stride */
         int inner2 = (s2 == 1 || s2 == -1) || !(s1 == 1 || s1 == -1);
-        int64_t n_in = inner2 ? d2 : d1, s_in = inner2 ? s2 : s1;
-        int64_t n_out = inner2 ? d1 : d2, s_out = inner2 ? s1 : s2;
-        for (int64_t b = 0; b < d0; b++)
-            for (int64_t r = 0; r < n_out; r++) {
-                const uint16_t *row = p + b * s0 + r * s_out;
-                if (s_in < 0) range_row(row + (n_in - 1) * s_in, n_in, -s_in, &lo, &hi);
-                else range_row(row, n_in, s_in, &lo, &hi);
-            }
+        range_args R = {.p = p, .n_in = inner2 ? d2 : d1, .s_in = inner2 ? s2 : s1,
+                        .n_out = inner2 ? d1 : d2, .s_out = inner2 ? s1 : s2, .s0 = s0};
+        R.nrows = d0 * R.n_out;
+        /* items of about 256 Ki codes; large scans share them out on the pool */
+        R.rows_per_item = ((int64_t)1 << 18) / R.n_in + 1;
+        int64_t nitems = (R.nrows + R.rows_per_item - 1) / R.rows_per_item;
+        int nthr = threads < 1 ? 1 : threads > 64 ? 64 : threads;
+        if (nitems < 4) nthr = 1;
+        for (int i = 0; i < 64; i++) {
+            R.lo[i] = 0x7FFF;
+            R.hi[i] = 0;
+        }
+        dk_pool_run(nthr, nitems, range_item, &R);
+        for (int i = 0; i < nthr; i++) {
+            lo = R.lo[i] < lo ? R.lo[i] : lo;
+            hi = R.hi[i] > hi ? R.hi[i] : hi;
+        }
     }
     *minnz = (uint16_t)lo;
     *maxfin = (uint16_t)hi;
@@ -400,6 +431,62 @@ static void tile(const tier_cfg *t, int64_t kp, const void *ap, const void *bp, 
         for (int64_t i = 0; i < mm; i++) memcpy(tmp + i * t->nr, c + i * ldc, sizeof(float) * nn);
     t->ukr(kp, ap, bp, tmp, t->nr, flags, scale);
     for (int64_t i = 0; i < mm; i++) memcpy(c + i * ldc, tmp + i * t->nr, sizeof(float) * nn);
+}
+
+/* The packed-B buffer of the last large call is kept for the next one (one buffer per
+ * process, up to DK_GEMM_CACHE_MAX bytes): a fresh multi-megabyte allocation is zeroed page
+ * by page by the kernel on first touch, which cost more than the packing itself on skinny
+ * products. Taken and given back under a mutex; a concurrent call allocates its own.
+ * dk_gemm_release_cache() frees it (interpreter exit). */
+#define DK_GEMM_CACHE_MAX ((size_t)64 << 20)
+static pthread_mutex_t cache_mu = PTHREAD_MUTEX_INITIALIZER;
+static void *cache_ptr;
+static size_t cache_cap;
+
+static void *aligned_alloc_bytes(size_t n);
+
+static void *buf_take(size_t n, size_t *cap)
+{
+    void *p = NULL;
+    pthread_mutex_lock(&cache_mu);
+    if (cache_ptr && cache_cap >= n) {
+        p = cache_ptr;
+        *cap = cache_cap;
+        cache_ptr = NULL;
+        cache_cap = 0;
+    }
+    pthread_mutex_unlock(&cache_mu);
+    if (!p) {
+        p = aligned_alloc_bytes(n);
+        *cap = n;
+    }
+    return p;
+}
+
+static void buf_give(void *p, size_t cap)
+{
+    if (!p) return;
+    void *drop = p;
+    if (cap <= DK_GEMM_CACHE_MAX && cap >= ((size_t)1 << 20)) {
+        pthread_mutex_lock(&cache_mu);
+        if (!cache_ptr || cache_cap < cap) { /* keep the larger of the two */
+            drop = cache_ptr;
+            cache_ptr = p;
+            cache_cap = cap;
+        }
+        pthread_mutex_unlock(&cache_mu);
+    }
+    free(drop);
+}
+
+void dk_gemm_release_cache(void)
+{
+    pthread_mutex_lock(&cache_mu);
+    void *p = cache_ptr;
+    cache_ptr = NULL;
+    cache_cap = 0;
+    pthread_mutex_unlock(&cache_mu);
+    free(p);
 }
 
 static void *aligned_alloc_bytes(size_t n)
@@ -543,12 +630,13 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
     size_t bbytes = (size_t)nsl_max * (size_t)kpairs_pad * (size_t)pairB;
     size_t abytes = (size_t)(mc / t.mr) * kcp_use * pairA;
     size_t bpriv_bytes = (size_t)DK_GEMM_CHUNK * kcp_use * pairB;
-    char *bbuf = aligned_alloc_bytes(bbytes);
+    size_t bcap = 0;
+    char *bbuf = buf_take(bbytes, &bcap);
     char *abuf = aligned_alloc_bytes(abytes * nthr);
     char *bpriv = aligned_alloc_bytes(bpriv_bytes * nthr);
     atomic_int *bstate = malloc((size_t)(npc * nchunks_max) * sizeof(atomic_int));
     if (!bbuf || !abuf || !bpriv || !bstate) {
-        free(bbuf);
+        buf_give(bbuf, bcap);
         free(abuf);
         free(bpriv);
         free(bstate);
@@ -579,7 +667,7 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
             dk_pool_run(nthr, nb_m * ngroups, gemm_item, &S);
         }
     }
-    free(bbuf);
+    buf_give(bbuf, bcap);
     free(abuf);
     free(bpriv);
     free(bstate);

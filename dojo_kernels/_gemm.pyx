@@ -16,12 +16,14 @@ cdef extern from "dk_gemm.h":
     void dk_amx_tdpbf16ps(const uint16_t *a, int64_t lda, const uint32_t *b, int64_t ldb,
                           float *c, int64_t ldc, int m, int n, int kpairs) nogil
     double dk_probe_tdpbf16ps(int64_t iters) nogil
+    void dk_gemm_release_cache() nogil
     double dk_probe_vdpbf16ps_zmm(int64_t iters) nogil
     double dk_probe_fma_zmm(int64_t iters) nogil
     double dk_probe_fma_ymm(int64_t iters) nogil
     float dk_gemm_step_generic(float acc, float a, float b) nogil
     void dk_gemm_bf16_range(const uint16_t *p, int64_t d0, int64_t d1, int64_t d2, int64_t s0,
-                            int64_t s1, int64_t s2, uint16_t *minnz, uint16_t *maxfin) nogil
+                            int64_t s1, int64_t s2, uint16_t *minnz, uint16_t *maxfin,
+                            int threads) nogil
     float dk_gemm_add_generic(float x, float y) nogil
 
 #: Accumulation orders (the `order` argument of gemm; dk_gemm.h).
@@ -140,7 +142,7 @@ def amx_tdpbf16ps(const uint16_t[:, :] a, const uint32_t[:, :] b, float[:, :] c)
                          &c[0, 0], c.strides[0] // 4, m, n, kp)
 
 
-def bf16_range(const uint16_t[:, :, :] a):
+def bf16_range(const uint16_t[:, :, :] a, int threads=1):
     """(smallest nonzero, largest finite) magnitude bits of BF16 codes; (0x7FFF, 0) if none."""
     cdef uint16_t lo = 0x7FFF, hi = 0
     cdef const uint16_t *p = &a[0, 0, 0] if a.shape[0] and a.shape[1] and a.shape[2] else NULL
@@ -148,7 +150,7 @@ def bf16_range(const uint16_t[:, :, :] a):
         return 0x7FFF, 0
     with nogil:
         dk_gemm_bf16_range(p, a.shape[0], a.shape[1], a.shape[2], a.strides[0] // 2,
-                           a.strides[1] // 2, a.strides[2] // 2, &lo, &hi)
+                           a.strides[1] // 2, a.strides[2] // 2, &lo, &hi, threads)
     return lo, hi
 
 
@@ -161,3 +163,12 @@ cdef extern from "dk_pool.h":
     void dk_pool_forward_to(dk_pool_run_fn f)
 
 dk_pool_forward_to(<dk_pool_run_fn>PyCapsule_GetPointer(_cpu_mod._pool_capsule(), b"dojo_kernels.pool"))
+
+
+def release_cache():
+    """Free the packing buffer the driver keeps between calls (registered at exit)."""
+    dk_gemm_release_cache()
+
+
+import atexit as _atexit
+_atexit.register(release_cache)

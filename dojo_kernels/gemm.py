@@ -220,7 +220,7 @@ def _bf16_range(codes: np.ndarray) -> _Range:
     """The exponent range of the nonzero finite values of BF16 codes (one pass, in C)."""
     if codes.size == 0:
         return _EMPTY_RANGE
-    small, big = _gemm.bf16_range(codes if codes.ndim == 3 else codes[None])
+    small, big = _gemm.bf16_range(codes if codes.ndim == 3 else codes[None], _config.threads())
     return _range_of(small, big)
 
 

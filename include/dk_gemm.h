@@ -79,13 +79,18 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
             const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
             float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads, int order);
 
+/* Free the packing buffer dk_gemm keeps between calls (see gemm_driver.c); safe at any
+ * time, the next call allocates again. */
+void dk_gemm_release_cache(void);
+
 /* The magnitude range of a batch of BF16 code matrices (shape d0 x d1 x d2, element
  * strides s0, s1, s2, any sign): *maxfin = the largest magnitude bits (code & 0x7FFF)
  * below 0x7F80 (Inf/NaN left out), 0 when none; *minnz = the smallest nonzero magnitude
  * bits, 0x7FFF when none (NaN codes count: the caller only uses it when *maxfin > 0).
- * One pass, no allocation (the scaling of SPEC section 5 needs both, see gemm.py). */
+ * One pass, no allocation, on up to `threads` threads of the pool for large operands (the
+ * scaling of SPEC section 5 needs both, see gemm.py). */
 void dk_gemm_bf16_range(const uint16_t *p, int64_t d0, int64_t d1, int64_t d2, int64_t s0,
-                        int64_t s1, int64_t s2, uint16_t *minnz, uint16_t *maxfin);
+                        int64_t s1, int64_t s2, uint16_t *minnz, uint16_t *maxfin, int threads);
 
 /* Micro-kernel contract (one per tier and order): full MR x NR tile, kp k-pairs of packed
  * A and B, C with row stride ldc. flags: DK_UKR_LOAD -> continue from the values in C
