@@ -224,7 +224,7 @@ def _report(schedule: Schedule, topology: Mesh2D, nbytes: float, *,
     the schedule is ``build(schedule.algorithm, topology, nbytes)``, so a pickled report
     carries its recipe instead of its arrays."""
     t = simulate(schedule, topology, nbytes)
-    P = topology.nodes
+    P = int(topology.survivors().size)
     time = float(t.step_times.sum())
     lb = lower_bounds(topology, nbytes)
     lbmax = max(lb[k] for k in BOUND_KEYS)
@@ -260,9 +260,20 @@ def _choose(topology: Mesh2D, nbytes: float, algorithm: str
     # exceeds the best time found is skipped: it cannot win, so the choice is the same as
     # simulating all of them.
     cands: List[Tuple[float, int, Schedule]] = []
+    why: List[str] = []
     for idx, name in enumerate(ALGORITHMS):
-        sch = build(name, topology, nbytes)
+        try:
+            sch = build(name, topology, nbytes)
+        except ValueError as exc:
+            # a damaged mesh: an algorithm that cannot run there is not a candidate
+            if not topology.damaged:
+                raise
+            why.append(f"{name}: {exc}")
+            continue
         cands.append((time_floor(sch, topology, nbytes), idx, sch))
+    if not cands:
+        raise ValueError("topology: no all-reduce algorithm runs on this damaged mesh ("
+                         + "; ".join(why) + ")")
     cands.sort(key=lambda c: (c[0], c[1]))
     best: Optional[Tuple[Tuple[float, int], Schedule, AllreduceReport]] = None
     for floor, idx, sch in cands:
