@@ -32,7 +32,7 @@ from ._schedule import (Schedule, _Builder, _forest_shape, _ham_path, _integer_w
                         _tree_into, _chunks)
 from .mesh import DamagedMesh2D
 
-_CAP = 20000      # backtracking steps per Hamiltonian search start
+_CAP = 5000       # backtracking steps per Hamiltonian search start
 
 
 def _graph(topology: DamagedMesh2D, algorithm: str
@@ -88,7 +88,7 @@ def hamiltonian_cycle(adj: List[List[int]], coords: Callable[[int], Tuple[int, i
     if n <= 2:
         return list(range(n)) if n == 1 or (n == 2 and 1 in adj[0]) else None
     gap = _colour_gap(adj)
-    if gap is not None and gap != 0:
+    if (gap is not None and gap != 0) or min(len(a) for a in adj) < 2:
         return None
     s = _starts(adj)[0]
     for t in adj[s]:
@@ -105,7 +105,7 @@ def hamiltonian_path(adj: List[List[int]], coords: Callable[[int], Tuple[int, in
     if n <= 1:
         return list(range(n))
     gap = _colour_gap(adj)
-    if gap is not None and gap > 1:
+    if (gap is not None and gap > 1) or sum(len(a) == 1 for a in adj) > 2:
         return None
     x = n
     aug = [list(a) + [x] for a in adj] + [list(range(n))]
@@ -117,6 +117,9 @@ def hamiltonian_path(adj: List[List[int]], coords: Callable[[int], Tuple[int, in
 
 
 def _why_no_path(adj: List[List[int]], what: str) -> str:
+    ends = sum(len(a) == 1 for a in adj)
+    if ends > 2:
+        return f"none exists: {ends} surviving nodes have a single surviving link"
     gap = _colour_gap(adj)
     if gap is not None and gap > (0 if what == "cycle" else 1):
         return (f"none exists: the surviving mesh is bipartite and its two colour classes "
@@ -124,20 +127,37 @@ def _why_no_path(adj: List[List[int]], what: str) -> str:
     return f"none found within {_CAP} backtracking steps per start"
 
 
-def _ring(topology: DamagedMesh2D, bidirectional: bool) -> Schedule:
-    name = "bidirectional_ring" if bidirectional else "ring"
-    alive, adj, _ = _graph(topology, name)
+@functools.lru_cache(maxsize=64)
+def _ring_order(topology: DamagedMesh2D) -> Tuple[Optional[Tuple[int, ...]], str]:
+    """(order, kind) of the ring on the survivors, or (None, why)."""
+    alive, adj, _ = _graph(topology, "ring")
     coords = _coords(topology, alive)
     cyc = hamiltonian_cycle(adj, coords)
     kind = "cycle"
     if cyc is None:
-        cyc = hamiltonian_path(adj, coords)
+        cyc = _path(topology)
         kind = "routed"
         if cyc is None:
-            raise ValueError(f"algorithm: {name} needs a Hamiltonian cycle (or a Hamiltonian "
-                             f"path, closed by a routed message) of the {alive.size} surviving "
-                             f"nodes; {_why_no_path(adj, 'path')}")
-    order = [int(x) for x in alive[cyc]]
+            return None, _why_no_path(adj, "path")
+    return tuple(int(x) for x in alive[cyc]), kind
+
+
+@functools.lru_cache(maxsize=64)
+def _path(topology: DamagedMesh2D) -> Optional[List[int]]:
+    """A Hamiltonian path of the survivors (compact ids), or None."""
+    alive, adj, _ = _graph(topology, "chain")
+    return hamiltonian_path(adj, _coords(topology, alive))
+
+
+def _ring(topology: DamagedMesh2D, bidirectional: bool) -> Schedule:
+    name = "bidirectional_ring" if bidirectional else "ring"
+    topology.check_connected(name)
+    got, kind = _ring_order(topology)
+    if got is None:
+        raise ValueError(f"algorithm: {name} needs a Hamiltonian cycle (or a Hamiltonian "
+                         f"path, closed by a routed message) of the "
+                         f"{topology.survivors().size} surviving nodes; {kind}")
+    order = list(got)
     P = len(order)
     bld = _Builder(topology.nodes)
     _ring_into(bld, order, t0=0, base=0, bsize=1)
@@ -169,7 +189,7 @@ def _tree(topology: DamagedMesh2D, nbytes: float) -> Schedule:
 
 def _chain(topology: DamagedMesh2D, nbytes: float) -> Schedule:
     alive, adj, _ = _graph(topology, "chain")
-    path = hamiltonian_path(adj, _coords(topology, alive))
+    path = _path(topology)
     if path is None:
         raise ValueError(f"algorithm: chain needs a Hamiltonian path of the {alive.size} "
                          f"surviving nodes; {_why_no_path(adj, 'path')}")
