@@ -1004,12 +1004,14 @@ def chain_path(topology: Mesh2D) -> List[int]:
     return _snake_path(topology.rows, topology.cols)
 
 
-def build_chain(topology: Mesh2D, nbytes: float, path: Optional[Sequence[int]] = None
+def build_chain(topology: Mesh2D, nbytes: float, line: Optional[Sequence[int]] = None
                 ) -> Schedule:
     """Pipelined chain on a line v_0..v_{k-1}, s chunks: prefix sums flow right, suffix sums
     flow left at once; node i ends with prefix_i + suffix_{i+1} (not the same bits on every
-    node). Slots: 0 own/result, 1 prefix, 2 suffix, 3 received suffix."""
-    path = np.asarray(chain_path(topology) if path is None else path, np.int64)
+    node). Slots: 0 own/result, 1 prefix, 2 suffix, 3 received suffix. ``line``: the nodes in
+    line order (default :func:`chain_path`; a damaged mesh: a Hamiltonian path of its
+    survivors)."""
+    path = np.asarray(chain_path(topology) if line is None else line, np.int64)
     k = path.size
     bld = _Builder(topology.nodes)
     if k == 1:

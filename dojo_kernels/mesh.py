@@ -411,10 +411,11 @@ class DamagedMesh2D(Mesh2D):
         if src.size and (src.min() < 0 or dst.min() < 0 or max(src.max(), dst.max()) >= self.nodes):
             raise ValueError(f"src, dst: node ids out of range [0, {self.nodes})")
         if self.failed_nodes and src.size:
-            dead = np.isin(np.concatenate([src, dst]), self.failed_nodes)
+            ends = np.concatenate([src, dst])
+            dead = np.isin(ends, self.failed_nodes)
             if dead.any():
-                bad = sorted(set(np.concatenate([src, dst])[dead].tolist()))
-                raise ValueError(f"src, dst: messages from or to failed nodes {bad}")
+                raise ValueError(f"src, dst: messages from or to failed nodes "
+                                 f"{sorted(set(ends[dead].tolist()))}")
         h = self.healthy()
         msg, hlink, hops = h.route(src, dst)
         remap = _healthy_to_damaged(self)
@@ -500,7 +501,7 @@ def _damaged_distances(t: DamagedMesh2D) -> np.ndarray:
 @functools.lru_cache(maxsize=64)
 def _damaged_components(t: DamagedMesh2D) -> Tuple[Tuple[int, ...], ...]:
     d = _damaged_distances(t)
-    seen: set = set()
+    seen: set[int] = set()
     comps = []
     for v in t.survivors().tolist():
         if v in seen:
