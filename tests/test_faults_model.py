@@ -289,3 +289,37 @@ def test_replace_keeps_failures() -> None:
     r = d.replace(link_bandwidth=2 * BW)
     assert isinstance(r, DamagedMesh2D) and r.failed_nodes == (4,)
     assert r.link_bandwidth == 2 * BW
+
+
+# --- the report's fault study -------------------------------------------------------------
+def test_report_fault_study_and_options() -> None:
+    from dojo_kernels import report as rp
+    from dojo_kernels.cli import _id_list, _link_list
+
+    assert _id_list("6,12") == (6, 12)
+    assert _link_list("12-13, 0-1") == ((12, 13), (0, 1))
+    import argparse
+    with pytest.raises(argparse.ArgumentTypeError):
+        _link_list("12:13")
+    with pytest.raises(ValueError, match="failed_links"):
+        rp.ReportConfig(failed_links=((0, 2),))
+    with pytest.raises(ValueError, match="failed_chips"):
+        rp.ReportConfig(failed_chips=(25,))
+    cfg = rp.ReportConfig(failed_chips=(3,), failed_links=((0, 1),),
+                          algorithms=("2d", "tree", "spanning_trees"))
+    names = [n for n, _, _ in rp.fault_scenarios(cfg)]
+    assert names == ["healthy", "1 chip", "2 chips", "1 link", "given"]
+    rows = rp._fault_study(cfg, 1e6, lambda label: None)
+    assert len(rows) == 5 * 3
+    tile = training_tile()
+    for f in rows:
+        topo = tile.with_failures(nodes=f.failed_chips, links=f.failed_links)
+        if f.algorithm == "2d" and f.failed_chips:
+            assert not f.ran and "rows and columns" in (f.reason or "")
+            continue
+        assert f.ran
+        r = estimate_allreduce(1e6, topo, algorithm=f.algorithm)
+        assert (f.time_s, f.efficiency) == (r.time, r.efficiency)
+        assert f.time_s >= f.lower_bound_s
+    one = [f for f in rows if f.scenario == "1 chip"]
+    assert all(f.failed_chips == (12,) for f in one)       # the centre of the 5x5 tile
