@@ -49,7 +49,8 @@ from .numerics import choose_bias
 
 __all__ = ["ReportConfig", "GemmResult", "AllreduceResult", "Report", "run_report",
            "compare_machines", "MACHINES",
-           "render_report", "plot_report", "Progress", "HIST_EDGES"]
+           "render_report", "plot_report", "Progress", "HIST_EDGES", "FaultResult",
+           "fault_scenarios"]
 
 #: Edges of the error histograms: ``log10(|error| / RMS(reference))`` of each output element.
 HIST_EDGES: np.ndarray = np.linspace(-9.0, 1.0, 51)
@@ -87,6 +88,9 @@ class ReportConfig:
     check_elements : elements per node of the real all-reduce run as a numeric check
         (0: skip).
     seed : seed of the operands.
+    failed_chips, failed_links : an extra case of the fault study: chip ids (row-major on the
+        tile's chip mesh) and pairs of neighbouring chip ids whose link failed.
+    fault_study : run the fault study (:func:`fault_scenarios`; ``Report.faults``).
     """
 
     d_model: int = 1024
