@@ -298,7 +298,8 @@ def estimate_allreduce(nbytes: float, topology: Mesh2D, *, algorithm: str = "aut
     """Timing-model report of an all-reduce of ``nbytes`` per node on ``topology``, without
     moving data. ``algorithm``: one of ``"ring"``, ``"bidirectional_ring"``, ``"2d"``,
     ``"halving_doubling"``, ``"tree"``, ``"chain"``, ``"spanning_trees"``, or ``"auto"`` (the
-    fastest by the model)."""
+    fastest by the model). On a damaged mesh an algorithm that cannot run there is a
+    ValueError saying why, and ``"auto"`` picks among those that run."""
     topology = _check_topology(topology)
     return _choose(topology, _check_nbytes(nbytes), _check_algorithm(algorithm))[1]
 
@@ -487,7 +488,11 @@ def allreduce(buffers: Any, topology: Mesh2D, *, algorithm: str = "auto", fmt: F
     buffers : array of shape ``(P, ...)``; row i is node i's contribution: float32 for
         ``fmt=FP32``, uint16 BF16 codes (or an ``ml_dtypes.bfloat16`` array) for ``fmt=BF16``.
         Never modified.
-    topology : a :class:`dojo_kernels.mesh.Mesh2D` with ``P`` nodes.
+    topology : a :class:`dojo_kernels.mesh.Mesh2D` with ``P`` nodes (or a machine object).
+        On a damaged mesh (:meth:`~dojo_kernels.mesh.Mesh2D.with_failures`) ``buffers``
+        still has one row per node of the full grid: failed nodes' rows are ignored and left
+        unchanged in ``result``, every surviving node ends with the sum of the survivors'
+        rows, and ``result`` is a new array (docs/allreduce.md, "Failed nodes and links").
     algorithm : see :func:`estimate_allreduce`.
     fmt : ``FP32`` or ``BF16``.
     accumulate : ``"fp32"`` (BF16: FP32 partials, rounded once at the end) or ``"bf16"``
