@@ -323,3 +323,18 @@ def test_report_fault_study_and_options() -> None:
         assert f.time_s >= f.lower_bound_s
     one = [f for f in rows if f.scenario == "1 chip"]
     assert all(f.failed_chips == (12,) for f in one)       # the centre of the 5x5 tile
+
+
+def test_bf16_on_a_damaged_mesh() -> None:
+    import ml_dtypes
+    d = mesh(4, 4, True).with_failures(nodes=[3, 5], links=[(0, 4)])
+    alive = d.survivors()
+    x = np.random.default_rng(5).integers(-8, 8, size=(16, 33)).astype(ml_dtypes.bfloat16)
+    expect = x[alive].astype(np.float64).sum(axis=0)      # |sum| <= 112: exact in BF16
+    for alg in ("tree", "spanning_trees", "halving_doubling", "ring"):
+        for acc in ("fp32", "bf16"):
+            out, _ = allreduce(x, d, algorithm=alg, fmt=__import__("dojo_kernels").BF16,
+                               accumulate=acc)
+            out = np.asarray(out).view(ml_dtypes.bfloat16)
+            assert np.array_equal(out[alive].astype(np.float64), np.broadcast_to(expect, (14, 33)))
+            assert np.array_equal(out[[3, 5]].view(np.uint16), x[[3, 5]].view(np.uint16))
