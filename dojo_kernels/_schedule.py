@@ -425,12 +425,15 @@ def build_2d(topology: Mesh2D) -> Schedule:
     return bld.build("2d", P, 1, True, {"row_order": rord.tolist(), "col_order": cord.tolist()})
 
 
-def build_halving_doubling(topology: Mesh2D) -> Schedule:
+def build_halving_doubling(topology: Mesh2D, ids: Optional[Sequence[int]] = None) -> Schedule:
     """Rabenseifner: recursive-halving reduce-scatter (partner distance 1, 2, 4, ... in node-id
     order) then recursive-doubling all-gather. P not a power of two: the first 2r nodes pair
-    up (2i sends everything to 2i+1) before, and get the result back after."""
-    P = topology.nodes
-    bld = _Builder(P)
+    up (2i sends everything to 2i+1) before, and get the result back after. ``ids``: the
+    participating node ids in that order (default all; a damaged mesh: its survivors)."""
+    ids_a = (np.arange(topology.nodes, dtype=np.int64) if ids is None
+             else np.asarray(ids, np.int64))
+    P = int(ids_a.size)
+    bld = _Builder(topology.nodes)
     if P == 1:
         return bld.build("halving_doubling", 1, 1, True)
     q = int(math.floor(math.log2(P)))
@@ -440,9 +443,9 @@ def build_halving_doubling(topology: Mesh2D) -> Schedule:
     t = 0
     if r:
         ev = np.arange(r) * 2
-        bld.add(ev, ev + 1, start=0, count=1, base=0, size=U, op=REDUCE)
+        bld.add(ids_a[ev], ids_a[ev + 1], start=0, count=1, base=0, size=U, op=REDUCE)
         t = 1
-    part = np.concatenate([np.arange(r) * 2 + 1, np.arange(2 * r, P)]).astype(np.int64)
+    part = ids_a[np.concatenate([np.arange(r) * 2 + 1, np.arange(2 * r, P)]).astype(np.int64)]
     v = np.arange(Pp)
     lo = np.zeros(Pp, np.int64)
     size = U
@@ -465,7 +468,7 @@ def build_halving_doubling(topology: Mesh2D) -> Schedule:
         t += 1
     if r:
         ev = np.arange(r) * 2
-        bld.add(ev + 1, ev, start=t, count=1, base=0, size=U, op=COPY)
+        bld.add(ids_a[ev + 1], ids_a[ev], start=t, count=1, base=0, size=U, op=COPY)
     return bld.build("halving_doubling", U, 1, True, {"participants": part.tolist()})
 
 
@@ -967,8 +970,14 @@ def build_spanning_trees(topology: Mesh2D, nbytes: float) -> Schedule:
     ``[off_T*s, (off_T+w_T)*s)``, chunk ``c`` of it units ``off_T*s + c*w_T ..``: the same
     pipelined reduce + broadcast as ``_tree_into``. ``info["parents"]`` holds the trees
     (``(trees, P)`` parent arrays) and ``info["weights"]`` their weights."""
-    sk, Hmax, W, ntrees, weights, parents, share = _spanning_skeleton(
-        topology.rows, topology.cols, topology.wraparound)
+    return _spanning_schedule(topology, nbytes, _spanning_skeleton(
+        topology.rows, topology.cols, topology.wraparound))
+
+
+def _spanning_schedule(topology: Mesh2D, nbytes: float,
+                       skeleton: Tuple[Any, int, int, int, List[int], np.ndarray, float]
+                       ) -> Schedule:
+    sk, Hmax, W, ntrees, weights, parents, share = skeleton
     P = topology.nodes
     factor = share if ntrees > 1 else 1.0
     s = _chunks(2 * Hmax - 1, factor, nbytes, topology)
@@ -995,11 +1004,14 @@ def chain_path(topology: Mesh2D) -> List[int]:
     return _snake_path(topology.rows, topology.cols)
 
 
-def build_chain(topology: Mesh2D, nbytes: float) -> Schedule:
+def build_chain(topology: Mesh2D, nbytes: float, line: Optional[Sequence[int]] = None
+                ) -> Schedule:
     """Pipelined chain on a line v_0..v_{k-1}, s chunks: prefix sums flow right, suffix sums
     flow left at once; node i ends with prefix_i + suffix_{i+1} (not the same bits on every
-    node). Slots: 0 own/result, 1 prefix, 2 suffix, 3 received suffix."""
-    path = np.asarray(chain_path(topology), np.int64)
+    node). Slots: 0 own/result, 1 prefix, 2 suffix, 3 received suffix. ``line``: the nodes in
+    line order (default :func:`chain_path`; a damaged mesh: a Hamiltonian path of its
+    survivors)."""
+    path = np.asarray(chain_path(topology) if line is None else line, np.int64)
     k = path.size
     bld = _Builder(topology.nodes)
     if k == 1:
@@ -1035,6 +1047,9 @@ def build_chain(topology: Mesh2D, nbytes: float) -> Schedule:
 
 
 def build(algorithm: str, topology: Mesh2D, nbytes: float) -> Schedule:
+    if topology.damaged:
+        from ._faults import build_damaged
+        return build_damaged(algorithm, topology, nbytes)
     if algorithm == "ring":
         return build_ring(topology)
     if algorithm == "bidirectional_ring":

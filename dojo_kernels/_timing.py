@@ -201,8 +201,13 @@ def lower_bounds(topology: Mesh2D, nbytes: float) -> Dict[str, float]:
     cross several hops for ``(h-1)*delta``. ``latency_spec`` is SPEC's literal
     ``(a+b-2)*alpha``, reported for comparison only: it assumes ``delta >= alpha`` and no
     wrap links (then it equals ``latency``) and is not used in the report's ``lower_bound``
-    (the maximum of :data:`BOUND_KEYS`)."""
-    P = topology.nodes
+    (the maximum of :data:`BOUND_KEYS`).
+
+    On a damaged mesh (:class:`~dojo_kernels.mesh.DamagedMesh2D`) every bound is that of the
+    surviving graph: ``P`` the survivors, ``D`` its diameter (hops of a shortest path), the
+    least degree of a survivor, and its surviving edges."""
+    alive = topology.survivors()
+    P = int(alive.size)
     alpha, delta = topology.link_latency, topology.hop_latency
     if P == 1:
         return {"latency": 0.0, "degree": 0.0, "capacity": 0.0, "latency_spec": 0.0}
@@ -211,7 +216,7 @@ def lower_bounds(topology: Mesh2D, nbytes: float) -> Dict[str, float]:
     edges = topology.num_links // 2
     return {
         "latency": alpha + (D - 1) * min(alpha, delta),
-        "degree": nbytes / (int(topology.degree().min()) * B),
+        "degree": nbytes / (int(topology.degree()[alive].min()) * B),
         "capacity": (P - 1) * nbytes / (edges * B),
         "latency_spec": (topology.rows + topology.cols - 2) * alpha,
     }

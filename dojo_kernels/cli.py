@@ -47,6 +47,32 @@ def rp_machines() -> Tuple[str, ...]:
     return ("d1", "d2")
 
 
+def _id_list(text: str) -> Tuple[int, ...]:
+    """``"6,12"`` -> (6, 12) (argparse type of --failed-chips)."""
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated chip ids, got {text!r}") from None
+
+
+def _link_list(text: str) -> Tuple[Tuple[int, int], ...]:
+    """``"12-13,0-1"`` -> ((12, 13), (0, 1)) (argparse type of --failed-links)."""
+    out = []
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        parts = item.split("-")
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            out.append((int(parts[0]), int(parts[1])))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected links as U-V (neighbouring chip ids), comma-separated, got {item!r}"
+            ) from None
+    return tuple(out)
+
+
 def _report(args: argparse.Namespace) -> int:
     from . import report as rp
     from ._config import set_num_threads
@@ -78,7 +104,9 @@ def _report(args: argparse.Namespace) -> int:
             gemm_order=args.gemm_order,
             grad_bytes_per_param={"bf16": 2, "fp32": 4, "cfloat8": 1}[args.grad_dtype],
             machine=machine, system_shape=args.system, overlap=args.overlap,
-            algorithms=algorithms, check_elements=args.check_elements, seed=args.seed)
+            algorithms=algorithms, check_elements=args.check_elements, seed=args.seed,
+            failed_chips=args.failed_chips, failed_links=args.failed_links,
+            fault_study=not args.no_fault_study)
     except (ValueError, TypeError) as exc:
         print(f"dojo-kernels report: {exc}", file=sys.stderr)
         return 2
@@ -235,6 +263,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "backward GEMMs")
     g.add_argument("--algorithms", default="all",
                    help=f"all-reduce algorithms, comma-separated, or all ({','.join(ALGORITHMS)})")
+    g = r.add_argument_group("faults (the fault study: the tile's all-reduce with 0, 1, 2 "
+                             "failed chips and a failed link, plus the case given here)")
+    g.add_argument("--failed-chips", type=_id_list, default=(), metavar="IDS",
+                   help="comma-separated chip ids (row-major on the tile's chip mesh, 0..24 on "
+                        "a 5x5 tile) that have failed, e.g. 12 or 6,12")
+    g.add_argument("--failed-links", type=_link_list, default=(), metavar="U-V,...",
+                   help="comma-separated failed chip-to-chip links between neighbouring "
+                        "chips, e.g. 12-13 (both directions fail)")
+    g.add_argument("--no-fault-study", action="store_true",
+                   help="leave the fault study out of the report")
     g = r.add_argument_group("output")
     g.add_argument("--json", metavar="FILE", help="write every figure as JSON (- : JSON alone on stdout)")
     g.add_argument("--plot", metavar="DIR", help="write PNG plots into DIR (needs matplotlib)")

@@ -224,7 +224,7 @@ def _report(schedule: Schedule, topology: Mesh2D, nbytes: float, *,
     the schedule is ``build(schedule.algorithm, topology, nbytes)``, so a pickled report
     carries its recipe instead of its arrays."""
     t = simulate(schedule, topology, nbytes)
-    P = topology.nodes
+    P = int(topology.survivors().size)
     time = float(t.step_times.sum())
     lb = lower_bounds(topology, nbytes)
     lbmax = max(lb[k] for k in BOUND_KEYS)
@@ -260,9 +260,20 @@ def _choose(topology: Mesh2D, nbytes: float, algorithm: str
     # exceeds the best time found is skipped: it cannot win, so the choice is the same as
     # simulating all of them.
     cands: List[Tuple[float, int, Schedule]] = []
+    why: List[str] = []
     for idx, name in enumerate(ALGORITHMS):
-        sch = build(name, topology, nbytes)
+        try:
+            sch = build(name, topology, nbytes)
+        except ValueError as exc:
+            # a damaged mesh: an algorithm that cannot run there is not a candidate
+            if not topology.damaged:
+                raise
+            why.append(f"{name}: {exc}")
+            continue
         cands.append((time_floor(sch, topology, nbytes), idx, sch))
+    if not cands:
+        raise ValueError("topology: no all-reduce algorithm runs on this damaged mesh ("
+                         + "; ".join(why) + ")")
     cands.sort(key=lambda c: (c[0], c[1]))
     best: Optional[Tuple[Tuple[float, int], Schedule, AllreduceReport]] = None
     for floor, idx, sch in cands:
@@ -287,7 +298,8 @@ def estimate_allreduce(nbytes: float, topology: Mesh2D, *, algorithm: str = "aut
     """Timing-model report of an all-reduce of ``nbytes`` per node on ``topology``, without
     moving data. ``algorithm``: one of ``"ring"``, ``"bidirectional_ring"``, ``"2d"``,
     ``"halving_doubling"``, ``"tree"``, ``"chain"``, ``"spanning_trees"``, or ``"auto"`` (the
-    fastest by the model)."""
+    fastest by the model). On a damaged mesh an algorithm that cannot run there is a
+    ValueError saying why, and ``"auto"`` picks among those that run."""
     topology = _check_topology(topology)
     return _choose(topology, _check_nbytes(nbytes), _check_algorithm(algorithm))[1]
 
@@ -476,7 +488,11 @@ def allreduce(buffers: Any, topology: Mesh2D, *, algorithm: str = "auto", fmt: F
     buffers : array of shape ``(P, ...)``; row i is node i's contribution: float32 for
         ``fmt=FP32``, uint16 BF16 codes (or an ``ml_dtypes.bfloat16`` array) for ``fmt=BF16``.
         Never modified.
-    topology : a :class:`dojo_kernels.mesh.Mesh2D` with ``P`` nodes.
+    topology : a :class:`dojo_kernels.mesh.Mesh2D` with ``P`` nodes (or a machine object).
+        On a damaged mesh (:meth:`~dojo_kernels.mesh.Mesh2D.with_failures`) ``buffers``
+        still has one row per node of the full grid: failed nodes' rows are ignored and left
+        unchanged in ``result``, every surviving node ends with the sum of the survivors'
+        rows, and ``result`` is a new array (docs/allreduce.md, "Failed nodes and links").
     algorithm : see :func:`estimate_allreduce`.
     fmt : ``FP32`` or ``BF16``.
     accumulate : ``"fp32"`` (BF16: FP32 partials, rounded once at the end) or ``"bf16"``

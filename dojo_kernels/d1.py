@@ -99,6 +99,15 @@ class _Machine:
         """The object :meth:`to_dict` described (``kind`` must name this class or a subclass)."""
         return cast(T, machine_from_dict(d, cls))
 
+    def with_failures(self, nodes: Any = (), links: Any = ()) -> Any:
+        """The all-reduce topology of this machine with failed nodes and links:
+        ``mesh.as_topology(self).with_failures(nodes=nodes, links=links)``, a
+        :class:`dojo_kernels.mesh.DamagedMesh2D`. Node ids are those of that topology: a
+        D1Chip's nodes, a TrainingTile's chips, a DojoSystem's tiles (row-major); ``links``
+        are pairs of neighbouring ids. A D1Node has no topology (TypeError)."""
+        from .mesh import as_topology
+        return as_topology(self, "machine").with_failures(nodes=nodes, links=links)
+
 
 def machine_from_dict(d: Dict[str, Any], expected: Optional[type] = None) -> Any:
     """The machine object a ``to_dict()`` dict describes (any kind)."""

@@ -10,9 +10,10 @@ Presets use the D1 figures of SPEC section 6. Every figure is a parameter; the o
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -247,6 +248,26 @@ class Mesh2D:
             raise AssertionError("route crosses a missing link")
         return msg, link, hops
 
+    # --- failures (see DamagedMesh2D) -----------------------------------------------------
+    @property
+    def damaged(self) -> bool:
+        """Whether some nodes or links have failed (a :class:`DamagedMesh2D`)."""
+        return False
+
+    def survivors(self) -> np.ndarray:
+        """Sorted ids of the nodes that take part in collectives (all of them here)."""
+        return np.arange(self.nodes)
+
+    def with_failures(self, nodes: Iterable[Any] = (), links: Iterable[Any] = ()
+                      ) -> "DamagedMesh2D":
+        """This mesh with failed ``nodes`` (node ids) and ``links`` (pairs ``(u, v)`` of
+        neighbouring node ids; the edge fails in both directions) removed: a
+        :class:`DamagedMesh2D`. Node ids keep their meaning (row-major ids of the full grid).
+        A bad id, a pair that is not an edge of this mesh, or a malformed argument is a
+        ValueError/TypeError naming ``nodes`` or ``links``. Failures add up when called on a
+        damaged mesh."""
+        return DamagedMesh2D(self, nodes=nodes, links=links)
+
     def replace(self, **changes: Any) -> "Mesh2D":
         """A copy with some parameters changed."""
         kw: Dict[str, Any] = dict(rows=self.rows, cols=self.cols, link_bandwidth=self.link_bandwidth,
@@ -254,6 +275,242 @@ class Mesh2D:
                   wraparound=self.wraparound)
         kw.update(changes)
         return Mesh2D(kw.pop("rows"), kw.pop("cols"), **kw)
+
+
+def _int_id(name: str, v: Any, P: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name}: expected node ids (ints), got {type(v).__name__}")
+    if not 0 <= int(v) < P:
+        raise ValueError(f"{name}: node id {int(v)} out of range [0, {P})")
+    return int(v)
+
+
+@dataclass(frozen=True, eq=True, repr=True)
+class DamagedMesh2D(Mesh2D):
+    """A :class:`Mesh2D` with failed nodes and links (from :meth:`Mesh2D.with_failures`).
+
+    Node ids keep their meaning: ``nodes``, ``coords``, ``node`` and the buffer rows of
+    ``allreduce`` are those of the full ``rows x cols`` grid; failed nodes take no part
+    (:meth:`survivors` lists the others). A failed link ``(u, v)`` removes both directed links
+    of that edge; a failed node removes the links to and from it. :meth:`links`,
+    ``num_links``, :meth:`degree` (0 for a failed node) and ``report.bytes_per_link``
+    describe the surviving links only.
+
+    **Routing** (deterministic): a message takes its dimension-order route (row first, as on a
+    healthy mesh) when that route avoids every failed link and node; otherwise a shortest path
+    of the damaged graph, chosen hop by hop: from the current node, the first neighbour in the
+    order east, west, south, north that is one hop closer to the destination. Either way the
+    route is a shortest path of the damaged graph, so :meth:`diameter` (the largest hop count
+    between two survivors) is the longest route. Messages from or to a failed node, or between
+    survivors in different components, are a ValueError.
+
+    Attributes
+    ----------
+    failed_nodes : sorted tuple of failed node ids.
+    failed_links : sorted tuple of failed edges ``(u, v)``, ``u < v`` (only edges between two
+        surviving nodes are listed; an edge at a failed node is gone with it).
+    """
+
+    failed_nodes: Tuple[int, ...] = ()
+    failed_links: Tuple[Tuple[int, int], ...] = ()
+
+    def __init__(self, base: Mesh2D, *, nodes: Iterable[Any] = (),
+                 links: Iterable[Any] = ()) -> None:
+        if not isinstance(base, Mesh2D):
+            raise TypeError(f"base: expected a Mesh2D, got {type(base).__name__}")
+        Mesh2D.__init__(self, base.rows, base.cols, link_bandwidth=base.link_bandwidth,
+                        link_latency=base.link_latency, hop_latency=base.hop_latency,
+                        wraparound=base.wraparound)
+        P = self.nodes
+        if isinstance(nodes, (str, bytes)) or not hasattr(nodes, "__iter__"):
+            raise TypeError(f"nodes: expected an iterable of node ids, got {type(nodes).__name__}")
+        if isinstance(links, (str, bytes)) or not hasattr(links, "__iter__"):
+            raise TypeError(f"links: expected an iterable of (u, v) pairs, got "
+                            f"{type(links).__name__}")
+        dead = set(getattr(base, "failed_nodes", ()))
+        for v in nodes:
+            dead.add(_int_id("nodes", v, P))
+        nb = Mesh2D._neighbor_table(self)
+        cut = set(getattr(base, "failed_links", ()))
+        for pair in links:
+            try:
+                u, v = pair
+            except (TypeError, ValueError):
+                raise TypeError(f"links: expected pairs (u, v) of node ids, got {pair!r}") from None
+            u, v = _int_id("links", u, P), _int_id("links", v, P)
+            if v not in nb[u]:
+                raise ValueError(f"links: ({u}, {v}) is not an edge of the {self.rows}x"
+                                 f"{self.cols} {'torus' if self.wraparound else 'mesh'} "
+                                 f"(expected neighbouring node ids)")
+            cut.add((min(u, v), max(u, v)))
+        cut = {e for e in cut if e[0] not in dead and e[1] not in dead}
+        if len(dead) >= P:
+            raise ValueError(f"nodes: every node of the {self.rows}x{self.cols} mesh failed")
+        object.__setattr__(self, "failed_nodes", tuple(sorted(dead)))
+        object.__setattr__(self, "failed_links", tuple(sorted(cut)))
+
+    @property
+    def damaged(self) -> bool:
+        return bool(self.failed_nodes or self.failed_links)
+
+    def healthy(self) -> Mesh2D:
+        """The same mesh with nothing failed."""
+        return Mesh2D(self.rows, self.cols, link_bandwidth=self.link_bandwidth,
+                      link_latency=self.link_latency, hop_latency=self.hop_latency,
+                      wraparound=self.wraparound)
+
+    def survivors(self) -> np.ndarray:
+        alive = np.ones(self.nodes, bool)
+        alive[list(self.failed_nodes)] = False
+        return np.flatnonzero(alive)
+
+    def replace(self, **changes: Any) -> "DamagedMesh2D":
+        """A copy with some parameters changed, the same failures."""
+        return DamagedMesh2D(self.healthy().replace(**changes), nodes=self.failed_nodes,
+                             links=self.failed_links)
+
+    def _neighbor_table(self) -> np.ndarray:
+        return _damaged_table(self)
+
+    def degree(self) -> np.ndarray:
+        """Number of surviving links leaving each node (0 for a failed node)."""
+        return np.asarray((self._neighbor_table() >= 0).sum(axis=1))
+
+    def components(self) -> List[List[int]]:
+        """Connected components of the surviving nodes (lists of ids), largest first (ties:
+        the one with the smallest id first)."""
+        return [list(c) for c in _damaged_components(self)]
+
+    def check_connected(self, what: str = "topology") -> None:
+        """ValueError naming the cut-off nodes (those outside the largest component) when
+        the survivors are not connected."""
+        comps = _damaged_components(self)
+        if len(comps) > 1:
+            cut = sorted(v for c in comps[1:] for v in c)
+            raise ValueError(f"{what}: the surviving nodes are not connected; nodes {cut} are "
+                             f"cut off from the {len(comps[0])} nodes of the largest component")
+
+    def distances(self) -> np.ndarray:
+        """(P, P) hop counts of the damaged graph (-1 between failed or unconnected nodes)."""
+        return _damaged_distances(self)
+
+    def diameter(self) -> int:
+        """Largest hop count between two surviving nodes (a shortest path of the damaged
+        graph; routes are shortest paths). ValueError when the survivors are not connected."""
+        self.check_connected()
+        d = _damaged_distances(self)
+        alive = self.survivors()
+        return int(d[np.ix_(alive, alive)].max())
+
+    def route(self, src: Any, dst: Any) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Routes of messages ``src[i] -> dst[i]`` around the failures (see the class
+        docstring); same return value as :meth:`Mesh2D.route`, link indices into
+        :meth:`links` of this damaged mesh."""
+        src = np.asarray(src, np.int64).reshape(-1)
+        dst = np.asarray(dst, np.int64).reshape(-1)
+        if src.size and (src.min() < 0 or dst.min() < 0 or max(src.max(), dst.max()) >= self.nodes):
+            raise ValueError(f"src, dst: node ids out of range [0, {self.nodes})")
+        if self.failed_nodes and src.size:
+            ends = np.concatenate([src, dst])
+            dead = np.isin(ends, self.failed_nodes)
+            if dead.any():
+                raise ValueError(f"src, dst: messages from or to failed nodes "
+                                 f"{sorted(set(ends[dead].tolist()))}")
+        h = self.healthy()
+        msg, hlink, hops = h.route(src, dst)
+        remap = _healthy_to_damaged(self)
+        dl = remap[hlink]
+        bad = np.zeros(src.size, bool)
+        bad[msg[dl < 0]] = True
+        if not bad.any():
+            return msg, dl, hops
+        good_hop = ~bad[msg]
+        msgs = [msg[good_hop]]
+        lks = [dl[good_hop]]
+        hops = hops.copy()
+        dist = _damaged_distances(self)
+        nb = self._neighbor_table()
+        lid = self._link_index()
+        cache: Dict[Tuple[int, int], List[int]] = {}
+        for i in np.flatnonzero(bad).tolist():
+            s, d = int(src[i]), int(dst[i])
+            path = cache.get((s, d))
+            if path is None:
+                if dist[s, d] < 0:
+                    self.check_connected("src, dst")
+                path = []
+                cur = s
+                while cur != d:
+                    for k in range(4):
+                        w = int(nb[cur, k])
+                        if w >= 0 and dist[w, d] == dist[cur, d] - 1:
+                            path.append(int(lid[cur * 4 + k]))
+                            cur = w
+                            break
+                cache[(s, d)] = path
+            msgs.append(np.full(len(path), i, np.int64))
+            lks.append(np.asarray(path, np.int64))
+            hops[i] = len(path)
+        m = np.concatenate(msgs)
+        l_ = np.concatenate(lks)
+        order = np.argsort(m, kind="stable")
+        return m[order], l_[order], hops
+
+
+@functools.lru_cache(maxsize=64)
+def _damaged_table(t: DamagedMesh2D) -> np.ndarray:
+    nb = Mesh2D._neighbor_table(t)
+    if t.failed_nodes:
+        dead = np.zeros(t.nodes, bool)
+        dead[list(t.failed_nodes)] = True
+        nb[dead] = -1
+        nb[(nb >= 0) & dead[np.maximum(nb, 0)]] = -1
+    for u, v in t.failed_links:
+        nb[u][nb[u] == v] = -1
+        nb[v][nb[v] == u] = -1
+    nb.setflags(write=False)
+    return nb
+
+
+@functools.lru_cache(maxsize=64)
+def _healthy_to_damaged(t: DamagedMesh2D) -> np.ndarray:
+    """Compact link index of the healthy mesh -> that of the damaged one (-1: failed)."""
+    h = Mesh2D._neighbor_table(t).reshape(-1)
+    dl = t._link_index()
+    out = dl[h >= 0]
+    out.setflags(write=False)
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _damaged_distances(t: DamagedMesh2D) -> np.ndarray:
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import shortest_path
+    lk = t.links()
+    P = t.nodes
+    g = coo_matrix((np.ones(lk.shape[0]), (lk[:, 0], lk[:, 1])), shape=(P, P)).tocsr()
+    d = shortest_path(g, directed=True, unweighted=True)
+    out = np.where(np.isfinite(d), d, -1).astype(np.int64)
+    dead = list(t.failed_nodes)
+    out[dead, :] = -1
+    out[:, dead] = -1
+    out.setflags(write=False)
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _damaged_components(t: DamagedMesh2D) -> Tuple[Tuple[int, ...], ...]:
+    d = _damaged_distances(t)
+    seen: set[int] = set()
+    comps = []
+    for v in t.survivors().tolist():
+        if v in seen:
+            continue
+        c = tuple(np.flatnonzero(d[v] >= 0).tolist())
+        seen.update(c)
+        comps.append(c)
+    comps.sort(key=lambda c: (-len(c), c[0]))
+    return tuple(comps)
 
 
 def _signed_steps(d: Any, k: int, wrap: bool) -> Tuple[np.ndarray, np.ndarray]:
@@ -395,5 +652,5 @@ def as_levels(obj: Any) -> Tuple[Mesh2D, ...]:
                     f"{type(obj).__name__}")
 
 
-__all__ = ["Mesh2D", "d1_chip", "chip_mesh", "training_tile", "system", "as_topology",
+__all__ = ["Mesh2D", "DamagedMesh2D", "d1_chip", "chip_mesh", "training_tile", "system", "as_topology",
            "as_levels", "EAST", "WEST", "SOUTH", "NORTH"]

@@ -50,7 +50,8 @@ from .numerics import choose_bias
 
 __all__ = ["ReportConfig", "GemmResult", "AllreduceResult", "Report", "run_report",
            "compare_machines", "MACHINES",
-           "render_report", "plot_report", "Progress", "HIST_EDGES"]
+           "render_report", "plot_report", "Progress", "HIST_EDGES", "FaultResult",
+           "fault_scenarios"]
 
 #: Edges of the error histograms: ``log10(|error| / RMS(reference))`` of each output element.
 HIST_EDGES: np.ndarray = np.linspace(-9.0, 1.0, 51)
@@ -90,6 +91,9 @@ class ReportConfig:
     check_elements : elements per node of the real all-reduce run as a numeric check
         (0: skip).
     seed : seed of the operands.
+    failed_chips, failed_links : an extra case of the fault study: chip ids (row-major on the
+        tile's chip mesh) and pairs of neighbouring chip ids whose link failed.
+    fault_study : run the fault study (:func:`fault_scenarios`; ``Report.faults``).
     """
 
     d_model: int = 1024
@@ -111,6 +115,9 @@ class ReportConfig:
     algorithms: Tuple[str, ...] = ALGORITHMS
     check_elements: int = 4096
     seed: int = 0
+    failed_chips: Tuple[int, ...] = ()
+    failed_links: Tuple[Tuple[int, int], ...] = ()
+    fault_study: bool = True
 
     def __post_init__(self) -> None:
         for name in ("d_model", "seq", "batch", "mlp_ratio"):
@@ -152,6 +159,18 @@ class ReportConfig:
             raise ValueError(f"system_shape: expected (rows, cols) >= 1, got {self.system_shape!r}")
         if not (self.grad_scale > 0 and math.isfinite(self.grad_scale)):
             raise ValueError(f"grad_scale: expected a positive number, got {self.grad_scale!r}")
+        if not isinstance(self.fault_study, (bool, np.bool_)):
+            raise TypeError(f"fault_study: expected a bool, got {type(self.fault_study).__name__}")
+        if self.failed_chips or self.failed_links:   # ids and links checked on the tile mesh
+            try:
+                mesh.training_tile(self.machine).with_failures(nodes=self.failed_chips,
+                                                               links=self.failed_links)
+            except (ValueError, TypeError) as exc:
+                msg = str(exc)
+                for old, new in (("nodes:", "failed_chips:"), ("links:", "failed_links:")):
+                    if msg.startswith(old):
+                        msg = new + msg[len(old):]
+                raise type(exc)(msg) from None
         if self.grad_bytes_per_param not in (1, 2, 4):
             raise ValueError(f"grad_bytes_per_param: expected 1, 2 or 4, got "
                              f"{self.grad_bytes_per_param!r}")
@@ -243,6 +262,65 @@ class AllreduceResult:
 
 
 @dataclass
+class FaultResult:
+    """One row of the fault study: the tile's gradient all-reduce with ``failed_chips`` and
+    ``failed_links`` (chip ids of the tile's row-major chip mesh) by ``algorithm``. ``ran``:
+    whether the algorithm runs on that damaged mesh; if not, ``reason`` says why and the
+    figures are NaN. ``time_s`` seconds; ``efficiency`` = lower bound of the damaged mesh /
+    time."""
+
+    scenario: str
+    failed_chips: Tuple[int, ...]
+    failed_links: Tuple[Tuple[int, int], ...]
+    algorithm: str
+    ran: bool
+    time_s: float
+    efficiency: float
+    lower_bound_s: float
+    reason: Optional[str] = None
+
+
+def fault_scenarios(cfg: "ReportConfig") -> List[Tuple[str, Tuple[int, ...],
+                                                          Tuple[Tuple[int, int], ...]]]:
+    """The fault study's scenarios on the tile's ``a x b`` chip mesh: no failure; the centre
+    chip ``c = (a//2)*b + b//2`` failed; ``c`` and the chip diagonally above-left of it
+    failed; the link from ``c`` to its east neighbour failed; and, when ``failed_chips`` or
+    ``failed_links`` are set, that case ("given"). Scenarios that do not fit the tile's
+    shape (a dimension below 2) are left out."""
+    a, b = cfg.machine.chips
+    out: List[Tuple[str, Tuple[int, ...], Tuple[Tuple[int, int], ...]]] = [("healthy", (), ())]
+    c = (a // 2) * b + b // 2
+    if a >= 2 and b >= 2:
+        out.append(("1 chip", (c,), ()))
+        out.append(("2 chips", (c - b - 1, c), ()))
+    if b >= 2 and b // 2 + 1 < b:
+        out.append(("1 link", (), ((c, c + 1),)))
+    if cfg.failed_chips or cfg.failed_links:
+        out.append(("given", tuple(int(x) for x in cfg.failed_chips),
+                    tuple((int(u), int(v)) for u, v in cfg.failed_links)))
+    return out
+
+
+def _fault_study(cfg: "ReportConfig", nbytes: float, tick: Callable[[str], None]
+                 ) -> List[FaultResult]:
+    out: List[FaultResult] = []
+    tile = mesh.training_tile(cfg.machine)
+    nan = float("nan")
+    for name, chips, links in fault_scenarios(cfg):
+        topo = tile.with_failures(nodes=chips, links=links) if (chips or links) else tile
+        for alg in cfg.algorithms:
+            try:
+                r = estimate_allreduce(nbytes, topo, algorithm=alg)
+            except ValueError as exc:
+                out.append(FaultResult(name, chips, links, alg, False, nan, nan, nan, str(exc)))
+                continue
+            out.append(FaultResult(name, chips, links, alg, True, r.time, r.efficiency,
+                                   r.lower_bound))
+        tick(f"fault study: {name}")
+    return out
+
+
+@dataclass
 class Report:
     """Everything :func:`run_report` found. See :meth:`to_dict` for the units."""
 
@@ -253,6 +331,7 @@ class Report:
     wall_s: float                         # the whole report on this CPU
     threads: int
     isa: str
+    faults: List[FaultResult] = field(default_factory=list)   # the fault study
 
     # --- totals -------------------------------------------------------------------------
     @property
@@ -393,6 +472,15 @@ class Report:
                       "d1_system_step_serial_s": self.system_step_s(key, overlap=False),
                       "cpu_emulation_s": self.cpu_emulation_s[key]}
         t["fp32_reference_cpu_s"] = self.cpu_emulation_s["fp32"]
+        out["config"]["failed_chips"] = list(self.config.failed_chips)
+        out["config"]["failed_links"] = [list(e) for e in self.config.failed_links]
+        out["faults"] = [{
+            "scenario": f.scenario, "failed_chips": list(f.failed_chips),
+            "failed_links": [list(e) for e in f.failed_links], "algorithm": f.algorithm,
+            "ran": f.ran, "time_s": f.time_s if f.ran else None,
+            "efficiency_fraction": f.efficiency if f.ran else None,
+            "lower_bound_s": f.lower_bound_s if f.ran else None, "reason": f.reason}
+            for f in self.faults]
         return out
 
 
@@ -533,6 +621,8 @@ def run_report(config: Optional[ReportConfig] = None, *,
     ops = _operands(cfg)
     meshes = [("tile", _tile_mesh(cfg)), ("system", _system_mesh(cfg))]
     units = len(ops) * (1 + len(cfg.formats)) + len(meshes) * len(cfg.algorithms)
+    if cfg.fault_study:
+        units += len(fault_scenarios(cfg))
     if progress_total is not None:
         progress_total(units)
     tick = progress if progress is not None else (lambda label: None)
@@ -582,8 +672,9 @@ def run_report(config: Optional[ReportConfig] = None, *,
                 r.lower_bound, r.steps, r.bytes_per_link_max, r.bit_identical, check,
                 np.array(r.bytes_per_link)))
             tick(f"all-reduce {where} {alg}")
+    faults = _fault_study(cfg, nbytes, tick) if cfg.fault_study else []
     return Report(cfg, gemms, ars, emu, time.perf_counter() - t_start,
-                  _config.threads(), _config.get_isa())
+                  _config.threads(), _config.get_isa(), faults)
 
 
 # --- rendering --------------------------------------------------------------------------
@@ -694,6 +785,30 @@ def render_report(report: Report) -> str:
              "2(P-1)/P x bytes / time; check err = max|error| / max|sum| of the real FP32 "
              "all-reduce against float64")
     L.append("")
+
+    if report.faults:
+        L.append(f"Fault study: the tile's gradient all-reduce with failed chips / links "
+                 f"(chip ids row-major on the {m.chips[0]}x{m.chips[1]} mesh; "
+                 f"estimate_allreduce on Mesh2D.with_failures)")
+        healthy = {fr.algorithm: fr.time_s for fr in report.faults if fr.scenario == "healthy"}
+        rows = []
+        for fr in report.faults:
+            what = ", ".join([f"chip {x}" for x in fr.failed_chips]
+                             + [f"link {u}-{v}" for u, v in fr.failed_links]) or "-"
+            if fr.ran:
+                h = healthy.get(fr.algorithm, float("nan"))
+                rows.append([fr.scenario, what, fr.algorithm, _si(fr.time_s, "s"),
+                             f"{fr.efficiency:.1%}",
+                             f"{fr.time_s / h:.2f}x" if h == h and h > 0 else "-", "ran"])
+            else:
+                why = (fr.reason or "").replace("algorithm: ", "")
+                rows.append([fr.scenario, what, fr.algorithm, "-", "-", "-",
+                             "no: " + (why[:60] + "..." if len(why) > 63 else why)])
+        L += ["  " + s for s in _table(["case", "failed", "algorithm", "time", "efficiency",
+                                        "vs healthy", "ran"], rows)]
+        L.append("  efficiency = lower bound of the damaged mesh (its diameter, least degree, "
+                 "surviving links) / time; docs/allreduce.md, 'Failed nodes and links'")
+        L.append("")
 
     L.append("The step (GEMMs one after another, then the fastest all-reduce: no overlap; the "
              "system: data parallel, hierarchical all-reduce)")

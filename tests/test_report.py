@@ -144,7 +144,8 @@ def test_json_roundtrip_and_unit_keys(small, tmp_path):
         elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
             assert key.endswith(unit_suffixes) or key in counts or key in units or key in (
                 "error_histogram_counts", "error_histogram_log10_edges", "shape",
-                "system_shape_tiles", "d1_node_grid", "d1_tile_mnk"), key
+                "system_shape_tiles", "d1_node_grid", "d1_tile_mnk",
+                "failed_chips", "failed_links"), key   # chip ids of the fault study
 
     walk(back)
 
