@@ -11,32 +11,7 @@
 
 #include "dk_convert.h"
 #include "dk_pool.h"
-#if defined(__SSE__) || defined(__x86_64__)
-#include <xmmintrin.h>
-#define DK_HAVE_MXCSR 1
-#endif
-
-/* The default MXCSR: round to nearest, exceptions masked, no FTZ, no DAZ (flag bits kept). */
-#define DK_MXCSR_DEFAULT 0x1F80u
-#define DK_MXCSR_FLAGS 0x003Fu
-static unsigned fpenv_enter(void)
-{
-#ifdef DK_HAVE_MXCSR
-    unsigned saved = _mm_getcsr();
-    _mm_setcsr(DK_MXCSR_DEFAULT | (saved & DK_MXCSR_FLAGS));
-    return saved;
-#else
-    return 0;
-#endif
-}
-static void fpenv_leave(unsigned saved)
-{
-#ifdef DK_HAVE_MXCSR
-    _mm_setcsr(saved);
-#else
-    (void)saved;
-#endif
-}
+#include "dk_fpenv.h" /* dk_fpenv_enter / dk_fpenv_leave: the default MXCSR */
 
 #define DK_BLOCK 32768 /* elements per parallel block */
 #define DK_CHUNK 2048  /* elements per stack buffer inside a block */
@@ -296,9 +271,9 @@ static void arith_block(void *arg, int64_t blk, int slot)
     (void)slot;
     int64_t i0 = blk * DK_BLOCK, len = A->n - i0 < DK_BLOCK ? A->n - i0 : DK_BLOCK;
     int64_t cnt[4] = {0, 0, 0, 0};
-    unsigned csr = fpenv_enter();
+    unsigned csr = dk_fpenv_enter();
     A->a(A->op, A->x, A->b, A->c, A->out, i0, len, A->f, A->mode, A->seed, cnt);
-    fpenv_leave(csr);
+    dk_fpenv_leave(csr);
     add_counts(&A->sums, cnt[0], cnt[1], cnt[2], cnt[3]);
 }
 

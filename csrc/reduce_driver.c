@@ -8,36 +8,7 @@
 #include <string.h>
 #include "dk_pool.h"
 #include "dk_reduce.h"
-#if defined(__SSE__) || defined(__x86_64__)
-#include <xmmintrin.h>
-#define DK_HAVE_MXCSR 1
-#endif
-
-/* The float additions must not depend on the caller's floating-point environment: a library
- * built with -ffast-math can set FTZ/DAZ process-wide, and subnormal partial sums would then
- * flush. Every thread that adds (each has its own MXCSR) saves its MXCSR, runs under the
- * default (round to nearest, all exceptions masked, no FTZ, no DAZ; the exception flag bits
- * kept as they were) and restores the saved value before leaving the work item. */
-#define DK_MXCSR_DEFAULT 0x1F80u
-#define DK_MXCSR_FLAGS 0x003Fu
-static unsigned fpenv_enter(void)
-{
-#ifdef DK_HAVE_MXCSR
-    unsigned saved = _mm_getcsr();
-    _mm_setcsr(DK_MXCSR_DEFAULT | (saved & DK_MXCSR_FLAGS));
-    return saved;
-#else
-    return 0;
-#endif
-}
-static void fpenv_leave(unsigned saved)
-{
-#ifdef DK_HAVE_MXCSR
-    _mm_setcsr(saved);
-#else
-    (void)saved;
-#endif
-}
+#include "dk_fpenv.h" /* dk_fpenv_enter / dk_fpenv_leave: the default MXCSR */
 
 #define DK_TILE 2048 /* elements per tile: scratch slots stay in L1/L2 */
 
@@ -89,9 +60,9 @@ static void ew_item(void *arg, int64_t c, int slot)
     int64_t lo = c * CHUNK, len = E->n - lo < CHUNK ? E->n - lo : CHUNK;
     if (E->op == 0) {
         float *dst = E->dst;
-        unsigned csr = fpenv_enter();
+        unsigned csr = dk_fpenv_enter();
         E->add(dst + lo, dst + lo, (const float *)E->src + lo, len);
-        fpenv_leave(csr);
+        dk_fpenv_leave(csr);
     } else if (E->op == 1) {
         E->k.widen((float *)E->dst + lo, (const uint16_t *)E->src + lo, len);
     } else {
@@ -191,7 +162,7 @@ static void run_tile(void *arg, int64_t t, int slot)
         if (tile_off[mid] <= t) lo_s = mid; else hi_s = mid - 1;
     }
     int64_t s = lo_s;
-    unsigned csr = fpenv_enter();
+    unsigned csr = dk_fpenv_enter();
     int64_t lo = p->seg_lo[s] + (t - tile_off[s]) * DK_TILE;
     int64_t len = p->seg_lo[s + 1] - lo;
     if (len > DK_TILE) len = DK_TILE;
@@ -224,7 +195,7 @@ static void run_tile(void *arg, int64_t t, int slot)
                    (size_t)len * sizeof(uint16_t));
         }
     }
-    fpenv_leave(csr);
+    dk_fpenv_leave(csr);
 }
 
 int dk_reduce_run(int isa, int threads, const dk_reduce_program *p, int fmt, int round_each,
