@@ -14,4 +14,6 @@ py=$(python -c "import sys; print(sys.executable)")   # mpiexec may put another 
 for n in 4 6; do
     timeout 300 mpiexec -n "$n" "$py" tests/mpi/mpi_allreduce_check.py
 done
-DOJO_KERNELS_MPI_TESTS=1 timeout 600 python -m pytest -q tests/test_mpi_faults.py
+# the venv's pytest script, not `python -m pytest`: that puts the repository root (the
+# source tree, which would shadow the installed package) first on sys.path
+DOJO_KERNELS_MPI_TESTS=1 timeout 600 pytest -q tests/test_mpi_faults.py
