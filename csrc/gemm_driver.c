@@ -73,7 +73,7 @@ static int get_cfg(int isa, int kernel, int order, tier_cfg *t)
          * absolute in k whatever the blocking. */
         if (isa >= DK_ISA_AMX)
             *t = (tier_cfg){dk_gemm_ukr_amxtile, 0, 0, DK_GEMM_AMXTILE_MR, DK_GEMM_AMXTILE_NR,
-                            512, 256, 4096, 1, 1, DK_GEMM_AMX_BLOCK_PAIRS, dk_gemm_amxtile_enter,
+                            2048, 256, 4096, 1, 1, DK_GEMM_AMX_BLOCK_PAIRS, dk_gemm_amxtile_enter,
                             dk_gemm_amxtile_leave};
         else if (isa >= DK_ISA_AVX512BF16)
             *t = (tier_cfg){dk_gemm_ukr_amx_avx512, 1, 1, DK_GEMM_AMX512_MR, DK_GEMM_AMX512_NR,
@@ -294,12 +294,23 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
  * kp pairs (a multiple of 16) from pair p0; per block of 16 pairs, mr rows x 16 lanes.
  * Rows past nlines and pairs past k are zeros. */
 static void pack_rowtiles(const view *v, int64_t nlines, int64_t k, int64_t l0, int64_t nl,
-                          int64_t p0, int64_t kp, int64_t mr, void *dst)
+                          int64_t p0, int64_t kp, int64_t mr, int simd, void *dst)
 {
     int64_t nsl = (nl + mr - 1) / mr;
     for (int64_t s = 0; s < nsl; s++) {
         uint32_t *o = (uint32_t *)dst + s * kp * mr;
-        for (int64_t blk = 0; blk < kp / 16; blk++) {
+        int64_t blk0 = 0;
+        /* avx512 fast path: CFloat8 codes, k contiguous, the rows of the sliver inside the
+         * matrix, the whole blocks decoded 32 codes at a time */
+        if (simd && v->kind == DK_GEMM_U8 && v->cs == 1 && l0 + s * mr + mr <= nlines) {
+            int64_t full = (k - 2 * p0) / 32;
+            if (full > kp / 16) full = kp / 16;
+            if (full > 0)
+                dk_gemm_pack_rowtile_u8_avx512((const uint8_t *)v->p + (l0 + s * mr) * v->rs + 2 * p0,
+                                               v->rs, mr, full, mr, v->table, o);
+            blk0 = full > 0 ? full : 0;
+        }
+        for (int64_t blk = blk0; blk < kp / 16; blk++) {
             int64_t k0 = 2 * (p0 + 16 * blk);  /* first k of the block */
             for (int64_t r = 0; r < mr; r++) {
                 int64_t row = l0 + s * mr + r;
@@ -530,7 +541,7 @@ static void gemm_item(void *arg, int64_t w, int slot)
          * t->kblk; only the last block can be partial, kcp is a multiple of t->kblk) */
         int64_t kp = (kreal + t->kblk - 1) / t->kblk * t->kblk;
         if (t->rowtile_a)
-            pack_rowtiles(S->va, m, k, i0, mcur, pc, kp, t->mr, mya);
+            pack_rowtiles(S->va, m, k, i0, mcur, pc, kp, t->mr, t->simd_pack, mya);
         else
             pack_lines(S->va, m, k, i0, mcur, pc, kp, t->mr, t->split_a, 0, mya);
         for (int64_t c = c0; c < c1; c++) {

@@ -158,6 +158,14 @@ void dk_gemm_pack_pair_u8_avx512(const uint8_t *src, int64_t ldk, int64_t kp, in
 void dk_gemm_pack_pair_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp, int64_t nr,
                                   uint32_t *dst);
 
+/* avx512bf16-tier packing of CFloat8 A into the AMX "row tiles" layout (dk_gemm_ukr_amxtile):
+ * `rows` rows (row r at src + r*lda, k contiguous) x nblk whole blocks of 32 k-values,
+ * decoded through table[256]; block b of row r goes to dst + b*16*mr + r*16 (16 lanes,
+ * each the BF16 pair (k even | k odd << 16)). dst 64-byte aligned. */
+void dk_gemm_pack_rowtile_u8_avx512(const uint8_t *src, int64_t lda, int64_t rows,
+                                    int64_t nblk, int64_t mr, const uint16_t *table,
+                                    uint32_t *dst);
+
 /* amx tier: TDPBF16PS on tile registers, the amx order (dk_gemm.h; blocks of 16 pairs).
  *   A in the "row tiles" layout: per block of 16 pairs, MR = 32 rows x 16 pair lanes
  *     (a[i,2p] | a[i,2p+1] << 16), rows 0-15 then rows 16-31 (two 1 KiB tiles).

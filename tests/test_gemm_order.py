@@ -240,12 +240,14 @@ def test_signed_zero_and_the_padded_block():
 # ---- both orders: identical bits across tiers, kernels, threads and blockings ---------
 
 def _blocking_shapes(tier):
-    """Shapes crossing the tier's KC (256/512), MC (48..96) and NC (512/2048) blocks, with
+    """Shapes crossing the tier's KC (256..2048), MC (48..256) and NC (512..4096) blocks, with
     edge tiles in m and n and a k that ends in a partial 32-block and an odd element."""
     if tier == "generic":
         return [(45, 83, 533), (130, 600, 97)]
     if tier == "avx2":
         return [(45, 83, 533), (100, 2100, 289)]
+    if tier == "amx":  # the tile kernel's KC 2048, MC 256 and NC 4096 too
+        return [(45, 83, 1063), (100, 2100, 545), (37, 41, 4177), (300, 35, 97), (33, 4200, 45)]
     return [(45, 83, 1063), (100, 2100, 545)]
 
 
@@ -370,6 +372,30 @@ def test_cfloat8_large_bias_products_kept(order, fa, fb):
         assert_bits(c, want, f"{order} {fa} {fb} {tier}")
         err = np.abs(c.astype(np.float64) - A @ B)
         assert np.all(err <= gamma(k) * (np.abs(A) @ np.abs(B)) + 2.0 ** -150)
+
+
+@pytest.mark.parametrize("layout", ["c", "reversed_rows", "row_window", "fortran"])
+def test_cfloat8_a_layouts_across_k_blocks(layout):
+    """CFloat8 A decoded while packing (the amx tier decodes whole 32-code blocks of a
+    k-contiguous A with AVX-512): every tier equal to the exact order on sampled outputs, for
+    A contiguous, rows reversed, a window of a wider array and column-major, with k across
+    the tile kernel's KC (2048) and ending in a partial block, m with a partial sliver."""
+    fa, fb = cfloat8_143(7), cfloat8_152(15)
+    rng = np.random.default_rng(11)
+    m, n, k = 45, 20, 4177
+    base = rng.integers(0, 256, (m, k + 9), dtype=np.uint8)
+    a = {"c": np.ascontiguousarray(base[:, :k]), "reversed_rows": base[::-1, :k],
+         "row_window": base[:, 5:5 + k], "fortran": np.asfortranarray(base[:, :k])}[layout]
+    b = rng.integers(0, 256, (k, n), dtype=np.uint8)
+    A, B = decode(a, fa), decode(b, fb)
+    rows, cols = [0, 31, 32, m - 1], [0, 7, n - 1]
+    want = {o: R.ORDERS[o](_as_bf16_codes(A[rows]), _as_bf16_codes(B[:, cols]), flush=False)
+            for o in ORDERS}
+    for order in ORDERS:
+        for tier in TIERS:
+            with _config.use_isa(tier):
+                c = dk.gemm(a, b, a_format=fa, b_format=fb, order=order)
+            assert_bits(c[np.ix_(rows, cols)], want[order], f"{order} {tier} {layout}")
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

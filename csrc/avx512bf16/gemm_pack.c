@@ -103,3 +103,19 @@ void dk_gemm_pack_split_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp,
         }
     }
 }
+
+void dk_gemm_pack_rowtile_u8_avx512(const uint8_t *src, int64_t lda, int64_t rows,
+                                    int64_t nblk, int64_t mr, const uint16_t *table,
+                                    uint32_t *dst)
+{
+    __m512i t[8];
+    for (int i = 0; i < 8; i++) t[i] = _mm512_loadu_si512((const void *)(table + 32 * i));
+    for (int64_t r = 0; r < rows; r++) {
+        const uint8_t *q = src + r * lda;
+        for (int64_t b = 0; b < nblk; b++) {
+            /* 32 codes in k order: lane j holds (k = 2j | k = 2j+1 << 16) once decoded */
+            __m512i c = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(q + 32 * b)));
+            _mm512_store_si512((void *)(dst + b * 16 * mr + r * 16), lookup(c, t));
+        }
+    }
+}
