@@ -585,6 +585,29 @@ static void gemm_item(void *arg, int64_t w, int slot)
     if (t->leave) t->leave();
 }
 
+/* Few rows (m <= DK_GEMM_SMALLM_MAX), amx order, AVX-512: no packing (gemm_smallm.c); the
+ * items are ranges of columns, so the bits do not depend on the threads. */
+#define DK_GEMM_SMALLM_COLS 512
+typedef struct {
+    const dk_gemm_operand *a, *b;
+    int64_t m, n, k, ldo, bso, ncolblk;
+    float scale;
+    float *out;
+} smallm_args;
+
+static void smallm_item(void *arg, int64_t item, int slot)
+{
+    (void)slot;
+    const smallm_args *S = arg;
+    const int64_t bi = item / S->ncolblk, j0 = (item % S->ncolblk) * DK_GEMM_SMALLM_COLS;
+    const int64_t j1 = j0 + DK_GEMM_SMALLM_COLS < S->n ? j0 + DK_GEMM_SMALLM_COLS : S->n;
+    const dk_gemm_operand *a = S->a, *b = S->b;
+    const int asz = a->kind == DK_GEMM_U8 ? 1 : 2, bsz = b->kind == DK_GEMM_U8 ? 1 : 2;
+    dk_gemm_smallm_amx_avx512(S->m, S->k, j0, j1, (const char *)a->ptr + bi * a->bs * asz, a->rs,
+                              a->cs, a->kind, a->table, (const char *)b->ptr + bi * b->bs * bsz,
+                              b->rs, b->kind, b->table, S->scale, S->out + bi * S->bso, S->ldo);
+}
+
 int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
             const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
             float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads, int order)
@@ -599,6 +622,15 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
     if (k == 0) {
         for (int64_t bi = 0; bi < batch; bi++)
             for (int64_t i = 0; i < m; i++) memset(out + bi * bso + i * ldo, 0, sizeof(float) * n);
+        return DK_OK;
+    }
+
+    if (order == DK_GEMM_ORDER_AMX && isa >= DK_ISA_AVX512BF16 && m <= DK_GEMM_SMALLM_MAX &&
+        b->cs == 1) {
+        smallm_args S = {a, b, m, n, k, ldo, bso, (n + DK_GEMM_SMALLM_COLS - 1) / DK_GEMM_SMALLM_COLS,
+                         scale, out};
+        int nthr = (double)m * (double)n * (double)k * (double)batch < DK_GEMM_PAR_MIN ? 1 : threads;
+        dk_pool_run(nthr, batch * S.ncolblk, smallm_item, &S);
         return DK_OK;
     }
 

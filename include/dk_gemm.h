@@ -158,6 +158,18 @@ void dk_gemm_pack_pair_u8_avx512(const uint8_t *src, int64_t ldk, int64_t kp, in
 void dk_gemm_pack_pair_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp, int64_t nr,
                                   uint32_t *dst);
 
+/* avx512bf16 tier (used by the amx tier too), amx order: products of at most
+ * DK_GEMM_SMALLM_MAX rows (GEMV, skinny m) straight from unpacked operands, columns
+ * [j0, j1) of out (row stride ldo). A: m x k, element (i, kk) at a + i*ars + kk*acs; B: k x n
+ * with unit column stride, row kk at b + kk*brs; each BF16 codes (DK_GEMM_U16) or 8-bit codes
+ * decoded through a table (DK_GEMM_U8). The bits of the packed kernels, scale and NaN
+ * canonicalization included. */
+#define DK_GEMM_SMALLM_MAX 8
+void dk_gemm_smallm_amx_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1,
+                               const void *a, int64_t ars, int64_t acs, int akind,
+                               const uint16_t *atab, const void *b, int64_t brs, int bkind,
+                               const uint16_t *btab, float scale, float *out, int64_t ldo);
+
 /* avx512bf16-tier packing of CFloat8 A into the AMX "row tiles" layout (dk_gemm_ukr_amxtile):
  * `rows` rows (row r at src + r*lda, k contiguous) x nblk whole blocks of 32 k-values,
  * decoded through table[256]; block b of row r goes to dst + b*16*mr + r*16 (16 lanes,

@@ -374,6 +374,55 @@ def test_cfloat8_large_bias_products_kept(order, fa, fb):
         assert np.all(err <= gamma(k) * (np.abs(A) @ np.abs(B)) + 2.0 ** -150)
 
 
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 8])
+def test_few_rows_against_the_reference_every_tier(m):
+    """m <= 8 (GEMV, skinny m): the AVX-512 tiers read B unpacked (gemm_smallm.c, register
+    blocks of 1 x 128, 2 x 64 and 4 x 32): against the exact order on mixed data (FTZ
+    region, overflow, NaN, signed zeros, subnormals), n across the register blocks' and the
+    masks' edges, k ending in a partial block and an odd element."""
+    rng = np.random.default_rng(100 + m)
+    for n, k in [(1, 95), (31, 33), (130, 64), (47, 1)]:
+        a = mixed_codes(rng, (m, k))
+        b = mixed_codes(rng, (k, n))
+        want = R.amx_order(a, b)
+        for tier in TIERS:
+            assert_bits(glue(a, b, "amx", tier), want, f"m={m} n={n} k={k} {tier}")
+
+
+def test_few_rows_threads_batches_formats_and_strides():
+    """The few-rows path against the generic tier's packed kernels: 1-3 threads, column
+    ranges over several work items, a batch with a shared B, CFloat8 operands, transposed
+    A, and a B whose columns are not contiguous (which takes the packed path)."""
+    rng = np.random.default_rng(77)
+    fa, fb = cfloat8_143(9), cfloat8_152(14)
+    m, n, k = 5, 1300, 201
+    a = tiny_mix_bf16(rng, (3, m, k))
+    b = tiny_mix_bf16(rng, (k, n))
+    a8 = rng.integers(0, 256, (m, k), dtype=np.uint8)
+    b8 = rng.integers(0, 256, (k, n), dtype=np.uint8)
+    at = np.ascontiguousarray(a[0].T).T              # column-major A
+    bs = np.asfortranarray(b)                        # columns not contiguous
+    with _config.use_isa("generic"):
+        ref = dk.gemm(a, b)
+        ref8 = dk.gemm(a8, b8, a_format=fa, b_format=fb)
+        ref_mixed = dk.gemm(a[0], b8, b_format=fb)
+    saved = dk.get_num_threads()
+    try:
+        for th in (1, 2, 3):
+            dk.set_num_threads(th)
+            for tier in TIERS:
+                with _config.use_isa(tier):
+                    what = f"{tier} threads {th}"
+                    assert_bits(dk.gemm(a, b), bits(ref), what)
+                    assert_bits(dk.gemm(at, b), bits(ref[0]), "transposed A " + what)
+                    assert_bits(dk.gemm(a[0], bs), bits(ref[0]), "strided B " + what)
+                    assert_bits(dk.gemm(a8, b8, a_format=fa, b_format=fb), bits(ref8),
+                                "CFloat8 " + what)
+                    assert_bits(dk.gemm(a[0], b8, b_format=fb), bits(ref_mixed), "mixed " + what)
+    finally:
+        dk.set_num_threads(saved)
+
+
 @pytest.mark.parametrize("layout", ["c", "reversed_rows", "row_window", "fortran"])
 def test_cfloat8_a_layouts_across_k_blocks(layout):
     """CFloat8 A decoded while packing (the amx tier decodes whole 32-code blocks of a
