@@ -7,7 +7,8 @@ wheel), with the percentage of this CPU's peaks measured in the same run
     pytest bench/bench_gemm.py --benchmark-only -q      # pytest-benchmark (not python -m)
     python bench/bench_gemm.py [--quick]                          # the GFLOP/s table
 
-Shapes are (m, n, k): squares 256..4096 and the skinny (4096, 256, 4096), (64, 4096, 4096).
+Shapes are (m, n, k): squares 256..4096, the skinny (4096, 256, 4096), (64, 4096, 4096)
+and the GEMV-like (8, 4096, 4096), (1, 4096, 4096).
 Thread counts 1 and 2 (dk.set_num_threads and threadpoolctl for NumPy's BLAS).
 """
 from __future__ import annotations
@@ -43,7 +44,7 @@ except ImportError:
     torch = None
 
 SQUARE = [(s, s, s) for s in (256, 512, 1024, 2048, 4096)]
-SKINNY = [(4096, 256, 4096), (64, 4096, 4096)]
+SKINNY = [(4096, 256, 4096), (64, 4096, 4096), (8, 4096, 4096), (1, 4096, 4096)]  # GEMV last
 SHAPES = SQUARE + SKINNY
 THREADS = [1, 2]
 F8A, F8B = dk.cfloat8_143(7), dk.cfloat8_152(15)
@@ -203,7 +204,8 @@ def best_time(f, rounds):
 
 
 def main(quick: bool = False) -> None:
-    shapes = [(1024,) * 3, (2048,) * 3, (4096, 256, 4096), (64, 4096, 4096)] if quick else SHAPES
+    shapes = ([(1024,) * 3, (2048,) * 3, (4096, 256, 4096), (64, 4096, 4096), (1, 4096, 4096)]
+              if quick else SHAPES)
     print(f"dojo_kernels tier {_config.get_isa()}; kernels {G.kernel_names()}; "
           f"NumPy BLAS: {blas_kernel()}; torch: {torch.__version__ if torch else 'not installed'}")
     for th in THREADS:
