@@ -144,10 +144,12 @@ _KERNEL_NAMES = {
     ("generic", "vdpbf16ps"): "generic: portable scalar C, 6x16",
     ("avx2", "amx"): "avx2: FP32 FMA ymm, 3x16, E/O accumulators",
     ("avx2", "vdpbf16ps"): "avx2: FP32 FMA ymm, 6x16",
-    ("avx512bf16", "amx"): "avx512bf16: FP32 FMA zmm, 7x32, E/O accumulators",
+    ("avx512bf16", "amx"): "avx512bf16: FP32 FMA zmm, 7x32, E/O accumulators; "
+                           "m <= 8: B read unpacked",
     ("avx512bf16", "vdpbf16ps", "fma"): "avx512bf16: FP32 FMA zmm, 14x32",
     ("avx512bf16", "vdpbf16ps", "vdpbf16ps"): "avx512bf16: VDPBF16PS zmm, 6x64",
-    ("amx", "amx"): "amx: TDPBF16PS tiles, 32x32 (2x2 tiles of 16x16)",
+    ("amx", "amx"): "amx: TDPBF16PS tiles, 32x32 (2x2 tiles of 16x16); "
+                    "m <= 8: FP32 FMA zmm, B read unpacked",
     ("amx", "vdpbf16ps", "fma"): "amx: the avx512bf16 FP32 FMA zmm kernel, 14x32",
     ("amx", "vdpbf16ps", "vdpbf16ps"): "amx: the avx512bf16 VDPBF16PS zmm kernel, 6x64",
 }
