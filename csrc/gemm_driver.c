@@ -48,6 +48,7 @@
 #endif
 
 #define DK_GEMM_CHUNK 4                         /* B slivers per packing unit */
+#define DEFER_MAX 64                            /* units an item may put off (gemm_item) */
 #define DK_GEMM_PAR_MIN ((double)(1 << 21))     /* m * ncols * k of a step handed to the pool */
 #define DK_GEMM_BPANEL_MAX ((size_t)32 << 20)   /* bytes of packed B per jc step (all of k) */
 
@@ -544,19 +545,31 @@ static void gemm_item(void *arg, int64_t w, int slot)
             pack_rowtiles(S->va, m, k, i0, mcur, pc, kp, t->mr, t->simd_pack, mya);
         else
             pack_lines(S->va, m, k, i0, mcur, pc, kp, t->mr, t->split_a, 0, mya);
-        for (int64_t c = c0; c < c1; c++) {
+        /* A unit another thread is packing is put off (up to DEFER_MAX of them) and taken
+         * after the others, by when it is usually ready; only one still being packed then
+         * gets a private copy. Threads side by side thus pack different units instead of
+         * copies of the same one, and nobody ever waits. The order of the units is the order
+         * of C's columns, not of k: it has no effect on the bits. */
+        int64_t deferred[DEFER_MAX], nd = 0;
+        for (int64_t ci = c0, pass2 = 0; ci < c1 || pass2 < nd;) {
+            const int may_defer = ci < c1;
+            const int64_t c = may_defer ? ci++ : deferred[pass2++];
             int64_t s0 = c * DK_GEMM_CHUNK, s1 = s0 + DK_GEMM_CHUNK < nsl ? s0 + DK_GEMM_CHUNK : nsl;
             char *unit = S->bbuf + (size_t)(nsl * pc + s0 * kp) * pairB;
             atomic_int *st = &S->bstate[pb * S->nchunks + c];
             /* read-modify-write (not a plain load): helgrind sees locked accesses as atomic */
             int seen = atomic_fetch_or_explicit(st, 0, memory_order_acquire);
             if (seen == 2) ANNOTATE_HAPPENS_AFTER(st);
+            if (seen == 1 && may_defer && nd < DEFER_MAX) {
+                deferred[nd++] = c;
+                continue;
+            }
             if (seen != 2) {
                 char *dst = unit;
                 seen = 0;
                 if (!atomic_compare_exchange_strong_explicit(st, &seen, 1, memory_order_acquire,
                                                              memory_order_acquire)) {
-                    if (seen != 2) dst = myb; /* being packed elsewhere: our own copy */
+                    if (seen != 2) dst = myb; /* still being packed elsewhere: our own copy */
                     else dst = NULL;          /* became ready meanwhile */
                     if (seen == 2) ANNOTATE_HAPPENS_AFTER(st);
                 }
