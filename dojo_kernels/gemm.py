@@ -72,6 +72,7 @@ import numpy as np
 from . import _config, _gemm
 from .d1 import D1Chip, D1Node, DojoSystem, TrainingTile
 from .formats import BF16, FP32, Format
+from .numerics import _ctuple as _numerics_ctuple
 from .numerics import dequantize, quantize
 
 __all__ = ["gemm", "plan_gemm", "GemmPlan", "ORDERS", "kernel_names", "feed_bandwidths",
@@ -184,6 +185,12 @@ class use_kernel:
         global _kernel
         _kernel = self._saved
 _DUMMY_TABLE = np.zeros(256, np.uint16)
+# gemm's small-call fast path: the native dtypes it takes (NumPy's builtin dtype objects are
+# singletons, so an identity test suffices), the machine types it passes through, and the
+# BF16 rounding it applies to float32 operands (the same C format as quantize's)
+_U16DT, _F32DT = np.dtype(np.uint16), np.dtype(np.float32)
+_MACHINE_TYPES = (D1Chip, TrainingTile, DojoSystem)
+_gemm.set_bf16_format(_numerics_ctuple(BF16))
 
 
 def _check_input_format(fmt: Any, name: str) -> Format:
@@ -445,6 +452,28 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
     Numerics: see the module docstring (docs/gemm.md): the accumulation order ``order``,
     identical bits on every tier and thread count.
     """
+    # The common small call in one C-level step: 2-D float32 / BF16-code ndarrays in BF16,
+    # no addend, unit scaling (the glue returns None for anything else: the general path
+    # below, which also raises every error, handles it with the same bits).
+    if (c is None and beta is None and type(a) is np.ndarray and type(b) is np.ndarray
+            and a_format is BF16 and (b_format is None or b_format is BF16)
+            and (out is None or (type(out) is np.ndarray and out.dtype is _F32DT))
+            and (machine is None or isinstance(machine, _MACHINE_TYPES))
+            and type(order) is str and order in _ORDER_CODE):
+        dta, dtb = a.dtype, b.dtype
+        ka = _gemm.KIND_U16 if dta is _U16DT else (_gemm.KIND_F32 if dta is _F32DT else -1)
+        kb = _gemm.KIND_U16 if dtb is _U16DT else (_gemm.KIND_F32 if dtb is _F32DT else -1)
+        if ka >= 0 and kb >= 0:
+            isa = _config.isa()
+            oc = _ORDER_CODE[order]
+            kern = _kernel_index() if isa >= 2 and oc == _gemm.ORDER_VDPBF16PS else 0
+            res = _gemm.gemm_small(a, ka, b, kb, out, isa, kern, _config.threads(), oc)
+            if res is not None:
+                if return_plan:
+                    return res, plan_gemm(res.shape[0], res.shape[1], a.shape[1],
+                                          a_format=BF16, b_format=BF16,
+                                          machine=_check_machine(machine))
+                return res
     a_format = _check_input_format(a_format, "a_format")
     b_format = a_format if b_format is None else _check_input_format(b_format, "b_format")
     order_code = _check_order(order)
