@@ -70,6 +70,7 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union, o
 import numpy as np
 
 from . import _config, _gemm
+from . import _plan as _plan_c
 from .d1 import D1Chip, D1Node, DojoSystem, TrainingTile
 from .formats import BF16, FP32, Format
 from .numerics import _ctuple as _numerics_ctuple
@@ -587,6 +588,11 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
 _TILE_MN = np.array([8, 16, 32, 64, 128, 256])
 _TILE_K = np.array([16, 32, 64, 128, 256, 512])
 _DEBUG: Optional[List[Any]] = None
+_TILE_MN_F = _TILE_MN.astype(np.float64)
+_TILE_K_F = _TILE_K.astype(np.float64)
+#: plan_gemm's candidate search: "c" (dojo_kernels._plan, the default) or "numpy" (the
+#: vectorised reference it replaces; tests compare the two)
+_SEARCH = "c"
 #: k-split factors the planner considers (partial sums of ks node rows reduced over the NoC)
 _K_SPLITS = (1, 2, 4, 8, 16)
 
@@ -823,6 +829,14 @@ def _tiles(sram_bytes: int, ab: float, bb: float, ob: float
     return out
 
 
+@functools.lru_cache(maxsize=32)
+def _fits_u8(sram_bytes: int, ab: float, bb: float, ob: float) -> np.ndarray:
+    """_tiles' fits as a C-contiguous uint8 array (for _plan.search)."""
+    f = np.ascontiguousarray(_tiles(sram_bytes, ab, bb, ob)[3]).view(np.uint8)
+    f.setflags(write=False)
+    return f
+
+
 def _useful(total: int, width: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """(len(width), len(sizes)) bool: size i is useful for a span of ``width`` nodes unless a
     smaller size needs as many super-tiles (it then dominates: less of everything)."""
@@ -1037,6 +1051,36 @@ def _plan(m: int, n: int, k: int, a_format: Format, b_format: Format, machine: M
         c = _cost(m, n, k, g, gsel, mt_a[i, j, l], nt_a[i, j, l], kt_a[i, j, l], node, ab, bb, ob)
         return c, gsel, np.stack([i, j, l])
 
+    def search_numpy(order: np.ndarray) -> Tuple[int, int, int, int]:
+        """The branch and bound in NumPy, batch by batch (the reference of _plan.search,
+        which gives the same candidate: tests/test_plan_search.py)."""
+        # branch and bound: spans in the order of their bounds, in growing batches; a span
+        # whose bound exceeds the best plan found cannot hold the optimum
+        parts: List[Tuple[Dict[str, np.ndarray], np.ndarray, np.ndarray]] = []
+        ub, pos = math.inf, 0
+        for size in (2, 6, 24, len(order)):
+            batch = order[pos:pos + size]
+            pos += size
+            batch = batch[lb[batch] <= ub]
+            if batch.size == 0:
+                break
+            part = evaluate(np.sort(batch))
+            if part[0]["seconds"].size == 0:   # every candidate of these spans is dominated
+                continue
+            parts.append(part)
+            ub = min(ub, float(part[0]["seconds"].min()))
+            if _DEBUG is not None:
+                _DEBUG.append((int(batch.size), int(part[0]["seconds"].size)))
+        secs = np.concatenate([p[0]["seconds"] for p in parts])
+        gsel = np.concatenate([p[1] for p in parts])
+        idx = np.concatenate([p[2] for p in parts], axis=1)
+        # the fewest seconds; ties broken by fewer nodes, then the candidate order
+        nodes_used = g["RT"][gsel] * gc[gsel]
+        tie = np.flatnonzero(secs == secs.min())
+        best = int(tie[np.argmin(nodes_used[tie])])   # argmin: the first of equals
+        i, j, l = (int(v) for v in idx[:, best])
+        return int(gsel[best]), i, j, l
+
     # a span inside one chip with more node rows (columns) than ceil(m / 8) (ceil(n / 8)) per
     # k-split is dominated by the narrower one: the same single super-tile, less of the rest
     one_r = g["one_r"] > 0
@@ -1044,33 +1088,25 @@ def _plan(m: int, n: int, k: int, a_format: Format, b_format: Format, machine: M
     lb[one_r & (gr > -(-m // bm))] = np.inf
     lb[one_c & (gc > -(-n // bn))] = np.inf
     order = np.argsort(lb, kind="stable")
-    # branch and bound: spans in the order of their bounds, in growing batches; a span whose
-    # bound exceeds the best plan found cannot hold the optimum
-    parts: List[Tuple[Dict[str, np.ndarray], np.ndarray, np.ndarray]] = []
-    ub, pos = math.inf, 0
-    for size in (2, 6, 24, len(order)):
-        batch = order[pos:pos + size]
-        pos += size
-        batch = batch[lb[batch] <= ub]
-        if batch.size == 0:
-            break
-        part = evaluate(np.sort(batch))
-        if part[0]["seconds"].size == 0:   # every candidate of these spans is dominated
-            continue
-        parts.append(part)
-        ub = min(ub, float(part[0]["seconds"].min()))
-        if _DEBUG is not None:
-            _DEBUG.append((int(batch.size), int(part[0]["seconds"].size)))
-    c = {key: np.concatenate([p[0][key] for p in parts], axis=-1) for key in parts[0][0]}
-    gsel = np.concatenate([p[1] for p in parts])
-    idx = np.concatenate([p[2] for p in parts], axis=1)
-    # the fewest seconds; ties broken by fewer nodes, then the candidate order (deterministic)
-    nodes_used = g["RT"][gsel] * gc[gsel]
-    secs = c["seconds"]
-    tie = np.flatnonzero(secs == secs.min())
-    best = int(tie[np.argmin(nodes_used[tie])])   # argmin: the first of equals
-    b = int(gsel[best])
-    i, j, l = (int(v) for v in idx[:, best])
+    got = None
+    if _SEARCH == "c":
+        got = _plan_c.search(m, n, k, g, order, lb, use_m.view(np.uint8), use_n.view(np.uint8),
+                             use_k.view(np.uint8), min_m.view(np.uint8), min_n.view(np.uint8),
+                             _fits_u8(node.sram_bytes, ab, bb, ob), _TILE_MN_F, _TILE_K_F,
+                             (float(bm), float(bn), float(bk), float(node.clock_hz),
+                              float(node.sram_load_bw), float(node.sram_store_bw),
+                              float(node.hop_latency_s), float(node.link_latency_s),
+                              float(node.fp32_peak_flops), float(node.step_sync_s)),
+                             float(ab), float(bb), float(ob), _DEBUG)
+    if got is not None:
+        b, i, j, l = got[:4]
+    else:
+        b, i, j, l = search_numpy(order)
+    # the chosen candidate's figures, by the cost model itself
+    c = _cost(m, n, k, g, np.array([b]), mt_a[i:i + 1, j, l], nt_a[i:i + 1, j, l],
+              kt_a[i:i + 1, j, l], node, ab, bb, ob)
+    best = 0
+    nodes_used = g["RT"][b:b + 1] * gc[b:b + 1]
     names = ("compute", "sram", "noc", "offchip")
     flops = 2.0 * m * n * k
     sec = float(c["seconds"][best])
