@@ -145,3 +145,46 @@ def search(int64_t m, int64_t n, int64_t k, dict g, const int64_t[::1] order,
     if b_gi < 0:
         return None
     return int(b_gi), b_i, b_j, b_l, best
+
+
+def bounds(int64_t m, int64_t n, int64_t k, dict g, double bm, double bn, double bk,
+           double clock, double in_a0, double in_b0, double out0, double pa0, double pb0,
+           double sq0):
+    """gemm.py _plan's lower bound of every span (a new float64 array), by the same
+    expressions in the same order: in_a0 = m k ab, in_b0 = k n bb, out0 = m n ob (Python
+    floats), pa0 / pb0 the smallest tile's A / B panel bytes, sq0 its C tile's output bytes.
+    Spans inside one chip wider than the product needs get +inf (dominated)."""
+    cdef const double[::1] gr = g["gr"], gc = g["gc"], ks = g["ks"], RT = g["RT"]
+    cdef const double[::1] eff_h = g["eff_h"], eff_v = g["eff_v"], feed_a = g["feed_a"]
+    cdef const double[::1] feed_b = g["feed_b"], feed_out = g["feed_out"], hop = g["hop"]
+    cdef const double[::1] one_r = g["one_r"], one_c = g["one_c"]
+    cdef bint shared = g["shared"][0] > 0
+    cdef Py_ssize_t s, ns = gr.shape[0]
+    cdef double dm = <double>m, dn = <double>n, dk = <double>k
+    cdef double lb_comp, sr_min, sc_min, in_a, in_b, lb_in, fill0
+    cdef double inf = float("inf")
+    # -(-m // bm) of the integer mac block (bm, bn are whole numbers)
+    cdef double rows_need = <double>((m + <int64_t>bm - 1) // <int64_t>bm)
+    cdef double cols_need = <double>((n + <int64_t>bn - 1) // <int64_t>bn)
+    import numpy
+    out = numpy.empty(ns, numpy.float64)
+    cdef double[::1] lb = out
+    with nogil:
+        for s in range(ns):
+            lb_comp = (ceil(ceil(dm / gr[s]) / bm) * ceil(ceil(dn / gc[s]) / bn)
+                       * ceil(ceil(dk / ks[s]) / bk) / clock)
+            sr_min = ceil(dm / (gr[s] * 256.0))
+            sc_min = ceil(dn / (gc[s] * 256.0))
+            in_a = sc_min * in_a0
+            in_b = sr_min * in_b0
+            if shared:
+                lb_in = (in_a + in_b) / feed_a[s]
+                fill0 = (RT[s] * pa0 + gc[s] * ks[s] * pb0) / feed_a[s]
+            else:
+                lb_in = dmax(in_a / feed_a[s], in_b / feed_b[s])
+                fill0 = dmax(RT[s] * pa0 / feed_a[s], gc[s] * ks[s] * pb0 / feed_b[s])
+            fill0 = fill0 + dmax(pa0 / eff_h[s], pb0 / eff_v[s]) + gr[s] * gc[s] * sq0 / feed_out[s]
+            lb[s] = dmax(dmax(lb_comp, lb_in), out0 / feed_out[s]) + hop[s] + fill0
+            if (one_r[s] > 0 and gr[s] > rows_need) or (one_c[s] > 0 and gc[s] > cols_need):
+                lb[s] = inf
+    return out

@@ -829,6 +829,32 @@ def _tiles(sram_bytes: int, ab: float, bb: float, ob: float
     return out
 
 
+def _bounds_numpy(m: int, n: int, k: int, g: Dict[str, np.ndarray], node: D1Node, ab: float,
+                  bb: float, ob: float) -> np.ndarray:
+    """The lower bound of every span in NumPy (the reference of _plan.bounds; _plan sets
+    the dominated spans' bounds to +inf after it)."""
+    gr, gc, ks = g["gr"], g["gc"], g["ks"]
+    bm, bn, bk = node.mac_block
+    lb_comp = (np.ceil(np.ceil(m / gr) / bm) * np.ceil(np.ceil(n / gc) / bn)
+               * np.ceil(np.ceil(k / ks) / bk) / node.clock_hz)
+    shared = g["shared"] > 0
+    # A is fed once per column of super-tiles, B once per row of them (at most 256 wide)
+    sr_min = np.ceil(m / (gr * _TILE_MN[-1]))
+    sc_min = np.ceil(n / (gc * _TILE_MN[-1]))
+    in_a, in_b = sc_min * (m * k * ab), sr_min * (k * n * bb)
+    lb_in = np.where(shared, (in_a + in_b) / g["feed_a"],
+                     np.maximum(in_a / g["feed_a"], in_b / g["feed_b"]))
+    # the fill of the smallest tile (8 x 8 x 16)
+    pa0, pb0 = _TILE_MN[0] * _TILE_K[0] * ab, _TILE_K[0] * _TILE_MN[0] * bb
+    fill0 = (np.where(shared, (g["RT"] * pa0 + gc * ks * pb0) / g["feed_a"],
+                      np.maximum(g["RT"] * pa0 / g["feed_a"], gc * ks * pb0 / g["feed_b"]))
+             + np.maximum(pa0 / g["eff_h"], pb0 / g["eff_v"])
+             + gr * gc * (_TILE_MN[0] ** 2 * ob) / g["feed_out"])
+    lb: np.ndarray = (np.maximum(np.maximum(lb_comp, lb_in), m * n * ob / g["feed_out"])
+                      + g["hop"] + fill0)
+    return lb
+
+
 @functools.lru_cache(maxsize=32)
 def _fits_u8(sram_bytes: int, ab: float, bb: float, ob: float) -> np.ndarray:
     """_tiles' fits as a C-contiguous uint8 array (for _plan.search)."""
@@ -1012,22 +1038,14 @@ def _plan(m: int, n: int, k: int, a_format: Format, b_format: Format, machine: M
     bm, bn, bk = node.mac_block
     # lower bound of every span, whatever the tile: each node's share of the padded work;
     # each operand crosses its feed at least once; the hop latencies
-    lb_comp = (np.ceil(np.ceil(m / gr) / bm) * np.ceil(np.ceil(n / gc) / bn)
-               * np.ceil(np.ceil(k / ks) / bk) / node.clock_hz)
-    shared = g["shared"] > 0
-    # A is fed once per column of super-tiles, B once per row of them (at most 256 wide)
-    sr_min = np.ceil(m / (gr * _TILE_MN[-1]))
-    sc_min = np.ceil(n / (gc * _TILE_MN[-1]))
-    in_a, in_b = sc_min * (m * k * ab), sr_min * (k * n * bb)
-    lb_in = np.where(shared, (in_a + in_b) / g["feed_a"],
-                     np.maximum(in_a / g["feed_a"], in_b / g["feed_b"]))
-    # the fill of the smallest tile (8 x 8 x 16)
+    fast = _SEARCH == "c" and max(m, n, k) < 2 ** 62
     pa0, pb0 = _TILE_MN[0] * _TILE_K[0] * ab, _TILE_K[0] * _TILE_MN[0] * bb
-    fill0 = (np.where(shared, (g["RT"] * pa0 + gc * ks * pb0) / g["feed_a"],
-                      np.maximum(g["RT"] * pa0 / g["feed_a"], gc * ks * pb0 / g["feed_b"]))
-             + np.maximum(pa0 / g["eff_h"], pb0 / g["eff_v"])
-             + gr * gc * (_TILE_MN[0] ** 2 * ob) / g["feed_out"])
-    lb = np.maximum(np.maximum(lb_comp, lb_in), m * n * ob / g["feed_out"]) + g["hop"] + fill0
+    if fast:
+        lb = _plan_c.bounds(m, n, k, g, float(bm), float(bn), float(bk), float(node.clock_hz),
+                            float(m * k * ab), float(k * n * bb), float(m * n * ob),
+                            float(pa0), float(pb0), float(_TILE_MN[0] ** 2 * ob))
+    else:
+        lb = _bounds_numpy(m, n, k, g, node, ab, bb, ob)
     # tiles that are not dominated, per span
     ug, ig = g["u_gr"], g["i_gr"]
     uc, ic = g["u_gc"], g["i_gc"]
@@ -1085,11 +1103,12 @@ def _plan(m: int, n: int, k: int, a_format: Format, b_format: Format, machine: M
     # k-split is dominated by the narrower one: the same single super-tile, less of the rest
     one_r = g["one_r"] > 0
     one_c = g["one_c"] > 0
-    lb[one_r & (gr > -(-m // bm))] = np.inf
-    lb[one_c & (gc > -(-n // bn))] = np.inf
+    if not fast:
+        lb[one_r & (gr > -(-m // bm))] = np.inf
+        lb[one_c & (gc > -(-n // bn))] = np.inf
     order = np.argsort(lb, kind="stable")
     got = None
-    if _SEARCH == "c":
+    if fast:
         got = _plan_c.search(m, n, k, g, order, lb, use_m.view(np.uint8), use_n.view(np.uint8),
                              use_k.view(np.uint8), min_m.view(np.uint8), min_n.view(np.uint8),
                              _fits_u8(node.sram_bytes, ab, bb, ob), _TILE_MN_F, _TILE_K_F,

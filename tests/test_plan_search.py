@@ -79,3 +79,23 @@ def test_plan_is_the_exhaustive_minimum(shape, machine):
     cand = {(int(g["RT"][a]), int(g["gc"][a]), int(g["ks"][a]), tuple(int(v) for v in t[b]))
             for a, b in zip(gi[best] , np.tile(np.arange(len(t)), ng)[best])}
     assert (p.node_grid[0], p.node_grid[1], p.k_split, p.tile) in cand
+
+
+@settings(max_examples=60, deadline=None)
+@given(m=st.integers(1, 10 ** 7), n=st.integers(1, 10 ** 7), k=st.integers(1, 10 ** 7),
+       machine=st.sampled_from(MACHINES), fa=st.sampled_from(FORMATS), k_split=st.booleans())
+def test_compiled_bounds_equal_the_numpy_bounds(m, n, k, machine, fa, k_split):
+    from dojo_kernels import _plan
+    node = (machine if isinstance(machine, D1Chip) else
+            machine.chip if isinstance(machine, TrainingTile) else machine.tile.chip).node
+    ab = bb = fa.nbits / 8
+    ob = 4.0
+    g = G._groups(machine, k_split)
+    want = G._bounds_numpy(m, n, k, g, node, ab, bb, ob)
+    bm, bn, bk = node.mac_block
+    want[(g["one_r"] > 0) & (g["gr"] > -(-m // bm))] = np.inf
+    want[(g["one_c"] > 0) & (g["gc"] > -(-n // bn))] = np.inf
+    got = _plan.bounds(m, n, k, g, float(bm), float(bn), float(bk), float(node.clock_hz),
+                       float(m * k * ab), float(k * n * bb), float(m * n * ob),
+                       128 * ab, 128 * bb, 64 * ob)
+    assert np.array_equal(got, want)
