@@ -8,3 +8,6 @@ def search(m: int, n: int, k: int, g: dict[str, np.ndarray], order: np.ndarray,
            min_m: np.ndarray, min_n: np.ndarray, fits: np.ndarray, tile_mn: np.ndarray,
            tile_k: np.ndarray, node: tuple[float, ...], ab: float, bb: float, ob: float,
            debug: Optional[list[Any]]) -> Optional[tuple[int, int, int, int, float]]: ...
+def bounds(m: int, n: int, k: int, g: dict[str, np.ndarray], bm: float, bn: float, bk: float,
+           clock: float, in_a0: float, in_b0: float, out0: float, pa0: float, pb0: float,
+           sq0: float) -> np.ndarray: ...
