@@ -471,9 +471,7 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
             res = _gemm.gemm_small(a, ka, b, kb, out, isa, kern, _config.threads(), oc)
             if res is not None:
                 if return_plan:
-                    return res, plan_gemm(res.shape[0], res.shape[1], a.shape[1],
-                                          a_format=BF16, b_format=BF16,
-                                          machine=_check_machine(machine))
+                    return res, _fast_plan(res.shape[0], res.shape[1], a.shape[1], machine)
                 return res
     a_format = _check_input_format(a_format, "a_format")
     b_format = a_format if b_format is None else _check_input_format(b_format, "b_format")
@@ -1011,12 +1009,30 @@ def plan_gemm(m: int, n: int, k: int, *, a_format: Format, b_format: Format,
 
 #: plan_gemm's identity-keyed front cache (the value-keyed one is _plan's lru_cache)
 _RECENT: Dict[Tuple[Any, ...], Tuple[Any, ...]] = {}
+#: gemm's small-call fast path's plans: (m, n, k, id(machine)) -> (machine, plan)
+_FAST_PLANS: Dict[Tuple[int, int, int, int], Tuple[Any, GemmPlan]] = {}
+
+
+def _fast_plan(m: int, n: int, k: int, machine: Any) -> GemmPlan:
+    """plan_gemm(m, n, k, a_format=BF16, b_format=BF16, machine=machine) for gemm's fast
+    path: a dict lookup keyed on the machine object (held by the entry, so its id cannot
+    be reused while the entry lives)."""
+    key = (m, n, k, id(machine))
+    hit = _FAST_PLANS.get(key)
+    if hit is not None and hit[0] is machine:
+        return hit[1]
+    plan = plan_gemm(m, n, k, a_format=BF16, b_format=BF16, machine=_check_machine(machine))
+    if len(_FAST_PLANS) >= 1024:
+        _FAST_PLANS.clear()
+    _FAST_PLANS[key] = (machine, plan)
+    return plan
 
 
 def clear_plan_cache() -> None:
     """Forget every cached plan (plans are pure functions of their arguments, so this only
     matters to benchmarks and tests of the cache)."""
     _RECENT.clear()
+    _FAST_PLANS.clear()
     _plan.cache_clear()
 
 

@@ -154,3 +154,17 @@ def test_unit_scale_shortcut_agrees_with_the_scaling_rule(k):
     assert hits > 100
     one = 0x3F80   # 1.0
     assert _gemm.scale_is_unit_py(one, one, one, one, k)
+
+
+def test_fast_path_plans_follow_their_arguments():
+    """The fast path's plan cache never returns a plan of another shape or machine."""
+    rng = np.random.default_rng(8)
+    G.clear_plan_cache()
+    chip, tile = dk.D1Chip(), dk.TrainingTile()
+    for (m, n, k) in [(16, 16, 16), (16, 8, 16), (8, 16, 16), (16, 16, 8)] * 2:
+        a, b = bf16_codes(rng, (m, k)), bf16_codes(rng, (k, n))
+        for mach in (None, chip, tile, dk.D1Chip(clock_hz=1e9)):
+            _, p = dk.gemm(a, b, return_plan=True, machine=mach)
+            want = dk.plan_gemm(m, n, k, a_format=BF16, b_format=BF16, machine=mach)
+            assert p == want and (p.m, p.n, p.k) == (m, n, k)
+            assert p.machine == (dk.D1Chip() if mach is None else mach)
