@@ -163,7 +163,7 @@ def test_fast_path_plans_follow_their_arguments():
     chip, tile = dk.D1Chip(), dk.TrainingTile()
     for (m, n, k) in [(16, 16, 16), (16, 8, 16), (8, 16, 16), (16, 16, 8)] * 2:
         a, b = bf16_codes(rng, (m, k)), bf16_codes(rng, (k, n))
-        for mach in (None, chip, tile, dk.D1Chip(clock_hz=1e9)):
+        for mach in (None, chip, tile, dk.D1Chip(node=dk.D1Node(clock_hz=1e9))):
             _, p = dk.gemm(a, b, return_plan=True, machine=mach)
             want = dk.plan_gemm(m, n, k, a_format=BF16, b_format=BF16, machine=mach)
             assert p == want and (p.m, p.n, p.k) == (m, n, k)
