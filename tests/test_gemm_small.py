@@ -88,7 +88,7 @@ def test_fast_path_out_and_return_plan():
     assert plan == dk.plan_gemm(16, 16, 16, a_format=BF16, b_format=BF16)
     tile = dk.TrainingTile()
     res, plan = dk.gemm(a.astype(np.float32), b, return_plan=True, machine=tile)
-    assert plan.machine is tile and (plan.m, plan.n, plan.k) == (16, 16, 16)
+    assert plan.machine == tile and (plan.m, plan.n, plan.k) == (16, 16, 16)
     # out overlapping a code operand: the general path (a copy), same bits
     buf = np.zeros(16 * 16 * 2 + 16, np.uint16)
     a2 = buf[:256].reshape(16, 16)
