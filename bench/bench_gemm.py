@@ -196,6 +196,38 @@ def test_gemm_speed(benchmark, impl, shape, threads):
         **{f"pct_{p}_peak": round(100 * gflops * 1e9 / v, 1) for p, v in pk.items()})
 
 
+# ---- small calls (issue 11 part 2): the per-call cost, beside NumPy's f32 matmul ---------
+
+SMALL = [16, 32, 64]
+SMALL_IMPLS = ["dk_f32_in", "dk_codes", "numpy_f32", "torch_bf16"]
+
+
+@pytest.mark.parametrize("impl", SMALL_IMPLS)
+@pytest.mark.parametrize("s", SMALL)
+def test_gemm_small(benchmark, impl, s):
+    """s x s x s at the default thread count (small products run on the calling thread):
+    dk.gemm on float32 inputs (rounded into BF16 per call) and on BF16 codes, NumPy's float32
+    matmul and torch's bfloat16 mm (target: dk.gemm 16x16 within 10x NumPy's)."""
+    rng = np.random.default_rng(s)
+    a32 = rng.standard_normal((s, s)).astype(np.float32)
+    if impl == "dk_f32_in":
+        f = lambda: dk.gemm(a32, a32)  # noqa: E731
+    elif impl == "dk_codes":
+        a16 = dk.quantize(a32, dk.BF16)
+        f = lambda: dk.gemm(a16, a16)  # noqa: E731
+    elif impl == "numpy_f32":
+        f = lambda: np.matmul(a32, a32)  # noqa: E731
+    else:
+        if torch is None:
+            pytest.skip("torch not installed")
+        t = torch.from_numpy(a32).bfloat16()
+        f = lambda: torch.mm(t, t)  # noqa: E731
+    benchmark.group = f"gemm small {s}x{s}x{s}"
+    f()
+    benchmark(f)
+    benchmark.extra_info.update(us=round(benchmark.stats.stats.min * 1e6, 2))
+
+
 # ---- the table (python bench/bench_gemm.py) ---------------------------------------------
 
 def best_time(f, rounds):

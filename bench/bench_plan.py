@@ -57,12 +57,17 @@ def test_plan_repeated(benchmark, machine):
 
 
 @pytest.mark.benchmark(group="plan_gemm, repeated shape (and its peers)")
+@pytest.mark.parametrize("inputs", ["f32", "u16"])
 @pytest.mark.parametrize("return_plan", [False, True])
-def test_gemm_16(benchmark, return_plan):
+def test_gemm_16(benchmark, return_plan, inputs):
+    """dk.gemm of 16 x 16 BF16 (float32 inputs rounded per call, or BF16 codes); target:
+    within 10x NumPy's float32 16 x 16 matmul, return_plan=True about the same."""
     a = np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32)
+    if inputs == "u16":
+        a = dk.quantize(a, BF16)
     dk.gemm(a, a, return_plan=return_plan)
     benchmark(dk.gemm, a, a, return_plan=return_plan)
-    record(benchmark, f"gemm16 plan={return_plan}", 1, "calls")
+    record(benchmark, f"gemm16 {inputs} plan={return_plan}", 1, "calls")
 
 
 @pytest.mark.benchmark(group="plan_gemm, repeated shape (and its peers)")
@@ -74,12 +79,18 @@ def test_numpy_matmul_16(benchmark):
 
 def _table(results):
     lines = ["plan_gemm (seconds per call, fastest round; same run)"]
-    for key in sorted(k for k in results if k.startswith(("new ", "repeated "))):
+    for key in sorted(k for k in results
+                      if isinstance(k, str) and k.startswith(("new ", "repeated "))):
         lines.append(f"  {key:<40} {results[key]['seconds'] * 1e6:10.1f} us")
-    g0, g1 = results.get("gemm16 plan=False"), results.get("gemm16 plan=True")
-    if g0 and g1:
-        lines.append(f"  gemm 16x16 with return_plan / without: {g1['seconds'] / g0['seconds']:.2f}x")
     npm = results.get("numpy matmul16")
+    for inputs in ("f32", "u16"):
+        g0, g1 = results.get(f"gemm16 {inputs} plan=False"), results.get(f"gemm16 {inputs} plan=True")
+        if g0 and g1:
+            lines.append(f"  gemm 16x16 ({inputs}) with return_plan / without: "
+                         f"{g1['seconds'] / g0['seconds']:.2f}x")
+        if g0 and npm:
+            lines.append(f"  gemm 16x16 ({inputs}) / numpy 16x16 matmul: "
+                         f"{g0['seconds'] / npm['seconds']:.2f}x [<= 10]")
     rep = results.get("repeated chip")
     if npm and rep:
         lines.append(f"  repeated plan_gemm / numpy 16x16 matmul: {rep['seconds'] / npm['seconds']:.2f}x")

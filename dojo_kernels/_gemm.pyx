@@ -1,5 +1,7 @@
 # Thin glue for the GEMM driver (csrc/gemm_driver.c). Validation lives in gemm.py.
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
+from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBUF_STRIDES,
+                             PyBUF_WRITABLE)
 
 cdef extern from "dk_gemm.h":
     ctypedef struct dk_gemm_operand:
@@ -25,6 +27,15 @@ cdef extern from "dk_gemm.h":
                             int64_t s1, int64_t s2, uint16_t *minnz, uint16_t *maxfin,
                             int threads) nogil
     float dk_gemm_add_generic(float x, float y) nogil
+
+cdef extern from "dk_convert.h":
+    ctypedef struct dk_format:
+        int ebits, mbits, bias, is_signed, sub, has_inf_nan
+        uint32_t nan_code
+    ctypedef struct dk_flags:
+        int64_t invalid, denormal, overflow, underflow
+    int dk_quantize(const void *x, int xkind, void *out, int64_t n, const dk_format *f, int mode,
+                    uint64_t seed, dk_flags *flags, int isa, int nthreads) nogil
 
 #: Accumulation orders (the `order` argument of gemm; dk_gemm.h).
 ORDER_VDPBF16PS = DK_GEMM_ORDER_VDPBF16PS
@@ -89,6 +100,190 @@ def gemm(object a, object b, const uint16_t[::1] table_a, const uint16_t[::1] ta
     with nogil:
         rc = dk_gemm(batch, m, n, k, &oa, &ob, scale, po, ldo, bso, isa, kernel, threads, order)
     return rc
+
+
+# ---------------------------------------------------------------------------------------
+# The small 2-D BF16 fast path (gemm.py calls it first for plain 2-D calls): one C-level
+# pass over the buffers, no memoryview or intermediate array; None means "not handled
+# here" and gemm.py takes its general path (which also raises every error).
+
+#: operand kinds of gemm_small (the caller tests the dtype: native uint16 / float32)
+KIND_U16 = 0
+KIND_F32 = 1
+#: largest m * k and k * n the fast path takes (its stack buffers for rounded float32)
+SMALL_MAX = 4096
+
+cdef dk_format _bf16_fmt
+cdef bint _bf16_fmt_set = False
+
+
+def set_bf16_format(tuple fmt):
+    """The dk_format of BF16 as numerics._ctuple(BF16) gives it (gemm.py, once at import):
+    the fast path rounds float32 operands into BF16 exactly as quantize(x, BF16) does."""
+    global _bf16_fmt_set
+    (_bf16_fmt.ebits, _bf16_fmt.mbits, _bf16_fmt.bias, _bf16_fmt.is_signed, _bf16_fmt.sub,
+     _bf16_fmt.has_inf_nan, _bf16_fmt.nan_code) = fmt
+    _bf16_fmt_set = True
+
+
+cdef inline int _bf16_exp(int bits) noexcept nogil:
+    """floor(log2) of the normal BF16 magnitude with bits `bits` (the caller checks >= 0x80)."""
+    return (bits >> 7) - 127
+
+
+cdef inline int _bitlen(int64_t v) noexcept nogil:
+    cdef int r = 0
+    while v:
+        r += 1
+        v >>= 1
+    return r
+
+
+cdef bint scale_is_unit(int small_a, int big_a, int small_b, int big_b, int64_t k) noexcept nogil:
+    """True when gemm.py's _scale_exps gives (0, 0) for two BF16 operands with these magnitude
+    ranges (a sufficient condition; False sends the call to the general path): both have a
+    nonzero finite value, every nonzero one is normal, the products' quantum stays a multiple
+    of 2**-126 (s_lo <= 0) and k times the largest product stays below 2**127 (s_hi >= 0).
+    Then L <= 0 <= H, S = 0, and the split of 0 is (0, 0)."""
+    if big_a == 0 or big_b == 0 or small_a < 0x80 or small_b < 0x80:
+        return False
+    if _bf16_exp(small_a) + _bf16_exp(small_b) < -112:      # s_lo = -112 - (lo_a + lo_b) > 0
+        return False
+    # s_hi = 127 - (hi_a + hi_b + 2) - bitlen(max(k, 1)) must be >= 0
+    return 127 - (_bf16_exp(big_a) + _bf16_exp(big_b) + 2) - _bitlen(k if k > 1 else 1) >= 0
+
+
+def scale_is_unit_py(int small_a, int big_a, int small_b, int big_b, int64_t k):
+    """scale_is_unit (tests: checked against gemm.py's _scale_exps)."""
+    return scale_is_unit(small_a, big_a, small_b, big_b, k)
+
+
+cdef int _operand2d(dk_gemm_operand *o, Py_buffer *v, int kind, uint16_t *buf, int isa,
+                    const uint16_t *table) noexcept nogil:
+    """Fill o from a 2-D buffer of BF16 codes (kind 0, any strides that are multiples of 2)
+    or of C-contiguous aligned float32 (kind 1: rounded to nearest-even into buf). 0 when
+    the fast path cannot take it."""
+    cdef Py_ssize_t r = v.shape[0], c = v.shape[1]
+    if kind == 0:
+        if v.itemsize != 2 or (<uintptr_t>v.buf) % 2:
+            return 0
+        if (r > 1 and v.strides[0] % 2) or (c > 1 and v.strides[1] % 2):
+            return 0
+        o.ptr = v.buf
+        o.rs = v.strides[0] // 2
+        o.cs = v.strides[1] // 2
+    else:
+        if v.itemsize != 4 or (<uintptr_t>v.buf) % 4:
+            return 0
+        if (r > 1 and v.strides[0] != 4 * c) or (c > 1 and v.strides[1] != 4):
+            return 0
+        if dk_quantize(v.buf, 0, buf, r * c, &_bf16_fmt, 0, 0, NULL, isa, 1) != 0:
+            return 0
+        o.ptr = buf
+        o.rs = c
+        o.cs = 1
+    o.bs = 0
+    o.kind = DK_GEMM_U16
+    o.table = table
+    return 1
+
+
+_empty = None
+
+
+def gemm_small(object a, int kind_a, object b, int kind_b, object out, int isa, int kernel,
+               int threads, int order):
+    """a (m x k) @ b (k x n) of 2-D BF16 codes (KIND_U16) or float32 (KIND_F32, rounded to
+    nearest-even into BF16 as quantize does) with unit scaling, into out (a C-contiguous
+    float32 (m, n) array overlapping neither operand) or a new array; None when the call
+    is not this simple case (shapes that do not match, empty or large operands, scaling
+    needed, other strides), and the caller takes the general path."""
+    global _empty
+    cdef Py_buffer va, vb, vo
+    cdef uint16_t bufa[4096]
+    cdef uint16_t bufb[4096]
+    cdef uint16_t table[1]
+    cdef dk_gemm_operand oa, ob
+    cdef int64_t m, n, k
+    cdef uint16_t lo_a = 0x7FFF, hi_a = 0, lo_b = 0x7FFF, hi_b = 0
+    cdef int rc = -1
+    cdef bint have_o = False
+    cdef object res = None
+    cdef char *plo
+    cdef char *phi
+    if not _bf16_fmt_set:
+        return None
+    PyObject_GetBuffer(a, &va, PyBUF_STRIDES)
+    try:
+        PyObject_GetBuffer(b, &vb, PyBUF_STRIDES)
+        try:
+            if va.ndim != 2 or vb.ndim != 2:
+                return None
+            m, k, n = va.shape[0], va.shape[1], vb.shape[1]
+            if vb.shape[0] != k or m == 0 or n == 0 or k == 0 or m * k > 4096 or k * n > 4096:
+                return None
+            table[0] = 0
+            if not _operand2d(&oa, &va, kind_a, bufa, isa, table):
+                return None
+            if not _operand2d(&ob, &vb, kind_b, bufb, isa, table):
+                return None
+            dk_gemm_bf16_range(<const uint16_t *>oa.ptr, 1, m, k, 0, oa.rs, oa.cs, &lo_a, &hi_a, 1)
+            dk_gemm_bf16_range(<const uint16_t *>ob.ptr, 1, k, n, 0, ob.rs, ob.cs, &lo_b, &hi_b, 1)
+            if not scale_is_unit(lo_a, hi_a, lo_b, hi_b, k):
+                return None
+            if out is None:
+                if _empty is None:
+                    import numpy
+                    _empty = (numpy.empty, numpy.float32)
+                res = _empty[0]((m, n), _empty[1])
+            else:
+                res = out
+            try:
+                PyObject_GetBuffer(res, &vo, PyBUF_STRIDES | PyBUF_WRITABLE)
+            except (BufferError, ValueError, TypeError):
+                if out is None:
+                    raise
+                return None   # e.g. a read-only out: the general path raises its error
+            have_o = True
+            if (vo.ndim != 2 or vo.itemsize != 4 or vo.shape[0] != m or vo.shape[1] != n
+                    or (<uintptr_t>vo.buf) % 4 or (m > 1 and vo.strides[0] != 4 * n)
+                    or (n > 1 and vo.strides[1] != 4)):
+                return None
+            if out is not None:
+                # out must overlap no operand the kernel reads (float32 ones were copied)
+                plo = <char *>vo.buf
+                phi = plo + 4 * m * n
+                if kind_a == 0 and _overlaps(plo, phi, &va):
+                    return None
+                if kind_b == 0 and _overlaps(plo, phi, &vb):
+                    return None
+            with nogil:
+                rc = dk_gemm(1, m, n, k, &oa, &ob, 1.0, <float *>vo.buf, n, m * n, isa, kernel,
+                             threads, order)
+            if rc != 0:
+                return None   # the general path reports it
+            return res
+        finally:
+            if have_o:
+                PyBuffer_Release(&vo)
+            PyBuffer_Release(&vb)
+    finally:
+        PyBuffer_Release(&va)
+
+
+cdef bint _overlaps(char *lo, char *hi, Py_buffer *v) noexcept:
+    """[lo, hi) and the bytes spanned by the 2-D buffer v intersect (conservative)."""
+    cdef char *b0 = <char *>v.buf
+    cdef char *b1 = <char *>v.buf
+    cdef int d
+    for d in range(2):
+        if v.shape[d] > 1:
+            if v.strides[d] < 0:
+                b0 += v.strides[d] * (v.shape[d] - 1)
+            else:
+                b1 += v.strides[d] * (v.shape[d] - 1)
+    b1 += v.itemsize
+    return b0 < hi and lo < b1
 
 
 def probe(str which, int64_t iters):

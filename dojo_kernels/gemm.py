@@ -70,8 +70,10 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union, o
 import numpy as np
 
 from . import _config, _gemm
+from . import _plan as _plan_c
 from .d1 import D1Chip, D1Node, DojoSystem, TrainingTile
 from .formats import BF16, FP32, Format
+from .numerics import _ctuple as _numerics_ctuple
 from .numerics import dequantize, quantize
 
 __all__ = ["gemm", "plan_gemm", "GemmPlan", "ORDERS", "kernel_names", "feed_bandwidths",
@@ -186,6 +188,12 @@ class use_kernel:
         global _kernel
         _kernel = self._saved
 _DUMMY_TABLE = np.zeros(256, np.uint16)
+# gemm's small-call fast path: the native dtypes it takes (NumPy's builtin dtype objects are
+# singletons, so an identity test suffices), the machine types it passes through, and the
+# BF16 rounding it applies to float32 operands (the same C format as quantize's)
+_U16DT, _F32DT = np.dtype(np.uint16), np.dtype(np.float32)
+_MACHINE_TYPES = (D1Chip, TrainingTile, DojoSystem)
+_gemm.set_bf16_format(_numerics_ctuple(BF16))
 
 
 def _check_input_format(fmt: Any, name: str) -> Format:
@@ -447,6 +455,26 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
     Numerics: see the module docstring (docs/gemm.md): the accumulation order ``order``,
     identical bits on every tier and thread count.
     """
+    # The common small call in one C-level step: 2-D float32 / BF16-code ndarrays in BF16,
+    # no addend, unit scaling (the glue returns None for anything else: the general path
+    # below, which also raises every error, handles it with the same bits).
+    if (c is None and beta is None and type(a) is np.ndarray and type(b) is np.ndarray
+            and a_format is BF16 and (b_format is None or b_format is BF16)
+            and (out is None or (type(out) is np.ndarray and out.dtype is _F32DT))
+            and (machine is None or isinstance(machine, _MACHINE_TYPES))
+            and type(order) is str and order in _ORDER_CODE):
+        dta, dtb = a.dtype, b.dtype
+        ka = _gemm.KIND_U16 if dta is _U16DT else (_gemm.KIND_F32 if dta is _F32DT else -1)
+        kb = _gemm.KIND_U16 if dtb is _U16DT else (_gemm.KIND_F32 if dtb is _F32DT else -1)
+        if ka >= 0 and kb >= 0:
+            isa = _config.isa()
+            oc = _ORDER_CODE[order]
+            kern = _kernel_index() if isa >= 2 and oc == _gemm.ORDER_VDPBF16PS else 0
+            res = _gemm.gemm_small(a, ka, b, kb, out, isa, kern, _config.threads(), oc)
+            if res is not None:
+                if return_plan:
+                    return res, _fast_plan(res.shape[0], res.shape[1], a.shape[1], machine)
+                return res
     a_format = _check_input_format(a_format, "a_format")
     b_format = a_format if b_format is None else _check_input_format(b_format, "b_format")
     order_code = _check_order(order)
@@ -560,6 +588,11 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
 _TILE_MN = np.array([8, 16, 32, 64, 128, 256])
 _TILE_K = np.array([16, 32, 64, 128, 256, 512])
 _DEBUG: Optional[List[Any]] = None
+_TILE_MN_F = _TILE_MN.astype(np.float64)
+_TILE_K_F = _TILE_K.astype(np.float64)
+#: plan_gemm's candidate search: "c" (dojo_kernels._plan, the default) or "numpy" (the
+#: vectorised reference it replaces; tests compare the two)
+_SEARCH = "c"
 #: k-split factors the planner considers (partial sums of ks node rows reduced over the NoC)
 _K_SPLITS = (1, 2, 4, 8, 16)
 
@@ -796,6 +829,40 @@ def _tiles(sram_bytes: int, ab: float, bb: float, ob: float
     return out
 
 
+def _bounds_numpy(m: int, n: int, k: int, g: Dict[str, np.ndarray], node: D1Node, ab: float,
+                  bb: float, ob: float) -> np.ndarray:
+    """The lower bound of every span in NumPy (the reference of _plan.bounds; _plan sets
+    the dominated spans' bounds to +inf after it)."""
+    gr, gc, ks = g["gr"], g["gc"], g["ks"]
+    bm, bn, bk = node.mac_block
+    lb_comp = (np.ceil(np.ceil(m / gr) / bm) * np.ceil(np.ceil(n / gc) / bn)
+               * np.ceil(np.ceil(k / ks) / bk) / node.clock_hz)
+    shared = g["shared"] > 0
+    # A is fed once per column of super-tiles, B once per row of them (at most 256 wide)
+    sr_min = np.ceil(m / (gr * _TILE_MN[-1]))
+    sc_min = np.ceil(n / (gc * _TILE_MN[-1]))
+    in_a, in_b = sc_min * (m * k * ab), sr_min * (k * n * bb)
+    lb_in = np.where(shared, (in_a + in_b) / g["feed_a"],
+                     np.maximum(in_a / g["feed_a"], in_b / g["feed_b"]))
+    # the fill of the smallest tile (8 x 8 x 16)
+    pa0, pb0 = _TILE_MN[0] * _TILE_K[0] * ab, _TILE_K[0] * _TILE_MN[0] * bb
+    fill0 = (np.where(shared, (g["RT"] * pa0 + gc * ks * pb0) / g["feed_a"],
+                      np.maximum(g["RT"] * pa0 / g["feed_a"], gc * ks * pb0 / g["feed_b"]))
+             + np.maximum(pa0 / g["eff_h"], pb0 / g["eff_v"])
+             + gr * gc * (_TILE_MN[0] ** 2 * ob) / g["feed_out"])
+    lb: np.ndarray = (np.maximum(np.maximum(lb_comp, lb_in), m * n * ob / g["feed_out"])
+                      + g["hop"] + fill0)
+    return lb
+
+
+@functools.lru_cache(maxsize=32)
+def _fits_u8(sram_bytes: int, ab: float, bb: float, ob: float) -> np.ndarray:
+    """_tiles' fits as a C-contiguous uint8 array (for _plan.search)."""
+    f = np.ascontiguousarray(_tiles(sram_bytes, ab, bb, ob)[3]).view(np.uint8)
+    f.setflags(write=False)
+    return f
+
+
 def _useful(total: int, width: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """(len(width), len(sizes)) bool: size i is useful for a span of ``width`` nodes unless a
     smaller size needs as many super-tiles (it then dominates: less of everything)."""
@@ -944,12 +1011,30 @@ def plan_gemm(m: int, n: int, k: int, *, a_format: Format, b_format: Format,
 
 #: plan_gemm's identity-keyed front cache (the value-keyed one is _plan's lru_cache)
 _RECENT: Dict[Tuple[Any, ...], Tuple[Any, ...]] = {}
+#: gemm's small-call fast path's plans: (m, n, k, id(machine)) -> (machine, plan)
+_FAST_PLANS: Dict[Tuple[int, int, int, int], Tuple[Any, GemmPlan]] = {}
+
+
+def _fast_plan(m: int, n: int, k: int, machine: Any) -> GemmPlan:
+    """plan_gemm(m, n, k, a_format=BF16, b_format=BF16, machine=machine) for gemm's fast
+    path: a dict lookup keyed on the machine object (held by the entry, so its id cannot
+    be reused while the entry lives)."""
+    key = (m, n, k, id(machine))
+    hit = _FAST_PLANS.get(key)
+    if hit is not None and hit[0] is machine:
+        return hit[1]
+    plan = plan_gemm(m, n, k, a_format=BF16, b_format=BF16, machine=_check_machine(machine))
+    if len(_FAST_PLANS) >= 1024:
+        _FAST_PLANS.clear()
+    _FAST_PLANS[key] = (machine, plan)
+    return plan
 
 
 def clear_plan_cache() -> None:
     """Forget every cached plan (plans are pure functions of their arguments, so this only
     matters to benchmarks and tests of the cache)."""
     _RECENT.clear()
+    _FAST_PLANS.clear()
     _plan.cache_clear()
 
 
@@ -971,22 +1056,14 @@ def _plan(m: int, n: int, k: int, a_format: Format, b_format: Format, machine: M
     bm, bn, bk = node.mac_block
     # lower bound of every span, whatever the tile: each node's share of the padded work;
     # each operand crosses its feed at least once; the hop latencies
-    lb_comp = (np.ceil(np.ceil(m / gr) / bm) * np.ceil(np.ceil(n / gc) / bn)
-               * np.ceil(np.ceil(k / ks) / bk) / node.clock_hz)
-    shared = g["shared"] > 0
-    # A is fed once per column of super-tiles, B once per row of them (at most 256 wide)
-    sr_min = np.ceil(m / (gr * _TILE_MN[-1]))
-    sc_min = np.ceil(n / (gc * _TILE_MN[-1]))
-    in_a, in_b = sc_min * (m * k * ab), sr_min * (k * n * bb)
-    lb_in = np.where(shared, (in_a + in_b) / g["feed_a"],
-                     np.maximum(in_a / g["feed_a"], in_b / g["feed_b"]))
-    # the fill of the smallest tile (8 x 8 x 16)
+    fast = _SEARCH == "c" and max(m, n, k) < 2 ** 62
     pa0, pb0 = _TILE_MN[0] * _TILE_K[0] * ab, _TILE_K[0] * _TILE_MN[0] * bb
-    fill0 = (np.where(shared, (g["RT"] * pa0 + gc * ks * pb0) / g["feed_a"],
-                      np.maximum(g["RT"] * pa0 / g["feed_a"], gc * ks * pb0 / g["feed_b"]))
-             + np.maximum(pa0 / g["eff_h"], pb0 / g["eff_v"])
-             + gr * gc * (_TILE_MN[0] ** 2 * ob) / g["feed_out"])
-    lb = np.maximum(np.maximum(lb_comp, lb_in), m * n * ob / g["feed_out"]) + g["hop"] + fill0
+    if fast:
+        lb = _plan_c.bounds(m, n, k, g, float(bm), float(bn), float(bk), float(node.clock_hz),
+                            float(m * k * ab), float(k * n * bb), float(m * n * ob),
+                            float(pa0), float(pb0), float(_TILE_MN[0] ** 2 * ob))
+    else:
+        lb = _bounds_numpy(m, n, k, g, node, ab, bb, ob)
     # tiles that are not dominated, per span
     ug, ig = g["u_gr"], g["i_gr"]
     uc, ic = g["u_gc"], g["i_gc"]
@@ -1010,40 +1087,63 @@ def _plan(m: int, n: int, k: int, a_format: Format, b_format: Format, machine: M
         c = _cost(m, n, k, g, gsel, mt_a[i, j, l], nt_a[i, j, l], kt_a[i, j, l], node, ab, bb, ob)
         return c, gsel, np.stack([i, j, l])
 
+    def search_numpy(order: np.ndarray) -> Tuple[int, int, int, int]:
+        """The branch and bound in NumPy, batch by batch (the reference of _plan.search,
+        which gives the same candidate: tests/test_plan_search.py)."""
+        # branch and bound: spans in the order of their bounds, in growing batches; a span
+        # whose bound exceeds the best plan found cannot hold the optimum
+        parts: List[Tuple[Dict[str, np.ndarray], np.ndarray, np.ndarray]] = []
+        ub, pos = math.inf, 0
+        for size in (2, 6, 24, len(order)):
+            batch = order[pos:pos + size]
+            pos += size
+            batch = batch[lb[batch] <= ub]
+            if batch.size == 0:
+                break
+            part = evaluate(np.sort(batch))
+            if part[0]["seconds"].size == 0:   # every candidate of these spans is dominated
+                continue
+            parts.append(part)
+            ub = min(ub, float(part[0]["seconds"].min()))
+            if _DEBUG is not None:
+                _DEBUG.append((int(batch.size), int(part[0]["seconds"].size)))
+        secs = np.concatenate([p[0]["seconds"] for p in parts])
+        gsel = np.concatenate([p[1] for p in parts])
+        idx = np.concatenate([p[2] for p in parts], axis=1)
+        # the fewest seconds; ties broken by fewer nodes, then the candidate order
+        nodes_used = g["RT"][gsel] * gc[gsel]
+        tie = np.flatnonzero(secs == secs.min())
+        best = int(tie[np.argmin(nodes_used[tie])])   # argmin: the first of equals
+        i, j, l = (int(v) for v in idx[:, best])
+        return int(gsel[best]), i, j, l
+
     # a span inside one chip with more node rows (columns) than ceil(m / 8) (ceil(n / 8)) per
     # k-split is dominated by the narrower one: the same single super-tile, less of the rest
     one_r = g["one_r"] > 0
     one_c = g["one_c"] > 0
-    lb[one_r & (gr > -(-m // bm))] = np.inf
-    lb[one_c & (gc > -(-n // bn))] = np.inf
+    if not fast:
+        lb[one_r & (gr > -(-m // bm))] = np.inf
+        lb[one_c & (gc > -(-n // bn))] = np.inf
     order = np.argsort(lb, kind="stable")
-    # branch and bound: spans in the order of their bounds, in growing batches; a span whose
-    # bound exceeds the best plan found cannot hold the optimum
-    parts: List[Tuple[Dict[str, np.ndarray], np.ndarray, np.ndarray]] = []
-    ub, pos = math.inf, 0
-    for size in (2, 6, 24, len(order)):
-        batch = order[pos:pos + size]
-        pos += size
-        batch = batch[lb[batch] <= ub]
-        if batch.size == 0:
-            break
-        part = evaluate(np.sort(batch))
-        if part[0]["seconds"].size == 0:   # every candidate of these spans is dominated
-            continue
-        parts.append(part)
-        ub = min(ub, float(part[0]["seconds"].min()))
-        if _DEBUG is not None:
-            _DEBUG.append((int(batch.size), int(part[0]["seconds"].size)))
-    c = {key: np.concatenate([p[0][key] for p in parts], axis=-1) for key in parts[0][0]}
-    gsel = np.concatenate([p[1] for p in parts])
-    idx = np.concatenate([p[2] for p in parts], axis=1)
-    # the fewest seconds; ties broken by fewer nodes, then the candidate order (deterministic)
-    nodes_used = g["RT"][gsel] * gc[gsel]
-    secs = c["seconds"]
-    tie = np.flatnonzero(secs == secs.min())
-    best = int(tie[np.argmin(nodes_used[tie])])   # argmin: the first of equals
-    b = int(gsel[best])
-    i, j, l = (int(v) for v in idx[:, best])
+    got = None
+    if fast:
+        got = _plan_c.search(m, n, k, g, order, lb, use_m.view(np.uint8), use_n.view(np.uint8),
+                             use_k.view(np.uint8), min_m.view(np.uint8), min_n.view(np.uint8),
+                             _fits_u8(node.sram_bytes, ab, bb, ob), _TILE_MN_F, _TILE_K_F,
+                             (float(bm), float(bn), float(bk), float(node.clock_hz),
+                              float(node.sram_load_bw), float(node.sram_store_bw),
+                              float(node.hop_latency_s), float(node.link_latency_s),
+                              float(node.fp32_peak_flops), float(node.step_sync_s)),
+                             float(ab), float(bb), float(ob), _DEBUG)
+    if got is not None:
+        b, i, j, l = got[:4]
+    else:
+        b, i, j, l = search_numpy(order)
+    # the chosen candidate's figures, by the cost model itself
+    c = _cost(m, n, k, g, np.array([b]), mt_a[i:i + 1, j, l], nt_a[i:i + 1, j, l],
+              kt_a[i:i + 1, j, l], node, ab, bb, ob)
+    best = 0
+    nodes_used = g["RT"][b:b + 1] * gc[b:b + 1]
     names = ("compute", "sram", "noc", "offchip")
     flops = 2.0 * m * n * k
     sec = float(c["seconds"][best])
