@@ -29,7 +29,7 @@ import numpy as np
 from ._schedule import (Schedule, _Builder, _forest_shape, _ham_path, _integer_weights,
                         _ring_into, _spanning_schedule, bfs_tree, build_2d, build_chain,
                         build_halving_doubling, pack_spanning_trees, skeleton_from_trees,
-                        _tree_into, _chunks)
+                        _tree_into, _chunks, Skeleton)
 from .mesh import DamagedMesh2D
 
 _CAP = 5000       # backtracking steps per Hamiltonian search start
@@ -197,8 +197,7 @@ def _chain(topology: DamagedMesh2D, nbytes: float) -> Schedule:
 
 
 @functools.lru_cache(maxsize=16)
-def _spanning_skeleton(topology: DamagedMesh2D
-                       ) -> Tuple[Any, int, int, int, List[int], np.ndarray, float]:
+def _spanning_skeleton(topology: DamagedMesh2D) -> Skeleton:
     alive, _, edges = _graph(topology, "spanning_trees")
     n = int(alive.size)
     P = topology.nodes
@@ -207,7 +206,7 @@ def _spanning_skeleton(topology: DamagedMesh2D
         par[alive] = -1
         z = np.zeros(0, np.int64)
         sk = dict(src=z, dst=z, prio=z, start=z, size=z, off=z, op=z)
-        return sk, 0, 1, 1, [1], par[None], 0.0
+        return sk, 0, 1, 1, [1], par[None], 0.0, (0.0, np.zeros((0, 1)))
     index = np.full(P, -1, np.int64)
     index[alive] = np.arange(n)
     root = _root(topology, alive)
@@ -217,7 +216,7 @@ def _spanning_skeleton(topology: DamagedMesh2D
                                                    max_rounds=40 if n <= 256 else 8)
     key = np.unique(np.sort(edges, axis=1), axis=0)
     w, share = _integer_weights(lam, parents, key[:, 0] * n + key[:, 1])
-    sk, H, W, T, weights, cpar, share = skeleton_from_trees(
+    sk, H, W, T, weights, cpar, share, fill = skeleton_from_trees(
         [(p, int(x)) for p, x in zip(parents, w)], share)
     out = dict(sk)
     out["src"] = alive[sk["src"]]
@@ -227,7 +226,7 @@ def _spanning_skeleton(topology: DamagedMesh2D
     fpar = np.full((cpar.shape[0], P), -2, np.int64)
     fpar[:, alive] = np.where(cpar >= 0, alive[np.maximum(cpar, 0)], -1)
     fpar.setflags(write=False)
-    return out, H, W, T, weights, fpar, share
+    return out, H, W, T, weights, fpar, share, fill
 
 
 def build_damaged(algorithm: str, topology: Any, nbytes: float) -> Schedule:

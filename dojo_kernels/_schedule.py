@@ -550,13 +550,27 @@ def _tree_into(bld: _Builder, parent: np.ndarray, *, s: int, base: int, csize: i
     return 2 * H + s - 1
 
 
-def _chunks(fill: int, factor: float, nbytes: float, topology: Mesh2D) -> int:
-    """Pipeline depth s minimising (s + fill) * (alpha + factor*n/(s*B)), capped."""
+def _chunks(fill: float, factor: float, nbytes: float, topology: Mesh2D,
+            least: int = 0) -> int:
+    """Pipeline depth s minimising (s + fill) * (alpha + factor*n/(s*B)), capped.
+
+    With ``least`` (a tree schedule whose model time is exactly ``const + s*alpha +
+    fill*factor*n/(s*B)`` for ``s >= least``, see ``_fill_steps``): the integer optimum of
+    that function in ``[least, MAX_CHUNKS]`` (``fill`` may then be fractional or 0)."""
     if nbytes <= 0:
         return 1
     alpha = topology.link_latency
     if alpha <= 0:
         return MAX_CHUNKS
+    if least:
+        c = fill * factor * nbytes / topology.link_bandwidth
+        with np.errstate(over="ignore"):
+            x = math.sqrt(c / alpha) if c > 0 else 0.0
+        lo = max(1, least)
+        if not math.isfinite(x) or x >= MAX_CHUNKS:
+            return MAX_CHUNKS
+        cands = {min(MAX_CHUNKS, max(lo, v)) for v in (math.floor(x), math.ceil(x))}
+        return min(cands, key=lambda v: (v * alpha + (c / v), v))
     with np.errstate(over="ignore"):
         s = math.sqrt(max(fill, 1) * factor * nbytes / alpha / topology.link_bandwidth)
     if not math.isfinite(s) or s >= MAX_CHUNKS:
@@ -922,9 +936,15 @@ def lp_trees(a: int, b: int, wraparound: bool
     return [(p, int(x)) for p, x in zip(parents, w)], tau, optimal, share
 
 
+#: The size-independent part of a spanning-tree schedule (see :func:`skeleton_from_trees`):
+#: (templates, deepest tree height, sum of the weights, tree count, weights, parent arrays,
+#: busiest edge's share of the buffer, (effective fill in steps, load profile)).
+Skeleton = Tuple[Any, int, int, int, List[int], np.ndarray, float, Tuple[float, np.ndarray]]
+
+
 @functools.lru_cache(maxsize=2)
 def _spanning_skeleton(a: int, b: int, wraparound: bool
-                       ) -> Tuple[Any, int, int, int, List[int], np.ndarray, float]:
+                       ) -> Skeleton:
     """The size-independent part of the spanning-tree schedule of an ``a x b`` mesh: the
     reduce and broadcast templates of every tree (src, dst, prio, start), the tree of every
     template and its weight. Building it is most of the cost of ``build_spanning_trees`` on a
@@ -936,7 +956,7 @@ def _spanning_skeleton(a: int, b: int, wraparound: bool
 
 
 def skeleton_from_trees(trees: Sequence[Tuple[np.ndarray, int]], share: float
-                        ) -> Tuple[Any, int, int, int, List[int], np.ndarray, float]:
+                        ) -> Skeleton:
     """The templates of the pipelined reduce + broadcast on ``trees`` (``(parent array,
     integer weight)`` pairs on any graph, e.g. from :func:`pack_spanning_trees` on a damaged
     mesh) for :func:`build_spanning_trees`; ``share``: the busiest edge's fraction of the
@@ -961,7 +981,96 @@ def skeleton_from_trees(trees: Sequence[Tuple[np.ndarray, int]], share: float
         arr.setflags(write=False)
     # the busiest edge's share of the buffer (each tree uses each of its edges once per
     # direction): sum of the weights of the trees through it, out of sum(w)
-    return sk, int(H.max()), int(w.sum()), len(trees), [int(x) for x in w], parents, share
+    fill = _fill_steps(sk["src"], sk["dst"], sk["start"], sk["size"], parents.shape[1])
+    return (sk, int(H.max()), int(w.sum()), len(trees), [int(x) for x in w], parents, share,
+            fill)
+
+
+def _fill_steps(src: np.ndarray, dst: np.ndarray, start: np.ndarray, size: np.ndarray,
+                P: int) -> Tuple[float, np.ndarray]:
+    """Effective pipeline fill of a tree schedule, in steps at the busiest link's full load,
+    and the load profile it comes from.
+
+    Every template is one hop (tree edges are links) and active in steps ``start ..
+    start + s - 1`` with ``size`` units per step. ``profile[e, t]`` (``t < F``, ``F =
+    max(start) + 1``) is the sum of ``size`` over the templates on directed link ``e`` with
+    ``start <= t`` (equal rows merged): with ``s`` chunks link ``e`` carries ``profile[e, min(t, F-1)] -
+    profile[e, t-s]`` units in step ``t`` (:func:`_tree_time`). For ``s >= F - 1`` the busiest
+    link's load, summed over the steps, is ``(s - F + 1) * Smax + Z``: ``Smax`` the largest
+    total on one link (all its templates active: steps ``F-1 .. s-1``), ``Z`` the sum over
+    the ``F - 1`` fill steps and the ``F - 1`` drain steps of the busiest link's load then,
+    which does not depend on ``s``. Returns ``fill = Z/Smax - (F - 1)``: the bandwidth time is
+    ``(s + fill) * Smax`` units, so :func:`_chunks` minimises the model's time ``(s + F - 1)
+    * alpha + (s + fill) * Smax * unit / B`` exactly (``2H - 1`` overstates the fill when
+    trees of different heights or roots load different links in their fill and drain)."""
+    if src.size == 0:
+        return 0.0, np.zeros((0, 1))
+    F = int(start.max()) + 1
+    key = src * P + dst
+    if P * P < 2**31:      # a sort of int32 keys is about twice as fast
+        key = key.astype(np.int32)
+    link = np.unique(key, return_inverse=True)[1].reshape(-1)
+    NL = int(link.max()) + 1
+    w = size.astype(np.float64)
+    profile = np.cumsum(np.bincount(link * F + start, weights=w,
+                                    minlength=NL * F).reshape(NL, F), axis=1)
+    # only the busiest link of each step matters: links with equal rows count once (the
+    # combs of a large mesh give a few hundred distinct rows out of thousands of links)
+    # (rows compared by two random projections, as in pack_spanning_trees: equal rows give
+    # bit-equal sums; much cheaper than np.unique(axis=0))
+    rng = np.random.default_rng(0x5EED)
+    key = profile @ rng.random(F) + 1j * (profile @ rng.random(F))
+    profile = profile[np.unique(key, return_index=True)[1]]
+    profile.setflags(write=False)
+    if F <= 1:
+        return 0.0, profile
+    total = profile[:, -1]
+    smax = float(total.max())
+    fill_part = float(profile[:, :F - 1].max(axis=0).sum())
+    drain_part = float((total[:, None] - profile[:, :F - 1]).max(axis=0).sum())
+    return max(0.0, (fill_part + drain_part) / smax - (F - 1)), profile
+
+
+def _local_min(cost: Callable[[int], float], lo: int, hi: int) -> int:
+    """An integer ``s`` in ``[lo, hi]`` with ``cost(s)`` no larger than at ``s - 1`` and ``s + 1``
+    (within the range): ternary search (exact for a unimodal cost, about ``2 log1.5(hi-lo)``
+    evaluations), then steps downhill until neither neighbour is better."""
+    memo: Dict[int, float] = {}
+
+    def f(c: int) -> float:
+        if c not in memo:
+            memo[c] = cost(c)
+        return memo[c]
+
+    a, b = lo, hi
+    while b - a > 2:
+        m1 = a + (b - a) // 3
+        m2 = b - (b - a) // 3
+        if f(m1) <= f(m2):
+            b = m2
+        else:
+            a = m1
+    s = min(range(a, b + 1), key=lambda c: (f(c), c))
+    while True:
+        nb = [c for c in (s - 1, s + 1) if lo <= c <= hi and f(c) < f(s)]
+        if not nb:
+            return s
+        s = min(nb, key=lambda c: (f(c), c))
+
+
+def _tree_time(profile: np.ndarray, s: int, unit_bytes: float, topology: Mesh2D) -> float:
+    """The model's time (SPEC section 7: per step ``alpha`` plus the busiest link's bytes
+    over ``B``; every message one hop) of a tree schedule with ``s`` chunks, from its load
+    profile (:func:`_fill_steps`); ``unit_bytes``: bytes of one unit of ``size``."""
+    F = profile.shape[1]
+    t = np.arange(F - 1 + s)
+    hi = profile[:, np.minimum(t, F - 1)]
+    back = t - s
+    lo = np.where(back >= 0, profile[:, np.clip(back, 0, F - 1)], 0.0)
+    mx = (hi - lo).max(axis=0)
+    act = mx > 0
+    return float(np.sum(topology.link_latency + mx[act] * unit_bytes
+                        / topology.link_bandwidth))
 
 
 def build_spanning_trees(topology: Mesh2D, nbytes: float) -> Schedule:
@@ -975,12 +1084,19 @@ def build_spanning_trees(topology: Mesh2D, nbytes: float) -> Schedule:
 
 
 def _spanning_schedule(topology: Mesh2D, nbytes: float,
-                       skeleton: Tuple[Any, int, int, int, List[int], np.ndarray, float]
+                       skeleton: Skeleton
                        ) -> Schedule:
-    sk, Hmax, W, ntrees, weights, parents, share = skeleton
+    sk, Hmax, W, ntrees, weights, parents, share, (fill, profile) = skeleton
     P = topology.nodes
     factor = share if ntrees > 1 else 1.0
     s = _chunks(2 * Hmax - 1, factor, nbytes, topology)
+    F = profile.shape[1]
+    if sk["src"].size and nbytes > 0 and topology.link_latency > 0:
+        # The model's time, minimised over s exactly: in closed form for s >= F - 1
+        # (_fill_steps), then downwards step by step while it improves (_tree_time).
+        s = _chunks(fill, factor, nbytes, topology, least=max(F - 1, 1))
+        if s == max(F - 1, 1) and s > 1:
+            s = _local_min(lambda c: _tree_time(profile, c, nbytes / (W * c), topology), 1, s)
     n = sk["src"].size
     if n == 0:
         return _Builder(P).build("spanning_trees", max(W * s, 1), 1, True,
