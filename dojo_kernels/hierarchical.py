@@ -25,10 +25,11 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .collectives import (AllreduceReport, _as_codes, _check_algorithm, _check_nbytes,
-                          _check_topology, allreduce, estimate_allreduce)
+from ._common import (as_codes, check_algorithm, check_nbytes, check_topology,
+                      from_dict_fields)
+from .collectives import AllreduceReport, allreduce, estimate_allreduce
 from .formats import BF16, FP32, Format
-from .mesh import Mesh2D
+from .mesh import LevelsLike, Mesh2D
 
 INNER_ALGORITHMS = ("ring", "bidirectional_ring", "2d")
 
@@ -75,23 +76,14 @@ class HierarchicalReport:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "HierarchicalReport":
         """Rebuild a report from :meth:`to_dict` output (the levels' schedules are ``None``)."""
-        if not isinstance(d, Mapping):
-            raise TypeError(f"d: expected a mapping from HierarchicalReport.to_dict(), got "
-                            f"{type(d).__name__}")
-        if d.get("kind", "HierarchicalReport") != "HierarchicalReport":
-            raise ValueError(f"d: expected kind 'HierarchicalReport', got {d.get('kind')!r}")
-        try:
-            return cls(
-                time=float(d["time_s"]),
-                level_times=tuple(float(t) for t in d["level_times_s"]),
-                levels=tuple(AllreduceReport.from_dict(r) for r in d["levels"]),
-                algorithms=tuple(str(a) for a in d["algorithms"]), nodes=int(d["nodes"]),
-                nbytes=float(d["per_node_bytes"]),
-                bus_bandwidth=float(d["bus_bandwidth_bytes_per_s"]),
-                bit_identical=bool(d["bit_identical"]))
-        except KeyError as exc:
-            raise ValueError(f"d: missing key {exc.args[0]!r} (expected the output of "
-                             f"HierarchicalReport.to_dict())") from None
+        return from_dict_fields("HierarchicalReport", d, lambda d: cls(
+            time=float(d["time_s"]),
+            level_times=tuple(float(t) for t in d["level_times_s"]),
+            levels=tuple(AllreduceReport.from_dict(r) for r in d["levels"]),
+            algorithms=tuple(str(a) for a in d["algorithms"]), nodes=int(d["nodes"]),
+            nbytes=float(d["per_node_bytes"]),
+            bus_bandwidth=float(d["bus_bandwidth_bytes_per_s"]),
+            bit_identical=bool(d["bit_identical"])))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, HierarchicalReport):
@@ -114,13 +106,13 @@ def _check_levels(levels: Any, algorithms: Any) -> Tuple[Tuple[Mesh2D, ...], Tup
                                                              DojoSystem)) and levels):
         raise TypeError("levels: expected a non-empty sequence of Mesh2D (or machines), innermost "
                         "first, or a machine (D1Chip, TrainingTile, DojoSystem)")
-    levels = tuple(_check_topology(m) for m in as_levels(levels))
+    levels = tuple(check_topology(m) for m in as_levels(levels))
     if algorithms is None:
         algorithms = ("bidirectional_ring",) * (len(levels) - 1) + ("auto",)
     if isinstance(algorithms, str) or len(algorithms) != len(levels):
         raise ValueError(f"algorithms: expected one name per level ({len(levels)}), "
                          f"got {algorithms!r}")
-    algorithms = tuple(_check_algorithm(a) for a in algorithms)
+    algorithms = tuple(check_algorithm(a) for a in algorithms)
     for k, a in enumerate(algorithms[:-1]):
         if a not in INNER_ALGORITHMS:
             raise ValueError(f"algorithms: level {k} is not the outermost, so it needs one of "
@@ -129,12 +121,19 @@ def _check_levels(levels: Any, algorithms: Any) -> Tuple[Tuple[Mesh2D, ...], Tup
     return levels, algorithms
 
 
-def estimate_hierarchical(nbytes: float, levels: Sequence[Mesh2D], *,
+def estimate_hierarchical(nbytes: float, levels: LevelsLike, *,
                           algorithms: Optional[Sequence[str]] = None) -> HierarchicalReport:
-    """Timing of a hierarchical all-reduce of ``nbytes`` per endpoint (see the module doc).
-    ``algorithms``: one per level, default bidirectional rings inside and ``"auto"`` at the top.
+    """Timing of a hierarchical all-reduce of ``nbytes`` (bytes) per endpoint (see the module
+    doc).
+
+    ``levels``: the meshes, innermost first, each a :class:`~dojo_kernels.mesh.Mesh2D` or a
+    machine object; or one machine, which stands for its levels with chips as endpoints
+    (:func:`dojo_kernels.mesh.as_levels`): ``D1Chip`` -> (its node mesh,), ``TrainingTile`` ->
+    (its chip mesh,), ``DojoSystem`` -> (the chip mesh of a tile, the tile mesh). The answer is
+    the same as with the equivalent explicit meshes. ``algorithms``: one per level, default
+    bidirectional rings inside and ``"auto"`` at the top.
     """
-    n = _check_nbytes(nbytes)
+    n = check_nbytes(nbytes)
     levels, algorithms = _check_levels(levels, algorithms)
     reps = tuple(estimate_allreduce(n, m, algorithm=a) for m, a in zip(levels, algorithms))
     # inner levels: reduce-scatter + all-gather = one full all-reduce of that level
@@ -149,17 +148,18 @@ def estimate_hierarchical(nbytes: float, levels: Sequence[Mesh2D], *,
         bit_identical=bool(reps[-1].bit_identical))
 
 
-def allreduce_hierarchical(buffers: Any, levels: Sequence[Mesh2D], *,
+def allreduce_hierarchical(buffers: Any, levels: LevelsLike, *,
                            algorithms: Optional[Sequence[str]] = None, fmt: Format = FP32,
                            accumulate: str = "fp32") -> Tuple[np.ndarray, HierarchicalReport]:
     """All-reduce of ``buffers`` (shape ``(P, ...)``, endpoints numbered innermost first) in
-    the hierarchical order; returns ``(result, HierarchicalReport)``.
+    the hierarchical order; returns ``(result, HierarchicalReport)``. ``levels``: as in
+    :func:`estimate_hierarchical` (meshes or machine objects, innermost first, or one machine).
 
     With ``fmt=BF16`` and ``accumulate="fp32"`` the partial sums of every level stay FP32 and
     are rounded once at the end; with ``accumulate="bf16"`` every addition rounds.
     """
     levels, algorithms = _check_levels(levels, algorithms)
-    arr, wire = _as_codes(buffers, fmt, accumulate)
+    arr, wire = as_codes(buffers, fmt, accumulate)
     sizes = [m.nodes for m in levels]
     P = int(np.prod(sizes))
     if arr.shape[0] != P:

@@ -38,7 +38,8 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tupl
 import numpy as np
 
 from . import _config
-from .collectives import _as_codes, _check_algorithm, schedule_for, unit_boundaries
+from ._common import as_codes, check_algorithm
+from .collectives import schedule_for, unit_boundaries
 from .formats import BF16, FP32, Format
 from .d1 import D1Chip, DojoSystem, TrainingTile
 from .mesh import Mesh2D, as_topology, chip_mesh
@@ -531,10 +532,10 @@ class _Prepared:
 
     def __init__(self, array: Any, algorithm: str, mesh_shape: Any, fmt: Format,
                  accumulate: str, size: int, MPI: Any) -> None:
-        self.algorithm = _check_algorithm(algorithm)
+        self.algorithm = check_algorithm(algorithm)
         self.topology = _topology(mesh_shape, size, MPI)
         src = np.asarray(array)
-        arr, wire = _as_codes(src[None], fmt, accumulate, name="array")
+        arr, wire = as_codes(src[None], fmt, accumulate, name="array")
         self.in_dtype = src.dtype
         self.shape = src.shape
         self.fmt = fmt
