@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import dojo_kernels as dk
-from dojo_kernels._schedule import lp_trees
+from dojo_kernels.collectives._schedule import lp_trees
 from dojo_kernels.schedule import pack_spanning_trees
 from dojo_kernels.collectives import estimate_schedule
 from dojo_kernels.mesh import Mesh2D, chip_mesh
@@ -103,7 +103,7 @@ def test_column_generation_from_one_bfs_tree(a, b, wrap):
 def test_grouped_seeds_share_a_weight():
     """Combs of a 4x6 mesh in two classes (column spines, row spines): one weight per class,
     still tau (the classes are symmetric); a wrong group count is refused."""
-    from dojo_kernels._schedule import comb_trees
+    from dojo_kernels.collectives._schedule import comb_trees
     m = make(4, 6)
     edges = [tuple(l) for l in m.links().tolist() if l[0] < l[1]]
     seeds = [p for p, _ in comb_trees(m)]

@@ -15,13 +15,13 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from . import _config
+from .. import _config
 from ._common import (as_codes, check_algorithm, check_nbytes, check_topology,
                       from_dict_fields)
 from ._schedule import ALGORITHMS, COPY, Schedule, build
 from ._timing import BOUND_KEYS, lower_bounds, simulate, time_floor
-from .formats import BF16, FP32, Format
-from .mesh import Mesh2D, TopologyLike
+from ..formats import BF16, FP32, Format
+from ..mesh import Mesh2D, TopologyLike
 from .schedule import Schedule as PublicSchedule
 
 
@@ -480,7 +480,7 @@ def allreduce(buffers: Any, topology: TopologyLike, *, algorithm: str = "auto",
         out = np.empty((1 if prog.bit_identical else P, N), flat.dtype)
         args = (_config.isa(), _config.threads(), prog.seg_lo, prog.add_off, prog.add_out,
                 prog.add_a, prog.add_b, prog.out_op, prog.nslots)
-        from . import _reduce
+        from .. import _reduce
         if fmt == FP32:
             _reduce.run_f32(*args, flat, out)
         else:

@@ -15,7 +15,7 @@ from typing import Any, Dict, Tuple
 import numpy as np
 
 from ._schedule import Schedule
-from .mesh import Mesh2D, _signed_steps
+from ..mesh import Mesh2D
 
 
 
@@ -165,11 +165,7 @@ def time_floor(schedule: Schedule, topology: Mesh2D, nbytes: float) -> float:
     src, dst, start, count, size = _link_messages(schedule.arrays)
     if src.size == 0:
         return 0.0
-    b = topology.cols
-    r1, c1 = np.divmod(src, b)
-    r2, c2 = np.divmod(dst, b)
-    hops = (_signed_steps(c2 - c1, b, topology.wrap_rows)[0]
-            + _signed_steps(r2 - r1, topology.rows, topology.wrap_cols)[0])
+    hops = topology.grid_hops(src, dst)
     unit_bytes = float(nbytes) / schedule.units
     c = (topology.link_latency + (hops - 1) * topology.hop_latency
          + size * unit_bytes / topology.link_bandwidth)

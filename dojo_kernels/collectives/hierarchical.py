@@ -27,9 +27,9 @@ import numpy as np
 
 from ._common import (as_codes, check_algorithm, check_nbytes, check_topology,
                       from_dict_fields)
-from .collectives import AllreduceReport, allreduce, estimate_allreduce
-from .formats import BF16, FP32, Format
-from .mesh import LevelsLike, Mesh2D
+from ._allreduce import AllreduceReport, allreduce, estimate_allreduce
+from ..formats import BF16, FP32, Format
+from ..mesh import LevelsLike, Mesh2D
 
 INNER_ALGORITHMS = ("ring", "bidirectional_ring", "2d")
 
@@ -99,8 +99,8 @@ class HierarchicalReport:
 
 
 def _check_levels(levels: Any, algorithms: Any) -> Tuple[Tuple[Mesh2D, ...], Tuple[str, ...]]:
-    from .d1 import D1Chip, DojoSystem, TrainingTile
-    from .mesh import as_levels
+    from ..d1 import D1Chip, DojoSystem, TrainingTile
+    from ..mesh import as_levels
 
     if isinstance(levels, Mesh2D) or not (isinstance(levels, (list, tuple, D1Chip, TrainingTile,
                                                              DojoSystem)) and levels):
@@ -195,7 +195,7 @@ def allreduce_hierarchical(buffers: Any, levels: LevelsLike, *,
     inner = P // top_nodes
     result = np.repeat(np.asarray(final).reshape(top_nodes, N), inner, axis=0)
     if fmt == BF16 and accumulate == "fp32":
-        from . import _config, _reduce
+        from .. import _config, _reduce
         codes = np.empty(result.size, np.uint16)
         if result.size:
             _reduce.f32_to_bf16(_config.isa(), _config.threads(), codes,

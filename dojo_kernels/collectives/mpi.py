@@ -37,12 +37,12 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tupl
 
 import numpy as np
 
-from . import _config
+from .. import _config
 from ._common import as_codes, check_algorithm
-from .collectives import schedule_for, unit_boundaries
-from .formats import BF16, FP32, Format
-from .d1 import D1Chip, DojoSystem, TrainingTile
-from .mesh import Mesh2D, as_topology, chip_mesh
+from ._allreduce import schedule_for, unit_boundaries
+from ..formats import BF16, FP32, Format
+from ..d1 import D1Chip, DojoSystem, TrainingTile
+from ..mesh import Mesh2D, as_topology, chip_mesh
 from ._schedule import COPY
 
 #: Default ``timeout`` of :func:`allreduce`, seconds. Long enough for ranks that reach the call
@@ -556,7 +556,7 @@ class _Prepared:
         row, schedule, fmt = self.row, self.schedule, self.fmt
         N = row.size
         isa, threads = _config.isa(), _config.threads()
-        from . import _reduce
+        from .. import _reduce
 
         slots: List[Optional[np.ndarray]] = [None] * schedule.slots
         first = np.empty(N, np.float32)

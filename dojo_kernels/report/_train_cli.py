@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{EXTRA_HINT} ({exc})", file=sys.stderr)
         return 2
     from . import train as tr
-    from .report import Progress
+    from ._report import Progress
 
     try:
         cfg = tr.TrainConfig(epochs=args.epochs, recipes=_csv(args.recipes), seed=args.seed,
