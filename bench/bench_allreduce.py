@@ -18,8 +18,9 @@ import time
 import numpy as np
 import pytest
 
-from dojo_kernels import _schedule, allreduce, estimate_allreduce
-from dojo_kernels.collectives import ALGORITHMS, _choose, compile_program
+from dojo_kernels import allreduce, estimate_allreduce
+from dojo_kernels.collectives import ALGORITHMS, _schedule, compile_program
+from dojo_kernels.collectives._allreduce import _choose
 from dojo_kernels.mesh import chip_mesh, training_tile
 
 sys.path.insert(0, os.path.dirname(__file__))

@@ -1,6 +1,26 @@
 """dojo_kernels: Tesla Dojo D1 numerics, SRAM-tiled GEMM and mesh all-reduce, in C kernels.
 
 See README.md for a tour. Public names are a contract: other simulators import them.
+
+Layout, by capability (docs/layout.md):
+
+- numerics: :mod:`dojo_kernels.formats` (the number formats), :mod:`dojo_kernels.numerics`
+  (conversion, arithmetic, quantization), :mod:`dojo_kernels.torch` (PyTorch integration);
+  compiled core ``_numerics``, ``_reduce``, ``_cpu`` (ISA dispatch, thread pool) and
+  ``_config`` (ISA and thread settings).
+- gemm: :mod:`dojo_kernels.gemm` (the SRAM-tiled GEMM and its D1 plan); compiled ``_gemm``.
+- machine: :mod:`dojo_kernels.d1` (``D1Node``, ``D1Chip``, ``TrainingTile``, ``D2Tile``,
+  ``DojoSystem``), :mod:`dojo_kernels.mesh` (``Mesh2D`` and the presets), ``_units`` (SI units
+  and the CLI's human units).
+- collectives: the subpackage :mod:`dojo_kernels.collectives` (all-reduce, hierarchical,
+  schedule, mpi; internal ``_schedule``, ``_timing``, ``_faults``, ``_common``).
+- report: the subpackage :mod:`dojo_kernels.report` (the training-step report, ``train``);
+  :mod:`dojo_kernels.cli` is the ``dojo-kernels`` command, ``_bench`` its ``bench``.
+
+The flat modules of the numerics, gemm and machine capabilities stay at the top for now (they
+are being edited concurrently); the old flat paths of the moved modules
+(``dojo_kernels.hierarchical``, ``.schedule``, ``.mpi``, ``.train``, ``._schedule`` ...) still
+import the same module objects.
 """
 from __future__ import annotations
 
@@ -78,9 +98,9 @@ from .gemm import GemmPlan, gemm, plan_gemm
 # --- mesh all-reduce ---------------------------------------------------------------------
 from . import mesh  # noqa: E402  (dojo_kernels.mesh: Mesh2D and the D1 presets)
 from .collectives import AllreduceReport, allreduce, estimate_allreduce  # noqa: E402
-from .schedule import Schedule  # noqa: E402  (the public, exportable all-reduce schedule)
-from .hierarchical import (HierarchicalReport, allreduce_hierarchical,  # noqa: E402
-                           estimate_hierarchical)
+from .collectives.schedule import Schedule  # noqa: E402  (the exportable all-reduce schedule)
+from .collectives.hierarchical import (HierarchicalReport,  # noqa: E402
+                                       allreduce_hierarchical, estimate_hierarchical)
 
 
 def show_config() -> None:

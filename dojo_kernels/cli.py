@@ -76,7 +76,7 @@ def _link_list(text: str) -> Tuple[Tuple[int, int], ...]:
 def _report(args: argparse.Namespace) -> int:
     from . import report as rp
     from ._config import set_num_threads
-    from ._schedule import ALGORITHMS
+    from .collectives import ALGORITHMS
 
     if args.threads is not None:
         set_num_threads(args.threads)
@@ -112,7 +112,7 @@ def _report(args: argparse.Namespace) -> int:
         return 2
     if args.plot:  # fail before the work when matplotlib is missing
         try:
-            rp._pyplot()
+            rp.pyplot()
         except ImportError as exc:
             print(f"dojo-kernels report: {exc}", file=sys.stderr)
             return 2
@@ -206,7 +206,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``dojo-kernels`` command."""
-    from ._schedule import ALGORITHMS
+    from .collectives import ALGORITHMS
 
     parser = argparse.ArgumentParser(
         prog="dojo-kernels",
@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     b.set_defaults(func=_bench)
 
-    from . import _train_cli   # dojo-kernels train: the [train] extra, torch imported lazily
+    from .report import _train_cli   # dojo-kernels train: the [train] extra, torch imported lazily
     _train_cli.add_parser(sub)
     return parser
 

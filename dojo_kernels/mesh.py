@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -196,6 +196,17 @@ class Mesh2D:
         dr = self.rows // 2 if self.wrap_cols else self.rows - 1
         dc = self.cols // 2 if self.wrap_rows else self.cols - 1
         return dr + dc
+
+    def grid_hops(self, src: Any, dst: Any) -> np.ndarray:
+        """Hops of the dimension-order route from ``src`` to ``dst`` (arrays of node ids) on
+        the healthy grid: the Manhattan distance, the shorter way round on a wrapped
+        dimension. No routing tables: cheap. On a damaged mesh it is a lower bound of the
+        route's hops."""
+        b = self.cols
+        r1, c1 = np.divmod(np.asarray(src, np.int64), b)
+        r2, c2 = np.divmod(np.asarray(dst, np.int64), b)
+        return np.asarray(_signed_steps(c2 - c1, b, self.wrap_rows)[0]
+                          + _signed_steps(r2 - r1, self.rows, self.wrap_cols)[0], np.int64)
 
     def route(self, src: Any, dst: Any) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Dimension-order routes of messages ``src[i] -> dst[i]`` (along the row first).
@@ -608,8 +619,18 @@ def system(rows: Optional[int] = None, cols: Optional[int] = None, *,
     return Mesh2D(r, c, link_bandwidth=bw, link_latency=la, hop_latency=hl, wraparound=wraparound)
 
 
-#: What :func:`as_topology` accepts.
+#: The D1 machine objects a topology argument accepts besides a Mesh2D.
 Machine = Union[D1Chip, TrainingTile, DojoSystem]
+
+#: What :func:`as_topology` accepts (the ``topology`` argument of the all-reduce functions):
+#: a :class:`Mesh2D`, or a machine object (``D1Chip``: its node mesh; ``TrainingTile``: its
+#: chip mesh; ``DojoSystem``: its tile mesh).
+TopologyLike = Union[Mesh2D, D1Chip, TrainingTile, DojoSystem]
+
+#: What :func:`as_levels` accepts (the ``levels`` argument of the hierarchical all-reduce): a
+#: non-empty sequence of :data:`TopologyLike`, innermost first, or one machine object, which
+#: stands for its levels with chips as endpoints.
+LevelsLike = Union[Sequence[TopologyLike], D1Chip, TrainingTile, DojoSystem]
 
 
 def as_topology(obj: Any, name: str = "topology") -> Mesh2D:
@@ -653,4 +674,4 @@ def as_levels(obj: Any) -> Tuple[Mesh2D, ...]:
 
 
 __all__ = ["Mesh2D", "DamagedMesh2D", "d1_chip", "chip_mesh", "training_tile", "system", "as_topology",
-           "as_levels", "EAST", "WEST", "SOUTH", "NORTH"]
+           "as_levels", "EAST", "WEST", "SOUTH", "NORTH", "TopologyLike", "LevelsLike"]

@@ -309,7 +309,8 @@ def test_report_fault_study_and_options() -> None:
                           algorithms=("2d", "tree", "spanning_trees"))
     names = [n for n, _, _ in rp.fault_scenarios(cfg)]
     assert names == ["healthy", "1 chip", "2 chips", "1 link", "given"]
-    rows = rp._fault_study(cfg, 1e6, lambda label: None)
+    from dojo_kernels.report._report import _fault_study
+    rows = _fault_study(cfg, 1e6, lambda label: None)
     assert len(rows) == 5 * 3
     tile = training_tile()
     for f in rows:

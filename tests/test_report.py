@@ -150,6 +150,20 @@ def test_json_roundtrip_and_unit_keys(small, tmp_path):
     walk(back)
 
 
+def test_report_pickles(small):
+    """Issue 12 item 5: a report crosses a process boundary (pickle, every protocol) with
+    every figure intact (compared through its JSON form, which holds every figure), and its
+    plans and all-reduce reports stay the objects of their classes."""
+    import pickle
+    want = json.loads(json.dumps(small.to_dict()))
+    for proto in range(2, pickle.HIGHEST_PROTOCOL + 1):
+        back = pickle.loads(pickle.dumps(small, protocol=proto))
+        assert type(back) is type(small)
+        assert json.loads(json.dumps(back.to_dict())) == want
+        assert back.gemms[0].plans["bf16"] == small.gemms[0].plans["bf16"]
+        assert np.array_equal(back.allreduce[0].bytes_per_link, small.allreduce[0].bytes_per_link)
+
+
 def test_render_has_every_gemm_and_algorithm(small):
     text = rp.render_report(small)
     for g in small.gemms:

@@ -73,8 +73,17 @@ def test_from_dict_bad_input():
         dk.AllreduceReport.from_dict({"time_s": 1.0})
     with pytest.raises(ValueError, match="kind"):
         dk.AllreduceReport.from_dict({"kind": "HierarchicalReport"})
-    with pytest.raises(ValueError, match="missing key"):
+    with pytest.raises(ValueError, match="missing key 'level_times_s'.*HierarchicalReport"):
         dk.HierarchicalReport.from_dict({"time_s": 1.0})
+    with pytest.raises(TypeError, match="HierarchicalReport.to_dict"):
+        dk.HierarchicalReport.from_dict("x")
+    with pytest.raises(ValueError, match="kind 'HierarchicalReport'"):
+        dk.HierarchicalReport.from_dict({"kind": "AllreduceReport"})
+    # a level that is not an AllreduceReport dict names the inner missing key
+    h = dk.estimate_hierarchical(1e6, dk.DojoSystem(tiles=6)).to_dict()
+    del h["levels"][0]["time_s"]
+    with pytest.raises(ValueError, match="missing key 'time_s'.*AllreduceReport"):
+        dk.HierarchicalReport.from_dict(h)
 
 
 def test_hierarchical_report_pickles_and_round_trips():

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 import dojo_kernels as dk
-from dojo_kernels._schedule import lp_trees
+from dojo_kernels.collectives._schedule import lp_trees
 from dojo_kernels.schedule import pack_spanning_trees
+from dojo_kernels.collectives import estimate_schedule
 from dojo_kernels.mesh import Mesh2D, chip_mesh
 
 GiB = 1 << 30
@@ -102,7 +103,7 @@ def test_column_generation_from_one_bfs_tree(a, b, wrap):
 def test_grouped_seeds_share_a_weight():
     """Combs of a 4x6 mesh in two classes (column spines, row spines): one weight per class,
     still tau (the classes are symmetric); a wrong group count is refused."""
-    from dojo_kernels._schedule import comb_trees
+    from dojo_kernels.collectives._schedule import comb_trees
     m = make(4, 6)
     edges = [tuple(l) for l in m.links().tolist() if l[0] < l[1]]
     seeds = [p for p, _ in comb_trees(m)]
@@ -162,13 +163,104 @@ def test_efficiency_at_least_0_9(k, wrap):
     assert r.time >= cap * (1 - 1e-12)
 
 
-@pytest.mark.parametrize("k,wrap", [(5, False), (5, True), (8, True)])
+CHIP_FLOOR = {(5, False): 0.9, (5, True): 0.9, (8, True): 0.9, (8, False): 0.875}
+
+
+@pytest.mark.parametrize("k,wrap", sorted(CHIP_FLOOR))
 def test_efficiency_on_chip_meshes(k, wrap):
-    """With the chip-mesh latencies (alpha = 100 ns per step) the pipeline fill costs more;
-    still >= 0.9 here. (8x8 mesh: about 0.88, since every spanning tree has height >= 7.)"""
+    """With the chip-mesh figures (alpha = 100 ns per step, 2 TB/s) the pipeline fill costs
+    alpha per step and the busiest link's load in the fill and drain steps; the chunk count
+    minimises the model's time. >= 0.9 on the 5x5 mesh and both tori; the 8x8 mesh reaches
+    0.879 (every spanning tree of it has height >= 8, and the combs leave about 13 steps of
+    full-load fill: docs/allreduce.md) and is held to 0.875 here; the >= 0.9 the issue asks
+    for is the strict xfail below."""
     m = chip_mesh(k, k, wraparound=wrap)
     r = dk.estimate_allreduce(GiB, m, algorithm="spanning_trees")
-    assert r.efficiency >= 0.9, r.efficiency
+    E = 2 * k * (k - 1) + (2 * k if wrap else 0)
+    cap = (k * k - 1) * GiB / (E * 2e12)
+    assert r.lower_bounds["capacity"] == pytest.approx(cap)
+    assert cap / r.time >= CHIP_FLOOR[k, wrap], cap / r.time
+    assert r.efficiency == pytest.approx(cap / r.time)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 12 item 7 asks >= 0.9 on the 8x8 chip mesh; the "
+                   "tree packing reaches 0.879 (pipeline fill of trees of height >= 8)")
+def test_efficiency_8x8_chip_mesh_at_least_0_9():
+    r = dk.estimate_allreduce(GiB, chip_mesh(8, 8), algorithm="spanning_trees")
+    assert r.lower_bounds["capacity"] / r.time >= 0.9
+
+
+@pytest.mark.parametrize("k,wrap,nbytes", [(5, False, GiB), (8, False, GiB), (8, True, GiB),
+                                           (5, True, GiB), (5, True, 64 << 20),
+                                           (4, False, 1 << 20), (8, False, 4 << 20)])
+def test_chunk_count_minimises_the_model_time(k, wrap, nbytes, monkeypatch):
+    """The pipeline depth s of the spanning-tree schedule is the model's optimum: the same
+    trees with s - 1 or s + 1 chunks, timed by the simulator, are not faster."""
+    from dojo_kernels import _schedule
+    m = chip_mesh(k, k, wraparound=wrap)
+    r = dk.estimate_allreduce(nbytes, m, algorithm="spanning_trees")
+    s = r.chunks
+    assert 1 <= s < _schedule.MAX_CHUNKS
+    for other in [c for c in (s - 1, s + 1) if c >= 1]:
+        monkeypatch.setattr(_schedule, "_chunks", lambda *a, _o=other, **k: _o)
+        sch = _schedule._spanning_schedule(m, nbytes, _schedule._spanning_skeleton(k, k, wrap))
+        assert sch.info["chunks"] == other
+        t = estimate_schedule(sch, m, nbytes).time
+        assert t >= r.time * (1 - 1e-12), (other, t, r.time)
+
+
+def _post_order(x, parent, lo, hi):
+    """Node values summed in the documented order: a node's value is ((own + child_1) +
+    child_2) + ..., children by increasing id, one float32 add at a time."""
+    kids = {v: [] for v in range(len(parent))}
+    for v, p in enumerate(parent):
+        if p >= 0:
+            kids[p].append(v)
+
+    def val(v):
+        acc = x[v, lo:hi].astype(np.float32)
+        for c in sorted(kids[v]):
+            acc = (acc + val(c)).astype(np.float32)
+        return acc
+
+    return val(parent.index(-1))
+
+
+@pytest.mark.parametrize("k,wrap,n", [(5, False, 4099), (5, True, 20000), (8, False, 3001),
+                                      (8, True, 7777)])
+def test_lp_schedule_numerics_exact_sum_in_documented_order(k, wrap, n):
+    """Every node ends with the same float32 bits: tree T (weights w in order, offsets off
+    their running sum) owns units [off*s, (off+w)*s) of W*s units (unit u starts at element
+    u*N // units), and each element of that share is the sum in T's post-order. The trees
+    and chunk count are the schedule's choice (checked to be spanning trees of the mesh);
+    the values come from the documented order, computed here with NumPy float32 adds."""
+    m = chip_mesh(k, k, wraparound=wrap)
+    P = k * k
+    rng = np.random.default_rng(k * 100 + n)
+    # magnitudes spread over many binades: the grouping changes the bits
+    x = (rng.standard_normal((P, n)) * np.exp2(rng.integers(-20, 20, (P, n)))).astype(np.float32)
+    got, rep = dk.allreduce(x, m, algorithm="spanning_trees")
+    assert rep.algorithm == "spanning_trees" and rep.bit_identical
+    info = rep.schedule.info
+    trees = [list(map(int, p)) for p in np.asarray(info["parents"])]
+    weights = [int(w) for w in info["weights"]]
+    edges = {tuple(l) for l in m.links().tolist()}
+    for par in trees:
+        assert par.count(-1) == 1
+        assert all(p == -1 or (v, p) in edges for v, p in enumerate(par))
+    s = rep.chunks
+    U = sum(weights) * s
+    want = np.empty(n, np.float32)
+    off = 0
+    for par, w in zip(trees, weights):
+        lo, hi = (off * s * n) // U, ((off + w) * s * n) // U
+        want[lo:hi] = _post_order(x, par, lo, hi)
+        off += w
+    assert off * s == U
+    np.testing.assert_array_equal(np.asarray(got), np.broadcast_to(want, (P, n)))
+    # and it is the sum: close to the float64 one
+    np.testing.assert_allclose(want, x.astype(np.float64).sum(axis=0), rtol=1e-4,
+                               atol=1e-3 * np.abs(x).max())
 
 
 def test_torus_uses_wrap_links():

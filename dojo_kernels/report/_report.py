@@ -38,15 +38,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
 
-from . import _config, mesh
-from ._schedule import ALGORITHMS
-from .collectives import allreduce, estimate_allreduce
-from .d1 import D2Tile, DojoSystem, TrainingTile
-from .hierarchical import INNER_ALGORITHMS, HierarchicalReport, estimate_hierarchical
-from .formats import BF16, Format, cfloat8_143, cfloat8_152
-from .gemm import ORDERS as GEMM_ORDERS
-from .gemm import GemmPlan, feed_bandwidths, gemm, plan_gemm
-from .numerics import choose_bias
+from .. import _config, mesh
+from ..collectives._schedule import ALGORITHMS
+from ..collectives import allreduce, estimate_allreduce
+from ..d1 import D2Tile, DojoSystem, TrainingTile
+from ..collectives.hierarchical import INNER_ALGORITHMS, HierarchicalReport, estimate_hierarchical
+from ..formats import BF16, Format, cfloat8_143, cfloat8_152
+from ..gemm import ORDERS as GEMM_ORDERS
+from ..gemm import GemmPlan, feed_bandwidths, gemm, plan_gemm
+from ..numerics import choose_bias
 
 __all__ = ["ReportConfig", "GemmResult", "AllreduceResult", "Report", "run_report",
            "compare_machines", "MACHINES",
@@ -148,7 +148,7 @@ class ReportConfig:
         if self.tile_link_bandwidth is not None:
             import warnings
 
-            from . import _units
+            from .. import _units
             _units.check("tile_link_bandwidth", self.tile_link_bandwidth, "B/s")
             warnings.warn("ReportConfig.tile_link_bandwidth is deprecated: it duplicates "
                           "machine.offtile_bw_per_edge; set that instead",
@@ -846,7 +846,10 @@ def render_report(report: Report) -> str:
 
 
 # --- plots ------------------------------------------------------------------------------
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` with the non-interactive Agg backend, for :func:`plot_report`;
+    ImportError naming the ``[plot]`` extra when matplotlib is missing (the CLI checks this
+    before the work)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -855,6 +858,9 @@ def _pyplot() -> Any:
         raise ImportError("--plot needs matplotlib: pip install 'dojo_kernels[plot]' "
                           "(or pip install matplotlib)") from None
     return plt
+
+
+_pyplot = pyplot   # the old private name
 
 
 def _draw_links(ax: Any, topo: mesh.Mesh2D, values: np.ndarray, vmax: float, cmap: Any) -> Any:

@@ -15,11 +15,13 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from . import _config
+from .. import _config
+from ._common import (as_codes, check_algorithm, check_nbytes, check_topology,
+                      from_dict_fields)
 from ._schedule import ALGORITHMS, COPY, Schedule, build
 from ._timing import BOUND_KEYS, lower_bounds, simulate, time_floor
-from .formats import BF16, FP32, Format
-from .mesh import Mesh2D
+from ..formats import BF16, FP32, Format
+from ..mesh import Mesh2D, TopologyLike
 from .schedule import Schedule as PublicSchedule
 
 
@@ -151,30 +153,21 @@ class AllreduceReport:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "AllreduceReport":
         """Rebuild a report from :meth:`to_dict` output (``schedule`` is ``None``)."""
-        if not isinstance(d, Mapping):
-            raise TypeError(f"d: expected a mapping from AllreduceReport.to_dict(), got "
-                            f"{type(d).__name__}")
-        if d.get("kind", "AllreduceReport") != "AllreduceReport":
-            raise ValueError(f"d: expected kind 'AllreduceReport', got {d.get('kind')!r}")
-        try:
-            return cls(
-                time=float(d["time_s"]), algorithm=str(d["algorithm"]), steps=int(d["steps"]),
-                step_times=_ro(d["step_times_s"]), nbytes=float(d["per_node_bytes"]),
-                nodes=int(d["nodes"]), bytes_per_link=_ro(d["bytes_per_link_bytes"]),
-                bytes_per_link_max=float(d["bytes_per_link_max_bytes"]),
-                bytes_per_link_mean=float(d["bytes_per_link_mean_bytes"]),
-                byte_hops=float(d["byte_hops"]),
-                max_contention=int(d["max_contention_messages"]),
-                links_used=int(d["links_used"]), longest_path_hops=int(d["longest_path_hops"]),
-                bus_bandwidth=float(d["bus_bandwidth_bytes_per_s"]),
-                lower_bounds=FrozenDict({str(k): float(v)
-                                         for k, v in dict(d["lower_bounds_s"]).items()}),
-                lower_bound=float(d["lower_bound_s"]),
-                efficiency=float(d["efficiency_fraction"]),
-                bit_identical=bool(d["bit_identical"]), chunks=int(d["chunks"]))
-        except KeyError as exc:
-            raise ValueError(f"d: missing key {exc.args[0]!r} (expected the output of "
-                             f"AllreduceReport.to_dict())") from None
+        return from_dict_fields("AllreduceReport", d, lambda d: cls(
+            time=float(d["time_s"]), algorithm=str(d["algorithm"]), steps=int(d["steps"]),
+            step_times=_ro(d["step_times_s"]), nbytes=float(d["per_node_bytes"]),
+            nodes=int(d["nodes"]), bytes_per_link=_ro(d["bytes_per_link_bytes"]),
+            bytes_per_link_max=float(d["bytes_per_link_max_bytes"]),
+            bytes_per_link_mean=float(d["bytes_per_link_mean_bytes"]),
+            byte_hops=float(d["byte_hops"]),
+            max_contention=int(d["max_contention_messages"]),
+            links_used=int(d["links_used"]), longest_path_hops=int(d["longest_path_hops"]),
+            bus_bandwidth=float(d["bus_bandwidth_bytes_per_s"]),
+            lower_bounds=FrozenDict({str(k): float(v)
+                                     for k, v in dict(d["lower_bounds_s"]).items()}),
+            lower_bound=float(d["lower_bound_s"]),
+            efficiency=float(d["efficiency_fraction"]),
+            bit_identical=bool(d["bit_identical"]), chunks=int(d["chunks"])))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, AllreduceReport):
@@ -195,27 +188,12 @@ class AllreduceReport:
         return hash((self.algorithm, self.time, self.nbytes, self.nodes, self.steps))
 
 
-def _check_topology(topology: Any) -> Mesh2D:
-    """A Mesh2D, or the mesh a machine object stands for (``mesh.as_topology``)."""
-    from .mesh import as_topology
-
-    return as_topology(topology)
-
-
-def _check_nbytes(nbytes: Any) -> float:
-    if isinstance(nbytes, bool) or not isinstance(nbytes, (int, float, np.integer, np.floating)):
-        raise TypeError(f"nbytes: expected a non-negative number, got {type(nbytes).__name__}")
-    v = float(nbytes)
-    if not np.isfinite(v) or v < 0:
-        raise ValueError(f"nbytes: expected a non-negative finite number, got {nbytes!r}")
-    return v
-
-
-def _check_algorithm(algorithm: Any) -> str:
-    if not isinstance(algorithm, str) or (algorithm != "auto" and algorithm not in ALGORITHMS):
-        raise ValueError(f"algorithm: expected 'auto' or one of {', '.join(ALGORITHMS)}, "
-                         f"got {algorithm!r}")
-    return algorithm
+# The argument checks live in the internal interface module ``_common`` (shared with
+# ``hierarchical`` and ``mpi``); these aliases keep the old private names importable.
+_check_topology = check_topology
+_check_nbytes = check_nbytes
+_check_algorithm = check_algorithm
+_as_codes = as_codes
 
 
 def _report(schedule: Schedule, topology: Mesh2D, nbytes: float, *,
@@ -287,26 +265,31 @@ def _choose(topology: Mesh2D, nbytes: float, algorithm: str
     return best[1], best[2]
 
 
-def schedule_for(nbytes: float, topology: Mesh2D, *, algorithm: str = "auto") -> Schedule:
+def schedule_for(nbytes: float, topology: TopologyLike, *, algorithm: str = "auto"
+                 ) -> Schedule:
     """The schedule ``allreduce``/``estimate_allreduce`` run for ``nbytes`` per node."""
-    topology = _check_topology(topology)
-    return _choose(topology, _check_nbytes(nbytes), _check_algorithm(algorithm))[0]
+    topology = check_topology(topology)
+    return _choose(topology, check_nbytes(nbytes), check_algorithm(algorithm))[0]
 
 
-def estimate_allreduce(nbytes: float, topology: Mesh2D, *, algorithm: str = "auto"
+def estimate_allreduce(nbytes: float, topology: TopologyLike, *, algorithm: str = "auto"
                        ) -> AllreduceReport:
     """Timing-model report of an all-reduce of ``nbytes`` per node on ``topology``, without
-    moving data. ``algorithm``: one of ``"ring"``, ``"bidirectional_ring"``, ``"2d"``,
+    moving data. ``nbytes``: bytes per node. ``topology``: a
+    :class:`~dojo_kernels.mesh.Mesh2D` or a machine object (:data:`~dojo_kernels.mesh.TopologyLike`:
+    ``D1Chip`` its node mesh, ``TrainingTile`` its chip mesh, ``DojoSystem`` its tile mesh; the
+    same answer as the equivalent ``Mesh2D``). ``algorithm``: one of ``"ring"``, ``"bidirectional_ring"``, ``"2d"``,
     ``"halving_doubling"``, ``"tree"``, ``"chain"``, ``"spanning_trees"``, or ``"auto"`` (the
     fastest by the model). On a damaged mesh an algorithm that cannot run there is a
     ValueError saying why, and ``"auto"`` picks among those that run."""
-    topology = _check_topology(topology)
-    return _choose(topology, _check_nbytes(nbytes), _check_algorithm(algorithm))[1]
+    topology = check_topology(topology)
+    return _choose(topology, check_nbytes(nbytes), check_algorithm(algorithm))[1]
 
 
-def estimate_schedule(schedule: Schedule, topology: Mesh2D, nbytes: float) -> AllreduceReport:
+def estimate_schedule(schedule: Schedule, topology: TopologyLike, nbytes: float
+                      ) -> AllreduceReport:
     """Timing-model report of any schedule (for example ``build_ring`` on a given order)."""
-    return _report(schedule, _check_topology(topology), _check_nbytes(nbytes))
+    return _report(schedule, check_topology(topology), check_nbytes(nbytes))
 
 
 # --- numerics ------------------------------------------------------------------------------
@@ -447,35 +430,8 @@ def compile_program(schedule: Schedule, n_elements: int) -> Program:
     return prog
 
 
-def _as_codes(buffers: Any, fmt: Format, accumulate: str, name: str = "buffers"
-              ) -> Tuple[np.ndarray, int]:
-    """Validate; return ``(codes, wire_itemsize)``: the array of codes (float32, or uint16
-    BF16 codes) and the bytes per element on the wire (4 when BF16 accumulates in FP32)."""
-    if not isinstance(fmt, Format):
-        raise TypeError(f"fmt: expected a dojo_kernels Format (FP32 or BF16), got "
-                        f"{type(fmt).__name__}")
-    if fmt != FP32 and fmt != BF16:
-        raise ValueError(f"fmt: all-reduce supports FP32 and BF16, got {fmt.name}")
-    if accumulate not in ("fp32", "bf16"):
-        raise ValueError(f"accumulate: expected 'fp32' or 'bf16', got {accumulate!r}")
-    if fmt == FP32 and accumulate != "fp32":
-        raise ValueError("accumulate: 'bf16' rounding needs fmt=BF16")
-    arr = np.asarray(buffers)
-    if fmt == FP32:
-        if arr.dtype != np.float32:
-            raise TypeError(f"{name}: expected float32 for fmt=FP32, got {arr.dtype}")
-    else:
-        if arr.dtype.name == "bfloat16":
-            arr = arr.view(np.uint16)
-        if arr.dtype != np.uint16:
-            raise TypeError(f"{name}: expected uint16 BF16 codes (or ml_dtypes.bfloat16) for "
-                            f"fmt=BF16, got {arr.dtype}")
-    if arr.ndim < 1:
-        raise ValueError(f"{name}: expected shape (P, ...), got a scalar")
-    return arr, (4 if (fmt == BF16 and accumulate == "fp32") else arr.itemsize)
-
-
-def allreduce(buffers: Any, topology: Mesh2D, *, algorithm: str = "auto", fmt: Format = FP32,
+def allreduce(buffers: Any, topology: TopologyLike, *, algorithm: str = "auto",
+              fmt: Format = FP32,
               accumulate: str = "fp32") -> Tuple[np.ndarray, AllreduceReport]:
     """All-reduce (sum) of ``buffers`` over the nodes of ``topology``.
 
@@ -508,9 +464,9 @@ def allreduce(buffers: Any, topology: Mesh2D, *, algorithm: str = "auto", fmt: F
         broadcast view of one row (``np.array(result)`` for a writable copy); otherwise a
         new writable array.
     """
-    topology = _check_topology(topology)
-    algorithm = _check_algorithm(algorithm)
-    arr, wire = _as_codes(buffers, fmt, accumulate)
+    topology = check_topology(topology)
+    algorithm = check_algorithm(algorithm)
+    arr, wire = as_codes(buffers, fmt, accumulate)
     P = topology.nodes
     if arr.shape[0] != P:
         raise ValueError(f"buffers: first dimension must be the number of nodes P={P} of the "
@@ -524,7 +480,7 @@ def allreduce(buffers: Any, topology: Mesh2D, *, algorithm: str = "auto", fmt: F
         out = np.empty((1 if prog.bit_identical else P, N), flat.dtype)
         args = (_config.isa(), _config.threads(), prog.seg_lo, prog.add_off, prog.add_out,
                 prog.add_a, prog.add_b, prog.out_op, prog.nslots)
-        from . import _reduce
+        from .. import _reduce
         if fmt == FP32:
             _reduce.run_f32(*args, flat, out)
         else:
