@@ -73,7 +73,7 @@ from . import _config, _gemm
 from . import _plan as _plan_c
 from .d1 import D1Chip, D1Node, DojoSystem, TrainingTile
 from .formats import BF16, FP32, Format
-from .numerics import _ctuple as _numerics_ctuple
+from ._cformat import ctuple as _numerics_ctuple
 from .numerics import dequantize, quantize
 
 __all__ = ["gemm", "plan_gemm", "GemmPlan", "ORDERS", "kernel_names", "feed_bandwidths",
@@ -670,6 +670,15 @@ class GemmPlan:
                 v = list(v)
             out[key] = v
         return out
+
+    @classmethod
+    def empty(cls, m: int, n: int, k: int, a_format: Format = BF16,
+              b_format: Optional[Format] = None, machine: Any = None) -> "GemmPlan":
+        """The plan of an empty product (m, n or k == 0; :func:`plan_gemm` rejects those):
+        no nodes, no steps, every byte count and time 0, ``bound == "empty"``. It is what
+        ``gemm(..., return_plan=True)`` returns for an empty product."""
+        return _zero_plan(m, n, k, a_format, a_format if b_format is None else b_format,
+                          _check_machine(machine))
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "GemmPlan":

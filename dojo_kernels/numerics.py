@@ -31,13 +31,13 @@ from typing import Any, Literal, Optional, Tuple, Union, overload
 import numpy as np
 
 from . import _config, _numerics
+from ._cformat import ctuple as _ctuple
 from .formats import FAMILIES, Format
 
 __all__ = ["Flags", "quantize", "dequantize", "fake_quantize", "add", "sub", "mul", "fma",
            "choose_bias"]
 
 _ROUNDING = {"nearest": 0, "stochastic": 1, "toward_zero": 2}
-_SUB = {"tesla": 0, "ieee": 1, "flush": 2}
 _F32, _F64, _BF16 = 0, 1, 2
 _OPS = {"add": 0, "sub": 1, "mul": 2, "fma": 3}
 
@@ -68,11 +68,6 @@ class Flags:
 
 
 @functools.lru_cache(maxsize=None)
-def _ctuple(fmt: Format) -> Tuple[Any, ...]:
-    return (fmt.exponent_bits, fmt.mantissa_bits, fmt.bias, int(fmt.signed), _SUB[fmt.subnormals],
-            int(fmt.has_inf_nan), fmt.nan_code or 0)
-
-
 def _check_format(fmt: Any, name: str = "fmt") -> Format:
     if not isinstance(fmt, Format):
         raise TypeError(f"{name}: expected a dojo_kernels.Format (e.g. BF16, cfloat8_143(7)), "

@@ -55,7 +55,7 @@ from torch import nn
 
 from . import numerics as _nx
 from .formats import BF16, FAMILIES, Format
-from .gemm import GemmPlan, _zero_plan, plan_gemm
+from .gemm import GemmPlan, plan_gemm
 from .gemm import gemm as _dk_gemm
 
 _ml_dtypes: Any
@@ -653,7 +653,7 @@ def gemm(a: Any, b: Any, *, a_format: Optional[FormatLike] = None,
         if m and n and k:
             plan = plan_gemm(m, n, k, a_format=fa, b_format=fb, machine=machine)
         else:
-            plan = _zero_plan(m, n, k, fa, fb, machine)
+            plan = GemmPlan.empty(m, n, k, fa, fb, machine)
         return y, plan
     return y
 

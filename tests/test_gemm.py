@@ -710,3 +710,7 @@ def test_return_plan_of_an_empty_product():
     _, plan = dk.gemm(np.zeros((0, 4), np.uint16), np.zeros((4, 3), np.uint16),
                       return_plan=True, machine=dk.TrainingTile())
     assert isinstance(plan.machine, dk.TrainingTile)
+    empty = dk.GemmPlan.empty(0, 3, 4, machine=dk.TrainingTile())
+    assert empty == plan and empty.b_format == dk.BF16
+    with pytest.raises(TypeError, match="machine"):
+        dk.GemmPlan.empty(0, 3, 4, machine="tile")

@@ -138,10 +138,7 @@ def test_no_module_imports_another_modules_private_names():
                 if os.path.basename(target).startswith("_"):
                     continue                    # a name of an internal module
                 bad.append((os.path.relpath(f, ROOT), m.group(1) + m.group(2), n))
-    # Known, left for after the merge: gemm.py is being changed on another branch, so its
-    # helper for torch.py has not been given an interface yet.
-    known = {("dojo_kernels/torch.py", ".gemm", "_zero_plan")}
-    assert set(bad) <= known, sorted(set(bad) - known)
+    assert not bad, sorted(set(bad))
 
 
 def test_pickles_of_new_reports_load_in_a_fresh_interpreter(tmp_path):
