@@ -48,6 +48,7 @@
 #endif
 
 #define DK_GEMM_CHUNK 4                         /* B slivers per packing unit */
+#define DK_GEMM_STREAM_MIN ((double)(8 << 20))  /* result bytes above which C is streamed */
 #define DEFER_MAX 64                            /* units an item may put off (gemm_item) */
 #define DK_GEMM_PAR_MIN ((double)(1 << 21))     /* m * ncols * k of a step handed to the pool */
 #define DK_GEMM_BPANEL_MAX ((size_t)32 << 20)   /* bytes of packed B per jc step (all of k) */
@@ -515,6 +516,7 @@ typedef struct {
     const view *va, *vb;
     float *cb;
     int64_t m, n, k, ldo, jc, nsl, nchunks, ngroups, kpairs, kcp, mc, pairA, pairB;
+    int stream;          /* the result is large: the kernels may stream it (DK_UKR_STREAM) */
     float scale;
     char *bbuf;          /* packed B of the step: pc block at sliver offset nsl * pc */
     atomic_int *bstate;  /* per (pc block, chunk): 0 unpacked, 1 being packed, 2 ready */
@@ -538,6 +540,7 @@ static void gemm_item(void *arg, int64_t w, int slot)
     for (int64_t pc = 0, pb = 0; pc < S->kpairs; pc += S->kcp, pb++) {
         int64_t kreal = S->kpairs - pc < S->kcp ? S->kpairs - pc : S->kcp;
         int flags = (pc > 0 ? DK_UKR_LOAD : 0) | (pc + kreal == S->kpairs ? DK_UKR_LAST : 0);
+        if ((flags & DK_UKR_LAST) && S->stream) flags |= DK_UKR_STREAM;
         /* the kernel's k granularity: the packers pad with zero pairs (a whole number of
          * t->kblk; only the last block can be partial, kcp is a multiple of t->kblk) */
         int64_t kp = (kreal + t->kblk - 1) / t->kblk * t->kblk;
@@ -595,6 +598,9 @@ static void gemm_item(void *arg, int64_t w, int slot)
             }
         }
     }
+#ifdef __SSE2__
+    if (S->stream) _mm_sfence(); /* order the non-temporal stores before the pool's release */
+#endif
     if (t->leave) t->leave();
 }
 
@@ -698,6 +704,8 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
         free(bstate);
         return DK_ENOMEM;
     }
+    /* A result larger than the L2 caches is written past them (see DK_UKR_STREAM). */
+    const int stream = (double)batch * (double)m * (double)n * sizeof(float) > DK_GEMM_STREAM_MIN;
     for (int64_t bi = 0; bi < batch; bi++) {
         /* A seen as rows x k; B seen as columns x k (lines along n). */
         view va = {(const char *)a->ptr + bi * a->bs * (a->kind == DK_GEMM_U8 ? 1 : 2),
@@ -719,7 +727,8 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
             if (ngroups > nchunks) ngroups = nchunks;
             for (int64_t u = 0; u < npc * nchunks; u++) atomic_init(&bstate[u], 0);
             gemm_step S = {&t, &va, &vb, cb, m, n, k, ldo, jc, nsl, nchunks, ngroups, kpairs, kcp,
-                           mc, pairA, pairB, scale, bbuf, bstate, abuf, bpriv, abytes, bpriv_bytes};
+                           mc, pairA, pairB, stream, scale, bbuf, bstate, abuf, bpriv, abytes,
+                           bpriv_bytes};
             dk_pool_run(nthr, nb_m * ngroups, gemm_item, &S);
         }
     }

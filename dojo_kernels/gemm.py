@@ -187,6 +187,18 @@ class use_kernel:
     def __exit__(self, *exc: object) -> None:
         global _kernel
         _kernel = self._saved
+def _empty_result(nb: int, m: int, n: int) -> np.ndarray:
+    """An uninitialised float32 (nb, m, n) result whose first element is 64-byte aligned
+    (NumPy only guarantees 16): a large result whose rows are whole cache lines is then
+    written by the AMX kernel with non-temporal stores (gemm_driver.c, DK_UKR_STREAM)."""
+    size = nb * m * n
+    if size * 4 < (8 << 20):
+        return np.empty((nb, m, n), np.float32)
+    buf = np.empty(size + 16, np.float32)
+    off = (-buf.ctypes.data % 64) // 4
+    return buf[off:off + size].reshape(nb, m, n)
+
+
 _DUMMY_TABLE = np.zeros(256, np.uint16)
 # gemm's small-call fast path: the native dtypes it takes (NumPy's builtin dtype objects are
 # singletons, so an identity test suffices), the machine types it passes through, and the
@@ -556,7 +568,7 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
                 and not (use_c and np.may_share_memory(o3, c32))):
             dst, direct = o3, True
     if dst is None:
-        dst = np.empty((nb, m, n), np.float32)
+        dst = _empty_result(nb, m, n)
 
     isa = _config.isa()
     # the avx512bf16 kernel choice (and its first-call probe) only concerns the vdpbf16ps order

@@ -423,6 +423,27 @@ def test_few_rows_threads_batches_formats_and_strides():
         dk.set_num_threads(saved)
 
 
+@pytest.mark.parametrize("n", [2048, 2050])
+def test_large_results_streamed_or_not(n):
+    """A result above 8 MiB whose rows are 64-byte aligned (gemm() allocates it so when n is
+    a multiple of 16) is written with non-temporal stores: the same bits as the generic
+    tier, streamed (n = 2048) or not (n = 2050, and out= views offset by one float)."""
+    rng = np.random.default_rng(21)
+    m, k = 1100, 40
+    a = tiny_mix_bf16(rng, (m, k))
+    b = tiny_mix_bf16(rng, (k, n))
+    with _config.use_isa("generic"):
+        ref = bits(dk.gemm(a, b))
+    for tier in TIERS:
+        with _config.use_isa(tier):
+            got = dk.gemm(a, b)
+            assert got.ctypes.data % 64 == 0
+            assert_bits(got, ref, f"{tier} fresh")
+            buf = np.full((m, n + 17), np.nan, np.float32)
+            assert_bits(dk.gemm(a, b, out=buf[:, 1:n + 1]), ref, f"{tier} out= offset")
+            assert np.isnan(buf[:, 0]).all() and np.isnan(buf[:, n + 1:]).all()
+
+
 @pytest.mark.parametrize("layout", ["c", "reversed_rows", "row_window", "fortran"])
 def test_cfloat8_a_layouts_across_k_blocks(layout):
     """CFloat8 A decoded while packing (the amx tier decodes whole 32-code blocks of a

@@ -24,6 +24,7 @@
 #include "dk_gemm.h"
 
 #include <immintrin.h>
+#include <stdint.h>
 #include <string.h>
 
 #define MR DK_GEMM_AMXTILE_MR
@@ -101,11 +102,15 @@ void dk_gemm_ukr_amxtile(int64_t kp, const void *ap, const void *bp, float *c, i
     _tile_stored(3, tmp + 16 * NR + 16, NR * 4);
     const __m512 s = _mm512_set1_ps(scale);
     const __m512 qnan = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FC00000));
+    /* A large result streams past the caches (non-temporal stores, whole 64-byte lines): no
+     * read-for-ownership of lines that are only written (the driver fences after its item). */
+    const int stream = (flags & DK_UKR_STREAM) && !((uintptr_t)c & 63) && !(ldc & 15);
     for (int i = 0; i < MR; i++)
         for (int h = 0; h < NR; h += 16) {
             __m512 x = _mm512_mul_ps(_mm512_load_ps(tmp + i * NR + h), s);
             x = _mm512_mask_mov_ps(x, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), qnan);
-            _mm512_storeu_ps(c + i * ldc + h, x);
+            if (stream) _mm512_stream_ps(c + i * ldc + h, x);
+            else _mm512_storeu_ps(c + i * ldc + h, x);
         }
 }
 
