@@ -319,3 +319,52 @@ def test_fake_quantize_out(isa, rounding):
         dk.fake_quantize(x, fmt, rounding=rounding, out=np.empty(x.shape, np.float64), **kw)
     with pytest.raises(ValueError, match="out"):
         dk.fake_quantize(x, fmt, rounding=rounding, out=np.empty(3, np.float32), **kw)
+
+
+# --- the BF16 fast path (2 * DK_VL codes per step, dk_bf16_fast in dk_arith_body.h) -----------
+def _bf16_plain_with_edges(rng, n, density):
+    """BF16 codes of normal values of similar magnitudes (the steps the fast path finishes),
+    with a few edge codes scattered in (subnormals, zeros, Inf, NaN, the top binade, tiny
+    values whose products or sums underflow), so that some steps fall back and most do not."""
+    x = (rng.standard_normal(n) * np.exp2(rng.integers(-3, 4, n))).astype(np.float32)
+    codes = (x.view(np.uint32) >> 16).astype(np.uint16)  # truncated: exact BF16 values
+    edges = np.array([0x0000, 0x8000, 0x0001, 0x807F, 0x0080, 0x8080, 0x7F7F, 0xFF7F, 0x7F00,
+                      0x7F80, 0xFF80, 0x7FC0, 0xFFC1, 0x0100, 0x2000, 0x1F80, 0x6000], np.uint16)
+    pick = rng.random(n) < density
+    codes[pick] = rng.choice(edges, int(pick.sum()))
+    return codes
+
+
+@pytest.mark.parametrize("density", [0.0, 0.002, 0.05])
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_bf16_fast_path_against_reference(isa, op, density):
+    """Long BF16 vectors of plain values with sparse edge codes (odd lengths, so the tail
+    runs too): codes and flag counts equal the reference for nearest and stochastic rounding
+    (the fast path) and toward zero (the general path), on every tier."""
+    rng = np.random.default_rng(21 + int(density * 1000))
+    n = 4099
+    ops = [_bf16_plain_with_edges(rng, n, density) for _ in range(3 if op == "fma" else 2)]
+    for rounding in ROUNDINGS:
+        check(op, ops, R.BF16_R, rounding, 12345)
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_bf16_fast_path_offsets_and_in_place(isa, op):
+    """The stochastic random numbers follow the global index whatever the start and the
+    split into steps (slices starting at every offset of a step, so even/odd lanes swap),
+    and writing over an operand (in place) gives the same codes."""
+    rng = np.random.default_rng(5)
+    n = 300
+    ops = [_bf16_plain_with_edges(rng, n, 0.0) for _ in range(3 if op == "fma" else 2)]
+    for rounding in ("nearest", "stochastic"):
+        full = OPS[op](*ops, dk.BF16, rounding=rounding, seed=77)
+        want, _ = R.arith_vec(op, ops, R.BF16_R, rounding, 77)
+        assert np.array_equal(full, want)
+        for k in range(0, 35):
+            sub_ops = [o[k:] for o in ops]
+            got = OPS[op](*sub_ops, dk.BF16, rounding=rounding, seed=77)
+            want_k, _ = R.arith_vec(op, sub_ops, R.BF16_R, rounding, 77)
+            assert np.array_equal(got, want_k), (rounding, k)
+        a = ops[0].copy()
+        OPS[op](a, *ops[1:], dk.BF16, rounding=rounding, seed=77, out=a)
+        assert np.array_equal(a, full)
