@@ -185,6 +185,22 @@ static inline int dk_any(vi mask)
 #endif
 }
 
+/* Are all lanes of the mask set? */
+static inline int dk_all(vi mask)
+{
+#if DK_VL == 16
+    return _mm512_cmpeq_epi32_mask((__m512i)mask, _mm512_set1_epi32(-1)) == 0xFFFF;
+#elif DK_VL == 8
+    return _mm256_movemask_epi8((__m256i)mask) == -1;
+#elif defined(__SSE2__)
+    return _mm_movemask_epi8((__m128i)mask) == 0xFFFF;
+#else
+    int all = 1;
+    for (int j = 0; j < DK_VL; j++) all &= mask[j] != 0;
+    return all;
+#endif
+}
+
 /* Narrowing stores and widening loads of codes. GCC's generic vector conversions turn
  * these into per-lane scalar code, so they are written with the tier's intrinsics. */
 static inline void dk_store_codes(void *out, int64_t i, vi code, int width)
@@ -278,6 +294,35 @@ dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk
             } else {
                 dk_store_codes(out, i, code, width);
             }
+        }
+    } else if (fake && mode == DK_NEAREST) {
+        /* Values in the format's normal range (and zeros) round on FP32's own bits: add
+         * half a quantum minus one plus the kept last bit, clear the dropped bits (a carry
+         * moves into the exponent, as it should); every value up to the format's max
+         * rounds to at most max. Other lanes (tiny, beyond max, Inf/NaN, negative into an
+         * unsigned format) take the full path below, for the vectors that have any. */
+        const int sh = 23 - f->mbits;
+        const vi half = (vi){} + ((1 << (sh - 1)) - 1), keep = (vi){} + ~((1 << sh) - 1);
+        const vu lo = (vu){} + (uint32_t)k->minnorm_bits;
+        const vu span = (vu){} + (dk_decode_f32bits((uint32_t)k->maxc, f) - (uint32_t)k->minnorm_bits);
+        for (; i + DK_VL <= n; i += DK_VL) {
+            vi u;
+            memcpy(&u, x + i, sizeof u);
+            __builtin_prefetch(x + i + DK_PREFETCH);
+            vi a = u & 0x7FFFFFFF;
+            vi v = (a + half + ((a >> sh) & 1)) & keep;
+            /* signed formats: |x| in [minnorm, max] or zero; unsigned: x itself (negative
+             * values fall outside), and -0 gives +0 */
+            vi plain = is_signed ? (vi)((vu)(a - (vi)lo) <= span) | (a == 0)
+                                 : (vi)((vu)(u - (vi)lo) <= span) | (a == 0);
+            if (is_signed) v |= u & (int32_t)0x80000000;
+            if (__builtin_expect(!dk_all(plain), 0)) {
+                vi code = dk_quant_vec(u, (vu){}, k, mode, tesla, flush, inf_nan, is_signed);
+                vi w = f->ebits == 8 ? code << 16
+                     : dk_dequant_vec(code, f->ebits, f->mbits, f->bias, f->sub, inf_nan, is_signed, scale);
+                v = VSEL(plain, v, w);
+            }
+            memcpy((float *)out + i, &v, sizeof v);
         }
     } else {
         for (; i + DK_VL <= n; i += DK_VL) {

@@ -368,3 +368,47 @@ def test_bf16_fast_path_offsets_and_in_place(isa, op):
         a = ops[0].copy()
         OPS[op](a, *ops[1:], dk.BF16, rounding=rounding, seed=77, out=a)
         assert np.array_equal(a, full)
+
+
+# --- fake_quantize's nearest fast path (values rounded on FP32's bits, dk_convert_body.h) ----
+_FQ_FORMATS = [R.RefFormat("cfloat8_143", 7, "tesla"), R.RefFormat("cfloat8_143", 0, "ieee"),
+               R.RefFormat("cfloat8_152", 40, "flush"), R.RefFormat("cfloat8_152", 15, "tesla"),
+               R.RefFormat("shp", 31, "ieee"), R.RefFormat("shp", 3, "tesla"), R.UHP_R]
+
+
+@pytest.mark.parametrize("rf", _FQ_FORMATS, ids=str)
+@pytest.mark.parametrize("density", [0.0, 0.01, 0.3])
+def test_fake_quantize_nearest_fast_path(isa, rf, density):
+    """Plain values (the format's normal range, ties and values next to max included) with
+    edge values scattered in (zeros of both signs, tiny, Tesla-gap and FP32-subnormal values,
+    max and beyond, Inf, NaN, negatives into UHP): the same bits as the reference's
+    dequantize(quantize(x)) on every tier, at every vector offset."""
+    fmt = fmt_of(rf)
+    vmax = float(fmt.max)
+    vmin = float(2.0 ** (1 - (rf.bias if rf.family != "uhp" else 31)))  # smallest normal
+    rng = np.random.default_rng(int(density * 100) + rf.bias)
+    n = 3001
+    lg = rng.uniform(np.log2(vmin), np.log2(vmax), n)
+    x = np.exp2(lg) * (rng.integers(0, 2, n) * 2 - 1 if fmt.signed else 1)
+    # exact ties and neighbours of grid points: a grid value plus half a quantum, +- one ulp
+    q = np.exp2(np.floor(lg) - rf.m)
+    ties = (np.floor(np.abs(x) / q) + 0.5) * q
+    sel = rng.random(n) < 0.2
+    x = np.where(sel, np.copysign(ties, x), x).astype(np.float32)
+    x[rng.random(n) < 0.05] = np.float32(vmax)
+    edges = np.array([0.0, -0.0, vmin / 3, -vmin / 2, vmin * 0.99, 1e-40, -1e-41, vmax * 1.001,
+                      -vmax * 1.2, vmax * 2, np.inf, -np.inf, np.nan, -np.nan, -1.0, -vmin],
+                     np.float32)
+    pick = rng.random(n) < density
+    x[pick] = rng.choice(edges, int(pick.sum()))
+    x[np.abs(x) > vmax] = np.where(rng.random(int((np.abs(x) > vmax).sum())) < 0.5,
+                                   x[np.abs(x) > vmax], vmax)  # keep only some beyond max
+    want = R.dequantize_ref(R.quantize_ref(x, rf, "nearest")[0], rf).astype(np.float32)
+    for k in (0, 1, 5, 13):
+        got = dk.fake_quantize(x[k:], fmt)
+        w = want[k:]
+        nan = np.isnan(w)
+        assert np.array_equal(np.isnan(got), nan)
+        bad = np.nonzero(bits(got)[~nan] != bits(w)[~nan])[0]
+        assert bad.size == 0, [(float(x[k:][~nan][i]), float(got[~nan][i]), float(w[~nan][i]))
+                               for i in bad[:5]]
