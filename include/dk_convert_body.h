@@ -255,8 +255,52 @@ __attribute__((always_inline)) static inline vi dk_dequant_vec(vi c, int ebits, 
 }
 
 #ifndef DK_ARITH_ONLY
+/* Stochastic rounding inside the Tesla gap (maxsub, minnorm) of a signed format, for the
+ * lanes of `a` (magnitude bits of FP32 values) there: the scalar semantics' rule "hi when
+ * floor((a - lo) / (hi - lo) * 2^32) + r >= 2^32" with lo = maxsub = (2^m - 1) 2^(-b-m),
+ * hi = minnorm = 2^(1-b), hi - lo = (2^m + 1) 2^(-b-m). In units u = 2^(-b-24) (the ulp of
+ * lo's binade) a = A u and lo = L u, L = (2^m - 1) 2^(24-m), so the rule reads, exactly in
+ * 64-bit integers (both sides < 2^45):
+ *     (A - L) 2^(m+8) >= (2^32 - r) (2^m + 1).
+ * Returns the magnitude codes (2^m: minnorm, 2^m - 1: maxsub) of every lane. */
+__attribute__((always_inline)) static inline vi dk_gap_stoch(vi a, vu r, const dk_qconst *k, int bias)
+{
+    const int m = k->m;
+    vi ex = a >> 23;
+    vi sig = (a & 0x7FFFFF) | 0x800000;
+    const int exlow = 127 - bias - 1; /* FP32 exponent field of lo's binade */
+    vi A = sig << VMIN(VMAX(ex - exlow, (vi){}), (vi){} + 1); /* 0 or 1 in the gap */
+    vi D = A - (((1 << m) - 1) << (24 - m));
+    vh dl, dh, rlo, rhi;
+    for (int j = 0; j < DK_VL / 2; j++) { /* halves as 64-bit lanes */
+        dl[j] = (uint32_t)D[j];
+        dh[j] = (uint32_t)D[j + DK_VL / 2];
+        rlo[j] = r[j];
+        rhi[j] = r[j + DK_VL / 2];
+    }
+    vq DL = __builtin_convertvector(dl, vq) << (m + 8), DH = __builtin_convertvector(dh, vq) << (m + 8);
+    vq WL = ((vq){} + (1ull << 32)) - __builtin_convertvector(rlo, vq);
+    vq WH = ((vq){} + (1ull << 32)) - __builtin_convertvector(rhi, vq);
+    vq hl = (vq)(DL >= (WL << m) + WL), hh = (vq)(DH >= (WH << m) + WH);
+    vi up;
+    for (int j = 0; j < DK_VL / 2; j++) {
+        up[j] = (int32_t)hl[j];
+        up[j + DK_VL / 2] = (int32_t)hh[j];
+    }
+    return VSEL(up, (vi){} + (1 << m), (vi){} + ((1 << m) - 1));
+}
+
 /* The vector loop for one (mode, format family): every switch is a compile-time constant
- * at the call sites below, so the loop body has no branches. Returns where it stopped. */
+ * at the call sites below, so the loop body has no branches. Returns where it stopped.
+ *
+ * Nearest and stochastic: values in the format's normal range [minnorm, max] (and zeros)
+ * round on FP32's own bits: the kept part is a >> (23 - m); nearest adds half a quantum
+ * minus one plus the kept last bit, stochastic the carry of (dropped bits << (9 + m)) + r
+ * (that is "f + r >= 2^32", f the dropped fraction scaled to 32 bits); a carry moves into
+ * the exponent, as it should. A vector with any other lane (tiny, Tesla gap, beyond max
+ * or rounded past it, Inf/NaN, negative into an unsigned format) also takes the full path
+ * (dk_quant_vec; the Tesla gap's stochastic lanes by dk_gap_stoch, or the scalar
+ * semantics for unsigned formats) and keeps the fast lanes' results (blend). */
 __attribute__((always_inline)) static inline int64_t
 dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk_qconst *k, int width,
               uint64_t seed, int64_t index0, int mode, int tesla, int flush, int inf_nan, int is_signed,
@@ -265,80 +309,66 @@ dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk
     /* fake: store the codes' FP32 values into (float *)out instead of the codes */
     const vf scale = (vf){} + (float)dk_pow2(dk_qmin(f));
     int64_t i = 0;
+    const int m = f->mbits, sh = 23 - m;
+    const vi half = (vi){} + ((1 << (sh - 1)) - 1), keep = (vi){} + ~((1 << sh) - 1);
+    const vu lo = (vu){} + (uint32_t)k->minnorm_bits;
+    const uint32_t maxbits = dk_decode_f32bits((uint32_t)k->maxc, f);
+    const vu span = (vu){} + (maxbits - (uint32_t)k->minnorm_bits);
+    const int32_t ebase = (127 - f->bias) << m; /* FP32 exponent offset, in code units */
+    dk_rng g = {};
+    vq rlo = {}, rhi = {};
     if (mode == DK_STOCHASTIC) {
-        dk_rng g = dk_rng_at(seed, (uint64_t)index0);
-        vq lo = g.lo, hi = g.hi;
-        for (; i + DK_VL <= n; i += DK_VL) {
-            vi u;
-            memcpy(&u, x + i, sizeof u);
-            __builtin_prefetch(x + i + DK_PREFETCH);
-            vu r = dk_rng_next(&lo, &hi);
+        g = dk_rng_at(seed, (uint64_t)index0);
+        rlo = g.lo;
+        rhi = g.hi;
+    }
+    for (; i + DK_VL <= n; i += DK_VL) {
+        vi u;
+        memcpy(&u, x + i, sizeof u);
+        __builtin_prefetch(x + i + DK_PREFETCH);
+        vu r = {};
+        if (mode == DK_STOCHASTIC) r = dk_rng_next(&rlo, &rhi);
+        vi a = u & 0x7FFFFFFF;
+        vi v; /* the rounded magnitude's FP32 bits (plain lanes) */
+        if (mode == DK_NEAREST) v = (a + half + ((a >> sh) & 1)) & keep;
+        else if (mode == DK_STOCHASTIC) v = (a & keep) + (vi)(-(vi)(((vu)a << (9 + m)) + r < ((vu)a << (9 + m))) << sh);
+        else v = a & keep;
+        /* signed formats: |x| in [minnorm, max] or zero; unsigned: x itself (negative
+         * values fall outside), and -0 gives +0. Stochastic may round past max. */
+        vi plain = (vi)((vu)((is_signed ? a : u) - (vi)lo) <= span) | (a == 0);
+        if (mode == DK_STOCHASTIC) plain &= (vi)((vu)v <= maxbits);
+        vi res; /* FP32 bits (fake) or codes */
+        if (fake) {
+            res = is_signed ? v | (u & (int32_t)0x80000000) : v;
+        } else {
+            res = VSEL(a == 0, (vi){}, (v >> sh) - ebase);
+            if (is_signed) res |= (vi)((vu)u >> 31) << k->signpos;
+        }
+        if (__builtin_expect(!dk_all(plain), 0)) {
             vi code = dk_quant_vec(u, r, k, mode, tesla, flush, inf_nan, is_signed);
-            if (tesla) { /* lanes inside the subnormal gap: scalar semantics (before the
-                          * store: fake_quantize may write over x) */
-                vi a = u & 0x7FFFFFFF;
+            if (tesla && mode == DK_STOCHASTIC) { /* lanes inside the subnormal gap */
                 vi gap = (a > k->maxsub_bits) & (a < k->minnorm_bits);
-                if (dk_any(gap))
-                    for (int j = 0; j < DK_VL; j++)
-                        if (gap[j]) {
-                            unsigned fl = 0;
-                            code[j] = (int32_t)dk_round(dk_f32_to_f64(dk_bitsf((uint32_t)u[j])), 0.0, f,
-                                                        mode, r[j], &fl);
-                        }
+                if (dk_any(gap)) {
+                    if (is_signed) {
+                        vi gc = dk_gap_stoch(a, r, k, f->bias) | ((vi)((vu)u >> 31) << k->signpos);
+                        code = VSEL(gap, gc, code);
+                    } else {
+                        for (int j = 0; j < DK_VL; j++)
+                            if (gap[j]) {
+                                unsigned fl = 0;
+                                code[j] = (int32_t)dk_round(dk_f32_to_f64(dk_bitsf((uint32_t)u[j])), 0.0, f,
+                                                            mode, r[j], &fl);
+                            }
+                    }
+                }
             }
-            if (fake) {
-                /* BF16 by a shift: its subnormals are FP32 subnormals, which a multiply could flush */
-                vi v = f->ebits == 8 ? code << 16
-                     : dk_dequant_vec(code, f->ebits, f->mbits, f->bias, f->sub, inf_nan, is_signed, scale);
-                memcpy((float *)out + i, &v, sizeof v);
-            } else {
-                dk_store_codes(out, i, code, width);
-            }
+            vi w = !fake ? code
+                 : f->ebits == 8 ? code << 16 /* BF16-like: a shift (a multiply could flush) */
+                 : dk_dequant_vec(code, f->ebits, f->mbits, f->bias, f->sub, inf_nan, is_signed, scale);
+            res = VSEL(plain, res, w);
         }
-    } else if (fake && mode == DK_NEAREST) {
-        /* Values in the format's normal range (and zeros) round on FP32's own bits: add
-         * half a quantum minus one plus the kept last bit, clear the dropped bits (a carry
-         * moves into the exponent, as it should); every value up to the format's max
-         * rounds to at most max. Other lanes (tiny, beyond max, Inf/NaN, negative into an
-         * unsigned format) take the full path below, for the vectors that have any. */
-        const int sh = 23 - f->mbits;
-        const vi half = (vi){} + ((1 << (sh - 1)) - 1), keep = (vi){} + ~((1 << sh) - 1);
-        const vu lo = (vu){} + (uint32_t)k->minnorm_bits;
-        const vu span = (vu){} + (dk_decode_f32bits((uint32_t)k->maxc, f) - (uint32_t)k->minnorm_bits);
-        for (; i + DK_VL <= n; i += DK_VL) {
-            vi u;
-            memcpy(&u, x + i, sizeof u);
-            __builtin_prefetch(x + i + DK_PREFETCH);
-            vi a = u & 0x7FFFFFFF;
-            vi v = (a + half + ((a >> sh) & 1)) & keep;
-            /* signed formats: |x| in [minnorm, max] or zero; unsigned: x itself (negative
-             * values fall outside), and -0 gives +0 */
-            vi plain = is_signed ? (vi)((vu)(a - (vi)lo) <= span) | (a == 0)
-                                 : (vi)((vu)(u - (vi)lo) <= span) | (a == 0);
-            if (is_signed) v |= u & (int32_t)0x80000000;
-            if (__builtin_expect(!dk_all(plain), 0)) {
-                vi code = dk_quant_vec(u, (vu){}, k, mode, tesla, flush, inf_nan, is_signed);
-                vi w = f->ebits == 8 ? code << 16
-                     : dk_dequant_vec(code, f->ebits, f->mbits, f->bias, f->sub, inf_nan, is_signed, scale);
-                v = VSEL(plain, v, w);
-            }
-            memcpy((float *)out + i, &v, sizeof v);
-        }
-    } else {
-        for (; i + DK_VL <= n; i += DK_VL) {
-            vi u;
-            memcpy(&u, x + i, sizeof u);
-            __builtin_prefetch(x + i + DK_PREFETCH);
-            vi code = dk_quant_vec(u, (vu){}, k, mode, tesla, flush, inf_nan, is_signed);
-            if (fake) {
-                /* BF16 by a shift: its subnormals are FP32 subnormals, which a multiply could flush */
-                vi v = f->ebits == 8 ? code << 16
-                     : dk_dequant_vec(code, f->ebits, f->mbits, f->bias, f->sub, inf_nan, is_signed, scale);
-                memcpy((float *)out + i, &v, sizeof v);
-            } else {
-                dk_store_codes(out, i, code, width);
-            }
-        }
+        if (fake) memcpy((float *)out + i, &res, sizeof res);
+        else dk_store_codes(out, i, res, width);
     }
     return i;
 }
