@@ -279,28 +279,6 @@ static inline dk_rng2 dk_rng2_at(uint64_t seed, uint64_t i0)
     return g;
 }
 
-/* dk_rng_next with a given state step. */
-__attribute__((always_inline)) static inline vu dk_splitmix_top(vq *state_lo, vq *state_hi, uint64_t step)
-{
-    vq lo = *state_lo, hi = *state_hi;
-    *state_lo += step;
-    *state_hi += step;
-    lo = (lo ^ (lo >> 30)) * 0xBF58476D1CE4E5B9ull;
-    hi = (hi ^ (hi >> 30)) * 0xBF58476D1CE4E5B9ull;
-    lo = (lo ^ (lo >> 27)) * 0x94D049BB133111EBull;
-    hi = (hi ^ (hi >> 27)) * 0x94D049BB133111EBull;
-    lo ^= lo >> 31;
-    hi ^= hi >> 31;
-    vh l = __builtin_convertvector(lo >> 32, vh), h = __builtin_convertvector(hi >> 32, vh);
-#if DK_VL == 16
-    return (vu)__builtin_shufflevector(l, h, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-#elif DK_VL == 8
-    return (vu)__builtin_shufflevector(l, h, 0, 1, 2, 3, 4, 5, 6, 7);
-#else
-    return (vu)__builtin_shufflevector(l, h, 0, 1, 2, 3);
-#endif
-}
-
 __attribute__((always_inline)) static inline int64_t
 dk_bf16_fast(int op, int mode, const void *a, const void *b, const void *c, void *out, int64_t i0,
              int64_t n, const dk_format *f, const dk_aconst *q, uint64_t seed, int64_t cnt[4])

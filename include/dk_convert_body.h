@@ -50,26 +50,35 @@ static inline dk_rng dk_rng_at(uint64_t seed, uint64_t i0)
     return g;
 }
 
-/* The random numbers of the current DK_VL elements; advances the states by DK_VL. */
-__attribute__((always_inline)) static inline vu dk_rng_next(vq *state_lo, vq *state_hi)
+/* The random numbers of DK_VL elements whose SplitMix64 states are lo (first half) and hi
+ * (second half), then advances both by `step`. Only the top 32 bits of the output are
+ * needed: (z ^ (z >> 31)) >> 32 == h ^ (h >> 31) with h the top half of z, which 32-bit
+ * lanes compute in place; one two-source permute then gathers the top halves. */
+__attribute__((always_inline)) static inline vu dk_splitmix_top(vq *state_lo, vq *state_hi, uint64_t step)
 {
     vq lo = *state_lo, hi = *state_hi;
-    *state_lo += (uint64_t)DK_VL * 0x9E3779B97F4A7C15ull;
-    *state_hi += (uint64_t)DK_VL * 0x9E3779B97F4A7C15ull;
+    *state_lo += step;
+    *state_hi += step;
     lo = (lo ^ (lo >> 30)) * 0xBF58476D1CE4E5B9ull;
     hi = (hi ^ (hi >> 30)) * 0xBF58476D1CE4E5B9ull;
     lo = (lo ^ (lo >> 27)) * 0x94D049BB133111EBull;
     hi = (hi ^ (hi >> 27)) * 0x94D049BB133111EBull;
-    lo ^= lo >> 31;
-    hi ^= hi >> 31;
-    vh l = __builtin_convertvector(lo >> 32, vh), h = __builtin_convertvector(hi >> 32, vh);
+    vu l = (vu)lo, h = (vu)hi;
+    l ^= l >> 31;
+    h ^= h >> 31;
 #if DK_VL == 16
-    return (vu)__builtin_shufflevector(l, h, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    return __builtin_shufflevector(l, h, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
 #elif DK_VL == 8
-    return (vu)__builtin_shufflevector(l, h, 0, 1, 2, 3, 4, 5, 6, 7);
+    return __builtin_shufflevector(l, h, 1, 3, 5, 7, 9, 11, 13, 15);
 #else
-    return (vu)__builtin_shufflevector(l, h, 0, 1, 2, 3);
+    return __builtin_shufflevector(l, h, 1, 3, 5, 7);
 #endif
+}
+
+/* The random numbers of the current DK_VL elements; advances the states by DK_VL. */
+__attribute__((always_inline)) static inline vu dk_rng_next(vq *state_lo, vq *state_hi)
+{
+    return dk_splitmix_top(state_lo, state_hi, (uint64_t)DK_VL * 0x9E3779B97F4A7C15ull);
 }
 
 /* Constants of one (format, mode) pair, hoisted out of the loop. */
