@@ -353,6 +353,31 @@ dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk
             res = VSEL(a == 0, (vi){}, (v >> sh) - ebase);
             if (is_signed) res |= (vi)((vu)u >> 31) << k->signpos;
         }
+        if (mode == DK_NEAREST && __builtin_expect(!dk_all(plain), 0)) {
+            /* Nearest, |x| below minnorm (and >= 0 for unsigned formats): the grid is the
+             * multiples of the quantum 2^qmin, M = round(|x| / 2^qmin) by an integer
+             * shift, then the Tesla gap's rule (ties to minnorm) or the flush to zero. */
+            vi tiny = (vi)((vu)(is_signed ? a : u) < (vu)lo);
+            vi ex = a >> 23;
+            vi sig = (a & 0x7FFFFF) | VSEL(ex != 0, (vi){} + 0x800000, (vi){});
+            vi shift = VMIN((vi){} + (k->qmin + 150) - VMAX(ex, (vi){} + 1), (vi){} + 31); /* >= 23 - m */
+            vi one = (vi){} + 1;
+            vi M = (sig + (one << (shift - 1)) - 1 + ((sig >> shift) & 1)) >> shift;
+            if (tesla)
+                M = VSEL(a > k->maxsub_bits, VSEL(a >= k->mid_bits, (vi){} + (1 << m), (vi){} + ((1 << m) - 1)), M);
+            else if (flush)
+                M = VSEL(M >= (1 << m), (vi){} + (1 << m), (vi){});
+            vi t;
+            if (fake) {
+                t = VSEL(M >= (1 << m), (vi)lo, (vi)(__builtin_convertvector(M, vf) * scale));
+                if (is_signed) t |= u & (int32_t)0x80000000;
+            } else {
+                t = M;
+                if (is_signed) t |= (vi)((vu)u >> 31) << k->signpos;
+            }
+            res = VSEL(tiny, t, res);
+            plain |= tiny;
+        }
         if (__builtin_expect(!dk_all(plain), 0)) {
             vi code = dk_quant_vec(u, r, k, mode, tesla, flush, inf_nan, is_signed);
             if (tesla && mode == DK_STOCHASTIC) { /* lanes inside the subnormal gap */

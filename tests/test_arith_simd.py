@@ -397,6 +397,13 @@ def _fq_inputs(rf, fmt, density, seed):
                       gap_lo, np.nextafter(np.float32(gap_lo), np.float32(1)),
                       (gap_lo + vmin) / 2, -(gap_lo * 0.7 + vmin * 0.3),
                       np.nextafter(np.float32(vmin), np.float32(0))], np.float32)
+    # the subnormal grid's ties and neighbours (quantum 2^qmin)
+    qs = 2.0 ** ((-rf.bias if rf.subnormals == "tesla" else 1 - rf.bias) - rf.m)
+    if rf.family == "uhp":
+        qs = 2.0 ** (1 - 31 - rf.m)
+    ks = np.array([0.5, 1.5, 2.5, 3.5, 2 ** rf.m - 1.5, 2 ** rf.m - 0.5, 2 ** rf.m + 0.5, 0.25, 1])
+    sub = (ks * qs).astype(np.float32)
+    edges = np.concatenate([edges, sub, -sub, np.nextafter(sub, np.float32(1))])
     pick = rng.random(n) < density
     x[pick] = rng.choice(edges, int(pick.sum()))
     return x
