@@ -353,20 +353,34 @@ dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk
             res = VSEL(a == 0, (vi){}, (v >> sh) - ebase);
             if (is_signed) res |= (vi)((vu)u >> 31) << k->signpos;
         }
-        if (mode == DK_NEAREST && __builtin_expect(!dk_all(plain), 0)) {
-            /* Nearest, |x| below minnorm (and >= 0 for unsigned formats): the grid is the
-             * multiples of the quantum 2^qmin, M = round(|x| / 2^qmin) by an integer
-             * shift, then the Tesla gap's rule (ties to minnorm) or the flush to zero. */
+        if ((mode == DK_NEAREST || (mode == DK_STOCHASTIC && (is_signed || !tesla))) &&
+            __builtin_expect(!dk_all(plain), 0)) {
+            /* |x| below minnorm (and x >= 0 for unsigned formats): the grid is the
+             * multiples of the quantum 2^qmin; M = |x| / 2^qmin rounded by integer shifts
+             * (as dk_quant_vec), then the Tesla gap's rule (nearest: ties to minnorm;
+             * stochastic: dk_gap_stoch) or the flush to zero. */
             vi tiny = (vi)((vu)(is_signed ? a : u) < (vu)lo);
             vi ex = a >> 23;
             vi sig = (a & 0x7FFFFF) | VSEL(ex != 0, (vi){} + 0x800000, (vi){});
-            vi shift = VMIN((vi){} + (k->qmin + 150) - VMAX(ex, (vi){} + 1), (vi){} + 31); /* >= 23 - m */
+            vi shraw = (vi){} + (k->qmin + 150) - VMAX(ex, (vi){} + 1); /* >= 23 - m */
+            vi shift = VMIN(shraw, (vi){} + 31);
             vi one = (vi){} + 1;
-            vi M = (sig + (one << (shift - 1)) - 1 + ((sig >> shift) & 1)) >> shift;
-            if (tesla)
-                M = VSEL(a > k->maxsub_bits, VSEL(a >= k->mid_bits, (vi){} + (1 << m), (vi){} + ((1 << m) - 1)), M);
-            else if (flush)
+            vi M;
+            if (mode == DK_NEAREST) {
+                M = (sig + (one << (shift - 1)) - 1 + ((sig >> shift) & 1)) >> shift;
+            } else { /* f = the dropped fraction scaled to 32 bits, exactly */
+                vu fr = (vu)VSEL(shraw <= 32, (vi)((vu)sig << (vu)VMAX(32 - shraw, (vi){})),
+                                 (vi)((vu)sig >> (vu)VMIN(VMAX(shraw - 32, (vi){}), (vi){} + 31)));
+                M = (sig >> shift) - (vi)((fr + r) < fr);
+            }
+            if (tesla) {
+                vi gv = mode == DK_NEAREST
+                      ? VSEL(a >= k->mid_bits, (vi){} + (1 << m), (vi){} + ((1 << m) - 1))
+                      : dk_gap_stoch(a, r, k, f->bias);
+                M = VSEL(a > k->maxsub_bits, gv, M);
+            } else if (flush) {
                 M = VSEL(M >= (1 << m), (vi){} + (1 << m), (vi){});
+            }
             vi t;
             if (fake) {
                 t = VSEL(M >= (1 << m), (vi)lo, (vi)(__builtin_convertvector(M, vf) * scale));
