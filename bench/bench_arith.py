@@ -7,7 +7,8 @@
   ``torch.addcmul`` into preallocated outputs (torch rounds each op to nearest);
 - CFloat8 1_4_3 add / mul (no torch peer: torch has no fp8 arithmetic);
 - quantize float32 -> CFloat8 / BF16 with nearest and stochastic rounding;
-- fake_quantize float32 -> CFloat8 -> float32 beside a NumPy copy of the same bytes;
+- fake_quantize float32 -> CFloat8 / BF16 -> float32 beside a NumPy copy of the same bytes
+  (np.copyto, single-threaded: the bandwidth peer);
 - choose_bias beside ``np.abs(x).max()`` at 4K and 16M elements.
 The table at the end gives the ratios (targets of issue 11 in brackets).
 """
@@ -96,12 +97,14 @@ def test_numpy_copy(benchmark, data):
 
 @pytest.mark.parametrize("t", THREADS)
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
-def test_fake_quantize(benchmark, data, threads, rounding, t):
+@pytest.mark.parametrize("name", ["cf8", "bf16"])
+def test_fake_quantize(benchmark, data, threads, name, rounding, t):
     threads(t)
+    fmt = CF8 if name == "cf8" else dk.BF16
     x, out = data["x"][0], data["f32"]  # preallocated, as the NumPy copy's destination
-    benchmark.pedantic(lambda: dk.fake_quantize(x, CF8, rounding=rounding, seed=1, out=out),
+    benchmark.pedantic(lambda: dk.fake_quantize(x, fmt, rounding=rounding, seed=1, out=out),
                        **ROUNDS)
-    record(benchmark, ("fq", rounding, t), N, "elem/s")
+    record(benchmark, ("fq", name, rounding, t), N, "elem/s")
 
 
 @pytest.mark.parametrize("n", [4096, 1 << 24])
@@ -139,13 +142,14 @@ def _table(res):
             lines.append(f"quantize f32 -> {name}, {t} thread(s): nearest {gel(qn).strip()}, "
                          f"stochastic {gel(qs).strip()}: {rat(qs, qn)} [>=0.7]")
     copy = g("copy")
-    for t in THREADS:
-        for rounding in ("nearest", "stochastic"):
-            fq = g(("fq", rounding, t))
-            # fake_quantize moves 8 bytes per element (4 read, 4 written), as the f32 copy does
-            lines.append(f"fake_quantize f32 -> cf8 -> f32 ({rounding}), {t} thread(s): "
-                         f"{gel(fq).strip()} Gelem/s = {rat(fq, copy)} of a NumPy f32 copy "
-                         f"({gel(copy).strip()}) [>=0.8]")
+    for name in ("cf8", "bf16"):
+        for t in THREADS:
+            for rounding in ("nearest", "stochastic"):
+                fq = g(("fq", name, rounding, t))
+                # fake_quantize moves 8 bytes per element (4 read, 4 written), as the copy does
+                lines.append(f"fake_quantize f32 -> {name} -> f32 ({rounding}), {t} thread(s): "
+                             f"{gel(fq).strip()} Gelem/s = {rat(fq, copy)} of a NumPy f32 copy "
+                             f"({gel(copy).strip()}, 1 thread) [>=0.8]")
     for n in (4096, 1 << 24):
         cb, ref = g(("cb", "choose_bias", n)), g(("cb", "np_abs_max", n))
         lines.append(f"choose_bias on {n:,} float32: {rat(cb, ref)} the speed of np.abs(x).max() "

@@ -220,6 +220,143 @@ dk_arith_loop(int op, const void *a, const void *b, const void *c, void *out, in
         else DK_ARITH_MODES(DK_OP_FMA, BF, W);                                                   \
     } while (0)
 
+/* The general vector path for BF16 over [i0, i0 + n), out of line (so that the fast loop
+ * keeps its registers); returns how many elements it did (a multiple of DK_VL). */
+static __attribute__((noinline)) int64_t
+dk_bf16_general(int op, const void *a, const void *b, const void *c, void *out, int64_t i0, int64_t n,
+                const dk_format *f, const dk_aconst *qp, int mode, uint64_t seed, int64_t cnt[4])
+{
+    const dk_aconst q = *qp;
+    int64_t i = 0;
+    DK_ARITH_OPS(1, 2);
+    return i;
+}
+
+/* ---- BF16 fast path ---------------------------------------------------------------------
+ * 2 * DK_VL BF16 codes per step, loaded as DK_VL 32-bit words: a word's low half is an even
+ * element, whose FP32 value is (word << 16), its high half the next (odd) element, whose
+ * value is (word & 0xFFFF0000); both halves are computed in place and packed back, so no
+ * shuffles. A step whose operands and results are all plain (no subnormal, Inf or NaN
+ * operand; no subnormal, Inf or NaN result; add/sub: zero results are exact; mul/fma: no
+ * product at or below 2^-126; fma: no result below 2^-126) raises no flag and is finished
+ * here: nearest rounds FP32 s (fma: s rounded to odd with TwoSum's t, see the top of the
+ * file) to BF16 by the integer round-to-nearest-even; stochastic needs s exact (t == 0;
+ * products of two BF16 values always are). Any other step goes through dk_bf16_general (the
+ * general vector path and the scalar semantics), so its codes and flags are that path's. */
+typedef uint16_t vw __attribute__((vector_size(DK_VL * 4))); /* 2 * DK_VL 16-bit lanes */
+
+/* Lanes (16-bit) of BF16 codes that are subnormal, Inf or NaN. */
+__attribute__((always_inline)) static inline vw dk_bf16_rare_in(vw c)
+{
+    vw mag = c & 0x7FFF;
+    return (vw)((vw)(mag - 1) < 0x7F) | (vw)(mag > 0x7F7F);
+}
+
+/* FP32 s (exact, or rounded to odd) of the even (lo) or odd (hi) halves to BF16 bits in the
+ * top half of the word: round to nearest even, or stochastic with random numbers r (the
+ * carry of f + r, f = the low half, as dk_bf16_stoch_vec). */
+__attribute__((always_inline)) static inline vu dk_bf16_round_half(vu s, vu r, int mode)
+{
+    if (mode == DK_NEAREST) return s + 0x7FFFu + ((s >> 16) & 1u);
+    vu low = s << 16;
+    return s + (vu)(-(vi)((low + r) < low) << 16);
+}
+
+/* Random numbers of the even and of the odd elements of the 2 * DK_VL elements of a step:
+ * SplitMix64 states in four vectors (even elements' two halves, odd elements' two halves). */
+typedef struct { vq el, eh, ol, oh; } dk_rng2;
+
+static inline dk_rng2 dk_rng2_at(uint64_t seed, uint64_t i0)
+{
+    dk_rng2 g;
+    const uint64_t G = 0x9E3779B97F4A7C15ull;
+    for (int j = 0; j < DK_VL / 2; j++) {
+        g.el[j] = seed + (i0 + 2u * (uint64_t)j + 1u) * G;
+        g.eh[j] = seed + (i0 + 2u * (uint64_t)(j + DK_VL / 2) + 1u) * G;
+        g.ol[j] = seed + (i0 + 2u * (uint64_t)j + 2u) * G;
+        g.oh[j] = seed + (i0 + 2u * (uint64_t)(j + DK_VL / 2) + 2u) * G;
+    }
+    return g;
+}
+
+__attribute__((always_inline)) static inline int64_t
+dk_bf16_fast(int op, int mode, const void *a, const void *b, const void *c, void *out, int64_t i0,
+             int64_t n, const dk_format *f, const dk_aconst *q, uint64_t seed, int64_t cnt[4])
+{
+    const int64_t step = 2 * DK_VL;
+    const uint64_t G2 = (uint64_t)step * 0x9E3779B97F4A7C15ull;
+    dk_rng2 g = {};
+    if (mode == DK_STOCHASTIC) g = dk_rng2_at(seed, (uint64_t)i0);
+    const vu HI = (vu){} + 0xFFFF0000u;
+    int64_t i = 0;
+    for (; i + step <= n; i += step) {
+        const int64_t at = i0 + i;
+        __builtin_prefetch((const uint16_t *)a + at + DK_PREFETCH);
+        __builtin_prefetch((const uint16_t *)b + at + DK_PREFETCH);
+        vu wa, wb, wc = {};
+        memcpy(&wa, (const uint16_t *)a + at, sizeof wa);
+        memcpy(&wb, (const uint16_t *)b + at, sizeof wb);
+        vw rare = dk_bf16_rare_in((vw)wa) | dk_bf16_rare_in((vw)wb);
+        vf xl = (vf)(wa << 16), xh = (vf)(wa & HI), yl = (vf)(wb << 16), yh = (vf)(wb & HI);
+        vu rl = {}, rh = {};
+        if (mode == DK_STOCHASTIC) {
+            rl = dk_splitmix_top(&g.el, &g.eh, G2);
+            rh = dk_splitmix_top(&g.ol, &g.oh, G2);
+        }
+        vu sl, sh;
+        vi bad = {}; /* 32-bit lanes: a half needing the general path */
+        if (op == DK_OP_MUL) {
+            vf pl = xl * yl, ph = xh * yh;
+            sl = (vu)pl;
+            sh = (vu)ph;
+            /* products at or below 2^-126 (FP32 may have rounded them; zero ones too) */
+            bad = ((vi)(sl & 0x7FFFFFFFu) <= 0x00800000) | ((vi)(sh & 0x7FFFFFFFu) <= 0x00800000);
+        } else {
+            vf ul = xl, uh = xh, vl = yl, vh2 = yh;
+            if (op == DK_OP_SUB) {
+                vl = (vf)((vu)yl ^ 0x80000000u);
+                vh2 = (vf)((vu)yh ^ 0x80000000u);
+            }
+            if (op == DK_OP_FMA) {
+                memcpy(&wc, (const uint16_t *)c + at, sizeof wc);
+                rare |= dk_bf16_rare_in((vw)wc);
+                ul = xl * yl;
+                uh = xh * yh;
+                bad = ((vi)((vu)ul & 0x7FFFFFFFu) <= 0x00800000) | ((vi)((vu)uh & 0x7FFFFFFFu) <= 0x00800000);
+                vl = (vf)(wc << 16);
+                vh2 = (vf)(wc & HI);
+            }
+            vf s1 = ul + vl, s2 = uh + vh2;
+            sl = (vu)s1;
+            sh = (vu)s2;
+            if (op == DK_OP_FMA || mode == DK_STOCHASTIC) {
+                /* TwoSum: s + t == u + v exactly */
+                vf v1 = s1 - ul, u1 = s1 - v1, t1 = (ul - u1) + (vl - v1);
+                vf v2 = s2 - uh, u2 = s2 - v2, t2 = (uh - u2) + (vh2 - v2);
+                vi in1 = ((vi)t1 & 0x7FFFFFFF) != 0, in2 = ((vi)t2 & 0x7FFFFFFF) != 0;
+                if (mode == DK_STOCHASTIC) {
+                    bad |= in1 | in2;
+                } else { /* round to odd */
+                    vi st1 = VSEL(((vi)t1 ^ (vi)sl) < 0, (vi){} - 1, (vi){} + 1);
+                    vi st2 = VSEL(((vi)t2 ^ (vi)sh) < 0, (vi){} - 1, (vi){} + 1);
+                    sl = (vu)VSEL(in1 & (((vi)sl & 1) == 0), (vi)sl + st1, (vi)sl);
+                    sh = (vu)VSEL(in2 & (((vi)sh & 1) == 0), (vi)sh + st2, (vi)sh);
+                }
+            }
+        }
+        vu code = (dk_bf16_round_half(sh, rh, mode) & HI) | (dk_bf16_round_half(sl, rl, mode) >> 16);
+        vw mr = (vw)code & 0x7FFF;
+        if (op == DK_OP_FMA) rare |= (vw)(mr < 0x80) | (vw)(mr > 0x7F7F);
+        else rare |= dk_bf16_rare_in((vw)code);
+        if (__builtin_expect(dk_any((vi)rare | bad), 0)) {
+            dk_bf16_general(op, a, b, c, out, at, step, f, q, mode, seed, cnt);
+            continue;
+        }
+        memcpy((uint16_t *)out + at, &code, sizeof code);
+    }
+    return i;
+}
+
 void DK_FN(dk_arith_block)(int op, const void *a, const void *b, const void *c, void *out, int64_t i0,
                            int64_t n, const dk_format *f, int mode, uint64_t seed, int64_t cnt[4])
 {
@@ -227,7 +364,21 @@ void DK_FN(dk_arith_block)(int op, const void *a, const void *b, const void *c, 
     int64_t i = 0;
     if (f->mbits <= 11 && width <= 2) {
         const dk_aconst q = dk_aconst_of(f, op);
-        if (q.bf16) DK_ARITH_OPS(1, 2);
+        if (q.bf16 && mode != DK_TOWARD_ZERO) {
+            /* the fast path, then the general one for the tail */
+            int64_t d;
+#define DK_FAST(OP, MODE) dk_bf16_fast(OP, MODE, a, b, c, out, i0, n, f, &q, seed, cnt)
+            if (mode == DK_NEAREST)
+                d = op == DK_OP_ADD ? DK_FAST(DK_OP_ADD, DK_NEAREST) : op == DK_OP_SUB ? DK_FAST(DK_OP_SUB, DK_NEAREST)
+                  : op == DK_OP_MUL ? DK_FAST(DK_OP_MUL, DK_NEAREST) : DK_FAST(DK_OP_FMA, DK_NEAREST);
+            else
+                d = op == DK_OP_ADD ? DK_FAST(DK_OP_ADD, DK_STOCHASTIC) : op == DK_OP_SUB ? DK_FAST(DK_OP_SUB, DK_STOCHASTIC)
+                  : op == DK_OP_MUL ? DK_FAST(DK_OP_MUL, DK_STOCHASTIC) : DK_FAST(DK_OP_FMA, DK_STOCHASTIC);
+#undef DK_FAST
+            i = d + dk_bf16_general(op, a, b, c, out, i0 + d, n - d, f, &q, mode, seed, cnt);
+        } else if (q.bf16) {
+            DK_ARITH_OPS(1, 2);
+        }
         else if (width == 1) DK_ARITH_OPS(0, 1);
         else DK_ARITH_OPS(0, 2);
     }

@@ -50,26 +50,35 @@ static inline dk_rng dk_rng_at(uint64_t seed, uint64_t i0)
     return g;
 }
 
-/* The random numbers of the current DK_VL elements; advances the states by DK_VL. */
-__attribute__((always_inline)) static inline vu dk_rng_next(vq *state_lo, vq *state_hi)
+/* The random numbers of DK_VL elements whose SplitMix64 states are lo (first half) and hi
+ * (second half), then advances both by `step`. Only the top 32 bits of the output are
+ * needed: (z ^ (z >> 31)) >> 32 == h ^ (h >> 31) with h the top half of z, which 32-bit
+ * lanes compute in place; one two-source permute then gathers the top halves. */
+__attribute__((always_inline)) static inline vu dk_splitmix_top(vq *state_lo, vq *state_hi, uint64_t step)
 {
     vq lo = *state_lo, hi = *state_hi;
-    *state_lo += (uint64_t)DK_VL * 0x9E3779B97F4A7C15ull;
-    *state_hi += (uint64_t)DK_VL * 0x9E3779B97F4A7C15ull;
+    *state_lo += step;
+    *state_hi += step;
     lo = (lo ^ (lo >> 30)) * 0xBF58476D1CE4E5B9ull;
     hi = (hi ^ (hi >> 30)) * 0xBF58476D1CE4E5B9ull;
     lo = (lo ^ (lo >> 27)) * 0x94D049BB133111EBull;
     hi = (hi ^ (hi >> 27)) * 0x94D049BB133111EBull;
-    lo ^= lo >> 31;
-    hi ^= hi >> 31;
-    vh l = __builtin_convertvector(lo >> 32, vh), h = __builtin_convertvector(hi >> 32, vh);
+    vu l = (vu)lo, h = (vu)hi;
+    l ^= l >> 31;
+    h ^= h >> 31;
 #if DK_VL == 16
-    return (vu)__builtin_shufflevector(l, h, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    return __builtin_shufflevector(l, h, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
 #elif DK_VL == 8
-    return (vu)__builtin_shufflevector(l, h, 0, 1, 2, 3, 4, 5, 6, 7);
+    return __builtin_shufflevector(l, h, 1, 3, 5, 7, 9, 11, 13, 15);
 #else
-    return (vu)__builtin_shufflevector(l, h, 0, 1, 2, 3);
+    return __builtin_shufflevector(l, h, 1, 3, 5, 7);
 #endif
+}
+
+/* The random numbers of the current DK_VL elements; advances the states by DK_VL. */
+__attribute__((always_inline)) static inline vu dk_rng_next(vq *state_lo, vq *state_hi)
+{
+    return dk_splitmix_top(state_lo, state_hi, (uint64_t)DK_VL * 0x9E3779B97F4A7C15ull);
 }
 
 /* Constants of one (format, mode) pair, hoisted out of the loop. */
@@ -185,6 +194,22 @@ static inline int dk_any(vi mask)
 #endif
 }
 
+/* Are all lanes of the mask set? */
+static inline int dk_all(vi mask)
+{
+#if DK_VL == 16
+    return _mm512_cmpeq_epi32_mask((__m512i)mask, _mm512_set1_epi32(-1)) == 0xFFFF;
+#elif DK_VL == 8
+    return _mm256_movemask_epi8((__m256i)mask) == -1;
+#elif defined(__SSE2__)
+    return _mm_movemask_epi8((__m128i)mask) == 0xFFFF;
+#else
+    int all = 1;
+    for (int j = 0; j < DK_VL; j++) all &= mask[j] != 0;
+    return all;
+#endif
+}
+
 /* Narrowing stores and widening loads of codes. GCC's generic vector conversions turn
  * these into per-lane scalar code, so they are written with the tier's intrinsics. */
 static inline void dk_store_codes(void *out, int64_t i, vi code, int width)
@@ -239,8 +264,52 @@ __attribute__((always_inline)) static inline vi dk_dequant_vec(vi c, int ebits, 
 }
 
 #ifndef DK_ARITH_ONLY
+/* Stochastic rounding inside the Tesla gap (maxsub, minnorm) of a signed format, for the
+ * lanes of `a` (magnitude bits of FP32 values) there: the scalar semantics' rule "hi when
+ * floor((a - lo) / (hi - lo) * 2^32) + r >= 2^32" with lo = maxsub = (2^m - 1) 2^(-b-m),
+ * hi = minnorm = 2^(1-b), hi - lo = (2^m + 1) 2^(-b-m). In units u = 2^(-b-24) (the ulp of
+ * lo's binade) a = A u and lo = L u, L = (2^m - 1) 2^(24-m), so the rule reads, exactly in
+ * 64-bit integers (both sides < 2^45):
+ *     (A - L) 2^(m+8) >= (2^32 - r) (2^m + 1).
+ * Returns the magnitude codes (2^m: minnorm, 2^m - 1: maxsub) of every lane. */
+__attribute__((always_inline)) static inline vi dk_gap_stoch(vi a, vu r, const dk_qconst *k, int bias)
+{
+    const int m = k->m;
+    vi ex = a >> 23;
+    vi sig = (a & 0x7FFFFF) | 0x800000;
+    const int exlow = 127 - bias - 1; /* FP32 exponent field of lo's binade */
+    vi A = sig << VMIN(VMAX(ex - exlow, (vi){}), (vi){} + 1); /* 0 or 1 in the gap */
+    vi D = A - (((1 << m) - 1) << (24 - m));
+    vh dl, dh, rlo, rhi;
+    for (int j = 0; j < DK_VL / 2; j++) { /* halves as 64-bit lanes */
+        dl[j] = (uint32_t)D[j];
+        dh[j] = (uint32_t)D[j + DK_VL / 2];
+        rlo[j] = r[j];
+        rhi[j] = r[j + DK_VL / 2];
+    }
+    vq DL = __builtin_convertvector(dl, vq) << (m + 8), DH = __builtin_convertvector(dh, vq) << (m + 8);
+    vq WL = ((vq){} + (1ull << 32)) - __builtin_convertvector(rlo, vq);
+    vq WH = ((vq){} + (1ull << 32)) - __builtin_convertvector(rhi, vq);
+    vq hl = (vq)(DL >= (WL << m) + WL), hh = (vq)(DH >= (WH << m) + WH);
+    vi up;
+    for (int j = 0; j < DK_VL / 2; j++) {
+        up[j] = (int32_t)hl[j];
+        up[j + DK_VL / 2] = (int32_t)hh[j];
+    }
+    return VSEL(up, (vi){} + (1 << m), (vi){} + ((1 << m) - 1));
+}
+
 /* The vector loop for one (mode, format family): every switch is a compile-time constant
- * at the call sites below, so the loop body has no branches. Returns where it stopped. */
+ * at the call sites below, so the loop body has no branches. Returns where it stopped.
+ *
+ * Nearest and stochastic: values in the format's normal range [minnorm, max] (and zeros)
+ * round on FP32's own bits: the kept part is a >> (23 - m); nearest adds half a quantum
+ * minus one plus the kept last bit, stochastic the carry of (dropped bits << (9 + m)) + r
+ * (that is "f + r >= 2^32", f the dropped fraction scaled to 32 bits); a carry moves into
+ * the exponent, as it should. A vector with any other lane (tiny, Tesla gap, beyond max
+ * or rounded past it, Inf/NaN, negative into an unsigned format) also takes the full path
+ * (dk_quant_vec; the Tesla gap's stochastic lanes by dk_gap_stoch, or the scalar
+ * semantics for unsigned formats) and keeps the fast lanes' results (blend). */
 __attribute__((always_inline)) static inline int64_t
 dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk_qconst *k, int width,
               uint64_t seed, int64_t index0, int mode, int tesla, int flush, int inf_nan, int is_signed,
@@ -249,51 +318,105 @@ dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk
     /* fake: store the codes' FP32 values into (float *)out instead of the codes */
     const vf scale = (vf){} + (float)dk_pow2(dk_qmin(f));
     int64_t i = 0;
+    const int m = f->mbits, sh = 23 - m;
+    const vi half = (vi){} + ((1 << (sh - 1)) - 1), keep = (vi){} + ~((1 << sh) - 1);
+    const vu lo = (vu){} + (uint32_t)k->minnorm_bits;
+    const uint32_t maxbits = dk_decode_f32bits((uint32_t)k->maxc, f);
+    const vu span = (vu){} + (maxbits - (uint32_t)k->minnorm_bits);
+    const int32_t ebase = (127 - f->bias) << m; /* FP32 exponent offset, in code units */
+    dk_rng g = {};
+    vq rlo = {}, rhi = {};
     if (mode == DK_STOCHASTIC) {
-        dk_rng g = dk_rng_at(seed, (uint64_t)index0);
-        vq lo = g.lo, hi = g.hi;
-        for (; i + DK_VL <= n; i += DK_VL) {
-            vi u;
-            memcpy(&u, x + i, sizeof u);
-            __builtin_prefetch(x + i + DK_PREFETCH);
-            vu r = dk_rng_next(&lo, &hi);
+        g = dk_rng_at(seed, (uint64_t)index0);
+        rlo = g.lo;
+        rhi = g.hi;
+    }
+    for (; i + DK_VL <= n; i += DK_VL) {
+        vi u;
+        memcpy(&u, x + i, sizeof u);
+        __builtin_prefetch(x + i + DK_PREFETCH);
+        vu r = {};
+        if (mode == DK_STOCHASTIC) r = dk_rng_next(&rlo, &rhi);
+        vi a = u & 0x7FFFFFFF;
+        vi v; /* the rounded magnitude's FP32 bits (plain lanes) */
+        if (mode == DK_NEAREST) v = (a + half + ((a >> sh) & 1)) & keep;
+        else if (mode == DK_STOCHASTIC) v = (a & keep) + (vi)(-(vi)(((vu)a << (9 + m)) + r < ((vu)a << (9 + m))) << sh);
+        else v = a & keep;
+        /* signed formats: |x| in [minnorm, max] or zero; unsigned: x itself (negative
+         * values fall outside), and -0 gives +0. Stochastic may round past max. */
+        vi plain = (vi)((vu)((is_signed ? a : u) - (vi)lo) <= span) | (a == 0);
+        if (mode == DK_STOCHASTIC) plain &= (vi)((vu)v <= maxbits);
+        vi res; /* FP32 bits (fake) or codes */
+        if (fake) {
+            res = is_signed ? v | (u & (int32_t)0x80000000) : v;
+        } else {
+            res = VSEL(a == 0, (vi){}, (v >> sh) - ebase);
+            if (is_signed) res |= (vi)((vu)u >> 31) << k->signpos;
+        }
+        if ((mode == DK_NEAREST || (mode == DK_STOCHASTIC && (is_signed || !tesla))) &&
+            __builtin_expect(!dk_all(plain), 0)) {
+            /* |x| below minnorm (and x >= 0 for unsigned formats): the grid is the
+             * multiples of the quantum 2^qmin; M = |x| / 2^qmin rounded by integer shifts
+             * (as dk_quant_vec), then the Tesla gap's rule (nearest: ties to minnorm;
+             * stochastic: dk_gap_stoch) or the flush to zero. */
+            vi tiny = (vi)((vu)(is_signed ? a : u) < (vu)lo);
+            vi ex = a >> 23;
+            vi sig = (a & 0x7FFFFF) | VSEL(ex != 0, (vi){} + 0x800000, (vi){});
+            vi shraw = (vi){} + (k->qmin + 150) - VMAX(ex, (vi){} + 1); /* >= 23 - m */
+            vi shift = VMIN(shraw, (vi){} + 31);
+            vi one = (vi){} + 1;
+            vi M;
+            if (mode == DK_NEAREST) {
+                M = (sig + (one << (shift - 1)) - 1 + ((sig >> shift) & 1)) >> shift;
+            } else { /* f = the dropped fraction scaled to 32 bits, exactly */
+                vu fr = (vu)VSEL(shraw <= 32, (vi)((vu)sig << (vu)VMAX(32 - shraw, (vi){})),
+                                 (vi)((vu)sig >> (vu)VMIN(VMAX(shraw - 32, (vi){}), (vi){} + 31)));
+                M = (sig >> shift) - (vi)((fr + r) < fr);
+            }
+            if (tesla) {
+                vi gv = mode == DK_NEAREST
+                      ? VSEL(a >= k->mid_bits, (vi){} + (1 << m), (vi){} + ((1 << m) - 1))
+                      : dk_gap_stoch(a, r, k, f->bias);
+                M = VSEL(a > k->maxsub_bits, gv, M);
+            } else if (flush) {
+                M = VSEL(M >= (1 << m), (vi){} + (1 << m), (vi){});
+            }
+            vi t;
+            if (fake) {
+                t = VSEL(M >= (1 << m), (vi)lo, (vi)(__builtin_convertvector(M, vf) * scale));
+                if (is_signed) t |= u & (int32_t)0x80000000;
+            } else {
+                t = M;
+                if (is_signed) t |= (vi)((vu)u >> 31) << k->signpos;
+            }
+            res = VSEL(tiny, t, res);
+            plain |= tiny;
+        }
+        if (__builtin_expect(!dk_all(plain), 0)) {
             vi code = dk_quant_vec(u, r, k, mode, tesla, flush, inf_nan, is_signed);
-            if (tesla) { /* lanes inside the subnormal gap: scalar semantics (before the
-                          * store: fake_quantize may write over x) */
-                vi a = u & 0x7FFFFFFF;
+            if (tesla && mode == DK_STOCHASTIC) { /* lanes inside the subnormal gap */
                 vi gap = (a > k->maxsub_bits) & (a < k->minnorm_bits);
-                if (dk_any(gap))
-                    for (int j = 0; j < DK_VL; j++)
-                        if (gap[j]) {
-                            unsigned fl = 0;
-                            code[j] = (int32_t)dk_round(dk_f32_to_f64(dk_bitsf((uint32_t)u[j])), 0.0, f,
-                                                        mode, r[j], &fl);
-                        }
+                if (dk_any(gap)) {
+                    if (is_signed) {
+                        vi gc = dk_gap_stoch(a, r, k, f->bias) | ((vi)((vu)u >> 31) << k->signpos);
+                        code = VSEL(gap, gc, code);
+                    } else {
+                        for (int j = 0; j < DK_VL; j++)
+                            if (gap[j]) {
+                                unsigned fl = 0;
+                                code[j] = (int32_t)dk_round(dk_f32_to_f64(dk_bitsf((uint32_t)u[j])), 0.0, f,
+                                                            mode, r[j], &fl);
+                            }
+                    }
+                }
             }
-            if (fake) {
-                /* BF16 by a shift: its subnormals are FP32 subnormals, which a multiply could flush */
-                vi v = f->ebits == 8 ? code << 16
-                     : dk_dequant_vec(code, f->ebits, f->mbits, f->bias, f->sub, inf_nan, is_signed, scale);
-                memcpy((float *)out + i, &v, sizeof v);
-            } else {
-                dk_store_codes(out, i, code, width);
-            }
+            vi w = !fake ? code
+                 : f->ebits == 8 ? code << 16 /* BF16-like: a shift (a multiply could flush) */
+                 : dk_dequant_vec(code, f->ebits, f->mbits, f->bias, f->sub, inf_nan, is_signed, scale);
+            res = VSEL(plain, res, w);
         }
-    } else {
-        for (; i + DK_VL <= n; i += DK_VL) {
-            vi u;
-            memcpy(&u, x + i, sizeof u);
-            __builtin_prefetch(x + i + DK_PREFETCH);
-            vi code = dk_quant_vec(u, (vu){}, k, mode, tesla, flush, inf_nan, is_signed);
-            if (fake) {
-                /* BF16 by a shift: its subnormals are FP32 subnormals, which a multiply could flush */
-                vi v = f->ebits == 8 ? code << 16
-                     : dk_dequant_vec(code, f->ebits, f->mbits, f->bias, f->sub, inf_nan, is_signed, scale);
-                memcpy((float *)out + i, &v, sizeof v);
-            } else {
-                dk_store_codes(out, i, code, width);
-            }
-        }
+        if (fake) memcpy((float *)out + i, &res, sizeof res);
+        else dk_store_codes(out, i, res, width);
     }
     return i;
 }

@@ -319,3 +319,143 @@ def test_fake_quantize_out(isa, rounding):
         dk.fake_quantize(x, fmt, rounding=rounding, out=np.empty(x.shape, np.float64), **kw)
     with pytest.raises(ValueError, match="out"):
         dk.fake_quantize(x, fmt, rounding=rounding, out=np.empty(3, np.float32), **kw)
+
+
+# --- the BF16 fast path (2 * DK_VL codes per step, dk_bf16_fast in dk_arith_body.h) -----------
+def _bf16_plain_with_edges(rng, n, density):
+    """BF16 codes of normal values of similar magnitudes (the steps the fast path finishes),
+    with a few edge codes scattered in (subnormals, zeros, Inf, NaN, the top binade, tiny
+    values whose products or sums underflow), so that some steps fall back and most do not."""
+    x = (rng.standard_normal(n) * np.exp2(rng.integers(-3, 4, n))).astype(np.float32)
+    codes = (x.view(np.uint32) >> 16).astype(np.uint16)  # truncated: exact BF16 values
+    edges = np.array([0x0000, 0x8000, 0x0001, 0x807F, 0x0080, 0x8080, 0x7F7F, 0xFF7F, 0x7F00,
+                      0x7F80, 0xFF80, 0x7FC0, 0xFFC1, 0x0100, 0x2000, 0x1F80, 0x6000], np.uint16)
+    pick = rng.random(n) < density
+    codes[pick] = rng.choice(edges, int(pick.sum()))
+    return codes
+
+
+@pytest.mark.parametrize("density", [0.0, 0.002, 0.05])
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_bf16_fast_path_against_reference(isa, op, density):
+    """Long BF16 vectors of plain values with sparse edge codes (odd lengths, so the tail
+    runs too): codes and flag counts equal the reference for nearest and stochastic rounding
+    (the fast path) and toward zero (the general path), on every tier."""
+    rng = np.random.default_rng(21 + int(density * 1000))
+    n = 4099
+    ops = [_bf16_plain_with_edges(rng, n, density) for _ in range(3 if op == "fma" else 2)]
+    for rounding in ROUNDINGS:
+        check(op, ops, R.BF16_R, rounding, 12345)
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_bf16_fast_path_offsets_and_in_place(isa, op):
+    """The stochastic random numbers follow the global index whatever the start and the
+    split into steps (slices starting at every offset of a step, so even/odd lanes swap),
+    and writing over an operand (in place) gives the same codes."""
+    rng = np.random.default_rng(5)
+    n = 300
+    ops = [_bf16_plain_with_edges(rng, n, 0.0) for _ in range(3 if op == "fma" else 2)]
+    for rounding in ("nearest", "stochastic"):
+        full = OPS[op](*ops, dk.BF16, rounding=rounding, seed=77)
+        want, _ = R.arith_vec(op, ops, R.BF16_R, rounding, 77)
+        assert np.array_equal(full, want)
+        for k in range(0, 35):
+            sub_ops = [o[k:] for o in ops]
+            got = OPS[op](*sub_ops, dk.BF16, rounding=rounding, seed=77)
+            want_k, _ = R.arith_vec(op, sub_ops, R.BF16_R, rounding, 77)
+            assert np.array_equal(got, want_k), (rounding, k)
+        a = ops[0].copy()
+        OPS[op](a, *ops[1:], dk.BF16, rounding=rounding, seed=77, out=a)
+        assert np.array_equal(a, full)
+
+
+# --- quantize / fake_quantize fast path (values rounded on FP32's bits, dk_convert_body.h) ----
+_FQ_FORMATS = [R.RefFormat("cfloat8_143", 7, "tesla"), R.RefFormat("cfloat8_143", 0, "ieee"),
+               R.RefFormat("cfloat8_152", 40, "flush"), R.RefFormat("cfloat8_152", 15, "tesla"),
+               R.RefFormat("shp", 31, "ieee"), R.RefFormat("shp", 3, "tesla"), R.UHP_R]
+
+
+def _fq_inputs(rf, fmt, density, seed):
+    """Plain values (the format's normal range, ties and values next to max included) with
+    edge values scattered in (zeros of both signs, tiny, Tesla-gap and FP32-subnormal values,
+    max and beyond, Inf, NaN, negatives into UHP)."""
+    vmax = float(fmt.max)
+    vmin = float(2.0 ** (1 - (rf.bias if rf.family != "uhp" else 31)))  # smallest normal
+    rng = np.random.default_rng(seed)
+    n = 3001
+    lg = rng.uniform(np.log2(vmin), np.log2(vmax), n)
+    x = np.exp2(lg) * (rng.integers(0, 2, n) * 2 - 1 if fmt.signed else 1)
+    # exact ties of grid points: a grid value plus half a quantum
+    q = np.exp2(np.floor(lg) - rf.m)
+    ties = (np.floor(np.abs(x) / q) + 0.5) * q
+    x = np.where(rng.random(n) < 0.2, np.copysign(ties, x), x).astype(np.float32)
+    x[rng.random(n) < 0.05] = np.float32(vmax)
+    gap_lo = (2 ** rf.m - 1) * 2.0 ** (-rf.bias - rf.m)
+    edges = np.array([0.0, -0.0, vmin / 3, -vmin / 2, vmin * 0.99, 1e-40, -1e-41, vmax * 1.001,
+                      -vmax * 1.2, vmax * 2, np.inf, -np.inf, np.nan, -np.nan, -1.0, -vmin,
+                      gap_lo, np.nextafter(np.float32(gap_lo), np.float32(1)),
+                      (gap_lo + vmin) / 2, -(gap_lo * 0.7 + vmin * 0.3),
+                      np.nextafter(np.float32(vmin), np.float32(0))], np.float32)
+    # the subnormal grid's ties and neighbours (quantum 2^qmin)
+    qs = 2.0 ** ((-rf.bias if rf.subnormals == "tesla" else 1 - rf.bias) - rf.m)
+    if rf.family == "uhp":
+        qs = 2.0 ** (1 - 31 - rf.m)
+    ks = np.array([0.5, 1.5, 2.5, 3.5, 2 ** rf.m - 1.5, 2 ** rf.m - 0.5, 2 ** rf.m + 0.5, 0.25, 1])
+    sub = (ks * qs).astype(np.float32)
+    edges = np.concatenate([edges, sub, -sub, np.nextafter(sub, np.float32(1))])
+    pick = rng.random(n) < density
+    x[pick] = rng.choice(edges, int(pick.sum()))
+    return x
+
+
+def _same_bits(got, want, x):
+    nan = np.isnan(want) if want.dtype.kind == "f" else np.zeros(want.shape, bool)
+    if want.dtype.kind == "f":
+        assert np.array_equal(np.isnan(got), nan)
+    bad = np.nonzero(bits(got)[~nan] != bits(want)[~nan])[0]
+    assert bad.size == 0, [(float(x[~nan][i]), got[~nan][i], want[~nan][i]) for i in bad[:5]]
+
+
+@pytest.mark.parametrize("rf", _FQ_FORMATS, ids=str)
+@pytest.mark.parametrize("density", [0.0, 0.01, 0.3])
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+def test_quantize_fast_path(isa, rf, density, rounding):
+    """quantize's codes and fake_quantize's values against the reference's
+    quantize / dequantize(quantize(x)) on every tier, at several vector offsets (the
+    stochastic random numbers follow the index)."""
+    fmt = fmt_of(rf)
+    x = _fq_inputs(rf, fmt, density, int(density * 100) + rf.bias)
+    kw = {"seed": 4242} if rounding == "stochastic" else {}
+    for k in (0, 1, 5, 13):
+        xs = x[k:]
+        codes = R.quantize_ref(xs, rf, rounding, kw.get("seed"))[0]
+        _same_bits(dk.quantize(xs, fmt, rounding=rounding, **kw), codes, xs)
+        want = R.dequantize_ref(codes, rf).astype(np.float32)
+        _same_bits(dk.fake_quantize(xs, fmt, rounding=rounding, **kw), want, xs)
+
+
+@pytest.mark.parametrize("rf", [R.RefFormat("cfloat8_143", 7, "tesla"),
+                                R.RefFormat("cfloat8_152", 50, "tesla"),
+                                R.RefFormat("shp", 20, "tesla")], ids=str)
+def test_stochastic_tesla_gap_vector(isa, rf):
+    """Stochastic rounding inside the Tesla gap (dk_gap_stoch: an integer form of the
+    scalar rule): values spread over the gap, its ends and their neighbours, many seeds,
+    against the reference (codes and flags)."""
+    fmt = fmt_of(rf)
+    lo = (2 ** rf.m - 1) * 2.0 ** (-rf.bias - rf.m)
+    hi = 2.0 ** (1 - rf.bias)
+    rng = np.random.default_rng(rf.bias)
+    g = rng.uniform(lo, hi, 600).astype(np.float32)
+    ends = np.array([lo, hi, np.nextafter(np.float32(lo), np.float32(1)),
+                     np.nextafter(np.float32(hi), np.float32(0)), (lo + hi) / 2], np.float32)
+    x = np.concatenate([g, -g, ends, -ends, rng.standard_normal(200).astype(np.float32)])
+    rng.shuffle(x)
+    for seed in (0, 1, 2 ** 63 + 5, 2 ** 64 - 1):
+        codes, wf = R.quantize_ref(x, rf, "stochastic", seed)
+        got, fl = dk.quantize(x, fmt, rounding="stochastic", seed=seed, return_flags=True)
+        _same_bits(got, codes, x)  # with flags: the scalar path
+        assert flags_dict(fl) == wf
+        _same_bits(dk.quantize(x, fmt, rounding="stochastic", seed=seed), codes, x)  # vector
+        _same_bits(dk.fake_quantize(x, fmt, rounding="stochastic", seed=seed),
+                   R.dequantize_ref(codes, rf).astype(np.float32), x)
