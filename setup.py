@@ -35,6 +35,7 @@ HEADERS = sorted(glob.glob("include/*.h"))
 TIER_SOURCES = {t: sorted(glob.glob(f"csrc/{t}/*.c")) for t in TIERS}
 BASE_SOURCES = sorted(glob.glob("csrc/*.c"))
 ALL_C = BASE_SOURCES + [s for v in TIER_SOURCES.values() for s in v]
+PXDS = sorted(glob.glob("dojo_kernels/*.pxd"))  # declarations shared by the glue modules
 
 
 def clib(name, sources, cflags):
@@ -51,7 +52,7 @@ link = ["-pthread", "-lm"] + (["-fsanitize=address,undefined"] if SANITIZE else 
 extensions = [
     Extension(f"dojo_kernels.{os.path.splitext(os.path.basename(p))[0]}", [p],
               include_dirs=["include"], extra_compile_args=["-O2", *PTHREAD, *SANITIZE],
-              extra_link_args=link, depends=ALL_C + HEADERS)
+              extra_link_args=link, depends=ALL_C + HEADERS + PXDS)
     for p in sorted(glob.glob("dojo_kernels/_*.pyx"))
 ]
 

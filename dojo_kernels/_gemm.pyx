@@ -28,14 +28,7 @@ cdef extern from "dk_gemm.h":
                             int threads) nogil
     float dk_gemm_add_generic(float x, float y) nogil
 
-cdef extern from "dk_convert.h":
-    ctypedef struct dk_format:
-        int ebits, mbits, bias, is_signed, sub, has_inf_nan
-        uint32_t nan_code
-    ctypedef struct dk_flags:
-        int64_t invalid, denormal, overflow, underflow
-    int dk_quantize(const void *x, int xkind, void *out, int64_t n, const dk_format *f, int mode,
-                    uint64_t seed, dk_flags *flags, int isa, int nthreads) nogil
+from dojo_kernels.dk_convert cimport dk_format, dk_flags, dk_quantize
 
 #: Accumulation orders (the `order` argument of gemm; dk_gemm.h).
 ORDER_VDPBF16PS = DK_GEMM_ORDER_VDPBF16PS

@@ -2,26 +2,9 @@
 # GIL released. All validation lives in dojo_kernels/numerics.py.
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 
-cdef extern from "dk_convert.h":
-    ctypedef struct dk_format:
-        int ebits, mbits, bias, is_signed, sub, has_inf_nan
-        uint32_t nan_code
-    ctypedef struct dk_flags:
-        int64_t invalid, denormal, overflow, underflow
-    int dk_quantize(const void *x, int xkind, void *out, int64_t n, const dk_format *f, int mode,
-                    uint64_t seed, dk_flags *flags, int isa, int nthreads) nogil
-    int dk_dequantize(const void *codes, void *out, int okind, int64_t n, const dk_format *f,
-                      int isa, int nthreads) nogil
-    int dk_fake_quantize(const void *x, int xkind, void *out, int64_t n, const dk_format *f,
-                         int mode, uint64_t seed, int isa, int nthreads) nogil
-    int dk_arith(int op, const void *a, const void *b, const void *c, void *out, int64_t n,
-                 const dk_format *f, int mode, uint64_t seed, dk_flags *flags, int isa,
-                 int nthreads) nogil
-    double dk_maxabs(const void *x, int xkind, int64_t n, int nthreads) nogil
-    int dk_arith_test_under_mxcsr(unsigned csr, int op, const void *a, const void *b,
-                                  const void *c, void *out, int64_t n, const dk_format *f,
-                                  int mode, uint64_t seed, dk_flags *flags, int isa,
-                                  unsigned *csr_after) nogil
+from dojo_kernels.dk_convert cimport (dk_format, dk_flags, dk_quantize, dk_dequantize,
+                                        dk_fake_quantize, dk_arith, dk_maxabs,
+                                        dk_arith_test_under_mxcsr)
 
 
 cdef dk_format _fmt(tuple t):

@@ -1,27 +1,15 @@
 /* gemm_pack.c (avx512bf16 tier) - packing B with AVX-512BW: into the BF16 pair layout
  * (the vdpbf16ps order's kernels) or the FP32 split layout (the amx order's kernel).
  *
- * CFloat8 codes are decoded through the 256-entry table held in 8 zmm registers: four
- * VPERMI2W lookups of 64 entries, then two blends on code bits 6 and 7 (exact: the table
- * is the decode). The (even k, odd k) rows are interleaved with VPERMT2W; for the split
+ * CFloat8 codes are decoded through the 256-entry table held in 8 zmm registers
+ * (dk_lut512.h, exact). The (even k, odd k) rows are interleaved with VPERMT2W; for the split
  * layout each row of 32 BF16 codes is widened to FP32 (DAZ: a zero exponent field keeps
  * only the sign). */
 #include "dk_gemm.h"
 
 #include <immintrin.h>
 
-static inline __m512i lookup(__m512i code, const __m512i t[8])
-{
-    __m512i r0 = _mm512_permutex2var_epi16(t[0], code, t[1]);
-    __m512i r1 = _mm512_permutex2var_epi16(t[2], code, t[3]);
-    __m512i r2 = _mm512_permutex2var_epi16(t[4], code, t[5]);
-    __m512i r3 = _mm512_permutex2var_epi16(t[6], code, t[7]);
-    __mmask32 b6 = _mm512_test_epi16_mask(code, _mm512_set1_epi16(0x40));
-    __mmask32 b7 = _mm512_test_epi16_mask(code, _mm512_set1_epi16(0x80));
-    __m512i lo = _mm512_mask_blend_epi16(b6, r0, r1);
-    __m512i hi = _mm512_mask_blend_epi16(b6, r2, r3);
-    return _mm512_mask_blend_epi16(b7, lo, hi);
-}
+#include "dk_lut512.h"
 
 static inline void interleave_store(__m512i even, __m512i odd, uint32_t *dst)
 {
@@ -40,13 +28,13 @@ void dk_gemm_pack_pair_u8_avx512(const uint8_t *src, int64_t ldk, int64_t kp, in
                                  const uint16_t *table, uint32_t *dst)
 {
     __m512i t[8];
-    for (int i = 0; i < 8; i++) t[i] = _mm512_loadu_si512((const void *)(table + 32 * i));
+    dk_lut512_load(table, t);
     for (int64_t p = 0; p < kp; p++) {
         const uint8_t *r0 = src + 2 * p * ldk, *r1 = r0 + ldk;
         for (int64_t j = 0; j < nr; j += 32) {
             __m512i c0 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(r0 + j)));
             __m512i c1 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(r1 + j)));
-            interleave_store(lookup(c0, t), lookup(c1, t), dst + p * nr + j);
+            interleave_store(dk_lut512(c0, t), dk_lut512(c1, t), dst + p * nr + j);
         }
     }
 }
@@ -78,15 +66,15 @@ void dk_gemm_pack_split_u8_avx512(const uint8_t *src, int64_t ldk, int64_t kp, i
                                   const uint16_t *table, float *dst)
 {
     __m512i t[8];
-    for (int i = 0; i < 8; i++) t[i] = _mm512_loadu_si512((const void *)(table + 32 * i));
+    dk_lut512_load(table, t);
     for (int64_t p = 0; p < kp; p++) {
         const uint8_t *r0 = src + 2 * p * ldk, *r1 = r0 + ldk;
         float *o = dst + p * 2 * nr;
         for (int64_t j = 0; j < nr; j += 32) {
             __m512i c0 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(r0 + j)));
             __m512i c1 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(r1 + j)));
-            widen_store(lookup(c1, t), o + j);      /* odd k first */
-            widen_store(lookup(c0, t), o + nr + j); /* then even k */
+            widen_store(dk_lut512(c1, t), o + j);      /* odd k first */
+            widen_store(dk_lut512(c0, t), o + nr + j); /* then even k */
         }
     }
 }
@@ -109,13 +97,13 @@ void dk_gemm_pack_rowtile_u8_avx512(const uint8_t *src, int64_t lda, int64_t row
                                     uint32_t *dst)
 {
     __m512i t[8];
-    for (int i = 0; i < 8; i++) t[i] = _mm512_loadu_si512((const void *)(table + 32 * i));
+    dk_lut512_load(table, t);
     for (int64_t r = 0; r < rows; r++) {
         const uint8_t *q = src + r * lda;
         for (int64_t b = 0; b < nblk; b++) {
             /* 32 codes in k order: lane j holds (k = 2j | k = 2j+1 << 16) once decoded */
             __m512i c = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(q + 32 * b)));
-            _mm512_store_si512((void *)(dst + b * 16 * mr + r * 16), lookup(c, t));
+            _mm512_store_si512((void *)(dst + b * 16 * mr + r * 16), dk_lut512(c, t));
         }
     }
 }

@@ -4,7 +4,7 @@
  * With m <= DK_GEMM_SMALLM_MAX rows, each element of B is used by at most that many
  * multiply-adds, so packing B (a read and a write of all of it) costs more than the product:
  * this kernel streams B once, row-major (columns contiguous), widening BF16 codes (or
- * CFloat8 codes through the 256-entry table, VPERMI2W as in gemm_pack.c) in registers.
+ * CFloat8 codes through the 256-entry table, dk_lut512.h) in registers.
  *
  * The arithmetic is step for step that of dk_gemm_ukr_amx_avx512 (dk_gemm.h's amx order):
  * FP32 zmm FMA under MXCSR FTZ|DAZ (tininess after rounding; DAZ reads BF16 subnormals,
@@ -19,20 +19,9 @@
 
 #include <immintrin.h>
 
-#define BLK DK_GEMM_AMX_BLOCK_PAIRS
+#include "dk_lut512.h"
 
-static inline __m512i lookup(__m512i code, const __m512i t[8])
-{
-    __m512i r0 = _mm512_permutex2var_epi16(t[0], code, t[1]);
-    __m512i r1 = _mm512_permutex2var_epi16(t[2], code, t[3]);
-    __m512i r2 = _mm512_permutex2var_epi16(t[4], code, t[5]);
-    __m512i r3 = _mm512_permutex2var_epi16(t[6], code, t[7]);
-    __mmask32 b6 = _mm512_test_epi16_mask(code, _mm512_set1_epi16(0x40));
-    __mmask32 b7 = _mm512_test_epi16_mask(code, _mm512_set1_epi16(0x80));
-    __m512i lo = _mm512_mask_blend_epi16(b6, r0, r1);
-    __m512i hi = _mm512_mask_blend_epi16(b6, r2, r3);
-    return _mm512_mask_blend_epi16(b7, lo, hi);
-}
+#define BLK DK_GEMM_AMX_BLOCK_PAIRS
 
 /* Row kk of B, columns j .. j+31 (mask: the valid ones), as two FP32 vectors. */
 static inline void load_brow(const void *b, int bkind, int64_t off, __mmask32 mask,
@@ -40,7 +29,7 @@ static inline void load_brow(const void *b, int bkind, int64_t off, __mmask32 ma
 {
     __m512i codes;
     if (bkind == DK_GEMM_U8)
-        codes = lookup(_mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(mask, (const uint8_t *)b + off)), t);
+        codes = dk_lut512(_mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(mask, (const uint8_t *)b + off)), t);
     else
         codes = _mm512_maskz_loadu_epi16(mask, (const uint16_t *)b + off);
     *lo = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(codes)), 16));
@@ -121,10 +110,8 @@ void dk_gemm_smallm_amx_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1,
                                const uint16_t *atab, const void *b, int64_t brs, int bkind,
                                const uint16_t *btab, float scale, float *out, int64_t ldo)
 {
-    __m512i t[8];
-    for (int i = 0; i < 8; i++)
-        t[i] = bkind == DK_GEMM_U8 ? _mm512_loadu_si512((const void *)(btab + 32 * i))
-                                   : _mm512_setzero_si512();
+    __m512i t[8] = {0};
+    if (bkind == DK_GEMM_U8) dk_lut512_load(btab, t);
     const int64_t kpairs = (k + 1) / 2;
     unsigned csr = _mm_getcsr();
     _mm_setcsr(csr | 0x8040u); /* FTZ | DAZ */

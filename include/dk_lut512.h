@@ -1,0 +1,34 @@
+/* dk_lut512.h - decoding 8-bit codes through a 256-entry table of BF16 codes with AVX-512BW
+ * (the GEMM packers and the few-rows kernel of the avx512bf16 tier; include only from files
+ * built with that tier's flags).
+ *
+ * The table is held in 8 zmm registers (dk_lut512_load); a lookup of 32 codes (one per
+ * 16-bit lane) is four VPERMI2W lookups of 64 entries, then two blends on code bits 6 and 7.
+ * Exact: the table is the decode. */
+#ifndef DK_LUT512_H
+#define DK_LUT512_H
+
+#include <immintrin.h>
+#include <stdint.h>
+
+#include "dk_common.h"
+
+DK_INLINE void dk_lut512_load(const uint16_t *table, __m512i t[8])
+{
+    for (int i = 0; i < 8; i++) t[i] = _mm512_loadu_si512((const void *)(table + 32 * i));
+}
+
+DK_INLINE __m512i dk_lut512(__m512i code, const __m512i t[8])
+{
+    __m512i r0 = _mm512_permutex2var_epi16(t[0], code, t[1]);
+    __m512i r1 = _mm512_permutex2var_epi16(t[2], code, t[3]);
+    __m512i r2 = _mm512_permutex2var_epi16(t[4], code, t[5]);
+    __m512i r3 = _mm512_permutex2var_epi16(t[6], code, t[7]);
+    __mmask32 b6 = _mm512_test_epi16_mask(code, _mm512_set1_epi16(0x40));
+    __mmask32 b7 = _mm512_test_epi16_mask(code, _mm512_set1_epi16(0x80));
+    __m512i lo = _mm512_mask_blend_epi16(b6, r0, r1);
+    __m512i hi = _mm512_mask_blend_epi16(b6, r2, r3);
+    return _mm512_mask_blend_epi16(b7, lo, hi);
+}
+
+#endif
