@@ -127,10 +127,12 @@ def test_json_roundtrip_and_unit_keys(small, tmp_path):
                      "_rel_error", "_hz", "_binades", "_per_param",
                      # the machine objects' to_dict(): per-cycle figures, counts of nodes,
                      # chips, tiles, the MAC block's elements, watts
-                     "_per_cycle", "_cycles", "_nodes", "_grid", "_tiles", "_mnk", "_w")
+                     "_per_cycle", "_cycles", "_nodes", "_grid", "_tiles", "_mnk", "_w",
+                     # the plans (d1_plan, GemmPlan.to_dict): bytes per node, format fields
+                     "_per_node", "_bits", "_elements", "_chips")
     counts = {"d_model", "seq", "batch", "mlp_ratio", "tokens", "hidden", "params", "bias",
               "seed", "m", "n", "k", "steps", "threads", "exact_elements", "grad_scale",
-              "edges", "dips_per_edge", "d1_k_split"}
+              "edges", "dips_per_edge", "d1_k_split", "k_split"}
 
     units = {u.lstrip("_") for u in unit_suffixes}
 

@@ -34,19 +34,20 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
 
 from .. import _config, mesh
 from ..collectives._schedule import ALGORITHMS
 from ..collectives import allreduce, estimate_allreduce
-from ..d1 import D2Tile, DojoSystem, TrainingTile
+from ..d1 import D2Tile, DojoSystem, TrainingTile, machine_from_dict
 from ..collectives.hierarchical import INNER_ALGORITHMS, HierarchicalReport, estimate_hierarchical
 from ..formats import BF16, Format, cfloat8_143, cfloat8_152
 from ..gemm import ORDERS as GEMM_ORDERS
 from ..gemm import GemmPlan, feed_bandwidths, gemm, plan_gemm
 from ..numerics import choose_bias
+from ._data import check_dict, same
 
 __all__ = ["ReportConfig", "GemmResult", "AllreduceResult", "Report", "run_report",
            "compare_machines", "MACHINES",
@@ -205,17 +206,93 @@ class ReportConfig:
         d, h = self.d_model, self.hidden
         return 4 * d * d + 2 * d * h
 
+    def to_dict(self) -> Dict[str, Any]:
+        """The configuration as JSON types (the ``"config"`` section of
+        :meth:`Report.to_dict`): every field, the unit in the key where it has one
+        (``bias_margin_binades``, ``system_shape_tiles``, ``machine``: the tile's
+        ``to_dict()``), plus derived figures for the reader (``tokens``, ``hidden``,
+        ``params``, the machine's clock, SRAM and link bandwidths, ``tile_link_bandwidth_
+        bytes_per_s``: the system's tile-to-tile link in use, ``system``: the
+        :class:`DojoSystem`'s ``to_dict()``), which :meth:`from_dict` ignores.
+        ``tile_link_bandwidth_setting_bytes_per_s`` is the deprecated ``tile_link_bandwidth``
+        field itself (None unless set)."""
+        m = self.machine
+        return {
+            "d_model": self.d_model, "seq": self.seq, "batch": self.batch,
+            "mlp_ratio": self.mlp_ratio,
+            "tokens": self.tokens, "hidden": self.hidden, "params": self.params,
+            "formats": list(self.formats), "forward_format": self.forward_format,
+            "gradient_format": self.gradient_format, "bias": self.bias,
+            "bias_margin_binades": self.bias_margin, "gemm_order": self.gemm_order,
+            "grad_scale": self.grad_scale,
+            "grad_bytes_per_param": self.grad_bytes_per_param,
+            "system_shape_tiles": list(self.system_shape),
+            "algorithms": list(self.algorithms), "seed": self.seed,
+            "clock_hz": m.chip.node.clock_hz, "sram_per_node_bytes": m.chip.node.sram_bytes,
+            "noc_link_bandwidth_bytes_per_s": m.chip.node.noc_link_bw,
+            "chip_link_bandwidth_bytes_per_s": m.chip_link_bw,
+            "tile_link_bandwidth_bytes_per_s": self.system_link_bandwidth,
+            "tile_peak_flop_per_s": m.peak_flops,
+            "machine": m.to_dict(), "system": self.system.to_dict(), "overlap": self.overlap,
+            "tile_link_bandwidth_setting_bytes_per_s": self.tile_link_bandwidth,
+            "check_elements": self.check_elements, "fault_study": self.fault_study,
+            "failed_chips": list(self.failed_chips),
+            "failed_links": [list(e) for e in self.failed_links],
+        }
 
-@dataclass
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ReportConfig":
+        """The configuration :meth:`to_dict` described: ``ReportConfig.from_dict(c.to_dict())
+        == c``, through ``json.dumps``/``json.loads`` too. The derived keys are ignored; a
+        key added after the JSON was written (``check_elements``, ``fault_study``, ...) takes
+        its default. The deprecated ``tile_link_bandwidth``, when set, is restored without a
+        DeprecationWarning."""
+        def build(d: Mapping[str, Any]) -> "ReportConfig":
+            import warnings
+
+            kw: Dict[str, Any] = dict(
+                d_model=int(d["d_model"]), seq=int(d["seq"]), batch=int(d["batch"]),
+                mlp_ratio=int(d["mlp_ratio"]), formats=tuple(str(f) for f in d["formats"]),
+                forward_format=str(d["forward_format"]),
+                gradient_format=str(d["gradient_format"]),
+                bias=None if d["bias"] is None else int(d["bias"]),
+                bias_margin=int(d["bias_margin_binades"]), gemm_order=str(d["gemm_order"]),
+                grad_scale=float(d["grad_scale"]),
+                grad_bytes_per_param=int(d["grad_bytes_per_param"]),
+                machine=machine_from_dict(dict(d["machine"]), TrainingTile),
+                system_shape=tuple(int(x) for x in d["system_shape_tiles"]),
+                overlap=bool(d.get("overlap", False)),
+                algorithms=tuple(str(a) for a in d["algorithms"]), seed=int(d["seed"]),
+                failed_chips=tuple(int(x) for x in d.get("failed_chips", ())),
+                failed_links=tuple((int(u), int(v)) for u, v in d.get("failed_links", ())))
+            if "check_elements" in d:
+                kw["check_elements"] = int(d["check_elements"])
+            if "fault_study" in d:
+                kw["fault_study"] = bool(d["fault_study"])
+            tlb = d.get("tile_link_bandwidth_setting_bytes_per_s")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return cls(**kw, tile_link_bandwidth=None if tlb is None else float(tlb))
+        return check_dict("ReportConfig", d, build)
+
+
+def _opt_float(v: Any) -> float:
+    """``None`` (a figure that does not exist, written as JSON null) as NaN."""
+    return float("nan") if v is None else float(v)
+
+
+@dataclass(eq=False)
 class FormatError:
     """One format's result of one GEMM against the FP32 reference.
 
     ``max_rel_error = max|y - ref| / max|ref|`` and ``rms_rel_error = ||y - ref|| / ||ref||``
     (norm-wise: element-wise ratios blow up where the reference is near zero).
-    ``emulation_s`` is this CPU's wall time (rounding the operands included). ``a_format``
-    and ``b_format`` name the operand formats with their biases. ``histogram`` counts the
-    output elements per bin of ``HIST_EDGES`` of ``log10(|y - ref| / RMS(ref))`` (exact
-    results are left out; their number is ``exact``).
+    ``emulation_s`` is this CPU's wall time (seconds; rounding the operands included).
+    ``a_format`` and ``b_format`` name the operand formats with their biases. ``histogram``
+    counts the output elements per bin of ``HIST_EDGES`` of ``log10(|y - ref| / RMS(ref))``
+    (exact results are left out; their number is ``exact``).
+
+    ``to_dict()`` / ``from_dict()`` round-trip (``==`` is field by field, NaN equal to NaN).
     """
 
     max_rel_error: float
@@ -226,10 +303,35 @@ class FormatError:
     histogram: List[int]
     exact: int
 
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON types, the keys of a format entry of :meth:`Report.to_dict`'s GEMMs."""
+        return {"a_format": self.a_format, "b_format": self.b_format,
+                "max_rel_error": float(self.max_rel_error),
+                "rms_rel_error": float(self.rms_rel_error),
+                "cpu_emulation_s": float(self.emulation_s),
+                "error_histogram_counts": [int(x) for x in self.histogram],
+                "exact_elements": int(self.exact)}
 
-@dataclass
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "FormatError":
+        """The result :meth:`to_dict` described (extra keys are ignored)."""
+        return check_dict("FormatError", d, lambda d: cls(
+            float(d["max_rel_error"]), float(d["rms_rel_error"]), float(d["cpu_emulation_s"]),
+            str(d["a_format"]), str(d["b_format"]),
+            [int(x) for x in d["error_histogram_counts"]], int(d["exact_elements"])))
+
+    def __eq__(self, other: object) -> bool:
+        return same(self, other) if type(other) is type(self) else NotImplemented
+
+
+@dataclass(eq=False)
 class GemmResult:
-    """One GEMM of the step: its shape, the CPU emulation per format, the D1 plan per format."""
+    """One GEMM of the step: its shape, the CPU emulation per format, the D1 plan per format.
+
+    ``flops`` = 2 m n k (FLOP); ``reference_s``: the NumPy float32 matmul's wall time on this
+    CPU (seconds); ``errors`` and ``plans`` by format key (``"bf16"``, ``"cfloat8"``).
+    ``to_dict()`` / ``from_dict()`` round-trip (``==`` is field by field, NaN equal to NaN).
+    """
 
     name: str
     phase: str                      # "forward" or "backward"
@@ -241,10 +343,73 @@ class GemmResult:
     errors: Dict[str, FormatError]  # by format key ("bf16", "cfloat8")
     plans: Dict[str, GemmPlan]      # by format key
 
+    def to_dict(self, machine: Optional[Any] = None) -> Dict[str, Any]:
+        """JSON types, an entry of :meth:`Report.to_dict`'s ``"gemms"``: per format, the
+        error's keys (:meth:`FormatError.to_dict`), a summary of the plan (``d1_time_s``,
+        ``d1_bound`` ...) and the whole plan, ``d1_plan`` (:meth:`GemmPlan.to_dict`).
+        A plan on ``machine`` (the report's tile) is written without its ``machine`` key."""
+        gd: Dict[str, Any] = {"name": self.name, "phase": self.phase, "m": int(self.m),
+                              "n": int(self.n), "k": int(self.k), "flop": float(self.flops),
+                              "fp32_reference_s": float(self.reference_s), "formats": {}}
+        for key in dict.fromkeys([*self.errors, *self.plans]):
+            fd: Dict[str, Any] = {}
+            e = self.errors.get(key)
+            if e is not None:
+                fd.update(e.to_dict())
+            p = self.plans.get(key)
+            if p is not None:
+                pd = p.to_dict()
+                if machine is not None and p.machine == machine:
+                    del pd["machine"]
+                fd.update({
+                    "d1_time_s": p.seconds, "d1_utilization_fraction": p.utilization,
+                    "d1_bound": p.bound, "d1_node_grid": list(p.node_grid),
+                    "d1_tile_mnk": list(p.tile), "d1_offchip_bytes": p.offchip_bytes,
+                    "d1_k_split": p.k_split,
+                    "d1_achieved_flop_per_s": p.flops / p.seconds if p.seconds > 0 else 0.0,
+                    "d1_plan": pd})
+            gd["formats"][key] = fd
+        return gd
 
-@dataclass
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], machine: Optional[Any] = None) -> "GemmResult":
+        """The result :meth:`to_dict` described; a plan written without its machine gets
+        ``machine``."""
+        def build(d: Mapping[str, Any]) -> "GemmResult":
+            errors: Dict[str, FormatError] = {}
+            plans: Dict[str, GemmPlan] = {}
+            for key, fd in dict(d["formats"]).items():
+                if "max_rel_error" in fd:
+                    errors[key] = FormatError.from_dict(fd)
+                if "d1_plan" in fd:
+                    pd = dict(fd["d1_plan"])
+                    if "machine" not in pd:
+                        if machine is None:
+                            raise ValueError("machine: the plans were written without their "
+                                             "machine; pass the report's machine")
+                        pd["machine"] = machine.to_dict()
+                    plans[key] = GemmPlan.from_dict(pd)
+                elif "d1_time_s" in fd:
+                    raise KeyError("d1_plan")
+            return cls(str(d["name"]), str(d["phase"]), int(d["m"]), int(d["n"]), int(d["k"]),
+                       float(d["flop"]), float(d["fp32_reference_s"]), errors, plans)
+        return check_dict("GemmResult", d, build)
+
+    def __eq__(self, other: object) -> bool:
+        return same(self, other) if type(other) is type(self) else NotImplemented
+
+
+@dataclass(eq=False)
 class AllreduceResult:
-    """One algorithm's all-reduce of the step's gradients on one mesh."""
+    """One algorithm's all-reduce of the step's gradients on one mesh.
+
+    ``mesh``: ``"tile"`` or ``"system"``; ``shape`` (rows, cols) of that mesh; ``nbytes``
+    bytes per node; ``time_s``, ``lower_bound_s`` seconds; ``bus_bandwidth`` bytes/s;
+    ``bytes_per_link`` the bytes every directed link carries (``Mesh2D.links()`` order).
+    ``check_max_rel_error``: the real FP32 all-reduce of a small buffer against float64
+    (None when not run). ``to_dict()`` / ``from_dict()`` round-trip (``==`` is field by
+    field, arrays element by element).
+    """
 
     mesh: str                       # "tile" or "system"
     shape: Tuple[int, int]
@@ -260,14 +425,50 @@ class AllreduceResult:
     check_max_rel_error: Optional[float]  # real all-reduce of a small FP32 buffer vs float64
     bytes_per_link: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
 
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON types, an entry of :meth:`Report.to_dict`'s ``"allreduce"``."""
+        return {
+            "mesh": self.mesh, "shape": [int(x) for x in self.shape],
+            "algorithm": self.algorithm,
+            "per_node_bytes": float(self.nbytes), "time_s": float(self.time_s),
+            "efficiency_fraction": float(self.efficiency),
+            "bus_bandwidth_bytes_per_s": float(self.bus_bandwidth),
+            "lower_bound_s": float(self.lower_bound_s), "steps": int(self.steps),
+            "busiest_link_bytes": float(self.bytes_per_link_max),
+            "bit_identical": bool(self.bit_identical),
+            "check_max_rel_error": (None if self.check_max_rel_error is None
+                                    else float(self.check_max_rel_error)),
+            "bytes_per_link_bytes": [float(x) for x in
+                                     np.asarray(self.bytes_per_link, np.float64).ravel()]}
 
-@dataclass
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "AllreduceResult":
+        """The result :meth:`to_dict` described (a dict without ``bytes_per_link_bytes``,
+        written by an older version, gives an empty ``bytes_per_link``)."""
+        def build(d: Mapping[str, Any]) -> "AllreduceResult":
+            sh = [int(x) for x in d["shape"]]
+            chk = d["check_max_rel_error"]
+            return cls(str(d["mesh"]), (sh[0], sh[1]), str(d["algorithm"]),
+                       float(d["per_node_bytes"]), float(d["time_s"]),
+                       float(d["efficiency_fraction"]), float(d["bus_bandwidth_bytes_per_s"]),
+                       float(d["lower_bound_s"]), int(d["steps"]),
+                       float(d["busiest_link_bytes"]), bool(d["bit_identical"]),
+                       None if chk is None else float(chk),
+                       np.array(d.get("bytes_per_link_bytes", []), np.float64))
+        return check_dict("AllreduceResult", d, build)
+
+    def __eq__(self, other: object) -> bool:
+        return same(self, other) if type(other) is type(self) else NotImplemented
+
+
+@dataclass(eq=False)
 class FaultResult:
     """One row of the fault study: the tile's gradient all-reduce with ``failed_chips`` and
     ``failed_links`` (chip ids of the tile's row-major chip mesh) by ``algorithm``. ``ran``:
     whether the algorithm runs on that damaged mesh; if not, ``reason`` says why and the
     figures are NaN. ``time_s`` seconds; ``efficiency`` = lower bound of the damaged mesh /
-    time."""
+    time. ``to_dict()`` (NaN figures as null) / ``from_dict()`` round-trip (``==`` is field
+    by field, NaN equal to NaN)."""
 
     scenario: str
     failed_chips: Tuple[int, ...]
@@ -278,6 +479,31 @@ class FaultResult:
     efficiency: float
     lower_bound_s: float
     reason: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON types, an entry of :meth:`Report.to_dict`'s ``"faults"`` (the figures are
+        null when the algorithm did not run)."""
+        def fig(v: float) -> Optional[float]:
+            return float(v) if self.ran and not math.isnan(v) else None
+
+        return {"scenario": self.scenario, "failed_chips": [int(x) for x in self.failed_chips],
+                "failed_links": [[int(u), int(v)] for u, v in self.failed_links],
+                "algorithm": self.algorithm, "ran": bool(self.ran),
+                "time_s": fig(self.time_s), "efficiency_fraction": fig(self.efficiency),
+                "lower_bound_s": fig(self.lower_bound_s), "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "FaultResult":
+        """The result :meth:`to_dict` described (null figures are NaN)."""
+        return check_dict("FaultResult", d, lambda d: cls(
+            str(d["scenario"]), tuple(int(x) for x in d["failed_chips"]),
+            tuple((int(u), int(v)) for u, v in d["failed_links"]), str(d["algorithm"]),
+            bool(d["ran"]), _opt_float(d["time_s"]), _opt_float(d["efficiency_fraction"]),
+            _opt_float(d["lower_bound_s"]),
+            None if d.get("reason") is None else str(d["reason"])))
+
+    def __eq__(self, other: object) -> bool:
+        return same(self, other) if type(other) is type(self) else NotImplemented
 
 
 def fault_scenarios(cfg: "ReportConfig") -> List[Tuple[str, Tuple[int, ...],
@@ -320,9 +546,13 @@ def _fault_study(cfg: "ReportConfig", nbytes: float, tick: Callable[[str], None]
     return out
 
 
-@dataclass
+@dataclass(eq=False)
 class Report:
-    """Everything :func:`run_report` found. See :meth:`to_dict` for the units."""
+    """Everything :func:`run_report` found. See :meth:`to_dict` for the units.
+
+    Results as data: a report pickles, :meth:`to_dict` gives a JSON-serializable dict with
+    the units in its keys (what ``dojo-kernels report --json`` writes) and :meth:`from_dict`
+    rebuilds an equal report from it. ``==`` compares every field (NaN equal to NaN)."""
 
     config: ReportConfig
     gemms: List[GemmResult]
@@ -401,59 +631,24 @@ class Report:
     def to_dict(self) -> Dict[str, Any]:
         """A JSON-ready dict; every figure's key names its unit (``_s`` seconds, ``_bytes``,
         ``_bytes_per_s``, ``_flop``, ``_flop_per_s``, ``_fraction`` for ratios in 0..1,
-        ``_rel_error`` for relative errors)."""
+        ``_rel_error`` for relative errors).
+
+        Lossless: :meth:`from_dict` rebuilds an equal report (``Report.from_dict(r.to_dict())
+        == r``, also through ``json.dumps``/``json.loads``): ``"config"`` is
+        :meth:`ReportConfig.to_dict`, every GEMM's format entry holds its whole plan
+        (``d1_plan``, :meth:`GemmPlan.to_dict` without the machine, which is the config's),
+        every all-reduce its ``bytes_per_link_bytes``. ``"totals"`` and
+        ``error_histogram_log10_edges`` are derived (recomputed, not read back)."""
         c = self.config
-        m = c.machine
         out: Dict[str, Any] = {
-            "config": {
-                "d_model": c.d_model, "seq": c.seq, "batch": c.batch, "mlp_ratio": c.mlp_ratio,
-                "tokens": c.tokens, "hidden": c.hidden, "params": c.params,
-                "formats": list(c.formats), "forward_format": c.forward_format,
-                "gradient_format": c.gradient_format, "bias": c.bias,
-                "bias_margin_binades": c.bias_margin, "gemm_order": c.gemm_order,
-                "grad_scale": c.grad_scale,
-                "grad_bytes_per_param": c.grad_bytes_per_param,
-                "system_shape_tiles": list(c.system_shape),
-                "algorithms": list(c.algorithms), "seed": c.seed,
-                "clock_hz": m.chip.node.clock_hz, "sram_per_node_bytes": m.chip.node.sram_bytes,
-                "noc_link_bandwidth_bytes_per_s": m.chip.node.noc_link_bw,
-                "chip_link_bandwidth_bytes_per_s": m.chip_link_bw,
-                "tile_link_bandwidth_bytes_per_s": c.system_link_bandwidth,
-                "tile_peak_flop_per_s": m.peak_flops,
-                "machine": m.to_dict(), "system": c.system.to_dict(), "overlap": c.overlap,
-            },
+            "kind": "Report",
+            "config": c.to_dict(),
             "cpu": {"threads": self.threads, "isa": self.isa, "wall_s": self.wall_s,
                     "gemm_emulation": {f"{k}_s": v for k, v in self.cpu_emulation_s.items()}},
-            "gemms": [],
-            "allreduce": [],
+            "gemms": [g.to_dict(machine=c.machine) for g in self.gemms],
+            "allreduce": [a.to_dict() for a in self.allreduce],
             "totals": {"step_flop": self.flops},
         }
-        for g in self.gemms:
-            gd: Dict[str, Any] = {"name": g.name, "phase": g.phase, "m": g.m, "n": g.n,
-                                  "k": g.k, "flop": g.flops, "fp32_reference_s": g.reference_s,
-                                  "formats": {}}
-            for key, e in g.errors.items():
-                p = g.plans[key]
-                gd["formats"][key] = {
-                    "a_format": e.a_format, "b_format": e.b_format,
-                    "max_rel_error": e.max_rel_error, "rms_rel_error": e.rms_rel_error,
-                    "cpu_emulation_s": e.emulation_s,
-                    "error_histogram_counts": e.histogram, "exact_elements": e.exact,
-                    "d1_time_s": p.seconds, "d1_utilization_fraction": p.utilization,
-                    "d1_bound": p.bound, "d1_node_grid": list(p.node_grid),
-                    "d1_tile_mnk": list(p.tile), "d1_offchip_bytes": p.offchip_bytes,
-                    "d1_k_split": p.k_split,
-                    "d1_achieved_flop_per_s": p.flops / p.seconds,
-                }
-            out["gemms"].append(gd)
-        for a in self.allreduce:
-            out["allreduce"].append({
-                "mesh": a.mesh, "shape": list(a.shape), "algorithm": a.algorithm,
-                "per_node_bytes": a.nbytes, "time_s": a.time_s,
-                "efficiency_fraction": a.efficiency, "bus_bandwidth_bytes_per_s": a.bus_bandwidth,
-                "lower_bound_s": a.lower_bound_s, "steps": a.steps,
-                "busiest_link_bytes": a.bytes_per_link_max, "bit_identical": a.bit_identical,
-                "check_max_rel_error": a.check_max_rel_error})
         out["error_histogram_log10_edges"] = HIST_EDGES.tolist()
         t = out["totals"]
         t["tile_peak_flop_per_s"] = self.peak_flops
@@ -472,16 +667,31 @@ class Report:
                       "d1_system_step_serial_s": self.system_step_s(key, overlap=False),
                       "cpu_emulation_s": self.cpu_emulation_s[key]}
         t["fp32_reference_cpu_s"] = self.cpu_emulation_s["fp32"]
-        out["config"]["failed_chips"] = list(self.config.failed_chips)
-        out["config"]["failed_links"] = [list(e) for e in self.config.failed_links]
-        out["faults"] = [{
-            "scenario": f.scenario, "failed_chips": list(f.failed_chips),
-            "failed_links": [list(e) for e in f.failed_links], "algorithm": f.algorithm,
-            "ran": f.ran, "time_s": f.time_s if f.ran else None,
-            "efficiency_fraction": f.efficiency if f.ran else None,
-            "lower_bound_s": f.lower_bound_s if f.ran else None, "reason": f.reason}
-            for f in self.faults]
+        out["faults"] = [f.to_dict() for f in self.faults]
         return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Report":
+        """The report :meth:`to_dict` described: ``Report.from_dict(r.to_dict()) == r``,
+        through ``json.dumps``/``json.loads`` too (so ``dojo-kernels report --json`` output
+        loads back: ``Report.from_dict(json.load(f))``). The derived sections (``totals``
+        ...) are not read: the methods recompute them. A dict without ``"kind"`` is
+        accepted; a missing key is a ValueError naming it."""
+        def build(d: Mapping[str, Any]) -> "Report":
+            cfg = ReportConfig.from_dict(d["config"])
+            cpu = d["cpu"]
+            emu = {str(k)[:-2] if str(k).endswith("_s") else str(k): float(v)
+                   for k, v in dict(cpu["gemm_emulation"]).items()}
+            return cls(cfg, [GemmResult.from_dict(g, machine=cfg.machine) for g in d["gemms"]],
+                       [AllreduceResult.from_dict(a) for a in d["allreduce"]], emu,
+                       float(cpu["wall_s"]), int(cpu["threads"]), str(cpu["isa"]),
+                       [FaultResult.from_dict(f) for f in d.get("faults", [])])
+        return check_dict("Report", d, build)
+
+    def __eq__(self, other: object) -> bool:
+        """Field by field (the config, every GEMM's errors and plans, every all-reduce, the
+        CPU figures, the fault study); NaN equals NaN, arrays compare element by element."""
+        return same(self, other) if type(other) is type(self) else NotImplemented
 
 
 # --- progress ---------------------------------------------------------------------------

@@ -27,12 +27,13 @@ Needs ``pip install "dojo_kernels[train]"`` (torch, scikit-learn; matplotlib for
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -45,6 +46,7 @@ from ..d1 import D1Chip
 from ..formats import BF16, Format, cfloat8_143, cfloat8_152
 from ..gemm import plan_gemm
 from ..torch import RECIPES, Recipe, SROptimizer, convert
+from ._data import check_dict, same, tensor_from_dict, tensor_to_dict
 
 __all__ = ["TrainConfig", "TrainResult", "RowRNN", "RecipeRun", "StepCost", "run_training",
            "render_training", "plot_training", "write_json", "RECIPE_NAMES", "describe",
@@ -135,6 +137,25 @@ class TrainConfig:
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"test_fraction: expected 0 < f < 1, got {self.test_fraction}")
 
+    def to_dict(self) -> Dict[str, Any]:
+        """Every field as JSON types (tuples as lists); the ``"config"`` of
+        :meth:`TrainResult.to_dict`."""
+        return {f.name: (list(v) if isinstance(v, tuple) else v)
+                for f in dataclasses.fields(self) for v in [getattr(self, f.name)]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        """The configuration :meth:`to_dict` described (a field missing in ``d`` takes its
+        default; unknown keys are ignored)."""
+        def build(d: Mapping[str, Any]) -> "TrainConfig":
+            kw: Dict[str, Any] = {}
+            for f in dataclasses.fields(cls):
+                if f.name in d:
+                    v = d[f.name]
+                    kw[f.name] = tuple(v) if isinstance(v, list) else v
+            return cls(**kw)
+        return check_dict("TrainConfig", d, build)
+
 
 @dataclass(frozen=True)
 class StepCost:
@@ -149,10 +170,31 @@ class StepCost:
     allreduce_algorithm: str
     tile_s: float              # chip_s + allreduce_s (data parallel: tile_chips x batch)
 
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON types, units in the keys (the ``"d1_step"`` of a run in
+        :meth:`TrainResult.to_dict`)."""
+        return {"gemms": int(self.gemms), "flop": float(self.flops),
+                "chip_s": float(self.chip_s), "tile_chips": int(self.tile_chips),
+                "allreduce_bytes": float(self.allreduce_bytes),
+                "allreduce_s": float(self.allreduce_s),
+                "allreduce_algorithm": str(self.allreduce_algorithm),
+                "tile_s": float(self.tile_s)}
 
-@dataclass
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "StepCost":
+        """The cost :meth:`to_dict` described."""
+        return check_dict("StepCost", d, lambda d: cls(
+            int(d["gemms"]), float(d["flop"]), float(d["chip_s"]), int(d["tile_chips"]),
+            float(d["allreduce_bytes"]), float(d["allreduce_s"]),
+            str(d["allreduce_algorithm"]), float(d["tile_s"])))
+
+
+@dataclass(eq=False)
 class RecipeRun:
-    """One recipe's training: per-epoch mean training loss and test accuracy."""
+    """One recipe's training: per-epoch mean training loss and test accuracy, the initial
+    loss, this CPU's wall time ``cpu_s`` (seconds), the D1 step cost (None for fp32) and the
+    final ``weights`` (the model's ``state_dict``). ``==`` is field by field (NaN equal to
+    NaN, weights bit for bit); ``to_dict()`` / ``from_dict()`` round-trip."""
 
     name: str
     loss: List[float] = field(default_factory=list)
@@ -162,10 +204,46 @@ class RecipeRun:
     cost: Optional[StepCost] = None
     weights: Dict[str, torch.Tensor] = field(default_factory=dict)
 
+    def to_dict(self, weights: bool = True) -> Dict[str, Any]:
+        """JSON types: a run of :meth:`TrainResult.to_dict`'s ``"runs"`` (without its name,
+        which is the key there). ``weights``: include the weights (each tensor as
+        ``{"dtype", "shape", "data_base64"}``, its bytes little-endian, bit exact)."""
+        d: Dict[str, Any] = {"loss_per_epoch": [float(x) for x in self.loss],
+                             "test_accuracy_per_epoch": [float(x) for x in self.test_accuracy],
+                             "initial_loss": float(self.initial_loss),
+                             "cpu_s": float(self.cpu_s), "description": describe(self.name)}
+        if self.cost is not None:
+            d["d1_step"] = self.cost.to_dict()
+        if weights:
+            d["weights"] = {k: tensor_to_dict(v) for k, v in self.weights.items()}
+        return d
 
-@dataclass
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], name: Optional[str] = None) -> "RecipeRun":
+        """The run :meth:`to_dict` described; ``name``: the recipe (default ``d["name"]``).
+        Without ``"weights"`` (``to_dict(weights=False)``, the CLI's JSON) ``weights`` is
+        empty."""
+        def build(d: Mapping[str, Any]) -> "RecipeRun":
+            cost = d.get("d1_step")
+            return cls(str(d["name"] if name is None else name),
+                       [float(x) for x in d["loss_per_epoch"]],
+                       [float(x) for x in d["test_accuracy_per_epoch"]],
+                       float(d["initial_loss"]), float(d["cpu_s"]),
+                       None if cost is None else StepCost.from_dict(cost),
+                       {str(k): tensor_from_dict(v) for k, v in dict(d.get("weights", {})).items()})
+        return check_dict("RecipeRun", d, build)
+
+    def __eq__(self, other: object) -> bool:
+        return same(self, other) if type(other) is type(self) else NotImplemented
+
+
+@dataclass(eq=False)
 class TrainResult:
-    """What :func:`run_training` returns."""
+    """What :func:`run_training` returns.
+
+    Results as data: it pickles, :meth:`to_dict` gives JSON types (the weights bit exact
+    unless left out) and :meth:`from_dict` rebuilds an equal result; ``==`` is field by
+    field (NaN equal to NaN, weights bit for bit)."""
 
     config: TrainConfig
     runs: List[RecipeRun]
@@ -182,27 +260,35 @@ class TrainResult:
                 return r
         raise KeyError(name)
 
-    def to_dict(self) -> Dict[str, Any]:
-        """Every figure, JSON-ready (keys name their units); no weights."""
-        runs = {}
-        for r in self.runs:
-            d: Dict[str, Any] = {"loss_per_epoch": r.loss, "test_accuracy_per_epoch":
-                                 r.test_accuracy, "initial_loss": r.initial_loss,
-                                 "cpu_s": r.cpu_s, "description": describe(r.name)}
-            if r.cost is not None:
-                c = r.cost
-                d["d1_step"] = {"gemms": c.gemms, "flop": c.flops, "chip_s": c.chip_s,
-                                "tile_chips": c.tile_chips,
-                                "allreduce_bytes": c.allreduce_bytes,
-                                "allreduce_s": c.allreduce_s,
-                                "allreduce_algorithm": c.allreduce_algorithm,
-                                "tile_s": c.tile_s}
-            runs[r.name] = d
-        cfg = asdict(self.config)
-        return {"config": cfg, "model": self.model, "dataset": "sklearn.datasets.load_digits",
+    def to_dict(self, weights: bool = True) -> Dict[str, Any]:
+        """Every figure, JSON-ready (keys name their units): the config
+        (:meth:`TrainConfig.to_dict`), the data set, the model, and per recipe
+        (:meth:`RecipeRun.to_dict`) the curves, the D1 step cost and, with ``weights``
+        (default), the final weights. :meth:`from_dict` inverts it. ``dojo-kernels train
+        --json`` writes it without the weights."""
+        runs = {r.name: r.to_dict(weights=weights) for r in self.runs}
+        return {"kind": "TrainResult", "config": self.config.to_dict(), "model": self.model,
+                "dataset": "sklearn.datasets.load_digits",
                 "samples": {"train": self.samples[0], "test": self.samples[1]},
                 "parameters": self.parameters, "layers": [list(x) for x in self.layers],
                 "runs": runs, "wall_s": self.wall_s}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainResult":
+        """The result :meth:`to_dict` described: ``TrainResult.from_dict(r.to_dict()) == r``,
+        through ``json.dumps``/``json.loads`` too. From a dict without weights (``to_dict(
+        weights=False)``, the CLI's JSON) every run's ``weights`` is empty."""
+        def build(d: Mapping[str, Any]) -> "TrainResult":
+            s = d["samples"]
+            return cls(TrainConfig.from_dict(d["config"]),
+                       [RecipeRun.from_dict(v, name=str(k)) for k, v in dict(d["runs"]).items()],
+                       (int(s["train"]), int(s["test"])), int(d["parameters"]),
+                       [(int(a), int(b)) for a, b in d["layers"]], float(d["wall_s"]),
+                       str(d.get("model", "")))
+        return check_dict("TrainResult", d, build)
+
+    def __eq__(self, other: object) -> bool:
+        return same(self, other) if type(other) is type(self) else NotImplemented
 
 
 # --- data and model -------------------------------------------------------------------------
@@ -474,9 +560,10 @@ def render_training(result: TrainResult) -> str:
     return "\n".join(lines)
 
 
-def write_json(result: TrainResult, path: str) -> None:
-    """Write :meth:`TrainResult.to_dict` to ``path`` (``-`` for stdout)."""
-    text = json.dumps(result.to_dict(), indent=2)
+def write_json(result: TrainResult, path: str, *, weights: bool = False) -> None:
+    """Write :meth:`TrainResult.to_dict` to ``path`` (``-`` for stdout); ``weights``: with
+    the weights (default False, as the CLI: the curves and costs only)."""
+    text = json.dumps(result.to_dict(weights=weights), indent=2)
     if path == "-":
         print(text)
         return
