@@ -6,7 +6,9 @@ format's error against FP32, plans every GEMM on a D1 training tile
 (:func:`dojo_kernels.plan_gemm`), costs the gradient all-reduce across the tile's chips and
 across a set of tiles (:func:`dojo_kernels.estimate_allreduce`) and adds it all up.
 :func:`render_report` prints it as tables; :meth:`Report.to_dict` gives a JSON-ready dict
-whose keys carry their units; :func:`plot_report` draws PNGs (needs matplotlib).
+whose keys carry their units and :meth:`Report.from_dict` rebuilds an equal report from it
+(results as data, docs/report.md: every result class here pickles and round-trips);
+:func:`plot_report` draws PNGs (needs matplotlib).
 
 The block (``M = batch * seq`` tokens, ``d = d_model``, ``h = mlp_ratio * d``):
 
