@@ -101,6 +101,10 @@ from .collectives import AllreduceReport, allreduce, estimate_allreduce  # noqa:
 from .collectives.schedule import Schedule  # noqa: E402  (the exportable all-reduce schedule)
 from .collectives.hierarchical import (HierarchicalReport,  # noqa: E402
                                        allreduce_hierarchical, estimate_hierarchical)
+# the moved modules stay attributes of the package under their old names, as before the
+# layout change (``dk.schedule.MESSAGE_DTYPE``, ``dk.hierarchical.INNER_ALGORITHMS``): the
+# shims put the moved module objects in sys.modules under the old paths
+from . import hierarchical, schedule  # noqa: E402,F401
 
 
 def show_config() -> None:

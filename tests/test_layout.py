@@ -153,3 +153,20 @@ def test_pickles_of_new_reports_load_in_a_fresh_interpreter(tmp_path):
                          text=True, cwd=str(tmp_path), check=True).stdout.split()
     assert out[:4] == ["AllreduceReport", "HierarchicalReport", "GemmPlan", "(3,"]
     assert float(out[-1]) == rep.time
+
+
+def test_package_attributes_of_before_the_move_in_a_fresh_interpreter():
+    """``import dojo_kernels as dk`` alone gives ``dk.schedule`` and ``dk.hierarchical`` (the
+    attributes the package had before the collectives moved into a subpackage), as the moved
+    modules; checked in a fresh interpreter, where no other test has imported them."""
+    code = ("import sys, dojo_kernels as dk; "
+            "from dojo_kernels.collectives import schedule, hierarchical; "
+            "assert dk.schedule is schedule and dk.hierarchical is hierarchical; "
+            "assert sys.modules['dojo_kernels.schedule'] is schedule; "
+            "assert sys.modules['dojo_kernels.hierarchical'] is hierarchical; "
+            "assert dk.collectives.estimate_allreduce is dk.estimate_allreduce; "
+            "print(dk.schedule.MESSAGE_DTYPE.names[0], dk.hierarchical.INNER_ALGORITHMS[0])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=os.path.dirname(ROOT), check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["step", "ring"]

@@ -32,7 +32,10 @@ G = sys.modules["dojo_kernels.gemm"]
 CHIP_MESH = Mesh2D(18, 20, link_bandwidth=128e9, link_latency=0.5e-9, hop_latency=0.5e-9)
 TILE_MESH = Mesh2D(5, 5, link_bandwidth=2e12, link_latency=100e-9, hop_latency=20e-9)
 SYS_MESH = Mesh2D(2, 3, link_bandwidth=9e12, link_latency=1e-6, hop_latency=100e-9)
-PAIRS = [(D1Chip(), CHIP_MESH), (TrainingTile(), TILE_MESH), (DojoSystem(tiles=6), SYS_MESH)]
+# the D2 what-if (docs/machine.md): chip-to-chip at the D1 chip's 10 TB/s bisection, 10 ns
+D2_MESH = Mesh2D(5, 5, link_bandwidth=10e12, link_latency=10e-9, hop_latency=10e-9)
+PAIRS = [(D1Chip(), CHIP_MESH), (TrainingTile(), TILE_MESH), (DojoSystem(tiles=6), SYS_MESH),
+         (D2Tile(), D2_MESH)]
 
 
 # --- item 1: one conversion, the same answer -------------------------------------------------

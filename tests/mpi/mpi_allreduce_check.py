@@ -75,6 +75,39 @@ def check_pieces(comm, rng, limit=97):
     return checked
 
 
+def check_machines(comm, rng):
+    """Issue 12 item 1: a D1 machine object as ``mesh_shape`` gives the bits of the explicit
+    Mesh2D it stands for (the figures written here from SPEC section 6 and docs/machine.md:
+    chip 128 GB/s NoC links, 0.5 ns; tile 2 TB/s, 100 ns + 20 ns per hop; D2 wafer
+    10 TB/s, 10 ns; system 9 TB/s, 1 us + 100 ns), and the simulator's bits on that mesh."""
+    P, me = comm.Get_size(), comm.Get_rank()
+    checked = 0
+    x = (rng.standard_normal((P, 1031)) * np.exp(rng.uniform(-8, 8, (P, 1031)))).astype(
+        np.float32)
+    for rows, cols in shapes(P):
+        pairs = [
+            (dojo_kernels.D1Chip(grid=(rows, cols), active_nodes=P),
+             Mesh2D(rows, cols, link_bandwidth=128e9, link_latency=0.5e-9, hop_latency=0.5e-9)),
+            (dojo_kernels.TrainingTile(chips=(rows, cols)),
+             Mesh2D(rows, cols, link_bandwidth=2e12, link_latency=100e-9, hop_latency=20e-9)),
+            (dojo_kernels.D2Tile(chips=(rows, cols)),
+             Mesh2D(rows, cols, link_bandwidth=10e12, link_latency=10e-9, hop_latency=10e-9)),
+            (dojo_kernels.DojoSystem(grid=(rows, cols)),
+             Mesh2D(rows, cols, link_bandwidth=9e12, link_latency=1e-6, hop_latency=100e-9)),
+        ]
+        for machine, explicit in pairs:
+            for alg in ALGS:
+                want, _ = dojo_kernels.allreduce(x, explicit, algorithm=alg)
+                got = dk_mpi.allreduce(comm, x[me], algorithm=alg, mesh_shape=machine)
+                ref = dk_mpi.allreduce(comm, x[me], algorithm=alg, mesh_shape=explicit)
+                w = np.ascontiguousarray(want[me]).tobytes()
+                if got.tobytes() != w or ref.tobytes() != w:
+                    raise AssertionError(f"rank {me}: {alg} on {type(machine).__name__} "
+                                         f"{rows}x{cols}: bits differ from the explicit mesh")
+                checked += 1
+    return checked
+
+
 def main():
     comm = MPI.COMM_WORLD
     P, me = comm.Get_size(), comm.Get_rank()
@@ -113,6 +146,7 @@ def main():
     assert np.allclose(got, x.astype(np.float64).sum(0), rtol=1e-5, atol=1e-4)
     checked += 1
     checked += check_pieces(comm, rng)
+    checked += check_machines(comm, rng)
     total = comm.allreduce(checked)
     if me == 0:
         print(f"mpi allreduce: {P} ranks, {total} rank-cases bit-identical to the simulator")
