@@ -387,6 +387,7 @@ class TrainingTile(_Machine):
             raise TypeError(f"name: expected a str, got {type(name).__name__}")
         _set(self, "name", name)
         _positive(self, "edges", "bisection_bw", "power_w")
+        _units.check("bisection_bw", bisection_bw, "B/s")   # as D1Chip's: a prefix mistake
 
     @property
     def chip_link_bw(self) -> float:

@@ -140,6 +140,12 @@ def test_per_cycle_figures_follow_the_clock():
     (lambda: D1Chip(offchip_bw_per_edge=2000), r"offchip_bw_per_edge.*2000 GB/s"),
     (lambda: TrainingTile(offtile_bw_per_edge=9000), r"offtile_bw_per_edge"),
     (lambda: TrainingTile(chip_hop_latency=20), r"chip_hop_latency=20 s.*20 ns"),
+    (lambda: TrainingTile(bisection_bw=10), r"bisection_bw=10 B/s.*10 GB/s"),
+    (lambda: D1Chip(bisection_bw=10000), r"bisection_bw=10000 B/s.*10000 GB/s"),
+    (lambda: D2Tile(chip_link_bw=10000), r"chip_link_bw=10000 B/s.*10000 GB/s"),
+    (lambda: DojoSystem(dip_hbm_bytes=32), r"dip_hbm_bytes=32 B.*1 KiB"),
+    (lambda: DojoSystem(tile_link_latency=1000), r"tile_link_latency=1000 s.*1000 ns"),
+    (lambda: rp.machine_with(clock_hz=2), r"clock_hz=2 Hz.*2 GHz"),
     (lambda: DojoSystem(dip_hbm_bw=800), r"dip_hbm_bw.*800 GB/s"),
 ])
 def test_unit_prefix_mistakes_are_errors_with_a_hint(make, pattern):
@@ -225,12 +231,34 @@ def test_gemv_is_no_longer_slower_than_streaming_b():
     assert q.k_split == 1 and q.seconds > 1.5 * stream_b   # the old compute-bound plan
 
 
+def test_k_split_reduction_time_from_the_documented_chain():
+    """The k-split's reduction as plan_gemm documents it: after every super-tile, each C tile
+    is reduced by a chain down its ks node rows, ks - 1 transfers of the FP32 partial tile
+    (4 mt nt bytes) over one NoC link (128 GB/s), one hop and one message latency (0.5 ns
+    each at 2 GHz), then added at the node's FP32 rate (32 FLOP/cycle = 64 GFLOP/s), not
+    overlapped. Written from SPEC section 6 figures; on one chip every NoC link is a node
+    link."""
+    f = cfloat8_143(7)
+    for m, n, k in ((1, 8192, 8192), (8, 4096, 65536), (3, 512, 100000)):
+        p = dk.plan_gemm(m, n, k, a_format=f, b_format=f, machine=D1Chip())
+        ks, (rows, cols), (mt, nt, kt) = p.k_split, p.node_grid, p.tile
+        assert ks > 1, (m, n, k)
+        c_rows = rows // ks
+        supertiles = -(-m // (c_rows * mt)) * -(-n // (cols * nt))
+        per_transfer = 4 * mt * nt / 128e9 + 0.5e-9 + 0.5e-9 + mt * nt / 64e9
+        assert p.reduction_seconds == pytest.approx(supertiles * (ks - 1) * per_transfer,
+                                                    rel=1e-12)
+        assert p.seconds >= p.reduction_seconds + p.compute_seconds * (1 - 1e-12)
+
+
 @settings(max_examples=30, deadline=None)
 @given(m=st.integers(1, 5000), n=st.integers(1, 20000), k=st.integers(1, 50000),
-       machine=st.sampled_from([D1Chip(), TrainingTile(), DojoSystem(tiles=4)]))
-def test_k_split_never_slower(m, n, k, machine):
-    p = dk.plan_gemm(m, n, k, a_format=BF16, b_format=BF16, machine=machine)
-    q = dk.plan_gemm(m, n, k, a_format=BF16, b_format=BF16, machine=machine, k_split=False)
+       machine=st.sampled_from([D1Chip(), TrainingTile(), D2Tile(), DojoSystem(tiles=4),
+                                DojoSystem(grid=(2, 3))]),
+       fmt=st.sampled_from([BF16, cfloat8_143(7)]))
+def test_k_split_never_slower(m, n, k, machine, fmt):
+    p = dk.plan_gemm(m, n, k, a_format=fmt, b_format=fmt, machine=machine)
+    q = dk.plan_gemm(m, n, k, a_format=fmt, b_format=fmt, machine=machine, k_split=False)
     assert p.seconds <= q.seconds
     if p.k_split == 1:
         assert p.reduction_seconds == 0

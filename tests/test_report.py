@@ -274,3 +274,25 @@ def test_python_dash_m_report(tmp_path):
     assert p.returncode == 0, p.stderr
     assert "cfloat8" not in p.stdout.split("The step")[1]
     assert np.isfinite(float(p.stdout.count("BF16")))
+
+
+def test_roofline_is_drawn_with_the_feeds_plan_gemm_uses(small, tmp_path, monkeypatch):
+    """Issue 12 item 4: the roofline's off-chip roof is the sum of the feeds plan_gemm gives
+    the whole tile (gemm.feed_bandwidths of the report's machine: 36 TB/s, the four 9 TB/s
+    tile edges of SPEC section 6), and every plan of the step lies under that roof (its
+    off-chip time is the slowest of the A, B and C transfers, which is at least their total
+    bytes over the total feed)."""
+    pytest.importorskip("matplotlib")
+    mod = sys.modules[rp.plot_report.__module__]
+    real = mod.feed_bandwidths
+    seen = []
+    monkeypatch.setattr(mod, "feed_bandwidths", lambda m: seen.append(m) or real(m))
+    rp.plot_report(small, str(tmp_path))
+    m = small.config.machine
+    assert seen == [m]
+    feed = float(sum(real(m)))
+    assert feed == 4 * 9e12
+    for g in small.gemms:
+        for p in g.plans.values():
+            roof = min(m.peak_flops, p.flops / p.offchip_bytes * feed)
+            assert p.flops / p.seconds <= roof * (1 + 1e-12), (g.name, p.bound)
