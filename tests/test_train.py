@@ -41,6 +41,10 @@ def test_short_run_loss_falls_and_is_reproducible():
     for r in a.runs:
         assert r.loss[0] < r.initial_loss and r.loss[1] < r.loss[0], (r.name, r.loss)
         assert all(0.0 <= v <= 1.0 for v in r.test_accuracy)
+    # results as data (issue 12 item 5): a real result round-trips, weights bit exact
+    import pickle
+    assert train.TrainResult.from_dict(json.loads(json.dumps(a.to_dict()))) == a
+    assert pickle.loads(pickle.dumps(a)) == a
     b = train.run_training(cfg)
     for ra, rb in zip(a.runs, b.runs):
         wa, wb = _bits(ra.weights), _bits(rb.weights)
