@@ -669,8 +669,8 @@ class GemmPlan:
     def to_dict(self) -> Dict[str, Any]:
         """A JSON-ready dict; every figure's key names its unit (``_s`` seconds, ``_bytes``,
         ``flop``, ``_fraction``); formats as their fields, the machine as its ``to_dict()``.
-        :meth:`from_dict` inverts it."""
-        out: Dict[str, Any] = {}
+        :meth:`from_dict` inverts it. ``"kind": "GemmPlan"`` names the class."""
+        out: Dict[str, Any] = {"kind": "GemmPlan"}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             key = _PLAN_KEYS.get(f.name, f.name)
@@ -694,13 +694,26 @@ class GemmPlan:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "GemmPlan":
-        """The plan :meth:`to_dict` described."""
+        """The plan :meth:`to_dict` described: ``GemmPlan.from_dict(p.to_dict()) == p``,
+        through ``json.dumps``/``json.loads`` too. ``d`` must be a mapping (TypeError); a
+        ``"kind"`` key, if present, must be ``"GemmPlan"``; a missing key of a field without
+        a default is a ValueError naming it."""
+        from collections.abc import Mapping
+
         from .d1 import machine_from_dict
 
+        if not isinstance(d, Mapping):
+            raise TypeError(f"d: expected a mapping from GemmPlan.to_dict(), got "
+                            f"{type(d).__name__}")
+        if d.get("kind", "GemmPlan") != "GemmPlan":
+            raise ValueError(f"d: expected kind 'GemmPlan', got {d.get('kind')!r}")
         kw: Dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             key = _PLAN_KEYS.get(f.name, f.name)
             if key not in d:
+                if f.default is dataclasses.MISSING:
+                    raise ValueError(f"d: missing key {key!r} (expected the output of "
+                                     f"GemmPlan.to_dict())")
                 continue
             v = d[key]
             if f.name in ("a_format", "b_format", "out_format"):

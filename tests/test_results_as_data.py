@@ -70,6 +70,22 @@ def test_gemm_plan_round_trips_on_every_machine(name):
     assert dk.GemmPlan.from_dict(d) != p
 
 
+def test_gemm_plan_from_dict_errors_name_the_problem():
+    p = dk.plan_gemm(64, 64, 64, a_format=BF16, b_format=BF16)
+    assert p.to_dict()["kind"] == "GemmPlan"
+    with pytest.raises(TypeError, match="GemmPlan.to_dict"):
+        dk.GemmPlan.from_dict([1])
+    with pytest.raises(ValueError, match="kind 'GemmPlan'"):
+        dk.GemmPlan.from_dict(dk.estimate_allreduce(1e6, dk.TrainingTile()).to_dict())
+    d = p.to_dict()
+    del d["time_s"]
+    with pytest.raises(ValueError, match="'time_s'"):
+        dk.GemmPlan.from_dict(d)
+    d = p.to_dict()
+    del d["kind"], d["k_split"]          # no kind: accepted; k_split has a default
+    assert dk.GemmPlan.from_dict(d) == p
+
+
 def test_k_split_and_empty_plans_round_trip():
     f = cfloat8_143(7)
     p = dk.plan_gemm(1, 8192, 8192, a_format=f, b_format=f, machine=dk.D1Chip())
