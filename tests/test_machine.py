@@ -69,6 +69,8 @@ def test_hierarchical_same_through_machine():
     assert a.time == b.time and a.algorithms == b.algorithms and a.nodes == 150
     c = dk.estimate_hierarchical(1e9, [TrainingTile(), system])   # machines as levels
     assert c.time == b.time
+    d2 = dk.estimate_hierarchical(1e9, DojoSystem(D2Tile(), tiles=6))   # the D2 what-if
+    assert d2 == dk.estimate_hierarchical(1e9, [D2_MESH, SYS_MESH]) and d2.time < a.time
     x = np.random.default_rng(2).standard_normal((150, 64)).astype(np.float32)
     ra, _ = dk.allreduce_hierarchical(x, system)
     rb, _ = dk.allreduce_hierarchical(x, [TILE_MESH, SYS_MESH])
