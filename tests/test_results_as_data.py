@@ -286,3 +286,18 @@ def test_train_json_written_by_write_json_loads(tmp_path):
     assert back.runs[1] == r.runs[1] and back.config == r.config
     train.write_json(r, str(path), weights=True)
     assert train.TrainResult.from_dict(json.loads(path.read_text())) == r
+
+
+def test_report_pickle_loads_in_a_fresh_interpreter(small, tmp_path):
+    """A report crosses a process boundary (what multiprocessing and joblib do): a fresh
+    interpreter unpickles it and writes the same JSON."""
+    import subprocess
+    import sys
+    path = tmp_path / "r.pkl"
+    path.write_bytes(pickle.dumps(small))
+    code = ("import json, pickle, sys; r = pickle.load(open(sys.argv[1], 'rb')); "
+            "print(type(r).__module__, type(r).__name__); print(json.dumps(r.to_dict()))")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, cwd=str(tmp_path), check=True).stdout.split("\n", 1)
+    assert out[0] == "dojo_kernels.report._report Report"
+    assert rp.Report.from_dict(json.loads(out[1])) == small
