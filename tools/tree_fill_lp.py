@@ -27,7 +27,8 @@ continuous here (a relaxation): the value is a lower bound for the given family 
 
 Families: ``combs`` (spine along a column or a row, root anywhere on the spine), ``bfs``
 (breadth-first from every node, neighbours east, west, south, north), ``snakes``
-(boustrophedon Hamiltonian paths, 8 orientations, roots at 8 positions along them).
+(boustrophedon Hamiltonian paths, 8 orientations, roots at 8 positions along them),
+``random`` (128 minimum spanning trees under random edge weights, random roots, seeded).
 """
 from __future__ import annotations
 
@@ -82,6 +83,29 @@ def snakes(a: int, b: int) -> List[np.ndarray]:
     return out
 
 
+def random_trees(a: int, b: int, count: int, seed: int = 12) -> List[np.ndarray]:
+    """``count`` spanning trees: minimum spanning trees under random edge weights, each
+    rooted at a random node (seeded: the same trees every run)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import breadth_first_order, minimum_spanning_tree
+    P = a * b
+    v = np.arange(P)
+    r, c = np.divmod(v, b)
+    ed = np.concatenate([np.stack([v[c < b - 1], v[c < b - 1] + 1], 1),
+                         np.stack([v[r < a - 1], v[r < a - 1] + b], 1)])
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        w = rng.random(ed.shape[0]) + 1e-3
+        mst = minimum_spanning_tree(coo_matrix((w, (ed[:, 0], ed[:, 1])), shape=(P, P)))
+        root = int(rng.integers(P))
+        _, pred = breadth_first_order(mst, root, directed=False)
+        par = np.asarray(pred, np.int64)
+        par[root] = -1
+        out.append(par)
+    return out
+
+
 def family(a: int, b: int, names: Sequence[str]) -> List[np.ndarray]:
     trees: List[np.ndarray] = []
     if "combs" in names:
@@ -91,6 +115,8 @@ def family(a: int, b: int, names: Sequence[str]) -> List[np.ndarray]:
         trees += [bfs(a, b, v) for v in range(a * b)]
     if "snakes" in names:
         trees += snakes(a, b)
+    if "random" in names:
+        trees += random_trees(a, b, 128)
     return trees
 
 
