@@ -612,6 +612,7 @@ typedef struct {
     int64_t m, n, k, ldo, bso, ncolblk;
     float scale;
     float *out;
+    uint16_t *range;     /* NULL, or per slot the range of B's codes read (2 each) */
 } smallm_args;
 
 static void smallm_item(void *arg, int64_t item, int slot)
@@ -624,13 +625,24 @@ static void smallm_item(void *arg, int64_t item, int slot)
     const int asz = a->kind == DK_GEMM_U8 ? 1 : 2, bsz = b->kind == DK_GEMM_U8 ? 1 : 2;
     dk_gemm_smallm_amx_avx512(S->m, S->k, j0, j1, (const char *)a->ptr + bi * a->bs * asz, a->rs,
                               a->cs, a->kind, a->table, (const char *)b->ptr + bi * b->bs * bsz,
-                              b->rs, b->kind, b->table, S->scale, S->out + bi * S->bso, S->ldo);
+                              b->rs, b->kind, b->table, S->scale, S->out + bi * S->bso, S->ldo,
+                              S->range ? S->range + 2 * slot : NULL);
 }
 
 int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
             const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
             float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads, int order)
 {
+    return dk_gemm_brange(batch, m, n, k, a, b, scale, out, ldo, bso, isa, kernel, threads, order,
+                          NULL);
+}
+
+int dk_gemm_brange(int64_t batch, int64_t m, int64_t n, int64_t k,
+                   const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
+                   float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads,
+                   int order, uint16_t brange[3])
+{
+    if (brange) brange[2] = 0;
     tier_cfg t;
     if (!get_cfg(isa, kernel, order, &t) || batch < 0 || m < 0 || n < 0 || k < 0 || threads < 1 || !a || !b)
         return DK_EINVAL;
@@ -647,9 +659,28 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
     if (order == DK_GEMM_ORDER_AMX && isa >= DK_ISA_AVX512BF16 && m <= DK_GEMM_SMALLM_MAX &&
         b->cs == 1) {
         smallm_args S = {a, b, m, n, k, ldo, bso, (n + DK_GEMM_SMALLM_COLS - 1) / DK_GEMM_SMALLM_COLS,
-                         scale, out};
+                         scale, out, NULL};
         int nthr = (double)m * (double)n * (double)k * (double)batch < DK_GEMM_PAR_MIN ? 1 : threads;
+        uint16_t one[2];
+        if (brange && b->kind == DK_GEMM_U16) {
+            S.range = nthr == 1 ? one : malloc(sizeof(uint16_t) * 2 * (size_t)nthr);
+            if (!S.range) return DK_ENOMEM;
+            for (int i = 0; i < nthr; i++) {
+                S.range[2 * i] = 0x7FFF;
+                S.range[2 * i + 1] = 0;
+            }
+        }
         dk_pool_run(nthr, batch * S.ncolblk, smallm_item, &S);
+        if (S.range) {
+            brange[0] = 0x7FFF;
+            brange[1] = 0;
+            for (int i = 0; i < nthr; i++) {
+                brange[0] = S.range[2 * i] < brange[0] ? S.range[2 * i] : brange[0];
+                brange[1] = S.range[2 * i + 1] > brange[1] ? S.range[2 * i + 1] : brange[1];
+            }
+            brange[2] = 1;
+            if (S.range != one) free(S.range);
+        }
         return DK_OK;
     }
 

@@ -79,6 +79,19 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
             const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
             float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads, int order);
 
+/* dk_gemm, and the magnitude range of B's codes when the product reads all of B where it
+ * lies anyway: the few-rows path (amx order, avx512bf16 tier or above, m <= 
+ * DK_GEMM_SMALLM_MAX, BF16 B with unit column stride, m, n, k and batch > 0). Then
+ * brange[0] and brange[1] are what dk_gemm_bf16_range gives for B (smallest nonzero and
+ * largest finite magnitude bits) and brange[2] = 1; otherwise brange[2] = 0 and the first
+ * two are unspecified. The caller that must scale by B's range (SPEC section 5) can thus
+ * compute with the scale it expects, then check it against the range, instead of reading
+ * B twice. */
+int dk_gemm_brange(int64_t batch, int64_t m, int64_t n, int64_t k,
+                   const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
+                   float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads,
+                   int order, uint16_t brange[3]);
+
 /* Free the packing buffer dk_gemm keeps between calls (see gemm_driver.c); safe at any
  * time, the next call allocates again. */
 void dk_gemm_release_cache(void);
@@ -170,7 +183,8 @@ void dk_gemm_pack_pair_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp, 
 void dk_gemm_smallm_amx_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1,
                                const void *a, int64_t ars, int64_t acs, int akind,
                                const uint16_t *atab, const void *b, int64_t brs, int bkind,
-                               const uint16_t *btab, float scale, float *out, int64_t ldo);
+                               const uint16_t *btab, float scale, float *out, int64_t ldo,
+                               uint16_t *brange);
 
 /* avx512bf16-tier packing of CFloat8 A into the AMX "row tiles" layout (dk_gemm_ukr_amxtile):
  * `rows` rows (row r at src + r*lda, k contiguous) x nblk whole blocks of 32 k-values,

@@ -423,6 +423,106 @@ def test_few_rows_threads_batches_formats_and_strides():
         dk.set_num_threads(saved)
 
 
+def _np_range(codes):
+    """(smallest nonzero, largest finite) magnitude bits of BF16 codes, written from the
+    contract of dk_gemm_bf16_range: (0x7FFF, 0) when there is none."""
+    mag = (np.asarray(codes) & 0x7FFF).astype(np.int64)
+    nz, fin = mag[mag != 0], mag[mag < 0x7F80]
+    return (int(nz.min()) if nz.size else 0x7FFF, int(fin.max()) if fin.size else 0)
+
+
+@pytest.mark.parametrize("m", [1, 2, 4, 5, 8, 9])
+def test_few_rows_measure_the_range_of_b(m):
+    """The few-rows path measures B's range while it reads B (_gemm.gemm_brange): the same
+    (smallest nonzero, largest finite) as NumPy over the codes, at 1 and 3 threads, with
+    specials, a batch and column edges; and only where that path runs (m <= 8, the amx
+    order, an AVX-512 tier, BF16 B with unit column stride), never claimed elsewhere."""
+    rng = np.random.default_rng(200 + m)
+    k, n = 67, 1100
+    a = mixed_codes(rng, (2, m, k))
+    b = mixed_codes(rng, (2, k, n))
+    b[1, 5, 7] = 0x0001                         # the smallest subnormal, once
+    cases = [(b, True), (np.zeros((1, k, n), np.uint16), True),
+             (np.full((1, k, n), 0x7FC0, np.uint16), True)]
+    for tier in TIERS:
+        isa = _config.ISA_NAMES.index(tier)
+        for order in ORDERS:
+            for bb, _ in cases:
+                for th in (1, 3):
+                    a3 = a if bb.shape[0] == 2 else a[:1]
+                    out = np.empty((a3.shape[0], m, n), np.float32)
+                    rc, small, big, measured = _gemm.gemm_brange(
+                        a3, bb, NO_TABLE, NO_TABLE, 1.0, out, isa, 0, th, ORDER_CODE[order])
+                    assert rc == 0
+                    expect = m <= 8 and order == "amx" and isa >= 2
+                    assert measured == expect, (tier, order, m)
+                    if measured:
+                        assert (small, big) == _np_range(bb), (tier, order, th)
+                    want = glue(a3, bb, order, tier)
+                    assert_bits(out, bits(want), f"gemm_brange {tier} {order} threads {th}")
+        # columns not contiguous: the packed path, no range claimed
+        bs = np.asfortranarray(b[0])[None]
+        out = np.empty((1, m, n), np.float32)
+        rc, _, _, measured = _gemm.gemm_brange(a[:1], bs, NO_TABLE, NO_TABLE, 1.0, out, isa, 0,
+                                               1, _gemm.ORDER_AMX)
+        assert rc == 0 and not measured
+
+
+@pytest.mark.parametrize("case", ["ordinary", "subnormal_b", "huge_b", "tiny_a_huge_b",
+                                  "empty_b"])
+def test_few_rows_scaling_checked_after_the_product(case, monkeypatch):
+    """gemm() with few rows computes with the scaling an ordinary B gets and checks it
+    against B's measured range, computing again when B needs another one (SPEC section 5):
+    the bits equal those of the packed path (a zero row added to A takes m past 8 and scans
+    B first; a zero row leaves A's range as it is) on every tier and, where nothing can be
+    flushed and the unscaled order stays finite, the exact order without DAZ/FTZ. B is read once when ordinary."""
+    rng = np.random.default_rng(hash(case) % 1000)
+    m, k, n = 3, 90, 260
+    a = bf16_codes(rng, (m, k), -6, 6)
+    b = bf16_codes(rng, (k, n), -6, 6)
+    if case == "subnormal_b":
+        b = tiny_mix_bf16(rng, (k, n))
+    elif case == "huge_b":
+        b = bf16_codes(rng, (k, n), 110, 122)
+    elif case == "tiny_a_huge_b":
+        a = bf16_codes(rng, (m, k), -120, -100)
+        b = bf16_codes(rng, (k, n), 100, 120)
+    elif case == "empty_b":
+        b = np.zeros((k, n), np.uint16)
+        b[3, 4] = 0x7F80                         # Inf only: no nonzero finite value
+    a9 = np.concatenate([a, np.zeros((9 - m, k), np.uint16)])
+    A, B = decode(a, BF16), decode(b, BF16)
+    exact = (R.amx_order(a, b, flush=False) if no_flush_expected(A, BF16, B, BF16, k)
+             and case != "empty_b" else None)
+    if exact is not None and not np.isfinite(exact.view(np.float32)).all():
+        exact = None                     # the unscaled order overflows where scaling does not
+    # AVX-512 tiers: (products through gemm_brange, products again through gemm, scans of B)
+    expect = {"ordinary": (1, 0, 0), "empty_b": (1, 0, 0),
+              "subnormal_b": (1, 1, 0), "huge_b": (1, 1, 0),   # measured, then again
+              "tiny_a_huge_b": (0, 1, 1)}[case]   # an ordinary B would be rescaled: scan first
+    calls = {"brange": 0, "gemm": 0, "range_b": 0}
+    real = {name: getattr(_gemm, name) for name in ("gemm_brange", "gemm", "bf16_range")}
+
+    def spy(name, key):
+        def f(*args):
+            if key != "range_b" or args[0].shape[-2:] == b.shape:
+                calls[key] += 1
+            return real[name](*args)
+        return f
+    for name, key in (("gemm_brange", "brange"), ("gemm", "gemm"), ("bf16_range", "range_b")):
+        monkeypatch.setattr(_gemm, name, spy(name, key))
+    for tier in TIERS:
+        with _config.use_isa(tier):
+            want = dk.gemm(a9, b)[:m]
+            calls.update(brange=0, gemm=0, range_b=0)
+            got = dk.gemm(a, b)
+        assert_bits(got, bits(want), f"{case} {tier}")
+        if exact is not None:
+            assert_bits(got, exact, f"{case} {tier} exact")
+        seen = (calls["brange"], calls["gemm"], calls["range_b"])
+        assert seen == (expect if _config.ISA_NAMES.index(tier) >= 2 else (0, 1, 1)), (tier, seen)
+
+
 @pytest.mark.parametrize("n", [2048, 2050])
 def test_large_results_streamed_or_not(n):
     """A result above 8 MiB whose rows are 64-byte aligned (gemm() allocates it so when n is
