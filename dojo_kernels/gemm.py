@@ -263,7 +263,8 @@ def _bf16_exp(m: int) -> int:
 
 
 _EMPTY_RANGE = _Range(0, 0, 0, True)
-#: The range the few-rows path assumes of B before measuring it (values of magnitude 1)
+#: The range gemm() assumes of a BF16 operand before the kernel measures it (values of
+#: magnitude 1: the scaling of ordinary data)
 _ORDINARY_RANGE = _range_of(0x3F80, 0x3F80)
 
 
@@ -548,21 +549,28 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
 
     a16, b16 = a_format.nbits == 16, b_format.nbits == 16
     isa = _config.isa()
-    ra = _bf16_range(ca) if a16 else _format_range(a_format)
-    # Few rows (the GEMV shapes): the kernel reads B once where it lies and measures B's
-    # range on the way (_gemm.gemm_brange), so B is not scanned beforehand. The product is
-    # computed with the scaling a B of ordinary values gets, then that scaling is checked
-    # against B's measured range; in the rare case the range asks for another one, the
-    # product is computed again with it. Either way the bits are those of the scaling
-    # B's range gives.
-    speculate = (b16 and order_code == _gemm.ORDER_AMX and isa >= 2
-                 and 0 < m <= _gemm.SMALLM_MAX and n > 0 and k > 0 and nb > 0
-                 and cb.strides[-1] == cb.itemsize)
-    rb = _ORDINARY_RANGE if speculate else (_bf16_range(cb) if b16 else _format_range(b_format))
+    # The scaling of SPEC section 5 depends on the operands' ranges. The kernels measure
+    # the range of a BF16 operand as they read it (_gemm.gemm_ranges: each packed block
+    # right after packing it; B on the few-rows path, in its registers), so the operands
+    # are not scanned beforehand: the product is computed with the scaling operands of
+    # ordinary values get, that scaling is checked against the measured ranges, and in the
+    # rare case they ask for another one the product is computed again with it. Either way
+    # the bits are those of the scaling the ranges give. An operand the guess would rescale
+    # is scanned first (a rescaled copy reads it anyway).
+    few_rows = (order_code == _gemm.ORDER_AMX and isa >= 2 and m <= _gemm.SMALLM_MAX
+                and cb.strides[-1] == cb.itemsize)
+    nonempty = m > 0 and n > 0 and k > 0 and nb > 0
+    spec_a = a16 and nonempty and not few_rows      # the few-rows path leaves A to us
+    spec_b = b16 and nonempty
+    ra = _ORDINARY_RANGE if spec_a else (_bf16_range(ca) if a16 else _format_range(a_format))
+    rb = _ORDINARY_RANGE if spec_b else (_bf16_range(cb) if b16 else _format_range(b_format))
     while True:
         sa, sb = _scale_exps_cached(ra, rb, a16, b16, k)
-        if speculate and sb:                  # B would be rescaled: measure it first
-            speculate, rb = False, _bf16_range(cb)
+        if (spec_a and sa) or (spec_b and sb):
+            if spec_a and sa:
+                spec_a, ra = False, _bf16_range(ca)
+            if spec_b and sb:
+                spec_b, rb = False, _bf16_range(cb)
             continue
         ca_s = _rescale_bf16(ca, sa) if a16 and sa else ca
         cb_s = _rescale_bf16(cb, sb) if b16 and sb else cb
@@ -586,13 +594,16 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
 
         # the avx512bf16 kernel choice (and its first-call probe) only concerns the vdpbf16ps order
         kern = _kernel_index() if isa >= 2 and order_code == _gemm.ORDER_VDPBF16PS else 0
-        if not speculate:
+        if not (spec_a or spec_b):
             rc = _gemm.gemm(a3, b3, ta, tb, scale, dst, isa, kern, _config.threads(), order_code)
             break
-        rc, small, big, measured = _gemm.gemm_brange(a3, b3, ta, tb, scale, dst, isa, kern,
-                                                     _config.threads(), order_code)
-        rb = _range_of(small, big) if measured else _bf16_range(cb)
-        speculate = False
+        rc, got_a, got_b = _gemm.gemm_ranges(a3, b3, ta, tb, scale, dst, isa, kern,
+                                             _config.threads(), order_code)
+        if spec_a:
+            ra = _range_of(*got_a) if got_a is not None else _bf16_range(ca)
+        if spec_b:
+            rb = _range_of(*got_b) if got_b is not None else _bf16_range(cb)
+        spec_a = spec_b = False
         if rc != 0 or _scale_exps_cached(ra, rb, a16, b16, k) == (sa, sb):
             break
     if rc == 1:

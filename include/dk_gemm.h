@@ -79,18 +79,19 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
             const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
             float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads, int order);
 
-/* dk_gemm, and the magnitude range of B's codes when the product reads all of B where it
- * lies anyway: the few-rows path (amx order, avx512bf16 tier or above, m <= 
- * DK_GEMM_SMALLM_MAX, BF16 B with unit column stride, m, n, k and batch > 0). Then
- * brange[0] and brange[1] are what dk_gemm_bf16_range gives for B (smallest nonzero and
- * largest finite magnitude bits) and brange[2] = 1; otherwise brange[2] = 0 and the first
- * two are unspecified. The caller that must scale by B's range (SPEC section 5) can thus
- * compute with the scale it expects, then check it against the range, instead of reading
- * B twice. */
-int dk_gemm_brange(int64_t batch, int64_t m, int64_t n, int64_t k,
+/* dk_gemm, and the magnitude ranges of the BF16 operands it reads in full (either range
+ * pointer may be NULL): arange/brange[0] and [1] become what dk_gemm_bf16_range gives for
+ * that operand (smallest nonzero and largest finite magnitude bits) and [2] = 1; [2] = 0
+ * where the range was not measured (an 8-bit operand, m, n, k or batch 0, and A on the
+ * few-rows path, which reads B where it lies and leaves A, at most DK_GEMM_SMALLM_MAX rows,
+ * to the caller). The packed path measures each block it packs right after packing it,
+ * from the caches; the few-rows path measures B in the registers it loads. A caller that
+ * scales by the operands' ranges (SPEC section 5) can thus compute with the scaling it
+ * expects and check it against the ranges instead of reading the operands beforehand. */
+int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
                    const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
                    float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads,
-                   int order, uint16_t brange[3]);
+                   int order, uint16_t arange[3], uint16_t brange[3]);
 
 /* Free the packing buffer dk_gemm keeps between calls (see gemm_driver.c); safe at any
  * time, the next call allocates again. */
