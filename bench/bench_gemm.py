@@ -6,6 +6,7 @@ wheel), with the percentage of this CPU's peaks measured in the same run
 
     pytest bench/bench_gemm.py --benchmark-only -q      # pytest-benchmark (not python -m)
     python bench/bench_gemm.py [--quick]                          # the GFLOP/s table
+    python bench/bench_gemm.py --versus [--rounds N]              # interleaved ratios
 
 Shapes are (m, n, k): squares 256..4096, the skinny (4096, 256, 4096), (64, 4096, 4096)
 and the GEMV-like (8, 4096, 4096), (1, 4096, 4096).
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import statistics
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -257,5 +260,59 @@ def main(quick: bool = False) -> None:
                 print(row, flush=True)
 
 
+# ---- head to head (python bench/bench_gemm.py --versus) --------------------------------
+
+#: (ours, peer) pairs compared round by round: the issue's targets at n = 2048
+VERSUS = [("dk_bf16", "torch_bf16"), ("dk_cf8", "dk_bf16"), ("dk_cf8", "torch_fp8"),
+          ("dk_bf16", "numpy_f32")]
+
+
+def versus(shape=(2048, 2048, 2048), rounds: int = 9) -> None:
+    """Ratios measured call against call. On a shared host the speed of a core drifts by 2x
+    within seconds, so a table of separate best-of timings can pair a fast moment of one
+    implementation with a slow moment of the other. Here every round times each
+    implementation once, back to back, in an order that alternates between rounds, and the
+    ratio is taken within the round; min / median / max over the rounds are printed, with
+    the TDPBF16PS / FMA peak probe measured between the rounds as a gauge of the core's speed."""
+    m, n, k = shape
+    impls = sorted({i for pair in VERSUS for i in pair})
+    print(f"dojo_kernels tier {_config.get_isa()}; {m}x{n}x{k}; {rounds} interleaved rounds; "
+          f"torch: {torch.__version__ if torch else 'not installed'}")
+    probe = "tdpbf16ps" if "tdpbf16ps" in peak_probe.available() else "fma_zmm"
+    for th in THREADS:
+        with threads_set(th):
+            fns = {i: runner(i, m, n, k, th) for i in impls}
+            fns = {i: f for i, f in fns.items() if f is not None}
+            for f in fns.values():
+                f()                                         # warm-up
+            times: dict = {i: [] for i in fns}
+            probes = []
+            order = list(fns)
+            for r in range(rounds):
+                for i in (order if r % 2 == 0 else order[::-1]):
+                    times[i].append(_once(fns[i]))
+                probes.append(peak_probe.measure(probe, th) / 1e9)
+            print(f"\nthreads={th}  {probe} probe GFLOP/s min/median/max: "
+                  f"{min(probes):.0f} / {statistics.median(probes):.0f} / {max(probes):.0f}")
+            for i in fns:
+                g = sorted(2 * m * n * k / t / 1e9 for t in times[i])
+                print(f"  {i:<18} GFLOP/s min/median/max {g[0]:8.1f} {statistics.median(g):8.1f} {g[-1]:8.1f}")
+            for a, b in VERSUS:
+                if a in fns and b in fns:
+                    q = sorted(tb / ta for ta, tb in zip(times[a], times[b]))
+                    print(f"  {a} / {b:<14} per-round ratio min/median/max "
+                          f"{q[0]:5.2f} {statistics.median(q):5.2f} {q[-1]:5.2f}")
+
+
+def _once(f) -> float:
+    t0 = time.perf_counter()
+    f()
+    return time.perf_counter() - t0
+
+
 if __name__ == "__main__":
-    main(quick="--quick" in sys.argv)
+    if "--versus" in sys.argv:
+        n_rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else 9
+        versus(rounds=n_rounds)
+    else:
+        main(quick="--quick" in sys.argv)

@@ -398,6 +398,28 @@ static void range_item(void *arg, int64_t item, int slot)
     R->hi[slot] = hi;
 }
 
+/* The range of the BF16 codes of a view's lines [r0, r1) x elements [c0, c1), merged into
+ * rng[0] (smallest nonzero) and rng[1] (largest finite): the region a packer has just read,
+ * so it is read again from the caches. Memory order: the axis of unit stride innermost. */
+static void region_range(const view *v, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
+                         uint16_t *rng)
+{
+    if (r0 >= r1 || c0 >= c1) return;
+    const uint16_t *p = (const uint16_t *)v->p;
+    int16_t lo = (int16_t)rng[0], hi = (int16_t)rng[1];
+    const int inner_r = (v->rs == 1 || v->rs == -1) && !(v->cs == 1 || v->cs == -1);
+    const int64_t n_in = inner_r ? r1 - r0 : c1 - c0, n_out = inner_r ? c1 - c0 : r1 - r0;
+    const int64_t s_in = inner_r ? v->rs : v->cs;
+    for (int64_t o = 0; o < n_out; o++) {
+        const uint16_t *first = inner_r ? p + r0 * v->rs + (c0 + o) * v->cs
+                                        : p + (r0 + o) * v->rs + c0 * v->cs;
+        if (s_in < 0) range_row(first + (n_in - 1) * s_in, n_in, -s_in, &lo, &hi);
+        else range_row(first, n_in, s_in, &lo, &hi);
+    }
+    rng[0] = (uint16_t)lo;
+    rng[1] = (uint16_t)hi;
+}
+
 void dk_gemm_bf16_range(const uint16_t *p, int64_t d0, int64_t d1, int64_t d2, int64_t s0,
                         int64_t s1, int64_t s2, uint16_t *minnz, uint16_t *maxfin, int threads)
 {
@@ -518,6 +540,7 @@ typedef struct {
     int64_t m, n, k, ldo, jc, nsl, nchunks, ngroups, kpairs, kcp, mc, pairA, pairB;
     int stream;          /* the result is large: the kernels may stream it (DK_UKR_STREAM) */
     float scale;
+    uint16_t *arng, *brng; /* NULL, or per slot the range of the BF16 codes packed (2 each) */
     char *bbuf;          /* packed B of the step: pc block at sliver offset nsl * pc */
     atomic_int *bstate;  /* per (pc block, chunk): 0 unpacked, 1 being packed, 2 ready */
     char *abuf, *bpriv;  /* per slot: packed A block, private copy of one B unit */
@@ -548,6 +571,8 @@ static void gemm_item(void *arg, int64_t w, int slot)
             pack_rowtiles(S->va, m, k, i0, mcur, pc, kp, t->mr, t->simd_pack, mya);
         else
             pack_lines(S->va, m, k, i0, mcur, pc, kp, t->mr, t->split_a, 0, mya);
+        const int64_t k0 = 2 * pc, k1 = 2 * (pc + kreal) < k ? 2 * (pc + kreal) : k;
+        if (S->arng) region_range(S->va, i0, i0 + mcur, k0, k1, S->arng + 2 * slot);
         /* A unit another thread is packing is put off (up to DEFER_MAX of them) and taken
          * after the others, by when it is usually ready; only one still being packed then
          * gets a private copy. Threads side by side thus pack different units instead of
@@ -580,6 +605,10 @@ static void gemm_item(void *arg, int64_t w, int slot)
                     for (int64_t s = s0; s < s1; s++)
                         pack_lines(S->vb, n, k, S->jc + s * t->nr, t->nr, pc, kp, t->nr,
                                    t->split_b, t->simd_pack, dst + (size_t)(s - s0) * kp * pairB);
+                    if (S->brng) {
+                        const int64_t j1 = S->jc + s1 * t->nr < n ? S->jc + s1 * t->nr : n;
+                        region_range(S->vb, S->jc + s0 * t->nr, j1, k0, k1, S->brng + 2 * slot);
+                    }
                     if (dst == unit) {
                         ANNOTATE_HAPPENS_BEFORE(st);
                         atomic_exchange_explicit(st, 2, memory_order_release);
@@ -612,6 +641,7 @@ typedef struct {
     int64_t m, n, k, ldo, bso, ncolblk;
     float scale;
     float *out;
+    uint16_t *range;     /* NULL, or per slot the range of B's codes read (2 each) */
 } smallm_args;
 
 static void smallm_item(void *arg, int64_t item, int slot)
@@ -624,13 +654,55 @@ static void smallm_item(void *arg, int64_t item, int slot)
     const int asz = a->kind == DK_GEMM_U8 ? 1 : 2, bsz = b->kind == DK_GEMM_U8 ? 1 : 2;
     dk_gemm_smallm_amx_avx512(S->m, S->k, j0, j1, (const char *)a->ptr + bi * a->bs * asz, a->rs,
                               a->cs, a->kind, a->table, (const char *)b->ptr + bi * b->bs * bsz,
-                              b->rs, b->kind, b->table, S->scale, S->out + bi * S->bso, S->ldo);
+                              b->rs, b->kind, b->table, S->scale, S->out + bi * S->bso, S->ldo,
+                              S->range ? S->range + 2 * slot : NULL);
 }
 
 int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
             const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
             float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads, int order)
 {
+    return dk_gemm_ranges(batch, m, n, k, a, b, scale, out, ldo, bso, isa, kernel, threads, order,
+                          NULL, NULL);
+}
+
+/* Per-slot range accumulators (2 each, empty), or NULL when not measuring or not BF16. */
+static uint16_t *ranges_new(int want, const dk_gemm_operand *o, int nthr, int *fail)
+{
+    if (!want || o->kind != DK_GEMM_U16) return NULL;
+    uint16_t *r = malloc(sizeof(uint16_t) * 2 * (size_t)nthr);
+    if (!r) {
+        *fail = 1;
+        return NULL;
+    }
+    for (int i = 0; i < nthr; i++) {
+        r[2 * i] = 0x7FFF;
+        r[2 * i + 1] = 0;
+    }
+    return r;
+}
+
+/* Merge the slots into out[0..1], set out[2] = 1 and free them. */
+static void ranges_done(uint16_t *r, int nthr, uint16_t out[3])
+{
+    if (!r) return;
+    out[0] = 0x7FFF;
+    out[1] = 0;
+    for (int i = 0; i < nthr; i++) {
+        out[0] = r[2 * i] < out[0] ? r[2 * i] : out[0];
+        out[1] = r[2 * i + 1] > out[1] ? r[2 * i + 1] : out[1];
+    }
+    out[2] = 1;
+    free(r);
+}
+
+int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
+                   const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
+                   float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads,
+                   int order, uint16_t arange[3], uint16_t brange[3])
+{
+    if (arange) arange[2] = 0;
+    if (brange) brange[2] = 0;
     tier_cfg t;
     if (!get_cfg(isa, kernel, order, &t) || batch < 0 || m < 0 || n < 0 || k < 0 || threads < 1 || !a || !b)
         return DK_EINVAL;
@@ -647,9 +719,13 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
     if (order == DK_GEMM_ORDER_AMX && isa >= DK_ISA_AVX512BF16 && m <= DK_GEMM_SMALLM_MAX &&
         b->cs == 1) {
         smallm_args S = {a, b, m, n, k, ldo, bso, (n + DK_GEMM_SMALLM_COLS - 1) / DK_GEMM_SMALLM_COLS,
-                         scale, out};
+                         scale, out, NULL};
         int nthr = (double)m * (double)n * (double)k * (double)batch < DK_GEMM_PAR_MIN ? 1 : threads;
+        int fail = 0;
+        S.range = ranges_new(brange != NULL, b, nthr, &fail);
+        if (fail) return DK_ENOMEM;
         dk_pool_run(nthr, batch * S.ncolblk, smallm_item, &S);
+        ranges_done(S.range, nthr, brange);  /* A (at most 8 rows) is the caller's to scan */
         return DK_OK;
     }
 
@@ -697,11 +773,16 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
     char *abuf = aligned_alloc_bytes(abytes * nthr);
     char *bpriv = aligned_alloc_bytes(bpriv_bytes * nthr);
     atomic_int *bstate = malloc((size_t)(npc * nchunks_max) * sizeof(atomic_int));
-    if (!bbuf || !abuf || !bpriv || !bstate) {
+    int fail = 0;
+    uint16_t *arng = ranges_new(arange != NULL, a, nthr, &fail);
+    uint16_t *brng = ranges_new(brange != NULL, b, nthr, &fail);
+    if (!bbuf || !abuf || !bpriv || !bstate || fail) {
         buf_give(bbuf, bcap);
         free(abuf);
         free(bpriv);
         free(bstate);
+        free(arng);
+        free(brng);
         return DK_ENOMEM;
     }
     /* A result larger than the L2 caches is written past them (see DK_UKR_STREAM). */
@@ -727,8 +808,8 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
             if (ngroups > nchunks) ngroups = nchunks;
             for (int64_t u = 0; u < npc * nchunks; u++) atomic_init(&bstate[u], 0);
             gemm_step S = {&t, &va, &vb, cb, m, n, k, ldo, jc, nsl, nchunks, ngroups, kpairs, kcp,
-                           mc, pairA, pairB, stream, scale, bbuf, bstate, abuf, bpriv, abytes,
-                           bpriv_bytes};
+                           mc, pairA, pairB, stream, scale, arng, brng, bbuf, bstate, abuf, bpriv,
+                           abytes, bpriv_bytes};
             dk_pool_run(nthr, nb_m * ngroups, gemm_item, &S);
         }
     }
@@ -736,5 +817,7 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
     free(abuf);
     free(bpriv);
     free(bstate);
+    ranges_done(arng, nthr, arange);
+    ranges_done(brng, nthr, brange);
     return DK_OK;
 }

@@ -15,6 +15,11 @@ cdef extern from "dk_gemm.h":
                 const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
                 float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads,
                 int order) nogil
+    int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
+                       const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
+                       float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads,
+                       int order, uint16_t *arange, uint16_t *brange) nogil
+    int DK_GEMM_SMALLM_MAX
     void dk_amx_tdpbf16ps(const uint16_t *a, int64_t lda, const uint32_t *b, int64_t ldb,
                           float *c, int64_t ldc, int m, int n, int kpairs) nogil
     double dk_probe_tdpbf16ps(int64_t iters) nogil
@@ -33,6 +38,8 @@ from dojo_kernels.dk_convert cimport dk_format, dk_flags, dk_quantize
 #: Accumulation orders (the `order` argument of gemm; dk_gemm.h).
 ORDER_VDPBF16PS = DK_GEMM_ORDER_VDPBF16PS
 ORDER_AMX = DK_GEMM_ORDER_AMX
+#: Most rows of the few-rows path (where gemm_ranges measures B's range but not A's).
+SMALLM_MAX = DK_GEMM_SMALLM_MAX
 
 cdef int _fill(dk_gemm_operand *o, object arr, const uint16_t[::1] table, str name) except -1:
     """One operand: a 3-D uint16 (BF16 codes) or uint8 (8-bit codes) array of any strides
@@ -78,6 +85,23 @@ def gemm(object a, object b, const uint16_t[::1] table_a, const uint16_t[::1] ta
     tables; an operand with batch extent 1 is shared by every item of out) in the
     accumulation order `order` (ORDER_AMX or ORDER_VDPBF16PS). Returns status (2: a bad
     isa or order)."""
+    return _run(a, b, table_a, table_b, scale, out, isa, kernel, threads, order, NULL, NULL)
+
+
+def gemm_ranges(object a, object b, const uint16_t[::1] table_a, const uint16_t[::1] table_b,
+                float scale, float[:, :, ::1] out, int isa, int kernel, int threads, int order):
+    """gemm, returning (status, range of A, range of B): each range is None where it was not
+    measured (dk_gemm_ranges), else bf16_range's (smallest nonzero, largest finite
+    magnitude bits) of that operand's codes."""
+    cdef uint16_t ra[3]
+    cdef uint16_t rb[3]
+    rc = _run(a, b, table_a, table_b, scale, out, isa, kernel, threads, order, ra, rb)
+    return rc, ((ra[0], ra[1]) if ra[2] else None), ((rb[0], rb[1]) if rb[2] else None)
+
+
+cdef int _run(object a, object b, const uint16_t[::1] table_a, const uint16_t[::1] table_b,
+              float scale, float[:, :, ::1] out, int isa, int kernel, int threads, int order,
+              uint16_t *arange, uint16_t *brange) except -1:
     cdef dk_gemm_operand oa, ob
     cdef int64_t batch = out.shape[0], m = out.shape[1], n = out.shape[2]
     cdef int64_t k = a.shape[2]
@@ -91,7 +115,8 @@ def gemm(object a, object b, const uint16_t[::1] table_a, const uint16_t[::1] ta
     cdef float *po = &out[0, 0, 0] if out.shape[0] and out.shape[1] and out.shape[2] else NULL
     cdef int64_t ldo = out.strides[1] // sizeof(float), bso = out.strides[0] // sizeof(float)
     with nogil:
-        rc = dk_gemm(batch, m, n, k, &oa, &ob, scale, po, ldo, bso, isa, kernel, threads, order)
+        rc = dk_gemm_ranges(batch, m, n, k, &oa, &ob, scale, po, ldo, bso, isa, kernel, threads,
+                            order, arange, brange)
     return rc
 
 

@@ -263,6 +263,9 @@ def _bf16_exp(m: int) -> int:
 
 
 _EMPTY_RANGE = _Range(0, 0, 0, True)
+#: The range gemm() assumes of a BF16 operand before the kernel measures it (values of
+#: magnitude 1: the scaling of ordinary data)
+_ORDINARY_RANGE = _range_of(0x3F80, 0x3F80)
 
 
 def _scale_exps(ra: _Range, rb: _Range, a_is_bf16: bool, b_is_bf16: bool,
@@ -545,35 +548,64 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
             plan = plan_gemm(m, n, k, a_format=a_format, b_format=b_format, machine=machine)
 
     a16, b16 = a_format.nbits == 16, b_format.nbits == 16
-    ra = _bf16_range(ca) if a16 else _format_range(a_format)
-    rb = _bf16_range(cb) if b16 else _format_range(b_format)
-    sa, sb = _scale_exps_cached(ra, rb, a16, b16, k)
-    if a16 and sa:
-        ca = _rescale_bf16(ca, sa)
-        a3 = ca if ca.ndim == 3 else ca[None]
-    if b16 and sb:
-        cb = _rescale_bf16(cb, sb)
-        b3 = cb if cb.ndim == 3 else cb[None]
-    ta = _table(a_format, sa) if a_format.nbits == 8 else _DUMMY_TABLE
-    tb = _table(b_format, sb) if b_format.nbits == 8 else _DUMMY_TABLE
-    scale = 2.0 ** -(sa + sb)  # a float32 value: _scale_exps keeps sa + sb in [-127, 149]
-
-    # Where the kernel writes: `out` itself when it is C-contiguous (the glue takes a
-    # float[:, :, ::1] view), aligned, and overlaps nothing the computation still reads.
-    dst, direct = None, False
-    if out is not None:
-        o3 = out if batched else out[None]
-        if (o3.dtype.isnative and o3.flags.c_contiguous and o3.flags.aligned
-                and not np.may_share_memory(o3, ca) and not np.may_share_memory(o3, cb)
-                and not (use_c and np.may_share_memory(o3, c32))):
-            dst, direct = o3, True
-    if dst is None:
-        dst = _empty_result(nb, m, n)
-
     isa = _config.isa()
-    # the avx512bf16 kernel choice (and its first-call probe) only concerns the vdpbf16ps order
-    kern = _kernel_index() if isa >= 2 and order_code == _gemm.ORDER_VDPBF16PS else 0
-    rc = _gemm.gemm(a3, b3, ta, tb, scale, dst, isa, kern, _config.threads(), order_code)
+    # The scaling of SPEC section 5 depends on the operands' ranges. The kernels measure
+    # the range of a BF16 operand as they read it (_gemm.gemm_ranges: each packed block
+    # right after packing it; B on the few-rows path, in its registers), so the operands
+    # are not scanned beforehand: the product is computed with the scaling operands of
+    # ordinary values get, that scaling is checked against the measured ranges, and in the
+    # rare case they ask for another one the product is computed again with it. Either way
+    # the bits are those of the scaling the ranges give. An operand the guess would rescale
+    # is scanned first (a rescaled copy reads it anyway).
+    few_rows = (order_code == _gemm.ORDER_AMX and isa >= 2 and m <= _gemm.SMALLM_MAX
+                and cb.strides[-1] == cb.itemsize)
+    nonempty = m > 0 and n > 0 and k > 0 and nb > 0
+    spec_a = a16 and nonempty and not few_rows      # the few-rows path leaves A to us
+    spec_b = b16 and nonempty
+    ra = _ORDINARY_RANGE if spec_a else (_bf16_range(ca) if a16 else _format_range(a_format))
+    rb = _ORDINARY_RANGE if spec_b else (_bf16_range(cb) if b16 else _format_range(b_format))
+    while True:
+        sa, sb = _scale_exps_cached(ra, rb, a16, b16, k)
+        if (spec_a and sa) or (spec_b and sb):
+            if spec_a and sa:
+                spec_a, ra = False, _bf16_range(ca)
+            if spec_b and sb:
+                spec_b, rb = False, _bf16_range(cb)
+            continue
+        ca_s = _rescale_bf16(ca, sa) if a16 and sa else ca
+        cb_s = _rescale_bf16(cb, sb) if b16 and sb else cb
+        a3 = ca_s if ca_s.ndim == 3 else ca_s[None]
+        b3 = cb_s if cb_s.ndim == 3 else cb_s[None]
+        ta = _table(a_format, sa) if a_format.nbits == 8 else _DUMMY_TABLE
+        tb = _table(b_format, sb) if b_format.nbits == 8 else _DUMMY_TABLE
+        scale = 2.0 ** -(sa + sb)  # a float32 value: _scale_exps keeps sa + sb in [-127, 149]
+
+        # Where the kernel writes: `out` itself when it is C-contiguous (the glue takes a
+        # float[:, :, ::1] view), aligned, and overlaps nothing the computation still reads.
+        dst, direct = None, False
+        if out is not None:
+            o3 = out if batched else out[None]
+            if (o3.dtype.isnative and o3.flags.c_contiguous and o3.flags.aligned
+                    and not np.may_share_memory(o3, ca_s) and not np.may_share_memory(o3, cb_s)
+                    and not (use_c and np.may_share_memory(o3, c32))):
+                dst, direct = o3, True
+        if dst is None:
+            dst = _empty_result(nb, m, n)
+
+        # the avx512bf16 kernel choice (and its first-call probe) only concerns the vdpbf16ps order
+        kern = _kernel_index() if isa >= 2 and order_code == _gemm.ORDER_VDPBF16PS else 0
+        if not (spec_a or spec_b):
+            rc = _gemm.gemm(a3, b3, ta, tb, scale, dst, isa, kern, _config.threads(), order_code)
+            break
+        rc, got_a, got_b = _gemm.gemm_ranges(a3, b3, ta, tb, scale, dst, isa, kern,
+                                             _config.threads(), order_code)
+        if spec_a:
+            ra = _range_of(*got_a) if got_a is not None else _bf16_range(ca)
+        if spec_b:
+            rb = _range_of(*got_b) if got_b is not None else _bf16_range(cb)
+        spec_a = spec_b = False
+        if rc != 0 or _scale_exps_cached(ra, rb, a16, b16, k) == (sa, sb):
+            break
     if rc == 1:
         raise MemoryError("gemm: could not allocate the packing buffers")
     if rc != 0:  # pragma: no cover - arguments are validated above

@@ -79,6 +79,20 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
             const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
             float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads, int order);
 
+/* dk_gemm, and the magnitude ranges of the BF16 operands it reads in full (either range
+ * pointer may be NULL): arange/brange[0] and [1] become what dk_gemm_bf16_range gives for
+ * that operand (smallest nonzero and largest finite magnitude bits) and [2] = 1; [2] = 0
+ * where the range was not measured (an 8-bit operand, m, n, k or batch 0, and A on the
+ * few-rows path, which reads B where it lies and leaves A, at most DK_GEMM_SMALLM_MAX rows,
+ * to the caller). The packed path measures each block it packs right after packing it,
+ * from the caches; the few-rows path measures B in the registers it loads. A caller that
+ * scales by the operands' ranges (SPEC section 5) can thus compute with the scaling it
+ * expects and check it against the ranges instead of reading the operands beforehand. */
+int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
+                   const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
+                   float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads,
+                   int order, uint16_t arange[3], uint16_t brange[3]);
+
 /* Free the packing buffer dk_gemm keeps between calls (see gemm_driver.c); safe at any
  * time, the next call allocates again. */
 void dk_gemm_release_cache(void);
@@ -170,7 +184,8 @@ void dk_gemm_pack_pair_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp, 
 void dk_gemm_smallm_amx_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1,
                                const void *a, int64_t ars, int64_t acs, int akind,
                                const uint16_t *atab, const void *b, int64_t brs, int bkind,
-                               const uint16_t *btab, float scale, float *out, int64_t ldo);
+                               const uint16_t *btab, float scale, float *out, int64_t ldo,
+                               uint16_t *brange);
 
 /* avx512bf16-tier packing of CFloat8 A into the AMX "row tiles" layout (dk_gemm_ukr_amxtile):
  * `rows` rows (row r at src + r*lda, k contiguous) x nblk whole blocks of 32 k-values,

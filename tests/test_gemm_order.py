@@ -423,6 +423,122 @@ def test_few_rows_threads_batches_formats_and_strides():
         dk.set_num_threads(saved)
 
 
+def _np_range(codes):
+    """(smallest nonzero, largest finite) magnitude bits of BF16 codes, written from the
+    contract of dk_gemm_bf16_range: (0x7FFF, 0) when there is none."""
+    mag = (np.asarray(codes) & 0x7FFF).astype(np.int64)
+    nz, fin = mag[mag != 0], mag[mag < 0x7F80]
+    return (int(nz.min()) if nz.size else 0x7FFF, int(fin.max()) if fin.size else 0)
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 1100, 67), (5, 300, 67), (8, 40, 33), (9, 70, 67),
+                                   (40, 70, 2100)])
+def test_kernels_measure_the_operand_ranges(m, n, k):
+    """The kernels measure the range of each BF16 operand as they read it
+    (_gemm.gemm_ranges): the packed path each block it packs, the few-rows path B in its
+    registers. Measured ranges equal NumPy's (smallest nonzero, largest finite magnitude
+    bits) over the operand's codes at 1 and 3 threads, across k blocks (k = 2100), with
+    specials, batches (a shared B), transposed, reversed and column-strided operands; A is
+    not claimed on the few-rows path (m <= 8, amx order, AVX-512 tiers, B columns
+    contiguous), an 8-bit operand never; the product's bits are unchanged."""
+    rng = np.random.default_rng(200 + m)
+    a = mixed_codes(rng, (2, m, k))
+    b = mixed_codes(rng, (2, k, n))
+    b[1, 5, 7] = 0x0001                          # the smallest subnormal, once
+    a[0, 0, 1] = 0x0002
+    at = np.ascontiguousarray(a[:, :, ::-1].transpose(0, 2, 1)).transpose(0, 2, 1)[:, :, ::-1]
+    cases = [("plain", a, b), ("shared B", a, b[1:]), ("zero B", a[:1], np.zeros((1, k, n), np.uint16)),
+             ("NaN B", a[:1], np.full((1, k, n), 0x7FC0, np.uint16)),
+             ("transposed A", at, b), ("reversed k", a[:, :, ::-1], b[:, ::-1]),
+             ("strided B columns", a, np.asfortranarray(b[0])[None]),
+             ("CFloat8 A", rng.integers(0, 256, (1, m, k), dtype=np.uint8), b[:1])]
+    table8 = np.arange(256, dtype=np.uint16) | 0x3F00
+    for tier in TIERS:
+        isa = _config.ISA_NAMES.index(tier)
+        for order in ORDERS:
+            for what, aa, bb in cases:
+                u8 = aa.dtype == np.uint8
+                few = (m <= 8 and order == "amx" and isa >= 2 and bb.strides[-1] == 2)
+                for th in (1, 3):
+                    out = np.empty((max(aa.shape[0], bb.shape[0]), m, n), np.float32)
+                    rc, got_a, got_b = _gemm.gemm_ranges(
+                        aa, bb, table8 if u8 else NO_TABLE, NO_TABLE, 1.0, out, isa, 0, th,
+                        ORDER_CODE[order])
+                    assert rc == 0
+                    tag = (what, tier, order, th)
+                    assert got_b == _np_range(bb), tag
+                    assert got_a == (None if few or u8 else _np_range(aa)), tag
+                    out2 = np.empty_like(out)
+                    assert _gemm.gemm(aa, bb, table8 if u8 else NO_TABLE, NO_TABLE, 1.0, out2,
+                                      isa, 0, th, ORDER_CODE[order]) == 0
+                    assert_bits(out, bits(out2), f"gemm_ranges {tag}")
+
+
+@pytest.mark.parametrize("m", [3, 20])
+@pytest.mark.parametrize("case", ["ordinary", "subnormal_b", "huge_b", "tiny_a_huge_b",
+                                  "empty_b"])
+def test_scaling_checked_after_the_product(case, m, monkeypatch):
+    """gemm() computes with the scaling operands of ordinary values get and checks it
+    against the ranges the kernels measured, computing again when the data ask for another
+    one (SPEC section 5): the bits equal those of the scan-first path (zero rows added to A
+    leave its range as it is; the reference is computed with the measuring switched off),
+    on every tier, and where nothing can be flushed and the unscaled order stays finite,
+    the exact order without DAZ/FTZ. Ordinary operands are read once."""
+    rng = np.random.default_rng(sum(map(ord, case)) + m)
+    k, n = 90, 260
+    a = bf16_codes(rng, (m, k), -6, 6)
+    b = bf16_codes(rng, (k, n), -6, 6)
+    if case == "subnormal_b":
+        b = tiny_mix_bf16(rng, (k, n))
+    elif case == "huge_b":
+        b = bf16_codes(rng, (k, n), 110, 122)
+    elif case == "tiny_a_huge_b":
+        a = bf16_codes(rng, (m, k), -120, -100)
+        b = bf16_codes(rng, (k, n), 100, 120)
+    elif case == "empty_b":
+        b = np.zeros((k, n), np.uint16)
+        b[3, 4] = 0x7F80                         # Inf only: no nonzero finite value
+    A, B = decode(a, BF16), decode(b, BF16)
+    exact = (R.amx_order(a, b, flush=False) if no_flush_expected(A, BF16, B, BF16, k)
+             and case != "empty_b" else None)
+    if exact is not None and not np.isfinite(exact.view(np.float32)).all():
+        exact = None                     # the unscaled order overflows where scaling does not
+    # (products through gemm_ranges, products again through gemm, scans of B beforehand)
+    expect_few = {"ordinary": (1, 0, 0), "empty_b": (1, 0, 0), "subnormal_b": (1, 1, 0),
+                  "huge_b": (1, 1, 0),
+                  "tiny_a_huge_b": (0, 1, 1)}[case]   # A, scanned, makes B's guess rescale
+    expect_packed = {"ordinary": (1, 0, 0), "empty_b": (1, 0, 0), "subnormal_b": (1, 1, 0),
+                     "huge_b": (1, 1, 0), "tiny_a_huge_b": (1, 0, 0)}[case]
+    calls = {"ranges": 0, "gemm": 0, "range_b": 0}
+    real = {name: getattr(_gemm, name) for name in ("gemm_ranges", "gemm", "bf16_range")}
+
+    def spy(name, key):
+        def f(*args):
+            if key != "range_b" or args[0].shape[-2:] == b.shape:
+                calls[key] += 1
+            return real[name](*args)
+        return f
+
+    def scan_first(*args):                       # gemm_ranges measuring nothing
+        return real["gemm"](*args), None, None
+    for tier in TIERS:
+        with _config.use_isa(tier):
+            monkeypatch.setattr(_gemm, "gemm_ranges", scan_first)
+            want = dk.gemm(a, b)
+            for name, key in (("gemm_ranges", "ranges"), ("gemm", "gemm"),
+                              ("bf16_range", "range_b")):
+                monkeypatch.setattr(_gemm, name, spy(name, key))
+            calls.update(ranges=0, gemm=0, range_b=0)
+            got = dk.gemm(a, b)
+            monkeypatch.undo()
+        assert_bits(got, bits(want), f"{case} {tier}")
+        if exact is not None:
+            assert_bits(got, exact, f"{case} {tier} exact")
+        few = m <= 8 and _config.ISA_NAMES.index(tier) >= 2
+        seen = (calls["ranges"], calls["gemm"], calls["range_b"])
+        assert seen == (expect_few if few else expect_packed), (tier, seen)
+
+
 @pytest.mark.parametrize("n", [2048, 2050])
 def test_large_results_streamed_or_not(n):
     """A result above 8 MiB whose rows are 64-byte aligned (gemm() allocates it so when n is

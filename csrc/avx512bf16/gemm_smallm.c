@@ -23,15 +23,30 @@
 
 #define BLK DK_GEMM_AMX_BLOCK_PAIRS
 
-/* Row kk of B, columns j .. j+31 (mask: the valid ones), as two FP32 vectors. */
+/* The magnitude range of BF16 codes (dk_gemm_bf16_range's): *mn the smallest nonzero
+ * magnitude bits, *mx the largest finite ones, lane-wise. Lanes not loaded are zeros, which
+ * count for neither. */
+static inline void track_range(__m512i codes, __m512i *mn, __m512i *mx)
+{
+    const __m512i v = _mm512_and_si512(codes, _mm512_set1_epi16(0x7FFF));
+    const __mmask32 finite = _mm512_cmplt_epu16_mask(v, _mm512_set1_epi16(0x7F80));
+    const __mmask32 nonzero = _mm512_test_epi16_mask(v, v);
+    *mx = _mm512_mask_max_epu16(*mx, finite, *mx, v);
+    *mn = _mm512_mask_min_epu16(*mn, nonzero, *mn, v);
+}
+
+/* Row kk of B, columns j .. j+31 (mask: the valid ones), as two FP32 vectors; with trk,
+ * the BF16 codes read also go into the range (rmn, rmx). */
 static inline void load_brow(const void *b, int bkind, int64_t off, __mmask32 mask,
-                             const __m512i t[8], __m512 *lo, __m512 *hi)
+                             const __m512i t[8], __m512 *lo, __m512 *hi, int trk,
+                             __m512i *rmn, __m512i *rmx)
 {
     __m512i codes;
     if (bkind == DK_GEMM_U8)
         codes = dk_lut512(_mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(mask, (const uint8_t *)b + off)), t);
     else
         codes = _mm512_maskz_loadu_epi16(mask, (const uint16_t *)b + off);
+    if (trk) track_range(codes, rmn, rmx);
     *lo = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(codes)), 16));
     *hi = _mm512_castsi512_ps(
         _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(codes, 1)), 16));
@@ -50,13 +65,18 @@ static inline float a_at(const void *a, int akind, const uint16_t *atab, int64_t
 
 /* One block of 16 k-pairs (from pair p0) for rows i0 .. i0+RB-1 and columns
  * [j, j + 16*CV) (w of them valid): E and O in RB x CV registers (RB * CV <= 8), then
- * C = C + T in `out` (C = +0 + T for the first block). */
+ * C = C + T in `out` (C = +0 + T for the first block). With rng (BF16 B only), the range
+ * of the B codes read is merged into rng[0] (smallest nonzero) and rng[1] (largest
+ * finite), lane-wise. */
 #define SMALLM_BLOCK(NAME, RB, CV)                                                             \
     static void NAME(int64_t m, int64_t k, int64_t p0, int64_t i0, int64_t j, int64_t w,        \
                      const void *a, int64_t ars, int64_t acs, int akind, const uint16_t *atab,  \
                      const void *b, int64_t brs, int bkind, const __m512i t[8], float *out,     \
-                     int64_t ldo)                                                               \
+                     int64_t ldo, __m512i *rng)                                                 \
     {                                                                                          \
+        const int trk = rng != NULL && bkind != DK_GEMM_U8;                                    \
+        __m512i rmn = trk ? rng[0] : _mm512_setzero_si512();                                   \
+        __m512i rmx = trk ? rng[1] : _mm512_setzero_si512();                                   \
         const int64_t kpairs = (k + 1) / 2;                                                    \
         const int64_t np = kpairs - p0 < BLK ? kpairs - p0 : BLK;                              \
         const __m512 zero = _mm512_setzero_ps();                                               \
@@ -72,9 +92,11 @@ static inline float a_at(const void *a, int akind, const uint16_t *atab, int64_t
             const int64_t ke = 2 * p, ko = ke + 1;                                             \
             __m512 be[CV], bo[CV];                                                             \
             for (int v = 0; v < CV; v += 2) {                                                  \
-                load_brow(b, bkind, ke * brs + j + 16 * v, mask[v / 2], t, &be[v], &be[v + 1]); \
+                load_brow(b, bkind, ke * brs + j + 16 * v, mask[v / 2], t, &be[v], &be[v + 1], \
+                          trk, &rmn, &rmx);                                                    \
                 if (ko < k)                                                                    \
-                    load_brow(b, bkind, ko * brs + j + 16 * v, mask[v / 2], t, &bo[v], &bo[v + 1]); \
+                    load_brow(b, bkind, ko * brs + j + 16 * v, mask[v / 2], t, &bo[v],         \
+                              &bo[v + 1], trk, &rmn, &rmx);                                    \
                 else                                                                           \
                     bo[v] = bo[v + 1] = zero;                                                  \
             }                                                                                  \
@@ -99,6 +121,10 @@ static inline float a_at(const void *a, int akind, const uint16_t *atab, int64_t
                 __m512 cv = p0 == 0 ? zero : _mm512_maskz_loadu_ps(mv, cp);                    \
                 _mm512_mask_storeu_ps(cp, mv, _mm512_add_ps(cv, tt));                          \
             }                                                                                  \
+        if (trk) {                                                                             \
+            rng[0] = rmn;                                                                      \
+            rng[1] = rmx;                                                                      \
+        }                                                                                      \
     }
 
 SMALLM_BLOCK(block_1x8, 1, 8)
@@ -108,9 +134,12 @@ SMALLM_BLOCK(block_4x2, 4, 2)
 void dk_gemm_smallm_amx_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1,
                                const void *a, int64_t ars, int64_t acs, int akind,
                                const uint16_t *atab, const void *b, int64_t brs, int bkind,
-                               const uint16_t *btab, float scale, float *out, int64_t ldo)
+                               const uint16_t *btab, float scale, float *out, int64_t ldo,
+                               uint16_t *brange)
 {
     __m512i t[8] = {0};
+    __m512i rng[2] = {_mm512_set1_epi16(0x7FFF), _mm512_setzero_si512()};
+    __m512i *r = brange && bkind != DK_GEMM_U8 ? rng : NULL;
     if (bkind == DK_GEMM_U8) dk_lut512_load(btab, t);
     const int64_t kpairs = (k + 1) / 2;
     unsigned csr = _mm_getcsr();
@@ -123,14 +152,25 @@ void dk_gemm_smallm_amx_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1,
         for (int64_t j = j0; j < j1; j += step) {
             const int64_t w = j1 - j < step ? j1 - j : step;
             if (m == 1)
-                block_1x8(m, k, p0, 0, j, w, a, ars, acs, akind, atab, b, brs, bkind, t, out, ldo);
+                block_1x8(m, k, p0, 0, j, w, a, ars, acs, akind, atab, b, brs, bkind, t, out, ldo,
+                          r);
             else if (m == 2)
-                block_2x4(m, k, p0, 0, j, w, a, ars, acs, akind, atab, b, brs, bkind, t, out, ldo);
-            else
+                block_2x4(m, k, p0, 0, j, w, a, ars, acs, akind, atab, b, brs, bkind, t, out, ldo,
+                          r);
+            else /* B is read once, by the first row block */
                 for (int64_t i0 = 0; i0 < m; i0 += 4)
                     block_4x2(m, k, p0, i0, j, w, a, ars, acs, akind, atab, b, brs, bkind, t, out,
-                              ldo);
+                              ldo, i0 == 0 ? r : NULL);
         }
+    if (r) {
+        uint16_t mn[32], mx[32];
+        _mm512_storeu_si512((void *)mn, rng[0]);
+        _mm512_storeu_si512((void *)mx, rng[1]);
+        for (int i = 0; i < 32; i++) {
+            brange[0] = mn[i] < brange[0] ? mn[i] : brange[0];
+            brange[1] = mx[i] > brange[1] ? mx[i] : brange[1];
+        }
+    }
     /* the scale under the caller's MXCSR, as every kernel's last step (no FTZ) */
     _mm_setcsr(csr);
     const __m512 s = _mm512_set1_ps(scale);
