@@ -347,19 +347,23 @@ static void range_row(const uint16_t *p, int64_t n, int64_t s, int16_t *lo, int1
     int16_t mn = *lo, mx = *hi;
     int64_t i = 0;
 #ifdef __SSE2__
-    if (s == 1 && n >= 8) {
+    if (s == 1 && n >= 16) {
+        /* two pairs of accumulators (16 codes a step), reduced once at the end */
         const __m128i m7 = _mm_set1_epi16(0x7FFF), inf = _mm_set1_epi16(0x7F80);
-        __m128i vmx = _mm_set1_epi16(mx), vmn = _mm_set1_epi16(mn);
-        for (; i + 8 <= n; i += 8) {
-            __m128i v = _mm_and_si128(_mm_loadu_si128((const __m128i *)(p + i)), m7);
-            __m128i f = _mm_and_si128(v, _mm_cmpgt_epi16(inf, v));           /* finite, else 0 */
-            __m128i z = _mm_or_si128(v, _mm_and_si128(_mm_cmpeq_epi16(v, _mm_setzero_si128()), m7));
-            vmx = _mm_max_epi16(vmx, f);
-            vmn = _mm_min_epi16(vmn, z);
+        const __m128i zero = _mm_setzero_si128();
+        __m128i mx0 = _mm_set1_epi16(mx), mn0 = _mm_set1_epi16(mn), mx1 = mx0, mn1 = mn0;
+        for (; i + 16 <= n; i += 16) {
+            __m128i x0 = _mm_and_si128(_mm_loadu_si128((const __m128i *)(p + i)), m7);
+            __m128i x1 = _mm_and_si128(_mm_loadu_si128((const __m128i *)(p + i + 8)), m7);
+            /* finite magnitudes (else 0) into the max, nonzero ones (else 0x7FFF) into the min */
+            mx0 = _mm_max_epi16(mx0, _mm_and_si128(x0, _mm_cmpgt_epi16(inf, x0)));
+            mx1 = _mm_max_epi16(mx1, _mm_and_si128(x1, _mm_cmpgt_epi16(inf, x1)));
+            mn0 = _mm_min_epi16(mn0, _mm_or_si128(x0, _mm_and_si128(_mm_cmpeq_epi16(x0, zero), m7)));
+            mn1 = _mm_min_epi16(mn1, _mm_or_si128(x1, _mm_and_si128(_mm_cmpeq_epi16(x1, zero), m7)));
         }
         int16_t a[8], b[8];
-        _mm_storeu_si128((__m128i *)a, vmx);
-        _mm_storeu_si128((__m128i *)b, vmn);
+        _mm_storeu_si128((__m128i *)a, _mm_max_epi16(mx0, mx1));
+        _mm_storeu_si128((__m128i *)b, _mm_min_epi16(mn0, mn1));
         for (int j = 0; j < 8; j++) {
             mx = a[j] > mx ? a[j] : mx;
             mn = b[j] < mn ? b[j] : mn;
@@ -398,24 +402,14 @@ static void range_item(void *arg, int64_t item, int slot)
     R->hi[slot] = hi;
 }
 
-/* The range of the BF16 codes of a view's lines [r0, r1) x elements [c0, c1), merged into
- * rng[0] (smallest nonzero) and rng[1] (largest finite): the region a packer has just read,
- * so it is read again from the caches. Memory order: the axis of unit stride innermost. */
-static void region_range(const view *v, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
-                         uint16_t *rng)
+/* The range of `n` contiguous BF16 codes, merged into rng[0] (smallest nonzero) and rng[1]
+ * (largest finite): a block a packer has just written in the BF16 pair or row-tile layout,
+ * which holds the operand's codes as they are plus zero padding (zeros count for neither),
+ * read again from the caches. */
+static void packed_range(const void *buf, int64_t n, uint16_t *rng)
 {
-    if (r0 >= r1 || c0 >= c1) return;
-    const uint16_t *p = (const uint16_t *)v->p;
     int16_t lo = (int16_t)rng[0], hi = (int16_t)rng[1];
-    const int inner_r = (v->rs == 1 || v->rs == -1) && !(v->cs == 1 || v->cs == -1);
-    const int64_t n_in = inner_r ? r1 - r0 : c1 - c0, n_out = inner_r ? c1 - c0 : r1 - r0;
-    const int64_t s_in = inner_r ? v->rs : v->cs;
-    for (int64_t o = 0; o < n_out; o++) {
-        const uint16_t *first = inner_r ? p + r0 * v->rs + (c0 + o) * v->cs
-                                        : p + (r0 + o) * v->rs + c0 * v->cs;
-        if (s_in < 0) range_row(first + (n_in - 1) * s_in, n_in, -s_in, &lo, &hi);
-        else range_row(first, n_in, s_in, &lo, &hi);
-    }
+    range_row((const uint16_t *)buf, n, 1, &lo, &hi);
     rng[0] = (uint16_t)lo;
     rng[1] = (uint16_t)hi;
 }
@@ -571,8 +565,7 @@ static void gemm_item(void *arg, int64_t w, int slot)
             pack_rowtiles(S->va, m, k, i0, mcur, pc, kp, t->mr, t->simd_pack, mya);
         else
             pack_lines(S->va, m, k, i0, mcur, pc, kp, t->mr, t->split_a, 0, mya);
-        const int64_t k0 = 2 * pc, k1 = 2 * (pc + kreal) < k ? 2 * (pc + kreal) : k;
-        if (S->arng) region_range(S->va, i0, i0 + mcur, k0, k1, S->arng + 2 * slot);
+        if (S->arng) packed_range(mya, msl * kp * pairA / 2, S->arng + 2 * slot);
         /* A unit another thread is packing is put off (up to DEFER_MAX of them) and taken
          * after the others, by when it is usually ready; only one still being packed then
          * gets a private copy. Threads side by side thus pack different units instead of
@@ -605,10 +598,7 @@ static void gemm_item(void *arg, int64_t w, int slot)
                     for (int64_t s = s0; s < s1; s++)
                         pack_lines(S->vb, n, k, S->jc + s * t->nr, t->nr, pc, kp, t->nr,
                                    t->split_b, t->simd_pack, dst + (size_t)(s - s0) * kp * pairB);
-                    if (S->brng) {
-                        const int64_t j1 = S->jc + s1 * t->nr < n ? S->jc + s1 * t->nr : n;
-                        region_range(S->vb, S->jc + s0 * t->nr, j1, k0, k1, S->brng + 2 * slot);
-                    }
+                    if (S->brng) packed_range(dst, (s1 - s0) * kp * pairB / 2, S->brng + 2 * slot);
                     if (dst == unit) {
                         ANNOTATE_HAPPENS_BEFORE(st);
                         atomic_exchange_explicit(st, 2, memory_order_release);
@@ -696,6 +686,21 @@ static void ranges_done(uint16_t *r, int nthr, uint16_t out[3])
     free(r);
 }
 
+/* The few-rows path (gemm_smallm.c) takes the product: amx order, AVX-512, B columns unit. */
+static int few_rows(int isa, int order, int64_t m, int64_t b_cs)
+{
+    return order == DK_GEMM_ORDER_AMX && isa >= DK_ISA_AVX512BF16 && m <= DK_GEMM_SMALLM_MAX &&
+           b_cs == 1;
+}
+
+int dk_gemm_range_paths(int isa, int kernel, int order, int64_t m, int64_t b_cs)
+{
+    tier_cfg t;
+    if (!get_cfg(isa, kernel, order, &t)) return 0;
+    if (few_rows(isa, order, m, b_cs)) return 2;
+    return (t.split_a ? 0 : 1) | (t.split_b ? 0 : 2);
+}
+
 int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
                    const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
                    float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads,
@@ -716,8 +721,7 @@ int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
         return DK_OK;
     }
 
-    if (order == DK_GEMM_ORDER_AMX && isa >= DK_ISA_AVX512BF16 && m <= DK_GEMM_SMALLM_MAX &&
-        b->cs == 1) {
+    if (few_rows(isa, order, m, b->cs)) {
         smallm_args S = {a, b, m, n, k, ldo, bso, (n + DK_GEMM_SMALLM_COLS - 1) / DK_GEMM_SMALLM_COLS,
                          scale, out, NULL};
         int nthr = (double)m * (double)n * (double)k * (double)batch < DK_GEMM_PAR_MIN ? 1 : threads;
@@ -774,8 +778,10 @@ int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
     char *bpriv = aligned_alloc_bytes(bpriv_bytes * nthr);
     atomic_int *bstate = malloc((size_t)(npc * nchunks_max) * sizeof(atomic_int));
     int fail = 0;
-    uint16_t *arng = ranges_new(arange != NULL, a, nthr, &fail);
-    uint16_t *brng = ranges_new(brange != NULL, b, nthr, &fail);
+    /* ranges from the packed blocks: BF16 layouts only (the FP32 split layouts hold values
+     * with DAZ applied, not the codes) */
+    uint16_t *arng = ranges_new(arange != NULL && !t.split_a, a, nthr, &fail);
+    uint16_t *brng = ranges_new(brange != NULL && !t.split_b, b, nthr, &fail);
     if (!bbuf || !abuf || !bpriv || !bstate || fail) {
         buf_give(bbuf, bcap);
         free(abuf);

@@ -20,6 +20,7 @@ cdef extern from "dk_gemm.h":
                        float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads,
                        int order, uint16_t *arange, uint16_t *brange) nogil
     int DK_GEMM_SMALLM_MAX
+    int dk_gemm_range_paths(int isa, int kernel, int order, int64_t m, int64_t b_cs) nogil
     void dk_amx_tdpbf16ps(const uint16_t *a, int64_t lda, const uint32_t *b, int64_t ldb,
                           float *c, int64_t ldc, int m, int n, int kpairs) nogil
     double dk_probe_tdpbf16ps(int64_t iters) nogil
@@ -86,6 +87,13 @@ def gemm(object a, object b, const uint16_t[::1] table_a, const uint16_t[::1] ta
     accumulation order `order` (ORDER_AMX or ORDER_VDPBF16PS). Returns status (2: a bad
     isa or order)."""
     return _run(a, b, table_a, table_b, scale, out, isa, kernel, threads, order, NULL, NULL)
+
+
+def range_paths(int isa, int kernel, int order, int64_t m, int64_t b_cs):
+    """(A measured, B measured) by gemm_ranges for BF16 operands of a nonempty product with
+    m rows and B's column stride b_cs (elements): dk_gemm_range_paths."""
+    cdef int r = dk_gemm_range_paths(isa, kernel, order, m, b_cs)
+    return bool(r & 1), bool(r & 2)
 
 
 def gemm_ranges(object a, object b, const uint16_t[::1] table_a, const uint16_t[::1] table_b,

@@ -263,6 +263,12 @@ def _bf16_exp(m: int) -> int:
 
 
 _EMPTY_RANGE = _Range(0, 0, 0, True)
+@functools.lru_cache(maxsize=256)
+def _range_paths(isa: int, kern: int, order: int, m: int, b_cs: int) -> Tuple[bool, bool]:
+    """Which operands' ranges the kernels measure on this path (_gemm.range_paths)."""
+    return _gemm.range_paths(isa, kern, order, m, b_cs)
+
+
 #: The range gemm() assumes of a BF16 operand before the kernel measures it (values of
 #: magnitude 1: the scaling of ordinary data)
 _ORDINARY_RANGE = _range_of(0x3F80, 0x3F80)
@@ -557,11 +563,13 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
     # rare case they ask for another one the product is computed again with it. Either way
     # the bits are those of the scaling the ranges give. An operand the guess would rescale
     # is scanned first (a rescaled copy reads it anyway).
-    few_rows = (order_code == _gemm.ORDER_AMX and isa >= 2 and m <= _gemm.SMALLM_MAX
-                and cb.strides[-1] == cb.itemsize)
+    # the avx512bf16 kernel choice (and its first-call probe) only concerns the vdpbf16ps order
+    kern = _kernel_index() if isa >= 2 and order_code == _gemm.ORDER_VDPBF16PS else 0
+    meas_a, meas_b = _range_paths(isa, kern, order_code, min(m, _gemm.SMALLM_MAX + 1),
+                                  cb.strides[-1] // cb.itemsize)
     nonempty = m > 0 and n > 0 and k > 0 and nb > 0
-    spec_a = a16 and nonempty and not few_rows      # the few-rows path leaves A to us
-    spec_b = b16 and nonempty
+    spec_a = a16 and nonempty and meas_a
+    spec_b = b16 and nonempty and meas_b
     ra = _ORDINARY_RANGE if spec_a else (_bf16_range(ca) if a16 else _format_range(a_format))
     rb = _ORDINARY_RANGE if spec_b else (_bf16_range(cb) if b16 else _format_range(b_format))
     while True:
@@ -592,8 +600,6 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
         if dst is None:
             dst = _empty_result(nb, m, n)
 
-        # the avx512bf16 kernel choice (and its first-call probe) only concerns the vdpbf16ps order
-        kern = _kernel_index() if isa >= 2 and order_code == _gemm.ORDER_VDPBF16PS else 0
         if not (spec_a or spec_b):
             rc = _gemm.gemm(a3, b3, ta, tb, scale, dst, isa, kern, _config.threads(), order_code)
             break

@@ -88,6 +88,9 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
  * from the caches; the few-rows path measures B in the registers it loads. A caller that
  * scales by the operands' ranges (SPEC section 5) can thus compute with the scaling it
  * expects and check it against the ranges instead of reading the operands beforehand. */
+/* Which ranges dk_gemm_ranges measures for BF16 operands on a nonempty product with m rows
+ * and B's column stride b_cs: bit 0 A, bit 1 B (0 for an unknown isa or order). */
+int dk_gemm_range_paths(int isa, int kernel, int order, int64_t m, int64_t b_cs);
 int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
                    const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
                    float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads,

@@ -435,43 +435,60 @@ def _np_range(codes):
                                    (40, 70, 2100)])
 def test_kernels_measure_the_operand_ranges(m, n, k):
     """The kernels measure the range of each BF16 operand as they read it
-    (_gemm.gemm_ranges): the packed path each block it packs, the few-rows path B in its
-    registers. Measured ranges equal NumPy's (smallest nonzero, largest finite magnitude
-    bits) over the operand's codes at 1 and 3 threads, across k blocks (k = 2100), with
-    specials, batches (a shared B), transposed, reversed and column-strided operands; A is
-    not claimed on the few-rows path (m <= 8, amx order, AVX-512 tiers, B columns
-    contiguous), an 8-bit operand never; the product's bits are unchanged."""
+    (_gemm.gemm_ranges): the packed path each block it has packed in a BF16 layout (the
+    AMX row tiles and pair layouts; the FP32 split layouts hold values, not codes, and are
+    not measured), the few-rows path B in its registers. A measured range equals NumPy's
+    (smallest nonzero, largest finite magnitude bits) over the operand's codes at 1 and 3
+    threads, across k blocks (k = 2100), with specials, batches (a shared B), transposed,
+    reversed and column-strided operands; an 8-bit operand is never measured, A not on the
+    few-rows path; the product's bits are unchanged."""
     rng = np.random.default_rng(200 + m)
     a = mixed_codes(rng, (2, m, k))
     b = mixed_codes(rng, (2, k, n))
     b[1, 5, 7] = 0x0001                          # the smallest subnormal, once
     a[0, 0, 1] = 0x0002
     at = np.ascontiguousarray(a[:, :, ::-1].transpose(0, 2, 1)).transpose(0, 2, 1)[:, :, ::-1]
-    cases = [("plain", a, b), ("shared B", a, b[1:]), ("zero B", a[:1], np.zeros((1, k, n), np.uint16)),
+    cases = [("plain", a, b), ("shared B", a, b[1:]),
+             ("zero B", a[:1], np.zeros((1, k, n), np.uint16)),
              ("NaN B", a[:1], np.full((1, k, n), 0x7FC0, np.uint16)),
              ("transposed A", at, b), ("reversed k", a[:, :, ::-1], b[:, ::-1]),
              ("strided B columns", a, np.asfortranarray(b[0])[None]),
              ("CFloat8 A", rng.integers(0, 256, (1, m, k), dtype=np.uint8), b[:1])]
     table8 = np.arange(256, dtype=np.uint16) | 0x3F00
+
+    def measured(isa, order, kern, few):
+        """(A, B) measured: which layouts hold BF16 codes (gemm_driver.c get_cfg)."""
+        if few:
+            return False, True
+        if order == "amx":
+            return isa == 3, isa == 3          # AMX row tiles and pairs; else split FP32
+        if isa >= 2:
+            return kern == 1, True             # the FMA kernel packs A split, B in pairs
+        return False, False
+
     for tier in TIERS:
         isa = _config.ISA_NAMES.index(tier)
         for order in ORDERS:
-            for what, aa, bb in cases:
-                u8 = aa.dtype == np.uint8
-                few = (m <= 8 and order == "amx" and isa >= 2 and bb.strides[-1] == 2)
-                for th in (1, 3):
-                    out = np.empty((max(aa.shape[0], bb.shape[0]), m, n), np.float32)
-                    rc, got_a, got_b = _gemm.gemm_ranges(
-                        aa, bb, table8 if u8 else NO_TABLE, NO_TABLE, 1.0, out, isa, 0, th,
-                        ORDER_CODE[order])
-                    assert rc == 0
-                    tag = (what, tier, order, th)
-                    assert got_b == _np_range(bb), tag
-                    assert got_a == (None if few or u8 else _np_range(aa)), tag
-                    out2 = np.empty_like(out)
-                    assert _gemm.gemm(aa, bb, table8 if u8 else NO_TABLE, NO_TABLE, 1.0, out2,
-                                      isa, 0, th, ORDER_CODE[order]) == 0
-                    assert_bits(out, bits(out2), f"gemm_ranges {tag}")
+            for kern in ((0, 1) if isa >= 2 and order == "vdpbf16ps" else (0,)):
+                for what, aa, bb in cases:
+                    u8 = aa.dtype == np.uint8
+                    few = m <= 8 and order == "amx" and isa >= 2 and bb.strides[-1] == 2
+                    want_a, want_b = measured(isa, order, kern, few)
+                    for th in (1, 3):
+                        out = np.empty((max(aa.shape[0], bb.shape[0]), m, n), np.float32)
+                        rc, got_a, got_b = _gemm.gemm_ranges(
+                            aa, bb, table8 if u8 else NO_TABLE, NO_TABLE, 1.0, out, isa, kern,
+                            th, ORDER_CODE[order])
+                        assert rc == 0
+                        tag = (what, tier, order, kern, th)
+                        assert got_b == (_np_range(bb) if want_b else None), tag
+                        assert _gemm.range_paths(isa, kern, ORDER_CODE[order], m,
+                                                 bb.strides[-1] // 2) == (want_a, want_b)
+                        assert got_a == (_np_range(aa) if want_a and not u8 else None), tag
+                        out2 = np.empty_like(out)
+                        assert _gemm.gemm(aa, bb, table8 if u8 else NO_TABLE, NO_TABLE, 1.0,
+                                          out2, isa, kern, th, ORDER_CODE[order]) == 0
+                        assert_bits(out, bits(out2), f"gemm_ranges {tag}")
 
 
 @pytest.mark.parametrize("m", [3, 20])
@@ -534,9 +551,13 @@ def test_scaling_checked_after_the_product(case, m, monkeypatch):
         assert_bits(got, bits(want), f"{case} {tier}")
         if exact is not None:
             assert_bits(got, exact, f"{case} {tier} exact")
-        few = m <= 8 and _config.ISA_NAMES.index(tier) >= 2
+        isa = _config.ISA_NAMES.index(tier)
+        few = m <= 8 and isa >= 2
         seen = (calls["ranges"], calls["gemm"], calls["range_b"])
-        assert seen == (expect_few if few else expect_packed), (tier, seen)
+        if few or isa == 3:                       # paths that measure B (and A when packed)
+            assert seen == (expect_few if few else expect_packed), (tier, seen)
+        else:                 # split layouts measure nothing: B scanned first, one product
+            assert seen == (0, 1, 1), (tier, seen)
 
 
 @pytest.mark.parametrize("n", [2048, 2050])
