@@ -370,6 +370,42 @@ def test_bf16_fast_path_offsets_and_in_place(isa, op):
         assert np.array_equal(a, full)
 
 
+@settings(max_examples=30, deadline=None)
+@given(gen=st.integers(0, (1 << 32) - 1), lo=st.integers(17, 30), span=st.integers(0, 20),
+       op=st.sampled_from(["add", "sub", "fma"]), pow2=st.sampled_from([0.0, 0.3, 1.0]),
+       seed=st.integers(0, (1 << 64) - 1))
+def test_bf16_stochastic_inexact_sums_every_tier(gen, lo, span, op, pow2, seed):
+    """Stochastic BF16 sums whose FP32 sum is rounded (TwoSum's error t != 0: the fast path
+    rounds s + t itself, dk_bf16_stoch_sum): the second operand (fma: the product) 2^17 to
+    2^50 times smaller than the first, of either sign, so that the exact sum lies above or
+    below the FP32 sum and, where the first operand's BF16 mantissa is 0 (a fraction `pow2`
+    of them: a power of two) or its low bits are 0, below its BF16 truncation (the borrow).
+    Every tier against the reference (codes and flags), vectors long enough for the fast
+    path's steps."""
+    rng = np.random.default_rng(gen)
+    n = 200
+    ea = rng.integers(-60, 60, n)
+    ma = rng.integers(0, 128, n)
+    ma[rng.random(n) < pow2] = 0
+    a = np.ldexp(1 + ma / 128, ea) * rng.choice([-1.0, 1.0], n)
+    small = np.ldexp(1 + rng.integers(0, 128, n) / 128, ea - rng.integers(lo, lo + span + 1, n))
+    small *= rng.choice([-1.0, 1.0], n)
+    to_code = lambda v: (np.asarray(v, np.float32).view(np.uint32) >> 16).astype(np.uint16)  # noqa: E731
+    if op == "fma":  # c + x * y with x * y = small exactly (x a power of two)
+        ex = rng.integers(-20, 20, n)
+        ops = [to_code(np.ldexp(1.0, ex)), to_code(np.ldexp(small, -ex)), to_code(a)]
+    else:
+        ops = [to_code(a), to_code(small)]
+    ops = [o.copy() for o in ops]
+    swap = rng.random(n) < 0.5  # the small operand first too (add, sub)
+    if op != "fma":
+        ops[0][swap], ops[1][swap] = ops[1][swap], ops[0][swap].copy()
+    want = R.arith_vec(op, ops, R.BF16_R, "stochastic", seed)
+    for name in _config.supported_isas():
+        with _config.use_isa(name):
+            check(op, ops, R.BF16_R, "stochastic", seed, want)
+
+
 # --- quantize / fake_quantize fast path (values rounded on FP32's bits, dk_convert_body.h) ----
 _FQ_FORMATS = [R.RefFormat("cfloat8_143", 7, "tesla"), R.RefFormat("cfloat8_143", 0, "ieee"),
                R.RefFormat("cfloat8_152", 40, "flush"), R.RefFormat("cfloat8_152", 15, "tesla"),
