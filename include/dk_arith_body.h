@@ -306,8 +306,8 @@ static inline dk_rng2 dk_rng2_at(uint64_t seed, uint64_t i0)
 }
 
 __attribute__((always_inline)) static inline int64_t
-dk_bf16_fast(int op, int mode, const void *a, const void *b, const void *c, void *out, int64_t i0,
-             int64_t n, const dk_format *f, const dk_aconst *q, uint64_t seed, int64_t cnt[4])
+dk_bf16_run(int op, int mode, const void *a, const void *b, const void *c, void *out, int64_t i0,
+            int64_t n, uint64_t seed)
 {
     const int64_t step = 2 * DK_VL;
     const uint64_t G2 = (uint64_t)step * 0x9E3779B97F4A7C15ull;
@@ -331,6 +331,7 @@ dk_bf16_fast(int op, int mode, const void *a, const void *b, const void *c, void
         }
         vu sl, sh;
         vf tl = {}, th = {}; /* TwoSum's error terms (add, sub, fma) */
+        vi inexact = {};     /* lanes where one is not zero */
         vi bad = {}; /* 32-bit lanes: a half needing the general path */
         if (op == DK_OP_MUL) {
             vf pl = xl * yl, ph = xh * yh;
@@ -364,6 +365,7 @@ dk_bf16_fast(int op, int mode, const void *a, const void *b, const void *c, void
                 if (mode == DK_STOCHASTIC) { /* rounded from s + t (dk_bf16_stoch_sum) */
                     tl = t1;
                     th = t2;
+                    inexact = in1 | in2;
                 } else { /* round to odd */
                     vi st1 = VSEL(((vi)t1 ^ (vi)sl) < 0, (vi){} - 1, (vi){} + 1);
                     vi st2 = VSEL(((vi)t2 ^ (vi)sh) < 0, (vi){} - 1, (vi){} + 1);
@@ -373,7 +375,8 @@ dk_bf16_fast(int op, int mode, const void *a, const void *b, const void *c, void
             }
         }
         vu wl, wh; /* the codes in the top halves */
-        if (mode == DK_STOCHASTIC && op != DK_OP_MUL) {
+        /* (sums of BF16 values are mostly exact: then the plain carry, as for products) */
+        if (mode == DK_STOCHASTIC && op != DK_OP_MUL && dk_any(inexact)) {
             wl = dk_bf16_stoch_sum(sl, tl, rl, &bad);
             wh = dk_bf16_stoch_sum(sh, th, rh, &bad);
         } else {
@@ -384,13 +387,27 @@ dk_bf16_fast(int op, int mode, const void *a, const void *b, const void *c, void
         vw mr = (vw)code & 0x7FFF;
         if (op == DK_OP_FMA) rare |= (vw)(mr < 0x80) | (vw)(mr > 0x7F7F);
         else rare |= dk_bf16_rare_in((vw)code);
-        if (__builtin_expect(dk_any((vi)rare | bad), 0)) {
-            dk_bf16_general(op, a, b, c, out, at, step, f, q, mode, seed, cnt);
-            continue;
-        }
+        if (__builtin_expect(dk_any((vi)rare | bad), 0)) break;
         memcpy((uint16_t *)out + at, &code, sizeof code);
     }
     return i;
+}
+
+/* The fast loop up to a step it cannot finish, that step by the general path, and on. The
+ * call sits outside the loop: across a call every vector register is lost, so inside it
+ * the compiler would keep the loop's state (random states, constants) in memory. */
+__attribute__((always_inline)) static inline int64_t
+dk_bf16_fast(int op, int mode, const void *a, const void *b, const void *c, void *out, int64_t i0,
+             int64_t n, const dk_format *f, const dk_aconst *q, uint64_t seed, int64_t cnt[4])
+{
+    const int64_t step = 2 * DK_VL;
+    int64_t i = 0;
+    for (;;) {
+        i += dk_bf16_run(op, mode, a, b, c, out, i0 + i, n - i, seed);
+        if (i + step > n) return i;
+        dk_bf16_general(op, a, b, c, out, i0 + i, step, f, q, mode, seed, cnt);
+        i += step;
+    }
 }
 
 void DK_FN(dk_arith_block)(int op, const void *a, const void *b, const void *c, void *out, int64_t i0,
