@@ -285,7 +285,7 @@ __attribute__((always_inline)) static inline vu dk_bf16_stoch_sum(vu s, vf t, vu
     const vi borrow = tneg & (f > low); /* wrapped below zero */
     *bad |= borrow & ((S & 0x7FFFFFu) == 0);
     const vi up = (vi)((f + r) < f);
-    return s + (vu)((borrow - up) << 16);
+    return s + ((vu)(borrow - up) << 16);
 }
 
 /* Random numbers of the even and of the odd elements of the 2 * DK_VL elements of a step:
