@@ -17,7 +17,8 @@
  *     rounded-to-odd value lies strictly on the same side of each as the exact s + t, and
  *     rounding it to nearest or toward zero (dk_quant_vec, on the format moved by the same
  *     scale) gives the correctly rounded result. Stochastic rounding needs the exact value:
- *     lanes with t == 0 are rounded from s exactly; lanes with t != 0 take the scalar path.
+ *     lanes with t == 0 are rounded from s exactly; lanes with t != 0 take the scalar path
+ *     here (the BF16 fast path below rounds s + t itself: dk_bf16_stoch_sum).
  *  3. Zeros and subnormals are decoded exactly (scaled, they are normal FP32 numbers, BF16's
  *     are FP32 subnormals, exact without DAZ); the denormal flag counts subnormal operands,
  *     the underflow flag zero or subnormal results that differ from s + t.
@@ -240,8 +241,8 @@ dk_bf16_general(int op, const void *a, const void *b, const void *c, void *out, 
  * operand; no subnormal, Inf or NaN result; add/sub: zero results are exact; mul/fma: no
  * product at or below 2^-126; fma: no result below 2^-126) raises no flag and is finished
  * here: nearest rounds FP32 s (fma: s rounded to odd with TwoSum's t, see the top of the
- * file) to BF16 by the integer round-to-nearest-even; stochastic needs s exact (t == 0;
- * products of two BF16 values always are). Any other step goes through dk_bf16_general (the
+ * file) to BF16 by the integer round-to-nearest-even; stochastic rounds the exact s + t
+ * (dk_bf16_stoch_sum; products of two BF16 values are exact). Any other step goes through dk_bf16_general (the
  * general vector path and the scalar semantics), so its codes and flags are that path's. */
 typedef uint16_t vw __attribute__((vector_size(DK_VL * 4))); /* 2 * DK_VL 16-bit lanes */
 
@@ -262,6 +263,31 @@ __attribute__((always_inline)) static inline vu dk_bf16_round_half(vu s, vu r, i
     return s + (vu)(-(vi)((low + r) < low) << 16);
 }
 
+/* Stochastic rounding to BF16 of the exact sum s + t (TwoSum: s the FP32 sum rounded to
+ * nearest, |t| <= half an ulp u of s, t == 0 when s is exact) for the even (lo) or odd (hi)
+ * halves: a word whose top half is the code. With S = |s| and t' = t signed towards |s|,
+ * (|s + t| - lo) / (hi - lo) * 2^32 = (S's low 16 bits) * 2^16 + (t' / u) * 2^16, and
+ * t' / u * 2^16 = sig(t) * 2^(e(t) - e(s) + 16) with e(t) <= e(s) - 24, so its floor is an
+ * integer shift (rounded down: a right shift for t' > 0, minus the rounded-up shift for t' < 0).
+ * A negative sum of the two borrows from S's code: the lower neighbour is one BF16 step below
+ * S's truncation, the same step unless S is a power of two, whose lanes (the ulp below is half)
+ * are marked in *bad for the general path. Then the carry of f + r adds one step. */
+__attribute__((always_inline)) static inline vu dk_bf16_stoch_sum(vu s, vf t, vu r, vi *bad)
+{
+    const vu S = s & 0x7FFFFFFFu, tb = (vu)t, ta = tb & 0x7FFFFFFFu;
+    const vi es = VMAX((vi)(S >> 23), (vi){} + 1), et = VMAX((vi)(ta >> 23), (vi){} + 1);
+    const vu sig = (ta & 0x7FFFFFu) | (vu)VSEL((ta >> 23) != 0, (vi){} + 0x800000, (vi){});
+    const vu sh = (vu)VMIN(VMAX(es - et - 16, (vi){}), (vi){} + 31);
+    const vu q = sig >> sh, rem = sig & ((((vu){} + 1u) << sh) - 1u);
+    const vi tneg = ((vi)(tb ^ s) < 0) & (ta != 0);
+    const vu X = (vu)VSEL(tneg, (vi){} - (vi)(q - (vu)(rem != 0)), (vi)q); /* floor(t'/u 2^16) */
+    const vu low = S << 16, f = low + X;
+    const vi borrow = tneg & (f > low); /* wrapped below zero */
+    *bad |= borrow & ((S & 0x7FFFFFu) == 0);
+    const vi up = (vi)((f + r) < f);
+    return s + ((vu)(borrow - up) << 16);
+}
+
 /* Random numbers of the even and of the odd elements of the 2 * DK_VL elements of a step:
  * SplitMix64 states in four vectors (even elements' two halves, odd elements' two halves). */
 typedef struct { vq el, eh, ol, oh; } dk_rng2;
@@ -280,8 +306,8 @@ static inline dk_rng2 dk_rng2_at(uint64_t seed, uint64_t i0)
 }
 
 __attribute__((always_inline)) static inline int64_t
-dk_bf16_fast(int op, int mode, const void *a, const void *b, const void *c, void *out, int64_t i0,
-             int64_t n, const dk_format *f, const dk_aconst *q, uint64_t seed, int64_t cnt[4])
+dk_bf16_run(int op, int mode, const void *a, const void *b, const void *c, void *out, int64_t i0,
+            int64_t n, uint64_t seed)
 {
     const int64_t step = 2 * DK_VL;
     const uint64_t G2 = (uint64_t)step * 0x9E3779B97F4A7C15ull;
@@ -304,6 +330,8 @@ dk_bf16_fast(int op, int mode, const void *a, const void *b, const void *c, void
             rh = dk_splitmix_top(&g.ol, &g.oh, G2);
         }
         vu sl, sh;
+        vf tl = {}, th = {}; /* TwoSum's error terms (add, sub, fma) */
+        vi inexact = {};     /* lanes where one is not zero */
         vi bad = {}; /* 32-bit lanes: a half needing the general path */
         if (op == DK_OP_MUL) {
             vf pl = xl * yl, ph = xh * yh;
@@ -334,8 +362,10 @@ dk_bf16_fast(int op, int mode, const void *a, const void *b, const void *c, void
                 vf v1 = s1 - ul, u1 = s1 - v1, t1 = (ul - u1) + (vl - v1);
                 vf v2 = s2 - uh, u2 = s2 - v2, t2 = (uh - u2) + (vh2 - v2);
                 vi in1 = ((vi)t1 & 0x7FFFFFFF) != 0, in2 = ((vi)t2 & 0x7FFFFFFF) != 0;
-                if (mode == DK_STOCHASTIC) {
-                    bad |= in1 | in2;
+                if (mode == DK_STOCHASTIC) { /* rounded from s + t (dk_bf16_stoch_sum) */
+                    tl = t1;
+                    th = t2;
+                    inexact = in1 | in2;
                 } else { /* round to odd */
                     vi st1 = VSEL(((vi)t1 ^ (vi)sl) < 0, (vi){} - 1, (vi){} + 1);
                     vi st2 = VSEL(((vi)t2 ^ (vi)sh) < 0, (vi){} - 1, (vi){} + 1);
@@ -344,17 +374,40 @@ dk_bf16_fast(int op, int mode, const void *a, const void *b, const void *c, void
                 }
             }
         }
-        vu code = (dk_bf16_round_half(sh, rh, mode) & HI) | (dk_bf16_round_half(sl, rl, mode) >> 16);
+        vu wl, wh; /* the codes in the top halves */
+        /* (sums of BF16 values are mostly exact: then the plain carry, as for products) */
+        if (mode == DK_STOCHASTIC && op != DK_OP_MUL && dk_any(inexact)) {
+            wl = dk_bf16_stoch_sum(sl, tl, rl, &bad);
+            wh = dk_bf16_stoch_sum(sh, th, rh, &bad);
+        } else {
+            wl = dk_bf16_round_half(sl, rl, mode);
+            wh = dk_bf16_round_half(sh, rh, mode);
+        }
+        vu code = (wh & HI) | (wl >> 16);
         vw mr = (vw)code & 0x7FFF;
         if (op == DK_OP_FMA) rare |= (vw)(mr < 0x80) | (vw)(mr > 0x7F7F);
         else rare |= dk_bf16_rare_in((vw)code);
-        if (__builtin_expect(dk_any((vi)rare | bad), 0)) {
-            dk_bf16_general(op, a, b, c, out, at, step, f, q, mode, seed, cnt);
-            continue;
-        }
+        if (__builtin_expect(dk_any((vi)rare | bad), 0)) break;
         memcpy((uint16_t *)out + at, &code, sizeof code);
     }
     return i;
+}
+
+/* The fast loop up to a step it cannot finish, that step by the general path, and on. The
+ * call sits outside the loop: across a call every vector register is lost, so inside it
+ * the compiler would keep the loop's state (random states, constants) in memory. */
+__attribute__((always_inline)) static inline int64_t
+dk_bf16_fast(int op, int mode, const void *a, const void *b, const void *c, void *out, int64_t i0,
+             int64_t n, const dk_format *f, const dk_aconst *q, uint64_t seed, int64_t cnt[4])
+{
+    const int64_t step = 2 * DK_VL;
+    int64_t i = 0;
+    for (;;) {
+        i += dk_bf16_run(op, mode, a, b, c, out, i0 + i, n - i, seed);
+        if (i + step > n) return i;
+        dk_bf16_general(op, a, b, c, out, i0 + i, step, f, q, mode, seed, cnt);
+        i += step;
+    }
 }
 
 void DK_FN(dk_arith_block)(int op, const void *a, const void *b, const void *c, void *out, int64_t i0,

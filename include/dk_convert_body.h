@@ -27,7 +27,8 @@ typedef int32_t vi __attribute__((vector_size(DK_VL * 4)));
 typedef uint32_t vu __attribute__((vector_size(DK_VL * 4)));
 typedef float vf __attribute__((vector_size(DK_VL * 4)));
 typedef uint64_t vq __attribute__((vector_size(DK_VL * 4)));           /* DK_VL/2 lanes */
-typedef uint32_t vh __attribute__((vector_size(DK_VL * 2)));           /* DK_VL/2 lanes */
+typedef int32_t vih __attribute__((vector_size(DK_VL * 2)));           /* DK_VL/2 lanes */
+typedef double vd __attribute__((vector_size(DK_VL * 4)));             /* DK_VL/2 lanes */
 
 /* Elements to prefetch ahead: the loop bodies are long, so without it too few cache
  * misses are in flight to stream from DRAM (measured: 4x slower on 64 MiB inputs). */
@@ -269,7 +270,8 @@ __attribute__((always_inline)) static inline vi dk_dequant_vec(vi c, int ebits, 
  * floor((a - lo) / (hi - lo) * 2^32) + r >= 2^32" with lo = maxsub = (2^m - 1) 2^(-b-m),
  * hi = minnorm = 2^(1-b), hi - lo = (2^m + 1) 2^(-b-m). In units u = 2^(-b-24) (the ulp of
  * lo's binade) a = A u and lo = L u, L = (2^m - 1) 2^(24-m), so the rule reads, exactly in
- * 64-bit integers (both sides < 2^45):
+ * float64 (both sides are integers below 2^45; every operation below is exact, so MXCSR's
+ * rounding mode and FTZ/DAZ do not matter):
  *     (A - L) 2^(m+8) >= (2^32 - r) (2^m + 1).
  * Returns the magnitude codes (2^m: minnorm, 2^m - 1: maxsub) of every lane. */
 __attribute__((always_inline)) static inline vi dk_gap_stoch(vi a, vu r, const dk_qconst *k, int bias)
@@ -280,22 +282,27 @@ __attribute__((always_inline)) static inline vi dk_gap_stoch(vi a, vu r, const d
     const int exlow = 127 - bias - 1; /* FP32 exponent field of lo's binade */
     vi A = sig << VMIN(VMAX(ex - exlow, (vi){}), (vi){} + 1); /* 0 or 1 in the gap */
     vi D = A - (((1 << m) - 1) << (24 - m));
-    vh dl, dh, rlo, rhi;
-    for (int j = 0; j < DK_VL / 2; j++) { /* halves as 64-bit lanes */
-        dl[j] = (uint32_t)D[j];
-        dh[j] = (uint32_t)D[j + DK_VL / 2];
-        rlo[j] = r[j];
-        rhi[j] = r[j + DK_VL / 2];
-    }
-    vq DL = __builtin_convertvector(dl, vq) << (m + 8), DH = __builtin_convertvector(dh, vq) << (m + 8);
-    vq WL = ((vq){} + (1ull << 32)) - __builtin_convertvector(rlo, vq);
-    vq WH = ((vq){} + (1ull << 32)) - __builtin_convertvector(rhi, vq);
-    vq hl = (vq)(DL >= (WL << m) + WL), hh = (vq)(DH >= (WH << m) + WH);
-    vi up;
-    for (int j = 0; j < DK_VL / 2; j++) {
-        up[j] = (int32_t)hl[j];
-        up[j + DK_VL / 2] = (int32_t)hh[j];
-    }
+    /* both sides are integers below 2^45, exact in float64: compare them there, a half at a
+     * time (r as a signed number plus 2^31, a conversion every tier has) */
+    const vi rs = (vi)(r ^ 0x80000000u);
+#if DK_VL == 16
+#define DK_HALF_LO 0, 1, 2, 3, 4, 5, 6, 7
+#define DK_HALF_HI 8, 9, 10, 11, 12, 13, 14, 15
+#define DK_EVENS 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30
+#else
+#define DK_HALF_LO 0, 1, 2, 3
+#define DK_HALF_HI 4, 5, 6, 7
+#define DK_EVENS 0, 2, 4, 6, 8, 10, 12, 14
+#endif
+    const vd lhs_l = __builtin_convertvector((vih)__builtin_shufflevector(D, D, DK_HALF_LO), vd) * (double)(1 << (m + 8));
+    const vd lhs_h = __builtin_convertvector((vih)__builtin_shufflevector(D, D, DK_HALF_HI), vd) * (double)(1 << (m + 8));
+    const vd w_l = 2147483648.0 - __builtin_convertvector((vih)__builtin_shufflevector(rs, rs, DK_HALF_LO), vd);
+    const vd w_h = 2147483648.0 - __builtin_convertvector((vih)__builtin_shufflevector(rs, rs, DK_HALF_HI), vd);
+    const vq hl = (vq)(lhs_l >= w_l * (double)((1 << m) + 1)), hh = (vq)(lhs_h >= w_h * (double)((1 << m) + 1));
+    const vi up = __builtin_shufflevector((vi)hl, (vi)hh, DK_EVENS);
+#undef DK_HALF_LO
+#undef DK_HALF_HI
+#undef DK_EVENS
     return VSEL(up, (vi){} + (1 << m), (vi){} + ((1 << m) - 1));
 }
 

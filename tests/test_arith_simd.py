@@ -370,6 +370,109 @@ def test_bf16_fast_path_offsets_and_in_place(isa, op):
         assert np.array_equal(a, full)
 
 
+@settings(max_examples=30, deadline=None)
+@given(gen=st.integers(0, (1 << 32) - 1), lo=st.integers(17, 30), span=st.integers(0, 20),
+       op=st.sampled_from(["add", "sub", "fma"]), pow2=st.sampled_from([0.0, 0.3, 1.0]),
+       seed=st.integers(0, (1 << 64) - 1))
+def test_bf16_stochastic_inexact_sums_every_tier(gen, lo, span, op, pow2, seed):
+    """Stochastic BF16 sums whose FP32 sum is rounded (TwoSum's error t != 0: the fast path
+    rounds s + t itself, dk_bf16_stoch_sum): the second operand (fma: the product) 2^17 to
+    2^50 times smaller than the first, of either sign, so that the exact sum lies above or
+    below the FP32 sum and, where the first operand's BF16 mantissa is 0 (a fraction `pow2`
+    of them: a power of two) or its low bits are 0, below its BF16 truncation (the borrow).
+    Every tier against the reference (codes and flags), vectors long enough for the fast
+    path's steps."""
+    rng = np.random.default_rng(gen)
+    n = 200
+    ea = rng.integers(-60, 60, n)
+    ma = rng.integers(0, 128, n)
+    ma[rng.random(n) < pow2] = 0
+    a = np.ldexp(1 + ma / 128, ea) * rng.choice([-1.0, 1.0], n)
+    small = np.ldexp(1 + rng.integers(0, 128, n) / 128, ea - rng.integers(lo, lo + span + 1, n))
+    small *= rng.choice([-1.0, 1.0], n)
+    to_code = lambda v: (np.asarray(v, np.float32).view(np.uint32) >> 16).astype(np.uint16)  # noqa: E731
+    if op == "fma":  # c + x * y with x * y = small exactly (x a power of two)
+        ex = rng.integers(-20, 20, n)
+        ops = [to_code(np.ldexp(1.0, ex)), to_code(np.ldexp(small, -ex)), to_code(a)]
+    else:
+        ops = [to_code(a), to_code(small)]
+    ops = [o.copy() for o in ops]
+    swap = rng.random(n) < 0.5  # the small operand first too (add, sub)
+    if op != "fma":
+        ops[0][swap], ops[1][swap] = ops[1][swap], ops[0][swap].copy()
+    want = R.arith_vec(op, ops, R.BF16_R, "stochastic", seed)
+    for name in _config.supported_isas():
+        with _config.use_isa(name):
+            check(op, ops, R.BF16_R, "stochastic", seed, want)
+
+
+_M64 = (1 << 64) - 1
+_G = 0x9E3779B97F4A7C15
+
+
+def _seed_for(r, i):
+    """A seed whose SplitMix64 random number (SPEC section 2) at index i is r: the stream's
+    steps inverted (xorshifts by their repeated shifts, the multiplies by their inverses)."""
+    def unxs(z, k):
+        x = z
+        for _ in range(64 // k):
+            x = z ^ (x >> k)
+        return x
+    z = unxs(r << 32, 31)
+    z = unxs(z * pow(0x94D049BB133111EB, -1, 1 << 64) & _M64, 27)
+    z = unxs(z * pow(0xBF58476D1CE4E5B9, -1, 1 << 64) & _M64, 30)
+    seed = (z - (i + 1) * _G) & _M64
+    assert R.splitmix_r(seed, i) == r
+    return seed
+
+
+def _bf16_f(v):
+    """f of SPEC section 2 for the exact Fraction v (a normal BF16 magnitude range):
+    floor((|v| - lo) / (hi - lo) * 2^32) with lo <= |v| < hi neighbouring BF16 values."""
+    from fractions import Fraction
+    a = abs(v)
+    e = a.numerator.bit_length() - a.denominator.bit_length()
+    if Fraction(2) ** e > a:
+        e -= 1
+    ulp = Fraction(2) ** (e - 7)
+    lo = (a // ulp) * ulp
+    return int(((a - lo) / ulp) * (1 << 32))
+
+
+@pytest.mark.parametrize("op", ["add", "sub", "fma"])
+def test_bf16_stochastic_sum_at_the_carry_boundary(isa, op):
+    """The fast path's f of an inexact sum (dk_bf16_stoch_sum: S's low bits, the floor of the
+    error term, the borrow below S's truncation, a power-of-two S whose ulp below is half)
+    must be exact to the unit: one element per call gets, by a seed built for its index, the
+    random number r = 2^32 - f (rounds up) or 2^32 - f - 1 (rounds down), f computed here
+    with Fractions; the call's codes against the reference."""
+    from fractions import Fraction
+    n, at = 64, 37  # at: inside the second step of 2 * 16 codes (every tier's fast path)
+    cases = [(0x3F80, -30), (0x3F80, -20), (0x3F80, 25), (0x4040, -26), (0x4040, 26),
+             (0xC100, -33), (0xC2C0, 40), (0x3FFF, -18), (0x3FFF, 19), (0x4A00, -24),
+             (0x3F81, -45)]  # (first operand's code, +-log2 of its ratio to the second)
+    base = np.full(n, 0x3FC0, np.uint16), np.full(n, 0x3E80, np.uint16)  # exact sums elsewhere
+    for code, k in cases:
+        a = Fraction(int(np.array([code << 16], np.uint32).view(np.float32)[0]))
+        sgn = -1 if k < 0 else 1
+        ea = math.frexp(float(a))[1] - 1
+        small = sgn * Fraction(2) ** (ea - abs(k)) * Fraction(129, 128)  # 8-bit significand
+        b16 = int(np.array([float(small)], np.float32).view(np.uint32)[0] >> 16)
+        assert Fraction(float(np.array([b16 << 16], np.uint32).view(np.float32)[0])) == small
+        f = _bf16_f(a + small)  # the exact result, sub's operand negated below
+        assert f != 0
+        ops = [base[0].copy(), base[1].copy()]
+        if op == "fma":  # c + x * y: x = 2, y = small / 2, c = a
+            ops = [np.full(n, 0x4000, np.uint16), ops[1], ops[0]]
+            half = int(np.array([float(small / 2)], np.float32).view(np.uint32)[0] >> 16)
+            ops[1][at], ops[2][at] = half, code
+        else:
+            ops[0][at], ops[1][at] = code, b16 if op == "add" else b16 ^ 0x8000
+        for r in ((1 << 32) - f, (1 << 32) - f - 1):
+            seed = _seed_for(r, at)
+            check(op, ops, R.BF16_R, "stochastic", seed)
+
+
 # --- quantize / fake_quantize fast path (values rounded on FP32's bits, dk_convert_body.h) ----
 _FQ_FORMATS = [R.RefFormat("cfloat8_143", 7, "tesla"), R.RefFormat("cfloat8_143", 0, "ieee"),
                R.RefFormat("cfloat8_152", 40, "flush"), R.RefFormat("cfloat8_152", 15, "tesla"),
