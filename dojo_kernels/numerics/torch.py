@@ -53,10 +53,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import numerics as _nx
+from .. import numerics as _nx
 from .formats import BF16, FAMILIES, Format
-from .gemm import GemmPlan, plan_gemm
-from .gemm import gemm as _dk_gemm
+from ..gemm import GemmPlan, plan_gemm
+from ..gemm import gemm as _dk_gemm
 
 _ml_dtypes: Any
 try:  # a dependency of the [torch] extra; only bfloat16 tensors need it

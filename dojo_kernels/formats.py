@@ -1,0 +1,11 @@
+"""``dojo_kernels.formats``: moved to ``dojo_kernels.numerics.formats``
+(the numerics capability).
+
+This path keeps working: importing it gives the same module object (private names and
+monkeypatching included), so old imports and old pickles still resolve."""
+import sys as _sys
+
+from .numerics import formats as _impl
+from .numerics.formats import *  # noqa: F401,F403  (the public names, for type checkers)
+
+_sys.modules[__name__] = _impl
