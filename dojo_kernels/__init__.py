@@ -108,7 +108,23 @@ from .collectives.hierarchical import (HierarchicalReport,  # noqa: E402
 # layout change (``dk.schedule.MESSAGE_DTYPE``, ``dk.hierarchical.INNER_ALGORITHMS``,
 # ``dk.d1.D1Chip``, ``dk.formats.Format``): the shims put the moved module objects in
 # sys.modules under the old paths (``dojo_kernels.torch`` stays lazy: it imports torch)
-from . import _units, d1, formats, hierarchical, schedule  # noqa: E402,F401
+from . import hierarchical, schedule  # noqa: E402,F401
+
+# The old paths of the machine and numerics modules have no file (so that git's rename
+# detection carries edits made to the old files on other branches to the moved ones): the
+# moved modules are registered here under their old names, and stubs (d1.pyi, mesh.pyi,
+# formats.pyi, _units.pyi) tell type checkers. ``import dojo_kernels.mesh`` imports this
+# package first, then finds the module in sys.modules; pickles that name
+# ``dojo_kernels.d1.D1Chip`` load the same way.
+import sys as _sys  # noqa: E402
+
+from .machine import _units, d1  # noqa: E402,F401
+from .numerics import formats  # noqa: E402,F401
+
+_sys.modules[__name__ + ".d1"] = d1
+_sys.modules[__name__ + ".mesh"] = mesh
+_sys.modules[__name__ + "._units"] = _units
+_sys.modules[__name__ + ".formats"] = formats
 
 
 def show_config() -> None:

@@ -88,8 +88,10 @@ OLD_TO_NEW = {
     "dojo_kernels._units": "dojo_kernels.machine._units",
     "dojo_kernels.formats": "dojo_kernels.numerics.formats",
 }
-#: the old flat paths that are shims (file name -> the module they alias); torch and train
-#: need torch
+#: the old paths of the machine and numerics modules: no file, the package registers the
+#: moved module under the old name (and a .pyi stub tells type checkers)
+ALIASES = ("dojo_kernels.d1", "dojo_kernels.mesh", "dojo_kernels._units", "dojo_kernels.formats")
+#: every old flat path (-> the module it is); torch and train need torch
 SHIMS = {**OLD_TO_NEW, "dojo_kernels.torch": "dojo_kernels.numerics.torch",
          "dojo_kernels.train": "dojo_kernels.report.train",
          "dojo_kernels._train_cli": "dojo_kernels.report._train_cli"}
@@ -295,12 +297,39 @@ def test_no_module_imports_through_an_old_path():
 
 @pytest.mark.parametrize("old", sorted(SHIMS))
 def test_every_shim_is_a_small_alias(old):
-    with open(os.path.join(ROOT, *old.split(".")) + ".py") as fh:
-        src = fh.read()
+    """A file shim is a few lines that alias the moved module; an old path of the machine and
+    numerics modules has no ``.py`` (so that git's rename detection carries edits made on
+    other branches to the old file over to the moved one) and a ``.pyi`` stub of the new."""
+    path = os.path.join(ROOT, *old.split("."))
     new = SHIMS[old]
     pkg, mod = new.rsplit(".", 1)
+    if old in ALIASES:
+        assert not os.path.exists(path + ".py")
+        with open(path + ".pyi") as fh:
+            assert f"from .{new[len('dojo_kernels.'):]} import *" in fh.read()
+        assert os.path.isfile(os.path.join(ROOT, *new.split(".")) + ".py")
+        return
+    with open(path + ".py") as fh:
+        src = fh.read()
     assert f"from .{pkg[len('dojo_kernels.'):]} import {mod} as _impl" in src
     assert "_sys.modules[__name__] = _impl" in src and len(src.splitlines()) < 15
+
+
+@pytest.mark.parametrize("old", ALIASES)
+def test_old_paths_import_first_in_a_fresh_interpreter(old):
+    """``import dojo_kernels.mesh`` (and the others without a file) as the very first import
+    of an interpreter, and ``from dojo_kernels.mesh import ...``: the package registers the
+    moved module before the import system looks for the old path."""
+    new = SHIMS[old]
+    name = {"dojo_kernels.d1": "D1Chip", "dojo_kernels.mesh": "Mesh2D",
+            "dojo_kernels._units": "CLI_UNITS", "dojo_kernels.formats": "Format"}[old]
+    code = (f"import sys, {old}; from {old} import {name}; import {new} as new; "
+            f"assert sys.modules['{old}'] is new and {name} is new.{name}; "
+            f"import importlib; assert importlib.import_module('{old}') is new; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=os.path.dirname(ROOT), check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["ok"]
 
 
 DATA = os.path.join(ROOT, "tests", "data")
