@@ -105,8 +105,8 @@ from .collectives.schedule import Schedule  # noqa: E402  (the exportable all-re
 from .collectives.hierarchical import (HierarchicalReport,  # noqa: E402
                                        allreduce_hierarchical, estimate_hierarchical)
 # the moved modules stay attributes of the package under their old names, as before the
-# layout change (``dk.schedule.MESSAGE_DTYPE``, ``dk.hierarchical.INNER_ALGORITHMS``,
-# ``dk.d1.D1Chip``, ``dk.formats.Format``): the shims put the moved module objects in
+# layout change (``dk.schedule.MESSAGE_DTYPE``, ``dk.hierarchical.INNER_ALGORITHMS``; for
+# ``dk.d1``, ``dk.formats`` see below): the shims put the moved module objects in
 # sys.modules under the old paths (``dojo_kernels.torch`` stays lazy: it imports torch)
 from . import hierarchical, schedule  # noqa: E402,F401
 
