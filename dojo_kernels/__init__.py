@@ -4,23 +4,26 @@ See README.md for a tour. Public names are a contract: other simulators import t
 
 Layout, by capability (docs/layout.md):
 
-- numerics: :mod:`dojo_kernels.formats` (the number formats), :mod:`dojo_kernels.numerics`
-  (conversion, arithmetic, quantization), :mod:`dojo_kernels.torch` (PyTorch integration);
-  compiled core ``_numerics``, ``_reduce``, ``_cpu`` (ISA dispatch, thread pool) and
-  ``_config`` (ISA and thread settings).
-- gemm: :mod:`dojo_kernels.gemm` (the SRAM-tiled GEMM and its D1 plan); compiled ``_gemm``.
-- machine: :mod:`dojo_kernels.d1` (``D1Node``, ``D1Chip``, ``TrainingTile``, ``D2Tile``,
-  ``DojoSystem``), :mod:`dojo_kernels.mesh` (``Mesh2D`` and the presets), ``_units`` (SI units
-  and the CLI's human units).
+- numerics: the subpackage :mod:`dojo_kernels.numerics` (conversion, arithmetic,
+  quantization: the package itself is that module), with :mod:`dojo_kernels.numerics.formats`
+  (the number formats; old path :mod:`dojo_kernels.formats`) and
+  :mod:`dojo_kernels.numerics.torch` (PyTorch integration; old path :mod:`dojo_kernels.torch`).
+- gemm: :mod:`dojo_kernels.gemm` (the SRAM-tiled GEMM and its D1 plan; one module).
+- machine: the subpackage :mod:`dojo_kernels.machine`: ``machine.d1`` (``D1Node``,
+  ``D1Chip``, ``TrainingTile``, ``D2Tile``, ``DojoSystem``; old path :mod:`dojo_kernels.d1`),
+  ``machine.mesh`` (``Mesh2D`` and the presets; old path :mod:`dojo_kernels.mesh`), internal
+  ``_units`` (SI units and the CLI's human units).
 - collectives: the subpackage :mod:`dojo_kernels.collectives` (all-reduce, hierarchical,
   schedule, mpi; internal ``_schedule``, ``_timing``, ``_faults``, ``_common``).
 - report: the subpackage :mod:`dojo_kernels.report` (the training-step report, ``train``);
   :mod:`dojo_kernels.cli` is the ``dojo-kernels`` command, ``_bench`` its ``bench``.
+- the core every capability uses (internal, at the top): the compiled ``_cpu`` (ISA dispatch,
+  thread pool), ``_numerics``, ``_reduce``, ``_gemm``, ``_plan``, and ``_config`` (ISA and
+  thread settings), ``_cformat`` (a format as the compiled modules take it).
 
-The flat modules of the numerics, gemm and machine capabilities stay at the top for now (they
-are being edited concurrently); the old flat paths of the moved modules
-(``dojo_kernels.hierarchical``, ``.schedule``, ``.mpi``, ``.train``, ``._schedule`` ...) still
-import the same module objects.
+The old flat paths of the moved modules (``dojo_kernels.d1``, ``.mesh``, ``.formats``,
+``.torch``, ``.hierarchical``, ``.schedule``, ``.mpi``, ``.train``, ``._units``,
+``._schedule`` ...) still import the same module objects.
 """
 from __future__ import annotations
 
@@ -87,24 +90,41 @@ from ._config import get_isa, get_num_threads, set_num_threads
 import atexit as _atexit
 
 _atexit.register(_cpu._pool_shutdown)  # join the pool's workers at interpreter exit
-from .formats import BF16, FP32, UHP, Format, cfloat8_143, cfloat8_152, shp
+from .numerics.formats import BF16, FP32, UHP, Format, cfloat8_143, cfloat8_152, shp
 
 # --- numerics (issue: foundation) -------------------------------------------------------
 from .numerics import (Flags, add, choose_bias, dequantize, fake_quantize, fma, mul, quantize,
                        sub)
 # --- GEMM and the D1 machine model --------------------------------------------------------
-from .d1 import D1Chip, D1Node, D2Tile, DojoSystem, TrainingTile
+from .machine import D1Chip, D1Node, D2Tile, DojoSystem, TrainingTile
 from .gemm import GemmPlan, gemm, plan_gemm
 # --- mesh all-reduce ---------------------------------------------------------------------
-from . import mesh  # noqa: E402  (dojo_kernels.mesh: Mesh2D and the D1 presets)
+from .machine import mesh  # noqa: E402  (dojo_kernels.mesh: Mesh2D and the D1 presets)
 from .collectives import AllreduceReport, allreduce, estimate_allreduce  # noqa: E402
 from .collectives.schedule import Schedule  # noqa: E402  (the exportable all-reduce schedule)
 from .collectives.hierarchical import (HierarchicalReport,  # noqa: E402
                                        allreduce_hierarchical, estimate_hierarchical)
 # the moved modules stay attributes of the package under their old names, as before the
-# layout change (``dk.schedule.MESSAGE_DTYPE``, ``dk.hierarchical.INNER_ALGORITHMS``): the
-# shims put the moved module objects in sys.modules under the old paths
+# layout change (``dk.schedule.MESSAGE_DTYPE``, ``dk.hierarchical.INNER_ALGORITHMS``; for
+# ``dk.d1``, ``dk.formats`` see below): the shims put the moved module objects in
+# sys.modules under the old paths (``dojo_kernels.torch`` stays lazy: it imports torch)
 from . import hierarchical, schedule  # noqa: E402,F401
+
+# The old paths of the machine and numerics modules have no file (so that git's rename
+# detection carries edits made to the old files on other branches to the moved ones): the
+# moved modules are registered here under their old names, and stubs (d1.pyi, mesh.pyi,
+# formats.pyi, _units.pyi) tell type checkers. ``import dojo_kernels.mesh`` imports this
+# package first, then finds the module in sys.modules; pickles that name
+# ``dojo_kernels.d1.D1Chip`` load the same way.
+import sys as _sys  # noqa: E402
+
+from .machine import _units, d1  # noqa: E402,F401
+from .numerics import formats  # noqa: E402,F401
+
+_sys.modules[__name__ + ".d1"] = d1
+_sys.modules[__name__ + ".mesh"] = mesh
+_sys.modules[__name__ + "._units"] = _units
+_sys.modules[__name__ + ".formats"] = formats
 
 
 def show_config() -> None:

@@ -21,10 +21,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import _config, _cpu, _gemm, mesh
+from . import _config, _cpu, _gemm
 from ._config import set_num_threads
 from .collectives import allreduce
-from .formats import BF16, cfloat8_143
+from .machine import mesh
+from .numerics.formats import BF16, cfloat8_143
 from .gemm import gemm
 from .numerics import add, dequantize, mul, quantize
 

@@ -1,10 +1,10 @@
-"""The C kernels' view of a :class:`~dojo_kernels.formats.Format` (an internal interface:
+"""The C kernels' view of a :class:`~dojo_kernels.numerics.formats.Format` (an internal interface:
 numerics and gemm pass it to the compiled modules)."""
 from __future__ import annotations
 
 from typing import Any, Tuple
 
-from .formats import Format
+from .numerics.formats import Format
 
 #: the subnormal policies as the C structs number them (include/dk_format.h)
 SUBNORMALS = {"tesla": 0, "ieee": 1, "flush": 2}

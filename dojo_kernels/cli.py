@@ -82,7 +82,7 @@ def _report(args: argparse.Namespace) -> int:
         set_num_threads(args.threads)
     formats = _csv(args.formats)
     algorithms = ALGORITHMS if args.algorithms == "all" else _csv(args.algorithms)
-    from ._units import from_cli
+    from .machine import from_cli
 
     # human units (labelled in --help) -> SI, in this one place
     def si(value: Optional[float], unit: str) -> Optional[float]:

@@ -71,8 +71,8 @@ import numpy as np
 
 from . import _config, _gemm
 from . import _plan as _plan_c
-from .d1 import D1Chip, D1Node, DojoSystem, TrainingTile
-from .formats import BF16, FP32, Format
+from .machine import D1Chip, D1Node, DojoSystem, TrainingTile
+from .numerics.formats import BF16, FP32, Format
 from ._cformat import ctuple as _numerics_ctuple
 from .numerics import dequantize, quantize
 
@@ -738,7 +738,7 @@ class GemmPlan:
         a default is a ValueError naming it."""
         from collections.abc import Mapping
 
-        from .d1 import machine_from_dict
+        from .machine import machine_from_dict
 
         if not isinstance(d, Mapping):
             raise TypeError(f"d: expected a mapping from GemmPlan.to_dict(), got "

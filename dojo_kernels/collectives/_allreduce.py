@@ -20,8 +20,8 @@ from ._common import (as_codes, check_algorithm, check_nbytes, check_topology,
                       from_dict_fields)
 from ._schedule import ALGORITHMS, COPY, Schedule, build
 from ._timing import BOUND_KEYS, lower_bounds, simulate, time_floor
-from ..formats import BF16, FP32, Format
-from ..mesh import Mesh2D, TopologyLike
+from ..numerics.formats import BF16, FP32, Format
+from ..machine.mesh import Mesh2D, TopologyLike
 from .schedule import Schedule as PublicSchedule
 
 

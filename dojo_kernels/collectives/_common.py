@@ -20,8 +20,8 @@ from typing import Any, Callable, Mapping, Tuple, TypeVar
 import numpy as np
 
 from ._schedule import ALGORITHMS
-from ..formats import BF16, FP32, Format
-from ..mesh import Mesh2D, as_topology
+from ..numerics.formats import BF16, FP32, Format
+from ..machine.mesh import Mesh2D, as_topology
 
 T = TypeVar("T")
 

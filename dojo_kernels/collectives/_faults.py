@@ -30,7 +30,7 @@ from ._schedule import (Schedule, _Builder, _forest_shape, _ham_path, _integer_w
                         _ring_into, _spanning_schedule, bfs_tree, build_2d, build_chain,
                         build_halving_doubling, pack_spanning_trees, skeleton_from_trees,
                         _tree_into, _chunks, Skeleton)
-from ..mesh import DamagedMesh2D
+from ..machine.mesh import DamagedMesh2D
 
 _CAP = 5000       # backtracking steps per Hamiltonian search start
 

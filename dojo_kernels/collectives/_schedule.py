@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from ..mesh import Mesh2D
+from ..machine.mesh import Mesh2D
 
 COPY, REDUCE = 0, 1
 MAX_CHUNKS = 256           # pipeline depth cap for the chunked algorithms

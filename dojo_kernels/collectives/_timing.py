@@ -15,7 +15,7 @@ from typing import Any, Dict, Tuple
 import numpy as np
 
 from ._schedule import Schedule
-from ..mesh import Mesh2D
+from ..machine.mesh import Mesh2D
 
 
 

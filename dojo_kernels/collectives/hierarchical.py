@@ -28,8 +28,8 @@ import numpy as np
 from ._common import (as_codes, check_algorithm, check_nbytes, check_topology,
                       from_dict_fields)
 from ._allreduce import AllreduceReport, allreduce, estimate_allreduce
-from ..formats import BF16, FP32, Format
-from ..mesh import LevelsLike, Mesh2D
+from ..numerics.formats import BF16, FP32, Format
+from ..machine.mesh import LevelsLike, Mesh2D
 
 INNER_ALGORITHMS = ("ring", "bidirectional_ring", "2d")
 
@@ -99,8 +99,8 @@ class HierarchicalReport:
 
 
 def _check_levels(levels: Any, algorithms: Any) -> Tuple[Tuple[Mesh2D, ...], Tuple[str, ...]]:
-    from ..d1 import D1Chip, DojoSystem, TrainingTile
-    from ..mesh import as_levels
+    from ..machine import D1Chip, DojoSystem, TrainingTile
+    from ..machine.mesh import as_levels
 
     if isinstance(levels, Mesh2D) or not (isinstance(levels, (list, tuple, D1Chip, TrainingTile,
                                                              DojoSystem)) and levels):

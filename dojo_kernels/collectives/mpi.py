@@ -40,9 +40,9 @@ import numpy as np
 from .. import _config
 from ._common import as_codes, check_algorithm
 from ._allreduce import schedule_for, unit_boundaries
-from ..formats import BF16, FP32, Format
-from ..d1 import D1Chip, DojoSystem, TrainingTile
-from ..mesh import Mesh2D, as_topology, chip_mesh
+from ..numerics.formats import BF16, FP32, Format
+from ..machine import D1Chip, DojoSystem, TrainingTile
+from ..machine.mesh import Mesh2D, as_topology, chip_mesh
 from ._schedule import COPY
 
 #: Default ``timeout`` of :func:`allreduce`, seconds. Long enough for ranks that reach the call

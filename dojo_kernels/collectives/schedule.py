@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..mesh import Mesh2D
+from ..machine.mesh import Mesh2D
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._schedule import Schedule as _Plan

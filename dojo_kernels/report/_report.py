@@ -40,12 +40,11 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, TextI
 
 import numpy as np
 
-from .. import _config, mesh
-from ..collectives._schedule import ALGORITHMS
-from ..collectives import allreduce, estimate_allreduce
-from ..d1 import D2Tile, DojoSystem, TrainingTile, machine_from_dict
+from .. import _config
+from ..collectives import ALGORITHMS, allreduce, estimate_allreduce
+from ..machine import D2Tile, DojoSystem, TrainingTile, machine_from_dict, mesh
 from ..collectives.hierarchical import INNER_ALGORITHMS, HierarchicalReport, estimate_hierarchical
-from ..formats import BF16, Format, cfloat8_143, cfloat8_152
+from ..numerics.formats import BF16, Format, cfloat8_143, cfloat8_152
 from ..gemm import ORDERS as GEMM_ORDERS
 from ..gemm import GemmPlan, feed_bandwidths, gemm, plan_gemm
 from ..numerics import choose_bias
@@ -151,8 +150,8 @@ class ReportConfig:
         if self.tile_link_bandwidth is not None:
             import warnings
 
-            from .. import _units
-            _units.check("tile_link_bandwidth", self.tile_link_bandwidth, "B/s")
+            from ..machine import check_unit
+            check_unit("tile_link_bandwidth", self.tile_link_bandwidth, "B/s")
             warnings.warn("ReportConfig.tile_link_bandwidth is deprecated: it duplicates "
                           "machine.offtile_bw_per_edge; set that instead",
                           DeprecationWarning, stacklevel=3)

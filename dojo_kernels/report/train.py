@@ -39,13 +39,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import mesh
 from .._config import get_num_threads, set_num_threads
 from ..collectives import estimate_allreduce
-from ..d1 import D1Chip
-from ..formats import BF16, Format, cfloat8_143, cfloat8_152
+from ..machine import D1Chip, mesh
+from ..numerics.formats import BF16, Format, cfloat8_143, cfloat8_152
 from ..gemm import plan_gemm
-from ..torch import RECIPES, Recipe, SROptimizer, convert
+from ..numerics.torch import RECIPES, Recipe, SROptimizer, convert
 from ._data import check_dict, same, tensor_from_dict, tensor_to_dict
 
 __all__ = ["TrainConfig", "TrainResult", "RowRNN", "RecipeRun", "StepCost", "run_training",

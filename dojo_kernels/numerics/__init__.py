@@ -30,8 +30,8 @@ from typing import Any, Literal, Optional, Tuple, Union, overload
 
 import numpy as np
 
-from . import _config, _numerics
-from ._cformat import ctuple as _ctuple
+from .. import _config, _numerics
+from .._cformat import ctuple as _ctuple
 from .formats import FAMILIES, Format
 
 __all__ = ["Flags", "quantize", "dequantize", "fake_quantize", "add", "sub", "mul", "fma",
