@@ -212,7 +212,7 @@ def test_package_attributes_of_before_the_move_in_a_fresh_interpreter():
 # --- capabilities: which group a module belongs to (docs/layout.md) ----------------------
 #: top-level modules that are not a subpackage: the compiled core and its Python helpers
 #: (every capability may use them), the gemm module, the command line (report capability)
-TOP = {"_config": "core", "_cformat": "core", "_cpu": "core", "_numerics": "core",
+TOP = {"_config": "core", "_cformat": "core", "_fromdict": "core", "_cpu": "core", "_numerics": "core",
        "_reduce": "core", "_gemm": "core", "_plan": "core", "gemm": "gemm", "cli": "report",
        "_bench": "report", "__main__": "report"}
 SUBPACKAGES = ("numerics", "machine", "collectives", "report")

@@ -15,15 +15,15 @@ import these functions from here, never each other's private names.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Tuple, TypeVar
+from typing import Any, Tuple
 
 import numpy as np
 
+from .._fromdict import check_dict
 from ._schedule import ALGORITHMS
 from ..numerics.formats import BF16, FP32, Format
 from ..machine.mesh import Mesh2D, as_topology
 
-T = TypeVar("T")
 
 __all__ = ["ALGORITHMS", "check_topology", "check_nbytes", "check_algorithm", "as_codes",
            "from_dict_fields"]
@@ -81,18 +81,4 @@ def as_codes(buffers: Any, fmt: Format, accumulate: str, name: str = "buffers"
     return arr, (4 if (fmt == BF16 and accumulate == "fp32") else arr.itemsize)
 
 
-def from_dict_fields(kind: str, d: Any, build: Callable[[Mapping[str, Any]], T]) -> T:
-    """``build(d)`` for the ``from_dict`` of report class ``kind`` (e.g.
-    ``"AllreduceReport"``): ``d`` must be a mapping (TypeError) whose ``"kind"``, if present,
-    is ``kind`` (ValueError); a key missing in ``d`` while building is a ValueError naming it
-    and the ``to_dict`` it should come from."""
-    if not isinstance(d, Mapping):
-        raise TypeError(f"d: expected a mapping from {kind}.to_dict(), got "
-                        f"{type(d).__name__}")
-    if d.get("kind", kind) != kind:
-        raise ValueError(f"d: expected kind {kind!r}, got {d.get('kind')!r}")
-    try:
-        return build(d)
-    except KeyError as exc:
-        raise ValueError(f"d: missing key {exc.args[0]!r} (expected the output of "
-                         f"{kind}.to_dict())") from None
+from_dict_fields = check_dict  # the core validation (dojo_kernels/_fromdict.py)

@@ -16,11 +16,12 @@ from __future__ import annotations
 import base64
 import dataclasses
 import math
-from typing import Any, Callable, Dict, Mapping, TypeVar
+from typing import Any, Dict, Mapping
+
+from .._fromdict import check_dict
 
 import numpy as np
 
-T = TypeVar("T")
 
 __all__ = ["same", "check_dict", "tensor_to_dict", "tensor_from_dict"]
 
@@ -86,20 +87,6 @@ def same(a: Any, b: Any) -> bool:
         return False
 
 
-def check_dict(kind: str, d: Any, build: Callable[[Mapping[str, Any]], T]) -> T:
-    """``build(d)`` for the ``from_dict`` of result class ``kind`` (e.g. ``"Report"``): ``d``
-    must be a mapping (TypeError) whose ``"kind"``, if present, is ``kind`` (ValueError); a
-    key missing in ``d`` while building is a ValueError naming it and the ``to_dict`` it
-    should come from."""
-    if not isinstance(d, Mapping):
-        raise TypeError(f"d: expected a mapping from {kind}.to_dict(), got {type(d).__name__}")
-    if d.get("kind", kind) != kind:
-        raise ValueError(f"d: expected kind {kind!r}, got {d.get('kind')!r}")
-    try:
-        return build(d)
-    except KeyError as exc:
-        raise ValueError(f"d: missing key {exc.args[0]!r} (expected the output of "
-                         f"{kind}.to_dict())") from None
 
 
 def tensor_to_dict(t: Any) -> Dict[str, Any]:
