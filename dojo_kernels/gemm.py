@@ -332,7 +332,12 @@ def _scale_exps(ra: _Range, rb: _Range, a_is_bf16: bool, b_is_bf16: bool,
         got = split(S)
         if got is not None:
             return got
-        sa = (S + (rb.hi if not rb.empty else 0) - (ra.hi if not ra.empty else 0)) // 2
+        # No split keeps both operands' values normal (here S - lo_b < lo_a). An operand
+        # value scaled below 2**-126 is read as zero; A's lost products are below
+        # 2**(hB + 1 - 126 - sa), B's below 2**(hA + 1 - 126 - sb). Minimise the larger:
+        # balance the two, but go no further than where one operand loses nothing.
+        sa = (S + rb.hi - ra.hi) // 2
+        sa = min(max(sa, S - lo_b), lo_a)
         if not a_is_bf16:
             sa = min(max(sa, lo_a), hi_a)  # a CFloat8 table must stay exact
         elif not b_is_bf16:

@@ -137,6 +137,30 @@ def no_flush_expected(A, fa, B, fb, k):
     return la <= ha and lb <= hb and s_lo <= s_hi
 
 
+def lost_product_level(ra, fa, rb, fb, k):
+    """docs/gemm.md, products spanning more than FP32 holds: the shift S of the product
+    (scale down only as far as the products need when FP32 could hold them, not at all when
+    it could not; 2**-S a float32) is split as sa + sb over the operands, a scaled operand
+    value below 2**-126 is read as zero, and the split minimises the largest product so
+    lost. Found here by trying every split (a CFloat8 operand's whole table must stay normal
+    BF16, no operand's largest value may overflow); returns that level (0: nothing lost)."""
+    (loA, hA, _), (loB, hB, _) = ra, rb
+    s_hi = 127 - (hA + hB + 2) - max(k, 1).bit_length()
+    S = max(min(max(s_hi, 0), (127 - hA) + (127 - hB), 149), -127)
+    best = math.inf
+    for sa in range(-600, 601):
+        sb = S - sa
+        if hA + sa > 127 or hB + sb > 127:
+            continue
+        if (fa.name != "bf16" and loA + sa < -126) or (fb.name != "bf16" and loB + sb < -126):
+            continue
+        lost_a = 2.0 ** (hB + 1 - 126 - sa) if loA + sa < -126 else 0.0
+        lost_b = 2.0 ** (hA + 1 - 126 - sb) if loB + sb < -126 else 0.0
+        best = min(best, max(lost_a, lost_b))
+    assert best < math.inf
+    return best
+
+
 def check_bound(c, a_codes, b_codes, fa, fb):
     """|C - exact| <= gamma(K) |A||B| (+ the flush terms where the SPEC allows them)."""
     A, B = decode(a_codes, fa), decode(b_codes, fb)
@@ -147,13 +171,17 @@ def check_bound(c, a_codes, b_codes, fa, fb):
     if not no_flush_expected(A, fa, B, fb, k):
         # docs/gemm.md: the products span more than FP32 holds; nothing overflows that an
         # FP32 product would not, and a step may lose less than 2**(hiA + hiB + 2 +
-        # bitlen(K) - 253) in the result; a BF16 operand spanning more than 253 binades
-        # loses its values below 2**(hi - 253)
+        # bitlen(K) - 253) in the result; operand values read as zero lose only products
+        # below the smallest level any split of the shift can reach
         ra, rb = operand_range(A, fa), operand_range(B, fb)
         thr = 2.0 ** (ra[1] + rb[1] + 2 + max(k, 1).bit_length() - 253)
         bound = bound + 2 * ((k + 1) // 2) * thr
-        bound = bound + (np.abs(A) * (np.abs(A) < 2.0 ** (ra[1] - 252))) @ np.abs(B)
-        bound = bound + np.abs(A) @ (np.abs(B) * (np.abs(B) < 2.0 ** (rb[1] - 252)))
+        level = lost_product_level(ra, fa, rb, fb, k)
+        if level > 0:
+            aA, aB = np.abs(A), np.abs(B)
+            for i in range(aA.shape[0]):
+                prod = aA[i][:, None] * aB
+                bound[i] += np.where(prod < level, prod, 0.0).sum(axis=0)
     # a final result below FP32's normal range is rounded once more by the last multiply
     bound = bound + 2.0 ** -150
     err = np.abs(c.astype(np.float64) - exact)
@@ -485,6 +513,23 @@ def test_bound_shapes_layouts_formats(m, n, k, fa, fb, la, lb, wa, wb, seed, tie
     with _config.use_isa(tier):
         c2 = dk.gemm(a, b, a_format=fa, b_format=fb, order="vdpbf16ps")
     assert np.array_equal(c.view(np.uint32), c2.view(np.uint32))
+
+
+def test_scaling_split_minimises_the_lost_products():
+    """Operands that no split keeps normal together (A spans binades -125..73, B -133..50,
+    S = 0): the split must lose only products below the best level any split reaches
+    (A's values below 2**-119 here), not A's 2**-118 (a product of 2**-68 in a sum of
+    about 2**-60, far above gamma(3) of it)."""
+    a = np.array([[2.0 ** 73, 2.0 ** -125, 2.0 ** -118]], np.float32)
+    b = np.array([[2.0 ** -133], [1.0], [2.0 ** 50]], np.float32)
+    ac = (a.view(np.uint32) >> 16).astype(np.uint16)
+    bc = (b.view(np.uint32) >> 16).astype(np.uint16)
+    assert not no_flush_expected(decode(ac, BF16), BF16, decode(bc, BF16), BF16, 3)
+    for tier in TIERS:
+        for order in ("amx", "vdpbf16ps"):
+            with _config.use_isa(tier):
+                c = dk.gemm(ac, bc, order=order)
+            check_bound(c, ac, bc, BF16, BF16)
 
 
 CF8_FORMATS = st.sampled_from([cfloat8_143(7), cfloat8_143(0), cfloat8_143(63),
