@@ -724,11 +724,12 @@ int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
     if (few_rows(isa, order, m, b->cs)) {
         smallm_args S = {a, b, m, n, k, ldo, bso, (n + DK_GEMM_SMALLM_COLS - 1) / DK_GEMM_SMALLM_COLS,
                          scale, out, NULL};
-        int nthr = (double)m * (double)n * (double)k * (double)batch < DK_GEMM_PAR_MIN ? 1 : threads;
+        const double work = (double)m * (double)n * (double)k * (double)batch;
+        int nthr = work < DK_GEMM_PAR_MIN ? 1 : dk_pool_advise(threads, smallm_item, work);
         int fail = 0;
         S.range = ranges_new(brange != NULL, b, nthr, &fail);
         if (fail) return DK_ENOMEM;
-        dk_pool_run(nthr, batch * S.ncolblk, smallm_item, &S);
+        dk_pool_run_as(nthr, batch * S.ncolblk, smallm_item, &S, work);
         ranges_done(S.range, nthr, brange);  /* A (at most 8 rows) is the caller's to scan */
         return DK_OK;
     }
@@ -742,8 +743,10 @@ int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
     if (nsl_cap < DK_GEMM_CHUNK) nsl_cap = DK_GEMM_CHUNK;
     if (nc > nsl_cap * t.nr) nc = nsl_cap * t.nr;
 
-    /* Small steps run on the calling thread: waking a worker costs more than it saves. */
-    int nthr = (double)m * (double)(n < nc ? n : nc) * (double)k < DK_GEMM_PAR_MIN ? 1 : threads;
+    /* Small steps run on the calling thread: waking a worker costs more than it saves; and
+     * so do the calls the contention guard keeps there (cut for one thread, too). */
+    const double work = (double)m * (double)(n < nc ? n : nc) * (double)k;
+    int nthr = work < DK_GEMM_PAR_MIN ? 1 : dk_pool_advise(threads, gemm_item, work);
 
     /* Rows per A block: an even share per thread when m is large, so no thread idles. */
     int64_t nb_m = 1, mc;
@@ -816,7 +819,7 @@ int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
             gemm_step S = {&t, &va, &vb, cb, m, n, k, ldo, jc, nsl, nchunks, ngroups, kpairs, kcp,
                            mc, pairA, pairB, stream, scale, arng, brng, bbuf, bstate, abuf, bpriv,
                            abytes, bpriv_bytes};
-            dk_pool_run(nthr, nb_m * ngroups, gemm_item, &S);
+            dk_pool_run_as(nthr, nb_m * ngroups, gemm_item, &S, work);
         }
     }
     buf_give(bbuf, bcap);

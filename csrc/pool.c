@@ -20,6 +20,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <time.h>
 
 static pthread_mutex_t busy = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
@@ -43,7 +44,98 @@ static int job_running;          /* workers inside the call */
 static atomic_llong next_item;
 
 static atomic_llong parallel_calls;
-static dk_pool_run_fn forward;
+typedef int (*run_fn)(int nthreads, int64_t nitems, dk_pool_fn fn, void *arg, double work);
+typedef int (*advise_fn)(int nthreads, dk_pool_fn fn, double work);
+typedef struct { run_fn run; advise_fn advise; } pool_api;
+static const pool_api *forward;
+
+/* ---- the contention guard ------------------------------------------------------------
+ * A parallel call is worth it only when the time its threads spent inside items, added
+ * up (about what the caller alone would have taken), exceeds the call's wall time by a
+ * margin: on an idle machine a large call gives about nthreads, but with a busy process
+ * beside us, or a call too small to repay waking a worker (on a VM an idle vCPU can take
+ * a hundred microseconds to wake), the worker joins late or not at all, or is descheduled
+ * inside an item while the caller waits for it. So every parallel call measures
+ * S = (the threads' time inside items) / (the call's wall time); when
+ * S < DK_GUARD_MIN_GAIN the next calls of the same kind (same item function,
+ * same binade of the item count) run on the calling thread for a back-off period that
+ * doubles while the probes at its end stay bad (DK_GUARD_START_NS .. DK_GUARD_MAX_NS) and
+ * resets after a good one. Results never change: only how many threads run the items. */
+#define DK_GUARD_MIN_GAIN 1.15
+#define DK_GUARD_START_NS ((int64_t)4000000)      /* 4 ms */
+#define DK_GUARD_MAX_NS ((int64_t)256000000)      /* 256 ms */
+#define DK_GUARD_SLOTS 64
+
+typedef struct {
+    dk_pool_fn fn;        /* the kind: item function and binade of the work (under guard_m) */
+    int lg;
+    atomic_llong until;   /* monotonic ns: calls before this run serially */
+    atomic_llong backoff; /* the last back-off period, 0 after a good call */
+} guard_t;
+static guard_t guards[DK_GUARD_SLOTS];
+static pthread_mutex_t guard_m = PTHREAD_MUTEX_INITIALIZER;
+static atomic_int guard_on = 1;
+static atomic_llong guarded_calls;
+static int64_t job_busy_ns;     /* the workers' time inside items, current call (under m) */
+
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* The state of a kind: an exact (fn, binade) entry, found by linear probing from a hash;
+ * a new kind takes a free entry (with all 64 taken, kinds share the home entry). */
+static guard_t *guard_for(dk_pool_fn fn, double work)
+{
+    unsigned long long w = work >= 1.0 ? (work < 9.2e18 ? (unsigned long long)work : 1ull << 63) : 1;
+    int lg = 63 - __builtin_clzll(w);
+    uint64_t h = ((uint64_t)(uintptr_t)fn >> 4) * 0x9E3779B97F4A7C15ull;
+    h ^= (uint64_t)(lg + 1) * 0xBF58476D1CE4E5B9ull;
+    h ^= h >> 31;
+    unsigned home = (unsigned)(h % DK_GUARD_SLOTS);
+    guard_t *found = &guards[home];
+    pthread_mutex_lock(&guard_m);
+    for (unsigned i = 0; i < DK_GUARD_SLOTS; i++) {
+        guard_t *g = &guards[(home + i) % DK_GUARD_SLOTS];
+        if (g->fn == fn && g->lg == lg) { found = g; break; }
+        if (!g->fn) {
+            g->fn = fn;
+            g->lg = lg;
+            found = g;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&guard_m);
+    return found;
+}
+
+static void guard_reset(void)
+{
+    pthread_mutex_lock(&guard_m);
+    for (int i = 0; i < DK_GUARD_SLOTS; i++) {
+        guards[i].fn = NULL;
+        guards[i].lg = 0;
+        atomic_store_explicit(&guards[i].until, 0, memory_order_relaxed);
+        atomic_store_explicit(&guards[i].backoff, 0, memory_order_relaxed);
+    }
+    pthread_mutex_unlock(&guard_m);
+}
+
+/* After a parallel call: S = busy / wall. Bad -> back off (doubling); good -> reset. */
+static void guard_update(guard_t *g, int64_t busy, int64_t wall, int64_t now)
+{
+    if (wall <= 0) return;
+    if ((double)busy >= DK_GUARD_MIN_GAIN * (double)wall) {
+        atomic_store_explicit(&g->backoff, 0, memory_order_relaxed);
+        return;
+    }
+    int64_t b = atomic_load_explicit(&g->backoff, memory_order_relaxed);
+    b = b ? (2 * b < DK_GUARD_MAX_NS ? 2 * b : DK_GUARD_MAX_NS) : DK_GUARD_START_NS;
+    atomic_store_explicit(&g->backoff, b, memory_order_relaxed);
+    atomic_store_explicit(&g->until, now + b, memory_order_relaxed);
+}
 
 static void run_items(dk_pool_fn fn, void *arg, int64_t n, int slot)
 {
@@ -69,8 +161,11 @@ static void *worker_main(void *p)
         void *arg = job_arg;
         int64_t n = job_n;
         pthread_mutex_unlock(&m);
+        int64_t w0 = mono_ns();
         run_items(fn, arg, n, slot);
+        int64_t w1 = mono_ns();
         pthread_mutex_lock(&m);
+        job_busy_ns += w1 - w0;
         if (--job_running == 0 && !job_open) pthread_cond_signal(&done_cv);
     }
     pthread_mutex_unlock(&m);
@@ -84,9 +179,11 @@ static void atfork_prepare(void)
 {
     pthread_mutex_lock(&busy);
     pthread_mutex_lock(&m);
+    pthread_mutex_lock(&guard_m);
 }
 static void atfork_parent(void)
 {
+    pthread_mutex_unlock(&guard_m);
     pthread_mutex_unlock(&m);
     pthread_mutex_unlock(&busy);
 }
@@ -98,6 +195,8 @@ static void atfork_child(void)
     job_running = 0;
     pthread_cond_init(&work_cv, NULL);
     pthread_cond_init(&done_cv, NULL);
+    pthread_mutex_unlock(&guard_m);
+    guard_reset();      /* another process: the parent's load is not the child's */
     pthread_mutex_unlock(&m);
     pthread_mutex_unlock(&busy);
 }
@@ -131,11 +230,32 @@ static int run_serial(int64_t nitems, dk_pool_fn fn, void *arg)
     return 1;
 }
 
-static int pool_run(int nthreads, int64_t nitems, dk_pool_fn fn, void *arg)
+static int pool_advise(int nthreads, dk_pool_fn fn, double work)
+{
+    if (nthreads <= 1 || !atomic_load_explicit(&guard_on, memory_order_relaxed)) return nthreads;
+    guard_t *g = guard_for(fn, work);
+    if (mono_ns() < atomic_load_explicit(&g->until, memory_order_relaxed)) {
+        atomic_fetch_add_explicit(&guarded_calls, 1, memory_order_relaxed);
+        return 1;
+    }
+    return nthreads;
+}
+
+static int pool_run(int nthreads, int64_t nitems, dk_pool_fn fn, void *arg, double work)
 {
     if (nitems <= 0) return 0;
     if (nthreads <= 1 || nitems == 1) return run_serial(nitems, fn, arg);
     pthread_once(&atfork_once, register_atfork);
+    guard_t *g = NULL;
+    int64_t t0 = 0;
+    if (atomic_load_explicit(&guard_on, memory_order_relaxed)) {
+        g = guard_for(fn, work);
+        t0 = mono_ns();
+        if (t0 < atomic_load_explicit(&g->until, memory_order_relaxed)) {
+            atomic_fetch_add_explicit(&guarded_calls, 1, memory_order_relaxed);
+            return run_serial(nitems, fn, arg);
+        }
+    }
     if (pthread_mutex_trylock(&busy) != 0) return run_serial(nitems, fn, arg);
 
     pthread_mutex_lock(&m);
@@ -152,6 +272,7 @@ static int pool_run(int nthreads, int64_t nitems, dk_pool_fn fn, void *arg)
     job_want = have < want64 ? have : (int)want64;
     job_joined = 0;
     job_running = 0;
+    job_busy_ns = 0;
     job_open = 1;
     atomic_store_explicit(&next_item, 0, memory_order_relaxed);
     gen++;
@@ -159,26 +280,49 @@ static int pool_run(int nthreads, int64_t nitems, dk_pool_fn fn, void *arg)
     pthread_mutex_unlock(&m);
     atomic_fetch_add_explicit(&parallel_calls, 1, memory_order_relaxed);
 
+    int64_t c0 = g ? mono_ns() : 0;
     run_items(fn, arg, nitems, 0);
+    int64_t c1 = g ? mono_ns() : 0;
 
     pthread_mutex_lock(&m);
     job_open = 0; /* late wakers stay out */
     while (job_running > 0) pthread_cond_wait(&done_cv, &m);
     int used = 1 + job_joined;
+    int64_t wbusy = job_busy_ns;
     pthread_mutex_unlock(&m);
     pthread_mutex_unlock(&busy);
+    if (g) {
+        int64_t t1 = mono_ns();
+        guard_update(g, (c1 - c0) + wbusy, t1 - t0, t1);
+    }
     return used;
+}
+
+static const pool_api this_pool = {pool_run, pool_advise};
+
+int dk_pool_run_as(int nthreads, int64_t nitems, dk_pool_fn fn, void *arg, double work)
+{
+    if (forward) return forward->run(nthreads, nitems, fn, arg, work);
+    return pool_run(nthreads, nitems, fn, arg, work);
 }
 
 int dk_pool_run(int nthreads, int64_t nitems, dk_pool_fn fn, void *arg)
 {
-    if (forward) return forward(nthreads, nitems, fn, arg);
-    return pool_run(nthreads, nitems, fn, arg);
+    return dk_pool_run_as(nthreads, nitems, fn, arg, (double)nitems);
 }
 
-dk_pool_run_fn dk_pool_entry(void) { return pool_run; }
+int dk_pool_advise(int nthreads, dk_pool_fn fn, double work)
+{
+    if (forward) return forward->advise(nthreads, fn, work);
+    return pool_advise(nthreads, fn, work);
+}
 
-void dk_pool_forward_to(dk_pool_run_fn f) { forward = f == pool_run ? NULL : f; }
+const void *dk_pool_entry(void) { return &this_pool; }
+
+void dk_pool_forward_to(const void *entry)
+{
+    forward = entry == (const void *)&this_pool ? NULL : (const pool_api *)entry;
+}
 
 void dk_pool_shutdown(void)
 {
@@ -200,6 +344,34 @@ void dk_pool_shutdown(void)
 }
 
 int64_t dk_pool_parallel_calls(void) { return (int64_t)atomic_load(&parallel_calls); }
+
+/* Tests of the guard: items that sleep the given microseconds (deterministic S). */
+typedef struct { const int64_t *us; } sleep_args;
+static void sleep_item(void *arg, int64_t i, int slot)
+{
+    (void)slot;
+    int64_t us = ((const sleep_args *)arg)->us[i];
+    struct timespec ts = {(time_t)(us / 1000000), (long)(us % 1000000) * 1000};
+    while (nanosleep(&ts, &ts) != 0) {}
+}
+
+int dk_pool_sleep_items(int nthreads, int64_t nitems, const int64_t *us)
+{
+    sleep_args a = {us};
+    return dk_pool_run(nthreads, nitems, sleep_item, &a);
+}
+
+int64_t dk_pool_guarded_calls(void) { return (int64_t)atomic_load(&guarded_calls); }
+
+int dk_pool_guard(int on)
+{
+    int was = atomic_load(&guard_on);
+    if (on >= 0) {
+        atomic_store(&guard_on, on ? 1 : 0);
+        guard_reset();   /* a fresh start either way */
+    }
+    return was;
+}
 
 int dk_pool_workers(void)
 {

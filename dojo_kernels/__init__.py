@@ -85,7 +85,7 @@ try:
 except ImportError as exc:
     raise _missing_compiled(exc) from exc
 
-from ._config import get_isa, get_num_threads, set_num_threads
+from ._config import get_isa, get_num_threads, get_thread_guard, set_num_threads, set_thread_guard
 
 import atexit as _atexit
 
@@ -137,6 +137,8 @@ def show_config() -> None:
     print(f"  cpu features  : {' '.join(_cpu.features()) or 'none'}")
     print(f"  threads       : {get_num_threads()} (default from {_config._threads_source}; "
           f"DOJO_KERNELS_NUM_THREADS, set_num_threads, threadpoolctl)")
+    print(f"  thread guard  : {'on' if get_thread_guard() else 'off'} (set_thread_guard, "
+          f"DOJO_KERNELS_THREAD_GUARD; docs/threads.md)")
     from .gemm import kernel_names
 
     for order, name in kernel_names().items():
@@ -150,6 +152,7 @@ def show_config() -> None:
 __all__ = [
     "BF16", "FP32", "UHP", "Format", "cfloat8_143", "cfloat8_152", "shp",
     "get_isa", "get_num_threads", "set_num_threads", "show_config",
+    "get_thread_guard", "set_thread_guard",
     "Flags", "quantize", "dequantize", "fake_quantize", "add", "sub", "mul", "fma", "choose_bias",
     # GEMM and the D1 machine model
     "D1Node", "D1Chip", "TrainingTile", "D2Tile", "DojoSystem", "GemmPlan", "gemm", "plan_gemm",

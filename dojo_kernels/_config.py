@@ -107,6 +107,42 @@ def _default_threads() -> Tuple[int, str]:
 _isa: int = _detect_isa()
 _threads, _threads_source = _default_threads()
 
+_GUARD_VALUES = {"1": True, "on": True, "true": True, "yes": True,
+                 "0": False, "off": False, "false": False, "no": False}
+
+
+def _guard_from_env() -> bool:
+    """``DOJO_KERNELS_THREAD_GUARD`` (unset: on)."""
+    env = os.environ.get("DOJO_KERNELS_THREAD_GUARD", "").strip().lower()
+    if not env:
+        return True
+    if env not in _GUARD_VALUES:
+        raise ValueError(f"DOJO_KERNELS_THREAD_GUARD={env!r}: expected one of "
+                         f"{', '.join(sorted(_GUARD_VALUES))}")
+    return _GUARD_VALUES[env]
+
+
+_cpu._pool_guard(1 if _guard_from_env() else 0)
+
+
+def get_thread_guard() -> bool:
+    """Whether the contention guard is on (docs/threads.md, "The contention guard")."""
+    return _cpu._pool_guard(-1)
+
+
+def set_thread_guard(on: bool) -> None:
+    """Turn the contention guard on or off (either way its state starts afresh).
+
+    On (the default), a parallel call whose threads gained too little over its wall time (a
+    busy process beside us, or a call too small to repay waking a worker) makes the next
+    calls of its kind run on the calling thread for a few milliseconds, then tries again.
+    Off, every call at or above the size thresholds uses all the threads (e.g. to measure
+    raw parallel speed). Results are bit-identical either way.
+    """
+    if not isinstance(on, bool):
+        raise TypeError(f"on: expected a bool, got {type(on).__name__}")
+    _cpu._pool_guard(1 if on else 0)
+
 
 def isa() -> int:
     """The tier index the kernels use (0 generic, 1 avx2, 2 avx512bf16, 3 amx)."""

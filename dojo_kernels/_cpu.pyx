@@ -1,4 +1,5 @@
 # Thin glue: run-time CPU detection (csrc/cpu.c).
+import numpy as np
 cdef extern from "dk_cpu.h":
     unsigned dk_cpu_features() nogil
     int dk_cpu_best_isa() nogil
@@ -44,11 +45,13 @@ from cpython.pycapsule cimport PyCapsule_New
 from libc.stdint cimport int64_t
 
 cdef extern from "dk_pool.h":
-    ctypedef int (*dk_pool_run_fn)(int, int64_t, void *, void *)
-    dk_pool_run_fn dk_pool_entry()
+    const void *dk_pool_entry()
     void dk_pool_shutdown() nogil
     int64_t dk_pool_parallel_calls()
     int dk_pool_workers()
+    int64_t dk_pool_guarded_calls()
+    int dk_pool_guard(int on)
+    int dk_pool_sleep_items(int nthreads, int64_t nitems, const int64_t *us) nogil
 
 
 def _pool_capsule():
@@ -60,6 +63,33 @@ def _pool_shutdown():
     """Stop and join the pool's worker threads (a later parallel call starts new ones)."""
     with nogil:
         dk_pool_shutdown()
+
+
+def _pool_guard(int on=-1):
+    """The contention guard (docs/threads.md): on=1 turns it on, 0 off (both clear its
+    state), -1 only asks. Returns the previous setting (True/False)."""
+    return bool(dk_pool_guard(on))
+
+
+def _pool_sleep_items(int nthreads, us):
+    """Tests of the guard: a parallel call whose item i sleeps us[i] microseconds (the
+    threads' time inside items is then known whatever the machine's load). Returns the
+    number of threads that took part."""
+    cdef int64_t[::1] v = np.ascontiguousarray(us, dtype=np.int64)
+    cdef int64_t n = v.shape[0]
+    cdef int used
+    if n == 0:
+        return 0
+    if np.any(np.asarray(v) < 0):
+        raise ValueError("us: expected non-negative microseconds")
+    with nogil:
+        used = dk_pool_sleep_items(nthreads, n, &v[0])
+    return used
+
+
+def _pool_guarded():
+    """Calls the contention guard ran on the calling thread so far."""
+    return dk_pool_guarded_calls()
 
 
 def _pool_stats():

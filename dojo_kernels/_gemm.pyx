@@ -380,10 +380,9 @@ from cpython.pycapsule cimport PyCapsule_GetPointer
 from dojo_kernels import _cpu as _cpu_mod
 
 cdef extern from "dk_pool.h":
-    ctypedef int (*dk_pool_run_fn)(int, int64_t, void *, void *)
-    void dk_pool_forward_to(dk_pool_run_fn f)
+    void dk_pool_forward_to(const void *entry)
 
-dk_pool_forward_to(<dk_pool_run_fn>PyCapsule_GetPointer(_cpu_mod._pool_capsule(), b"dojo_kernels.pool"))
+dk_pool_forward_to(PyCapsule_GetPointer(_cpu_mod._pool_capsule(), b"dojo_kernels.pool"))
 
 
 def release_cache():

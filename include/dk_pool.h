@@ -7,6 +7,10 @@
  * takes fewer. `slot` is in [0, nthreads): the caller is slot 0, each helping worker has
  * its own slot for the duration of the call, so fn may index per-thread scratch by it.
  *
+ * A call whose threads gained too little over its wall time (a busy process beside us, or a
+ * call too small to repay waking a worker) makes the next calls of its kind run on the
+ * caller for a while (the contention guard below).
+ *
  * Waiting: idle workers block on a condition variable; the caller, once no item is left
  * to claim, blocks until the workers that are still inside an item have left it. A
  * worker that wakes up after the last item was claimed does not join, so a descheduled
@@ -29,15 +33,26 @@
 #include <stdint.h>
 
 typedef void (*dk_pool_fn)(void *arg, int64_t item, int slot);
-typedef int (*dk_pool_run_fn)(int nthreads, int64_t nitems, dk_pool_fn fn, void *arg);
 
 /* Run fn on items [0, nitems) with up to nthreads threads (the caller included). Returns
  * the number of threads that took part (>= 1), or 0 when nitems <= 0. */
 int dk_pool_run(int nthreads, int64_t nitems, dk_pool_fn fn, void *arg);
 
-/* The process-wide pool: this copy's dk_pool_run implementation, and forwarding to it. */
-dk_pool_run_fn dk_pool_entry(void);
-void dk_pool_forward_to(dk_pool_run_fn f);
+/* The same, for a call whose size the caller measures as `work` (e.g. multiply-adds): the
+ * contention guard keeps its state per kind of call, the item function and the binade of
+ * `work` (dk_pool_run uses nitems). */
+int dk_pool_run_as(int nthreads, int64_t nitems, dk_pool_fn fn, void *arg, double work);
+
+/* The thread count the contention guard allows now for a call of kind (fn, work):
+ * nthreads, or 1 while the guard runs that kind on the calling thread (then the call is
+ * counted as guarded). A driver that cuts its work by the thread count asks first, so that
+ * a call the guard keeps on one thread is also cut for one thread. */
+int dk_pool_advise(int nthreads, dk_pool_fn fn, double work);
+
+/* The process-wide pool: this copy's entry points (an opaque table), and forwarding to
+ * another copy's. */
+const void *dk_pool_entry(void);
+void dk_pool_forward_to(const void *entry);
 
 /* Stop and join the workers (interpreter exit). Later calls run on the caller only. */
 void dk_pool_shutdown(void);
@@ -46,5 +61,19 @@ void dk_pool_shutdown(void);
  * number of worker threads alive. */
 int64_t dk_pool_parallel_calls(void);
 int dk_pool_workers(void);
+
+/* The contention guard (docs/threads.md): every parallel call measures the time its
+ * threads spent inside items (about what the caller alone would take) against its wall
+ * time; when that gains less than 1.15x, the next calls of the same
+ * kind (item function, binade of the item count) run on the calling thread for a back-off
+ * period (4 ms, doubling to 256 ms while the probe at its end stays bad; reset by a good
+ * one). dk_pool_guarded_calls counts the calls the guard ran serially. dk_pool_guard(on)
+ * turns it on (1) or off (0) and clears its state; -1 only queries. Returns the previous
+ * setting. On by default; DOJO_KERNELS_THREAD_GUARD=0 turns it off at import. */
+int64_t dk_pool_guarded_calls(void);
+int dk_pool_guard(int on);
+
+/* Tests: run nitems items, item i sleeping us[i] microseconds. Returns the threads used. */
+int dk_pool_sleep_items(int nthreads, int64_t nitems, const int64_t *us);
 
 #endif

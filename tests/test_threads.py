@@ -50,10 +50,16 @@ def two_threads():
     dk.set_num_threads(saved)
 
 
+def handed_to_pool() -> int:
+    """Calls handed to the pool: run in parallel, or kept on the caller by the contention
+    guard (docs/threads.md) after an earlier call of the same kind gained too little."""
+    return parallel_calls() + _cpu._pool_guarded()
+
+
 def dispatched(fn) -> int:
-    before = parallel_calls()
+    before = handed_to_pool()
     fn()
-    return parallel_calls() - before
+    return handed_to_pool() - before
 
 
 # ---- size thresholds ---------------------------------------------------------------------
@@ -132,13 +138,92 @@ def test_busy_process_does_not_stall(two_threads):
             dk.set_num_threads(1)
             t1 = _median_time(fn)
             dk.set_num_threads(2)
-            before = parallel_calls()
+            before = handed_to_pool()
             t2 = _median_time(fn)
-            assert parallel_calls() > before, name
+            assert handed_to_pool() > before, name
             assert t2 < 4 * t1 + 0.002, (name, t1, t2)
     finally:
         busy.kill()
         busy.wait()
+
+
+# ---- the contention guard ---------------------------------------------------------------
+# Items that sleep (_cpu._pool_sleep_items) make the threads' time inside items known
+# whatever the load: S = (time inside items, all threads) / (wall time of the call).
+
+@pytest.fixture
+def guard():
+    was = dk.get_thread_guard()
+    dk.set_thread_guard(True)            # on, with a fresh state
+    yield
+    dk.set_thread_guard(was)
+
+
+def _kept(us):
+    """(ran in parallel, kept on the caller by the guard) for one call."""
+    p, g = parallel_calls(), _cpu._pool_guarded()
+    _cpu._pool_sleep_items(2, us)
+    return parallel_calls() - p, _cpu._pool_guarded() - g
+
+
+def test_guard_keeps_a_losing_kind_on_the_caller(guard):
+    """A call whose worker holds the caller up (the caller's item 1 ms, the worker's 40 ms:
+    S ~ 1.03 < 1.15) keeps the next call of its kind on the caller; the same item function
+    with an item count in another binade is another kind; after the back-off (<= 256 ms)
+    the guard tries threads again."""
+    assert _kept([1000, 40000]) == (1, 0)
+    assert _kept([0, 0]) == (0, 1)             # within the 4 ms back-off
+    assert _kept([0] * 8) == (1, 0)            # another binade of items: its own state
+    time.sleep(0.3)
+    assert _kept([0, 0]) == (1, 0)             # the probe after the back-off
+
+
+def test_guard_lets_a_gaining_kind_run_in_parallel(guard):
+    """Two items of 30 ms side by side (S ~ 2): the next call of the kind runs in parallel;
+    and a good call clears the back-off that a bad one set."""
+    assert _kept([30000, 30000]) == (1, 0)
+    assert _kept([0, 0]) == (1, 0)             # S ~ 0: now backing off
+    time.sleep(0.01)
+    assert _kept([30000, 30000]) == (1, 0)     # probe, good: back-off cleared
+    assert _kept([30000, 30000]) == (1, 0)
+
+
+def test_guard_off_always_uses_the_threads():
+    was = dk.get_thread_guard()
+    try:
+        dk.set_thread_guard(False)
+        assert dk.get_thread_guard() is False
+        assert _kept([1000, 40000]) == (1, 0)
+        assert _kept([0, 0]) == (1, 0)
+    finally:
+        dk.set_thread_guard(was)
+
+
+def test_guard_argument_and_environment():
+    with pytest.raises(TypeError, match="on: expected a bool"):
+        dk.set_thread_guard(1)
+    code = "import dojo_kernels as dk; print(dk.get_thread_guard())"
+    env = {k: v for k, v in os.environ.items() if k != "DOJO_KERNELS_THREAD_GUARD"}
+    for value, want in (("0", "False"), ("off", "False"), ("1", "True"), ("", "True")):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             cwd="/", env={**env, "DOJO_KERNELS_THREAD_GUARD": value})
+        assert out.stdout.strip() == want, (value, out.stderr)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd="/", env={**env, "DOJO_KERNELS_THREAD_GUARD": "maybe"})
+    assert out.returncode != 0 and "DOJO_KERNELS_THREAD_GUARD='maybe'" in out.stderr
+
+
+def test_guarded_gemm_is_cut_for_one_thread(guard, two_threads):
+    """A gemm kind the guard keeps on the caller is also cut as for one thread (the driver
+    asks the guard before it cuts the work), and its bits are those of one thread."""
+    rng = np.random.default_rng(5)
+    a = dk.quantize(rng.standard_normal((256, 256)).astype(np.float32), dk.BF16)
+    dk.set_num_threads(1)
+    want = dk.gemm(a, a)
+    dk.set_num_threads(2)
+    got = [dk.gemm(a, a) for _ in range(30)]   # whatever the guard decides on this machine
+    for g in got:
+        assert np.array_equal(g.view(np.uint32), want.view(np.uint32))
 
 
 # ---- threadpoolctl --------------------------------------------------------------------------
@@ -239,6 +324,7 @@ def test_fork_child_runs_parallel_kernels():
         for _ in range(5):
             pid = os.fork()
             if pid == 0:
+                dk.set_thread_guard(False)   # every call in parallel: that is the test
                 before = _cpu._pool_stats()[0]
                 ok = all(np.array_equal(dk.quantize(x, dk.BF16), ref) for _ in range(3))
                 ok = ok and _cpu._pool_stats()[0] == before + 3

@@ -1,0 +1,64 @@
+"""The contention guard at work: time at 2 threads / time at 1 thread, guard on and off,
+for gemm (BF16, square sizes) and quantize (4M float32 -> BF16), in interleaved rounds.
+
+    flock /tmp/dk-timing.lock python bench/thread_sweep.py [SIZES [ROUNDS]]
+    python bench/thread_sweep.py 128,256,384,512,2048 7
+
+Each round times 1 thread, then 2 threads with the guard on, then off, back to back, and
+takes the ratios within the round; the line gives min / median / max over the rounds.
+Start a busy process beside it (``python -c "while True: pass" &``) for the contention
+figures (docs/threads.md, "The contention guard"); on a shared machine "idle" is only as
+idle as the other users let it be.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+import dojo_kernels as dk
+
+
+def _timeit(f, reps: int) -> float:
+    f()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        f()
+    return (time.perf_counter() - t0) / reps
+
+
+def main() -> None:
+    sizes = [int(s) for s in (sys.argv[1] if len(sys.argv) > 1 else "128,192,256,384,512,1024,2048").split(",")]
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 7
+    rng = np.random.default_rng(0)
+    cases = []
+    for s in sizes:
+        a = dk.quantize(rng.standard_normal((s, s)).astype(np.float32), dk.BF16)
+        cases.append((f"gemm {s}^3", (lambda a=a: dk.gemm(a, a)), max(3, int(4e8 / s ** 3))))
+    x = rng.standard_normal(1 << 22).astype(np.float32)
+    cases.append(("quantize 4M", lambda: dk.quantize(x, dk.BF16), 20))
+    saved = dk.get_num_threads(), dk.get_thread_guard()
+    try:
+        for name, f, reps in cases:
+            res: dict = {"on": [], "off": []}
+            for _ in range(rounds):
+                dk.set_num_threads(1)
+                t1 = _timeit(f, reps)
+                dk.set_num_threads(2)
+                dk.set_thread_guard(True)
+                res["on"].append(_timeit(f, reps) / t1)
+                dk.set_thread_guard(False)
+                res["off"].append(_timeit(f, reps) / t1)
+            cols = []
+            for k in ("on", "off"):
+                r = sorted(res[k])
+                cols.append(f"guard {k:3s} {r[0]:.2f} / {r[len(r) // 2]:.2f} / {r[-1]:.2f}")
+            print(f"{name:14s} 2t/1t time (min / median / max): " + "   ".join(cols), flush=True)
+    finally:
+        dk.set_num_threads(saved[0])
+        dk.set_thread_guard(saved[1])
+
+
+if __name__ == "__main__":
+    main()
