@@ -78,7 +78,12 @@ def inputs(m, n, k):
 
 
 def _out(m, n):
-    return np.empty((m, n), np.float32)
+    """A result buffer for ``out=``, 64-byte aligned as torch's and dk.gemm's own results are
+    (NumPy aligns large arrays to 16 or 32 bytes only; a large result can then not be streamed
+    past the caches: docs/gemm.md, "Passing out=")."""
+    buf = np.empty(m * n + 16, np.float32)
+    off = (-buf.ctypes.data % 64) // 4
+    return buf[off:off + m * n].reshape(m, n)
 
 
 def runner(impl, m, n, k, threads):
