@@ -50,13 +50,15 @@ typedef struct { run_fn run; advise_fn advise; } pool_api;
 static const pool_api *forward;
 
 /* ---- the contention guard ------------------------------------------------------------
- * A parallel call is worth it only when the time its threads spent inside items, added
- * up (about what the caller alone would have taken), exceeds the call's wall time by a
- * margin: on an idle machine a large call gives about nthreads, but with a busy process
- * beside us, or a call too small to repay waking a worker (on a VM an idle vCPU can take
- * a hundred microseconds to wake), the worker joins late or not at all, or is descheduled
- * inside an item while the caller waits for it. So every parallel call measures
- * S = (the threads' time inside items) / (the call's wall time); when
+ * A parallel call is worth it only when the work its threads did, added up (about what
+ * the caller alone would have taken), exceeds the call's wall time by a margin: on an idle
+ * machine a large call gives about nthreads, but with a busy process beside us, or a call
+ * too small to repay waking a worker (on a VM an idle vCPU can take a hundred microseconds
+ * to wake), the worker joins late or not at all, or is descheduled inside an item while
+ * the caller waits for it. So every parallel call measures S = (the caller's time inside
+ * items + the workers' CPU time inside items) / (the call's wall time): a worker's time
+ * descheduled does not count as work (the caller's does: it would delay a serial call
+ * too); when
  * S < DK_GUARD_MIN_GAIN the next calls of the same kind (same item function,
  * same binade of the item count) run on the calling thread for a back-off period that
  * doubles while the probes at its end stay bad (DK_GUARD_START_NS .. DK_GUARD_MAX_NS) and
@@ -76,7 +78,7 @@ static guard_t guards[DK_GUARD_SLOTS];
 static pthread_mutex_t guard_m = PTHREAD_MUTEX_INITIALIZER;
 static atomic_int guard_on = 1;
 static atomic_llong guarded_calls;
-static int64_t job_busy_ns;     /* the workers' time inside items, current call (under m) */
+static int64_t job_busy_ns;     /* the workers' CPU time inside items, this call (under m) */
 
 static int64_t mono_ns(void)
 {
@@ -87,6 +89,14 @@ static int64_t mono_ns(void)
 
 /* The state of a kind: an exact (fn, binade) entry, found by linear probing from a hash;
  * a new kind takes a free entry (with all 64 taken, kinds share the home entry). */
+/* This thread's CPU time (a worker's work: time it spent descheduled does not count). */
+static int64_t cpu_ns(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return -1;
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
 static guard_t *guard_for(dk_pool_fn fn, double work)
 {
     unsigned long long w = work >= 1.0 ? (work < 9.2e18 ? (unsigned long long)work : 1ull << 63) : 1;
@@ -161,11 +171,11 @@ static void *worker_main(void *p)
         void *arg = job_arg;
         int64_t n = job_n;
         pthread_mutex_unlock(&m);
-        int64_t w0 = mono_ns();
+        int64_t w0 = cpu_ns();
         run_items(fn, arg, n, slot);
-        int64_t w1 = mono_ns();
+        int64_t w1 = cpu_ns();
         pthread_mutex_lock(&m);
-        job_busy_ns += w1 - w0;
+        job_busy_ns += w0 >= 0 && w1 >= w0 ? w1 - w0 : 0;
         if (--job_running == 0 && !job_open) pthread_cond_signal(&done_cv);
     }
     pthread_mutex_unlock(&m);
@@ -345,20 +355,29 @@ void dk_pool_shutdown(void)
 
 int64_t dk_pool_parallel_calls(void) { return (int64_t)atomic_load(&parallel_calls); }
 
-/* Tests of the guard: items that sleep the given microseconds (deterministic S). */
-typedef struct { const int64_t *us; } sleep_args;
-static void sleep_item(void *arg, int64_t i, int slot)
+/* Tests of the guard: item i, run by the caller, works (spins on this thread's CPU clock)
+ * work_us[i] microseconds of CPU time; run by a worker, it sleeps sleep_us[i] microseconds
+ * instead when that is nonzero (a worker descheduled inside its item), else works too. */
+typedef struct { const int64_t *work_us, *sleep_us; } test_args;
+static void test_item(void *arg, int64_t i, int slot)
 {
-    (void)slot;
-    int64_t us = ((const sleep_args *)arg)->us[i];
-    struct timespec ts = {(time_t)(us / 1000000), (long)(us % 1000000) * 1000};
-    while (nanosleep(&ts, &ts) != 0) {}
+    const test_args *A = arg;
+    int64_t us = slot > 0 ? A->sleep_us[i] : 0;
+    if (us > 0) {
+        struct timespec ts = {(time_t)(us / 1000000), (long)(us % 1000000) * 1000};
+        while (nanosleep(&ts, &ts) != 0) {}
+        return;
+    }
+    int64_t c0 = cpu_ns(), want = A->work_us[i] * 1000;
+    volatile uint64_t x = 0;
+    while (want > 0 && c0 >= 0 && cpu_ns() - c0 < want)
+        for (int j = 0; j < 1000; j++) x += (uint64_t)j;
 }
 
-int dk_pool_sleep_items(int nthreads, int64_t nitems, const int64_t *us)
+int dk_pool_test_items(int nthreads, int64_t nitems, const int64_t *work_us, const int64_t *sleep_us)
 {
-    sleep_args a = {us};
-    return dk_pool_run(nthreads, nitems, sleep_item, &a);
+    test_args a = {work_us, sleep_us};
+    return dk_pool_run(nthreads, nitems, test_item, &a);
 }
 
 int64_t dk_pool_guarded_calls(void) { return (int64_t)atomic_load(&guarded_calls); }

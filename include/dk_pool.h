@@ -62,9 +62,10 @@ void dk_pool_shutdown(void);
 int64_t dk_pool_parallel_calls(void);
 int dk_pool_workers(void);
 
-/* The contention guard (docs/threads.md): every parallel call measures the time its
- * threads spent inside items (about what the caller alone would take) against its wall
- * time; when that gains less than 1.15x, the next calls of the same
+/* The contention guard (docs/threads.md): every parallel call measures the work its
+ * threads did inside items (the caller's time, the workers' CPU time: about what the
+ * caller alone would take) against its wall time; when that gains less than 1.15x, the
+ * next calls of the same
  * kind (item function, binade of the item count) run on the calling thread for a back-off
  * period (4 ms, doubling to 256 ms while the probe at its end stays bad; reset by a good
  * one). dk_pool_guarded_calls counts the calls the guard ran serially. dk_pool_guard(on)
@@ -73,7 +74,8 @@ int dk_pool_workers(void);
 int64_t dk_pool_guarded_calls(void);
 int dk_pool_guard(int on);
 
-/* Tests: run nitems items, item i sleeping us[i] microseconds. Returns the threads used. */
-int dk_pool_sleep_items(int nthreads, int64_t nitems, const int64_t *us);
+/* Tests: run nitems items; item i works work_us[i] microseconds of CPU time, except on a
+ * worker when sleep_us[i] > 0: then it sleeps that long instead. Returns the threads used. */
+int dk_pool_test_items(int nthreads, int64_t nitems, const int64_t *work_us, const int64_t *sleep_us);
 
 #endif
