@@ -259,8 +259,7 @@ __attribute__((always_inline)) static inline vw dk_bf16_rare_in(vw c)
 __attribute__((always_inline)) static inline vu dk_bf16_round_half(vu s, vu r, int mode)
 {
     if (mode == DK_NEAREST) return s + 0x7FFFu + ((s >> 16) & 1u);
-    vu low = s << 16;
-    return s + (vu)(-(vi)((low + r) < low) << 16);
+    return s + (r >> 16); /* the carry of low + (r >> 16) into the top half (dk_bf16_stoch_vec) */
 }
 
 /* Stochastic rounding to BF16 of the exact sum s + t (TwoSum: s the FP32 sum rounded to
