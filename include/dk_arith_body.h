@@ -240,8 +240,8 @@ dk_bf16_general(int op, const void *a, const void *b, const void *c, void *out, 
  * shuffles. A step whose operands and results are all plain (no subnormal, Inf or NaN
  * operand; no subnormal, Inf or NaN result; add/sub: zero results are exact; mul/fma: no
  * product at or below 2^-126; fma: no result below 2^-126) raises no flag and is finished
- * here: nearest rounds FP32 s (fma: s rounded to odd with TwoSum's t, see the top of the
- * file) to BF16 by the
+ * here: nearest rounds FP32 s (fma: s rounded to odd, see the top of the file: on AVX-512
+ * the sum rounded toward zero with its last bit set where inexact, elsewhere by TwoSum's t) to BF16 by the
  * integer round-to-nearest-even; stochastic rounds the exact s + t (dk_bf16_stoch_sum;
  * products of two BF16 values are exact; add/sub: TwoSum's t only in a step with an inexact
  * sum, found by two compares). Any other step goes through dk_bf16_general (the
@@ -337,6 +337,7 @@ dk_bf16_run(int op, int mode, const void *a, const void *b, const void *c, void 
         const int64_t at = i0 + i;
         __builtin_prefetch((const uint16_t *)a + at + DK_PREFETCH);
         __builtin_prefetch((const uint16_t *)b + at + DK_PREFETCH);
+        if (op == DK_OP_FMA) __builtin_prefetch((const uint16_t *)c + at + DK_PREFETCH);
         vu wa, wb, wc = {};
         memcpy(&wa, (const uint16_t *)a + at, sizeof wa);
         memcpy(&wb, (const uint16_t *)b + at, sizeof wb);
@@ -388,6 +389,22 @@ dk_bf16_run(int op, int mode, const void *a, const void *b, const void *c, void 
                            _mm512_cmp_ps_mask((__m512)(s2 - vh2), (__m512)uh, _CMP_NEQ_UQ)) != 0;
 #else
                 inexact = dk_any(((s1 - ul) != vl) | ((s1 - vl) != ul) | ((s2 - uh) != vh2) | ((s2 - vh2) != uh));
+#endif
+            } else if (op == DK_OP_FMA && mode == DK_NEAREST && DK_VL == 16) {
+#if DK_VL == 16
+                /* round to odd by AVX-512's rounding per instruction: the sum rounded toward
+                 * zero, its last bit set where it is inexact (rounded up != rounded down) */
+                const int rz = _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC;
+                const int ru = _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC, rd = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
+                const __m512i one = _mm512_set1_epi32(1);
+                const __m512 z1 = _mm512_add_round_ps((__m512)ul, (__m512)vl, rz);
+                const __m512 z2 = _mm512_add_round_ps((__m512)uh, (__m512)vh2, rz);
+                const __mmask16 i1 = _mm512_cmp_ps_mask(_mm512_add_round_ps((__m512)ul, (__m512)vl, ru),
+                                                        _mm512_add_round_ps((__m512)ul, (__m512)vl, rd), _CMP_NEQ_UQ);
+                const __mmask16 i2 = _mm512_cmp_ps_mask(_mm512_add_round_ps((__m512)uh, (__m512)vh2, ru),
+                                                        _mm512_add_round_ps((__m512)uh, (__m512)vh2, rd), _CMP_NEQ_UQ);
+                sl = (vu)_mm512_mask_or_epi32((__m512i)z1, i1, (__m512i)z1, one);
+                sh = (vu)_mm512_mask_or_epi32((__m512i)z2, i2, (__m512i)z2, one);
 #endif
             } else if (op == DK_OP_FMA || mode == DK_STOCHASTIC) {
                 /* TwoSum: s + t == u + v exactly */
