@@ -375,19 +375,22 @@ dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk
             vi shraw = (vi){} + (k->qmin + 150) - VMAX(ex, (vi){} + 1); /* >= 23 - m */
             vi shift = VMIN(shraw, (vi){} + 31);
             vi one = (vi){} + 1;
-            vi M;
+            vi M, done = tiny; /* the lanes finished here */
             if (mode == DK_NEAREST) {
                 M = (sig + (one << (shift - 1)) - 1 + ((sig >> shift) & 1)) >> shift;
-            } else { /* f = the dropped fraction scaled to 32 bits, exactly */
-                vu fr = (vu)VSEL(shraw <= 32, (vi)((vu)sig << (vu)VMAX(32 - shraw, (vi){})),
-                                 (vi)((vu)sig >> (vu)VMIN(VMAX(shraw - 32, (vi){}), (vi){} + 31)));
-                M = (sig >> shift) - (vi)((fr + r) < fr);
+            } else {
+                /* up where f + r >= 2^32, f = the dropped bits << (32 - shift): where the
+                 * dropped bits plus r >> (32 - shift) carry into the kept part (as above).
+                 * |x| below 2^(qmin - 8) (a shift past 31): the full path below. */
+                M = (vi)(((vu)sig + (r >> (vu)(32 - shift))) >> (vu)shift);
+                done &= shraw <= 31;
             }
             if (tesla) {
-                vi gv = mode == DK_NEAREST
-                      ? VSEL(a >= k->mid_bits, (vi){} + (1 << m), (vi){} + ((1 << m) - 1))
-                      : dk_gap_stoch(a, r, k, f->bias);
-                M = VSEL(a > k->maxsub_bits, gv, M);
+                vi ingap = a > k->maxsub_bits;
+                if (mode == DK_NEAREST)
+                    M = VSEL(ingap, VSEL(a >= k->mid_bits, (vi){} + (1 << m), (vi){} + ((1 << m) - 1)), M);
+                else if (dk_any(ingap & tiny)) /* the gap's rule only where needed */
+                    M = VSEL(ingap, dk_gap_stoch(a, r, k, f->bias), M);
             } else if (flush) {
                 M = VSEL(M >= (1 << m), (vi){} + (1 << m), (vi){});
             }
@@ -399,8 +402,8 @@ dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk
                 t = M;
                 if (is_signed) t |= (vi)((vu)u >> 31) << k->signpos;
             }
-            res = VSEL(tiny, t, res);
-            plain |= tiny;
+            res = VSEL(done, t, res);
+            plain |= done;
         }
         if (__builtin_expect(!dk_all(plain), 0)) {
             vi code = dk_quant_vec(u, r, k, mode, tesla, flush, inf_nan, is_signed);
