@@ -240,18 +240,37 @@ dk_bf16_general(int op, const void *a, const void *b, const void *c, void *out, 
  * shuffles. A step whose operands and results are all plain (no subnormal, Inf or NaN
  * operand; no subnormal, Inf or NaN result; add/sub: zero results are exact; mul/fma: no
  * product at or below 2^-126; fma: no result below 2^-126) raises no flag and is finished
- * here: nearest rounds FP32 s (fma: s rounded to odd with TwoSum's t, see the top of the
- * file) to BF16 by the integer round-to-nearest-even; stochastic rounds the exact s + t
- * (dk_bf16_stoch_sum; products of two BF16 values are exact). Any other step goes through dk_bf16_general (the
+ * here: nearest rounds FP32 s (fma: s rounded to odd, see the top of the file: on AVX-512
+ * the sum rounded toward zero with its last bit set where inexact, elsewhere by TwoSum's t) to BF16 by the
+ * integer round-to-nearest-even; stochastic rounds the exact s + t (dk_bf16_stoch_sum;
+ * products of two BF16 values are exact; add/sub: TwoSum's t only in a step with an inexact
+ * sum, found by two compares). Any other step goes through dk_bf16_general (the
  * general vector path and the scalar semantics), so its codes and flags are that path's. */
 typedef uint16_t vw __attribute__((vector_size(DK_VL * 4))); /* 2 * DK_VL 16-bit lanes */
 
-/* Lanes (16-bit) of BF16 codes that are subnormal, Inf or NaN. */
-__attribute__((always_inline)) static inline vw dk_bf16_rare_in(vw c)
+/* Lanes (16-bit) of BF16 codes whose magnitude bits m satisfy m - d < lo (unsigned) or m > hi:
+ * (1, 0x7F, 0x7F7F) the subnormal, Inf and NaN codes; (0, 0x80, 0x7F7F) those and zeros.
+ * A lane mask (dk_rare_t): on AVX-512 a mask register, which the compares write directly
+ * (as vectors, each compare would cost a masked move more). */
+#if DK_VL == 16
+typedef __mmask32 dk_rare_t;
+__attribute__((always_inline)) static inline dk_rare_t dk_bf16_rare(vw c, int d, int lo, int hi)
+{
+    const __m512i mag = _mm512_and_si512((__m512i)c, _mm512_set1_epi16(0x7FFF));
+    return _mm512_cmplt_epu16_mask(_mm512_sub_epi16(mag, _mm512_set1_epi16((short)d)), _mm512_set1_epi16((short)lo)) |
+           _mm512_cmpgt_epu16_mask(mag, _mm512_set1_epi16((short)hi));
+}
+#define DK_RARE_ANY(r) ((r) != 0)
+#else
+typedef vw dk_rare_t;
+__attribute__((always_inline)) static inline dk_rare_t dk_bf16_rare(vw c, int d, int lo, int hi)
 {
     vw mag = c & 0x7FFF;
-    return (vw)((vw)(mag - 1) < 0x7F) | (vw)(mag > 0x7F7F);
+    return (vw)((vw)(mag - (uint16_t)d) < (uint16_t)lo) | (vw)(mag > (uint16_t)hi);
 }
+#define DK_RARE_ANY(r) dk_any((vi)(r))
+#endif
+#define dk_bf16_rare_in(c) dk_bf16_rare((c), 1, 0x7F, 0x7F7F)
 
 /* FP32 s (exact, or rounded to odd) of the even (lo) or odd (hi) halves to BF16 bits in the
  * top half of the word: round to nearest even, or stochastic with random numbers r (the
@@ -259,8 +278,7 @@ __attribute__((always_inline)) static inline vw dk_bf16_rare_in(vw c)
 __attribute__((always_inline)) static inline vu dk_bf16_round_half(vu s, vu r, int mode)
 {
     if (mode == DK_NEAREST) return s + 0x7FFFu + ((s >> 16) & 1u);
-    vu low = s << 16;
-    return s + (vu)(-(vi)((low + r) < low) << 16);
+    return s + (r >> 16); /* the carry of low + (r >> 16) into the top half (dk_bf16_stoch_vec) */
 }
 
 /* Stochastic rounding to BF16 of the exact sum s + t (TwoSum: s the FP32 sum rounded to
@@ -319,10 +337,11 @@ dk_bf16_run(int op, int mode, const void *a, const void *b, const void *c, void 
         const int64_t at = i0 + i;
         __builtin_prefetch((const uint16_t *)a + at + DK_PREFETCH);
         __builtin_prefetch((const uint16_t *)b + at + DK_PREFETCH);
+        if (op == DK_OP_FMA) __builtin_prefetch((const uint16_t *)c + at + DK_PREFETCH);
         vu wa, wb, wc = {};
         memcpy(&wa, (const uint16_t *)a + at, sizeof wa);
         memcpy(&wb, (const uint16_t *)b + at, sizeof wb);
-        vw rare = dk_bf16_rare_in((vw)wa) | dk_bf16_rare_in((vw)wb);
+        dk_rare_t rare = dk_bf16_rare_in((vw)wa) | dk_bf16_rare_in((vw)wb);
         vf xl = (vf)(wa << 16), xh = (vf)(wa & HI), yl = (vf)(wb << 16), yh = (vf)(wb & HI);
         vu rl = {}, rh = {};
         if (mode == DK_STOCHASTIC) {
@@ -331,8 +350,9 @@ dk_bf16_run(int op, int mode, const void *a, const void *b, const void *c, void 
         }
         vu sl, sh;
         vf tl = {}, th = {}; /* TwoSum's error terms (add, sub, fma) */
-        vi inexact = {};     /* lanes where one is not zero */
+        int inexact = 0;     /* a lane where one is not zero */
         vi bad = {}; /* 32-bit lanes: a half needing the general path */
+        vf ul = {}, uh = {}, vl = {}, vh2 = {}; /* the addends (add, sub, fma) */
         if (op == DK_OP_MUL) {
             vf pl = xl * yl, ph = xh * yh;
             sl = (vu)pl;
@@ -340,7 +360,7 @@ dk_bf16_run(int op, int mode, const void *a, const void *b, const void *c, void 
             /* products at or below 2^-126 (FP32 may have rounded them; zero ones too) */
             bad = ((vi)(sl & 0x7FFFFFFFu) <= 0x00800000) | ((vi)(sh & 0x7FFFFFFFu) <= 0x00800000);
         } else {
-            vf ul = xl, uh = xh, vl = yl, vh2 = yh;
+            ul = xl, uh = xh, vl = yl, vh2 = yh;
             if (op == DK_OP_SUB) {
                 vl = (vf)((vu)yl ^ 0x80000000u);
                 vh2 = (vf)((vu)yh ^ 0x80000000u);
@@ -357,7 +377,36 @@ dk_bf16_run(int op, int mode, const void *a, const void *b, const void *c, void 
             vf s1 = ul + vl, s2 = uh + vh2;
             sl = (vu)s1;
             sh = (vu)s2;
-            if (op == DK_OP_FMA || mode == DK_STOCHASTIC) {
+            if (mode == DK_STOCHASTIC && op != DK_OP_FMA) {
+                /* s == u + v exactly iff s - u == v and s - v == u: with |u| >= |v| (or the
+                 * other way round) s - u is exact (Fast2Sum's lemma; round to nearest, s
+                 * finite: an infinite s fails both tests), so it equals v only if s is
+                 * exact. Sums of two BF16 values mostly are: TwoSum's t only then (below). */
+#if DK_VL == 16 /* the compares into mask registers, not vectors */
+                inexact = (_mm512_cmp_ps_mask((__m512)(s1 - ul), (__m512)vl, _CMP_NEQ_UQ) |
+                           _mm512_cmp_ps_mask((__m512)(s1 - vl), (__m512)ul, _CMP_NEQ_UQ) |
+                           _mm512_cmp_ps_mask((__m512)(s2 - uh), (__m512)vh2, _CMP_NEQ_UQ) |
+                           _mm512_cmp_ps_mask((__m512)(s2 - vh2), (__m512)uh, _CMP_NEQ_UQ)) != 0;
+#else
+                inexact = dk_any(((s1 - ul) != vl) | ((s1 - vl) != ul) | ((s2 - uh) != vh2) | ((s2 - vh2) != uh));
+#endif
+            } else if (op == DK_OP_FMA && mode == DK_NEAREST && DK_VL == 16) {
+#if DK_VL == 16
+                /* round to odd by AVX-512's rounding per instruction: the sum rounded toward
+                 * zero, its last bit set where it is inexact (rounded up != rounded down) */
+                const int rz = _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC;
+                const int ru = _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC, rd = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
+                const __m512i one = _mm512_set1_epi32(1);
+                const __m512 z1 = _mm512_add_round_ps((__m512)ul, (__m512)vl, rz);
+                const __m512 z2 = _mm512_add_round_ps((__m512)uh, (__m512)vh2, rz);
+                const __mmask16 i1 = _mm512_cmp_ps_mask(_mm512_add_round_ps((__m512)ul, (__m512)vl, ru),
+                                                        _mm512_add_round_ps((__m512)ul, (__m512)vl, rd), _CMP_NEQ_UQ);
+                const __mmask16 i2 = _mm512_cmp_ps_mask(_mm512_add_round_ps((__m512)uh, (__m512)vh2, ru),
+                                                        _mm512_add_round_ps((__m512)uh, (__m512)vh2, rd), _CMP_NEQ_UQ);
+                sl = (vu)_mm512_mask_or_epi32((__m512i)z1, i1, (__m512i)z1, one);
+                sh = (vu)_mm512_mask_or_epi32((__m512i)z2, i2, (__m512i)z2, one);
+#endif
+            } else if (op == DK_OP_FMA || mode == DK_STOCHASTIC) {
                 /* TwoSum: s + t == u + v exactly */
                 vf v1 = s1 - ul, u1 = s1 - v1, t1 = (ul - u1) + (vl - v1);
                 vf v2 = s2 - uh, u2 = s2 - v2, t2 = (uh - u2) + (vh2 - v2);
@@ -365,7 +414,7 @@ dk_bf16_run(int op, int mode, const void *a, const void *b, const void *c, void 
                 if (mode == DK_STOCHASTIC) { /* rounded from s + t (dk_bf16_stoch_sum) */
                     tl = t1;
                     th = t2;
-                    inexact = in1 | in2;
+                    inexact = dk_any(in1 | in2);
                 } else { /* round to odd */
                     vi st1 = VSEL(((vi)t1 ^ (vi)sl) < 0, (vi){} - 1, (vi){} + 1);
                     vi st2 = VSEL(((vi)t2 ^ (vi)sh) < 0, (vi){} - 1, (vi){} + 1);
@@ -376,7 +425,13 @@ dk_bf16_run(int op, int mode, const void *a, const void *b, const void *c, void 
         }
         vu wl, wh; /* the codes in the top halves */
         /* (sums of BF16 values are mostly exact: then the plain carry, as for products) */
-        if (mode == DK_STOCHASTIC && op != DK_OP_MUL && dk_any(inexact)) {
+        if (mode == DK_STOCHASTIC && op != DK_OP_MUL && inexact) {
+            if (op != DK_OP_FMA) { /* TwoSum: s + t == u + v exactly */
+                const vf s1 = (vf)sl, s2 = (vf)sh;
+                vf v1 = s1 - ul, u1 = s1 - v1, v2 = s2 - uh, u2 = s2 - v2;
+                tl = (ul - u1) + (vl - v1);
+                th = (uh - u2) + (vh2 - v2);
+            }
             wl = dk_bf16_stoch_sum(sl, tl, rl, &bad);
             wh = dk_bf16_stoch_sum(sh, th, rh, &bad);
         } else {
@@ -384,10 +439,9 @@ dk_bf16_run(int op, int mode, const void *a, const void *b, const void *c, void 
             wh = dk_bf16_round_half(sh, rh, mode);
         }
         vu code = (wh & HI) | (wl >> 16);
-        vw mr = (vw)code & 0x7FFF;
-        if (op == DK_OP_FMA) rare |= (vw)(mr < 0x80) | (vw)(mr > 0x7F7F);
-        else rare |= dk_bf16_rare_in((vw)code);
-        if (__builtin_expect(dk_any((vi)rare | bad), 0)) break;
+        /* fma: a zero result may be inexact (underflow): zeros go to the general path too */
+        rare |= op == DK_OP_FMA ? dk_bf16_rare((vw)code, 0, 0x80, 0x7F7F) : dk_bf16_rare_in((vw)code);
+        if (__builtin_expect(DK_RARE_ANY(rare) | dk_any(bad), 0)) break;
         memcpy((uint16_t *)out + at, &code, sizeof code);
     }
     return i;

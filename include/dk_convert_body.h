@@ -53,8 +53,9 @@ static inline dk_rng dk_rng_at(uint64_t seed, uint64_t i0)
 
 /* The random numbers of DK_VL elements whose SplitMix64 states are lo (first half) and hi
  * (second half), then advances both by `step`. Only the top 32 bits of the output are
- * needed: (z ^ (z >> 31)) >> 32 == h ^ (h >> 31) with h the top half of z, which 32-bit
- * lanes compute in place; one two-source permute then gathers the top halves. */
+ * needed: (z ^ (z >> 31)) >> 32 == h ^ (h >> 31) with h the top half of z, so one
+ * two-source permute first gathers the top halves and the last xorshift runs once on the
+ * DK_VL 32-bit lanes (not on both 64-bit halves: AVX-512 shifts have a single port). */
 __attribute__((always_inline)) static inline vu dk_splitmix_top(vq *state_lo, vq *state_hi, uint64_t step)
 {
     vq lo = *state_lo, hi = *state_hi;
@@ -64,16 +65,15 @@ __attribute__((always_inline)) static inline vu dk_splitmix_top(vq *state_lo, vq
     hi = (hi ^ (hi >> 30)) * 0xBF58476D1CE4E5B9ull;
     lo = (lo ^ (lo >> 27)) * 0x94D049BB133111EBull;
     hi = (hi ^ (hi >> 27)) * 0x94D049BB133111EBull;
-    vu l = (vu)lo, h = (vu)hi;
-    l ^= l >> 31;
-    h ^= h >> 31;
+    const vu l = (vu)lo, h = (vu)hi;
 #if DK_VL == 16
-    return __builtin_shufflevector(l, h, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    vu top = __builtin_shufflevector(l, h, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
 #elif DK_VL == 8
-    return __builtin_shufflevector(l, h, 1, 3, 5, 7, 9, 11, 13, 15);
+    vu top = __builtin_shufflevector(l, h, 1, 3, 5, 7, 9, 11, 13, 15);
 #else
-    return __builtin_shufflevector(l, h, 1, 3, 5, 7);
+    vu top = __builtin_shufflevector(l, h, 1, 3, 5, 7);
 #endif
+    return top ^ (top >> 31);
 }
 
 /* The random numbers of the current DK_VL elements; advances the states by DK_VL. */
@@ -169,12 +169,13 @@ __attribute__((always_inline)) static inline vi dk_quant_vec(vi u, vu r, const d
     return code;
 }
 
-/* BF16 codes of DK_VL FP32 values under stochastic rounding with random numbers r. */
+/* BF16 codes of DK_VL FP32 values under stochastic rounding with random numbers r: up one
+ * step where f + r >= 2^32, f = u's low half times 2^16, that is where low + (r >> 16) >= 2^16
+ * (low an integer), which is the carry of the 32-bit add u + (r >> 16) into the top half
+ * (finite u: at most 0xFF80xxxx, so the add never wraps). */
 __attribute__((always_inline)) static inline vi dk_bf16_stoch_vec(vi u, vu r)
 {
-    vu low = (vu)u << 16;
-    vi carry = (vi)((low + r) < low); /* -1 where f + r >= 2^32 */
-    vi code = (vi)((vu)u >> 16) - carry;
+    vi code = (vi)(((vu)u + (r >> 16)) >> 16);
     vi nanv = (vi)(((vu)u >> 16) & 0x8000u) | 0x7FC0;
     return VSEL((u & 0x7FFFFFFF) > 0x7F800000, nanv, code);
 }
@@ -347,7 +348,9 @@ dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk
         vi a = u & 0x7FFFFFFF;
         vi v; /* the rounded magnitude's FP32 bits (plain lanes) */
         if (mode == DK_NEAREST) v = (a + half + ((a >> sh) & 1)) & keep;
-        else if (mode == DK_STOCHASTIC) v = (a & keep) + (vi)(-(vi)(((vu)a << (9 + m)) + r < ((vu)a << (9 + m))) << sh);
+        else if (mode == DK_STOCHASTIC) /* up where f + r >= 2^32, f = the dropped bits << (9 + m),
+                                           * i.e. where they plus r >> (9 + m) carry into the kept part */
+            v = (vi)((vu)a + (r >> (9 + m))) & keep;
         else v = a & keep;
         /* signed formats: |x| in [minnorm, max] or zero; unsigned: x itself (negative
          * values fall outside), and -0 gives +0. Stochastic may round past max. */
@@ -372,19 +375,22 @@ dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk
             vi shraw = (vi){} + (k->qmin + 150) - VMAX(ex, (vi){} + 1); /* >= 23 - m */
             vi shift = VMIN(shraw, (vi){} + 31);
             vi one = (vi){} + 1;
-            vi M;
+            vi M, done = tiny; /* the lanes finished here */
             if (mode == DK_NEAREST) {
                 M = (sig + (one << (shift - 1)) - 1 + ((sig >> shift) & 1)) >> shift;
-            } else { /* f = the dropped fraction scaled to 32 bits, exactly */
-                vu fr = (vu)VSEL(shraw <= 32, (vi)((vu)sig << (vu)VMAX(32 - shraw, (vi){})),
-                                 (vi)((vu)sig >> (vu)VMIN(VMAX(shraw - 32, (vi){}), (vi){} + 31)));
-                M = (sig >> shift) - (vi)((fr + r) < fr);
+            } else {
+                /* up where f + r >= 2^32, f = the dropped bits << (32 - shift): where the
+                 * dropped bits plus r >> (32 - shift) carry into the kept part (as above).
+                 * |x| below 2^(qmin - 8) (a shift past 31): the full path below. */
+                M = (vi)(((vu)sig + (r >> (vu)(32 - shift))) >> (vu)shift);
+                done &= shraw <= 31;
             }
             if (tesla) {
-                vi gv = mode == DK_NEAREST
-                      ? VSEL(a >= k->mid_bits, (vi){} + (1 << m), (vi){} + ((1 << m) - 1))
-                      : dk_gap_stoch(a, r, k, f->bias);
-                M = VSEL(a > k->maxsub_bits, gv, M);
+                vi ingap = a > k->maxsub_bits;
+                if (mode == DK_NEAREST)
+                    M = VSEL(ingap, VSEL(a >= k->mid_bits, (vi){} + (1 << m), (vi){} + ((1 << m) - 1)), M);
+                else if (dk_any(ingap & tiny)) /* the gap's rule only where needed */
+                    M = VSEL(ingap, dk_gap_stoch(a, r, k, f->bias), M);
             } else if (flush) {
                 M = VSEL(M >= (1 << m), (vi){} + (1 << m), (vi){});
             }
@@ -396,8 +402,8 @@ dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk
                 t = M;
                 if (is_signed) t |= (vi)((vu)u >> 31) << k->signpos;
             }
-            res = VSEL(tiny, t, res);
-            plain |= tiny;
+            res = VSEL(done, t, res);
+            plain |= done;
         }
         if (__builtin_expect(!dk_all(plain), 0)) {
             vi code = dk_quant_vec(u, r, k, mode, tesla, flush, inf_nan, is_signed);

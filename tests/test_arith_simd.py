@@ -443,9 +443,10 @@ def _bf16_f(v):
 def test_bf16_stochastic_sum_at_the_carry_boundary(isa, op):
     """The fast path's f of an inexact sum (dk_bf16_stoch_sum: S's low bits, the floor of the
     error term, the borrow below S's truncation, a power-of-two S whose ulp below is half)
-    must be exact to the unit: one element per call gets, by a seed built for its index, the
-    random number r = 2^32 - f (rounds up) or 2^32 - f - 1 (rounds down), f computed here
-    with Fractions; the call's codes against the reference."""
+    must be exact to the unit (add, sub: the small operand first or second): one element per
+    call gets, by a seed built for its index, the random number r = 2^32 - f (rounds up) or
+    2^32 - f - 1 (rounds down), f computed here with Fractions; the call's codes against the
+    reference."""
     from fractions import Fraction
     n, at = 64, 37  # at: inside the second step of 2 * 16 codes (every tier's fast path)
     cases = [(0x3F80, -30), (0x3F80, -20), (0x3F80, 25), (0x4040, -26), (0x4040, 26),
@@ -468,9 +469,15 @@ def test_bf16_stochastic_sum_at_the_carry_boundary(isa, op):
             ops[1][at], ops[2][at] = half, code
         else:
             ops[0][at], ops[1][at] = code, b16 if op == "add" else b16 ^ 0x8000
+        variants = [ops]
+        if op != "fma":  # the small operand first: small + a, (-small) - a = -(a + small)
+            sw = [o.copy() for o in ops]
+            sw[0][at], sw[1][at] = (b16, code) if op == "add" else (b16 ^ 0x8000, code)
+            variants.append(sw)
         for r in ((1 << 32) - f, (1 << 32) - f - 1):
             seed = _seed_for(r, at)
-            check(op, ops, R.BF16_R, "stochastic", seed)
+            for v in variants:
+                check(op, v, R.BF16_R, "stochastic", seed)
 
 
 # --- quantize / fake_quantize fast path (values rounded on FP32's bits, dk_convert_body.h) ----
@@ -562,3 +569,22 @@ def test_stochastic_tesla_gap_vector(isa, rf):
         _same_bits(dk.quantize(x, fmt, rounding="stochastic", seed=seed), codes, x)  # vector
         _same_bits(dk.fake_quantize(x, fmt, rounding="stochastic", seed=seed),
                    R.dequantize_ref(codes, rf).astype(np.float32), x)
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_bf16_fma_nearest_fp32_ties(isa, sign):
+    """fma to nearest where x * y is a BF16 tie (a midpoint: x = 1.5, y with an odd last bit)
+    and c is too small for the FP32 sum (|c| below half its ulp, or just above it): the FP32
+    sum rounded to nearest sits on the tie, so the step toward the exact value (round to
+    odd; on AVX-512 the inexact bit of the sum rounded toward zero) decides the result.
+    Long vectors of plain values: the fast path; against the exact reference (Fractions)."""
+    rng = np.random.default_rng(8 if sign > 0 else 9)
+    n = 4099
+    x = np.full(n, 0x3FC0, np.uint16)  # 1.5
+    y = (0x3F81 + 2 * rng.integers(0, 64, n)).astype(np.uint16)  # 1 + odd / 128
+    if sign < 0:
+        y |= 0x8000
+    k = rng.integers(24, 50, n)  # c = +-2^-k (1 + j / 128): BF16 exponent field 127 - k
+    c = (((127 - k) << 7) | rng.integers(0, 128, n)).astype(np.uint16)
+    c |= (rng.random(n) < 0.5).astype(np.uint16) << 15
+    check("fma", [x, y, c], R.BF16_R, "nearest", 0)
