@@ -55,10 +55,12 @@ static const pool_api *forward;
  * machine a large call gives about nthreads, but with a busy process beside us, or a call
  * too small to repay waking a worker (on a VM an idle vCPU can take a hundred microseconds
  * to wake), the worker joins late or not at all, or is descheduled inside an item while
- * the caller waits for it. So every parallel call measures S = (the caller's time inside
- * items + the workers' CPU time inside items) / (the call's wall time): a worker's time
- * descheduled does not count as work (the caller's does: it would delay a serial call
- * too); when
+ * the caller waits for it. So every parallel call estimates the serial time twice, as the
+ * caller's time inside items + the workers' CPU time inside items (a worker's time
+ * descheduled is not work; the caller's counts: it would delay a serial call too), and as
+ * the caller's time per item times the items (the items of a call are alike; this one also
+ * sees a worker that is slow while it runs, e.g. a vCPU just woken), and takes
+ * S = (the smaller estimate) / (the call's wall time); when
  * S < DK_GUARD_MIN_GAIN the next calls of the same kind (same item function,
  * same binade of the item count) run on the calling thread for a back-off period that
  * doubles while the probes at its end stay bad (DK_GUARD_START_NS .. DK_GUARD_MAX_NS) and
@@ -147,11 +149,12 @@ static void guard_update(guard_t *g, int64_t busy, int64_t wall, int64_t now)
     atomic_store_explicit(&g->until, now + b, memory_order_relaxed);
 }
 
-static void run_items(dk_pool_fn fn, void *arg, int64_t n, int slot)
+/* Runs items until none is left; returns how many this thread ran. */
+static int64_t run_items(dk_pool_fn fn, void *arg, int64_t n, int slot)
 {
-    for (;;) {
+    for (int64_t done = 0;; done++) {
         int64_t i = (int64_t)atomic_fetch_add_explicit(&next_item, 1, memory_order_relaxed);
-        if (i >= n) return;
+        if (i >= n) return done;
         fn(arg, i, slot);
     }
 }
@@ -291,7 +294,7 @@ static int pool_run(int nthreads, int64_t nitems, dk_pool_fn fn, void *arg, doub
     atomic_fetch_add_explicit(&parallel_calls, 1, memory_order_relaxed);
 
     int64_t c0 = g ? mono_ns() : 0;
-    run_items(fn, arg, nitems, 0);
+    int64_t mine = run_items(fn, arg, nitems, 0);
     int64_t c1 = g ? mono_ns() : 0;
 
     pthread_mutex_lock(&m);
@@ -303,7 +306,12 @@ static int pool_run(int nthreads, int64_t nitems, dk_pool_fn fn, void *arg, doub
     pthread_mutex_unlock(&busy);
     if (g) {
         int64_t t1 = mono_ns();
-        guard_update(g, (c1 - c0) + wbusy, t1 - t0, t1);
+        /* two estimates of the serial time: the work done (the caller's time + the workers'
+         * CPU time) and the caller's own rate over all the items (items of one call are
+         * alike); the call gained only if both say so */
+        int64_t work = (c1 - c0) + wbusy;
+        int64_t by_rate = mine > 0 ? (int64_t)((double)(c1 - c0) * (double)nitems / (double)mine) : 0;
+        guard_update(g, work < by_rate ? work : by_rate, t1 - t0, t1);
     }
     return used;
 }

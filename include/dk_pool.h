@@ -62,10 +62,10 @@ void dk_pool_shutdown(void);
 int64_t dk_pool_parallel_calls(void);
 int dk_pool_workers(void);
 
-/* The contention guard (docs/threads.md): every parallel call measures the work its
- * threads did inside items (the caller's time, the workers' CPU time: about what the
- * caller alone would take) against its wall time; when that gains less than 1.15x, the
- * next calls of the same
+/* The contention guard (docs/threads.md): every parallel call estimates what the caller
+ * alone would have taken (the smaller of: the caller's time inside items + the workers'
+ * CPU time inside items; the caller's time per item times the items) against its wall
+ * time; when that gains less than 1.15x, the next calls of the same
  * kind (item function, binade of the item count) run on the calling thread for a back-off
  * period (4 ms, doubling to 256 ms while the probe at its end stays bad; reset by a good
  * one). dk_pool_guarded_calls counts the calls the guard ran serially. dk_pool_guard(on)

@@ -185,6 +185,19 @@ def test_guard_keeps_a_losing_kind_on_the_caller(guard):
     assert _kept([0, 0]) == (1, 0)             # the probe after the back-off
 
 
+def test_guard_judges_by_the_callers_rate_too(guard):
+    """The worker works all the time it holds its item, but three times as long as the
+    caller's item (caller 10 ms, worker 30 ms: a worker that runs slowly, as a vCPU just
+    woken): the work done says S = 40/30, but at the caller's rate the two items would have
+    taken 20 ms alone, and the call took 30: the guard backs off. (Should a worker that is
+    already awake claim item 0 before the caller, the roles swap and the call did gain: the
+    case is tried up to three times.)"""
+    def backs_off():
+        time.sleep(0.3)                          # past any back-off
+        return _kept([10000, 30000]) == (1, 0) and _kept([0, 0]) == (0, 1)
+    assert any(backs_off() for _ in range(3))
+
+
 def test_guard_lets_a_gaining_kind_run_in_parallel(guard):
     """Two items of 30 ms of work side by side (S ~ 2 with the second core free: the suite
     runs alone on the machine): the next call of the kind runs in parallel, and a good probe
