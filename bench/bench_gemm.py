@@ -278,7 +278,9 @@ def versus(shape=(2048, 2048, 2048), rounds: int = 9) -> None:
     implementation with a slow moment of the other. Here every round times each
     implementation once, back to back, in an order that alternates between rounds, and the
     ratio is taken within the round; min / median / max over the rounds are printed, with
-    the TDPBF16PS / FMA peak probe measured between the rounds as a gauge of the core's speed."""
+    the TDPBF16PS / FMA peak probe measured between the rounds as a gauge of the core's speed.
+    Every timed call starts SETTLE seconds after the previous one, when the peers' threads
+    (which spin after a call) have gone to sleep."""
     m, n, k = shape
     impls = sorted({i for pair in VERSUS for i in pair})
     print(f"dojo_kernels tier {_config.get_isa()}; {m}x{n}x{k}; {rounds} interleaved rounds; "
@@ -295,6 +297,10 @@ def versus(shape=(2048, 2048, 2048), rounds: int = 9) -> None:
             order = list(fns)
             for r in range(rounds):
                 for i in (order if r % 2 == 0 else order[::-1]):
+                    # let the peers' threads go to sleep first: OpenBLAS's and OpenMP's
+                    # threads spin for a while after a call, and a spinning thread is a
+                    # busy core (our contention guard then keeps a call on one thread)
+                    time.sleep(SETTLE)
                     times[i].append(_once(fns[i]))
                 probes.append(peak_probe.measure(probe, th) / 1e9)
             print(f"\nthreads={th}  {probe} probe GFLOP/s min/median/max: "
@@ -307,6 +313,10 @@ def versus(shape=(2048, 2048, 2048), rounds: int = 9) -> None:
                     q = sorted(tb / ta for ta, tb in zip(times[a], times[b]))
                     print(f"  {a} / {b:<14} per-round ratio min/median/max "
                           f"{q[0]:5.2f} {statistics.median(q):5.2f} {q[-1]:5.2f}")
+
+
+#: seconds between two timed calls of --versus (longer than the peers' spin-wait)
+SETTLE = 0.3
 
 
 def _once(f) -> float:
