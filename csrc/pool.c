@@ -364,9 +364,10 @@ void dk_pool_shutdown(void)
 int64_t dk_pool_parallel_calls(void) { return (int64_t)atomic_load(&parallel_calls); }
 
 /* Tests of the guard: item i, run by the caller, works (spins on this thread's CPU clock)
- * work_us[i] microseconds of CPU time; run by a worker, it sleeps sleep_us[i] microseconds
- * instead when that is nonzero (a worker descheduled inside its item), else works too. */
-typedef struct { const int64_t *work_us, *sleep_us; } test_args;
+ * caller_us[i] microseconds of CPU time; run by a worker, it sleeps sleep_us[i]
+ * microseconds when that is nonzero (a worker descheduled inside its item), else works
+ * worker_us[i]. Whichever thread claims which item, each thread's pace is known. */
+typedef struct { const int64_t *caller_us, *worker_us, *sleep_us; } test_args;
 static void test_item(void *arg, int64_t i, int slot)
 {
     const test_args *A = arg;
@@ -376,15 +377,16 @@ static void test_item(void *arg, int64_t i, int slot)
         while (nanosleep(&ts, &ts) != 0) {}
         return;
     }
-    int64_t c0 = cpu_ns(), want = A->work_us[i] * 1000;
+    int64_t c0 = cpu_ns(), want = (slot > 0 ? A->worker_us[i] : A->caller_us[i]) * 1000;
     volatile uint64_t x = 0;
     while (want > 0 && c0 >= 0 && cpu_ns() - c0 < want)
         for (int j = 0; j < 1000; j++) x += (uint64_t)j;
 }
 
-int dk_pool_test_items(int nthreads, int64_t nitems, const int64_t *work_us, const int64_t *sleep_us)
+int dk_pool_test_items(int nthreads, int64_t nitems, const int64_t *caller_us,
+                       const int64_t *worker_us, const int64_t *sleep_us)
 {
-    test_args a = {work_us, sleep_us};
+    test_args a = {caller_us, worker_us, sleep_us};
     return dk_pool_run(nthreads, nitems, test_item, &a);
 }
 

@@ -51,8 +51,8 @@ cdef extern from "dk_pool.h":
     int dk_pool_workers()
     int64_t dk_pool_guarded_calls()
     int dk_pool_guard(int on)
-    int dk_pool_test_items(int nthreads, int64_t nitems, const int64_t *work_us,
-                           const int64_t *sleep_us) nogil
+    int dk_pool_test_items(int nthreads, int64_t nitems, const int64_t *caller_us,
+                           const int64_t *worker_us, const int64_t *sleep_us) nogil
 
 
 def _pool_capsule():
@@ -72,23 +72,24 @@ def _pool_guard(int on=-1):
     return bool(dk_pool_guard(on))
 
 
-def _pool_test_items(int nthreads, work_us, sleep_us):
-    """Tests of the guard: a parallel call whose item i works work_us[i] microseconds of
-    CPU time, except on a worker when sleep_us[i] > 0: then it sleeps that long instead (a
-    worker descheduled inside its item: no work done while the caller waits). Returns the
-    number of threads that took part."""
-    cdef int64_t[::1] w = np.ascontiguousarray(work_us, dtype=np.int64)
+def _pool_test_items(int nthreads, caller_us, worker_us, sleep_us):
+    """Tests of the guard: a parallel call whose item i works caller_us[i] microseconds of
+    CPU time when the caller runs it; on a worker it sleeps sleep_us[i] microseconds when
+    that is nonzero (a worker descheduled inside its item: no work while the caller waits),
+    else works worker_us[i]. Returns the number of threads that took part."""
+    cdef int64_t[::1] c = np.ascontiguousarray(caller_us, dtype=np.int64)
+    cdef int64_t[::1] w = np.ascontiguousarray(worker_us, dtype=np.int64)
     cdef int64_t[::1] z = np.ascontiguousarray(sleep_us, dtype=np.int64)
-    cdef int64_t n = w.shape[0]
+    cdef int64_t n = c.shape[0]
     cdef int used
-    if z.shape[0] != n:
-        raise ValueError(f"sleep_us: expected {n} values (one per item), got {z.shape[0]}")
+    if w.shape[0] != n or z.shape[0] != n:
+        raise ValueError(f"worker_us, sleep_us: expected {n} values each (one per item)")
     if n == 0:
         return 0
-    if np.any(np.asarray(w) < 0) or np.any(np.asarray(z) < 0):
-        raise ValueError("work_us, sleep_us: expected non-negative microseconds")
+    if np.any(np.asarray(c) < 0) or np.any(np.asarray(w) < 0) or np.any(np.asarray(z) < 0):
+        raise ValueError("caller_us, worker_us, sleep_us: expected non-negative microseconds")
     with nogil:
-        used = dk_pool_test_items(nthreads, n, &w[0], &z[0])
+        used = dk_pool_test_items(nthreads, n, &c[0], &w[0], &z[0])
     return used
 
 

@@ -74,8 +74,10 @@ int dk_pool_workers(void);
 int64_t dk_pool_guarded_calls(void);
 int dk_pool_guard(int on);
 
-/* Tests: run nitems items; item i works work_us[i] microseconds of CPU time, except on a
- * worker when sleep_us[i] > 0: then it sleeps that long instead. Returns the threads used. */
-int dk_pool_test_items(int nthreads, int64_t nitems, const int64_t *work_us, const int64_t *sleep_us);
+/* Tests: run nitems items; item i works caller_us[i] microseconds of CPU time on the
+ * caller; on a worker it sleeps sleep_us[i] microseconds when that is nonzero, else works
+ * worker_us[i]. Returns the threads used. */
+int dk_pool_test_items(int nthreads, int64_t nitems, const int64_t *caller_us,
+                       const int64_t *worker_us, const int64_t *sleep_us);
 
 #endif
