@@ -176,6 +176,17 @@ def _kept(caller_us, worker_us=None, sleep_us=None):
     return parallel_calls() - p, _cpu._pool_guarded() - g
 
 
+def _backs_off(*bad):
+    """The call `bad` runs in parallel (a probe) and the next call of its kind, made at once,
+    is kept on the caller (within the first back-off, 4 ms). Should the host deschedule us
+    for longer than that between the two calls, the check is tried again (up to 3 times)."""
+    for _ in range(3):
+        time.sleep(0.3)                          # past any back-off
+        if _kept(*bad) == (1, 0) and _kept([0, 0]) == (0, 1):
+            return True
+    return False
+
+
 LOSING = ([20000, 20000], [0, 0], [20000, 20000])
 
 
@@ -184,8 +195,7 @@ def test_guard_keeps_a_losing_kind_on_the_caller(guard):
     machine's load) keeps the next call of its kind on the caller; the same item
     function with an item count in another binade is another kind; after the back-off
     (<= 256 ms) the guard tries threads again."""
-    assert _kept(*LOSING) == (1, 0)
-    assert _kept([0, 0]) == (0, 1)             # within the 4 ms back-off
+    assert _backs_off(*LOSING)
     assert _kept([0] * 8) == (1, 0)            # another binade of items: its own state
     time.sleep(0.3)
     assert _kept([0, 0]) == (1, 0)             # the probe after the back-off
@@ -197,8 +207,7 @@ def test_guard_judges_by_the_callers_rate_too(guard):
     a vCPU just woken): the work done says S = 40/30, but at the caller's rate the two items
     would have taken 20 ms alone, and the call took 30: the guard backs off (whichever
     thread claims which item)."""
-    assert _kept([10000, 10000], [30000, 30000]) == (1, 0)
-    assert _kept([0, 0]) == (0, 1)
+    assert _backs_off([10000, 10000], [30000, 30000])
 
 
 def test_guard_lets_a_gaining_kind_run_in_parallel(guard):
@@ -209,9 +218,7 @@ def test_guard_lets_a_gaining_kind_run_in_parallel(guard):
     def good_then_parallel():
         return _kept([30000, 30000]) == (1, 0) and _kept([0, 0]) == (1, 0)
     assert any(good_then_parallel() for _ in range(5))
-    time.sleep(0.3)                              # the quick call above backed off: let it pass
-    assert _kept(*LOSING) == (1, 0)             # bad: backing off
-    assert _kept([0, 0]) == (0, 1)
+    assert _backs_off(*LOSING)                   # bad: backing off
 
     def probe_clears():
         time.sleep(0.3)                          # past any back-off
