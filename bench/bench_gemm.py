@@ -29,6 +29,7 @@ from dojo_kernels import _bench  # noqa: E402
 
 import dojo_kernels as dk  # noqa: E402
 from dojo_kernels import _config  # noqa: E402
+from dojo_kernels.gemm import _empty_result  # noqa: E402
 
 G = importlib.import_module("dojo_kernels.gemm")
 
@@ -78,12 +79,11 @@ def inputs(m, n, k):
 
 
 def _out(m, n):
-    """A result buffer for ``out=``, 64-byte aligned as torch's and dk.gemm's own results are
-    (NumPy aligns large arrays to 16 or 32 bytes only; a large result can then not be streamed
-    past the caches: docs/gemm.md, "Passing out=")."""
-    buf = np.empty(m * n + 16, np.float32)
-    off = (-buf.ctypes.data % 64) // 4
-    return buf[off:off + m * n].reshape(m, n)
+    """A result buffer for ``out=``, allocated as gemm allocates its own results: a large one
+    64-byte aligned, as torch's are too (NumPy aligns large arrays to 16 or 32 bytes only,
+    and a large result can then not be streamed past the caches: docs/gemm.md, "Passing
+    out=")."""
+    return _empty_result(1, m, n)[0]
 
 
 def runner(impl, m, n, k, threads):

@@ -61,8 +61,8 @@ static const pool_api *forward;
  * the caller's time per item times the items (the items of a call are alike; this one also
  * sees a worker that is slow while it runs, e.g. a vCPU just woken), and takes
  * S = (the smaller estimate) / (the call's wall time); when
- * S < DK_GUARD_MIN_GAIN the next calls of the same kind (same item function,
- * same binade of the item count) run on the calling thread for a back-off period that
+ * S < DK_GUARD_MIN_GAIN the next calls of the same kind (same item function, same binade
+ * of the call's work: dk_pool_run_as) run on the calling thread for a back-off period that
  * doubles while the probes at its end stay bad (DK_GUARD_START_NS .. DK_GUARD_MAX_NS) and
  * resets after a good one. Results never change: only how many threads run the items. */
 #define DK_GUARD_MIN_GAIN 1.15
@@ -89,8 +89,6 @@ static int64_t mono_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* The state of a kind: an exact (fn, binade) entry, found by linear probing from a hash;
- * a new kind takes a free entry (with all 64 taken, kinds share the home entry). */
 /* This thread's CPU time (a worker's work: time it spent descheduled does not count). */
 static int64_t cpu_ns(void)
 {
@@ -99,6 +97,8 @@ static int64_t cpu_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* The state of a kind: an exact (fn, binade of work) entry, found by linear probing from a
+ * hash; a new kind takes a free entry (with all 64 taken, kinds share the home entry). */
 static guard_t *guard_for(dk_pool_fn fn, double work)
 {
     unsigned long long w = work >= 1.0 ? (work < 9.2e18 ? (unsigned long long)work : 1ull << 63) : 1;
