@@ -9,6 +9,15 @@
  *   - a worker that wakes after the caller has run out of items does not join the call.
  * Items are claimed from one atomic counter, one at a time.
  *
+ * Spreading: a worker that joins a call on a CPU where another thread of the call already
+ * runs (the caller, or a worker that joined before it) moves itself to one of its allowed
+ * CPUs that the call does not use yet, then restores its affinity mask (dk_pool_spread).
+ * Two threads of one call on one CPU only take turns. The Linux scheduler normally wakes a
+ * worker on an idle CPU, but not always: a KVM guest can see an idle vCPU as preempted
+ * and pass it over, and some guest kernels pack threads onto few vCPUs on purpose (these
+ * machines boot with sched_vcpu_pack); there a large 2-thread gemm ran at about 1.2x one
+ * thread, its worker sharing the caller's vCPU, in every other call (docs/threads.md).
+ *
  * Locking: `busy` (trylock) admits one parallel call at a time; `m` guards everything
  * below except `next_item` (atomic) and `parallel_calls` (atomic). Happens-before between
  * the items' writes and the caller's return: every worker takes `m` after its last item,
@@ -17,6 +26,7 @@
 #include "dk_pool.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -44,6 +54,69 @@ static int job_running;          /* workers inside the call */
 static atomic_llong next_item;
 
 static atomic_llong parallel_calls;
+static atomic_llong spread_moves; /* workers moved off a CPU the call already used */
+static atomic_int spread_on = 1;
+
+#if defined(__linux__) && defined(CPU_SETSIZE)
+#define DK_POOL_SPREAD 1
+#define DK_POOL_TRACKED 64
+/* The CPU each thread of the current call (slot 0 the caller, 1.. the workers) was on when
+ * it last claimed an item, -1 for none; reset at the start of every parallel call. */
+static atomic_int slot_cpu[DK_POOL_TRACKED];
+
+static int this_cpu(void)
+{
+    int c = sched_getcpu();
+    return c >= 0 && c < CPU_SETSIZE ? c : -1;
+}
+
+/* Move the calling thread to an allowed CPU outside `used`, keeping its affinity mask:
+ * setting a mask without the current CPU migrates the thread at once, and restoring the
+ * old mask does not move it back. Returns the CPU it runs on now (-1 if unknown). */
+static int spread_from(const cpu_set_t *used)
+{
+    cpu_set_t mine, both, want;
+    if (sched_getaffinity(0, sizeof mine, &mine) != 0) return this_cpu();
+    CPU_AND(&both, &mine, used);
+    CPU_XOR(&want, &mine, &both);
+    if (CPU_COUNT(&want) == 0) return this_cpu(); /* nowhere else to go */
+    if (sched_setaffinity(0, sizeof want, &want) == 0) {
+        sched_setaffinity(0, sizeof mine, &mine);
+        atomic_fetch_add_explicit(&spread_moves, 1, memory_order_relaxed);
+    }
+    return this_cpu();
+}
+
+/* Before each item: note this thread's CPU; a worker that finds another thread of the call
+ * on it moves (the kernel may put it back later: the next item checks again). */
+static void settle(int slot)
+{
+    if (slot >= DK_POOL_TRACKED || !atomic_load_explicit(&spread_on, memory_order_relaxed))
+        return;
+    int c = this_cpu();
+    if (c < 0) return;
+    atomic_store_explicit(&slot_cpu[slot], c, memory_order_relaxed);
+    if (slot == 0) return; /* the caller stays where it is */
+    cpu_set_t used;
+    CPU_ZERO(&used);
+    int clash = 0;
+    for (int t = 0; t < DK_POOL_TRACKED; t++) {
+        int o = t == slot ? -1 : atomic_load_explicit(&slot_cpu[t], memory_order_relaxed);
+        if (o < 0) continue;
+        CPU_SET(o, &used);
+        clash |= o == c;
+    }
+    if (clash) atomic_store_explicit(&slot_cpu[slot], spread_from(&used), memory_order_relaxed);
+}
+
+static void leave_slot(int slot)
+{
+    if (slot < DK_POOL_TRACKED) atomic_store_explicit(&slot_cpu[slot], -1, memory_order_relaxed);
+}
+#else
+static void settle(int slot) { (void)slot; }
+static void leave_slot(int slot) { (void)slot; }
+#endif
 typedef int (*run_fn)(int nthreads, int64_t nitems, dk_pool_fn fn, void *arg, double work);
 typedef int (*advise_fn)(int nthreads, dk_pool_fn fn, double work);
 typedef struct { run_fn run; advise_fn advise; } pool_api;
@@ -154,7 +227,11 @@ static int64_t run_items(dk_pool_fn fn, void *arg, int64_t n, int slot)
 {
     for (int64_t done = 0;; done++) {
         int64_t i = (int64_t)atomic_fetch_add_explicit(&next_item, 1, memory_order_relaxed);
-        if (i >= n) return done;
+        if (i >= n) {
+            leave_slot(slot);
+            return done;
+        }
+        settle(slot);
         fn(arg, i, slot);
     }
 }
@@ -286,6 +363,9 @@ static int pool_run(int nthreads, int64_t nitems, dk_pool_fn fn, void *arg, doub
     job_joined = 0;
     job_running = 0;
     job_busy_ns = 0;
+#ifdef DK_POOL_SPREAD
+    for (int t = 0; t < DK_POOL_TRACKED; t++) atomic_store_explicit(&slot_cpu[t], -1, memory_order_relaxed);
+#endif
     job_open = 1;
     atomic_store_explicit(&next_item, 0, memory_order_relaxed);
     gen++;
@@ -391,6 +471,34 @@ int dk_pool_test_items(int nthreads, int64_t nitems, const int64_t *caller_us,
 }
 
 int64_t dk_pool_guarded_calls(void) { return (int64_t)atomic_load(&guarded_calls); }
+
+int dk_pool_test_spread(int *before, int *after)
+{
+#ifdef DK_POOL_SPREAD
+    cpu_set_t used;
+    CPU_ZERO(&used);
+    *before = this_cpu();
+    if (*before < 0) {
+        *after = -1;
+        return 0;
+    }
+    CPU_SET(*before, &used);
+    *after = spread_from(&used);
+    return 1;
+#else
+    *before = *after = -1;
+    return 0;
+#endif
+}
+
+int64_t dk_pool_spread_moves(void) { return (int64_t)atomic_load(&spread_moves); }
+
+int dk_pool_spread(int on)
+{
+    int was = atomic_load(&spread_on);
+    if (on >= 0) atomic_store(&spread_on, on ? 1 : 0);
+    return was;
+}
 
 int dk_pool_guard(int on)
 {

@@ -51,6 +51,9 @@ cdef extern from "dk_pool.h":
     int dk_pool_workers()
     int64_t dk_pool_guarded_calls()
     int dk_pool_guard(int on)
+    int64_t dk_pool_spread_moves()
+    int dk_pool_spread(int on)
+    int dk_pool_test_spread(int *before, int *after) nogil
     int dk_pool_test_items(int nthreads, int64_t nitems, const int64_t *caller_us,
                            const int64_t *worker_us, const int64_t *sleep_us) nogil
 
@@ -91,6 +94,28 @@ def _pool_test_items(int nthreads, caller_us, worker_us, sleep_us):
     with nogil:
         used = dk_pool_test_items(nthreads, n, &c[0], &w[0], &z[0])
     return used
+
+
+def _pool_spread(int on=-1):
+    """Spreading (docs/threads.md): a worker that joins a call on a CPU the call already
+    uses moves to another allowed CPU. on=1 on, 0 off, -1 only asks; returns the previous
+    setting (True/False)."""
+    return bool(dk_pool_spread(on))
+
+
+def _pool_test_spread():
+    """Tests: move the calling thread off its CPU as spreading moves a worker that meets
+    another thread of its call there. Returns (cpu before, cpu after), or None where
+    spreading is not available (not Linux)."""
+    cdef int before = -1, after = -1, ok
+    with nogil:
+        ok = dk_pool_test_spread(&before, &after)
+    return (before, after) if ok else None
+
+
+def _pool_spread_moves():
+    """Workers moved so far by spreading."""
+    return dk_pool_spread_moves()
 
 
 def _pool_guarded():

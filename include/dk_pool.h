@@ -74,6 +74,16 @@ int dk_pool_workers(void);
 int64_t dk_pool_guarded_calls(void);
 int dk_pool_guard(int on);
 
+/* Spreading (pool.c): a worker that joins a call on a CPU another thread of the call is on
+ * moves to an allowed CPU the call does not use, keeping its affinity mask.
+ * dk_pool_spread_moves counts those moves; dk_pool_spread(on) turns spreading on (1) or off
+ * (0), -1 only queries; returns the previous setting. On by default (Linux only). */
+int64_t dk_pool_spread_moves(void);
+int dk_pool_spread(int on);
+/* Tests: move the calling thread as a worker that met another thread of its call on its
+ * CPU. Sets the CPU before and after; returns 0 where spreading is not available. */
+int dk_pool_test_spread(int *before, int *after);
+
 /* Tests: run nitems items; item i works caller_us[i] microseconds of CPU time on the
  * caller; on a worker it sleeps sleep_us[i] microseconds when that is nonzero, else works
  * worker_us[i]. Returns the threads used. */

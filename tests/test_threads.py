@@ -264,6 +264,69 @@ def test_guarded_gemm_is_cut_for_one_thread(guard, two_threads):
         assert np.array_equal(g.view(np.uint32), want.view(np.uint32))
 
 
+# ---- spreading: a worker never shares a CPU with another thread of its call -----------------
+
+def _in_thread(fn):
+    """fn() on a fresh thread (its affinity and CPU are its own); returns fn's result."""
+    import threading
+    box = {}
+    t = threading.Thread(target=lambda: box.update(r=fn()))
+    t.start()
+    t.join()
+    return box["r"]
+
+
+needs_spread = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or len(os.sched_getaffinity(0)) < 2,
+    reason="spreading moves threads between CPUs: Linux with at least 2 allowed CPUs")
+
+
+@needs_spread
+def test_spread_moves_off_the_cpu_and_keeps_the_mask():
+    """A worker that meets another thread of its call on its CPU moves to another allowed
+    CPU, and its affinity mask is what it was (a user's taskset is kept)."""
+    def move():
+        mask = os.sched_getaffinity(0)
+        moves = _cpu._pool_spread_moves()
+        before, after = _cpu._pool_test_spread()
+        return mask, os.sched_getaffinity(0), before, after, _cpu._pool_spread_moves() - moves
+    mask, mask_after, before, after, moved = _in_thread(move)
+    assert mask_after == mask
+    assert before in mask and after in mask and after != before
+    assert moved == 1
+
+
+@needs_spread
+def test_spread_stays_within_a_users_affinity():
+    """A thread allowed on one CPU only has nowhere to go: it stays, and is not counted."""
+    def stay():
+        cpu = os.sched_getaffinity(0)
+        one = {min(cpu)}
+        os.sched_setaffinity(0, one)
+        moves = _cpu._pool_spread_moves()
+        before, after = _cpu._pool_test_spread()
+        return one, os.sched_getaffinity(0), before, after, _cpu._pool_spread_moves() - moves
+    one, mask_after, before, after, moved = _in_thread(stay)
+    assert mask_after == one and before == after == min(one) and moved == 0
+
+
+def test_spread_switch_and_same_bits(two_threads):
+    """Spreading only moves threads: a gemm gives the same bits with it on or off."""
+    rng = np.random.default_rng(9)
+    a = dk.quantize(rng.standard_normal((512, 384)).astype(np.float32), dk.BF16)
+    b = dk.quantize(rng.standard_normal((384, 640)).astype(np.float32), dk.BF16)
+    was = _cpu._pool_spread(0)
+    try:
+        assert _cpu._pool_spread(-1) is False
+        off = dk.gemm(a, b)
+        _cpu._pool_spread(1)
+        assert _cpu._pool_spread(-1) is True
+        on = dk.gemm(a, b)
+    finally:
+        _cpu._pool_spread(int(was))
+    assert np.array_equal(on.view(np.uint32), off.view(np.uint32))
+
+
 # ---- threadpoolctl --------------------------------------------------------------------------
 
 def test_threadpoolctl_sees_and_limits():
