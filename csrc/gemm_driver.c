@@ -145,22 +145,33 @@ static inline void pair_at(const view *v, int64_t r, int64_t nrows, int64_t p, i
     *odd = (r < nrows && k0 + 1 < k) ? code_at(v, r, k0 + 1) : 0;
 }
 
+static void packed_range(const void *buf, int64_t n, uint16_t *rng);
+
 /* Pack `width` slivers of mr (or nr) lines x kp pairs starting at line l0, pair p0.
  * For A the lines are rows (v as given); for B the driver passes a transposed view so
  * that lines are columns of B. Output sliver s at dst + s * kp * pair_bytes. */
 static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int64_t nl,
-                       int64_t p0, int64_t kp, int64_t lw, int split, int simd, void *dst)
+                       int64_t p0, int64_t kp, int64_t lw, int split, int simd, void *dst,
+                       uint16_t *rng)
 {
-    int64_t nsl = (nl + lw - 1) / lw;
-    /* avx512 fast path: lines contiguous (B row-major), whole slivers, full pairs; the
-     * last, half pair of an odd k goes through the portable loop below. Pair layout (the
-     * vdpbf16ps order's kernels) or split layout (the amx order's). */
-    if (simd && v->rs == 1 && lw % 32 == 0 && l0 + nsl * lw <= nlines) {
-        int64_t kfull = (k / 2) - p0;
-        if (kfull > kp) kfull = kp;
-        if (kfull > 0) {
-            for (int64_t s = 0; s < nsl; s++) {
-                int64_t line = l0 + s * lw, koff = 2 * p0 * v->cs;
+    int64_t nsl = (nl + lw - 1) / lw, s_first = 0;
+    /* avx512 fast path: lines contiguous (B row-major), the slivers wholly inside, full
+     * pairs; the last, half pair of an odd k and the slivers past the edge go through the
+     * portable loops below. Pair layout (the vdpbf16ps order's kernels and the amx tier)
+     * or split layout (the amx order's FMA kernels). rng (pair layout only): merge the
+     * range of the codes packed, fused into the BF16 packer where it can be. */
+    int64_t nin = lw > 0 && nlines > l0 ? (nlines - l0) / lw : 0;
+    if (nin > nsl) nin = nsl;
+    int64_t kfull = (k / 2) - p0;
+    if (kfull > kp) kfull = kp;
+    if (simd && v->rs == 1 && lw % 32 == 0 && nin > 0 && kfull > 0) {
+        int64_t koff = 2 * p0 * v->cs;
+        if (!split && v->kind == DK_GEMM_U16) {
+            dk_gemm_pack_pair_u16_avx512((const uint16_t *)v->p + l0 + koff, v->cs, kfull, lw,
+                                         nin, kp * lw, (uint32_t *)dst, rng);
+        } else {
+            for (int64_t s = 0; s < nin; s++) {
+                int64_t line = l0 + s * lw;
                 if (split) {
                     float *o = (float *)dst + s * kp * 2 * lw;
                     if (v->kind == DK_GEMM_U8)
@@ -172,34 +183,32 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
                     continue;
                 }
                 uint32_t *o = (uint32_t *)dst + s * kp * lw;
-                if (v->kind == DK_GEMM_U8)
-                    dk_gemm_pack_pair_u8_avx512((const uint8_t *)v->p + line + koff, v->cs, kfull,
-                                                lw, v->table, o);
-                else
-                    dk_gemm_pack_pair_u16_avx512((const uint16_t *)v->p + line + koff, v->cs,
-                                                 kfull, lw, o);
+                dk_gemm_pack_pair_u8_avx512((const uint8_t *)v->p + line + koff, v->cs, kfull,
+                                            lw, v->table, o);
+                if (rng) packed_range(o, kfull * lw * 2, rng);
             }
-            if (kfull == kp) return;
-            /* pack the remaining pair(s) portably */
-            for (int64_t s = 0; s < nsl; s++) {
-                for (int64_t p = kfull; p < kp; p++)
-                    for (int64_t l = 0; l < lw; l++) {
-                        uint16_t e, d;
-                        pair_at(v, l0 + s * lw + l, nlines, p0 + p, k, &e, &d);
-                        if (split) {
-                            uint32_t *o = (uint32_t *)dst + s * kp * 2 * lw + p * 2 * lw;
-                            o[l] = widen_bits(d);
-                            o[lw + l] = widen_bits(e);
-                        } else {
-                            uint32_t *o = (uint32_t *)dst + s * kp * lw;
-                            o[p * lw + l] = (uint32_t)e | ((uint32_t)d << 16);
-                        }
-                    }
-            }
-            return;
         }
+        /* the remaining pair(s) of those slivers, portably */
+        for (int64_t s = 0; s < nin && kfull < kp; s++) {
+            for (int64_t p = kfull; p < kp; p++)
+                for (int64_t l = 0; l < lw; l++) {
+                    uint16_t e, d;
+                    pair_at(v, l0 + s * lw + l, nlines, p0 + p, k, &e, &d);
+                    if (split) {
+                        uint32_t *o = (uint32_t *)dst + s * kp * 2 * lw + p * 2 * lw;
+                        o[l] = widen_bits(d);
+                        o[lw + l] = widen_bits(e);
+                    } else {
+                        uint32_t *o = (uint32_t *)dst + s * kp * lw;
+                        o[p * lw + l] = (uint32_t)e | ((uint32_t)d << 16);
+                    }
+                }
+            if (rng && !split)
+                packed_range((uint32_t *)dst + s * kp * lw + kfull * lw, (kp - kfull) * lw * 2, rng);
+        }
+        s_first = nin;
     }
-    for (int64_t s = 0; s < nsl; s++) {
+    for (int64_t s = s_first; s < nsl; s++) {
         int64_t base_line = l0 + s * lw;
         if (split) {
             float *o = (float *)dst + s * kp * 2 * lw;
@@ -290,26 +299,33 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
             }
         }
     }
+    if (rng && !split && s_first < nsl)
+        packed_range((uint32_t *)dst + s_first * kp * lw, (nsl - s_first) * kp * lw * 2, rng);
 }
 
 /* Pack A into the AMX "row tiles" layout (dk_gemm.h): slivers of mr rows from row l0,
  * kp pairs (a multiple of 16) from pair p0; per block of 16 pairs, mr rows x 16 lanes.
  * Rows past nlines and pairs past k are zeros. */
 static void pack_rowtiles(const view *v, int64_t nlines, int64_t k, int64_t l0, int64_t nl,
-                          int64_t p0, int64_t kp, int64_t mr, int simd, void *dst)
+                          int64_t p0, int64_t kp, int64_t mr, int simd, void *dst, uint16_t *rng)
 {
     int64_t nsl = (nl + mr - 1) / mr;
     for (int64_t s = 0; s < nsl; s++) {
         uint32_t *o = (uint32_t *)dst + s * kp * mr;
         int64_t blk0 = 0;
-        /* avx512 fast path: CFloat8 codes, k contiguous, the rows of the sliver inside the
-         * matrix, the whole blocks decoded 32 codes at a time */
-        if (simd && v->kind == DK_GEMM_U8 && v->cs == 1 && l0 + s * mr + mr <= nlines) {
+        /* avx512 fast path: k contiguous, the rows of the sliver inside the matrix, whole
+         * blocks of 32 codes (CFloat8 decoded; BF16 copied, its range taken on the way) */
+        if (simd && v->cs == 1 && l0 + s * mr + mr <= nlines) {
             int64_t full = (k - 2 * p0) / 32;
             if (full > kp / 16) full = kp / 16;
-            if (full > 0)
+            if (full > 0 && v->kind == DK_GEMM_U8) {
                 dk_gemm_pack_rowtile_u8_avx512((const uint8_t *)v->p + (l0 + s * mr) * v->rs + 2 * p0,
                                                v->rs, mr, full, mr, v->table, o);
+                if (rng) packed_range(o, full * 16 * mr * 2, rng);
+            } else if (full > 0) {
+                dk_gemm_pack_rowtile_u16_avx512((const uint16_t *)v->p + (l0 + s * mr) * v->rs + 2 * p0,
+                                                v->rs, mr, full, mr, o, rng);
+            }
             blk0 = full > 0 ? full : 0;
         }
         for (int64_t blk = blk0; blk < kp / 16; blk++) {
@@ -334,6 +350,7 @@ static void pack_rowtiles(const view *v, int64_t nlines, int64_t k, int64_t l0, 
                     orow[j] = (uint32_t)e | ((uint32_t)d << 16);
                 }
             }
+            if (rng) packed_range(o + blk * 16 * mr, 16 * mr * 2, rng);
         }
     }
 }
@@ -561,11 +578,12 @@ static void gemm_item(void *arg, int64_t w, int slot)
         /* the kernel's k granularity: the packers pad with zero pairs (a whole number of
          * t->kblk; only the last block can be partial, kcp is a multiple of t->kblk) */
         int64_t kp = (kreal + t->kblk - 1) / t->kblk * t->kblk;
+        /* the range of A's codes (if asked) is taken while packing */
+        uint16_t *arng = S->arng ? S->arng + 2 * slot : NULL;
         if (t->rowtile_a)
-            pack_rowtiles(S->va, m, k, i0, mcur, pc, kp, t->mr, t->simd_pack, mya);
+            pack_rowtiles(S->va, m, k, i0, mcur, pc, kp, t->mr, t->simd_pack, mya, arng);
         else
-            pack_lines(S->va, m, k, i0, mcur, pc, kp, t->mr, t->split_a, 0, mya);
-        if (S->arng) packed_range(mya, msl * kp * pairA / 2, S->arng + 2 * slot);
+            pack_lines(S->va, m, k, i0, mcur, pc, kp, t->mr, t->split_a, 0, mya, arng);
         /* A unit another thread is packing is put off (up to DEFER_MAX of them) and taken
          * after the others, by when it is usually ready; only one still being packed then
          * gets a private copy. Threads side by side thus pack different units instead of
@@ -595,10 +613,10 @@ static void gemm_item(void *arg, int64_t w, int slot)
                     if (seen == 2) ANNOTATE_HAPPENS_AFTER(st);
                 }
                 if (dst) {
-                    for (int64_t s = s0; s < s1; s++)
-                        pack_lines(S->vb, n, k, S->jc + s * t->nr, t->nr, pc, kp, t->nr,
-                                   t->split_b, t->simd_pack, dst + (size_t)(s - s0) * kp * pairB);
-                    if (S->brng) packed_range(dst, (s1 - s0) * kp * pairB / 2, S->brng + 2 * slot);
+                    /* the unit's slivers at once (each k-row read across all of them), the
+                     * range of B's codes (if asked) taken while packing */
+                    pack_lines(S->vb, n, k, S->jc + s0 * t->nr, (s1 - s0) * t->nr, pc, kp, t->nr,
+                               t->split_b, t->simd_pack, dst, S->brng ? S->brng + 2 * slot : NULL);
                     if (dst == unit) {
                         ANNOTATE_HAPPENS_BEFORE(st);
                         atomic_exchange_explicit(st, 2, memory_order_release);

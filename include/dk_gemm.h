@@ -171,11 +171,15 @@ void dk_gemm_pack_split_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp,
 
 /* avx512bf16-tier packing of B into the pair layout: kp full k-pairs of nr (a multiple of
  * 32) columns, rows 2p and 2p+1 at src + 2p*ldk and src + (2p+1)*ldk (columns contiguous),
- * into dst (64-byte aligned, nr lanes per pair). The u8 form decodes through table[256]. */
+ * into dst (64-byte aligned, nr lanes per pair). The u8 form decodes through table[256].
+ * The u16 form packs nsl adjacent slivers (sliver s: columns s*nr.., at dst + s*ssl lanes),
+ * reading each k-row across all of them, and when rng is not NULL merges the codes' range
+ * into rng[0] (smallest nonzero magnitude) and rng[1] (largest finite), as
+ * dk_gemm_bf16_range measures it. */
 void dk_gemm_pack_pair_u8_avx512(const uint8_t *src, int64_t ldk, int64_t kp, int64_t nr,
                                  const uint16_t *table, uint32_t *dst);
 void dk_gemm_pack_pair_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp, int64_t nr,
-                                  uint32_t *dst);
+                                  int64_t nsl, int64_t ssl, uint32_t *dst, uint16_t *rng);
 
 /* avx512bf16 tier (used by the amx tier too), amx order: products of at most
  * DK_GEMM_SMALLM_MAX rows (GEMV, skinny m) straight from unpacked operands, columns
@@ -197,6 +201,10 @@ void dk_gemm_smallm_amx_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1,
 void dk_gemm_pack_rowtile_u8_avx512(const uint8_t *src, int64_t lda, int64_t rows,
                                     int64_t nblk, int64_t mr, const uint16_t *table,
                                     uint32_t *dst);
+/* The same for BF16 codes (a copy of whole 64-byte blocks), merging the codes' range into
+ * rng (as dk_gemm_pack_pair_u16_avx512) when rng is not NULL. */
+void dk_gemm_pack_rowtile_u16_avx512(const uint16_t *src, int64_t lda, int64_t rows,
+                                     int64_t nblk, int64_t mr, uint32_t *dst, uint16_t *rng);
 
 /* amx tier: TDPBF16PS on tile registers, the amx order (dk_gemm.h; blocks of 16 pairs).
  *   A in the "row tiles" layout: per block of 16 pairs, MR = 32 rows x 16 pair lanes

@@ -39,15 +39,59 @@ void dk_gemm_pack_pair_u8_avx512(const uint8_t *src, int64_t ldk, int64_t kp, in
     }
 }
 
-void dk_gemm_pack_pair_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp, int64_t nr,
-                                  uint32_t *dst)
+/* The magnitude range of BF16 codes (the scaling pre-pass, dk_gemm_ranges), kept per 16-bit
+ * lane while packing: the largest finite magnitude and the smallest nonzero one, as the
+ * driver's range_row keeps them (magnitudes are 0..0x7FFF: signed compares suffice). */
+typedef struct { __m512i lo, hi; } range512;
+
+static inline range512 range_start(const uint16_t *rng)
 {
+    range512 r = {_mm512_set1_epi16((short)rng[0]), _mm512_set1_epi16((short)rng[1])};
+    return r;
+}
+
+static inline void range_add(range512 *r, __m512i codes)
+{
+    const __m512i m7 = _mm512_set1_epi16(0x7FFF), inf = _mm512_set1_epi16(0x7F80);
+    __m512i x = _mm512_and_si512(codes, m7);
+    r->hi = _mm512_mask_max_epi16(r->hi, _mm512_cmplt_epi16_mask(x, inf), r->hi, x);
+    r->lo = _mm512_mask_min_epi16(r->lo, _mm512_test_epi16_mask(x, x), r->lo, x);
+}
+
+static inline void range_end(range512 r, uint16_t *rng)
+{
+    int16_t lo[32], hi[32];
+    _mm512_storeu_si512((void *)lo, r.lo);
+    _mm512_storeu_si512((void *)hi, r.hi);
+    int16_t mn = (int16_t)rng[0], mx = (int16_t)rng[1];
+    for (int j = 0; j < 32; j++) {
+        mn = lo[j] < mn ? lo[j] : mn;
+        mx = hi[j] > mx ? hi[j] : mx;
+    }
+    rng[0] = (uint16_t)mn;
+    rng[1] = (uint16_t)mx;
+}
+
+void dk_gemm_pack_pair_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp, int64_t nr,
+                                  int64_t nsl, int64_t ssl, uint32_t *dst, uint16_t *rng)
+{
+    static const uint16_t empty[2] = {0x7FFF, 0};
+    range512 r = range_start(rng ? rng : empty);
+    /* pair outer, slivers inner: each k-row is read nsl * nr codes at a time */
     for (int64_t p = 0; p < kp; p++) {
         const uint16_t *r0 = src + 2 * p * ldk, *r1 = r0 + ldk;
-        for (int64_t j = 0; j < nr; j += 32)
-            interleave_store(_mm512_loadu_si512((const void *)(r0 + j)),
-                             _mm512_loadu_si512((const void *)(r1 + j)), dst + p * nr + j);
+        for (int64_t s = 0; s < nsl; s++)
+            for (int64_t j = s * nr; j < (s + 1) * nr; j += 32) {
+                __m512i e = _mm512_loadu_si512((const void *)(r0 + j));
+                __m512i o = _mm512_loadu_si512((const void *)(r1 + j));
+                if (rng) {
+                    range_add(&r, e);
+                    range_add(&r, o);
+                }
+                interleave_store(e, o, dst + s * ssl + p * nr + (j - s * nr));
+            }
     }
+    if (rng) range_end(r, rng);
 }
 
 /* 32 BF16 codes -> 32 FP32 values with DAZ, stored at dst (64-byte aligned). */
@@ -106,4 +150,21 @@ void dk_gemm_pack_rowtile_u8_avx512(const uint8_t *src, int64_t lda, int64_t row
             _mm512_store_si512((void *)(dst + b * 16 * mr + r * 16), dk_lut512(c, t));
         }
     }
+}
+
+void dk_gemm_pack_rowtile_u16_avx512(const uint16_t *src, int64_t lda, int64_t rows,
+                                     int64_t nblk, int64_t mr, uint32_t *dst, uint16_t *rng)
+{
+    static const uint16_t empty[2] = {0x7FFF, 0};
+    range512 rg = range_start(rng ? rng : empty);
+    /* rows outer: each row of A is read in k order */
+    for (int64_t r = 0; r < rows; r++) {
+        const uint16_t *q = src + r * lda;
+        for (int64_t b = 0; b < nblk; b++) {
+            __m512i c = _mm512_loadu_si512((const void *)(q + 32 * b));
+            if (rng) range_add(&rg, c);
+            _mm512_store_si512((void *)(dst + b * 16 * mr + r * 16), c);
+        }
+    }
+    if (rng) range_end(rg, rng);
 }
