@@ -1,8 +1,11 @@
 """The contention guard at work: time at 2 threads / time at 1 thread, guard on and off,
 for gemm (BF16, square sizes) and quantize (4M float32 -> BF16), in interleaved rounds.
 
-    flock /tmp/dk-timing.lock python bench/thread_sweep.py [SIZES [ROUNDS]]
+    flock /tmp/dk-timing.lock python bench/thread_sweep.py [SIZES [ROUNDS]] [--no-spread]
     python bench/thread_sweep.py 128,256,384,512,2048 7
+
+--no-spread turns off the pool's spreading (a worker that finds another thread of its call on
+its CPU moves to a free one; docs/threads.md), to see what it is worth on this machine.
 
 Each round times 1 thread, then 2 threads with the guard on, then off, back to back, and
 takes the ratios within the round; the line gives min / median / max over the rounds.
@@ -29,6 +32,11 @@ def _timeit(f, reps: int) -> float:
 
 
 def main() -> None:
+    if "--no-spread" in sys.argv:
+        from dojo_kernels import _cpu
+        sys.argv.remove("--no-spread")
+        _cpu._pool_spread(0)
+        print("spreading off")
     sizes = [int(s) for s in (sys.argv[1] if len(sys.argv) > 1 else "128,192,256,384,512,1024,2048").split(",")]
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 7
     rng = np.random.default_rng(0)

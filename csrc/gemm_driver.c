@@ -51,6 +51,7 @@
 #define DK_GEMM_STREAM_MIN ((double)(8 << 20))  /* result bytes above which C is streamed */
 #define DEFER_MAX 64                            /* units an item may put off (gemm_item) */
 #define DK_GEMM_PAR_MIN ((double)(1 << 21))     /* m * ncols * k of a step handed to the pool */
+#define DK_GEMM_MIN_BLOCK_SL 2                  /* slivers per A block when m is cut finer */
 #define DK_GEMM_BPANEL_MAX ((size_t)32 << 20)   /* bytes of packed B per jc step (all of k) */
 
 typedef struct {
@@ -778,6 +779,16 @@ int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
     if (nthr > 1 && nb_m * nchunks0 < nthr) {
         int64_t msl_all = (m + t.mr - 1) / t.mr;
         nb_m = msl_all < nthr ? msl_all : nthr;
+    }
+    /* Fewer than 4 blocks per thread (for the dynamic hand-out): cut m finer first, down to
+     * blocks of DK_GEMM_MIN_BLOCK_SL slivers, before the columns are split into groups
+     * below: every item packs its own A block, so column groups pack the same A block once
+     * each (at 512^3 on 2 threads, four times), while a thinner block only reuses each B
+     * sliver fewer times from the caches. */
+    if (nthr > 1 && nb_m < 4 * (int64_t)nthr) {
+        int64_t thin = (m + t.mr - 1) / t.mr / DK_GEMM_MIN_BLOCK_SL;
+        int64_t want = thin < 4 * (int64_t)nthr ? thin : 4 * (int64_t)nthr;
+        if (want > nb_m) nb_m = want;
     }
     mc = (m + nb_m - 1) / nb_m;
     mc = ((mc + t.mr - 1) / t.mr) * t.mr;
