@@ -113,9 +113,44 @@ static void leave_slot(int slot)
 {
     if (slot < DK_POOL_TRACKED) atomic_store_explicit(&slot_cpu[slot], -1, memory_order_relaxed);
 }
+
+/* Steering: before it wakes the workers, the caller takes its own CPU out of their affinity
+ * masks, so that the kernel wakes them elsewhere (a worker woken on the caller's CPU would
+ * first have to wait for a turn there before it could move itself); their masks are put
+ * back when the call ends. Called under `busy` (workers[] does not change meanwhile). */
+static cpu_set_t steer_saved[DK_POOL_TRACKED];
+static int steer_n;
+
+static void steer_begin(int n)
+{
+    steer_n = 0;
+    if (!atomic_load_explicit(&spread_on, memory_order_relaxed)) return;
+    int c = this_cpu();
+    if (c < 0) return;
+    if (n > DK_POOL_TRACKED) n = DK_POOL_TRACKED;
+    for (int w = 0; w < n; w++) {
+        cpu_set_t mask;
+        if (pthread_getaffinity_np(workers[w], sizeof mask, &mask) != 0) break;
+        steer_saved[w] = mask;
+        steer_n = w + 1;
+        if (CPU_ISSET(c, &mask) && CPU_COUNT(&mask) > 1) {
+            CPU_CLR(c, &mask);
+            pthread_setaffinity_np(workers[w], sizeof mask, &mask);
+        }
+    }
+}
+
+static void steer_end(void)
+{
+    for (int w = 0; w < steer_n; w++)
+        pthread_setaffinity_np(workers[w], sizeof steer_saved[w], &steer_saved[w]);
+    steer_n = 0;
+}
 #else
 static void settle(int slot) { (void)slot; }
 static void leave_slot(int slot) { (void)slot; }
+static void steer_begin(int n) { (void)n; }
+static void steer_end(void) {}
 #endif
 typedef int (*run_fn)(int nthreads, int64_t nitems, dk_pool_fn fn, void *arg, double work);
 typedef int (*advise_fn)(int nthreads, dk_pool_fn fn, double work);
@@ -368,6 +403,7 @@ static int pool_run(int nthreads, int64_t nitems, dk_pool_fn fn, void *arg, doub
 #endif
     job_open = 1;
     atomic_store_explicit(&next_item, 0, memory_order_relaxed);
+    steer_begin(nworkers);
     gen++;
     pthread_cond_broadcast(&work_cv);
     pthread_mutex_unlock(&m);
@@ -383,6 +419,7 @@ static int pool_run(int nthreads, int64_t nitems, dk_pool_fn fn, void *arg, doub
     int used = 1 + job_joined;
     int64_t wbusy = job_busy_ns;
     pthread_mutex_unlock(&m);
+    steer_end();
     pthread_mutex_unlock(&busy);
     if (g) {
         int64_t t1 = mono_ns();
@@ -468,6 +505,28 @@ int dk_pool_test_items(int nthreads, int64_t nitems, const int64_t *caller_us,
 {
     test_args a = {caller_us, worker_us, sleep_us};
     return dk_pool_run(nthreads, nitems, test_item, &a);
+}
+
+/* Tests of spreading: item i works `us` microseconds of CPU time, then notes the CPU it ends
+ * on and the slot of the thread that ran it. */
+typedef struct { int64_t us; int *cpu, *slot; } where_args;
+static void where_item(void *arg, int64_t i, int slot)
+{
+    const where_args *A = arg;
+    int64_t c0 = cpu_ns();
+    volatile uint64_t x = 0;
+    while (c0 >= 0 && cpu_ns() - c0 < A->us * 1000)
+        for (int j = 0; j < 1000; j++) x += (uint64_t)j;
+    A->cpu[i] = sched_getcpu();
+    A->slot[i] = slot;
+}
+
+int dk_pool_test_where(int nthreads, int64_t nitems, int64_t us, int *cpu, int *slot,
+                       int *caller_cpu)
+{
+    where_args a = {us, cpu, slot};
+    *caller_cpu = sched_getcpu();
+    return dk_pool_run(nthreads, nitems, where_item, &a);
 }
 
 int64_t dk_pool_guarded_calls(void) { return (int64_t)atomic_load(&guarded_calls); }

@@ -83,6 +83,11 @@ int dk_pool_spread(int on);
 /* Tests: move the calling thread as a worker that met another thread of its call on its
  * CPU. Sets the CPU before and after; returns 0 where spreading is not available. */
 int dk_pool_test_spread(int *before, int *after);
+/* Tests: a parallel call of nitems items, each working `us` microseconds of CPU time and
+ * then noting in cpu[i] the CPU it ends on and in slot[i] its thread's slot (0 the
+ * caller); caller_cpu: the caller's CPU when the call starts. Returns the threads used. */
+int dk_pool_test_where(int nthreads, int64_t nitems, int64_t us, int *cpu, int *slot,
+                       int *caller_cpu);
 
 /* Tests: run nitems items; item i works caller_us[i] microseconds of CPU time on the
  * caller; on a worker it sleeps sleep_us[i] microseconds when that is nonzero, else works

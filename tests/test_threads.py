@@ -310,6 +310,33 @@ def test_spread_stays_within_a_users_affinity():
     assert mask_after == one and before == after == min(one) and moved == 0
 
 
+@needs_spread
+def test_workers_run_off_the_callers_cpu_and_masks_are_restored():
+    """With spreading on, the caller takes its CPU out of the workers' affinity masks for
+    the call, so no item a worker runs ends on the CPU the caller started on; afterwards
+    every thread's mask is the process's again. (With it off the workers may share it.)"""
+    def masks():
+        return {t: os.sched_getaffinity(int(t)) for t in os.listdir("/proc/self/task")}
+    before = masks()
+    was = dk.get_thread_guard()
+    dk.set_thread_guard(False)
+    try:
+        joined = 0
+        for _ in range(6):
+            # calls after a pause, as a user's calls come: on the VMs this was written on,
+            # half of such calls woke the worker on the caller's CPU without steering
+            time.sleep(0.25)
+            caller, cpu, slot, used = _cpu._pool_test_where(2, 40, 1000)
+            joined += bool((slot > 0).any())
+            assert not (cpu[slot > 0] == caller).any(), (caller, cpu.tolist(), slot.tolist())
+        assert joined > 0, "the worker never joined"
+    finally:
+        dk.set_thread_guard(was)
+    after = masks()
+    assert all(after[t] == before[t] for t in before if t in after)
+    assert all(m == os.sched_getaffinity(0) for m in after.values())
+
+
 def test_spread_switch_and_same_bits(two_threads):
     """Spreading only moves threads: a gemm gives the same bits with it on or off."""
     rng = np.random.default_rng(9)
