@@ -1,8 +1,10 @@
-"""The C kernels' view of a :class:`~dojo_kernels.numerics.formats.Format` (an internal interface:
-numerics and gemm pass it to the compiled modules)."""
+"""The C kernels' view of a :class:`~dojo_kernels.numerics.formats.Format` and of arrays (an
+internal interface: numerics and gemm pass them to the compiled modules)."""
 from __future__ import annotations
 
-from typing import Any, Tuple
+from typing import Any, Optional, Tuple
+
+import numpy as np
 
 from .numerics.formats import Format
 
@@ -15,3 +17,15 @@ def ctuple(fmt: Format) -> Tuple[Any, ...]:
     the argument the compiled modules build their format struct from."""
     return (fmt.exponent_bits, fmt.mantissa_bits, fmt.bias, int(fmt.signed),
             SUBNORMALS[fmt.subnormals], int(fmt.has_inf_nan), fmt.nan_code or 0)
+
+
+def memory_order(a: np.ndarray) -> Tuple[np.ndarray, Optional[Tuple[int, ...]]]:
+    """For order-free uses (a reduction, or nearest rounding read back through the same
+    axes): ``(a, None)`` when ``a`` is C-contiguous or not dense, else ``(t, perm)`` with
+    ``t = a.transpose(perm)`` C-contiguous, the same memory read in its own order (a
+    transposed or Fortran-ordered array), so that no strided copy is made."""
+    if a.ndim < 2 or a.flags.c_contiguous:
+        return a, None
+    perm = tuple(int(i) for i in np.argsort([-abs(s) for s in a.strides], kind="stable"))
+    t = a.transpose(perm)
+    return (t, perm) if t.flags.c_contiguous else (a, None)

@@ -74,6 +74,7 @@ from . import _plan as _plan_c
 from .machine import D1Chip, D1Node, DojoSystem, TrainingTile
 from .numerics.formats import BF16, FP32, Format
 from ._cformat import ctuple as _numerics_ctuple
+from ._cformat import memory_order as _memory_order
 from .numerics import dequantize, quantize
 
 __all__ = ["gemm", "plan_gemm", "GemmPlan", "ORDERS", "kernel_names", "feed_bandwidths",
@@ -395,6 +396,18 @@ def _aligned(arr: np.ndarray) -> np.ndarray:
     return arr if ok else np.array(arr, order="C")
 
 
+def _round_in_place_order(arr: np.ndarray, fmt: Format) -> np.ndarray:
+    """quantize(arr, fmt) (nearest), as codes laid out as arr is: a transposed or Fortran-
+    ordered operand (``W.T`` in a backward pass) is rounded in its memory order and handed to
+    the kernels as transposed codes, which they read at full speed, instead of being copied
+    to C order first (a strided copy that cost more than the product). Rounding to nearest
+    is per element, so the codes are the same."""
+    t, perm = _memory_order(arr)
+    if perm is None:
+        return quantize(arr, fmt)
+    return quantize(t, fmt).transpose(tuple(int(i) for i in np.argsort(perm)))
+
+
 def _operand(x: Any, fmt: Format, name: str) -> np.ndarray:
     """x as codes of fmt (uint16 / uint8 array of any strides), 2-D or 3-D."""
     arr = x if type(x) is np.ndarray else np.asarray(x)
@@ -408,11 +421,11 @@ def _operand(x: Any, fmt: Format, name: str) -> np.ndarray:
     if dt.name == "bfloat16" and dt.itemsize == 2:
         if fmt.name == "bf16":
             return _aligned(arr.view(np.uint16))
-        return quantize(arr, fmt)
+        return _round_in_place_order(arr, fmt)
     if dt.kind == "f":
         if dt not in (np.float32, np.float64):
             arr = arr.astype(np.float32)
-        return quantize(arr, fmt)
+        return _round_in_place_order(arr, fmt)
     if dt.kind == "u" or dt.kind == "i" or dt.kind == "b":
         if dt.kind != "u" or dt.itemsize != want.itemsize:
             raise TypeError(f"{name}: codes for {fmt!r} must be {want}, got dtype {dt} "

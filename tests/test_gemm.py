@@ -759,3 +759,42 @@ def test_return_plan_of_an_empty_product():
     assert empty == plan and empty.b_format == dk.BF16
     with pytest.raises(TypeError, match="machine"):
         dk.GemmPlan.empty(0, 3, 4, machine="tile")
+
+
+# ---- operands in another memory order (a backward pass's W.T) ---------------------------
+
+@pytest.mark.parametrize("fmts", [(dk.BF16, dk.BF16), (dk.cfloat8_143(9), dk.cfloat8_152(17))])
+def test_transposed_float_operands_give_the_bits_of_contiguous_ones(fmts):
+    """float32 / float64 operands that are transposes (2-D), Fortran-ordered, or batches with
+    their last two axes swapped are rounded in their memory order; the result has the bits
+    of the same values passed C-contiguous."""
+    fa, fb = fmts
+    rng = np.random.default_rng(21)
+    a = rng.standard_normal((70, 45)).astype(np.float32)      # used as a.T: 45 x 70
+    b = rng.standard_normal((70, 33))
+    want = dk.gemm(np.ascontiguousarray(a.T), b, a_format=fa, b_format=fb)
+    for aa in (a.T, np.asfortranarray(a.T)):
+        got = dk.gemm(aa, b, a_format=fa, b_format=fb)
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    bt = rng.standard_normal((33, 70)).astype(np.float32)     # B given as bt.T: 70 x 33
+    want = dk.gemm(a.T, np.ascontiguousarray(bt.T), a_format=fa, b_format=fb)
+    got = dk.gemm(a.T, bt.T, a_format=fa, b_format=fb)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    a3 = rng.standard_normal((3, 70, 45)).astype(np.float32).transpose(0, 2, 1)  # 3 x 45 x 70
+    b3 = rng.standard_normal((3, 70, 33)).astype(np.float32)
+    want = dk.gemm(np.ascontiguousarray(a3), b3, a_format=fa, b_format=fb)
+    got = dk.gemm(a3, b3, a_format=fa, b_format=fb)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    strided = a.T[:, ::2]                                     # not dense: the general path
+    want = dk.gemm(np.ascontiguousarray(strided), b[::2], a_format=fa, b_format=fb)
+    got = dk.gemm(strided, b[::2], a_format=fa, b_format=fb)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_choose_bias_reads_a_transposed_array_in_memory_order():
+    x = np.random.default_rng(3).standard_normal((300, 200)).astype(np.float32) * 1e-3
+    x[17, 5] = -7.5e-2                                         # the largest magnitude
+    for fam in ("cfloat8_143", "cfloat8_152"):
+        want = dk.choose_bias(np.ascontiguousarray(x.T), fam)
+        assert dk.choose_bias(x.T, fam) == want
+        assert dk.choose_bias(np.asfortranarray(x), fam) == want

@@ -32,6 +32,7 @@ import numpy as np
 
 from .. import _config, _numerics
 from .._cformat import ctuple as _ctuple
+from .._cformat import memory_order as _memory_order
 from .formats import FAMILIES, Format
 
 __all__ = ["Flags", "quantize", "dequantize", "fake_quantize", "add", "sub", "mul", "fma",
@@ -347,7 +348,8 @@ def choose_bias(x: Any, family: str, *, margin: int = 0) -> int:
         margin = operator.index(margin)
     except TypeError:
         raise TypeError(f"margin: expected an int, got {type(margin).__name__}") from None
-    src, kind = _source(x)
+    x = np.asarray(x)
+    src, kind = _source(_memory_order(x)[0])   # max|x| does not depend on the order
     if src.size == 0:
         return 63
     top = _numerics.maxabs(_bytes(src), kind, src.size, _config.threads())
