@@ -116,6 +116,8 @@ def after_idle() -> None:
 
 
 if __name__ == "__main__":
+    if "--no-spread" in sys.argv and "--after-idle" in sys.argv:
+        sys.exit("--after-idle compares spreading on and off by itself: drop --no-spread")
     if "--after-idle" in sys.argv:
         sys.argv.remove("--after-idle")
         after_idle()

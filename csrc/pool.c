@@ -9,17 +9,23 @@
  *   - a worker that wakes after the caller has run out of items does not join the call.
  * Items are claimed from one atomic counter, one at a time.
  *
- * Spreading: a worker that joins a call on a CPU where another thread of the call already
- * runs (the caller, or a worker that joined before it) moves itself to one of its allowed
- * CPUs that the call does not use yet, then restores its affinity mask (dk_pool_spread).
- * Two threads of one call on one CPU only take turns. The Linux scheduler normally wakes a
+ * Spreading (Linux; dk_pool_spread turns both parts off): the caller takes its own CPU out
+ * of the affinity masks of the workers that may join before it wakes them, so that they
+ * wake elsewhere; a worker puts its mask back as it joins, and the caller puts back those
+ * of the workers that did not join when the call ends, in both cases unless someone else
+ * has changed the mask meanwhile (steering); and a worker that finds another thread of the call on its CPU before an item
+ * (the caller, or a worker that joined before it) moves itself to one of its allowed CPUs
+ * that the call does not use yet, then restores its own mask (settle). Slots from
+ * DK_POOL_TRACKED on are neither tracked nor steered. Two threads of one call on one CPU
+ * only take turns. The Linux scheduler normally wakes a
  * worker on an idle CPU, but not always: a KVM guest can see an idle vCPU as preempted
  * and pass it over, and some guest kernels pack threads onto few vCPUs on purpose (these
  * machines boot with sched_vcpu_pack); there a large 2-thread gemm ran at about 1.2x one
  * thread, its worker sharing the caller's vCPU, in every other call (docs/threads.md).
  *
  * Locking: `busy` (trylock) admits one parallel call at a time; `m` guards everything
- * below except `next_item` (atomic) and `parallel_calls` (atomic). Happens-before between
+ * below except the atomics (`next_item`, the counters, `slot_cpu`, the switches) and the
+ * steering state (`steer_*`, the caller's alone, under `busy`). Happens-before between
  * the items' writes and the caller's return: every worker takes `m` after its last item,
  * and the caller takes `m` before it returns. */
 #define _GNU_SOURCE
@@ -114,43 +120,82 @@ static void leave_slot(int slot)
     if (slot < DK_POOL_TRACKED) atomic_store_explicit(&slot_cpu[slot], -1, memory_order_relaxed);
 }
 
-/* Steering: before it wakes the workers, the caller takes its own CPU out of their affinity
- * masks, so that the kernel wakes them elsewhere (a worker woken on the caller's CPU would
- * first have to wait for a turn there before it could move itself); their masks are put
- * back when the call ends. Called under `busy` (workers[] does not change meanwhile). */
-static cpu_set_t steer_saved[DK_POOL_TRACKED];
-static int steer_n;
+/* Steering (see the top of the file). Under `busy`: workers[] does not change meanwhile. */
+static cpu_set_t steer_set[DK_POOL_TRACKED]; /* the mask steering gave worker w */
+static cpu_set_t steer_old[DK_POOL_TRACKED]; /* its mask before */
+static unsigned char steer_did[DK_POOL_TRACKED];
+static int steer_n, steer_cpu = -1;
 
 static void steer_begin(int n)
 {
     steer_n = 0;
+    steer_cpu = -1;
     if (!atomic_load_explicit(&spread_on, memory_order_relaxed)) return;
     int c = this_cpu();
     if (c < 0) return;
+    steer_cpu = c;
     if (n > DK_POOL_TRACKED) n = DK_POOL_TRACKED;
     for (int w = 0; w < n; w++) {
-        cpu_set_t mask;
-        if (pthread_getaffinity_np(workers[w], sizeof mask, &mask) != 0) break;
-        steer_saved[w] = mask;
+        steer_did[w] = 0;
         steer_n = w + 1;
-        if (CPU_ISSET(c, &mask) && CPU_COUNT(&mask) > 1) {
-            CPU_CLR(c, &mask);
-            pthread_setaffinity_np(workers[w], sizeof mask, &mask);
-        }
+        if (pthread_getaffinity_np(workers[w], sizeof steer_old[w], &steer_old[w]) != 0) continue;
+        if (!CPU_ISSET(c, &steer_old[w]) || CPU_COUNT(&steer_old[w]) < 2) continue;
+        steer_set[w] = steer_old[w];
+        CPU_CLR(c, &steer_set[w]);
+        steer_did[w] = pthread_setaffinity_np(workers[w], sizeof steer_set[w], &steer_set[w]) == 0;
     }
+}
+
+/* A worker that joins (under m) takes back its own mask at once: steering is only meant to
+ * choose where it wakes; afterwards the scheduler may place it anywhere it is allowed (with
+ * the caller's CPU barred for the whole call, a caller moved by the scheduler onto the
+ * worker's CPU could not be escaped). */
+typedef struct { cpu_set_t set, old; } steered;
+
+static int steer_take(steered *st)
+{
+    pthread_t me = pthread_self();
+    for (int w = 0; w < steer_n; w++)
+        if (steer_did[w] && pthread_equal(workers[w], me)) {
+            st->set = steer_set[w];
+            st->old = steer_old[w];
+            steer_did[w] = 0;
+            return 1;
+        }
+    return 0;
+}
+
+static void steer_undo_self(const steered *st)
+{
+    cpu_set_t now;
+    if (sched_getaffinity(0, sizeof now, &now) == 0 && CPU_EQUAL(&now, &st->set))
+        sched_setaffinity(0, sizeof st->old, &st->old);
 }
 
 static void steer_end(void)
 {
-    for (int w = 0; w < steer_n; w++)
-        pthread_setaffinity_np(workers[w], sizeof steer_saved[w], &steer_saved[w]);
+    for (int w = 0; w < steer_n; w++) {
+        cpu_set_t now;
+        if (!steer_did[w]) continue;
+        /* put the old mask back only if the mask is still the one steering set */
+        if (pthread_getaffinity_np(workers[w], sizeof now, &now) == 0 && CPU_EQUAL(&now, &steer_set[w]))
+            pthread_setaffinity_np(workers[w], sizeof steer_old[w], &steer_old[w]);
+        steer_did[w] = 0;
+    }
     steer_n = 0;
 }
+
+static int cur_cpu(void) { return this_cpu(); }
 #else
+typedef struct { int unused; } steered;
+static int steer_take(steered *st) { (void)st; return 0; }
+static void steer_undo_self(const steered *st) { (void)st; }
+static int steer_cpu = -1;
 static void settle(int slot) { (void)slot; }
 static void leave_slot(int slot) { (void)slot; }
 static void steer_begin(int n) { (void)n; }
 static void steer_end(void) {}
+static int cur_cpu(void) { return -1; }
 #endif
 typedef int (*run_fn)(int nthreads, int64_t nitems, dk_pool_fn fn, void *arg, double work);
 typedef int (*advise_fn)(int nthreads, dk_pool_fn fn, double work);
@@ -285,7 +330,10 @@ static void *worker_main(void *p)
         dk_pool_fn fn = job_fn;
         void *arg = job_arg;
         int64_t n = job_n;
+        steered st;
+        int unsteer = steer_take(&st);
         pthread_mutex_unlock(&m);
+        if (unsteer) steer_undo_self(&st);
         int64_t w0 = cpu_ns();
         run_items(fn, arg, n, slot);
         int64_t w1 = cpu_ns();
@@ -403,7 +451,7 @@ static int pool_run(int nthreads, int64_t nitems, dk_pool_fn fn, void *arg, doub
 #endif
     job_open = 1;
     atomic_store_explicit(&next_item, 0, memory_order_relaxed);
-    steer_begin(nworkers);
+    steer_begin(job_want); /* the first job_want workers (others that join settle) */
     gen++;
     pthread_cond_broadcast(&work_cv);
     pthread_mutex_unlock(&m);
@@ -517,7 +565,7 @@ static void where_item(void *arg, int64_t i, int slot)
     volatile uint64_t x = 0;
     while (c0 >= 0 && cpu_ns() - c0 < A->us * 1000)
         for (int j = 0; j < 1000; j++) x += (uint64_t)j;
-    A->cpu[i] = sched_getcpu();
+    A->cpu[i] = cur_cpu();
     A->slot[i] = slot;
 }
 
@@ -525,8 +573,28 @@ int dk_pool_test_where(int nthreads, int64_t nitems, int64_t us, int *cpu, int *
                        int *caller_cpu)
 {
     where_args a = {us, cpu, slot};
-    *caller_cpu = sched_getcpu();
-    return dk_pool_run(nthreads, nitems, where_item, &a);
+    steer_cpu = -1;
+    int used = dk_pool_run(nthreads, nitems, where_item, &a);
+    *caller_cpu = steer_cpu; /* the CPU steering kept the workers off (-1: none) */
+    return used;
+}
+
+int dk_pool_test_settle(int *before, int *after)
+{
+#ifdef DK_POOL_SPREAD
+    pthread_mutex_lock(&busy); /* no call in flight: slot_cpu is ours for a moment */
+    for (int t = 0; t < DK_POOL_TRACKED; t++) atomic_store(&slot_cpu[t], -1);
+    *before = this_cpu();
+    atomic_store(&slot_cpu[0], *before); /* "the caller" on this thread's CPU */
+    settle(1);                           /* and this thread as worker 1 */
+    *after = this_cpu();
+    for (int t = 0; t < DK_POOL_TRACKED; t++) atomic_store(&slot_cpu[t], -1);
+    pthread_mutex_unlock(&busy);
+    return *before >= 0;
+#else
+    *before = *after = -1;
+    return 0;
+#endif
 }
 
 int64_t dk_pool_guarded_calls(void) { return (int64_t)atomic_load(&guarded_calls); }

@@ -56,6 +56,7 @@ cdef extern from "dk_pool.h":
     int dk_pool_test_spread(int *before, int *after) nogil
     int dk_pool_test_where(int nthreads, int64_t nitems, int64_t us, int *cpu, int *slot,
                            int *caller_cpu) nogil
+    int dk_pool_test_settle(int *before, int *after) nogil
     int dk_pool_test_items(int nthreads, int64_t nitems, const int64_t *caller_us,
                            const int64_t *worker_us, const int64_t *sleep_us) nogil
 
@@ -118,7 +119,7 @@ def _pool_test_spread():
 def _pool_test_where(int nthreads, int64_t nitems, int64_t us):
     """Tests: a parallel call whose items each work `us` microseconds of CPU time and note
     the CPU they end on and the slot of their thread (0: the caller). Returns
-    (caller's CPU at the start, cpus, slots, threads used)."""
+    (the CPU steering kept the workers off, -1 if none; cpus, slots, threads used)."""
     if nitems < 1 or us < 0:
         raise ValueError("nitems, us: expected nitems >= 1 and us >= 0")
     cdef int[::1] cpu = np.full(nitems, -1, dtype=np.intc)
@@ -127,6 +128,16 @@ def _pool_test_where(int nthreads, int64_t nitems, int64_t us):
     with nogil:
         used = dk_pool_test_where(nthreads, nitems, us, &cpu[0], &slot[0], &caller)
     return caller, np.asarray(cpu), np.asarray(slot), used
+
+
+def _pool_test_settle():
+    """Tests: the calling thread settles as a worker would before an item when the caller
+    of its call is on the same CPU. Returns (cpu before, cpu after), or None where
+    spreading is not available (not Linux)."""
+    cdef int before = -1, after = -1, ok
+    with nogil:
+        ok = dk_pool_test_settle(&before, &after)
+    return (before, after) if ok else None
 
 
 def _pool_spread_moves():

@@ -74,10 +74,12 @@ int dk_pool_workers(void);
 int64_t dk_pool_guarded_calls(void);
 int dk_pool_guard(int on);
 
-/* Spreading (pool.c): a worker that joins a call on a CPU another thread of the call is on
- * moves to an allowed CPU the call does not use, keeping its affinity mask.
- * dk_pool_spread_moves counts those moves; dk_pool_spread(on) turns spreading on (1) or off
- * (0), -1 only queries; returns the previous setting. On by default (Linux only). */
+/* Spreading (pool.c): the caller keeps the workers off its CPU for the call (steering: it
+ * takes its CPU out of their affinity masks, and puts the masks back after), and a worker
+ * that finds another thread of the call on its CPU before an item moves to an allowed CPU
+ * the call does not use, keeping its affinity mask (settling). dk_pool_spread_moves
+ * counts the moves; dk_pool_spread(on) turns both on (1) or off (0), -1 only queries;
+ * returns the previous setting. On by default (Linux only). */
 int64_t dk_pool_spread_moves(void);
 int dk_pool_spread(int on);
 /* Tests: move the calling thread as a worker that met another thread of its call on its
@@ -85,9 +87,13 @@ int dk_pool_spread(int on);
 int dk_pool_test_spread(int *before, int *after);
 /* Tests: a parallel call of nitems items, each working `us` microseconds of CPU time and
  * then noting in cpu[i] the CPU it ends on and in slot[i] its thread's slot (0 the
- * caller); caller_cpu: the caller's CPU when the call starts. Returns the threads used. */
+ * caller); caller_cpu: the CPU steering kept the workers off (-1: none, e.g. a serial
+ * call). Returns the threads used. */
 int dk_pool_test_where(int nthreads, int64_t nitems, int64_t us, int *cpu, int *slot,
                        int *caller_cpu);
+/* Tests: the calling thread settles as worker 1 of a call whose caller is on its own CPU
+ * (no call may be in flight). Sets the CPU before and after; 0 where not available. */
+int dk_pool_test_settle(int *before, int *after);
 
 /* Tests: run nitems items; item i works caller_us[i] microseconds of CPU time on the
  * caller; on a worker it sleeps sleep_us[i] microseconds when that is nonzero, else works

@@ -491,6 +491,49 @@ def test_kernels_measure_the_operand_ranges(m, n, k):
                         assert_bits(out, bits(out2), f"gemm_ranges {tag}")
 
 
+# positions (row, col) in a 45 x 2101 A and a 2101 x 300 B where the packers take different
+# paths: the first element; A's last, partial row-tile sliver (rows 32..44) and its partial
+# last block of 32 k-values; B's unpaired last k row (k odd), its last partial sliver
+# (columns 288..299), a later packing unit, and the second k block (k >= 2048)
+RANGE_SPOTS_A = [(0, 0), (44, 3), (10, 2100), (40, 2060), (33, 2099)]
+RANGE_SPOTS_B = [(0, 0), (2100, 5), (2099, 299), (1000, 150), (2050, 260), (2100, 299)]
+
+
+@pytest.mark.parametrize("which", ["A", "B"])
+def test_kernels_measure_every_packed_region(which):
+    """One unique smallest magnitude, then one unique largest finite one, planted among
+    moderate codes at each place where the packers take a different path (SIMD slivers,
+    the remainder pair of an odd k, slivers past the matrix edge, later units, the second
+    k block, partial row tiles and blocks): the measured range finds it every time, on every
+    tier and order that measures that operand, at 1 and 2 threads."""
+    rng = np.random.default_rng(77)
+    m, n, k = 45, 300, 2101
+    a0 = bf16_codes(rng, (1, m, k), -4, 4)
+    b0 = bf16_codes(rng, (1, k, n), -4, 4)
+    spots = RANGE_SPOTS_A if which == "A" else RANGE_SPOTS_B
+    for tier in TIERS:
+        isa = _config.ISA_NAMES.index(tier)
+        for order in ORDERS:
+            for kern in ((0, 1) if isa >= 2 and order == "vdpbf16ps" else (0,)):
+                want_a, want_b = _gemm.range_paths(isa, kern, ORDER_CODE[order], m, 1)
+                if not (want_a if which == "A" else want_b):
+                    continue
+                for (r, c) in spots:
+                    for code in (0x0003, 0x7F7E):      # a subnormal; near the largest finite
+                        a, b = a0.copy(), b0.copy()
+                        (a if which == "A" else b)[0, r, c] = code | 0x8000
+                        want = _np_range(a if which == "A" else b)
+                        assert want[0 if code == 0x0003 else 1] == code   # unique extreme
+                        for th in (1, 2):
+                            out = np.empty((1, m, n), np.float32)
+                            rc, got_a, got_b = _gemm.gemm_ranges(
+                                a, b, NO_TABLE, NO_TABLE, 1.0, out, isa, kern, th,
+                                ORDER_CODE[order])
+                            assert rc == 0
+                            got = got_a if which == "A" else got_b
+                            assert got == want, (tier, order, kern, th, (r, c), hex(code))
+
+
 @pytest.mark.parametrize("m", [3, 20])
 @pytest.mark.parametrize("case", ["ordinary", "subnormal_b", "huge_b", "tiny_a_huge_b",
                                   "empty_b"])
