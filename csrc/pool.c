@@ -555,17 +555,17 @@ int dk_pool_test_items(int nthreads, int64_t nitems, const int64_t *caller_us,
     return dk_pool_run(nthreads, nitems, test_item, &a);
 }
 
-/* Tests of spreading: item i works `us` microseconds of CPU time, then notes the CPU it ends
- * on and the slot of the thread that ran it. */
+/* Tests of spreading: item i notes the CPU it starts on, works `us` microseconds of CPU
+ * time, and notes the slot of the thread that ran it. */
 typedef struct { int64_t us; int *cpu, *slot; } where_args;
 static void where_item(void *arg, int64_t i, int slot)
 {
     const where_args *A = arg;
+    A->cpu[i] = cur_cpu();
     int64_t c0 = cpu_ns();
     volatile uint64_t x = 0;
     while (c0 >= 0 && cpu_ns() - c0 < A->us * 1000)
         for (int j = 0; j < 1000; j++) x += (uint64_t)j;
-    A->cpu[i] = cur_cpu();
     A->slot[i] = slot;
 }
 

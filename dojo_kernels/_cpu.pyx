@@ -117,8 +117,8 @@ def _pool_test_spread():
 
 
 def _pool_test_where(int nthreads, int64_t nitems, int64_t us):
-    """Tests: a parallel call whose items each work `us` microseconds of CPU time and note
-    the CPU they end on and the slot of their thread (0: the caller). Returns
+    """Tests: a parallel call whose items each note the CPU they start on, work `us`
+    microseconds of CPU time and note the slot of their thread (0: the caller). Returns
     (the CPU steering kept the workers off, -1 if none; cpus, slots, threads used)."""
     if nitems < 1 or us < 0:
         raise ValueError("nitems, us: expected nitems >= 1 and us >= 0")

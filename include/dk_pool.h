@@ -85,8 +85,8 @@ int dk_pool_spread(int on);
 /* Tests: move the calling thread as a worker that met another thread of its call on its
  * CPU. Sets the CPU before and after; returns 0 where spreading is not available. */
 int dk_pool_test_spread(int *before, int *after);
-/* Tests: a parallel call of nitems items, each working `us` microseconds of CPU time and
- * then noting in cpu[i] the CPU it ends on and in slot[i] its thread's slot (0 the
+/* Tests: a parallel call of nitems items, each noting in cpu[i] the CPU it starts on,
+ * working `us` microseconds of CPU time and noting in slot[i] its thread's slot (0 the
  * caller); caller_cpu: the CPU steering kept the workers off (-1: none, e.g. a serial
  * call). Returns the threads used. */
 int dk_pool_test_where(int nthreads, int64_t nitems, int64_t us, int *cpu, int *slot,
