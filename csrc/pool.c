@@ -447,7 +447,9 @@ static int pool_run(int nthreads, int64_t nitems, dk_pool_fn fn, void *arg, doub
     job_running = 0;
     job_busy_ns = 0;
 #ifdef DK_POOL_SPREAD
+    /* the caller's CPU is known from the start: a worker may claim an item first */
     for (int t = 0; t < DK_POOL_TRACKED; t++) atomic_store_explicit(&slot_cpu[t], -1, memory_order_relaxed);
+    atomic_store_explicit(&slot_cpu[0], this_cpu(), memory_order_relaxed);
 #endif
     job_open = 1;
     atomic_store_explicit(&next_item, 0, memory_order_relaxed);

@@ -281,32 +281,28 @@ needs_spread = pytest.mark.skipif(
     reason="spreading moves threads between CPUs: Linux with at least 2 allowed CPUs")
 
 
-@needs_spread
-def test_spread_moves_off_the_cpu_and_keeps_the_mask():
-    """A worker that meets another thread of its call on its CPU moves to another allowed
-    CPU, and its affinity mask is what it was (a user's taskset is kept)."""
-    def move():
-        mask = os.sched_getaffinity(0)
-        moves = _cpu._pool_spread_moves()
-        before, after = _cpu._pool_test_spread()
-        return mask, os.sched_getaffinity(0), before, after, _cpu._pool_spread_moves() - moves
-    mask, mask_after, before, after, moved = _in_thread(move)
-    assert mask_after == mask
-    assert before in mask and after in mask and after != before
-    assert moved == 1
-
-
-@needs_spread
-def test_settle_moves_a_worker_off_the_callers_cpu():
-    """Before an item, a worker that finds the caller of its call on its own CPU moves (the
-    clash test of settle, as run_items calls it), and its mask is kept."""
+def _moved_in_thread(hook):
+    """hook() (a move test helper) on a fresh thread: (mask before, mask after, CPU before,
+    CPU after, moves counted)."""
     def go():
         mask = os.sched_getaffinity(0)
         moves = _cpu._pool_spread_moves()
-        before, after = _cpu._pool_test_settle()
+        before, after = hook()
         return mask, os.sched_getaffinity(0), before, after, _cpu._pool_spread_moves() - moves
-    mask, mask_after, before, after, moved = _in_thread(go)
-    assert mask_after == mask and after != before and after in mask and moved == 1
+    return _in_thread(go)
+
+
+@needs_spread
+@pytest.mark.parametrize("hook", ["_pool_test_spread", "_pool_test_settle"])
+def test_spread_moves_off_the_cpu_and_keeps_the_mask(hook):
+    """A worker that meets another thread of its call on its CPU moves to another allowed
+    CPU, and its affinity mask is what it was (a user's taskset is kept): the move itself
+    (_pool_test_spread), and settle's clash check before an item, as run_items calls it,
+    with the caller of the call on the worker's CPU (_pool_test_settle)."""
+    mask, mask_after, before, after, moved = _moved_in_thread(getattr(_cpu, hook))
+    assert mask_after == mask
+    assert before in mask and after in mask and after != before
+    assert moved == 1
 
 
 @needs_spread
