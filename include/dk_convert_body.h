@@ -101,8 +101,6 @@ __attribute__((always_inline)) static inline vu dk_rng_next_hi(vq *state_lo, vq 
 typedef struct {
     int m, qmin, tesla, flush, inf_nan, is_signed, signpos;
     int32_t maxc, infc, nanc, mid_bits, maxsub_bits, minnorm_bits;
-    uint32_t gap_m1, gap_m2; /* dk_gap_stoch's divisions by 2^m + 1 (dk_udiv) */
-    int gap_s1, gap_s2;
 } dk_qconst;
 
 static inline dk_qconst dk_qconst_of(const dk_format *f)
@@ -124,12 +122,6 @@ static inline dk_qconst dk_qconst_of(const dk_format *f)
     k.maxsub_bits = (int32_t)dk_fbits((float)maxsub);
     k.minnorm_bits = (int32_t)dk_fbits((float)minnorm);
     k.mid_bits = (int32_t)dk_fbits((float)(0.5 * (maxsub + minnorm)));
-    /* numerators below 2^25 (D) and 2^(m+9) (257 (K - 1) at most); ceil(log2 K) = m + 1 */
-    const uint64_t K = (1ull << k.m) + 1u;
-    k.gap_s1 = 25 + k.m + 1 > 32 ? 25 + k.m + 1 : 32;
-    k.gap_s2 = 2 * k.m + 10 > 32 ? 2 * k.m + 10 : 32;
-    k.gap_m1 = (uint32_t)(((1ull << k.gap_s1) + K - 1u) / K);
-    k.gap_m2 = (uint32_t)(((1ull << k.gap_s2) + K - 1u) / K);
     return k;
 }
 
@@ -289,35 +281,15 @@ __attribute__((always_inline)) static inline vi dk_dequant_vec(vi c, int ebits, 
 }
 
 #ifndef DK_ARITH_ONLY
-/* floor(n / K) of every lane, K the divisor that M and s were made for (dk_qconst_of:
- * M = ceil(2^s / K), s >= 32 and s >= N + ceil(log2 K) for numerators n < 2^N): n M / 2^s =
- * n / K + n e / (K 2^s) with e = M K - 2^s in [0, K), and n e < 2^s, so the floor is exact
- * (Granlund and Montgomery). 32 x 32 -> 64-bit multiplies of the even and the odd lanes. */
-__attribute__((always_inline)) static inline vu dk_udiv(vu n, uint32_t M, int s)
-{
-    const __m128i cs = _mm_cvtsi32_si128(s), cs32 = _mm_cvtsi32_si128(s - 32);
-#if DK_VL == 16
-    const __m512i mv = _mm512_set1_epi64(M), nv = (__m512i)n;
-    const __m512i pe = _mm512_srl_epi64(_mm512_mul_epu32(nv, mv), cs);  /* quotient in the low half */
-    const __m512i po = _mm512_srl_epi64(_mm512_mul_epu32(_mm512_srli_epi64(nv, 32), mv), cs32);
-    return (vu)_mm512_mask_blend_epi32(0xAAAA, pe, po);                /* odd: the high half */
-#else
-    const __m256i mv = _mm256_set1_epi64x(M), nv = (__m256i)n;
-    const __m256i pe = _mm256_srl_epi64(_mm256_mul_epu32(nv, mv), cs);
-    const __m256i po = _mm256_srl_epi64(_mm256_mul_epu32(_mm256_srli_epi64(nv, 32), mv), cs32);
-    return (vu)_mm256_blend_epi32(pe, po, 0xAA);
-#endif
-}
-
 /* Stochastic rounding inside the Tesla gap (maxsub, minnorm) of a signed format, for the
  * lanes of `a` (magnitude bits of FP32 values) there: the scalar semantics' rule "hi when
- * f + r >= 2^32, f = floor((a - lo) / (hi - lo) * 2^32)" with lo = maxsub = (2^m - 1) 2^(-b-m),
+ * floor((a - lo) / (hi - lo) * 2^32) + r >= 2^32" with lo = maxsub = (2^m - 1) 2^(-b-m),
  * hi = minnorm = 2^(1-b), hi - lo = K 2^(-b-m), K = 2^m + 1. In units u = 2^(-b-24) (the ulp
  * of lo's binade) a = A u and lo = L u, L = (2^m - 1) 2^(24-m), so with D = A - L (below
- * K 2^(24-m) < 2^25 in the gap)
- *     f = floor(D 2^(m+8) / K) = d1 2^(m+8) + d0 2^8 - ceil(d0 2^8 / K)
- * (D = d1 K + d0, 0 <= d0 < K, and 2^m = K - 1), an integer below 2^32: "f + r >= 2^32" is the
- * carry of the 32-bit add f + r. Both divisions by K are exact multiplies (dk_udiv).
+ * K 2^(24-m) < 2^25 in the gap) the rule reads
+ *     D 2^(m+8) + r K >= 2^32 K,
+ * both sides below 2^(m+34): exact in 64-bit integers, from 32 x 32 -> 64-bit multiplies of
+ * the even and the odd lanes (no floating point: MXCSR does not matter).
  * Returns the magnitude codes (2^m: minnorm, 2^m - 1: maxsub) of every lane. */
 __attribute__((always_inline)) static inline vi dk_gap_stoch(vi a, vu r, const dk_qconst *k, int bias)
 {
@@ -326,11 +298,27 @@ __attribute__((always_inline)) static inline vi dk_gap_stoch(vi a, vu r, const d
     vi sig = (a & 0x7FFFFF) | 0x800000;
     const int exlow = 127 - bias - 1; /* FP32 exponent field of lo's binade */
     vi A = sig << VMIN(VMAX(ex - exlow, (vi){}), (vi){} + 1); /* 0 or 1 in the gap */
-    vu D = (vu)(A - (((1 << m) - 1) << (24 - m)));
-    vu d1 = dk_udiv(D, k->gap_m1, k->gap_s1);
-    vu d0 = D - (d1 << m) - d1;
-    vu f = (d1 << (m + 8)) + (d0 << 8) - dk_udiv((d0 << 8) + (1u << m), k->gap_m2, k->gap_s2);
-    vi up = (vi)(f + r < f);
+    vi D = A - (((1 << m) - 1) << (24 - m));
+    const uint32_t K = (1u << m) + 1u;
+    const uint64_t rhs = (uint64_t)K << 32;
+#if DK_VL == 16
+    const __m512i d = (__m512i)D, rr = (__m512i)r, sc = _mm512_set1_epi64(1ll << (m + 8)),
+                  kv = _mm512_set1_epi64(K), rv = _mm512_set1_epi64((long long)rhs);
+    const __m512i le = _mm512_add_epi64(_mm512_mul_epu32(d, sc), _mm512_mul_epu32(rr, kv));
+    const __m512i lo_ = _mm512_add_epi64(_mm512_mul_epu32(_mm512_srli_epi64(d, 32), sc),
+                                         _mm512_mul_epu32(_mm512_srli_epi64(rr, 32), kv));
+    const __m512i ue = _mm512_movm_epi64(_mm512_cmpge_epu64_mask(le, rv)),
+                  uo = _mm512_movm_epi64(_mm512_cmpge_epu64_mask(lo_, rv));
+    const vi up = (vi)_mm512_mask_blend_epi32(0xAAAA, ue, uo);
+#else
+    const __m256i d = (__m256i)D, rr = (__m256i)r, sc = _mm256_set1_epi64x(1ll << (m + 8)),
+                  kv = _mm256_set1_epi64x(K), rv = _mm256_set1_epi64x((long long)rhs - 1);
+    const __m256i le = _mm256_add_epi64(_mm256_mul_epu32(d, sc), _mm256_mul_epu32(rr, kv));
+    const __m256i lo_ = _mm256_add_epi64(_mm256_mul_epu32(_mm256_srli_epi64(d, 32), sc),
+                                         _mm256_mul_epu32(_mm256_srli_epi64(rr, 32), kv));
+    /* signed 64-bit compares: both sides are below 2^62 */
+    const vi up = (vi)_mm256_blend_epi32(_mm256_cmpgt_epi64(le, rv), _mm256_cmpgt_epi64(lo_, rv), 0xAA);
+#endif
     return VSEL(up, (vi){} + (1 << m), (vi){} + ((1 << m) - 1));
 }
 
@@ -366,10 +354,11 @@ static inline dk_qloop dk_qloop_of(const dk_format *f, const dk_qconst *k)
  * (dropped bits << (9 + m)) + r (that is "f + r >= 2^32", f the dropped fraction scaled to
  * 32 bits); a carry moves into the exponent, as it should. h: the random numbers' top
  * halves (dk_splitmix_hi): r >> (9 + m) == h >> (9 + m). Returns the results (codes, or
- * FP32 bits if fake) and in *plain the lanes they are right for. */
+ * FP32 bits if fake), in *plain_out the lanes they are right for and in *some_not whether
+ * a lane is not among them. */
 __attribute__((always_inline)) static inline vi
 dk_quant_plain(vi u, vu h, const dk_qloop *c, const dk_qconst *k, int mode, int is_signed, int fake,
-               vi *plain_out)
+               vi *plain_out, int *some_not)
 {
     vi a = u & 0x7FFFFFFF;
     vi v; /* the rounded magnitude's FP32 bits (plain lanes) */
@@ -380,16 +369,25 @@ dk_quant_plain(vi u, vu h, const dk_qloop *c, const dk_qconst *k, int mode, int 
     else v = a & c->keep;
     /* signed formats: |x| in [minnorm, max] or zero; unsigned: x itself (negative
      * values fall outside), and -0 gives +0. Stochastic may round past max. */
+#if DK_VL == 16 /* in mask registers (the vector form only where the caller uses it) */
+    __mmask16 kp = _mm512_cmple_epu32_mask((__m512i)((is_signed ? a : u) - (vi)c->lo), (__m512i)c->span) |
+                   _mm512_testn_epi32_mask((__m512i)a, (__m512i)a);
+    if (mode == DK_STOCHASTIC) kp &= _mm512_cmple_epu32_mask((__m512i)v, _mm512_set1_epi32((int)c->maxbits));
+    *plain_out = (vi)_mm512_movm_epi32(kp);
+    *some_not = kp != 0xFFFF;
+#else
     vi plain = (vi)((vu)((is_signed ? a : u) - (vi)c->lo) <= c->span) | (a == 0);
     if (mode == DK_STOCHASTIC) plain &= (vi)((vu)v <= c->maxbits);
+    *plain_out = plain;
+    *some_not = !dk_all(plain);
+#endif
     vi res; /* FP32 bits (fake) or codes */
     if (fake) {
         res = is_signed ? v | (u & (int32_t)0x80000000) : v;
     } else {
         res = VSEL(a == 0, (vi){}, (v >> c->sh) - c->ebase);
-        if (is_signed) res |= (vi)((vu)u >> 31) << k->signpos;
+        if (is_signed) res |= (vi)((vu)u >> (31 - k->signpos)) & (1 << k->signpos); /* the sign bit */
     }
-    *plain_out = plain;
     return res;
 }
 
@@ -429,7 +427,7 @@ dk_quant_rest(vi u, vu r, vi res, vi plain, const dk_format *f, const dk_qloop *
             vi ingap = a > k->maxsub_bits;
             if (mode == DK_NEAREST)
                 M = VSEL(ingap, VSEL(a >= k->mid_bits, (vi){} + (1 << m), (vi){} + ((1 << m) - 1)), M);
-            else if (dk_any(ingap & tiny)) /* the gap's rule only where needed */
+            else /* no branch: about half the vectors here have a gap lane */
                 M = VSEL(ingap, dk_gap_stoch(a, r, k, f->bias), M);
         } else if (flush) {
             M = VSEL(M >= (1 << m), (vi){} + (1 << m), (vi){});
@@ -536,11 +534,12 @@ dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk
                 hbuf[v] = h;
             }
             vi plain;
-            vi res = dk_quant_plain(u, h, &c, k, mode, is_signed, fake, &plain);
+            int some_not;
+            vi res = dk_quant_plain(u, h, &c, k, mode, is_signed, fake, &plain, &some_not);
             if (__builtin_expect(overlap, 0)) ubuf[v] = u;
             if (fake) memcpy((float *)out + i, &res, sizeof res);
             else dk_store_codes(out, i, res, width);
-            rest |= (uint64_t)!dk_all(plain) << v;
+            rest |= (uint64_t)some_not << v;
         }
         while (rest) {
             const int j = __builtin_ctzll(rest);
@@ -551,7 +550,8 @@ dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk
             else memcpy(&u, x + at, sizeof u);
             const vu h = mode == DK_STOCHASTIC ? hbuf[j] : (vu){};
             vi plain;
-            vi res = dk_quant_plain(u, h, &c, k, mode, is_signed, fake, &plain);
+            int some_not;
+            vi res = dk_quant_plain(u, h, &c, k, mode, is_signed, fake, &plain, &some_not);
             res = dk_quant_rest(u, dk_splitmix_r(h), res, plain, f, &c, k, mode, tesla, flush, inf_nan,
                                 is_signed, fake);
             if (fake) memcpy((float *)out + at, &res, sizeof res);

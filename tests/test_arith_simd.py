@@ -575,13 +575,14 @@ def test_stochastic_tesla_gap_vector(isa, rf):
                                 R.RefFormat("cfloat8_152", 50, "tesla"),
                                 R.RefFormat("shp", 20, "tesla")], ids=str)
 def test_stochastic_tesla_gap_at_the_carry_boundary(isa, rf):
-    """The vector Tesla-gap rule (dk_gap_stoch) must compute f = floor((|x| - lo) /
-    (hi - lo) * 2^32) exact to the unit: float32 values in the gap (both binades, both ends,
-    f's divisions by 2^m + 1 with every remainder), one per call at index `at`, get by a
-    seed built for that index the random number r = 2^32 - f (rounds up to minnorm) or
-    2^32 - f - 1 (stays at maxsub); f from Fractions, codes against the reference. The
-    vector also holds another gap value (the tiny lanes' path) or, in a second call, a NaN
-    (the full path)."""
+    """The vector Tesla-gap rule (dk_gap_stoch) must decide "f + r >= 2^32",
+    f = floor((|x| - lo) / (hi - lo) * 2^32), exactly at the unit: float32 values in the gap
+    (both binades, both ends, D = (|x| - lo) / ulp with every remainder mod 2^m + 1; remainder
+    0 makes the rule's two sides equal), each in an even and an odd lane at index `at`, get by
+    a seed built for that index the random number r = 2^32 - f (rounds up to minnorm) or
+    2^32 - f - 1 (stays at maxsub); f from Fractions, codes against the reference. The vector
+    also holds another gap value (the tiny lanes' path) or, in a second call, a NaN (the
+    full path)."""
     from fractions import Fraction
     fmt = fmt_of(rf)
     K = 2 ** rf.m + 1
@@ -593,9 +594,9 @@ def test_stochastic_tesla_gap_at_the_carry_boundary(isa, rf):
         As += [L + K * int(t) + d0 for d0 in (0, 1, K // 2, K - 1)]  # D mod K = d0
     As += [int(a) * 2 for a in rng.integers(2 ** 23, 2 ** 24 - 1, 6)]  # the upper binade
     lo, hi = L * u, 2 ** 25 * u
-    n, at = 64, 37
-    for A in As:
-        g = A * u
+    n = 64
+    for A, at in ((A, at) for A in As for at in (36, 37)):  # even and odd lanes (dk_gap_stoch's
+        g = A * u                                              # two 64-bit halves)
         assert lo < g < hi
         g32 = np.float32(float(g))
         assert Fraction(float(g32)) == g
