@@ -497,11 +497,13 @@ __attribute__((always_inline)) static inline dk_rng dk_rng_at_fast(uint64_t seed
  * Two passes over each DK_QPASS_VECS vectors: the first rounds every vector's plain lanes
  * (dk_quant_plain), stores the results, and notes in a bit mask (without a branch) the
  * vectors with another lane; the second finishes those (dk_quant_rest), reading their input
- * again (or a copy, if `out` overlaps `x`) and computing their random numbers again. A
- * vector with a lane below minnorm is common (about 1 in 5 for a standard normal into
- * CFloat8 1_4_3 bias 7) and unpredictable: a branch per vector mispredicted on most of
- * them. The first pass stores nothing but the results (more stores per vector there
- * measured slower: they queue behind the results' cache misses). */
+ * again (or a copy, if `out` overlaps `x`) and their random numbers' top halves from a
+ * buffer. A vector with a lane below minnorm is common (about 1 in 5 for a standard normal
+ * into CFloat8 1_4_3 bias 7) and unpredictable: a branch per vector mispredicted on most of
+ * them. Besides the results the first pass stores only those top halves (a list of the
+ * vectors and a copy of every input measured slower: the stores queue behind the results'
+ * cache misses; computing the random numbers again in the second pass was slower too).
+ * fake_quantize to nearest keeps one pass with a branch (see two_pass). */
 __attribute__((always_inline)) static inline int64_t
 dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk_qconst *k, int width,
               uint64_t seed, int64_t index0, int mode, int tesla, int flush, int inf_nan, int is_signed,
@@ -509,6 +511,10 @@ dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk
 {
     /* fake: store the codes' FP32 values into (float *)out instead of the codes */
     const dk_qloop c = dk_qloop_of(f, k);
+    /* fake_quantize to nearest moves 8 bytes per element and is bound by memory: there the
+     * second pass's work (its vectors' other lanes) measured slower than a branch per
+     * vector in one pass (it no longer overlaps the first pass's memory traffic). */
+    const int two_pass = mode == DK_STOCHASTIC || !fake;
     vq rlo = {}, rhi = {};
     if (mode == DK_STOCHASTIC) {
         dk_rng g = dk_rng_at_fast(seed, (uint64_t)index0);
@@ -536,10 +542,13 @@ dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk
             vi plain;
             int some_not;
             vi res = dk_quant_plain(u, h, &c, k, mode, is_signed, fake, &plain, &some_not);
-            if (__builtin_expect(overlap, 0)) ubuf[v] = u;
+            if (!two_pass && __builtin_expect(some_not, 0))
+                res = dk_quant_rest(u, dk_splitmix_r(h), res, plain, f, &c, k, mode, tesla, flush, inf_nan,
+                                    is_signed, fake);
+            if (two_pass && __builtin_expect(overlap, 0)) ubuf[v] = u;
             if (fake) memcpy((float *)out + i, &res, sizeof res);
             else dk_store_codes(out, i, res, width);
-            rest |= (uint64_t)some_not << v;
+            if (two_pass) rest |= (uint64_t)some_not << v;
         }
         while (rest) {
             const int j = __builtin_ctzll(rest);
