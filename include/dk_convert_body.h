@@ -51,12 +51,13 @@ static inline dk_rng dk_rng_at(uint64_t seed, uint64_t i0)
     return g;
 }
 
-/* The random numbers of DK_VL elements whose SplitMix64 states are lo (first half) and hi
- * (second half), then advances both by `step`. Only the top 32 bits of the output are
- * needed: (z ^ (z >> 31)) >> 32 == h ^ (h >> 31) with h the top half of z, so one
- * two-source permute first gathers the top halves and the last xorshift runs once on the
- * DK_VL 32-bit lanes (not on both 64-bit halves: AVX-512 shifts have a single port). */
-__attribute__((always_inline)) static inline vu dk_splitmix_top(vq *state_lo, vq *state_hi, uint64_t step)
+/* The top halves h of the last SplitMix64 step's z for DK_VL elements whose states are lo
+ * (first half) and hi (second half), then advances both by `step`. The random number is
+ * r = (z ^ (z >> 31)) >> 32 = h ^ (h >> 31) (dk_splitmix_r), so r >> s == h >> s for any
+ * s >= 1: a rounding that uses only r's top bits can skip the last xorshift. One
+ * two-source permute gathers the top halves, so that xorshift runs once on the DK_VL
+ * 32-bit lanes (not on both 64-bit halves: AVX-512 shifts have a single port). */
+__attribute__((always_inline)) static inline vu dk_splitmix_hi(vq *state_lo, vq *state_hi, uint64_t step)
 {
     vq lo = *state_lo, hi = *state_hi;
     *state_lo += step;
@@ -67,19 +68,33 @@ __attribute__((always_inline)) static inline vu dk_splitmix_top(vq *state_lo, vq
     hi = (hi ^ (hi >> 27)) * 0x94D049BB133111EBull;
     const vu l = (vu)lo, h = (vu)hi;
 #if DK_VL == 16
-    vu top = __builtin_shufflevector(l, h, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    return __builtin_shufflevector(l, h, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
 #elif DK_VL == 8
-    vu top = __builtin_shufflevector(l, h, 1, 3, 5, 7, 9, 11, 13, 15);
+    return __builtin_shufflevector(l, h, 1, 3, 5, 7, 9, 11, 13, 15);
 #else
-    vu top = __builtin_shufflevector(l, h, 1, 3, 5, 7);
+    return __builtin_shufflevector(l, h, 1, 3, 5, 7);
 #endif
-    return top ^ (top >> 31);
+}
+
+/* The random numbers r of the lanes whose top halves are h (dk_splitmix_hi). */
+__attribute__((always_inline)) static inline vu dk_splitmix_r(vu h) { return h ^ (h >> 31); }
+
+/* The random numbers of DK_VL elements (dk_splitmix_hi, then the last xorshift). */
+__attribute__((always_inline)) static inline vu dk_splitmix_top(vq *state_lo, vq *state_hi, uint64_t step)
+{
+    return dk_splitmix_r(dk_splitmix_hi(state_lo, state_hi, step));
 }
 
 /* The random numbers of the current DK_VL elements; advances the states by DK_VL. */
 __attribute__((always_inline)) static inline vu dk_rng_next(vq *state_lo, vq *state_hi)
 {
     return dk_splitmix_top(state_lo, state_hi, (uint64_t)DK_VL * 0x9E3779B97F4A7C15ull);
+}
+
+/* dk_rng_next without the last xorshift (see dk_splitmix_hi). */
+__attribute__((always_inline)) static inline vu dk_rng_next_hi(vq *state_lo, vq *state_hi)
+{
+    return dk_splitmix_hi(state_lo, state_hi, (uint64_t)DK_VL * 0x9E3779B97F4A7C15ull);
 }
 
 /* Constants of one (format, mode) pair, hoisted out of the loop. */
@@ -269,11 +284,12 @@ __attribute__((always_inline)) static inline vi dk_dequant_vec(vi c, int ebits, 
 /* Stochastic rounding inside the Tesla gap (maxsub, minnorm) of a signed format, for the
  * lanes of `a` (magnitude bits of FP32 values) there: the scalar semantics' rule "hi when
  * floor((a - lo) / (hi - lo) * 2^32) + r >= 2^32" with lo = maxsub = (2^m - 1) 2^(-b-m),
- * hi = minnorm = 2^(1-b), hi - lo = (2^m + 1) 2^(-b-m). In units u = 2^(-b-24) (the ulp of
- * lo's binade) a = A u and lo = L u, L = (2^m - 1) 2^(24-m), so the rule reads, exactly in
- * float64 (both sides are integers below 2^45; every operation below is exact, so MXCSR's
- * rounding mode and FTZ/DAZ do not matter):
- *     (A - L) 2^(m+8) >= (2^32 - r) (2^m + 1).
+ * hi = minnorm = 2^(1-b), hi - lo = K 2^(-b-m), K = 2^m + 1. In units u = 2^(-b-24) (the ulp
+ * of lo's binade) a = A u and lo = L u, L = (2^m - 1) 2^(24-m), so with D = A - L (below
+ * K 2^(24-m) < 2^25 in the gap) the rule reads
+ *     D 2^(m+8) + r K >= 2^32 K,
+ * both sides below 2^(m+34): exact in 64-bit integers, from 32 x 32 -> 64-bit multiplies of
+ * the even and the odd lanes (no floating point: MXCSR does not matter).
  * Returns the magnitude codes (2^m: minnorm, 2^m - 1: maxsub) of every lane. */
 __attribute__((always_inline)) static inline vi dk_gap_stoch(vi a, vu r, const dk_qconst *k, int bias)
 {
@@ -283,155 +299,275 @@ __attribute__((always_inline)) static inline vi dk_gap_stoch(vi a, vu r, const d
     const int exlow = 127 - bias - 1; /* FP32 exponent field of lo's binade */
     vi A = sig << VMIN(VMAX(ex - exlow, (vi){}), (vi){} + 1); /* 0 or 1 in the gap */
     vi D = A - (((1 << m) - 1) << (24 - m));
-    /* both sides are integers below 2^45, exact in float64: compare them there, a half at a
-     * time (r as a signed number plus 2^31, a conversion every tier has) */
-    const vi rs = (vi)(r ^ 0x80000000u);
+    const uint32_t K = (1u << m) + 1u;
+    const uint64_t rhs = (uint64_t)K << 32;
 #if DK_VL == 16
-#define DK_HALF_LO 0, 1, 2, 3, 4, 5, 6, 7
-#define DK_HALF_HI 8, 9, 10, 11, 12, 13, 14, 15
-#define DK_EVENS 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30
+    const __m512i d = (__m512i)D, rr = (__m512i)r, sc = _mm512_set1_epi64(1ll << (m + 8)),
+                  kv = _mm512_set1_epi64(K), rv = _mm512_set1_epi64((long long)rhs);
+    const __m512i le = _mm512_add_epi64(_mm512_mul_epu32(d, sc), _mm512_mul_epu32(rr, kv));
+    const __m512i lo_ = _mm512_add_epi64(_mm512_mul_epu32(_mm512_srli_epi64(d, 32), sc),
+                                         _mm512_mul_epu32(_mm512_srli_epi64(rr, 32), kv));
+    const __m512i ue = _mm512_movm_epi64(_mm512_cmpge_epu64_mask(le, rv)),
+                  uo = _mm512_movm_epi64(_mm512_cmpge_epu64_mask(lo_, rv));
+    const vi up = (vi)_mm512_mask_blend_epi32(0xAAAA, ue, uo);
 #else
-#define DK_HALF_LO 0, 1, 2, 3
-#define DK_HALF_HI 4, 5, 6, 7
-#define DK_EVENS 0, 2, 4, 6, 8, 10, 12, 14
+    const __m256i d = (__m256i)D, rr = (__m256i)r, sc = _mm256_set1_epi64x(1ll << (m + 8)),
+                  kv = _mm256_set1_epi64x(K), rv = _mm256_set1_epi64x((long long)rhs - 1);
+    const __m256i le = _mm256_add_epi64(_mm256_mul_epu32(d, sc), _mm256_mul_epu32(rr, kv));
+    const __m256i lo_ = _mm256_add_epi64(_mm256_mul_epu32(_mm256_srli_epi64(d, 32), sc),
+                                         _mm256_mul_epu32(_mm256_srli_epi64(rr, 32), kv));
+    /* signed 64-bit compares: both sides are below 2^62 */
+    const vi up = (vi)_mm256_blend_epi32(_mm256_cmpgt_epi64(le, rv), _mm256_cmpgt_epi64(lo_, rv), 0xAA);
 #endif
-    const vd lhs_l = __builtin_convertvector((vih)__builtin_shufflevector(D, D, DK_HALF_LO), vd) * (double)(1 << (m + 8));
-    const vd lhs_h = __builtin_convertvector((vih)__builtin_shufflevector(D, D, DK_HALF_HI), vd) * (double)(1 << (m + 8));
-    const vd w_l = 2147483648.0 - __builtin_convertvector((vih)__builtin_shufflevector(rs, rs, DK_HALF_LO), vd);
-    const vd w_h = 2147483648.0 - __builtin_convertvector((vih)__builtin_shufflevector(rs, rs, DK_HALF_HI), vd);
-    const vq hl = (vq)(lhs_l >= w_l * (double)((1 << m) + 1)), hh = (vq)(lhs_h >= w_h * (double)((1 << m) + 1));
-    const vi up = __builtin_shufflevector((vi)hl, (vi)hh, DK_EVENS);
-#undef DK_HALF_LO
-#undef DK_HALF_HI
-#undef DK_EVENS
     return VSEL(up, (vi){} + (1 << m), (vi){} + ((1 << m) - 1));
+}
+
+/* Constants of dk_quant_loop, computed once before it (kept out of the loop: `out` may
+ * alias the format as far as the compiler knows). */
+typedef struct {
+    int m, sh;
+    int32_t ebase;     /* FP32 exponent offset, in code units */
+    uint32_t maxbits;  /* FP32 bits of the largest finite value */
+    vi half, keep;
+    vu lo, span;       /* minnorm's bits; max - minnorm */
+    vf scale;          /* 2^qmin */
+} dk_qloop;
+
+static inline dk_qloop dk_qloop_of(const dk_format *f, const dk_qconst *k)
+{
+    dk_qloop c;
+    c.m = f->mbits;
+    c.sh = 23 - c.m;
+    c.ebase = (127 - f->bias) << c.m;
+    c.maxbits = dk_decode_f32bits((uint32_t)k->maxc, f);
+    c.half = (vi){} + ((1 << (c.sh - 1)) - 1);
+    c.keep = (vi){} + ~((1 << c.sh) - 1);
+    c.lo = (vu){} + (uint32_t)k->minnorm_bits;
+    c.span = (vu){} + (c.maxbits - (uint32_t)k->minnorm_bits);
+    c.scale = (vf){} + (float)dk_pow2(dk_qmin(f));
+    return c;
+}
+
+/* The plain lanes of one vector of dk_quant_loop: values in the format's normal range
+ * [minnorm, max] (and zeros) round on FP32's own bits: the kept part is a >> (23 - m);
+ * nearest adds half a quantum minus one plus the kept last bit, stochastic the carry of
+ * (dropped bits << (9 + m)) + r (that is "f + r >= 2^32", f the dropped fraction scaled to
+ * 32 bits); a carry moves into the exponent, as it should. h: the random numbers' top
+ * halves (dk_splitmix_hi): r >> (9 + m) == h >> (9 + m). Returns the results (codes, or
+ * FP32 bits if fake), in *plain_out the lanes they are right for and in *some_not whether
+ * a lane is not among them. */
+__attribute__((always_inline)) static inline vi
+dk_quant_plain(vi u, vu h, const dk_qloop *c, const dk_qconst *k, int mode, int is_signed, int fake,
+               vi *plain_out, int *some_not)
+{
+    vi a = u & 0x7FFFFFFF;
+    vi v; /* the rounded magnitude's FP32 bits (plain lanes) */
+    if (mode == DK_NEAREST) v = (a + c->half + ((a >> c->sh) & 1)) & c->keep;
+    else if (mode == DK_STOCHASTIC) /* up where f + r >= 2^32, f = the dropped bits << (9 + m),
+                                       * i.e. where they plus r >> (9 + m) carry into the kept part */
+        v = (vi)((vu)a + (h >> (9 + c->m))) & c->keep;
+    else v = a & c->keep;
+    /* signed formats: |x| in [minnorm, max] or zero; unsigned: x itself (negative
+     * values fall outside), and -0 gives +0. Stochastic may round past max. */
+#if DK_VL == 16 /* in mask registers (the vector form only where the caller uses it) */
+    __mmask16 kp = _mm512_cmple_epu32_mask((__m512i)((is_signed ? a : u) - (vi)c->lo), (__m512i)c->span) |
+                   _mm512_testn_epi32_mask((__m512i)a, (__m512i)a);
+    if (mode == DK_STOCHASTIC) kp &= _mm512_cmple_epu32_mask((__m512i)v, _mm512_set1_epi32((int)c->maxbits));
+    *plain_out = (vi)_mm512_movm_epi32(kp);
+    *some_not = kp != 0xFFFF;
+#else
+    vi plain = (vi)((vu)((is_signed ? a : u) - (vi)c->lo) <= c->span) | (a == 0);
+    if (mode == DK_STOCHASTIC) plain &= (vi)((vu)v <= c->maxbits);
+    *plain_out = plain;
+    *some_not = !dk_all(plain);
+#endif
+    vi res; /* FP32 bits (fake) or codes */
+    if (fake) {
+        res = is_signed ? v | (u & (int32_t)0x80000000) : v;
+    } else {
+        res = VSEL(a == 0, (vi){}, (v >> c->sh) - c->ebase);
+        if (is_signed) res |= (vi)((vu)u >> (31 - k->signpos)) & (1 << k->signpos); /* the sign bit */
+    }
+    return res;
+}
+
+/* The other lanes of a vector whose plain lanes (dk_quant_plain) are res where plain is
+ * set: tiny, Tesla gap, beyond max or rounded past it, Inf/NaN, negative into an unsigned
+ * format. r: the full random numbers (stochastic only). */
+__attribute__((always_inline)) static inline vi
+dk_quant_rest(vi u, vu r, vi res, vi plain, const dk_format *f, const dk_qloop *c, const dk_qconst *k,
+              int mode, int tesla, int flush, int inf_nan, int is_signed, int fake)
+{
+    const int m = c->m;
+    const vu lo = c->lo;
+    const vf scale = c->scale;
+    vi a = u & 0x7FFFFFFF;
+    if (mode == DK_NEAREST || (mode == DK_STOCHASTIC && (is_signed || !tesla))) {
+        /* |x| below minnorm (and x >= 0 for unsigned formats): the grid is the
+         * multiples of the quantum 2^qmin; M = |x| / 2^qmin rounded by integer shifts
+         * (as dk_quant_vec), then the Tesla gap's rule (nearest: ties to minnorm;
+         * stochastic: dk_gap_stoch) or the flush to zero. */
+        vi tiny = (vi)((vu)(is_signed ? a : u) < (vu)lo);
+        vi ex = a >> 23;
+        vi sig = (a & 0x7FFFFF) | VSEL(ex != 0, (vi){} + 0x800000, (vi){});
+        vi shraw = (vi){} + (k->qmin + 150) - VMAX(ex, (vi){} + 1); /* >= 23 - m */
+        vi shift = VMIN(shraw, (vi){} + 31);
+        vi one = (vi){} + 1;
+        vi M, done = tiny; /* the lanes finished here */
+        if (mode == DK_NEAREST) {
+            M = (sig + (one << (shift - 1)) - 1 + ((sig >> shift) & 1)) >> shift;
+        } else {
+            /* up where f + r >= 2^32, f = the dropped bits << (32 - shift): where the
+             * dropped bits plus r >> (32 - shift) carry into the kept part (as above).
+             * |x| below 2^(qmin - 8) (a shift past 31): the full path below. */
+            M = (vi)(((vu)sig + (r >> (vu)(32 - shift))) >> (vu)shift);
+            done &= shraw <= 31;
+        }
+        if (tesla) {
+            vi ingap = a > k->maxsub_bits;
+            if (mode == DK_NEAREST)
+                M = VSEL(ingap, VSEL(a >= k->mid_bits, (vi){} + (1 << m), (vi){} + ((1 << m) - 1)), M);
+            else /* no branch: about half the vectors here have a gap lane */
+                M = VSEL(ingap, dk_gap_stoch(a, r, k, f->bias), M);
+        } else if (flush) {
+            M = VSEL(M >= (1 << m), (vi){} + (1 << m), (vi){});
+        }
+        vi t;
+        if (fake) {
+            t = VSEL(M >= (1 << m), (vi)lo, (vi)(__builtin_convertvector(M, vf) * scale));
+            if (is_signed) t |= u & (int32_t)0x80000000;
+        } else {
+            t = M;
+            if (is_signed) t |= (vi)((vu)u >> 31) << k->signpos;
+        }
+        res = VSEL(done, t, res);
+        plain |= done;
+    }
+    if (__builtin_expect(!dk_all(plain), 0)) {
+        vi code = dk_quant_vec(u, r, k, mode, tesla, flush, inf_nan, is_signed);
+        if (tesla && mode == DK_STOCHASTIC) { /* lanes inside the subnormal gap */
+            vi gap = (a > k->maxsub_bits) & (a < k->minnorm_bits);
+            if (dk_any(gap)) {
+                if (is_signed) {
+                    vi gc = dk_gap_stoch(a, r, k, f->bias) | ((vi)((vu)u >> 31) << k->signpos);
+                    code = VSEL(gap, gc, code);
+                } else {
+                    for (int j = 0; j < DK_VL; j++)
+                        if (gap[j]) {
+                            unsigned fl = 0;
+                            code[j] = (int32_t)dk_round(dk_f32_to_f64(dk_bitsf((uint32_t)u[j])), 0.0, f,
+                                                        mode, r[j], &fl);
+                        }
+                }
+            }
+        }
+        vi w = !fake ? code
+             : f->ebits == 8 ? code << 16 /* BF16-like: a shift (a multiply could flush) */
+             : dk_dequant_vec(code, f->ebits, f->mbits, f->bias, f->sub, inf_nan, is_signed, scale);
+        res = VSEL(plain, res, w);
+    }
+    return res;
+}
+
+/* Vectors per pass of dk_quant_loop: one bit each in a 64-bit word. */
+#define DK_QPASS_VECS 64
+
+/* SplitMix64 states of the DK_VL elements from index i0 on (as dk_rng_at, without its
+ * per-lane multiplies: state i = seed + (i + 1) gamma). */
+__attribute__((always_inline)) static inline dk_rng dk_rng_at_fast(uint64_t seed, uint64_t i0)
+{
+    const uint64_t G = 0x9E3779B97F4A7C15ull, base = seed + (i0 + 1u) * G;
+    dk_rng g;
+#if DK_VL == 16
+    g.lo = (vq){0, G, 2 * G, 3 * G, 4 * G, 5 * G, 6 * G, 7 * G} + base;
+    g.hi = (vq){8 * G, 9 * G, 10 * G, 11 * G, 12 * G, 13 * G, 14 * G, 15 * G} + base;
+#elif DK_VL == 8
+    g.lo = (vq){0, G, 2 * G, 3 * G} + base;
+    g.hi = (vq){4 * G, 5 * G, 6 * G, 7 * G} + base;
+#else
+    g.lo = (vq){0, G} + base;
+    g.hi = (vq){2 * G, 3 * G} + base;
+#endif
+    return g;
 }
 
 /* The vector loop for one (mode, format family): every switch is a compile-time constant
  * at the call sites below, so the loop body has no branches. Returns where it stopped.
  *
- * Nearest and stochastic: values in the format's normal range [minnorm, max] (and zeros)
- * round on FP32's own bits: the kept part is a >> (23 - m); nearest adds half a quantum
- * minus one plus the kept last bit, stochastic the carry of (dropped bits << (9 + m)) + r
- * (that is "f + r >= 2^32", f the dropped fraction scaled to 32 bits); a carry moves into
- * the exponent, as it should. A vector with any other lane (tiny, Tesla gap, beyond max
- * or rounded past it, Inf/NaN, negative into an unsigned format) also takes the full path
- * (dk_quant_vec; the Tesla gap's stochastic lanes by dk_gap_stoch, or the scalar
- * semantics for unsigned formats) and keeps the fast lanes' results (blend). */
+ * Two passes over each DK_QPASS_VECS vectors: the first rounds every vector's plain lanes
+ * (dk_quant_plain), stores the results, and notes in a bit mask (without a branch) the
+ * vectors with another lane; the second finishes those (dk_quant_rest), reading their input
+ * again (or a copy, if `out` overlaps `x`) and their random numbers' top halves from a
+ * buffer. A vector with a lane below minnorm is common (about 1 in 5 for a standard normal
+ * into CFloat8 1_4_3 bias 7) and unpredictable: a branch per vector mispredicted on most of
+ * them. Besides the results the first pass stores only those top halves (a list of the
+ * vectors and a copy of every input measured slower: the stores queue behind the results'
+ * cache misses; computing the random numbers again in the second pass was slower too).
+ * fake_quantize to nearest keeps one pass with a branch (see two_pass). */
 __attribute__((always_inline)) static inline int64_t
 dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk_qconst *k, int width,
               uint64_t seed, int64_t index0, int mode, int tesla, int flush, int inf_nan, int is_signed,
               int fake)
 {
     /* fake: store the codes' FP32 values into (float *)out instead of the codes */
-    const vf scale = (vf){} + (float)dk_pow2(dk_qmin(f));
-    int64_t i = 0;
-    const int m = f->mbits, sh = 23 - m;
-    const vi half = (vi){} + ((1 << (sh - 1)) - 1), keep = (vi){} + ~((1 << sh) - 1);
-    const vu lo = (vu){} + (uint32_t)k->minnorm_bits;
-    const uint32_t maxbits = dk_decode_f32bits((uint32_t)k->maxc, f);
-    const vu span = (vu){} + (maxbits - (uint32_t)k->minnorm_bits);
-    const int32_t ebase = (127 - f->bias) << m; /* FP32 exponent offset, in code units */
-    dk_rng g = {};
+    const dk_qloop c = dk_qloop_of(f, k);
+    /* fake_quantize to nearest moves 8 bytes per element and is bound by memory: there the
+     * second pass's work (its vectors' other lanes) measured slower than a branch per
+     * vector in one pass (it no longer overlaps the first pass's memory traffic). */
+    const int two_pass = mode == DK_STOCHASTIC || !fake;
     vq rlo = {}, rhi = {};
     if (mode == DK_STOCHASTIC) {
-        g = dk_rng_at(seed, (uint64_t)index0);
+        dk_rng g = dk_rng_at_fast(seed, (uint64_t)index0);
         rlo = g.lo;
         rhi = g.hi;
     }
-    for (; i + DK_VL <= n; i += DK_VL) {
-        vi u;
-        memcpy(&u, x + i, sizeof u);
-        __builtin_prefetch(x + i + DK_PREFETCH);
-        vu r = {};
-        if (mode == DK_STOCHASTIC) r = dk_rng_next(&rlo, &rhi);
-        vi a = u & 0x7FFFFFFF;
-        vi v; /* the rounded magnitude's FP32 bits (plain lanes) */
-        if (mode == DK_NEAREST) v = (a + half + ((a >> sh) & 1)) & keep;
-        else if (mode == DK_STOCHASTIC) /* up where f + r >= 2^32, f = the dropped bits << (9 + m),
-                                           * i.e. where they plus r >> (9 + m) carry into the kept part */
-            v = (vi)((vu)a + (r >> (9 + m))) & keep;
-        else v = a & keep;
-        /* signed formats: |x| in [minnorm, max] or zero; unsigned: x itself (negative
-         * values fall outside), and -0 gives +0. Stochastic may round past max. */
-        vi plain = (vi)((vu)((is_signed ? a : u) - (vi)lo) <= span) | (a == 0);
-        if (mode == DK_STOCHASTIC) plain &= (vi)((vu)v <= maxbits);
-        vi res; /* FP32 bits (fake) or codes */
-        if (fake) {
-            res = is_signed ? v | (u & (int32_t)0x80000000) : v;
-        } else {
-            res = VSEL(a == 0, (vi){}, (v >> sh) - ebase);
-            if (is_signed) res |= (vi)((vu)u >> 31) << k->signpos;
+    const int64_t nv = n - n % DK_VL; /* elements in whole vectors */
+    const char *xb = (const char *)x, *ob = (const char *)out;
+    const int overlap = ob < xb + nv * 4 && xb < ob + nv * (fake ? 4 : width);
+    vi ubuf[DK_QPASS_VECS]; /* the input of the second pass's vectors, if out overlaps x */
+    vu hbuf[mode == DK_STOCHASTIC ? DK_QPASS_VECS : 1]; /* their random numbers' top halves */
+    for (int64_t p0 = 0; p0 < nv; p0 += DK_QPASS_VECS * DK_VL) {
+        const int64_t p1 = nv - p0 < DK_QPASS_VECS * DK_VL ? nv : p0 + DK_QPASS_VECS * DK_VL;
+        uint64_t rest = 0;
+        int v = 0;
+        for (int64_t i = p0; i < p1; i += DK_VL, v++) {
+            vi u;
+            memcpy(&u, x + i, sizeof u);
+            __builtin_prefetch(x + i + DK_PREFETCH);
+            vu h = {};
+            if (mode == DK_STOCHASTIC) {
+                h = dk_rng_next_hi(&rlo, &rhi);
+                hbuf[v] = h;
+            }
+            vi plain;
+            int some_not;
+            vi res = dk_quant_plain(u, h, &c, k, mode, is_signed, fake, &plain, &some_not);
+            if (!two_pass && __builtin_expect(some_not, 0))
+                res = dk_quant_rest(u, dk_splitmix_r(h), res, plain, f, &c, k, mode, tesla, flush, inf_nan,
+                                    is_signed, fake);
+            if (two_pass && __builtin_expect(overlap, 0)) ubuf[v] = u;
+            if (fake) memcpy((float *)out + i, &res, sizeof res);
+            else dk_store_codes(out, i, res, width);
+            if (two_pass) rest |= (uint64_t)some_not << v;
         }
-        if ((mode == DK_NEAREST || (mode == DK_STOCHASTIC && (is_signed || !tesla))) &&
-            __builtin_expect(!dk_all(plain), 0)) {
-            /* |x| below minnorm (and x >= 0 for unsigned formats): the grid is the
-             * multiples of the quantum 2^qmin; M = |x| / 2^qmin rounded by integer shifts
-             * (as dk_quant_vec), then the Tesla gap's rule (nearest: ties to minnorm;
-             * stochastic: dk_gap_stoch) or the flush to zero. */
-            vi tiny = (vi)((vu)(is_signed ? a : u) < (vu)lo);
-            vi ex = a >> 23;
-            vi sig = (a & 0x7FFFFF) | VSEL(ex != 0, (vi){} + 0x800000, (vi){});
-            vi shraw = (vi){} + (k->qmin + 150) - VMAX(ex, (vi){} + 1); /* >= 23 - m */
-            vi shift = VMIN(shraw, (vi){} + 31);
-            vi one = (vi){} + 1;
-            vi M, done = tiny; /* the lanes finished here */
-            if (mode == DK_NEAREST) {
-                M = (sig + (one << (shift - 1)) - 1 + ((sig >> shift) & 1)) >> shift;
-            } else {
-                /* up where f + r >= 2^32, f = the dropped bits << (32 - shift): where the
-                 * dropped bits plus r >> (32 - shift) carry into the kept part (as above).
-                 * |x| below 2^(qmin - 8) (a shift past 31): the full path below. */
-                M = (vi)(((vu)sig + (r >> (vu)(32 - shift))) >> (vu)shift);
-                done &= shraw <= 31;
-            }
-            if (tesla) {
-                vi ingap = a > k->maxsub_bits;
-                if (mode == DK_NEAREST)
-                    M = VSEL(ingap, VSEL(a >= k->mid_bits, (vi){} + (1 << m), (vi){} + ((1 << m) - 1)), M);
-                else if (dk_any(ingap & tiny)) /* the gap's rule only where needed */
-                    M = VSEL(ingap, dk_gap_stoch(a, r, k, f->bias), M);
-            } else if (flush) {
-                M = VSEL(M >= (1 << m), (vi){} + (1 << m), (vi){});
-            }
-            vi t;
-            if (fake) {
-                t = VSEL(M >= (1 << m), (vi)lo, (vi)(__builtin_convertvector(M, vf) * scale));
-                if (is_signed) t |= u & (int32_t)0x80000000;
-            } else {
-                t = M;
-                if (is_signed) t |= (vi)((vu)u >> 31) << k->signpos;
-            }
-            res = VSEL(done, t, res);
-            plain |= done;
+        while (rest) {
+            const int j = __builtin_ctzll(rest);
+            rest &= rest - 1;
+            const int64_t at = p0 + (int64_t)j * DK_VL;
+            vi u;
+            if (overlap) u = ubuf[j];
+            else memcpy(&u, x + at, sizeof u);
+            const vu h = mode == DK_STOCHASTIC ? hbuf[j] : (vu){};
+            vi plain;
+            int some_not;
+            vi res = dk_quant_plain(u, h, &c, k, mode, is_signed, fake, &plain, &some_not);
+            res = dk_quant_rest(u, dk_splitmix_r(h), res, plain, f, &c, k, mode, tesla, flush, inf_nan,
+                                is_signed, fake);
+            if (fake) memcpy((float *)out + at, &res, sizeof res);
+            else dk_store_codes(out, at, res, width);
         }
-        if (__builtin_expect(!dk_all(plain), 0)) {
-            vi code = dk_quant_vec(u, r, k, mode, tesla, flush, inf_nan, is_signed);
-            if (tesla && mode == DK_STOCHASTIC) { /* lanes inside the subnormal gap */
-                vi gap = (a > k->maxsub_bits) & (a < k->minnorm_bits);
-                if (dk_any(gap)) {
-                    if (is_signed) {
-                        vi gc = dk_gap_stoch(a, r, k, f->bias) | ((vi)((vu)u >> 31) << k->signpos);
-                        code = VSEL(gap, gc, code);
-                    } else {
-                        for (int j = 0; j < DK_VL; j++)
-                            if (gap[j]) {
-                                unsigned fl = 0;
-                                code[j] = (int32_t)dk_round(dk_f32_to_f64(dk_bitsf((uint32_t)u[j])), 0.0, f,
-                                                            mode, r[j], &fl);
-                            }
-                    }
-                }
-            }
-            vi w = !fake ? code
-                 : f->ebits == 8 ? code << 16 /* BF16-like: a shift (a multiply could flush) */
-                 : dk_dequant_vec(code, f->ebits, f->mbits, f->bias, f->sub, inf_nan, is_signed, scale);
-            res = VSEL(plain, res, w);
-        }
-        if (fake) memcpy((float *)out + i, &res, sizeof res);
-        else dk_store_codes(out, i, res, width);
     }
-    return i;
+    return nv;
 }
 
 #define DK_QFAMILIES(MODE)                                                                      \
@@ -489,8 +625,8 @@ dk_quant_run(const float *x, void *out, int64_t n, const dk_format *f, int mode,
             vi u;
             memcpy(&u, x + i, sizeof u);
             __builtin_prefetch(x + i + DK_PREFETCH);
-            vu r = dk_rng_next(&lo, &hi);
-            vi code = dk_bf16_stoch_vec(u, r);
+            vu h = dk_rng_next_hi(&lo, &hi); /* r >> 16 == h >> 16 */
+            vi code = dk_bf16_stoch_vec(u, h);
             if (fake) {
                 vi v = code << 16;
                 memcpy((float *)out + i, &v, sizeof v);

@@ -571,6 +571,51 @@ def test_stochastic_tesla_gap_vector(isa, rf):
                    R.dequantize_ref(codes, rf).astype(np.float32), x)
 
 
+@pytest.mark.parametrize("rf", [R.RefFormat("cfloat8_143", 7, "tesla"),
+                                R.RefFormat("cfloat8_152", 50, "tesla"),
+                                R.RefFormat("shp", 20, "tesla")], ids=str)
+def test_stochastic_tesla_gap_at_the_carry_boundary(isa, rf):
+    """The vector Tesla-gap rule (dk_gap_stoch) must decide "f + r >= 2^32",
+    f = floor((|x| - lo) / (hi - lo) * 2^32), exactly at the unit: float32 values in the gap
+    (both binades, both ends, D = (|x| - lo) / ulp with every remainder mod 2^m + 1; remainder
+    0 makes the rule's two sides equal), each in an even and an odd lane at index `at`, get by
+    a seed built for that index the random number r = 2^32 - f (rounds up to minnorm) or
+    2^32 - f - 1 (stays at maxsub); f from Fractions, codes against the reference. The vector
+    also holds another gap value (the tiny lanes' path) or, in a second call, a NaN (the
+    full path)."""
+    from fractions import Fraction
+    fmt = fmt_of(rf)
+    K = 2 ** rf.m + 1
+    u = Fraction(1, 2 ** (rf.bias + 24))  # the float32 ulp in lo's binade
+    L = (2 ** rf.m - 1) * 2 ** (24 - rf.m)  # lo = L u, hi = 2^25 u
+    rng = np.random.default_rng(rf.m)
+    As = [L + 1, 2 ** 25 - 2, 2 ** 24 - 1, 2 ** 24, 2 ** 24 + 2]
+    for t in rng.integers(1, (2 ** 24 - L) // K - 1, 6):
+        As += [L + K * int(t) + d0 for d0 in (0, 1, K // 2, K - 1)]  # D mod K = d0
+    As += [int(a) * 2 for a in rng.integers(2 ** 23, 2 ** 24 - 1, 6)]  # the upper binade
+    lo, hi = L * u, 2 ** 25 * u
+    n = 64
+    for A, at in ((A, at) for A in As for at in (36, 37)):  # even and odd lanes (dk_gap_stoch's
+        g = A * u                                              # two 64-bit halves)
+        assert lo < g < hi
+        g32 = np.float32(float(g))
+        assert Fraction(float(g32)) == g
+        f = int((g - lo) / (hi - lo) * 2 ** 32)
+        assert 0 < f < 2 ** 32
+        for r, up in ((2 ** 32 - f, True), (2 ** 32 - f - 1, False)):
+            seed = _seed_for(r, at)
+            for other in (np.float32(float((lo + hi) / 2)), np.float32(np.nan)):
+                for sign in (1, -1):
+                    x = np.ones(n, np.float32)
+                    x[at], x[at + 1] = sign * g32, other
+                    codes = R.quantize_ref(x, rf, "stochastic", seed)[0]
+                    mag = 2 ** rf.m if up else 2 ** rf.m - 1
+                    assert int(codes[at]) == mag | (rf.sign_bit if sign < 0 else 0)
+                    _same_bits(dk.quantize(x, fmt, rounding="stochastic", seed=seed), codes, x)
+                    _same_bits(dk.fake_quantize(x, fmt, rounding="stochastic", seed=seed),
+                               R.dequantize_ref(codes, rf).astype(np.float32), x)
+
+
 @pytest.mark.parametrize("sign", [1, -1])
 def test_bf16_fma_nearest_fp32_ties(isa, sign):
     """fma to nearest where x * y is a BF16 tie (a midpoint: x = 1.5, y with an odd last bit)
