@@ -61,6 +61,7 @@ static atomic_llong next_item;
 
 static atomic_llong parallel_calls;
 static atomic_llong spread_moves; /* workers moved off a CPU the call already used */
+static int slot_n = 1;            /* slots of the current call (1 + workers wanted; under m) */
 static atomic_int spread_on = 1;
 
 #if defined(__linux__) && defined(CPU_SETSIZE)
@@ -69,6 +70,15 @@ static atomic_int spread_on = 1;
 /* The CPU each thread of the current call (slot 0 the caller, 1.. the workers) was on when
  * it last claimed an item, -1 for none; reset at the start of every parallel call. */
 static atomic_int slot_cpu[DK_POOL_TRACKED];
+
+/* slot_cpu is read and written with locked instructions (exchange, fetch-add of 0): the
+ * same relaxed atomics, but valgrind's helgrind, which does not model C11 atomics, sees
+ * locked accesses as atomic and does not report them as races. */
+static inline void cpu_put(int t, int c)
+{
+    (void)atomic_exchange_explicit(&slot_cpu[t], c, memory_order_relaxed);
+}
+static inline int cpu_get(int t) { return atomic_fetch_add_explicit(&slot_cpu[t], 0, memory_order_relaxed); }
 
 static int this_cpu(void)
 {
@@ -95,29 +105,30 @@ static int spread_from(const cpu_set_t *used)
 
 /* Before each item: note this thread's CPU; a worker that finds another thread of the call
  * on it moves (the kernel may put it back later: the next item checks again). */
-static void settle(int slot)
+static void settle(int slot, int nslots)
 {
     if (slot >= DK_POOL_TRACKED || !atomic_load_explicit(&spread_on, memory_order_relaxed))
         return;
     int c = this_cpu();
     if (c < 0) return;
-    atomic_store_explicit(&slot_cpu[slot], c, memory_order_relaxed);
+    cpu_put(slot, c);
     if (slot == 0) return; /* the caller stays where it is */
     cpu_set_t used;
     CPU_ZERO(&used);
     int clash = 0;
-    for (int t = 0; t < DK_POOL_TRACKED; t++) {
-        int o = t == slot ? -1 : atomic_load_explicit(&slot_cpu[t], memory_order_relaxed);
+    if (nslots > DK_POOL_TRACKED) nslots = DK_POOL_TRACKED;
+    for (int t = 0; t < nslots; t++) {
+        int o = t == slot ? -1 : cpu_get(t);
         if (o < 0) continue;
         CPU_SET(o, &used);
         clash |= o == c;
     }
-    if (clash) atomic_store_explicit(&slot_cpu[slot], spread_from(&used), memory_order_relaxed);
+    if (clash) cpu_put(slot, spread_from(&used));
 }
 
 static void leave_slot(int slot)
 {
-    if (slot < DK_POOL_TRACKED) atomic_store_explicit(&slot_cpu[slot], -1, memory_order_relaxed);
+    if (slot < DK_POOL_TRACKED) cpu_put(slot, -1);
 }
 
 /* Steering (see the top of the file). Under `busy`: workers[] does not change meanwhile. */
@@ -191,7 +202,7 @@ typedef struct { int unused; } steered;
 static int steer_take(steered *st) { (void)st; return 0; }
 static void steer_undo_self(const steered *st) { (void)st; }
 static int steer_cpu = -1;
-static void settle(int slot) { (void)slot; }
+static void settle(int slot, int nslots) { (void)slot; (void)nslots; }
 static void leave_slot(int slot) { (void)slot; }
 static void steer_begin(int n) { (void)n; }
 static void steer_end(void) {}
@@ -303,7 +314,7 @@ static void guard_update(guard_t *g, int64_t busy, int64_t wall, int64_t now)
 }
 
 /* Runs items until none is left; returns how many this thread ran. */
-static int64_t run_items(dk_pool_fn fn, void *arg, int64_t n, int slot)
+static int64_t run_items(dk_pool_fn fn, void *arg, int64_t n, int slot, int nslots)
 {
     for (int64_t done = 0;; done++) {
         int64_t i = (int64_t)atomic_fetch_add_explicit(&next_item, 1, memory_order_relaxed);
@@ -311,7 +322,7 @@ static int64_t run_items(dk_pool_fn fn, void *arg, int64_t n, int slot)
             leave_slot(slot);
             return done;
         }
-        settle(slot);
+        settle(slot, nslots);
         fn(arg, i, slot);
     }
 }
@@ -330,12 +341,13 @@ static void *worker_main(void *p)
         dk_pool_fn fn = job_fn;
         void *arg = job_arg;
         int64_t n = job_n;
+        int nslots = slot_n;
         steered st;
         int unsteer = steer_take(&st);
         pthread_mutex_unlock(&m);
         if (unsteer) steer_undo_self(&st);
         int64_t w0 = cpu_ns();
-        run_items(fn, arg, n, slot);
+        run_items(fn, arg, n, slot, nslots);
         int64_t w1 = cpu_ns();
         pthread_mutex_lock(&m);
         job_busy_ns += w0 >= 0 && w1 >= w0 ? w1 - w0 : 0;
@@ -446,10 +458,11 @@ static int pool_run(int nthreads, int64_t nitems, dk_pool_fn fn, void *arg, doub
     job_joined = 0;
     job_running = 0;
     job_busy_ns = 0;
+    slot_n = 1 + job_want;
 #ifdef DK_POOL_SPREAD
     /* the caller's CPU is known from the start: a worker may claim an item first */
-    for (int t = 0; t < DK_POOL_TRACKED; t++) atomic_store_explicit(&slot_cpu[t], -1, memory_order_relaxed);
-    atomic_store_explicit(&slot_cpu[0], this_cpu(), memory_order_relaxed);
+    for (int t = 1; t < 1 + job_want && t < DK_POOL_TRACKED; t++) cpu_put(t, -1);
+    cpu_put(0, this_cpu());
 #endif
     job_open = 1;
     atomic_store_explicit(&next_item, 0, memory_order_relaxed);
@@ -460,7 +473,7 @@ static int pool_run(int nthreads, int64_t nitems, dk_pool_fn fn, void *arg, doub
     atomic_fetch_add_explicit(&parallel_calls, 1, memory_order_relaxed);
 
     int64_t c0 = g ? mono_ns() : 0;
-    int64_t mine = run_items(fn, arg, nitems, 0);
+    int64_t mine = run_items(fn, arg, nitems, 0, slot_n);
     int64_t c1 = g ? mono_ns() : 0;
 
     pthread_mutex_lock(&m);
@@ -585,12 +598,13 @@ int dk_pool_test_settle(int *before, int *after)
 {
 #ifdef DK_POOL_SPREAD
     pthread_mutex_lock(&busy); /* no call in flight: slot_cpu is ours for a moment */
-    for (int t = 0; t < DK_POOL_TRACKED; t++) atomic_store(&slot_cpu[t], -1);
     *before = this_cpu();
-    atomic_store(&slot_cpu[0], *before); /* "the caller" on this thread's CPU */
-    settle(1);                           /* and this thread as worker 1 */
+    cpu_put(0, *before); /* "the caller" on this thread's CPU */
+    cpu_put(1, -1);
+    settle(1, 2);        /* and this thread as worker 1 */
     *after = this_cpu();
-    for (int t = 0; t < DK_POOL_TRACKED; t++) atomic_store(&slot_cpu[t], -1);
+    cpu_put(0, -1);
+    cpu_put(1, -1);
     pthread_mutex_unlock(&busy);
     return *before >= 0;
 #else
