@@ -111,18 +111,25 @@ _GUARD_VALUES = {"1": True, "on": True, "true": True, "yes": True,
                  "0": False, "off": False, "false": False, "no": False}
 
 
-def _guard_from_env() -> bool:
-    """``DOJO_KERNELS_THREAD_GUARD`` (unset: on)."""
-    env = os.environ.get("DOJO_KERNELS_THREAD_GUARD", "").strip().lower()
+def _switch_from_env(var: str) -> bool:
+    """An on/off environment variable (unset or empty: on)."""
+    env = os.environ.get(var, "").strip().lower()
     if not env:
         return True
     if env not in _GUARD_VALUES:
-        raise ValueError(f"DOJO_KERNELS_THREAD_GUARD={env!r}: expected one of "
+        raise ValueError(f"{var}={env!r}: expected one of "
                          f"{', '.join(sorted(_GUARD_VALUES))}")
     return _GUARD_VALUES[env]
 
 
+def _guard_from_env() -> bool:
+    """``DOJO_KERNELS_THREAD_GUARD`` (unset: on)."""
+    return _switch_from_env("DOJO_KERNELS_THREAD_GUARD")
+
+
 _cpu._pool_guard(1 if _guard_from_env() else 0)
+# spreading the threads of a call over the CPUs (docs/threads.md, "Spreading")
+_cpu._pool_spread(1 if _switch_from_env("DOJO_KERNELS_THREAD_SPREAD") else 0)
 
 
 def get_thread_guard() -> bool:

@@ -251,6 +251,18 @@ def test_guard_argument_and_environment():
     assert out.returncode != 0 and "DOJO_KERNELS_THREAD_GUARD='maybe'" in out.stderr
 
 
+def test_spread_environment_variable():
+    code = "from dojo_kernels import _cpu; print(_cpu._pool_spread(-1))"
+    env = {k: v for k, v in os.environ.items() if k != "DOJO_KERNELS_THREAD_SPREAD"}
+    for value, want in (("0", "False"), ("off", "False"), ("1", "True"), ("", "True")):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             cwd="/", env={**env, "DOJO_KERNELS_THREAD_SPREAD": value})
+        assert out.stdout.strip() == want, (value, out.stderr)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd="/", env={**env, "DOJO_KERNELS_THREAD_SPREAD": "maybe"})
+    assert out.returncode != 0 and "DOJO_KERNELS_THREAD_SPREAD='maybe'" in out.stderr
+
+
 def test_guarded_gemm_is_cut_for_one_thread(guard, two_threads):
     """A gemm kind the guard keeps on the caller is also cut as for one thread (the driver
     asks the guard before it cuts the work), and its bits are those of one thread."""
