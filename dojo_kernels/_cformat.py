@@ -21,11 +21,18 @@ def ctuple(fmt: Format) -> Tuple[Any, ...]:
 
 def memory_order(a: np.ndarray) -> Tuple[np.ndarray, Optional[Tuple[int, ...]]]:
     """For order-free uses (a reduction, or nearest rounding read back through the same
-    axes): ``(a, None)`` when ``a`` is C-contiguous or not dense, else ``(t, perm)`` with
-    ``t = a.transpose(perm)`` C-contiguous, the same memory read in its own order (a
-    transposed or Fortran-ordered array), so that no strided copy is made."""
+    axes): ``(a, None)`` when ``a`` is C-contiguous or in no other dense order handled here,
+    else ``(t, perm)`` with ``t = a.transpose(perm)`` C-contiguous, the same memory read in
+    its own order, so that no strided copy is made: a Fortran-ordered array (a transpose,
+    ``perm`` reverses the axes) or a 3-D batch with its last two axes swapped
+    (``perm = (0, 2, 1)``). Both permutations are their own inverse. Only flags are looked
+    at: this runs on every gemm call."""
     if a.ndim < 2 or a.flags.c_contiguous:
         return a, None
-    perm = tuple(int(i) for i in np.argsort([-abs(s) for s in a.strides], kind="stable"))
-    t = a.transpose(perm)
-    return (t, perm) if t.flags.c_contiguous else (a, None)
+    if a.flags.f_contiguous:
+        return a.T, tuple(range(a.ndim - 1, -1, -1))
+    if a.ndim == 3:
+        t = a.transpose(0, 2, 1)
+        if t.flags.c_contiguous:
+            return t, (0, 2, 1)
+    return a, None

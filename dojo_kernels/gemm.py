@@ -405,7 +405,7 @@ def _round_in_place_order(arr: np.ndarray, fmt: Format) -> np.ndarray:
     t, perm = _memory_order(arr)
     if perm is None:
         return quantize(arr, fmt)
-    return quantize(t, fmt).transpose(tuple(int(i) for i in np.argsort(perm)))
+    return quantize(t, fmt).transpose(perm)   # perm is its own inverse
 
 
 def _operand(x: Any, fmt: Format, name: str) -> np.ndarray:
