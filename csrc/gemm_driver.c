@@ -185,8 +185,7 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
                 }
                 uint32_t *o = (uint32_t *)dst + s * kp * lw;
                 dk_gemm_pack_pair_u8_avx512((const uint8_t *)v->p + line + koff, v->cs, kfull,
-                                            lw, v->table, o);
-                if (rng) packed_range(o, kfull * lw * 2, rng);
+                                            lw, v->table, o); /* 8-bit codes: never ranged */
             }
         }
         /* the remaining pair(s) of those slivers, portably */
@@ -321,8 +320,7 @@ static void pack_rowtiles(const view *v, int64_t nlines, int64_t k, int64_t l0, 
             if (full > kp / 16) full = kp / 16;
             if (full > 0 && v->kind == DK_GEMM_U8) {
                 dk_gemm_pack_rowtile_u8_avx512((const uint8_t *)v->p + (l0 + s * mr) * v->rs + 2 * p0,
-                                               v->rs, mr, full, mr, v->table, o);
-                if (rng) packed_range(o, full * 16 * mr * 2, rng);
+                                               v->rs, mr, full, mr, v->table, o); /* never ranged */
             } else if (full > 0) {
                 dk_gemm_pack_rowtile_u16_avx512((const uint16_t *)v->p + (l0 + s * mr) * v->rs + 2 * p0,
                                                 v->rs, mr, full, mr, o, rng);

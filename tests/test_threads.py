@@ -237,30 +237,28 @@ def test_guard_off_always_uses_the_threads():
         dk.set_thread_guard(was)
 
 
-def test_guard_argument_and_environment():
+def test_guard_argument():
     with pytest.raises(TypeError, match="on: expected a bool"):
         dk.set_thread_guard(1)
-    code = "import dojo_kernels as dk; print(dk.get_thread_guard())"
-    env = {k: v for k, v in os.environ.items() if k != "DOJO_KERNELS_THREAD_GUARD"}
-    for value, want in (("0", "False"), ("off", "False"), ("1", "True"), ("", "True")):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             cwd="/", env={**env, "DOJO_KERNELS_THREAD_GUARD": value})
-        assert out.stdout.strip() == want, (value, out.stderr)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd="/", env={**env, "DOJO_KERNELS_THREAD_GUARD": "maybe"})
-    assert out.returncode != 0 and "DOJO_KERNELS_THREAD_GUARD='maybe'" in out.stderr
 
 
-def test_spread_environment_variable():
-    code = "from dojo_kernels import _cpu; print(_cpu._pool_spread(-1))"
-    env = {k: v for k, v in os.environ.items() if k != "DOJO_KERNELS_THREAD_SPREAD"}
+@pytest.mark.parametrize("var, code", [
+    ("DOJO_KERNELS_THREAD_GUARD", "import dojo_kernels as dk; print(dk.get_thread_guard())"),
+    ("DOJO_KERNELS_THREAD_SPREAD", "from dojo_kernels import _cpu; print(_cpu._pool_spread(-1))"),
+])
+def test_switch_environment_variables(var, code):
+    """The on/off variables read at import: 0/off off, 1/empty on, anything else an error
+    naming the variable."""
+    env = {k: v for k, v in os.environ.items() if k != var}
+
+    def run(value):
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              cwd="/", env={**env, var: value})
     for value, want in (("0", "False"), ("off", "False"), ("1", "True"), ("", "True")):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             cwd="/", env={**env, "DOJO_KERNELS_THREAD_SPREAD": value})
+        out = run(value)
         assert out.stdout.strip() == want, (value, out.stderr)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd="/", env={**env, "DOJO_KERNELS_THREAD_SPREAD": "maybe"})
-    assert out.returncode != 0 and "DOJO_KERNELS_THREAD_SPREAD='maybe'" in out.stderr
+    out = run("maybe")
+    assert out.returncode != 0 and f"{var}='maybe'" in out.stderr
 
 
 def test_guarded_gemm_is_cut_for_one_thread(guard, two_threads):
