@@ -6,7 +6,7 @@ wheel), with the percentage of this CPU's peaks measured in the same run
 
     pytest bench/bench_gemm.py --benchmark-only -q      # pytest-benchmark (not python -m)
     python bench/bench_gemm.py [--quick]                          # the GFLOP/s table
-    python bench/bench_gemm.py --versus [--rounds N]              # interleaved ratios
+    python bench/bench_gemm.py --versus [--rounds N] [--shapes MxNxK,...]  # interleaved ratios
 
 Shapes are (m, n, k): squares 256..4096, the skinny (4096, 256, 4096), (64, 4096, 4096)
 and the GEMV-like (8, 4096, 4096), (1, 4096, 4096).
@@ -328,6 +328,13 @@ def _once(f) -> float:
 if __name__ == "__main__":
     if "--versus" in sys.argv:
         n_rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else 9
-        versus(rounds=n_rounds)
+        shapes = [(2048, 2048, 2048)]
+        if "--shapes" in sys.argv:
+            spec = sys.argv[sys.argv.index("--shapes") + 1]
+            shapes = [tuple(int(x) for x in one.split("x")) for one in spec.split(",")]
+            if any(len(sh) != 3 or min(sh) < 1 for sh in shapes):
+                sys.exit(f"--shapes: expected MxNxK[,MxNxK...] of positive sizes, got {spec!r}")
+        for sh in shapes:
+            versus(sh, rounds=n_rounds)
     else:
         main(quick="--quick" in sys.argv)

@@ -478,27 +478,36 @@ static void tile(const tier_cfg *t, int64_t kp, const void *ap, const void *bp, 
     for (int64_t i = 0; i < mm; i++) memcpy(c + i * ldc, tmp + i * t->nr, sizeof(float) * nn);
 }
 
-/* The packed-B buffer of the last large call is kept for the next one (one buffer per
- * process, up to DK_GEMM_CACHE_MAX bytes): a fresh multi-megabyte allocation is zeroed page
- * by page by the kernel on first touch, which cost more than the packing itself on skinny
- * products. Taken and given back under a mutex; a concurrent call allocates its own.
- * dk_gemm_release_cache() frees it (interpreter exit). */
+/* The work buffers of the last large call (the packed B panel, the per-thread A blocks and
+ * B units) are kept for the next one, up to DK_GEMM_CACHE_SLOTS buffers of at most
+ * DK_GEMM_CACHE_MAX bytes each: a fresh allocation of more than a few hundred kilobytes is
+ * mapped anew and zeroed page by page by the kernel on first touch, which cost more than the
+ * packing itself on skinny products. Taken and given back under a mutex (a concurrent call
+ * allocates its own); a full cache keeps the larger buffers. dk_gemm_release_cache() frees
+ * them (interpreter exit). */
 #define DK_GEMM_CACHE_MAX ((size_t)64 << 20)
+#define DK_GEMM_CACHE_MIN ((size_t)128 << 10)
+#define DK_GEMM_CACHE_SLOTS 3
 static pthread_mutex_t cache_mu = PTHREAD_MUTEX_INITIALIZER;
-static void *cache_ptr;
-static size_t cache_cap;
+static void *cache_ptr[DK_GEMM_CACHE_SLOTS];
+static size_t cache_cap[DK_GEMM_CACHE_SLOTS];
 
 static void *aligned_alloc_bytes(size_t n);
 
+/* A buffer of at least n bytes: the smallest cached one that is large enough, else new. */
 static void *buf_take(size_t n, size_t *cap)
 {
     void *p = NULL;
     pthread_mutex_lock(&cache_mu);
-    if (cache_ptr && cache_cap >= n) {
-        p = cache_ptr;
-        *cap = cache_cap;
-        cache_ptr = NULL;
-        cache_cap = 0;
+    int best = -1;
+    for (int i = 0; i < DK_GEMM_CACHE_SLOTS; i++)
+        if (cache_ptr[i] && cache_cap[i] >= n && (best < 0 || cache_cap[i] < cache_cap[best]))
+            best = i;
+    if (best >= 0) {
+        p = cache_ptr[best];
+        *cap = cache_cap[best];
+        cache_ptr[best] = NULL;
+        cache_cap[best] = 0;
     }
     pthread_mutex_unlock(&cache_mu);
     if (!p) {
@@ -512,12 +521,15 @@ static void buf_give(void *p, size_t cap)
 {
     if (!p) return;
     void *drop = p;
-    if (cap <= DK_GEMM_CACHE_MAX && cap >= ((size_t)1 << 20)) {
+    if (cap <= DK_GEMM_CACHE_MAX && cap >= DK_GEMM_CACHE_MIN) {
         pthread_mutex_lock(&cache_mu);
-        if (!cache_ptr || cache_cap < cap) { /* keep the larger of the two */
-            drop = cache_ptr;
-            cache_ptr = p;
-            cache_cap = cap;
+        int slot = 0; /* an empty slot, else the smallest buffer */
+        for (int i = 1; i < DK_GEMM_CACHE_SLOTS && cache_ptr[slot]; i++)
+            if (!cache_ptr[i] || cache_cap[i] < cache_cap[slot]) slot = i;
+        if (!cache_ptr[slot] || cache_cap[slot] < cap) {
+            drop = cache_ptr[slot];
+            cache_ptr[slot] = p;
+            cache_cap[slot] = cap;
         }
         pthread_mutex_unlock(&cache_mu);
     }
@@ -526,12 +538,15 @@ static void buf_give(void *p, size_t cap)
 
 void dk_gemm_release_cache(void)
 {
+    void *p[DK_GEMM_CACHE_SLOTS];
     pthread_mutex_lock(&cache_mu);
-    void *p = cache_ptr;
-    cache_ptr = NULL;
-    cache_cap = 0;
+    for (int i = 0; i < DK_GEMM_CACHE_SLOTS; i++) {
+        p[i] = cache_ptr[i];
+        cache_ptr[i] = NULL;
+        cache_cap[i] = 0;
+    }
     pthread_mutex_unlock(&cache_mu);
-    free(p);
+    for (int i = 0; i < DK_GEMM_CACHE_SLOTS; i++) free(p[i]);
 }
 
 static void *aligned_alloc_bytes(size_t n)
@@ -551,11 +566,28 @@ typedef struct {
     int stream;          /* the result is large: the kernels may stream it (DK_UKR_STREAM) */
     float scale;
     uint16_t *arng, *brng; /* NULL, or per slot the range of the BF16 codes packed (2 each) */
-    char *bbuf;          /* packed B of the step: pc block at sliver offset nsl * pc */
+    char *bbuf;          /* packed B of the step: pc block at sliver offset nsl * pc; NULL
+                          * when m is one A block (no unit is used twice: see gemm_item) */
     atomic_int *bstate;  /* per (pc block, chunk): 0 unpacked, 1 being packed, 2 ready */
     char *abuf, *bpriv;  /* per slot: packed A block, private copy of one B unit */
     size_t abytes, bpriv_bytes;
 } gemm_step;
+
+/* The micro-kernel over one packed unit of B (slivers s0..s1-1) and the item's A block. */
+static void run_unit(const gemm_step *S, const char *unit, int64_t s0, int64_t s1, int64_t kp,
+                     int64_t i0, int64_t msl, const char *mya, int flags)
+{
+    const tier_cfg *t = S->t;
+    for (int64_t s = s0; s < s1; s++) {
+        const char *bp = unit + (size_t)(s - s0) * kp * S->pairB;
+        int64_t j = S->jc + s * t->nr;
+        for (int64_t r = 0; r < msl; r++) {
+            int64_t i = i0 + r * t->mr;
+            tile(t, kp, mya + (size_t)r * kp * S->pairA, bp, S->cb + i * S->ldo + j, S->ldo,
+                 S->m - i, S->n - j, flags, S->scale);
+        }
+    }
+}
 
 /* Work item w = (ic block, column group): all pc blocks in order, for its tiles only. */
 static void gemm_item(void *arg, int64_t w, int slot)
@@ -593,6 +625,15 @@ static void gemm_item(void *arg, int64_t w, int slot)
             const int may_defer = ci < c1;
             const int64_t c = may_defer ? ci++ : deferred[pass2++];
             int64_t s0 = c * DK_GEMM_CHUNK, s1 = s0 + DK_GEMM_CHUNK < nsl ? s0 + DK_GEMM_CHUNK : nsl;
+            if (!S->bbuf) {
+                /* One A block: this item is the unit's only user, so it is packed into the
+                 * thread's own buffer, which stays in the caches from one unit to the next,
+                 * instead of a panel written out to memory and read back once. */
+                pack_lines(S->vb, n, k, S->jc + s0 * t->nr, (s1 - s0) * t->nr, pc, kp, t->nr,
+                           t->split_b, t->simd_pack, myb, S->brng ? S->brng + 2 * slot : NULL);
+                run_unit(S, myb, s0, s1, kp, i0, msl, mya, flags);
+                continue;
+            }
             char *unit = S->bbuf + (size_t)(nsl * pc + s0 * kp) * pairB;
             atomic_int *st = &S->bstate[pb * S->nchunks + c];
             /* read-modify-write (not a plain load): helgrind sees locked accesses as atomic */
@@ -623,15 +664,7 @@ static void gemm_item(void *arg, int64_t w, int slot)
                     else unit = myb;
                 }
             }
-            for (int64_t s = s0; s < s1; s++) {
-                const char *bp = unit + (size_t)(s - s0) * kp * pairB;
-                int64_t j = S->jc + s * t->nr;
-                for (int64_t r = 0; r < msl; r++) {
-                    int64_t i = i0 + r * t->mr;
-                    tile(t, kp, mya + (size_t)r * kp * pairA, bp, S->cb + i * S->ldo + j,
-                         S->ldo, m - i, n - j, flags, S->scale);
-                }
-            }
+            run_unit(S, unit, s0, s1, kp, i0, msl, mya, flags);
         }
     }
 #ifdef __SSE2__
@@ -703,10 +736,12 @@ static void ranges_done(uint16_t *r, int nthr, uint16_t out[3])
     free(r);
 }
 
-/* The few-rows path (gemm_smallm.c) takes the product: amx order, AVX-512, B columns unit. */
+/* The few-rows path (gemm_smallm.c) takes the product: amx order, AVX-512, B columns unit;
+ * on the amx tier only up to DK_GEMM_SMALLM_AMX_MAX rows (the tiles are faster beyond). */
 static int few_rows(int isa, int order, int64_t m, int64_t b_cs)
 {
-    return order == DK_GEMM_ORDER_AMX && isa >= DK_ISA_AVX512BF16 && m <= DK_GEMM_SMALLM_MAX &&
+    const int64_t lim = isa >= DK_ISA_AMX ? DK_GEMM_SMALLM_AMX_MAX : DK_GEMM_SMALLM_MAX;
+    return order == DK_GEMM_ORDER_AMX && isa >= DK_ISA_AVX512BF16 && m <= lim &&
            b_cs == 1;
 }
 
@@ -803,19 +838,22 @@ int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
     size_t abytes = (size_t)(mc / t.mr) * kcp_use * pairA;
     size_t bpriv_bytes = (size_t)DK_GEMM_CHUNK * kcp_use * pairB;
     size_t bcap = 0;
-    char *bbuf = buf_take(bbytes, &bcap);
-    char *abuf = aligned_alloc_bytes(abytes * nthr);
-    char *bpriv = aligned_alloc_bytes(bpriv_bytes * nthr);
-    atomic_int *bstate = malloc((size_t)(npc * nchunks_max) * sizeof(atomic_int));
+    /* one A block: no shared panel (each unit is packed by its only user, gemm_item) */
+    const int shared_b = nb_m > 1;
+    char *bbuf = shared_b ? buf_take(bbytes, &bcap) : NULL;
+    size_t acap = 0, pcap = 0;
+    char *abuf = buf_take(abytes * nthr, &acap);
+    char *bpriv = buf_take(bpriv_bytes * nthr, &pcap);
+    atomic_int *bstate = shared_b ? malloc((size_t)(npc * nchunks_max) * sizeof(atomic_int)) : NULL;
     int fail = 0;
     /* ranges from the packed blocks: BF16 layouts only (the FP32 split layouts hold values
      * with DAZ applied, not the codes) */
     uint16_t *arng = ranges_new(arange != NULL && !t.split_a, a, nthr, &fail);
     uint16_t *brng = ranges_new(brange != NULL && !t.split_b, b, nthr, &fail);
-    if (!bbuf || !abuf || !bpriv || !bstate || fail) {
+    if ((shared_b && (!bbuf || !bstate)) || !abuf || !bpriv || fail) {
         buf_give(bbuf, bcap);
-        free(abuf);
-        free(bpriv);
+        buf_give(abuf, acap);
+        buf_give(bpriv, pcap);
         free(bstate);
         free(arng);
         free(brng);
@@ -842,7 +880,7 @@ int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
             int64_t ngroups = nthr > 1 && nb_m < 4 * (int64_t)nthr
                                   ? (4 * (int64_t)nthr + nb_m - 1) / nb_m : 1;
             if (ngroups > nchunks) ngroups = nchunks;
-            for (int64_t u = 0; u < npc * nchunks; u++) atomic_init(&bstate[u], 0);
+            for (int64_t u = 0; shared_b && u < npc * nchunks; u++) atomic_init(&bstate[u], 0);
             gemm_step S = {&t, &va, &vb, cb, m, n, k, ldo, jc, nsl, nchunks, ngroups, kpairs, kcp,
                            mc, pairA, pairB, stream, scale, arng, brng, bbuf, bstate, abuf, bpriv,
                            abytes, bpriv_bytes};
@@ -850,8 +888,8 @@ int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
         }
     }
     buf_give(bbuf, bcap);
-    free(abuf);
-    free(bpriv);
+    buf_give(abuf, acap);
+    buf_give(bpriv, pcap);
     free(bstate);
     ranges_done(arng, nthr, arange);
     ranges_done(brng, nthr, brange);

@@ -20,6 +20,7 @@ cdef extern from "dk_gemm.h":
                        float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads,
                        int order, uint16_t *arange, uint16_t *brange) nogil
     int DK_GEMM_SMALLM_MAX
+    int DK_GEMM_SMALLM_AMX_MAX
     int dk_gemm_range_paths(int isa, int kernel, int order, int64_t m, int64_t b_cs) nogil
     void dk_amx_tdpbf16ps(const uint16_t *a, int64_t lda, const uint32_t *b, int64_t ldb,
                           float *c, int64_t ldc, int m, int n, int kpairs) nogil
@@ -41,6 +42,8 @@ ORDER_VDPBF16PS = DK_GEMM_ORDER_VDPBF16PS
 ORDER_AMX = DK_GEMM_ORDER_AMX
 #: Most rows of the few-rows path (where gemm_ranges measures B's range but not A's).
 SMALLM_MAX = DK_GEMM_SMALLM_MAX
+#: The same on the amx tier (beyond it the tile kernel is the faster).
+SMALLM_AMX_MAX = DK_GEMM_SMALLM_AMX_MAX
 
 cdef int _fill(dk_gemm_operand *o, object arr, const uint16_t[::1] table, str name) except -1:
     """One operand: a 3-D uint16 (BF16 codes) or uint8 (8-bit codes) array of any strides

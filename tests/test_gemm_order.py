@@ -374,10 +374,11 @@ def test_cfloat8_large_bias_products_kept(order, fa, fb):
         assert np.all(err <= gamma(k) * (np.abs(A) @ np.abs(B)) + 2.0 ** -150)
 
 
-@pytest.mark.parametrize("m", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 8])
 def test_few_rows_against_the_reference_every_tier(m):
-    """m <= 8 (GEMV, skinny m): the AVX-512 tiers read B unpacked (gemm_smallm.c, register
-    blocks of 1 x 128, 2 x 64 and 4 x 32): against the exact order on mixed data (FTZ
+    """m <= 8 (GEMV, skinny m): the avx512bf16 tier reads B unpacked (gemm_smallm.c,
+    register blocks of 1 x 128, 2 x 64 and 4 x 32), the amx tier up to 4 rows (then its
+    tiles, on a partial row tile): against the exact order on mixed data (FTZ
     region, overflow, NaN, signed zeros, subnormals), n across the register blocks' and the
     masks' edges, k ending in a partial block and an odd element."""
     rng = np.random.default_rng(100 + m)
@@ -472,7 +473,8 @@ def test_kernels_measure_the_operand_ranges(m, n, k):
             for kern in ((0, 1) if isa >= 2 and order == "vdpbf16ps" else (0,)):
                 for what, aa, bb in cases:
                     u8 = aa.dtype == np.uint8
-                    few = m <= 8 and order == "amx" and isa >= 2 and bb.strides[-1] == 2
+                    rows = _gemm.SMALLM_AMX_MAX if isa == 3 else _gemm.SMALLM_MAX
+                    few = m <= rows and order == "amx" and isa >= 2 and bb.strides[-1] == 2
                     want_a, want_b = measured(isa, order, kern, few)
                     for th in (1, 3):
                         out = np.empty((max(aa.shape[0], bb.shape[0]), m, n), np.float32)
