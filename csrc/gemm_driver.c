@@ -20,7 +20,8 @@
  * DK_GEMM_CHUNK slivers. The first item that needs a unit packs it (an atomic flag per
  * unit: unpacked, packing, ready); an item that finds it being packed by another thread
  * packs a private copy instead of waiting, so a descheduled thread holds up nobody.
- * Problems below DK_GEMM_PAR_MIN multiply-adds per jc step run on the calling thread. */
+ * Problems below a tier's threshold (par_min_for) of multiply-adds per jc step run on the
+ * calling thread. */
 #define _POSIX_C_SOURCE 200112L
 #include "dk_gemm.h"
 
@@ -50,7 +51,8 @@
 #define DK_GEMM_CHUNK 4                         /* B slivers per packing unit */
 #define DK_GEMM_STREAM_MIN ((double)(8 << 20))  /* result bytes above which C is streamed */
 #define DEFER_MAX 64                            /* units an item may put off (gemm_item) */
-#define DK_GEMM_PAR_MIN ((double)(1 << 21))     /* m * ncols * k of a step handed to the pool */
+#define DK_GEMM_PAR_MIN ((double)(1 << 21))     /* m * ncols * k of a step handed to the pool:
+                                                 * the generic tier and the few-rows path */
 #define DK_GEMM_MIN_BLOCK_SL 2                  /* slivers per A block when m is cut finer */
 #define DK_GEMM_BPANEL_MAX ((size_t)32 << 20)   /* bytes of packed B per jc step (all of k) */
 
@@ -74,10 +76,11 @@ static int get_cfg(int isa, int kernel, int order, tier_cfg *t)
     if (order == DK_GEMM_ORDER_AMX) {
         /* KC is a multiple of 32 elements (whole blocks of the order), so the blocks are
          * absolute in k whatever the blocking. */
-        if (isa >= DK_ISA_AMX)
+        if (isa >= DK_ISA_AMX) {
             *t = (tier_cfg){dk_gemm_ukr_amxtile, 0, 0, DK_GEMM_AMXTILE_MR, DK_GEMM_AMXTILE_NR,
                             2048, 256, 4096, 1, 1, DK_GEMM_AMX_BLOCK_PAIRS, dk_gemm_amxtile_enter,
                             dk_gemm_amxtile_leave};
+        }
         else if (isa >= DK_ISA_AVX512BF16)
             *t = (tier_cfg){dk_gemm_ukr_amx_avx512, 1, 1, DK_GEMM_AMX512_MR, DK_GEMM_AMX512_NR,
                             512, 84, 2048, 1};
@@ -108,6 +111,29 @@ static int get_cfg(int isa, int kernel, int order, tier_cfg *t)
     *t = (tier_cfg){dk_gemm_ukr_generic, 1, 1, DK_GEMM_SPLIT_MR, DK_GEMM_SPLIT_NR,
                     256, 96, 512, 0};
     return 1;
+}
+
+/* The multiply-adds of a step (or of a whole batch of small products) from which the packed
+ * path hands it to the pool: about 150 us of one thread's work on the kernel that runs it.
+ * Waking a worker and bringing it up to speed costs tens of microseconds, up to a hundred
+ * on a VM whose idle vCPUs halt; measured on the AMX machine (2t/1t time, contention guard
+ * off), a second thread broke even at about 100 us of work on every tier: amx 448^3,
+ * avx512bf16 192^3, avx2 160^3 (docs/threads.md). Tests may lower it (dk_gemm_set_par_min). */
+static atomic_llong par_min_set;  /* 0: the tiers' own; > 0: this for every tier */
+
+static double par_min_for(int isa, int order)
+{
+    long long set = atomic_load_explicit(&par_min_set, memory_order_relaxed);
+    if (set > 0) return (double)set;
+    if (order == DK_GEMM_ORDER_AMX && isa >= DK_ISA_AMX) return (double)(3LL << 25);
+    if (isa >= DK_ISA_AVX512BF16) return (double)(3LL << 22);
+    if (isa == DK_ISA_AVX2) return (double)(1LL << 22);
+    return DK_GEMM_PAR_MIN;
+}
+
+int64_t dk_gemm_set_par_min(int64_t macs)
+{
+    return (int64_t)atomic_exchange_explicit(&par_min_set, macs > 0 ? macs : 0, memory_order_relaxed);
 }
 
 /* ---- element access and packing ---------------------------------------------------- */
@@ -289,6 +315,28 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
                         const uint8_t *q = r0 + l * v->rs;
                         op[l] = (uint32_t)t[q[0]] | ((uint32_t)t[q[1]] << 16);
                     }
+                } else if (k0 >= k) {
+                    memset(op, 0, sizeof(uint32_t) * (size_t)lw);  /* padding pairs */
+                } else if (v->rs == 1) {
+                    /* lines contiguous (B row-major), a sliver past the edge or the half
+                     * pair of an odd k: the lines that exist, then zeros */
+                    int64_t nv = nlines - base_line < lw ? nlines - base_line : lw;
+                    const int64_t off0 = base_line + k0 * v->cs, off1 = off0 + v->cs;
+                    const int odd = k0 + 1 < k;
+                    if (nv < 0) nv = 0;
+                    if (v->kind == DK_GEMM_U16) {
+                        const uint16_t *r0 = (const uint16_t *)v->p + off0;
+                        const uint16_t *r1 = (const uint16_t *)v->p + off1;
+                        for (int64_t l = 0; l < nv; l++)
+                            op[l] = (uint32_t)r0[l] | (odd ? (uint32_t)r1[l] << 16 : 0u);
+                    } else {
+                        const uint8_t *r0 = (const uint8_t *)v->p + off0;
+                        const uint8_t *r1 = (const uint8_t *)v->p + off1;
+                        const uint16_t *t = v->table;
+                        for (int64_t l = 0; l < nv; l++)
+                            op[l] = (uint32_t)t[r0[l]] | (odd ? (uint32_t)t[r1[l]] << 16 : 0u);
+                    }
+                    memset(op + nv, 0, sizeof(uint32_t) * (size_t)(lw - nv));
                 } else {
                     for (int64_t l = 0; l < lw; l++) {
                         uint16_t e, d;
@@ -299,8 +347,12 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
             }
         }
     }
-    if (rng && !split && s_first < nsl)
-        packed_range((uint32_t *)dst + s_first * kp * lw, (nsl - s_first) * kp * lw * 2, rng);
+    /* the range of the slivers packed portably: their pairs that hold codes (the padding
+     * pairs are zeros, which count for neither end of a range) */
+    int64_t kvalid = (k + 1) / 2 - p0;
+    if (kvalid > kp) kvalid = kp;
+    for (int64_t s = s_first; rng && !split && s < nsl && kvalid > 0; s++)
+        packed_range((uint32_t *)dst + s * kp * lw, kvalid * lw * 2, rng);
 }
 
 /* Pack A into the AMX "row tiles" layout (dk_gemm.h): slivers of mr rows from row l0,
@@ -332,7 +384,24 @@ static void pack_rowtiles(const view *v, int64_t nlines, int64_t k, int64_t l0, 
             for (int64_t r = 0; r < mr; r++) {
                 int64_t row = l0 + s * mr + r;
                 uint32_t *orow = o + blk * 16 * mr + r * 16;
-                if (row < nlines && k0 + 32 <= k && v->cs == 1) {
+                if (row >= nlines || k0 >= k) {        /* a padding row or block */
+                    memset(orow, 0, 64);
+                    continue;
+                }
+                if (k0 + 32 > k && v->cs == 1) {       /* the last, partial block */
+                    uint16_t pad[32] = {0};
+                    const int64_t nv = k - k0;
+                    if (v->kind == DK_GEMM_U16) {
+                        memcpy(pad, (const uint16_t *)v->p + row * v->rs + k0, sizeof(uint16_t) * (size_t)nv);
+                    } else {
+                        const uint8_t *q = (const uint8_t *)v->p + row * v->rs + k0;
+                        for (int64_t j = 0; j < nv; j++) pad[j] = v->table[q[j]];
+                    }
+                    for (int64_t j = 0; j < 16; j++)
+                        orow[j] = (uint32_t)pad[2 * j] | ((uint32_t)pad[2 * j + 1] << 16);
+                    continue;
+                }
+                if (k0 + 32 <= k && v->cs == 1) {
                     if (v->kind == DK_GEMM_U16) {
                         memcpy(orow, (const uint16_t *)v->p + row * v->rs + k0, 64);
                     } else {
@@ -349,7 +418,10 @@ static void pack_rowtiles(const view *v, int64_t nlines, int64_t k, int64_t l0, 
                     orow[j] = (uint32_t)e | ((uint32_t)d << 16);
                 }
             }
-            if (rng) packed_range(o + blk * 16 * mr, 16 * mr * 2, rng);
+            /* the rows that hold codes (the padding rows are zeros) */
+            int64_t rows = nlines - (l0 + s * mr);
+            if (rows > mr) rows = mr;
+            if (rng && rows > 0 && 2 * (p0 + 16 * blk) < k) packed_range(o + blk * 16 * mr, 16 * rows * 2, rng);
         }
     }
 }
@@ -590,9 +662,8 @@ static void run_unit(const gemm_step *S, const char *unit, int64_t s0, int64_t s
 }
 
 /* Work item w = (ic block, column group): all pc blocks in order, for its tiles only. */
-static void gemm_item(void *arg, int64_t w, int slot)
+static void gemm_item_body(const gemm_step *S, int64_t w, int slot)
 {
-    const gemm_step *S = arg;
     const tier_cfg *t = S->t;
     const int64_t m = S->m, n = S->n, k = S->k, nsl = S->nsl, pairA = S->pairA, pairB = S->pairB;
     const int64_t ic = w / S->ngroups, g = w % S->ngroups;
@@ -601,7 +672,6 @@ static void gemm_item(void *arg, int64_t w, int slot)
     const int64_t c0 = S->nchunks * g / S->ngroups, c1 = S->nchunks * (g + 1) / S->ngroups;
     char *mya = S->abuf + (size_t)slot * S->abytes;
     char *myb = S->bpriv + (size_t)slot * S->bpriv_bytes;
-    if (t->enter) t->enter(); /* e.g. the AMX tile configuration of this thread */
     for (int64_t pc = 0, pb = 0; pc < S->kpairs; pc += S->kcp, pb++) {
         int64_t kreal = S->kpairs - pc < S->kcp ? S->kpairs - pc : S->kcp;
         int flags = (pc > 0 ? DK_UKR_LOAD : 0) | (pc + kreal == S->kpairs ? DK_UKR_LAST : 0);
@@ -667,10 +737,49 @@ static void gemm_item(void *arg, int64_t w, int slot)
             run_unit(S, unit, s0, s1, kp, i0, msl, mya, flags);
         }
     }
+}
+
+static void gemm_item(void *arg, int64_t w, int slot)
+{
+    const gemm_step *S = arg;
+    if (S->t->enter) S->t->enter(); /* e.g. the AMX tile configuration of this thread */
+    gemm_item_body(S, w, slot);
 #ifdef __SSE2__
     if (S->stream) _mm_sfence(); /* order the non-temporal stores before the pool's release */
 #endif
-    if (t->leave) t->leave();
+    if (S->t->leave) S->t->leave();
+}
+
+/* A batch of small products (each one A block and one column step): work item w is batch
+ * items [w * per, (w + 1) * per), each run whole by one thread (no shared packed B: gemm_item
+ * packs B into the thread's buffer when bbuf is NULL), so the threads share the batch and
+ * set up the tiles once per item, not once per product. */
+typedef struct {
+    gemm_step step;      /* the first batch item's; va, vb and cb move along the batch */
+    const dk_gemm_operand *a, *b;
+    int64_t batch, per, bso;
+} gemm_batch;
+
+static void gemm_batch_item(void *arg, int64_t w, int slot)
+{
+    const gemm_batch *B = arg;
+    const int64_t b0 = w * B->per, b1 = b0 + B->per < B->batch ? b0 + B->per : B->batch;
+    const dk_gemm_operand *a = B->a, *b = B->b;
+    gemm_step S = B->step;
+    view va = *S.va, vb = *S.vb;
+    S.va = &va;
+    S.vb = &vb;
+    if (S.t->enter) S.t->enter();
+    for (int64_t bi = b0; bi < b1; bi++) {
+        va.p = (const char *)a->ptr + bi * a->bs * (a->kind == DK_GEMM_U8 ? 1 : 2);
+        vb.p = (const char *)b->ptr + bi * b->bs * (b->kind == DK_GEMM_U8 ? 1 : 2);
+        S.cb = B->step.cb + bi * B->bso;
+        gemm_item_body(&S, 0, slot);
+    }
+#ifdef __SSE2__
+    if (S.stream) _mm_sfence();
+#endif
+    if (S.t->leave) S.t->leave();
 }
 
 /* Few rows (m <= DK_GEMM_SMALLM_MAX), amx order, AVX-512: no packing (gemm_smallm.c); the
@@ -797,19 +906,26 @@ int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
 
     /* Small steps run on the calling thread: waking a worker costs more than it saves; and
      * so do the calls the contention guard keeps there (cut for one thread, too). */
-    const double work = (double)m * (double)(n < nc ? n : nc) * (double)k;
-    int nthr = work < DK_GEMM_PAR_MIN ? 1 : dk_pool_advise(threads, gemm_item, work);
+    /* A batch of products that are each one A block and one column step: the threads
+     * share the batch (gemm_batch_item), m is not cut. */
+    const int batched = batch > 1 && m <= t.mc_max && n <= nc;
+    const double work = batched ? (double)batch * (double)m * (double)n * (double)k
+                                : (double)m * (double)(n < nc ? n : nc) * (double)k;
+    int nthr = work < par_min_for(isa, order)
+                   ? 1 : dk_pool_advise(threads, batched ? gemm_batch_item : gemm_item, work);
 
     /* Rows per A block: an even share per thread when m is large, so no thread idles. */
     int64_t nb_m = 1, mc;
-    if (m > t.mc_max) {
+    if (batched) {
+        /* one block of all m rows */
+    } else if (m > t.mc_max) {
         int64_t per = (m + (int64_t)nthr * t.mc_max - 1) / ((int64_t)nthr * t.mc_max);
         nb_m = per * nthr;
     }
     /* Too few items for the threads (a short, narrow product on a kernel with a large
      * register block, e.g. AMX's 32 x 32): cut m finer, down to one sliver per block. */
     const int64_t nchunks0 = ((nc + t.nr - 1) / t.nr + DK_GEMM_CHUNK - 1) / DK_GEMM_CHUNK;
-    if (nthr > 1 && nb_m * nchunks0 < nthr) {
+    if (!batched && nthr > 1 && nb_m * nchunks0 < nthr) {
         int64_t msl_all = (m + t.mr - 1) / t.mr;
         nb_m = msl_all < nthr ? msl_all : nthr;
     }
@@ -818,7 +934,7 @@ int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
      * below: every item packs its own A block, so column groups pack the same A block once
      * each (at 512^3 on 2 threads, four times), while a thinner block only reuses each B
      * sliver fewer times from the caches. */
-    if (nthr > 1 && nb_m < 4 * (int64_t)nthr) {
+    if (!batched && nthr > 1 && nb_m < 4 * (int64_t)nthr) {
         int64_t thin = (m + t.mr - 1) / t.mr / DK_GEMM_MIN_BLOCK_SL;
         int64_t want = thin < 4 * (int64_t)nthr ? thin : 4 * (int64_t)nthr;
         if (want > nb_m) nb_m = want;
@@ -861,7 +977,7 @@ int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
     }
     /* A result larger than the L2 caches is written past them (see DK_UKR_STREAM). */
     const int stream = (double)batch * (double)m * (double)n * sizeof(float) > DK_GEMM_STREAM_MIN;
-    for (int64_t bi = 0; bi < batch; bi++) {
+    for (int64_t bi = 0; bi < (batched ? 0 : batch); bi++) {
         /* A seen as rows x k; B seen as columns x k (lines along n). */
         view va = {(const char *)a->ptr + bi * a->bs * (a->kind == DK_GEMM_U8 ? 1 : 2),
                    a->rs, a->cs, a->kind, a->table};
@@ -886,6 +1002,21 @@ int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
                            abytes, bpriv_bytes};
             dk_pool_run_as(nthr, nb_m * ngroups, gemm_item, &S, work);
         }
+    }
+    if (batched) {
+        view va = {(const char *)a->ptr, a->rs, a->cs, a->kind, a->table};
+        view vb = {(const char *)b->ptr, b->cs, b->rs, b->kind, b->table};
+        const int64_t nsl = (n + t.nr - 1) / t.nr;
+        const int64_t nchunks = (nsl + DK_GEMM_CHUNK - 1) / DK_GEMM_CHUNK;
+        /* up to 4 items a thread (dynamic hand-out), each a run of whole products */
+        int64_t items = nthr > 1 ? 4 * (int64_t)nthr : 1;
+        if (items > batch) items = batch;
+        const int64_t per = (batch + items - 1) / items;
+        gemm_batch G = {{&t, &va, &vb, out, m, n, k, ldo, 0, nsl, nchunks, 1, kpairs, kcp, mc,
+                         pairA, pairB, stream, scale, arng, brng, NULL, NULL, abuf, bpriv,
+                         abytes, bpriv_bytes},
+                        a, b, batch, per, bso};
+        dk_pool_run_as(nthr, (batch + per - 1) / per, gemm_batch_item, &G, work);
     }
     buf_give(bbuf, bcap);
     buf_give(abuf, acap);

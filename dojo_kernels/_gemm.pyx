@@ -26,6 +26,7 @@ cdef extern from "dk_gemm.h":
                           float *c, int64_t ldc, int m, int n, int kpairs) nogil
     double dk_probe_tdpbf16ps(int64_t iters) nogil
     void dk_gemm_release_cache() nogil
+    int64_t dk_gemm_set_par_min(int64_t macs) nogil
     double dk_probe_vdpbf16ps_zmm(int64_t iters) nogil
     double dk_probe_fma_zmm(int64_t iters) nogil
     double dk_probe_fma_ymm(int64_t iters) nogil
@@ -388,8 +389,14 @@ cdef extern from "dk_pool.h":
 dk_pool_forward_to(PyCapsule_GetPointer(_cpu_mod._pool_capsule(), b"dojo_kernels.pool"))
 
 
+def _set_par_min(int64_t macs):
+    """Tests: products of at least `macs` multiply-adds per step go to the pool on every tier
+    (0: the tiers' own thresholds, docs/threads.md). Returns the previous setting."""
+    return dk_gemm_set_par_min(macs)
+
+
 def release_cache():
-    """Free the packing buffer the driver keeps between calls (registered at exit)."""
+    """Free the work buffers the driver keeps between calls (registered at exit)."""
     dk_gemm_release_cache()
 
 

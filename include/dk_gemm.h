@@ -99,6 +99,10 @@ int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
 /* Free the packing buffer dk_gemm keeps between calls (see gemm_driver.c); safe at any
  * time, the next call allocates again. */
 void dk_gemm_release_cache(void);
+/* Tests: hand every packed-path product of at least `macs` multiply-adds per step to the
+ * pool, whatever the tier (0 restores the tiers' own thresholds, docs/threads.md); returns
+ * the previous setting. */
+int64_t dk_gemm_set_par_min(int64_t macs);
 
 /* The magnitude range of a batch of BF16 code matrices (shape d0 x d1 x d2, element
  * strides s0, s1, s2, any sign): *maxfin = the largest magnitude bits (code & 0x7FFF)

@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 import dojo_kernels  # noqa: E402
-from dojo_kernels import _config  # noqa: E402
+from dojo_kernels import _config, _gemm  # noqa: E402
 
 # Hypothesis profiles, chosen with HYPOTHESIS_PROFILE (default: hypothesis' own "default").
 # "sanitize" (.ci/sanitize.sh, .ci/valgrind.sh): instrumented builds run 2-20x slower, so no
@@ -29,6 +29,23 @@ SUPPORTED_ISAS = tuple(_config.supported_isas())
 # the per-tier tests run on that tier only (the first, unforced run covers every tier).
 FIXTURE_ISAS = ((dojo_kernels.get_isa(),) if os.environ.get("DOJO_TEST_QUICK") == "1"
                 else SUPPORTED_ISAS)
+
+
+# GEMM hands a product to the thread pool from a per-tier size (docs/threads.md: up to
+# 3 * 2^25 multiply-adds on the amx tier, where a second thread pays only from there). The
+# tests check bits across thread counts on products far smaller, so for them every tier uses
+# the generic tier's 2^21; tests/test_threads.py checks the tiers' own thresholds (restored
+# by the `gemm_par_min` fixture).
+GEMM_TEST_PAR_MIN = 1 << 21
+_gemm_par_min_saved = _gemm._set_par_min(GEMM_TEST_PAR_MIN)
+
+
+@pytest.fixture
+def gemm_par_min():
+    """The tiers' own GEMM thresholds for the duration of a test."""
+    _gemm._set_par_min(0)
+    yield
+    _gemm._set_par_min(GEMM_TEST_PAR_MIN)
 
 
 @pytest.fixture(params=FIXTURE_ISAS)

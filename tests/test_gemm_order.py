@@ -424,6 +424,50 @@ def test_few_rows_threads_batches_formats_and_strides():
         dk.set_num_threads(saved)
 
 
+def test_batches_of_small_products_share_the_threads():
+    """A batch of products that are each one A block and one column step is shared out by
+    whole products (gemm_batch_item), B packed per thread: the exact reference on a sample
+    of the products (edge rows and columns, k odd and below a block, the FTZ region,
+    overflow and NaN); every product equal to the same product computed alone, on every tier
+    and both orders, at 1-3 threads with the pool in use; a shared 2-D B, CFloat8 operands
+    and a transposed A."""
+    from dojo_kernels import _cpu
+    rng = np.random.default_rng(321)
+    nb, m, n, k = 160, 13, 45, 37          # 160 * 13 * 45 * 37 = 3.5M multiply-adds
+    a = mixed_codes(rng, (nb, m, k))
+    b = mixed_codes(rng, (nb, k, n))
+    for z in (0, 77, nb - 1):
+        assert_bits(glue(a[z], b[z], "amx", "generic"), R.amx_order(a[z], b[z]), f"product {z}")
+    at = np.ascontiguousarray(a.transpose(0, 2, 1)).transpose(0, 2, 1)
+    fa, fb = cfloat8_143(9), cfloat8_152(14)
+    a8 = rng.integers(0, 256, (nb, m, k), dtype=np.uint8)
+    b8 = rng.integers(0, 256, (nb, k, n), dtype=np.uint8)
+    saved, was = dk.get_num_threads(), dk.get_thread_guard()
+    try:
+        dk.set_thread_guard(False)               # the pool is used whatever the machine's load
+        for tier in TIERS:
+            for order in ORDERS:
+                with _config.use_isa(tier):
+                    dk.set_num_threads(1)
+                    alone = np.stack([dk.gemm(a[z], b[z], order=order) for z in range(nb)])
+                    shared = np.stack([dk.gemm(a[z], b[5], order=order) for z in range(nb)])
+                    alone8 = np.stack([dk.gemm(a8[z], b8[z], a_format=fa, b_format=fb,
+                                               order=order) for z in range(nb)])
+                    for th in (1, 2, 3):
+                        dk.set_num_threads(th)
+                        what = f"{tier} {order} threads {th}"
+                        before = _cpu._pool_stats()[0]
+                        assert_bits(dk.gemm(a, b, order=order), bits(alone), what)
+                        assert th == 1 or _cpu._pool_stats()[0] > before, what
+                        assert_bits(dk.gemm(at, b, order=order), bits(alone), "A^T " + what)
+                        assert_bits(dk.gemm(a, b[5], order=order), bits(shared), "shared B " + what)
+                        assert_bits(dk.gemm(a8, b8, a_format=fa, b_format=fb, order=order),
+                                    bits(alone8), "CFloat8 " + what)
+    finally:
+        dk.set_num_threads(saved)
+        dk.set_thread_guard(was)
+
+
 def _np_range(codes):
     """(smallest nonzero, largest finite) magnitude bits of BF16 codes, written from the
     contract of dk_gemm_bf16_range: (0x7FFF, 0) when there is none."""

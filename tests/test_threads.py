@@ -32,7 +32,13 @@ from dojo_kernels import _config, _cpu, _reduce
 # The thresholds documented in docs/threads.md (and csrc/*_driver.c).
 CONVERT_MIN = 4 * 32768      # elements: quantize, dequantize, fake_quantize, add/sub/mul/fma
 REDUCE_MIN = 1 << 20         # elements: all-reduce data path
-GEMM_MIN = 1 << 21           # m * n * k multiply-adds of one column step
+# m * n * k multiply-adds of one column step (or of a batch of small products), per tier
+# and order: the kernel that runs the product (the amx tier runs the vdpbf16ps order on
+# the avx512bf16 kernels)
+GEMM_MIN = {("generic", "amx"): 1 << 21, ("generic", "vdpbf16ps"): 1 << 21,
+            ("avx2", "amx"): 1 << 22, ("avx2", "vdpbf16ps"): 1 << 22,
+            ("avx512bf16", "amx"): 3 << 22, ("avx512bf16", "vdpbf16ps"): 3 << 22,
+            ("amx", "amx"): 3 << 25, ("amx", "vdpbf16ps"): 3 << 22}
 
 LAUNCHER_VARS = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE",
                  "PALS_LOCAL_SIZE", "SLURM_STEP_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE",
@@ -96,11 +102,23 @@ def test_single_thread_never_dispatches():
         dk.set_num_threads(saved)
 
 
-def test_gemm_threshold(two_threads):
-    small = dk.quantize(np.ones((64, 64), np.float32), dk.BF16)      # 2^18 multiply-adds
-    assert dispatched(lambda: dk.gemm(small, small, a_format=dk.BF16)) == 0
-    big = dk.quantize(np.ones((128, 128), np.float32), dk.BF16)      # 2^21
-    assert dispatched(lambda: dk.gemm(big, big, a_format=dk.BF16)) >= 1
+@pytest.mark.parametrize("order", ["amx", "vdpbf16ps"])
+def test_gemm_threshold(two_threads, gemm_par_min, isa, order):
+    """Each tier's own threshold (docs/threads.md), one step below and at it: a product of
+    m x 512 x 512, and a batch of 32 x 64 x 64 products whose multiply-adds add up to it
+    (a batch is shared out by whole products)."""
+    need = GEMM_MIN[(isa, order)]
+    b = dk.quantize(np.ones((512, 512), np.float32), dk.BF16)
+    rows = need // (512 * 512)
+    a = dk.quantize(np.ones((rows, 512), np.float32), dk.BF16)
+    assert dispatched(lambda: dk.gemm(a[:-1], b, order=order)) == 0
+    assert dispatched(lambda: dk.gemm(a, b, order=order)) >= 1
+    # a batch of 32 x 64 x 64 products (one A block on every tier): 2^17 multiply-adds each
+    batch = need // (1 << 17)
+    x = dk.quantize(np.ones((batch, 32, 64), np.float32), dk.BF16)
+    y = dk.quantize(np.ones((batch, 64, 64), np.float32), dk.BF16)
+    assert dispatched(lambda: dk.gemm(x[:-1], y[:-1], order=order)) == 0
+    assert dispatched(lambda: dk.gemm(x, y, order=order)) >= 1
 
 
 def test_reduce_threshold(two_threads):
