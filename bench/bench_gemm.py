@@ -236,6 +236,39 @@ def test_gemm_small(benchmark, impl, s):
     benchmark.extra_info.update(us=round(benchmark.stats.stats.min * 1e6, 2))
 
 
+# ---- batches of small products (issue 10 item 4) -------------------------------------------
+
+BATCHED = [(512, 16, 16, 16), (256, 32, 32, 32), (64, 64, 64, 64), (16, 128, 128, 128),
+           (8, 256, 256, 256)]
+
+
+@pytest.mark.parametrize("impl", ["dk_bf16", "torch_bf16"])
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("shape", BATCHED, ids=lambda s: "x".join(map(str, s)))
+def test_gemm_batched(benchmark, impl, threads, shape):
+    """A batch of small BF16 products (batch x m x n x k): dk.gemm on BF16 codes into a
+    preallocated result, beside torch's bfloat16 bmm, at 1 and 2 threads."""
+    nb, m, n, k = shape
+    rng = np.random.default_rng(nb)
+    a = dk.quantize(rng.standard_normal((nb, m, k)).astype(np.float32), dk.BF16)
+    b = dk.quantize(rng.standard_normal((nb, k, n)).astype(np.float32), dk.BF16)
+    if impl == "dk_bf16":
+        out = np.empty((nb, m, n), np.float32)
+        f = lambda: dk.gemm(a, b, out=out)  # noqa: E731
+    else:
+        if torch is None:
+            pytest.skip("torch not installed")
+        ta = torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+        tb = torch.from_numpy(b.view(np.int16)).view(torch.bfloat16)
+        f = lambda: torch.bmm(ta, tb)  # noqa: E731
+    benchmark.group = f"gemm batched {'x'.join(map(str, shape))} t{threads}"
+    with threads_set(threads):
+        f()
+        benchmark(f)
+    benchmark.extra_info.update(us=round(benchmark.stats.stats.min * 1e6, 2),
+                                gflops=round(2.0 * nb * m * n * k / benchmark.stats.stats.min / 1e9, 1))
+
+
 # ---- the table (python bench/bench_gemm.py) ---------------------------------------------
 
 def best_time(f, rounds):
