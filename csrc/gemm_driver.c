@@ -321,20 +321,19 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
                     /* lines contiguous (B row-major), a sliver past the edge or the half
                      * pair of an odd k: the lines that exist, then zeros */
                     int64_t nv = nlines - base_line < lw ? nlines - base_line : lw;
-                    const int64_t off0 = base_line + k0 * v->cs, off1 = off0 + v->cs;
-                    const int odd = k0 + 1 < k;
+                    const int has_odd = k0 + 1 < k;   /* the pair's second row exists */
                     if (nv < 0) nv = 0;
-                    if (v->kind == DK_GEMM_U16) {
-                        const uint16_t *r0 = (const uint16_t *)v->p + off0;
-                        const uint16_t *r1 = (const uint16_t *)v->p + off1;
-                        for (int64_t l = 0; l < nv; l++)
-                            op[l] = (uint32_t)r0[l] | (odd ? (uint32_t)r1[l] << 16 : 0u);
-                    } else {
-                        const uint8_t *r0 = (const uint8_t *)v->p + off0;
-                        const uint8_t *r1 = (const uint8_t *)v->p + off1;
-                        const uint16_t *t = v->table;
-                        for (int64_t l = 0; l < nv; l++)
-                            op[l] = (uint32_t)t[r0[l]] | (odd ? (uint32_t)t[r1[l]] << 16 : 0u);
+                    for (int64_t l = 0; l < nv; l++) { /* element (line, k0) and (line, k0 + 1) */
+                        const int64_t e = base_line + l + k0 * v->cs;
+                        uint32_t lo, hi = 0;
+                        if (v->kind == DK_GEMM_U16) {
+                            lo = ((const uint16_t *)v->p)[e];
+                            if (has_odd) hi = ((const uint16_t *)v->p)[e + v->cs];
+                        } else {
+                            lo = v->table[((const uint8_t *)v->p)[e]];
+                            if (has_odd) hi = v->table[((const uint8_t *)v->p)[e + v->cs]];
+                        }
+                        op[l] = lo | hi << 16;
                     }
                     memset(op + nv, 0, sizeof(uint32_t) * (size_t)(lw - nv));
                 } else {
@@ -906,12 +905,15 @@ int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
 
     /* Small steps run on the calling thread: waking a worker costs more than it saves; and
      * so do the calls the contention guard keeps there (cut for one thread, too). */
-    /* A batch of products that are each one A block and one column step: the threads
-     * share the batch (gemm_batch_item), m is not cut. */
-    const int batched = batch > 1 && m <= t.mc_max && n <= nc;
+    /* A batch of small products (each one A block and one column step, and too small to
+     * use the threads by itself): the threads share the batch (gemm_batch_item), m is not
+     * cut. Larger products keep the per-product path, which cuts each across the threads. */
+    const double par_min = par_min_for(isa, order);
+    const int batched = batch > 1 && m <= t.mc_max && n <= nc &&
+                        (double)m * (double)n * (double)k < par_min;
     const double work = batched ? (double)batch * (double)m * (double)n * (double)k
                                 : (double)m * (double)(n < nc ? n : nc) * (double)k;
-    int nthr = work < par_min_for(isa, order)
+    int nthr = work < par_min
                    ? 1 : dk_pool_advise(threads, batched ? gemm_batch_item : gemm_item, work);
 
     /* Rows per A block: an even share per thread when m is large, so no thread idles. */

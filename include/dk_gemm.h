@@ -96,8 +96,8 @@ int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
                    float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads,
                    int order, uint16_t arange[3], uint16_t brange[3]);
 
-/* Free the packing buffer dk_gemm keeps between calls (see gemm_driver.c); safe at any
- * time, the next call allocates again. */
+/* Free the work buffers (packed B panel, A blocks, B units) dk_gemm keeps between calls
+ * (see gemm_driver.c); safe at any time, the next call allocates again. */
 void dk_gemm_release_cache(void);
 /* Tests: hand every packed-path product of at least `macs` multiply-adds per step to the
  * pool, whatever the tier (0 restores the tiers' own thresholds, docs/threads.md); returns

@@ -546,14 +546,16 @@ RANGE_SPOTS_B = [(0, 0), (2100, 5), (2099, 299), (1000, 150), (2050, 260), (2100
 
 
 @pytest.mark.parametrize("which", ["A", "B"])
-def test_kernels_measure_every_packed_region(which):
+@pytest.mark.parametrize("m", [45, 130])
+def test_kernels_measure_every_packed_region(which, m):
     """One unique smallest magnitude, then one unique largest finite one, planted among
     moderate codes at each place where the packers take a different path (SIMD slivers,
     the remainder pair of an odd k, slivers past the matrix edge, later units, the second
     k block, partial row tiles and blocks): the measured range finds it every time, on every
-    tier and order that measures that operand, at 1 and 2 threads."""
+    tier and order that measures that operand, at 1 and 2 threads. m = 45 is one A block
+    (B packed per thread); m = 130 at 2 threads is cut into several (B in the shared panel)."""
     rng = np.random.default_rng(77)
-    m, n, k = 45, 300, 2101
+    n, k = 300, 2101
     a0 = bf16_codes(rng, (1, m, k), -4, 4)
     b0 = bf16_codes(rng, (1, k, n), -4, 4)
     spots = RANGE_SPOTS_A if which == "A" else RANGE_SPOTS_B
@@ -641,7 +643,7 @@ def test_scaling_checked_after_the_product(case, m, monkeypatch):
         if exact is not None:
             assert_bits(got, exact, f"{case} {tier} exact")
         isa = _config.ISA_NAMES.index(tier)
-        few = m <= 8 and isa >= 2
+        few = m <= (_gemm.SMALLM_AMX_MAX if isa == 3 else _gemm.SMALLM_MAX) and isa >= 2
         seen = (calls["ranges"], calls["gemm"], calls["range_b"])
         if few or isa == 3:                       # paths that measure B (and A when packed)
             assert seen == (expect_few if few else expect_packed), (tier, seen)

@@ -228,21 +228,31 @@ def test_guard_judges_by_the_callers_rate_too(guard):
     assert _backs_off([10000, 10000], [30000, 30000])
 
 
-def _idle_cpus(seconds=0.2) -> float:
-    """How many CPUs' worth of time the whole machine left idle over `seconds` while this
-    process slept (/proc/stat), or None where there is no /proc/stat."""
+def _idle_cpus(seconds=0.2) -> "float | None":
+    """How many CPUs' worth of time the CPUs this process may run on (its affinity mask) left
+    idle over `seconds` while it slept (/proc/stat's per-CPU lines), or None where there is
+    no /proc/stat."""
+    mine = {f"cpu{c}" for c in os.sched_getaffinity(0)}
+
     def sample():
+        idle = total = 0
         with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-        return fields[3] + fields[4], sum(fields[:8])      # idle + iowait, all but guests
+            for line in f:
+                name, *rest = line.split()
+                if name in mine:
+                    v = [int(x) for x in rest[:8]]
+                    idle += v[3] + v[4]                     # idle + iowait
+                    total += sum(v)                         # all but the guest columns
+        return idle, total
     try:
         i0, t0 = sample()
         time.sleep(seconds)
         i1, t1 = sample()
     except (OSError, ValueError, IndexError):
         return None
-    ncpu = os.cpu_count() or 1
-    return ncpu * (i1 - i0) / max(t1 - t0, 1)
+    if t1 <= t0:
+        return None
+    return len(mine) * (i1 - i0) / (t1 - t0)
 
 
 def _on_two_free_cores(check, tries=5):
