@@ -196,22 +196,19 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
         if (!split && v->kind == DK_GEMM_U16) {
             dk_gemm_pack_pair_u16_avx512((const uint16_t *)v->p + l0 + koff, v->cs, kfull, lw,
                                          nin, kp * lw, (uint32_t *)dst, rng);
+        } else if (!split) { /* 8-bit codes: never ranged */
+            dk_gemm_pack_pair_u8_units_avx512((const uint8_t *)v->p + l0 + koff, v->cs, kfull,
+                                              lw, nin, kp * lw, v->table, (uint32_t *)dst);
         } else {
             for (int64_t s = 0; s < nin; s++) {
                 int64_t line = l0 + s * lw;
-                if (split) {
-                    float *o = (float *)dst + s * kp * 2 * lw;
-                    if (v->kind == DK_GEMM_U8)
-                        dk_gemm_pack_split_u8_avx512((const uint8_t *)v->p + line + koff, v->cs,
-                                                     kfull, lw, v->table, o);
-                    else
-                        dk_gemm_pack_split_u16_avx512((const uint16_t *)v->p + line + koff,
-                                                      v->cs, kfull, lw, o);
-                    continue;
-                }
-                uint32_t *o = (uint32_t *)dst + s * kp * lw;
-                dk_gemm_pack_pair_u8_avx512((const uint8_t *)v->p + line + koff, v->cs, kfull,
-                                            lw, v->table, o); /* 8-bit codes: never ranged */
+                float *o = (float *)dst + s * kp * 2 * lw;
+                if (v->kind == DK_GEMM_U8)
+                    dk_gemm_pack_split_u8_avx512((const uint8_t *)v->p + line + koff, v->cs,
+                                                 kfull, lw, v->table, o);
+                else
+                    dk_gemm_pack_split_u16_avx512((const uint16_t *)v->p + line + koff, v->cs,
+                                                  kfull, lw, o);
             }
         }
         /* the remaining pair(s) of those slivers, portably */

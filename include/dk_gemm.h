@@ -182,6 +182,11 @@ void dk_gemm_pack_split_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp,
  * dk_gemm_bf16_range measures it. */
 void dk_gemm_pack_pair_u8_avx512(const uint8_t *src, int64_t ldk, int64_t kp, int64_t nr,
                                  const uint16_t *table, uint32_t *dst);
+/* The u8 form over nsl adjacent slivers at once (sliver s at dst + s*ssl lanes), each k-row
+ * read across all of them; never ranged (8-bit operands). */
+void dk_gemm_pack_pair_u8_units_avx512(const uint8_t *src, int64_t ldk, int64_t kp, int64_t nr,
+                                       int64_t nsl, int64_t ssl, const uint16_t *table,
+                                       uint32_t *dst);
 void dk_gemm_pack_pair_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp, int64_t nr,
                                   int64_t nsl, int64_t ssl, uint32_t *dst, uint16_t *rng);
 

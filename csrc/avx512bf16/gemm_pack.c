@@ -24,19 +24,43 @@ static inline void interleave_store(__m512i even, __m512i odd, uint32_t *dst)
     _mm512_store_si512((void *)(dst + 16), _mm512_permutex2var_epi16(even, ihi, odd));
 }
 
-void dk_gemm_pack_pair_u8_avx512(const uint8_t *src, int64_t ldk, int64_t kp, int64_t nr,
-                                 const uint16_t *table, uint32_t *dst)
+#define PACK_AHEAD 4 /* pairs; 1, 2, 3, 8 and 16 were no better (64x4096x4096) */
+
+/* Prefetch rows 2p and 2p + 1, `run` bytes each, when the rows are a page or more apart
+ * (ldk_bytes): the hardware prefetchers do not follow such a walk. */
+static inline void prefetch_pair(const char *r0, int64_t ldk_bytes, int64_t run)
+{
+    for (int64_t o = 0; o < run; o += 64) {
+        _mm_prefetch(r0 + o, _MM_HINT_T0);
+        _mm_prefetch(r0 + ldk_bytes + o, _MM_HINT_T0);
+    }
+}
+
+void dk_gemm_pack_pair_u8_units_avx512(const uint8_t *src, int64_t ldk, int64_t kp, int64_t nr,
+                                       int64_t nsl, int64_t ssl, const uint16_t *table,
+                                       uint32_t *dst)
 {
     __m512i t[8];
     dk_lut512_load(table, t);
+    const int far = ldk >= 4096;
     for (int64_t p = 0; p < kp; p++) {
         const uint8_t *r0 = src + 2 * p * ldk, *r1 = r0 + ldk;
-        for (int64_t j = 0; j < nr; j += 32) {
-            __m512i c0 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(r0 + j)));
-            __m512i c1 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(r1 + j)));
-            interleave_store(dk_lut512(c0, t), dk_lut512(c1, t), dst + p * nr + j);
-        }
+        if (far && p + PACK_AHEAD < kp)
+            prefetch_pair((const char *)(r0 + 2 * PACK_AHEAD * ldk), ldk, nsl * nr);
+        for (int64_t s = 0; s < nsl; s++)
+            for (int64_t j = s * nr; j < (s + 1) * nr; j += 32) {
+                __m512i c0 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(r0 + j)));
+                __m512i c1 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(r1 + j)));
+                interleave_store(dk_lut512(c0, t), dk_lut512(c1, t),
+                                 dst + s * ssl + p * nr + (j - s * nr));
+            }
     }
+}
+
+void dk_gemm_pack_pair_u8_avx512(const uint8_t *src, int64_t ldk, int64_t kp, int64_t nr,
+                                 const uint16_t *table, uint32_t *dst)
+{
+    dk_gemm_pack_pair_u8_units_avx512(src, ldk, kp, nr, 1, kp * nr, table, dst);
 }
 
 /* The magnitude range of BF16 codes (the scaling pre-pass, dk_gemm_ranges), kept per 16-bit
@@ -72,7 +96,6 @@ static inline void range_end(range512 r, uint16_t *rng)
     rng[1] = (uint16_t)mx;
 }
 
-#define PACK_AHEAD 4 /* pairs; 1, 2, 3, 8 and 16 were no better (64x4096x4096) */
 void dk_gemm_pack_pair_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp, int64_t nr,
                                   int64_t nsl, int64_t ssl, uint32_t *dst, uint16_t *rng)
 {
@@ -81,17 +104,11 @@ void dk_gemm_pack_pair_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp, 
     /* pair outer, slivers inner: each k-row is read nsl * nr codes at a time. The rows of
      * a wide B are pages apart, past what the hardware prefetchers follow: there the rows
      * PACK_AHEAD pairs on are prefetched by hand (64x4096x4096 on the amx tier, one thread: 1.15x). */
-    const int64_t run = nsl * nr * 2; /* bytes read from each row */
     const int far = ldk * 2 >= 4096;   /* rows a page or more apart */
     for (int64_t p = 0; p < kp; p++) {
         const uint16_t *r0 = src + 2 * p * ldk, *r1 = r0 + ldk;
-        if (far && p + PACK_AHEAD < kp) {
-            const char *f0 = (const char *)(r0 + 2 * PACK_AHEAD * ldk), *f1 = f0 + 2 * ldk;
-            for (int64_t o = 0; o < run; o += 64) {
-                _mm_prefetch(f0 + o, _MM_HINT_T0);
-                _mm_prefetch(f1 + o, _MM_HINT_T0);
-            }
-        }
+        if (far && p + PACK_AHEAD < kp)
+            prefetch_pair((const char *)(r0 + 2 * PACK_AHEAD * ldk), ldk * 2, nsl * nr * 2);
         for (int64_t s = 0; s < nsl; s++)
             for (int64_t j = s * nr; j < (s + 1) * nr; j += 32) {
                 __m512i e = _mm512_loadu_si512((const void *)(r0 + j));
