@@ -76,11 +76,10 @@ static int get_cfg(int isa, int kernel, int order, tier_cfg *t)
     if (order == DK_GEMM_ORDER_AMX) {
         /* KC is a multiple of 32 elements (whole blocks of the order), so the blocks are
          * absolute in k whatever the blocking. */
-        if (isa >= DK_ISA_AMX) {
+        if (isa >= DK_ISA_AMX)
             *t = (tier_cfg){dk_gemm_ukr_amxtile, 0, 0, DK_GEMM_AMXTILE_MR, DK_GEMM_AMXTILE_NR,
                             2048, 256, 4096, 1, 1, DK_GEMM_AMX_BLOCK_PAIRS, dk_gemm_amxtile_enter,
                             dk_gemm_amxtile_leave};
-        }
         else if (isa >= DK_ISA_AVX512BF16)
             *t = (tier_cfg){dk_gemm_ukr_amx_avx512, 1, 1, DK_GEMM_AMX512_MR, DK_GEMM_AMX512_NR,
                             512, 84, 2048, 1};
@@ -174,6 +173,20 @@ static inline void pair_at(const view *v, int64_t r, int64_t nrows, int64_t p, i
 
 static void packed_range(const void *buf, int64_t n, uint16_t *rng);
 
+/* Element [0, 0] of batch item bi of an operand. */
+static inline const char *item_ptr(const dk_gemm_operand *o, int64_t bi)
+{
+    return (const char *)o->ptr + bi * o->bs * (o->kind == DK_GEMM_U8 ? 1 : 2);
+}
+
+/* The views of batch item bi: A seen as rows x k, B as columns x k (lines along n). */
+static void item_views(const dk_gemm_operand *a, const dk_gemm_operand *b, int64_t bi, view *va,
+                       view *vb)
+{
+    *va = (view){item_ptr(a, bi), a->rs, a->cs, a->kind, a->table};
+    *vb = (view){item_ptr(b, bi), b->cs, b->rs, b->kind, b->table};
+}
+
 /* Pack `width` slivers of mr (or nr) lines x kp pairs starting at line l0, pair p0.
  * For A the lines are rows (v as given); for B the driver passes a transposed view so
  * that lines are columns of B. Output sliver s at dst + s * kp * pair_bytes. */
@@ -197,8 +210,8 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
             dk_gemm_pack_pair_u16_avx512((const uint16_t *)v->p + l0 + koff, v->cs, kfull, lw,
                                          nin, kp * lw, (uint32_t *)dst, rng);
         } else if (!split) { /* 8-bit codes: never ranged */
-            dk_gemm_pack_pair_u8_units_avx512((const uint8_t *)v->p + l0 + koff, v->cs, kfull,
-                                              lw, nin, kp * lw, v->table, (uint32_t *)dst);
+            dk_gemm_pack_pair_u8_avx512((const uint8_t *)v->p + l0 + koff, v->cs, kfull, lw,
+                                        nin, kp * lw, v->table, (uint32_t *)dst);
         } else {
             for (int64_t s = 0; s < nin; s++) {
                 int64_t line = l0 + s * lw;
@@ -312,33 +325,17 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
                         const uint8_t *q = r0 + l * v->rs;
                         op[l] = (uint32_t)t[q[0]] | ((uint32_t)t[q[1]] << 16);
                     }
-                } else if (k0 >= k) {
-                    memset(op, 0, sizeof(uint32_t) * (size_t)lw);  /* padding pairs */
-                } else if (v->rs == 1) {
-                    /* lines contiguous (B row-major), a sliver past the edge or the half
-                     * pair of an odd k: the lines that exist, then zeros */
-                    int64_t nv = nlines - base_line < lw ? nlines - base_line : lw;
-                    const int has_odd = k0 + 1 < k;   /* the pair's second row exists */
-                    if (nv < 0) nv = 0;
-                    for (int64_t l = 0; l < nv; l++) { /* element (line, k0) and (line, k0 + 1) */
-                        const int64_t e = base_line + l + k0 * v->cs;
-                        uint32_t lo, hi = 0;
-                        if (v->kind == DK_GEMM_U16) {
-                            lo = ((const uint16_t *)v->p)[e];
-                            if (has_odd) hi = ((const uint16_t *)v->p)[e + v->cs];
-                        } else {
-                            lo = v->table[((const uint8_t *)v->p)[e]];
-                            if (has_odd) hi = v->table[((const uint8_t *)v->p)[e + v->cs]];
-                        }
-                        op[l] = lo | hi << 16;
-                    }
-                    memset(op + nv, 0, sizeof(uint32_t) * (size_t)(lw - nv));
                 } else {
-                    for (int64_t l = 0; l < lw; l++) {
+                    /* the edges: the lines that exist (pair_at: the half pair of an odd k),
+                     * then zeros (lines past the matrix, pairs past k) */
+                    int64_t nv = k0 >= k ? 0 : nlines - base_line < lw ? nlines - base_line : lw;
+                    if (nv < 0) nv = 0;
+                    for (int64_t l = 0; l < nv; l++) {
                         uint16_t e, d;
                         pair_at(v, base_line + l, nlines, p0 + p, k, &e, &d);
                         op[l] = (uint32_t)e | ((uint32_t)d << 16);
                     }
+                    memset(op + nv, 0, sizeof(uint32_t) * (size_t)(lw - nv));
                 }
             }
         }
@@ -384,28 +381,16 @@ static void pack_rowtiles(const view *v, int64_t nlines, int64_t k, int64_t l0, 
                     memset(orow, 0, 64);
                     continue;
                 }
-                if (k0 + 32 > k && v->cs == 1) {       /* the last, partial block */
-                    uint16_t pad[32] = {0};
-                    const int64_t nv = k - k0;
+                if (v->cs == 1) {  /* k contiguous: the block's codes (the last one partial) */
+                    uint16_t blk16[32] = {0};
+                    const int64_t nv = k - k0 < 32 ? k - k0 : 32;
                     if (v->kind == DK_GEMM_U16) {
-                        memcpy(pad, (const uint16_t *)v->p + row * v->rs + k0, sizeof(uint16_t) * (size_t)nv);
+                        memcpy(blk16, (const uint16_t *)v->p + row * v->rs + k0, sizeof(uint16_t) * (size_t)nv);
                     } else {
                         const uint8_t *q = (const uint8_t *)v->p + row * v->rs + k0;
-                        for (int64_t j = 0; j < nv; j++) pad[j] = v->table[q[j]];
+                        for (int64_t j = 0; j < nv; j++) blk16[j] = v->table[q[j]];
                     }
-                    for (int64_t j = 0; j < 16; j++)
-                        orow[j] = (uint32_t)pad[2 * j] | ((uint32_t)pad[2 * j + 1] << 16);
-                    continue;
-                }
-                if (k0 + 32 <= k && v->cs == 1) {
-                    if (v->kind == DK_GEMM_U16) {
-                        memcpy(orow, (const uint16_t *)v->p + row * v->rs + k0, 64);
-                    } else {
-                        const uint8_t *q = (const uint8_t *)v->p + row * v->rs + k0;
-                        const uint16_t *tb = v->table;
-                        for (int64_t j = 0; j < 16; j++)
-                            orow[j] = (uint32_t)tb[q[2 * j]] | ((uint32_t)tb[q[2 * j + 1]] << 16);
-                    }
+                    memcpy(orow, blk16, 64); /* lane j: (k 2j | k 2j+1 << 16), little-endian */
                     continue;
                 }
                 for (int64_t j = 0; j < 16; j++) {
@@ -751,7 +736,7 @@ static void gemm_item(void *arg, int64_t w, int slot)
  * packs B into the thread's buffer when bbuf is NULL), so the threads share the batch and
  * set up the tiles once per item, not once per product. */
 typedef struct {
-    gemm_step step;      /* the first batch item's; va, vb and cb move along the batch */
+    gemm_step step;      /* all but va, vb and cb, which move along the batch */
     const dk_gemm_operand *a, *b;
     int64_t batch, per, bso;
 } gemm_batch;
@@ -760,15 +745,13 @@ static void gemm_batch_item(void *arg, int64_t w, int slot)
 {
     const gemm_batch *B = arg;
     const int64_t b0 = w * B->per, b1 = b0 + B->per < B->batch ? b0 + B->per : B->batch;
-    const dk_gemm_operand *a = B->a, *b = B->b;
     gemm_step S = B->step;
-    view va = *S.va, vb = *S.vb;
+    view va, vb;
     S.va = &va;
     S.vb = &vb;
     if (S.t->enter) S.t->enter();
     for (int64_t bi = b0; bi < b1; bi++) {
-        va.p = (const char *)a->ptr + bi * a->bs * (a->kind == DK_GEMM_U8 ? 1 : 2);
-        vb.p = (const char *)b->ptr + bi * b->bs * (b->kind == DK_GEMM_U8 ? 1 : 2);
+        item_views(B->a, B->b, bi, &va, &vb);
         S.cb = B->step.cb + bi * B->bso;
         gemm_item_body(&S, 0, slot);
     }
@@ -796,9 +779,8 @@ static void smallm_item(void *arg, int64_t item, int slot)
     const int64_t bi = item / S->ncolblk, j0 = (item % S->ncolblk) * DK_GEMM_SMALLM_COLS;
     const int64_t j1 = j0 + DK_GEMM_SMALLM_COLS < S->n ? j0 + DK_GEMM_SMALLM_COLS : S->n;
     const dk_gemm_operand *a = S->a, *b = S->b;
-    const int asz = a->kind == DK_GEMM_U8 ? 1 : 2, bsz = b->kind == DK_GEMM_U8 ? 1 : 2;
-    dk_gemm_smallm_amx_avx512(S->m, S->k, j0, j1, (const char *)a->ptr + bi * a->bs * asz, a->rs,
-                              a->cs, a->kind, a->table, (const char *)b->ptr + bi * b->bs * bsz,
+    dk_gemm_smallm_amx_avx512(S->m, S->k, j0, j1, item_ptr(a, bi), a->rs,
+                              a->cs, a->kind, a->table, item_ptr(b, bi),
                               b->rs, b->kind, b->table, S->scale, S->out + bi * S->bso, S->ldo,
                               S->range ? S->range + 2 * slot : NULL);
 }
@@ -915,9 +897,7 @@ int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
 
     /* Rows per A block: an even share per thread when m is large, so no thread idles. */
     int64_t nb_m = 1, mc;
-    if (batched) {
-        /* one block of all m rows */
-    } else if (m > t.mc_max) {
+    if (!batched && m > t.mc_max) {
         int64_t per = (m + (int64_t)nthr * t.mc_max - 1) / ((int64_t)nthr * t.mc_max);
         nb_m = per * nthr;
     }
@@ -976,46 +956,43 @@ int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
     }
     /* A result larger than the L2 caches is written past them (see DK_UKR_STREAM). */
     const int stream = (double)batch * (double)m * (double)n * sizeof(float) > DK_GEMM_STREAM_MIN;
-    for (int64_t bi = 0; bi < (batched ? 0 : batch); bi++) {
-        /* A seen as rows x k; B seen as columns x k (lines along n). */
-        view va = {(const char *)a->ptr + bi * a->bs * (a->kind == DK_GEMM_U8 ? 1 : 2),
-                   a->rs, a->cs, a->kind, a->table};
-        view vb = {(const char *)b->ptr + bi * b->bs * (b->kind == DK_GEMM_U8 ? 1 : 2),
-                   b->cs, b->rs, b->kind, b->table};
-        float *cb = out + bi * bso;
-        for (int64_t jc = 0; jc < n; jc += nc) {
-            int64_t ncur = n - jc < nc ? n - jc : nc;
-            int64_t nsl = (ncur + t.nr - 1) / t.nr;
-            int64_t nchunks = (nsl + DK_GEMM_CHUNK - 1) / DK_GEMM_CHUNK;
-            /* Work items (ic block, column group), handed out dynamically so that a thread
-             * slowed by a busy core takes fewer. With fewer than 4 items per thread, each
-             * block's columns are split into groups of whole packing units (an item packs
-             * its A block itself, so one thread keeps one group). The order
-             * inside every C element is fixed, so the schedule never changes the bits. */
-            int64_t ngroups = nthr > 1 && nb_m < 4 * (int64_t)nthr
-                                  ? (4 * (int64_t)nthr + nb_m - 1) / nb_m : 1;
-            if (ngroups > nchunks) ngroups = nchunks;
-            for (int64_t u = 0; shared_b && u < npc * nchunks; u++) atomic_init(&bstate[u], 0);
-            gemm_step S = {&t, &va, &vb, cb, m, n, k, ldo, jc, nsl, nchunks, ngroups, kpairs, kcp,
-                           mc, pairA, pairB, stream, scale, arng, brng, bbuf, bstate, abuf, bpriv,
-                           abytes, bpriv_bytes};
-            dk_pool_run_as(nthr, nb_m * ngroups, gemm_item, &S, work);
-        }
-    }
     if (batched) {
-        view va = {(const char *)a->ptr, a->rs, a->cs, a->kind, a->table};
-        view vb = {(const char *)b->ptr, b->cs, b->rs, b->kind, b->table};
+        /* up to 4 items a thread (dynamic hand-out), each a run of whole products */
         const int64_t nsl = (n + t.nr - 1) / t.nr;
         const int64_t nchunks = (nsl + DK_GEMM_CHUNK - 1) / DK_GEMM_CHUNK;
-        /* up to 4 items a thread (dynamic hand-out), each a run of whole products */
         int64_t items = nthr > 1 ? 4 * (int64_t)nthr : 1;
         if (items > batch) items = batch;
         const int64_t per = (batch + items - 1) / items;
-        gemm_batch G = {{&t, &va, &vb, out, m, n, k, ldo, 0, nsl, nchunks, 1, kpairs, kcp, mc,
+        gemm_batch G = {{&t, NULL, NULL, out, m, n, k, ldo, 0, nsl, nchunks, 1, kpairs, kcp, mc,
                          pairA, pairB, stream, scale, arng, brng, NULL, NULL, abuf, bpriv,
                          abytes, bpriv_bytes},
                         a, b, batch, per, bso};
         dk_pool_run_as(nthr, (batch + per - 1) / per, gemm_batch_item, &G, work);
+    } else {
+        for (int64_t bi = 0; bi < batch; bi++) {
+            view va, vb;
+            item_views(a, b, bi, &va, &vb);
+            float *cb = out + bi * bso;
+            for (int64_t jc = 0; jc < n; jc += nc) {
+                int64_t ncur = n - jc < nc ? n - jc : nc;
+                int64_t nsl = (ncur + t.nr - 1) / t.nr;
+                int64_t nchunks = (nsl + DK_GEMM_CHUNK - 1) / DK_GEMM_CHUNK;
+                /* Work items (ic block, column group), handed out dynamically so that a
+                 * thread slowed by a busy core takes fewer. With fewer than 4 items per
+                 * thread, each block's columns are split into groups of whole packing units
+                 * (an item packs its A block itself, so one thread keeps one group). The
+                 * order inside every C element is fixed, so the schedule never changes the
+                 * bits. */
+                int64_t ngroups = nthr > 1 && nb_m < 4 * (int64_t)nthr
+                                      ? (4 * (int64_t)nthr + nb_m - 1) / nb_m : 1;
+                if (ngroups > nchunks) ngroups = nchunks;
+                for (int64_t u = 0; shared_b && u < npc * nchunks; u++) atomic_init(&bstate[u], 0);
+                gemm_step S = {&t, &va, &vb, cb, m, n, k, ldo, jc, nsl, nchunks, ngroups, kpairs,
+                               kcp, mc, pairA, pairB, stream, scale, arng, brng, bbuf, bstate,
+                               abuf, bpriv, abytes, bpriv_bytes};
+                dk_pool_run_as(nthr, nb_m * ngroups, gemm_item, &S, work);
+            }
+        }
     }
     buf_give(bbuf, bcap);
     buf_give(abuf, acap);

@@ -17,7 +17,7 @@ import statistics
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -131,14 +131,23 @@ class MachineState:
     warnings: List[str] = field(default_factory=list)
 
 
-def _cpu_busy(window: float = 0.25) -> float:
-    """CPUs' worth of busy time on the whole machine over ``window`` seconds (/proc/stat),
-    minus this process's own use: the other processes' load."""
+def _cpu_busy(window: float = 0.25, cpus: Optional[Iterable[int]] = None) -> float:
+    """CPUs' worth of busy time over ``window`` seconds (/proc/stat), minus this process's
+    own use: the other processes' load, on the whole machine or, given ``cpus``, on those
+    CPUs only (e.g. the process's affinity mask)."""
+    names = None if cpus is None else {f"cpu{c}" for c in cpus}
+
     def snap() -> Tuple[float, float]:
+        busy = 0.0
         with open("/proc/stat") as f:
-            v = [float(x) for x in f.readline().split()[1:]]
-        idle = v[3] + (v[4] if len(v) > 4 else 0.0)
-        return sum(v[:8]) - idle, time.monotonic()
+            for line in f:
+                name, *rest = line.split()
+                if (name == "cpu") if names is None else (name in names):
+                    v = [float(x) for x in rest]
+                    busy += sum(v[:8]) - v[3] - (v[4] if len(v) > 4 else 0.0)
+                if names is None or not name.startswith("cpu"):
+                    break
+        return busy, time.monotonic()
 
     try:
         b0, t0 = snap()

@@ -107,7 +107,7 @@ def _default_threads() -> Tuple[int, str]:
 _isa: int = _detect_isa()
 _threads, _threads_source = _default_threads()
 
-_GUARD_VALUES = {"1": True, "on": True, "true": True, "yes": True,
+_SWITCH_VALUES = {"1": True, "on": True, "true": True, "yes": True,
                  "0": False, "off": False, "false": False, "no": False}
 
 
@@ -116,18 +116,13 @@ def _switch_from_env(var: str) -> bool:
     env = os.environ.get(var, "").strip().lower()
     if not env:
         return True
-    if env not in _GUARD_VALUES:
+    if env not in _SWITCH_VALUES:
         raise ValueError(f"{var}={env!r}: expected one of "
-                         f"{', '.join(sorted(_GUARD_VALUES))}")
-    return _GUARD_VALUES[env]
+                         f"{', '.join(sorted(_SWITCH_VALUES))}")
+    return _SWITCH_VALUES[env]
 
 
-def _guard_from_env() -> bool:
-    """``DOJO_KERNELS_THREAD_GUARD`` (unset: on)."""
-    return _switch_from_env("DOJO_KERNELS_THREAD_GUARD")
-
-
-_cpu._pool_guard(1 if _guard_from_env() else 0)
+_cpu._pool_guard(1 if _switch_from_env("DOJO_KERNELS_THREAD_GUARD") else 0)
 # spreading the threads of a call over the CPUs (docs/threads.md, "Spreading")
 _cpu._pool_spread(1 if _switch_from_env("DOJO_KERNELS_THREAD_SPREAD") else 0)
 

@@ -173,20 +173,16 @@ void dk_gemm_pack_split_u8_avx512(const uint8_t *src, int64_t ldk, int64_t kp, i
 void dk_gemm_pack_split_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp, int64_t nr,
                                    float *dst);
 
-/* avx512bf16-tier packing of B into the pair layout: kp full k-pairs of nr (a multiple of
- * 32) columns, rows 2p and 2p+1 at src + 2p*ldk and src + (2p+1)*ldk (columns contiguous),
- * into dst (64-byte aligned, nr lanes per pair). The u8 form decodes through table[256].
- * The u16 form packs nsl adjacent slivers (sliver s: columns s*nr.., at dst + s*ssl lanes),
- * reading each k-row across all of them, and when rng is not NULL merges the codes' range
- * into rng[0] (smallest nonzero magnitude) and rng[1] (largest finite), as
- * dk_gemm_bf16_range measures it. */
+/* avx512bf16-tier packing of B into the pair layout: kp full k-pairs of nsl adjacent
+ * slivers of nr (a multiple of 32) columns, rows 2p and 2p+1 at src + 2p*ldk and
+ * src + (2p+1)*ldk (columns contiguous), sliver s (columns s*nr..) at dst + s*ssl lanes
+ * (64-byte aligned, nr lanes per pair); each k-row is read across all the slivers, and rows a
+ * page or more apart are prefetched. The u8 form decodes through table[256] (8-bit codes
+ * are never ranged). The u16 form, when rng is not NULL, merges the codes' range into
+ * rng[0] (smallest nonzero magnitude) and rng[1] (largest finite), as dk_gemm_bf16_range
+ * measures it. */
 void dk_gemm_pack_pair_u8_avx512(const uint8_t *src, int64_t ldk, int64_t kp, int64_t nr,
-                                 const uint16_t *table, uint32_t *dst);
-/* The u8 form over nsl adjacent slivers at once (sliver s at dst + s*ssl lanes), each k-row
- * read across all of them; never ranged (8-bit operands). */
-void dk_gemm_pack_pair_u8_units_avx512(const uint8_t *src, int64_t ldk, int64_t kp, int64_t nr,
-                                       int64_t nsl, int64_t ssl, const uint16_t *table,
-                                       uint32_t *dst);
+                                 int64_t nsl, int64_t ssl, const uint16_t *table, uint32_t *dst);
 void dk_gemm_pack_pair_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp, int64_t nr,
                                   int64_t nsl, int64_t ssl, uint32_t *dst, uint16_t *rng);
 

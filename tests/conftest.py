@@ -37,7 +37,7 @@ FIXTURE_ISAS = ((dojo_kernels.get_isa(),) if os.environ.get("DOJO_TEST_QUICK") =
 # the generic tier's 2^21; tests/test_threads.py checks the tiers' own thresholds (restored
 # by the `gemm_par_min` fixture).
 GEMM_TEST_PAR_MIN = 1 << 21
-_gemm_par_min_saved = _gemm._set_par_min(GEMM_TEST_PAR_MIN)
+_gemm._set_par_min(GEMM_TEST_PAR_MIN)
 
 
 @pytest.fixture

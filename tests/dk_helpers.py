@@ -1,7 +1,14 @@
 """Small helpers shared by the numerics tests (no reference logic here)."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
+
+#: AddressSanitizer's runtime is loaded in this process (.ci/sanitize.sh): it replaces malloc
+#: and keeps freed memory in quarantine, so heap and resident-size figures mean nothing.
+UNDER_ASAN = "libasan" in os.environ.get("LD_PRELOAD", "") or any(
+    "libasan" in line for line in open("/proc/self/maps"))
 
 
 def flags_dict(flags) -> dict:

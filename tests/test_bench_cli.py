@@ -65,7 +65,7 @@ def test_quick_bench_json_has_spreads(tmp_path):
 
 def test_machine_state_warns(monkeypatch):
     monkeypatch.setattr(_bench.os, "getloadavg", lambda: (64.0, 64.0, 64.0))
-    monkeypatch.setattr(_bench, "_cpu_busy", lambda window=0.25: 1.5)
+    monkeypatch.setattr(_bench, "_cpu_busy", lambda window=0.25, cpus=None: 1.5)
     peaks = iter([10e9, 20e9, 10e9, 10e9, 10e9] + [12e9] * 3)
     monkeypatch.setattr(_bench, "measure_peak", lambda probe, threads, iters, repeats: next(peaks))
     monkeypatch.setattr(_bench.os, "sched_getaffinity", lambda pid: {0, 1})
@@ -80,7 +80,7 @@ def test_machine_state_warns(monkeypatch):
 
 def test_machine_state_quiet(monkeypatch):
     monkeypatch.setattr(_bench.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
-    monkeypatch.setattr(_bench, "_cpu_busy", lambda window=0.25: 0.0)
+    monkeypatch.setattr(_bench, "_cpu_busy", lambda window=0.25, cpus=None: 0.0)
     monkeypatch.setattr(_bench, "measure_peak",
                         lambda probe, threads, iters, repeats: 10e9 * threads)
     monkeypatch.setattr(_bench.os, "sched_getaffinity", lambda pid: {0, 1})

@@ -26,6 +26,7 @@ import pytest
 
 import dojo_kernels as dk
 from dojo_kernels import _config, _reduce
+from dk_helpers import UNDER_ASAN
 
 CALLS = 2000
 LEAK_PER_CALL = 1024
@@ -35,9 +36,7 @@ TOL_TRACED = 64 * 1024
 TOL_HEAP = 64 * 1024
 TOL_RSS = 512 * 1024
 
-_ASAN = "libasan" in os.environ.get("LD_PRELOAD", "") or any(
-    "libasan" in line for line in open("/proc/self/maps"))
-pytestmark = pytest.mark.skipif(_ASAN, reason="ASan replaces malloc; leaks are checked by the "
+pytestmark = pytest.mark.skipif(UNDER_ASAN, reason="ASan replaces malloc; leaks are checked by the "
                                 "normal build (this file) and by .ci/valgrind.sh")
 
 

@@ -27,7 +27,8 @@ import numpy as np
 import pytest
 
 import dojo_kernels as dk
-from dojo_kernels import _config, _cpu, _reduce
+from dojo_kernels import _bench, _config, _cpu, _reduce
+from dk_helpers import UNDER_ASAN
 
 # The thresholds documented in docs/threads.md (and csrc/*_driver.c).
 CONVERT_MIN = 4 * 32768      # elements: quantize, dequantize, fake_quantize, add/sub/mul/fma
@@ -228,41 +229,15 @@ def test_guard_judges_by_the_callers_rate_too(guard):
     assert _backs_off([10000, 10000], [30000, 30000])
 
 
-def _idle_cpus(seconds=0.2) -> "float | None":
-    """How many CPUs' worth of time the CPUs this process may run on (its affinity mask) left
-    idle over `seconds` while it slept (/proc/stat's per-CPU lines), or None where there is
-    no /proc/stat."""
-    mine = {f"cpu{c}" for c in os.sched_getaffinity(0)}
-
-    def sample():
-        idle = total = 0
-        with open("/proc/stat") as f:
-            for line in f:
-                name, *rest = line.split()
-                if name in mine:
-                    v = [int(x) for x in rest[:8]]
-                    idle += v[3] + v[4]                     # idle + iowait
-                    total += sum(v)                         # all but the guest columns
-        return idle, total
-    try:
-        i0, t0 = sample()
-        time.sleep(seconds)
-        i1, t1 = sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    if t1 <= t0:
-        return None
-    return len(mine) * (i1 - i0) / (t1 - t0)
-
-
 def _on_two_free_cores(check, tries=5):
     """Run `check` up to `tries` times, each only when two CPUs were idle just before: True
     once it passes, False if it failed every time it ran on an idle machine; the test is
     skipped (with the reason) if another process kept a core busy every time."""
+    mask = os.sched_getaffinity(0)
     ran = 0
     for _ in range(tries):
-        idle = _idle_cpus()
-        if idle is not None and idle < 1.7:
+        idle = len(mask) - _bench._cpu_busy(0.2, mask)   # other processes' load on our CPUs
+        if idle < 1.7:
             time.sleep(0.5)
             continue
         ran += 1
@@ -279,7 +254,7 @@ def test_guard_lets_a_gaining_kind_run_in_parallel(guard):
     call of the kind runs in parallel, and a good probe clears the back-off that a bad call
     set. Each check runs only when /proc/stat shows two idle CPUs just before it (a busy
     process beside the suite rightly makes the guard see no gain), up to five times."""
-    if (os.cpu_count() or 1) < 2:
+    if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("one CPU: no parallel gain to see")
 
     def good_then_parallel():
@@ -600,17 +575,9 @@ def test_no_thread_or_memory_growth(two_threads):
     with open("/proc/self/statm") as f:
         rss1 = int(f.read().split()[1])
     assert _os_threads() == threads0
-    if not _under_asan():
+    if not UNDER_ASAN:
         # (AddressSanitizer keeps freed memory in quarantine, up to 256 MiB: there the
         # resident size grows with every allocation and says nothing about leaks, which
         # tests/test_leaks.py and .ci/valgrind.sh check)
         assert (rss1 - rss0) * os.sysconf("SC_PAGE_SIZE") < 4 << 20
 
-
-def _under_asan() -> bool:
-    """True when AddressSanitizer's runtime is loaded in this process (.ci/sanitize.sh)."""
-    try:
-        with open("/proc/self/maps") as f:
-            return "libasan" in f.read()
-    except OSError:
-        return False

@@ -36,9 +36,8 @@ static inline void prefetch_pair(const char *r0, int64_t ldk_bytes, int64_t run)
     }
 }
 
-void dk_gemm_pack_pair_u8_units_avx512(const uint8_t *src, int64_t ldk, int64_t kp, int64_t nr,
-                                       int64_t nsl, int64_t ssl, const uint16_t *table,
-                                       uint32_t *dst)
+void dk_gemm_pack_pair_u8_avx512(const uint8_t *src, int64_t ldk, int64_t kp, int64_t nr,
+                                 int64_t nsl, int64_t ssl, const uint16_t *table, uint32_t *dst)
 {
     __m512i t[8];
     dk_lut512_load(table, t);
@@ -55,12 +54,6 @@ void dk_gemm_pack_pair_u8_units_avx512(const uint8_t *src, int64_t ldk, int64_t 
                                  dst + s * ssl + p * nr + (j - s * nr));
             }
     }
-}
-
-void dk_gemm_pack_pair_u8_avx512(const uint8_t *src, int64_t ldk, int64_t kp, int64_t nr,
-                                 const uint16_t *table, uint32_t *dst)
-{
-    dk_gemm_pack_pair_u8_units_avx512(src, ldk, kp, nr, 1, kp * nr, table, dst);
 }
 
 /* The magnitude range of BF16 codes (the scaling pre-pass, dk_gemm_ranges), kept per 16-bit
