@@ -171,7 +171,7 @@ static inline void pair_at(const view *v, int64_t r, int64_t nrows, int64_t p, i
     *odd = (r < nrows && k0 + 1 < k) ? code_at(v, r, k0 + 1) : 0;
 }
 
-static void packed_range(const void *buf, int64_t n, uint16_t *rng);
+static void packed_range(const void *buf, int64_t n, uint16_t *rng, int simd);
 
 /* Element [0, 0] of batch item bi of an operand. */
 static inline const char *item_ptr(const dk_gemm_operand *o, int64_t bi)
@@ -197,13 +197,15 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
     int64_t nsl = (nl + lw - 1) / lw, s_first = 0;
     /* avx512 fast path: lines contiguous (B row-major), the slivers wholly inside, full
      * pairs; the last, half pair of an odd k and the slivers past the edge go through the
-     * portable loops below. Pair layout (the vdpbf16ps order's kernels and the amx tier)
+     * edge packer (BF16 pair layout) or the portable loops below. Pair layout (the vdpbf16ps order's kernels and the amx tier)
      * or split layout (the amx order's FMA kernels). rng (pair layout only): merge the
      * range of the codes packed, fused into the BF16 packer where it can be. */
     int64_t nin = lw > 0 && nlines > l0 ? (nlines - l0) / lw : 0;
     if (nin > nsl) nin = nsl;
     int64_t kfull = (k / 2) - p0;
     if (kfull > kp) kfull = kp;
+    /* BF16 pair layout, lines contiguous: AVX-512 for the edges as well */
+    const int edge512 = simd && v->rs == 1 && lw % 32 == 0 && !split && v->kind == DK_GEMM_U16;
     if (simd && v->rs == 1 && lw % 32 == 0 && nin > 0 && kfull > 0) {
         int64_t koff = 2 * p0 * v->cs;
         if (!split && v->kind == DK_GEMM_U16) {
@@ -224,8 +226,8 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
                                                   kfull, lw, o);
             }
         }
-        /* the remaining pair(s) of those slivers, portably */
-        for (int64_t s = 0; s < nin && kfull < kp; s++) {
+        /* the remaining pair(s) of those slivers, portably (BF16 pairs: below) */
+        for (int64_t s = 0; s < nin && kfull < kp && !edge512; s++) {
             for (int64_t p = kfull; p < kp; p++)
                 for (int64_t l = 0; l < lw; l++) {
                     uint16_t e, d;
@@ -240,103 +242,109 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
                     }
                 }
             if (rng && !split)
-                packed_range((uint32_t *)dst + s * kp * lw + kfull * lw, (kp - kfull) * lw * 2, rng);
+                packed_range((uint32_t *)dst + s * kp * lw + kfull * lw, (kp - kfull) * lw * 2, rng, simd);
         }
         s_first = nin;
     }
+    if (edge512) {
+        /* the edges with AVX-512 too: the pairs past kfull of the whole slivers (the half
+         * pair of an odd k, the padding pairs) and the slivers at or past the matrix's edge */
+        for (int64_t s = 0; s < nsl; s++) {
+            const int64_t pst = s < s_first ? kfull : 0;
+            if (pst >= kp) continue;
+            const int64_t line = l0 + s * lw;
+            const int64_t ncols = nlines - line < 0 ? 0 : nlines - line < lw ? nlines - line : lw;
+            const int64_t krows = k - 2 * (p0 + pst) < 0 ? 0 : k - 2 * (p0 + pst);
+            const uint16_t *src = ncols > 0 && krows > 0
+                                      ? (const uint16_t *)v->p + line + 2 * (p0 + pst) * v->cs : NULL;
+            dk_gemm_pack_pair_edge_u16_avx512(src, v->cs, krows, kp - pst, ncols, lw,
+                                              (uint32_t *)dst + s * kp * lw + pst * lw, rng);
+        }
+        return;
+    }
     for (int64_t s = s_first; s < nsl; s++) {
-        int64_t base_line = l0 + s * lw;
-        if (split) {
-            float *o = (float *)dst + s * kp * 2 * lw;
-            int inside = base_line + lw <= nlines;
-            for (int64_t p = 0; p < kp; p++) {
-                float *op = o + p * 2 * lw;
-                int64_t k0 = 2 * (p0 + p);
-                uint32_t *ou = (uint32_t *)op;
-                if (inside && v->kind == DK_GEMM_U16 && v->rs == 1 && k0 + 1 < k) {
+        const int64_t base_line = l0 + s * lw;
+        /* the lines of the sliver that exist (the rest are zeros: lines past the matrix) */
+        int64_t nv = nlines - base_line < lw ? nlines - base_line : lw;
+        if (nv < 0) nv = 0;
+        for (int64_t p = 0; p < kp; p++) {
+            const int64_t k0 = 2 * (p0 + p);
+            /* Fast paths: both codes of the pair exist; the lines contiguous (B row-major:
+             * two k-rows, interleaved) or k contiguous (A row-major: two adjacent codes). */
+            const int whole = k0 + 1 < k;
+            const int u16 = v->kind == DK_GEMM_U16;
+            const uint16_t *t = v->table;
+            const int64_t nc = k0 < k ? nv : 0; /* lines with codes at this pair (zeros past k) */
+            if (split) {
+                uint32_t *ou = (uint32_t *)dst + s * kp * 2 * lw + p * 2 * lw; /* odd k, then even */
+                if (whole && v->rs == 1 && u16) {
                     const uint16_t *r0 = (const uint16_t *)v->p + base_line + k0 * v->cs;
                     const uint16_t *r1 = r0 + v->cs;
-                    for (int64_t l = 0; l < lw; l++) {
-                        ou[l] = widen_bits(r1[l]);      /* odd k first */
-                        ou[lw + l] = widen_bits(r0[l]); /* then even k */
+                    for (int64_t l = 0; l < nc; l++) {
+                        ou[l] = widen_bits(r1[l]);
+                        ou[lw + l] = widen_bits(r0[l]);
                     }
-                } else if (inside && v->kind == DK_GEMM_U16 && v->cs == 1 && k0 + 1 < k) {
+                } else if (whole && v->cs == 1 && u16) {
                     const uint16_t *r0 = (const uint16_t *)v->p + base_line * v->rs + k0;
-                    for (int64_t l = 0; l < lw; l++) {
+                    for (int64_t l = 0; l < nc; l++) {
                         const uint16_t *q = r0 + l * v->rs;
                         ou[l] = widen_bits(q[1]);
                         ou[lw + l] = widen_bits(q[0]);
                     }
-                } else if (inside && v->kind == DK_GEMM_U8 && v->rs == 1 && k0 + 1 < k) {
+                } else if (whole && v->rs == 1) {
                     const uint8_t *r0 = (const uint8_t *)v->p + base_line + k0 * v->cs;
                     const uint8_t *r1 = r0 + v->cs;
-                    const uint16_t *t = v->table;
-                    for (int64_t l = 0; l < lw; l++) {
+                    for (int64_t l = 0; l < nc; l++) {
                         ou[l] = widen_bits(t[r1[l]]);
                         ou[lw + l] = widen_bits(t[r0[l]]);
                     }
-                } else if (inside && v->kind == DK_GEMM_U8 && v->cs == 1 && k0 + 1 < k) {
+                } else if (whole && v->cs == 1) {
                     const uint8_t *r0 = (const uint8_t *)v->p + base_line * v->rs + k0;
-                    const uint16_t *t = v->table;
-                    for (int64_t l = 0; l < lw; l++) {
+                    for (int64_t l = 0; l < nc; l++) {
                         const uint8_t *q = r0 + l * v->rs;
                         ou[l] = widen_bits(t[q[1]]);
                         ou[lw + l] = widen_bits(t[q[0]]);
                     }
-                } else {
-                    for (int64_t l = 0; l < lw; l++) {
+                } else { /* the half pair of an odd k, other strides */
+                    for (int64_t l = 0; l < nc; l++) {
                         uint16_t e, d;
                         pair_at(v, base_line + l, nlines, p0 + p, k, &e, &d);
                         ou[l] = widen_bits(d);
                         ou[lw + l] = widen_bits(e);
                     }
                 }
-            }
-        } else {
-            uint32_t *o = (uint32_t *)dst + s * kp * lw;
-            /* Fast path: BF16 codes, lines fully inside, contiguous along the line index
-             * (B row-major): copy two k-rows and interleave. */
-            int inside = base_line + lw <= nlines;
-            for (int64_t p = 0; p < kp; p++) {
-                uint32_t *op = o + p * lw;
-                int64_t k0 = 2 * (p0 + p);
-                if (inside && v->kind == DK_GEMM_U16 && v->rs == 1 && k0 + 1 < k) {
+                memset(ou + nc, 0, sizeof(uint32_t) * (size_t)(lw - nc));
+                memset(ou + lw + nc, 0, sizeof(uint32_t) * (size_t)(lw - nc));
+            } else {
+                uint32_t *op = (uint32_t *)dst + s * kp * lw + p * lw;
+                if (whole && v->rs == 1 && u16) {
                     const uint16_t *r0 = (const uint16_t *)v->p + base_line + k0 * v->cs;
                     const uint16_t *r1 = r0 + v->cs;
-                    for (int64_t l = 0; l < lw; l++)
-                        op[l] = (uint32_t)r0[l] | ((uint32_t)r1[l] << 16);
-                } else if (inside && v->kind == DK_GEMM_U16 && v->cs == 1 && k0 + 1 < k) {
-                    /* A row-major: the pair is two adjacent codes */
+                    for (int64_t l = 0; l < nc; l++) op[l] = (uint32_t)r0[l] | ((uint32_t)r1[l] << 16);
+                } else if (whole && v->cs == 1 && u16) {
                     const uint16_t *r0 = (const uint16_t *)v->p + base_line * v->rs + k0;
-                    for (int64_t l = 0; l < lw; l++) {
+                    for (int64_t l = 0; l < nc; l++) {
                         const uint16_t *q = r0 + l * v->rs;
                         op[l] = (uint32_t)q[0] | ((uint32_t)q[1] << 16);
                     }
-                } else if (inside && v->kind == DK_GEMM_U8 && v->rs == 1 && k0 + 1 < k) {
+                } else if (whole && v->rs == 1) {
                     const uint8_t *r0 = (const uint8_t *)v->p + base_line + k0 * v->cs;
                     const uint8_t *r1 = r0 + v->cs;
-                    const uint16_t *t = v->table;
-                    for (int64_t l = 0; l < lw; l++)
-                        op[l] = (uint32_t)t[r0[l]] | ((uint32_t)t[r1[l]] << 16);
-                } else if (inside && v->kind == DK_GEMM_U8 && v->cs == 1 && k0 + 1 < k) {
+                    for (int64_t l = 0; l < nc; l++) op[l] = (uint32_t)t[r0[l]] | ((uint32_t)t[r1[l]] << 16);
+                } else if (whole && v->cs == 1) {
                     const uint8_t *r0 = (const uint8_t *)v->p + base_line * v->rs + k0;
-                    const uint16_t *t = v->table;
-                    for (int64_t l = 0; l < lw; l++) {
+                    for (int64_t l = 0; l < nc; l++) {
                         const uint8_t *q = r0 + l * v->rs;
                         op[l] = (uint32_t)t[q[0]] | ((uint32_t)t[q[1]] << 16);
                     }
-                } else {
-                    /* the edges: the lines that exist (pair_at: the half pair of an odd k),
-                     * then zeros (lines past the matrix, pairs past k) */
-                    int64_t nv = k0 >= k ? 0 : nlines - base_line < lw ? nlines - base_line : lw;
-                    if (nv < 0) nv = 0;
-                    for (int64_t l = 0; l < nv; l++) {
+                } else { /* the half pair of an odd k, other strides */
+                    for (int64_t l = 0; l < nc; l++) {
                         uint16_t e, d;
                         pair_at(v, base_line + l, nlines, p0 + p, k, &e, &d);
                         op[l] = (uint32_t)e | ((uint32_t)d << 16);
                     }
-                    memset(op + nv, 0, sizeof(uint32_t) * (size_t)(lw - nv));
                 }
+                memset(op + nc, 0, sizeof(uint32_t) * (size_t)(lw - nc));
             }
         }
     }
@@ -345,7 +353,7 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
     int64_t kvalid = (k + 1) / 2 - p0;
     if (kvalid > kp) kvalid = kp;
     for (int64_t s = s_first; rng && !split && s < nsl && kvalid > 0; s++)
-        packed_range((uint32_t *)dst + s * kp * lw, kvalid * lw * 2, rng);
+        packed_range((uint32_t *)dst + s * kp * lw, kvalid * lw * 2, rng, simd);
 }
 
 /* Pack A into the AMX "row tiles" layout (dk_gemm.h): slivers of mr rows from row l0,
@@ -358,18 +366,23 @@ static void pack_rowtiles(const view *v, int64_t nlines, int64_t k, int64_t l0, 
     for (int64_t s = 0; s < nsl; s++) {
         uint32_t *o = (uint32_t *)dst + s * kp * mr;
         int64_t blk0 = 0;
-        /* avx512 fast path: k contiguous, the rows of the sliver inside the matrix, whole
-         * blocks of 32 codes (CFloat8 decoded; BF16 copied, its range taken on the way) */
-        if (simd && v->cs == 1 && l0 + s * mr + mr <= nlines) {
+        /* avx512 fast paths, k contiguous: BF16 copied (its range taken on the way), the
+         * edges too (the rows of the sliver that exist, the codes of a partial last block);
+         * CFloat8 decoded, whole blocks of the rows inside the matrix */
+        const int64_t rows = nlines - (l0 + s * mr) < mr ? nlines - (l0 + s * mr) : mr;
+        if (simd && v->cs == 1 && v->kind == DK_GEMM_U16 && 2 * p0 < k) {
+            int64_t kin = k - 2 * p0, nblk = (kin + 31) / 32;
+            if (nblk > kp / 16) nblk = kp / 16;
+            const int64_t klast = kin - 32 * (nblk - 1) < 32 ? kin - 32 * (nblk - 1) : 32;
+            dk_gemm_pack_rowtile_u16_avx512((const uint16_t *)v->p + (l0 + s * mr) * v->rs + 2 * p0,
+                                            v->rs, rows, nblk, klast, mr, o, rng);
+            blk0 = nblk;
+        } else if (simd && v->cs == 1 && rows == mr) {
             int64_t full = (k - 2 * p0) / 32;
             if (full > kp / 16) full = kp / 16;
-            if (full > 0 && v->kind == DK_GEMM_U8) {
+            if (full > 0)
                 dk_gemm_pack_rowtile_u8_avx512((const uint8_t *)v->p + (l0 + s * mr) * v->rs + 2 * p0,
                                                v->rs, mr, full, mr, v->table, o); /* never ranged */
-            } else if (full > 0) {
-                dk_gemm_pack_rowtile_u16_avx512((const uint16_t *)v->p + (l0 + s * mr) * v->rs + 2 * p0,
-                                                v->rs, mr, full, mr, o, rng);
-            }
             blk0 = full > 0 ? full : 0;
         }
         for (int64_t blk = blk0; blk < kp / 16; blk++) {
@@ -382,15 +395,16 @@ static void pack_rowtiles(const view *v, int64_t nlines, int64_t k, int64_t l0, 
                     continue;
                 }
                 if (v->cs == 1) {  /* k contiguous: the block's codes (the last one partial) */
-                    uint16_t blk16[32] = {0};
+                    /* lane j: (k 2j | k 2j+1 << 16), that is the codes in order, little-endian */
+                    uint16_t *o16 = (uint16_t *)orow;
                     const int64_t nv = k - k0 < 32 ? k - k0 : 32;
                     if (v->kind == DK_GEMM_U16) {
-                        memcpy(blk16, (const uint16_t *)v->p + row * v->rs + k0, sizeof(uint16_t) * (size_t)nv);
+                        memcpy(o16, (const uint16_t *)v->p + row * v->rs + k0, sizeof(uint16_t) * (size_t)nv);
                     } else {
                         const uint8_t *q = (const uint8_t *)v->p + row * v->rs + k0;
-                        for (int64_t j = 0; j < nv; j++) blk16[j] = v->table[q[j]];
+                        for (int64_t j = 0; j < nv; j++) o16[j] = v->table[q[j]];
                     }
-                    memcpy(orow, blk16, 64); /* lane j: (k 2j | k 2j+1 << 16), little-endian */
+                    memset(o16 + nv, 0, sizeof(uint16_t) * (size_t)(32 - nv));
                     continue;
                 }
                 for (int64_t j = 0; j < 16; j++) {
@@ -400,9 +414,7 @@ static void pack_rowtiles(const view *v, int64_t nlines, int64_t k, int64_t l0, 
                 }
             }
             /* the rows that hold codes (the padding rows are zeros) */
-            int64_t rows = nlines - (l0 + s * mr);
-            if (rows > mr) rows = mr;
-            if (rng && rows > 0 && 2 * (p0 + 16 * blk) < k) packed_range(o + blk * 16 * mr, 16 * rows * 2, rng);
+            if (rng && rows > 0 && 2 * (p0 + 16 * blk) < k) packed_range(o + blk * 16 * mr, 16 * rows * 2, rng, simd);
         }
     }
 }
@@ -474,9 +486,13 @@ static void range_item(void *arg, int64_t item, int slot)
 /* The range of `n` contiguous BF16 codes, merged into rng[0] (smallest nonzero) and rng[1]
  * (largest finite): a block a packer has just written in the BF16 pair or row-tile layout,
  * which holds the operand's codes as they are plus zero padding (zeros count for neither),
- * read again from the caches. */
-static void packed_range(const void *buf, int64_t n, uint16_t *rng)
+ * read again from the caches. simd: the avx512 packers may be used, so may AVX-512 here. */
+static void packed_range(const void *buf, int64_t n, uint16_t *rng, int simd)
 {
+    if (simd) {
+        dk_gemm_range_u16_avx512((const uint16_t *)buf, n, rng);
+        return;
+    }
     int16_t lo = (int16_t)rng[0], hi = (int16_t)rng[1];
     range_row((const uint16_t *)buf, n, 1, &lo, &hi);
     rng[0] = (uint16_t)lo;
@@ -524,9 +540,10 @@ static void tile(const tier_cfg *t, int64_t kp, const void *ap, const void *bp, 
     /* Edge tile: run on a full temporary tile, copy the valid part (BLIS-style). */
     float tmp[16 * 64] __attribute__((aligned(64)));
     int64_t mm = mrem < t->mr ? mrem : t->mr, nn = nrem < t->nr ? nrem : t->nr;
-    memset(tmp, 0, sizeof(float) * (size_t)(t->mr * t->nr));
-    if (flags & DK_UKR_LOAD)
+    if (flags & DK_UKR_LOAD) { /* else the kernel writes the whole tile without reading it */
+        memset(tmp, 0, sizeof(float) * (size_t)(t->mr * t->nr));
         for (int64_t i = 0; i < mm; i++) memcpy(tmp + i * t->nr, c + i * ldc, sizeof(float) * nn);
+    }
     t->ukr(kp, ap, bp, tmp, t->nr, flags, scale);
     for (int64_t i = 0; i < mm; i++) memcpy(c + i * ldc, tmp + i * t->nr, sizeof(float) * nn);
 }

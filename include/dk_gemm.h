@@ -115,7 +115,7 @@ void dk_gemm_bf16_range(const uint16_t *p, int64_t d0, int64_t d1, int64_t d2, i
 
 /* Micro-kernel contract (one per tier and order): full MR x NR tile, kp k-pairs of packed
  * A and B, C with row stride ldc. flags: DK_UKR_LOAD -> continue from the values in C
- * (else start from +0); DK_UKR_LAST -> multiply by scale and canonicalize NaN before
+ * (else start from +0 and never read C: the driver's edge tiles rely on it); DK_UKR_LAST -> multiply by scale and canonicalize NaN before
  * storing. An amx-order kernel is given whole blocks of 16 pairs, except that the last
  * call of a C tile may end with a partial block (kp % 16 != 0), which it completes as if
  * padded with zero pairs. */
@@ -183,6 +183,15 @@ void dk_gemm_pack_split_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp,
  * measures it. */
 void dk_gemm_pack_pair_u8_avx512(const uint8_t *src, int64_t ldk, int64_t kp, int64_t nr,
                                  int64_t nsl, int64_t ssl, const uint16_t *table, uint32_t *dst);
+/* The edges of the same (BF16 codes, one sliver of nr lanes): kp pairs of the k-rows
+ * src + i*ldk, of which the first krows exist, and of their first ncols columns; the lanes of
+ * missing rows or columns are zeros (kp may run past k: padding pairs). */
+void dk_gemm_pack_pair_edge_u16_avx512(const uint16_t *src, int64_t ldk, int64_t krows,
+                                       int64_t kp, int64_t ncols, int64_t nr, uint32_t *dst,
+                                       uint16_t *rng);
+/* avx512bf16 tier: merge the range of n contiguous BF16 codes into rng[0] (smallest nonzero
+ * magnitude) and rng[1] (largest finite), as the packers above do while packing. */
+void dk_gemm_range_u16_avx512(const uint16_t *p, int64_t n, uint16_t *rng);
 void dk_gemm_pack_pair_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp, int64_t nr,
                                   int64_t nsl, int64_t ssl, uint32_t *dst, uint16_t *rng);
 
@@ -209,10 +218,13 @@ void dk_gemm_smallm_amx_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1,
 void dk_gemm_pack_rowtile_u8_avx512(const uint8_t *src, int64_t lda, int64_t rows,
                                     int64_t nblk, int64_t mr, const uint16_t *table,
                                     uint32_t *dst);
-/* The same for BF16 codes (a copy of whole 64-byte blocks), merging the codes' range into
- * rng (as dk_gemm_pack_pair_u16_avx512) when rng is not NULL. */
+/* The same for BF16 codes, merging the codes' range into rng (as
+ * dk_gemm_pack_pair_u16_avx512) when rng is not NULL, with the edges in place: the last of
+ * the nblk blocks holds klast (1..32) codes of each row, the rest of it zeros, and the rows
+ * from `rows` up to mr (rows <= mr) are zeros. */
 void dk_gemm_pack_rowtile_u16_avx512(const uint16_t *src, int64_t lda, int64_t rows,
-                                     int64_t nblk, int64_t mr, uint32_t *dst, uint16_t *rng);
+                                     int64_t nblk, int64_t klast, int64_t mr, uint32_t *dst,
+                                     uint16_t *rng);
 
 /* amx tier: TDPBF16PS on tile registers, the amx order (dk_gemm.h; blocks of 16 pairs).
  *   A in the "row tiles" layout: per block of 16 pairs, MR = 32 rows x 16 pair lanes

@@ -77,16 +77,28 @@ static inline void range_add(range512 *r, __m512i codes)
 
 static inline void range_end(range512 r, uint16_t *rng)
 {
-    int16_t lo[32], hi[32];
-    _mm512_storeu_si512((void *)lo, r.lo);
-    _mm512_storeu_si512((void *)hi, r.hi);
-    int16_t mn = (int16_t)rng[0], mx = (int16_t)rng[1];
-    for (int j = 0; j < 32; j++) {
-        mn = lo[j] < mn ? lo[j] : mn;
-        mx = hi[j] > mx ? hi[j] : mx;
-    }
+    /* halve to 8 lanes, then PHMINPOSUW (unsigned; magnitudes are 0..0x7FFF, and the max is
+     * the min of the complements) */
+    __m256i lo = _mm256_min_epi16(_mm512_castsi512_si256(r.lo), _mm512_extracti64x4_epi64(r.lo, 1));
+    __m256i hi = _mm256_max_epi16(_mm512_castsi512_si256(r.hi), _mm512_extracti64x4_epi64(r.hi, 1));
+    __m128i lo8 = _mm_min_epi16(_mm256_castsi256_si128(lo), _mm256_extracti128_si256(lo, 1));
+    __m128i hi8 = _mm_max_epi16(_mm256_castsi256_si128(hi), _mm256_extracti128_si256(hi, 1));
+    int16_t mn = (int16_t)_mm_extract_epi16(_mm_minpos_epu16(lo8), 0);
+    int16_t mx = (int16_t)(0xFFFF ^ _mm_extract_epi16(_mm_minpos_epu16(_mm_xor_si128(hi8, _mm_set1_epi16(-1))), 0));
+    if (mn > (int16_t)rng[0]) mn = (int16_t)rng[0];
+    if (mx < (int16_t)rng[1]) mx = (int16_t)rng[1];
     rng[0] = (uint16_t)mn;
     rng[1] = (uint16_t)mx;
+}
+
+void dk_gemm_range_u16_avx512(const uint16_t *p, int64_t n, uint16_t *rng)
+{
+    range512 r = range_start(rng);
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) range_add(&r, _mm512_loadu_si512((const void *)(p + i)));
+    if (i < n) /* the tail: masked-off lanes read as zeros, which count for neither end */
+        range_add(&r, _mm512_maskz_loadu_epi16((__mmask32)((1ull << (n - i)) - 1), p + i));
+    range_end(r, rng);
 }
 
 void dk_gemm_pack_pair_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp, int64_t nr,
@@ -113,6 +125,30 @@ void dk_gemm_pack_pair_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp, 
                 interleave_store(e, o, dst + s * ssl + p * nr + (j - s * nr));
             }
     }
+    if (rng) range_end(r, rng);
+}
+
+void dk_gemm_pack_pair_edge_u16_avx512(const uint16_t *src, int64_t ldk, int64_t krows,
+                                       int64_t kp, int64_t ncols, int64_t nr, uint32_t *dst,
+                                       uint16_t *rng)
+{
+    static const uint16_t empty[2] = {0x7FFF, 0};
+    range512 r = range_start(rng ? rng : empty);
+    for (int64_t p = 0; p < kp; p++)
+        for (int64_t j = 0; j < nr; j += 32) {
+            /* the columns [j, j + 32) that exist, in the rows 2p and 2p + 1 that exist; masked-off
+             * lanes load as zeros and are never read (no pointer is formed past the matrix) */
+            const int64_t w = ncols - j < 0 ? 0 : ncols - j > 32 ? 32 : ncols - j;
+            const __mmask32 m = w == 32 ? (__mmask32)~0u : (__mmask32)((1u << w) - 1);
+            __m512i e = _mm512_setzero_si512(), o = _mm512_setzero_si512();
+            if (w > 0 && 2 * p < krows) e = _mm512_maskz_loadu_epi16(m, src + 2 * p * ldk + j);
+            if (w > 0 && 2 * p + 1 < krows) o = _mm512_maskz_loadu_epi16(m, src + (2 * p + 1) * ldk + j);
+            if (rng) {
+                range_add(&r, e);
+                range_add(&r, o);
+            }
+            interleave_store(e, o, dst + p * nr + j);
+        }
     if (rng) range_end(r, rng);
 }
 
@@ -175,18 +211,25 @@ void dk_gemm_pack_rowtile_u8_avx512(const uint8_t *src, int64_t lda, int64_t row
 }
 
 void dk_gemm_pack_rowtile_u16_avx512(const uint16_t *src, int64_t lda, int64_t rows,
-                                     int64_t nblk, int64_t mr, uint32_t *dst, uint16_t *rng)
+                                     int64_t nblk, int64_t klast, int64_t mr, uint32_t *dst,
+                                     uint16_t *rng)
 {
     static const uint16_t empty[2] = {0x7FFF, 0};
     range512 rg = range_start(rng ? rng : empty);
+    /* the last block's codes: the lanes past them load as zeros (and are never read) */
+    const __mmask32 last = klast >= 32 ? (__mmask32)~0u : (__mmask32)((1u << klast) - 1);
     /* rows outer: each row of A is read in k order */
     for (int64_t r = 0; r < rows; r++) {
         const uint16_t *q = src + r * lda;
         for (int64_t b = 0; b < nblk; b++) {
-            __m512i c = _mm512_loadu_si512((const void *)(q + 32 * b));
+            __m512i c = b + 1 < nblk || klast >= 32 ? _mm512_loadu_si512((const void *)(q + 32 * b))
+                                                    : _mm512_maskz_loadu_epi16(last, q + 32 * b);
             if (rng) range_add(&rg, c);
             _mm512_store_si512((void *)(dst + b * 16 * mr + r * 16), c);
         }
     }
+    for (int64_t r = rows; r < mr; r++) /* padding rows */
+        for (int64_t b = 0; b < nblk; b++)
+            _mm512_store_si512((void *)(dst + b * 16 * mr + r * 16), _mm512_setzero_si512());
     if (rng) range_end(rg, rng);
 }
