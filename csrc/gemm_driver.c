@@ -197,15 +197,16 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
     int64_t nsl = (nl + lw - 1) / lw, s_first = 0;
     /* avx512 fast path: lines contiguous (B row-major), the slivers wholly inside, full
      * pairs; the last, half pair of an odd k and the slivers past the edge go through the
-     * edge packer (BF16 pair layout) or the portable loops below. Pair layout (the vdpbf16ps order's kernels and the amx tier)
-     * or split layout (the amx order's FMA kernels). rng (pair layout only): merge the
-     * range of the codes packed, fused into the BF16 packer where it can be. */
+     * avx512 edge packers (pair layout) or the portable loops below (split layout). Pair
+     * layout: the vdpbf16ps order's kernels and the amx tier; split layout: the amx order's
+     * FMA kernels. rng (pair layout only): merge the range of the codes packed, fused into
+     * the BF16 packers where it can be. */
     int64_t nin = lw > 0 && nlines > l0 ? (nlines - l0) / lw : 0;
     if (nin > nsl) nin = nsl;
     int64_t kfull = (k / 2) - p0;
     if (kfull > kp) kfull = kp;
-    /* BF16 pair layout, lines contiguous: AVX-512 for the edges as well */
-    const int edge512 = simd && v->rs == 1 && lw % 32 == 0 && !split && v->kind == DK_GEMM_U16;
+    /* pair layout, lines contiguous: AVX-512 for the edges as well */
+    const int edge512 = simd && v->rs == 1 && lw % 32 == 0 && !split;
     if (simd && v->rs == 1 && lw % 32 == 0 && nin > 0 && kfull > 0) {
         int64_t koff = 2 * p0 * v->cs;
         if (!split && v->kind == DK_GEMM_U16) {
@@ -255,10 +256,16 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
             const int64_t line = l0 + s * lw;
             const int64_t ncols = nlines - line < 0 ? 0 : nlines - line < lw ? nlines - line : lw;
             const int64_t krows = k - 2 * (p0 + pst) < 0 ? 0 : k - 2 * (p0 + pst);
-            const uint16_t *src = ncols > 0 && krows > 0
-                                      ? (const uint16_t *)v->p + line + 2 * (p0 + pst) * v->cs : NULL;
-            dk_gemm_pack_pair_edge_u16_avx512(src, v->cs, krows, kp - pst, ncols, lw,
-                                              (uint32_t *)dst + s * kp * lw + pst * lw, rng);
+            /* no pointer is formed where there is nothing to read (past the matrix) */
+            const int have = ncols > 0 && krows > 0;
+            const int64_t off = have ? line + 2 * (p0 + pst) * v->cs : 0; /* cs < 0: reversed k */
+            uint32_t *o = (uint32_t *)dst + s * kp * lw + pst * lw;
+            if (v->kind == DK_GEMM_U16)
+                dk_gemm_pack_pair_edge_u16_avx512(have ? (const uint16_t *)v->p + off : NULL, v->cs,
+                                                  krows, kp - pst, ncols, lw, o, rng);
+            else /* never ranged */
+                dk_gemm_pack_pair_edge_u8_avx512(have ? (const uint8_t *)v->p + off : NULL, v->cs,
+                                                 krows, kp - pst, ncols, lw, v->table, o);
         }
         return;
     }
@@ -366,24 +373,21 @@ static void pack_rowtiles(const view *v, int64_t nlines, int64_t k, int64_t l0, 
     for (int64_t s = 0; s < nsl; s++) {
         uint32_t *o = (uint32_t *)dst + s * kp * mr;
         int64_t blk0 = 0;
-        /* avx512 fast paths, k contiguous: BF16 copied (its range taken on the way), the
-         * edges too (the rows of the sliver that exist, the codes of a partial last block);
-         * CFloat8 decoded, whole blocks of the rows inside the matrix */
+        /* avx512 fast path, k contiguous, the edges too (the rows of the sliver that exist,
+         * the codes of a partial last block): BF16 copied (its range taken on the way),
+         * CFloat8 decoded */
         const int64_t rows = nlines - (l0 + s * mr) < mr ? nlines - (l0 + s * mr) : mr;
-        if (simd && v->cs == 1 && v->kind == DK_GEMM_U16 && 2 * p0 < k) {
+        if (simd && v->cs == 1 && 2 * p0 < k) {
             int64_t kin = k - 2 * p0, nblk = (kin + 31) / 32;
             if (nblk > kp / 16) nblk = kp / 16;
             const int64_t klast = kin - 32 * (nblk - 1) < 32 ? kin - 32 * (nblk - 1) : 32;
-            dk_gemm_pack_rowtile_u16_avx512((const uint16_t *)v->p + (l0 + s * mr) * v->rs + 2 * p0,
-                                            v->rs, rows, nblk, klast, mr, o, rng);
-            blk0 = nblk;
-        } else if (simd && v->cs == 1 && rows == mr) {
-            int64_t full = (k - 2 * p0) / 32;
-            if (full > kp / 16) full = kp / 16;
-            if (full > 0)
+            if (v->kind == DK_GEMM_U16)
+                dk_gemm_pack_rowtile_u16_avx512((const uint16_t *)v->p + (l0 + s * mr) * v->rs + 2 * p0,
+                                                v->rs, rows, nblk, klast, mr, o, rng);
+            else /* never ranged */
                 dk_gemm_pack_rowtile_u8_avx512((const uint8_t *)v->p + (l0 + s * mr) * v->rs + 2 * p0,
-                                               v->rs, mr, full, mr, v->table, o); /* never ranged */
-            blk0 = full > 0 ? full : 0;
+                                               v->rs, rows, nblk, klast, mr, v->table, o);
+            blk0 = nblk;
         }
         for (int64_t blk = blk0; blk < kp / 16; blk++) {
             int64_t k0 = 2 * (p0 + 16 * blk);  /* first k of the block */

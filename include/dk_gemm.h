@@ -183,12 +183,15 @@ void dk_gemm_pack_split_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp,
  * measures it. */
 void dk_gemm_pack_pair_u8_avx512(const uint8_t *src, int64_t ldk, int64_t kp, int64_t nr,
                                  int64_t nsl, int64_t ssl, const uint16_t *table, uint32_t *dst);
-/* The edges of the same (BF16 codes, one sliver of nr lanes): kp pairs of the k-rows
+/* The edges of the same (one sliver of nr lanes; the u8 form decodes, never ranged): kp pairs of the k-rows
  * src + i*ldk, of which the first krows exist, and of their first ncols columns; the lanes of
  * missing rows or columns are zeros (kp may run past k: padding pairs). */
 void dk_gemm_pack_pair_edge_u16_avx512(const uint16_t *src, int64_t ldk, int64_t krows,
                                        int64_t kp, int64_t ncols, int64_t nr, uint32_t *dst,
                                        uint16_t *rng);
+void dk_gemm_pack_pair_edge_u8_avx512(const uint8_t *src, int64_t ldk, int64_t krows, int64_t kp,
+                                      int64_t ncols, int64_t nr, const uint16_t *table,
+                                      uint32_t *dst);
 /* avx512bf16 tier: merge the range of n contiguous BF16 codes into rng[0] (smallest nonzero
  * magnitude) and rng[1] (largest finite), as the packers above do while packing. */
 void dk_gemm_range_u16_avx512(const uint16_t *p, int64_t n, uint16_t *rng);
@@ -212,16 +215,16 @@ void dk_gemm_smallm_amx_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1,
                                uint16_t *brange);
 
 /* avx512bf16-tier packing of CFloat8 A into the AMX "row tiles" layout (dk_gemm_ukr_amxtile):
- * `rows` rows (row r at src + r*lda, k contiguous) x nblk whole blocks of 32 k-values,
- * decoded through table[256]; block b of row r goes to dst + b*16*mr + r*16 (16 lanes,
- * each the BF16 pair (k even | k odd << 16)). dst 64-byte aligned. */
+ * `rows` rows (row r at src + r*lda, k contiguous) x nblk blocks of 32 k-values, decoded
+ * through table[256]; block b of row r goes to dst + b*16*mr + r*16 (16 lanes, each the BF16
+ * pair (k even | k odd << 16)). dst 64-byte aligned. The edges in place: the last block
+ * holds klast (1..32) codes of each row, the rest of it zeros, and the rows from `rows` up
+ * to mr (rows <= mr) are zeros. */
 void dk_gemm_pack_rowtile_u8_avx512(const uint8_t *src, int64_t lda, int64_t rows,
-                                    int64_t nblk, int64_t mr, const uint16_t *table,
-                                    uint32_t *dst);
+                                    int64_t nblk, int64_t klast, int64_t mr,
+                                    const uint16_t *table, uint32_t *dst);
 /* The same for BF16 codes, merging the codes' range into rng (as
- * dk_gemm_pack_pair_u16_avx512) when rng is not NULL, with the edges in place: the last of
- * the nblk blocks holds klast (1..32) codes of each row, the rest of it zeros, and the rows
- * from `rows` up to mr (rows <= mr) are zeros. */
+ * dk_gemm_pack_pair_u16_avx512) when rng is not NULL. */
 void dk_gemm_pack_rowtile_u16_avx512(const uint16_t *src, int64_t lda, int64_t rows,
                                      int64_t nblk, int64_t klast, int64_t mr, uint32_t *dst,
                                      uint16_t *rng);

@@ -128,6 +128,30 @@ void dk_gemm_pack_pair_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp, 
     if (rng) range_end(r, rng);
 }
 
+/* One row of up to 32 codes of a B edge (mask m, src NULL: none), decoded, zeros elsewhere. */
+static inline __m512i edge_row_u8(const uint8_t *src, __mmask32 m, const __m512i t[8])
+{
+    if (!src) return _mm512_setzero_si512();
+    return _mm512_maskz_mov_epi16(m, dk_lut512(_mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(m, src)), t));
+}
+
+void dk_gemm_pack_pair_edge_u8_avx512(const uint8_t *src, int64_t ldk, int64_t krows, int64_t kp,
+                                      int64_t ncols, int64_t nr, const uint16_t *table,
+                                      uint32_t *dst)
+{
+    __m512i t[8];
+    dk_lut512_load(table, t);
+    for (int64_t p = 0; p < kp; p++)
+        for (int64_t j = 0; j < nr; j += 32) {
+            /* as dk_gemm_pack_pair_edge_u16_avx512 */
+            const int64_t w = ncols - j < 0 ? 0 : ncols - j > 32 ? 32 : ncols - j;
+            const __mmask32 m = w == 32 ? (__mmask32)~0u : (__mmask32)((1u << w) - 1);
+            const __m512i e = edge_row_u8(w > 0 && 2 * p < krows ? src + 2 * p * ldk + j : NULL, m, t);
+            const __m512i o = edge_row_u8(w > 0 && 2 * p + 1 < krows ? src + (2 * p + 1) * ldk + j : NULL, m, t);
+            interleave_store(e, o, dst + p * nr + j);
+        }
+}
+
 void dk_gemm_pack_pair_edge_u16_avx512(const uint16_t *src, int64_t ldk, int64_t krows,
                                        int64_t kp, int64_t ncols, int64_t nr, uint32_t *dst,
                                        uint16_t *rng)
@@ -195,19 +219,27 @@ void dk_gemm_pack_split_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp,
 }
 
 void dk_gemm_pack_rowtile_u8_avx512(const uint8_t *src, int64_t lda, int64_t rows,
-                                    int64_t nblk, int64_t mr, const uint16_t *table,
-                                    uint32_t *dst)
+                                    int64_t nblk, int64_t klast, int64_t mr,
+                                    const uint16_t *table, uint32_t *dst)
 {
     __m512i t[8];
     dk_lut512_load(table, t);
+    const __mmask32 last = klast >= 32 ? (__mmask32)~0u : (__mmask32)((1u << klast) - 1);
     for (int64_t r = 0; r < rows; r++) {
         const uint8_t *q = src + r * lda;
         for (int64_t b = 0; b < nblk; b++) {
-            /* 32 codes in k order: lane j holds (k = 2j | k = 2j+1 << 16) once decoded */
-            __m512i c = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(q + 32 * b)));
-            _mm512_store_si512((void *)(dst + b * 16 * mr + r * 16), dk_lut512(c, t));
+            /* 32 codes in k order: lane j holds (k = 2j | k = 2j+1 << 16) once decoded; in a
+             * partial last block the lanes past k are zeros */
+            const __mmask32 mk = b + 1 < nblk ? (__mmask32)~0u : last;
+            const __m256i raw = mk == (__mmask32)~0u ? _mm256_loadu_si256((const __m256i *)(q + 32 * b))
+                                                     : _mm256_maskz_loadu_epi8(mk, q + 32 * b);
+            __m512i c = _mm512_maskz_mov_epi16(mk, dk_lut512(_mm512_cvtepu8_epi16(raw), t));
+            _mm512_store_si512((void *)(dst + b * 16 * mr + r * 16), c);
         }
     }
+    for (int64_t r = rows; r < mr; r++) /* padding rows */
+        for (int64_t b = 0; b < nblk; b++)
+            _mm512_store_si512((void *)(dst + b * 16 * mr + r * 16), _mm512_setzero_si512());
 }
 
 void dk_gemm_pack_rowtile_u16_avx512(const uint16_t *src, int64_t lda, int64_t rows,
