@@ -512,6 +512,18 @@ void dk_gemm_bf16_range(const uint16_t *p, int64_t d0, int64_t d1, int64_t d2, i
         int inner2 = (s2 == 1 || s2 == -1) || !(s1 == 1 || s1 == -1);
         range_args R = {.p = p, .n_in = inner2 ? d2 : d1, .s_in = inner2 ? s2 : s1,
                         .n_out = inner2 ? d1 : d2, .s_out = inner2 ? s1 : s2, .s0 = s0};
+        /* a small contiguous matrix (rows back to back, up to an item's 2^18 codes) is
+         * scanned as one row, and a small contiguous batch of them as one row in all:
+         * fewer, longer scans (a batch of 16 x 16 matrices was 16 codes a call); larger
+         * ones keep their rows, which the items share out */
+        if (R.s_in == 1 && R.s_out == R.n_in && (double)R.n_in * (double)R.n_out <= (double)(1 << 18)) {
+            R.n_in *= R.n_out;
+            R.n_out = 1;
+            if (d0 > 1 && R.s0 == R.n_in && (double)d0 * (double)R.n_in <= (double)(1 << 18)) {
+                R.n_in *= d0;
+                d0 = 1;
+            }
+        }
         R.nrows = d0 * R.n_out;
         /* items of about 256 Ki codes; large scans share them out on the pool */
         R.rows_per_item = ((int64_t)1 << 18) / R.n_in + 1;

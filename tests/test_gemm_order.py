@@ -476,6 +476,28 @@ def _np_range(codes):
     return (int(nz.min()) if nz.size else 0x7FFF, int(fin.max()) if fin.size else 0)
 
 
+@pytest.mark.parametrize("shape", [(512, 16, 16), (3, 1, 5), (1, 600, 700), (40, 64, 64),
+                                   (2, 3, 100000)])
+def test_range_prepass_every_layout(shape):
+    """_gemm.bf16_range (the scaling pre-pass of the operands the kernels do not measure)
+    equals NumPy's (smallest nonzero, largest finite) magnitude bits on contiguous batches
+    small enough to scan as one run, contiguous matrices too large for that, and strided,
+    reversed, transposed and sliced views of them, with specials, at 1 and 3 threads."""
+    rng = np.random.default_rng(sum(shape))
+    a = mixed_codes(rng, shape)
+    if a.size > 4:
+        a.reshape(-1)[rng.integers(0, a.size, 3)] = [0x0001, 0x7F80, 0xFFC1]  # subnormal, Inf, NaN
+    views = {"contiguous": a, "reversed": a[:, ::-1, ::-1], "transposed": a.transpose(0, 2, 1),
+             "sliced": a[:, :, 1:] if shape[2] > 1 else a[:, 1:], "every other batch": a[::2]}
+    for what, v in views.items():
+        if v.size == 0:
+            continue
+        for th in (1, 3):
+            assert _gemm.bf16_range(v, th) == _np_range(v), (shape, what, th)
+    zeros = np.zeros(shape, np.uint16)
+    assert _gemm.bf16_range(zeros, 1) == (0x7FFF, 0)
+
+
 @pytest.mark.parametrize("m,n,k", [(1, 1100, 67), (5, 300, 67), (8, 40, 33), (9, 70, 67),
                                    (40, 70, 2100)])
 def test_kernels_measure_the_operand_ranges(m, n, k):
