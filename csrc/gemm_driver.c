@@ -227,24 +227,17 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
                                                   kfull, lw, o);
             }
         }
-        /* the remaining pair(s) of those slivers, portably (BF16 pairs: below) */
-        for (int64_t s = 0; s < nin && kfull < kp && !edge512; s++) {
+        /* split layout: the remaining pair(s) of those slivers, portably (the pair layout's
+         * go through the edge packers below) */
+        for (int64_t s = 0; s < nin && kfull < kp && split; s++)
             for (int64_t p = kfull; p < kp; p++)
                 for (int64_t l = 0; l < lw; l++) {
                     uint16_t e, d;
                     pair_at(v, l0 + s * lw + l, nlines, p0 + p, k, &e, &d);
-                    if (split) {
-                        uint32_t *o = (uint32_t *)dst + s * kp * 2 * lw + p * 2 * lw;
-                        o[l] = widen_bits(d);
-                        o[lw + l] = widen_bits(e);
-                    } else {
-                        uint32_t *o = (uint32_t *)dst + s * kp * lw;
-                        o[p * lw + l] = (uint32_t)e | ((uint32_t)d << 16);
-                    }
+                    uint32_t *o = (uint32_t *)dst + s * kp * 2 * lw + p * 2 * lw;
+                    o[l] = widen_bits(d);
+                    o[lw + l] = widen_bits(e);
                 }
-            if (rng && !split)
-                packed_range((uint32_t *)dst + s * kp * lw + kfull * lw, (kp - kfull) * lw * 2, rng, simd);
-        }
         s_first = nin;
     }
     if (edge512) {
@@ -560,7 +553,12 @@ static void tile(const tier_cfg *t, int64_t kp, const void *ap, const void *bp, 
         memset(tmp, 0, sizeof(float) * (size_t)(t->mr * t->nr));
         for (int64_t i = 0; i < mm; i++) memcpy(tmp + i * t->nr, c + i * ldc, sizeof(float) * nn);
     }
-    t->ukr(kp, ap, bp, tmp, t->nr, flags, scale);
+#ifdef DK_CHECK_UKR_CONTRACT
+    else /* sanitizer builds: a kernel that read C anyway would spread these NaNs */
+        memset(tmp, 0xFF, sizeof(float) * (size_t)(t->mr * t->nr));
+#endif
+    /* the temporary is read straight back: no non-temporal stores into it */
+    t->ukr(kp, ap, bp, tmp, t->nr, flags & ~DK_UKR_STREAM, scale);
     for (int64_t i = 0; i < mm; i++) memcpy(c + i * ldc, tmp + i * t->nr, sizeof(float) * nn);
 }
 

@@ -183,9 +183,13 @@ void dk_gemm_pack_split_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp,
  * measures it. */
 void dk_gemm_pack_pair_u8_avx512(const uint8_t *src, int64_t ldk, int64_t kp, int64_t nr,
                                  int64_t nsl, int64_t ssl, const uint16_t *table, uint32_t *dst);
-/* The edges of the same (one sliver of nr lanes; the u8 form decodes, never ranged): kp pairs of the k-rows
- * src + i*ldk, of which the first krows exist, and of their first ncols columns; the lanes of
- * missing rows or columns are zeros (kp may run past k: padding pairs). */
+void dk_gemm_pack_pair_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp, int64_t nr,
+                                  int64_t nsl, int64_t ssl, uint32_t *dst, uint16_t *rng);
+/* The edges of the same, one sliver of nr lanes (a multiple of 32) at dst (64-byte
+ * aligned): kp pairs of the k-rows src + i*ldk, of which the first krows exist, and of their
+ * first ncols columns; the lanes of missing rows or columns are zeros (kp may run past k:
+ * padding pairs). src may be NULL when krows or ncols is 0 (nothing is read). The u8 form
+ * decodes through table[256] and is never ranged. */
 void dk_gemm_pack_pair_edge_u16_avx512(const uint16_t *src, int64_t ldk, int64_t krows,
                                        int64_t kp, int64_t ncols, int64_t nr, uint32_t *dst,
                                        uint16_t *rng);
@@ -193,10 +197,9 @@ void dk_gemm_pack_pair_edge_u8_avx512(const uint8_t *src, int64_t ldk, int64_t k
                                       int64_t ncols, int64_t nr, const uint16_t *table,
                                       uint32_t *dst);
 /* avx512bf16 tier: merge the range of n contiguous BF16 codes into rng[0] (smallest nonzero
- * magnitude) and rng[1] (largest finite), as the packers above do while packing. */
+ * magnitude) and rng[1] (largest finite), as the packers above do while packing. rng holds
+ * magnitudes (0..0x7FFF: start from 0x7FFF and 0), which the reduction relies on. */
 void dk_gemm_range_u16_avx512(const uint16_t *p, int64_t n, uint16_t *rng);
-void dk_gemm_pack_pair_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp, int64_t nr,
-                                  int64_t nsl, int64_t ssl, uint32_t *dst, uint16_t *rng);
 
 /* avx512bf16 tier (used by the amx tier too), amx order: products of at most
  * DK_GEMM_SMALLM_MAX rows (GEMV, skinny m) straight from unpacked operands, columns
@@ -224,7 +227,7 @@ void dk_gemm_pack_rowtile_u8_avx512(const uint8_t *src, int64_t lda, int64_t row
                                     int64_t nblk, int64_t klast, int64_t mr,
                                     const uint16_t *table, uint32_t *dst);
 /* The same for BF16 codes, merging the codes' range into rng (as
- * dk_gemm_pack_pair_u16_avx512) when rng is not NULL. */
+ * dk_gemm_pack_pair_u16_avx512) when rng is not NULL. Both: 1 <= rows <= mr, nblk >= 1. */
 void dk_gemm_pack_rowtile_u16_avx512(const uint16_t *src, int64_t lda, int64_t rows,
                                      int64_t nblk, int64_t klast, int64_t mr, uint32_t *dst,
                                      uint16_t *rng);

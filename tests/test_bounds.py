@@ -3,7 +3,7 @@ placed against an inaccessible page (PROT_NONE) at its end and at its start, so 
 one byte past either edge faults; the products cover the edges the packers handle apart
 (rows past m, columns past n, the half pair of an odd k, the padding pairs, partial blocks
 of 32 k, batches, reversed and transposed views, BF16 and CFloat8 codes) on every tier and
-both orders. The elementwise kernels (quantize, dequantize, fake_quantize, add, sub, mul,
+both orders, the result against such a page too. The elementwise kernels (quantize, dequantize, fake_quantize, add, sub, mul,
 fma, choose_bias): inputs and outputs against such pages, lengths around the vector widths
 and the thread threshold, every format kind and tier, both roundings. The work runs in a
 child process, so that a fault fails the test instead of ending the run; its results must
@@ -21,13 +21,16 @@ GEMM_CHILD = textwrap.dedent("""
     import itertools, sys
     import numpy as np
     import dojo_kernels as dk
-    from dojo_kernels import _config
+    from dojo_kernels import _config, _gemm
     from dk_helpers import GuardedPages, bits
 
     pages = GuardedPages()
     rng = np.random.default_rng(5)
     c8 = dk.cfloat8_143(7)
-    shapes = [(16, 16, 16), (5, 7, 45), (33, 20, 67), (1, 50, 33), (40, 70, 31), (9, 3, 1)]
+    # k = 2101: blocks of k after the first, across the amx tier's KC (2048)
+    shapes = [(16, 16, 16), (5, 7, 45), (33, 20, 67), (1, 50, 33), (40, 70, 31), (9, 3, 1),
+              (33, 70, 2101)]
+    _gemm._set_par_min(1 << 10)  # as tests/conftest.py does: 2 threads really use the pool
     checked = 0
     for tier in _config.supported_isas():
         for order, fmt, (m, n, k), at_end, threads in itertools.product(
@@ -46,7 +49,8 @@ GEMM_CHILD = textwrap.dedent("""
             for i, (pa, pb, qa, qb) in enumerate(views):
                 with _config.use_isa(tier):
                     want = dk.gemm(pa, pb, order=order, **kw)
-                    got = dk.gemm(qa, qb, order=order, **kw)
+                    out = pages.place(np.zeros(want.shape, np.float32), at_end)
+                    got = dk.gemm(qa, qb, order=order, out=out, **kw)
                 if not np.array_equal(bits(got), bits(want)):
                     raise SystemExit(f"bits differ: {tier} {order} {fmt} {(m, n, k)} view {i}")
                 checked += 1
