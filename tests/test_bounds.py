@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -114,8 +115,10 @@ ELEMENTWISE_CHILD = textwrap.dedent("""
 def _run_child(code):
     here = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ, PYTHONPATH=here + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # cwd outside the repository: `python -c` puts the cwd first on sys.path, and the source
+    # tree's dojo_kernels (no compiled modules when installed non-editable) would shadow it
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       timeout=900)
+                       timeout=900, cwd=tempfile.gettempdir())
     assert r.returncode == 0, (r.returncode, r.stdout[-2000:], r.stderr[-4000:])
     words = r.stdout.split()
     assert words[-2:-1] == ["checked"] and int(words[-1]) > 0, r.stdout
