@@ -187,6 +187,60 @@ static void item_views(const dk_gemm_operand *a, const dk_gemm_operand *b, int64
     *vb = (view){item_ptr(b, bi), b->cs, b->rs, b->kind, b->table};
 }
 
+/* One (even k, odd k) pair of codes of line l into a packed sliver at o (lw lanes a pair):
+ * split layout (FP32 values, DAZ) odd k then even k, or pair layout (even | odd << 16). */
+__attribute__((always_inline)) static inline void put_pair(uint32_t *o, int64_t lw, int64_t l,
+                                                           uint16_t e, uint16_t d, int split)
+{
+    if (split) {
+        o[l] = widen_bits(d);
+        o[lw + l] = widen_bits(e);
+    } else {
+        o[l] = (uint32_t)e | ((uint32_t)d << 16);
+    }
+}
+
+/* One sliver of lw lines from base_line, kp pairs from pair p0, portably, into o (split: 2 *
+ * lw lanes a pair, else lw); the lines past the matrix and the pairs past k are zeros.
+ * Inlined twice, with split a constant, so that each copy keeps only its stores. */
+__attribute__((always_inline)) static inline void
+pack_sliver_portable(const view *v, int64_t nlines, int64_t k, int64_t base_line, int64_t p0,
+                     int64_t kp, int64_t lw, int split, uint32_t *o)
+{
+    const int64_t width = split ? 2 * lw : lw; /* lanes per pair */
+    int64_t nv = nlines - base_line < lw ? nlines - base_line : lw; /* lines that exist */
+    if (nv < 0) nv = 0;
+    const int u16 = v->kind == DK_GEMM_U16;
+    const uint16_t *t = v->table;
+    for (int64_t p = 0; p < kp; p++, o += width) {
+        const int64_t k0 = 2 * (p0 + p);
+        const int64_t nc = k0 < k ? nv : 0; /* lines with codes at this pair */
+        /* Fast paths, both codes of the pair present: the lines contiguous (B row-major: two
+         * k-rows, interleaved) or k contiguous (A row-major: two adjacent codes). */
+        if (k0 + 1 < k && v->rs == 1 && u16) {
+            const uint16_t *r0 = (const uint16_t *)v->p + base_line + k0 * v->cs, *r1 = r0 + v->cs;
+            for (int64_t l = 0; l < nc; l++) put_pair(o, lw, l, r0[l], r1[l], split);
+        } else if (k0 + 1 < k && v->cs == 1 && u16) {
+            const uint16_t *r0 = (const uint16_t *)v->p + base_line * v->rs + k0;
+            for (int64_t l = 0; l < nc; l++) put_pair(o, lw, l, r0[l * v->rs], r0[l * v->rs + 1], split);
+        } else if (k0 + 1 < k && v->rs == 1) {
+            const uint8_t *r0 = (const uint8_t *)v->p + base_line + k0 * v->cs, *r1 = r0 + v->cs;
+            for (int64_t l = 0; l < nc; l++) put_pair(o, lw, l, t[r0[l]], t[r1[l]], split);
+        } else if (k0 + 1 < k && v->cs == 1) {
+            const uint8_t *r0 = (const uint8_t *)v->p + base_line * v->rs + k0;
+            for (int64_t l = 0; l < nc; l++) put_pair(o, lw, l, t[r0[l * v->rs]], t[r0[l * v->rs + 1]], split);
+        } else { /* the half pair of an odd k, other strides */
+            for (int64_t l = 0; l < nc; l++) {
+                uint16_t e, d;
+                pair_at(v, base_line + l, nlines, p0 + p, k, &e, &d);
+                put_pair(o, lw, l, e, d, split);
+            }
+        }
+        memset(o + nc, 0, sizeof(uint32_t) * (size_t)(lw - nc));
+        if (split) memset(o + lw + nc, 0, sizeof(uint32_t) * (size_t)(lw - nc));
+    }
+}
+
 /* Pack `width` slivers of mr (or nr) lines x kp pairs starting at line l0, pair p0.
  * For A the lines are rows (v as given); for B the driver passes a transposed view so
  * that lines are columns of B. Output sliver s at dst + s * kp * pair_bytes. */
@@ -230,14 +284,8 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
         /* split layout: the remaining pair(s) of those slivers, portably (the pair layout's
          * go through the edge packers below) */
         for (int64_t s = 0; s < nin && kfull < kp && split; s++)
-            for (int64_t p = kfull; p < kp; p++)
-                for (int64_t l = 0; l < lw; l++) {
-                    uint16_t e, d;
-                    pair_at(v, l0 + s * lw + l, nlines, p0 + p, k, &e, &d);
-                    uint32_t *o = (uint32_t *)dst + s * kp * 2 * lw + p * 2 * lw;
-                    o[l] = widen_bits(d);
-                    o[lw + l] = widen_bits(e);
-                }
+            pack_sliver_portable(v, nlines, k, l0 + s * lw, p0 + kfull, kp - kfull, lw, 1,
+                                 (uint32_t *)dst + (s * kp + kfull) * 2 * lw);
         s_first = nin;
     }
     if (edge512) {
@@ -263,90 +311,8 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
         return;
     }
     for (int64_t s = s_first; s < nsl; s++) {
-        const int64_t base_line = l0 + s * lw;
-        /* the lines of the sliver that exist (the rest are zeros: lines past the matrix) */
-        int64_t nv = nlines - base_line < lw ? nlines - base_line : lw;
-        if (nv < 0) nv = 0;
-        for (int64_t p = 0; p < kp; p++) {
-            const int64_t k0 = 2 * (p0 + p);
-            /* Fast paths: both codes of the pair exist; the lines contiguous (B row-major:
-             * two k-rows, interleaved) or k contiguous (A row-major: two adjacent codes). */
-            const int whole = k0 + 1 < k;
-            const int u16 = v->kind == DK_GEMM_U16;
-            const uint16_t *t = v->table;
-            const int64_t nc = k0 < k ? nv : 0; /* lines with codes at this pair (zeros past k) */
-            if (split) {
-                uint32_t *ou = (uint32_t *)dst + s * kp * 2 * lw + p * 2 * lw; /* odd k, then even */
-                if (whole && v->rs == 1 && u16) {
-                    const uint16_t *r0 = (const uint16_t *)v->p + base_line + k0 * v->cs;
-                    const uint16_t *r1 = r0 + v->cs;
-                    for (int64_t l = 0; l < nc; l++) {
-                        ou[l] = widen_bits(r1[l]);
-                        ou[lw + l] = widen_bits(r0[l]);
-                    }
-                } else if (whole && v->cs == 1 && u16) {
-                    const uint16_t *r0 = (const uint16_t *)v->p + base_line * v->rs + k0;
-                    for (int64_t l = 0; l < nc; l++) {
-                        const uint16_t *q = r0 + l * v->rs;
-                        ou[l] = widen_bits(q[1]);
-                        ou[lw + l] = widen_bits(q[0]);
-                    }
-                } else if (whole && v->rs == 1) {
-                    const uint8_t *r0 = (const uint8_t *)v->p + base_line + k0 * v->cs;
-                    const uint8_t *r1 = r0 + v->cs;
-                    for (int64_t l = 0; l < nc; l++) {
-                        ou[l] = widen_bits(t[r1[l]]);
-                        ou[lw + l] = widen_bits(t[r0[l]]);
-                    }
-                } else if (whole && v->cs == 1) {
-                    const uint8_t *r0 = (const uint8_t *)v->p + base_line * v->rs + k0;
-                    for (int64_t l = 0; l < nc; l++) {
-                        const uint8_t *q = r0 + l * v->rs;
-                        ou[l] = widen_bits(t[q[1]]);
-                        ou[lw + l] = widen_bits(t[q[0]]);
-                    }
-                } else { /* the half pair of an odd k, other strides */
-                    for (int64_t l = 0; l < nc; l++) {
-                        uint16_t e, d;
-                        pair_at(v, base_line + l, nlines, p0 + p, k, &e, &d);
-                        ou[l] = widen_bits(d);
-                        ou[lw + l] = widen_bits(e);
-                    }
-                }
-                memset(ou + nc, 0, sizeof(uint32_t) * (size_t)(lw - nc));
-                memset(ou + lw + nc, 0, sizeof(uint32_t) * (size_t)(lw - nc));
-            } else {
-                uint32_t *op = (uint32_t *)dst + s * kp * lw + p * lw;
-                if (whole && v->rs == 1 && u16) {
-                    const uint16_t *r0 = (const uint16_t *)v->p + base_line + k0 * v->cs;
-                    const uint16_t *r1 = r0 + v->cs;
-                    for (int64_t l = 0; l < nc; l++) op[l] = (uint32_t)r0[l] | ((uint32_t)r1[l] << 16);
-                } else if (whole && v->cs == 1 && u16) {
-                    const uint16_t *r0 = (const uint16_t *)v->p + base_line * v->rs + k0;
-                    for (int64_t l = 0; l < nc; l++) {
-                        const uint16_t *q = r0 + l * v->rs;
-                        op[l] = (uint32_t)q[0] | ((uint32_t)q[1] << 16);
-                    }
-                } else if (whole && v->rs == 1) {
-                    const uint8_t *r0 = (const uint8_t *)v->p + base_line + k0 * v->cs;
-                    const uint8_t *r1 = r0 + v->cs;
-                    for (int64_t l = 0; l < nc; l++) op[l] = (uint32_t)t[r0[l]] | ((uint32_t)t[r1[l]] << 16);
-                } else if (whole && v->cs == 1) {
-                    const uint8_t *r0 = (const uint8_t *)v->p + base_line * v->rs + k0;
-                    for (int64_t l = 0; l < nc; l++) {
-                        const uint8_t *q = r0 + l * v->rs;
-                        op[l] = (uint32_t)t[q[0]] | ((uint32_t)t[q[1]] << 16);
-                    }
-                } else { /* the half pair of an odd k, other strides */
-                    for (int64_t l = 0; l < nc; l++) {
-                        uint16_t e, d;
-                        pair_at(v, base_line + l, nlines, p0 + p, k, &e, &d);
-                        op[l] = (uint32_t)e | ((uint32_t)d << 16);
-                    }
-                }
-                memset(op + nc, 0, sizeof(uint32_t) * (size_t)(lw - nc));
-            }
-        }
+        if (split) pack_sliver_portable(v, nlines, k, l0 + s * lw, p0, kp, lw, 1, (uint32_t *)dst + s * kp * 2 * lw);
+        else pack_sliver_portable(v, nlines, k, l0 + s * lw, p0, kp, lw, 0, (uint32_t *)dst + s * kp * lw);
     }
     /* the range of the slivers packed portably: their pairs that hold codes (the padding
      * pairs are zeros, which count for neither end of a range) */

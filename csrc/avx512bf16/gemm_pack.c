@@ -11,6 +11,12 @@
 
 #include "dk_lut512.h"
 
+/* The mask of the first n of 32 lanes (none for n <= 0, all for n >= 32). */
+static inline __mmask32 lanes32(int64_t n)
+{
+    return n <= 0 ? 0 : n >= 32 ? (__mmask32)~0u : (__mmask32)((1u << n) - 1);
+}
+
 static inline void interleave_store(__m512i even, __m512i odd, uint32_t *dst)
 {
     /* lanes j = 0..15: (even[j], odd[j]); then j = 16..31 */
@@ -83,12 +89,9 @@ static inline void range_end(range512 r, uint16_t *rng)
     __m256i hi = _mm256_max_epi16(_mm512_castsi512_si256(r.hi), _mm512_extracti64x4_epi64(r.hi, 1));
     __m128i lo8 = _mm_min_epi16(_mm256_castsi256_si128(lo), _mm256_extracti128_si256(lo, 1));
     __m128i hi8 = _mm_max_epi16(_mm256_castsi256_si128(hi), _mm256_extracti128_si256(hi, 1));
-    int16_t mn = (int16_t)_mm_extract_epi16(_mm_minpos_epu16(lo8), 0);
-    int16_t mx = (int16_t)(0xFFFF ^ _mm_extract_epi16(_mm_minpos_epu16(_mm_xor_si128(hi8, _mm_set1_epi16(-1))), 0));
-    if (mn > (int16_t)rng[0]) mn = (int16_t)rng[0];
-    if (mx < (int16_t)rng[1]) mx = (int16_t)rng[1];
-    rng[0] = (uint16_t)mn;
-    rng[1] = (uint16_t)mx;
+    /* the lanes started from rng (range_start), so this is the merged range */
+    rng[0] = (uint16_t)_mm_extract_epi16(_mm_minpos_epu16(lo8), 0);
+    rng[1] = (uint16_t)(0xFFFF ^ _mm_extract_epi16(_mm_minpos_epu16(_mm_xor_si128(hi8, _mm_set1_epi16(-1))), 0));
 }
 
 void dk_gemm_range_u16_avx512(const uint16_t *p, int64_t n, uint16_t *rng)
@@ -97,7 +100,7 @@ void dk_gemm_range_u16_avx512(const uint16_t *p, int64_t n, uint16_t *rng)
     int64_t i = 0;
     for (; i + 32 <= n; i += 32) range_add(&r, _mm512_loadu_si512((const void *)(p + i)));
     if (i < n) /* the tail: masked-off lanes read as zeros, which count for neither end */
-        range_add(&r, _mm512_maskz_loadu_epi16((__mmask32)((1ull << (n - i)) - 1), p + i));
+        range_add(&r, _mm512_maskz_loadu_epi16(lanes32(n - i), p + i));
     range_end(r, rng);
 }
 
@@ -128,12 +131,24 @@ void dk_gemm_pack_pair_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp, 
     if (rng) range_end(r, rng);
 }
 
-/* One row of up to 32 codes of a B edge (mask m, src NULL: none), decoded, zeros elsewhere. */
+/* Up to 32 codes of one row of a B edge (the lanes of mask m; src NULL: none) as 16-bit
+ * lanes, zeros elsewhere: BF16 codes as they are, 8-bit codes decoded through t. Masked-off
+ * lanes are never read, and the caller forms no pointer past the matrix. */
+static inline __m512i edge_row_u16(const uint16_t *src, __mmask32 m)
+{
+    return src ? _mm512_maskz_loadu_epi16(m, src) : _mm512_setzero_si512();
+}
+
 static inline __m512i edge_row_u8(const uint8_t *src, __mmask32 m, const __m512i t[8])
 {
     if (!src) return _mm512_setzero_si512();
     return _mm512_maskz_mov_epi16(m, dk_lut512(_mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(m, src)), t));
 }
+
+/* In the edge packers below: the address of k-row `row` at column j, or NULL when there is
+ * nothing to read there (the row is past the krows that exist, or no column from j exists:
+ * w = ncols - j <= 0). */
+#define EDGE_ROW(src, row) ((w) > 0 && (row) < krows ? (src) + (row) * ldk + j : NULL)
 
 void dk_gemm_pack_pair_edge_u8_avx512(const uint8_t *src, int64_t ldk, int64_t krows, int64_t kp,
                                       int64_t ncols, int64_t nr, const uint16_t *table,
@@ -143,12 +158,10 @@ void dk_gemm_pack_pair_edge_u8_avx512(const uint8_t *src, int64_t ldk, int64_t k
     dk_lut512_load(table, t);
     for (int64_t p = 0; p < kp; p++)
         for (int64_t j = 0; j < nr; j += 32) {
-            /* as dk_gemm_pack_pair_edge_u16_avx512 */
-            const int64_t w = ncols - j < 0 ? 0 : ncols - j > 32 ? 32 : ncols - j;
-            const __mmask32 m = w == 32 ? (__mmask32)~0u : (__mmask32)((1u << w) - 1);
-            const __m512i e = edge_row_u8(w > 0 && 2 * p < krows ? src + 2 * p * ldk + j : NULL, m, t);
-            const __m512i o = edge_row_u8(w > 0 && 2 * p + 1 < krows ? src + (2 * p + 1) * ldk + j : NULL, m, t);
-            interleave_store(e, o, dst + p * nr + j);
+            const int64_t w = ncols - j;
+            const __mmask32 m = lanes32(w);
+            interleave_store(edge_row_u8(EDGE_ROW(src, 2 * p), m, t),
+                             edge_row_u8(EDGE_ROW(src, 2 * p + 1), m, t), dst + p * nr + j);
         }
 }
 
@@ -160,13 +173,10 @@ void dk_gemm_pack_pair_edge_u16_avx512(const uint16_t *src, int64_t ldk, int64_t
     range512 r = range_start(rng ? rng : empty);
     for (int64_t p = 0; p < kp; p++)
         for (int64_t j = 0; j < nr; j += 32) {
-            /* the columns [j, j + 32) that exist, in the rows 2p and 2p + 1 that exist; masked-off
-             * lanes load as zeros and are never read (no pointer is formed past the matrix) */
-            const int64_t w = ncols - j < 0 ? 0 : ncols - j > 32 ? 32 : ncols - j;
-            const __mmask32 m = w == 32 ? (__mmask32)~0u : (__mmask32)((1u << w) - 1);
-            __m512i e = _mm512_setzero_si512(), o = _mm512_setzero_si512();
-            if (w > 0 && 2 * p < krows) e = _mm512_maskz_loadu_epi16(m, src + 2 * p * ldk + j);
-            if (w > 0 && 2 * p + 1 < krows) o = _mm512_maskz_loadu_epi16(m, src + (2 * p + 1) * ldk + j);
+            const int64_t w = ncols - j;
+            const __mmask32 m = lanes32(w);
+            const __m512i e = edge_row_u16(EDGE_ROW(src, 2 * p), m);
+            const __m512i o = edge_row_u16(EDGE_ROW(src, 2 * p + 1), m);
             if (rng) {
                 range_add(&r, e);
                 range_add(&r, o);
@@ -175,6 +185,8 @@ void dk_gemm_pack_pair_edge_u16_avx512(const uint16_t *src, int64_t ldk, int64_t
         }
     if (rng) range_end(r, rng);
 }
+
+#undef EDGE_ROW
 
 /* 32 BF16 codes -> 32 FP32 values with DAZ, stored at dst (64-byte aligned). */
 static inline void widen_store(__m512i codes, float *dst)
@@ -224,7 +236,7 @@ void dk_gemm_pack_rowtile_u8_avx512(const uint8_t *src, int64_t lda, int64_t row
 {
     __m512i t[8];
     dk_lut512_load(table, t);
-    const __mmask32 last = klast >= 32 ? (__mmask32)~0u : (__mmask32)((1u << klast) - 1);
+    const __mmask32 last = lanes32(klast);
     for (int64_t r = 0; r < rows; r++) {
         const uint8_t *q = src + r * lda;
         for (int64_t b = 0; b < nblk; b++) {
@@ -249,13 +261,14 @@ void dk_gemm_pack_rowtile_u16_avx512(const uint16_t *src, int64_t lda, int64_t r
     static const uint16_t empty[2] = {0x7FFF, 0};
     range512 rg = range_start(rng ? rng : empty);
     /* the last block's codes: the lanes past them load as zeros (and are never read) */
-    const __mmask32 last = klast >= 32 ? (__mmask32)~0u : (__mmask32)((1u << klast) - 1);
+    const __mmask32 last = lanes32(klast);
     /* rows outer: each row of A is read in k order */
     for (int64_t r = 0; r < rows; r++) {
         const uint16_t *q = src + r * lda;
         for (int64_t b = 0; b < nblk; b++) {
-            __m512i c = b + 1 < nblk || klast >= 32 ? _mm512_loadu_si512((const void *)(q + 32 * b))
-                                                    : _mm512_maskz_loadu_epi16(last, q + 32 * b);
+            const __mmask32 mk = b + 1 < nblk ? (__mmask32)~0u : last;
+            __m512i c = mk == (__mmask32)~0u ? _mm512_loadu_si512((const void *)(q + 32 * b))
+                                             : _mm512_maskz_loadu_epi16(mk, q + 32 * b);
             if (rng) range_add(&rg, c);
             _mm512_store_si512((void *)(dst + b * 16 * mr + r * 16), c);
         }
