@@ -1,7 +1,7 @@
 """Small workload for valgrind's helgrind (.ci/valgrind.sh): every kind of parallel call of
 the thread pool (csrc/pool.c) with 3 threads: conversions with flags, arithmetic, GEMM (the
-packed-B unit flags; one A block; a batch of small products), the all-reduce data path. helgrind must report no race or lock-order
-error."""
+packed-B unit flags; one A block; a batch of small products), the all-reduce data path.
+helgrind must report no race or lock-order error."""
 import os, numpy as np, dojo_kernels as dk
 dk.set_num_threads(3)
 rng = np.random.default_rng(0)

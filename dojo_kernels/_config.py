@@ -108,7 +108,7 @@ _isa: int = _detect_isa()
 _threads, _threads_source = _default_threads()
 
 _SWITCH_VALUES = {"1": True, "on": True, "true": True, "yes": True,
-                 "0": False, "off": False, "false": False, "no": False}
+                  "0": False, "off": False, "false": False, "no": False}
 
 
 def _switch_from_env(var: str) -> bool:
