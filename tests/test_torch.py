@@ -347,6 +347,75 @@ def test_d1linear_gradients_against_float64_reference():
     assert torch.allclose(lin.bias.grad, g.reshape(10, 6).sum(0), rtol=1e-6, atol=0)
 
 
+@pytest.mark.parametrize("c_shape", [(), (5,), (8, 1), (1, 5), (8, 5), (3, 1, 5), (3, 8, 5)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_addend_gradient_sums_to_its_shape(c_shape, dtype):
+    """dC = beta dY summed over the axes c was broadcast along, in dY's dtype (float32: the
+    GEMM's result is float32 whatever the operands, so autograd hands its backward a float32
+    dY), then converted to c's dtype: against the float64 sum of the same values, within the
+    error of float32 products and a float32 sum of that many terms."""
+    torch.manual_seed(4)
+    a = torch.randn(3, 8, 12, dtype=dtype)
+    b = torch.randn(12, 5, dtype=dtype)
+    c = torch.randn(c_shape, dtype=dtype, requires_grad=True)
+    g = torch.randn(3, 8, 5, dtype=dtype) * 3
+    dt.gemm(a, b, c=c, beta=0.75).backward(g)
+    assert c.grad.shape == c.shape and c.grad.dtype == dtype
+    g64 = g.float().double().numpy() * np.float64(np.float32(0.75))
+    want = torch.from_numpy(g64).sum_to_size(c_shape).numpy()
+    terms = g64.size // max(1, int(np.prod(c_shape)))
+    u = 2.0 ** -24
+    mag = torch.from_numpy(np.abs(g64)).sum_to_size(c_shape).numpy()
+    bound = (terms + 1) * u / (1 - (terms + 1) * u) * mag
+    assert np.all(np.abs(c.grad.double().numpy() - want) <= bound)
+
+
+def test_d1linear_step_runs_no_torch_computation():
+    """A D1Linear's forward and backward (bias included) run on dojo_kernels' kernels and
+    NumPy only: torch's own operators would wake its OpenMP threads, which then spin for
+    milliseconds on the cores the next D1 GEMM wants (docs/threads.md). Only view and
+    metadata operators may appear in the profile; aten::to appears as a no-op (a dtype
+    change would add aten::_to_copy)."""
+    views = {"aten::as_strided", "aten::detach", "aten::lift_fresh", "aten::reshape",
+             "aten::_reshape_alias", "aten::resolve_conj", "aten::resolve_neg", "aten::t",
+             "aten::to", "aten::transpose", "aten::view", "aten::alias", "aten::expand",
+             "aten::squeeze", "aten::unsqueeze", "aten::permute"}
+    for name in ("cfloat8", "bf16"):
+        layer = dt.D1Linear(64, 32, recipe=dt.RECIPES[name])
+        x = torch.randn(3, 16, 64, requires_grad=True)
+        g = torch.randn(3, 16, 32)
+        layer(x).backward(g)  # warm: the first call may set things up
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        with torch.profiler.profile() as prof:
+            layer(x).backward(g)
+        ops = {e.key for e in prof.key_averages() if e.key.startswith("aten::")}
+        assert ops <= views, f"{name}: torch computed {sorted(ops - views)}"
+        assert x.grad is not None and layer.bias.grad is not None
+
+
+def test_d1linear_bias_is_the_fp32_add():
+    """The bias fused into the GEMM is the same FP32 add as ``y + bias`` after it."""
+    torch.manual_seed(5)
+    for recipe in ("cfloat8", "bf16"):
+        lin = dt.D1Linear(24, 10, recipe=dt.RECIPES[recipe])
+        x = torch.randn(7, 24)
+        with torch.no_grad():
+            y = lin(x)
+        p = dt.gemm(x, lin.weight.t(), recipe=lin.recipe)
+        assert torch.equal(bits_t(y), bits_t(p + lin.bias.detach()))
+    lin64 = dt.D1Linear(24, 10).double()       # a float64 bias: torch's float64 add
+    x64 = torch.randn(7, 24, dtype=torch.float64)
+    with torch.no_grad():
+        y64 = lin64(x64)
+    assert y64.dtype == torch.float64
+    assert torch.equal(y64, dt.gemm(x64, lin64.weight.t(), recipe=lin64.recipe) + lin64.bias)
+
+
+def bits_t(t):
+    return torch.from_numpy(bits(t))
+
+
 def test_d1linear_bfloat16_model():
     torch.manual_seed(3)
     lin = dt.D1Linear(16, 4, recipe=dt.RECIPES["bf16"]).to(torch.bfloat16)

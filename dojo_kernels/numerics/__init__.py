@@ -333,6 +333,17 @@ def fma(a: Any, b: Any, c: Any, fmt: Format, *, rounding: str = "nearest",
     return _arith("fma", (a, b, c), fmt, rounding, seed, out, return_flags)
 
 
+def _max_abs(x: Any, name: str = "x") -> float:
+    """max|x| of a float32, float64 or bfloat16 array in one pass (0.0 when empty; NaN or
+    Inf when x holds one): the threaded kernel of choose_bias, also the amax of the torch
+    recipes. Any strides: a view whose axes can be permuted into C order (a transpose) is
+    read in place; max|x| does not depend on the order."""
+    src, kind = _source(_memory_order(np.asarray(x))[0], name)
+    if src.size == 0:
+        return 0.0
+    return float(_numerics.maxabs(_bytes(src), kind, src.size, _config.threads()))
+
+
 def choose_bias(x: Any, family: str, *, margin: int = 0) -> int:
     """The largest bias (0..63) of ``family`` whose max is at least ``max|x| * 2**margin``.
 
@@ -348,11 +359,7 @@ def choose_bias(x: Any, family: str, *, margin: int = 0) -> int:
         margin = operator.index(margin)
     except TypeError:
         raise TypeError(f"margin: expected an int, got {type(margin).__name__}") from None
-    x = np.asarray(x)
-    src, kind = _source(_memory_order(x)[0])   # max|x| does not depend on the order
-    if src.size == 0:
-        return 63
-    top = _numerics.maxabs(_bytes(src), kind, src.size, _config.threads())
+    top = _max_abs(x)
     if not math.isfinite(top):
         raise ValueError("x: contains NaN or Inf; no bias makes it representable")
     if top == 0.0:

@@ -411,11 +411,10 @@ class DelayedScaling:
 
 
 def _amax(arr: np.ndarray) -> float:
-    if arr.size == 0:
-        return 0.0
-    t = torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16) if arr.dtype.name == \
-        "bfloat16" else torch.from_numpy(arr)
-    return float(torch.linalg.vector_norm(t, math.inf))
+    """max|arr| by dojo_kernels' own one-pass kernel (threads of its pool), not a torch
+    reduction: torch's OpenMP threads, once woken, spin for milliseconds and hold the core
+    the next D1 GEMM's second thread needs (docs/threads.md)."""
+    return _nx._max_abs(arr)
 
 
 @dataclass
@@ -447,8 +446,7 @@ class _Spec:
             bias = hist.bias(like, amax, self.margin)
             hist.push(amax)
         else:
-            # choose_bias depends on max|x| alone: give it that one value (torch's inf-norm
-            # reads any strides in place; choose_bias would copy a transposed view first)
+            # choose_bias depends on max|x| alone: give it that one value (no second pass)
             try:
                 bias = _nx.choose_bias(np.array([amax], np.float64), like, margin=self.margin)
             except ValueError as exc:
@@ -508,6 +506,15 @@ def _operand_np(x: Any, name: str) -> np.ndarray:
     return _codes_np(t, name)
 
 
+def _sum_to(g: np.ndarray, shape: Tuple[int, ...]) -> np.ndarray:
+    """g summed over the axes that broadcasting ``shape`` to g's shape expanded (what
+    torch's ``sum_to_size`` does), in g's dtype, as a new array of ``shape``."""
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(shape)
+                                      if s == 1 and g.shape[lead + i] != 1)
+    return np.asarray(np.sum(g, axis=axes, dtype=g.dtype)).reshape(shape)  # a new array
+
+
 def _t(c: np.ndarray) -> np.ndarray:
     """Swap the last two axes (a view)."""
     return np.swapaxes(c, -1, -2)
@@ -563,7 +570,14 @@ class _GemmFn(torch.autograd.Function):
                     gb = _from_np(db).to(ctx.b_dtype)
         if need_c:
             beta = 1.0 if ctx.beta is None else ctx.beta
-            gc = (g * float(np.float32(beta))).sum_to_size(ctx.c_shape).to(ctx.c_dtype)
+            if g.dtype in (torch.float32, torch.float64):
+                # NumPy on the calling thread, not a torch reduction (see _amax)
+                gv = _values(g, "grad_output")
+                if beta != 1.0:
+                    gv = gv * gv.dtype.type(np.float32(beta))
+                gc = _from_np(_sum_to(gv, tuple(ctx.c_shape))).to(ctx.c_dtype)
+            else:
+                gc = (g * float(np.float32(beta))).sum_to_size(ctx.c_shape).to(ctx.c_dtype)
         return ga, gb, gc, None, None, None, None, None
 
 
@@ -700,9 +714,15 @@ class D1Linear(nn.Linear):
         x = input
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        y = gemm(x2, self.weight.t(), recipe=self.recipe, scaling=self.scaling)
+        # The bias as the GEMM's addend c (the same FP32 add as y + bias, done by
+        # dojo_kernels.gemm; its gradient summed by NumPy): no torch operation in the layer
+        # wakes torch's spinning OpenMP threads (see _amax). A float64 bias keeps torch's add
+        # (y + bias is a float64 sum there).
+        fused = self.bias is not None and self.bias.dtype != torch.float64
+        y = gemm(x2, self.weight.t(), recipe=self.recipe, scaling=self.scaling,
+                 c=self.bias if fused else None)
         assert isinstance(y, torch.Tensor)
-        if self.bias is not None:
+        if self.bias is not None and not fused:
             y = y + self.bias
         if y.dtype != x.dtype:
             y = y.to(x.dtype)
