@@ -310,6 +310,25 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
         }
         return;
     }
+    /* pair layout, k contiguous (a transposed B: a torch Linear's W^T): AVX-512 transposes,
+     * the edges included */
+    if (simd && v->cs == 1 && !split && lw % 16 == 0) {
+        const int64_t kcodes = k - 2 * p0 > 0 ? k - 2 * p0 : 0;
+        const size_t esz = v->kind == DK_GEMM_U16 ? 2 : 1;
+        for (int64_t s = 0; s < nsl; s++) {
+            const int64_t line = l0 + s * lw;
+            const int64_t ncols = nlines - line < 0 ? 0 : nlines - line < lw ? nlines - line : lw;
+            /* no pointer is formed where there is nothing to read */
+            const void *src = ncols > 0 && kcodes > 0
+                                  ? v->p + (ptrdiff_t)((line * v->rs + 2 * p0) * (int64_t)esz) : NULL;
+            uint32_t *o = (uint32_t *)dst + s * kp * lw;
+            if (v->kind == DK_GEMM_U16)
+                dk_gemm_pack_pair_klines_u16_avx512(src, v->rs, ncols, kcodes, kp, lw, o, rng);
+            else /* never ranged */
+                dk_gemm_pack_pair_klines_u8_avx512(src, v->rs, ncols, kcodes, kp, lw, v->table, o);
+        }
+        return;
+    }
     for (int64_t s = s_first; s < nsl; s++) {
         if (split) pack_sliver_portable(v, nlines, k, l0 + s * lw, p0, kp, lw, 1, (uint32_t *)dst + s * kp * 2 * lw);
         else pack_sliver_portable(v, nlines, k, l0 + s * lw, p0, kp, lw, 0, (uint32_t *)dst + s * kp * lw);
@@ -346,6 +365,20 @@ static void pack_rowtiles(const view *v, int64_t nlines, int64_t k, int64_t l0, 
             else /* never ranged */
                 dk_gemm_pack_rowtile_u8_avx512((const uint8_t *)v->p + (l0 + s * mr) * v->rs + 2 * p0,
                                                v->rs, rows, nblk, klast, mr, v->table, o);
+            blk0 = nblk;
+        } else if (simd && v->rs == 1 && mr == 32 && 2 * p0 < k && rows > 0) {
+            /* rows contiguous (a transposed A: the dY^T of a torch Linear's dW): AVX-512
+             * transposes, the same edges */
+            int64_t kin = k - 2 * p0, nblk = (kin + 31) / 32;
+            if (nblk > kp / 16) nblk = kp / 16;
+            const int64_t klast = kin - 32 * (nblk - 1) < 32 ? kin - 32 * (nblk - 1) : 32;
+            const int64_t off = l0 + s * mr + 2 * p0 * v->cs;
+            if (v->kind == DK_GEMM_U16)
+                dk_gemm_pack_rowtile_cols_u16_avx512((const uint16_t *)v->p + off, v->cs, rows,
+                                                     nblk, klast, o, rng);
+            else /* never ranged */
+                dk_gemm_pack_rowtile_cols_u8_avx512((const uint8_t *)v->p + off, v->cs, rows,
+                                                    nblk, klast, v->table, o);
             blk0 = nblk;
         }
         for (int64_t blk = blk0; blk < kp / 16; blk++) {

@@ -232,6 +232,31 @@ void dk_gemm_pack_rowtile_u16_avx512(const uint16_t *src, int64_t lda, int64_t r
                                      int64_t nblk, int64_t klast, int64_t mr, uint32_t *dst,
                                      uint16_t *rng);
 
+/* Transposing packers (avx512bf16 tier, used by the amx tier too), for operands whose k
+ * runs the other way: the transposed views a torch Linear passes (W^T as B, dY^T as A).
+ *   pair_klines: the pair layout of one sliver of nr lanes (a multiple of 16) from lines that
+ *     are k contiguous (line l at src + l*ldl, its codes in k order): kp pairs, of which the
+ *     first kcodes codes of each of the first nlines lines exist; the rest are zeros (the
+ *     half pair of an odd k, padding pairs, missing lines). src may be NULL when nlines or
+ *     kcodes is 0. Nothing past the codes that exist is read. dst 64-byte aligned.
+ *   rowtile_cols: the AMX row tiles (MR = 32, dk_gemm_pack_rowtile_u16_avx512's layout and
+ *     edges) of `rows` rows (1..32) from an A whose rows are contiguous (column kk at
+ *     src + kk*ldk).
+ * The u16 forms merge the codes' range into rng when it is not NULL; the u8 forms decode
+ * through table[256] and are never ranged. */
+void dk_gemm_pack_pair_klines_u16_avx512(const uint16_t *src, int64_t ldl, int64_t nlines,
+                                         int64_t kcodes, int64_t kp, int64_t nr, uint32_t *dst,
+                                         uint16_t *rng);
+void dk_gemm_pack_pair_klines_u8_avx512(const uint8_t *src, int64_t ldl, int64_t nlines,
+                                        int64_t kcodes, int64_t kp, int64_t nr,
+                                        const uint16_t *table, uint32_t *dst);
+void dk_gemm_pack_rowtile_cols_u16_avx512(const uint16_t *src, int64_t ldk, int64_t rows,
+                                          int64_t nblk, int64_t klast, uint32_t *dst,
+                                          uint16_t *rng);
+void dk_gemm_pack_rowtile_cols_u8_avx512(const uint8_t *src, int64_t ldk, int64_t rows,
+                                         int64_t nblk, int64_t klast, const uint16_t *table,
+                                         uint32_t *dst);
+
 /* amx tier: TDPBF16PS on tile registers, the amx order (dk_gemm.h; blocks of 16 pairs).
  *   A in the "row tiles" layout: per block of 16 pairs, MR = 32 rows x 16 pair lanes
  *     (a[i,2p] | a[i,2p+1] << 16), rows 0-15 then rows 16-31 (two 1 KiB tiles).

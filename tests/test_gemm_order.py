@@ -317,6 +317,48 @@ def test_batched_strided_and_transposed_operands_amx():
                 assert_bits(glue(a[z], b[z], "amx", tier), R.amx_order(a[z], b[z]), tier)
 
 
+@pytest.mark.parametrize("fmt", ["bf16", "cf8"])
+def test_transposed_operands_at_the_packers_edges(fmt):
+    """The layouts a torch Linear passes, which the AVX-512 tiers pack with transposes: B
+    with k contiguous (W^T) and A with rows contiguous (dY^T). Shapes around 16 and 32 rows
+    and columns, odd k, partial blocks of 32, k across the amx tier's KC; every tier and
+    both orders, 1 and 2 threads, bit for bit against the same codes in C order (and BF16 in
+    the amx order against the reference on sampled outputs)."""
+    rng = np.random.default_rng(21)
+    fa, fb = (BF16, BF16) if fmt == "bf16" else (cfloat8_143(7), cfloat8_152(15))
+    saved = dk.get_num_threads()
+    try:
+        for m, n, k in [(1, 16, 1), (15, 17, 31), (16, 32, 32), (17, 31, 33), (33, 48, 63),
+                        (70, 65, 100), (34, 40, 2101)]:
+            if fmt == "bf16":
+                # few specials: with the default share nearly every output is NaN
+                a = mixed_codes(rng, (m, k), p_huge=0.01, p_special=0.002)
+                b = mixed_codes(rng, (k, n), p_huge=0.01, p_special=0.002)
+            else:
+                a, b = cf8_codes(rng, (m, k)), cf8_codes(rng, (k, n))
+            at = np.asfortranarray(a)                  # rows contiguous
+            bt = np.asfortranarray(b)                  # k contiguous
+            for order in ORDERS:
+                with _config.use_isa("generic"):
+                    want = bits(dk.gemm(a, b, a_format=fa, b_format=fb, order=order))
+                for tier in TIERS:
+                    for th in (1, 2):
+                        dk.set_num_threads(th)
+                        with _config.use_isa(tier):
+                            for what, x, y in (("A", at, b), ("B", a, bt), ("both", at, bt)):
+                                got = dk.gemm(x, y, a_format=fa, b_format=fb, order=order)
+                                assert_bits(got, want, f"{fmt} {order} {tier} t{th} "
+                                            f"{(m, n, k)} transposed {what}")
+                if fmt == "bf16" and order == "amx":
+                    rows, cols = [0, m // 2, m - 1], [0, n // 2, n - 1]
+                    for tier in TIERS:
+                        got = glue(np.asfortranarray(a[rows]), np.asfortranarray(b[:, cols]),
+                                   "amx", tier)
+                        assert_bits(got, R.amx_order(a[rows], b[:, cols]), f"{tier} {(m, n, k)}")
+    finally:
+        dk.set_num_threads(saved)
+
+
 # ---- the scaled contract of gemm(): SPEC section 5, both orders ------------------------
 
 @pytest.mark.parametrize("order", ORDERS)

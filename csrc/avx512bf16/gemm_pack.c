@@ -17,17 +17,24 @@ static inline __mmask32 lanes32(int64_t n)
     return n <= 0 ? 0 : n >= 32 ? (__mmask32)~0u : (__mmask32)((1u << n) - 1);
 }
 
+/* The VPERMT2W indices that interleave two rows of 32 codes into pairs (even[j], odd[j]):
+ * lanes j = 0..15, then j = 16..31. */
+static inline __m512i pairs_lo(void)
+{
+    return _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7,
+                            38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+}
+
+static inline __m512i pairs_hi(void)
+{
+    return _mm512_set_epi16(63, 31, 62, 30, 61, 29, 60, 28, 59, 27, 58, 26, 57, 25, 56, 24, 55,
+                            23, 54, 22, 53, 21, 52, 20, 51, 19, 50, 18, 49, 17, 48, 16);
+}
+
 static inline void interleave_store(__m512i even, __m512i odd, uint32_t *dst)
 {
-    /* lanes j = 0..15: (even[j], odd[j]); then j = 16..31 */
-    const __m512i ilo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9,
-                                         40, 8, 39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1,
-                                         32, 0);
-    const __m512i ihi = _mm512_set_epi16(63, 31, 62, 30, 61, 29, 60, 28, 59, 27, 58, 26, 57, 25,
-                                         56, 24, 55, 23, 54, 22, 53, 21, 52, 20, 51, 19, 50, 18,
-                                         49, 17, 48, 16);
-    _mm512_store_si512((void *)dst, _mm512_permutex2var_epi16(even, ilo, odd));
-    _mm512_store_si512((void *)(dst + 16), _mm512_permutex2var_epi16(even, ihi, odd));
+    _mm512_store_si512((void *)dst, _mm512_permutex2var_epi16(even, pairs_lo(), odd));
+    _mm512_store_si512((void *)(dst + 16), _mm512_permutex2var_epi16(even, pairs_hi(), odd));
 }
 
 #define PACK_AHEAD 4 /* pairs; 1, 2, 3, 8 and 16 were no better (64x4096x4096) */
@@ -278,3 +285,150 @@ void dk_gemm_pack_rowtile_u16_avx512(const uint16_t *src, int64_t lda, int64_t r
             _mm512_store_si512((void *)(dst + b * 16 * mr + r * 16), _mm512_setzero_si512());
     if (rng) range_end(rg, rng);
 }
+
+/* ---- transposing packers: the operands a torch Linear hands over as transposed views ----
+ * (W^T as B, k contiguous; dY^T as A, rows contiguous). Both layouts then need a transpose
+ * of 32-bit lanes, done 16 x 16 at a time in registers. */
+
+/* r[0..15] (16 lanes each) transposed in place: lane j of r[i] goes to lane i of r[j]. Two
+ * rounds of unpacks give, per group g of 4 rows and element e of a 128-bit block, v[4g + e]
+ * holding rows 4g..4g+3 at column 4L + e in block L; two rounds of 128-bit shuffles then
+ * transpose the 4 x 4 blocks (g, L). */
+static inline void transpose16_u32(__m512i r[16])
+{
+    __m512i t[16], v[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int g = 0; g < 4; g++) {
+        v[4 * g + 0] = _mm512_unpacklo_epi64(t[4 * g], t[4 * g + 2]);
+        v[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g], t[4 * g + 2]);
+        v[4 * g + 2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
+        v[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
+    }
+    for (int e = 0; e < 4; e++) {
+        __m512i x0 = _mm512_shuffle_i32x4(v[e], v[4 + e], 0x44);
+        __m512i x1 = _mm512_shuffle_i32x4(v[e], v[4 + e], 0xEE);
+        __m512i x2 = _mm512_shuffle_i32x4(v[8 + e], v[12 + e], 0x44);
+        __m512i x3 = _mm512_shuffle_i32x4(v[8 + e], v[12 + e], 0xEE);
+        r[e] = _mm512_shuffle_i32x4(x0, x2, 0x88);
+        r[4 + e] = _mm512_shuffle_i32x4(x0, x2, 0xDD);
+        r[8 + e] = _mm512_shuffle_i32x4(x1, x3, 0x88);
+        r[12 + e] = _mm512_shuffle_i32x4(x1, x3, 0xDD);
+    }
+}
+
+/* n (0..32) codes of one line as 16-bit lanes, zeros past them; src NULL: none. The u8 form
+ * decodes through t. Nothing past the n codes is read. */
+static inline __m512i line_u16(const uint16_t *src, int64_t n)
+{
+    if (!src || n <= 0) return _mm512_setzero_si512();
+    return n >= 32 ? _mm512_loadu_si512((const void *)src) : _mm512_maskz_loadu_epi16(lanes32(n), src);
+}
+
+static inline __m512i line_u8(const uint8_t *src, int64_t n, const __m512i t[8])
+{
+    if (!src || n <= 0) return _mm512_setzero_si512();
+    const __mmask32 m = lanes32(n);
+    const __m256i raw = n >= 32 ? _mm256_loadu_si256((const __m256i *)src) : _mm256_maskz_loadu_epi8(m, src);
+    return _mm512_maskz_mov_epi16(m, dk_lut512(_mm512_cvtepu8_epi16(raw), t));
+}
+
+/* Pair layout from k-contiguous lines: one body for both code widths. */
+#define PACK_PAIR_KLINES(LOAD)                                                                 \
+    for (int64_t p0 = 0; p0 < kp; p0 += 16) {                                                  \
+        const int64_t np = kp - p0 < 16 ? kp - p0 : 16; /* pairs of this block stored */      \
+        const int64_t kin = kcodes - 2 * p0;             /* codes of each line here */        \
+        for (int64_t g = 0; g < nr; g += 16) {                                                 \
+            __m512i r[16];                                                                     \
+            for (int i = 0; i < 16; i++) {                                                     \
+                const int64_t l = g + i;                                                       \
+                r[i] = LOAD(l < nlines && kin > 0 ? src + l * ldl + 2 * p0 : NULL, kin);       \
+            }                                                                                  \
+            if (rng)                                                                           \
+                for (int i = 0; i < 16; i++) range_add(&rg, r[i]);                             \
+            transpose16_u32(r);                                                                \
+            for (int64_t q = 0; q < np; q++)                                                   \
+                _mm512_store_si512((void *)(dst + (p0 + q) * nr + g), r[q]);                  \
+        }                                                                                      \
+    }
+
+void dk_gemm_pack_pair_klines_u16_avx512(const uint16_t *src, int64_t ldl, int64_t nlines,
+                                         int64_t kcodes, int64_t kp, int64_t nr, uint32_t *dst,
+                                         uint16_t *rng)
+{
+    static const uint16_t empty[2] = {0x7FFF, 0};
+    range512 rg = range_start(rng ? rng : empty);
+#define LOAD16(p, n) line_u16((p), (n))
+    PACK_PAIR_KLINES(LOAD16)
+#undef LOAD16
+    if (rng) range_end(rg, rng);
+}
+
+void dk_gemm_pack_pair_klines_u8_avx512(const uint8_t *src, int64_t ldl, int64_t nlines,
+                                        int64_t kcodes, int64_t kp, int64_t nr,
+                                        const uint16_t *table, uint32_t *dst)
+{
+    __m512i t[8];
+    dk_lut512_load(table, t);
+    uint16_t *rng = NULL; /* 8-bit codes are never ranged */
+    range512 rg = {_mm512_setzero_si512(), _mm512_setzero_si512()};
+#define LOAD8(p, n) line_u8((p), (n), t)
+    PACK_PAIR_KLINES(LOAD8)
+#undef LOAD8
+    (void)rg;
+}
+#undef PACK_PAIR_KLINES
+
+/* Row tiles from an A whose rows are contiguous (column kk at src + kk*ldk): per block of 32
+ * k and half of 16 rows, the two columns of each pair interleaved into 16 pair lanes over the
+ * rows, then transposed into the tile's 16 rows of 16 pairs. */
+#define PACK_ROWTILE_COLS(LOAD)                                                                \
+    for (int64_t b = 0; b < nblk; b++) {                                                       \
+        const int64_t kb = b + 1 < nblk ? 32 : klast; /* codes of this block */               \
+        __m512i lo[16], hi[16];                                                                \
+        for (int p = 0; p < 16; p++) {                                                         \
+            const __m512i e = LOAD(2 * p < kb ? src + (32 * b + 2 * p) * ldk : NULL, rows);    \
+            const __m512i o = LOAD(2 * p + 1 < kb ? src + (32 * b + 2 * p + 1) * ldk : NULL, rows); \
+            if (rng) {                                                                         \
+                range_add(&rg, e);                                                             \
+                range_add(&rg, o);                                                             \
+            }                                                                                  \
+            lo[p] = _mm512_permutex2var_epi16(e, pairs_lo(), o); /* rows 0..15 */              \
+            hi[p] = _mm512_permutex2var_epi16(e, pairs_hi(), o); /* rows 16..31 */             \
+        }                                                                                      \
+        transpose16_u32(lo);                                                                   \
+        transpose16_u32(hi);                                                                   \
+        for (int i = 0; i < 16; i++) {                                                         \
+            _mm512_store_si512((void *)(dst + b * 16 * 32 + i * 16), lo[i]);                   \
+            _mm512_store_si512((void *)(dst + b * 16 * 32 + (16 + i) * 16), hi[i]);            \
+        }                                                                                      \
+    }
+
+void dk_gemm_pack_rowtile_cols_u16_avx512(const uint16_t *src, int64_t ldk, int64_t rows,
+                                          int64_t nblk, int64_t klast, uint32_t *dst,
+                                          uint16_t *rng)
+{
+    static const uint16_t empty[2] = {0x7FFF, 0};
+    range512 rg = range_start(rng ? rng : empty);
+#define LOAD16(p, n) line_u16((p), (n))
+    PACK_ROWTILE_COLS(LOAD16)
+#undef LOAD16
+    if (rng) range_end(rg, rng);
+}
+
+void dk_gemm_pack_rowtile_cols_u8_avx512(const uint8_t *src, int64_t ldk, int64_t rows,
+                                         int64_t nblk, int64_t klast, const uint16_t *table,
+                                         uint32_t *dst)
+{
+    __m512i t[8];
+    dk_lut512_load(table, t);
+    uint16_t *rng = NULL; /* 8-bit codes are never ranged */
+    range512 rg = {_mm512_setzero_si512(), _mm512_setzero_si512()};
+#define LOAD8(p, n) line_u8((p), (n), t)
+    PACK_ROWTILE_COLS(LOAD8)
+#undef LOAD8
+    (void)rg;
+}
+#undef PACK_ROWTILE_COLS
