@@ -548,8 +548,8 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
             c32 = np.asarray(c)
             if c32.dtype.kind not in "fiu":
                 raise TypeError(f"c: expected a real array, got dtype {c32.dtype}")
-            try:
-                c32 = np.broadcast_to(c32, shape)
+            try:   # checked here; the term stays c's own shape (broadcast by the add)
+                np.broadcast_to(c32, shape)
             except ValueError:
                 raise ValueError(f"c: shape {c32.shape} does not broadcast to the result "
                                  f"{shape}") from None
@@ -637,7 +637,8 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
 
     if use_c:
         with np.errstate(all="ignore"):
-            term = (beta32 * c32.astype(np.float32, copy=False)).astype(np.float32, copy=False)
+            # beta * c on c's own elements (a bias: n of them, not m * n)
+            term = np.asarray(beta32 * c32.astype(np.float32, copy=False), np.float32)
             np.add(dst, term if batched else term[None], out=dst)
     res = dst if batched else dst[0]
     if out is not None:
