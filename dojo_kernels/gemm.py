@@ -548,11 +548,12 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
             c32 = np.asarray(c)
             if c32.dtype.kind not in "fiu":
                 raise TypeError(f"c: expected a real array, got dtype {c32.dtype}")
-            try:   # checked here; the term stays c's own shape (broadcast by the add)
-                np.broadcast_to(c32, shape)
-            except ValueError:
-                raise ValueError(f"c: shape {c32.shape} does not broadcast to the result "
-                                 f"{shape}") from None
+            # checked here (NumPy's rule, without building a view); the term stays c's own
+            # shape, broadcast by the add
+            cs = c32.shape
+            if len(cs) > len(shape) or any(d != 1 and d != e for d, e in
+                                           zip(cs[::-1], shape[::-1])):
+                raise ValueError(f"c: shape {cs} does not broadcast to the result {shape}")
     if out is not None:
         if not isinstance(out, np.ndarray):
             raise TypeError(f"out: expected a numpy.ndarray, got {type(out).__name__}")

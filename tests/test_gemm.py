@@ -652,6 +652,30 @@ def test_beta_c_and_out():
         dk.gemm(a, b, machine="d1")
 
 
+@pytest.mark.parametrize("batched", [False, True])
+def test_addend_shapes_follow_numpy_broadcasting(batched):
+    """c is accepted exactly when NumPy broadcasts it to the result, and then gives
+    P + float32(beta) * c elementwise (computed here with NumPy's own broadcasting)."""
+    rng = np.random.default_rng(11)
+    a = bf16_codes(rng, (2, 5, 6) if batched else (5, 6))
+    b = bf16_codes(rng, (6, 4))
+    p = dk.gemm(a, b)
+    for cs in [(), (1,), (4,), (1, 4), (5, 1), (5, 4), (1, 1, 4), (2, 1, 1), (2, 5, 4),
+               (3,), (5,), (4, 5), (3, 5, 4), (1, 2, 5, 4), (2, 4)]:
+        c = rng.standard_normal(cs).astype(np.float32)
+        try:
+            want_shape = np.broadcast_shapes(cs, p.shape)
+        except ValueError:
+            want_shape = None
+        if want_shape != p.shape:
+            with pytest.raises(ValueError, match="broadcast"):
+                dk.gemm(a, b, c=c, beta=0.5)
+            continue
+        got = dk.gemm(a, b, c=c, beta=0.5)
+        assert np.array_equal(got.view(np.uint32),
+                              (p + np.float32(0.5) * c).astype(np.float32).view(np.uint32)), cs
+
+
 def test_nonfinite_inputs_canonical_nan_same_everywhere():
     a = np.array([[np.inf, 1.0], [np.nan, 2.0], [np.inf, -np.inf]], np.float32)
     b = np.array([[0.0, 1.0], [1.0, 1.0]], np.float32)
