@@ -231,8 +231,11 @@ class _Range:
     empty: bool  # no nonzero finite value
 
 
+@functools.lru_cache(maxsize=256)
 def _format_range(fmt: Format) -> _Range:
-    """A CFloat8 operand is scaled through its 256-entry table: the whole format's range."""
+    """A CFloat8 operand is scaled through its 256-entry table: the whole format's range
+    (a pure function of the format: one object per format, which also hashes fast in the
+    scaling cache)."""
     sub = fmt.min_subnormal > 0
     lo = math.frexp(fmt.min_subnormal if sub else fmt.min_normal)[1] - 1
     hi = math.frexp(fmt.max)[1] - 1
