@@ -55,6 +55,8 @@
                                                  * the generic tier and the few-rows path */
 #define DK_GEMM_MIN_BLOCK_SL 2                  /* slivers per A block when m is cut finer */
 #define DK_GEMM_BPANEL_MAX ((size_t)32 << 20)   /* bytes of packed B per jc step (all of k) */
+#define DK_GEMM_AMX_KC_L1 512                   /* amx tier: k per block when C stays in L2 */
+#define DK_GEMM_AMX_C_L2 ((double)(1 << 20))    /* ... that is, up to these bytes of C an item */
 
 typedef struct {
     dk_gemm_ukr_fn ukr;
@@ -904,7 +906,6 @@ int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
     }
 
     const int64_t kpairs = (k + 1) / 2;
-    const int64_t kcp = t.kc / 2;                    /* pairs per block */
     const int64_t pairA = t.mr * 2 * (t.split_a ? 4 : 2), pairB = t.nr * 2 * (t.split_b ? 4 : 2);
     int64_t nc = t.nc < n ? t.nc : ((n + t.nr - 1) / t.nr) * t.nr;
     /* The packed B of a step holds all of k: bound it by narrowing the step. */
@@ -951,6 +952,16 @@ int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
     mc = (m + nb_m - 1) / nb_m;
     mc = ((mc + t.mr - 1) / t.mr) * t.mr;
     nb_m = (m + mc - 1) / mc;
+
+    /* The amx tier takes k in blocks of DK_GEMM_AMX_KC_L1 while an item's C block (mc rows x
+     * the step's columns) stays in L2 across them: each B sliver of a block (32 KiB) is then
+     * read from L1 by every A sliver, which the kernel streams past it (dk_gemm_ukr_amxtile),
+     * for one reload of the C block per k block. A larger C block (2048^3: 2 MiB an item)
+     * costs more in reloads than it gains: whole k up to t.kc (both bit-identical: blocks of
+     * 32 k are absolute). */
+    if (t.rowtile_a && (double)mc * (double)nc * sizeof(float) <= DK_GEMM_AMX_C_L2)
+        t.kc = DK_GEMM_AMX_KC_L1;
+    const int64_t kcp = t.kc / 2;                    /* pairs per block */
 
     /* the kernel's k granularity (t.kblk pairs; the packers pad with zero pairs) and buffers
      * for the largest k block actually used (small products allocate little) */
