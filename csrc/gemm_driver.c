@@ -56,7 +56,7 @@
 #define DK_GEMM_MIN_BLOCK_SL 2                  /* slivers per A block when m is cut finer */
 #define DK_GEMM_BPANEL_MAX ((size_t)32 << 20)   /* bytes of packed B per jc step (all of k) */
 #define DK_GEMM_AMX_KC_L1 512                   /* amx tier: k per block when C stays in L2 */
-#define DK_GEMM_AMX_C_L2 ((double)(1 << 20))    /* ... that is, up to these bytes of C an item */
+#define DK_GEMM_AMX_C_L2 ((double)(1 << 18))    /* ... that is, up to these bytes of C an item */
 
 typedef struct {
     dk_gemm_ukr_fn ukr;
@@ -953,12 +953,13 @@ int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
     mc = ((mc + t.mr - 1) / t.mr) * t.mr;
     nb_m = (m + mc - 1) / mc;
 
-    /* The amx tier takes k in blocks of DK_GEMM_AMX_KC_L1 while an item's C block (mc rows x
-     * the step's columns) stays in L2 across them: each B sliver of a block (32 KiB) is then
-     * read from L1 by every A sliver, which the kernel streams past it (dk_gemm_ukr_amxtile),
-     * for one reload of the C block per k block. A larger C block (2048^3: 2 MiB an item)
-     * costs more in reloads than it gains: whole k up to t.kc (both bit-identical: blocks of
-     * 32 k are absolute). */
+    /* The amx tier takes k in blocks of DK_GEMM_AMX_KC_L1 when an item's C block (mc rows x
+     * the step's columns) is small: each B sliver of a block (32 KiB) is then read from L1 by
+     * every A sliver, which the kernel streams past it (dk_gemm_ukr_amxtile), for one reload
+     * of the C block per k block. Larger C blocks take whole k up to t.kc: at 1 MiB (1024^3
+     * on one thread) k blocks of 512 were 1.07-1.1x faster in back-to-back calls but about
+     * 0.75x in calls 0.2-0.3 s apart, whose C comes back from memory; at 2 MiB (2048^3) 0.85x
+     * either way. Both are bit-identical (blocks of 32 k are absolute). */
     if (t.rowtile_a && (double)mc * (double)nc * sizeof(float) <= DK_GEMM_AMX_C_L2)
         t.kc = DK_GEMM_AMX_KC_L1;
     const int64_t kcp = t.kc / 2;                    /* pairs per block */
