@@ -232,8 +232,9 @@ void dk_gemm_pack_rowtile_u16_avx512(const uint16_t *src, int64_t lda, int64_t r
                                      int64_t nblk, int64_t klast, int64_t mr, uint32_t *dst,
                                      uint16_t *rng);
 
-/* Transposing packers (avx512bf16 tier, used by the amx tier too), for operands whose k
- * runs the other way: the transposed views a torch Linear passes (W^T as B, dY^T as A).
+/* Transposing packers (in the avx512bf16 tier's code; pair_klines serves that tier's pair
+ * layout and the amx tier, rowtile_cols the amx tier only), for operands whose k runs the
+ * other way: the transposed views a torch Linear passes (W^T as B, dY^T as A).
  *   pair_klines: the pair layout of one sliver of nr lanes (a multiple of 16) from lines that
  *     are k contiguous (line l at src + l*ldl, its codes in k order): kp pairs, of which the
  *     first kcodes codes of each of the first nlines lines exist; the rest are zeros (the

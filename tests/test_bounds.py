@@ -28,7 +28,7 @@ GEMM_CHILD = textwrap.dedent("""
     pages = GuardedPages()
     rng = np.random.default_rng(5)
     c8 = dk.cfloat8_143(7)
-    # k = 2101: blocks of k after the first, across the amx tier's KC (2048)
+    # k = 2101: blocks of k after the first, across the amx tier's KC (512 for these C blocks)
     shapes = [(16, 16, 16), (5, 7, 45), (33, 20, 67), (1, 50, 33), (40, 70, 31), (9, 3, 1),
               (33, 70, 2101)]
     _gemm._set_par_min(1 << 10)  # as tests/conftest.py does: 2 threads really use the pool

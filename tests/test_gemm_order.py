@@ -246,7 +246,7 @@ def _blocking_shapes(tier):
         return [(45, 83, 533), (130, 600, 97)]
     if tier == "avx2":
         return [(45, 83, 533), (100, 2100, 289)]
-    if tier == "amx":  # the tile kernel's KC (512, or 2048 past 1 MiB of C an item: the
+    if tier == "amx":  # the tile kernel's KC (512, or 2048 past 256 KiB of C an item: the
         # one-thread run of (256, 1100, 2101)), MC 256 and NC 4096 too
         return [(45, 83, 1063), (100, 2100, 545), (37, 41, 4177), (300, 35, 97), (33, 4200, 45),
                 (256, 1100, 2101)]

@@ -570,14 +570,13 @@ class _GemmFn(torch.autograd.Function):
                     gb = _from_np(db).to(ctx.b_dtype)
         if need_c:
             beta = 1.0 if ctx.beta is None else ctx.beta
-            if g.dtype in (torch.float32, torch.float64):
-                # NumPy on the calling thread, not a torch reduction (see _amax)
-                gv = _values(g, "grad_output")
-                if beta != 1.0:
-                    gv = gv * gv.dtype.type(np.float32(beta))
-                gc = _from_np(_sum_to(gv, tuple(ctx.c_shape))).to(ctx.c_dtype)
-            else:
-                gc = (g * float(np.float32(beta))).sum_to_size(ctx.c_shape).to(ctx.c_dtype)
+            # dY is float32 (the GEMM's result is, and autograd hands the backward that
+            # dtype): beta dY summed by NumPy on the calling thread, not by a torch
+            # reduction (see _amax), then converted to c's dtype
+            gv = np.asarray(_values(g, "grad_output"), np.float32)
+            if beta != 1.0:
+                gv = gv * np.float32(beta)
+            gc = _from_np(_sum_to(gv, tuple(ctx.c_shape))).to(ctx.c_dtype)
         return ga, gb, gc, None, None, None, None, None
 
 
