@@ -335,35 +335,45 @@ static inline __m512i line_u8(const uint8_t *src, int64_t n, const __m512i t[8])
     return _mm512_maskz_mov_epi16(m, dk_lut512(_mm512_cvtepu8_epi16(raw), t));
 }
 
-/* Pair layout from k-contiguous lines: one body for both code widths. */
-#define PACK_PAIR_KLINES(LOAD)                                                                 \
-    for (int64_t p0 = 0; p0 < kp; p0 += 16) {                                                  \
-        const int64_t np = kp - p0 < 16 ? kp - p0 : 16; /* pairs of this block stored */      \
-        const int64_t kin = kcodes - 2 * p0;             /* codes of each line here */        \
-        for (int64_t g = 0; g < nr; g += 16) {                                                 \
-            __m512i r[16];                                                                     \
-            for (int i = 0; i < 16; i++) {                                                     \
-                const int64_t l = g + i;                                                       \
-                r[i] = LOAD(l < nlines && kin > 0 ? src + l * ldl + 2 * p0 : NULL, kin);       \
-            }                                                                                  \
-            if (rng)                                                                           \
-                for (int i = 0; i < 16; i++) range_add(&rg, r[i]);                             \
-            transpose16_u32(r);                                                                \
-            for (int64_t q = 0; q < np; q++)                                                   \
-                _mm512_store_si512((void *)(dst + (p0 + q) * nr + g), r[q]);                  \
-        }                                                                                      \
+/* n codes of a line of either width: 8-bit ones decoded through t (t NULL: BF16 codes). */
+__attribute__((always_inline)) static inline __m512i line_codes(const char *src, int64_t n,
+                                                                const __m512i *t)
+{
+    return t ? line_u8((const uint8_t *)src, n, t) : line_u16((const uint16_t *)src, n);
+}
+
+/* The pair layout from k-contiguous lines, for both code widths (esz bytes a code; t as in
+ * line_codes; rng NULL or the BF16 range to merge). */
+__attribute__((always_inline)) static inline void
+pair_klines(const char *src, size_t esz, int64_t ldl, int64_t nlines, int64_t kcodes, int64_t kp,
+            int64_t nr, const __m512i *t, uint32_t *dst, uint16_t *rng)
+{
+    static const uint16_t empty[2] = {0x7FFF, 0};
+    range512 rg = range_start(rng ? rng : empty);
+    for (int64_t p0 = 0; p0 < kp; p0 += 16) {
+        const int64_t np = kp - p0 < 16 ? kp - p0 : 16; /* pairs of this block stored */
+        const int64_t kin = kcodes - 2 * p0;             /* codes of each line from here */
+        for (int64_t g = 0; g < nr; g += 16) {
+            __m512i r[16];
+            for (int i = 0; i < 16; i++) {
+                const int64_t l = g + i; /* no pointer past the lines or codes that exist */
+                r[i] = line_codes(l < nlines && kin > 0 ? src + (l * ldl + 2 * p0) * (int64_t)esz : NULL,
+                                  kin, t);
+                if (rng) range_add(&rg, r[i]);
+            }
+            transpose16_u32(r);
+            for (int64_t q = 0; q < np; q++)
+                _mm512_store_si512((void *)(dst + (p0 + q) * nr + g), r[q]);
+        }
     }
+    if (rng) range_end(rg, rng);
+}
 
 void dk_gemm_pack_pair_klines_u16_avx512(const uint16_t *src, int64_t ldl, int64_t nlines,
                                          int64_t kcodes, int64_t kp, int64_t nr, uint32_t *dst,
                                          uint16_t *rng)
 {
-    static const uint16_t empty[2] = {0x7FFF, 0};
-    range512 rg = range_start(rng ? rng : empty);
-#define LOAD16(p, n) line_u16((p), (n))
-    PACK_PAIR_KLINES(LOAD16)
-#undef LOAD16
-    if (rng) range_end(rg, rng);
+    pair_klines((const char *)src, 2, ldl, nlines, kcodes, kp, nr, NULL, dst, rng);
 }
 
 void dk_gemm_pack_pair_klines_u8_avx512(const uint8_t *src, int64_t ldl, int64_t nlines,
@@ -372,50 +382,48 @@ void dk_gemm_pack_pair_klines_u8_avx512(const uint8_t *src, int64_t ldl, int64_t
 {
     __m512i t[8];
     dk_lut512_load(table, t);
-    uint16_t *rng = NULL; /* 8-bit codes are never ranged */
-    range512 rg = {_mm512_setzero_si512(), _mm512_setzero_si512()};
-#define LOAD8(p, n) line_u8((p), (n), t)
-    PACK_PAIR_KLINES(LOAD8)
-#undef LOAD8
-    (void)rg;
+    pair_klines((const char *)src, 1, ldl, nlines, kcodes, kp, nr, t, dst, NULL); /* never ranged */
 }
-#undef PACK_PAIR_KLINES
 
-/* Row tiles from an A whose rows are contiguous (column kk at src + kk*ldk): per block of 32
- * k and half of 16 rows, the two columns of each pair interleaved into 16 pair lanes over the
- * rows, then transposed into the tile's 16 rows of 16 pairs. */
-#define PACK_ROWTILE_COLS(LOAD)                                                                \
-    for (int64_t b = 0; b < nblk; b++) {                                                       \
-        const int64_t kb = b + 1 < nblk ? 32 : klast; /* codes of this block */               \
-        __m512i lo[16], hi[16];                                                                \
-        for (int p = 0; p < 16; p++) {                                                         \
-            const __m512i e = LOAD(2 * p < kb ? src + (32 * b + 2 * p) * ldk : NULL, rows);    \
-            const __m512i o = LOAD(2 * p + 1 < kb ? src + (32 * b + 2 * p + 1) * ldk : NULL, rows); \
-            if (rng) {                                                                         \
-                range_add(&rg, e);                                                             \
-                range_add(&rg, o);                                                             \
-            }                                                                                  \
-            lo[p] = _mm512_permutex2var_epi16(e, pairs_lo(), o); /* rows 0..15 */              \
-            hi[p] = _mm512_permutex2var_epi16(e, pairs_hi(), o); /* rows 16..31 */             \
-        }                                                                                      \
-        transpose16_u32(lo);                                                                   \
-        transpose16_u32(hi);                                                                   \
-        for (int i = 0; i < 16; i++) {                                                         \
-            _mm512_store_si512((void *)(dst + b * 16 * 32 + i * 16), lo[i]);                   \
-            _mm512_store_si512((void *)(dst + b * 16 * 32 + (16 + i) * 16), hi[i]);            \
-        }                                                                                      \
+/* Row tiles from an A whose rows are contiguous (column kk at src + kk*ldk), for both code
+ * widths (as pair_klines): per block of 32 k and half of 16 rows, the two columns of each
+ * pair interleaved into 16 pair lanes over the rows, then transposed into the tile's 16 rows
+ * of 16 pairs. */
+__attribute__((always_inline)) static inline void
+rowtile_cols(const char *src, size_t esz, int64_t ldk, int64_t rows, int64_t nblk, int64_t klast,
+             const __m512i *t, uint32_t *dst, uint16_t *rng)
+{
+    static const uint16_t empty[2] = {0x7FFF, 0};
+    range512 rg = range_start(rng ? rng : empty);
+    const int64_t ldb = ldk * (int64_t)esz;
+    for (int64_t b = 0; b < nblk; b++) {
+        const int64_t kb = b + 1 < nblk ? 32 : klast; /* codes of this block */
+        __m512i lo[16], hi[16];
+        for (int p = 0; p < 16; p++) {
+            const __m512i e = line_codes(2 * p < kb ? src + (32 * b + 2 * p) * ldb : NULL, rows, t);
+            const __m512i o = line_codes(2 * p + 1 < kb ? src + (32 * b + 2 * p + 1) * ldb : NULL, rows, t);
+            if (rng) {
+                range_add(&rg, e);
+                range_add(&rg, o);
+            }
+            lo[p] = _mm512_permutex2var_epi16(e, pairs_lo(), o); /* rows 0..15 */
+            hi[p] = _mm512_permutex2var_epi16(e, pairs_hi(), o); /* rows 16..31 */
+        }
+        transpose16_u32(lo);
+        transpose16_u32(hi);
+        for (int i = 0; i < 16; i++) {
+            _mm512_store_si512((void *)(dst + b * 16 * 32 + i * 16), lo[i]);
+            _mm512_store_si512((void *)(dst + b * 16 * 32 + (16 + i) * 16), hi[i]);
+        }
     }
+    if (rng) range_end(rg, rng);
+}
 
 void dk_gemm_pack_rowtile_cols_u16_avx512(const uint16_t *src, int64_t ldk, int64_t rows,
                                           int64_t nblk, int64_t klast, uint32_t *dst,
                                           uint16_t *rng)
 {
-    static const uint16_t empty[2] = {0x7FFF, 0};
-    range512 rg = range_start(rng ? rng : empty);
-#define LOAD16(p, n) line_u16((p), (n))
-    PACK_ROWTILE_COLS(LOAD16)
-#undef LOAD16
-    if (rng) range_end(rg, rng);
+    rowtile_cols((const char *)src, 2, ldk, rows, nblk, klast, NULL, dst, rng);
 }
 
 void dk_gemm_pack_rowtile_cols_u8_avx512(const uint8_t *src, int64_t ldk, int64_t rows,
@@ -424,11 +432,5 @@ void dk_gemm_pack_rowtile_cols_u8_avx512(const uint8_t *src, int64_t ldk, int64_
 {
     __m512i t[8];
     dk_lut512_load(table, t);
-    uint16_t *rng = NULL; /* 8-bit codes are never ranged */
-    range512 rg = {_mm512_setzero_si512(), _mm512_setzero_si512()};
-#define LOAD8(p, n) line_u8((p), (n), t)
-    PACK_ROWTILE_COLS(LOAD8)
-#undef LOAD8
-    (void)rg;
+    rowtile_cols((const char *)src, 1, ldk, rows, nblk, klast, t, dst, NULL); /* never ranged */
 }
-#undef PACK_ROWTILE_COLS
