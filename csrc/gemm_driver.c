@@ -55,6 +55,7 @@
                                                  * the generic tier and the few-rows path */
 #define DK_GEMM_MIN_BLOCK_SL 2                  /* slivers per A block when m is cut finer */
 #define DK_GEMM_BPANEL_MAX ((size_t)32 << 20)   /* bytes of packed B per jc step (all of k) */
+#define DK_GEMM_L1_BYTES ((double)(32 << 10))   /* L1 data a kernel's operands may count on */
 #define DK_GEMM_AMX_KC_L1 512                   /* amx tier: k per block when C stays in L2 */
 #define DK_GEMM_AMX_C_L2 ((double)(1 << 18))    /* ... that is, up to these bytes of C an item */
 
@@ -689,6 +690,8 @@ static void gemm_item_body(const gemm_step *S, int64_t w, int slot)
         int64_t kreal = S->kpairs - pc < S->kcp ? S->kpairs - pc : S->kcp;
         int flags = (pc > 0 ? DK_UKR_LOAD : 0) | (pc + kreal == S->kpairs ? DK_UKR_LAST : 0);
         if ((flags & DK_UKR_LAST) && S->stream) flags |= DK_UKR_STREAM;
+        /* the item's A block runs past L1: each B sliver meets every A sliver from L2 */
+        if ((double)msl * (double)kreal * (double)pairA > DK_GEMM_L1_BYTES) flags |= DK_UKR_A_PAST_L1;
         /* the kernel's k granularity: the packers pad with zero pairs (a whole number of
          * t->kblk; only the last block can be partial, kcp is a multiple of t->kblk) */
         int64_t kp = (kreal + t->kblk - 1) / t->kblk * t->kblk;

@@ -120,8 +120,10 @@ void dk_gemm_bf16_range(const uint16_t *p, int64_t d0, int64_t d1, int64_t d2, i
  * call of a C tile may end with a partial block (kp % 16 != 0), which it completes as if
  * padded with zero pairs. */
 enum { DK_UKR_LOAD = 1, DK_UKR_LAST = 2,
-       DK_UKR_STREAM = 4 /* with LAST: the result may be written with non-temporal stores (a
-                            kernel may ignore it); the caller fences before publishing C */ };
+       DK_UKR_STREAM = 4, /* with LAST: the result may be written with non-temporal stores (a
+                             kernel may ignore it); the caller fences before publishing C */
+       DK_UKR_A_PAST_L1 = 8 /* the A slivers the kernel is called with for one B sliver do not
+                               fit in L1 (a load hint a kernel may ignore: dk_gemm_ukr_amxtile) */ };
 typedef void (*dk_gemm_ukr_fn)(int64_t kp, const void *a, const void *b, float *c,
                                int64_t ldc, int flags, float scale);
 
