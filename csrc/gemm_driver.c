@@ -56,8 +56,8 @@
 #define DK_GEMM_MIN_BLOCK_SL 2                  /* slivers per A block when m is cut finer */
 #define DK_GEMM_BPANEL_MAX ((size_t)32 << 20)   /* bytes of packed B per jc step (all of k) */
 #define DK_GEMM_L1_BYTES ((double)(32 << 10))   /* L1 data a kernel's operands may count on */
-#define DK_GEMM_AMX_KC_L1 512                   /* amx tier: k per block when C stays in L2 */
-#define DK_GEMM_AMX_C_L2 ((double)(1 << 18))    /* ... that is, up to these bytes of C an item */
+#define DK_GEMM_AMX_KC_L1 512                   /* amx tier: k per block for a small C block */
+#define DK_GEMM_AMX_C_SMALL ((double)(1 << 18)) /* ... that is, up to these bytes of C an item */
 
 typedef struct {
     dk_gemm_ukr_fn ukr;
@@ -690,11 +690,13 @@ static void gemm_item_body(const gemm_step *S, int64_t w, int slot)
         int64_t kreal = S->kpairs - pc < S->kcp ? S->kpairs - pc : S->kcp;
         int flags = (pc > 0 ? DK_UKR_LOAD : 0) | (pc + kreal == S->kpairs ? DK_UKR_LAST : 0);
         if ((flags & DK_UKR_LAST) && S->stream) flags |= DK_UKR_STREAM;
-        /* the item's A block runs past L1: each B sliver meets every A sliver from L2 */
-        if ((double)msl * (double)kreal * (double)pairA > DK_GEMM_L1_BYTES) flags |= DK_UKR_A_PAST_L1;
         /* the kernel's k granularity: the packers pad with zero pairs (a whole number of
          * t->kblk; only the last block can be partial, kcp is a multiple of t->kblk) */
         int64_t kp = (kreal + t->kblk - 1) / t->kblk * t->kblk;
+        /* a B sliver that fits in L1 meets A slivers that do not: they may stream past it */
+        if ((double)kp * (double)pairB <= DK_GEMM_L1_BYTES &&
+            (double)msl * (double)kp * (double)pairA > DK_GEMM_L1_BYTES)
+            flags |= DK_UKR_STREAM_A;
         /* the range of A's codes (if asked) is taken while packing */
         uint16_t *arng = S->arng ? S->arng + 2 * slot : NULL;
         if (t->rowtile_a)
@@ -961,9 +963,9 @@ int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
      * every A sliver, which the kernel streams past it (dk_gemm_ukr_amxtile), for one reload
      * of the C block per k block. Larger C blocks take whole k up to t.kc: at 1 MiB (1024^3
      * on one thread) k blocks of 512 were 1.07-1.1x faster in back-to-back calls but about
-     * 0.75x in calls 0.2-0.3 s apart, whose C comes back from memory; at 2 MiB (2048^3) 0.85x
-     * either way. Both are bit-identical (blocks of 32 k are absolute). */
-    if (t.rowtile_a && (double)mc * (double)nc * sizeof(float) <= DK_GEMM_AMX_C_L2)
+     * 0.75x in calls 0.2-0.3 s apart, whose C comes back from memory; at 2 MiB (2048^3)
+     * 0.85-0.9x back to back. Both are bit-identical (blocks of 32 k are absolute). */
+    if (t.rowtile_a && (double)mc * (double)nc * sizeof(float) <= DK_GEMM_AMX_C_SMALL)
         t.kc = DK_GEMM_AMX_KC_L1;
     const int64_t kcp = t.kc / 2;                    /* pairs per block */
 

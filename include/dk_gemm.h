@@ -122,8 +122,8 @@ void dk_gemm_bf16_range(const uint16_t *p, int64_t d0, int64_t d1, int64_t d2, i
 enum { DK_UKR_LOAD = 1, DK_UKR_LAST = 2,
        DK_UKR_STREAM = 4, /* with LAST: the result may be written with non-temporal stores (a
                              kernel may ignore it); the caller fences before publishing C */
-       DK_UKR_A_PAST_L1 = 8 /* the A slivers the kernel is called with for one B sliver do not
-                               fit in L1 (a load hint a kernel may ignore: dk_gemm_ukr_amxtile) */ };
+       DK_UKR_STREAM_A = 8 /* the B sliver fits in L1 and the A slivers it meets do not: A
+                              may be loaded past L1 (a hint a kernel may ignore) */ };
 typedef void (*dk_gemm_ukr_fn)(int64_t kp, const void *a, const void *b, float *c,
                                int64_t ldc, int flags, float scale);
 

@@ -58,15 +58,12 @@ void dk_gemm_amxtile_enter(void)
 
 void dk_gemm_amxtile_leave(void) { _tile_release(); }
 
-/* The k loop. When the B sliver fits in L1 beside the A tiles (kp <= T1_PAIRS: 256 pairs x
- * 32 lanes x 4 bytes = 32 KiB of the 48) but the A slivers it meets do not (the driver's
- * DK_UKR_A_PAST_L1), A is loaded with the T1 hint (TILELOADDT1: data not reused soon), so
- * that streaming the A slivers past it keeps the B sliver, which every A sliver of the block
- * reuses (the driver's run_unit), in L1. Measured one thread, amx tier: 512^3 1.05-1.1x;
- * with B slivers past L1 (k blocks of 2048) the hint was no better, and with an A block that
- * fits in L1 (batches of 128^3 products) it was slower: A then comes back from L2 for every
- * B sliver. */
-#define T1_PAIRS 256
+/* The k loop. With DK_UKR_STREAM_A (the driver's: the B sliver fits in L1, the A slivers it
+ * meets do not) A is loaded with the T1 hint (TILELOADDT1: data not reused soon), so that
+ * streaming the A slivers past it keeps the B sliver, which every A sliver of the block
+ * reuses (run_unit), in L1. Measured one thread: 512^3 1.05-1.1x; with B slivers past L1
+ * (k blocks of 2048) the hint was no better, and with an A block that fits in L1 (batches
+ * of 128^3 products) it was slower: A then came back from L2 for every B sliver. */
 __attribute__((always_inline)) static inline void kloop(int64_t kp, const uint32_t *a,
                                                         const uint32_t *b, const int t1)
 {
@@ -103,7 +100,7 @@ void dk_gemm_ukr_amxtile(int64_t kp, const void *ap, const void *bp, float *c, i
         _tile_zero(2);
         _tile_zero(3);
     }
-    if (kp <= T1_PAIRS && (flags & DK_UKR_A_PAST_L1)) kloop(kp, a, b, 1);
+    if (flags & DK_UKR_STREAM_A) kloop(kp, a, b, 1);
     else kloop(kp, a, b, 0);
     if (!(flags & DK_UKR_LAST)) {
         _tile_stored(0, c, ldcb);

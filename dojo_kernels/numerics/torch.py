@@ -410,13 +410,6 @@ class DelayedScaling:
         return h
 
 
-def _amax(arr: np.ndarray) -> float:
-    """max|arr| by dojo_kernels' own one-pass kernel (threads of its pool), not a torch
-    reduction: torch's OpenMP threads, once woken, spin for milliseconds and hold the core
-    the next D1 GEMM's second thread needs (docs/threads.md)."""
-    return _nx._max_abs(arr)
-
-
 @dataclass
 class _Spec:
     """Resolved formats of one differentiable GEMM."""
@@ -436,7 +429,9 @@ class _Spec:
         if isinstance(like, Format):
             self.formats[role] = like
             return like
-        amax = _amax(arr)
+        # dojo_kernels' one-pass kernel, not a torch reduction: torch's OpenMP threads, once
+        # woken, spin for milliseconds on the core the next D1 GEMM wants (docs/threads.md)
+        amax = _nx._max_abs(arr)
         if not math.isfinite(amax):
             raise ValueError(f"{_ROLE_NAMES[role]}: contains NaN or Inf; no bias makes it "
                              "representable")
@@ -572,7 +567,7 @@ class _GemmFn(torch.autograd.Function):
             beta = 1.0 if ctx.beta is None else ctx.beta
             # dY is float32 (the GEMM's result is, and autograd hands the backward that
             # dtype): beta dY summed by NumPy on the calling thread, not by a torch
-            # reduction (see _amax), then converted to c's dtype
+            # reduction (see _Spec.resolve), then converted to c's dtype
             gv = np.asarray(_values(g, "grad_output"), np.float32)
             if beta != 1.0:
                 gv = gv * np.float32(beta)
@@ -715,7 +710,7 @@ class D1Linear(nn.Linear):
         x2 = x.reshape(-1, self.in_features)
         # The bias as the GEMM's addend c (the same FP32 add as y + bias, done by
         # dojo_kernels.gemm; its gradient summed by NumPy): no torch operation in the layer
-        # wakes torch's spinning OpenMP threads (see _amax). A float64 bias keeps torch's add
+        # wakes torch's spinning OpenMP threads (see _Spec.resolve). A float64 bias keeps torch's add
         # (y + bias is a float64 sum there).
         fused = self.bias is not None and self.bias.dtype != torch.float64
         y = gemm(x2, self.weight.t(), recipe=self.recipe, scaling=self.scaling,
