@@ -269,6 +269,47 @@ def test_gemm_batched(benchmark, impl, threads, shape):
                                 gflops=round(2.0 * nb * m * n * k / benchmark.stats.stats.min / 1e9, 1))
 
 
+# ---- the addend (a Linear's bias, a full C): added inside the GEMM --------------------------
+
+ADDEND_SHAPE = (512, 4096, 1024)   # a Linear 1024 -> 4096 on 512 tokens, x W^T
+
+
+@pytest.mark.parametrize("impl", ["dk_none", "dk_bias", "dk_full", "dk_full_then_numpy_add",
+                                  "torch_bias", "torch_full"])
+@pytest.mark.parametrize("threads", THREADS)
+def test_gemm_addend(benchmark, impl, threads):
+    """dk.gemm(x, W.T, c=...) with no addend, a bias (n,) and a full (m, n) c, beside the
+    same product with the full c added by NumPy afterwards (what gemm did before the driver
+    added it) and torch's bfloat16 addmm: the addend's cost is the difference to dk_none."""
+    m, n, k = ADDEND_SHAPE
+    rng = np.random.default_rng(3)
+    x = dk.quantize(rng.standard_normal((m, k)).astype(np.float32), dk.BF16)
+    w = dk.quantize(rng.standard_normal((n, k)).astype(np.float32), dk.BF16)
+    bias = rng.standard_normal(n).astype(np.float32)
+    full = rng.standard_normal((m, n)).astype(np.float32)
+    out = np.empty((m, n), np.float32)
+    if impl.startswith("dk_"):
+        c = {"dk_none": None, "dk_bias": bias, "dk_full": full}.get(impl)
+        if impl == "dk_full_then_numpy_add":
+            def f():
+                dk.gemm(x, w.T, out=out)
+                np.add(out, full, out=out)
+        else:
+            f = lambda: dk.gemm(x, w.T, c=c, out=out)  # noqa: E731
+    else:
+        if torch is None:
+            pytest.skip("torch not installed")
+        tx = torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
+        tw = torch.from_numpy(w.view(np.int16)).view(torch.bfloat16)
+        tc = torch.from_numpy(bias if impl == "torch_bias" else full).bfloat16()
+        f = lambda: torch.addmm(tc, tx, tw.T)  # noqa: E731
+    benchmark.group = f"gemm addend {'x'.join(map(str, ADDEND_SHAPE))} t{threads}"
+    with threads_set(threads):
+        f()
+        benchmark.pedantic(f, rounds=15, iterations=1, warmup_rounds=2)
+    benchmark.extra_info.update(ms=round(benchmark.stats.stats.min * 1e3, 3))
+
+
 # ---- the table (python bench/bench_gemm.py) ---------------------------------------------
 
 def best_time(f, rounds):

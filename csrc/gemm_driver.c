@@ -35,6 +35,7 @@
 #endif
 
 #include "dk_pool.h"
+#include "dk_fpenv.h" /* dk_fpenv_enter / dk_fpenv_leave: the default MXCSR for the addend */
 
 /* The packed-B flags publish data with C11 release/acquire, which valgrind's helgrind does not
  * model: tell it (no-ops outside valgrind; absent without the valgrind headers). */
@@ -71,6 +72,7 @@ typedef struct {
     int rowtile_a;    /* 1: A in the AMX "row tiles" layout (overrides split_a) */
     int64_t kblk;     /* the kernel takes k-pairs in multiples of this (zero padded) */
     void (*enter)(void), (*leave)(void);  /* per-thread set-up around a work item */
+    dk_gemm_ukr_add_fn ukr_add; /* NULL, or ukr with the addend fused into its last store */
 } tier_cfg;
 
 static int get_cfg(int isa, int kernel, int order, tier_cfg *t)
@@ -82,7 +84,7 @@ static int get_cfg(int isa, int kernel, int order, tier_cfg *t)
         if (isa >= DK_ISA_AMX)
             *t = (tier_cfg){dk_gemm_ukr_amxtile, 0, 0, DK_GEMM_AMXTILE_MR, DK_GEMM_AMXTILE_NR,
                             2048, 256, 4096, 1, 1, DK_GEMM_AMX_BLOCK_PAIRS, dk_gemm_amxtile_enter,
-                            dk_gemm_amxtile_leave};
+                            dk_gemm_amxtile_leave, dk_gemm_ukr_amxtile_add};
         else if (isa >= DK_ISA_AVX512BF16)
             *t = (tier_cfg){dk_gemm_ukr_amx_avx512, 1, 1, DK_GEMM_AMX512_MR, DK_GEMM_AMX512_NR,
                             512, 84, 2048, 1};
@@ -643,6 +645,26 @@ static void *aligned_alloc_bytes(size_t n)
     return p;
 }
 
+/* out (mm x nn, row stride ldo) += the addend's elements at (bi, i0.., j0..): one FP32 add
+ * each, out's value the first operand (as NumPy's add(out, term)). The caller runs it under
+ * the default environment (dk_fpenv_enter): no flush of a subnormal sum. */
+static void add_term(const dk_gemm_addend *c, int64_t bi, int64_t i0, int64_t j0, int64_t mm,
+                     int64_t nn, float *out, int64_t ldo)
+{
+    const float *base = c->ptr + bi * c->bs + i0 * c->rs + j0 * c->cs;
+    for (int64_t i = 0; i < mm; i++) {
+        float *restrict o = out + i * ldo;
+        const float *restrict t = base + i * c->rs;
+        if (c->cs == 1)
+            for (int64_t j = 0; j < nn; j++) o[j] = o[j] + t[j];
+        else if (c->cs == 0) {
+            const float v = t[0];
+            for (int64_t j = 0; j < nn; j++) o[j] = o[j] + v;
+        } else
+            for (int64_t j = 0; j < nn; j++) o[j] = o[j] + t[j * c->cs];
+    }
+}
+
 /* One jc step of one batch item, shared by its work items. */
 typedef struct {
     const tier_cfg *t;
@@ -657,6 +679,8 @@ typedef struct {
     atomic_int *bstate;  /* per (pc block, chunk): 0 unpacked, 1 being packed, 2 ready */
     char *abuf, *bpriv;  /* per slot: packed A block, private copy of one B unit */
     size_t abytes, bpriv_bytes;
+    const dk_gemm_addend *add; /* NULL, or added to each tile after its last k block */
+    int64_t bi;          /* the batch item (the addend's batch index) */
 } gemm_step;
 
 /* The micro-kernel over one packed unit of B (slivers s0..s1-1) and the item's A block. */
@@ -664,14 +688,34 @@ static void run_unit(const gemm_step *S, const char *unit, int64_t s0, int64_t s
                      int64_t i0, int64_t msl, const char *mya, int flags)
 {
     const tier_cfg *t = S->t;
+    const dk_gemm_addend *add = (flags & DK_UKR_LAST) ? S->add : NULL;
+    /* the addend fused into the kernel's last stores (its columns unit or broadcast) */
+    const int fuse = add && t->ukr_add && (add->cs == 0 || add->cs == 1);
     for (int64_t s = s0; s < s1; s++) {
         const char *bp = unit + (size_t)(s - s0) * kp * S->pairB;
         int64_t j = S->jc + s * t->nr;
         for (int64_t r = 0; r < msl; r++) {
             int64_t i = i0 + r * t->mr;
-            tile(t, kp, mya + (size_t)r * kp * S->pairA, bp, S->cb + i * S->ldo + j, S->ldo,
-                 S->m - i, S->n - j, flags, S->scale);
+            const char *ap = mya + (size_t)r * kp * S->pairA;
+            float *c = S->cb + i * S->ldo + j;
+            if (fuse && S->m - i >= t->mr && S->n - j >= t->nr) {
+                t->ukr_add(kp, ap, bp, c, S->ldo, flags, S->scale,
+                           add->ptr + S->bi * add->bs + i * add->rs + j * add->cs, add->rs, add->cs);
+                continue;
+            }
+            tile(t, kp, ap, bp, c, S->ldo, S->m - i, S->n - j, flags, S->scale);
+            if (fuse) /* an edge tile (the add reads back what was just stored: rare) */
+                add_term(add, S->bi, i, j, S->m - i < t->mr ? S->m - i : t->mr,
+                         S->n - j < t->nr ? S->n - j : t->nr, c, S->ldo);
         }
+    }
+    /* Other kernels: the addend on the unit's block of the result once it is complete, from
+     * the caches (tile by tile, each read right after the kernel's stores, it measured
+     * slower than a pass of its own afterwards). */
+    if (add && !fuse) {
+        const int64_t j0 = S->jc + s0 * t->nr, j1 = S->jc + s1 * t->nr < S->n ? S->jc + s1 * t->nr : S->n;
+        const int64_t i1 = i0 + msl * t->mr < S->m ? i0 + msl * t->mr : S->m;
+        add_term(S->add, S->bi, i0, j0, i1 - i0, j1 - j0, S->cb + i0 * S->ldo + j0, S->ldo);
     }
 }
 
@@ -760,12 +804,14 @@ static void gemm_item_body(const gemm_step *S, int64_t w, int slot)
 static void gemm_item(void *arg, int64_t w, int slot)
 {
     const gemm_step *S = arg;
+    const unsigned csr = S->add ? dk_fpenv_enter() : 0;
     if (S->t->enter) S->t->enter(); /* e.g. the AMX tile configuration of this thread */
     gemm_item_body(S, w, slot);
 #ifdef __SSE2__
     if (S->stream) _mm_sfence(); /* order the non-temporal stores before the pool's release */
 #endif
     if (S->t->leave) S->t->leave();
+    if (S->add) dk_fpenv_leave(csr);
 }
 
 /* A batch of small products (each one A block and one column step): work item w is batch
@@ -786,16 +832,19 @@ static void gemm_batch_item(void *arg, int64_t w, int slot)
     view va, vb;
     S.va = &va;
     S.vb = &vb;
+    const unsigned csr = S.add ? dk_fpenv_enter() : 0;
     if (S.t->enter) S.t->enter();
     for (int64_t bi = b0; bi < b1; bi++) {
         item_views(B->a, B->b, bi, &va, &vb);
         S.cb = B->step.cb + bi * B->bso;
+        S.bi = bi;
         gemm_item_body(&S, 0, slot);
     }
 #ifdef __SSE2__
     if (S.stream) _mm_sfence();
 #endif
     if (S.t->leave) S.t->leave();
+    if (S.add) dk_fpenv_leave(csr);
 }
 
 /* Few rows (m <= DK_GEMM_SMALLM_MAX), amx order, AVX-512: no packing (gemm_smallm.c); the
@@ -807,6 +856,7 @@ typedef struct {
     float scale;
     float *out;
     uint16_t *range;     /* NULL, or per slot the range of B's codes read (2 each) */
+    const dk_gemm_addend *add; /* NULL, or added to the item's columns after the product */
 } smallm_args;
 
 static void smallm_item(void *arg, int64_t item, int slot)
@@ -820,6 +870,40 @@ static void smallm_item(void *arg, int64_t item, int slot)
                               a->cs, a->kind, a->table, item_ptr(b, bi),
                               b->rs, b->kind, b->table, S->scale, S->out + bi * S->bso, S->ldo,
                               S->range ? S->range + 2 * slot : NULL);
+    if (S->add) {
+        const unsigned csr = dk_fpenv_enter();
+        add_term(S->add, bi, 0, j0, S->m, j1 - j0, S->out + bi * S->bso + j0, S->ldo);
+        dk_fpenv_leave(csr);
+    }
+}
+
+int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
+                   const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
+                   float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads,
+                   int order, uint16_t arange[3], uint16_t brange[3])
+{
+    return dk_gemm_addend_ranges(batch, m, n, k, a, b, scale, NULL, out, ldo, bso, isa, kernel,
+                                 threads, order, arange, brange);
+}
+
+int dk_gemm_test_under_mxcsr(unsigned csr, int64_t batch, int64_t m, int64_t n, int64_t k,
+                             const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
+                             const dk_gemm_addend *term, float *out, int64_t ldo, int64_t bso,
+                             int isa, int kernel, int order, unsigned *csr_after)
+{
+#ifdef DK_HAVE_MXCSR
+    unsigned saved = _mm_getcsr();
+    _mm_setcsr(csr);
+    int rc = dk_gemm_addend_ranges(batch, m, n, k, a, b, scale, term, out, ldo, bso, isa, kernel, 1,
+                                   order, NULL, NULL);
+    *csr_after = _mm_getcsr();
+    _mm_setcsr(saved);
+    return rc;
+#else
+    (void)csr; (void)batch; (void)m; (void)n; (void)k; (void)a; (void)b; (void)scale; (void)term;
+    (void)out; (void)ldo; (void)bso; (void)isa; (void)kernel; (void)order; (void)csr_after;
+    return -1;
+#endif
 }
 
 int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
@@ -877,11 +961,13 @@ int dk_gemm_range_paths(int isa, int kernel, int order, int64_t m, int64_t b_cs)
     return (t.split_a ? 0 : 1) | (t.split_b ? 0 : 2);
 }
 
-int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
-                   const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
-                   float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads,
-                   int order, uint16_t arange[3], uint16_t brange[3])
+int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
+                          const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
+                          const dk_gemm_addend *term, float *out, int64_t ldo, int64_t bso,
+                          int isa, int kernel, int threads, int order, uint16_t arange[3],
+                          uint16_t brange[3])
 {
+    if (term && !term->ptr) return DK_EINVAL;
     if (arange) arange[2] = 0;
     if (brange) brange[2] = 0;
     tier_cfg t;
@@ -894,12 +980,17 @@ int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
     if (k == 0) {
         for (int64_t bi = 0; bi < batch; bi++)
             for (int64_t i = 0; i < m; i++) memset(out + bi * bso + i * ldo, 0, sizeof(float) * n);
+        if (term) {
+            const unsigned csr = dk_fpenv_enter();
+            for (int64_t bi = 0; bi < batch; bi++) add_term(term, bi, 0, 0, m, n, out + bi * bso, ldo);
+            dk_fpenv_leave(csr);
+        }
         return DK_OK;
     }
 
     if (few_rows(isa, order, m, b->cs)) {
         smallm_args S = {a, b, m, n, k, ldo, bso, (n + DK_GEMM_SMALLM_COLS - 1) / DK_GEMM_SMALLM_COLS,
-                         scale, out, NULL};
+                         scale, out, NULL, term};
         const double work = (double)m * (double)n * (double)k * (double)batch;
         int nthr = work < DK_GEMM_PAR_MIN ? 1 : dk_pool_advise(threads, smallm_item, work);
         int fail = 0;
@@ -1001,8 +1092,10 @@ int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
         free(brng);
         return DK_ENOMEM;
     }
-    /* A result larger than the L2 caches is written past them (see DK_UKR_STREAM). */
-    const int stream = (double)batch * (double)m * (double)n * sizeof(float) > DK_GEMM_STREAM_MIN;
+    /* A result larger than the L2 caches is written past them (see DK_UKR_STREAM); with an
+     * addend only where the kernel adds it before its stores (run_unit's `fuse`). */
+    const int fused = term && t.ukr_add && (term->cs == 0 || term->cs == 1);
+    const int stream = (!term || fused) && (double)batch * (double)m * (double)n * sizeof(float) > DK_GEMM_STREAM_MIN;
     if (batched) {
         /* up to 4 items a thread (dynamic hand-out), each a run of whole products */
         const int64_t nsl = (n + t.nr - 1) / t.nr;
@@ -1012,7 +1105,7 @@ int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
         const int64_t per = (batch + items - 1) / items;
         gemm_batch G = {{&t, NULL, NULL, out, m, n, k, ldo, 0, nsl, nchunks, 1, kpairs, kcp, mc,
                          pairA, pairB, stream, scale, arng, brng, NULL, NULL, abuf, bpriv,
-                         abytes, bpriv_bytes},
+                         abytes, bpriv_bytes, term, 0},
                         a, b, batch, per, bso};
         dk_pool_run_as(nthr, (batch + per - 1) / per, gemm_batch_item, &G, work);
     } else {
@@ -1036,7 +1129,7 @@ int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
                 for (int64_t u = 0; shared_b && u < npc * nchunks; u++) atomic_init(&bstate[u], 0);
                 gemm_step S = {&t, &va, &vb, cb, m, n, k, ldo, jc, nsl, nchunks, ngroups, kpairs,
                                kcp, mc, pairA, pairB, stream, scale, arng, brng, bbuf, bstate,
-                               abuf, bpriv, abytes, bpriv_bytes};
+                               abuf, bpriv, abytes, bpriv_bytes, term, bi};
                 dk_pool_run_as(nthr, nb_m * ngroups, gemm_item, &S, work);
             }
         }

@@ -19,6 +19,19 @@ cdef extern from "dk_gemm.h":
                        const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
                        float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads,
                        int order, uint16_t *arange, uint16_t *brange) nogil
+    ctypedef struct dk_gemm_addend:
+        const float *ptr
+        int64_t bs, rs, cs
+    int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
+                              const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
+                              const dk_gemm_addend *term, float *out, int64_t ldo, int64_t bso,
+                              int isa, int kernel, int threads, int order, uint16_t *arange,
+                              uint16_t *brange) nogil
+    int dk_gemm_test_under_mxcsr(unsigned csr, int64_t batch, int64_t m, int64_t n, int64_t k,
+                                 const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
+                                 const dk_gemm_addend *term, float *out, int64_t ldo,
+                                 int64_t bso, int isa, int kernel, int order,
+                                 unsigned *csr_after) nogil
     int DK_GEMM_SMALLM_MAX
     int DK_GEMM_SMALLM_AMX_MAX
     int dk_gemm_range_paths(int isa, int kernel, int order, int64_t m, int64_t b_cs) nogil
@@ -85,12 +98,26 @@ cdef int _fill(dk_gemm_operand *o, object arr, const uint16_t[::1] table, str na
 
 def gemm(object a, object b, const uint16_t[::1] table_a, const uint16_t[::1] table_b,
          float scale, float[:, :, ::1] out, int isa, int kernel, int threads,
-         int order=DK_GEMM_ORDER_AMX):
+         int order=DK_GEMM_ORDER_AMX, object term=None):
     """out[z] = a[z] @ b[z] (3-D uint16 BF16 codes or uint8 codes through the 256-entry
     tables; an operand with batch extent 1 is shared by every item of out) in the
-    accumulation order `order` (ORDER_AMX or ORDER_VDPBF16PS). Returns status (2: a bad
+    accumulation order `order` (ORDER_AMX or ORDER_VDPBF16PS), then + term[z] (None, or a
+    float32 array of out's shape, any strides, 0 included: np.broadcast_to; one FP32 add
+    per element, fused into the driver: dk_gemm_addend_ranges). Returns status (2: a bad
     isa or order)."""
-    return _run(a, b, table_a, table_b, scale, out, isa, kernel, threads, order, NULL, NULL)
+    return _run(a, b, table_a, table_b, scale, out, isa, kernel, threads, order, NULL, NULL,
+                term)
+
+
+def _gemm_under_mxcsr(unsigned csr, object a, object b, const uint16_t[::1] table_a,
+                      const uint16_t[::1] table_b, float scale, float[:, :, ::1] out, int isa,
+                      int order, object term=None):
+    """Test only: gemm on one thread with this thread's MXCSR set to csr for the call.
+    Returns (status, the MXCSR right after the call); status -1: no MXCSR (not x86)."""
+    cdef unsigned after = 0
+    rc = _run(a, b, table_a, table_b, scale, out, isa, 0, 1, order, NULL, NULL, term, csr,
+              &after)
+    return rc, after
 
 
 def range_paths(int isa, int kernel, int order, int64_t m, int64_t b_cs):
@@ -101,20 +128,26 @@ def range_paths(int isa, int kernel, int order, int64_t m, int64_t b_cs):
 
 
 def gemm_ranges(object a, object b, const uint16_t[::1] table_a, const uint16_t[::1] table_b,
-                float scale, float[:, :, ::1] out, int isa, int kernel, int threads, int order):
+                float scale, float[:, :, ::1] out, int isa, int kernel, int threads, int order,
+                object term=None):
     """gemm, returning (status, range of A, range of B): each range is None where it was not
     measured (dk_gemm_ranges), else bf16_range's (smallest nonzero, largest finite
     magnitude bits) of that operand's codes."""
     cdef uint16_t ra[3]
     cdef uint16_t rb[3]
-    rc = _run(a, b, table_a, table_b, scale, out, isa, kernel, threads, order, ra, rb)
+    rc = _run(a, b, table_a, table_b, scale, out, isa, kernel, threads, order, ra, rb, term)
     return rc, ((ra[0], ra[1]) if ra[2] else None), ((rb[0], rb[1]) if rb[2] else None)
 
 
 cdef int _run(object a, object b, const uint16_t[::1] table_a, const uint16_t[::1] table_b,
               float scale, float[:, :, ::1] out, int isa, int kernel, int threads, int order,
-              uint16_t *arange, uint16_t *brange) except -1:
+              uint16_t *arange, uint16_t *brange, object term, long csr=-1,
+              unsigned *csr_after=NULL) except -2:
     cdef dk_gemm_operand oa, ob
+    cdef dk_gemm_addend ot
+    cdef const dk_gemm_addend *pt = NULL
+    cdef const float[:, :, :] vt
+    cdef int d
     cdef int64_t batch = out.shape[0], m = out.shape[1], n = out.shape[2]
     cdef int64_t k = a.shape[2]
     cdef int rc
@@ -126,9 +159,27 @@ cdef int _run(object a, object b, const uint16_t[::1] table_a, const uint16_t[::
     _fill(&ob, b, table_b, "b")
     cdef float *po = &out[0, 0, 0] if out.shape[0] and out.shape[1] and out.shape[2] else NULL
     cdef int64_t ldo = out.strides[1] // sizeof(float), bso = out.strides[0] // sizeof(float)
+    if term is not None:
+        vt = term
+        if vt.shape[0] != batch or vt.shape[1] != m or vt.shape[2] != n:
+            raise ValueError(f"term: expected shape {(batch, m, n)}, got {term.shape}")
+        for d in range(3):
+            if vt.strides[d] % <Py_ssize_t>sizeof(float):
+                raise ValueError(f"term: stride {vt.strides[d]} is not a multiple of 4")
+        if batch and m and n:
+            ot.ptr = &vt[0, 0, 0]
+            ot.bs = vt.strides[0] // <Py_ssize_t>sizeof(float)
+            ot.rs = vt.strides[1] // <Py_ssize_t>sizeof(float)
+            ot.cs = vt.strides[2] // <Py_ssize_t>sizeof(float)
+            pt = &ot
+    if csr >= 0:
+        with nogil:
+            rc = dk_gemm_test_under_mxcsr(<unsigned>csr, batch, m, n, k, &oa, &ob, scale, pt, po,
+                                          ldo, bso, isa, kernel, order, csr_after)
+        return rc
     with nogil:
-        rc = dk_gemm_ranges(batch, m, n, k, &oa, &ob, scale, po, ldo, bso, isa, kernel, threads,
-                            order, arange, brange)
+        rc = dk_gemm_addend_ranges(batch, m, n, k, &oa, &ob, scale, pt, po, ldo, bso, isa, kernel,
+                                   threads, order, arange, brange)
     return rc
 
 

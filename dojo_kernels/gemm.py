@@ -535,17 +535,16 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
     b3 = cb if cb.ndim == 3 else cb[None]
     shape = (nb, m, n) if batched else (m, n)
 
+    term = None                      # beta * c in float32, broadcast to (nb, m, n)
     if beta is None and c is None:   # the common call: no addend (nothing to check)
-        use_c = False
-        beta32 = np.float32(0.0)
+        pass
     else:
         if beta is None:
             beta = 0.0 if c is None else 1.0
         if isinstance(beta, bool) or not isinstance(beta, (int, float, np.floating, np.integer)):
             raise TypeError(f"beta: expected a real number, got {type(beta).__name__}")
         beta32 = np.float32(beta)
-        use_c = bool(beta32 != 0)
-        if use_c:
+        if beta32 != 0:
             if c is None:
                 raise ValueError(f"c: beta = {beta} needs an addend c")
             c32 = np.asarray(c)
@@ -557,6 +556,19 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
             if len(cs) > len(shape) or any(d != 1 and d != e for d, e in
                                            zip(cs[::-1], shape[::-1])):
                 raise ValueError(f"c: shape {cs} does not broadcast to the result {shape}")
+            # beta * c on c's own elements (a bias: n of them, not m * n); the driver adds it
+            # to each block of the result while the block is in the caches
+            # (dk_gemm_addend_ranges): one FP32 add per element, the product's value first,
+            # as np.add(result, term). With beta = 1 a float32 c is the term itself (1 * x
+            # is x; a signalling NaN adds as its quiet self either way), unless it overlaps
+            # `out`, which the driver writes while it reads the term.
+            if (beta32 == 1 and c32.dtype == np.float32 and c32.dtype.isnative
+                    and c32.flags.aligned and not (out is not None and np.may_share_memory(c32, out))):
+                t = c32
+            else:
+                with np.errstate(all="ignore"):
+                    t = np.asarray(beta32 * c32.astype(np.float32, copy=False), np.float32)
+            term = np.broadcast_to(t, (nb, m, n))
     if out is not None:
         if not isinstance(out, np.ndarray):
             raise TypeError(f"out: expected a numpy.ndarray, got {type(out).__name__}")
@@ -616,17 +628,17 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
         if out is not None:
             o3 = out if batched else out[None]
             if (o3.dtype.isnative and o3.flags.c_contiguous and o3.flags.aligned
-                    and not np.may_share_memory(o3, ca_s) and not np.may_share_memory(o3, cb_s)
-                    and not (use_c and np.may_share_memory(o3, c32))):
+                    and not np.may_share_memory(o3, ca_s) and not np.may_share_memory(o3, cb_s)):
                 dst, direct = o3, True
         if dst is None:
             dst = _empty_result(nb, m, n)
 
         if not (spec_a or spec_b):
-            rc = _gemm.gemm(a3, b3, ta, tb, scale, dst, isa, kern, _config.threads(), order_code)
+            rc = _gemm.gemm(a3, b3, ta, tb, scale, dst, isa, kern, _config.threads(), order_code,
+                            term)
             break
         rc, got_a, got_b = _gemm.gemm_ranges(a3, b3, ta, tb, scale, dst, isa, kern,
-                                             _config.threads(), order_code)
+                                             _config.threads(), order_code, term)
         if spec_a:
             ra = _range_of(*got_a) if got_a is not None else _bf16_range(ca)
         if spec_b:
@@ -639,11 +651,6 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
     if rc != 0:  # pragma: no cover - arguments are validated above
         raise RuntimeError(f"gemm: C driver returned status {rc}")
 
-    if use_c:
-        with np.errstate(all="ignore"):
-            # beta * c on c's own elements (a bias: n of them, not m * n)
-            term = np.asarray(beta32 * c32.astype(np.float32, copy=False), np.float32)
-            np.add(dst, term if batched else term[None], out=dst)
     res = dst if batched else dst[0]
     if out is not None:
         if not direct:

@@ -96,6 +96,31 @@ int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
                    float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads,
                    int order, uint16_t arange[3], uint16_t brange[3]);
 
+/* An FP32 addend of the result: element (z, i, j) at ptr[z * bs + i * rs + j * cs] (strides
+ * in elements; 0 broadcasts an axis, e.g. a bias of n values has bs = rs = 0, cs = 1). */
+typedef struct {
+    const float *ptr;
+    int64_t bs, rs, cs;
+} dk_gemm_addend;
+
+/* dk_gemm_ranges, then out[z, i, j] = out[z, i, j] + term(z, i, j) for every element: one
+ * FP32 add (RNE, default environment: no flush, whatever the caller's MXCSR), done on each
+ * block of the result right after its last k block, while it is in the caches (not as a
+ * pass of its own afterwards). term may be NULL (no addend: dk_gemm_ranges); it must not
+ * overlap out. The bits are those of the product followed by the add. */
+int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
+                          const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
+                          const dk_gemm_addend *term, float *out, int64_t ldo, int64_t bso,
+                          int isa, int kernel, int threads, int order, uint16_t arange[3],
+                          uint16_t brange[3]);
+/* Test only: dk_gemm_addend_ranges on one thread (no ranges) with this thread's MXCSR set to
+ * csr for the call; *csr_after is the MXCSR seen right after it, then the caller's is
+ * restored. Returns -1 where there is no MXCSR (not x86). */
+int dk_gemm_test_under_mxcsr(unsigned csr, int64_t batch, int64_t m, int64_t n, int64_t k,
+                             const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
+                             const dk_gemm_addend *term, float *out, int64_t ldo, int64_t bso,
+                             int isa, int kernel, int order, unsigned *csr_after);
+
 /* Free the work buffers (packed B panel, A blocks, B units) dk_gemm keeps between calls
  * (see gemm_driver.c); safe at any time, the next call allocates again. */
 void dk_gemm_release_cache(void);
@@ -272,6 +297,15 @@ void dk_gemm_pack_rowtile_cols_u8_avx512(const uint8_t *src, int64_t ldk, int64_
 #define DK_GEMM_AMXTILE_NR 32
 void dk_gemm_ukr_amxtile(int64_t kp, const void *a, const void *b, float *c, int64_t ldc,
                          int flags, float scale);
+/* The same, and with DK_UKR_LAST the result's tile then plus an FP32 addend (one add per
+ * element, the result first): element (i, j) of the tile gets t[i * trs + j * tcs], tcs 0
+ * or 1. The add is done in registers, before the tile is stored (dk_gemm_addend_ranges). */
+void dk_gemm_ukr_amxtile_add(int64_t kp, const void *a, const void *b, float *c, int64_t ldc,
+                             int flags, float scale, const float *t, int64_t trs, int64_t tcs);
+/* Micro-kernels with a fused addend (dk_gemm_ukr_amxtile_add's form). */
+typedef void (*dk_gemm_ukr_add_fn)(int64_t kp, const void *a, const void *b, float *c,
+                                   int64_t ldc, int flags, float scale, const float *t,
+                                   int64_t trs, int64_t tcs);
 void dk_gemm_amxtile_enter(void);
 void dk_gemm_amxtile_leave(void);
 /* One TDPBF16PS on an m x n C tile with kpairs pairs (1..16 each), for tests. */

@@ -83,8 +83,11 @@ __attribute__((always_inline)) static inline void kloop(int64_t kp, const uint32
     }
 }
 
-void dk_gemm_ukr_amxtile(int64_t kp, const void *ap, const void *bp, float *c, int64_t ldc,
-                     int flags, float scale)
+/* The kernel; t: NULL, or the addend of the tile (dk_gemm_ukr_amxtile_add). */
+__attribute__((always_inline)) static inline void ukr(int64_t kp, const void *ap, const void *bp,
+                                                      float *c, int64_t ldc, int flags,
+                                                      float scale, const float *t, int64_t trs,
+                                                      int64_t tcs)
 {
     const uint32_t *a = (const uint32_t *)ap;
     const uint32_t *b = (const uint32_t *)bp;
@@ -124,9 +127,23 @@ void dk_gemm_ukr_amxtile(int64_t kp, const void *ap, const void *bp, float *c, i
         for (int h = 0; h < NR; h += 16) {
             __m512 x = _mm512_mul_ps(_mm512_load_ps(tmp + i * NR + h), s);
             x = _mm512_mask_mov_ps(x, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), qnan);
+            if (t) /* the product's value first, as NumPy's add(result, term) */
+                x = _mm512_add_ps(x, tcs ? _mm512_loadu_ps(t + i * trs + h) : _mm512_set1_ps(t[i * trs]));
             if (stream) _mm512_stream_ps(c + i * ldc + h, x);
             else _mm512_storeu_ps(c + i * ldc + h, x);
         }
+}
+
+void dk_gemm_ukr_amxtile(int64_t kp, const void *ap, const void *bp, float *c, int64_t ldc,
+                         int flags, float scale)
+{
+    ukr(kp, ap, bp, c, ldc, flags, scale, NULL, 0, 0);
+}
+
+void dk_gemm_ukr_amxtile_add(int64_t kp, const void *ap, const void *bp, float *c, int64_t ldc,
+                             int flags, float scale, const float *t, int64_t trs, int64_t tcs)
+{
+    ukr(kp, ap, bp, c, ldc, flags, scale, (flags & DK_UKR_LAST) ? t : NULL, trs, tcs);
 }
 
 /* One TDPBF16PS on tiles of the given shape, for the tests that prove the contract
