@@ -207,24 +207,35 @@ def test_gemm_speed(benchmark, impl, shape, threads):
 # ---- small calls (issue 11 part 2): the per-call cost, beside NumPy's f32 matmul ---------
 
 SMALL = [16, 32, 64]
-SMALL_IMPLS = ["dk_f32_in", "dk_codes", "numpy_f32", "torch_bf16"]
+SMALL_IMPLS = ["dk_f32_in", "dk_codes", "dk_codes_bias", "dk_cf8", "dk_cf8_bias", "numpy_f32",
+               "numpy_f32_bias", "torch_bf16"]
 
 
 @pytest.mark.parametrize("impl", SMALL_IMPLS)
 @pytest.mark.parametrize("s", SMALL)
 def test_gemm_small(benchmark, impl, s):
     """s x s x s at the default thread count (small products run on the calling thread):
-    dk.gemm on float32 inputs (rounded into BF16 per call) and on BF16 codes, NumPy's float32
-    matmul and torch's bfloat16 mm (target: dk.gemm 16x16 within 10x NumPy's)."""
+    dk.gemm on float32 inputs (rounded into BF16 per call), on BF16 codes and on CFloat8 codes,
+    with and without a bias (an addend of s values), NumPy's float32 matmul (and + bias) and
+    torch's bfloat16 mm (target: dk.gemm 16x16 within 10x NumPy's)."""
     rng = np.random.default_rng(s)
     a32 = rng.standard_normal((s, s)).astype(np.float32)
+    bias = rng.standard_normal(s).astype(np.float32)
+    f8 = dk.cfloat8_143(7)
     if impl == "dk_f32_in":
         f = lambda: dk.gemm(a32, a32)  # noqa: E731
-    elif impl == "dk_codes":
+    elif impl.startswith("dk_codes"):
         a16 = dk.quantize(a32, dk.BF16)
-        f = lambda: dk.gemm(a16, a16)  # noqa: E731
+        c = bias if impl.endswith("_bias") else None
+        f = lambda: dk.gemm(a16, a16, c=c)  # noqa: E731
+    elif impl.startswith("dk_cf8"):
+        a8 = dk.quantize(a32, f8)
+        c = bias if impl.endswith("_bias") else None
+        f = lambda: dk.gemm(a8, a8, a_format=f8, c=c)  # noqa: E731
     elif impl == "numpy_f32":
         f = lambda: np.matmul(a32, a32)  # noqa: E731
+    elif impl == "numpy_f32_bias":
+        f = lambda: np.matmul(a32, a32) + bias  # noqa: E731
     else:
         if torch is None:
             pytest.skip("torch not installed")

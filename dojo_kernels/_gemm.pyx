@@ -188,9 +188,11 @@ cdef int _run(object a, object b, const uint16_t[::1] table_a, const uint16_t[::
 # pass over the buffers, no memoryview or intermediate array; None means "not handled
 # here" and gemm.py takes its general path (which also raises every error).
 
-#: operand kinds of gemm_small (the caller tests the dtype: native uint16 / float32)
+#: operand kinds of gemm_small (the caller tests the dtype: native uint16 / float32 /
+#: uint8; KIND_U8 is CFloat8 codes decoded through the caller's table, with its scale)
 KIND_U16 = 0
 KIND_F32 = 1
+KIND_U8 = 2
 #: largest m * k and k * n the fast path takes (its stack buffers for rounded float32)
 SMALL_MAX = 4096
 
@@ -241,10 +243,21 @@ def scale_is_unit_py(int small_a, int big_a, int small_b, int big_b, int64_t k):
 
 cdef int _operand2d(dk_gemm_operand *o, Py_buffer *v, int kind, uint16_t *buf, int isa,
                     const uint16_t *table) noexcept nogil:
-    """Fill o from a 2-D buffer of BF16 codes (kind 0, any strides that are multiples of 2)
-    or of C-contiguous aligned float32 (kind 1: rounded to nearest-even into buf). 0 when
-    the fast path cannot take it."""
+    """Fill o from a 2-D buffer of BF16 codes (kind 0, any strides that are multiples of 2),
+    of C-contiguous aligned float32 (kind 1: rounded to nearest-even into buf) or of 8-bit
+    codes (kind 2, any strides, decoded through table). 0 when the fast path cannot take
+    it."""
     cdef Py_ssize_t r = v.shape[0], c = v.shape[1]
+    if kind == 2:
+        if v.itemsize != 1:
+            return 0
+        o.ptr = v.buf
+        o.rs = v.strides[0]
+        o.cs = v.strides[1]
+        o.bs = 0
+        o.kind = DK_GEMM_U8
+        o.table = table
+        return 1
     if kind == 0:
         if v.itemsize != 2 or (<uintptr_t>v.buf) % 2:
             return 0
@@ -273,18 +286,25 @@ _empty = None
 
 
 def gemm_small(object a, int kind_a, object b, int kind_b, object out, int isa, int kernel,
-               int threads, int order):
+               int threads, int order, object term=None, const uint16_t[::1] table_a=None,
+               const uint16_t[::1] table_b=None, float scale=1.0):
     """a (m x k) @ b (k x n) of 2-D BF16 codes (KIND_U16) or float32 (KIND_F32, rounded to
-    nearest-even into BF16 as quantize does) with unit scaling, into out (a C-contiguous
-    float32 (m, n) array overlapping neither operand) or a new array; None when the call
-    is not this simple case (shapes that do not match, empty or large operands, scaling
-    needed, other strides), and the caller takes the general path."""
+    nearest-even into BF16 as quantize does) with unit scaling, or of two 8-bit code arrays
+    (KIND_U8 both, through table_a / table_b, the result times `scale`: the caller's
+    scaling), plus term (None, or a float32 array of at most 2 dimensions that broadcasts
+    to (m, n), overlapping no out: one FP32 add per element, dk_gemm_addend_ranges), into
+    out (a C-contiguous float32 (m, n) array overlapping neither operand) or a new array;
+    None when the call is not this simple case (shapes that do not match, empty or large
+    operands, scaling needed, other strides), and the caller takes the general path."""
     global _empty
-    cdef Py_buffer va, vb, vo
+    cdef Py_buffer va, vb, vo, vt
     cdef uint16_t bufa[4096]
     cdef uint16_t bufb[4096]
     cdef uint16_t table[1]
     cdef dk_gemm_operand oa, ob
+    cdef dk_gemm_addend ot
+    cdef const dk_gemm_addend *pt = NULL
+    cdef bint have_t = False
     cdef int64_t m, n, k
     cdef uint16_t lo_a = 0x7FFF, hi_a = 0, lo_b = 0x7FFF, hi_b = 0
     cdef int rc = -1
@@ -304,14 +324,24 @@ def gemm_small(object a, int kind_a, object b, int kind_b, object out, int isa, 
             if vb.shape[0] != k or m == 0 or n == 0 or k == 0 or m * k > 4096 or k * n > 4096:
                 return None
             table[0] = 0
-            if not _operand2d(&oa, &va, kind_a, bufa, isa, table):
+            if (kind_a == KIND_U8) != (kind_b == KIND_U8):
                 return None
-            if not _operand2d(&ob, &vb, kind_b, bufb, isa, table):
-                return None
-            dk_gemm_bf16_range(<const uint16_t *>oa.ptr, 1, m, k, 0, oa.rs, oa.cs, &lo_a, &hi_a, 1)
-            dk_gemm_bf16_range(<const uint16_t *>ob.ptr, 1, k, n, 0, ob.rs, ob.cs, &lo_b, &hi_b, 1)
-            if not scale_is_unit(lo_a, hi_a, lo_b, hi_b, k):
-                return None
+            if kind_a == KIND_U8:
+                if table_a is None or table_b is None or table_a.shape[0] != 256 or table_b.shape[0] != 256:
+                    return None
+                if not _operand2d(&oa, &va, kind_a, bufa, isa, &table_a[0]):
+                    return None
+                if not _operand2d(&ob, &vb, kind_b, bufb, isa, &table_b[0]):
+                    return None
+            else:
+                if not _operand2d(&oa, &va, kind_a, bufa, isa, table):
+                    return None
+                if not _operand2d(&ob, &vb, kind_b, bufb, isa, table):
+                    return None
+                dk_gemm_bf16_range(<const uint16_t *>oa.ptr, 1, m, k, 0, oa.rs, oa.cs, &lo_a, &hi_a, 1)
+                dk_gemm_bf16_range(<const uint16_t *>ob.ptr, 1, k, n, 0, ob.rs, ob.cs, &lo_b, &hi_b, 1)
+                if not scale_is_unit(lo_a, hi_a, lo_b, hi_b, k) or scale != 1.0:
+                    return None
             if out is None:
                 if _empty is None:
                     import numpy
@@ -330,21 +360,29 @@ def gemm_small(object a, int kind_a, object b, int kind_b, object out, int isa, 
                     or (<uintptr_t>vo.buf) % 4 or (m > 1 and vo.strides[0] != 4 * n)
                     or (n > 1 and vo.strides[1] != 4)):
                 return None
+            plo = <char *>vo.buf
+            phi = plo + 4 * m * n
             if out is not None:
                 # out must overlap no operand the kernel reads (float32 ones were copied)
-                plo = <char *>vo.buf
-                phi = plo + 4 * m * n
-                if kind_a == 0 and _overlaps(plo, phi, &va):
+                if kind_a != KIND_F32 and _overlaps(plo, phi, &va):
                     return None
-                if kind_b == 0 and _overlaps(plo, phi, &vb):
+                if kind_b != KIND_F32 and _overlaps(plo, phi, &vb):
                     return None
+            if term is not None:
+                PyObject_GetBuffer(term, &vt, PyBUF_STRIDES)
+                have_t = True
+                if not _term2d(&ot, &vt, m, n) or (out is not None and _overlaps(plo, phi, &vt)):
+                    return None
+                pt = &ot
             with nogil:
-                rc = dk_gemm(1, m, n, k, &oa, &ob, 1.0, <float *>vo.buf, n, m * n, isa, kernel,
-                             threads, order)
+                rc = dk_gemm_addend_ranges(1, m, n, k, &oa, &ob, scale, pt, <float *>vo.buf, n,
+                                           m * n, isa, kernel, threads, order, NULL, NULL)
             if rc != 0:
                 return None   # the general path reports it
             return res
         finally:
+            if have_t:
+                PyBuffer_Release(&vt)
             if have_o:
                 PyBuffer_Release(&vo)
             PyBuffer_Release(&vb)
@@ -352,12 +390,39 @@ def gemm_small(object a, int kind_a, object b, int kind_b, object out, int isa, 
         PyBuffer_Release(&va)
 
 
+cdef bint _term2d(dk_gemm_addend *t, Py_buffer *v, int64_t m, int64_t n) noexcept:
+    """Fill t from a float32 buffer (the caller tests the dtype) of at most 2 dimensions
+    that broadcasts to (m, n) (NumPy's rule: trailing axes equal or 1); 0 otherwise."""
+    cdef int64_t want[2]
+    cdef int64_t st[2]
+    cdef int d, j
+    want[0] = m
+    want[1] = n
+    st[0] = 0
+    st[1] = 0
+    if v.itemsize != 4 or v.ndim > 2 or (<uintptr_t>v.buf) % 4:
+        return 0
+    for d in range(v.ndim):
+        j = 2 - v.ndim + d
+        if v.shape[d] != 1 and v.shape[d] != want[j]:
+            return 0
+        if v.shape[d] != 1:
+            if v.strides[d] % 4:
+                return 0
+            st[j] = v.strides[d] // 4
+    t.ptr = <const float *>v.buf
+    t.bs = 0
+    t.rs = st[0]
+    t.cs = st[1]
+    return 1
+
+
 cdef bint _overlaps(char *lo, char *hi, Py_buffer *v) noexcept:
-    """[lo, hi) and the bytes spanned by the 2-D buffer v intersect (conservative)."""
+    """[lo, hi) and the bytes spanned by the buffer v (at most 2-D) intersect (conservative)."""
     cdef char *b0 = <char *>v.buf
     cdef char *b1 = <char *>v.buf
     cdef int d
-    for d in range(2):
+    for d in range(v.ndim):
         if v.shape[d] > 1:
             if v.strides[d] < 0:
                 b0 += v.strides[d] * (v.shape[d] - 1)

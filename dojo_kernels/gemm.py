@@ -204,7 +204,8 @@ _DUMMY_TABLE = np.zeros(256, np.uint16)
 # gemm's small-call fast path: the native dtypes it takes (NumPy's builtin dtype objects are
 # singletons, so an identity test suffices), the machine types it passes through, and the
 # BF16 rounding it applies to float32 operands (the same C format as quantize's)
-_U16DT, _F32DT = np.dtype(np.uint16), np.dtype(np.float32)
+_U16DT, _F32DT, _U8DT = np.dtype(np.uint16), np.dtype(np.float32), np.dtype(np.uint8)
+_CF8_NAMES = ("cfloat8_143", "cfloat8_152")
 _MACHINE_TYPES = (D1Chip, TrainingTile, DojoSystem)
 _gemm.set_bf16_format(_numerics_ctuple(BF16))
 
@@ -362,6 +363,14 @@ def _scale_exps_cached(ra: _Range, rb: _Range, a_is_bf16: bool, b_is_bf16: bool,
     return _scale_exps(ra, rb, a_is_bf16, b_is_bf16, k)
 
 
+@functools.lru_cache(maxsize=1024)
+def _cf8_small_scaling(fa: Format, fb: Format, k: int) -> Tuple[np.ndarray, np.ndarray, float]:
+    """The fast path's scaling of two CFloat8 operands: their tables and the result's scale
+    (what the general path derives from the formats' ranges and k)."""
+    sa, sb = _scale_exps_cached(_format_range(fa), _format_range(fb), False, False, k)
+    return _table(fa, sa), _table(fb, sb), 2.0 ** -(sa + sb)
+
+
 def _rescale_bf16(codes: np.ndarray, s: int) -> np.ndarray:
     """BF16 codes of value * 2**s (exact: _scale_exps keeps the results normal BF16;
     subnormal inputs scaled up become normal). Inf and NaN stay Inf and NaN."""
@@ -497,26 +506,42 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
     Numerics: see the module docstring (docs/gemm.md): the accumulation order ``order``,
     identical bits on every tier and thread count.
     """
-    # The common small call in one C-level step: 2-D float32 / BF16-code ndarrays in BF16,
-    # no addend, unit scaling (the glue returns None for anything else: the general path
-    # below, which also raises every error, handles it with the same bits).
-    if (c is None and beta is None and type(a) is np.ndarray and type(b) is np.ndarray
-            and a_format is BF16 and (b_format is None or b_format is BF16)
+    # The common small call in one C-level step: 2-D float32 / BF16-code ndarrays in BF16
+    # with unit scaling, or two 2-D CFloat8 code arrays, and no addend or a float32 one
+    # with beta 1 (a Linear's bias). The glue returns None for anything else: the general
+    # path below, which also raises every error, handles it with the same bits.
+    if (type(a) is np.ndarray and type(b) is np.ndarray
+            and (c is None or (type(c) is np.ndarray and c.dtype is _F32DT and c.ndim <= 2
+                               and (beta is None or (type(beta) in (int, float) and beta == 1))))
+            and (beta is None or c is not None)
             and (out is None or (type(out) is np.ndarray and out.dtype is _F32DT))
             and (machine is None or isinstance(machine, _MACHINE_TYPES))
             and type(order) is str and order in _ORDER_CODE):
         dta, dtb = a.dtype, b.dtype
-        ka = _gemm.KIND_U16 if dta is _U16DT else (_gemm.KIND_F32 if dta is _F32DT else -1)
-        kb = _gemm.KIND_U16 if dtb is _U16DT else (_gemm.KIND_F32 if dtb is _F32DT else -1)
-        if ka >= 0 and kb >= 0:
+        res = None
+        if a_format is BF16 and (b_format is None or b_format is BF16):
+            ka = _gemm.KIND_U16 if dta is _U16DT else (_gemm.KIND_F32 if dta is _F32DT else -1)
+            kb = _gemm.KIND_U16 if dtb is _U16DT else (_gemm.KIND_F32 if dtb is _F32DT else -1)
+            if ka >= 0 and kb >= 0:
+                isa = _config.isa()
+                oc = _ORDER_CODE[order]
+                kern = _kernel_index() if isa >= 2 and oc == _gemm.ORDER_VDPBF16PS else 0
+                res = _gemm.gemm_small(a, ka, b, kb, out, isa, kern, _config.threads(), oc, c)
+        elif (dta is _U8DT and dtb is _U8DT and a.ndim == 2 and b.ndim == 2
+              and type(a_format) is Format and a_format.name in _CF8_NAMES
+              and (b_format is None or (type(b_format) is Format
+                                        and b_format.name in _CF8_NAMES))):
+            ta, tb, sc = _cf8_small_scaling(a_format, a_format if b_format is None else b_format,
+                                            a.shape[1])
             isa = _config.isa()
             oc = _ORDER_CODE[order]
             kern = _kernel_index() if isa >= 2 and oc == _gemm.ORDER_VDPBF16PS else 0
-            res = _gemm.gemm_small(a, ka, b, kb, out, isa, kern, _config.threads(), oc)
-            if res is not None:
-                if return_plan:
-                    return res, _fast_plan(res.shape[0], res.shape[1], a.shape[1], machine)
-                return res
+            res = _gemm.gemm_small(a, _gemm.KIND_U8, b, _gemm.KIND_U8, out, isa, kern,
+                                   _config.threads(), oc, c, ta, tb, sc)
+        if res is not None:
+            if return_plan:
+                return res, _fast_plan(res.shape[0], res.shape[1], a.shape[1], machine)
+            return res
     a_format = _check_input_format(a_format, "a_format")
     b_format = a_format if b_format is None else _check_input_format(b_format, "b_format")
     order_code = _check_order(order)

@@ -168,3 +168,94 @@ def test_fast_path_plans_follow_their_arguments():
             want = dk.plan_gemm(m, n, k, a_format=BF16, b_format=BF16, machine=mach)
             assert p == want and (p.m, p.n, p.k) == (m, n, k)
             assert p.machine == (dk.D1Chip() if mach is None else mach)
+
+
+def _general_path(monkeypatch):
+    """dk.gemm with the fast path switched off (its general path, checked elsewhere against
+    the exact references)."""
+    monkeypatch.setattr(G._gemm, "gemm_small", lambda *a, **k: None)
+
+
+@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize("order", ["amx", "vdpbf16ps"])
+def test_fast_path_cfloat8_and_addend_agree_with_the_general_path(tier, order, monkeypatch):
+    """Two CFloat8 code operands (the formats' scaling, tables) and a float32 addend with
+    beta 1 take the fast path; their bits are the general path's, for every broadcast form
+    of the addend, strided and transposed codes, and formats whose scaling is not 1."""
+    rng = np.random.default_rng(13)
+    f143, f152, f143b = dk.cfloat8_143(7), dk.cfloat8_152(15), dk.cfloat8_143(40)
+    cases = []
+    for (m, n, k), (fa, fb) in itertools.product(
+            [(1, 1, 1), (16, 16, 16), (3, 7, 33), (5, 40, 64), (33, 20, 9)],
+            [(f143, f143), (f143, f152), (f152, f143b), (f143b, f143b)]):
+        a = dk.quantize(rng.standard_normal((m, k)).astype(np.float32) * 8, fa)
+        b = dk.quantize(rng.standard_normal((k, n)).astype(np.float32), fb)
+        cases.append((a, b, fa, fb))
+    addends = lambda m, n: [None, rng.standard_normal(n).astype(np.float32),  # noqa: E731
+                            rng.standard_normal((1, n)).astype(np.float32),
+                            rng.standard_normal((m, 1)).astype(np.float32),
+                            rng.standard_normal((m, n)).astype(np.float32),
+                            np.float32(rng.standard_normal()) * np.ones((), np.float32),
+                            rng.standard_normal((m, 2 * n)).astype(np.float32)[:, ::2]]
+    with _config.use_isa(tier):
+        isa = _config.isa()
+        for a, b, fa, fb in cases:
+            m, k, n = a.shape[0], a.shape[1], b.shape[1]
+            ta, tb, sc = G._cf8_small_scaling(fa, fb, k)
+            for c in addends(m, n):
+                assert _gemm.gemm_small(a, _gemm.KIND_U8, b, _gemm.KIND_U8, None, isa, 0, 1,
+                                        G._ORDER_CODE[order], c, ta, tb, sc) is not None
+                fast = [dk.gemm(x, b, a_format=fa, b_format=fb, c=c, order=order)
+                        for x in (a, np.asfortranarray(a))]
+                with monkeypatch.context() as mp:
+                    _general_path(mp)
+                    slow = dk.gemm(a, b, a_format=fa, b_format=fb, c=c, order=order)
+                for f in fast:
+                    assert np.array_equal(bits(f), bits(slow)), (fa, fb, a.shape, b.shape)
+        # BF16 codes and float32 operands with an addend
+        a, bf = bf16_codes(rng, (9, 20)), rng.standard_normal((20, 12)).astype(np.float32)
+        for c in addends(9, 12):
+            assert _gemm.gemm_small(a, _gemm.KIND_U16, bf, _gemm.KIND_F32, None, isa, 0, 1,
+                                    G._ORDER_CODE[order], c) is not None
+            got = dk.gemm(a, bf, c=c, order=order)
+            with monkeypatch.context() as mp:
+                _general_path(mp)
+                assert np.array_equal(bits(got), bits(dk.gemm(a, bf, c=c, order=order)))
+
+
+def test_fast_path_addend_declines_and_beta():
+    """An addend the fast path does not take (another dtype, 3-D, a shape that does not
+    broadcast, overlapping out, beta other than 1) goes to the general path, same answer."""
+    rng = np.random.default_rng(17)
+    isa = _config.isa()
+    a, b = bf16_codes(rng, (8, 8)), bf16_codes(rng, (8, 8))
+    p = dk.gemm(a, b)
+
+    def small(c, out=None):
+        return _gemm.gemm_small(a, 0, b, 0, out, isa, 0, 1, _gemm.ORDER_AMX, c)
+
+    assert small(np.ones((1, 8, 8), np.float32)) is None                # 3-D
+    assert small(np.ones(7, np.float32)) is None                        # does not broadcast
+    assert small(np.ones((8, 2), np.float32)) is None
+    out = rng.standard_normal((8, 8)).astype(np.float32)
+    assert small(out, out) is None                                      # c overlaps out
+    assert small(out[0], out) is None
+    f8 = dk.cfloat8_143(7)
+    ta, tb, sc = G._cf8_small_scaling(f8, f8, 8)
+    a8 = dk.quantize(rng.standard_normal((8, 8)).astype(np.float32), f8)
+    assert _gemm.gemm_small(a8, _gemm.KIND_U8, b, _gemm.KIND_U16, None, isa, 0, 1,
+                            _gemm.ORDER_AMX, None, ta, tb, sc) is None     # mixed kinds
+    assert _gemm.gemm_small(a8, _gemm.KIND_U8, a8, _gemm.KIND_U8, None, isa, 0, 1,
+                            _gemm.ORDER_AMX) is None                     # no tables
+    # dk.gemm: the same answers as the float32 add of NumPy
+    want = out.copy()
+    want = p + want
+    assert np.array_equal(bits(dk.gemm(a, b, c=out, out=out)), bits(want))
+    c64 = rng.standard_normal(8)
+    assert np.array_equal(bits(dk.gemm(a, b, c=c64)), bits(p + c64.astype(np.float32)))
+    c = rng.standard_normal(8).astype(np.float32)
+    assert np.array_equal(bits(dk.gemm(a, b, c=c, beta=1)), bits(p + c))
+    assert np.array_equal(bits(dk.gemm(a, b, c=c, beta=0.5)), bits(p + np.float32(0.5) * c))
+    assert np.array_equal(bits(dk.gemm(a, b, c=c, beta=0)), bits(p))
+    with pytest.raises(ValueError, match="c: beta"):
+        dk.gemm(a, b, beta=1.0)
