@@ -35,7 +35,7 @@
 #endif
 
 #include "dk_pool.h"
-#include "dk_fpenv.h" /* dk_fpenv_enter / dk_fpenv_leave: the default MXCSR for the addend */
+#include "dk_fpenv.h" /* dk_fpenv_enter / dk_fpenv_leave: every work item under the default MXCSR */
 
 /* The packed-B flags publish data with C11 release/acquire, which valgrind's helgrind does not
  * model: tell it (no-ops outside valgrind; absent without the valgrind headers). */
@@ -804,14 +804,16 @@ static void gemm_item_body(const gemm_step *S, int64_t w, int slot)
 static void gemm_item(void *arg, int64_t w, int slot)
 {
     const gemm_step *S = arg;
-    const unsigned csr = S->add ? dk_fpenv_enter() : 0;
+    /* every item (the product and the addend) under the default environment, whatever the
+     * thread's MXCSR (the caller's, on the calling thread): round to nearest-even */
+    const unsigned csr = dk_fpenv_enter();
     if (S->t->enter) S->t->enter(); /* e.g. the AMX tile configuration of this thread */
     gemm_item_body(S, w, slot);
 #ifdef __SSE2__
     if (S->stream) _mm_sfence(); /* order the non-temporal stores before the pool's release */
 #endif
     if (S->t->leave) S->t->leave();
-    if (S->add) dk_fpenv_leave(csr);
+    dk_fpenv_leave(csr);
 }
 
 /* A batch of small products (each one A block and one column step): work item w is batch
@@ -832,7 +834,7 @@ static void gemm_batch_item(void *arg, int64_t w, int slot)
     view va, vb;
     S.va = &va;
     S.vb = &vb;
-    const unsigned csr = S.add ? dk_fpenv_enter() : 0;
+    const unsigned csr = dk_fpenv_enter(); /* as gemm_item */
     if (S.t->enter) S.t->enter();
     for (int64_t bi = b0; bi < b1; bi++) {
         item_views(B->a, B->b, bi, &va, &vb);
@@ -844,7 +846,7 @@ static void gemm_batch_item(void *arg, int64_t w, int slot)
     if (S.stream) _mm_sfence();
 #endif
     if (S.t->leave) S.t->leave();
-    if (S.add) dk_fpenv_leave(csr);
+    dk_fpenv_leave(csr);
 }
 
 /* Few rows (m <= DK_GEMM_SMALLM_MAX), amx order, AVX-512: no packing (gemm_smallm.c); the
@@ -866,15 +868,13 @@ static void smallm_item(void *arg, int64_t item, int slot)
     const int64_t bi = item / S->ncolblk, j0 = (item % S->ncolblk) * DK_GEMM_SMALLM_COLS;
     const int64_t j1 = j0 + DK_GEMM_SMALLM_COLS < S->n ? j0 + DK_GEMM_SMALLM_COLS : S->n;
     const dk_gemm_operand *a = S->a, *b = S->b;
+    const unsigned csr = dk_fpenv_enter(); /* as gemm_item */
     dk_gemm_smallm_amx_avx512(S->m, S->k, j0, j1, item_ptr(a, bi), a->rs,
                               a->cs, a->kind, a->table, item_ptr(b, bi),
                               b->rs, b->kind, b->table, S->scale, S->out + bi * S->bso, S->ldo,
                               S->range ? S->range + 2 * slot : NULL);
-    if (S->add) {
-        const unsigned csr = dk_fpenv_enter();
-        add_term(S->add, bi, 0, j0, S->m, j1 - j0, S->out + bi * S->bso + j0, S->ldo);
-        dk_fpenv_leave(csr);
-    }
+    if (S->add) add_term(S->add, bi, 0, j0, S->m, j1 - j0, S->out + bi * S->bso + j0, S->ldo);
+    dk_fpenv_leave(csr);
 }
 
 int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,

@@ -519,6 +519,7 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
             and type(order) is str and order in _ORDER_CODE):
         dta, dtb = a.dtype, b.dtype
         res = None
+        fb = a_format if b_format is None else b_format
         if a_format is BF16 and (b_format is None or b_format is BF16):
             ka = _gemm.KIND_U16 if dta is _U16DT else (_gemm.KIND_F32 if dta is _F32DT else -1)
             kb = _gemm.KIND_U16 if dtb is _U16DT else (_gemm.KIND_F32 if dtb is _F32DT else -1)
@@ -531,8 +532,7 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
               and type(a_format) is Format and a_format.name in _CF8_NAMES
               and (b_format is None or (type(b_format) is Format
                                         and b_format.name in _CF8_NAMES))):
-            ta, tb, sc = _cf8_small_scaling(a_format, a_format if b_format is None else b_format,
-                                            a.shape[1])
+            ta, tb, sc = _cf8_small_scaling(a_format, fb, a.shape[1])
             isa = _config.isa()
             oc = _ORDER_CODE[order]
             kern = _kernel_index() if isa >= 2 and oc == _gemm.ORDER_VDPBF16PS else 0
@@ -540,7 +540,8 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
                                    _config.threads(), oc, c, ta, tb, sc)
         if res is not None:
             if return_plan:
-                return res, _fast_plan(res.shape[0], res.shape[1], a.shape[1], machine)
+                return res, _fast_plan(res.shape[0], res.shape[1], a.shape[1], machine,
+                                       a_format, fb)
             return res
     a_format = _check_input_format(a_format, "a_format")
     b_format = a_format if b_format is None else _check_input_format(b_format, "b_format")
@@ -1139,18 +1140,19 @@ def plan_gemm(m: int, n: int, k: int, *, a_format: Format, b_format: Format,
 #: plan_gemm's identity-keyed front cache (the value-keyed one is _plan's lru_cache)
 _RECENT: Dict[Tuple[Any, ...], Tuple[Any, ...]] = {}
 #: gemm's small-call fast path's plans: (m, n, k, id(machine)) -> (machine, plan)
-_FAST_PLANS: Dict[Tuple[int, int, int, int], Tuple[Any, GemmPlan]] = {}
+_FAST_PLANS: Dict[Tuple[int, int, int, int, Format, Format], Tuple[Any, GemmPlan]] = {}
 
 
-def _fast_plan(m: int, n: int, k: int, machine: Any) -> GemmPlan:
-    """plan_gemm(m, n, k, a_format=BF16, b_format=BF16, machine=machine) for gemm's fast
-    path: a dict lookup keyed on the machine object (held by the entry, so its id cannot
-    be reused while the entry lives)."""
-    key = (m, n, k, id(machine))
+def _fast_plan(m: int, n: int, k: int, machine: Any, fa: Format = BF16,
+               fb: Format = BF16) -> GemmPlan:
+    """plan_gemm(m, n, k, a_format=fa, b_format=fb, machine=machine) for gemm's fast path:
+    a dict lookup keyed on the machine object (held by the entry, so its id cannot be reused
+    while the entry lives) and the formats (frozen values)."""
+    key = (m, n, k, id(machine), fa, fb)
     hit = _FAST_PLANS.get(key)
     if hit is not None and hit[0] is machine:
         return hit[1]
-    plan = plan_gemm(m, n, k, a_format=BF16, b_format=BF16, machine=_check_machine(machine))
+    plan = plan_gemm(m, n, k, a_format=fa, b_format=fb, machine=_check_machine(machine))
     if len(_FAST_PLANS) >= 1024:
         _FAST_PLANS.clear()
     _FAST_PLANS[key] = (machine, plan)

@@ -104,7 +104,8 @@ typedef struct {
 } dk_gemm_addend;
 
 /* dk_gemm_ranges, then out[z, i, j] = out[z, i, j] + term(z, i, j) for every element: one
- * FP32 add (RNE, default environment: no flush, whatever the caller's MXCSR), done on each
+ * FP32 add (RNE, default environment: no flush, whatever the caller's MXCSR; the product's
+ * work items run under the default environment too, with or without a term), done on each
  * block of the result right after its last k block, while it is in the caches (not as a
  * pass of its own afterwards). term may be NULL (no addend: dk_gemm_ranges); it must not
  * overlap out. The bits are those of the product followed by the add. */

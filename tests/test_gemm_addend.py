@@ -24,7 +24,9 @@ TIERS = ([dk.get_isa()] if os.environ.get("DOJO_TEST_QUICK") == "1"
 # (batch or None, m, n, k): the few-rows path (m <= 4 on amx, <= 8 elsewhere), edge tiles
 # in m and n, whole 32 x 32 tiles, k across the amx tier's k blocks of 512, a batch
 SHAPES = [(None, 1, 70, 40), (None, 4, 33, 65), (None, 37, 70, 100), (None, 64, 96, 64),
-          (None, 96, 160, 1100), (3, 33, 45, 20), (2, 3, 40, 17)]
+          (None, 96, 160, 1100), (3, 33, 45, 20), (2, 3, 40, 17),
+          (None, 300, 120, 64),    # several A blocks (a shared packed B) on 2 threads
+          (None, 40, 2100, 16)]    # two column steps on the amx tier (2048 columns each)
 
 
 def _addends(rng, nb, m, n):
@@ -183,3 +185,42 @@ def test_addend_ignores_the_callers_mxcsr(tier, order, nb):
                                             _config.ISA_NAMES.index(tier), G_ORDER[order], term)
         assert rc == 0 and after == ftz_daz
         assert np.array_equal(z.view(np.uint32), (np.float32(0) + term).view(np.uint32))
+
+
+@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize("order", ["amx", "vdpbf16ps"])
+@pytest.mark.parametrize("m", [3, 37])
+@pytest.mark.parametrize("csr", [0x1F80 | 0x6000, 0x1F80 | 0x4000, 0x1F80 | 0x2000 | 0x8040])
+def test_product_and_addend_ignore_the_callers_rounding_mode(tier, order, m, csr):
+    """Under a caller's rounding mode toward zero, up, or down with FTZ and DAZ, the product
+    and the product plus an addend have the bits they have under the default MXCSR, on the
+    few-rows path (m = 3) and the packed one (m = 37): every work item runs under the
+    default environment (before, only the add did, and only on the packed path)."""
+    rng = np.random.default_rng(m + csr)
+    n, k = 40, 300
+    a = bf16_codes(rng, (1, m, k))
+    b = bf16_codes(rng, (1, k, n))
+    nt = np.zeros(256, np.uint16)
+    isa = _config.ISA_NAMES.index(tier)
+    p = np.zeros((1, m, n), np.float32)
+    assert _gemm.gemm(a, b, nt, nt, 1.0, p, isa, 0, 1, G_ORDER[order]) == 0
+    term = rng.standard_normal((1, m, n)).astype(np.float32)
+    for t, want in ((None, p), (term, p + term)):
+        got = np.full((1, m, n), np.nan, np.float32)
+        rc, after = _gemm._gemm_under_mxcsr(csr, a, b, nt, nt, 1.0, got, isa, G_ORDER[order], t)
+        if rc == -1:
+            pytest.skip("no MXCSR on this CPU (not x86): nothing to test")
+        assert rc == 0 and after == csr
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), t is None
+
+
+def test_addend_with_streamed_results():
+    """A result over 8 MiB is written with non-temporal stores on the amx tier; the fused add
+    comes before them, and the edge tiles (1030 x 2070) are added after their copy."""
+    rng = np.random.default_rng(21)
+    m, n, k = 1030, 2070, 32
+    a, b = bf16_codes(rng, (m, k)), bf16_codes(rng, (k, n))
+    p = dk.gemm(a, b)
+    for c in (rng.standard_normal(n).astype(np.float32),
+              rng.standard_normal((m, n)).astype(np.float32)):
+        assert _same_bits(dk.gemm(a, b, c=c), _want(p, c, 1.0))

@@ -170,6 +170,17 @@ def test_fast_path_plans_follow_their_arguments():
             assert p.machine == (dk.D1Chip() if mach is None else mach)
 
 
+def _spy(monkeypatch, taken):
+    """Record in `taken` whether each gemm_small call took the product (True) or declined."""
+    real = G._gemm.gemm_small
+
+    def spy(*a, **k):
+        r = real(*a, **k)
+        taken.append(r is not None)
+        return r
+    monkeypatch.setattr(G._gemm, "gemm_small", spy)
+
+
 def _general_path(monkeypatch):
     """dk.gemm with the fast path switched off (its general path, checked elsewhere against
     the exact references)."""
@@ -195,8 +206,9 @@ def test_fast_path_cfloat8_and_addend_agree_with_the_general_path(tier, order, m
                             rng.standard_normal((1, n)).astype(np.float32),
                             rng.standard_normal((m, 1)).astype(np.float32),
                             rng.standard_normal((m, n)).astype(np.float32),
-                            np.float32(rng.standard_normal()) * np.ones((), np.float32),
+                            np.array(np.float32(rng.standard_normal())),   # 0-d
                             rng.standard_normal((m, 2 * n)).astype(np.float32)[:, ::2]]
+    taken: list = []
     with _config.use_isa(tier):
         isa = _config.isa()
         for a, b, fa, fb in cases:
@@ -205,8 +217,11 @@ def test_fast_path_cfloat8_and_addend_agree_with_the_general_path(tier, order, m
             for c in addends(m, n):
                 assert _gemm.gemm_small(a, _gemm.KIND_U8, b, _gemm.KIND_U8, None, isa, 0, 1,
                                         G._ORDER_CODE[order], c, ta, tb, sc) is not None
-                fast = [dk.gemm(x, b, a_format=fa, b_format=fb, c=c, order=order)
-                        for x in (a, np.asfortranarray(a))]
+                with monkeypatch.context() as mp:
+                    _spy(mp, taken)
+                    fast = [dk.gemm(x, b, a_format=fa, b_format=fb, c=c, order=order)
+                            for x in (a, np.asfortranarray(a))]
+                assert taken[-2:] == [True, True]
                 with monkeypatch.context() as mp:
                     _general_path(mp)
                     slow = dk.gemm(a, b, a_format=fa, b_format=fb, c=c, order=order)
@@ -259,3 +274,20 @@ def test_fast_path_addend_declines_and_beta():
     assert np.array_equal(bits(dk.gemm(a, b, c=c, beta=0)), bits(p))
     with pytest.raises(ValueError, match="c: beta"):
         dk.gemm(a, b, beta=1.0)
+
+
+def test_fast_path_cfloat8_plans_are_the_formats_plans():
+    """return_plan on the fast path plans the call's own formats (CFloat8 moves fewer bytes
+    than BF16: another plan), as the general path does."""
+    rng = np.random.default_rng(19)
+    f8, g8 = dk.cfloat8_143(7), dk.cfloat8_152(15)
+    a = dk.quantize(rng.standard_normal((16, 16)).astype(np.float32), f8)
+    b = dk.quantize(rng.standard_normal((16, 8)).astype(np.float32), g8)
+    for bf, bb in ((f8, a), (g8, b)):
+        _, plan = dk.gemm(a, bb, a_format=f8, b_format=bf, return_plan=True)
+        assert plan == dk.plan_gemm(16, bb.shape[1], 16, a_format=f8, b_format=bf)
+        _, plan = dk.gemm(a, bb, a_format=f8, b_format=bf, return_plan=True,
+                          machine=dk.TrainingTile())
+        assert plan == dk.plan_gemm(16, bb.shape[1], 16, a_format=f8, b_format=bf,
+                                    machine=dk.TrainingTile())
+    assert dk.gemm(a, a, a_format=f8, return_plan=True)[1].a_format == f8
