@@ -665,6 +665,13 @@ static void add_term(const dk_gemm_addend *c, int64_t bi, int64_t i0, int64_t j0
     }
 }
 
+/* Does the tier's kernel add this addend itself, in registers before its stores (its
+ * columns unit or broadcast)? Else the driver adds it after each unit (run_unit). */
+static int fuses_addend(const tier_cfg *t, const dk_gemm_addend *add)
+{
+    return add && t->ukr_add && (add->cs == 0 || add->cs == 1);
+}
+
 /* One jc step of one batch item, shared by its work items. */
 typedef struct {
     const tier_cfg *t;
@@ -689,8 +696,7 @@ static void run_unit(const gemm_step *S, const char *unit, int64_t s0, int64_t s
 {
     const tier_cfg *t = S->t;
     const dk_gemm_addend *add = (flags & DK_UKR_LAST) ? S->add : NULL;
-    /* the addend fused into the kernel's last stores (its columns unit or broadcast) */
-    const int fuse = add && t->ukr_add && (add->cs == 0 || add->cs == 1);
+    const int fuse = fuses_addend(t, add);
     for (int64_t s = s0; s < s1; s++) {
         const char *bp = unit + (size_t)(s - s0) * kp * S->pairB;
         int64_t j = S->jc + s * t->nr;
@@ -1094,8 +1100,7 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
     }
     /* A result larger than the L2 caches is written past them (see DK_UKR_STREAM); with an
      * addend only where the kernel adds it before its stores (run_unit's `fuse`). */
-    const int fused = term && t.ukr_add && (term->cs == 0 || term->cs == 1);
-    const int stream = (!term || fused) && (double)batch * (double)m * (double)n * sizeof(float) > DK_GEMM_STREAM_MIN;
+    const int stream = (!term || fuses_addend(&t, term)) && (double)batch * (double)m * (double)n * sizeof(float) > DK_GEMM_STREAM_MIN;
     if (batched) {
         /* up to 4 items a thread (dynamic hand-out), each a run of whole products */
         const int64_t nsl = (n + t.nr - 1) / t.nr;

@@ -518,26 +518,25 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
             and (machine is None or isinstance(machine, _MACHINE_TYPES))
             and type(order) is str and order in _ORDER_CODE):
         dta, dtb = a.dtype, b.dtype
-        res = None
         fb = a_format if b_format is None else b_format
-        if a_format is BF16 and (b_format is None or b_format is BF16):
+        ka = kb = -1
+        ta = tb = None
+        sc = 1.0
+        if a_format is BF16 and fb is BF16:
             ka = _gemm.KIND_U16 if dta is _U16DT else (_gemm.KIND_F32 if dta is _F32DT else -1)
             kb = _gemm.KIND_U16 if dtb is _U16DT else (_gemm.KIND_F32 if dtb is _F32DT else -1)
-            if ka >= 0 and kb >= 0:
-                isa = _config.isa()
-                oc = _ORDER_CODE[order]
-                kern = _kernel_index() if isa >= 2 and oc == _gemm.ORDER_VDPBF16PS else 0
-                res = _gemm.gemm_small(a, ka, b, kb, out, isa, kern, _config.threads(), oc, c)
         elif (dta is _U8DT and dtb is _U8DT and a.ndim == 2 and b.ndim == 2
               and type(a_format) is Format and a_format.name in _CF8_NAMES
-              and (b_format is None or (type(b_format) is Format
-                                        and b_format.name in _CF8_NAMES))):
+              and type(fb) is Format and fb.name in _CF8_NAMES):
+            ka = kb = _gemm.KIND_U8
             ta, tb, sc = _cf8_small_scaling(a_format, fb, a.shape[1])
+        res = None
+        if ka >= 0 and kb >= 0:
             isa = _config.isa()
             oc = _ORDER_CODE[order]
             kern = _kernel_index() if isa >= 2 and oc == _gemm.ORDER_VDPBF16PS else 0
-            res = _gemm.gemm_small(a, _gemm.KIND_U8, b, _gemm.KIND_U8, out, isa, kern,
-                                   _config.threads(), oc, c, ta, tb, sc)
+            res = _gemm.gemm_small(a, ka, b, kb, out, isa, kern, _config.threads(), oc, c,
+                                   ta, tb, sc)
         if res is not None:
             if return_plan:
                 return res, _fast_plan(res.shape[0], res.shape[1], a.shape[1], machine,
