@@ -68,7 +68,7 @@ typedef struct {
     int64_t kc;       /* k per block (even; a multiple of 32 for the amx order) */
     int64_t mc_max;   /* rows per A block (multiple of mr) */
     int64_t nc;       /* columns per B panel (multiple of nr) */
-    int simd_pack;    /* 1: the avx512 B packers (pair or split layout) may be used */
+    int simd_pack;    /* 1: the avx512 B packers (pair layout) may be used */
     int rowtile_a;    /* 1: A in the AMX "row tiles" layout (overrides split_a) */
     int64_t kblk;     /* the kernel takes k-pairs in multiples of this (zero padded) */
     void (*enter)(void), (*leave)(void);  /* per-thread set-up around a work item */
@@ -86,8 +86,11 @@ static int get_cfg(int isa, int kernel, int order, tier_cfg *t)
                             2048, 256, 4096, 1, 1, DK_GEMM_AMX_BLOCK_PAIRS, dk_gemm_amxtile_enter,
                             dk_gemm_amxtile_leave, dk_gemm_ukr_amxtile_add};
         else if (isa >= DK_ISA_AVX512BF16)
-            *t = (tier_cfg){dk_gemm_ukr_amx_avx512, 1, 1, DK_GEMM_AMX512_MR, DK_GEMM_AMX512_NR,
-                            512, 84, 2048, 1};
+            /* MC 252: an A block of 516 KB (FP32) that a 1 MiB L2 still holds, B read from the
+             * caches by 3x fewer A blocks than with MC 84 (2048^3, forced avx512bf16 tier on
+             * the AMX machine, with B in the pair layout: 100 -> 113 GFLOP/s at one thread) */
+            *t = (tier_cfg){dk_gemm_ukr_amx_avx512, 1, 0, DK_GEMM_AMX512_MR, DK_GEMM_AMX512_NR,
+                            512, 252, 2048, 1};
         else if (isa == DK_ISA_AVX2)
             *t = (tier_cfg){dk_gemm_ukr_amx_avx2, 1, 1, DK_GEMM_AMX_AVX2_MR, DK_GEMM_SPLIT_NR,
                             256, 48, 2048, 0};
@@ -254,43 +257,25 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
                        uint16_t *rng)
 {
     int64_t nsl = (nl + lw - 1) / lw, s_first = 0;
-    /* avx512 fast path: lines contiguous (B row-major), the slivers wholly inside, full
-     * pairs; the last, half pair of an odd k and the slivers past the edge go through the
-     * avx512 edge packers (pair layout) or the portable loops below (split layout). Pair
-     * layout: the vdpbf16ps order's kernels and the amx tier; split layout: the amx order's
-     * FMA kernels. rng (pair layout only): merge the range of the codes packed, fused into
-     * the BF16 packers where it can be. */
+    /* avx512 fast path (pair layout: every avx512bf16-tier kernel's B and the amx tier's;
+     * the split layout is packed portably): lines contiguous (B row-major), the slivers
+     * wholly inside, full pairs; the last, half pair of an odd k and the slivers past the
+     * edge go through the avx512 edge packers. rng: merge the range of the codes packed,
+     * fused into the BF16 packers where it can be. */
     int64_t nin = lw > 0 && nlines > l0 ? (nlines - l0) / lw : 0;
     if (nin > nsl) nin = nsl;
     int64_t kfull = (k / 2) - p0;
     if (kfull > kp) kfull = kp;
     /* pair layout, lines contiguous: AVX-512 for the edges as well */
     const int edge512 = simd && v->rs == 1 && lw % 32 == 0 && !split;
-    if (simd && v->rs == 1 && lw % 32 == 0 && nin > 0 && kfull > 0) {
+    if (edge512 && nin > 0 && kfull > 0) {
         int64_t koff = 2 * p0 * v->cs;
-        if (!split && v->kind == DK_GEMM_U16) {
+        if (v->kind == DK_GEMM_U16)
             dk_gemm_pack_pair_u16_avx512((const uint16_t *)v->p + l0 + koff, v->cs, kfull, lw,
                                          nin, kp * lw, (uint32_t *)dst, rng);
-        } else if (!split) { /* 8-bit codes: never ranged */
+        else /* 8-bit codes: never ranged */
             dk_gemm_pack_pair_u8_avx512((const uint8_t *)v->p + l0 + koff, v->cs, kfull, lw,
                                         nin, kp * lw, v->table, (uint32_t *)dst);
-        } else {
-            for (int64_t s = 0; s < nin; s++) {
-                int64_t line = l0 + s * lw;
-                float *o = (float *)dst + s * kp * 2 * lw;
-                if (v->kind == DK_GEMM_U8)
-                    dk_gemm_pack_split_u8_avx512((const uint8_t *)v->p + line + koff, v->cs,
-                                                 kfull, lw, v->table, o);
-                else
-                    dk_gemm_pack_split_u16_avx512((const uint16_t *)v->p + line + koff, v->cs,
-                                                  kfull, lw, o);
-            }
-        }
-        /* split layout: the remaining pair(s) of those slivers, portably (the pair layout's
-         * go through the edge packers below) */
-        for (int64_t s = 0; s < nin && kfull < kp && split; s++)
-            pack_sliver_portable(v, nlines, k, l0 + s * lw, p0 + kfull, kp - kfull, lw, 1,
-                                 (uint32_t *)dst + (s * kp + kfull) * 2 * lw);
         s_first = nin;
     }
     if (edge512) {

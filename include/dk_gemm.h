@@ -179,8 +179,9 @@ void dk_gemm_ukr_amx_generic(int64_t kp, const void *a, const void *b, float *c,
 void dk_gemm_ukr_amx_avx2(int64_t kp, const void *a, const void *b, float *c, int64_t ldc,
                           int flags, float scale);
 
-/* amx order, avx512bf16 tier: FP32 zmm FMA under MXCSR FTZ|DAZ, A and B in the split
- * layout with MR = 7, NR = 32; 28 zmm hold an E and an O accumulator per output. */
+/* amx order, avx512bf16 tier: FP32 zmm FMA under MXCSR FTZ|DAZ, A in the split layout
+ * with MR = 7, B in the pair layout with NR = 32, widened in registers; 28 zmm hold an E and
+ * an O accumulator per output. */
 #define DK_GEMM_AMX512_MR 7
 #define DK_GEMM_AMX512_NR 32
 void dk_gemm_ukr_amx_avx512(int64_t kp, const void *a, const void *b, float *c, int64_t ldc,
@@ -192,14 +193,6 @@ void dk_gemm_ukr_amx_avx512(int64_t kp, const void *a, const void *b, float *c, 
 #define DK_GEMM_F512_NR 32
 void dk_gemm_ukr_avx512fma_pb(int64_t kp, const void *a, const void *b, float *c, int64_t ldc,
                               int flags, float scale);
-
-/* avx512bf16-tier packing of B into the split layout (FP32 values, DAZ applied): kp full
- * k-pairs of nr (a multiple of 32) columns, rows 2p and 2p+1 at src + 2p*ldk and
- * src + (2p+1)*ldk, into dst (64-byte aligned): per pair nr odd-k values, then nr even-k. */
-void dk_gemm_pack_split_u8_avx512(const uint8_t *src, int64_t ldk, int64_t kp, int64_t nr,
-                                  const uint16_t *table, float *dst);
-void dk_gemm_pack_split_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp, int64_t nr,
-                                   float *dst);
 
 /* avx512bf16-tier packing of B into the pair layout: kp full k-pairs of nsl adjacent
  * slivers of nr (a multiple of 32) columns, rows 2p and 2p+1 at src + 2p*ldk and

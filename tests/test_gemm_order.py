@@ -571,8 +571,8 @@ def test_kernels_measure_the_operand_ranges(m, n, k):
         """(A, B) measured: which layouts hold BF16 codes (gemm_driver.c get_cfg)."""
         if few:
             return False, True
-        if order == "amx":
-            return isa == 3, isa == 3          # AMX row tiles and pairs; else split FP32
+        if order == "amx":                     # A: AMX row tiles, else split FP32;
+            return isa == 3, isa >= 2          # B: pairs on amx and avx512bf16, else split
         if isa >= 2:
             return kern == 1, True             # the FMA kernel packs A split, B in pairs
         return False, False
@@ -711,8 +711,10 @@ def test_scaling_checked_after_the_product(case, m, monkeypatch):
         isa = _config.ISA_NAMES.index(tier)
         few = m <= (_gemm.SMALLM_AMX_MAX if isa == 3 else _gemm.SMALLM_MAX) and isa >= 2
         seen = (calls["ranges"], calls["gemm"], calls["range_b"])
-        if few or isa == 3:                       # paths that measure B (and A when packed)
-            assert seen == (expect_few if few else expect_packed), (tier, seen)
+        if isa == 3 and not few:                  # the amx tier measures A and B when packed
+            assert seen == expect_packed, (tier, seen)
+        elif few or isa == 2:  # B measured (few rows: in registers; avx512bf16: pair layout),
+            assert seen == expect_few, (tier, seen)            # A (split FP32) scanned first
         else:                 # split layouts measure nothing: B scanned first, one product
             assert seen == (0, 1, 1), (tier, seen)
 

@@ -1,10 +1,8 @@
-/* gemm_pack.c (avx512bf16 tier) - packing B with AVX-512BW: into the BF16 pair layout
- * (the vdpbf16ps order's kernels) or the FP32 split layout (the amx order's kernel).
+/* gemm_pack.c (avx512bf16 tier) - packing B with AVX-512BW into the BF16 pair layout (every
+ * avx512bf16-tier kernel and the amx tier read B so).
  *
  * CFloat8 codes are decoded through the 256-entry table held in 8 zmm registers
- * (dk_lut512.h, exact). The (even k, odd k) rows are interleaved with VPERMT2W; for the split
- * layout each row of 32 BF16 codes is widened to FP32 (DAZ: a zero exponent field keeps
- * only the sign). */
+ * (dk_lut512.h, exact). The (even k, odd k) rows are interleaved with VPERMT2W. */
 #include "dk_gemm.h"
 
 #include <immintrin.h>
@@ -194,48 +192,6 @@ void dk_gemm_pack_pair_edge_u16_avx512(const uint16_t *src, int64_t ldk, int64_t
 }
 
 #undef EDGE_ROW
-
-/* 32 BF16 codes -> 32 FP32 values with DAZ, stored at dst (64-byte aligned). */
-static inline void widen_store(__m512i codes, float *dst)
-{
-    const __m512i expo = _mm512_set1_epi16(0x7F80), sign = _mm512_set1_epi16((short)0x8000);
-    __mmask32 normal = _mm512_test_epi16_mask(codes, expo);
-    codes = _mm512_mask_blend_epi16(normal, _mm512_and_si512(codes, sign), codes);
-    __m512i lo = _mm512_cvtepu16_epi32(_mm512_castsi512_si256(codes));
-    __m512i hi = _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(codes, 1));
-    _mm512_store_si512((void *)dst, _mm512_slli_epi32(lo, 16));
-    _mm512_store_si512((void *)(dst + 16), _mm512_slli_epi32(hi, 16));
-}
-
-void dk_gemm_pack_split_u8_avx512(const uint8_t *src, int64_t ldk, int64_t kp, int64_t nr,
-                                  const uint16_t *table, float *dst)
-{
-    __m512i t[8];
-    dk_lut512_load(table, t);
-    for (int64_t p = 0; p < kp; p++) {
-        const uint8_t *r0 = src + 2 * p * ldk, *r1 = r0 + ldk;
-        float *o = dst + p * 2 * nr;
-        for (int64_t j = 0; j < nr; j += 32) {
-            __m512i c0 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(r0 + j)));
-            __m512i c1 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(r1 + j)));
-            widen_store(dk_lut512(c1, t), o + j);      /* odd k first */
-            widen_store(dk_lut512(c0, t), o + nr + j); /* then even k */
-        }
-    }
-}
-
-void dk_gemm_pack_split_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp, int64_t nr,
-                                   float *dst)
-{
-    for (int64_t p = 0; p < kp; p++) {
-        const uint16_t *r0 = src + 2 * p * ldk, *r1 = r0 + ldk;
-        float *o = dst + p * 2 * nr;
-        for (int64_t j = 0; j < nr; j += 32) {
-            widen_store(_mm512_loadu_si512((const void *)(r1 + j)), o + j);
-            widen_store(_mm512_loadu_si512((const void *)(r0 + j)), o + nr + j);
-        }
-    }
-}
 
 void dk_gemm_pack_rowtile_u8_avx512(const uint8_t *src, int64_t lda, int64_t rows,
                                     int64_t nblk, int64_t klast, int64_t mr,

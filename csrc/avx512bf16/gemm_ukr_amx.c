@@ -1,13 +1,18 @@
 /* gemm_ukr_amx.c (avx512bf16 tier) - the amx accumulation order (dk_gemm.h), 7 x 32.
  *
  * FP32 zmm FMA under MXCSR FTZ|DAZ (tininess after rounding): each FMA and add is one step
- * of the order. A and B arrive in the FP32 split layout (DAZ applied while packing): per
- * pair, A 7 odd-k values then 7 even-k values, B 32 odd-k then 32 even-k values.
+ * of the order. A arrives in the FP32 split layout (DAZ applied while packing: per pair 7
+ * odd-k values then 7 even-k values), B in the BF16 pair layout (32 lanes of (b[2p,j],
+ * b[2p+1,j])), widened in registers: the odd element is the lane with its low half cleared,
+ * the even one the lane shifted left (a subnormal BF16 widens to an FP32 subnormal, which
+ * DAZ reads as zero, as the split layout's packing would have made it).
  * 28 zmm accumulators: an E (even k) and an O (odd k) chain per output, reset to +0 at
  * every 16-pair block; at the block's end T = E + O and C = C + T, C kept in a contiguous
- * copy of the tile between blocks. Per pair: 4 B loads, 14 broadcasts, 28 FMAs and
- * nothing else on the FMA ports (B widened in registers instead, as the vdpbf16ps-order
- * FMA kernel does, costs 4 more vector ops per 28 FMAs: measured 12% slower alone). */
+ * copy of the tile between blocks. Per pair: 2 B loads, 4 widening ops, 14 broadcasts and
+ * 28 FMAs. Widening costs those 4 vector ops per 28 FMAs, and alone, with B in L1, it was
+ * the slower form; in place it halves B's bytes: a B sliver of a 512-element k block is
+ * 32 KiB and stays in L1 while the A slivers stream past it (2048^3, one thread, forced
+ * avx512bf16 tier on the AMX machine: 90 -> 100 GFLOP/s, with MC 84). */
 #include "dk_gemm.h"
 
 #include <immintrin.h>
@@ -36,7 +41,8 @@ void dk_gemm_ukr_amx_avx512(int64_t kp, const void *ap, const void *bp, float *c
                             int flags, float scale)
 {
     const float *a = (const float *)ap;
-    const float *b = (const float *)bp;
+    const uint32_t *b = (const uint32_t *)bp;
+    const __m512i hi = _mm512_set1_epi32((int)0xFFFF0000u);
     const __m512 zero = _mm512_setzero_ps();
     /* C between blocks: a contiguous copy of the tile (its rows in distinct L1 sets; the
      * rows of C itself are ldc apart, often a multiple of 4 KiB: they would share a set,
@@ -54,10 +60,14 @@ void dk_gemm_ukr_amx_avx512(int64_t kp, const void *ap, const void *bp, float *c
         ALL(ZERO);
         for (int64_t p = p0; p < p0 + np; p++) {
             const float *ao = a + p * 2 * MR;
-            const float *bo = b + p * 2 * NR;
-            __m512 b0 = _mm512_load_ps(bo), b1 = _mm512_load_ps(bo + 16);  /* odd k */
+            const uint32_t *bo = b + p * NR;
+            const __m512i r0 = _mm512_load_si512((const void *)bo);
+            const __m512i r1 = _mm512_load_si512((const void *)(bo + 16));
+            __m512 b0 = _mm512_castsi512_ps(_mm512_and_si512(r0, hi)); /* odd k */
+            __m512 b1 = _mm512_castsi512_ps(_mm512_and_si512(r1, hi));
             ALL(FMA_O);
-            b0 = _mm512_load_ps(bo + NR); b1 = _mm512_load_ps(bo + NR + 16);  /* even k */
+            b0 = _mm512_castsi512_ps(_mm512_slli_epi32(r0, 16));       /* even k */
+            b1 = _mm512_castsi512_ps(_mm512_slli_epi32(r1, 16));
             ALL(FMA_E);
         }
         /* T = E + O; a partial (zero-padded) block's padded steps turn a -0 into +0 */
