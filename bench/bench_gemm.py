@@ -375,11 +375,14 @@ def versus(shape=(2048, 2048, 2048), rounds: int = 9) -> None:
     impls = sorted({i for pair in VERSUS for i in pair})
     print(f"dojo_kernels tier {_config.get_isa()}; {m}x{n}x{k}; {rounds} interleaved rounds; "
           f"torch: {torch.__version__ if torch else 'not installed'}")
-    # the probe of the active tier: TDPBF16PS on the amx tier, else the FP32 FMA (the issue's
-    # target for the amx order without tiles is a fraction of it); a forced tier
+    # the probe of the active tier: TDPBF16PS on the amx tier, else the FP32 FMA of the
+    # tier's width (the target for the amx order without tiles is a share of it); a
+    # forced tier
     # (DOJO_KERNELS_ISA=avx512bf16) with ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 for torch stands
     # in for a CPU without AMX
-    probe = "tdpbf16ps" if _config.get_isa() == "amx" else "fma_zmm"
+    probe = {"amx": "tdpbf16ps", "avx512bf16": "fma_zmm", "avx2": "fma_ymm"}.get(_config.get_isa())
+    if probe not in peak_probe.available():
+        probe = None                                # the generic tier: no probe, no shares
     for th in THREADS:
         with threads_set(th):
             fns = {i: runner(i, m, n, k, th) for i in impls}
@@ -396,14 +399,17 @@ def versus(shape=(2048, 2048, 2048), rounds: int = 9) -> None:
                     # busy core (our contention guard then keeps a call on one thread)
                     time.sleep(SETTLE)
                     times[i].append(_once(fns[i]))
-                probes.append(peak_probe.measure(probe, th) / 1e9)
-            print(f"\nthreads={th}  {probe} probe GFLOP/s min/median/max: "
-                  f"{min(probes):.0f} / {statistics.median(probes):.0f} / {max(probes):.0f}")
+                if probe:
+                    probes.append(peak_probe.measure(probe, th) / 1e9)
+            print(f"\nthreads={th}  " + (f"{probe} probe GFLOP/s min/median/max: {min(probes):.0f} / "
+                                         f"{statistics.median(probes):.0f} / {max(probes):.0f}"
+                                         if probes else "no peak probe for this tier"))
             for i in fns:
                 g = sorted(2 * m * n * k / t / 1e9 for t in times[i])
+                share = (f"  (median {statistics.median(g) / statistics.median(probes):.0%} of the "
+                         f"probe's)" if probes else "")
                 print(f"  {i:<18} GFLOP/s min/median/max {g[0]:8.1f} {statistics.median(g):8.1f} "
-                      f"{g[-1]:8.1f}  (median {statistics.median(g) / statistics.median(probes):.0%} "
-                      f"of the probe's)")
+                      f"{g[-1]:8.1f}{share}")
             for a, b in VERSUS:
                 if a in fns and b in fns:
                     q = sorted(tb / ta for ta, tb in zip(times[a], times[b]))

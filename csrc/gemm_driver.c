@@ -68,7 +68,7 @@ typedef struct {
     int64_t kc;       /* k per block (even; a multiple of 32 for the amx order) */
     int64_t mc_max;   /* rows per A block (multiple of mr) */
     int64_t nc;       /* columns per B panel (multiple of nr) */
-    int simd_pack;    /* 1: the avx512 B packers (pair layout) may be used */
+    int simd_pack;    /* 1: the AVX-512 packers (B pairs, A row tiles) and range scan */
     int rowtile_a;    /* 1: A in the AMX "row tiles" layout (overrides split_a) */
     int64_t kblk;     /* the kernel takes k-pairs in multiples of this (zero padded) */
     void (*enter)(void), (*leave)(void);  /* per-thread set-up around a work item */
