@@ -305,6 +305,9 @@ def gemm_small(object a, int kind_a, object b, int kind_b, object out, int isa, 
     cdef dk_gemm_addend ot
     cdef const dk_gemm_addend *pt = NULL
     cdef bint have_t = False
+    cdef bint cf8
+    cdef const uint16_t *tpa
+    cdef const uint16_t *tpb
     cdef int64_t m, n, k
     cdef uint16_t lo_a = 0x7FFF, hi_a = 0, lo_b = 0x7FFF, hi_b = 0
     cdef int rc = -1
@@ -324,20 +327,19 @@ def gemm_small(object a, int kind_a, object b, int kind_b, object out, int isa, 
             if vb.shape[0] != k or m == 0 or n == 0 or k == 0 or m * k > 4096 or k * n > 4096:
                 return None
             table[0] = 0
-            if (kind_a == KIND_U8) != (kind_b == KIND_U8):
+            cf8 = kind_a == KIND_U8
+            if cf8 != (kind_b == KIND_U8):
                 return None
-            if kind_a == KIND_U8:
+            tpa = tpb = table                 # BF16 kinds read no table
+            if cf8:
                 if table_a is None or table_b is None or table_a.shape[0] != 256 or table_b.shape[0] != 256:
                     return None
-                if not _operand2d(&oa, &va, kind_a, bufa, isa, &table_a[0]):
-                    return None
-                if not _operand2d(&ob, &vb, kind_b, bufb, isa, &table_b[0]):
-                    return None
-            else:
-                if not _operand2d(&oa, &va, kind_a, bufa, isa, table):
-                    return None
-                if not _operand2d(&ob, &vb, kind_b, bufb, isa, table):
-                    return None
+                tpa, tpb = &table_a[0], &table_b[0]
+            if not _operand2d(&oa, &va, kind_a, bufa, isa, tpa):
+                return None
+            if not _operand2d(&ob, &vb, kind_b, bufb, isa, tpb):
+                return None
+            if not cf8:   # BF16: unit scaling only (CFloat8: the caller's tables and scale)
                 dk_gemm_bf16_range(<const uint16_t *>oa.ptr, 1, m, k, 0, oa.rs, oa.cs, &lo_a, &hi_a, 1)
                 dk_gemm_bf16_range(<const uint16_t *>ob.ptr, 1, k, n, 0, ob.rs, ob.cs, &lo_b, &hi_b, 1)
                 if not scale_is_unit(lo_a, hi_a, lo_b, hi_b, k) or scale != 1.0:
