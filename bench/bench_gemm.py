@@ -326,6 +326,33 @@ def test_gemm_addend(benchmark, impl, threads):
     benchmark.extra_info.update(ms=round(benchmark.stats.stats.min * 1e3, 3))
 
 
+# ---- where the result goes: gemm's own, an aligned out=, a NumPy-like out= -------------
+
+OUT_SHAPE = (2048, 2048, 2048)   # a 16 MiB result: streamed past the caches on the amx tier
+
+
+@pytest.mark.parametrize("dest", ["fresh", "out_aligned", "out_16_past_a_line"])
+@pytest.mark.parametrize("threads", THREADS)
+def test_gemm_out_alignment(benchmark, dest, threads):
+    """dk.gemm into its own (64-byte aligned) result, into an aligned out= and into one whose
+    rows start 16 bytes past a cache line, as NumPy's large arrays do (docs/gemm.md,
+    "Passing out="): the last two should take the same time."""
+    m, n, k = OUT_SHAPE
+    x = inputs(m, n, k)
+    if dest == "fresh":
+        f = lambda: dk.gemm(x["a16"], x["b16"])  # noqa: E731
+    else:
+        buf = np.empty(m * n + 32, np.float32)
+        off = ((-buf.ctypes.data) % 64 + (16 if dest == "out_16_past_a_line" else 0)) // 4
+        o = buf[off:off + m * n].reshape(m, n)
+        f = lambda: dk.gemm(x["a16"], x["b16"], out=o)  # noqa: E731
+    benchmark.group = f"gemm out= {'x'.join(map(str, OUT_SHAPE))} t{threads}"
+    with threads_set(threads):
+        f()
+        benchmark.pedantic(f, rounds=7, iterations=1, warmup_rounds=1)
+    benchmark.extra_info.update(gflops=round(2.0 * m * n * k / benchmark.stats.stats.min / 1e9, 1))
+
+
 # ---- the table (python bench/bench_gemm.py) ---------------------------------------------
 
 def best_time(f, rounds):

@@ -741,6 +741,53 @@ def test_large_results_streamed_or_not(n):
             assert np.isnan(buf[:, 0]).all() and np.isnan(buf[:, n + 1:]).all()
 
 
+def _out_past_a_line(shape, shift):
+    """A C-contiguous float32 `out=` whose first element lies `shift` bytes past a 64-byte
+    line, inside a NaN-filled buffer (returned too, to check nothing else was written)."""
+    size = int(np.prod(shape))
+    buf = np.full(size + 32, np.nan, np.float32)
+    off = ((-buf.ctypes.data) % 64 + shift) // 4
+    return buf, off, buf[off:off + size].reshape(shape)
+
+
+@pytest.mark.parametrize("shape", [(1040, 2048, 40), (64, 34816, 40), (2, 520, 2048, 40)],
+                         ids=["one-step", "steps-and-groups", "batch"])
+def test_streamed_results_into_an_out_past_a_line(shape):
+    """A large result into an `out=` whose rows all start the same number of bytes past a
+    64-byte line (NumPy's large arrays: 16 bytes): the amx tier takes the columns up to the
+    first line as an extra narrow sliver, so that its other tiles stream whole lines
+    (stream_lead in gemm_driver.c). The same bits as the generic tier into a fresh result,
+    on every tier, 1 and 2 threads, with and without an addend (the fused add and the edge
+    tile's add), nothing written outside `out`; over several column steps and column groups
+    (64 rows x 34816 columns) and per batch item."""
+    *lead, m, n, k = shape
+    rng = np.random.default_rng(23)
+    a = tiny_mix_bf16(rng, tuple(lead) + (m, k))
+    b = tiny_mix_bf16(rng, (k, n))
+    bias = rng.standard_normal(n).astype(np.float32)
+    with _config.use_isa("generic"):
+        p = dk.gemm(a, b)
+    with np.errstate(all="ignore"):
+        want = {"none": bits(p), "bias": bits(np.add(p, bias))}
+    saved = dk.get_num_threads()
+    try:
+        for tier in TIERS:
+            for threads in (1, 2):
+                dk.set_num_threads(threads)
+                for shift in (4, 16, 32, 60):
+                    for addend, c in (("none", None), ("bias", bias)):
+                        buf, off, out = _out_past_a_line(p.shape, shift)
+                        with _config.use_isa(tier):
+                            got = dk.gemm(a, b, c=c, out=out)
+                        what = f"{tier} {threads} threads, {shift} bytes past a line, {addend}"
+                        assert got is out, what
+                        assert_bits(got, want[addend], what)
+                        assert np.isnan(buf[:off]).all(), what
+                        assert np.isnan(buf[off + p.size:]).all(), what
+    finally:
+        dk.set_num_threads(saved)
+
+
 @pytest.mark.parametrize("layout", ["c", "reversed_rows", "row_window", "fortran"])
 def test_cfloat8_a_layouts_across_k_blocks(layout):
     """CFloat8 A decoded while packing (the amx tier decodes whole 32-code blocks of a
