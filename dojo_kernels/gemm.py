@@ -64,6 +64,7 @@ import dataclasses
 import functools
 import math
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union, overload
 
@@ -198,6 +199,49 @@ def _empty_result(nb: int, m: int, n: int) -> np.ndarray:
     buf = np.empty(size + 16, np.float32)
     off = (-buf.ctypes.data % 64) // 4
     return buf[off:off + size].reshape(nb, m, n)
+
+
+# The codes of float operands, rounded for every call, go into buffers taken from here for
+# the call and given back after it (_scratch_take, _scratch_give). A large array allocated
+# per call is often mapped anew and zeroed page by page on first touch (glibc returns freed
+# blocks of megabytes to the system, depending on the process's allocation history): with
+# float32 operands a 2048^3 product then spent 29 ms against 20.6 ms into reused buffers (one
+# thread, AMX machine, 1,517 page faults a call). Operands of _SCRATCH_MIN to _SCRATCH_MAX
+# bytes; the _SCRATCH_KEEP largest buffers given back are kept (the two operands of a call).
+_SCRATCH_MIN = 1 << 20
+_SCRATCH_MAX = 64 << 20
+_SCRATCH_KEEP = 2
+_scratch_free: List[np.ndarray] = []
+_scratch_lock = threading.Lock()
+
+
+def _scratch_take(shape: Tuple[int, ...], dtype: Any, held: List[np.ndarray]
+                  ) -> Optional[np.ndarray]:
+    """An uninitialised, 64-byte aligned C-contiguous array of `shape` and `dtype` in a
+    buffer recorded in `held` (for _scratch_give), or None for a size outside the range."""
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    if nbytes < _SCRATCH_MIN or nbytes > _SCRATCH_MAX:
+        return None
+    buf = None
+    with _scratch_lock:
+        fits = [i for i, b in enumerate(_scratch_free) if b.nbytes >= nbytes + 64]
+        if fits:
+            buf = _scratch_free.pop(min(fits, key=lambda i: _scratch_free[i].nbytes))
+    if buf is None:
+        buf = np.empty(nbytes + 64, np.uint8)
+    held.append(buf)
+    off = -buf.ctypes.data % 64
+    return buf[off:off + nbytes].view(dtype).reshape(shape)
+
+
+def _scratch_give(held: List[np.ndarray]) -> None:
+    """Give back the buffers of a call (none of its arrays in them is used any more)."""
+    if held:
+        with _scratch_lock:
+            _scratch_free.extend(held)
+            _scratch_free.sort(key=lambda b: b.nbytes, reverse=True)
+            del _scratch_free[_SCRATCH_KEEP:]
+        held.clear()
 
 
 _DUMMY_TABLE = np.zeros(256, np.uint16)
@@ -408,20 +452,22 @@ def _aligned(arr: np.ndarray) -> np.ndarray:
     return arr if ok else np.array(arr, order="C")
 
 
-def _round_in_place_order(arr: np.ndarray, fmt: Format) -> np.ndarray:
+def _round_in_place_order(arr: np.ndarray, fmt: Format, held: List[np.ndarray]) -> np.ndarray:
     """quantize(arr, fmt) (nearest), as codes laid out as arr is: a transposed or Fortran-
     ordered operand (``W.T`` in a backward pass) is rounded in its memory order and handed to
     the kernels as transposed codes, which they read at full speed, instead of being copied
     to C order first (a strided copy that cost more than the product). Rounding to nearest
-    is per element, so the codes are the same."""
+    is per element, so the codes are the same. Large codes go into a scratch buffer of
+    `held` (_scratch_take)."""
     t, perm = _memory_order(arr)
-    if perm is None:
-        return quantize(arr, fmt)
-    return quantize(t, fmt).transpose(perm)   # perm is its own inverse
+    src = arr if perm is None else t
+    q = quantize(src, fmt, out=_scratch_take(src.shape, fmt.storage_dtype, held))
+    return q if perm is None else q.transpose(perm)   # perm is its own inverse
 
 
-def _operand(x: Any, fmt: Format, name: str) -> np.ndarray:
-    """x as codes of fmt (uint16 / uint8 array of any strides), 2-D or 3-D."""
+def _operand(x: Any, fmt: Format, name: str, held: List[np.ndarray]) -> np.ndarray:
+    """x as codes of fmt (uint16 / uint8 array of any strides), 2-D or 3-D; rounded codes
+    may be in a scratch buffer recorded in `held`."""
     arr = x if type(x) is np.ndarray else np.asarray(x)
     if arr.ndim not in (2, 3):
         raise ValueError(f"{name}: expected a 2-D (rows, cols) or 3-D (batch, rows, cols) array, "
@@ -433,11 +479,11 @@ def _operand(x: Any, fmt: Format, name: str) -> np.ndarray:
     if dt.name == "bfloat16" and dt.itemsize == 2:
         if fmt.name == "bf16":
             return _aligned(arr.view(np.uint16))
-        return _round_in_place_order(arr, fmt)
+        return _round_in_place_order(arr, fmt, held)
     if dt.kind == "f":
         if dt not in (np.float32, np.float64):
             arr = arr.astype(np.float32)
-        return _round_in_place_order(arr, fmt)
+        return _round_in_place_order(arr, fmt, held)
     if dt.kind == "u" or dt.kind == "i" or dt.kind == "b":
         if dt.kind != "u" or dt.itemsize != want.itemsize:
             raise TypeError(f"{name}: codes for {fmt!r} must be {want}, got dtype {dt} "
@@ -545,145 +591,149 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
     a_format = _check_input_format(a_format, "a_format")
     b_format = a_format if b_format is None else _check_input_format(b_format, "b_format")
     order_code = _check_order(order)
-    ca = _operand(a, a_format, "a")
-    cb = _operand(b, b_format, "b")
-    if ca.shape[-1] != cb.shape[-2]:
-        raise ValueError(f"a, b: inner dimensions differ: a has k = {ca.shape[-1]} (shape "
-                         f"{ca.shape}), b has k = {cb.shape[-2]} (shape {cb.shape})")
-    batched = ca.ndim == 3 or cb.ndim == 3
-    if ca.ndim == 3 and cb.ndim == 3 and ca.shape[0] != cb.shape[0]:
-        raise ValueError(f"a, b: batch sizes differ: {ca.shape[0]} and {cb.shape[0]}")
-    nb = ca.shape[0] if ca.ndim == 3 else (cb.shape[0] if cb.ndim == 3 else 1)
-    m, k, n = ca.shape[-2], ca.shape[-1], cb.shape[-1]
-    # a 2-D operand is passed with a batch extent of 1: the glue shares it (batch stride 0)
-    a3 = ca if ca.ndim == 3 else ca[None]
-    b3 = cb if cb.ndim == 3 else cb[None]
-    shape = (nb, m, n) if batched else (m, n)
+    held: List[np.ndarray] = []   # scratch buffers of rounded codes, given back at the end
+    try:
+        ca = _operand(a, a_format, "a", held)
+        cb = _operand(b, b_format, "b", held)
+        if ca.shape[-1] != cb.shape[-2]:
+            raise ValueError(f"a, b: inner dimensions differ: a has k = {ca.shape[-1]} (shape "
+                             f"{ca.shape}), b has k = {cb.shape[-2]} (shape {cb.shape})")
+        batched = ca.ndim == 3 or cb.ndim == 3
+        if ca.ndim == 3 and cb.ndim == 3 and ca.shape[0] != cb.shape[0]:
+            raise ValueError(f"a, b: batch sizes differ: {ca.shape[0]} and {cb.shape[0]}")
+        nb = ca.shape[0] if ca.ndim == 3 else (cb.shape[0] if cb.ndim == 3 else 1)
+        m, k, n = ca.shape[-2], ca.shape[-1], cb.shape[-1]
+        # a 2-D operand is passed with a batch extent of 1: the glue shares it (batch stride 0)
+        a3 = ca if ca.ndim == 3 else ca[None]
+        b3 = cb if cb.ndim == 3 else cb[None]
+        shape = (nb, m, n) if batched else (m, n)
 
-    term = None                      # beta * c in float32, broadcast to (nb, m, n)
-    if beta is None and c is None:   # the common call: no addend (nothing to check)
-        pass
-    else:
-        if beta is None:
-            beta = 0.0 if c is None else 1.0
-        if isinstance(beta, bool) or not isinstance(beta, (int, float, np.floating, np.integer)):
-            raise TypeError(f"beta: expected a real number, got {type(beta).__name__}")
-        beta32 = np.float32(beta)
-        if beta32 != 0:
-            if c is None:
-                raise ValueError(f"c: beta = {beta} needs an addend c")
-            c32 = np.asarray(c)
-            if c32.dtype.kind not in "fiu":
-                raise TypeError(f"c: expected a real array, got dtype {c32.dtype}")
-            # checked here (NumPy's rule, without building a view); the term stays c's own
-            # shape, broadcast by the add
-            cs = c32.shape
-            if len(cs) > len(shape) or any(d != 1 and d != e for d, e in
-                                           zip(cs[::-1], shape[::-1])):
-                raise ValueError(f"c: shape {cs} does not broadcast to the result {shape}")
-            # beta * c on c's own elements (a bias: n of them, not m * n); the driver adds it
-            # to each block of the result while the block is in the caches
-            # (dk_gemm_addend_ranges): one FP32 add per element, the product's value first,
-            # as np.add(result, term). With beta = 1 a float32 c is the term itself (1 * x
-            # is x; a signalling NaN adds as its quiet self either way), unless it overlaps
-            # `out`, which the driver writes while it reads the term.
-            if (beta32 == 1 and c32.dtype == np.float32 and c32.dtype.isnative
-                    and c32.flags.aligned and not (out is not None and np.may_share_memory(c32, out))):
-                t = c32
-            else:
-                with np.errstate(all="ignore"):
-                    t = np.asarray(beta32 * c32.astype(np.float32, copy=False), np.float32)
-            term = np.broadcast_to(t, (nb, m, n))
-    if out is not None:
-        if not isinstance(out, np.ndarray):
-            raise TypeError(f"out: expected a numpy.ndarray, got {type(out).__name__}")
-        if out.dtype != np.float32:
-            raise TypeError(f"out: expected dtype float32, got {out.dtype}")
-        if out.shape != shape:
-            raise ValueError(f"out: expected shape {shape}, got {out.shape}")
-        if not out.flags.writeable:
-            raise ValueError("out: array is read-only")
-
-    machine = _check_machine(machine)
-    plan = None
-    if return_plan:
-        if m == 0 or n == 0 or k == 0 or nb == 0:
-            plan = _zero_plan(m, n, k, a_format, b_format, machine)
+        term = None                      # beta * c in float32, broadcast to (nb, m, n)
+        if beta is None and c is None:   # the common call: no addend (nothing to check)
+            pass
         else:
-            plan = plan_gemm(m, n, k, a_format=a_format, b_format=b_format, machine=machine)
-
-    a16, b16 = a_format.nbits == 16, b_format.nbits == 16
-    isa = _config.isa()
-    # The scaling of SPEC section 5 depends on the operands' ranges. The kernels measure
-    # the range of a BF16 operand as they read it (_gemm.gemm_ranges: each packed block
-    # right after packing it; B on the few-rows path, in its registers), so the operands
-    # are not scanned beforehand: the product is computed with the scaling operands of
-    # ordinary values get, that scaling is checked against the measured ranges, and in the
-    # rare case they ask for another one the product is computed again with it. Either way
-    # the bits are those of the scaling the ranges give. An operand the guess would rescale
-    # is scanned first (a rescaled copy reads it anyway).
-    # the avx512bf16 kernel choice (and its first-call probe) only concerns the vdpbf16ps order
-    kern = _kernel_index() if isa >= 2 and order_code == _gemm.ORDER_VDPBF16PS else 0
-    meas_a, meas_b = _range_paths(isa, kern, order_code, min(m, _gemm.SMALLM_MAX + 1),
-                                  cb.strides[-1] // cb.itemsize)
-    nonempty = m > 0 and n > 0 and k > 0 and nb > 0
-    spec_a = a16 and nonempty and meas_a
-    spec_b = b16 and nonempty and meas_b
-    ra = _ORDINARY_RANGE if spec_a else (_bf16_range(ca) if a16 else _format_range(a_format))
-    rb = _ORDINARY_RANGE if spec_b else (_bf16_range(cb) if b16 else _format_range(b_format))
-    while True:
-        sa, sb = _scale_exps_cached(ra, rb, a16, b16, k)
-        if (spec_a and sa) or (spec_b and sb):
-            if spec_a and sa:
-                spec_a, ra = False, _bf16_range(ca)
-            if spec_b and sb:
-                spec_b, rb = False, _bf16_range(cb)
-            continue
-        ca_s = _rescale_bf16(ca, sa) if a16 and sa else ca
-        cb_s = _rescale_bf16(cb, sb) if b16 and sb else cb
-        a3 = ca_s if ca_s.ndim == 3 else ca_s[None]
-        b3 = cb_s if cb_s.ndim == 3 else cb_s[None]
-        ta = _table(a_format, sa) if a_format.nbits == 8 else _DUMMY_TABLE
-        tb = _table(b_format, sb) if b_format.nbits == 8 else _DUMMY_TABLE
-        scale = 2.0 ** -(sa + sb)  # a float32 value: _scale_exps keeps sa + sb in [-127, 149]
-
-        # Where the kernel writes: `out` itself when it is C-contiguous (the glue takes a
-        # float[:, :, ::1] view), aligned, and overlaps nothing the computation still reads.
-        dst, direct = None, False
+            if beta is None:
+                beta = 0.0 if c is None else 1.0
+            if isinstance(beta, bool) or not isinstance(beta, (int, float, np.floating, np.integer)):
+                raise TypeError(f"beta: expected a real number, got {type(beta).__name__}")
+            beta32 = np.float32(beta)
+            if beta32 != 0:
+                if c is None:
+                    raise ValueError(f"c: beta = {beta} needs an addend c")
+                c32 = np.asarray(c)
+                if c32.dtype.kind not in "fiu":
+                    raise TypeError(f"c: expected a real array, got dtype {c32.dtype}")
+                # checked here (NumPy's rule, without building a view); the term stays c's own
+                # shape, broadcast by the add
+                cs = c32.shape
+                if len(cs) > len(shape) or any(d != 1 and d != e for d, e in
+                                               zip(cs[::-1], shape[::-1])):
+                    raise ValueError(f"c: shape {cs} does not broadcast to the result {shape}")
+                # beta * c on c's own elements (a bias: n of them, not m * n); the driver adds it
+                # to each block of the result while the block is in the caches
+                # (dk_gemm_addend_ranges): one FP32 add per element, the product's value first,
+                # as np.add(result, term). With beta = 1 a float32 c is the term itself (1 * x
+                # is x; a signalling NaN adds as its quiet self either way), unless it overlaps
+                # `out`, which the driver writes while it reads the term.
+                if (beta32 == 1 and c32.dtype == np.float32 and c32.dtype.isnative
+                        and c32.flags.aligned and not (out is not None and np.may_share_memory(c32, out))):
+                    t = c32
+                else:
+                    with np.errstate(all="ignore"):
+                        t = np.asarray(beta32 * c32.astype(np.float32, copy=False), np.float32)
+                term = np.broadcast_to(t, (nb, m, n))
         if out is not None:
-            o3 = out if batched else out[None]
-            if (o3.dtype.isnative and o3.flags.c_contiguous and o3.flags.aligned
-                    and not np.may_share_memory(o3, ca_s) and not np.may_share_memory(o3, cb_s)):
-                dst, direct = o3, True
-        if dst is None:
-            dst = _empty_result(nb, m, n)
+            if not isinstance(out, np.ndarray):
+                raise TypeError(f"out: expected a numpy.ndarray, got {type(out).__name__}")
+            if out.dtype != np.float32:
+                raise TypeError(f"out: expected dtype float32, got {out.dtype}")
+            if out.shape != shape:
+                raise ValueError(f"out: expected shape {shape}, got {out.shape}")
+            if not out.flags.writeable:
+                raise ValueError("out: array is read-only")
 
-        if not (spec_a or spec_b):
-            rc = _gemm.gemm(a3, b3, ta, tb, scale, dst, isa, kern, _config.threads(), order_code,
-                            term)
-            break
-        rc, got_a, got_b = _gemm.gemm_ranges(a3, b3, ta, tb, scale, dst, isa, kern,
-                                             _config.threads(), order_code, term)
-        if spec_a:
-            ra = _range_of(*got_a) if got_a is not None else _bf16_range(ca)
-        if spec_b:
-            rb = _range_of(*got_b) if got_b is not None else _bf16_range(cb)
-        spec_a = spec_b = False
-        if rc != 0 or _scale_exps_cached(ra, rb, a16, b16, k) == (sa, sb):
-            break
-    if rc == 1:
-        raise MemoryError("gemm: could not allocate the packing buffers")
-    if rc != 0:  # pragma: no cover - arguments are validated above
-        raise RuntimeError(f"gemm: C driver returned status {rc}")
+        machine = _check_machine(machine)
+        plan = None
+        if return_plan:
+            if m == 0 or n == 0 or k == 0 or nb == 0:
+                plan = _zero_plan(m, n, k, a_format, b_format, machine)
+            else:
+                plan = plan_gemm(m, n, k, a_format=a_format, b_format=b_format, machine=machine)
 
-    res = dst if batched else dst[0]
-    if out is not None:
-        if not direct:
-            out[...] = res
-        res = out
-    if plan is not None:
-        return res, plan
-    return res
+        a16, b16 = a_format.nbits == 16, b_format.nbits == 16
+        isa = _config.isa()
+        # The scaling of SPEC section 5 depends on the operands' ranges. The kernels measure
+        # the range of a BF16 operand as they read it (_gemm.gemm_ranges: each packed block
+        # right after packing it; B on the few-rows path, in its registers), so the operands
+        # are not scanned beforehand: the product is computed with the scaling operands of
+        # ordinary values get, that scaling is checked against the measured ranges, and in the
+        # rare case they ask for another one the product is computed again with it. Either way
+        # the bits are those of the scaling the ranges give. An operand the guess would rescale
+        # is scanned first (a rescaled copy reads it anyway).
+        # the avx512bf16 kernel choice (and its first-call probe) only concerns the vdpbf16ps order
+        kern = _kernel_index() if isa >= 2 and order_code == _gemm.ORDER_VDPBF16PS else 0
+        meas_a, meas_b = _range_paths(isa, kern, order_code, min(m, _gemm.SMALLM_MAX + 1),
+                                      cb.strides[-1] // cb.itemsize)
+        nonempty = m > 0 and n > 0 and k > 0 and nb > 0
+        spec_a = a16 and nonempty and meas_a
+        spec_b = b16 and nonempty and meas_b
+        ra = _ORDINARY_RANGE if spec_a else (_bf16_range(ca) if a16 else _format_range(a_format))
+        rb = _ORDINARY_RANGE if spec_b else (_bf16_range(cb) if b16 else _format_range(b_format))
+        while True:
+            sa, sb = _scale_exps_cached(ra, rb, a16, b16, k)
+            if (spec_a and sa) or (spec_b and sb):
+                if spec_a and sa:
+                    spec_a, ra = False, _bf16_range(ca)
+                if spec_b and sb:
+                    spec_b, rb = False, _bf16_range(cb)
+                continue
+            ca_s = _rescale_bf16(ca, sa) if a16 and sa else ca
+            cb_s = _rescale_bf16(cb, sb) if b16 and sb else cb
+            a3 = ca_s if ca_s.ndim == 3 else ca_s[None]
+            b3 = cb_s if cb_s.ndim == 3 else cb_s[None]
+            ta = _table(a_format, sa) if a_format.nbits == 8 else _DUMMY_TABLE
+            tb = _table(b_format, sb) if b_format.nbits == 8 else _DUMMY_TABLE
+            scale = 2.0 ** -(sa + sb)  # a float32 value: _scale_exps keeps sa + sb in [-127, 149]
+
+            # Where the kernel writes: `out` itself when it is C-contiguous (the glue takes a
+            # float[:, :, ::1] view), aligned, and overlaps nothing the computation still reads.
+            dst, direct = None, False
+            if out is not None:
+                o3 = out if batched else out[None]
+                if (o3.dtype.isnative and o3.flags.c_contiguous and o3.flags.aligned
+                        and not np.may_share_memory(o3, ca_s) and not np.may_share_memory(o3, cb_s)):
+                    dst, direct = o3, True
+            if dst is None:
+                dst = _empty_result(nb, m, n)
+
+            if not (spec_a or spec_b):
+                rc = _gemm.gemm(a3, b3, ta, tb, scale, dst, isa, kern, _config.threads(), order_code,
+                                term)
+                break
+            rc, got_a, got_b = _gemm.gemm_ranges(a3, b3, ta, tb, scale, dst, isa, kern,
+                                                 _config.threads(), order_code, term)
+            if spec_a:
+                ra = _range_of(*got_a) if got_a is not None else _bf16_range(ca)
+            if spec_b:
+                rb = _range_of(*got_b) if got_b is not None else _bf16_range(cb)
+            spec_a = spec_b = False
+            if rc != 0 or _scale_exps_cached(ra, rb, a16, b16, k) == (sa, sb):
+                break
+        if rc == 1:
+            raise MemoryError("gemm: could not allocate the packing buffers")
+        if rc != 0:  # pragma: no cover - arguments are validated above
+            raise RuntimeError(f"gemm: C driver returned status {rc}")
+
+        res = dst if batched else dst[0]
+        if out is not None:
+            if not direct:
+                out[...] = res
+            res = out
+        if plan is not None:
+            return res, plan
+        return res
+    finally:
+        _scratch_give(held)
 
 
 # ---------------------------------------------------------------------------------------
