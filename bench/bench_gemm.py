@@ -353,6 +353,24 @@ def test_gemm_out_alignment(benchmark, dest, threads):
     benchmark.extra_info.update(gflops=round(2.0 * m * n * k / benchmark.stats.stats.min / 1e9, 1))
 
 
+@pytest.mark.parametrize("operands", ["bf16_codes", "float32"])
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("n", [1024, 2048])
+def test_gemm_float_operands(benchmark, operands, threads, n):
+    """dk.gemm on BF16 codes beside the same product from float32 arrays, rounded into codes
+    every call (into reused scratch buffers: docs/gemm.md, "Float operands"): the difference
+    is the rounding of the two operands."""
+    x = inputs(n, n, n)
+    a, b = (x["a16"], x["b16"]) if operands == "bf16_codes" else (x["a32"], x["b32"])
+    o = _out(n, n)
+    f = lambda: dk.gemm(a, b, out=o)  # noqa: E731
+    benchmark.group = f"gemm operands {n}^3 t{threads}"
+    with threads_set(threads):
+        f()
+        benchmark.pedantic(f, rounds=9, iterations=1, warmup_rounds=1)
+    benchmark.extra_info.update(gflops=round(2.0 * n ** 3 / benchmark.stats.stats.min / 1e9, 1))
+
+
 # ---- the table (python bench/bench_gemm.py) ---------------------------------------------
 
 def best_time(f, rounds):
