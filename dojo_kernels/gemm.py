@@ -208,6 +208,7 @@ def _empty_result(nb: int, m: int, n: int) -> np.ndarray:
 # float32 operands a 2048^3 product then spent 29 ms against 20.6 ms into reused buffers (one
 # thread, AMX machine, 1,517 page faults a call). Operands of _SCRATCH_MIN to _SCRATCH_MAX
 # bytes; the _SCRATCH_KEEP largest buffers given back are kept (the two operands of a call).
+# A call that raises drops its buffers (its frame, kept by the traceback, may use them).
 _SCRATCH_MIN = 1 << 20
 _SCRATCH_MAX = 64 << 20
 _SCRATCH_KEEP = 2
@@ -235,7 +236,8 @@ def _scratch_take(shape: Tuple[int, ...], dtype: Any, held: List[np.ndarray]
 
 
 def _scratch_give(held: List[np.ndarray]) -> None:
-    """Give back the buffers of a call (none of its arrays in them is used any more)."""
+    """Give back the buffers of a call that returned (none of its arrays in them is used
+    any more; a call that raises drops its buffers instead)."""
     if held:
         with _scratch_lock:
             _scratch_free.extend(held)
@@ -732,6 +734,11 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
         if plan is not None:
             return res, plan
         return res
+    except BaseException:
+        # the exception's traceback keeps this call's frame, whose arrays may lie in these
+        # buffers: they are dropped, not given back for another call to overwrite
+        held.clear()
+        raise
     finally:
         _scratch_give(held)
 

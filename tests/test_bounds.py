@@ -56,8 +56,9 @@ GEMM_CHILD = textwrap.dedent("""
                     raise SystemExit(f"bits differ: {tier} {order} {fmt} {(m, n, k)} view {i}")
                 checked += 1
     # A result large enough to be streamed on the amx tier, into an out= 16 and 48 bytes past
-    # a 64-byte line, against the guard pages: the columns up to the first line are the
-    # extra narrow sliver of stream_lead (gemm_driver.c), written inside `out` only.
+    # a 64-byte line, 16 bytes from the guard pages (a C-contiguous out of n % 16 == 0 past
+    # a line cannot touch a page edge): the columns up to the first line are the extra
+    # narrow sliver of stream_lead (gemm_driver.c), written inside `out` only.
     m, n, k = 1040, 2048, 40
     a = dk.quantize(rng.standard_normal((m, k)).astype(np.float32), dk.BF16)
     b = dk.quantize(rng.standard_normal((k, n)).astype(np.float32), dk.BF16)

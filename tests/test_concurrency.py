@@ -120,6 +120,31 @@ def test_eight_threads_match_serial(restore_threads):
     assert not mismatches, f"results differ from the serial ones: {mismatches}"
 
 
+def test_float_operands_of_concurrent_calls_stay_apart(restore_threads):
+    """Concurrent gemm calls on float operands of over 1 MiB of codes, each thread its own
+    operands: the codes go into scratch buffers that the calls take from one pool and give
+    back (gemm.py, _scratch_take); a buffer shared by two live calls, or given back before
+    its call is done, would mix their codes."""
+    dk.set_num_threads(1)
+    xs = [rng.standard_normal((700, 800)).astype(np.float32) * (i + 1) for i in range(4)]
+    w = rng.standard_normal((800, 750))
+    want = [_bits(dk.gemm(x, w)) for x in xs]
+    barrier = threading.Barrier(4)
+    mismatches = []
+
+    def worker(i):
+        def run():
+            barrier.wait()
+            for rep in range(12):
+                dk.set_num_threads(1 + (i + rep) % 2)
+                if _bits(dk.gemm(xs[i], w)) != want[i]:
+                    mismatches.append((i, rep))
+        return run
+
+    _run_threads([worker(i) for i in range(4)])
+    assert not mismatches, f"results differ from the serial ones: {mismatches}"
+
+
 def test_set_num_threads_mid_run(restore_threads):
     """One thread flips the thread count continuously while 4 threads run kernels."""
     dk.set_num_threads(2)
