@@ -232,7 +232,8 @@ def _scratch_take(shape: Tuple[int, ...], dtype: Any, held: List[np.ndarray]
         buf = np.empty(nbytes + 64, np.uint8)
     held.append(buf)
     off = -buf.ctypes.data % 64
-    return buf[off:off + nbytes].view(dtype).reshape(shape)
+    view: np.ndarray = buf[off:off + nbytes].view(dtype).reshape(shape)
+    return view
 
 
 def _scratch_give(held: List[np.ndarray]) -> None:
