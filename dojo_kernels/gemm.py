@@ -594,154 +594,164 @@ def gemm(a: Any, b: Any, *, a_format: Format = BF16, b_format: Optional[Format] 
     a_format = _check_input_format(a_format, "a_format")
     b_format = a_format if b_format is None else _check_input_format(b_format, "b_format")
     order_code = _check_order(order)
-    held: List[np.ndarray] = []   # scratch buffers of rounded codes, given back at the end
+    held: List[np.ndarray] = []   # scratch buffers of the rounded codes (_scratch_take)
     try:
-        ca = _operand(a, a_format, "a", held)
-        cb = _operand(b, b_format, "b", held)
-        if ca.shape[-1] != cb.shape[-2]:
-            raise ValueError(f"a, b: inner dimensions differ: a has k = {ca.shape[-1]} (shape "
-                             f"{ca.shape}), b has k = {cb.shape[-2]} (shape {cb.shape})")
-        batched = ca.ndim == 3 or cb.ndim == 3
-        if ca.ndim == 3 and cb.ndim == 3 and ca.shape[0] != cb.shape[0]:
-            raise ValueError(f"a, b: batch sizes differ: {ca.shape[0]} and {cb.shape[0]}")
-        nb = ca.shape[0] if ca.ndim == 3 else (cb.shape[0] if cb.ndim == 3 else 1)
-        m, k, n = ca.shape[-2], ca.shape[-1], cb.shape[-1]
-        # a 2-D operand is passed with a batch extent of 1: the glue shares it (batch stride 0)
-        a3 = ca if ca.ndim == 3 else ca[None]
-        b3 = cb if cb.ndim == 3 else cb[None]
-        shape = (nb, m, n) if batched else (m, n)
-
-        term = None                      # beta * c in float32, broadcast to (nb, m, n)
-        if beta is None and c is None:   # the common call: no addend (nothing to check)
-            pass
-        else:
-            if beta is None:
-                beta = 0.0 if c is None else 1.0
-            if isinstance(beta, bool) or not isinstance(beta, (int, float, np.floating, np.integer)):
-                raise TypeError(f"beta: expected a real number, got {type(beta).__name__}")
-            beta32 = np.float32(beta)
-            if beta32 != 0:
-                if c is None:
-                    raise ValueError(f"c: beta = {beta} needs an addend c")
-                c32 = np.asarray(c)
-                if c32.dtype.kind not in "fiu":
-                    raise TypeError(f"c: expected a real array, got dtype {c32.dtype}")
-                # checked here (NumPy's rule, without building a view); the term stays c's own
-                # shape, broadcast by the add
-                cs = c32.shape
-                if len(cs) > len(shape) or any(d != 1 and d != e for d, e in
-                                               zip(cs[::-1], shape[::-1])):
-                    raise ValueError(f"c: shape {cs} does not broadcast to the result {shape}")
-                # beta * c on c's own elements (a bias: n of them, not m * n); the driver adds it
-                # to each block of the result while the block is in the caches
-                # (dk_gemm_addend_ranges): one FP32 add per element, the product's value first,
-                # as np.add(result, term). With beta = 1 a float32 c is the term itself (1 * x
-                # is x; a signalling NaN adds as its quiet self either way), unless it overlaps
-                # `out`, which the driver writes while it reads the term.
-                if (beta32 == 1 and c32.dtype == np.float32 and c32.dtype.isnative
-                        and c32.flags.aligned and not (out is not None and np.may_share_memory(c32, out))):
-                    t = c32
-                else:
-                    with np.errstate(all="ignore"):
-                        t = np.asarray(beta32 * c32.astype(np.float32, copy=False), np.float32)
-                term = np.broadcast_to(t, (nb, m, n))
-        if out is not None:
-            if not isinstance(out, np.ndarray):
-                raise TypeError(f"out: expected a numpy.ndarray, got {type(out).__name__}")
-            if out.dtype != np.float32:
-                raise TypeError(f"out: expected dtype float32, got {out.dtype}")
-            if out.shape != shape:
-                raise ValueError(f"out: expected shape {shape}, got {out.shape}")
-            if not out.flags.writeable:
-                raise ValueError("out: array is read-only")
-
-        machine = _check_machine(machine)
-        plan = None
-        if return_plan:
-            if m == 0 or n == 0 or k == 0 or nb == 0:
-                plan = _zero_plan(m, n, k, a_format, b_format, machine)
-            else:
-                plan = plan_gemm(m, n, k, a_format=a_format, b_format=b_format, machine=machine)
-
-        a16, b16 = a_format.nbits == 16, b_format.nbits == 16
-        isa = _config.isa()
-        # The scaling of SPEC section 5 depends on the operands' ranges. The kernels measure
-        # the range of a BF16 operand as they read it (_gemm.gemm_ranges: each packed block
-        # right after packing it; B on the few-rows path, in its registers), so the operands
-        # are not scanned beforehand: the product is computed with the scaling operands of
-        # ordinary values get, that scaling is checked against the measured ranges, and in the
-        # rare case they ask for another one the product is computed again with it. Either way
-        # the bits are those of the scaling the ranges give. An operand the guess would rescale
-        # is scanned first (a rescaled copy reads it anyway).
-        # the avx512bf16 kernel choice (and its first-call probe) only concerns the vdpbf16ps order
-        kern = _kernel_index() if isa >= 2 and order_code == _gemm.ORDER_VDPBF16PS else 0
-        meas_a, meas_b = _range_paths(isa, kern, order_code, min(m, _gemm.SMALLM_MAX + 1),
-                                      cb.strides[-1] // cb.itemsize)
-        nonempty = m > 0 and n > 0 and k > 0 and nb > 0
-        spec_a = a16 and nonempty and meas_a
-        spec_b = b16 and nonempty and meas_b
-        ra = _ORDINARY_RANGE if spec_a else (_bf16_range(ca) if a16 else _format_range(a_format))
-        rb = _ORDINARY_RANGE if spec_b else (_bf16_range(cb) if b16 else _format_range(b_format))
-        while True:
-            sa, sb = _scale_exps_cached(ra, rb, a16, b16, k)
-            if (spec_a and sa) or (spec_b and sb):
-                if spec_a and sa:
-                    spec_a, ra = False, _bf16_range(ca)
-                if spec_b and sb:
-                    spec_b, rb = False, _bf16_range(cb)
-                continue
-            ca_s = _rescale_bf16(ca, sa) if a16 and sa else ca
-            cb_s = _rescale_bf16(cb, sb) if b16 and sb else cb
-            a3 = ca_s if ca_s.ndim == 3 else ca_s[None]
-            b3 = cb_s if cb_s.ndim == 3 else cb_s[None]
-            ta = _table(a_format, sa) if a_format.nbits == 8 else _DUMMY_TABLE
-            tb = _table(b_format, sb) if b_format.nbits == 8 else _DUMMY_TABLE
-            scale = 2.0 ** -(sa + sb)  # a float32 value: _scale_exps keeps sa + sb in [-127, 149]
-
-            # Where the kernel writes: `out` itself when it is C-contiguous (the glue takes a
-            # float[:, :, ::1] view), aligned, and overlaps nothing the computation still reads.
-            dst, direct = None, False
-            if out is not None:
-                o3 = out if batched else out[None]
-                if (o3.dtype.isnative and o3.flags.c_contiguous and o3.flags.aligned
-                        and not np.may_share_memory(o3, ca_s) and not np.may_share_memory(o3, cb_s)):
-                    dst, direct = o3, True
-            if dst is None:
-                dst = _empty_result(nb, m, n)
-
-            if not (spec_a or spec_b):
-                rc = _gemm.gemm(a3, b3, ta, tb, scale, dst, isa, kern, _config.threads(), order_code,
-                                term)
-                break
-            rc, got_a, got_b = _gemm.gemm_ranges(a3, b3, ta, tb, scale, dst, isa, kern,
-                                                 _config.threads(), order_code, term)
-            if spec_a:
-                ra = _range_of(*got_a) if got_a is not None else _bf16_range(ca)
-            if spec_b:
-                rb = _range_of(*got_b) if got_b is not None else _bf16_range(cb)
-            spec_a = spec_b = False
-            if rc != 0 or _scale_exps_cached(ra, rb, a16, b16, k) == (sa, sb):
-                break
-        if rc == 1:
-            raise MemoryError("gemm: could not allocate the packing buffers")
-        if rc != 0:  # pragma: no cover - arguments are validated above
-            raise RuntimeError(f"gemm: C driver returned status {rc}")
-
-        res = dst if batched else dst[0]
-        if out is not None:
-            if not direct:
-                out[...] = res
-            res = out
-        if plan is not None:
-            return res, plan
-        return res
+        return _gemm_general(a, b, a_format, b_format, order_code, c, beta, out, return_plan,
+                             machine, held)
     except BaseException:
-        # the exception's traceback keeps this call's frame, whose arrays may lie in these
+        # the exception's traceback keeps the call's frames, whose arrays may lie in these
         # buffers: they are dropped, not given back for another call to overwrite
         held.clear()
         raise
     finally:
         _scratch_give(held)
+
+
+def _gemm_general(a: Any, b: Any, a_format: Format, b_format: Format, order_code: int,
+                  c: Any, beta: Optional[float], out: Optional[np.ndarray], return_plan: bool,
+                  machine: Any, held: List[np.ndarray]
+                  ) -> Union[np.ndarray, Tuple[np.ndarray, "GemmPlan"]]:
+    """gemm() past its small-call fast path, formats and order checked; float operands
+    are rounded into scratch buffers recorded in `held`."""
+    ca = _operand(a, a_format, "a", held)
+    cb = _operand(b, b_format, "b", held)
+    if ca.shape[-1] != cb.shape[-2]:
+        raise ValueError(f"a, b: inner dimensions differ: a has k = {ca.shape[-1]} (shape "
+                         f"{ca.shape}), b has k = {cb.shape[-2]} (shape {cb.shape})")
+    batched = ca.ndim == 3 or cb.ndim == 3
+    if ca.ndim == 3 and cb.ndim == 3 and ca.shape[0] != cb.shape[0]:
+        raise ValueError(f"a, b: batch sizes differ: {ca.shape[0]} and {cb.shape[0]}")
+    nb = ca.shape[0] if ca.ndim == 3 else (cb.shape[0] if cb.ndim == 3 else 1)
+    m, k, n = ca.shape[-2], ca.shape[-1], cb.shape[-1]
+    # a 2-D operand is passed with a batch extent of 1: the glue shares it (batch stride 0)
+    a3 = ca if ca.ndim == 3 else ca[None]
+    b3 = cb if cb.ndim == 3 else cb[None]
+    shape = (nb, m, n) if batched else (m, n)
+
+    term = None                      # beta * c in float32, broadcast to (nb, m, n)
+    if beta is None and c is None:   # the common call: no addend (nothing to check)
+        pass
+    else:
+        if beta is None:
+            beta = 0.0 if c is None else 1.0
+        if isinstance(beta, bool) or not isinstance(beta, (int, float, np.floating, np.integer)):
+            raise TypeError(f"beta: expected a real number, got {type(beta).__name__}")
+        beta32 = np.float32(beta)
+        if beta32 != 0:
+            if c is None:
+                raise ValueError(f"c: beta = {beta} needs an addend c")
+            c32 = np.asarray(c)
+            if c32.dtype.kind not in "fiu":
+                raise TypeError(f"c: expected a real array, got dtype {c32.dtype}")
+            # checked here (NumPy's rule, without building a view); the term stays c's own
+            # shape, broadcast by the add
+            cs = c32.shape
+            if len(cs) > len(shape) or any(d != 1 and d != e for d, e in
+                                           zip(cs[::-1], shape[::-1])):
+                raise ValueError(f"c: shape {cs} does not broadcast to the result {shape}")
+            # beta * c on c's own elements (a bias: n of them, not m * n); the driver adds it
+            # to each block of the result while the block is in the caches
+            # (dk_gemm_addend_ranges): one FP32 add per element, the product's value first,
+            # as np.add(result, term). With beta = 1 a float32 c is the term itself (1 * x
+            # is x; a signalling NaN adds as its quiet self either way), unless it overlaps
+            # `out`, which the driver writes while it reads the term.
+            if (beta32 == 1 and c32.dtype == np.float32 and c32.dtype.isnative
+                    and c32.flags.aligned and not (out is not None and np.may_share_memory(c32, out))):
+                t = c32
+            else:
+                with np.errstate(all="ignore"):
+                    t = np.asarray(beta32 * c32.astype(np.float32, copy=False), np.float32)
+            term = np.broadcast_to(t, (nb, m, n))
+    if out is not None:
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"out: expected a numpy.ndarray, got {type(out).__name__}")
+        if out.dtype != np.float32:
+            raise TypeError(f"out: expected dtype float32, got {out.dtype}")
+        if out.shape != shape:
+            raise ValueError(f"out: expected shape {shape}, got {out.shape}")
+        if not out.flags.writeable:
+            raise ValueError("out: array is read-only")
+
+    machine = _check_machine(machine)
+    plan = None
+    if return_plan:
+        if m == 0 or n == 0 or k == 0 or nb == 0:
+            plan = _zero_plan(m, n, k, a_format, b_format, machine)
+        else:
+            plan = plan_gemm(m, n, k, a_format=a_format, b_format=b_format, machine=machine)
+
+    a16, b16 = a_format.nbits == 16, b_format.nbits == 16
+    isa = _config.isa()
+    # The scaling of SPEC section 5 depends on the operands' ranges. The kernels measure
+    # the range of a BF16 operand as they read it (_gemm.gemm_ranges: each packed block
+    # right after packing it; B on the few-rows path, in its registers), so the operands
+    # are not scanned beforehand: the product is computed with the scaling operands of
+    # ordinary values get, that scaling is checked against the measured ranges, and in the
+    # rare case they ask for another one the product is computed again with it. Either way
+    # the bits are those of the scaling the ranges give. An operand the guess would rescale
+    # is scanned first (a rescaled copy reads it anyway).
+    # the avx512bf16 kernel choice (and its first-call probe) only concerns the vdpbf16ps order
+    kern = _kernel_index() if isa >= 2 and order_code == _gemm.ORDER_VDPBF16PS else 0
+    meas_a, meas_b = _range_paths(isa, kern, order_code, min(m, _gemm.SMALLM_MAX + 1),
+                                  cb.strides[-1] // cb.itemsize)
+    nonempty = m > 0 and n > 0 and k > 0 and nb > 0
+    spec_a = a16 and nonempty and meas_a
+    spec_b = b16 and nonempty and meas_b
+    ra = _ORDINARY_RANGE if spec_a else (_bf16_range(ca) if a16 else _format_range(a_format))
+    rb = _ORDINARY_RANGE if spec_b else (_bf16_range(cb) if b16 else _format_range(b_format))
+    while True:
+        sa, sb = _scale_exps_cached(ra, rb, a16, b16, k)
+        if (spec_a and sa) or (spec_b and sb):
+            if spec_a and sa:
+                spec_a, ra = False, _bf16_range(ca)
+            if spec_b and sb:
+                spec_b, rb = False, _bf16_range(cb)
+            continue
+        ca_s = _rescale_bf16(ca, sa) if a16 and sa else ca
+        cb_s = _rescale_bf16(cb, sb) if b16 and sb else cb
+        a3 = ca_s if ca_s.ndim == 3 else ca_s[None]
+        b3 = cb_s if cb_s.ndim == 3 else cb_s[None]
+        ta = _table(a_format, sa) if a_format.nbits == 8 else _DUMMY_TABLE
+        tb = _table(b_format, sb) if b_format.nbits == 8 else _DUMMY_TABLE
+        scale = 2.0 ** -(sa + sb)  # a float32 value: _scale_exps keeps sa + sb in [-127, 149]
+
+        # Where the kernel writes: `out` itself when it is C-contiguous (the glue takes a
+        # float[:, :, ::1] view), aligned, and overlaps nothing the computation still reads.
+        dst, direct = None, False
+        if out is not None:
+            o3 = out if batched else out[None]
+            if (o3.dtype.isnative and o3.flags.c_contiguous and o3.flags.aligned
+                    and not np.may_share_memory(o3, ca_s) and not np.may_share_memory(o3, cb_s)):
+                dst, direct = o3, True
+        if dst is None:
+            dst = _empty_result(nb, m, n)
+
+        if not (spec_a or spec_b):
+            rc = _gemm.gemm(a3, b3, ta, tb, scale, dst, isa, kern, _config.threads(), order_code,
+                            term)
+            break
+        rc, got_a, got_b = _gemm.gemm_ranges(a3, b3, ta, tb, scale, dst, isa, kern,
+                                             _config.threads(), order_code, term)
+        if spec_a:
+            ra = _range_of(*got_a) if got_a is not None else _bf16_range(ca)
+        if spec_b:
+            rb = _range_of(*got_b) if got_b is not None else _bf16_range(cb)
+        spec_a = spec_b = False
+        if rc != 0 or _scale_exps_cached(ra, rb, a16, b16, k) == (sa, sb):
+            break
+    if rc == 1:
+        raise MemoryError("gemm: could not allocate the packing buffers")
+    if rc != 0:  # pragma: no cover - arguments are validated above
+        raise RuntimeError(f"gemm: C driver returned status {rc}")
+
+    res = dst if batched else dst[0]
+    if out is not None:
+        if not direct:
+            out[...] = res
+        res = out
+    if plan is not None:
+        return res, plan
+    return res
 
 
 # ---------------------------------------------------------------------------------------

@@ -33,10 +33,6 @@ GA = rng.integers(0, 1 << 16, (300, 257), dtype=np.uint16) & 0xBFFF   # finite B
 GB = rng.integers(0, 1 << 16, (257, 190), dtype=np.uint16) & 0xBFFF
 GA8 = rng.integers(0, 256, (4, 100, 130), dtype=np.uint8)
 GB8 = rng.integers(0, 256, (130, 150), dtype=np.uint8)
-# float operands of over 1 MiB of codes: rounded into the scratch buffers gemm takes from
-# its pool per call (gemm.py, _scratch_take), which concurrent calls share
-GX = rng.standard_normal((700, 800)).astype(np.float32)
-GW = rng.standard_normal((750, 800))
 
 
 def _bits(r):
@@ -60,7 +56,6 @@ CALLS = [
     ("add", lambda: dk.add(C16, C16[::-1], dk.BF16, return_flags=True)),
     ("fma stochastic", lambda: dk.fma(C8, C8[::-1], C8, F8, rounding="stochastic", seed=2)),
     ("gemm bf16", lambda: dk.gemm(GA, GB)),
-    ("gemm float operands", lambda: dk.gemm(GX, GW.T)),
     ("gemm cfloat8 batched", lambda: dk.gemm(GA8, GB8, a_format=dk.cfloat8_143(9),
                                              b_format=dk.cfloat8_152(15))),
     ("allreduce ring", lambda: dk.allreduce(BUFS, MESH, algorithm="ring")),
