@@ -296,6 +296,17 @@ void dk_gemm_ukr_amxtile(int64_t kp, const void *a, const void *b, float *c, int
  * or 1. The add is done in registers, before the tile is stored (dk_gemm_addend_ranges). */
 void dk_gemm_ukr_amxtile_add(int64_t kp, const void *a, const void *b, float *c, int64_t ldc,
                              int flags, float scale, const float *t, int64_t trs, int64_t tcs);
+/* The same with C read from one place and written to another: with DK_UKR_LOAD the tile
+ * continues from cin (row stride ldcin); the result goes to c (row stride ldc). cin and c
+ * may be the same tile or apart, never partly overlapping. t: NULL or as above. (The driver
+ * keeps a C block's running sums in a per-thread buffer and writes the result to C in its
+ * last k block: gemm_driver.c, run_unit_kinner.) */
+void dk_gemm_ukr_amxtile_io(int64_t kp, const void *a, const void *b, const float *cin,
+                            int64_t ldcin, float *c, int64_t ldc, int flags, float scale,
+                            const float *t, int64_t trs, int64_t tcs);
+typedef void (*dk_gemm_ukr_io_fn)(int64_t kp, const void *a, const void *b, const float *cin,
+                                  int64_t ldcin, float *c, int64_t ldc, int flags, float scale,
+                                  const float *t, int64_t trs, int64_t tcs);
 /* Micro-kernels with a fused addend (dk_gemm_ukr_amxtile_add's form). */
 typedef void (*dk_gemm_ukr_add_fn)(int64_t kp, const void *a, const void *b, float *c,
                                    int64_t ldc, int flags, float scale, const float *t,

@@ -788,6 +788,53 @@ def test_streamed_results_into_an_out_past_a_line(shape):
         dk.set_num_threads(saved)
 
 
+@pytest.mark.parametrize("shape", [(45, 83, 1063), (300, 200, 1100), (2, 70, 100, 600),
+                                   (1100, 2048, 600)],
+                         ids=["edges", "shared-panel", "batch", "streamed"])
+def test_running_sums_kept_apart_from_the_result(shape):
+    """Products whose A block for all of k fits in 1 MiB: the amx tier runs each unit of
+    columns through every k block, its running sums in a per-thread buffer, and writes the
+    result in the last block (kinner in gemm_driver.c). The same bits as the generic tier on
+    every tier, 1 and 2 threads, fresh and into an `out=` 16 bytes past a line, with every
+    kind of addend (none, a row broadcast and a full matrix, both fused into the tile
+    kernel's stores; a column broadcast and a column-major matrix, added by the driver), and
+    nothing written outside `out`. Edge tiles in m and n; infinities in B's columns and NaN
+    in A's rows, so that the zero rows past m give NaN in the buffer's padding (never copied
+    out); two A blocks sharing B's panel; a batch; a result past the streaming threshold."""
+    tiers = [t for t in TIERS if t != "generic"]    # generic is the reference's own tier
+    if not tiers:
+        pytest.skip("only the generic tier on this CPU: it is the reference")
+    *lead, m, n, k = shape
+    rng = np.random.default_rng(29)
+    a = tiny_mix_bf16(rng, tuple(lead) + (m, k))
+    b = tiny_mix_bf16(rng, (k, n))
+    b[rng.integers(0, k, 3), rng.integers(0, n, 3)] = 0x7F80          # +Inf
+    a[..., rng.integers(0, m, 2), rng.integers(0, k, 2)] = 0x7FC1       # NaN
+    addends = {"none": None, "row": rng.standard_normal(n).astype(np.float32),
+               "full": rng.standard_normal((m, n)).astype(np.float32),
+               "column": rng.standard_normal((m, 1)).astype(np.float32),
+               "fortran": np.asfortranarray(rng.standard_normal((m, n)).astype(np.float32))}
+    with _config.use_isa("generic"):
+        p = dk.gemm(a, b)
+    with np.errstate(all="ignore"):
+        want = {name: bits(p if c is None else np.add(p, c)) for name, c in addends.items()}
+    saved = dk.get_num_threads()
+    try:
+        for tier in tiers:
+            for threads in (1, 2):
+                dk.set_num_threads(threads)
+                for name, c in addends.items():
+                    what = f"{tier} {threads} threads, addend {name}"
+                    with _config.use_isa(tier):
+                        assert_bits(dk.gemm(a, b, c=c), want[name], what + ", fresh")
+                        buf, off, out = _out_past_a_line(p.shape, 16)
+                        assert dk.gemm(a, b, c=c, out=out) is out
+                    assert_bits(out, want[name], what + ", out= past a line")
+                    assert np.isnan(buf[:off]).all() and np.isnan(buf[off + p.size:]).all(), what
+    finally:
+        dk.set_num_threads(saved)
+
+
 @pytest.mark.parametrize("layout", ["c", "reversed_rows", "row_window", "fortran"])
 def test_cfloat8_a_layouts_across_k_blocks(layout):
     """CFloat8 A decoded while packing (the amx tier decodes whole 32-code blocks of a

@@ -83,20 +83,22 @@ __attribute__((always_inline)) static inline void kloop(int64_t kp, const uint32
     }
 }
 
-/* The kernel; t: NULL, or the addend of the tile (dk_gemm_ukr_amxtile_add). */
+/* The kernel: continues from cin (row stride ldcin) with DK_UKR_LOAD, stores to c; t: NULL,
+ * or the addend of the tile (dk_gemm_ukr_amxtile_add). */
 __attribute__((always_inline)) static inline void ukr(int64_t kp, const void *ap, const void *bp,
+                                                      const float *cin, int64_t ldcin,
                                                       float *c, int64_t ldc, int flags,
                                                       float scale, const float *t, int64_t trs,
                                                       int64_t tcs)
 {
     const uint32_t *a = (const uint32_t *)ap;
     const uint32_t *b = (const uint32_t *)bp;
-    const size_t ldcb = (size_t)ldc * sizeof(float);
+    const size_t ldcb = (size_t)ldc * sizeof(float), ldib = (size_t)ldcin * sizeof(float);
     if (flags & DK_UKR_LOAD) {
-        _tile_loadd(0, c, ldcb);
-        _tile_loadd(1, c + 16, ldcb);
-        _tile_loadd(2, c + 16 * ldc, ldcb);
-        _tile_loadd(3, c + 16 * ldc + 16, ldcb);
+        _tile_loadd(0, cin, ldib);
+        _tile_loadd(1, cin + 16, ldib);
+        _tile_loadd(2, cin + 16 * ldcin, ldib);
+        _tile_loadd(3, cin + 16 * ldcin + 16, ldib);
     } else {
         _tile_zero(0);
         _tile_zero(1);
@@ -137,13 +139,20 @@ __attribute__((always_inline)) static inline void ukr(int64_t kp, const void *ap
 void dk_gemm_ukr_amxtile(int64_t kp, const void *ap, const void *bp, float *c, int64_t ldc,
                          int flags, float scale)
 {
-    ukr(kp, ap, bp, c, ldc, flags, scale, NULL, 0, 0);
+    ukr(kp, ap, bp, c, ldc, c, ldc, flags, scale, NULL, 0, 0);
 }
 
 void dk_gemm_ukr_amxtile_add(int64_t kp, const void *ap, const void *bp, float *c, int64_t ldc,
                              int flags, float scale, const float *t, int64_t trs, int64_t tcs)
 {
-    ukr(kp, ap, bp, c, ldc, flags, scale, (flags & DK_UKR_LAST) ? t : NULL, trs, tcs);
+    ukr(kp, ap, bp, c, ldc, c, ldc, flags, scale, (flags & DK_UKR_LAST) ? t : NULL, trs, tcs);
+}
+
+void dk_gemm_ukr_amxtile_io(int64_t kp, const void *ap, const void *bp, const float *cin,
+                            int64_t ldcin, float *c, int64_t ldc, int flags, float scale,
+                            const float *t, int64_t trs, int64_t tcs)
+{
+    ukr(kp, ap, bp, cin, ldcin, c, ldc, flags, scale, (flags & DK_UKR_LAST) ? t : NULL, trs, tcs);
 }
 
 /* One TDPBF16PS on tiles of the given shape, for the tests that prove the contract
