@@ -50,7 +50,6 @@
 #endif
 
 #define DK_GEMM_CHUNK 4                         /* B slivers per packing unit */
-#define DK_GEMM_STREAM_MIN ((double)(8 << 20))  /* result bytes above which C is streamed */
 #define DEFER_MAX 64                            /* units an item may put off (gemm_item) */
 #define DK_GEMM_PAR_MIN ((double)(1 << 21))     /* m * ncols * k of a step handed to the pool:
                                                  * the generic tier and the few-rows path */
@@ -1251,7 +1250,7 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
     }
     /* A result larger than the L2 caches is written past them (see DK_UKR_STREAM); with an
      * addend only where the kernel adds it before its stores (run_unit's `fuse`). */
-    const int stream = (!term || fuses_addend(&t, term)) && (double)batch * (double)m * (double)n * sizeof(float) > DK_GEMM_STREAM_MIN;
+    const int stream = (!term || fuses_addend(&t, term)) && (double)batch * (double)m * (double)n * sizeof(float) > (double)DK_GEMM_STREAM_MIN_BYTES;
     if (batched) {
         /* up to 4 items a thread (dynamic hand-out), each a run of whole products */
         const int64_t nsl = (n + t.nr - 1) / t.nr;

@@ -4,6 +4,7 @@ import numpy as np
 ORDER_VDPBF16PS: int
 ORDER_AMX: int
 SMALLM_MAX: int
+STREAM_MIN_BYTES: int
 SMALLM_AMX_MAX: int
 
 def gemm(a: np.ndarray, b: np.ndarray, table_a: np.ndarray, table_b: np.ndarray, scale: float,

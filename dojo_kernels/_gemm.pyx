@@ -33,6 +33,7 @@ cdef extern from "dk_gemm.h":
                                  int64_t bso, int isa, int kernel, int order,
                                  unsigned *csr_after) nogil
     int DK_GEMM_SMALLM_MAX
+    int64_t DK_GEMM_STREAM_MIN_BYTES
     int DK_GEMM_SMALLM_AMX_MAX
     int dk_gemm_range_paths(int isa, int kernel, int order, int64_t m, int64_t b_cs) nogil
     void dk_amx_tdpbf16ps(const uint16_t *a, int64_t lda, const uint32_t *b, int64_t ldb,
@@ -56,6 +57,8 @@ ORDER_VDPBF16PS = DK_GEMM_ORDER_VDPBF16PS
 ORDER_AMX = DK_GEMM_ORDER_AMX
 #: Most rows of the few-rows path (where gemm_ranges measures B's range but not A's).
 SMALLM_MAX = DK_GEMM_SMALLM_MAX
+#: Result bytes above which the kernels may write the result with non-temporal stores.
+STREAM_MIN_BYTES = DK_GEMM_STREAM_MIN_BYTES
 #: The same on the amx tier (beyond it the tile kernel is the faster).
 SMALLM_AMX_MAX = DK_GEMM_SMALLM_AMX_MAX
 

@@ -192,9 +192,10 @@ class use_kernel:
 def _empty_result(nb: int, m: int, n: int) -> np.ndarray:
     """An uninitialised float32 (nb, m, n) result whose first element is 64-byte aligned
     (NumPy only guarantees 16): a large result whose rows are whole cache lines is then
-    written by the AMX kernel with non-temporal stores (gemm_driver.c, DK_UKR_STREAM)."""
+    written by the AMX kernel with non-temporal stores (gemm_driver.c, DK_UKR_STREAM; above
+    the driver's _gemm.STREAM_MIN_BYTES)."""
     size = nb * m * n
-    if size * 4 < (8 << 20):
+    if size * 4 <= _gemm.STREAM_MIN_BYTES:
         return np.empty((nb, m, n), np.float32)
     buf = np.empty(size + 16, np.float32)
     off = (-buf.ctypes.data % 64) // 4

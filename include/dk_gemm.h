@@ -145,6 +145,13 @@ void dk_gemm_bf16_range(const uint16_t *p, int64_t d0, int64_t d1, int64_t d2, i
  * storing. An amx-order kernel is given whole blocks of 16 pairs, except that the last
  * call of a C tile may end with a partial block (kp % 16 != 0), which it completes as if
  * padded with zero pairs. */
+/* Result bytes (batch x m x n x 4) above which the driver lets the kernels write C with
+ * non-temporal stores (DK_UKR_STREAM; the amx tile kernel, on 64-byte aligned rows): one
+ * core's L2 on the AMX machines (2 MiB), past which the result cannot stay there anyway.
+ * Streaming saves reading C's lines for ownership, from memory when the caller's `out` is
+ * not in the caches (docs/gemm.md, "Streamed results"). gemm() allocates results above it
+ * 64-byte aligned (gemm.py, _empty_result, through _gemm.STREAM_MIN_BYTES). */
+#define DK_GEMM_STREAM_MIN_BYTES ((int64_t)2 << 20)
 enum { DK_UKR_LOAD = 1, DK_UKR_LAST = 2,
        DK_UKR_STREAM = 4, /* with LAST: the result may be written with non-temporal stores (a
                              kernel may ignore it); the caller fences before publishing C */

@@ -215,7 +215,8 @@ def test_product_and_addend_ignore_the_callers_rounding_mode(tier, order, m, csr
 
 
 def test_addend_with_streamed_results():
-    """A result over 8 MiB is written with non-temporal stores on the amx tier; the fused add
+    """A result over _gemm.STREAM_MIN_BYTES (2 MiB) is written with non-temporal stores on
+    the amx tier; the fused add
     comes before them, and the edge tiles (1030 x 2070) are added after their copy."""
     rng = np.random.default_rng(21)
     m, n, k = 1030, 2070, 32

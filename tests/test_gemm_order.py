@@ -720,11 +720,29 @@ def test_scaling_checked_after_the_product(case, m, monkeypatch):
             assert seen == (0, 1, 1), (tier, seen)
 
 
+def test_results_past_the_streaming_threshold_start_on_a_line():
+    """gemm() allocates a result above the driver's streaming threshold (one constant,
+    _gemm.STREAM_MIN_BYTES) 64-byte aligned, so that the tile kernel can stream it (NumPy
+    starts arrays of this size 16 bytes past a line). Just past it, and far past it."""
+    limit = _gemm.STREAM_MIN_BYTES
+    rng = np.random.default_rng(2)
+    for m, n in ((limit // (4 * 1040) + 1, 1040), (1100, 2048)):
+        assert m * n * 4 > limit
+        got = dk.gemm(tiny_mix_bf16(rng, (m, 40)), tiny_mix_bf16(rng, (40, n)))
+        assert got.shape == (m, n) and got.flags.c_contiguous
+        assert got.ctypes.data % 64 == 0, (m, n)
+    # the boundary itself (NumPy may align a plain array by chance: check which kind it is)
+    at = G._empty_result(1, limit // (4 * 16), 16)
+    past = G._empty_result(1, limit // (4 * 16) + 1, 16)
+    assert at.base is None and past.base is not None and past.ctypes.data % 64 == 0
+
+
 @pytest.mark.parametrize("n", [2048, 2050])
 def test_large_results_streamed_or_not(n):
-    """A result above 8 MiB whose rows are 64-byte aligned (gemm() allocates it so when n is
-    a multiple of 16) is written with non-temporal stores: the same bits as the generic
-    tier, streamed (n = 2048) or not (n = 2050, and out= views offset by one float)."""
+    """A result above _gemm.STREAM_MIN_BYTES whose rows are 64-byte aligned (gemm()
+    allocates it so when n is a multiple of 16) is written with non-temporal stores: the
+    same bits as the generic tier, streamed (n = 2048) or not (n = 2050, and out= views
+    offset by one float)."""
     rng = np.random.default_rng(21)
     m, k = 1100, 40
     a = tiny_mix_bf16(rng, (m, k))
@@ -750,8 +768,9 @@ def _out_past_a_line(shape, shift):
     return buf, off, buf[off:off + size].reshape(shape)
 
 
-@pytest.mark.parametrize("shape", [(1040, 2048, 40), (64, 34816, 40), (2, 520, 2048, 40)],
-                         ids=["one-step", "steps-and-groups", "batch"])
+@pytest.mark.parametrize("shape", [(1040, 2048, 40), (64, 34816, 40), (2, 520, 2048, 40),
+                                   (520, 1040, 40)],
+                         ids=["one-step", "steps-and-groups", "batch", "just-past-the-threshold"])
 def test_streamed_results_into_an_out_past_a_line(shape):
     """A large result into an `out=` whose rows all start the same number of bytes past a
     64-byte line (NumPy's large arrays: 16 bytes): the amx tier takes the columns up to the
