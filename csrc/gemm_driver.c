@@ -147,6 +147,17 @@ int64_t dk_gemm_set_par_min(int64_t macs)
     return (int64_t)atomic_exchange_explicit(&par_min_set, macs > 0 ? macs : 0, memory_order_relaxed);
 }
 
+/* Tests: how many jc steps ran k inside the columns (kinner) and how many let the kernels
+ * stream the result, since the process started (dk_gemm_path_counts). The bits are the
+ * same either way, so this is how a test knows which path it exercised. */
+static atomic_llong steps_kinner, steps_streamed;
+
+void dk_gemm_path_counts(int64_t counts[2])
+{
+    counts[0] = (int64_t)atomic_load_explicit(&steps_kinner, memory_order_relaxed);
+    counts[1] = (int64_t)atomic_load_explicit(&steps_streamed, memory_order_relaxed);
+}
+
 /* ---- element access and packing ---------------------------------------------------- */
 
 typedef struct {
@@ -555,8 +566,8 @@ static void tile(const tier_cfg *t, int64_t kp, const void *ap, const void *bp, 
     for (int64_t i = 0; i < mm; i++) memcpy(c + i * ldc, tmp + i * t->nr, sizeof(float) * nn);
 }
 
-/* The work buffers of the last large call (the packed B panel, the per-thread A blocks and
- * B units) are kept for the next one, up to DK_GEMM_CACHE_SLOTS buffers of at most
+/* The work buffers of the last large call (the packed B panel, the per-thread A blocks, B
+ * units and running sums of the kinner items) are kept for the next one, up to DK_GEMM_CACHE_SLOTS buffers of at most
  * DK_GEMM_CACHE_MAX bytes each: a fresh allocation of more than a few hundred kilobytes is
  * mapped anew and zeroed page by page by the kernel on first touch, which cost more than the
  * packing itself on skinny products. Taken and given back under a mutex (a concurrent call
@@ -896,6 +907,11 @@ static void gemm_item_body(const gemm_step *S, int64_t w, int slot)
             const int may_defer = ci < c1 && nd < DEFER_MAX;
             const int64_t c = ci < c1 ? ci++ : deferred[pass2++];
             int64_t s0 = c * DK_GEMM_CHUNK, s1 = s0 + DK_GEMM_CHUNK < nsl ? s0 + DK_GEMM_CHUNK : nsl;
+#ifdef DK_CHECK_UKR_CONTRACT
+            /* sanitizer builds: a kernel that read C in a first k block would spread these NaNs
+             * (as tile()'s edge temporary) */
+            memset(csum, 0xFF, S->csum_bytes);
+#endif
             for (int64_t pc = 0, pb = 0; pc < S->kpairs; pc += S->kcp, pb++) {
                 int64_t kreal = S->kpairs - pc < S->kcp ? S->kpairs - pc : S->kcp;
                 int64_t kp = (kreal + t->kblk - 1) / t->kblk * t->kblk;
@@ -1204,12 +1220,12 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
     /* Where the item's A block for all of k fits in half the L2, the amx tier runs k inside
      * the columns instead (gemm_item_body's kinner): the item packs its A block for every k
      * block first, then takes each unit of 4 B slivers through all k blocks of 512, its
-     * running sums in a per-thread buffer (128 KiB at MC 256) that stays in L2, with a row
+     * running sums in a per-thread buffer (144 KiB at MC 256) that stays in L2, with a row
      * stride that spreads a tile's rows over the L1 sets; the result is written to C in the
-     * last k block. One thread, GFLOP/s, before / after (medians of 5 rounds, alternated
-     * twice): 1024^3 782-806 / 974-977, 512 x 512 x 1024 745-755 / 889-898; 2048^3 (A block
-     * 1 MiB) 988-1025 / 1022-1033. */
-    const int kinner = !batched && t.ukr_io && kpairs_pad > DK_GEMM_AMX_KC_L1 / 2 &&
+     * last k block. One thread, GFLOP/s, before / after (medians of 5 rounds, alternated 3
+     * times; docs/gemm.md): 1024^3 787-798 / 992-1,010, 512 x 512 x 1024 733-740 / 877-889;
+     * 2048^3 (A block 1 MiB) 945-1,013 / 921-976, alike in a direct comparison. */
+    const int kinner = !batched && t.ukr_io && t.rowtile_a && kpairs_pad > DK_GEMM_AMX_KC_L1 / 2 &&
                        (double)(mc / t.mr) * (double)kpairs_pad * (double)pairA <= DK_GEMM_AMX_A_ALLK;
     if (kinner) t.kc = DK_GEMM_AMX_KC_L1;
     const int64_t kcp = t.kc / 2;                    /* pairs per block */
@@ -1262,6 +1278,7 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
                          pairA, pairB, stream, scale, arng, brng, NULL, NULL, abuf, bpriv,
                          abytes, bpriv_bytes, term, 0},
                         a, b, batch, per, bso};
+        if (stream) atomic_fetch_add_explicit(&steps_streamed, 1, memory_order_relaxed);
         dk_pool_run_as(nthr, (batch + per - 1) / per, gemm_batch_item, &G, work);
     } else {
         for (int64_t bi = 0; bi < batch; bi++) {
@@ -1287,6 +1304,8 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
                                kcp, mc, pairA, pairB, stream, scale, arng, brng, bbuf, bstate,
                                abuf, bpriv, abytes, bpriv_bytes, term, bi,
                                jc == lead ? lead : 0, kinner, csum, csum_bytes};
+                if (kinner) atomic_fetch_add_explicit(&steps_kinner, 1, memory_order_relaxed);
+                if (stream) atomic_fetch_add_explicit(&steps_streamed, 1, memory_order_relaxed);
                 dk_pool_run_as(nthr, nb_m * ngroups, gemm_item, &S, work);
             }
         }

@@ -41,6 +41,7 @@ cdef extern from "dk_gemm.h":
     double dk_probe_tdpbf16ps(int64_t iters) nogil
     void dk_gemm_release_cache() nogil
     int64_t dk_gemm_set_par_min(int64_t macs) nogil
+    void dk_gemm_path_counts(int64_t counts[2]) nogil
     double dk_probe_vdpbf16ps_zmm(int64_t iters) nogil
     double dk_probe_fma_zmm(int64_t iters) nogil
     double dk_probe_fma_ymm(int64_t iters) nogil
@@ -57,10 +58,10 @@ ORDER_VDPBF16PS = DK_GEMM_ORDER_VDPBF16PS
 ORDER_AMX = DK_GEMM_ORDER_AMX
 #: Most rows of the few-rows path (where gemm_ranges measures B's range but not A's).
 SMALLM_MAX = DK_GEMM_SMALLM_MAX
-#: Result bytes above which the kernels may write the result with non-temporal stores.
-STREAM_MIN_BYTES = DK_GEMM_STREAM_MIN_BYTES
 #: The same on the amx tier (beyond it the tile kernel is the faster).
 SMALLM_AMX_MAX = DK_GEMM_SMALLM_AMX_MAX
+#: Result bytes above which the kernels may write the result with non-temporal stores.
+STREAM_MIN_BYTES = DK_GEMM_STREAM_MIN_BYTES
 
 cdef int _fill(dk_gemm_operand *o, object arr, const uint16_t[::1] table, str name) except -1:
     """One operand: a 3-D uint16 (BF16 codes) or uint8 (8-bit codes) array of any strides
@@ -508,6 +509,14 @@ cdef extern from "dk_pool.h":
     void dk_pool_forward_to(const void *entry)
 
 dk_pool_forward_to(PyCapsule_GetPointer(_cpu_mod._pool_capsule(), b"dojo_kernels.pool"))
+
+
+def _path_counts():
+    """Tests: (jc steps that took k inside the columns, jc steps whose result could be
+    streamed) since the process started (dk_gemm_path_counts)."""
+    cdef int64_t c[2]
+    dk_gemm_path_counts(c)
+    return int(c[0]), int(c[1])
 
 
 def _set_par_min(int64_t macs):

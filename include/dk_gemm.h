@@ -122,9 +122,12 @@ int dk_gemm_test_under_mxcsr(unsigned csr, int64_t batch, int64_t m, int64_t n, 
                              const dk_gemm_addend *term, float *out, int64_t ldo, int64_t bso,
                              int isa, int kernel, int order, unsigned *csr_after);
 
-/* Free the work buffers (packed B panel, A blocks, B units) dk_gemm keeps between calls
- * (see gemm_driver.c); safe at any time, the next call allocates again. */
+/* Free the work buffers (packed B panel, A blocks, B units, running sums) dk_gemm keeps
+ * between calls (see gemm_driver.c); safe at any time, the next call allocates again. */
 void dk_gemm_release_cache(void);
+/* Tests: the jc steps run so far that took k inside the columns (counts[0]) and that let the
+ * kernels stream the result (counts[1]). */
+void dk_gemm_path_counts(int64_t counts[2]);
 /* Tests: hand every packed-path product of at least `macs` multiply-adds per step to the
  * pool, whatever the tier (0 restores the tiers' own thresholds, docs/threads.md); returns
  * the previous setting. */
@@ -139,12 +142,6 @@ int64_t dk_gemm_set_par_min(int64_t macs);
 void dk_gemm_bf16_range(const uint16_t *p, int64_t d0, int64_t d1, int64_t d2, int64_t s0,
                         int64_t s1, int64_t s2, uint16_t *minnz, uint16_t *maxfin, int threads);
 
-/* Micro-kernel contract (one per tier and order): full MR x NR tile, kp k-pairs of packed
- * A and B, C with row stride ldc. flags: DK_UKR_LOAD -> continue from the values in C
- * (else start from +0 and never read C: the driver's edge tiles rely on it); DK_UKR_LAST -> multiply by scale and canonicalize NaN before
- * storing. An amx-order kernel is given whole blocks of 16 pairs, except that the last
- * call of a C tile may end with a partial block (kp % 16 != 0), which it completes as if
- * padded with zero pairs. */
 /* Result bytes (batch x m x n x 4) above which the driver lets the kernels write C with
  * non-temporal stores (DK_UKR_STREAM; the amx tile kernel, on 64-byte aligned rows): one
  * core's L2 on the AMX machines (2 MiB), past which the result cannot stay there anyway.
@@ -152,6 +149,13 @@ void dk_gemm_bf16_range(const uint16_t *p, int64_t d0, int64_t d1, int64_t d2, i
  * not in the caches (docs/gemm.md, "Streamed results"). gemm() allocates results above it
  * 64-byte aligned (gemm.py, _empty_result, through _gemm.STREAM_MIN_BYTES). */
 #define DK_GEMM_STREAM_MIN_BYTES ((int64_t)2 << 20)
+
+/* Micro-kernel contract (one per tier and order): full MR x NR tile, kp k-pairs of packed
+ * A and B, C with row stride ldc. flags: DK_UKR_LOAD -> continue from the values in C
+ * (else start from +0 and never read C: the driver's edge tiles rely on it); DK_UKR_LAST -> multiply by scale and canonicalize NaN before
+ * storing. An amx-order kernel is given whole blocks of 16 pairs, except that the last
+ * call of a C tile may end with a partial block (kp % 16 != 0), which it completes as if
+ * padded with zero pairs. */
 enum { DK_UKR_LOAD = 1, DK_UKR_LAST = 2,
        DK_UKR_STREAM = 4, /* with LAST: the result may be written with non-temporal stores (a
                              kernel may ignore it); the caller fences before publishing C */

@@ -735,6 +735,13 @@ def test_results_past_the_streaming_threshold_start_on_a_line():
     at = G._empty_result(1, limit // (4 * 16), 16)
     past = G._empty_result(1, limit // (4 * 16) + 1, 16)
     assert at.base is None and past.base is not None and past.ctypes.data % 64 == 0
+    # and the driver's side of it: a result of exactly the threshold is not streamed, one
+    # row more is (the bits are the same either way: the driver counts the steps)
+    a, b = tiny_mix_bf16(rng, (at.shape[1], 40)), tiny_mix_bf16(rng, (40, 16))
+    for rows, streamed in ((at.shape[1], False), (past.shape[1], True)):
+        before = _gemm._path_counts()[1]
+        dk.gemm(np.resize(a, (rows, 40)), b)
+        assert (_gemm._path_counts()[1] > before) == streamed, rows
 
 
 @pytest.mark.parametrize("n", [2048, 2050])
@@ -845,7 +852,11 @@ def test_running_sums_kept_apart_from_the_result(shape):
                 for name, c in addends.items():
                     what = f"{tier} {threads} threads, addend {name}"
                     with _config.use_isa(tier):
+                        before = _gemm._path_counts()[0]
                         assert_bits(dk.gemm(a, b, c=c), want[name], what + ", fresh")
+                        # the same bits either way: check that the amx tier took the path
+                        took = _gemm._path_counts()[0] > before
+                        assert took == (tier == "amx"), what
                         buf, off, out = _out_past_a_line(p.shape, 16)
                         assert dk.gemm(a, b, c=c, out=out) is out
                     assert_bits(out, want[name], what + ", out= past a line")
