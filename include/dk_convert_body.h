@@ -328,6 +328,8 @@ typedef struct {
     int m, sh;
     int32_t ebase;     /* FP32 exponent offset, in code units */
     uint32_t maxbits;  /* FP32 bits of the largest finite value */
+    int32_t negc, negnanc;     /* unsigned formats: the codes of a negative non-zero value and */
+    uint32_t negbits, negnanbits; /* of a negative NaN (invalid), and their FP32 bits */
     vi half, keep;
     vu lo, span;       /* minnorm's bits; max - minnorm */
     vf scale;          /* 2^qmin */
@@ -340,6 +342,12 @@ static inline dk_qloop dk_qloop_of(const dk_format *f, const dk_qconst *k)
     c.sh = 23 - c.m;
     c.ebase = (127 - f->bias) << c.m;
     c.maxbits = dk_decode_f32bits((uint32_t)k->maxc, f);
+    /* as dk_quant_vec: a negative NaN keeps being NaN (or max without one), any other
+     * negative non-zero value is NaN */
+    c.negc = k->nanc;
+    c.negnanc = k->inf_nan ? k->nanc : k->maxc;
+    c.negbits = dk_decode_f32bits((uint32_t)c.negc, f);
+    c.negnanbits = dk_decode_f32bits((uint32_t)c.negnanc, f);
     c.half = (vi){} + ((1 << (c.sh - 1)) - 1);
     c.keep = (vi){} + ~((1 << c.sh) - 1);
     c.lo = (vu){} + (uint32_t)k->minnorm_bits;
@@ -367,17 +375,21 @@ dk_quant_plain(vi u, vu h, const dk_qloop *c, const dk_qconst *k, int mode, int 
                                        * i.e. where they plus r >> (9 + m) carry into the kept part */
         v = (vi)((vu)a + (h >> (9 + c->m))) & c->keep;
     else v = a & c->keep;
-    /* signed formats: |x| in [minnorm, max] or zero; unsigned: x itself (negative
-     * values fall outside), and -0 gives +0. Stochastic may round past max. */
+    /* signed formats: |x| in [minnorm, max] or zero; unsigned: x itself in that range, zeros
+     * (-0 gives +0), and every negative value (invalid: NaN, below). Stochastic may round
+     * past max. */
+    const vi neg = is_signed ? (vi){} : (u < 0) & (a != 0);
 #if DK_VL == 16 /* in mask registers (the vector form only where the caller uses it) */
     __mmask16 kp = _mm512_cmple_epu32_mask((__m512i)((is_signed ? a : u) - (vi)c->lo), (__m512i)c->span) |
                    _mm512_testn_epi32_mask((__m512i)a, (__m512i)a);
     if (mode == DK_STOCHASTIC) kp &= _mm512_cmple_epu32_mask((__m512i)v, _mm512_set1_epi32((int)c->maxbits));
+    if (!is_signed) kp |= _mm512_movepi32_mask((__m512i)u);
     *plain_out = (vi)_mm512_movm_epi32(kp);
     *some_not = kp != 0xFFFF;
 #else
     vi plain = (vi)((vu)((is_signed ? a : u) - (vi)c->lo) <= c->span) | (a == 0);
     if (mode == DK_STOCHASTIC) plain &= (vi)((vu)v <= c->maxbits);
+    if (!is_signed) plain |= u < 0;
     *plain_out = plain;
     *some_not = !dk_all(plain);
 #endif
@@ -387,6 +399,12 @@ dk_quant_plain(vi u, vu h, const dk_qloop *c, const dk_qconst *k, int mode, int 
     } else {
         res = VSEL(a == 0, (vi){}, (v >> c->sh) - c->ebase);
         if (is_signed) res |= (vi)((vu)u >> (31 - k->signpos)) & (1 << k->signpos); /* the sign bit */
+    }
+    if (!is_signed) {
+        const vi nan = a > 0x7F800000;
+        const vi w = fake ? VSEL(nan, (vi){} + (int32_t)c->negnanbits, (vi){} + (int32_t)c->negbits)
+                          : VSEL(nan, (vi){} + c->negnanc, (vi){} + c->negc);
+        res = VSEL(neg, w, res);
     }
     return res;
 }
