@@ -545,6 +545,32 @@ def test_quantize_fast_path(isa, rf, density, rounding):
         _same_bits(dk.fake_quantize(xs, fmt, rounding=rounding, **kw), want, xs)
 
 
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+def test_quantize_fast_path_both_signs_into_unsigned(isa, rounding):
+    """Data of both signs into an unsigned format (UHP): every vector has negative lanes
+    (invalid: NaN; -0 gives +0), which the first vector pass now finishes itself
+    (dk_quant_plain), with and without positive lanes that need the second pass (tiny
+    values, NaN, beyond max) in the same vectors. Codes, and fake_quantize's values bit for
+    bit (their NaN too), against the reference, at several vector offsets."""
+    rf, fmt = R.UHP_R, fmt_of(R.UHP_R)
+    rng = np.random.default_rng(17)
+    x = (rng.standard_normal(4099) * 16).astype(np.float32)
+    x[rng.random(x.size) < 0.1] = -0.0
+    y = x.copy()
+    pick = rng.random(y.size) < 0.02
+    y[pick] = rng.choice(np.array([1e-12, np.nan, -np.nan, 1e9, -np.inf], np.float32), int(pick.sum()))
+    kw = {"seed": 99} if rounding == "stochastic" else {}
+    for data in (x, y):
+        for k in (0, 3, 16):
+            xs = data[k:]
+            codes = R.quantize_ref(xs, rf, rounding, kw.get("seed"))[0]
+            got = dk.quantize(xs, fmt, rounding=rounding, **kw)
+            assert np.array_equal(got, codes)
+            want = R.dequantize_ref(codes, rf).astype(np.float32)
+            fq = dk.fake_quantize(xs, fmt, rounding=rounding, **kw)
+            assert np.array_equal(fq.view(np.uint32), want.view(np.uint32))
+
+
 @pytest.mark.parametrize("rf", [R.RefFormat("cfloat8_143", 7, "tesla"),
                                 R.RefFormat("cfloat8_152", 50, "tesla"),
                                 R.RefFormat("shp", 20, "tesla")], ids=str)
