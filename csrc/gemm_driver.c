@@ -714,6 +714,16 @@ typedef struct {
     size_t csum_bytes;
 } gemm_step;
 
+/* The addend on a unit's block of the result (slivers s0..s1-1, msl A slivers from row i0),
+ * for the addends the kernel does not fuse. */
+static void add_unit_term(const gemm_step *S, int64_t s0, int64_t s1, int64_t i0, int64_t msl)
+{
+    const tier_cfg *t = S->t;
+    const int64_t j0 = S->jc + s0 * t->nr, j1 = S->jc + s1 * t->nr < S->n ? S->jc + s1 * t->nr : S->n;
+    const int64_t i1 = i0 + msl * t->mr < S->m ? i0 + msl * t->mr : S->m;
+    add_term(S->add, S->bi, i0, j0, i1 - i0, j1 - j0, S->cb + i0 * S->ldo + j0, S->ldo);
+}
+
 /* The micro-kernel over one packed unit of B (slivers s0..s1-1) and the item's A block. */
 static void run_unit(const gemm_step *S, const char *unit, int64_t s0, int64_t s1, int64_t kp,
                      int64_t i0, int64_t msl, const char *mya, int flags)
@@ -742,11 +752,7 @@ static void run_unit(const gemm_step *S, const char *unit, int64_t s0, int64_t s
     /* Other kernels: the addend on the unit's block of the result once it is complete, from
      * the caches (tile by tile, each read right after the kernel's stores, it measured
      * slower than a pass of its own afterwards). */
-    if (add && !fuse) {
-        const int64_t j0 = S->jc + s0 * t->nr, j1 = S->jc + s1 * t->nr < S->n ? S->jc + s1 * t->nr : S->n;
-        const int64_t i1 = i0 + msl * t->mr < S->m ? i0 + msl * t->mr : S->m;
-        add_term(S->add, S->bi, i0, j0, i1 - i0, j1 - j0, S->cb + i0 * S->ldo + j0, S->ldo);
-    }
+    if (add && !fuse) add_unit_term(S, s0, s1, i0, msl);
 }
 
 /* Row stride (floats) of the running sums of a unit's C block: 4 slivers and one line, so
@@ -776,32 +782,33 @@ static void run_unit_kinner(const gemm_step *S, const char *unit, int64_t s0, in
             const char *ap = mya + (size_t)r * kp * S->pairA;
             float *cs = csum + r * t->mr * DK_GEMM_CSUM_LD + (s - s0) * t->nr;
             float *c = S->cb + i * S->ldo + j;
-            if (!last) {
-                t->ukr_io(kp, ap, bp, cs, DK_GEMM_CSUM_LD, cs, DK_GEMM_CSUM_LD,
-                          flags & ~DK_UKR_STREAM, S->scale, NULL, 0, 0);
-                continue;
-            }
-            if (S->m - i >= t->mr && S->n - j >= t->nr) {
+            const int64_t mm = S->m - i < t->mr ? S->m - i : t->mr;
+            const int64_t nn = S->n - j < t->nr ? S->n - j : t->nr;
+            if (last && mm == t->mr && nn == t->nr) { /* a whole tile: the result straight to C */
                 t->ukr_io(kp, ap, bp, cs, DK_GEMM_CSUM_LD, c, S->ldo, flags, S->scale,
                           fuse ? add->ptr + S->bi * add->bs + i * add->rs + j * add->cs : NULL,
                           fuse ? add->rs : 0, fuse ? add->cs : 0);
                 continue;
             }
-            /* an edge tile: the result in csum, its valid part copied to C */
-            const int64_t mm = S->m - i < t->mr ? S->m - i : t->mr;
-            const int64_t nn = S->n - j < t->nr ? S->n - j : t->nr;
             t->ukr_io(kp, ap, bp, cs, DK_GEMM_CSUM_LD, cs, DK_GEMM_CSUM_LD,
                       flags & ~DK_UKR_STREAM, S->scale, NULL, 0, 0);
+            if (!last) continue;
+            /* the last block of an edge tile: its valid part copied to C */
             for (int64_t ii = 0; ii < mm; ii++)
                 memcpy(c + ii * S->ldo, cs + ii * DK_GEMM_CSUM_LD, sizeof(float) * (size_t)nn);
             if (fuse) add_term(add, S->bi, i, j, mm, nn, c, S->ldo);
         }
     }
-    if (add && !fuse) {
-        const int64_t j0 = S->jc + s0 * t->nr, j1 = S->jc + s1 * t->nr < S->n ? S->jc + s1 * t->nr : S->n;
-        const int64_t i1 = i0 + msl * t->mr < S->m ? i0 + msl * t->mr : S->m;
-        add_term(S->add, S->bi, i0, j0, i1 - i0, j1 - j0, S->cb + i0 * S->ldo + j0, S->ldo);
-    }
+    if (add && !fuse) add_unit_term(S, s0, s1, i0, msl);
+}
+
+/* The pairs of the k block from pair pc: *kreal of them hold codes, and the kernel is given
+ * the returned count, a whole number of its granularity t->kblk (the packers pad with zero
+ * pairs; only the last block can be partial, kcp is a multiple of t->kblk). */
+static int64_t block_pairs(const gemm_step *S, int64_t pc, int64_t *kreal)
+{
+    *kreal = S->kpairs - pc < S->kcp ? S->kpairs - pc : S->kcp;
+    return (*kreal + S->t->kblk - 1) / S->t->kblk * S->t->kblk;
 }
 
 /* The flags of the k block [pc, pc + kreal) of pairs, kp of them given to the kernel. */
@@ -895,8 +902,8 @@ static void gemm_item_body(const gemm_step *S, int64_t w, int slot)
          * between k blocks, while the B sliver of a k block stays in L1 across the A slivers. */
         const size_t ablk = (size_t)msl * S->kcp * S->pairA;
         for (int64_t pc = 0, pb = 0; pc < S->kpairs; pc += S->kcp, pb++) {
-            int64_t kreal = S->kpairs - pc < S->kcp ? S->kpairs - pc : S->kcp;
-            int64_t kp = (kreal + t->kblk - 1) / t->kblk * t->kblk;
+            int64_t kreal;
+            const int64_t kp = block_pairs(S, pc, &kreal);
             pack_rowtiles(S->va, m, k, i0, mcur, pc, kp, t->mr, t->simd_pack, mya + pb * ablk, arng);
             if (S->lead && g == 0)
                 run_lead(S, pc, kp, i0, msl, mya + pb * ablk, myb, slot,
@@ -913,8 +920,8 @@ static void gemm_item_body(const gemm_step *S, int64_t w, int slot)
             memset(csum, 0xFF, S->csum_bytes);
 #endif
             for (int64_t pc = 0, pb = 0; pc < S->kpairs; pc += S->kcp, pb++) {
-                int64_t kreal = S->kpairs - pc < S->kcp ? S->kpairs - pc : S->kcp;
-                int64_t kp = (kreal + t->kblk - 1) / t->kblk * t->kblk;
+                int64_t kreal;
+                const int64_t kp = block_pairs(S, pc, &kreal);
                 /* only a unit's first k block may be put off: nothing has run on it yet */
                 const char *unit = take_unit(S, pb, pc, kp, c, s0, s1, myb, slot, may_defer && pb == 0);
                 if (!unit) {
@@ -928,10 +935,8 @@ static void gemm_item_body(const gemm_step *S, int64_t w, int slot)
         return;
     }
     for (int64_t pc = 0, pb = 0; pc < S->kpairs; pc += S->kcp, pb++) {
-        int64_t kreal = S->kpairs - pc < S->kcp ? S->kpairs - pc : S->kcp;
-        /* the kernel's k granularity: the packers pad with zero pairs (a whole number of
-         * t->kblk; only the last block can be partial, kcp is a multiple of t->kblk) */
-        int64_t kp = (kreal + t->kblk - 1) / t->kblk * t->kblk;
+        int64_t kreal;
+        const int64_t kp = block_pairs(S, pc, &kreal);
         const int flags = block_flags(S, pc, kreal, kp, msl);
         /* the range of A's codes (if asked) is taken while packing */
         if (t->rowtile_a)

@@ -624,9 +624,6 @@ def _gemm_general(a: Any, b: Any, a_format: Format, b_format: Format, order_code
         raise ValueError(f"a, b: batch sizes differ: {ca.shape[0]} and {cb.shape[0]}")
     nb = ca.shape[0] if ca.ndim == 3 else (cb.shape[0] if cb.ndim == 3 else 1)
     m, k, n = ca.shape[-2], ca.shape[-1], cb.shape[-1]
-    # a 2-D operand is passed with a batch extent of 1: the glue shares it (batch stride 0)
-    a3 = ca if ca.ndim == 3 else ca[None]
-    b3 = cb if cb.ndim == 3 else cb[None]
     shape = (nb, m, n) if batched else (m, n)
 
     term = None                      # beta * c in float32, broadcast to (nb, m, n)
@@ -710,6 +707,7 @@ def _gemm_general(a: Any, b: Any, a_format: Format, b_format: Format, order_code
             continue
         ca_s = _rescale_bf16(ca, sa) if a16 and sa else ca
         cb_s = _rescale_bf16(cb, sb) if b16 and sb else cb
+        # a 2-D operand is passed with a batch extent of 1: the glue shares it (batch stride 0)
         a3 = ca_s if ca_s.ndim == 3 else ca_s[None]
         b3 = cb_s if cb_s.ndim == 3 else cb_s[None]
         ta = _table(a_format, sa) if a_format.nbits == 8 else _DUMMY_TABLE
