@@ -1319,13 +1319,20 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
                 int64_t nsl = (ncur + t.nr - 1) / t.nr;
                 int64_t nchunks = (nsl + DK_GEMM_CHUNK - 1) / DK_GEMM_CHUNK;
                 /* Work items (ic block, column group), handed out dynamically so that a
-                 * thread slowed by a busy core takes fewer. With fewer than 4 items per
-                 * thread, each block's columns are split into groups of whole packing units
-                 * (an item packs its A block itself, so one thread keeps one group). The
-                 * order inside every C element is fixed, so the schedule never changes the
-                 * bits. */
+                 * thread slowed by a busy core takes fewer. Each block's columns are split
+                 * into groups of whole packing units (an item packs its A block itself): at
+                 * least one group per thread, and more with fewer than 4 items per thread.
+                 * Threads that take items in step then each keep to one group, so each
+                 * reads mostly the B units it packed itself; with one group for all, both
+                 * read every unit, and a unit in one core's L2 is fetched from there by
+                 * the other. Two threads, back to back, one group per block / this,
+                 * alternated 6 times (GFLOP/s): 2048^3 1,418-1,593 / 1,611-1,772; 4096 x
+                 * 4096 x 1024 1,772-1,854 / 1,814-1,997 (docs/gemm.md, "Column groups").
+                 * The order inside every C element is fixed, so the schedule never changes
+                 * the bits. */
                 int64_t ngroups = nthr > 1 && nb_m < 4 * (int64_t)nthr
                                       ? (4 * (int64_t)nthr + nb_m - 1) / nb_m : 1;
+                if (ngroups < nthr) ngroups = nthr;
                 if (ngroups > nchunks) ngroups = nchunks;
                 for (int64_t u = 0; shared_b && u < npc * nchunks; u++) atomic_init(&bstate[u], 0);
                 gemm_step S = {&t, &va, &vb, cb, m, n, k, ldo, jc, nsl, nchunks, ngroups, kpairs,
