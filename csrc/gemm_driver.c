@@ -1323,10 +1323,10 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
                  * into groups of whole packing units (an item packs its A block itself): at
                  * least one group per thread, and more with fewer than 4 items per thread.
                  * Threads that take items in step then each keep to one group, so each
-                 * reads mostly the B units it packed itself; with one group for all, both
-                 * read every unit, and a unit in one core's L2 is fetched from there by
-                 * the other. Two threads, back to back, one group per block / this,
-                 * alternated 6 times (GFLOP/s): 2048^3 1,418-1,593 / 1,611-1,772; 4096 x
+                 * reads mostly the B units it packed itself (with one group for all, both
+                 * read every unit, and an item ran 1.2-1.4x slower than on one thread).
+                 * Two threads, back to back, one group per block / two (the same build, the
+                 * count forced by a temporary override, alternated 6 times; GFLOP/s): 2048^3 1,418-1,593 / 1,611-1,772; 4096 x
                  * 4096 x 1024 1,772-1,854 / 1,814-1,997 (docs/gemm.md, "Column groups").
                  * The order inside every C element is fixed, so the schedule never changes
                  * the bits. */
