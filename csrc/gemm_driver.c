@@ -22,7 +22,8 @@
  * packs a private copy instead of waiting, so a descheduled thread holds up nobody.
  * Problems below a tier's threshold (par_min_for) of multiply-adds per jc step run on the
  * calling thread. */
-#define _DEFAULT_SOURCE /* posix_memalign, madvise (MADV_HUGEPAGE) */
+#define _DEFAULT_SOURCE /* madvise (MADV_HUGEPAGE) */
+#define _POSIX_C_SOURCE 200809L /* posix_memalign, also where glibc predates _DEFAULT_SOURCE */
 #include "dk_gemm.h"
 
 #include <math.h>
@@ -56,6 +57,10 @@
 
 #define DK_GEMM_CHUNK 4                         /* B slivers per packing unit */
 #define DEFER_MAX 64                            /* units an item may put off (gemm_item) */
+/* Units (DK_GEMM_CHUNK slivers) a column group keeps at least when the groups are raised to
+ * one per thread (gemm_item: each group packs the A block once more, a cost that grows as
+ * the groups narrow; 8 units are 1024 columns on the amx tier) */
+#define DK_GEMM_GROUP_MIN_UNITS 8
 #define DK_GEMM_PAR_MIN ((double)(1 << 21))     /* m * ncols * k of a step handed to the pool:
                                                  * the generic tier and the few-rows path */
 #define DK_GEMM_MIN_BLOCK_SL 2                  /* slivers per A block when m is cut finer */
@@ -585,16 +590,20 @@ static pthread_mutex_t cache_mu = PTHREAD_MUTEX_INITIALIZER;
 static void *cache_ptr[DK_GEMM_CACHE_SLOTS];
 static size_t cache_cap[DK_GEMM_CACHE_SLOTS];
 
-static void *aligned_alloc_bytes(size_t n);
+static int cache_huge[DK_GEMM_CACHE_SLOTS]; /* 1: the slot's buffer was asked huge pages */
 
-/* A buffer of at least n bytes: the smallest cached one that is large enough, else new. */
-static void *buf_take(size_t n, size_t *cap)
+static void *aligned_alloc_bytes(size_t n, int huge);
+
+/* A buffer of at least n bytes: the smallest cached one of the same kind (huge: the shared
+ * B panel, aligned_alloc_bytes) that is large enough, else new. */
+static void *buf_take(size_t n, size_t *cap, int huge)
 {
     void *p = NULL;
     pthread_mutex_lock(&cache_mu);
     int best = -1;
     for (int i = 0; i < DK_GEMM_CACHE_SLOTS; i++)
-        if (cache_ptr[i] && cache_cap[i] >= n && (best < 0 || cache_cap[i] < cache_cap[best]))
+        if (cache_ptr[i] && cache_huge[i] == huge && cache_cap[i] >= n &&
+            (best < 0 || cache_cap[i] < cache_cap[best]))
             best = i;
     if (best >= 0) {
         p = cache_ptr[best];
@@ -604,13 +613,13 @@ static void *buf_take(size_t n, size_t *cap)
     }
     pthread_mutex_unlock(&cache_mu);
     if (!p) {
-        p = aligned_alloc_bytes(n);
+        p = aligned_alloc_bytes(n, huge);
         *cap = n;
     }
     return p;
 }
 
-static void buf_give(void *p, size_t cap)
+static void buf_give(void *p, size_t cap, int huge)
 {
     if (!p) return;
     void *drop = p;
@@ -623,6 +632,7 @@ static void buf_give(void *p, size_t cap)
             drop = cache_ptr[slot];
             cache_ptr[slot] = p;
             cache_cap[slot] = cap;
+            cache_huge[slot] = huge;
         }
         pthread_mutex_unlock(&cache_mu);
     }
@@ -642,29 +652,38 @@ void dk_gemm_release_cache(void)
     for (int i = 0; i < DK_GEMM_CACHE_SLOTS; i++) free(p[i]);
 }
 
-/* Buffers of at least DK_GEMM_HUGE_MIN bytes (the shared B panel of a large product) are
- * whole 2 MiB pages, asked of the kernel as transparent huge pages (MADV_HUGEPAGE): the
- * default THP setting, "madvise", gives them only where asked, as NumPy asks for its arrays
- * from 4 MiB on. Each unit of the panel is read by every A block, a 128 KiB run of 32 pages
- * of 4 KiB. The build before / this one, alternated 3 times (medians, GFLOP/s): 2048^3 one
- * thread 963-967 / 960-1,044, two threads 1,445-1,510 / 1,533-1,582; 4096 x 4096 x 1024 two
- * threads 1,634-1,716 / 1,768-1,792. From 1 MiB (the A blocks too) 1024^3 measured 3-5%
- * slower, so smaller buffers keep 4 KiB pages. Where THP is off, these are 4 KiB pages too. */
+/* The shared packed B panel (huge: buf_take's callers ask it for that buffer only), when it
+ * is at least DK_GEMM_HUGE_MIN bytes, is whole 2 MiB pages asked of the kernel as transparent
+ * huge pages (MADV_HUGEPAGE): where THP is in "madvise" mode, as on the machines measured,
+ * only such ranges get them (NumPy asks the same for its arrays from 4 MiB on); with THP
+ * disabled the advice changes nothing. Each unit of the panel is read by every A block, a
+ * 128 KiB run of 32 pages of 4 KiB. The build before / this one, alternated 3 times
+ * (medians, GFLOP/s): 2048^3 one thread 963-967 / 960-1,044, two threads 1,445-1,510 /
+ * 1,533-1,582; 4096 x 4096 x 1024 two threads 1,634-1,716 / 1,768-1,792. From 1 MiB, 1024^3
+ * (a 2 MiB panel) measured 3-5% slower; the per-thread buffers on huge pages gained nothing
+ * measurable, so they keep 4 KiB pages.
+ * Sanitizer builds allocate exactly n (ASan and valgrind then see an overrun at once). */
 #define DK_GEMM_HUGE_PAGE ((size_t)2 << 20)
 #define DK_GEMM_HUGE_MIN ((size_t)4 << 20)
-static void *aligned_alloc_bytes(size_t n)
+static void *aligned_alloc_bytes(size_t n, int huge)
 {
     void *p = NULL;
     if (n == 0) n = 64;
-#ifdef MADV_HUGEPAGE
-    if (n >= DK_GEMM_HUGE_MIN) {
+#if defined(MADV_HUGEPAGE) && !defined(DK_CHECK_UKR_CONTRACT)
+    if (huge && n >= DK_GEMM_HUGE_MIN) {
         const size_t sz = (n + DK_GEMM_HUGE_PAGE - 1) & ~(DK_GEMM_HUGE_PAGE - 1);
         if (posix_memalign(&p, DK_GEMM_HUGE_PAGE, sz)) return NULL;
-        (void)madvise(p, sz, MADV_HUGEPAGE); /* advice: refused, the pages are 4 KiB */
+        (void)madvise(p, sz, MADV_HUGEPAGE); /* advice only: its failure changes no result */
         return p;
     }
+#else
+    (void)huge;
 #endif
+#ifdef DK_CHECK_UKR_CONTRACT
+    if (posix_memalign(&p, 4096, n)) return NULL;
+#else
     if (posix_memalign(&p, 4096, (n + 4095) & ~(size_t)4095)) return NULL;
+#endif
     return p;
 }
 
@@ -1222,10 +1241,11 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
         nb_m = msl_all < nthr ? msl_all : nthr;
     }
     /* Fewer than 4 blocks per thread (for the dynamic hand-out): cut m finer first, down to
-     * blocks of DK_GEMM_MIN_BLOCK_SL slivers, before the columns are split into groups
+     * blocks of DK_GEMM_MIN_BLOCK_SL slivers, before more column groups are made for it
      * below: every item packs its own A block, so column groups pack the same A block once
      * each (at 512^3 on 2 threads, four times), while a thinner block only reuses each B
-     * sliver fewer times from the caches. */
+     * sliver fewer times from the caches. (Wide products get a group per thread anyway,
+     * for another reason: see the work items.) */
     if (!batched && nthr > 1 && nb_m < 4 * (int64_t)nthr) {
         int64_t thin = (m + t.mr - 1) / t.mr / DK_GEMM_MIN_BLOCK_SL;
         int64_t want = thin < 4 * (int64_t)nthr ? thin : 4 * (int64_t)nthr;
@@ -1270,12 +1290,12 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
     size_t bcap = 0;
     /* one A block: no shared panel (each unit is packed by its only user, gemm_item) */
     const int shared_b = nb_m > 1;
-    char *bbuf = shared_b ? buf_take(bbytes, &bcap) : NULL;
+    char *bbuf = shared_b ? buf_take(bbytes, &bcap, 1) : NULL;
     size_t acap = 0, pcap = 0;
-    char *abuf = buf_take(abytes * nthr, &acap);
-    char *bpriv = buf_take(bpriv_bytes * nthr, &pcap);
+    char *abuf = buf_take(abytes * nthr, &acap, 0);
+    char *bpriv = buf_take(bpriv_bytes * nthr, &pcap, 0);
     size_t scap = 0, csum_bytes = kinner ? (size_t)mc * DK_GEMM_CSUM_LD * sizeof(float) : 0;
-    float *csum = kinner ? buf_take(csum_bytes * nthr, &scap) : NULL;
+    float *csum = kinner ? buf_take(csum_bytes * nthr, &scap, 0) : NULL;
     atomic_int *bstate = shared_b ? malloc((size_t)(npc * nchunks_max) * sizeof(atomic_int)) : NULL;
     int fail = 0;
     /* ranges from the packed blocks: BF16 layouts only (the FP32 split layouts hold values
@@ -1283,10 +1303,10 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
     uint16_t *arng = ranges_new(arange != NULL && !t.split_a, a, nthr, &fail);
     uint16_t *brng = ranges_new(brange != NULL && !t.split_b, b, nthr, &fail);
     if ((shared_b && (!bbuf || !bstate)) || !abuf || !bpriv || (kinner && !csum) || fail) {
-        buf_give(csum, scap);
-        buf_give(bbuf, bcap);
-        buf_give(abuf, acap);
-        buf_give(bpriv, pcap);
+        buf_give(csum, scap, 0);
+        buf_give(bbuf, bcap, 1);
+        buf_give(abuf, acap, 0);
+        buf_give(bpriv, pcap, 0);
         free(bstate);
         free(arng);
         free(brng);
@@ -1320,19 +1340,20 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
                 int64_t nchunks = (nsl + DK_GEMM_CHUNK - 1) / DK_GEMM_CHUNK;
                 /* Work items (ic block, column group), handed out dynamically so that a
                  * thread slowed by a busy core takes fewer. Each block's columns are split
-                 * into groups of whole packing units (an item packs its A block itself): at
-                 * least one group per thread, and more with fewer than 4 items per thread.
-                 * Threads that take items in step then each keep to one group, so each
-                 * reads mostly the B units it packed itself (with one group for all, both
-                 * read every unit, and an item ran 1.2-1.4x slower than on one thread).
-                 * Two threads, back to back, one group per block / two (the same build, the
-                 * count forced by a temporary override, alternated 6 times; GFLOP/s): 2048^3 1,418-1,593 / 1,611-1,772; 4096 x
-                 * 4096 x 1024 1,772-1,854 / 1,814-1,997 (docs/gemm.md, "Column groups").
-                 * The order inside every C element is fixed, so the schedule never changes
-                 * the bits. */
+                 * into groups of whole packing units (an item packs its A block itself, so
+                 * each group packs it once more): enough groups for 4 items per thread when
+                 * there are fewer than 4 A blocks per thread, and at least one group per
+                 * thread as long as each keeps DK_GEMM_GROUP_MIN_UNITS units. Threads that
+                 * take items in step then each keep to one group and read mostly the B
+                 * units they packed themselves (with one group for all, both read every
+                 * unit, and an item ran 1.2-1.4x slower than on one thread). Measured on
+                 * two threads only: docs/gemm.md, "Column groups". The order inside every
+                 * C element is fixed, so the schedule never changes the bits. */
                 int64_t ngroups = nthr > 1 && nb_m < 4 * (int64_t)nthr
                                       ? (4 * (int64_t)nthr + nb_m - 1) / nb_m : 1;
-                if (ngroups < nthr) ngroups = nthr;
+                const int64_t per_thread = nchunks / DK_GEMM_GROUP_MIN_UNITS < nthr
+                                               ? nchunks / DK_GEMM_GROUP_MIN_UNITS : nthr;
+                if (ngroups < per_thread) ngroups = per_thread;
                 if (ngroups > nchunks) ngroups = nchunks;
                 for (int64_t u = 0; shared_b && u < npc * nchunks; u++) atomic_init(&bstate[u], 0);
                 gemm_step S = {&t, &va, &vb, cb, m, n, k, ldo, jc, nsl, nchunks, ngroups, kpairs,
@@ -1345,10 +1366,10 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
             }
         }
     }
-    buf_give(csum, scap);
-    buf_give(bbuf, bcap);
-    buf_give(abuf, acap);
-    buf_give(bpriv, pcap);
+    buf_give(csum, scap, 0);
+    buf_give(bbuf, bcap, 1);
+    buf_give(abuf, acap, 0);
+    buf_give(bpriv, pcap, 0);
     free(bstate);
     ranges_done(arng, nthr, arange);
     ranges_done(brng, nthr, brange);

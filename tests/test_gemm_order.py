@@ -815,8 +815,8 @@ def test_streamed_results_into_an_out_past_a_line(shape):
 
 
 @pytest.mark.parametrize("shape", [(45, 83, 1063), (300, 200, 1100), (2, 70, 100, 600),
-                                   (1100, 2048, 600)],
-                         ids=["edges", "shared-panel", "batch", "streamed"])
+                                   (1100, 2048, 600), (1800, 2080, 520)],
+                         ids=["edges", "shared-panel", "batch", "streamed", "group-per-thread"])
 def test_running_sums_kept_apart_from_the_result(shape):
     """Products whose A block for all of k fits in 1 MiB: the amx tier runs each unit of
     columns through every k block, its running sums in a per-thread buffer, and writes the
@@ -826,7 +826,9 @@ def test_running_sums_kept_apart_from_the_result(shape):
     kernel's stores; a column broadcast and a column-major matrix, added by the driver), and
     nothing written outside `out`. Edge tiles in m and n; infinities in B's columns and NaN
     in A's rows, so that the zero rows past m give NaN in the buffer's padding (never copied
-    out); two A blocks sharing B's panel; a batch; a result past the streaming threshold."""
+    out); two A blocks sharing B's panel; a batch; a result past the streaming threshold;
+    8 A blocks on 2 threads with 17 units of columns, split into one column group per thread
+    (gemm_item's work items; before, one group for all)."""
     tiers = [t for t in TIERS if t != "generic"]    # generic is the reference's own tier
     if not tiers:
         pytest.skip("only the generic tier on this CPU: it is the reference")
