@@ -669,22 +669,18 @@ static void *aligned_alloc_bytes(size_t n, int huge)
 {
     void *p = NULL;
     if (n == 0) n = 64;
-#if defined(MADV_HUGEPAGE) && !defined(DK_CHECK_UKR_CONTRACT)
-    if (huge && n >= DK_GEMM_HUGE_MIN) {
-        const size_t sz = (n + DK_GEMM_HUGE_PAGE - 1) & ~(DK_GEMM_HUGE_PAGE - 1);
-        if (posix_memalign(&p, DK_GEMM_HUGE_PAGE, sz)) return NULL;
-        (void)madvise(p, sz, MADV_HUGEPAGE); /* advice only: its failure changes no result */
-        return p;
-    }
-#else
-    (void)huge;
-#endif
 #ifdef DK_CHECK_UKR_CONTRACT
-    if (posix_memalign(&p, 4096, n)) return NULL;
+    (void)huge;
+    return posix_memalign(&p, 4096, n) ? NULL : p;
 #else
-    if (posix_memalign(&p, 4096, (n + 4095) & ~(size_t)4095)) return NULL;
+    const size_t page = huge && n >= DK_GEMM_HUGE_MIN ? DK_GEMM_HUGE_PAGE : 4096;
+    const size_t sz = (n + page - 1) & ~(page - 1);
+    if (posix_memalign(&p, page, sz)) return NULL;
+#ifdef MADV_HUGEPAGE
+    if (page == DK_GEMM_HUGE_PAGE) (void)madvise(p, sz, MADV_HUGEPAGE); /* advice only */
 #endif
     return p;
+#endif
 }
 
 /* out (mm x nn, row stride ldo) += the addend's elements at (bi, i0.., j0..): one FP32 add
@@ -1346,7 +1342,7 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
                  * thread as long as each keeps DK_GEMM_GROUP_MIN_UNITS units. Threads that
                  * take items in step then each keep to one group and read mostly the B
                  * units they packed themselves (with one group for all, both read every
-                 * unit, and an item ran 1.2-1.4x slower than on one thread). Measured on
+                 * unit, and an item ran 1.1-1.4x slower than on one thread). Measured on
                  * two threads only: docs/gemm.md, "Column groups". The order inside every
                  * C element is fixed, so the schedule never changes the bits. */
                 int64_t ngroups = nthr > 1 && nb_m < 4 * (int64_t)nthr
