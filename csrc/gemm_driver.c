@@ -157,15 +157,17 @@ int64_t dk_gemm_set_par_min(int64_t macs)
     return (int64_t)atomic_exchange_explicit(&par_min_set, macs > 0 ? macs : 0, memory_order_relaxed);
 }
 
-/* Tests: how many jc steps ran k inside the columns (kinner) and how many let the kernels
- * stream the result, since the process started (dk_gemm_path_counts). The bits are the
- * same either way, so this is how a test knows which path it exercised. */
-static atomic_llong steps_kinner, steps_streamed;
+/* Tests: how many jc steps ran k inside the columns (kinner), how many let the kernels
+ * stream the result, and how many of the kinner steps took k in more than one range, since
+ * the process started (dk_gemm_path_counts). The bits are the same either way, so this is
+ * how a test knows which path it exercised. */
+static atomic_llong steps_kinner, steps_streamed, steps_kranges;
 
-void dk_gemm_path_counts(int64_t counts[2])
+void dk_gemm_path_counts(int64_t counts[3])
 {
     counts[0] = (int64_t)atomic_load_explicit(&steps_kinner, memory_order_relaxed);
     counts[1] = (int64_t)atomic_load_explicit(&steps_streamed, memory_order_relaxed);
+    counts[2] = (int64_t)atomic_load_explicit(&steps_kranges, memory_order_relaxed);
 }
 
 /* ---- element access and packing ---------------------------------------------------- */
@@ -750,6 +752,8 @@ typedef struct {
                           * columns through every k block, its running sums in csum */
     float *csum;         /* kinner: per slot, the running sums of one unit's C block */
     size_t csum_bytes;
+    int64_t krange;      /* kinner: pairs per k range (a multiple of kcp), the A blocks of one
+                          * range packed at a time; the running sums wait in C between ranges */
 } gemm_step;
 
 /* The addend on a unit's block of the result (slivers s0..s1-1, msl A slivers from row i0),
@@ -802,14 +806,19 @@ static void run_unit(const gemm_step *S, const char *unit, int64_t s0, int64_t s
 /* run_unit for the kinner items: the k blocks before the last continue the running sums in
  * the thread's buffer csum (whole tiles: rows past m and columns past n are computed from
  * the packers' zero padding and never copied out), and the last block reads them there and
- * writes the result (scaled, canonicalized, with the addend if fused) to C. Each element's
- * chain is the same as run_unit's: only where its running sum is kept differs. */
+ * writes the result (scaled, canonicalized, with the addend if fused) to C. With k in
+ * ranges, the first block of a later range continues from C (from_c) and the last block of
+ * a range before the last writes the running sums to C (to_c), streamed past the caches
+ * when the result is large: they are read back only when the next range reaches this unit.
+ * Each element's chain is the same as run_unit's: only where its running sum is kept
+ * differs. */
 static void run_unit_kinner(const gemm_step *S, const char *unit, int64_t s0, int64_t s1,
                             int64_t kp, int64_t i0, int64_t msl, const char *mya, int flags,
-                            float *csum)
+                            float *csum, int from_c, int to_c)
 {
     const tier_cfg *t = S->t;
     const int last = flags & DK_UKR_LAST;
+    to_c = to_c && !last;
     const dk_gemm_addend *add = last ? S->add : NULL;
     const int fuse = fuses_addend(t, add);
     for (int64_t s = s0; s < s1; s++) {
@@ -822,14 +831,23 @@ static void run_unit_kinner(const gemm_step *S, const char *unit, int64_t s0, in
             float *c = S->cb + i * S->ldo + j;
             const int64_t mm = S->m - i < t->mr ? S->m - i : t->mr;
             const int64_t nn = S->n - j < t->nr ? S->n - j : t->nr;
-            if (last && mm == t->mr && nn == t->nr) { /* a whole tile: the result straight to C */
-                t->ukr_io(kp, ap, bp, cs, DK_GEMM_CSUM_LD, c, S->ldo, flags, S->scale,
-                          fuse ? add->ptr + S->bi * add->bs + i * add->rs + j * add->cs : NULL,
+            if (mm == t->mr && nn == t->nr) { /* a whole tile: C read or written where it is */
+                t->ukr_io(kp, ap, bp, from_c ? c : cs, from_c ? S->ldo : DK_GEMM_CSUM_LD,
+                          last || to_c ? c : cs, last || to_c ? S->ldo : DK_GEMM_CSUM_LD,
+                          flags | (to_c && S->stream ? DK_UKR_STREAM : 0) | (from_c ? DK_UKR_STREAM_C : 0),
+                          S->scale, fuse ? add->ptr + S->bi * add->bs + i * add->rs + j * add->cs : NULL,
                           fuse ? add->rs : 0, fuse ? add->cs : 0);
                 continue;
             }
+            /* an edge tile: whole in csum, its valid part copied from and to C */
+            if (from_c)
+                for (int64_t ii = 0; ii < mm; ii++)
+                    memcpy(cs + ii * DK_GEMM_CSUM_LD, c + ii * S->ldo, sizeof(float) * (size_t)nn);
             t->ukr_io(kp, ap, bp, cs, DK_GEMM_CSUM_LD, cs, DK_GEMM_CSUM_LD,
                       flags & ~DK_UKR_STREAM, S->scale, NULL, 0, 0);
+            if (to_c)
+                for (int64_t ii = 0; ii < mm; ii++)
+                    memcpy(c + ii * S->ldo, cs + ii * DK_GEMM_CSUM_LD, sizeof(float) * (size_t)nn);
             if (!last) continue;
             /* the last block of an edge tile: its valid part copied to C */
             for (int64_t ii = 0; ii < mm; ii++)
@@ -935,39 +953,47 @@ static void gemm_item_body(const gemm_step *S, int64_t w, int slot)
     uint16_t *arng = S->arng ? S->arng + 2 * slot : NULL;
     if (S->kinner) {
         float *csum = (float *)((char *)S->csum + (size_t)slot * S->csum_bytes);
-        /* The A block for every k block first (block pb at mya + pb * ablk), then each unit of
-         * columns through all k blocks: its C block (msl tiles x 4 slivers) stays in L2
-         * between k blocks, while the B sliver of a k block stays in L1 across the A slivers. */
         const size_t ablk = (size_t)msl * S->kcp * S->pairA;
-        for (int64_t pc = 0, pb = 0; pc < S->kpairs; pc += S->kcp, pb++) {
-            int64_t kreal;
-            const int64_t kp = block_pairs(S, pc, &kreal);
-            pack_rowtiles(S->va, m, k, i0, mcur, pc, kp, t->mr, t->simd_pack, mya + pb * ablk, arng);
-            if (S->lead && g == 0)
-                run_lead(S, pc, kp, i0, msl, mya + pb * ablk, myb, slot,
-                         block_flags(S, pc, kreal, kp, msl));
-        }
-        int64_t deferred[DEFER_MAX], nd = 0;
-        for (int64_t ci = c0, pass2 = 0; ci < c1 || pass2 < nd;) {
-            const int may_defer = ci < c1 && nd < DEFER_MAX;
-            const int64_t c = ci < c1 ? ci++ : deferred[pass2++];
-            int64_t s0 = c * DK_GEMM_CHUNK, s1 = s0 + DK_GEMM_CHUNK < nsl ? s0 + DK_GEMM_CHUNK : nsl;
-#ifdef DK_CHECK_UKR_CONTRACT
-            /* sanitizer builds: a kernel that read C in a first k block would spread these NaNs
-             * (as tile()'s edge temporary) */
-            memset(csum, 0xFF, S->csum_bytes);
-#endif
-            for (int64_t pc = 0, pb = 0; pc < S->kpairs; pc += S->kcp, pb++) {
+        /* k in ranges of S->krange pairs (all of k when the A block for it fits): the A block
+         * for every k block of the range first (block pb at mya + (pb - pb0) * ablk), then each
+         * unit of columns through the range's k blocks: its C block (msl tiles x 4 slivers)
+         * stays in csum, in L2, between the k blocks, while the B sliver of a k block stays in
+         * L1 across the A slivers. Between ranges the running sums wait in C. */
+        for (int64_t r0 = 0, pb0 = 0; r0 < S->kpairs; r0 += S->krange, pb0 += S->krange / S->kcp) {
+            const int64_t r1 = r0 + S->krange < S->kpairs ? r0 + S->krange : S->kpairs;
+            for (int64_t pc = r0, pb = pb0; pc < r1; pc += S->kcp, pb++) {
                 int64_t kreal;
                 const int64_t kp = block_pairs(S, pc, &kreal);
-                /* only a unit's first k block may be put off: nothing has run on it yet */
-                const char *unit = take_unit(S, pb, pc, kp, c, s0, s1, myb, slot, may_defer && pb == 0);
-                if (!unit) {
-                    deferred[nd++] = c;
-                    break;
+                char *ab = mya + (pb - pb0) * ablk;
+                pack_rowtiles(S->va, m, k, i0, mcur, pc, kp, t->mr, t->simd_pack, ab, arng);
+                if (S->lead && g == 0)
+                    run_lead(S, pc, kp, i0, msl, ab, myb, slot, block_flags(S, pc, kreal, kp, msl));
+            }
+            int64_t deferred[DEFER_MAX], nd = 0;
+            for (int64_t ci = c0, pass2 = 0; ci < c1 || pass2 < nd;) {
+                const int may_defer = ci < c1 && nd < DEFER_MAX;
+                const int64_t c = ci < c1 ? ci++ : deferred[pass2++];
+                int64_t s0 = c * DK_GEMM_CHUNK, s1 = s0 + DK_GEMM_CHUNK < nsl ? s0 + DK_GEMM_CHUNK : nsl;
+#ifdef DK_CHECK_UKR_CONTRACT
+                /* sanitizer builds: a kernel that read C in a first k block would spread these
+                 * NaNs (as tile()'s edge temporary) */
+                memset(csum, 0xFF, S->csum_bytes);
+#endif
+                for (int64_t pc = r0, pb = pb0; pc < r1; pc += S->kcp, pb++) {
+                    int64_t kreal;
+                    const int64_t kp = block_pairs(S, pc, &kreal);
+                    /* only a unit's first k block of the range may be put off: nothing of the
+                     * range has run on it yet */
+                    const char *unit = take_unit(S, pb, pc, kp, c, s0, s1, myb, slot,
+                                                 may_defer && pc == r0);
+                    if (!unit) {
+                        deferred[nd++] = c;
+                        break;
+                    }
+                    run_unit_kinner(S, unit, s0, s1, kp, i0, msl, mya + (pb - pb0) * ablk,
+                                    block_flags(S, pc, kreal, kp, msl), csum, pc == r0 && pc > 0,
+                                    pc + kreal == r1);
                 }
-                run_unit_kinner(S, unit, s0, s1, kp, i0, msl, mya + pb * ablk,
-                                block_flags(S, pc, kreal, kp, msl), csum);
             }
         }
         return;
@@ -1268,11 +1294,22 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
      * stride that spreads a tile's rows over the L1 sets; the result is written to C in the
      * last k block. One thread, GFLOP/s, before / after (medians of 5 rounds, alternated 3
      * times; docs/gemm.md): 1024^3 787-798 / 992-1,010, 512 x 512 x 1024 733-740 / 877-889;
-     * 2048^3 (A block 1 MiB) 945-1,013 / 921-976, alike in a direct comparison. */
+     * 2048^3 (A block 1 MiB) 945-1,013 / 921-976, alike in a direct comparison.
+     * A longer k (an A block past 1 MiB) is taken in ranges of k blocks whose A block fits
+     * (krange; 2048 k at MC 256), the same way inside each range, the running sums waiting
+     * in C between ranges (written there with non-temporal stores, read back with the T1
+     * hint), when the item's C block is too large for the blocking above to keep it in the
+     * caches. 4096^3, one thread: 712-717 -> 806-815 GFLOP/s (docs/gemm.md, "k in ranges").
+     * A small C block (4096 x 256 x 4096) keeps k blocks of 512 with C in place: 0.92x
+     * in ranges. */
     const int kinner = !batched && t.ukr_io && t.rowtile_a && kpairs_pad > DK_GEMM_AMX_KC_L1 / 2 &&
-                       (double)(mc / t.mr) * (double)kpairs_pad * (double)pairA <= DK_GEMM_AMX_A_ALLK;
+                       ((double)(mc / t.mr) * (double)kpairs_pad * (double)pairA <= DK_GEMM_AMX_A_ALLK ||
+                        (double)mc * (double)nc * sizeof(float) > DK_GEMM_AMX_C_SMALL);
     if (kinner) t.kc = DK_GEMM_AMX_KC_L1;
     const int64_t kcp = t.kc / 2;                    /* pairs per block */
+    /* k blocks per range (integer arithmetic: no inexact flag raised in the caller's MXCSR) */
+    int64_t krange_blocks = kinner ? (int64_t)DK_GEMM_AMX_A_ALLK / ((mc / t.mr) * kcp * pairA) : 1;
+    if (krange_blocks < 1) krange_blocks = 1;
 
     /* the kernel's k granularity (t.kblk pairs; the packers pad with zero pairs) and buffers
      * for the largest k block actually used (small products allocate little) */
@@ -1281,7 +1318,9 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
     const int64_t npc = (kpairs + kcp - 1) / kcp;
     const int64_t nchunks_max = (nsl_max + DK_GEMM_CHUNK - 1) / DK_GEMM_CHUNK;
     size_t bbytes = (size_t)nsl_max * (size_t)kpairs_pad * (size_t)pairB;
-    size_t abytes = (size_t)(mc / t.mr) * kcp_use * pairA * (size_t)(kinner ? npc : 1);
+    if (krange_blocks > npc) krange_blocks = npc;
+    const int kranges = kinner && krange_blocks < npc;
+    size_t abytes = (size_t)(mc / t.mr) * kcp_use * pairA * (size_t)(kinner ? krange_blocks : 1);
     size_t bpriv_bytes = (size_t)DK_GEMM_CHUNK * kcp_use * pairB;
     size_t bcap = 0;
     /* one A block: no shared panel (each unit is packed by its only user, gemm_item) */
@@ -1355,8 +1394,10 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
                 gemm_step S = {&t, &va, &vb, cb, m, n, k, ldo, jc, nsl, nchunks, ngroups, kpairs,
                                kcp, mc, pairA, pairB, stream, scale, arng, brng, bbuf, bstate,
                                abuf, bpriv, abytes, bpriv_bytes, term, bi,
-                               jc == lead ? lead : 0, kinner, csum, csum_bytes};
+                               jc == lead ? lead : 0, kinner, csum, csum_bytes,
+                               krange_blocks * kcp};
                 if (kinner) atomic_fetch_add_explicit(&steps_kinner, 1, memory_order_relaxed);
+                if (kranges) atomic_fetch_add_explicit(&steps_kranges, 1, memory_order_relaxed);
                 if (stream) atomic_fetch_add_explicit(&steps_streamed, 1, memory_order_relaxed);
                 dk_pool_run_as(nthr, nb_m * ngroups, gemm_item, &S, work);
             }

@@ -41,7 +41,7 @@ cdef extern from "dk_gemm.h":
     double dk_probe_tdpbf16ps(int64_t iters) nogil
     void dk_gemm_release_cache() nogil
     int64_t dk_gemm_set_par_min(int64_t macs) nogil
-    void dk_gemm_path_counts(int64_t counts[2]) nogil
+    void dk_gemm_path_counts(int64_t counts[3]) nogil
     double dk_probe_vdpbf16ps_zmm(int64_t iters) nogil
     double dk_probe_fma_zmm(int64_t iters) nogil
     double dk_probe_fma_ymm(int64_t iters) nogil
@@ -513,10 +513,11 @@ dk_pool_forward_to(PyCapsule_GetPointer(_cpu_mod._pool_capsule(), b"dojo_kernels
 
 def _path_counts():
     """Tests: (jc steps that took k inside the columns, jc steps whose result could be
-    streamed) since the process started (dk_gemm_path_counts)."""
-    cdef int64_t c[2]
+    streamed, jc steps that took k inside the columns in more than one range of k) since
+    the process started (dk_gemm_path_counts)."""
+    cdef int64_t c[3]
     dk_gemm_path_counts(c)
-    return int(c[0]), int(c[1])
+    return int(c[0]), int(c[1]), int(c[2])
 
 
 def _set_par_min(int64_t macs):

@@ -125,9 +125,10 @@ int dk_gemm_test_under_mxcsr(unsigned csr, int64_t batch, int64_t m, int64_t n, 
 /* Free the work buffers (packed B panel, A blocks, B units, running sums) dk_gemm keeps
  * between calls (see gemm_driver.c); safe at any time, the next call allocates again. */
 void dk_gemm_release_cache(void);
-/* Tests: the jc steps run so far that took k inside the columns (counts[0]) and that let the
- * kernels stream the result (counts[1]). */
-void dk_gemm_path_counts(int64_t counts[2]);
+/* Tests: the jc steps run so far that took k inside the columns (counts[0]), that let the
+ * kernels stream the result (counts[1]) and that took k inside the columns in more than one
+ * range of k (counts[2]). */
+void dk_gemm_path_counts(int64_t counts[3]);
 /* Tests: hand every packed-path product of at least `macs` multiply-adds per step to the
  * pool, whatever the tier (0 restores the tiers' own thresholds, docs/threads.md); returns
  * the previous setting. */
@@ -157,10 +158,13 @@ void dk_gemm_bf16_range(const uint16_t *p, int64_t d0, int64_t d1, int64_t d2, i
  * call of a C tile may end with a partial block (kp % 16 != 0), which it completes as if
  * padded with zero pairs. */
 enum { DK_UKR_LOAD = 1, DK_UKR_LAST = 2,
-       DK_UKR_STREAM = 4, /* with LAST: the result may be written with non-temporal stores (a
-                             kernel may ignore it); the caller fences before publishing C */
-       DK_UKR_STREAM_A = 8 /* the B sliver fits in L1 and the A slivers it meets do not: A
-                              may be loaded past L1 (a hint a kernel may ignore) */ };
+       DK_UKR_STREAM = 4, /* C may be written with non-temporal stores (a kernel may ignore
+                             it): with LAST the result, without it running sums that are read
+                             back only later; the caller fences before publishing C */
+       DK_UKR_STREAM_A = 8, /* the B sliver fits in L1 and the A slivers it meets do not: A
+                               may be loaded past L1 (a hint a kernel may ignore) */
+       DK_UKR_STREAM_C = 16 /* with LOAD: the C continued from is not read again soon (a hint
+                               a kernel may ignore) */ };
 typedef void (*dk_gemm_ukr_fn)(int64_t kp, const void *a, const void *b, float *c,
                                int64_t ldc, int flags, float scale);
 

@@ -94,7 +94,12 @@ __attribute__((always_inline)) static inline void ukr(int64_t kp, const void *ap
     const uint32_t *a = (const uint32_t *)ap;
     const uint32_t *b = (const uint32_t *)bp;
     const size_t ldcb = (size_t)ldc * sizeof(float), ldib = (size_t)ldcin * sizeof(float);
-    if (flags & DK_UKR_LOAD) {
+    if ((flags & DK_UKR_LOAD) && (flags & DK_UKR_STREAM_C)) {
+        _tile_stream_loadd(0, cin, ldib);
+        _tile_stream_loadd(1, cin + 16, ldib);
+        _tile_stream_loadd(2, cin + 16 * ldcin, ldib);
+        _tile_stream_loadd(3, cin + 16 * ldcin + 16, ldib);
+    } else if (flags & DK_UKR_LOAD) {
         _tile_loadd(0, cin, ldib);
         _tile_loadd(1, cin + 16, ldib);
         _tile_loadd(2, cin + 16 * ldcin, ldib);
@@ -107,14 +112,20 @@ __attribute__((always_inline)) static inline void ukr(int64_t kp, const void *ap
     }
     if (flags & DK_UKR_STREAM_A) kloop(kp, a, b, 1);
     else kloop(kp, a, b, 0);
-    if (!(flags & DK_UKR_LAST)) {
+    /* A large result, or running sums read back only later (the driver's k ranges), stream
+     * past the caches: non-temporal stores of whole 64-byte lines, no read-for-ownership of
+     * lines that are only written (the driver fences after its item). */
+    const int stream = (flags & DK_UKR_STREAM) && !((uintptr_t)c & 63) && !(ldc & 15);
+    const int last = flags & DK_UKR_LAST;
+    if (!last && !stream) {
         _tile_stored(0, c, ldcb);
         _tile_stored(1, c + 16, ldcb);
         _tile_stored(2, c + 16 * ldc, ldcb);
         _tile_stored(3, c + 16 * ldc + 16, ldcb);
         return;
     }
-    /* Last k block: the exact power-of-two scale and NaN -> 0x7FC00000 (dk_gemm.h). */
+    /* Through a temporary. Last k block: the exact power-of-two scale and NaN -> 0x7FC00000
+     * (dk_gemm.h), then the addend if any. */
     float tmp[MR * NR] __attribute__((aligned(64)));
     _tile_stored(0, tmp, NR * 4);
     _tile_stored(1, tmp + 16, NR * 4);
@@ -122,13 +133,13 @@ __attribute__((always_inline)) static inline void ukr(int64_t kp, const void *ap
     _tile_stored(3, tmp + 16 * NR + 16, NR * 4);
     const __m512 s = _mm512_set1_ps(scale);
     const __m512 qnan = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FC00000));
-    /* A large result streams past the caches (non-temporal stores, whole 64-byte lines): no
-     * read-for-ownership of lines that are only written (the driver fences after its item). */
-    const int stream = (flags & DK_UKR_STREAM) && !((uintptr_t)c & 63) && !(ldc & 15);
     for (int i = 0; i < MR; i++)
         for (int h = 0; h < NR; h += 16) {
-            __m512 x = _mm512_mul_ps(_mm512_load_ps(tmp + i * NR + h), s);
-            x = _mm512_mask_mov_ps(x, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), qnan);
+            __m512 x = _mm512_load_ps(tmp + i * NR + h);
+            if (last) {
+                x = _mm512_mul_ps(x, s);
+                x = _mm512_mask_mov_ps(x, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), qnan);
+            }
             if (t) /* the product's value first, as NumPy's add(result, term) */
                 x = _mm512_add_ps(x, tcs ? _mm512_loadu_ps(t + i * trs + h) : _mm512_set1_ps(t[i * trs]));
             if (stream) _mm512_stream_ps(c + i * ldc + h, x);
