@@ -748,8 +748,10 @@ typedef struct {
     int64_t bi;          /* the batch item (the addend's batch index) */
     int64_t lead;        /* > 0: columns [0, lead) too, one narrow sliver per A block (the
                           * step's own columns then start at jc = lead: stream_lead) */
-    int kinner;          /* 1: the item packs its A block for all of k, then runs each unit of
-                          * columns through every k block, its running sums in csum */
+    int kinner;          /* 1: the item packs its A block for all of k (for each range of k,
+                          * krange), then runs each unit of columns through every k block (of
+                          * the range), its running sums in csum; never in a batch (gemm_batch
+                          * leaves krange 0) */
     float *csum;         /* kinner: per slot, the running sums of one unit's C block */
     size_t csum_bytes;
     int64_t krange;      /* kinner: pairs per k range (a multiple of kcp), the A blocks of one
@@ -1283,7 +1285,10 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
      * of the C block per k block. Larger C blocks take whole k up to t.kc: at 1 MiB (1024^3
      * on one thread) k blocks of 512 were 1.07-1.1x faster in back-to-back calls but about
      * 0.75x in calls 0.2-0.3 s apart, whose C comes back from memory; at 2 MiB (2048^3)
-     * 0.85-0.9x back to back. Both are bit-identical (blocks of 32 k are absolute). */
+     * 0.85-0.9x back to back. Both are bit-identical (blocks of 32 k are absolute). (Since
+     * then, products with k above 512 and such a C block take k inside the columns instead,
+     * below; whole k up to t.kc remains for k up to 512, batches and the tiers without
+     * dk_gemm_ukr_io_fn.) */
     if (t.rowtile_a && (double)mc * (double)nc * sizeof(float) <= DK_GEMM_AMX_C_SMALL)
         t.kc = DK_GEMM_AMX_KC_L1;
     const int64_t kpairs_pad = (kpairs + t.kblk - 1) / t.kblk * t.kblk;
@@ -1296,15 +1301,15 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
      * times; docs/gemm.md): 1024^3 787-798 / 992-1,010, 512 x 512 x 1024 733-740 / 877-889;
      * 2048^3 (A block 1 MiB) 945-1,013 / 921-976, alike in a direct comparison.
      * A longer k (an A block past 1 MiB) is taken in ranges of k blocks whose A block fits
-     * (krange; 2048 k at MC 256), the same way inside each range, the running sums waiting
+     * (krange; 4 blocks of 512, 2048 k, at MC 256), the same way inside each range, the running sums waiting
      * in C between ranges (written there with non-temporal stores, read back with the T1
      * hint), when the item's C block is too large for the blocking above to keep it in the
-     * caches. 4096^3, one thread: 712-717 -> 806-815 GFLOP/s (docs/gemm.md, "k in ranges").
+     * caches. 4096^3, one thread: 738-752 -> 765-823 GFLOP/s (docs/gemm.md, "k in ranges").
      * A small C block (4096 x 256 x 4096) keeps k blocks of 512 with C in place: 0.92x
      * in ranges. */
+    const int fits_allk = (double)(mc / t.mr) * (double)kpairs_pad * (double)pairA <= DK_GEMM_AMX_A_ALLK;
     const int kinner = !batched && t.ukr_io && t.rowtile_a && kpairs_pad > DK_GEMM_AMX_KC_L1 / 2 &&
-                       ((double)(mc / t.mr) * (double)kpairs_pad * (double)pairA <= DK_GEMM_AMX_A_ALLK ||
-                        (double)mc * (double)nc * sizeof(float) > DK_GEMM_AMX_C_SMALL);
+                       (fits_allk || (double)mc * (double)nc * sizeof(float) > DK_GEMM_AMX_C_SMALL);
     if (kinner) t.kc = DK_GEMM_AMX_KC_L1;
     const int64_t kcp = t.kc / 2;                    /* pairs per block */
     /* k blocks per range (integer arithmetic: no inexact flag raised in the caller's MXCSR) */
@@ -1318,7 +1323,7 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
     const int64_t npc = (kpairs + kcp - 1) / kcp;
     const int64_t nchunks_max = (nsl_max + DK_GEMM_CHUNK - 1) / DK_GEMM_CHUNK;
     size_t bbytes = (size_t)nsl_max * (size_t)kpairs_pad * (size_t)pairB;
-    if (krange_blocks > npc) krange_blocks = npc;
+    if (krange_blocks > npc || fits_allk) krange_blocks = npc;
     const int kranges = kinner && krange_blocks < npc;
     size_t abytes = (size_t)(mc / t.mr) * kcp_use * pairA * (size_t)(kinner ? krange_blocks : 1);
     size_t bpriv_bytes = (size_t)DK_GEMM_CHUNK * kcp_use * pairB;

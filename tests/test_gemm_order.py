@@ -814,10 +814,16 @@ def test_streamed_results_into_an_out_past_a_line(shape):
         dk.set_num_threads(saved)
 
 
+# shapes of test_running_sums_kept_apart_from_the_result that the amx tier takes in ranges of
+# k: on one thread only (on two, thinner A blocks fit), and on any thread count
+K_RANGES_ONE_THREAD, K_RANGES = (520, 1040, 2901), (1040, 528, 3300)
+
+
 @pytest.mark.parametrize("shape", [(45, 83, 1063), (300, 200, 1100), (2, 70, 100, 600),
-                                   (1100, 2048, 600), (1800, 2080, 520), (520, 1060, 2901)],
+                                   (1100, 2048, 600), (1800, 2080, 520), K_RANGES_ONE_THREAD,
+                                   K_RANGES],
                          ids=["edges", "shared-panel", "batch", "streamed", "group-per-thread",
-                              "k-ranges"])
+                              "k-ranges", "k-ranges-groups"])
 def test_running_sums_kept_apart_from_the_result(shape):
     """Products whose A block for all of k fits in 1 MiB: the amx tier runs each unit of
     columns through every k block, its running sums in a per-thread buffer, and writes the
@@ -829,10 +835,13 @@ def test_running_sums_kept_apart_from_the_result(shape):
     in A's rows, so that the zero rows past m give NaN in the buffer's padding (never copied
     out); two A blocks sharing B's panel; a batch; a result past the streaming threshold;
     8 A blocks on 2 threads with 17 units of columns, split into one column group per thread
-    (gemm_item's work items; before, one group for all); on one thread, an A block whose k
-    does not fit in 1 MiB (6 slivers x 1451 pairs), taken in two ranges of k (5 blocks of
-    512, then a partial one), the running sums written to the (streamed) result between
-    them and read back."""
+    (gemm_item's work items; before, one group for all). k in ranges (an A block whose k
+    does not fit in 1 MiB, a C block past 256 KiB), the running sums written to the result
+    between ranges, streamed (a result past 2 MiB, rows on whole lines) and read back: on one
+    thread 6 slivers x 1451 pairs in a range of 5 blocks of 512 and a partial block, lead
+    columns into the `out=` past a line; on 1 and 2 threads (two column groups, so units
+    put off while the other thread packs them) ranges of 4 and 3 blocks (one thread) or 6
+    and 1 (two). The other shapes fit and never take ranges."""
     tiers = [t for t in TIERS if t != "generic"]    # generic is the reference's own tier
     if not tiers:
         pytest.skip("only the generic tier on this CPU: it is the reference")
@@ -863,8 +872,10 @@ def test_running_sums_kept_apart_from_the_result(shape):
                         # the same bits either way: check that the amx tier took the path
                         after = _gemm._path_counts()
                         assert (after[0] > before[0]) == (tier == "amx"), what
-                        if k == 2901 and threads == 1:
+                        if shape == K_RANGES or (shape == K_RANGES_ONE_THREAD and threads == 1):
                             assert (after[2] > before[2]) == (tier == "amx"), what
+                        elif shape != K_RANGES_ONE_THREAD:
+                            assert after[2] == before[2], what
                         buf, off, out = _out_past_a_line(p.shape, 16)
                         assert dk.gemm(a, b, c=c, out=out) is out
                     assert_bits(out, want[name], what + ", out= past a line")
