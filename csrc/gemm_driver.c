@@ -1301,20 +1301,17 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
      * times; docs/gemm.md): 1024^3 787-798 / 992-1,010, 512 x 512 x 1024 733-740 / 877-889;
      * 2048^3 (A block 1 MiB) 945-1,013 / 921-976, alike in a direct comparison.
      * A longer k (an A block past 1 MiB) is taken in ranges of k blocks whose A block fits
-     * (krange; 4 blocks of 512, 2048 k, at MC 256), the same way inside each range, the running sums waiting
-     * in C between ranges (written there with non-temporal stores, read back with the T1
-     * hint), when the item's C block is too large for the blocking above to keep it in the
-     * caches. 4096^3, one thread: 738-752 -> 765-823 GFLOP/s (docs/gemm.md, "k in ranges").
-     * A small C block (4096 x 256 x 4096) keeps k blocks of 512 with C in place: 0.92x
-     * in ranges. */
+     * (krange; 4 blocks of 512, 2048 k, at MC 256), the same way inside each range, the
+     * running sums waiting in C between ranges (written there with non-temporal stores, read
+     * back with the T1 hint), when the item's C block is too large for the blocking above to
+     * keep it in the caches. 4096^3, one thread: 738-752 -> 765-823 GFLOP/s (docs/gemm.md,
+     * "k in ranges"). A small C block (4096 x 256 x 4096) keeps k blocks of 512 with C in
+     * place: 0.92x in ranges. */
     const int fits_allk = (double)(mc / t.mr) * (double)kpairs_pad * (double)pairA <= DK_GEMM_AMX_A_ALLK;
     const int kinner = !batched && t.ukr_io && t.rowtile_a && kpairs_pad > DK_GEMM_AMX_KC_L1 / 2 &&
                        (fits_allk || (double)mc * (double)nc * sizeof(float) > DK_GEMM_AMX_C_SMALL);
     if (kinner) t.kc = DK_GEMM_AMX_KC_L1;
     const int64_t kcp = t.kc / 2;                    /* pairs per block */
-    /* k blocks per range (integer arithmetic: no inexact flag raised in the caller's MXCSR) */
-    int64_t krange_blocks = kinner ? (int64_t)DK_GEMM_AMX_A_ALLK / ((mc / t.mr) * kcp * pairA) : 1;
-    if (krange_blocks < 1) krange_blocks = 1;
 
     /* the kernel's k granularity (t.kblk pairs; the packers pad with zero pairs) and buffers
      * for the largest k block actually used (small products allocate little) */
@@ -1323,7 +1320,15 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
     const int64_t npc = (kpairs + kcp - 1) / kcp;
     const int64_t nchunks_max = (nsl_max + DK_GEMM_CHUNK - 1) / DK_GEMM_CHUNK;
     size_t bbytes = (size_t)nsl_max * (size_t)kpairs_pad * (size_t)pairB;
-    if (krange_blocks > npc || fits_allk) krange_blocks = npc;
+    /* kinner: k blocks per range, all of them when the A block for all of k fits, else as
+     * many as fit in DK_GEMM_AMX_A_ALLK (integer arithmetic: no inexact flag raised in the
+     * caller's MXCSR) */
+    int64_t krange_blocks = npc;
+    if (kinner && !fits_allk) {
+        krange_blocks = (int64_t)DK_GEMM_AMX_A_ALLK / ((mc / t.mr) * kcp * pairA);
+        if (krange_blocks < 1) krange_blocks = 1;
+        if (krange_blocks > npc) krange_blocks = npc;
+    }
     const int kranges = kinner && krange_blocks < npc;
     size_t abytes = (size_t)(mc / t.mr) * kcp_use * pairA * (size_t)(kinner ? krange_blocks : 1);
     size_t bpriv_bytes = (size_t)DK_GEMM_CHUNK * kcp_use * pairB;
