@@ -957,16 +957,17 @@ static void gemm_item_body(const gemm_step *S, int64_t w, int slot)
         float *csum = (float *)((char *)S->csum + (size_t)slot * S->csum_bytes);
         const size_t ablk = (size_t)msl * S->kcp * S->pairA;
         /* k in ranges of S->krange pairs (all of k when the A block for it fits): the A block
-         * for every k block of the range first (block pb at mya + (pb - pb0) * ablk), then each
-         * unit of columns through the range's k blocks: its C block (msl tiles x 4 slivers)
-         * stays in csum, in L2, between the k blocks, while the B sliver of a k block stays in
-         * L1 across the A slivers. Between ranges the running sums wait in C. */
-        for (int64_t r0 = 0, pb0 = 0; r0 < S->kpairs; r0 += S->krange, pb0 += S->krange / S->kcp) {
+         * for every k block of the range first (the block from pair pc at
+         * mya + (pc - r0) / kcp * ablk), then each unit of columns through the range's k
+         * blocks: its C block (msl tiles x 4 slivers) stays in csum, in L2, between the k
+         * blocks, while the B sliver of a k block stays in L1 across the A slivers. Between
+         * ranges the running sums wait in C. */
+        for (int64_t r0 = 0; r0 < S->kpairs; r0 += S->krange) {
             const int64_t r1 = r0 + S->krange < S->kpairs ? r0 + S->krange : S->kpairs;
-            for (int64_t pc = r0, pb = pb0; pc < r1; pc += S->kcp, pb++) {
+            for (int64_t pc = r0; pc < r1; pc += S->kcp) {
                 int64_t kreal;
                 const int64_t kp = block_pairs(S, pc, &kreal);
-                char *ab = mya + (pb - pb0) * ablk;
+                char *ab = mya + (pc - r0) / S->kcp * ablk;
                 pack_rowtiles(S->va, m, k, i0, mcur, pc, kp, t->mr, t->simd_pack, ab, arng);
                 if (S->lead && g == 0)
                     run_lead(S, pc, kp, i0, msl, ab, myb, slot, block_flags(S, pc, kreal, kp, msl));
@@ -981,18 +982,18 @@ static void gemm_item_body(const gemm_step *S, int64_t w, int slot)
                  * NaNs (as tile()'s edge temporary) */
                 memset(csum, 0xFF, S->csum_bytes);
 #endif
-                for (int64_t pc = r0, pb = pb0; pc < r1; pc += S->kcp, pb++) {
+                for (int64_t pc = r0; pc < r1; pc += S->kcp) {
                     int64_t kreal;
                     const int64_t kp = block_pairs(S, pc, &kreal);
                     /* only a unit's first k block of the range may be put off: nothing of the
                      * range has run on it yet */
-                    const char *unit = take_unit(S, pb, pc, kp, c, s0, s1, myb, slot,
+                    const char *unit = take_unit(S, pc / S->kcp, pc, kp, c, s0, s1, myb, slot,
                                                  may_defer && pc == r0);
                     if (!unit) {
                         deferred[nd++] = c;
                         break;
                     }
-                    run_unit_kinner(S, unit, s0, s1, kp, i0, msl, mya + (pb - pb0) * ablk,
+                    run_unit_kinner(S, unit, s0, s1, kp, i0, msl, mya + (pc - r0) / S->kcp * ablk,
                                     block_flags(S, pc, kreal, kp, msl), csum, pc == r0 && pc > 0,
                                     pc + kreal == r1);
                 }

@@ -83,6 +83,16 @@ __attribute__((always_inline)) static inline void kloop(int64_t kp, const uint32
     }
 }
 
+/* the four C tiles (tmm0..3) of the 32 x 32 block at P, row stride LD floats, moved by OP
+ * (a tile load or store intrinsic; tile numbers must be immediates) */
+#define C_TILES(OP, P, LD)                                            \
+    do {                                                              \
+        OP(0, (P), (size_t)(LD) * 4);                                 \
+        OP(1, (P) + 16, (size_t)(LD) * 4);                            \
+        OP(2, (P) + 16 * (LD), (size_t)(LD) * 4);                     \
+        OP(3, (P) + 16 * (LD) + 16, (size_t)(LD) * 4);                \
+    } while (0)
+
 /* The kernel: continues from cin (row stride ldcin) with DK_UKR_LOAD, stores to c; t: NULL,
  * or the addend of the tile (dk_gemm_ukr_amxtile_add). */
 __attribute__((always_inline)) static inline void ukr(int64_t kp, const void *ap, const void *bp,
@@ -93,18 +103,11 @@ __attribute__((always_inline)) static inline void ukr(int64_t kp, const void *ap
 {
     const uint32_t *a = (const uint32_t *)ap;
     const uint32_t *b = (const uint32_t *)bp;
-    const size_t ldcb = (size_t)ldc * sizeof(float), ldib = (size_t)ldcin * sizeof(float);
-    if ((flags & DK_UKR_LOAD) && (flags & DK_UKR_STREAM_C)) {
-        _tile_stream_loadd(0, cin, ldib);
-        _tile_stream_loadd(1, cin + 16, ldib);
-        _tile_stream_loadd(2, cin + 16 * ldcin, ldib);
-        _tile_stream_loadd(3, cin + 16 * ldcin + 16, ldib);
-    } else if (flags & DK_UKR_LOAD) {
-        _tile_loadd(0, cin, ldib);
-        _tile_loadd(1, cin + 16, ldib);
-        _tile_loadd(2, cin + 16 * ldcin, ldib);
-        _tile_loadd(3, cin + 16 * ldcin + 16, ldib);
-    } else {
+    if ((flags & DK_UKR_LOAD) && (flags & DK_UKR_STREAM_C))
+        C_TILES(_tile_stream_loadd, cin, ldcin);
+    else if (flags & DK_UKR_LOAD)
+        C_TILES(_tile_loadd, cin, ldcin);
+    else {
         _tile_zero(0);
         _tile_zero(1);
         _tile_zero(2);
@@ -118,19 +121,13 @@ __attribute__((always_inline)) static inline void ukr(int64_t kp, const void *ap
     const int stream = (flags & DK_UKR_STREAM) && !((uintptr_t)c & 63) && !(ldc & 15);
     const int last = flags & DK_UKR_LAST;
     if (!last && !stream) {
-        _tile_stored(0, c, ldcb);
-        _tile_stored(1, c + 16, ldcb);
-        _tile_stored(2, c + 16 * ldc, ldcb);
-        _tile_stored(3, c + 16 * ldc + 16, ldcb);
+        C_TILES(_tile_stored, c, ldc);
         return;
     }
     /* Through a temporary. Last k block: the exact power-of-two scale and NaN -> 0x7FC00000
      * (dk_gemm.h), then the addend if any. */
     float tmp[MR * NR] __attribute__((aligned(64)));
-    _tile_stored(0, tmp, NR * 4);
-    _tile_stored(1, tmp + 16, NR * 4);
-    _tile_stored(2, tmp + 16 * NR, NR * 4);
-    _tile_stored(3, tmp + 16 * NR + 16, NR * 4);
+    C_TILES(_tile_stored, tmp, NR);
     const __m512 s = _mm512_set1_ps(scale);
     const __m512 qnan = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FC00000));
     for (int i = 0; i < MR; i++)
