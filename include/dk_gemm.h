@@ -294,6 +294,22 @@ void dk_gemm_pack_rowtile_cols_u8_avx512(const uint8_t *src, int64_t ldk, int64_
                                          int64_t nblk, int64_t klast, const uint16_t *table,
                                          uint32_t *dst);
 
+/* avx512bf16-tier packing of an A whose rows are k contiguous (line l at src + l*ldl, its
+ * codes in k order) into one sliver of lw lines (1..16): the pair layout (lw lanes a pair,
+ * split 0) or the split layout (split 1: per pair lw odd-k then lw even-k FP32 values, DAZ),
+ * as the driver's portable packer writes them. kp pairs, of which the first kcodes codes of
+ * each of the first nlines lines exist; the rest are zeros (the half pair of an odd k,
+ * padding pairs, missing lines). src may be NULL when nlines or kcodes is 0; nothing past
+ * the codes that exist is read, nothing past the sliver written. The u16 form merges the
+ * codes' range into rng when it is not NULL; the u8 form decodes through table[256] and is
+ * never ranged. */
+void dk_gemm_pack_lines_kc_u16_avx512(const uint16_t *src, int64_t ldl, int64_t nlines,
+                                      int64_t kcodes, int64_t kp, int64_t lw, int split,
+                                      uint32_t *dst, uint16_t *rng);
+void dk_gemm_pack_lines_kc_u8_avx512(const uint8_t *src, int64_t ldl, int64_t nlines,
+                                     int64_t kcodes, int64_t kp, int64_t lw, int split,
+                                     const uint16_t *table, uint32_t *dst);
+
 /* amx tier: TDPBF16PS on tile registers, the amx order (dk_gemm.h; blocks of 16 pairs).
  *   A in the "row tiles" layout: per block of 16 pairs, MR = 32 rows x 16 pair lanes
  *     (a[i,2p] | a[i,2p+1] << 16), rows 0-15 then rows 16-31 (two 1 KiB tiles).

@@ -1,5 +1,6 @@
-/* gemm_pack.c (avx512bf16 tier) - packing B with AVX-512BW into the BF16 pair layout (every
- * avx512bf16-tier kernel and the amx tier read B so).
+/* gemm_pack.c (avx512bf16 tier) - packing with AVX-512BW: B into the BF16 pair layout (every
+ * avx512bf16-tier kernel and the amx tier read B so), A into its slivers (the pair and split
+ * layouts of this tier, the amx tier's row tiles).
  *
  * CFloat8 codes are decoded through the 256-entry table held in 8 zmm registers
  * (dk_lut512.h, exact). The (even k, odd k) rows are interleaved with VPERMT2W. */
@@ -389,4 +390,113 @@ void dk_gemm_pack_rowtile_cols_u8_avx512(const uint8_t *src, int64_t ldk, int64_
     __m512i t[8];
     dk_lut512_load(table, t);
     rowtile_cols((const char *)src, 1, ldk, rows, nblk, klast, t, dst, NULL); /* never ranged */
+}
+
+/* ---- A from k-contiguous rows (a row-major A) into the few-line slivers of this tier's
+ * kernels: the pair layout (MR = 6) and the split layout (MR = 7 and 14, FP32 with DAZ) ----
+ * Per block of 16 pairs and group of 8 lines, the lines' pair lanes are transposed in
+ * registers and each pair's lines stored with a mask: no scalar loop, no per-pair call. */
+
+/* r[0..7] (lines 0..7, 16 pair lanes each) into w[0..7], each two pairs' 8 lines: w[e]
+ * holds pair e (low 256 bits) and pair 4 + e (high), w[4 + e] pairs 8 + e and 12 + e
+ * (e = 0..3). Two rounds of unpacks give u[4g + e] = lines 4g..4g+3 of pair 4L + e in
+ * 128-bit block L; a VPERMT2Q joins the two halves of the lines per pair. */
+static inline void transpose8x16_u32(const __m512i r[8], __m512i w[8])
+{
+    __m512i t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int g = 0; g < 2; g++) {
+        u[4 * g + 0] = _mm512_unpacklo_epi64(t[4 * g], t[4 * g + 2]);
+        u[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g], t[4 * g + 2]);
+        u[4 * g + 2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
+        u[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
+    }
+    const __m512i blocks01 = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
+    const __m512i blocks23 = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
+    for (int e = 0; e < 4; e++) {
+        w[e] = _mm512_permutex2var_epi64(u[e], blocks01, u[4 + e]);
+        w[4 + e] = _mm512_permutex2var_epi64(u[e], blocks23, u[4 + e]);
+    }
+}
+
+/* The FP32 values (DAZ: a subnormal reads as a zero of its sign) of the odd-k (high) and
+ * the even-k (low) codes of pair lanes: the split layout's widening (the driver's widen_bits). */
+static inline __m512i widen_odd(__m512i w)
+{
+    const __m512i sign = _mm512_set1_epi32((int)0x80000000u), expo = _mm512_set1_epi32(0x7F800000);
+    const __m512i v = _mm512_and_si512(w, _mm512_set1_epi32((int)0xFFFF0000u));
+    return _mm512_mask_mov_epi32(_mm512_and_si512(w, sign), _mm512_test_epi32_mask(w, expo), v);
+}
+
+static inline __m512i widen_even(__m512i w)
+{
+    const __m512i sign = _mm512_set1_epi32((int)0x80000000u), expo = _mm512_set1_epi32(0x7F800000);
+    const __m512i v = _mm512_slli_epi32(w, 16);
+    return _mm512_mask_mov_epi32(_mm512_and_si512(v, sign), _mm512_test_epi32_mask(v, expo), v);
+}
+
+/* Half h (0: low 256 bits, 1: high) of v. */
+static inline __m256i half256(__m512i v, int h)
+{
+    return h ? _mm512_extracti64x4_epi64(v, 1) : _mm512_castsi512_si256(v);
+}
+
+/* One sliver of lw (1..16) lines for both code widths (esz bytes a code; t as in
+ * line_codes; rng NULL or the BF16 range to merge). */
+__attribute__((always_inline)) static inline void
+lines_kc(const char *src, size_t esz, int64_t ldl, int64_t nlines, int64_t kcodes, int64_t kp,
+         int64_t lw, int split, const __m512i *t, uint32_t *dst, uint16_t *rng)
+{
+    static const uint16_t empty[2] = {0x7FFF, 0};
+    range512 rg = range_start(rng ? rng : empty);
+    const int64_t width = split ? 2 * lw : lw; /* lanes per pair */
+    for (int64_t p0 = 0; p0 < kp; p0 += 16) {
+        const int64_t np = kp - p0 < 16 ? kp - p0 : 16; /* pairs of this block stored */
+        const int64_t kin = kcodes - 2 * p0;             /* codes of each line from here */
+        for (int64_t g = 0; g < lw; g += 8) {
+            const __mmask8 lanes = (__mmask8)((1u << (lw - g < 8 ? lw - g : 8)) - 1u);
+            __m512i r[8], w[8];
+            for (int i = 0; i < 8; i++) {
+                const int64_t l = g + i; /* no pointer past the lines or codes that exist */
+                r[i] = line_codes(l < nlines && l < lw && kin > 0 ? src + (l * ldl + 2 * p0) * (int64_t)esz
+                                                                  : NULL,
+                                  kin, t);
+                if (rng) range_add(&rg, r[i]);
+            }
+            transpose8x16_u32(r, w);
+            for (int x = 0; x < 8; x++) {
+                const __m512i odd = split ? widen_odd(w[x]) : w[x];
+                const __m512i even = split ? widen_even(w[x]) : w[x];
+                for (int h = 0; h < 2; h++) {
+                    const int64_t q = (x < 4 ? 0 : 8) + 4 * h + (x & 3); /* the pair */
+                    if (q >= np) continue;
+                    uint32_t *o = dst + (p0 + q) * width + g;
+                    _mm256_mask_storeu_epi32((void *)o, lanes, half256(odd, h));
+                    if (split) _mm256_mask_storeu_epi32((void *)(o + lw), lanes, half256(even, h));
+                }
+            }
+        }
+    }
+    if (rng) range_end(rg, rng);
+}
+
+void dk_gemm_pack_lines_kc_u16_avx512(const uint16_t *src, int64_t ldl, int64_t nlines,
+                                      int64_t kcodes, int64_t kp, int64_t lw, int split,
+                                      uint32_t *dst, uint16_t *rng)
+{
+    if (split) lines_kc((const char *)src, 2, ldl, nlines, kcodes, kp, lw, 1, NULL, dst, rng);
+    else lines_kc((const char *)src, 2, ldl, nlines, kcodes, kp, lw, 0, NULL, dst, rng);
+}
+
+void dk_gemm_pack_lines_kc_u8_avx512(const uint8_t *src, int64_t ldl, int64_t nlines,
+                                     int64_t kcodes, int64_t kp, int64_t lw, int split,
+                                     const uint16_t *table, uint32_t *dst)
+{
+    __m512i t[8];
+    dk_lut512_load(table, t);
+    if (split) lines_kc((const char *)src, 1, ldl, nlines, kcodes, kp, lw, 1, t, dst, NULL);
+    else lines_kc((const char *)src, 1, ldl, nlines, kcodes, kp, lw, 0, t, dst, NULL);
 }
