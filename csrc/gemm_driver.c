@@ -327,13 +327,26 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
         }
         return;
     }
-    /* k contiguous into slivers of at most 16 lines (a row-major A, either layout): AVX-512
-     * transposes, the edges included (4096x256x4096, avx512bf16 tier, one thread: the scalar
-     * loop below was a sixth of the time) */
-    if (simd && v->cs == 1 && lw <= 16 && (split || lw % 16 != 0)) {
+    /* slivers of at most 16 lines (an A, either layout) with k contiguous (row-major) or the
+     * lines contiguous (transposed): AVX-512, the edges included (4096x256x4096, avx512bf16
+     * tier, one thread: the scalar loop below was a sixth of the time) */
+    if (simd && (v->cs == 1 || v->rs == 1) && lw <= 16 && (split || lw % 16 != 0)) {
         const int64_t kcodes = k - 2 * p0 > 0 ? k - 2 * p0 : 0;
         const size_t esz = v->kind == DK_GEMM_U16 ? 2 : 1;
         const int64_t width = split ? 2 * lw : lw; /* lanes per pair */
+        uint16_t *r = split ? NULL : rng; /* the split layout is not ranged (as below) */
+        if (v->cs != 1) { /* lines contiguous: all the slivers at once, down k */
+            const int64_t nlv = nlines - l0 < 0 ? 0 : nlines - l0 < nl ? nlines - l0 : nl;
+            const void *src = nlv > 0 && kcodes > 0
+                                  ? v->p + (ptrdiff_t)((l0 + 2 * p0 * v->cs) * (int64_t)esz) : NULL;
+            if (v->kind == DK_GEMM_U16)
+                dk_gemm_pack_lines_kr_u16_avx512(src, v->cs, nlv, nsl, kcodes, kp, lw, split,
+                                                 (uint32_t *)dst, r);
+            else /* never ranged */
+                dk_gemm_pack_lines_kr_u8_avx512(src, v->cs, nlv, nsl, kcodes, kp, lw, split,
+                                                v->table, (uint32_t *)dst);
+            return;
+        }
         for (int64_t s = 0; s < nsl; s++) {
             const int64_t line = l0 + s * lw;
             const int64_t ncols = nlines - line < 0 ? 0 : nlines - line < lw ? nlines - line : lw;
@@ -341,9 +354,8 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
             const void *src = ncols > 0 && kcodes > 0
                                   ? v->p + (ptrdiff_t)((line * v->rs + 2 * p0) * (int64_t)esz) : NULL;
             uint32_t *o = (uint32_t *)dst + s * kp * width;
-            if (v->kind == DK_GEMM_U16) /* the split layout is not ranged (as below) */
-                dk_gemm_pack_lines_kc_u16_avx512(src, v->rs, ncols, kcodes, kp, lw, split, o,
-                                                 split ? NULL : rng);
+            if (v->kind == DK_GEMM_U16)
+                dk_gemm_pack_lines_kc_u16_avx512(src, v->rs, ncols, kcodes, kp, lw, split, o, r);
             else /* never ranged */
                 dk_gemm_pack_lines_kc_u8_avx512(src, v->rs, ncols, kcodes, kp, lw, split, v->table, o);
         }

@@ -309,6 +309,16 @@ void dk_gemm_pack_lines_kc_u16_avx512(const uint16_t *src, int64_t ldl, int64_t 
 void dk_gemm_pack_lines_kc_u8_avx512(const uint8_t *src, int64_t ldl, int64_t nlines,
                                      int64_t kcodes, int64_t kp, int64_t lw, int split,
                                      const uint16_t *table, uint32_t *dst);
+/* The same slivers from an A whose rows are contiguous (a transposed A; k-row kk at
+ * src + kk*ldk, its lines in order), nsl of them at once (sliver s: lines s*lw.., at
+ * dst + s*kp*lanes, lanes = lw or 2*lw a pair), of which the first nlines lines exist; the
+ * same edges, range and decoding. */
+void dk_gemm_pack_lines_kr_u16_avx512(const uint16_t *src, int64_t ldk, int64_t nlines,
+                                      int64_t nsl, int64_t kcodes, int64_t kp, int64_t lw,
+                                      int split, uint32_t *dst, uint16_t *rng);
+void dk_gemm_pack_lines_kr_u8_avx512(const uint8_t *src, int64_t ldk, int64_t nlines,
+                                     int64_t nsl, int64_t kcodes, int64_t kp, int64_t lw,
+                                     int split, const uint16_t *table, uint32_t *dst);
 
 /* amx tier: TDPBF16PS on tile registers, the amx order (dk_gemm.h; blocks of 16 pairs).
  *   A in the "row tiles" layout: per block of 16 pairs, MR = 32 rows x 16 pair lanes

@@ -500,3 +500,63 @@ void dk_gemm_pack_lines_kc_u8_avx512(const uint8_t *src, int64_t ldl, int64_t nl
     if (split) lines_kc((const char *)src, 1, ldl, nlines, kcodes, kp, lw, 1, t, dst, NULL);
     else lines_kc((const char *)src, 1, ldl, nlines, kcodes, kp, lw, 0, t, dst, NULL);
 }
+
+/* The same slivers from an A whose rows are contiguous (a transposed A: the dY^T of a torch
+ * Linear's dW; k-row kk at src + kk*ldk, lines in order): nsl slivers at once, pair outer,
+ * so that each k-row is read across all of them (the B packers' walk) and a page-strided
+ * walk down k runs once, not once a sliver; per pair and sliver the lines' codes of the two
+ * k-rows are interleaved with VPERMT2W and stored with a mask. */
+__attribute__((always_inline)) static inline void
+lines_kr(const char *src, size_t esz, int64_t ldk, int64_t nlines, int64_t nsl, int64_t kcodes,
+         int64_t kp, int64_t lw, int split, const __m512i *t, uint32_t *dst, uint16_t *rng)
+{
+    static const uint16_t empty[2] = {0x7FFF, 0};
+    range512 rg = range_start(rng ? rng : empty);
+    const int64_t width = split ? 2 * lw : lw; /* lanes per pair */
+    const __mmask16 lanes = (__mmask16)((1u << lw) - 1u);
+    const int64_t ldb = ldk * (int64_t)esz;
+    const int far = ldb >= 4096 || ldb <= -4096; /* k-rows a page or more apart */
+    for (int64_t p = 0; p < kp; p++) {
+        /* no pointer past the k-rows or lines that exist */
+        const char *r0 = nlines > 0 && 2 * p < kcodes ? src + 2 * p * ldb : NULL;
+        const char *r1 = nlines > 0 && 2 * p + 1 < kcodes ? src + (2 * p + 1) * ldb : NULL;
+        if (far && 2 * (p + PACK_AHEAD) + 1 < kcodes && nlines > 0)
+            prefetch_pair(src + 2 * (p + PACK_AHEAD) * ldb, ldb, nlines * (int64_t)esz);
+        for (int64_t s = 0; s < nsl; s++) {
+            const int64_t l = s * lw, nl = nlines - l < 0 ? 0 : nlines - l < lw ? nlines - l : lw;
+            const __m512i e = line_codes(r0 && nl > 0 ? r0 + l * (int64_t)esz : NULL, nl, t);
+            const __m512i o = line_codes(r1 && nl > 0 ? r1 + l * (int64_t)esz : NULL, nl, t);
+            if (rng) {
+                range_add(&rg, e);
+                range_add(&rg, o);
+            }
+            const __m512i w = _mm512_permutex2var_epi16(e, pairs_lo(), o); /* lines 0..15 */
+            uint32_t *out = dst + s * kp * width + p * width;
+            if (split) {
+                _mm512_mask_storeu_epi32((void *)out, lanes, widen_odd(w));
+                _mm512_mask_storeu_epi32((void *)(out + lw), lanes, widen_even(w));
+            } else {
+                _mm512_mask_storeu_epi32((void *)out, lanes, w);
+            }
+        }
+    }
+    if (rng) range_end(rg, rng);
+}
+
+void dk_gemm_pack_lines_kr_u16_avx512(const uint16_t *src, int64_t ldk, int64_t nlines,
+                                      int64_t nsl, int64_t kcodes, int64_t kp, int64_t lw,
+                                      int split, uint32_t *dst, uint16_t *rng)
+{
+    if (split) lines_kr((const char *)src, 2, ldk, nlines, nsl, kcodes, kp, lw, 1, NULL, dst, rng);
+    else lines_kr((const char *)src, 2, ldk, nlines, nsl, kcodes, kp, lw, 0, NULL, dst, rng);
+}
+
+void dk_gemm_pack_lines_kr_u8_avx512(const uint8_t *src, int64_t ldk, int64_t nlines,
+                                     int64_t nsl, int64_t kcodes, int64_t kp, int64_t lw,
+                                     int split, const uint16_t *table, uint32_t *dst)
+{
+    __m512i t[8];
+    dk_lut512_load(table, t);
+    if (split) lines_kr((const char *)src, 1, ldk, nlines, nsl, kcodes, kp, lw, 1, t, dst, NULL);
+    else lines_kr((const char *)src, 1, ldk, nlines, nsl, kcodes, kp, lw, 0, t, dst, NULL);
+}
