@@ -134,6 +134,13 @@ static int get_cfg(int isa, int kernel, int order, tier_cfg *t)
     return 1;
 }
 
+/* Whether the packers take A's BF16 range on the way (dk_gemm_ranges): the pair layout and
+ * the row tiles hold the codes; the FP32 split layout holds values with DAZ applied, so its
+ * range is taken from the codes as they are read, which the AVX-512 packers do (the split
+ * layouts of the avx512bf16 tier's amx-order and FMA kernels) and the portable one then does
+ * too (pack_lines). The other split tiers (avx2, generic) scan A first. */
+static int ranges_a(const tier_cfg *t) { return !t->split_a || t->simd_pack; }
+
 /* The multiply-adds of a step (or of a whole batch of small products) from which the packed
  * path hands it to the pool: about 150 us of one thread's work on the kernel that runs it.
  * Waking a worker and bringing it up to speed costs tens of microseconds, up to a hundred
@@ -207,6 +214,7 @@ static inline void pair_at(const view *v, int64_t r, int64_t nrows, int64_t p, i
 }
 
 static void packed_range(const void *buf, int64_t n, uint16_t *rng, int simd);
+static void range_row(const uint16_t *p, int64_t n, int64_t s, int16_t *lo, int16_t *hi);
 
 /* Element [0, 0] of batch item bi of an operand. */
 static inline const char *item_ptr(const dk_gemm_operand *o, int64_t bi)
@@ -334,7 +342,7 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
         const int64_t kcodes = k - 2 * p0 > 0 ? k - 2 * p0 : 0;
         const size_t esz = v->kind == DK_GEMM_U16 ? 2 : 1;
         const int64_t width = split ? 2 * lw : lw; /* lanes per pair */
-        uint16_t *r = split ? NULL : rng; /* the split layout is not ranged (as below) */
+        uint16_t *r = rng; /* the codes' range, as they are read (either layout) */
         if (v->cs != 1) { /* lines contiguous: all the slivers at once, down k */
             const int64_t nlv = nlines - l0 < 0 ? 0 : nlines - l0 < nl ? nlines - l0 : nl;
             const void *src = nlv > 0 && kcodes > 0
@@ -385,11 +393,24 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
         else pack_sliver_portable(v, nlines, k, l0 + s * lw, p0, kp, lw, 0, (uint32_t *)dst + s * kp * lw);
     }
     /* the range of the slivers packed portably: their pairs that hold codes (the padding
-     * pairs are zeros, which count for neither end of a range) */
+     * pairs are zeros, which count for neither end of a range); the split layout's (FP32
+     * values with DAZ applied) from the codes of its lines, k from pair p0 */
     int64_t kvalid = (k + 1) / 2 - p0;
     if (kvalid > kp) kvalid = kp;
     for (int64_t s = s_first; rng && !split && s < nsl && kvalid > 0; s++)
         packed_range((uint32_t *)dst + s * kp * lw, kvalid * lw * 2, rng, simd);
+    if (rng && split && v->kind == DK_GEMM_U16 && kvalid > 0) {
+        const int64_t kn = k - 2 * p0 < 2 * kp ? k - 2 * p0 : 2 * kp; /* codes of each line */
+        const int64_t l1 = l0 + nl < nlines ? l0 + nl : nlines;
+        int16_t lo = (int16_t)rng[0], hi = (int16_t)rng[1];
+        for (int64_t l = s_first * lw + l0; l < l1; l++) {
+            const uint16_t *first = (const uint16_t *)v->p + l * v->rs + 2 * p0 * v->cs;
+            if (v->cs < 0) range_row(first + (kn - 1) * v->cs, kn, -v->cs, &lo, &hi);
+            else range_row(first, kn, v->cs, &lo, &hi);
+        }
+        rng[0] = (uint16_t)lo;
+        rng[1] = (uint16_t)hi;
+    }
 }
 
 /* Pack A into the AMX "row tiles" layout (dk_gemm.h): slivers of mr rows from row l0,
@@ -1222,7 +1243,7 @@ int dk_gemm_range_paths(int isa, int kernel, int order, int64_t m, int64_t b_cs)
     tier_cfg t;
     if (!get_cfg(isa, kernel, order, &t)) return 0;
     if (few_rows(isa, order, m, b_cs)) return 2;
-    return (t.split_a ? 0 : 1) | (t.split_b ? 0 : 2);
+    return (ranges_a(&t) ? 1 : 0) | (t.split_b ? 0 : 2);
 }
 
 int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
@@ -1378,9 +1399,10 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
     float *csum = kinner ? buf_take(csum_bytes * nthr, &scap, 0) : NULL;
     atomic_int *bstate = shared_b ? malloc((size_t)(npc * nchunks_max) * sizeof(atomic_int)) : NULL;
     int fail = 0;
-    /* ranges from the packed blocks: BF16 layouts only (the FP32 split layouts hold values
-     * with DAZ applied, not the codes) */
-    uint16_t *arng = ranges_new(arange != NULL && !t.split_a, a, nthr, &fail);
+    /* ranges from the packed blocks: BF16 layouts, and A's split layout where its packers
+     * take the codes' range (ranges_a; the FP32 split layouts hold values with DAZ applied,
+     * not the codes) */
+    uint16_t *arng = ranges_new(arange != NULL && ranges_a(&t), a, nthr, &fail);
     uint16_t *brng = ranges_new(brange != NULL && !t.split_b, b, nthr, &fail);
     if ((shared_b && (!bbuf || !bstate)) || !abuf || !bpriv || (kinner && !csum) || fail) {
         buf_give(csum, scap, 0);

@@ -547,9 +547,10 @@ def test_range_prepass_every_layout(shape):
                                    (40, 70, 2100)])
 def test_kernels_measure_the_operand_ranges(m, n, k):
     """The kernels measure the range of each BF16 operand as they read it
-    (_gemm.gemm_ranges): the packed path each block it has packed in a BF16 layout (the
-    AMX row tiles and pair layouts; the FP32 split layouts hold values, not codes, and are
-    not measured), the few-rows path B in its registers. A measured range equals NumPy's
+    (_gemm.gemm_ranges): the packed path each block it has packed (the AMX row tiles and
+    pair layouts hold codes; the FP32 split layouts of the AVX-512 tiers are measured from
+    the codes as they are read, those of the avx2 and generic tiers not at all), the
+    few-rows path B in its registers. A measured range equals NumPy's
     (smallest nonzero, largest finite magnitude bits) over the operand's codes at 1 and 3
     threads, across k blocks (k = 2100), with specials, batches (a shared B), transposed,
     reversed and column-strided operands; an 8-bit operand is never measured, A not on the
@@ -569,14 +570,13 @@ def test_kernels_measure_the_operand_ranges(m, n, k):
     table8 = np.arange(256, dtype=np.uint16) | 0x3F00
 
     def measured(isa, order, kern, few):
-        """(A, B) measured: which layouts hold BF16 codes (gemm_driver.c get_cfg)."""
+        """(A, B) measured (gemm_driver.c get_cfg, ranges_a): on the AVX-512 tiers every A
+        packer takes the codes' range (row tiles, pairs, and the split FP32 layout of the
+        amx-order and FMA kernels, from the codes as read) and B is in pairs; the avx2 and
+        generic tiers pack both operands split, unmeasured."""
         if few:
             return False, True
-        if order == "amx":                     # A: AMX row tiles, else split FP32;
-            return isa == 3, isa >= 2          # B: pairs on amx and avx512bf16, else split
-        if isa >= 2:
-            return kern == 1, True             # the FMA kernel packs A split, B in pairs
-        return False, False
+        return isa >= 2, isa >= 2
 
     for tier in TIERS:
         isa = _config.ISA_NAMES.index(tier)
@@ -712,10 +712,10 @@ def test_scaling_checked_after_the_product(case, m, monkeypatch):
         isa = _config.ISA_NAMES.index(tier)
         few = m <= (_gemm.SMALLM_AMX_MAX if isa == 3 else _gemm.SMALLM_MAX) and isa >= 2
         seen = (calls["ranges"], calls["gemm"], calls["range_b"])
-        if isa == 3 and not few:                  # the amx tier measures A and B when packed
+        if isa >= 2 and not few:      # the AVX-512 tiers measure A and B when packed
             assert seen == expect_packed, (tier, seen)
-        elif few or isa == 2:  # B measured (few rows: in registers; avx512bf16: pair layout),
-            assert seen == expect_few, (tier, seen)            # A (split FP32) scanned first
+        elif few:                     # B measured in registers, A scanned first
+            assert seen == expect_few, (tier, seen)
         else:                 # split layouts measure nothing: B scanned first, one product
             assert seen == (0, 1, 1), (tier, seen)
 
