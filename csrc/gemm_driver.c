@@ -335,26 +335,15 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
         }
         return;
     }
-    /* slivers of at most 16 lines (an A, either layout) with k contiguous (row-major) or the
-     * lines contiguous (transposed): AVX-512, the edges included (4096x256x4096, avx512bf16
-     * tier, one thread: the scalar loop below was a sixth of the time) */
-    if (simd && (v->cs == 1 || v->rs == 1) && lw <= 16 && (split || lw % 16 != 0)) {
+    /* k contiguous, with AVX-512 transposes, the edges included: a row-major A in slivers
+     * of at most 16 lines, either layout (4096x256x4096, avx512bf16 tier, one thread: the
+     * scalar loop below was a sixth of the time), and the pair layout of a transposed B (a
+     * torch Linear's W^T) */
+    const int klines = !split && lw % 16 == 0; /* B's pair_klines, else A's lines_kc */
+    if (simd && v->cs == 1 && (lw <= 16 || klines)) {
         const int64_t kcodes = k - 2 * p0 > 0 ? k - 2 * p0 : 0;
         const size_t esz = v->kind == DK_GEMM_U16 ? 2 : 1;
         const int64_t width = split ? 2 * lw : lw; /* lanes per pair */
-        uint16_t *r = rng; /* the codes' range, as they are read (either layout) */
-        if (v->cs != 1) { /* lines contiguous: all the slivers at once, down k */
-            const int64_t nlv = nlines - l0 < 0 ? 0 : nlines - l0 < nl ? nlines - l0 : nl;
-            const void *src = nlv > 0 && kcodes > 0
-                                  ? v->p + (ptrdiff_t)((l0 + 2 * p0 * v->cs) * (int64_t)esz) : NULL;
-            if (v->kind == DK_GEMM_U16)
-                dk_gemm_pack_lines_kr_u16_avx512(src, v->cs, nlv, nsl, kcodes, kp, lw, split,
-                                                 (uint32_t *)dst, r);
-            else /* never ranged */
-                dk_gemm_pack_lines_kr_u8_avx512(src, v->cs, nlv, nsl, kcodes, kp, lw, split,
-                                                v->table, (uint32_t *)dst);
-            return;
-        }
         for (int64_t s = 0; s < nsl; s++) {
             const int64_t line = l0 + s * lw;
             const int64_t ncols = nlines - line < 0 ? 0 : nlines - line < lw ? nlines - line : lw;
@@ -362,30 +351,32 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
             const void *src = ncols > 0 && kcodes > 0
                                   ? v->p + (ptrdiff_t)((line * v->rs + 2 * p0) * (int64_t)esz) : NULL;
             uint32_t *o = (uint32_t *)dst + s * kp * width;
-            if (v->kind == DK_GEMM_U16)
-                dk_gemm_pack_lines_kc_u16_avx512(src, v->rs, ncols, kcodes, kp, lw, split, o, r);
-            else /* never ranged */
+            /* the codes' range as they are read (either layout); 8-bit codes: never ranged */
+            if (klines && v->kind == DK_GEMM_U16)
+                dk_gemm_pack_pair_klines_u16_avx512(src, v->rs, ncols, kcodes, kp, lw, o, rng);
+            else if (klines)
+                dk_gemm_pack_pair_klines_u8_avx512(src, v->rs, ncols, kcodes, kp, lw, v->table, o);
+            else if (v->kind == DK_GEMM_U16)
+                dk_gemm_pack_lines_kc_u16_avx512(src, v->rs, ncols, kcodes, kp, lw, split, o, rng);
+            else
                 dk_gemm_pack_lines_kc_u8_avx512(src, v->rs, ncols, kcodes, kp, lw, split, v->table, o);
         }
         return;
     }
-    /* pair layout, k contiguous (a transposed B: a torch Linear's W^T): AVX-512 transposes,
-     * the edges included */
-    if (simd && v->cs == 1 && !split && lw % 16 == 0) {
+    /* lines contiguous (a transposed A: a torch Linear's dY^T), at most 16 a sliver: all the
+     * slivers at once, down k */
+    if (simd && v->rs == 1 && lw <= 16) {
         const int64_t kcodes = k - 2 * p0 > 0 ? k - 2 * p0 : 0;
         const size_t esz = v->kind == DK_GEMM_U16 ? 2 : 1;
-        for (int64_t s = 0; s < nsl; s++) {
-            const int64_t line = l0 + s * lw;
-            const int64_t ncols = nlines - line < 0 ? 0 : nlines - line < lw ? nlines - line : lw;
-            /* no pointer is formed where there is nothing to read */
-            const void *src = ncols > 0 && kcodes > 0
-                                  ? v->p + (ptrdiff_t)((line * v->rs + 2 * p0) * (int64_t)esz) : NULL;
-            uint32_t *o = (uint32_t *)dst + s * kp * lw;
-            if (v->kind == DK_GEMM_U16)
-                dk_gemm_pack_pair_klines_u16_avx512(src, v->rs, ncols, kcodes, kp, lw, o, rng);
-            else /* never ranged */
-                dk_gemm_pack_pair_klines_u8_avx512(src, v->rs, ncols, kcodes, kp, lw, v->table, o);
-        }
+        const int64_t nlv = nlines - l0 < 0 ? 0 : nlines - l0 < nl ? nlines - l0 : nl;
+        const void *src = nlv > 0 && kcodes > 0
+                              ? v->p + (ptrdiff_t)((l0 + 2 * p0 * v->cs) * (int64_t)esz) : NULL;
+        if (v->kind == DK_GEMM_U16)
+            dk_gemm_pack_lines_kr_u16_avx512(src, v->cs, nlv, nsl, kcodes, kp, lw, split,
+                                             (uint32_t *)dst, rng);
+        else /* never ranged */
+            dk_gemm_pack_lines_kr_u8_avx512(src, v->cs, nlv, nsl, kcodes, kp, lw, split,
+                                            v->table, (uint32_t *)dst);
         return;
     }
     for (int64_t s = s_first; s < nsl; s++) {

@@ -388,9 +388,12 @@ def render_bench(rows: Sequence[BenchRow], *, threads: Optional[int] = None,
     if "fma_zmm" in peaks and g:
         for r in g[:1] + [x for x in g if x.threads != g[0].threads][:1]:
             t = r.threads or nth
+            how = ("the amx tier runs it on TDPBF16PS tiles, far above this peak"
+                   if _config.get_isa() == "amx" else
+                   "this tier computes the default (amx) order with FP32 FMAs")
             out.append(f"BF16 GEMM at {t} thread(s): {r.rate / (peaks['fma_zmm'] * t):.0%} of "
                        f"{t} x the 1-thread FMA zmm peak ({peaks['fma_zmm']:.0f} GFLOP/s per "
-                       f"core); the kernel emulates VDPBF16PS with FMA (docs/gemm.md)")
+                       f"core); {how} (docs/gemm.md)")
     return "\n".join(out)
 
 

@@ -247,23 +247,29 @@ void dk_gemm_pack_rowtile_u16_avx512(const uint16_t *src, int64_t lda, int64_t r
  * (W^T as B, k contiguous; dY^T as A, rows contiguous). Both layouts then need a transpose
  * of 32-bit lanes, done 16 x 16 at a time in registers. */
 
-/* r[0..15] (16 lanes each) transposed in place: lane j of r[i] goes to lane i of r[j]. Two
- * rounds of unpacks give, per group g of 4 rows and element e of a 128-bit block, v[4g + e]
- * holding rows 4g..4g+3 at column 4L + e in block L; two rounds of 128-bit shuffles then
- * transpose the 4 x 4 blocks (g, L). */
+/* The first two rounds of a 32-bit transpose of rows r[0..n) (n a multiple of 4): unpacks
+ * of 32-bit, then 64-bit lanes give, per group g of 4 rows and element e of a 128-bit
+ * block, v[4g + e] holding rows 4g..4g+3 at column 4L + e in block L. */
+static inline void unpack_rounds_u32(const __m512i *r, int n, __m512i *v)
+{
+    for (int g = 0; g < n / 4; g++) {
+        const __m512i t0 = _mm512_unpacklo_epi32(r[4 * g], r[4 * g + 1]);
+        const __m512i t1 = _mm512_unpackhi_epi32(r[4 * g], r[4 * g + 1]);
+        const __m512i t2 = _mm512_unpacklo_epi32(r[4 * g + 2], r[4 * g + 3]);
+        const __m512i t3 = _mm512_unpackhi_epi32(r[4 * g + 2], r[4 * g + 3]);
+        v[4 * g + 0] = _mm512_unpacklo_epi64(t0, t2);
+        v[4 * g + 1] = _mm512_unpackhi_epi64(t0, t2);
+        v[4 * g + 2] = _mm512_unpacklo_epi64(t1, t3);
+        v[4 * g + 3] = _mm512_unpackhi_epi64(t1, t3);
+    }
+}
+
+/* r[0..15] (16 lanes each) transposed in place: lane j of r[i] goes to lane i of r[j]. After
+ * the unpack rounds, two rounds of 128-bit shuffles transpose the 4 x 4 blocks (g, L). */
 static inline void transpose16_u32(__m512i r[16])
 {
-    __m512i t[16], v[16];
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-    }
-    for (int g = 0; g < 4; g++) {
-        v[4 * g + 0] = _mm512_unpacklo_epi64(t[4 * g], t[4 * g + 2]);
-        v[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g], t[4 * g + 2]);
-        v[4 * g + 2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
-        v[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
-    }
+    __m512i v[16];
+    unpack_rounds_u32(r, 16, v);
     for (int e = 0; e < 4; e++) {
         __m512i x0 = _mm512_shuffle_i32x4(v[e], v[4 + e], 0x44);
         __m512i x1 = _mm512_shuffle_i32x4(v[e], v[4 + e], 0xEE);
@@ -399,21 +405,12 @@ void dk_gemm_pack_rowtile_cols_u8_avx512(const uint8_t *src, int64_t ldk, int64_
 
 /* r[0..7] (lines 0..7, 16 pair lanes each) into w[0..7], each two pairs' 8 lines: w[e]
  * holds pair e (low 256 bits) and pair 4 + e (high), w[4 + e] pairs 8 + e and 12 + e
- * (e = 0..3). Two rounds of unpacks give u[4g + e] = lines 4g..4g+3 of pair 4L + e in
- * 128-bit block L; a VPERMT2Q joins the two halves of the lines per pair. */
+ * (e = 0..3). After the unpack rounds (u[4g + e]: lines 4g..4g+3 of pair 4L + e in
+ * 128-bit block L) a VPERMT2Q joins the two halves of the lines per pair. */
 static inline void transpose8x16_u32(const __m512i r[8], __m512i w[8])
 {
-    __m512i t[8], u[8];
-    for (int i = 0; i < 8; i += 2) {
-        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-    }
-    for (int g = 0; g < 2; g++) {
-        u[4 * g + 0] = _mm512_unpacklo_epi64(t[4 * g], t[4 * g + 2]);
-        u[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g], t[4 * g + 2]);
-        u[4 * g + 2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
-        u[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
-    }
+    __m512i u[8];
+    unpack_rounds_u32(r, 8, u);
     const __m512i blocks01 = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
     const __m512i blocks23 = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
     for (int e = 0; e < 4; e++) {
