@@ -394,7 +394,7 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
         const int64_t kn = k - 2 * p0 < 2 * kp ? k - 2 * p0 : 2 * kp; /* codes of each line */
         const int64_t l1 = l0 + nl < nlines ? l0 + nl : nlines;
         int16_t lo = (int16_t)rng[0], hi = (int16_t)rng[1];
-        for (int64_t l = s_first * lw + l0; l < l1; l++) {
+        for (int64_t l = l0; l < l1; l++) { /* (s_first is 0: no split sliver is edge512's) */
             const uint16_t *first = (const uint16_t *)v->p + l * v->rs + 2 * p0 * v->cs;
             if (v->cs < 0) range_row(first + (kn - 1) * v->cs, kn, -v->cs, &lo, &hi);
             else range_row(first, kn, v->cs, &lo, &hi);
