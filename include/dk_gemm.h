@@ -298,7 +298,7 @@ void dk_gemm_pack_rowtile_cols_u8_avx512(const uint8_t *src, int64_t ldk, int64_
  * codes in k order) into one sliver of lw lines (1..16): the pair layout (lw lanes a pair,
  * split 0) or the split layout (split 1: per pair lw odd-k then lw even-k FP32 values, DAZ),
  * as the driver's portable packer writes them. kp pairs, of which the first kcodes codes of
- * each of the first nlines lines exist; the rest are zeros (the half pair of an odd k,
+ * each of the first nlines (<= lw) lines exist; the rest are zeros (the half pair of an odd k,
  * padding pairs, missing lines). src may be NULL when nlines or kcodes is 0; nothing past
  * the codes that exist is read, nothing past the sliver written. The u16 form merges the
  * codes' range into rng when it is not NULL; the u8 form decodes through table[256] and is

@@ -569,7 +569,7 @@ def test_kernels_measure_the_operand_ranges(m, n, k):
              ("CFloat8 A", rng.integers(0, 256, (1, m, k), dtype=np.uint8), b[:1])]
     table8 = np.arange(256, dtype=np.uint16) | 0x3F00
 
-    def measured(isa, order, kern, few):
+    def measured(isa, few):
         """(A, B) measured (gemm_driver.c get_cfg, ranges_a): on the AVX-512 tiers every A
         packer takes the codes' range (row tiles, pairs, and the split FP32 layout of the
         amx-order and FMA kernels, from the codes as read) and B is in pairs; the avx2 and
@@ -586,7 +586,7 @@ def test_kernels_measure_the_operand_ranges(m, n, k):
                     u8 = aa.dtype == np.uint8
                     rows = _gemm.SMALLM_AMX_MAX if isa == 3 else _gemm.SMALLM_MAX
                     few = m <= rows and order == "amx" and isa >= 2 and bb.strides[-1] == 2
-                    want_a, want_b = measured(isa, order, kern, few)
+                    want_a, want_b = measured(isa, few)
                     for th in (1, 3):
                         out = np.empty((max(aa.shape[0], bb.shape[0]), m, n), np.float32)
                         rc, got_a, got_b = _gemm.gemm_ranges(

@@ -419,20 +419,14 @@ static inline void transpose8x16_u32(const __m512i r[8], __m512i w[8])
     }
 }
 
-/* The FP32 values (DAZ: a subnormal reads as a zero of its sign) of the odd-k (high) and
- * the even-k (low) codes of pair lanes: the split layout's widening (the driver's widen_bits). */
-static inline __m512i widen_odd(__m512i w)
+/* The FP32 values (DAZ: a subnormal reads as a zero of its sign) of the high (odd-k) codes
+ * of pair lanes: the split layout's widening (the driver's widen_bits). The even-k (low)
+ * codes are the high ones of the lanes shifted left by 16. */
+static inline __m512i widen_high(__m512i w)
 {
     const __m512i sign = _mm512_set1_epi32((int)0x80000000u), expo = _mm512_set1_epi32(0x7F800000);
     const __m512i v = _mm512_and_si512(w, _mm512_set1_epi32((int)0xFFFF0000u));
     return _mm512_mask_mov_epi32(_mm512_and_si512(w, sign), _mm512_test_epi32_mask(w, expo), v);
-}
-
-static inline __m512i widen_even(__m512i w)
-{
-    const __m512i sign = _mm512_set1_epi32((int)0x80000000u), expo = _mm512_set1_epi32(0x7F800000);
-    const __m512i v = _mm512_slli_epi32(w, 16);
-    return _mm512_mask_mov_epi32(_mm512_and_si512(v, sign), _mm512_test_epi32_mask(v, expo), v);
 }
 
 /* Half h (0: low 256 bits, 1: high) of v. */
@@ -441,8 +435,8 @@ static inline __m256i half256(__m512i v, int h)
     return h ? _mm512_extracti64x4_epi64(v, 1) : _mm512_castsi512_si256(v);
 }
 
-/* One sliver of lw (1..16) lines for both code widths (esz bytes a code; t as in
- * line_codes; rng NULL or the BF16 range to merge). */
+/* One sliver of lw (1..16) lines, nlines <= lw of them present, for both code widths (esz
+ * bytes a code; t as in line_codes; rng NULL or the BF16 range to merge). */
 __attribute__((always_inline)) static inline void
 lines_kc(const char *src, size_t esz, int64_t ldl, int64_t nlines, int64_t kcodes, int64_t kp,
          int64_t lw, int split, const __m512i *t, uint32_t *dst, uint16_t *rng)
@@ -458,15 +452,14 @@ lines_kc(const char *src, size_t esz, int64_t ldl, int64_t nlines, int64_t kcode
             __m512i r[8], w[8];
             for (int i = 0; i < 8; i++) {
                 const int64_t l = g + i; /* no pointer past the lines or codes that exist */
-                r[i] = line_codes(l < nlines && l < lw && kin > 0 ? src + (l * ldl + 2 * p0) * (int64_t)esz
-                                                                  : NULL,
+                r[i] = line_codes(l < nlines && kin > 0 ? src + (l * ldl + 2 * p0) * (int64_t)esz : NULL,
                                   kin, t);
                 if (rng) range_add(&rg, r[i]);
             }
             transpose8x16_u32(r, w);
             for (int x = 0; x < 8; x++) {
-                const __m512i odd = split ? widen_odd(w[x]) : w[x];
-                const __m512i even = split ? widen_even(w[x]) : w[x];
+                const __m512i odd = split ? widen_high(w[x]) : w[x];
+                const __m512i even = split ? widen_high(_mm512_slli_epi32(w[x], 16)) : w[x];
                 for (int h = 0; h < 2; h++) {
                     const int64_t q = (x < 4 ? 0 : 8) + 4 * h + (x & 3); /* the pair */
                     if (q >= np) continue;
@@ -530,8 +523,8 @@ lines_kr(const char *src, size_t esz, int64_t ldk, int64_t nlines, int64_t nsl, 
             const __m512i w = _mm512_permutex2var_epi16(e, pairs_lo(), o); /* lines 0..15 */
             uint32_t *out = dst + s * kp * width + p * width;
             if (split) {
-                _mm512_mask_storeu_epi32((void *)out, lanes, widen_odd(w));
-                _mm512_mask_storeu_epi32((void *)(out + lw), lanes, widen_even(w));
+                _mm512_mask_storeu_epi32((void *)out, lanes, widen_high(w));
+                _mm512_mask_storeu_epi32((void *)(out + lw), lanes, widen_high(_mm512_slli_epi32(w, 16)));
             } else {
                 _mm512_mask_storeu_epi32((void *)out, lanes, w);
             }
