@@ -86,6 +86,7 @@ typedef struct {
     int streams;      /* 1: the kernel honours DK_UKR_STREAM (on 64-byte aligned rows) */
     dk_gemm_ukr_io_fn ukr_io; /* NULL, or ukr reading C from one place, writing it to another:
                                * the tier may keep running sums apart (gemm_item_body's kinner) */
+    int pack_avx2;    /* 1: A's split layout from a row-major A with AVX2 (the avx2 tier) */
 } tier_cfg;
 
 static int get_cfg(int isa, int kernel, int order, tier_cfg *t)
@@ -107,7 +108,7 @@ static int get_cfg(int isa, int kernel, int order, tier_cfg *t)
                             512, 252, 2048, 1};
         else if (isa == DK_ISA_AVX2)
             *t = (tier_cfg){dk_gemm_ukr_amx_avx2, 1, 1, DK_GEMM_AMX_AVX2_MR, DK_GEMM_SPLIT_NR,
-                            256, 48, 2048, 0};
+                            256, 48, 2048, 0, .pack_avx2 = 1};
         else
             *t = (tier_cfg){dk_gemm_ukr_amx_generic, 1, 1, DK_GEMM_SPLIT_MR, DK_GEMM_SPLIT_NR,
                             256, 96, 512, 0};
@@ -126,7 +127,7 @@ static int get_cfg(int isa, int kernel, int order, tier_cfg *t)
     }
     if (isa == DK_ISA_AVX2) {
         *t = (tier_cfg){dk_gemm_ukr_avx2, 1, 1, DK_GEMM_SPLIT_MR, DK_GEMM_SPLIT_NR,
-                        512, 48, 2048, 0};
+                        512, 48, 2048, 0, .pack_avx2 = 1};
         return 1;
     }
     *t = (tier_cfg){dk_gemm_ukr_generic, 1, 1, DK_GEMM_SPLIT_MR, DK_GEMM_SPLIT_NR,
@@ -288,7 +289,7 @@ pack_sliver_portable(const view *v, int64_t nlines, int64_t k, int64_t base_line
  * For A the lines are rows (v as given); for B the driver passes a transposed view so
  * that lines are columns of B. Output sliver s at dst + s * kp * pair_bytes. */
 static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int64_t nl,
-                       int64_t p0, int64_t kp, int64_t lw, int split, int simd, void *dst,
+                       int64_t p0, int64_t kp, int64_t lw, int split, int simd, int avx2, void *dst,
                        uint16_t *rng)
 {
     int64_t nsl = (nl + lw - 1) / lw, s_first = 0;
@@ -379,9 +380,25 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
                                             v->table, (uint32_t *)dst);
         return;
     }
+    /* avx2 tier, split layout of a row-major A: whole groups of 8 pairs with AVX2, the rest
+     * (the pairs short of a group, the half pair of an odd k, padding pairs) portably */
+    const int64_t kgroups = avx2 && split && v->cs == 1 && lw <= 8 ? (kfull < 0 ? 0 : kfull) / 8 * 8 : 0;
     for (int64_t s = s_first; s < nsl; s++) {
-        if (split) pack_sliver_portable(v, nlines, k, l0 + s * lw, p0, kp, lw, 1, (uint32_t *)dst + s * kp * 2 * lw);
-        else pack_sliver_portable(v, nlines, k, l0 + s * lw, p0, kp, lw, 0, (uint32_t *)dst + s * kp * lw);
+        const int64_t line = l0 + s * lw;
+        if (split) {
+            uint32_t *o = (uint32_t *)dst + s * kp * 2 * lw;
+            const int64_t nlv = nlines - line < 0 ? 0 : nlines - line < lw ? nlines - line : lw;
+            const int64_t done = nlv > 0 ? kgroups : 0;
+            if (done > 0 && v->kind == DK_GEMM_U16)
+                dk_gemm_pack_split_kc_u16_avx2((const uint16_t *)v->p + line * v->rs + 2 * p0, v->rs, nlv,
+                                               done, lw, o);
+            else if (done > 0)
+                dk_gemm_pack_split_kc_u8_avx2((const uint8_t *)v->p + line * v->rs + 2 * p0, v->rs, nlv,
+                                              done, lw, v->table, o);
+            pack_sliver_portable(v, nlines, k, line, p0 + done, kp - done, lw, 1, o + done * 2 * lw);
+        } else {
+            pack_sliver_portable(v, nlines, k, line, p0, kp, lw, 0, (uint32_t *)dst + s * kp * lw);
+        }
     }
     /* the range of the slivers packed portably: their pairs that hold codes (the padding
      * pairs are zeros, which count for neither end of a range); the split layout's (FP32
@@ -940,7 +957,7 @@ static const char *take_unit(const gemm_step *S, int64_t pb, int64_t pc, int64_t
          * own buffer, which stays in the caches from one unit to the next, instead of a panel
          * written out to memory and read back once. */
         pack_lines(S->vb, S->n, S->k, S->jc + s0 * t->nr, (s1 - s0) * t->nr, pc, kp, t->nr,
-                   t->split_b, t->simd_pack, myb, brng);
+                   t->split_b, t->simd_pack, t->pack_avx2, myb, brng);
         return myb;
     }
     char *unit = S->bbuf + (size_t)(S->nsl * pc + s0 * kp) * S->pairB;
@@ -962,7 +979,7 @@ static const char *take_unit(const gemm_step *S, int64_t pb, int64_t pc, int64_t
             /* the unit's slivers at once (each k-row read across all of them), the range of
              * B's codes (if asked) taken while packing */
             pack_lines(S->vb, S->n, S->k, S->jc + s0 * t->nr, (s1 - s0) * t->nr, pc, kp, t->nr,
-                       t->split_b, t->simd_pack, dst, brng);
+                       t->split_b, t->simd_pack, t->pack_avx2, dst, brng);
             if (dst == unit) {
                 ANNOTATE_HAPPENS_BEFORE(st);
                 atomic_exchange_explicit(st, 2, memory_order_release);
@@ -982,7 +999,7 @@ static void run_lead(const gemm_step *S, int64_t pc, int64_t kp, int64_t i0, int
     gemm_step L = *S;
     L.jc = 0;
     L.n = S->lead;
-    pack_lines(S->vb, S->lead, S->k, 0, S->lead, pc, kp, t->nr, t->split_b, t->simd_pack, myb,
+    pack_lines(S->vb, S->lead, S->k, 0, S->lead, pc, kp, t->nr, t->split_b, t->simd_pack, t->pack_avx2, myb,
                S->brng ? S->brng + 2 * slot : NULL);
     run_unit(&L, myb, 0, 1, kp, i0, msl, mya, flags);
 }
@@ -1055,7 +1072,7 @@ static void gemm_item_body(const gemm_step *S, int64_t w, int slot)
         if (t->rowtile_a)
             pack_rowtiles(S->va, m, k, i0, mcur, pc, kp, t->mr, t->simd_pack, mya, arng);
         else
-            pack_lines(S->va, m, k, i0, mcur, pc, kp, t->mr, t->split_a, t->simd_pack, mya, arng);
+            pack_lines(S->va, m, k, i0, mcur, pc, kp, t->mr, t->split_a, t->simd_pack, t->pack_avx2, mya, arng);
         if (S->lead && g == 0) run_lead(S, pc, kp, i0, msl, mya, myb, slot, flags);
         /* A unit another thread is packing is put off (up to DEFER_MAX of them) and taken
          * after the others, by when it is usually ready; only one still being packed then
