@@ -280,8 +280,10 @@ pack_sliver_portable(const view *v, int64_t nlines, int64_t k, int64_t base_line
                 put_pair(o, lw, l, e, d, split);
             }
         }
-        memset(o + nc, 0, sizeof(uint32_t) * (size_t)(lw - nc));
-        if (split) memset(o + lw + nc, 0, sizeof(uint32_t) * (size_t)(lw - nc));
+        if (nc < lw) { /* (most pairs have every line: no library call for nothing) */
+            memset(o + nc, 0, sizeof(uint32_t) * (size_t)(lw - nc));
+            if (split) memset(o + lw + nc, 0, sizeof(uint32_t) * (size_t)(lw - nc));
+        }
     }
 }
 
