@@ -384,7 +384,7 @@ static void pack_lines(const view *v, int64_t nlines, int64_t k, int64_t l0, int
     }
     /* avx2 tier, split layout of a row-major A: whole groups of 8 pairs with AVX2, the rest
      * (the pairs short of a group, the half pair of an odd k, padding pairs) portably */
-    const int64_t kgroups = avx2 && split && v->cs == 1 && lw <= 8 ? (kfull < 0 ? 0 : kfull) / 8 * 8 : 0;
+    const int64_t kgroups = avx2 && split && v->cs == 1 && lw >= 2 && lw <= 8 ? (kfull < 0 ? 0 : kfull) / 8 * 8 : 0;
     for (int64_t s = s_first; s < nsl; s++) {
         const int64_t line = l0 + s * lw;
         if (split) {

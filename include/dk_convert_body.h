@@ -564,8 +564,9 @@ dk_qgather_flush(dk_qgather *g, void *out, const dk_format *f, const dk_qloop *c
     res = dk_quant_rest(g->u, dk_splitmix_r(g->h), res, plain, f, c, k, mode, tesla, flush, inf_nan,
                         is_signed, fake);
     for (int j = 0; j < g->n; j++) {
-        if (fake) ((int32_t *)out)[g->at[j]] = res[j];
-        else dk_store_code(out, g->at[j], (uint32_t)res[j], width);
+        const int32_t r = res[j];
+        if (fake) memcpy((float *)out + g->at[j], &r, sizeof r); /* FP32 bits into floats */
+        else dk_store_code(out, g->at[j], (uint32_t)r, width);
     }
     g->u = (vi){};
     g->h = (vu){};
@@ -646,10 +647,12 @@ dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk
             const int j = __builtin_ctzll(rest);
             rest &= rest - 1;
             const int64_t at = p0 + (int64_t)j * DK_VL;
-            const int32_t *src = overlap ? (const int32_t *)&ubuf[j] : (const int32_t *)(x + at);
+            const char *src = overlap ? (const char *)&ubuf[j] : (const char *)(x + at);
             for (unsigned m = lanes[j]; m; m &= m - 1) {
                 const int l = __builtin_ctz(m);
-                g.u[g.n] = src[l];
+                int32_t xl; /* the lane's FP32 bits */
+                memcpy(&xl, src + 4 * l, sizeof xl);
+                g.u[g.n] = xl;
                 if (mode == DK_STOCHASTIC) g.h[g.n] = hbuf[j][l];
                 g.at[g.n] = at + l;
                 if (++g.n == DK_VL)

@@ -45,8 +45,8 @@ static inline void transpose8(__m256 r[8])
 
 /* Eight pairs of a sliver from rows[] (row j < lw: the odd-k values of line j, lane p for
  * pair p; row lw + j: the even-k ones; the rest zeros) to dst (2 * lw lanes a pair). A
- * pair's stores may run into the next pair's lanes, which its own stores then overwrite;
- * the sliver's last pair (last set) is stored exactly. */
+ * pair's stores may run into the next pair's lanes (lw >= 2: no further), which its own
+ * stores then overwrite; the sliver's last pair (last set) is stored exactly. */
 __attribute__((always_inline)) static inline void
 put_pairs(__m256 rows[16], int64_t lw, int last, uint32_t *dst)
 {
