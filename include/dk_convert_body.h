@@ -211,20 +211,6 @@ static inline int dk_any(vi mask)
 #endif
 }
 
-/* A bit per lane (lane j: bit j) that is not set in the mask. */
-static inline unsigned dk_lanes_unset(vi mask)
-{
-#if DK_VL == 16
-    return (uint16_t)~_mm512_movepi32_mask((__m512i)mask);
-#elif DK_VL == 8
-    return ~(unsigned)_mm256_movemask_ps((__m256)mask) & 0xFFu;
-#else
-    unsigned m = 0;
-    for (int j = 0; j < DK_VL; j++) m |= (unsigned)(mask[j] == 0) << j;
-    return m;
-#endif
-}
-
 /* Are all lanes of the mask set? */
 static inline int dk_all(vi mask)
 {
@@ -391,17 +377,16 @@ dk_quant_plain(vi u, vu h, const dk_qloop *c, const dk_qconst *k, int mode, int 
     else v = a & c->keep;
     /* signed formats: |x| in [minnorm, max] or zero; unsigned: x itself in that range, zeros
      * (-0 gives +0), and every negative value (invalid: NaN, below). Stochastic may round
-     * past max; for a signed format it checks |x| >= minnorm and v <= max instead: as
+     * past max; for a signed format the AVX-512 form checks |x| >= minnorm and v <= max: as
      * v >= |x| with its dropped bits cleared, that admits besides |x| <= max only |x| in
      * (max, max + ulp) rounded down to max, which is right whether the format saturates or
      * takes Inf as the upper neighbour (one operation less). */
     const vi neg = is_signed ? (vi){} : (u < 0) & (a != 0);
-    const int stoch_signed = mode == DK_STOCHASTIC && is_signed;
 #if DK_VL == 16 /* in mask registers (the vector form only where the caller uses it) */
     const __mmask16 kz = _mm512_testn_epi32_mask((__m512i)a, (__m512i)a); /* the zeros */
     const __m512i maxv = _mm512_set1_epi32((int)c->maxbits);
     __mmask16 kp;
-    if (stoch_signed) {
+    if (mode == DK_STOCHASTIC && is_signed) {
         kp = _mm512_mask_cmple_epu32_mask(_mm512_cmpge_epu32_mask((__m512i)a, (__m512i)c->lo), (__m512i)v, maxv) | kz;
     } else {
         kp = _mm512_cmple_epu32_mask((__m512i)((is_signed ? a : u) - (vi)c->lo), (__m512i)c->span) | kz;
@@ -411,16 +396,11 @@ dk_quant_plain(vi u, vu h, const dk_qloop *c, const dk_qconst *k, int mode, int 
     *plain_out = (vi)_mm512_movm_epi32(kp);
     *notmask = (uint16_t)~kp;
 #else
-    vi plain;
-    if (stoch_signed) {
-        plain = ((vi)((vu)a >= c->lo) & (vi)((vu)v <= c->maxbits)) | (a == 0);
-    } else {
-        plain = (vi)((vu)((is_signed ? a : u) - (vi)c->lo) <= c->span) | (a == 0);
-        if (mode == DK_STOCHASTIC) plain &= (vi)((vu)v <= c->maxbits);
-    }
+    vi plain = (vi)((vu)((is_signed ? a : u) - (vi)c->lo) <= c->span) | (a == 0);
+    if (mode == DK_STOCHASTIC) plain &= (vi)((vu)v <= c->maxbits);
     if (!is_signed) plain |= u < 0;
     *plain_out = plain;
-    *notmask = dk_lanes_unset(plain);
+    *notmask = ~(unsigned)_mm256_movemask_ps((__m256)plain) & 0xFFu; /* DK_VL 8 */
 #endif
     vi res; /* FP32 bits (fake) or codes */
     if (fake) {
@@ -585,9 +565,9 @@ dk_qgather_flush(dk_qgather *g, void *out, const dk_format *f, const dk_qloop *c
  * 1_4_3 bias 7) and unpredictable: a branch per vector mispredicted on most of them, and
  * finishing those vectors whole (about one lane in 80 needs it there) cost about 40% of
  * the first pass under stochastic rounding. Besides the results the first pass stores only
- * those top halves and a lane mask per vector (a list of the vectors and a copy of every input measured slower: the
- * stores queue behind the results' cache misses; computing the random numbers again in the
- * second pass was slower too). fake_quantize to nearest keeps one pass with a branch (see
+ * those top halves and a lane mask per vector (a list of the vectors and a copy of every
+ * input measured slower: the stores queue behind the results' cache misses; computing the
+ * random numbers again in the second pass was slower too). fake_quantize to nearest keeps one pass with a branch (see
  * two_pass). */
 __attribute__((always_inline)) static inline int64_t
 dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk_qconst *k, int width,
@@ -599,7 +579,7 @@ dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk
     /* fake_quantize to nearest moves 8 bytes per element and is bound by memory: there the
      * second pass's work measured slower than a branch per vector in one pass (it no longer
      * overlaps the first pass's memory traffic; with the lanes gathered too: 8M elements,
-     * one thread, 2.8 against 2.5 ms for N(0,1) * 4, equal for N(0,1)). */
+     * one thread, 2.64-2.81 against 2.45-2.62 ms for N(0,1) * 4, about equal for N(0,1)). */
     const int two_pass = mode == DK_STOCHASTIC || !fake;
     vq rlo = {}, rhi = {};
     if (mode == DK_STOCHASTIC) {
@@ -613,9 +593,8 @@ dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk
     vi ubuf[DK_QPASS_VECS]; /* the input of the second pass's vectors, if out overlaps x */
     vu hbuf[mode == DK_STOCHASTIC ? DK_QPASS_VECS : 1]; /* their random numbers' top halves */
     unsigned lanes[DK_QPASS_VECS]; /* per vector, its lanes that are not plain */
-    dk_qgather g = {.n = 0};
-    g.u = (vi){};
-    g.h = (vu){};
+    dk_qgather g;
+    memset(&g, 0, sizeof g); /* no lane yet; the vectors' lanes zeros (plain) */
     for (int64_t p0 = 0; p0 < nv; p0 += DK_QPASS_VECS * DK_VL) {
         const int64_t p1 = nv - p0 < DK_QPASS_VECS * DK_VL ? nv : p0 + DK_QPASS_VECS * DK_VL;
         uint64_t rest = 0;

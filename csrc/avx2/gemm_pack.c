@@ -67,28 +67,49 @@ put_pairs(__m256 rows[16], int64_t lw, int last, uint32_t *dst)
     }
 }
 
+/* The sliver's groups of 8 pairs: line l's odd-k values in rows[l], its even-k ones in
+ * rows[lw + l], from BF16 codes (wide NULL) or 8-bit codes through wide[256] (their values,
+ * widened); the lines past nlines zeros. */
 __attribute__((always_inline)) static inline void
-split_kc_u16(const uint16_t *src, int64_t ldl, int64_t nlines, int64_t npairs, int64_t lw, uint32_t *dst)
+split_kc(const void *src, int64_t ldl, int64_t nlines, int64_t npairs, int64_t lw, const uint32_t *wide,
+         uint32_t *dst)
 {
     for (int64_t g = 0; g < npairs; g += 8) {
         __m256 rows[16];
         for (int j = 0; j < 16; j++) rows[j] = _mm256_setzero_ps();
         for (int64_t l = 0; l < nlines; l++) {
-            const __m256i w = _mm256_loadu_si256((const __m256i *)(src + l * ldl + 2 * g));
-            rows[l] = _mm256_castsi256_ps(widen_high(w));
-            rows[lw + l] = _mm256_castsi256_ps(widen_high(_mm256_slli_epi32(w, 16)));
+            __m256i odd, even;
+            if (wide) {
+                const uint8_t *s = (const uint8_t *)src + l * ldl + 2 * g;
+                odd = _mm256_set_epi32((int)wide[s[15]], (int)wide[s[13]], (int)wide[s[11]], (int)wide[s[9]],
+                                       (int)wide[s[7]], (int)wide[s[5]], (int)wide[s[3]], (int)wide[s[1]]);
+                even = _mm256_set_epi32((int)wide[s[14]], (int)wide[s[12]], (int)wide[s[10]], (int)wide[s[8]],
+                                        (int)wide[s[6]], (int)wide[s[4]], (int)wide[s[2]], (int)wide[s[0]]);
+            } else {
+                const __m256i w = _mm256_loadu_si256((const __m256i *)((const uint16_t *)src + l * ldl + 2 * g));
+                odd = widen_high(w);
+                even = widen_high(_mm256_slli_epi32(w, 16));
+            }
+            rows[l] = _mm256_castsi256_ps(odd);
+            rows[lw + l] = _mm256_castsi256_ps(even);
         }
         put_pairs(rows, lw, g + 8 == npairs, dst + g * 2 * lw);
     }
 }
 
+/* split_kc with the tier's two sliver heights as constants (the loops over lines unrolled) */
+static void split_kc_lw(const void *src, int64_t ldl, int64_t nlines, int64_t npairs, int64_t lw,
+                        const uint32_t *wide, uint32_t *dst)
+{
+    if (lw == DK_GEMM_AMX_AVX2_MR) split_kc(src, ldl, nlines, npairs, DK_GEMM_AMX_AVX2_MR, wide, dst);
+    else if (lw == DK_GEMM_SPLIT_MR) split_kc(src, ldl, nlines, npairs, DK_GEMM_SPLIT_MR, wide, dst);
+    else split_kc(src, ldl, nlines, npairs, lw, wide, dst);
+}
+
 void dk_gemm_pack_split_kc_u16_avx2(const uint16_t *src, int64_t ldl, int64_t nlines, int64_t npairs,
                                     int64_t lw, uint32_t *dst)
 {
-    /* the tier's two sliver heights as constants (the loops over lines unrolled) */
-    if (lw == DK_GEMM_AMX_AVX2_MR) split_kc_u16(src, ldl, nlines, npairs, DK_GEMM_AMX_AVX2_MR, dst);
-    else if (lw == DK_GEMM_SPLIT_MR) split_kc_u16(src, ldl, nlines, npairs, DK_GEMM_SPLIT_MR, dst);
-    else split_kc_u16(src, ldl, nlines, npairs, lw, dst);
+    split_kc_lw(src, ldl, nlines, npairs, lw, NULL, dst);
 }
 
 void dk_gemm_pack_split_kc_u8_avx2(const uint8_t *src, int64_t ldl, int64_t nlines, int64_t npairs,
@@ -100,20 +121,5 @@ void dk_gemm_pack_split_kc_u8_avx2(const uint8_t *src, int64_t ldl, int64_t nlin
         const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(table + c)));
         _mm256_store_si256((__m256i *)(wide + c), widen_high(_mm256_slli_epi32(h, 16)));
     }
-    for (int64_t g = 0; g < npairs; g += 8) {
-        __m256 rows[16];
-        for (int j = 0; j < 16; j++) rows[j] = _mm256_setzero_ps();
-        for (int64_t l = 0; l < nlines; l++) {
-            const uint8_t *s = src + l * ldl + 2 * g;
-            const __m256i odd = _mm256_set_epi32((int)wide[s[15]], (int)wide[s[13]], (int)wide[s[11]],
-                                                 (int)wide[s[9]], (int)wide[s[7]], (int)wide[s[5]],
-                                                 (int)wide[s[3]], (int)wide[s[1]]);
-            const __m256i even = _mm256_set_epi32((int)wide[s[14]], (int)wide[s[12]], (int)wide[s[10]],
-                                                  (int)wide[s[8]], (int)wide[s[6]], (int)wide[s[4]],
-                                                  (int)wide[s[2]], (int)wide[s[0]]);
-            rows[l] = _mm256_castsi256_ps(odd);
-            rows[lw + l] = _mm256_castsi256_ps(even);
-        }
-        put_pairs(rows, lw, g + 8 == npairs, dst + g * 2 * lw);
-    }
+    split_kc_lw(src, ldl, nlines, npairs, lw, wide, dst);
 }
