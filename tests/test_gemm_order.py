@@ -250,8 +250,9 @@ def _blocking_shapes(tier):
         # one-thread run of (256, 1100, 2101)), MC 256 and NC 4096 too
         return [(45, 83, 1063), (100, 2100, 545), (37, 41, 4177), (300, 35, 97), (33, 4200, 45),
                 (256, 1100, 2101)]
-    # avx512bf16: the amx order's MC is 252 rows (two A blocks at one thread from m = 253)
-    return [(45, 83, 1063), (100, 2100, 545), (260, 83, 1063)]
+    # avx512bf16: the amx order's MC is 252 rows (two A blocks at one thread from m = 253);
+    # the vdpbf16ps order's KC is 2048 (C stored and reloaded between k blocks) and MC 72
+    return [(45, 83, 1063), (100, 2100, 545), (260, 83, 1063), (45, 83, 2101)]
 
 
 @pytest.mark.parametrize("order", ORDERS)

@@ -25,22 +25,38 @@
     _mm512_storeu_ps(c + (i) * ldc + 32, c##i##2);                    \
     _mm512_storeu_ps(c + (i) * ldc + 48, c##i##3)
 #define ROW_FIN(i) FIN(c##i##0); FIN(c##i##1); FIN(c##i##2); FIN(c##i##3)
-#define ROW_DP(i, AP)                                                                   \
-    do {                                                                                \
-        __m512bh av = (__m512bh)_mm512_set1_epi32(((const int32_t *)(AP))[i]);          \
-        c##i##0 = _mm512_dpbf16_ps(c##i##0, av, b0);                                    \
-        c##i##1 = _mm512_dpbf16_ps(c##i##1, av, b1);                                    \
-        c##i##2 = _mm512_dpbf16_ps(c##i##2, av, b2);                                    \
-        c##i##3 = _mm512_dpbf16_ps(c##i##3, av, b3);                                    \
-    } while (0)
+/* One k-pair in inline assembly. Left to itself, GCC 12 hoists the next pair's B loads,
+ * spills B registers to the stack to make room and keeps each A broadcast in a register (a
+ * separate VPBROADCASTD) instead of folding it into the instruction. Here the first
+ * statement loads B's four vectors and does rows 0-2, the second rows 3-5 (GCC allows 30
+ * operands per statement), and each A pair is the instruction's memory operand with
+ * embedded broadcast ({1to16}): per pair 4 loads and 24 VDPBF16PS, no other vector
+ * instruction. A is the second source, B the first: each lane's two products commute, so
+ * the sums are the same bits as with A first (a NaN's payload may differ, and every NaN is
+ * made the default one at the end). */
+#define DP_ROW(i)                                                                       \
+    "vdpbf16ps " #i "*4(%[a])%{1to16%}, %[b0], %[c" #i "0]\n\t"                        \
+    "vdpbf16ps " #i "*4(%[a])%{1to16%}, %[b1], %[c" #i "1]\n\t"                        \
+    "vdpbf16ps " #i "*4(%[a])%{1to16%}, %[b2], %[c" #i "2]\n\t"                        \
+    "vdpbf16ps " #i "*4(%[a])%{1to16%}, %[b3], %[c" #i "3]\n\t"
+#define ACC_OPS(i) [c##i##0] "+v"(c##i##0), [c##i##1] "+v"(c##i##1), [c##i##2] "+v"(c##i##2), \
+                   [c##i##3] "+v"(c##i##3)
 #define PAIR(AP, BP)                                                                    \
     do {                                                                                \
-        __m512bh b0 = (__m512bh)_mm512_load_si512((const void *)(BP));                  \
-        __m512bh b1 = (__m512bh)_mm512_load_si512((const void *)((BP) + 16));           \
-        __m512bh b2 = (__m512bh)_mm512_load_si512((const void *)((BP) + 32));           \
-        __m512bh b3 = (__m512bh)_mm512_load_si512((const void *)((BP) + 48));           \
-        ROW_DP(0, AP); ROW_DP(1, AP); ROW_DP(2, AP);                                    \
-        ROW_DP(3, AP); ROW_DP(4, AP); ROW_DP(5, AP);                                    \
+        __m512 b0, b1, b2, b3;                                                          \
+        __asm__("vmovaps (%[b]), %[b0]\n\t"                                             \
+                "vmovaps 64(%[b]), %[b1]\n\t"                                           \
+                "vmovaps 128(%[b]), %[b2]\n\t"                                          \
+                "vmovaps 192(%[b]), %[b3]\n\t"                                          \
+                DP_ROW(0) DP_ROW(1) DP_ROW(2)                                           \
+                : ACC_OPS(0), ACC_OPS(1), ACC_OPS(2),                                   \
+                  [b0] "=&v"(b0), [b1] "=&v"(b1), [b2] "=&v"(b2), [b3] "=&v"(b3)        \
+                : [a] "r"(AP), [b] "r"(BP)                                              \
+                : "memory");                                                            \
+        __asm__(DP_ROW(3) DP_ROW(4) DP_ROW(5)                                           \
+                : ACC_OPS(3), ACC_OPS(4), ACC_OPS(5)                                    \
+                : [a] "r"(AP), [b0] "v"(b0), [b1] "v"(b1), [b2] "v"(b2), [b3] "v"(b3)   \
+                : "memory");                                                            \
     } while (0)
 
 void dk_gemm_ukr_avx512bf16(int64_t kp, const void *ap, const void *bp, float *c,
