@@ -118,11 +118,35 @@ def test_choose_bias(benchmark, who, n):
     record(benchmark, ("cb", who, n), n, "elem/s")
 
 
+SMALL_N = 1024
+
+
+@pytest.mark.parametrize("who", ["dk_add", "dk_quantize", "torch_add", "numpy_f32_add"])
+def test_small_call(benchmark, who):
+    """The per-call cost: 1,024 elements (BF16 codes; float32 into BF16 for quantize), one
+    thread, into preallocated outputs, beside torch's bf16 ``+`` and NumPy's float32 ``+``."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, SMALL_N), dtype=np.float32)
+    a, b = (dk.quantize(v, dk.BF16) for v in x)
+    out16, out32 = np.empty(SMALL_N, np.uint16), np.empty(SMALL_N, np.float32)
+    if who == "torch_add":
+        torch = _torch(1)
+        ta, tb = (torch.from_numpy(v.view(np.int16)).view(torch.bfloat16) for v in (a, b))
+        to = torch.empty_like(ta)
+        fn = lambda: torch.add(ta, tb, out=to)  # noqa: E731
+    else:
+        fn = {"dk_add": lambda: dk.add(a, b, dk.BF16, out=out16),
+              "dk_quantize": lambda: dk.quantize(x[0], dk.BF16, out=out16),
+              "numpy_f32_add": lambda: np.add(x[0], x[1], out=out32)}[who]
+    benchmark.pedantic(fn, rounds=50, iterations=200, warmup_rounds=1)
+    record(benchmark, ("small", who), 1, "call/s")
+
+
 def _table(res):
     g = lambda k: res.get(k, {}).get("rate")  # noqa: E731
     gel = lambda v: f"{v / 1e9:6.2f}" if v else "   n/a"  # noqa: E731
     rat = lambda a, b: f"{a / b:5.2f}x" if a and b else "  n/a"  # noqa: E731
-    if not any(isinstance(k, tuple) and k[0] in ("bf16", "cf8", "fq") for k in res):
+    if not any(isinstance(k, tuple) and k[0] in ("bf16", "cf8", "fq", "small") for k in res):
         return []
     lines = [f"Arithmetic on codes, {N:,} elements, Gelem/s (ratios in the same run)",
              "op   thr | bf16 near  stoch  torch | near/torch [>=1]  stoch/near [>=0.5] "
@@ -150,6 +174,11 @@ def _table(res):
                 lines.append(f"fake_quantize f32 -> {name} -> f32 ({rounding}), {t} thread(s): "
                              f"{gel(fq).strip()} Gelem/s = {rat(fq, copy)} of a NumPy f32 copy "
                              f"({gel(copy).strip()}, 1 thread) [>=0.8]")
+    us = {w: 1e6 / g(("small", w)) for w in ("dk_add", "dk_quantize", "torch_add", "numpy_f32_add")
+          if g(("small", w))}
+    if us:
+        lines.append(f"per call at {SMALL_N:,} elements, 1 thread (us): " + ", ".join(
+            f"{w} {v:.2f}" for w, v in us.items()))
     for n in (4096, 1 << 24):
         cb, ref = g(("cb", "choose_bias", n)), g(("cb", "np_abs_max", n))
         lines.append(f"choose_bias on {n:,} float32: {rat(cb, ref)} the speed of np.abs(x).max() "

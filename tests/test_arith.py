@@ -274,6 +274,35 @@ def test_every_small_size_offset_and_scalars(isa, op):
 
 
 @pytest.mark.parametrize("op", sorted(OPS))
+def test_operand_layouts_of_one_shape(op):
+    """Operands of one shape skip broadcasting; each is still read through its own strides,
+    byte order and dtype (strided and transposed views, big-endian codes, ml_dtypes
+    bfloat16 for BF16), mixed with plain operands, checked against the reference."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    rng = np.random.default_rng(29)
+    k = 3 if op == "fma" else 2
+    for rf in (R.RefFormat("cfloat8_143", 7, "tesla"), R.BF16_R):
+        base = [rng.integers(0, 1 << rf.nbits, (24, 34)).astype(rf.storage_dtype) for _ in range(k)]
+        layouts = {"strided": lambda v: v[:, ::2], "transposed": lambda v: v.T[::2].T,
+                   "big-endian": lambda v: v[:, :17].astype(v.dtype.newbyteorder(">"))}
+        if rf.family == "bf16":
+            layouts["bfloat16"] = lambda v: v[:, :17].view(ml_dtypes.bfloat16)
+        for name, lay in layouts.items():
+            for which in range(k):  # one operand in the layout, the others plain
+                ops = [lay(b) if i == which else np.ascontiguousarray(b[:, :17])
+                       for i, b in enumerate(base)]
+                plain = [np.ascontiguousarray(b[:, :17]) for b in base]
+                if name == "bfloat16":
+                    assert ops[which].dtype == ml_dtypes.bfloat16
+                else:  # the values of the layout (native byte order), contiguous
+                    plain[which] = np.ascontiguousarray(ops[which]).astype(rf.storage_dtype)
+                assert all(p.shape == (24, 17) for p in plain), name
+                for rounding in ("nearest", "stochastic"):
+                    want = R.arith_vec(op, plain, rf, rounding, 8)
+                    run(op, ops, rf, rounding, 8, want=want)
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
 def test_zero_dim_operands_give_zero_dim(isa, op):
     # NumPy broadcasting of 0-d operands gives a 0-d result
     rf = R.RefFormat("cfloat8_143", 7, "tesla")

@@ -93,11 +93,16 @@ def _check_rounding(rounding: Any, seed: Any) -> Tuple[int, int]:
     return mode, seed
 
 
+@functools.lru_cache(maxsize=64)
 def _is_bf16(dtype: np.dtype) -> bool:
+    # cached per dtype: ``dtype.name`` is built by NumPy in Python, about 2.7 us a call
     return dtype.name == "bfloat16" and dtype.itemsize == 2
 
 
 def _native(a: np.ndarray) -> np.ndarray:
+    fl = a.flags
+    if fl.c_contiguous and fl.aligned and a.dtype.isnative:
+        return a  # what np.require would return, without its 0.8 us of set-up
     if not a.dtype.isnative:
         a = a.astype(a.dtype.newbyteorder("="))
     # C order AND aligned: the kernels load whole floats/codes (a misaligned pointer is UB in
@@ -122,12 +127,19 @@ def _source(x: Any, name: str = "x") -> Tuple[np.ndarray, int]:
 def _codes(codes: Any, fmt: Format, name: str = "codes") -> np.ndarray:
     """codes as a C-contiguous native array of fmt's storage dtype."""
     a = np.asarray(codes)
-    want = np.dtype(fmt.storage_dtype)
+    want = _storage(fmt)
+    if a.dtype is want or a.dtype == want:  # (the common case: skips the bfloat16 test)
+        return _native(a)
     if fmt.name == "bf16" and _is_bf16(a.dtype):
         a = a.view(np.uint16)
     if a.dtype.kind != want.kind or a.dtype.itemsize != want.itemsize:
         raise TypeError(f"{name}: expected {want} codes for {fmt!r}, got dtype {a.dtype}")
     return _native(a)
+
+
+@functools.lru_cache(maxsize=None)
+def _storage(fmt: Format) -> np.dtype[Any]:
+    return np.dtype(fmt.storage_dtype)
 
 
 def _bytes(a: np.ndarray) -> np.ndarray:
@@ -200,7 +212,7 @@ def quantize(x: Any, fmt: Format, *, rounding: str = "nearest", seed: Optional[i
     fmt = _check_format(fmt)
     mode, seed_ = _check_rounding(rounding, seed)
     src, kind = _source(x)
-    dtype = np.dtype(fmt.storage_dtype)
+    dtype = _storage(fmt)
     if out is not None:
         _check_out(out, src.shape, dtype)
     dst = _target(out, src.shape, dtype, src)
@@ -282,14 +294,15 @@ def _arith(op: str, operands: Tuple[Any, ...], fmt: Format, rounding: str, seed:
     mode, seed_ = _check_rounding(rounding, seed)
     names = ("a", "b", "c")
     arrays = [_codes(v, fmt, names[i]) for i, v in enumerate(operands)]
-    try:
-        arrays = [np.asarray(v, order="C") for v in np.broadcast_arrays(*arrays)]
-    except ValueError:
-        shapes = ", ".join(str(v.shape) for v in arrays)
-        raise ValueError(f"a, b{', c' if len(arrays) == 3 else ''}: shapes {shapes} do not "
-                         "broadcast together") from None
+    if any(v.shape != arrays[0].shape for v in arrays):  # (equal shapes: nothing to do)
+        try:
+            arrays = [np.asarray(v, order="C") for v in np.broadcast_arrays(*arrays)]
+        except ValueError:
+            shapes = ", ".join(str(v.shape) for v in arrays)
+            raise ValueError(f"a, b{', c' if len(arrays) == 3 else ''}: shapes {shapes} do "
+                             "not broadcast together") from None
     shape = arrays[0].shape
-    dtype = np.dtype(fmt.storage_dtype)
+    dtype = _storage(fmt)
     if out is not None:
         _check_out(out, shape, dtype)
     dst = _target(out, shape, dtype, *arrays)
