@@ -122,9 +122,10 @@ SMALL_N = 1024
 
 
 @pytest.mark.parametrize("who", ["dk_add", "dk_quantize", "torch_add", "numpy_f32_add"])
-def test_small_call(benchmark, who):
+def test_small_call(benchmark, threads, who):
     """The per-call cost: 1,024 elements (BF16 codes; float32 into BF16 for quantize), one
     thread, into preallocated outputs, beside torch's bf16 ``+`` and NumPy's float32 ``+``."""
+    threads(1)
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, SMALL_N), dtype=np.float32)
     a, b = (dk.quantize(v, dk.BF16) for v in x)

@@ -122,7 +122,8 @@ static int get_cfg(int isa, int kernel, int order, tier_cfg *t)
             return 1;
         }
         /* KC 2048, MC 72 (were 512, 96): a kernel call runs 4x longer per load and store
-         * of its C block, and the A block (288 KB) still sits in L2. Zen 4, GFLOP/s, best
+         * of its C block; the A block (288 KB) and the B sliver the A slivers stream past
+         * (KC x NR, 256 KiB) sit in L2 (1 MiB on Zen 4), not L1. Zen 4, GFLOP/s, best
          * of 3 s: 2048^3 212 -> 222 at one thread, 419 -> 429 at two; 4096^3 206 -> 217,
          * 405 -> 428; 256 x 4096 x 4096 at two 331 -> 355; 512^3 unchanged (400). */
         *t = (tier_cfg){dk_gemm_ukr_avx512bf16, 0, 0, DK_GEMM_PAIR_MR, DK_GEMM_PAIR_NR,

@@ -278,6 +278,22 @@ def test_identical_bits_across_tiers_kernels_threads(order):
         dk.set_num_threads(saved)
 
 
+def test_every_kernel_across_k_blocks():
+    """Each kernel selection of each tier (forced, not the one the timing probe picks) on a k
+    that crosses every tier's KC (2048 at most here): C stored and reloaded between k
+    blocks, against the generic tier, both orders, 1 and 2 threads."""
+    rng = np.random.default_rng(6)
+    m, n, k = 45, 83, 2101
+    a = tiny_mix_bf16(rng, (m, k))
+    b = tiny_mix_bf16(rng, (k, n))
+    for order in ORDERS:
+        ref = glue(a, b, order, "generic")
+        for tier, kern in VARIANTS:
+            for th in (1, 2):
+                assert_bits(glue(a, b, order, tier, kern, threads=th), bits(ref),
+                            f"{order} {tier} kernel {kern} threads {th} k={k}")
+
+
 @pytest.mark.parametrize("order", ORDERS)
 def test_identical_bits_across_blockings_and_threads(order):
     """Each tier's blocks crossed in every direction; 1, 2 and 4 threads; against the

@@ -1,7 +1,7 @@
 /* gemm_ukr.c (avx512bf16 tier) - 6 x 64 VDPBF16PS micro-kernel.
  *
  * 24 zmm accumulators (6 rows x 4 x 16 columns); per k-pair 4 loads of the packed B
- * pair-row (64 lanes of (b[2p,j], b[2p+1,j])), one 32-bit broadcast of (a[i,2p],
+ * pair-row (64 lanes of (b[2p,j], b[2p+1,j])), a 32-bit broadcast of (a[i,2p],
  * a[i,2p+1]) per row and 24 VDPBF16PS. VDPBF16PS adds the odd element's product first,
  * then the even one, each rounded, DAZ on its inputs and FTZ on each step: this is the
  * reference order of dk_gemm.h, which the other tiers reproduce. */
@@ -25,15 +25,36 @@
     _mm512_storeu_ps(c + (i) * ldc + 32, c##i##2);                    \
     _mm512_storeu_ps(c + (i) * ldc + 48, c##i##3)
 #define ROW_FIN(i) FIN(c##i##0); FIN(c##i##1); FIN(c##i##2); FIN(c##i##3)
-/* One k-pair in inline assembly. Left to itself, GCC 12 hoists the next pair's B loads,
- * spills B registers to the stack to make room and keeps each A broadcast in a register (a
- * separate VPBROADCASTD) instead of folding it into the instruction. Here the first
- * statement loads B's four vectors and does rows 0-2, the second rows 3-5 (GCC allows 30
- * operands per statement), and each A pair is the instruction's memory operand with
- * embedded broadcast ({1to16}): per pair 4 loads and 24 VDPBF16PS, no other vector
- * instruction. A is the second source, B the first: each lane's two products commute, so
- * the sums are the same bits as with A first (a NaN's payload may differ, and every NaN is
- * made the default one at the end). */
+/* One k-pair. Left to itself, GCC 12 hoists the next pair's B loads, spills B registers
+ * to the stack to make room and keeps each A broadcast in a register (a separate
+ * VPBROADCASTD) instead of folding it into the instruction. So the step is inline
+ * assembly: the first statement loads B's four vectors and does rows 0-2, the second rows
+ * 3-5 (GCC allows 30 operands per statement, a "+v" counting twice: the first uses all
+ * 30), and each A pair is the instruction's memory operand with embedded broadcast
+ * ({1to16}): per pair 4 vector loads of B, 24 VDPBF16PS that each load their A pair, no
+ * other vector instruction. A is the second source, B the first: each lane's two products
+ * commute, so the sums are the same bits as with A first (a NaN's payload may differ, and
+ * every NaN is made the default one at the end). AddressSanitizer does not see loads
+ * inside assembly: its builds (.ci/sanitize.sh) take the same step in intrinsics. */
+#if defined(__SANITIZE_ADDRESS__)
+#define PAIR_ROW(i, AP)                                                                 \
+    do {                                                                                \
+        __m512bh av = (__m512bh)_mm512_set1_epi32(((const int32_t *)(AP))[i]);          \
+        c##i##0 = _mm512_dpbf16_ps(c##i##0, (__m512bh)b0, av);                          \
+        c##i##1 = _mm512_dpbf16_ps(c##i##1, (__m512bh)b1, av);                          \
+        c##i##2 = _mm512_dpbf16_ps(c##i##2, (__m512bh)b2, av);                          \
+        c##i##3 = _mm512_dpbf16_ps(c##i##3, (__m512bh)b3, av);                          \
+    } while (0)
+#define PAIR(AP, BP)                                                                    \
+    do {                                                                                \
+        const __m512 b0 = _mm512_load_ps((const float *)(BP));                          \
+        const __m512 b1 = _mm512_load_ps((const float *)((BP) + 16));                   \
+        const __m512 b2 = _mm512_load_ps((const float *)((BP) + 32));                   \
+        const __m512 b3 = _mm512_load_ps((const float *)((BP) + 48));                   \
+        PAIR_ROW(0, AP); PAIR_ROW(1, AP); PAIR_ROW(2, AP);                              \
+        PAIR_ROW(3, AP); PAIR_ROW(4, AP); PAIR_ROW(5, AP);                              \
+    } while (0)
+#else
 #define DP_ROW(i)                                                                       \
     "vdpbf16ps " #i "*4(%[a])%{1to16%}, %[b0], %[c" #i "0]\n\t"                        \
     "vdpbf16ps " #i "*4(%[a])%{1to16%}, %[b1], %[c" #i "1]\n\t"                        \
@@ -58,6 +79,7 @@
                 : [a] "r"(AP), [b0] "v"(b0), [b1] "v"(b1), [b2] "v"(b2), [b3] "v"(b3)   \
                 : "memory");                                                            \
     } while (0)
+#endif
 
 void dk_gemm_ukr_avx512bf16(int64_t kp, const void *ap, const void *bp, float *c,
                             int64_t ldc, int flags, float scale)
