@@ -567,8 +567,8 @@ dk_qgather_flush(dk_qgather *g, void *out, const dk_format *f, const dk_qloop *c
  * the first pass under stochastic rounding. Besides the results the first pass stores only
  * those top halves and a lane mask per vector (a list of the vectors and a copy of every
  * input measured slower: the stores queue behind the results' cache misses; computing the
- * random numbers again in the second pass was slower too). fake_quantize to nearest keeps one pass with a branch (see
- * two_pass). */
+ * random numbers again in the second pass was slower too). fake_quantize to nearest keeps
+ * one pass with a branch (see two_pass). */
 __attribute__((always_inline)) static inline int64_t
 dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk_qconst *k, int width,
               uint64_t seed, int64_t index0, int mode, int tesla, int flush, int inf_nan, int is_signed,

@@ -311,8 +311,9 @@ void dk_gemm_pack_lines_kc_u8_avx512(const uint8_t *src, int64_t ldl, int64_t nl
                                      const uint16_t *table, uint32_t *dst);
 /* avx2 tier: one sliver of lw lines (2..8: each pair's 8-value stores run into the next
  * pair's lanes, which with lw 1 would reach past the sliver) of a row-major A (line l at
- * src + l*ldl, its codes contiguous) in the split layout, npairs pairs (a multiple of 8), all of whose
- * 2*npairs codes exist for the first nlines (<= lw) lines; the other lines are zeros.
+ * src + l*ldl, its codes contiguous) in the split layout, npairs pairs (a multiple of 8),
+ * all of whose 2*npairs codes exist for the first nlines (<= lw) lines; the other lines are
+ * zeros.
  * Writes exactly npairs * 2*lw values at dst; nothing past the codes named is read. The u8
  * form decodes through table[256]. The edges (a half pair, padding pairs, the last pairs
  * short of 8) stay with the driver's portable packer. */

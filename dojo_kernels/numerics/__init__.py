@@ -128,7 +128,7 @@ def _codes(codes: Any, fmt: Format, name: str = "codes") -> np.ndarray:
     """codes as a C-contiguous native array of fmt's storage dtype."""
     a = np.asarray(codes)
     want = _storage(fmt)
-    if a.dtype is want or a.dtype == want:  # (the common case: skips the bfloat16 test)
+    if a.dtype == want:  # (the common case: skips the bfloat16 test)
         return _native(a)
     if fmt.name == "bf16" and _is_bf16(a.dtype):
         a = a.view(np.uint16)
@@ -139,6 +139,7 @@ def _codes(codes: Any, fmt: Format, name: str = "codes") -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def _storage(fmt: Format) -> np.dtype[Any]:
+    """fmt's storage dtype as a NumPy dtype (cached: built once per format)."""
     return np.dtype(fmt.storage_dtype)
 
 

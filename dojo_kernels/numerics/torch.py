@@ -159,10 +159,6 @@ def _out_np(out: Any, want: np.dtype[Any], name: str = "out") -> np.ndarray:
     return a
 
 
-def _storage(fmt: Format) -> np.dtype[Any]:
-    return np.dtype(fmt.storage_dtype)
-
-
 # --- the NumPy API, tensors in and out ---------------------------------------------------
 def quantize(x: Any, fmt: Format, *, rounding: str = "nearest", seed: Optional[int] = None,
              out: Optional[torch.Tensor] = None, return_flags: bool = False
@@ -177,7 +173,7 @@ def quantize(x: Any, fmt: Format, *, rounding: str = "nearest", seed: Optional[i
     """
     src = _values(x, "x")
     fmt = _nx._check_format(fmt)
-    o = None if out is None else _out_np(out, _storage(fmt))
+    o = None if out is None else _out_np(out, _nx._storage(fmt))
     if return_flags:   # flags cost the kernel a little: only when asked
         codes, flags = _nx.quantize(src, fmt, rounding=rounding, seed=seed, out=o,
                                     return_flags=True)
@@ -257,7 +253,7 @@ def _arith(op: Callable[..., Any], names: Sequence[str], operands: Sequence[Any]
            return_flags: bool) -> Union[torch.Tensor, Tuple[torch.Tensor, "_nx.Flags"]]:
     fmt = _nx._check_format(fmt)
     arrays = [_codes_np(v, n) for v, n in zip(operands, names)]
-    o = None if out is None else _out_np(out, _storage(fmt))
+    o = None if out is None else _out_np(out, _nx._storage(fmt))
     got = op(*arrays, fmt, rounding=rounding, seed=seed, out=o, return_flags=return_flags)
     if return_flags:
         res, flags = got
