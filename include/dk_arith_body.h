@@ -274,7 +274,8 @@ __attribute__((always_inline)) static inline dk_rare_t dk_bf16_rare(vw c, int d,
 
 /* FP32 s (exact, or rounded to odd) of the even (lo) or odd (hi) halves to BF16 bits in the
  * top half of the word: round to nearest even, or stochastic with random numbers r (the
- * carry of f + r, f = the low half, as dk_bf16_stoch_vec). */
+ * carry of f + r, f = the low half, as dk_bf16_stoch_vec). Only r >> 16 counts, so r may be
+ * the random numbers' top halves (dk_splitmix_hi). */
 __attribute__((always_inline)) static inline vu dk_bf16_round_half(vu s, vu r, int mode)
 {
     if (mode == DK_NEAREST) return s + 0x7FFFu + ((s >> 16) & 1u);
@@ -292,6 +293,29 @@ __attribute__((always_inline)) static inline vu dk_bf16_round_half(vu s, vu r, i
  * are marked in *bad for the general path. Then the carry of f + r adds one step. */
 __attribute__((always_inline)) static inline vu dk_bf16_stoch_sum(vu s, vf t, vu r, vi *bad)
 {
+#if DK_VL == 16
+    /* AVX-512: floor(t'/u 2^16) in floating point. For a normal s, u = 2^(e - 23) with
+     * e = getexp(s), so t'/u 2^16 = t' 2^(39 - e): VSCALEFPS rounded down, then converted
+     * rounding down. Both round down, so the floor is exact even where the scaled value is
+     * not (an integer of at most 2^15 lies below it exactly when it lies below the rounded-down
+     * value); a tiny negative t' scales to a negative subnormal, not -0, so its floor is -1.
+     * Lanes with s subnormal, zero, Inf or NaN give garbage, and their codes are rare, so the
+     * caller takes the general path for them. */
+    const int rd = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
+    const __m512 k = _mm512_sub_ps(_mm512_set1_ps(39.0f), _mm512_getexp_ps((__m512)s));
+    const __m512 tt = (__m512)_mm512_ternarylogic_epi32((__m512i)t, (__m512i)s, _mm512_set1_epi32((int)0x80000000),
+                                                        0x78); /* t ^ (s & sign): t' */
+    const __m512i X = _mm512_cvt_roundps_epi32(_mm512_scalef_round_ps(tt, k, rd), rd);
+    const __m512i low = _mm512_slli_epi32((__m512i)s, 16), f = _mm512_add_epi32(low, X);
+    /* a negative sum wrapped below zero */
+    const __mmask16 borrow = _mm512_mask_cmpgt_epu32_mask(_mm512_movepi32_mask(X), f, low);
+    const __mmask16 pow2 = _mm512_mask_testn_epi32_mask(borrow, (__m512i)s, _mm512_set1_epi32(0x7FFFFF));
+    *bad = (vi)_mm512_mask_mov_epi32((__m512i)*bad, pow2, _mm512_set1_epi32(-1));
+    const __mmask16 up = _mm512_cmplt_epu32_mask(_mm512_add_epi32(f, (__m512i)r), f);
+    const __m512i step = _mm512_set1_epi32(0x10000);
+    const __m512i down = _mm512_mask_sub_epi32((__m512i)s, borrow, (__m512i)s, step);
+    return (vu)_mm512_mask_add_epi32(down, up, down, step);
+#else
     const vu S = s & 0x7FFFFFFFu, tb = (vu)t, ta = tb & 0x7FFFFFFFu;
     const vi es = VMAX((vi)(S >> 23), (vi){} + 1), et = VMAX((vi)(ta >> 23), (vi){} + 1);
     const vu sig = (ta & 0x7FFFFFu) | (vu)VSEL((ta >> 23) != 0, (vi){} + 0x800000, (vi){});
@@ -304,6 +328,7 @@ __attribute__((always_inline)) static inline vu dk_bf16_stoch_sum(vu s, vf t, vu
     *bad |= borrow & ((S & 0x7FFFFFu) == 0);
     const vi up = (vi)((f + r) < f);
     return s + ((vu)(borrow - up) << 16);
+#endif
 }
 
 /* Random numbers of the even and of the odd elements of the 2 * DK_VL elements of a step:
@@ -343,14 +368,15 @@ dk_bf16_run(int op, int mode, const void *a, const void *b, const void *c, void 
         memcpy(&wb, (const uint16_t *)b + at, sizeof wb);
         dk_rare_t rare = dk_bf16_rare_in((vw)wa) | dk_bf16_rare_in((vw)wb);
         vf xl = (vf)(wa << 16), xh = (vf)(wa & HI), yl = (vf)(wb << 16), yh = (vf)(wb & HI);
-        vu rl = {}, rh = {};
+        /* the random numbers' top halves (dk_splitmix_hi): r >> 16 == h >> 16, and the full
+         * r (dk_splitmix_r) only for an inexact sum */
+        vu hl = {}, hh = {};
         if (mode == DK_STOCHASTIC) {
-            rl = dk_splitmix_top(&g.el, &g.eh, G2);
-            rh = dk_splitmix_top(&g.ol, &g.oh, G2);
+            hl = dk_splitmix_hi(&g.el, &g.eh, G2);
+            hh = dk_splitmix_hi(&g.ol, &g.oh, G2);
         }
         vu sl, sh;
-        vf tl = {}, th = {}; /* TwoSum's error terms (add, sub, fma) */
-        int inexact = 0;     /* a lane where one is not zero */
+        int inexact = 0; /* a lane where s != u + v (stochastic add, sub, fma) */
         vi bad = {}; /* 32-bit lanes: a half needing the general path */
         vf ul = {}, uh = {}, vl = {}, vh2 = {}; /* the addends (add, sub, fma) */
         if (op == DK_OP_MUL) {
@@ -377,20 +403,23 @@ dk_bf16_run(int op, int mode, const void *a, const void *b, const void *c, void 
             vf s1 = ul + vl, s2 = uh + vh2;
             sl = (vu)s1;
             sh = (vu)s2;
-            if (mode == DK_STOCHASTIC && op != DK_OP_FMA) {
+            if (mode == DK_STOCHASTIC) {
+#if DK_VL == 16
+                /* s == u + v exactly iff the sum rounded up equals the sum rounded down
+                 * (AVX-512's rounding per instruction; the compares into mask registers) */
+                const int ru = _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC, rd = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
+                inexact = (_mm512_cmp_ps_mask(_mm512_add_round_ps((__m512)ul, (__m512)vl, ru),
+                                              _mm512_add_round_ps((__m512)ul, (__m512)vl, rd), _CMP_NEQ_UQ) |
+                           _mm512_cmp_ps_mask(_mm512_add_round_ps((__m512)uh, (__m512)vh2, ru),
+                                              _mm512_add_round_ps((__m512)uh, (__m512)vh2, rd), _CMP_NEQ_UQ)) != 0;
+#else
                 /* s == u + v exactly iff s - u == v and s - v == u: with |u| >= |v| (or the
                  * other way round) s - u is exact (Fast2Sum's lemma; round to nearest, s
                  * finite: an infinite s fails both tests), so it equals v only if s is
-                 * exact. Sums of two BF16 values mostly are: TwoSum's t only then (below). */
-#if DK_VL == 16 /* the compares into mask registers, not vectors */
-                inexact = (_mm512_cmp_ps_mask((__m512)(s1 - ul), (__m512)vl, _CMP_NEQ_UQ) |
-                           _mm512_cmp_ps_mask((__m512)(s1 - vl), (__m512)ul, _CMP_NEQ_UQ) |
-                           _mm512_cmp_ps_mask((__m512)(s2 - uh), (__m512)vh2, _CMP_NEQ_UQ) |
-                           _mm512_cmp_ps_mask((__m512)(s2 - vh2), (__m512)uh, _CMP_NEQ_UQ)) != 0;
-#else
+                 * exact. */
                 inexact = dk_any(((s1 - ul) != vl) | ((s1 - vl) != ul) | ((s2 - uh) != vh2) | ((s2 - vh2) != uh));
 #endif
-            } else if (op == DK_OP_FMA && mode == DK_NEAREST && DK_VL == 16) {
+            } else if (op == DK_OP_FMA && DK_VL == 16) {
 #if DK_VL == 16
                 /* round to odd by AVX-512's rounding per instruction: the sum rounded toward
                  * zero, its last bit set where it is inexact (rounded up != rounded down) */
@@ -406,37 +435,28 @@ dk_bf16_run(int op, int mode, const void *a, const void *b, const void *c, void 
                 sl = (vu)_mm512_mask_or_epi32((__m512i)z1, i1, (__m512i)z1, one);
                 sh = (vu)_mm512_mask_or_epi32((__m512i)z2, i2, (__m512i)z2, one);
 #endif
-            } else if (op == DK_OP_FMA || mode == DK_STOCHASTIC) {
-                /* TwoSum: s + t == u + v exactly */
+            } else if (op == DK_OP_FMA) { /* round to odd by TwoSum: s + t == u + v exactly */
                 vf v1 = s1 - ul, u1 = s1 - v1, t1 = (ul - u1) + (vl - v1);
                 vf v2 = s2 - uh, u2 = s2 - v2, t2 = (uh - u2) + (vh2 - v2);
                 vi in1 = ((vi)t1 & 0x7FFFFFFF) != 0, in2 = ((vi)t2 & 0x7FFFFFFF) != 0;
-                if (mode == DK_STOCHASTIC) { /* rounded from s + t (dk_bf16_stoch_sum) */
-                    tl = t1;
-                    th = t2;
-                    inexact = dk_any(in1 | in2);
-                } else { /* round to odd */
-                    vi st1 = VSEL(((vi)t1 ^ (vi)sl) < 0, (vi){} - 1, (vi){} + 1);
-                    vi st2 = VSEL(((vi)t2 ^ (vi)sh) < 0, (vi){} - 1, (vi){} + 1);
-                    sl = (vu)VSEL(in1 & (((vi)sl & 1) == 0), (vi)sl + st1, (vi)sl);
-                    sh = (vu)VSEL(in2 & (((vi)sh & 1) == 0), (vi)sh + st2, (vi)sh);
-                }
+                vi st1 = VSEL(((vi)t1 ^ (vi)sl) < 0, (vi){} - 1, (vi){} + 1);
+                vi st2 = VSEL(((vi)t2 ^ (vi)sh) < 0, (vi){} - 1, (vi){} + 1);
+                sl = (vu)VSEL(in1 & (((vi)sl & 1) == 0), (vi)sl + st1, (vi)sl);
+                sh = (vu)VSEL(in2 & (((vi)sh & 1) == 0), (vi)sh + st2, (vi)sh);
             }
         }
         vu wl, wh; /* the codes in the top halves */
         /* (sums of BF16 values are mostly exact: then the plain carry, as for products) */
         if (mode == DK_STOCHASTIC && op != DK_OP_MUL && inexact) {
-            if (op != DK_OP_FMA) { /* TwoSum: s + t == u + v exactly */
-                const vf s1 = (vf)sl, s2 = (vf)sh;
-                vf v1 = s1 - ul, u1 = s1 - v1, v2 = s2 - uh, u2 = s2 - v2;
-                tl = (ul - u1) + (vl - v1);
-                th = (uh - u2) + (vh2 - v2);
-            }
-            wl = dk_bf16_stoch_sum(sl, tl, rl, &bad);
-            wh = dk_bf16_stoch_sum(sh, th, rh, &bad);
+            /* TwoSum: s + t == u + v exactly */
+            const vf s1 = (vf)sl, s2 = (vf)sh;
+            const vf v1 = s1 - ul, u1 = s1 - v1, v2 = s2 - uh, u2 = s2 - v2;
+            const vf tl = (ul - u1) + (vl - v1), th = (uh - u2) + (vh2 - v2);
+            wl = dk_bf16_stoch_sum(sl, tl, dk_splitmix_r(hl), &bad);
+            wh = dk_bf16_stoch_sum(sh, th, dk_splitmix_r(hh), &bad);
         } else {
-            wl = dk_bf16_round_half(sl, rl, mode);
-            wh = dk_bf16_round_half(sh, rh, mode);
+            wl = dk_bf16_round_half(sl, hl, mode);
+            wh = dk_bf16_round_half(sh, hh, mode);
         }
         vu code = (wh & HI) | (wl >> 16);
         /* fma: a zero result may be inexact (underflow): zeros go to the general path too */

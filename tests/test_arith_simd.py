@@ -373,22 +373,26 @@ def test_bf16_fast_path_offsets_and_in_place(isa, op):
 @settings(max_examples=30, deadline=None)
 @given(gen=st.integers(0, (1 << 32) - 1), lo=st.integers(17, 30), span=st.integers(0, 20),
        op=st.sampled_from(["add", "sub", "fma"]), pow2=st.sampled_from([0.0, 0.3, 1.0]),
-       seed=st.integers(0, (1 << 64) - 1))
-def test_bf16_stochastic_inexact_sums_every_tier(gen, lo, span, op, pow2, seed):
+       seed=st.integers(0, (1 << 64) - 1),
+       erange=st.sampled_from([(-60, 60), (-108, -92), (100, 127)]))
+def test_bf16_stochastic_inexact_sums_every_tier(gen, lo, span, op, pow2, seed, erange):
     """Stochastic BF16 sums whose FP32 sum is rounded (TwoSum's error t != 0: the fast path
     rounds s + t itself, dk_bf16_stoch_sum): the second operand (fma: the product) 2^17 to
     2^50 times smaller than the first, of either sign, so that the exact sum lies above or
     below the FP32 sum and, where the first operand's BF16 mantissa is 0 (a fraction `pow2`
     of them: a power of two) or its low bits are 0, below its BF16 truncation (the borrow).
+    The first operand's binade in the middle of the range or at either end (near 2^-100 the
+    error term is an FP32 subnormal; near 2^127 the sum may round up to Inf).
     Every tier against the reference (codes and flags), vectors long enough for the fast
     path's steps."""
     rng = np.random.default_rng(gen)
     n = 200
-    ea = rng.integers(-60, 60, n)
+    ea = rng.integers(*erange, n)
     ma = rng.integers(0, 128, n)
     ma[rng.random(n) < pow2] = 0
     a = np.ldexp(1 + ma / 128, ea) * rng.choice([-1.0, 1.0], n)
-    small = np.ldexp(1 + rng.integers(0, 128, n) / 128, ea - rng.integers(lo, lo + span + 1, n))
+    small = np.ldexp(1 + rng.integers(0, 128, n) / 128,
+                     np.maximum(ea - rng.integers(lo, lo + span + 1, n), -126))  # a normal BF16
     small *= rng.choice([-1.0, 1.0], n)
     to_code = lambda v: (np.asarray(v, np.float32).view(np.uint32) >> 16).astype(np.uint16)  # noqa: E731
     if op == "fma":  # c + x * y with x * y = small exactly (x a power of two)
@@ -451,10 +455,14 @@ def test_bf16_stochastic_sum_at_the_carry_boundary(isa, op):
     n, at = 64, 37  # at: inside the second step of 2 * 16 codes (every tier's fast path)
     cases = [(0x3F80, -30), (0x3F80, -20), (0x3F80, 25), (0x4040, -26), (0x4040, 26),
              (0xC100, -33), (0xC2C0, 40), (0x3FFF, -18), (0x3FFF, 19), (0x4A00, -24),
-             (0x3F81, -45)]  # (first operand's code, +-log2 of its ratio to the second)
+             (0x3F81, -45),
+             # near the ends of the range: 2^-101 (the error term an FP32 subnormal, 2^-131),
+             # 1.5 * 2^-102, 2^126 and 1.5 * 2^126
+             (0x0D00, 23), (0x0D00, -23), (0x0CC0, -20), (0x7E80, -30), (0x7EC0, 33)]
+    # (first operand's code, +-log2 of its ratio to the second)
     base = np.full(n, 0x3FC0, np.uint16), np.full(n, 0x3E80, np.uint16)  # exact sums elsewhere
     for code, k in cases:
-        a = Fraction(int(np.array([code << 16], np.uint32).view(np.float32)[0]))
+        a = Fraction(float(np.array([code << 16], np.uint32).view(np.float32)[0]))
         sgn = -1 if k < 0 else 1
         ea = math.frexp(float(a))[1] - 1
         small = sgn * Fraction(2) ** (ea - abs(k)) * Fraction(129, 128)  # 8-bit significand
