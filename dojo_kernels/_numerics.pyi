@@ -1,9 +1,10 @@
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
 
 _Bytes = npt.NDArray[np.uint8]
+_Codes = Union[npt.NDArray[np.uint8], npt.NDArray[np.uint16]]  # any C-contiguous code array
 _FmtTuple = Tuple[int, int, int, int, int, int, int]
 _FlagTuple = Tuple[int, int, int, int]
 
@@ -13,8 +14,8 @@ def dequantize(codes: _Bytes, out: _Bytes, okind: int, n: int, fmt: _FmtTuple, i
                nthreads: int) -> None: ...
 def fake_quantize(x: _Bytes, xkind: int, out: _Bytes, n: int, fmt: _FmtTuple, mode: int,
                   seed: int, isa: int, nthreads: int) -> None: ...
-def arith(op: int, a: _Bytes, b: _Bytes, c: _Bytes, out: _Bytes, n: int, fmt: _FmtTuple,
-          mode: int, seed: int, isa: int, nthreads: int) -> _FlagTuple: ...
+def arith(op: int, a: _Codes, b: _Codes, c: _Codes, out: _Codes, n: int, fmt: _FmtTuple,
+          mode: int, seed: int, isa: int, nthreads: int) -> Optional[_FlagTuple]: ...
 def maxabs(x: _Bytes, xkind: int, n: int, nthreads: int) -> float: ...
 def _arith_under_mxcsr(csr: int, op: int, a: _Bytes, b: _Bytes, c: _Bytes, out: _Bytes, n: int,
                        fmt: _FmtTuple, mode: int, seed: int,

@@ -66,6 +66,61 @@ def test_arith_out_aliasing_an_operand():
     np.testing.assert_array_equal(a, want)
 
 
+@pytest.mark.parametrize("fmt", [dk.BF16, dk.cfloat8_143(7)], ids=["bf16", "cf8"])
+@pytest.mark.parametrize("which", [0, 1, 2])
+@pytest.mark.parametrize("shift", [-3, -1, 1, 5])
+def test_arith_out_partly_overlapping_an_operand(fmt, which, shift):
+    """out starting a few codes before or after one operand, inside its memory (not the
+    element-for-element aliasing of in place): the glue refuses to write there and the call
+    computes into a new array, then copies into out; out holds what a separate out gets."""
+    n = 1000
+    dt = np.dtype(fmt.storage_dtype)
+    rng = np.random.default_rng(which + 10 * (shift + 3))
+    ops = [dk.quantize(rng.standard_normal(n).astype(np.float32), fmt) for _ in range(3)]
+    want = dk.fma(*ops, fmt)
+    buf = np.zeros(n + 16, dt)
+    buf[8:8 + n] = ops[which]
+    ops[which] = buf[8:8 + n]
+    out = buf[8 + shift:8 + shift + n]
+    got = dk.fma(*ops, fmt, out=out)
+    assert got is out
+    np.testing.assert_array_equal(out, want)
+
+
+def test_arith_glue_checks_its_buffers():
+    """The compiled glue of add/sub/mul/fma reads and writes n codes through raw buffers: it
+    refuses any buffer that does not hold exactly n codes, a misaligned one, a
+    non-contiguous one and a read-only out, before the kernel runs."""
+    from dojo_kernels import _config, _numerics
+    from dojo_kernels._cformat import ctuple
+    f = ctuple(dk.BF16)
+    n = 64
+    a = np.zeros(n, np.uint16)
+    o = np.empty(n, np.uint16)
+    run = lambda a_, b_, c_, o_: _numerics.arith(0, a_, b_, c_, o_, n, f, 0, 0,  # noqa: E731
+                                                 _config.isa(), 1)
+    assert run(a, a, a, o) == (0, 0, 0, 0)
+    for pos, name in enumerate(["a", "b", "c", "out"]):
+        for bad in (np.zeros(n - 1, np.uint16), np.zeros(n + 1, np.uint16),
+                    np.zeros(2 * n + 1, np.uint8)[1:].view(np.uint16)):  # misaligned
+            args = [a, a, a, np.empty(n, np.uint16)]
+            args[pos] = bad
+            with pytest.raises(ValueError, match=f"^{name}: "):
+                run(*args)
+        args = [a, a, a, o]
+        args[pos] = np.zeros(2 * n, np.uint16)[::2]
+        with pytest.raises(ValueError, match="not C-contiguous"):  # NumPy's buffer export
+            run(*args)
+    ro = np.zeros(n, np.uint16)
+    ro.setflags(write=False)
+    with pytest.raises(ValueError, match="read-only"):
+        run(a, a, a, ro)
+    assert run(a, a, a, a) is not None  # in place: element for element
+    buf = np.zeros(n + 1, np.uint16)
+    assert run(buf[1:], a, a, buf[:n]) is None  # partly overlapping: nothing written
+    assert not buf.any()
+
+
 @pytest.mark.parametrize("dtype", [">f4", ">f8"])
 def test_byte_swapped_float_input(dtype):
     x = np.random.default_rng(1).standard_normal(1001) * 100

@@ -124,10 +124,12 @@ def _source(x: Any, name: str = "x") -> Tuple[np.ndarray, int]:
                     f"got dtype {a.dtype}")
 
 
-def _codes(codes: Any, fmt: Format, name: str = "codes") -> np.ndarray:
-    """codes as a C-contiguous native array of fmt's storage dtype."""
+def _codes(codes: Any, fmt: Format, name: str = "codes",
+           want: Optional[np.dtype[Any]] = None) -> np.ndarray:
+    """codes as a C-contiguous native array of fmt's storage dtype (``want``, if known)."""
     a = np.asarray(codes)
-    want = _storage(fmt)
+    if want is None:
+        want = _storage(fmt)
     if a.dtype == want:  # (the common case: skips the bfloat16 test)
         return _native(a)
     if fmt.name == "bf16" and _is_bf16(a.dtype):
@@ -137,10 +139,22 @@ def _codes(codes: Any, fmt: Format, name: str = "codes") -> np.ndarray:
     return _native(a)
 
 
-@functools.lru_cache(maxsize=None)
+def _fmt_info(fmt: Format) -> Tuple[np.dtype[Any], Tuple[Any, ...]]:
+    """fmt's storage dtype (as a NumPy dtype) and its tuple for the compiled modules, built
+    once per format object and kept on it (a private attribute, not a field: equality,
+    hashing and repr see the fields only). Looking it up costs an attribute read, where a
+    cache keyed by the format would hash its seven fields in Python on every call."""
+    try:
+        return fmt._dk_info  # type: ignore[attr-defined, no-any-return]
+    except AttributeError:
+        info = (np.dtype(fmt.storage_dtype), _ctuple(fmt))
+        object.__setattr__(fmt, "_dk_info", info)  # the dataclass is frozen
+        return info
+
+
 def _storage(fmt: Format) -> np.dtype[Any]:
-    """fmt's storage dtype as a NumPy dtype (cached: built once per format)."""
-    return np.dtype(fmt.storage_dtype)
+    """fmt's storage dtype as a NumPy dtype (built once per format: _fmt_info)."""
+    return _fmt_info(fmt)[0]
 
 
 def _bytes(a: np.ndarray) -> np.ndarray:
@@ -291,10 +305,12 @@ def fake_quantize(x: Any, fmt: Format, *, rounding: str = "nearest",
 def _arith(op: str, operands: Tuple[Any, ...], fmt: Format, rounding: str, seed: Optional[int],
            out: Optional[np.ndarray], return_flags: bool
            ) -> Union[np.ndarray, Tuple[np.ndarray, Flags]]:
-    fmt = _check_format(fmt)
+    if not isinstance(fmt, Format):
+        _check_format(fmt)
     mode, seed_ = _check_rounding(rounding, seed)
+    dtype, ctup = _fmt_info(fmt)
     names = ("a", "b", "c")
-    arrays = [_codes(v, fmt, names[i]) for i, v in enumerate(operands)]
+    arrays = [_codes(v, fmt, names[i], dtype) for i, v in enumerate(operands)]
     if any(v.shape != arrays[0].shape for v in arrays):  # (equal shapes: nothing to do)
         try:
             arrays = [np.asarray(v, order="C") for v in np.broadcast_arrays(*arrays)]
@@ -303,16 +319,23 @@ def _arith(op: str, operands: Tuple[Any, ...], fmt: Format, rounding: str, seed:
             raise ValueError(f"a, b{', c' if len(arrays) == 3 else ''}: shapes {shapes} do "
                              "not broadcast together") from None
     shape = arrays[0].shape
-    dtype = _storage(fmt)
+    dst = None
     if out is not None:
         _check_out(out, shape, dtype)
-    dst = _target(out, shape, dtype, *arrays)
-    flags = (0, 0, 0, 0)
+        fl = out.flags
+        if fl.c_contiguous and fl.aligned:  # (a native dtype: it equals the storage dtype)
+            dst = out
+    if dst is None:
+        dst = np.empty(shape, dtype)
+    flags: Optional[Tuple[int, int, int, int]] = (0, 0, 0, 0)
     if dst.size:
-        views = [_bytes(v) for v in arrays]
-        c = views[2] if len(views) == 3 else views[0]
-        flags = _numerics.arith(_OPS[op], views[0], views[1], c, _bytes(dst), dst.size,
-                                _ctuple(fmt), mode, seed_, _config.isa(), _config.threads())
+        c = arrays[2] if len(arrays) == 3 else arrays[0]
+        args = (mode, seed_, _config.isa(), _config.threads())
+        flags = _numerics.arith(_OPS[op], arrays[0], arrays[1], c, dst, dst.size, ctup, *args)
+        if flags is None:  # out overlaps an input other than element for element
+            dst = np.empty(shape, dtype)
+            flags = _numerics.arith(_OPS[op], arrays[0], arrays[1], c, dst, dst.size, ctup, *args)
+        assert flags is not None  # (a new array overlaps nothing)
     dst = _deliver(dst, out)
     return (dst, Flags(*flags)) if return_flags else dst
 
