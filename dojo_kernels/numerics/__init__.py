@@ -327,15 +327,16 @@ def _arith(op: str, operands: Tuple[Any, ...], fmt: Format, rounding: str, seed:
             dst = out
     if dst is None:
         dst = np.empty(shape, dtype)
-    flags: Optional[Tuple[int, int, int, int]] = (0, 0, 0, 0)
+    flags = (0, 0, 0, 0)
     if dst.size:
         c = arrays[2] if len(arrays) == 3 else arrays[0]
         args = (mode, seed_, _config.isa(), _config.threads())
-        flags = _numerics.arith(_OPS[op], arrays[0], arrays[1], c, dst, dst.size, ctup, *args)
-        if flags is None:  # out overlaps an input other than element for element
+        got = _numerics.arith(_OPS[op], arrays[0], arrays[1], c, dst, dst.size, ctup, *args)
+        if got is None:  # out overlaps an input other than element for element
             dst = np.empty(shape, dtype)
-            flags = _numerics.arith(_OPS[op], arrays[0], arrays[1], c, dst, dst.size, ctup, *args)
-        assert flags is not None  # (a new array overlaps nothing)
+            got = _numerics.arith(_OPS[op], arrays[0], arrays[1], c, dst, dst.size, ctup, *args)
+        assert got is not None  # (a new array overlaps nothing)
+        flags = got
     dst = _deliver(dst, out)
     return (dst, Flags(*flags)) if return_flags else dst
 
