@@ -299,13 +299,15 @@ __attribute__((always_inline)) static inline vu dk_bf16_stoch_sum(vu s, vf t, vu
      * rounding down. Both round down, so the floor is exact even where the scaled value is
      * not (an integer of at most 2^15 lies below it exactly when it lies below the rounded-down
      * value); a tiny negative t' scales to a negative subnormal, not -0, so its floor is -1.
-     * Lanes with s subnormal, zero, Inf or NaN give garbage, and their codes are rare, so the
-     * caller takes the general path for them. */
+     * Where t is 0 (s exact, which it is whenever s is zero or subnormal) X is 0 by the mask,
+     * as getexp(0) is -Inf. An Inf s (a sum that overflowed) has a NaN t and gives
+     * X = INT_MIN: a borrow below a power of two, so `bad` sends it to the general path. */
     const int rd = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
     const __m512 k = _mm512_sub_ps(_mm512_set1_ps(39.0f), _mm512_getexp_ps((__m512)s));
     const __m512 tt = (__m512)_mm512_ternarylogic_epi32((__m512i)t, (__m512i)s, _mm512_set1_epi32((int)0x80000000),
                                                         0x78); /* t ^ (s & sign): t' */
-    const __m512i X = _mm512_cvt_roundps_epi32(_mm512_scalef_round_ps(tt, k, rd), rd);
+    const __mmask16 tnz = _mm512_test_epi32_mask((__m512i)t, _mm512_set1_epi32(0x7FFFFFFF));
+    const __m512i X = _mm512_maskz_cvt_roundps_epi32(tnz, _mm512_scalef_round_ps(tt, k, rd), rd);
     const __m512i low = _mm512_slli_epi32((__m512i)s, 16), f = _mm512_add_epi32(low, X);
     /* a negative sum wrapped below zero */
     const __mmask16 borrow = _mm512_mask_cmpgt_epu32_mask(_mm512_movepi32_mask(X), f, low);

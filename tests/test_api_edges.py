@@ -72,7 +72,9 @@ def test_arith_out_aliasing_an_operand():
 def test_arith_out_partly_overlapping_an_operand(fmt, which, shift):
     """out starting a few codes before or after one operand, inside its memory (not the
     element-for-element aliasing of in place): the glue refuses to write there and the call
-    computes into a new array, then copies into out; out holds what a separate out gets."""
+    computes into a new array, then copies into out; out holds what a separate out gets.
+    (Ahead of the operand, shifts 1 and 5, a kernel writing there would clobber codes it
+    has not read yet.)"""
     n = 1000
     dt = np.dtype(fmt.storage_dtype)
     rng = np.random.default_rng(which + 10 * (shift + 3))
@@ -85,6 +87,21 @@ def test_arith_out_partly_overlapping_an_operand(fmt, which, shift):
     got = dk.fma(*ops, fmt, out=out)
     assert got is out
     np.testing.assert_array_equal(out, want)
+
+
+def test_format_pickles_its_fields_only():
+    """The package memoizes derived values on a format object (numerics._fmt_info); a pickle
+    or copy of the format carries its fields only, the same before and after use."""
+    import copy
+    import pickle
+    for f in (dk.cfloat8_143(7), dk.BF16, dk.shp(5)):
+        before = pickle.dumps(f)
+        dk.add(np.zeros(4, f.storage_dtype), np.zeros(4, f.storage_dtype), f)
+        assert pickle.dumps(f) == before
+        for g in (pickle.loads(before), copy.copy(f), copy.deepcopy(f)):
+            assert g == f and hash(g) == hash(f) and vars(g) == vars(pickle.loads(before))
+            np.testing.assert_array_equal(dk.quantize(np.float32([1.5, -3.0]), g),
+                                          dk.quantize(np.float32([1.5, -3.0]), f))
 
 
 def test_arith_glue_checks_its_buffers():
@@ -116,9 +133,11 @@ def test_arith_glue_checks_its_buffers():
     with pytest.raises(ValueError, match="read-only"):
         run(a, a, a, ro)
     assert run(a, a, a, a) is not None  # in place: element for element
-    buf = np.zeros(n + 1, np.uint16)
-    assert run(buf[1:], a, a, buf[:n]) is None  # partly overlapping: nothing written
-    assert not buf.any()
+    one = np.full(n, 0x3F80, np.uint16)  # BF16 1.0
+    buf = np.full(n + 1, 0x3F80, np.uint16)
+    assert run(buf[1:], one, one, buf[:n]) is None  # partly overlapping: nothing written
+    assert (buf == 0x3F80).all()  # (1 + 1 would have written 2.0)
+    assert run(one, one, one, o) is not None and (o == 0x4000).all()
 
 
 @pytest.mark.parametrize("dtype", [">f4", ">f8"])

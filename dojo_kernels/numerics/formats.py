@@ -8,8 +8,8 @@ are float32 values themselves).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, fields
+from typing import Any, Dict, Optional
 
 import numpy as np
 
@@ -55,6 +55,11 @@ class Format:
     bias: int
     subnormals: str
     has_inf_nan: bool
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # the fields only: the package memoizes derived values on a format object
+        # (dojo_kernels.numerics._fmt_info), which pickles and copies must not carry
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def __post_init__(self) -> None:
         layout = _LAYOUTS.get(self.name)
