@@ -248,6 +248,17 @@ dk_bf16_general(int op, const void *a, const void *b, const void *c, void *out, 
  * general vector path and the scalar semantics), so its codes and flags are that path's. */
 typedef uint16_t vw __attribute__((vector_size(DK_VL * 4))); /* 2 * DK_VL 16-bit lanes */
 
+#if DK_VL == 16
+/* The lanes where the FP32 sum u + v is inexact: rounded up != rounded down (AVX-512's
+ * rounding per instruction; the compare into a mask register). */
+__attribute__((always_inline)) static inline __mmask16 dk_sum_inexact(vf u, vf v)
+{
+    const int ru = _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC, rd = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
+    return _mm512_cmp_ps_mask(_mm512_add_round_ps((__m512)u, (__m512)v, ru),
+                              _mm512_add_round_ps((__m512)u, (__m512)v, rd), _CMP_NEQ_UQ);
+}
+#endif
+
 /* Lanes (16-bit) of BF16 codes whose magnitude bits m satisfy m - d < lo (unsigned) or m > hi:
  * (1, 0x7F, 0x7F7F) the subnormal, Inf and NaN codes; (0, 0x80, 0x7F7F) those and zeros.
  * A lane mask (dk_rare_t): on AVX-512 a mask register, which the compares write directly
@@ -407,13 +418,7 @@ dk_bf16_run(int op, int mode, const void *a, const void *b, const void *c, void 
             sh = (vu)s2;
             if (mode == DK_STOCHASTIC) {
 #if DK_VL == 16
-                /* s == u + v exactly iff the sum rounded up equals the sum rounded down
-                 * (AVX-512's rounding per instruction; the compares into mask registers) */
-                const int ru = _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC, rd = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
-                inexact = (_mm512_cmp_ps_mask(_mm512_add_round_ps((__m512)ul, (__m512)vl, ru),
-                                              _mm512_add_round_ps((__m512)ul, (__m512)vl, rd), _CMP_NEQ_UQ) |
-                           _mm512_cmp_ps_mask(_mm512_add_round_ps((__m512)uh, (__m512)vh2, ru),
-                                              _mm512_add_round_ps((__m512)uh, (__m512)vh2, rd), _CMP_NEQ_UQ)) != 0;
+                inexact = (dk_sum_inexact(ul, vl) | dk_sum_inexact(uh, vh2)) != 0;
 #else
                 /* s == u + v exactly iff s - u == v and s - v == u: with |u| >= |v| (or the
                  * other way round) s - u is exact (Fast2Sum's lemma; round to nearest, s
@@ -426,16 +431,11 @@ dk_bf16_run(int op, int mode, const void *a, const void *b, const void *c, void 
                 /* round to odd by AVX-512's rounding per instruction: the sum rounded toward
                  * zero, its last bit set where it is inexact (rounded up != rounded down) */
                 const int rz = _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC;
-                const int ru = _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC, rd = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
                 const __m512i one = _mm512_set1_epi32(1);
                 const __m512 z1 = _mm512_add_round_ps((__m512)ul, (__m512)vl, rz);
                 const __m512 z2 = _mm512_add_round_ps((__m512)uh, (__m512)vh2, rz);
-                const __mmask16 i1 = _mm512_cmp_ps_mask(_mm512_add_round_ps((__m512)ul, (__m512)vl, ru),
-                                                        _mm512_add_round_ps((__m512)ul, (__m512)vl, rd), _CMP_NEQ_UQ);
-                const __mmask16 i2 = _mm512_cmp_ps_mask(_mm512_add_round_ps((__m512)uh, (__m512)vh2, ru),
-                                                        _mm512_add_round_ps((__m512)uh, (__m512)vh2, rd), _CMP_NEQ_UQ);
-                sl = (vu)_mm512_mask_or_epi32((__m512i)z1, i1, (__m512i)z1, one);
-                sh = (vu)_mm512_mask_or_epi32((__m512i)z2, i2, (__m512i)z2, one);
+                sl = (vu)_mm512_mask_or_epi32((__m512i)z1, dk_sum_inexact(ul, vl), (__m512i)z1, one);
+                sh = (vu)_mm512_mask_or_epi32((__m512i)z2, dk_sum_inexact(uh, vh2), (__m512i)z2, one);
 #endif
             } else if (op == DK_OP_FMA) { /* round to odd by TwoSum: s + t == u + v exactly */
                 vf v1 = s1 - ul, u1 = s1 - v1, t1 = (ul - u1) + (vl - v1);

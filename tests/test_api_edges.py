@@ -91,15 +91,20 @@ def test_arith_out_partly_overlapping_an_operand(fmt, which, shift):
 
 def test_format_pickles_its_fields_only():
     """The package memoizes derived values on a format object (numerics._fmt_info); a pickle
-    or copy of the format carries its fields only, the same before and after use."""
+    or copy of the format carries its fields only, the same before and after use. Fresh
+    objects (dataclasses.replace), so that no earlier test has used them."""
     import copy
+    import dataclasses
     import pickle
-    for f in (dk.cfloat8_143(7), dk.BF16, dk.shp(5)):
+    for f in (dataclasses.replace(g) for g in (dk.cfloat8_143(7), dk.BF16, dk.shp(5))):
+        fields = {fl.name: getattr(f, fl.name) for fl in dataclasses.fields(f)}
+        assert vars(f) == fields  # unused: nothing memoized yet
         before = pickle.dumps(f)
         dk.add(np.zeros(4, f.storage_dtype), np.zeros(4, f.storage_dtype), f)
+        assert vars(f) != fields  # used: the memo is there (what the test is about)
         assert pickle.dumps(f) == before
         for g in (pickle.loads(before), copy.copy(f), copy.deepcopy(f)):
-            assert g == f and hash(g) == hash(f) and vars(g) == vars(pickle.loads(before))
+            assert g == f and hash(g) == hash(f) and vars(g) == fields
             np.testing.assert_array_equal(dk.quantize(np.float32([1.5, -3.0]), g),
                                           dk.quantize(np.float32([1.5, -3.0]), f))
 

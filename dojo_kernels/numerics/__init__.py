@@ -124,12 +124,10 @@ def _source(x: Any, name: str = "x") -> Tuple[np.ndarray, int]:
                     f"got dtype {a.dtype}")
 
 
-def _codes(codes: Any, fmt: Format, name: str = "codes",
-           want: Optional[np.dtype[Any]] = None) -> np.ndarray:
-    """codes as a C-contiguous native array of fmt's storage dtype (``want``, if known)."""
+def _codes(codes: Any, fmt: Format, name: str = "codes") -> np.ndarray:
+    """codes as a C-contiguous native array of fmt's storage dtype."""
     a = np.asarray(codes)
-    if want is None:
-        want = _storage(fmt)
+    want = _storage(fmt)
     if a.dtype == want:  # (the common case: skips the bfloat16 test)
         return _native(a)
     if fmt.name == "bf16" and _is_bf16(a.dtype):
@@ -310,7 +308,7 @@ def _arith(op: str, operands: Tuple[Any, ...], fmt: Format, rounding: str, seed:
     mode, seed_ = _check_rounding(rounding, seed)
     dtype, ctup = _fmt_info(fmt)
     names = ("a", "b", "c")
-    arrays = [_codes(v, fmt, names[i], dtype) for i, v in enumerate(operands)]
+    arrays = [_codes(v, fmt, names[i]) for i, v in enumerate(operands)]
     if any(v.shape != arrays[0].shape for v in arrays):  # (equal shapes: nothing to do)
         try:
             arrays = [np.asarray(v, order="C") for v in np.broadcast_arrays(*arrays)]
