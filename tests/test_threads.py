@@ -380,7 +380,13 @@ def test_workers_run_off_the_callers_cpu_and_masks_are_restored():
     caller's CPU with spreading off; on a host that wakes workers on idle CPUs anyway this
     mostly checks the masks."""
     def masks():
-        return {t: os.sched_getaffinity(int(t)) for t in os.listdir("/proc/self/task")}
+        got = {}
+        for t in os.listdir("/proc/self/task"):
+            try:
+                got[t] = os.sched_getaffinity(int(t))
+            except ProcessLookupError:  # a thread (another test's) that ended after the listing
+                pass
+        return got
     before = masks()
     was = dk.get_thread_guard()
     dk.set_thread_guard(False)
