@@ -5,15 +5,19 @@ import numpy.typing as npt
 
 _Bytes = npt.NDArray[np.uint8]
 _Codes = Union[npt.NDArray[np.uint8], npt.NDArray[np.uint16]]  # any C-contiguous code array
+_Array = npt.NDArray[np.generic]
 _FmtTuple = Tuple[int, int, int, int, int, int, int]
 _FlagTuple = Tuple[int, int, int, int]
 
-def quantize(x: _Bytes, xkind: int, out: _Bytes, n: int, fmt: _FmtTuple, mode: int, seed: int,
+# Every array argument: any object exporting a C-contiguous buffer of exactly n elements
+# (a NumPy array of the right dtype, or its bytes). None: out overlapped an input other than
+# element for element, and nothing was computed.
+def quantize(x: _Array, xkind: int, out: _Array, n: int, fmt: _FmtTuple, mode: int, seed: int,
              want_flags: bool, isa: int, nthreads: int) -> Optional[_FlagTuple]: ...
-def dequantize(codes: _Bytes, out: _Bytes, okind: int, n: int, fmt: _FmtTuple, isa: int,
-               nthreads: int) -> None: ...
-def fake_quantize(x: _Bytes, xkind: int, out: _Bytes, n: int, fmt: _FmtTuple, mode: int,
-                  seed: int, isa: int, nthreads: int) -> None: ...
+def dequantize(codes: _Array, out: _Array, okind: int, n: int, fmt: _FmtTuple, isa: int,
+               nthreads: int) -> Optional[bool]: ...
+def fake_quantize(x: _Array, xkind: int, out: _Array, n: int, fmt: _FmtTuple, mode: int,
+                  seed: int, isa: int, nthreads: int) -> Optional[bool]: ...
 def arith(op: int, a: _Codes, b: _Codes, c: _Codes, out: _Codes, n: int, fmt: _FmtTuple,
           mode: int, seed: int, isa: int, nthreads: int) -> Optional[_FlagTuple]: ...
 def maxabs(x: _Bytes, xkind: int, n: int, nthreads: int) -> float: ...

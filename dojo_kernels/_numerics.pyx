@@ -1,7 +1,10 @@
 # Thin glue over csrc/convert_driver.c: raw contiguous byte buffers in, C driver with the
-# GIL released. Argument validation lives in dojo_kernels/numerics/; the glue checks only
-# what memory safety needs where it takes raw buffers (arith: sizes, alignment, overlap).
+# GIL released. Argument validation lives in dojo_kernels/numerics/; the glue checks what
+# memory safety needs where it takes raw buffers (sizes, alignment, writability, overlap).
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+cdef extern from "Python.h":
+    const Py_ssize_t PY_SSIZE_T_MAX
+
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 
 from dojo_kernels.dk_convert cimport (dk_format, dk_flags, dk_quantize, dk_dequantize,
@@ -15,73 +18,137 @@ cdef dk_format _fmt(tuple t):
     return f
 
 
-def quantize(const uint8_t[::1] x, int xkind, uint8_t[::1] out, int64_t n, tuple fmt, int mode,
-             uint64_t seed, bint want_flags, int isa, int nthreads):
-    cdef dk_format f = _fmt(fmt)
-    cdef dk_flags fl
-    with nogil:
-        dk_quantize(&x[0], xkind, &out[0], n, &f, mode, seed, &fl if want_flags else NULL,
-                    isa, nthreads)
-    if want_flags:
-        return (fl.invalid, fl.denormal, fl.overflow, fl.underflow)
-    return None
-
-
-def dequantize(const uint8_t[::1] codes, uint8_t[::1] out, int okind, int64_t n, tuple fmt,
-               int isa, int nthreads):
-    cdef dk_format f = _fmt(fmt)
-    with nogil:
-        dk_dequantize(&codes[0], &out[0], okind, n, &f, isa, nthreads)
-
-
-def fake_quantize(const uint8_t[::1] x, int xkind, uint8_t[::1] out, int64_t n, tuple fmt,
-                  int mode, uint64_t seed, int isa, int nthreads):
-    cdef dk_format f = _fmt(fmt)
-    with nogil:
-        dk_fake_quantize(&x[0], xkind, &out[0], n, &f, mode, seed, isa, nthreads)
-
-
-cdef int _check_codes(const Py_buffer *v, str name, Py_ssize_t nbytes, int width) except -1:
+cdef int _take(object o, Py_buffer *v, int flags, str name, int64_t n, int width) except -1:
+    """Take o's buffer (C-contiguous: PyBUF_SIMPLE asks for one) into v, holding exactly n
+    elements of width bytes, aligned to them; on any failure nothing is held."""
+    if n < 0 or n > PY_SSIZE_T_MAX // width:
+        raise ValueError(f"n: expected 0 <= n <= {PY_SSIZE_T_MAX // width}, got {n}")
+    cdef Py_ssize_t nbytes = n * width
+    PyObject_GetBuffer(o, v, flags)
     if v.len != nbytes:
-        raise ValueError(f"{name}: expected {nbytes} bytes ({nbytes // width} codes), got {v.len}")
+        PyBuffer_Release(v)
+        raise ValueError(f"{name}: expected {nbytes} bytes ({nbytes // width} elements of "
+                         f"{width} bytes), got {v.len}")
     if (<size_t>v.buf) % width:
-        raise ValueError(f"{name}: the buffer is not aligned to its {width}-byte codes")
+        PyBuffer_Release(v)
+        raise ValueError(f"{name}: the buffer is not aligned to its {width}-byte elements")
     return 0
 
 
-cdef bint _partial_overlap(const Py_buffer *o, const Py_buffer *v) noexcept:
-    """Do the two equal-length buffers overlap other than exactly (in place)?"""
+cdef bint _overlap(const Py_buffer *o, const Py_buffer *v) noexcept:
+    """Does out (o) share memory with the input v other than exactly, element for element
+    (same start, same length: in place)? The kernels run blocks in parallel and in vectors,
+    so any other overlap could read an element after it was written."""
     cdef const char *p = <const char *>o.buf
     cdef const char *q = <const char *>v.buf
-    return p != q and p < q + v.len and q < p + o.len
+    if p == q and o.len == v.len:
+        return False
+    return p < q + v.len and q < p + o.len
+
+
+cdef int _kind_width(int kind, str name) except -1:
+    if kind == 0:       # DK_F32
+        return 4
+    if kind == 1:       # DK_F64
+        return 8
+    if kind == 2:       # DK_BF16IN
+        return 2
+    raise ValueError(f"{name}: expected 0 (float32), 1 (float64) or 2 (bfloat16), got {kind}")
+
+
+# The glue below takes its arrays through the buffer protocol directly (no typed memoryview
+# or byte view to set up per call: these run on every call of the numerics API). Each array
+# must be C-contiguous with exactly n elements of its kind, aligned to them; out must be
+# writable. When out overlaps an input other than element for element, nothing runs and the
+# call returns None (the caller then gives a new out).
+
+def quantize(x, int xkind, out, int64_t n, tuple fmt, int mode, uint64_t seed,
+             bint want_flags, int isa, int nthreads):
+    """Returns the flag counts (zeros unless want_flags), or None on an overlap."""
+    cdef dk_format f = _fmt(fmt)
+    cdef dk_flags fl
+    cdef int xw = _kind_width(xkind, "xkind")
+    cdef int w = dk_code_width(&f)
+    cdef Py_buffer vx, vo
+    fl.invalid = fl.denormal = fl.overflow = fl.underflow = 0
+    _take(x, &vx, PyBUF_SIMPLE, "x", n, xw)
+    try:
+        _take(out, &vo, PyBUF_WRITABLE, "out", n, w)
+        try:
+            if _overlap(&vo, &vx):
+                return None
+            with nogil:
+                dk_quantize(vx.buf, xkind, vo.buf, n, &f, mode, seed,
+                            &fl if want_flags else NULL, isa, nthreads)
+        finally:
+            PyBuffer_Release(&vo)
+    finally:
+        PyBuffer_Release(&vx)
+    return (fl.invalid, fl.denormal, fl.overflow, fl.underflow)
+
+
+def dequantize(codes, out, int okind, int64_t n, tuple fmt, int isa, int nthreads):
+    """out: float32 (okind 0) or float64 (okind 1). Returns True, or None on an overlap."""
+    cdef dk_format f = _fmt(fmt)
+    cdef int w = dk_code_width(&f)
+    cdef int ow = _kind_width(okind, "okind")
+    cdef Py_buffer vc, vo
+    if okind == 2:
+        raise ValueError("okind: expected 0 (float32) or 1 (float64), got 2")
+    _take(codes, &vc, PyBUF_SIMPLE, "codes", n, w)
+    try:
+        _take(out, &vo, PyBUF_WRITABLE, "out", n, ow)
+        try:
+            if _overlap(&vo, &vc):
+                return None
+            with nogil:
+                dk_dequantize(vc.buf, vo.buf, okind, n, &f, isa, nthreads)
+        finally:
+            PyBuffer_Release(&vo)
+    finally:
+        PyBuffer_Release(&vc)
+    return True
+
+
+def fake_quantize(x, int xkind, out, int64_t n, tuple fmt, int mode, uint64_t seed, int isa,
+                  int nthreads):
+    """out: of x's kind. Returns True, or None on an overlap."""
+    cdef dk_format f = _fmt(fmt)
+    cdef int xw = _kind_width(xkind, "xkind")
+    cdef Py_buffer vx, vo
+    _take(x, &vx, PyBUF_SIMPLE, "x", n, xw)
+    try:
+        _take(out, &vo, PyBUF_WRITABLE, "out", n, xw)
+        try:
+            if _overlap(&vo, &vx):
+                return None
+            with nogil:
+                dk_fake_quantize(vx.buf, xkind, vo.buf, n, &f, mode, seed, isa, nthreads)
+        finally:
+            PyBuffer_Release(&vo)
+    finally:
+        PyBuffer_Release(&vx)
+    return True
 
 
 def arith(int op, a, b, c, out, int64_t n, tuple fmt, int mode, uint64_t seed, int isa,
           int nthreads):
-    """a, b, c, out: C-contiguous buffers of n codes each (read as bytes: the buffer protocol
-    directly, with no typed memoryview or byte view to set up per call, as this runs on every
-    call of add/sub/mul/fma). Returns the flag counts, or None without computing anything when
-    out overlaps an input other than element for element (the caller then gives a new out)."""
+    """a, b, c, out: n codes each. Returns the flag counts, or None on an overlap."""
     cdef dk_format f = _fmt(fmt)
     cdef dk_flags fl
     cdef int width = dk_code_width(&f)
-    cdef Py_ssize_t nbytes = n * width
     cdef Py_buffer va, vb, vc, vo
     cdef int held = 0
     try:
-        PyObject_GetBuffer(a, &va, PyBUF_SIMPLE)
+        _take(a, &va, PyBUF_SIMPLE, "a", n, width)
         held = 1
-        PyObject_GetBuffer(b, &vb, PyBUF_SIMPLE)
+        _take(b, &vb, PyBUF_SIMPLE, "b", n, width)
         held = 2
-        PyObject_GetBuffer(c, &vc, PyBUF_SIMPLE)
+        _take(c, &vc, PyBUF_SIMPLE, "c", n, width)
         held = 3
-        PyObject_GetBuffer(out, &vo, PyBUF_WRITABLE)
+        _take(out, &vo, PyBUF_WRITABLE, "out", n, width)
         held = 4
-        _check_codes(&va, "a", nbytes, width)
-        _check_codes(&vb, "b", nbytes, width)
-        _check_codes(&vc, "c", nbytes, width)
-        _check_codes(&vo, "out", nbytes, width)
-        if _partial_overlap(&vo, &va) or _partial_overlap(&vo, &vb) or _partial_overlap(&vo, &vc):
+        if _overlap(&vo, &va) or _overlap(&vo, &vb) or _overlap(&vo, &vc):
             return None
         with nogil:
             dk_arith(op, va.buf, vb.buf, vc.buf, vo.buf, n, &f, mode, seed, &fl, isa, nthreads)

@@ -145,6 +145,92 @@ def test_arith_glue_checks_its_buffers():
     assert run(one, one, one, o) is not None and (o == 0x4000).all()
 
 
+def _conversion_glue():
+    """Each conversion entry of the compiled glue as run(x, out, n) -> its return value,
+    with the element dtypes of its input and output (float32 in, BF16 codes or float32 out)."""
+    from dojo_kernels import _config, _numerics
+    from dojo_kernels._cformat import ctuple
+    isa = _config.isa()
+    bf, fp = ctuple(dk.BF16), ctuple(dk.FP32)
+    return {
+        "quantize": (lambda x, o, n: _numerics.quantize(x, 0, o, n, bf, 0, 0, True, isa, 1),
+                     np.float32, np.uint16),
+        "quantize_fp32": (lambda x, o, n: _numerics.quantize(x, 0, o, n, fp, 0, 0, True, isa, 1),
+                          np.float32, np.float32),
+        "dequantize": (lambda x, o, n: _numerics.dequantize(x, o, 0, n, bf, isa, 1),
+                       np.uint16, np.float32),
+        "dequantize_fp32": (lambda x, o, n: _numerics.dequantize(x, o, 0, n, fp, isa, 1),
+                            np.float32, np.float32),
+        "fake_quantize": (lambda x, o, n: _numerics.fake_quantize(x, 0, o, n, bf, 0, 0, isa, 1),
+                          np.float32, np.float32),
+    }
+
+
+@pytest.mark.parametrize("entry", ["quantize", "quantize_fp32", "dequantize", "dequantize_fp32",
+                                   "fake_quantize"])
+def test_conversion_glue_checks_its_buffers(entry):
+    """The compiled glue of quantize, dequantize and fake_quantize reads and writes n
+    elements through raw buffers, as arith's does: it refuses a buffer that does not hold
+    exactly n elements, a misaligned or non-contiguous one, a read-only out and an n
+    outside the buffers' reach, before the kernel runs; an out that overlaps the input
+    other than exactly (in place, where the element widths agree) is refused with None and
+    left untouched."""
+    run, xt, ot = _conversion_glue()[entry]
+    n = 64
+    x = np.ones(n, xt) if xt == np.float32 else np.full(n, 0x3F80, xt)
+    assert run(x, np.empty(n, ot), n) is not None
+    for pos, name in enumerate(["x" if entry != "dequantize" and entry != "dequantize_fp32"
+                                else "codes", "out"]):
+        t = (xt, ot)[pos]
+        w = np.dtype(t).itemsize
+        for bad in (np.zeros(n - 1, t), np.zeros(n + 1, t),
+                    np.zeros(n * w + 1, np.uint8)[1:].view(t)):  # misaligned
+            args = [x, np.empty(n, ot)]
+            args[pos] = bad
+            with pytest.raises(ValueError, match=f"^{name}: "):
+                run(*args, n)
+        args = [x, np.empty(n, ot)]
+        args[pos] = np.zeros(2 * n, t)[::2]
+        with pytest.raises(ValueError, match="not C-contiguous"):  # NumPy's buffer export
+            run(*args, n)
+    ro = np.zeros(n, ot)
+    ro.setflags(write=False)
+    with pytest.raises(ValueError, match="read-only"):
+        run(x, ro, n)
+    for bad_n in (-1, 1 << 62):
+        with pytest.raises(ValueError, match="^n: "):
+            run(x, np.empty(n, ot), bad_n)
+    # overlaps: bytes of x seen through out, one element further on, and at x's own start
+    # where the widths differ (out's element i is not x's element i)
+    buf = np.zeros(4 * n + 64, np.uint8)
+    xb = buf[:n * np.dtype(xt).itemsize].view(xt)
+    xb[...] = x
+    before = buf.copy()
+    ow = np.dtype(ot).itemsize
+    for start in {ow, 0 if ow != np.dtype(xt).itemsize else ow * 2}:
+        out = buf[start:start + n * ow].view(ot)
+        assert run(xb, out, n) is None
+        np.testing.assert_array_equal(buf, before)  # nothing written
+    if ot == xt:  # in place, element for element
+        want = run(x, np.empty(n, ot), n)
+        assert run(xb, xb, n) == want
+
+
+@pytest.mark.parametrize("shift", [-3, -1, 1, 5])
+def test_fake_quantize_out_partly_overlapping_the_input(shift):
+    """fake_quantize into an out a few elements before or after x, inside its memory: the
+    glue refuses it and the call computes into a new array, then copies into out."""
+    n = 1000
+    x = (np.random.default_rng(shift + 3).standard_normal(n) * 8).astype(np.float32)
+    f = dk.cfloat8_143(7)
+    want = dk.fake_quantize(x, f)
+    buf = np.zeros(n + 16, np.float32)
+    buf[8:8 + n] = x
+    out = buf[8 + shift:8 + shift + n]
+    assert dk.fake_quantize(buf[8:8 + n], f, out=out) is out
+    np.testing.assert_array_equal(out, want)
+
+
 @pytest.mark.parametrize("dtype", [">f4", ">f8"])
 def test_byte_swapped_float_input(dtype):
     x = np.random.default_rng(1).standard_normal(1001) * 100

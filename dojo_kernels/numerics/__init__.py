@@ -26,7 +26,7 @@ import functools
 import math
 import operator
 from dataclasses import dataclass
-from typing import Any, Literal, Optional, Tuple, Union, overload
+from typing import Any, Callable, Literal, Optional, Tuple, Union, overload
 
 import numpy as np
 
@@ -40,6 +40,7 @@ __all__ = ["Flags", "quantize", "dequantize", "fake_quantize", "add", "sub", "mu
 
 _ROUNDING = {"nearest": 0, "stochastic": 1, "toward_zero": 2}
 _F32, _F64, _BF16 = 0, 1, 2
+_F32_DT, _F64_DT = np.dtype(np.float32), np.dtype(np.float64)
 _OPS = {"add": 0, "sub": 1, "mul": 2, "fma": 3}
 
 
@@ -113,7 +114,11 @@ def _native(a: np.ndarray) -> np.ndarray:
 def _source(x: Any, name: str = "x") -> Tuple[np.ndarray, int]:
     """x as a C-contiguous native float32/float64/bf16-bits array, and its kind."""
     a = np.asarray(x)
-    dt = a.dtype if a.dtype.isnative else a.dtype.newbyteorder("=")  # big-endian too
+    dt = a.dtype
+    if dt == _F32_DT:  # (native float32: the common case first; a dtype compares cheapest)
+        return _native(a), _F32
+    if not dt.isnative:
+        dt = dt.newbyteorder("=")  # big-endian too
     if dt == np.float32:
         return _native(a), _F32
     if dt == np.float64:
@@ -179,16 +184,28 @@ def _deliver(result: np.ndarray, out: Optional[np.ndarray]) -> np.ndarray:
     return result
 
 
-def _target(out: Optional[np.ndarray], shape: Tuple[int, ...], dtype: np.dtype[Any],
-            *inputs: np.ndarray) -> np.ndarray:
-    """Where the kernel writes: out itself when it is C-contiguous, aligned, native and overlaps no
-    input (exact element-for-element aliasing, i.e. in place, is fine), else a new array."""
-    if out is not None and out.flags.c_contiguous and out.flags.aligned and out.dtype.isnative:
-        if all(not np.may_share_memory(out, a)
-               or (a.ctypes.data == out.ctypes.data and a.dtype.itemsize == out.dtype.itemsize
-                   and a.flags.c_contiguous) for a in inputs):
+def _dest(out: Optional[np.ndarray], shape: Tuple[int, ...], dtype: np.dtype[Any]
+          ) -> np.ndarray:
+    """Where the kernel writes: ``out`` (already checked by _check_out: of the native
+    ``dtype``) itself when it is C-contiguous and aligned, else a new array. Overlap with
+    the inputs is the glue's to find (_run)."""
+    if out is not None:
+        fl = out.flags
+        if fl.c_contiguous and fl.aligned:
             return out
     return np.empty(shape, dtype)
+
+
+def _run(kernel: Callable[[np.ndarray], Any], dst: np.ndarray) -> Tuple[np.ndarray, Any]:
+    """Call the glue ``kernel(dst)``; the glue refuses (returns None, computing nothing) a
+    ``dst`` that overlaps an input other than element for element, and then a new array
+    takes its place. Returns the array written and what the glue returned."""
+    got = kernel(dst)
+    if got is None:
+        dst = np.empty(dst.shape, dst.dtype)
+        got = kernel(dst)
+        assert got is not None  # (a new array overlaps nothing)
+    return dst, got
 
 
 @overload
@@ -222,20 +239,22 @@ def quantize(x: Any, fmt: Format, *, rounding: str = "nearest", seed: Optional[i
     ``quantize(x, BF16).view(ml_dtypes.bfloat16)`` equals ``x.astype(ml_dtypes.bfloat16)``
     bit for bit for float32 ``x``.
     """
-    fmt = _check_format(fmt)
+    if not isinstance(fmt, Format):
+        _check_format(fmt)
     mode, seed_ = _check_rounding(rounding, seed)
     src, kind = _source(x)
-    dtype = _storage(fmt)
+    dtype, ctup = _fmt_info(fmt)
     if out is not None:
         _check_out(out, src.shape, dtype)
-    dst = _target(out, src.shape, dtype, src)
-    flags = None
+    dst = _dest(out, src.shape, dtype)
+    flags = (0, 0, 0, 0)
     if src.size:
-        flags = _numerics.quantize(_bytes(src), kind, _bytes(dst), src.size, _ctuple(fmt), mode,
-                                   seed_, bool(return_flags), _config.isa(), _config.threads())
+        isa, threads, n, want = _config.isa(), _config.threads(), src.size, bool(return_flags)
+        dst, flags = _run(lambda d: _numerics.quantize(src, kind, d, n, ctup, mode, seed_, want,
+                                                       isa, threads), dst)
     dst = _deliver(dst, out)
     if return_flags:
-        return dst, Flags(*(flags or (0, 0, 0, 0)))
+        return dst, Flags(*flags)
     return dst
 
 
@@ -246,21 +265,36 @@ def dequantize(codes: Any, fmt: Format, *, dtype: Any = np.float32,
     ``codes`` must have ``fmt.storage_dtype`` (an ml_dtypes.bfloat16 array is accepted as
     BF16 codes). Every value of every format is exact in float32.
     """
-    fmt = _check_format(fmt)
+    if not isinstance(fmt, Format):
+        _check_format(fmt)
+    try:
+        dt, okind = _DEQ_DTYPES[dtype]  # (the usual spellings: no dtype to build)
+    except (KeyError, TypeError):
+        dt, okind = _deq_dtype(dtype)
+    c = _codes(codes, fmt)
+    if out is not None:
+        _check_out(out, c.shape, dt)
+    dst = _dest(out, c.shape, dt)
+    if c.size:
+        isa, threads, n, ctup = _config.isa(), _config.threads(), c.size, _fmt_info(fmt)[1]
+        dst, _ = _run(lambda d: _numerics.dequantize(c, d, okind, n, ctup, isa, threads), dst)
+    return _deliver(dst, out)
+
+
+def _deq_dtype(dtype: Any) -> Tuple[np.dtype[Any], int]:
     try:
         dt = np.dtype(dtype)
     except TypeError:
         raise TypeError(f"dtype: expected float32 or float64, got {dtype!r}") from None
-    if dt not in (np.float32, np.float64):
-        raise ValueError(f"dtype: expected float32 or float64, got {dt}")
-    c = _codes(codes, fmt)
-    if out is not None:
-        _check_out(out, c.shape, dt)
-    dst = _target(out, c.shape, dt, c)
-    if c.size:
-        _numerics.dequantize(_bytes(c), _bytes(dst), 0 if dt == np.float32 else 1, c.size,
-                             _ctuple(fmt), _config.isa(), _config.threads())
-    return _deliver(dst, out)
+    if dt == _F32_DT:
+        return _F32_DT, _F32
+    if dt == _F64_DT:
+        return _F64_DT, _F64
+    raise ValueError(f"dtype: expected float32 or float64, got {dt}")
+
+
+_DEQ_DTYPES = {d: _deq_dtype(d) for d in (np.float32, np.float64, _F32_DT, _F64_DT,
+                                          "float32", "float64")}
 
 
 def _fits_bf16(fmt: Format) -> bool:
@@ -277,23 +311,24 @@ def fake_quantize(x: Any, fmt: Format, *, rounding: str = "nearest",
     array of ``x``'s dtype and shape to write into (``x`` itself is allowed: in place); a
     preallocated output saves the page faults of a fresh one.
     """
-    fmt = _check_format(fmt)
+    if not isinstance(fmt, Format):
+        _check_format(fmt)
     mode, seed_ = _check_rounding(rounding, seed)
     a = np.asarray(x)
     src, kind = _source(a)
     if kind == _BF16 and not _fits_bf16(fmt):
         raise TypeError(f"x: a bfloat16 input cannot hold every {fmt!r} value; "
                         "pass x.astype(np.float32)")
-    want = a.dtype if kind == _BF16 else src.dtype
+    outv = out
     if out is not None:
-        _check_out(out, src.shape, np.dtype(want))
-        outv = out.view(np.uint16) if kind == _BF16 else out
-        dst = _target(outv, src.shape, src.dtype, src)
-    else:
-        dst = np.empty(src.shape, src.dtype)
+        _check_out(out, src.shape, a.dtype if kind == _BF16 else src.dtype)
+        if kind == _BF16:
+            outv = out.view(np.uint16)  # (a bfloat16 array exports no buffer)
+    dst = _dest(outv, src.shape, src.dtype)
     if src.size:
-        _numerics.fake_quantize(_bytes(src), kind, _bytes(dst), src.size, _ctuple(fmt), mode,
-                                seed_, _config.isa(), _config.threads())
+        isa, threads, n, ctup = _config.isa(), _config.threads(), src.size, _fmt_info(fmt)[1]
+        dst, _ = _run(lambda d: _numerics.fake_quantize(src, kind, d, n, ctup, mode, seed_, isa,
+                                                        threads), dst)
     if out is not None:
         _deliver(dst, outv)
         return out
@@ -317,24 +352,16 @@ def _arith(op: str, operands: Tuple[Any, ...], fmt: Format, rounding: str, seed:
             raise ValueError(f"a, b{', c' if len(arrays) == 3 else ''}: shapes {shapes} do "
                              "not broadcast together") from None
     shape = arrays[0].shape
-    dst = None
     if out is not None:
         _check_out(out, shape, dtype)
-        fl = out.flags
-        if fl.c_contiguous and fl.aligned:  # (a native dtype: it equals the storage dtype)
-            dst = out
-    if dst is None:
-        dst = np.empty(shape, dtype)
+    dst = _dest(out, shape, dtype)
     flags = (0, 0, 0, 0)
     if dst.size:
-        c = arrays[2] if len(arrays) == 3 else arrays[0]
-        args = (mode, seed_, _config.isa(), _config.threads())
-        got = _numerics.arith(_OPS[op], arrays[0], arrays[1], c, dst, dst.size, ctup, *args)
-        if got is None:  # out overlaps an input other than element for element
-            dst = np.empty(shape, dtype)
-            got = _numerics.arith(_OPS[op], arrays[0], arrays[1], c, dst, dst.size, ctup, *args)
-        assert got is not None  # (a new array overlaps nothing)
-        flags = got
+        a, b = arrays[0], arrays[1]
+        c = arrays[2] if len(arrays) == 3 else a
+        opc, n, isa, threads = _OPS[op], dst.size, _config.isa(), _config.threads()
+        dst, flags = _run(lambda d: _numerics.arith(opc, a, b, c, d, n, ctup, mode, seed_, isa,
+                                                    threads), dst)
     dst = _deliver(dst, out)
     return (dst, Flags(*flags)) if return_flags else dst
 
