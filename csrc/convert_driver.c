@@ -121,6 +121,7 @@ typedef struct {
     const void *x, *b, *c;
     void *out;
     int xkind, okind, op, mode, width, scalar;
+    int counted; /* arith: the flags are wanted (the kernels count them) */
     int64_t n;
     const dk_format *f;
     uint64_t seed;
@@ -272,16 +273,18 @@ static void arith_block(void *arg, int64_t blk, int slot)
     int64_t i0 = blk * DK_BLOCK, len = A->n - i0 < DK_BLOCK ? A->n - i0 : DK_BLOCK;
     int64_t cnt[4] = {0, 0, 0, 0};
     unsigned csr = dk_fpenv_enter();
-    A->a(A->op, A->x, A->b, A->c, A->out, i0, len, A->f, A->mode, A->seed, cnt);
+    A->a(A->op, A->x, A->b, A->c, A->out, i0, len, A->f, A->mode, A->seed, A->counted ? cnt : NULL);
     dk_fpenv_leave(csr);
-    add_counts(&A->sums, cnt[0], cnt[1], cnt[2], cnt[3]);
+    if (A->counted)
+        add_counts(&A->sums, cnt[0], cnt[1], cnt[2], cnt[3]);
 }
 
 int dk_arith(int op, const void *a, const void *b, const void *c, void *out, int64_t n,
              const dk_format *f, int mode, uint64_t seed, dk_flags *flags, int isa, int nthreads)
 {
     call_args A = {.x = a, .b = b, .c = c, .out = out, .op = op, .mode = mode,
-                   .width = dk_code_width(f), .n = n, .f = f, .seed = seed, .a = pick_a(isa)};
+                   .width = dk_code_width(f), .counted = flags != NULL, .n = n, .f = f,
+                   .seed = seed, .a = pick_a(isa)};
     dk_pool_run(threads_for(n, nthreads), nblocks_of(n), arith_block, &A);
     store_sums(flags, &A.sums);
     return DK_OK;

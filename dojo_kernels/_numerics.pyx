@@ -131,13 +131,15 @@ def fake_quantize(x, int xkind, out, int64_t n, tuple fmt, int mode, uint64_t se
     return True
 
 
-def arith(int op, a, b, c, out, int64_t n, tuple fmt, int mode, uint64_t seed, int isa,
-          int nthreads):
-    """a, b, c, out: n codes each. Returns the flag counts, or None on an overlap."""
+def arith(int op, a, b, c, out, int64_t n, tuple fmt, int mode, uint64_t seed, bint want_flags,
+          int isa, int nthreads):
+    """a, b, c, out: n codes each. Returns the flag counts (zeros unless want_flags: the
+    kernels then count none), or None on an overlap."""
     cdef dk_format f = _fmt(fmt)
     cdef dk_flags fl
     cdef int width = dk_code_width(&f)
     cdef Py_buffer va, vb, vc, vo
+    fl.invalid = fl.denormal = fl.overflow = fl.underflow = 0
     cdef int held = 0
     try:
         _take(a, &va, PyBUF_SIMPLE, "a", n, width)
@@ -151,7 +153,8 @@ def arith(int op, a, b, c, out, int64_t n, tuple fmt, int mode, uint64_t seed, i
         if _overlap(&vo, &va) or _overlap(&vo, &vb) or _overlap(&vo, &vc):
             return None
         with nogil:
-            dk_arith(op, va.buf, vb.buf, vc.buf, vo.buf, n, &f, mode, seed, &fl, isa, nthreads)
+            dk_arith(op, va.buf, vb.buf, vc.buf, vo.buf, n, &f, mode, seed,
+                     &fl if want_flags else NULL, isa, nthreads)
     finally:
         if held >= 4:
             PyBuffer_Release(&vo)
@@ -177,16 +180,18 @@ def maxabs(x, int xkind, int64_t n, int nthreads):
 
 def _arith_under_mxcsr(unsigned csr, int op, const uint8_t[::1] a, const uint8_t[::1] b,
                        const uint8_t[::1] c, uint8_t[::1] out, int64_t n, tuple fmt, int mode,
-                       uint64_t seed, int isa):
+                       uint64_t seed, int isa, bint want_flags=True):
     """Test only: arith on one thread with this thread's MXCSR set to csr for the call.
-    Returns (flags, MXCSR seen right after the call), or None where there is no MXCSR."""
+    Returns (flags, MXCSR seen right after the call), or None where there is no MXCSR;
+    without want_flags no flag is counted (zeros)."""
     cdef dk_format f = _fmt(fmt)
     cdef dk_flags fl
     cdef unsigned after = 0
     cdef int rc
+    fl.invalid = fl.denormal = fl.overflow = fl.underflow = 0
     with nogil:
         rc = dk_arith_test_under_mxcsr(csr, op, &a[0], &b[0], &c[0], &out[0], n, &f, mode, seed,
-                                       &fl, isa, &after)
+                                       &fl if want_flags else NULL, isa, &after)
     if rc < 0:
         return None
     return (fl.invalid, fl.denormal, fl.overflow, fl.underflow), after

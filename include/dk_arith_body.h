@@ -248,6 +248,13 @@ dk_bf16_general(int op, const void *a, const void *b, const void *c, void *out, 
  * general vector path and the scalar semantics), so its codes and flags are that path's. */
 typedef uint16_t vw __attribute__((vector_size(DK_VL * 4))); /* 2 * DK_VL 16-bit lanes */
 
+/* Nearest rounding to BF16 by VCVTNE2PS2BF16 where the tier has it (AVX512_BF16). */
+#if DK_VL == 16 && defined(__AVX512BF16__)
+#define DK_BF16_CVT 1
+#else
+#define DK_BF16_CVT 0
+#endif
+
 #if DK_VL == 16
 /* The lanes where the FP32 sum u + v is inexact: rounded up != rounded down (AVX-512's
  * rounding per instruction; the compare into a mask register). */
@@ -272,6 +279,7 @@ __attribute__((always_inline)) static inline dk_rare_t dk_bf16_rare(vw c, int d,
            _mm512_cmpgt_epu16_mask(mag, _mm512_set1_epi16((short)hi));
 }
 #define DK_RARE_ANY(r) ((r) != 0)
+#define DK_RARE_NONE 0
 #else
 typedef vw dk_rare_t;
 __attribute__((always_inline)) static inline dk_rare_t dk_bf16_rare(vw c, int d, int lo, int hi)
@@ -280,6 +288,7 @@ __attribute__((always_inline)) static inline dk_rare_t dk_bf16_rare(vw c, int d,
     return (vw)((vw)(mag - (uint16_t)d) < (uint16_t)lo) | (vw)(mag > (uint16_t)hi);
 }
 #define DK_RARE_ANY(r) dk_any((vi)(r))
+#define DK_RARE_NONE ((vw){})
 #endif
 #define dk_bf16_rare_in(c) dk_bf16_rare((c), 1, 0x7F, 0x7F7F)
 
@@ -362,8 +371,8 @@ static inline dk_rng2 dk_rng2_at(uint64_t seed, uint64_t i0)
 }
 
 __attribute__((always_inline)) static inline int64_t
-dk_bf16_run(int op, int mode, const void *a, const void *b, const void *c, void *out, int64_t i0,
-            int64_t n, uint64_t seed)
+dk_bf16_run(int op, int mode, int counted, const void *a, const void *b, const void *c, void *out,
+            int64_t i0, int64_t n, uint64_t seed)
 {
     const int64_t step = 2 * DK_VL;
     const uint64_t G2 = (uint64_t)step * 0x9E3779B97F4A7C15ull;
@@ -379,7 +388,14 @@ dk_bf16_run(int op, int mode, const void *a, const void *b, const void *c, void 
         vu wa, wb, wc = {};
         memcpy(&wa, (const uint16_t *)a + at, sizeof wa);
         memcpy(&wb, (const uint16_t *)b + at, sizeof wb);
-        dk_rare_t rare = dk_bf16_rare_in((vw)wa) | dk_bf16_rare_in((vw)wb);
+        /* operands that are not plain: the general path, for their flags (denormal), or where
+         * the fast path may differ (stochastic). Uncounted nearest needs no such test: a
+         * subnormal operand is exact in FP32 (the MXCSR is the default: no DAZ) and any step
+         * whose result is not plain leaves below, as does any Inf or NaN operand (it makes
+         * an Inf or NaN result, or a product at or below 2^-126 that goes there too). */
+        const int check_in = counted || mode != DK_NEAREST;
+        dk_rare_t rare = DK_RARE_NONE;
+        if (check_in) rare = dk_bf16_rare_in((vw)wa) | dk_bf16_rare_in((vw)wb);
         vf xl = (vf)(wa << 16), xh = (vf)(wa & HI), yl = (vf)(wb << 16), yh = (vf)(wb & HI);
         /* the random numbers' top halves (dk_splitmix_hi): r >> 16 == h >> 16, and the full
          * r (dk_splitmix_r) only for an inexact sum */
@@ -406,7 +422,7 @@ dk_bf16_run(int op, int mode, const void *a, const void *b, const void *c, void 
             }
             if (op == DK_OP_FMA) {
                 memcpy(&wc, (const uint16_t *)c + at, sizeof wc);
-                rare |= dk_bf16_rare_in((vw)wc);
+                if (check_in) rare |= dk_bf16_rare_in((vw)wc);
                 ul = xl * yl;
                 uh = xh * yh;
                 bad = ((vi)((vu)ul & 0x7FFFFFFFu) <= 0x00800000) | ((vi)((vu)uh & 0x7FFFFFFFu) <= 0x00800000);
@@ -456,11 +472,27 @@ dk_bf16_run(int op, int mode, const void *a, const void *b, const void *c, void 
             const vf tl = (ul - u1) + (vl - v1), th = (uh - u2) + (vh2 - v2);
             wl = dk_bf16_stoch_sum(sl, tl, dk_splitmix_r(hl), &bad);
             wh = dk_bf16_stoch_sum(sh, th, dk_splitmix_r(hh), &bad);
+        } else if (DK_BF16_CVT && mode == DK_NEAREST) {
+            wl = sl, wh = sh; /* (rounded by VCVTNE2PS2BF16 below) */
         } else {
             wl = dk_bf16_round_half(sl, hl, mode);
             wh = dk_bf16_round_half(sh, hh, mode);
         }
-        vu code = (wh & HI) | (wl >> 16);
+        vu code;
+#if DK_BF16_CVT
+        if (mode == DK_NEAREST) {
+            /* FP32 -> BF16 to nearest even in one instruction (two vectors in, the halves of
+             * the result out; the permute puts each element back in its 16-bit lane). It
+             * reads FP32 subnormals as zero: products and fma results below 2^-126 leave
+             * anyway (bad; fma's zero results), and add/sub leave where s is subnormal. */
+            const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                                 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+            code = (vu)_mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh((__m512)wh, (__m512)wl));
+            if (op == DK_OP_ADD || op == DK_OP_SUB)
+                rare |= (dk_rare_t)(_mm512_fpclass_ps_mask((__m512)wl, 0x20) | _mm512_fpclass_ps_mask((__m512)wh, 0x20));
+        } else
+#endif
+            code = (wh & HI) | (wl >> 16);
         /* fma: a zero result may be inexact (underflow): zeros go to the general path too */
         rare |= op == DK_OP_FMA ? dk_bf16_rare((vw)code, 0, 0x80, 0x7F7F) : dk_bf16_rare_in((vw)code);
         if (__builtin_expect(DK_RARE_ANY(rare) | dk_any(bad), 0)) break;
@@ -473,13 +505,14 @@ dk_bf16_run(int op, int mode, const void *a, const void *b, const void *c, void 
  * call sits outside the loop: across a call every vector register is lost, so inside it
  * the compiler would keep the loop's state (random states, constants) in memory. */
 __attribute__((always_inline)) static inline int64_t
-dk_bf16_fast(int op, int mode, const void *a, const void *b, const void *c, void *out, int64_t i0,
-             int64_t n, const dk_format *f, const dk_aconst *q, uint64_t seed, int64_t cnt[4])
+dk_bf16_fast(int op, int mode, int counted, const void *a, const void *b, const void *c, void *out,
+             int64_t i0, int64_t n, const dk_format *f, const dk_aconst *q, uint64_t seed,
+             int64_t cnt[4])
 {
     const int64_t step = 2 * DK_VL;
     int64_t i = 0;
     for (;;) {
-        i += dk_bf16_run(op, mode, a, b, c, out, i0 + i, n - i, seed);
+        i += dk_bf16_run(op, mode, counted, a, b, c, out, i0 + i, n - i, seed);
         if (i + step > n) return i;
         dk_bf16_general(op, a, b, c, out, i0 + i, step, f, q, mode, seed, cnt);
         i += step;
@@ -491,18 +524,23 @@ void DK_FN(dk_arith_block)(int op, const void *a, const void *b, const void *c, 
 {
     const int width = dk_code_width(f);
     int64_t i = 0;
+    int64_t uncounted[4] = {0, 0, 0, 0};
+    const int counted = cnt != NULL; /* NULL: the caller wants no flags */
+    if (!counted) cnt = uncounted;
     if (f->mbits <= 11 && width <= 2) {
         const dk_aconst q = dk_aconst_of(f, op);
         if (q.bf16 && mode != DK_TOWARD_ZERO) {
             /* the fast path, then the general one for the tail */
             int64_t d;
-#define DK_FAST(OP, MODE) dk_bf16_fast(OP, MODE, a, b, c, out, i0, n, f, &q, seed, cnt)
+#define DK_FAST(OP, MODE, C) dk_bf16_fast(OP, MODE, C, a, b, c, out, i0, n, f, &q, seed, cnt)
+#define DK_FAST_OPS(MODE, C)                                                                    \
+    (op == DK_OP_ADD ? DK_FAST(DK_OP_ADD, MODE, C) : op == DK_OP_SUB ? DK_FAST(DK_OP_SUB, MODE, C) \
+     : op == DK_OP_MUL ? DK_FAST(DK_OP_MUL, MODE, C) : DK_FAST(DK_OP_FMA, MODE, C))
             if (mode == DK_NEAREST)
-                d = op == DK_OP_ADD ? DK_FAST(DK_OP_ADD, DK_NEAREST) : op == DK_OP_SUB ? DK_FAST(DK_OP_SUB, DK_NEAREST)
-                  : op == DK_OP_MUL ? DK_FAST(DK_OP_MUL, DK_NEAREST) : DK_FAST(DK_OP_FMA, DK_NEAREST);
+                d = counted ? DK_FAST_OPS(DK_NEAREST, 1) : DK_FAST_OPS(DK_NEAREST, 0);
             else
-                d = op == DK_OP_ADD ? DK_FAST(DK_OP_ADD, DK_STOCHASTIC) : op == DK_OP_SUB ? DK_FAST(DK_OP_SUB, DK_STOCHASTIC)
-                  : op == DK_OP_MUL ? DK_FAST(DK_OP_MUL, DK_STOCHASTIC) : DK_FAST(DK_OP_FMA, DK_STOCHASTIC);
+                d = DK_FAST_OPS(DK_STOCHASTIC, 1);
+#undef DK_FAST_OPS
 #undef DK_FAST
             i = d + dk_bf16_general(op, a, b, c, out, i0 + d, n - d, f, &q, mode, seed, cnt);
         } else if (q.bf16) {

@@ -58,7 +58,8 @@ DK_DECLARE_CONVERT(avx512bf16)
 
 /* Arithmetic tier kernels (include/dk_arith_body.h) over elements [i0, i0 + n) of the code
  * arrays (global indices: they select the random numbers); add the flag counts of these
- * elements to cnt (invalid, denormal, overflow, underflow). Formats with more than 11
+ * elements to cnt (invalid, denormal, overflow, underflow; cnt NULL: not counted). Formats
+ * with more than 11
  * significant bits (FP32) take the scalar semantics. The caller sets the MXCSR default. */
 #define DK_DECLARE_ARITH(tier)                                                                 \
     void dk_arith_block_##tier(int op, const void *a, const void *b, const void *c, void *out,  \
@@ -82,7 +83,9 @@ int dk_fake_quantize(const void *x, int xkind, void *out, int64_t n, const dk_fo
                      uint64_t seed, int isa, int nthreads);
 /* Elementwise op (enum dk_op) on code arrays of format f (c only for FMA), by the SIMD
  * kernel of tier isa (lanes it cannot take exactly go through the scalar semantics). Runs
- * under the default MXCSR (round to nearest, no FTZ/DAZ), the caller's restored after. */
+ * under the default MXCSR (round to nearest, no FTZ/DAZ), the caller's restored after.
+ * flags may be NULL: then no flag is counted, and nearest BF16 skips the operand tests
+ * that only the flags need (the codes are the same). */
 int dk_arith(int op, const void *a, const void *b, const void *c, void *out, int64_t n,
              const dk_format *f, int mode, uint64_t seed, dk_flags *flags, int isa, int nthreads);
 /* Test only (tests/test_arith_simd.py): dk_arith on one thread with the calling thread's

@@ -120,7 +120,7 @@ def test_arith_glue_checks_its_buffers():
     a = np.zeros(n, np.uint16)
     o = np.empty(n, np.uint16)
     run = lambda a_, b_, c_, o_: _numerics.arith(0, a_, b_, c_, o_, n, f, 0, 0,  # noqa: E731
-                                                 _config.isa(), 1)
+                                                 True, _config.isa(), 1)
     assert run(a, a, a, o) == (0, 0, 0, 0)
     for pos, name in enumerate(["a", "b", "c", "out"]):
         for bad in (np.zeros(n - 1, np.uint16), np.zeros(n + 1, np.uint16),

@@ -31,6 +31,8 @@ def run(op, operands, rf, rounding, seed, want=None):
     fmt = fmt_of(rf)
     kw = {"seed": seed} if rounding == "stochastic" else {}
     got, fl = OPS[op](*operands, fmt, rounding=rounding, return_flags=True, **kw)
+    plain = OPS[op](*operands, fmt, rounding=rounding, **kw)  # no flags wanted: none counted
+    assert np.array_equal(bits(plain), bits(got)), (op, fmt, rounding, "without flags")
     if want is None:
         want = (R.arith_ref if rf.family == "fp32" else R.arith_vec)(op, operands, rf, rounding, seed)
     wc, wf = want

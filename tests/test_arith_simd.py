@@ -31,9 +31,13 @@ def fmt_of(rf):
 
 
 def check(op, ops, rf, rounding, seed, want=None):
+    """Codes and flag counts against the reference, and the codes of the call that wants no
+    flags (the kernels then count none; nearest BF16 skips its operand tests) equal too."""
     fmt = fmt_of(rf)
     kw = {"seed": seed} if rounding == "stochastic" else {}
     got, fl = OPS[op](*ops, fmt, rounding=rounding, return_flags=True, **kw)
+    plain = OPS[op](*ops, fmt, rounding=rounding, **kw)
+    assert np.array_equal(bits(plain), bits(got)), (op, fmt, rounding, "without flags")
     wc, wf = want if want is not None else R.arith_vec(op, ops, rf, rounding, seed)
     gb, wb = bits(got).reshape(-1).astype(np.uint32), bits(wc).reshape(-1).astype(np.uint32)
     if rf.family == "bf16":  # a NaN result's sign is unspecified: compare the magnitude
@@ -144,7 +148,8 @@ def test_thread_count_independence(isa, threads_restored, rf, op):
         dk.set_num_threads(t)
         for rounding in ("nearest", "stochastic"):
             got, fl = OPS[op](*ops, fmt, rounding=rounding, seed=8, return_flags=True)
-            res.append((rounding, bits(got).tobytes(), flags_dict(fl)))
+            plain = OPS[op](*ops, fmt, rounding=rounding, seed=8)  # no flags counted
+            res.append((rounding, bits(got).tobytes(), bits(plain).tobytes(), flags_dict(fl)))
     assert res[0:2] == res[2:4] == res[4:6]
 
 
@@ -178,21 +183,24 @@ def test_arith_ignores_the_callers_mxcsr(csr):
                 ops = [a, b, c] if opname == "fma" else [a, b]
                 wc, wf = R.arith_vec(opname, ops, rf, rounding, 17)
                 for isa in _config.supported_isas():
-                    out = np.zeros_like(a)
-                    v = [x.view(np.uint8) for x in (a, b, c)]
-                    r = _numerics._arith_under_mxcsr(csr, op, v[0], v[1], v[2], out.view(np.uint8),
-                                                     a.size, _ctuple(fmt), mode, 17,
-                                                     _config.ISA_NAMES.index(isa))
-                    if r is None:
-                        pytest.skip("no MXCSR on this CPU (not x86): nothing to test")
-                    fl, after = r
-                    assert after == csr
-                    gb, wb = out.astype(np.uint32), wc.astype(np.uint32)
-                    if rf.family == "bf16":
-                        nan = (wb & 0x7FFF) == 0x7FC0
-                        gb = np.where(nan & ((gb & 0x7FFF) == 0x7FC0), wb, gb)
-                    assert np.array_equal(gb, wb), (isa, opname, rounding, fmt)
-                    assert dict(zip(("invalid", "denormal", "overflow", "underflow"), fl)) == wf
+                    for counted in (True, False):  # (uncounted: nearest BF16's lighter tests)
+                        out = np.zeros_like(a)
+                        v = [x.view(np.uint8) for x in (a, b, c)]
+                        r = _numerics._arith_under_mxcsr(
+                            csr, op, v[0], v[1], v[2], out.view(np.uint8), a.size,
+                            _ctuple(fmt), mode, 17, _config.ISA_NAMES.index(isa), counted)
+                        if r is None:
+                            pytest.skip("no MXCSR on this CPU (not x86): nothing to test")
+                        fl, after = r
+                        assert after == csr
+                        gb, wb = out.astype(np.uint32), wc.astype(np.uint32)
+                        if rf.family == "bf16":
+                            nan = (wb & 0x7FFF) == 0x7FC0
+                            gb = np.where(nan & ((gb & 0x7FFF) == 0x7FC0), wb, gb)
+                        assert np.array_equal(gb, wb), (isa, opname, rounding, fmt, counted)
+                        if counted:
+                            assert dict(zip(("invalid", "denormal", "overflow", "underflow"),
+                                            fl)) == wf
 
 
 # --- choose_bias ------------------------------------------------------------------------------

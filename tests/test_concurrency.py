@@ -249,7 +249,7 @@ def test_kernels_release_the_gil(which):
         "quantize": lambda: _numerics.quantize(xb, 0, codes, n, f, 1, 7, True, isa, 1),
         "dequantize": lambda: _numerics.dequantize(codes, o8, 1, n, f, isa, 1),
         "fake_quantize": lambda: _numerics.fake_quantize(xb, 0, o8[:n * 4], n, f, 0, 0, isa, 1),
-        "arith": lambda: _numerics.arith(3, codes, codes, codes, o8[:n], n, f, 0, 0, isa, 1),
+        "arith": lambda: _numerics.arith(3, codes, codes, codes, o8[:n], n, f, 0, 0, True, isa, 1),
         "accumulate": lambda: _reduce.accumulate(isa, 1, acc, x, True),
         "allreduce program": lambda: _reduce.run_f32(
             isa, 1, prog.seg_lo, prog.add_off, prog.add_out, prog.add_a, prog.add_b,
