@@ -170,10 +170,15 @@ def arith(int op, a, b, c, out, int64_t n, tuple fmt, int mode, uint64_t seed, b
 def maxabs(x, int xkind, int64_t n, int nthreads):
     """max |x| of a C-contiguous float32/float64/bf16-bits array of n elements (NaN if any
     element is NaN), in one pass. x is any object exporting a contiguous buffer."""
-    cdef const uint8_t[::1] v = x
+    cdef int xw = _kind_width(xkind, "xkind")
+    cdef Py_buffer vx
     cdef double r
-    with nogil:
-        r = dk_maxabs(&v[0], xkind, n, nthreads)
+    _take(x, &vx, PyBUF_SIMPLE, "x", n, xw)
+    try:
+        with nogil:
+            r = dk_maxabs(vx.buf, xkind, n, nthreads)
+    finally:
+        PyBuffer_Release(&vx)
     return r
 
 
@@ -188,6 +193,10 @@ def _arith_under_mxcsr(unsigned csr, int op, const uint8_t[::1] a, const uint8_t
     cdef dk_flags fl
     cdef unsigned after = 0
     cdef int rc
+    cdef Py_ssize_t nbytes = n * dk_code_width(&f)
+    if n < 0 or a.shape[0] != nbytes or b.shape[0] != nbytes or c.shape[0] != nbytes \
+            or out.shape[0] != nbytes:
+        raise ValueError(f"a, b, c, out: expected {nbytes} bytes each for n={n}")
     fl.invalid = fl.denormal = fl.overflow = fl.underflow = 0
     with nogil:
         rc = dk_arith_test_under_mxcsr(csr, op, &a[0], &b[0], &c[0], &out[0], n, &f, mode, seed,

@@ -240,9 +240,12 @@ dk_bf16_general(int op, const void *a, const void *b, const void *c, void *out, 
  * shuffles. A step whose operands and results are all plain (no subnormal, Inf or NaN
  * operand; no subnormal, Inf or NaN result; add/sub: zero results are exact; mul/fma: no
  * product at or below 2^-126; fma: no result below 2^-126) raises no flag and is finished
- * here: nearest rounds FP32 s (fma: s rounded to odd, see the top of the file: on AVX-512
- * the sum rounded toward zero with its last bit set where inexact, elsewhere by TwoSum's t) to BF16 by the
- * integer round-to-nearest-even; stochastic rounds the exact s + t (dk_bf16_stoch_sum;
+ * here. (When no flags are counted, nearest rounding does not test the operands: see
+ * dk_bf16_run.) Nearest rounds FP32 s (fma: s rounded to odd, see the top of the file: on
+ * AVX-512 the sum rounded toward zero with its last bit set where inexact, elsewhere by
+ * TwoSum's t) to BF16 to nearest even: VCVTNE2PS2BF16 on the avx512bf16 tier (which reads an
+ * FP32 subnormal as zero: add/sub send such sums to the general path, see dk_bf16_run), the
+ * integer rounding elsewhere; stochastic rounds the exact s + t (dk_bf16_stoch_sum;
  * products of two BF16 values are exact; add/sub: TwoSum's t only in a step with an inexact
  * sum, found by two compares). Any other step goes through dk_bf16_general (the
  * general vector path and the scalar semantics), so its codes and flags are that path's. */
@@ -488,6 +491,8 @@ dk_bf16_run(int op, int mode, int counted, const void *a, const void *b, const v
             const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
                                                  23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
             code = (vu)_mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh((__m512)wh, (__m512)wl));
+            /* (a 16-lane mask over the 32-bit words, ORed into the 32-lane mask over the
+             * 16-bit codes: rare is only ever tested for any lane set, DK_RARE_ANY) */
             if (op == DK_OP_ADD || op == DK_OP_SUB)
                 rare |= (dk_rare_t)(_mm512_fpclass_ps_mask((__m512)wl, 0x20) | _mm512_fpclass_ps_mask((__m512)wh, 0x20));
         } else

@@ -212,8 +212,25 @@ def test_conversion_glue_checks_its_buffers(entry):
         assert run(xb, out, n) is None
         np.testing.assert_array_equal(buf, before)  # nothing written
     if ot == xt:  # in place, element for element
-        want = run(x, np.empty(n, ot), n)
-        assert run(xb, xb, n) == want
+        want = np.empty(n, ot)
+        got = run(x, want, n)
+        assert run(xb, xb, n) == got and np.array_equal(xb, want)
+
+
+def test_maxabs_glue_checks_its_buffer():
+    """choose_bias's kernel reads n elements through a raw buffer: a buffer of another size,
+    a misaligned or strided one, a bad kind or n are refused before it runs."""
+    from dojo_kernels import _numerics
+    x = np.arange(8, dtype=np.float32) - 6
+    assert _numerics.maxabs(x, 0, 8, 1) == 6.0
+    assert _numerics.maxabs(x.view(np.uint8), 0, 8, 1) == 6.0  # its bytes: the same buffer
+    for bad, n in ((x[:4], 8), (x, 9), (x, -1), (np.zeros(33, np.uint8)[1:], 8)):
+        with pytest.raises(ValueError, match="^(x|n): "):
+            _numerics.maxabs(bad, 0, n, 1)
+    with pytest.raises(ValueError, match="not C-contiguous"):
+        _numerics.maxabs(np.zeros(16, np.float32)[::2], 0, 8, 1)
+    with pytest.raises(ValueError, match="^xkind: "):
+        _numerics.maxabs(x, 5, 8, 1)
 
 
 @pytest.mark.parametrize("shift", [-3, -1, 1, 5])

@@ -160,10 +160,6 @@ def _storage(fmt: Format) -> np.dtype[Any]:
     return _fmt_info(fmt)[0]
 
 
-def _bytes(a: np.ndarray) -> np.ndarray:
-    return a.reshape(-1).view(np.uint8)
-
-
 def _check_out(out: Any, shape: Tuple[int, ...], dtype: np.dtype[Any],
                name: str = "out") -> np.ndarray:
     if not isinstance(out, np.ndarray):
@@ -405,7 +401,7 @@ def _max_abs(x: Any, name: str = "x") -> float:
     src, kind = _source(_memory_order(np.asarray(x))[0], name)
     if src.size == 0:
         return 0.0
-    return float(_numerics.maxabs(_bytes(src), kind, src.size, _config.threads()))
+    return float(_numerics.maxabs(src, kind, src.size, _config.threads()))
 
 
 def choose_bias(x: Any, family: str, *, margin: int = 0) -> int:
