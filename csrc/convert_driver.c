@@ -358,6 +358,31 @@ static void maxabs_item(void *arg, int64_t b, int slot)
     }
 }
 
+/* out[i] = table[a[i] << 8 | b[i]]: 8-bit arithmetic from a table of every pair's result. */
+typedef struct {
+    const uint8_t *t, *a, *b;
+    uint8_t *out;
+    int64_t n;
+} lut2_args;
+
+static void lut2_block(void *arg, int64_t blk, int slot)
+{
+    const lut2_args *L = arg;
+    (void)slot;
+    const uint8_t *t = L->t, *a = L->a, *b = L->b;
+    uint8_t *o = L->out; /* may be a or b (in place): each element is read before it is written */
+    const int64_t i0 = blk * DK_BLOCK, end = L->n - i0 < DK_BLOCK ? L->n : i0 + DK_BLOCK;
+    for (int64_t i = i0; i < end; i++)
+        o[i] = t[(unsigned)a[i] << 8 | b[i]];
+}
+
+int dk_lut2(const void *table, const void *a, const void *b, void *out, int64_t n, int nthreads)
+{
+    lut2_args L = {.t = table, .a = a, .b = b, .out = out, .n = n};
+    dk_pool_run(threads_for(n, nthreads), nblocks_of(n), lut2_block, &L);
+    return DK_OK;
+}
+
 double dk_maxabs(const void *x, int xkind, int64_t n, int nthreads)
 {
     uint64_t top;

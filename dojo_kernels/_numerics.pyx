@@ -9,7 +9,7 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 
 from dojo_kernels.dk_convert cimport (dk_format, dk_flags, dk_quantize, dk_dequantize,
                                         dk_fake_quantize, dk_arith, dk_maxabs,
-                                        dk_arith_test_under_mxcsr, dk_code_width)
+                                        dk_arith_test_under_mxcsr, dk_code_width, dk_lut2)
 
 
 cdef dk_format _fmt(tuple t):
@@ -165,6 +165,36 @@ def arith(int op, a, b, c, out, int64_t n, tuple fmt, int mode, uint64_t seed, b
         if held >= 1:
             PyBuffer_Release(&va)
     return (fl.invalid, fl.denormal, fl.overflow, fl.underflow)
+
+
+def lut2(table, a, b, out, int64_t n, int nthreads):
+    """out[i] = table[a[i] << 8 | b[i]] for n 8-bit codes (table: 65,536 codes). Returns True,
+    or None on an overlap."""
+    cdef Py_buffer vt, va, vb, vo
+    cdef int held = 0
+    try:
+        _take(table, &vt, PyBUF_SIMPLE, "table", 65536, 1)
+        held = 1
+        _take(a, &va, PyBUF_SIMPLE, "a", n, 1)
+        held = 2
+        _take(b, &vb, PyBUF_SIMPLE, "b", n, 1)
+        held = 3
+        _take(out, &vo, PyBUF_WRITABLE, "out", n, 1)
+        held = 4
+        if _overlap(&vo, &va) or _overlap(&vo, &vb) or _overlap(&vo, &vt):
+            return None
+        with nogil:
+            dk_lut2(vt.buf, va.buf, vb.buf, vo.buf, n, nthreads)
+    finally:
+        if held >= 4:
+            PyBuffer_Release(&vo)
+        if held >= 3:
+            PyBuffer_Release(&vb)
+        if held >= 2:
+            PyBuffer_Release(&va)
+        if held >= 1:
+            PyBuffer_Release(&vt)
+    return True
 
 
 def maxabs(x, int xkind, int64_t n, int nthreads):

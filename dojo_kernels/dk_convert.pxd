@@ -18,6 +18,8 @@ cdef extern from "dk_convert.h":
                  const dk_format *f, int mode, uint64_t seed, dk_flags *flags, int isa,
                  int nthreads) nogil
     double dk_maxabs(const void *x, int xkind, int64_t n, int nthreads) nogil
+    int dk_lut2(const void *table, const void *a, const void *b, void *out, int64_t n,
+                int nthreads) nogil
     int dk_code_width(const dk_format *f) nogil
     int dk_arith_test_under_mxcsr(unsigned csr, int op, const void *a, const void *b,
                                   const void *c, void *out, int64_t n, const dk_format *f,

@@ -94,6 +94,9 @@ int dk_arith(int op, const void *a, const void *b, const void *c, void *out, int
 int dk_arith_test_under_mxcsr(unsigned csr, int op, const void *a, const void *b, const void *c,
                               void *out, int64_t n, const dk_format *f, int mode, uint64_t seed,
                               dk_flags *flags, int isa, unsigned *csr_after);
+/* out[i] = table[a[i] << 8 | b[i]] for n 8-bit codes (table: 65,536 codes, the result of an
+ * operation on every pair); out may be a or b (in place). */
+int dk_lut2(const void *table, const void *a, const void *b, void *out, int64_t n, int nthreads);
 /* max |x| over n elements of kind xkind (DK_F32, DK_F64, DK_BF16IN) as a double, exact;
  * NaN if any element is NaN (Inf if the largest is infinite). One pass, integer compares. */
 double dk_maxabs(const void *x, int xkind, int64_t n, int nthreads);

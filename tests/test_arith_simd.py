@@ -153,6 +153,41 @@ def test_thread_count_independence(isa, threads_restored, rf, op):
     assert res[0:2] == res[2:4] == res[4:6]
 
 
+# --- 8-bit add/sub/mul by table (numerics._lut: large calls without flags) ---------------------
+@pytest.mark.parametrize("rf", [R.RefFormat("cfloat8_143", 7, "tesla"),
+                                R.RefFormat("cfloat8_152", 15, "ieee"),
+                                R.RefFormat("cfloat8_143", 63, "flush")], ids=str)
+@pytest.mark.parametrize("op", ["add", "sub", "mul"])
+def test_cfloat8_table_path(isa, threads_restored, rf, op):
+    """Calls of at least numerics._LUT_MIN 8-bit codes without flags, rounded to nearest or
+    toward zero, look every result up in a table of all pairs: random codes in random order
+    (so a swapped or shifted index shows), at 1 and 2 threads, equal the reference (check:
+    the counted call against the reference, the uncounted one, here the table, against
+    it); in place and into an out overlapping an operand too."""
+    from dojo_kernels import numerics
+    rng = np.random.default_rng(hash((rf.family, rf.bias, op)) % 2**32)
+    n = numerics._LUT_MIN + 4321
+    ops = [rng.integers(0, 256, n).astype(np.uint8) for _ in range(2)]
+    fmt = fmt_of(rf)
+    for rounding in ("nearest", "toward_zero"):
+        for t in (1, 2):
+            dk.set_num_threads(t)
+            before = numerics._lut.cache_info()
+            check(op, ops, rf, rounding, 0)
+            after = numerics._lut.cache_info()
+            assert after.hits + after.misses > before.hits + before.misses  # the table ran
+        want = OPS[op](*ops, fmt, rounding=rounding, return_flags=True)[0]
+        a = ops[0].copy()
+        assert OPS[op](a, ops[1], fmt, rounding=rounding, out=a) is a  # in place
+        assert np.array_equal(a, want)
+        buf = np.zeros(n + 8, np.uint8)
+        buf[4:4 + n] = ops[1]
+        out = buf[5:5 + n]  # one code past b, inside its memory
+        assert OPS[op](ops[0], buf[4:4 + n], fmt, rounding=rounding, out=out) is out
+        assert np.array_equal(out, want)
+    assert not numerics._lut(fmt, 0, 0).flags.writeable
+
+
 # --- the caller's floating-point environment -------------------------------------------------
 MXCSR_DEFAULT, FTZ, DAZ = 0x1F80, 0x8000, 0x0040
 RC_ZERO, RC_DOWN, RC_UP = 0x6000, 0x2000, 0x4000

@@ -357,10 +357,34 @@ def _arith(op: str, operands: Tuple[Any, ...], fmt: Format, rounding: str, seed:
         c = arrays[2] if len(arrays) == 3 else a
         opc, n, isa, threads = _OPS[op], dst.size, _config.isa(), _config.threads()
         want = bool(return_flags)  # (uncounted, nearest BF16 skips tests only flags need)
-        dst, flags = _run(lambda d: _numerics.arith(opc, a, b, c, d, n, ctup, mode, seed_, want,
-                                                    isa, threads), dst)
+        if n >= _LUT_MIN and not want and mode != 1 and opc != 3 and dtype.itemsize == 1:
+            table = _lut(fmt, opc, mode)
+            dst, _ = _run(lambda d: _numerics.lut2(table, a, b, d, n, threads), dst)
+        else:
+            dst, flags = _run(lambda d: _numerics.arith(opc, a, b, c, d, n, ctup, mode, seed_,
+                                                        want, isa, threads), dst)
     dst = _deliver(dst, out)
     return (dst, Flags(*flags)) if return_flags else dst
+
+
+#: 8-bit add/sub/mul of at least this many elements, rounded to nearest or toward zero and
+#: without flags, look their results up in a table of every pair of codes (_lut), built by
+#: the kernels once per (format, op, rounding): as long as computing 65,536 results.
+_LUT_MIN = 1 << 16
+
+
+@functools.lru_cache(maxsize=32)
+def _lut(fmt: Format, opc: int, mode: int) -> np.ndarray:
+    """The codes of op on every pair of fmt's 8-bit codes, at index a << 8 | b (read-only):
+    the kernels' own results, so a lookup gives their bits. 64 KiB; the 32 latest kept."""
+    a = np.repeat(np.arange(256, dtype=np.uint8), 256)
+    b = np.tile(np.arange(256, dtype=np.uint8), 256)
+    table = np.empty(1 << 16, np.uint8)
+    got = _numerics.arith(opc, a, b, a, table, 1 << 16, _fmt_info(fmt)[1], mode, 0, False,
+                          _config.isa(), 1)
+    assert got is not None  # (a new array overlaps nothing)
+    table.setflags(write=False)
+    return table
 
 
 def add(a: Any, b: Any, fmt: Format, *, rounding: str = "nearest", seed: Optional[int] = None,
