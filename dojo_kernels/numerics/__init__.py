@@ -338,23 +338,25 @@ def _arith(op: str, operands: Tuple[Any, ...], fmt: Format, rounding: str, seed:
         _check_format(fmt)
     mode, seed_ = _check_rounding(rounding, seed)
     dtype, ctup = _fmt_info(fmt)
-    names = ("a", "b", "c")
-    arrays = [_codes(v, fmt, names[i]) for i, v in enumerate(operands)]
-    if any(v.shape != arrays[0].shape for v in arrays):  # (equal shapes: nothing to do)
+    a, b = _codes(operands[0], fmt, "a"), _codes(operands[1], fmt, "b")
+    three = len(operands) == 3
+    c = _codes(operands[2], fmt, "c") if three else a
+    shape = a.shape
+    if b.shape != shape or c.shape != shape:  # (equal shapes: nothing to do)
+        arrays = (a, b, c) if three else (a, b)
         try:
-            arrays = [np.asarray(v, order="C") for v in np.broadcast_arrays(*arrays)]
+            arrays = tuple(np.asarray(v, order="C") for v in np.broadcast_arrays(*arrays))
         except ValueError:
             shapes = ", ".join(str(v.shape) for v in arrays)
-            raise ValueError(f"a, b{', c' if len(arrays) == 3 else ''}: shapes {shapes} do "
+            raise ValueError(f"a, b{', c' if three else ''}: shapes {shapes} do "
                              "not broadcast together") from None
-    shape = arrays[0].shape
+        a, b, c = arrays[0], arrays[1], arrays[2] if three else arrays[0]
+        shape = a.shape
     if out is not None:
         _check_out(out, shape, dtype)
     dst = _dest(out, shape, dtype)
     flags = (0, 0, 0, 0)
     if dst.size:
-        a, b = arrays[0], arrays[1]
-        c = arrays[2] if len(arrays) == 3 else a
         opc, n, isa, threads = _OPS[op], dst.size, _config.isa(), _config.threads()
         want = bool(return_flags)  # (uncounted, nearest BF16 skips tests only flags need)
         if n >= _LUT_MIN and not want and mode != 1 and opc != 3 and dtype.itemsize == 1:
