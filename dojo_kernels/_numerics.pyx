@@ -181,8 +181,11 @@ def lut2(table, a, b, out, int64_t n, int nthreads):
         held = 3
         _take(out, &vo, PyBUF_WRITABLE, "out", n, 1)
         held = 4
-        if _overlap(&vo, &va) or _overlap(&vo, &vb) or _overlap(&vo, &vt):
+        if _overlap(&vo, &va) or _overlap(&vo, &vb):
             return None
+        if (<const char *>vo.buf < <const char *>vt.buf + vt.len
+                and <const char *>vt.buf < <const char *>vo.buf + vo.len):
+            return None  # (any overlap with the table: it is read in any order)
         with nogil:
             dk_lut2(vt.buf, va.buf, vb.buf, vo.buf, n, nthreads)
     finally:

@@ -166,16 +166,21 @@ def test_cfloat8_table_path(isa, threads_restored, rf, op):
     it); in place and into an out overlapping an operand too."""
     from dojo_kernels import numerics
     rng = np.random.default_rng(hash((rf.family, rf.bias, op)) % 2**32)
-    n = numerics._LUT_MIN + 4321
+    n = 2 * numerics._LUT_MIN + 4321  # (past the drivers' threshold for threads, 4 blocks)
     ops = [rng.integers(0, 256, n).astype(np.uint8) for _ in range(2)]
     fmt = fmt_of(rf)
+    dk.set_thread_guard(False)  # (every call on the threads asked for)
+    try:
+        for rounding in ("nearest", "toward_zero"):
+            for t in (1, 2):
+                dk.set_num_threads(t)
+                before = numerics._lut.cache_info()
+                check(op, ops, rf, rounding, 0)
+                after = numerics._lut.cache_info()
+                assert after.hits + after.misses > before.hits + before.misses  # table used
+    finally:
+        dk.set_thread_guard(True)
     for rounding in ("nearest", "toward_zero"):
-        for t in (1, 2):
-            dk.set_num_threads(t)
-            before = numerics._lut.cache_info()
-            check(op, ops, rf, rounding, 0)
-            after = numerics._lut.cache_info()
-            assert after.hits + after.misses > before.hits + before.misses  # the table ran
         want = OPS[op](*ops, fmt, rounding=rounding, return_flags=True)[0]
         a = ops[0].copy()
         assert OPS[op](a, ops[1], fmt, rounding=rounding, out=a) is a  # in place
@@ -185,7 +190,16 @@ def test_cfloat8_table_path(isa, threads_restored, rf, op):
         out = buf[5:5 + n]  # one code past b, inside its memory
         assert OPS[op](ops[0], buf[4:4 + n], fmt, rounding=rounding, out=out) is out
         assert np.array_equal(out, want)
-    assert not numerics._lut(fmt, 0, 0).flags.writeable
+    table = numerics._lut(fmt, 0, 0, _config.isa())
+    with pytest.raises(ValueError):
+        table.setflags(write=True)  # cached: nobody may change it
+    a8 = np.zeros(1 << 16, np.uint8)
+    with pytest.raises(ValueError, match="read-only"):
+        _numerics.lut2(table, a8, a8, table, 1 << 16, 1)
+    mine = np.array(table)  # a writable table: the glue still never writes into it
+    assert _numerics.lut2(mine, a8, a8, mine, 1 << 16, 1) is None
+    assert _numerics.lut2(mine, a8[:1 << 15], a8[:1 << 15], mine[1 << 15:], 1 << 15, 1) is None
+    assert np.array_equal(mine, table)
 
 
 # --- the caller's floating-point environment -------------------------------------------------

@@ -343,14 +343,15 @@ def _arith(op: str, operands: Tuple[Any, ...], fmt: Format, rounding: str, seed:
     c = _codes(operands[2], fmt, "c") if three else a
     shape = a.shape
     if b.shape != shape or c.shape != shape:  # (equal shapes: nothing to do)
-        arrays = (a, b, c) if three else (a, b)
+        arrays: Tuple[np.ndarray, ...] = (a, b, c) if three else (a, b)
         try:
             arrays = tuple(np.asarray(v, order="C") for v in np.broadcast_arrays(*arrays))
         except ValueError:
             shapes = ", ".join(str(v.shape) for v in arrays)
             raise ValueError(f"a, b{', c' if three else ''}: shapes {shapes} do "
                              "not broadcast together") from None
-        a, b, c = arrays[0], arrays[1], arrays[2] if three else arrays[0]
+        a, b = arrays[0], arrays[1]
+        c = arrays[2] if three else a
         shape = a.shape
     if out is not None:
         _check_out(out, shape, dtype)
@@ -360,7 +361,7 @@ def _arith(op: str, operands: Tuple[Any, ...], fmt: Format, rounding: str, seed:
         opc, n, isa, threads = _OPS[op], dst.size, _config.isa(), _config.threads()
         want = bool(return_flags)  # (uncounted, nearest BF16 skips tests only flags need)
         if n >= _LUT_MIN and not want and mode != 1 and opc != 3 and dtype.itemsize == 1:
-            table = _lut(fmt, opc, mode)
+            table = _lut(fmt, opc, mode, isa)
             dst, _ = _run(lambda d: _numerics.lut2(table, a, b, d, n, threads), dst)
         else:
             dst, flags = _run(lambda d: _numerics.arith(opc, a, b, c, d, n, ctup, mode, seed_,
@@ -371,22 +372,23 @@ def _arith(op: str, operands: Tuple[Any, ...], fmt: Format, rounding: str, seed:
 
 #: 8-bit add/sub/mul of at least this many elements, rounded to nearest or toward zero and
 #: without flags, look their results up in a table of every pair of codes (_lut), built by
-#: the kernels once per (format, op, rounding): as long as computing 65,536 results.
+#: the kernels once per (format, op, rounding, tier): as long as computing 65,536 results.
 _LUT_MIN = 1 << 16
 
 
 @functools.lru_cache(maxsize=32)
-def _lut(fmt: Format, opc: int, mode: int) -> np.ndarray:
-    """The codes of op on every pair of fmt's 8-bit codes, at index a << 8 | b (read-only):
-    the kernels' own results, so a lookup gives their bits. 64 KiB; the 32 latest kept."""
+def _lut(fmt: Format, opc: int, mode: int, isa: int) -> np.ndarray:
+    """The codes of op on every pair of fmt's 8-bit codes, at index a << 8 | b: the results
+    of tier isa's kernel, so a lookup gives its bits. 64 KiB, over immutable bytes (NumPy
+    refuses to make it writable); the 32 most recently used are kept. Threads that ask for
+    the same new table at once may each build it (the same bits; one is kept)."""
     a = np.repeat(np.arange(256, dtype=np.uint8), 256)
     b = np.tile(np.arange(256, dtype=np.uint8), 256)
     table = np.empty(1 << 16, np.uint8)
     got = _numerics.arith(opc, a, b, a, table, 1 << 16, _fmt_info(fmt)[1], mode, 0, False,
-                          _config.isa(), 1)
+                          isa, 1)
     assert got is not None  # (a new array overlaps nothing)
-    table.setflags(write=False)
-    return table
+    return np.frombuffer(table.tobytes(), np.uint8)
 
 
 def add(a: Any, b: Any, fmt: Format, *, rounding: str = "nearest", seed: Optional[int] = None,
