@@ -62,6 +62,13 @@ cdef int _kind_width(int kind, str name) except -1:
 # writable. When out overlaps an input other than element for element, nothing runs and the
 # call returns None (the caller then gives a new out).
 
+cdef void _release(Py_buffer *v, int held) noexcept:
+    """Release the first held buffers of v (those _take filled), the last taken first."""
+    while held > 0:
+        held -= 1
+        PyBuffer_Release(&v[held])
+
+
 def quantize(x, int xkind, out, int64_t n, tuple fmt, int mode, uint64_t seed,
              bint want_flags, int isa, int nthreads):
     """Returns the flag counts (zeros unless want_flags), or None on an overlap."""
@@ -69,21 +76,21 @@ def quantize(x, int xkind, out, int64_t n, tuple fmt, int mode, uint64_t seed,
     cdef dk_flags fl
     cdef int xw = _kind_width(xkind, "xkind")
     cdef int w = dk_code_width(&f)
-    cdef Py_buffer vx, vo
+    cdef Py_buffer v[2]
+    cdef int held = 0
     fl.invalid = fl.denormal = fl.overflow = fl.underflow = 0
-    _take(x, &vx, PyBUF_SIMPLE, "x", n, xw)
     try:
-        _take(out, &vo, PyBUF_WRITABLE, "out", n, w)
-        try:
-            if _overlap(&vo, &vx):
-                return None
-            with nogil:
-                dk_quantize(vx.buf, xkind, vo.buf, n, &f, mode, seed,
-                            &fl if want_flags else NULL, isa, nthreads)
-        finally:
-            PyBuffer_Release(&vo)
+        _take(x, &v[0], PyBUF_SIMPLE, "x", n, xw)
+        held = 1
+        _take(out, &v[1], PyBUF_WRITABLE, "out", n, w)
+        held = 2
+        if _overlap(&v[1], &v[0]):
+            return None
+        with nogil:
+            dk_quantize(v[0].buf, xkind, v[1].buf, n, &f, mode, seed,
+                        &fl if want_flags else NULL, isa, nthreads)
     finally:
-        PyBuffer_Release(&vx)
+        _release(v, held)
     return (fl.invalid, fl.denormal, fl.overflow, fl.underflow)
 
 
@@ -92,21 +99,21 @@ def dequantize(codes, out, int okind, int64_t n, tuple fmt, int isa, int nthread
     cdef dk_format f = _fmt(fmt)
     cdef int w = dk_code_width(&f)
     cdef int ow = _kind_width(okind, "okind")
-    cdef Py_buffer vc, vo
+    cdef Py_buffer v[2]
+    cdef int held = 0
     if okind == 2:
         raise ValueError("okind: expected 0 (float32) or 1 (float64), got 2")
-    _take(codes, &vc, PyBUF_SIMPLE, "codes", n, w)
     try:
-        _take(out, &vo, PyBUF_WRITABLE, "out", n, ow)
-        try:
-            if _overlap(&vo, &vc):
-                return None
-            with nogil:
-                dk_dequantize(vc.buf, vo.buf, okind, n, &f, isa, nthreads)
-        finally:
-            PyBuffer_Release(&vo)
+        _take(codes, &v[0], PyBUF_SIMPLE, "codes", n, w)
+        held = 1
+        _take(out, &v[1], PyBUF_WRITABLE, "out", n, ow)
+        held = 2
+        if _overlap(&v[1], &v[0]):
+            return None
+        with nogil:
+            dk_dequantize(v[0].buf, v[1].buf, okind, n, &f, isa, nthreads)
     finally:
-        PyBuffer_Release(&vc)
+        _release(v, held)
     return True
 
 
@@ -115,19 +122,19 @@ def fake_quantize(x, int xkind, out, int64_t n, tuple fmt, int mode, uint64_t se
     """out: of x's kind. Returns True, or None on an overlap."""
     cdef dk_format f = _fmt(fmt)
     cdef int xw = _kind_width(xkind, "xkind")
-    cdef Py_buffer vx, vo
-    _take(x, &vx, PyBUF_SIMPLE, "x", n, xw)
+    cdef Py_buffer v[2]
+    cdef int held = 0
     try:
-        _take(out, &vo, PyBUF_WRITABLE, "out", n, xw)
-        try:
-            if _overlap(&vo, &vx):
-                return None
-            with nogil:
-                dk_fake_quantize(vx.buf, xkind, vo.buf, n, &f, mode, seed, isa, nthreads)
-        finally:
-            PyBuffer_Release(&vo)
+        _take(x, &v[0], PyBUF_SIMPLE, "x", n, xw)
+        held = 1
+        _take(out, &v[1], PyBUF_WRITABLE, "out", n, xw)
+        held = 2
+        if _overlap(&v[1], &v[0]):
+            return None
+        with nogil:
+            dk_fake_quantize(v[0].buf, xkind, v[1].buf, n, &f, mode, seed, isa, nthreads)
     finally:
-        PyBuffer_Release(&vx)
+        _release(v, held)
     return True
 
 
@@ -138,65 +145,51 @@ def arith(int op, a, b, c, out, int64_t n, tuple fmt, int mode, uint64_t seed, b
     cdef dk_format f = _fmt(fmt)
     cdef dk_flags fl
     cdef int width = dk_code_width(&f)
-    cdef Py_buffer va, vb, vc, vo
-    fl.invalid = fl.denormal = fl.overflow = fl.underflow = 0
+    cdef Py_buffer v[4]  # a, b, c, out
     cdef int held = 0
+    fl.invalid = fl.denormal = fl.overflow = fl.underflow = 0
     try:
-        _take(a, &va, PyBUF_SIMPLE, "a", n, width)
+        _take(a, &v[0], PyBUF_SIMPLE, "a", n, width)
         held = 1
-        _take(b, &vb, PyBUF_SIMPLE, "b", n, width)
+        _take(b, &v[1], PyBUF_SIMPLE, "b", n, width)
         held = 2
-        _take(c, &vc, PyBUF_SIMPLE, "c", n, width)
+        _take(c, &v[2], PyBUF_SIMPLE, "c", n, width)
         held = 3
-        _take(out, &vo, PyBUF_WRITABLE, "out", n, width)
+        _take(out, &v[3], PyBUF_WRITABLE, "out", n, width)
         held = 4
-        if _overlap(&vo, &va) or _overlap(&vo, &vb) or _overlap(&vo, &vc):
+        if _overlap(&v[3], &v[0]) or _overlap(&v[3], &v[1]) or _overlap(&v[3], &v[2]):
             return None
         with nogil:
-            dk_arith(op, va.buf, vb.buf, vc.buf, vo.buf, n, &f, mode, seed,
+            dk_arith(op, v[0].buf, v[1].buf, v[2].buf, v[3].buf, n, &f, mode, seed,
                      &fl if want_flags else NULL, isa, nthreads)
     finally:
-        if held >= 4:
-            PyBuffer_Release(&vo)
-        if held >= 3:
-            PyBuffer_Release(&vc)
-        if held >= 2:
-            PyBuffer_Release(&vb)
-        if held >= 1:
-            PyBuffer_Release(&va)
+        _release(v, held)
     return (fl.invalid, fl.denormal, fl.overflow, fl.underflow)
 
 
 def lut2(table, a, b, out, int64_t n, int nthreads):
     """out[i] = table[a[i] << 8 | b[i]] for n 8-bit codes (table: 65,536 codes). Returns True,
     or None on an overlap."""
-    cdef Py_buffer vt, va, vb, vo
+    cdef Py_buffer v[4]  # table, a, b, out
     cdef int held = 0
     try:
-        _take(table, &vt, PyBUF_SIMPLE, "table", 65536, 1)
+        _take(table, &v[0], PyBUF_SIMPLE, "table", 65536, 1)
         held = 1
-        _take(a, &va, PyBUF_SIMPLE, "a", n, 1)
+        _take(a, &v[1], PyBUF_SIMPLE, "a", n, 1)
         held = 2
-        _take(b, &vb, PyBUF_SIMPLE, "b", n, 1)
+        _take(b, &v[2], PyBUF_SIMPLE, "b", n, 1)
         held = 3
-        _take(out, &vo, PyBUF_WRITABLE, "out", n, 1)
+        _take(out, &v[3], PyBUF_WRITABLE, "out", n, 1)
         held = 4
-        if _overlap(&vo, &va) or _overlap(&vo, &vb):
+        if _overlap(&v[3], &v[1]) or _overlap(&v[3], &v[2]):
             return None
-        if (<const char *>vo.buf < <const char *>vt.buf + vt.len
-                and <const char *>vt.buf < <const char *>vo.buf + vo.len):
+        if (<const char *>v[3].buf < <const char *>v[0].buf + v[0].len
+                and <const char *>v[0].buf < <const char *>v[3].buf + v[3].len):
             return None  # (any overlap with the table: it is read in any order)
         with nogil:
-            dk_lut2(vt.buf, va.buf, vb.buf, vo.buf, n, nthreads)
+            dk_lut2(v[0].buf, v[1].buf, v[2].buf, v[3].buf, n, nthreads)
     finally:
-        if held >= 4:
-            PyBuffer_Release(&vo)
-        if held >= 3:
-            PyBuffer_Release(&vb)
-        if held >= 2:
-            PyBuffer_Release(&va)
-        if held >= 1:
-            PyBuffer_Release(&vt)
+        _release(v, held)
     return True
 
 
@@ -204,14 +197,14 @@ def maxabs(x, int xkind, int64_t n, int nthreads):
     """max |x| of a C-contiguous float32/float64/bf16-bits array of n elements (NaN if any
     element is NaN), in one pass. x is any object exporting a contiguous buffer."""
     cdef int xw = _kind_width(xkind, "xkind")
-    cdef Py_buffer vx
+    cdef Py_buffer v[1]
     cdef double r
-    _take(x, &vx, PyBUF_SIMPLE, "x", n, xw)
+    _take(x, &v[0], PyBUF_SIMPLE, "x", n, xw)
     try:
         with nogil:
-            r = dk_maxabs(vx.buf, xkind, n, nthreads)
+            r = dk_maxabs(v[0].buf, xkind, n, nthreads)
     finally:
-        PyBuffer_Release(&vx)
+        _release(v, 1)
     return r
 
 

@@ -217,6 +217,46 @@ def test_conversion_glue_checks_its_buffers(entry):
         assert run(xb, xb, n) == got and np.array_equal(xb, want)
 
 
+def test_glue_releases_every_buffer():
+    """Every glue entry gives back each buffer it took: after a call that runs, one refused
+    for an overlap and one refused for a wrong size (an exception after some buffers were
+    taken), a bytearray passed to it can be resized (it cannot while a view of it lives)."""
+    from dojo_kernels import _config, _numerics
+    from dojo_kernels._cformat import ctuple
+    isa, bf, f8 = _config.isa(), ctuple(dk.BF16), ctuple(dk.cfloat8_143(7))
+    n = 64
+    calls = {  # entry -> run(x, out, n) on byte buffers holding n elements each
+        "quantize": (lambda x, o, k: _numerics.quantize(x, 0, o, k, bf, 0, 0, True, isa, 1), 4, 2),
+        "dequantize": (lambda x, o, k: _numerics.dequantize(x, o, 0, k, bf, isa, 1), 2, 4),
+        "fake_quantize": (lambda x, o, k: _numerics.fake_quantize(x, 0, o, k, bf, 0, 0, isa, 1),
+                          4, 4),
+        "arith": (lambda x, o, k: _numerics.arith(0, x, x, x, o, k, bf, 0, 0, False, isa, 1),
+                  2, 2),
+        "lut2": (lambda x, o, k: _numerics.lut2(bytearray(1 << 16), x, x, o, k, 1), 1, 1),
+        "maxabs": (lambda x, o, k: _numerics.maxabs(x, 0, k, 1), 4, 0),
+    }
+    assert f8  # (8-bit formats share the code paths; lut2 is byte-wide)
+    for name, (run, xw, ow) in calls.items():
+        x, out = bytearray(n * xw), bytearray(max(n * ow, 1))
+        shared = bytearray(n * max(xw, ow) + 64)
+        attempts = [lambda: (x, out, n), lambda: (x, out, n + 1)]  # runs; wrong size
+        if ow:  # out 8 bytes into x's memory: an overlap
+            attempts.append(lambda: (memoryview(shared)[:n * xw],
+                                     memoryview(shared)[8:8 + n * ow], n))
+        for make in attempts:
+            args = make()
+            try:
+                run(*args)
+            except ValueError:
+                pass
+            for arg in args:
+                if isinstance(arg, memoryview):
+                    arg.release()
+            for ba in (x, out, shared):
+                ba.append(0)  # BufferError if a view of it were still held
+                del ba[-1]
+
+
 def test_maxabs_glue_checks_its_buffer():
     """choose_bias's kernel reads n elements through a raw buffer: a buffer of another size,
     a misaligned or strided one, a bad kind or n are refused before it runs."""
