@@ -35,15 +35,20 @@ cdef int _take(object o, Py_buffer *v, int flags, str name, int64_t n, int width
     return 0
 
 
+cdef bint _intersect(const Py_buffer *o, const Py_buffer *v) noexcept:
+    """Do the two buffers share any byte?"""
+    cdef const char *p = <const char *>o.buf
+    cdef const char *q = <const char *>v.buf
+    return p < q + v.len and q < p + o.len
+
+
 cdef bint _overlap(const Py_buffer *o, const Py_buffer *v) noexcept:
     """Does out (o) share memory with the input v other than exactly, element for element
     (same start, same length: in place)? The kernels run blocks in parallel and in vectors,
     so any other overlap could read an element after it was written."""
-    cdef const char *p = <const char *>o.buf
-    cdef const char *q = <const char *>v.buf
-    if p == q and o.len == v.len:
+    if o.buf == v.buf and o.len == v.len:
         return False
-    return p < q + v.len and q < p + o.len
+    return _intersect(o, v)
 
 
 cdef int _kind_width(int kind, str name) except -1:
@@ -69,6 +74,17 @@ cdef void _release(Py_buffer *v, int held) noexcept:
         PyBuffer_Release(&v[held])
 
 
+cdef bint _take_in_out(Py_buffer *v, int *held, x, str xname, int xw, out, int ow,
+                       int64_t n) except -1:
+    """The conversions' two buffers: the input into v[0], out (writable) into v[1], counting
+    them in *held for _release. True when out overlaps the input other than in place."""
+    _take(x, &v[0], PyBUF_SIMPLE, xname, n, xw)
+    held[0] = 1
+    _take(out, &v[1], PyBUF_WRITABLE, "out", n, ow)
+    held[0] = 2
+    return _overlap(&v[1], &v[0])
+
+
 def quantize(x, int xkind, out, int64_t n, tuple fmt, int mode, uint64_t seed,
              bint want_flags, int isa, int nthreads):
     """Returns the flag counts (zeros unless want_flags), or None on an overlap."""
@@ -80,11 +96,7 @@ def quantize(x, int xkind, out, int64_t n, tuple fmt, int mode, uint64_t seed,
     cdef int held = 0
     fl.invalid = fl.denormal = fl.overflow = fl.underflow = 0
     try:
-        _take(x, &v[0], PyBUF_SIMPLE, "x", n, xw)
-        held = 1
-        _take(out, &v[1], PyBUF_WRITABLE, "out", n, w)
-        held = 2
-        if _overlap(&v[1], &v[0]):
+        if _take_in_out(v, &held, x, "x", xw, out, w, n):
             return None
         with nogil:
             dk_quantize(v[0].buf, xkind, v[1].buf, n, &f, mode, seed,
@@ -104,11 +116,7 @@ def dequantize(codes, out, int okind, int64_t n, tuple fmt, int isa, int nthread
     if okind == 2:
         raise ValueError("okind: expected 0 (float32) or 1 (float64), got 2")
     try:
-        _take(codes, &v[0], PyBUF_SIMPLE, "codes", n, w)
-        held = 1
-        _take(out, &v[1], PyBUF_WRITABLE, "out", n, ow)
-        held = 2
-        if _overlap(&v[1], &v[0]):
+        if _take_in_out(v, &held, codes, "codes", w, out, ow, n):
             return None
         with nogil:
             dk_dequantize(v[0].buf, v[1].buf, okind, n, &f, isa, nthreads)
@@ -125,11 +133,7 @@ def fake_quantize(x, int xkind, out, int64_t n, tuple fmt, int mode, uint64_t se
     cdef Py_buffer v[2]
     cdef int held = 0
     try:
-        _take(x, &v[0], PyBUF_SIMPLE, "x", n, xw)
-        held = 1
-        _take(out, &v[1], PyBUF_WRITABLE, "out", n, xw)
-        held = 2
-        if _overlap(&v[1], &v[0]):
+        if _take_in_out(v, &held, x, "x", xw, out, xw, n):
             return None
         with nogil:
             dk_fake_quantize(v[0].buf, xkind, v[1].buf, n, &f, mode, seed, isa, nthreads)
@@ -181,11 +185,9 @@ def lut2(table, a, b, out, int64_t n, int nthreads):
         held = 3
         _take(out, &v[3], PyBUF_WRITABLE, "out", n, 1)
         held = 4
-        if _overlap(&v[3], &v[1]) or _overlap(&v[3], &v[2]):
+        # (any overlap with the table, exact or not: it is read in any order)
+        if _overlap(&v[3], &v[1]) or _overlap(&v[3], &v[2]) or _intersect(&v[3], &v[0]):
             return None
-        if (<const char *>v[3].buf < <const char *>v[0].buf + v[0].len
-                and <const char *>v[0].buf < <const char *>v[3].buf + v[3].len):
-            return None  # (any overlap with the table: it is read in any order)
         with nogil:
             dk_lut2(v[0].buf, v[1].buf, v[2].buf, v[3].buf, n, nthreads)
     finally:

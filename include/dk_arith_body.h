@@ -466,21 +466,6 @@ dk_bf16_run(int op, int mode, int counted, const void *a, const void *b, const v
                 sh = (vu)VSEL(in2 & (((vi)sh & 1) == 0), (vi)sh + st2, (vi)sh);
             }
         }
-        vu wl, wh; /* the codes in the top halves */
-        /* (sums of BF16 values are mostly exact: then the plain carry, as for products) */
-        if (mode == DK_STOCHASTIC && op != DK_OP_MUL && inexact) {
-            /* TwoSum: s + t == u + v exactly */
-            const vf s1 = (vf)sl, s2 = (vf)sh;
-            const vf v1 = s1 - ul, u1 = s1 - v1, v2 = s2 - uh, u2 = s2 - v2;
-            const vf tl = (ul - u1) + (vl - v1), th = (uh - u2) + (vh2 - v2);
-            wl = dk_bf16_stoch_sum(sl, tl, dk_splitmix_r(hl), &bad);
-            wh = dk_bf16_stoch_sum(sh, th, dk_splitmix_r(hh), &bad);
-        } else if (DK_BF16_CVT && mode == DK_NEAREST) {
-            wl = sl, wh = sh; /* (rounded by VCVTNE2PS2BF16 below) */
-        } else {
-            wl = dk_bf16_round_half(sl, hl, mode);
-            wh = dk_bf16_round_half(sh, hh, mode);
-        }
         vu code;
 #if DK_BF16_CVT
         if (mode == DK_NEAREST) {
@@ -490,14 +475,29 @@ dk_bf16_run(int op, int mode, int counted, const void *a, const void *b, const v
              * anyway (bad; fma's zero results), and add/sub leave where s is subnormal. */
             const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
                                                  23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-            code = (vu)_mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh((__m512)wh, (__m512)wl));
+            code = (vu)_mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh((__m512)sh, (__m512)sl));
             /* (a 16-lane mask over the 32-bit words, ORed into the 32-lane mask over the
              * 16-bit codes: rare is only ever tested for any lane set, DK_RARE_ANY) */
             if (op == DK_OP_ADD || op == DK_OP_SUB)
-                rare |= (dk_rare_t)(_mm512_fpclass_ps_mask((__m512)wl, 0x20) | _mm512_fpclass_ps_mask((__m512)wh, 0x20));
+                rare |= (dk_rare_t)(_mm512_fpclass_ps_mask((__m512)sl, 0x20) | _mm512_fpclass_ps_mask((__m512)sh, 0x20));
         } else
 #endif
+        {
+            vu wl, wh; /* the codes in the top halves */
+            /* (sums of BF16 values are mostly exact: then the plain carry, as for products) */
+            if (mode == DK_STOCHASTIC && op != DK_OP_MUL && inexact) {
+                /* TwoSum: s + t == u + v exactly */
+                const vf s1 = (vf)sl, s2 = (vf)sh;
+                const vf v1 = s1 - ul, u1 = s1 - v1, v2 = s2 - uh, u2 = s2 - v2;
+                const vf tl = (ul - u1) + (vl - v1), th = (uh - u2) + (vh2 - v2);
+                wl = dk_bf16_stoch_sum(sl, tl, dk_splitmix_r(hl), &bad);
+                wh = dk_bf16_stoch_sum(sh, th, dk_splitmix_r(hh), &bad);
+            } else {
+                wl = dk_bf16_round_half(sl, hl, mode);
+                wh = dk_bf16_round_half(sh, hh, mode);
+            }
             code = (wh & HI) | (wl >> 16);
+        }
         /* fma: a zero result may be inexact (underflow): zeros go to the general path too */
         rare |= op == DK_OP_FMA ? dk_bf16_rare((vw)code, 0, 0x80, 0x7F7F) : dk_bf16_rare_in((vw)code);
         if (__builtin_expect(DK_RARE_ANY(rare) | dk_any(bad), 0)) break;

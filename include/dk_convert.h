@@ -59,8 +59,8 @@ DK_DECLARE_CONVERT(avx512bf16)
 /* Arithmetic tier kernels (include/dk_arith_body.h) over elements [i0, i0 + n) of the code
  * arrays (global indices: they select the random numbers); add the flag counts of these
  * elements to cnt (invalid, denormal, overflow, underflow; cnt NULL: not counted). Formats
- * with more than 11
- * significant bits (FP32) take the scalar semantics. The caller sets the MXCSR default. */
+ * with more than 11 significant bits (FP32) take the scalar semantics. The caller sets the
+ * MXCSR default. */
 #define DK_DECLARE_ARITH(tier)                                                                 \
     void dk_arith_block_##tier(int op, const void *a, const void *b, const void *c, void *out,  \
                                int64_t i0, int64_t n, const dk_format *f, int mode,             \

@@ -119,9 +119,9 @@ def _source(x: Any, name: str = "x") -> Tuple[np.ndarray, int]:
         return _native(a), _F32
     if not dt.isnative:
         dt = dt.newbyteorder("=")  # big-endian too
-    if dt == np.float32:
+    if dt == _F32_DT:
         return _native(a), _F32
-    if dt == np.float64:
+    if dt == _F64_DT:
         return _native(a), _F64
     if _is_bf16(a.dtype):
         return _native(a).view(np.uint16), _BF16
@@ -182,10 +182,11 @@ def _deliver(result: np.ndarray, out: Optional[np.ndarray]) -> np.ndarray:
 
 def _dest(out: Optional[np.ndarray], shape: Tuple[int, ...], dtype: np.dtype[Any]
           ) -> np.ndarray:
-    """Where the kernel writes: ``out`` (already checked by _check_out: of the native
-    ``dtype``) itself when it is C-contiguous and aligned, else a new array. Overlap with
-    the inputs is the glue's to find (_run)."""
+    """Where the kernel writes: ``out`` (checked: of the native ``dtype`` and ``shape``)
+    itself when it is C-contiguous and aligned, else a new array. Overlap with the inputs is
+    the glue's to find (_run)."""
     if out is not None:
+        _check_out(out, shape, dtype)
         fl = out.flags
         if fl.c_contiguous and fl.aligned:
             return out
@@ -240,8 +241,6 @@ def quantize(x: Any, fmt: Format, *, rounding: str = "nearest", seed: Optional[i
     mode, seed_ = _check_rounding(rounding, seed)
     src, kind = _source(x)
     dtype, ctup = _fmt_info(fmt)
-    if out is not None:
-        _check_out(out, src.shape, dtype)
     dst = _dest(out, src.shape, dtype)
     flags = (0, 0, 0, 0)
     if src.size:
@@ -268,8 +267,6 @@ def dequantize(codes: Any, fmt: Format, *, dtype: Any = np.float32,
     except (KeyError, TypeError):
         dt, okind = _deq_dtype(dtype)
     c = _codes(codes, fmt)
-    if out is not None:
-        _check_out(out, c.shape, dt)
     dst = _dest(out, c.shape, dt)
     if c.size:
         isa, threads, n, ctup = _config.isa(), _config.threads(), c.size, _fmt_info(fmt)[1]
@@ -316,10 +313,9 @@ def fake_quantize(x: Any, fmt: Format, *, rounding: str = "nearest",
         raise TypeError(f"x: a bfloat16 input cannot hold every {fmt!r} value; "
                         "pass x.astype(np.float32)")
     outv = out
-    if out is not None:
-        _check_out(out, src.shape, a.dtype if kind == _BF16 else src.dtype)
-        if kind == _BF16:
-            outv = out.view(np.uint16)  # (a bfloat16 array exports no buffer)
+    if out is not None and kind == _BF16:
+        _check_out(out, src.shape, a.dtype)
+        outv = out.view(np.uint16)  # (a bfloat16 array exports no buffer)
     dst = _dest(outv, src.shape, src.dtype)
     if src.size:
         isa, threads, n, ctup = _config.isa(), _config.threads(), src.size, _fmt_info(fmt)[1]
@@ -353,8 +349,6 @@ def _arith(op: str, operands: Tuple[Any, ...], fmt: Format, rounding: str, seed:
         a, b = arrays[0], arrays[1]
         c = arrays[2] if three else a
         shape = a.shape
-    if out is not None:
-        _check_out(out, shape, dtype)
     dst = _dest(out, shape, dtype)
     flags = (0, 0, 0, 0)
     if dst.size:
