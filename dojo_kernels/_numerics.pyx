@@ -1,7 +1,8 @@
 # Thin glue over csrc/convert_driver.c: raw contiguous byte buffers in, C driver with the
 # GIL released. Argument validation lives in dojo_kernels/numerics/; the glue checks what
 # memory safety needs where it takes raw buffers (sizes, alignment, writability, overlap).
-from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport (PyBUF_FORMAT, PyBUF_ND, PyBUF_SIMPLE, PyBUF_WRITABLE,
+                             PyBuffer_Release, PyObject_GetBuffer)
 cdef extern from "Python.h":
     const Py_ssize_t PY_SSIZE_T_MAX
 
@@ -10,6 +11,9 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from dojo_kernels.dk_convert cimport (dk_format, dk_flags, dk_quantize, dk_dequantize,
                                         dk_fake_quantize, dk_arith, dk_maxabs,
                                         dk_arith_test_under_mxcsr, dk_code_width, dk_lut2)
+
+import numpy as _np
+_ndarray = _np.ndarray
 
 
 cdef dk_format _fmt(tuple t):
@@ -142,6 +146,74 @@ def fake_quantize(x, int xkind, out, int64_t n, tuple fmt, int mode, uint64_t se
     return True
 
 
+_F32_DTYPE, _F64_DTYPE = _np.dtype(_np.float32), _np.dtype(_np.float64)
+
+
+def convert_plain(int entry, x, out, tuple fmt, dtype, int okind, int mode, uint64_t seed,
+                  bint want_flags, int isa, int nthreads):
+    """The common call of a conversion in one step, with no checks in Python. entry 0:
+    quantize x (float32 or float64) into codes of fmt (dtype: their storage type); 1:
+    dequantize codes of fmt (x) into okind's float type (0 float32, 1 float64: dtype); 2:
+    fake_quantize x (float32 or float64) into its own type (dtype unused). x a NumPy array
+    of that type, C-contiguous and aligned; out None (a new array) or such an array of x's
+    shape and the result's type, writable, meeting x in place (same width) or not at all.
+    Returns (the array written, the flag counts (entry 0; zeros unless want_flags) or
+    True), or None, having computed nothing, for any other call: the caller's general path
+    then checks and runs it."""
+    cdef dk_format f = _fmt(fmt)
+    cdef int w = dk_code_width(&f)
+    cdef dk_flags fl
+    cdef Py_buffer v[2]  # x, out
+    cdef int held = 0, xkind = okind, xw, ow
+    cdef char xc, oc
+    cdef int64_t n
+    cdef object dst = out
+    fl.invalid = fl.denormal = fl.overflow = fl.underflow = 0
+    if entry == 1:
+        if okind != 0 and okind != 1:
+            return None
+        xc, xw, oc, ow = _code_char(w), w, b"f" if okind == 0 else b"d", 4 << okind
+    elif entry == 0 or entry == 2:
+        if type(x) is not _ndarray:
+            return None
+        xkind = 0 if x.dtype is _F32_DTYPE else 1 if x.dtype is _F64_DTYPE else -1
+        if xkind < 0:
+            return None
+        xc, xw = b"f" if xkind == 0 else b"d", 4 << xkind
+        oc, ow = (_code_char(w), w) if entry == 0 else (xc, xw)
+        if entry == 2:
+            dtype = x.dtype
+    else:
+        return None
+    try:
+        if not _take_plain(x, &v[0], PyBUF_SIMPLE, xc, xw):
+            return None
+        held = 1
+        n = v[0].len // xw
+        if dst is None:
+            dst = _np.empty(tuple([v[0].shape[i] for i in range(v[0].ndim)]), dtype)
+        if not _take_plain(dst, &v[1], PyBUF_WRITABLE, oc, ow):
+            return None
+        held = 2
+        if not _same_shape(&v[0], &v[1]) or _overlap(&v[1], &v[0]):
+            return None
+        if n:
+            with nogil:
+                if entry == 0:
+                    dk_quantize(v[0].buf, xkind, v[1].buf, n, &f, mode, seed,
+                                &fl if want_flags else NULL, isa, nthreads)
+                elif entry == 1:
+                    dk_dequantize(v[0].buf, v[1].buf, okind, n, &f, isa, nthreads)
+                else:
+                    dk_fake_quantize(v[0].buf, xkind, v[1].buf, n, &f, mode, seed, isa,
+                                     nthreads)
+    finally:
+        _release(v, held)
+    if entry == 0:
+        return dst, (fl.invalid, fl.denormal, fl.overflow, fl.underflow)
+    return dst, True
+
+
 def arith(int op, a, b, c, out, int64_t n, tuple fmt, int mode, uint64_t seed, bint want_flags,
           int isa, int nthreads):
     """a, b, c, out: n codes each. Returns the flag counts (zeros unless want_flags: the
@@ -169,6 +241,90 @@ def arith(int op, a, b, c, out, int64_t n, tuple fmt, int mode, uint64_t seed, b
     finally:
         _release(v, held)
     return (fl.invalid, fl.denormal, fl.overflow, fl.underflow)
+
+
+cdef char _code_char(int width) noexcept:
+    """The buffer format character of the storage type of codes of that width: uint8,
+    uint16, or FP32's float32."""
+    return b"B" if width == 1 else b"H" if width == 2 else b"f"
+
+
+cdef bint _take_plain(object o, Py_buffer *v, int flags, char code, int width) noexcept:
+    """Take the buffer of o into v when o is a NumPy array (not a subclass), C-contiguous
+    and aligned, of the native type whose buffer format is the one character `code` ("B":
+    uint8, "H": uint16, "f": float32, "d": float64) and whose elements are `width` bytes,
+    and, for out (flags PyBUF_WRITABLE), writable. Otherwise hold nothing, clear
+    any error and return False. The shape comes with the buffer (PyBUF_ND)."""
+    if type(o) is not _ndarray:
+        return False
+    try:
+        PyObject_GetBuffer(o, v, flags | PyBUF_FORMAT | PyBUF_ND)
+    except Exception:  # (not contiguous, read-only, no buffer format: the general path)
+        return False
+    # (NumPy exports an unaligned array with the format "=H"; the kernels need alignment
+    # whatever the format says)
+    if (v.format == NULL or v.format[0] != code or v.format[1] != 0
+            or (<size_t>v.buf) % width):
+        PyBuffer_Release(v)
+        return False
+    return True
+
+
+cdef bint _same_shape(const Py_buffer *v, const Py_buffer *w) noexcept:
+    if v.ndim != w.ndim:
+        return False
+    for i in range(v.ndim):
+        if v.shape[i] != w.shape[i]:
+            return False
+    return True
+
+
+def arith_plain(int op, tuple operands, out, tuple fmt, dtype, int mode, uint64_t seed,
+                bint want_flags, int isa, int nthreads, int64_t max_n):
+    """The common call of add/sub/mul/fma in one step, with no checks in Python: every
+    operand (two, or three for fma) a NumPy array of fmt's native storage type (dtype:
+    uint8, uint16, or float32 for FP32), C-contiguous and aligned, all of one shape, at most
+    max_n elements; out None (a new array of dtype) or such an array of that shape,
+    writable, meeting each operand in place or not at all. Returns (the array written, the flag counts), or None, having computed nothing,
+    for any other call: the caller's general path then checks and runs it."""
+    cdef dk_format f = _fmt(fmt)
+    cdef dk_flags fl
+    cdef int width = dk_code_width(&f)
+    cdef char code = _code_char(width)
+    cdef Py_buffer v[4]  # a, b, then c (fma) and out
+    cdef int held = 0, k = len(operands)
+    cdef int64_t n
+    cdef object dst = out
+    if k != 2 and k != 3:
+        return None
+    fl.invalid = fl.denormal = fl.overflow = fl.underflow = 0
+    try:
+        for i in range(k):
+            if not _take_plain(operands[i], &v[held], PyBUF_SIMPLE, code, width):
+                return None
+            held += 1
+            if i and not _same_shape(&v[0], &v[i]):
+                return None
+        n = v[0].len // width
+        if n > max_n:
+            return None
+        if dst is None:
+            dst = _np.empty(tuple([v[0].shape[i] for i in range(v[0].ndim)]), dtype)
+        if not _take_plain(dst, &v[held], PyBUF_WRITABLE, code, width):
+            return None
+        held += 1
+        if not _same_shape(&v[0], &v[k]):
+            return None
+        for i in range(k):
+            if _overlap(&v[k], &v[i]):
+                return None
+        if n:
+            with nogil:
+                dk_arith(op, v[0].buf, v[1].buf, v[2].buf if k == 3 else v[0].buf, v[k].buf,
+                         n, &f, mode, seed, &fl if want_flags else NULL, isa, nthreads)
+    finally:
+        _release(v, held)
+    return dst, (fl.invalid, fl.denormal, fl.overflow, fl.underflow)
 
 
 def lut2(table, a, b, out, int64_t n, int nthreads):

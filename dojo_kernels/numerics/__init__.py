@@ -239,12 +239,18 @@ def quantize(x: Any, fmt: Format, *, rounding: str = "nearest", seed: Optional[i
     if not isinstance(fmt, Format):
         _check_format(fmt)
     mode, seed_ = _check_rounding(rounding, seed)
-    src, kind = _source(x)
     dtype, ctup = _fmt_info(fmt)
+    isa, threads, want = _config.isa(), _config.threads(), bool(return_flags)
+    # The common call, a float32/float64 array into one of the codes or None, in one step
+    # (the glue checks that it is one, and otherwise computes nothing: the general path).
+    got = _numerics.convert_plain(0, x, out, ctup, dtype, 0, mode, seed_, want, isa, threads)
+    if got is not None:
+        return (got[0], Flags(*got[1])) if return_flags else got[0]
+    src, kind = _source(x)
     dst = _dest(out, src.shape, dtype)
     flags = (0, 0, 0, 0)
     if src.size:
-        isa, threads, n, want = _config.isa(), _config.threads(), src.size, bool(return_flags)
+        n = src.size
         dst, flags = _run(lambda d: _numerics.quantize(src, kind, d, n, ctup, mode, seed_, want,
                                                        isa, threads), dst)
     dst = _deliver(dst, out)
@@ -266,10 +272,14 @@ def dequantize(codes: Any, fmt: Format, *, dtype: Any = np.float32,
         dt, okind = _DEQ_DTYPES[dtype]  # (the usual spellings: no dtype to build)
     except (KeyError, TypeError):
         dt, okind = _deq_dtype(dtype)
+    isa, threads, ctup = _config.isa(), _config.threads(), _fmt_info(fmt)[1]
+    got = _numerics.convert_plain(1, codes, out, ctup, dt, okind, 0, 0, False, isa, threads)
+    if got is not None:  # (the common call: see quantize)
+        return got[0]
     c = _codes(codes, fmt)
     dst = _dest(out, c.shape, dt)
     if c.size:
-        isa, threads, n, ctup = _config.isa(), _config.threads(), c.size, _fmt_info(fmt)[1]
+        n = c.size
         dst, _ = _run(lambda d: _numerics.dequantize(c, d, okind, n, ctup, isa, threads), dst)
     return _deliver(dst, out)
 
@@ -307,6 +317,10 @@ def fake_quantize(x: Any, fmt: Format, *, rounding: str = "nearest",
     if not isinstance(fmt, Format):
         _check_format(fmt)
     mode, seed_ = _check_rounding(rounding, seed)
+    isa, threads, ctup = _config.isa(), _config.threads(), _fmt_info(fmt)[1]
+    got = _numerics.convert_plain(2, x, out, ctup, None, 0, mode, seed_, False, isa, threads)
+    if got is not None:  # (the common call: see quantize)
+        return got[0]
     a = np.asarray(x)
     src, kind = _source(a)
     if kind == _BF16 and not _fits_bf16(fmt):
@@ -318,7 +332,7 @@ def fake_quantize(x: Any, fmt: Format, *, rounding: str = "nearest",
         outv = out.view(np.uint16)  # (a bfloat16 array exports no buffer)
     dst = _dest(outv, src.shape, src.dtype)
     if src.size:
-        isa, threads, n, ctup = _config.isa(), _config.threads(), src.size, _fmt_info(fmt)[1]
+        n = src.size
         dst, _ = _run(lambda d: _numerics.fake_quantize(src, kind, d, n, ctup, mode, seed_, isa,
                                                         threads), dst)
     if out is not None:
@@ -334,6 +348,15 @@ def _arith(op: str, operands: Tuple[Any, ...], fmt: Format, rounding: str, seed:
         _check_format(fmt)
     mode, seed_ = _check_rounding(rounding, seed)
     dtype, ctup = _fmt_info(fmt)
+    opc, isa, threads = _OPS[op], _config.isa(), _config.threads()
+    want = bool(return_flags)  # (uncounted, nearest BF16 skips tests only flags need)
+    table = dtype.itemsize == 1 and not want and mode != 1 and opc != 3  # (_LUT_MIN)
+    # The common call, arrays of the code type and of one shape, in one step (the glue
+    # checks that it is one, and otherwise computes nothing: the general path below).
+    got = _numerics.arith_plain(opc, operands, out, ctup, dtype, mode, seed_, want, isa,
+                                threads, _LUT_MIN - 1 if table else _NO_LIMIT)
+    if got is not None:
+        return (got[0], Flags(*got[1])) if return_flags else got[0]
     a, b = _codes(operands[0], fmt, "a"), _codes(operands[1], fmt, "b")
     three = len(operands) == 3
     c = _codes(operands[2], fmt, "c") if three else a
@@ -352,11 +375,10 @@ def _arith(op: str, operands: Tuple[Any, ...], fmt: Format, rounding: str, seed:
     dst = _dest(out, shape, dtype)
     flags = (0, 0, 0, 0)
     if dst.size:
-        opc, n, isa, threads = _OPS[op], dst.size, _config.isa(), _config.threads()
-        want = bool(return_flags)  # (uncounted, nearest BF16 skips tests only flags need)
-        if n >= _LUT_MIN and not want and mode != 1 and opc != 3 and dtype.itemsize == 1:
-            table = _lut(fmt, opc, mode, isa)
-            dst, _ = _run(lambda d: _numerics.lut2(table, a, b, d, n, threads), dst)
+        n = dst.size
+        if table and n >= _LUT_MIN:
+            lut = _lut(fmt, opc, mode, isa)
+            dst, _ = _run(lambda d: _numerics.lut2(lut, a, b, d, n, threads), dst)
         else:
             dst, flags = _run(lambda d: _numerics.arith(opc, a, b, c, d, n, ctup, mode, seed_,
                                                         want, isa, threads), dst)
@@ -368,6 +390,7 @@ def _arith(op: str, operands: Tuple[Any, ...], fmt: Format, rounding: str, seed:
 #: without flags, look their results up in a table of every pair of codes (_lut), built by
 #: the kernels once per (format, op, rounding, tier): as long as computing 65,536 results.
 _LUT_MIN = 1 << 16
+_NO_LIMIT = 1 << 62
 
 
 @functools.lru_cache(maxsize=32)
