@@ -145,6 +145,282 @@ def test_arith_glue_checks_its_buffers():
     assert run(one, one, one, o) is not None and (o == 0x4000).all()
 
 
+def _bytes(v):
+    """The bytes of an array, flat (NaN codes compare equal bit for bit)."""
+    return np.asarray(v).reshape(-1).view(np.uint8)
+
+
+def _plain(op, ops, out, fmt, mode=0, seed=0, want=True, threads=1, max_n=1 << 62):
+    from dojo_kernels import _config, _numerics
+    from dojo_kernels._cformat import ctuple
+    return _numerics.arith_plain(op, tuple(ops), out, ctuple(fmt), np.dtype(fmt.storage_dtype),
+                                 mode, seed, want, _config.isa(), threads, max_n)
+
+
+@pytest.mark.parametrize("fmt", [dk.BF16, dk.cfloat8_143(7), dk.FP32, dk.UHP],
+                         ids=["bf16", "cf8", "fp32", "uhp"])
+@pytest.mark.parametrize("shape", [(0,), (1,), (37,), (3, 5, 7), ()])
+def test_arith_plain_takes_the_common_call(fmt, shape):
+    """The glue's one-step entry (arith_plain) takes plain arrays of the storage type and of
+    one shape, for out given, new and in place, and writes what the general entry writes
+    (both run the same driver: this test is about the buffers, not the arithmetic)."""
+    from dojo_kernels import _config, _numerics
+    from dojo_kernels._cformat import ctuple
+    dt = np.dtype(fmt.storage_dtype)
+    rng = np.random.default_rng(len(shape))
+    ops = [dk.quantize(rng.standard_normal(shape).astype(np.float32) * 3, fmt) for _ in range(3)]
+    for op, k in ((0, 2), (1, 2), (2, 2), (3, 3)):
+        for mode in (0, 1):
+            want = np.empty(shape, dt)
+            flags = _numerics.arith(op, ops[0], ops[1], ops[2], want, want.size, ctuple(fmt),
+                                    mode, 7, True, _config.isa(), 1)
+            out = np.full(shape, 0x55, dt)
+            got = _plain(op, ops[:k], out, fmt, mode, 7)
+            assert got is not None and got[0] is out and got[1] == flags
+            np.testing.assert_array_equal(_bytes(out), _bytes(want))
+            new, _ = _plain(op, ops[:k], None, fmt, mode, 7)
+            assert new.shape == shape and new.dtype == dt and new.flags.c_contiguous
+            np.testing.assert_array_equal(_bytes(new), _bytes(want))
+            inplace = ops[1].copy()
+            args = ops[:k]
+            args[1] = inplace
+            got = _plain(op, args, inplace, fmt, mode, 7)
+            assert got is not None and got[0] is inplace
+            np.testing.assert_array_equal(_bytes(inplace), _bytes(want))
+
+
+class _Sub(np.ndarray):
+    pass
+
+
+def _refused_calls():
+    """Calls the one-step entry must leave to the general path (each: operands, out,
+    max_n), with what the public call gives for them (None: an error)."""
+    f = dk.BF16
+    n = 64
+    rng = np.random.default_rng(5)
+    a = dk.quantize(rng.standard_normal(n).astype(np.float32), f)
+    b = dk.quantize(rng.standard_normal(n).astype(np.float32), f)
+    o = lambda: np.full(n, 0x1234, np.uint16)  # noqa: E731
+    wide = np.zeros(2 * n, np.uint16)
+    wide[::2] = a
+    odd = np.zeros(2 * n + 1, np.uint8)[1:].view(np.uint16)  # misaligned
+    odd[:] = a
+    ro = o()
+    ro.setflags(write=False)
+    buf = np.zeros(n + 1, np.uint16)
+    buf[1:] = a
+    yield "subclass operand", (a.view(_Sub), b), o(), None
+    yield "subclass out", (a, b), o().view(_Sub), None
+    yield "list operand", (a.tolist(), b), o(), "error"  # (Python ints: int64)
+    yield "int16 operand", (a.view(np.int16), b), o(), "error"
+    yield "byte-swapped operand", (a.astype(">u2"), b), o(), None
+    yield "byte-swapped out", (a, b), o().astype(">u2"), "error"
+    yield "strided operand", (wide[::2], b), o(), None
+    yield "strided out", (a, b), np.full(2 * n, 0x1234, np.uint16)[::2], None
+    yield "misaligned operand", (odd, b), o(), None
+    yield "misaligned out", (a, b), np.zeros(2 * n + 1, np.uint8)[1:].view(np.uint16), None
+    yield "read-only out", (a, b), ro, "error"
+    yield "out of another shape", (a, b), o().reshape(8, 8), "error"
+    yield "operands of other shapes", (a[:1], b), o(), None  # (broadcasting)
+    yield "out partly over an operand", (buf[1:], b), buf[:n], None
+    yield "more than max_n", (a, b), o(), None
+    if R.BF16_DTYPE is not None:
+        yield "bfloat16 operand", (a.view(R.BF16_DTYPE), b), o(), None
+
+
+@pytest.mark.parametrize("case", [c[0] for c in _refused_calls()])
+def test_arith_plain_refuses_the_rest(case):
+    """Anything but the common call: arith_plain computes nothing (out untouched) and
+    returns None, and the public call (its general path) gives the right codes or the
+    error the general path gives."""
+    ops, out, public = next((c[1], c[2], c[3]) for c in _refused_calls() if c[0] == case)
+    before = out.copy()
+    assert _plain(0, ops, out, dk.BF16, max_n=63 if case == "more than max_n" else 1 << 62) is None
+    np.testing.assert_array_equal(out, before)
+    if public == "error":
+        with pytest.raises((TypeError, ValueError), match="^(a|b|out): "):
+            dk.add(*ops, dk.BF16, out=out)
+        return
+    plain = [np.ascontiguousarray(v.view(np.uint16) if v.dtype == R.BF16_DTYPE else v,
+                                  dtype=np.uint16) for v in ops]
+    want = dk.add(*np.broadcast_arrays(*plain), dk.BF16)
+    got = dk.add(*ops, dk.BF16, out=out)
+    assert got is out
+    np.testing.assert_array_equal(np.asarray(out).astype(np.uint16), want)
+
+
+def test_arith_plain_releases_every_buffer():
+    """arith_plain gives back each buffer it took, when it runs and when it refuses at each
+    step (an operand, the shape, out, an overlap): arrays over bytearrays, dropped after
+    the call, leave the bytearrays resizable (not while an array, or a buffer of it, lives)."""
+    import gc
+    n = 32
+    store = [bytearray(2 * n) for _ in range(3)]
+    big = bytearray(2 * n + 8)
+    views = lambda: [np.frombuffer(s, np.uint16) for s in store]  # noqa: E731
+    over = lambda: (np.frombuffer(big, np.uint16)[:n], np.frombuffer(big, np.uint16)[2:2 + n])  # noqa: E731
+    attempts = [
+        lambda: (lambda a, b, o: ((a, b), o))(*views()),               # runs
+        lambda: (lambda a, b, o: ((a, b[:3]), o))(*views()),           # shapes differ
+        lambda: (lambda a, b, o: ((a, b), o[:3]))(*views()),           # out's shape
+        lambda: (lambda a, b, o: ((a, b, a.view(np.int16)), o))(*views()),  # c's type
+        lambda: (lambda a, b, o: ((a, b), o.view(_Sub)))(*views()),    # out's type
+        lambda: (lambda a, b, o: ((over()[0], b), over()[1]))(*views()),  # overlap
+    ]
+    for make in attempts:
+        ops, out = make()
+        ran = _plain(0, ops, out, dk.BF16, want=False)
+        assert (ran is not None) == (make is attempts[0])
+        del ops, out, ran
+        gc.collect()
+        for ba in (*store, big):
+            ba.append(0)  # BufferError if an array over it, or a buffer of one, were held
+            del ba[-1]
+
+
+def _convert_plain(entry, x, out, fmt, okind=0, mode=0, seed=0, want=True):
+    from dojo_kernels import _config, _numerics
+    from dojo_kernels._cformat import ctuple
+    dtype = (np.dtype(fmt.storage_dtype) if entry == 0 else np.dtype(np.float32) if okind == 0
+             else np.dtype(np.float64))
+    return _numerics.convert_plain(entry, x, out, ctuple(fmt), dtype, okind, mode, seed, want,
+                                   _config.isa(), 1)
+
+
+@pytest.mark.parametrize("fmt", [dk.BF16, dk.cfloat8_152(15), dk.FP32, dk.shp(5)],
+                         ids=["bf16", "cf8", "fp32", "shp"])
+@pytest.mark.parametrize("shape", [(0,), (1,), (37,), (3, 5, 7), ()])
+@pytest.mark.parametrize("ftype", [np.float32, np.float64])
+def test_convert_plain_takes_the_common_call(fmt, shape, ftype):
+    """The glue's one-step conversions (convert_plain: quantize, dequantize, fake_quantize)
+    take plain float32/float64 arrays and code arrays, out given, new and in place where the
+    widths agree, and write what the general entries write (the same driver: this test is
+    about the buffers)."""
+    from dojo_kernels import _config, _numerics
+    from dojo_kernels._cformat import ctuple
+    isa, ct, kind = _config.isa(), ctuple(fmt), 0 if ftype == np.float32 else 1
+    cdt = np.dtype(fmt.storage_dtype)
+    x = np.asarray(np.random.default_rng(len(shape)).standard_normal(shape) * 3, ftype)
+    for mode in (0, 1):
+        want = np.empty(shape, cdt)
+        flags = _numerics.quantize(x, kind, want, want.size, ct, mode, 9, True, isa, 1)
+        out = np.full(shape, 7, cdt)
+        got = _convert_plain(0, x, out, fmt, mode=mode, seed=9)
+        assert got is not None and got[0] is out and got[1] == flags
+        np.testing.assert_array_equal(_bytes(out), _bytes(want))
+        new, _ = _convert_plain(0, x, None, fmt, mode=mode, seed=9)
+        assert new.shape == shape and new.dtype == cdt
+        np.testing.assert_array_equal(_bytes(new), _bytes(want))
+        fwant = np.empty(shape, ftype)
+        _numerics.fake_quantize(x, kind, fwant, x.size, ct, mode, 9, isa, 1)
+        for dst in (np.full(shape, 7, ftype), None, x.copy()):
+            src = dst if dst is not None and np.array_equal(dst, x) else x
+            got = _convert_plain(2, src, dst, fmt, mode=mode, seed=9)
+            assert got is not None and (dst is None or got[0] is dst) and got[0].dtype == ftype
+            np.testing.assert_array_equal(_bytes(got[0]), _bytes(fwant))
+    codes = want
+    dwant = np.empty(shape, ftype)
+    _numerics.dequantize(codes, dwant, kind, codes.size, ct, isa, 1)
+    for dst in (np.full(shape, 7, ftype), None):
+        got = _convert_plain(1, codes, dst, fmt, okind=kind)
+        assert got is not None and (dst is None or got[0] is dst) and got[0].dtype == ftype
+        np.testing.assert_array_equal(_bytes(got[0]), _bytes(dwant))
+    if ftype == np.float32 and fmt is dk.FP32:  # same width: in place
+        inplace = codes.copy()
+        assert _convert_plain(1, inplace, inplace, fmt, okind=0) is not None
+        np.testing.assert_array_equal(_bytes(inplace), _bytes(dwant))
+
+
+def _refused_conversions():
+    """Conversions the one-step entry must leave to the general path: (name, entry, x, out)."""
+    n = 64
+    x = np.random.default_rng(8).standard_normal(n).astype(np.float32)
+    c = dk.quantize(x, dk.BF16)
+    f32 = lambda: np.full(n, 7.0, np.float32)  # noqa: E731
+    u16 = lambda: np.full(n, 7, np.uint16)  # noqa: E731
+    odd = np.zeros(4 * n + 1, np.uint8)[1:].view(np.float32)
+    odd[:] = x
+    ro = u16()
+    ro.setflags(write=False)
+    shared = np.zeros(n + 4, np.float32)
+    shared[:n] = x
+    for entry, src, dst in ((0, x, u16), (2, x, f32), (1, c, f32)):
+        name = ("quantize", "dequantize", "fake_quantize")[entry]
+        yield f"{name}: subclass input", entry, src.view(_Sub), dst()
+        yield f"{name}: subclass out", entry, src, dst().view(_Sub)
+        yield f"{name}: list input", entry, src.tolist(), dst()
+        yield f"{name}: strided input", entry, np.repeat(src, 2)[::2], dst()
+        yield f"{name}: strided out", entry, src, np.repeat(dst(), 2)[::2]
+        yield f"{name}: byte-swapped input", entry, src.astype(src.dtype.newbyteorder()), dst()
+        yield f"{name}: out of another shape", entry, src, dst().reshape(8, 8)
+    yield "quantize: float16 input", 0, x.astype(np.float16), u16()
+    yield "quantize: misaligned input", 0, odd, u16()
+    yield "quantize: read-only out", 0, x, ro
+    yield "quantize: out at the input's address, another width", 0, shared[:n], \
+        shared.view(np.uint16)[:n]
+    yield "fake_quantize: out partly over the input", 2, shared[:n], shared[1:n + 1]
+    yield "dequantize: codes of another type", 1, c.view(np.int16), f32()
+    if R.BF16_DTYPE is not None:
+        yield "quantize: bfloat16 input", 0, c.view(R.BF16_DTYPE), u16()
+        yield "fake_quantize: bfloat16 input", 2, c.view(R.BF16_DTYPE), \
+            np.zeros(n, R.BF16_DTYPE)
+
+
+@pytest.mark.parametrize("case", [c[0] for c in _refused_conversions()])
+def test_convert_plain_refuses_the_rest(case):
+    """Anything but the common call: convert_plain computes nothing (out untouched) and
+    returns None; the public call (its general path) then gives what it gives for the same
+    values in plain arrays, or an error naming the argument."""
+    entry, x, out = next(c[1:] for c in _refused_conversions() if c[0] == case)
+    before = np.array(out, copy=True)
+    assert _convert_plain(entry, x, out, dk.BF16) is None
+    np.testing.assert_array_equal(np.ascontiguousarray(out).view(np.uint8), before.view(np.uint8))
+    call = (lambda v, o: dk.quantize(v, dk.BF16, out=o), lambda v, o: dk.dequantize(v, dk.BF16, out=o),
+            lambda v, o: dk.fake_quantize(v, dk.BF16, out=o))[entry]
+    refused = isinstance(x, list) and entry != 0 or not isinstance(x, list) and x.dtype in (
+        np.int16, np.float16)  # (lists of Python floats are float64)
+    if refused or "read-only" in case or "another shape" in case:
+        with pytest.raises((TypeError, ValueError), match="^(x|codes|out): "):
+            call(x, out)
+        return
+    plain = np.array(x)
+    if plain.dtype == R.BF16_DTYPE or entry == 1:
+        plain = plain.astype(np.float32) if entry != 1 else plain.astype(np.uint16)
+    want = call(plain, None)
+    got = call(x, out)
+    assert got is out
+    np.testing.assert_array_equal(np.ascontiguousarray(out).view(np.uint8),
+                                  np.asarray(want, dtype=out.dtype).view(np.uint8))
+
+
+def test_convert_plain_releases_every_buffer():
+    """convert_plain gives back each buffer it took, when it runs and when it refuses after
+    taking one (out's type, shape, an overlap): arrays over bytearrays, dropped after the
+    call, leave the bytearrays resizable."""
+    import gc
+    n = 32
+    xs, os_ = bytearray(4 * n), bytearray(4 * n)
+    attempts = [  # entry, x, out, runs
+        lambda: (0, np.frombuffer(xs, np.float32), np.frombuffer(os_, np.uint16)[:n], True),
+        lambda: (2, np.frombuffer(xs, np.float32), np.frombuffer(os_, np.float32), True),
+        lambda: (0, np.frombuffer(xs, np.float32), np.frombuffer(os_, np.uint16)[:n // 2], False),
+        lambda: (0, np.frombuffer(xs, np.float32), np.frombuffer(os_, np.int16)[:n], False),
+        lambda: (2, np.frombuffer(xs, np.float32), np.frombuffer(xs, np.float32)[:n].view(_Sub),
+                 False),
+        lambda: (2, np.frombuffer(xs, np.float32)[:n - 1], np.frombuffer(xs, np.float32)[1:],
+                 False),
+    ]
+    for make in attempts:
+        entry, x, out, runs = make()
+        assert (_convert_plain(entry, x, out, dk.BF16) is not None) == runs
+        del x, out
+        gc.collect()
+        for ba in (xs, os_):
+            ba.append(0)  # BufferError if an array over it, or a buffer of one, were held
+            del ba[-1]
+
+
 def _conversion_glue():
     """Each conversion entry of the compiled glue as run(x, out, n) -> its return value,
     with the element dtypes of its input and output (float32 in, BF16 codes or float32 out)."""
