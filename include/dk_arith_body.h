@@ -15,8 +15,10 @@
  *     Every grid point and midpoint of the format (and the Tesla gap's midpoint) has at most
  *     p + 2 <= 13 significant bits, so it is an FP32 value with an even last bit: the
  *     rounded-to-odd value lies strictly on the same side of each as the exact s + t, and
- *     rounding it to nearest or toward zero (dk_quant_vec, on the format moved by the same
- *     scale) gives the correctly rounded result. Stochastic rounding needs the exact value:
+ *     rounding it to nearest or toward zero (on the format moved by the same scale: on the
+ *     AVX2 and AVX-512 tiers dk_quant_plain for results in the normal range and zeros, then
+ *     dk_quant_rest for the others, as quantize does; dk_quant_vec on the portable tier)
+ *     gives the correctly rounded result. Stochastic rounding needs the exact value:
  *     lanes with t == 0 are rounded from s exactly; lanes with t != 0 take the scalar path
  *     here (the BF16 fast path below rounds s + t itself: dk_bf16_stoch_sum).
  *  3. Zeros and subnormals are decoded exactly (scaled, they are normal FP32 numbers, BF16's
@@ -25,7 +27,10 @@
  *  4. Rare lanes go through the scalar semantics (dk_arith_elem): an Inf or NaN operand; a
  *     result code in the top binade or Inf/NaN (overflow and invalid live there, and UHP's
  *     negative results); BF16 products at or below 2^-126 (FP32 may have rounded them);
- *     stochastic lanes with t != 0 or inside the Tesla gap.
+ *     stochastic lanes with t != 0, and on the portable tier those inside the Tesla gap
+ *     (the vector tiers round them with dk_quant_rest: dk_gap_stoch).
+ *  5. The narrow formats (all but BF16 and FP32) have a fast path for add, sub and mul to
+ *     nearest or stochastically, as BF16 has: dk_narrow_fast, below.
  * Hardware FP operations run under the default MXCSR, which the driver sets (round to
  * nearest, no FTZ/DAZ); nothing here depends on the caller's. */
 #ifndef DK_TIER
@@ -38,6 +43,7 @@ typedef struct {
     vf subab, subc;   /* value of a subnormal mantissa's unit, scaled as a and b, as fma's c */
     vf subres;        /* the same for the result's scale */
     dk_qconst k;      /* rounding constants of the format moved by the result's scale */
+    dk_format moved;  /* that format: the bias less the result's scale */
 } dk_aconst;
 
 static inline dk_aconst dk_aconst_of(const dk_format *f, int op)
@@ -59,9 +65,9 @@ static inline dk_aconst dk_aconst_of(const dk_format *f, int op)
     a.subab = (vf){} + (a.bf16 ? 1.0f : (float)dk_pow2(dk_qmin(f) + K));
     a.subc = (vf){} + (a.bf16 ? 1.0f : (float)dk_pow2(dk_qmin(f) + 2 * K));
     a.subres = (vf){} + (a.bf16 ? 1.0f : (float)dk_pow2(dk_qmin(f) + Kres));
-    dk_format moved = *f;
-    moved.bias = f->bias - Kres;
-    a.k = dk_qconst_of(&moved);
+    a.moved = *f;
+    a.moved.bias = f->bias - Kres;
+    a.k = dk_qconst_of(&a.moved);
     return a;
 }
 
@@ -116,6 +122,9 @@ dk_arith_loop(int op, const void *a, const void *b, const void *c, void *out, in
     const int m = q->m;
     const int32_t emask = (1 << q->ebits) - 1;
     vi nden = {}, nund = {}; /* minus the flag counts of the vector lanes */
+#ifndef DK_ARITH_ONLY
+    const dk_qloop qc = dk_qloop_of(&q->moved, &q->k);
+#endif
     for (; i + DK_VL <= n; i += DK_VL) {
         const int64_t at = i0 + i;
         __builtin_prefetch((const char *)a + (at + DK_PREFETCH) * width);
@@ -154,10 +163,12 @@ dk_arith_loop(int op, const void *a, const void *b, const void *c, void *out, in
         if (mode == DK_STOCHASTIC) {
             r = dk_rng_next(&lo, &hi);
             odd |= inexact;
+#ifdef DK_ARITH_ONLY
             if (q->k.tesla) { /* inside the Tesla gap: the scalar semantics */
                 vi mag = sb & 0x7FFFFFFF;
                 odd |= (mag > q->k.maxsub_bits) & (mag < q->k.minnorm_bits);
             }
+#endif
         } else if (op == DK_OP_FMA || mode != DK_NEAREST) {
             /* round to odd: even last bit and t != 0 -> one FP32 step towards s + t */
             vi step = VSEL((tb ^ sb) < 0, (vi){} - 1, (vi){} + 1);
@@ -168,8 +179,21 @@ dk_arith_loop(int op, const void *a, const void *b, const void *c, void *out, in
             code = (vi)(((vu)sb + 0x7FFFu + (((vu)sb >> 16) & 1u)) >> 16);
         else if (bf16 && mode == DK_STOCHASTIC) /* s exact (t != 0 went scalar) */
             code = dk_bf16_stoch_vec(sb, r);
-        else
+        else {
+#ifdef DK_ARITH_ONLY
             code = dk_quant_vec(sb, r, &q->k, mode, q->k.tesla, q->k.flush, q->inf_nan, q->is_signed);
+#else
+            /* the plain lanes (normal results, zeros) on FP32's own bits, the rest (tiny,
+             * Tesla gap, past max) in a second step only for a vector that has one, as
+             * quantize does (r serves as the top halves: r >> (9 + m) == h >> (9 + m)) */
+            vi plain;
+            unsigned notmask;
+            code = dk_quant_plain(sb, r, &qc, &q->k, mode, q->is_signed, 0, &plain, &notmask);
+            if (__builtin_expect(notmask != 0, 0))
+                code = dk_quant_rest(sb, r, code, plain, &q->moved, &qc, &q->k, mode, q->k.tesla,
+                                     q->k.flush, q->inf_nan, q->is_signed, 0);
+#endif
+        }
         vi E = (code >> m) & emask;
         /* the top binade, Inf and NaN (overflow, invalid) and UHP's negative results */
         odd |= E >= q->emaxf;
@@ -524,6 +548,106 @@ dk_bf16_fast(int op, int mode, int counted, const void *a, const void *b, const 
     }
 }
 
+/* The general vector path for the narrow formats (every one but BF16 and FP32) over
+ * [i0, i0 + n), out of line (see dk_narrow_fast); returns how many elements it did (a
+ * multiple of DK_VL). */
+static __attribute__((noinline)) int64_t
+dk_narrow_general(int op, const void *a, const void *b, const void *c, void *out, int64_t i0, int64_t n,
+                  const dk_format *f, const dk_aconst *qp, int mode, uint64_t seed, int64_t cnt[4],
+                  int width)
+{
+    const dk_aconst q = *qp;
+    int64_t i = 0;
+    if (width == 1) DK_ARITH_OPS(0, 1);
+    else DK_ARITH_OPS(0, 2);
+    return i;
+}
+
+#ifndef DK_ARITH_ONLY
+/* ---- Narrow formats' fast path (CFloat8, SHP, UHP: add, sub, mul; nearest, stochastic) ----
+ * DK_VL codes per step. A step is finished here when its operands are plain (no Inf or NaN;
+ * when flags are counted, no subnormal either: the denormal flag), its exact result is the
+ * FP32 one (products of two scaled operands are exact, see the top of the file; stochastic
+ * add/sub: TwoSum's t is zero) and no result code lies in the top binade (overflow, Inf,
+ * NaN, UHP's negative results). The results round on FP32's own bits (dk_quant_plain:
+ * normal results and zeros); a signed format's other lanes (tiny, Tesla gap) by
+ * dk_quant_rest, as quantize rounds them, when no flags are counted (the underflow flag is
+ * the general path's). Any other step goes through dk_narrow_general. No call inside the
+ * loop: across a call every vector register is lost. */
+__attribute__((always_inline)) static inline int64_t
+dk_narrow_run(int op, int mode, int width, int is_signed, int counted, const void *a, const void *b,
+              void *out, int64_t i0, int64_t n, const dk_aconst *q, const dk_qloop *qc, uint64_t seed)
+{
+    vq lo = {}, hi = {};
+    if (mode == DK_STOCHASTIC) {
+        const dk_rng g = dk_rng_at_fast(seed, (uint64_t)i0);
+        lo = g.lo;
+        hi = g.hi;
+    }
+    const int m = q->m;
+    const int32_t emask = (1 << q->ebits) - 1;
+    int64_t i = 0;
+    for (; i + DK_VL <= n; i += DK_VL) {
+        const int64_t at = i0 + i;
+        __builtin_prefetch((const char *)a + (at + DK_PREFETCH) * width);
+        __builtin_prefetch((const char *)b + (at + DK_PREFETCH) * width);
+        const vi ca = dk_load_codes(a, at, width), cb = dk_load_codes(b, at, width);
+        vi bad = dk_arith_infnan(ca, q) | dk_arith_infnan(cb, q);
+        if (counted) bad |= dk_arith_subnormal(ca, q) | dk_arith_subnormal(cb, q);
+        const vf x = DK_FLT(dk_arith_decode(ca, q, q->dab, q->subab, 0));
+        vf y = DK_FLT(dk_arith_decode(cb, q, q->dab, q->subab, 0));
+        vf s;
+        if (op == DK_OP_MUL) {
+            s = x * y;
+        } else {
+            if (op == DK_OP_SUB) y = DK_FLT(DK_BITS(y) ^ (int32_t)0x80000000);
+            s = x + y;
+            if (mode == DK_STOCHASTIC) { /* TwoSum: s + t == x + y exactly */
+                const vf yy = s - x, xx = s - yy;
+                bad |= (DK_BITS((x - xx) + (y - yy)) & 0x7FFFFFFF) != 0;
+            }
+        }
+        vu h = {};
+        if (mode == DK_STOCHASTIC) h = dk_rng_next_hi(&lo, &hi);
+        vi plain;
+        unsigned notmask;
+        vi code = dk_quant_plain(DK_BITS(s), h, qc, &q->k, mode, is_signed, 0, &plain, &notmask);
+        if (__builtin_expect(notmask != 0, 0)) {
+            if (!is_signed || counted) break;
+            code = dk_quant_rest(DK_BITS(s), dk_splitmix_r(h), code, plain, &q->moved, qc, &q->k, mode,
+                                 q->k.tesla, q->k.flush, q->inf_nan, 1, 0);
+        }
+        bad |= ((code >> m) & emask) >= q->emaxf;
+        if (__builtin_expect(dk_any(bad), 0)) break;
+        dk_store_codes(out, at, code, width);
+    }
+    return i;
+}
+
+/* The fast loop up to a step it cannot finish, that step by the general path, and on (the
+ * call outside the loop, as dk_bf16_fast). Where the fast loop keeps stopping within a few
+ * steps (many tiny results with flags counted, say), the general path takes twice as many
+ * steps each time, up to 64, so that its set-up per call is spread over them. Returns how
+ * many elements it did. */
+__attribute__((always_inline)) static inline int64_t
+dk_narrow_fast(int op, int mode, int width, int is_signed, int counted, const void *a, const void *b,
+               void *out, int64_t i0, int64_t n, const dk_format *f, const dk_aconst *q, uint64_t seed,
+               int64_t cnt[4])
+{
+    const dk_qloop qc = dk_qloop_of(&q->moved, &q->k);
+    int64_t i = 0, span = DK_VL;
+    for (;;) {
+        const int64_t d = dk_narrow_run(op, mode, width, is_signed, counted, a, b, out, i0 + i, n - i,
+                                        q, &qc, seed);
+        i += d;
+        if (i + DK_VL > n) return i;
+        span = d >= 4 * DK_VL ? DK_VL : span < 64 * DK_VL ? 2 * span : span;
+        i += dk_narrow_general(op, a, b, a, out, i0 + i, n - i < span ? n - i : span, f, q, mode, seed,
+                               cnt, width);
+    }
+}
+#endif
+
 void DK_FN(dk_arith_block)(int op, const void *a, const void *b, const void *c, void *out, int64_t i0,
                            int64_t n, const dk_format *f, int mode, uint64_t seed, int64_t cnt[4])
 {
@@ -551,8 +675,24 @@ void DK_FN(dk_arith_block)(int op, const void *a, const void *b, const void *c, 
         } else if (q.bf16) {
             DK_ARITH_OPS(1, 2);
         }
-        else if (width == 1) DK_ARITH_OPS(0, 1);
-        else DK_ARITH_OPS(0, 2);
+        else {
+#ifndef DK_ARITH_ONLY
+            if (op != DK_OP_FMA && mode != DK_TOWARD_ZERO && (q.is_signed || width == 2)) {
+#define DK_NARROW(OP, MODE, W, SG) dk_narrow_fast(OP, MODE, W, SG, counted, a, b, out, i0, n, f, &q, seed, cnt)
+#define DK_NARROW_FMT(OP, MODE)                                                                 \
+    (width == 1 ? DK_NARROW(OP, MODE, 1, 1)                                                     \
+     : q.is_signed ? DK_NARROW(OP, MODE, 2, 1) : DK_NARROW(OP, MODE, 2, 0))
+#define DK_NARROW_OPS(MODE)                                                                     \
+    (op == DK_OP_ADD ? DK_NARROW_FMT(DK_OP_ADD, MODE)                                           \
+     : op == DK_OP_SUB ? DK_NARROW_FMT(DK_OP_SUB, MODE) : DK_NARROW_FMT(DK_OP_MUL, MODE))
+                i = mode == DK_NEAREST ? DK_NARROW_OPS(DK_NEAREST) : DK_NARROW_OPS(DK_STOCHASTIC);
+#undef DK_NARROW_OPS
+#undef DK_NARROW_FMT
+#undef DK_NARROW
+            }
+#endif
+            i += dk_narrow_general(op, a, b, c, out, i0 + i, n - i, f, &q, mode, seed, cnt, width);
+        }
     }
     for (; i < n; i++) {
         unsigned fl = 0;
