@@ -548,6 +548,51 @@ def test_bf16_stochastic_sum_at_the_carry_boundary(isa, op):
                 check(op, v, R.BF16_R, "stochastic", seed)
 
 
+@pytest.mark.parametrize("rf", [R.RefFormat("shp", 15, "ieee"), R.RefFormat("shp", 20, "tesla"),
+                                R.RefFormat("cfloat8_152", 15, "tesla"), R.UHP_R], ids=str)
+@pytest.mark.parametrize("op", ["add", "sub"])
+def test_narrow_stochastic_inexact_sum_at_the_carry_boundary(isa, rf, op):
+    """Stochastic sums of the narrow formats (SHP, CFloat8 1_5_2, UHP) whose FP32 sum is
+    rounded (the second operand 2^(24 - p) to 2^30 times smaller): the exact sum decides,
+    not the FP32 one. One element per call gets, by a seed built for its index, the random
+    number r = 2^32 - f (rounds up) or 2^32 - f - 1 (down), f of SPEC section 2 computed
+    here with Fractions from the exact sum; the call's codes and flags against the
+    reference, every other element an exact sum, the element inside the third vector of
+    every tier. (Rounding from the FP32 sum rounds such a pair the other way.)"""
+    from fractions import Fraction
+    n, at = 64, 37
+    two = Fraction(2)
+    ea = rf.emax_field - 3 - rf.bias  # the large operand's binade: results below the top one
+    large = two ** ea * (1 + Fraction(2 ** rf.m // 2 + 1, 2 ** rf.m))
+    base = [np.full(n, R.encode_mag(two ** ea, rf), rf.storage_dtype),
+            np.full(n, R.encode_mag(two ** (ea - 1), rf), rf.storage_dtype)]
+    tried = 0
+    for k in range(24 - (rf.m + 1) + 1, 31):
+        for sign in ((0, 1) if rf.signed else (0,)):
+            small = two ** (ea - k) * (1 + Fraction(1, 2 ** rf.m))
+            if small < rf.min_normal:  # a subnormal at or below it
+                q = two ** rf.sub_quantum_exp
+                small = min(small // q, 2 ** rf.m - 1) * q
+                if small == 0 or rf.subnormals == "flush":
+                    continue
+            exact = large + (-small if (op == "sub") != bool(sign) else small)
+            fp32 = np.float32(float(large)) + np.float32(float(small) * (-1 if sign else 1)) \
+                * np.float32(-1 if op == "sub" else 1)
+            if Fraction(float(fp32)) == exact:
+                continue
+            lo, hi = R.neighbours(exact, rf)
+            f = int((exact - lo) / (hi - lo) * 2 ** 32)
+            if f == 0:
+                continue
+            tried += 1
+            ops = [base[0].copy(), base[1].copy()]
+            ops[0][at] = R.encode_mag(large, rf)
+            ops[1][at] = R.encode_mag(small, rf) | (rf.sign_bit if sign else 0)
+            for r in ((1 << 32) - f, (1 << 32) - f - 1):
+                check(op, ops, rf, "stochastic", _seed_for(r, at))
+    assert tried >= 3, tried
+
+
 # --- quantize / fake_quantize fast path (values rounded on FP32's bits, dk_convert_body.h) ----
 _FQ_FORMATS = [R.RefFormat("cfloat8_143", 7, "tesla"), R.RefFormat("cfloat8_143", 0, "ieee"),
                R.RefFormat("cfloat8_152", 40, "flush"), R.RefFormat("cfloat8_152", 15, "tesla"),
