@@ -285,8 +285,9 @@ def arith_plain(int op, tuple operands, out, tuple fmt, dtype, int mode, uint64_
     operand (two, or three for fma) a NumPy array of fmt's native storage type (dtype:
     uint8, uint16, or float32 for FP32), C-contiguous and aligned, all of one shape, at most
     max_n elements; out None (a new array of dtype) or such an array of that shape,
-    writable, meeting each operand in place or not at all. Returns (the array written, the flag counts), or None, having computed nothing,
-    for any other call: the caller's general path then checks and runs it."""
+    writable, meeting each operand in place or not at all. Returns (the array written, the
+    flag counts), or None, having computed nothing, for any other call: the caller's
+    general path then checks and runs it."""
     cdef dk_format f = _fmt(fmt)
     cdef dk_flags fl
     cdef int width = dk_code_width(&f)

@@ -259,7 +259,8 @@ def test_arith_plain_releases_every_buffer():
     store = [bytearray(2 * n) for _ in range(3)]
     big = bytearray(2 * n + 8)
     views = lambda: [np.frombuffer(s, np.uint16) for s in store]  # noqa: E731
-    over = lambda: (np.frombuffer(big, np.uint16)[:n], np.frombuffer(big, np.uint16)[2:2 + n])  # noqa: E731
+    whole = lambda: np.frombuffer(big, np.uint16)  # noqa: E731
+    over = lambda: (whole()[:n], whole()[2:2 + n])  # noqa: E731
     attempts = [
         lambda: (lambda a, b, o: ((a, b), o))(*views()),               # runs
         lambda: (lambda a, b, o: ((a, b[:3]), o))(*views()),           # shapes differ
@@ -376,7 +377,8 @@ def test_convert_plain_refuses_the_rest(case):
     before = np.array(out, copy=True)
     assert _convert_plain(entry, x, out, dk.BF16) is None
     np.testing.assert_array_equal(np.ascontiguousarray(out).view(np.uint8), before.view(np.uint8))
-    call = (lambda v, o: dk.quantize(v, dk.BF16, out=o), lambda v, o: dk.dequantize(v, dk.BF16, out=o),
+    call = (lambda v, o: dk.quantize(v, dk.BF16, out=o),
+            lambda v, o: dk.dequantize(v, dk.BF16, out=o),
             lambda v, o: dk.fake_quantize(v, dk.BF16, out=o))[entry]
     refused = isinstance(x, list) and entry != 0 or not isinstance(x, list) and x.dtype in (
         np.int16, np.float16)  # (lists of Python floats are float64)
