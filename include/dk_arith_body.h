@@ -29,8 +29,8 @@
  *     negative results); BF16 products at or below 2^-126 (FP32 may have rounded them);
  *     stochastic lanes with t != 0, and on the portable tier those inside the Tesla gap
  *     (the vector tiers round them with dk_quant_rest: dk_gap_stoch).
- *  5. The narrow formats (all but BF16 and FP32) have a fast path for add, sub and mul to
- *     nearest or stochastically, as BF16 has: dk_narrow_fast, below.
+ *  5. The narrow formats (all but BF16 and FP32) have a fast path for add, sub, mul and fma
+ *     to nearest or stochastically, as BF16 has: dk_narrow_fast, below.
  * Hardware FP operations run under the default MXCSR, which the driver sets (round to
  * nearest, no FTZ/DAZ); nothing here depends on the caller's. */
 #ifndef DK_TIER
@@ -564,19 +564,20 @@ dk_narrow_general(int op, const void *a, const void *b, const void *c, void *out
 }
 
 #ifndef DK_ARITH_ONLY
-/* ---- Narrow formats' fast path (CFloat8, SHP, UHP: add, sub, mul; nearest, stochastic) ----
+/* ---- Narrow formats' fast path (CFloat8, SHP, UHP: add, sub, mul, fma; nearest, stochastic)
  * DK_VL codes per step. A step is finished here when its operands are plain (no Inf or NaN;
- * when flags are counted, no subnormal either: the denormal flag), its exact result is the
- * FP32 one (products of two scaled operands are exact, see the top of the file; stochastic
- * add/sub: TwoSum's t is zero) and no result code lies in the top binade (overflow, Inf,
- * NaN, UHP's negative results). The results round on FP32's own bits (dk_quant_plain:
+ * when flags are counted, no subnormal either: the denormal flag), the FP32 result stands
+ * for the exact one (products of two scaled operands are exact, see the top of the file;
+ * stochastic add/sub/fma: TwoSum's t is zero; nearest fma: s rounded to odd by t) and no
+ * result code lies in the top binade (overflow, Inf, NaN, UHP's negative results). The results round on FP32's own bits (dk_quant_plain:
  * normal results and zeros); a signed format's other lanes (tiny, Tesla gap) by
  * dk_quant_rest, as quantize rounds them, when no flags are counted (the underflow flag is
  * the general path's). Any other step goes through dk_narrow_general. No call inside the
  * loop: across a call every vector register is lost. */
 __attribute__((always_inline)) static inline int64_t
 dk_narrow_run(int op, int mode, int width, int is_signed, int counted, const void *a, const void *b,
-              void *out, int64_t i0, int64_t n, const dk_aconst *q, const dk_qloop *qc, uint64_t seed)
+              const void *c, void *out, int64_t i0, int64_t n, const dk_aconst *q, const dk_qloop *qc,
+              uint64_t seed)
 {
     vq lo = {}, hi = {};
     if (mode == DK_STOCHASTIC) {
@@ -591,20 +592,35 @@ dk_narrow_run(int op, int mode, int width, int is_signed, int counted, const voi
         const int64_t at = i0 + i;
         __builtin_prefetch((const char *)a + (at + DK_PREFETCH) * width);
         __builtin_prefetch((const char *)b + (at + DK_PREFETCH) * width);
+        if (op == DK_OP_FMA) __builtin_prefetch((const char *)c + (at + DK_PREFETCH) * width);
         const vi ca = dk_load_codes(a, at, width), cb = dk_load_codes(b, at, width);
         vi bad = dk_arith_infnan(ca, q) | dk_arith_infnan(cb, q);
         if (counted) bad |= dk_arith_subnormal(ca, q) | dk_arith_subnormal(cb, q);
-        const vf x = DK_FLT(dk_arith_decode(ca, q, q->dab, q->subab, 0));
+        vf x = DK_FLT(dk_arith_decode(ca, q, q->dab, q->subab, 0));
         vf y = DK_FLT(dk_arith_decode(cb, q, q->dab, q->subab, 0));
         vf s;
         if (op == DK_OP_MUL) {
             s = x * y;
         } else {
             if (op == DK_OP_SUB) y = DK_FLT(DK_BITS(y) ^ (int32_t)0x80000000);
+            if (op == DK_OP_FMA) { /* x * y (exact) + c, c scaled as the product */
+                const vi cc = dk_load_codes(c, at, width);
+                bad |= dk_arith_infnan(cc, q);
+                if (counted) bad |= dk_arith_subnormal(cc, q);
+                x = x * y;
+                y = DK_FLT(dk_arith_decode(cc, q, q->dc, q->subc, 0));
+            }
             s = x + y;
-            if (mode == DK_STOCHASTIC) { /* TwoSum: s + t == x + y exactly */
+            if (mode == DK_STOCHASTIC || op == DK_OP_FMA) { /* TwoSum: s + t == x + y exactly */
                 const vf yy = s - x, xx = s - yy;
-                bad |= (DK_BITS((x - xx) + (y - yy)) & 0x7FFFFFFF) != 0;
+                const vi tb = DK_BITS((x - xx) + (y - yy)), sb = DK_BITS(s);
+                const vi inexact = (tb & 0x7FFFFFFF) != 0;
+                if (mode == DK_STOCHASTIC) {
+                    bad |= inexact;
+                } else { /* round to odd (see the top of the file) */
+                    const vi step = VSEL((tb ^ sb) < 0, (vi){} - 1, (vi){} + 1);
+                    s = DK_FLT(VSEL(inexact & ((sb & 1) == 0), sb + step, sb));
+                }
             }
         }
         vu h = {};
@@ -631,18 +647,18 @@ dk_narrow_run(int op, int mode, int width, int is_signed, int counted, const voi
  * many elements it did. */
 __attribute__((always_inline)) static inline int64_t
 dk_narrow_fast(int op, int mode, int width, int is_signed, int counted, const void *a, const void *b,
-               void *out, int64_t i0, int64_t n, const dk_format *f, const dk_aconst *q, uint64_t seed,
+               const void *c, void *out, int64_t i0, int64_t n, const dk_format *f, const dk_aconst *q, uint64_t seed,
                int64_t cnt[4])
 {
     const dk_qloop qc = dk_qloop_of(&q->moved, &q->k);
     int64_t i = 0, span = DK_VL;
     for (;;) {
-        const int64_t d = dk_narrow_run(op, mode, width, is_signed, counted, a, b, out, i0 + i, n - i,
-                                        q, &qc, seed);
+        const int64_t d = dk_narrow_run(op, mode, width, is_signed, counted, a, b, c, out, i0 + i,
+                                        n - i, q, &qc, seed);
         i += d;
         if (i + DK_VL > n) return i;
         span = d >= 4 * DK_VL ? DK_VL : span < 64 * DK_VL ? 2 * span : span;
-        i += dk_narrow_general(op, a, b, a, out, i0 + i, n - i < span ? n - i : span, f, q, mode, seed,
+        i += dk_narrow_general(op, a, b, c, out, i0 + i, n - i < span ? n - i : span, f, q, mode, seed,
                                cnt, width);
     }
 }
@@ -677,14 +693,15 @@ void DK_FN(dk_arith_block)(int op, const void *a, const void *b, const void *c, 
         }
         else {
 #ifndef DK_ARITH_ONLY
-            if (op != DK_OP_FMA && mode != DK_TOWARD_ZERO && (q.is_signed || width == 2)) {
-#define DK_NARROW(OP, MODE, W, SG) dk_narrow_fast(OP, MODE, W, SG, counted, a, b, out, i0, n, f, &q, seed, cnt)
+            if (mode != DK_TOWARD_ZERO && (q.is_signed || width == 2)) {
+#define DK_NARROW(OP, MODE, W, SG) dk_narrow_fast(OP, MODE, W, SG, counted, a, b, c, out, i0, n, f, &q, seed, cnt)
 #define DK_NARROW_FMT(OP, MODE)                                                                 \
     (width == 1 ? DK_NARROW(OP, MODE, 1, 1)                                                     \
      : q.is_signed ? DK_NARROW(OP, MODE, 2, 1) : DK_NARROW(OP, MODE, 2, 0))
 #define DK_NARROW_OPS(MODE)                                                                     \
     (op == DK_OP_ADD ? DK_NARROW_FMT(DK_OP_ADD, MODE)                                           \
-     : op == DK_OP_SUB ? DK_NARROW_FMT(DK_OP_SUB, MODE) : DK_NARROW_FMT(DK_OP_MUL, MODE))
+     : op == DK_OP_SUB ? DK_NARROW_FMT(DK_OP_SUB, MODE) : op == DK_OP_MUL ? DK_NARROW_FMT(DK_OP_MUL, MODE) \
+     : DK_NARROW_FMT(DK_OP_FMA, MODE))
                 i = mode == DK_NEAREST ? DK_NARROW_OPS(DK_NEAREST) : DK_NARROW_OPS(DK_STOCHASTIC);
 #undef DK_NARROW_OPS
 #undef DK_NARROW_FMT
