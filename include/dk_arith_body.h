@@ -693,6 +693,8 @@ void DK_FN(dk_arith_block)(int op, const void *a, const void *b, const void *c, 
         }
         else {
 #ifndef DK_ARITH_ONLY
+            /* (8-bit formats are all signed; the fast loop is built for signed 8-bit and
+             * for 16-bit formats of either kind) */
             if (mode != DK_TOWARD_ZERO && (q.is_signed || width == 2)) {
 #define DK_NARROW(OP, MODE, W, SG) dk_narrow_fast(OP, MODE, W, SG, counted, a, b, c, out, i0, n, f, &q, seed, cnt)
 #define DK_NARROW_FMT(OP, MODE)                                                                 \

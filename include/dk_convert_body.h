@@ -5,7 +5,8 @@
  * The algorithm works on FP32 bit patterns with integer operations only (so it never
  * depends on MXCSR's FTZ/DAZ or rounding mode) and must agree bit for bit with the scalar
  * semantics of dk_format.h, which also handles the tails and the rare lanes (stochastic
- * rounding inside the Tesla subnormal gap). DK_VL 4 (the baseline tier, SSE2) builds only the
+ * rounding inside the Tesla subnormal gap of an unsigned format: a signed one's is
+ * dk_gap_stoch). DK_VL 4 (the baseline tier, SSE2) builds only the
  * helpers that the arithmetic body (dk_arith_body.h) shares: define DK_ARITH_ONLY. */
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
