@@ -26,7 +26,7 @@ import functools
 import math
 import operator
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Optional, Tuple, Union, overload
+from typing import Any, Callable, Literal, Optional, Tuple, Union, cast, overload
 
 import numpy as np
 
@@ -244,8 +244,8 @@ def quantize(x: Any, fmt: Format, *, rounding: str = "nearest", seed: Optional[i
     # The common call, a float32/float64 array into one of the codes or None, in one step
     # (the glue checks that it is one, and otherwise computes nothing: the general path).
     got = _numerics.convert_plain(0, x, out, ctup, dtype, 0, mode, seed_, want, isa, threads)
-    if got is not None:
-        return (got[0], Flags(*got[1])) if return_flags else got[0]
+    if got is not None:  # (entry 0 gives the flag counts, never True)
+        return (got[0], Flags(*cast(Tuple[int, int, int, int], got[1]))) if return_flags else got[0]
     src, kind = _source(x)
     dst = _dest(out, src.shape, dtype)
     flags = (0, 0, 0, 0)
