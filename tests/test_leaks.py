@@ -30,8 +30,9 @@ from dk_helpers import UNDER_ASAN
 
 CALLS = 2000
 LEAK_PER_CALL = 1024
-# Bytes over CALLS calls. Measured noise on a leak-free kernel: traced < 1 KiB, heap < 8 KiB,
-# RSS < 32 KiB. So a leak of >= 32 B/call shows in the heap, and 1 KiB/call (2 MiB) anywhere.
+# Bytes over CALLS calls. Measured noise on a leak-free kernel: traced < 1 KiB, heap 0 (with
+# tracemalloc off: see growth), RSS < 32 KiB. So a leak of >= 32 B/call shows in the heap,
+# and 1 KiB/call (2 MiB) anywhere.
 TOL_TRACED = 64 * 1024
 TOL_HEAP = 64 * 1024
 TOL_RSS = 512 * 1024
@@ -67,22 +68,33 @@ def rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def growth(fn, calls=CALLS, warmup=200):
-    """(traced, heap, rss) growth in bytes over `calls` calls of fn, after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
+def _settle():
     gc.collect()
     if _mallinfo2 is not None:
-        _libc.malloc_trim(0)   # give free heap pages back, so that reuse cannot hide growth
+        _libc.malloc_trim(0)   # give free heap pages back: freed-but-cached heap is no leak,
+        # and reuse of it cannot hide growth
+
+
+def growth(fn, calls=CALLS, warmup=200):
+    """(traced, heap, rss) growth in bytes over `calls` calls of fn, after `warmup` calls.
+    Two passes of `calls` calls: the C heap and RSS with tracemalloc off (its own tables are
+    C heap: with it on, a leak-free kernel's heap grew 8-77 KiB over 2,000 calls, and once
+    past TOL_HEAP in CI), then the traced Python memory with it on."""
+    for _ in range(warmup):
+        fn()
+    _settle()
+    h0, r0 = heap_in_use(), rss()
+    for _ in range(calls):
+        fn()
+    _settle()
+    h1, r1 = heap_in_use(), rss()
     tracemalloc.start()
     try:
-        t0, h0, r0 = tracemalloc.get_traced_memory()[0], heap_in_use(), rss()
+        t0 = tracemalloc.get_traced_memory()[0]
         for _ in range(calls):
             fn()
         gc.collect()
-        if _mallinfo2 is not None:
-            _libc.malloc_trim(0)   # freed-but-cached heap is not a leak
-        t1, h1, r1 = tracemalloc.get_traced_memory()[0], heap_in_use(), rss()
+        t1 = tracemalloc.get_traced_memory()[0]
     finally:
         tracemalloc.stop()
     return t1 - t0, h1 - h0, r1 - r0
@@ -223,6 +235,11 @@ def test_meters_see_a_leak():
     ptrs = []
     _, heap, res = growth(lambda: ptrs.append(_libc.malloc(LEAK_PER_CALL)))
     assert heap >= TOL_HEAP, heap              # a C malloc never freed (pages untouched)
+    for p in ptrs:
+        _libc.free(ctypes.c_void_p(p))
+    ptrs.clear()
+    _, heap, _ = growth(lambda: ptrs.append(_libc.malloc(40)))
+    assert heap >= TOL_HEAP, heap              # ... down to 40 B a call
     for p in ptrs:
         _libc.free(ctypes.c_void_p(p))
 
