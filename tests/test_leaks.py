@@ -78,7 +78,7 @@ def _settle():
 def growth(fn, calls=CALLS, warmup=200):
     """(traced, heap, rss) growth in bytes over `calls` calls of fn, after `warmup` calls.
     Two passes of `calls` calls: the C heap and RSS with tracemalloc off (its own tables are
-    C heap: with it on, a leak-free kernel's heap grew 8-77 KiB over 2,000 calls, and once
+    C heap: with it on, a leak-free kernel's heap grew 8-75 KiB over 2,000 calls, and once
     past TOL_HEAP in CI), then the traced Python memory with it on."""
     for _ in range(warmup):
         fn()
