@@ -104,6 +104,22 @@ __attribute__((always_inline)) static inline vi dk_arith_infnan(vi c, const dk_a
 #define DK_BITS(v) ((vi)(v))
 #define DK_FLT(v) ((vf)(v))
 
+/* TwoSum (Knuth): the error t of s = u + v rounded to nearest, s + t == u + v exactly (no
+ * overflow). */
+__attribute__((always_inline)) static inline vf dk_two_sum_err(vf u, vf v, vf s)
+{
+    const vf vv = s - u, uu = s - vv;
+    return (u - uu) + (v - vv);
+}
+
+/* Round to odd (see the top of the file): where t != 0 and s's last bit is 0, one FP32
+ * step of s towards s + t. Bits in, bits out. */
+__attribute__((always_inline)) static inline vi dk_round_odd(vi sb, vi tb)
+{
+    const vi step = VSEL((tb ^ sb) < 0, (vi){} - 1, (vi){} + 1);
+    return VSEL(((tb & 0x7FFFFFFF) != 0) & ((sb & 1) == 0), sb + step, sb);
+}
+
 static inline int64_t dk_lanes_sum(vi v)
 {
     int64_t s = 0;
@@ -152,9 +168,7 @@ dk_arith_loop(int op, const void *a, const void *b, const void *c, void *out, in
             }
             s = u + v;
             if (op == DK_OP_FMA || mode != DK_NEAREST) {
-                /* TwoSum (Knuth): s + t == u + v exactly (round to nearest, no overflow). */
-                vf vv = s - u, uu = s - vv;
-                t = (u - uu) + (v - vv);
+                t = dk_two_sum_err(u, v, s);
             }
         }
         vi sb = DK_BITS(s), tb = DK_BITS(t);
@@ -170,9 +184,7 @@ dk_arith_loop(int op, const void *a, const void *b, const void *c, void *out, in
             }
 #endif
         } else if (op == DK_OP_FMA || mode != DK_NEAREST) {
-            /* round to odd: even last bit and t != 0 -> one FP32 step towards s + t */
-            vi step = VSEL((tb ^ sb) < 0, (vi){} - 1, (vi){} + 1);
-            sb = VSEL(inexact & ((sb & 1) == 0), sb + step, sb);
+            sb = dk_round_odd(sb, tb);
         }
         vi code;
         if (bf16 && mode == DK_NEAREST) /* FP32 -> BF16 nearest even (s is finite, not NaN) */
@@ -611,16 +623,10 @@ dk_narrow_run(int op, int mode, int width, int is_signed, int counted, const voi
                 y = DK_FLT(dk_arith_decode(cc, q, q->dc, q->subc, 0));
             }
             s = x + y;
-            if (mode == DK_STOCHASTIC || op == DK_OP_FMA) { /* TwoSum: s + t == x + y exactly */
-                const vf yy = s - x, xx = s - yy;
-                const vi tb = DK_BITS((x - xx) + (y - yy)), sb = DK_BITS(s);
-                const vi inexact = (tb & 0x7FFFFFFF) != 0;
-                if (mode == DK_STOCHASTIC) {
-                    bad |= inexact;
-                } else { /* round to odd (see the top of the file) */
-                    const vi step = VSEL((tb ^ sb) < 0, (vi){} - 1, (vi){} + 1);
-                    s = DK_FLT(VSEL(inexact & ((sb & 1) == 0), sb + step, sb));
-                }
+            if (mode == DK_STOCHASTIC || op == DK_OP_FMA) {
+                const vi tb = DK_BITS(dk_two_sum_err(x, y, s));
+                if (mode == DK_STOCHASTIC) bad |= (tb & 0x7FFFFFFF) != 0;
+                else s = DK_FLT(dk_round_odd(DK_BITS(s), tb));
             }
         }
         vu h = {};
