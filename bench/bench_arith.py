@@ -5,7 +5,8 @@
 8M elements, 1 and 2 kernel threads (torch gets the same count):
 - BF16 add / mul / fma (nearest and stochastic) beside torch's bf16 ``a + b``, ``a * b`` and
   ``torch.addcmul`` into preallocated outputs (torch rounds each op to nearest);
-- CFloat8 1_4_3 add / mul (no torch peer: torch has no fp8 arithmetic);
+- CFloat8 1_4_3 and SHP add / mul / fma, nearest and stochastic (no torch peer: torch has
+  no arithmetic in these formats; the peer is the same op rounded to nearest);
 - quantize float32 -> CFloat8 / BF16 with nearest and stochastic rounding;
 - fake_quantize float32 -> CFloat8 / BF16 -> float32 beside a NumPy copy of the same bytes
   (np.copyto, single-threaded: the bandwidth peer);
@@ -23,6 +24,7 @@ N = bench_size(1 << 23)
 THREADS = [1, 2]
 ROUNDS = dict(rounds=7, iterations=1, warmup_rounds=1)
 CF8 = dk.cfloat8_143(7)
+SHP = dk.shp(15)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,8 @@ def data():
     x = rng.standard_normal((3, N), dtype=np.float32)
     bf = [dk.quantize(v, dk.BF16) for v in x]
     c8 = [dk.quantize(v * 4, CF8) for v in x]
-    return dict(x=x, bf=bf, c8=c8, out16=np.empty(N, np.uint16), out8=np.empty(N, np.uint8),
+    shp = [dk.quantize(v * 4, SHP) for v in x]
+    return dict(x=x, bf=bf, c8=c8, shp=shp, out16=np.empty(N, np.uint16), out8=np.empty(N, np.uint8),
                 f32=np.empty(N, np.float32), f32c=np.empty(N, np.float32))
 
 
@@ -68,14 +71,16 @@ def test_bf16_arith(benchmark, data, threads, op, rounding, t):
 
 @pytest.mark.parametrize("t", THREADS)
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
-@pytest.mark.parametrize("op", ["add", "mul"])
-def test_cf8_arith(benchmark, data, threads, op, rounding, t):
+@pytest.mark.parametrize("op", ["add", "mul", "fma"])
+@pytest.mark.parametrize("name", ["cf8", "shp"])
+def test_narrow_arith(benchmark, data, threads, name, op, rounding, t):
     threads(t)
-    a, b, _ = data["c8"]
-    out = data["out8"]
+    fmt, codes, out = (CF8, data["c8"], data["out8"]) if name == "cf8" else \
+        (SHP, data["shp"], data["out16"])
+    ops = codes if op == "fma" else codes[:2]
     fn = getattr(dk, op)
-    benchmark.pedantic(lambda: fn(a, b, CF8, rounding=rounding, seed=1, out=out), **ROUNDS)
-    record(benchmark, ("cf8", op, rounding, t), N, "elem/s")
+    benchmark.pedantic(lambda: fn(*ops, fmt, rounding=rounding, seed=1, out=out), **ROUNDS)
+    record(benchmark, (name, op, rounding, t), N, "elem/s")
 
 
 @pytest.mark.parametrize("t", THREADS)
@@ -147,17 +152,19 @@ def _table(res):
     g = lambda k: res.get(k, {}).get("rate")  # noqa: E731
     gel = lambda v: f"{v / 1e9:6.2f}" if v else "   n/a"  # noqa: E731
     rat = lambda a, b: f"{a / b:5.2f}x" if a and b else "  n/a"  # noqa: E731
-    if not any(isinstance(k, tuple) and k[0] in ("bf16", "cf8", "fq", "small") for k in res):
+    if not any(isinstance(k, tuple) and k[0] in ("bf16", "cf8", "shp", "fq", "small") for k in res):
         return []
     lines = [f"Arithmetic on codes, {N:,} elements, Gelem/s (ratios in the same run)",
              "op   thr | bf16 near  stoch  torch | near/torch [>=1]  stoch/near [>=0.5] "
-             "| cf8 near  stoch"]
+             "| cf8 near  stoch  ratio | shp near  stoch  ratio"]
     for op in ("add", "mul", "fma"):
         for t in THREADS:
             n, s, tt = g(("bf16", op, "nearest", t)), g(("bf16", op, "stochastic", t)), g(("torch", op, t))
             c8n, c8s = g(("cf8", op, "nearest", t)), g(("cf8", op, "stochastic", t))
+            shn, shs = g(("shp", op, "nearest", t)), g(("shp", op, "stochastic", t))
             lines.append(f"{op:4s} {t:3d} | {gel(n)}  {gel(s)} {gel(tt)} | {rat(n, tt):>16s}  "
-                         f"{rat(s, n):>18s} | {gel(c8n)}  {gel(c8s)}")
+                         f"{rat(s, n):>18s} | {gel(c8n)}  {gel(c8s)} {rat(c8s, c8n)} | "
+                         f"{gel(shn)}  {gel(shs)} {rat(shs, shn)}")
     for t in THREADS:
         fma, add = g(("bf16", "fma", "nearest", t)), g(("bf16", "add", "nearest", t))
         lines.append(f"fma / add, {t} thread(s): {rat(fma, add)} [>=0.5]")

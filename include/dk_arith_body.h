@@ -20,7 +20,7 @@
  *     dk_quant_rest for the others, as quantize does; dk_quant_vec on the portable tier)
  *     gives the correctly rounded result. Stochastic rounding needs the exact value:
  *     lanes with t == 0 are rounded from s exactly; lanes with t != 0 take the scalar path
- *     here (the BF16 fast path below rounds s + t itself: dk_bf16_stoch_sum).
+ *     here (the fast paths below round s + t itself: dk_stoch_sum).
  *  3. Zeros and subnormals are decoded exactly (scaled, they are normal FP32 numbers, BF16's
  *     are FP32 subnormals, exact without DAZ); the denormal flag counts subnormal operands,
  *     the underflow flag zero or subnormal results that differ from s + t.
@@ -281,7 +281,7 @@ dk_bf16_general(int op, const void *a, const void *b, const void *c, void *out, 
  * AVX-512 the sum rounded toward zero with its last bit set where inexact, elsewhere by
  * TwoSum's t) to BF16 to nearest even: VCVTNE2PS2BF16 on the avx512bf16 tier (which reads an
  * FP32 subnormal as zero: add/sub send such sums to the general path, see dk_bf16_run), the
- * integer rounding elsewhere; stochastic rounds the exact s + t (dk_bf16_stoch_sum;
+ * integer rounding elsewhere; stochastic rounds the exact s + t (dk_stoch_sum;
  * products of two BF16 values are exact; add/sub: TwoSum's t only in a step with an inexact
  * sum, found by two compares). Any other step goes through dk_bf16_general (the
  * general vector path and the scalar semantics), so its codes and flags are that path's. */
@@ -341,54 +341,58 @@ __attribute__((always_inline)) static inline vu dk_bf16_round_half(vu s, vu r, i
     return s + (r >> 16); /* the carry of low + (r >> 16) into the top half (dk_bf16_stoch_vec) */
 }
 
-/* Stochastic rounding to BF16 of the exact sum s + t (TwoSum: s the FP32 sum rounded to
- * nearest, |t| <= half an ulp u of s, t == 0 when s is exact) for the even (lo) or odd (hi)
- * halves: a word whose top half is the code. With S = |s| and t' = t signed towards |s|,
- * (|s + t| - lo) / (hi - lo) * 2^32 = (S's low 16 bits) * 2^16 + (t' / u) * 2^16, and
- * t' / u * 2^16 = sig(t) * 2^(e(t) - e(s) + 16) with e(t) <= e(s) - 24, so its floor is an
+/* Stochastic rounding of the exact sum s + t (TwoSum: s the FP32 sum rounded to nearest,
+ * |t| <= half an ulp u of s, t == 0 when s is exact) to m fraction bits on s's own exponent
+ * (BF16: m = 7, the code in the top half of the word; a narrow format moved to FP32's
+ * normal range: its normal results): FP32 bits whose top 9 + m bits are the rounded value,
+ * the 23 - m dropped bits left for the caller to clear. With S = |s|, t' = t signed towards
+ * |s| and k = 9 + m, (|s + t| - lo) / (hi - lo) * 2^32 = (S's dropped bits) * 2^k + (t' / u) * 2^k,
+ * and t' / u * 2^k = sig(t) * 2^(e(t) - e(s) + k) with e(t) <= e(s) - 24, so its floor is an
  * integer shift (rounded down: a right shift for t' > 0, minus the rounded-up shift for t' < 0).
- * A negative sum of the two borrows from S's code: the lower neighbour is one BF16 step below
- * S's truncation, the same step unless S is a power of two, whose lanes (the ulp below is half)
- * are marked in *bad for the general path. Then the carry of f + r adds one step. */
-__attribute__((always_inline)) static inline vu dk_bf16_stoch_sum(vu s, vf t, vu r, vi *bad)
+ * A negative sum of the two borrows from S's kept part: the lower neighbour is one step
+ * 2^(23 - m) below S's truncation, the same step unless S is a power of two, whose lanes (the
+ * step below is half) are marked in *bad for the general path. Then the carry of f + r adds
+ * one step. */
+__attribute__((always_inline)) static inline vu dk_stoch_sum(vu s, vf t, vu r, int m, vi *bad)
 {
 #if DK_VL == 16
-    /* AVX-512: floor(t'/u 2^16) in floating point. For a normal s, u = 2^(e - 23) with
-     * e = getexp(s), so t'/u 2^16 = t' 2^(39 - e): VSCALEFPS rounded down, then converted
+    /* AVX-512: floor(t'/u 2^k) in floating point. For a normal s, u = 2^(e - 23) with
+     * e = getexp(s), so t'/u 2^k = t' 2^(23 + k - e): VSCALEFPS rounded down, then converted
      * rounding down. Both round down, so the floor is exact even where the scaled value is
-     * not (an integer of at most 2^15 lies below it exactly when it lies below the rounded-down
-     * value); a tiny negative t' scales to a negative subnormal, not -0, so its floor is -1.
-     * Where t is 0 (s exact, which it is whenever s is zero or subnormal) X is 0 by the mask,
-     * as getexp(0) is -Inf. An Inf s (a sum that overflowed) has a NaN t and gives
-     * X = INT_MIN: a borrow below a power of two, so `bad` sends it to the general path. */
+     * not (an integer of at most 2^(k-1) lies below it exactly when it lies below the
+     * rounded-down value); a tiny negative t' scales to a negative subnormal, not -0, so its
+     * floor is -1. Where t is 0 (s exact, which it is whenever s is zero or subnormal) X is 0
+     * by the mask, as getexp(0) is -Inf. An Inf s (a sum that overflowed) has a NaN t and
+     * gives X = INT_MIN: a borrow below a power of two, so `bad` sends it to the general path. */
     const int rd = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
-    const __m512 k = _mm512_sub_ps(_mm512_set1_ps(39.0f), _mm512_getexp_ps((__m512)s));
+    const __m512 k = _mm512_sub_ps(_mm512_set1_ps((float)(32 + m)), _mm512_getexp_ps((__m512)s));
     const __m512 tt = (__m512)_mm512_ternarylogic_epi32((__m512i)t, (__m512i)s, _mm512_set1_epi32((int)0x80000000),
                                                         0x78); /* t ^ (s & sign): t' */
     const __mmask16 tnz = _mm512_test_epi32_mask((__m512i)t, _mm512_set1_epi32(0x7FFFFFFF));
     const __m512i X = _mm512_maskz_cvt_roundps_epi32(tnz, _mm512_scalef_round_ps(tt, k, rd), rd);
-    const __m512i low = _mm512_slli_epi32((__m512i)s, 16), f = _mm512_add_epi32(low, X);
+    const __m512i low = _mm512_sll_epi32((__m512i)s, _mm_cvtsi32_si128(9 + m));
+    const __m512i f = _mm512_add_epi32(low, X);
     /* a negative sum wrapped below zero */
     const __mmask16 borrow = _mm512_mask_cmpgt_epu32_mask(_mm512_movepi32_mask(X), f, low);
     const __mmask16 pow2 = _mm512_mask_testn_epi32_mask(borrow, (__m512i)s, _mm512_set1_epi32(0x7FFFFF));
     *bad = (vi)_mm512_mask_mov_epi32((__m512i)*bad, pow2, _mm512_set1_epi32(-1));
     const __mmask16 up = _mm512_cmplt_epu32_mask(_mm512_add_epi32(f, (__m512i)r), f);
-    const __m512i step = _mm512_set1_epi32(0x10000);
+    const __m512i step = _mm512_set1_epi32(1 << (23 - m));
     const __m512i down = _mm512_mask_sub_epi32((__m512i)s, borrow, (__m512i)s, step);
     return (vu)_mm512_mask_add_epi32(down, up, down, step);
 #else
     const vu S = s & 0x7FFFFFFFu, tb = (vu)t, ta = tb & 0x7FFFFFFFu;
     const vi es = VMAX((vi)(S >> 23), (vi){} + 1), et = VMAX((vi)(ta >> 23), (vi){} + 1);
     const vu sig = (ta & 0x7FFFFFu) | (vu)VSEL((ta >> 23) != 0, (vi){} + 0x800000, (vi){});
-    const vu sh = (vu)VMIN(VMAX(es - et - 16, (vi){}), (vi){} + 31);
+    const vu sh = (vu)VMIN(VMAX(es - et - (9 + m), (vi){}), (vi){} + 31);
     const vu q = sig >> sh, rem = sig & ((((vu){} + 1u) << sh) - 1u);
     const vi tneg = ((vi)(tb ^ s) < 0) & (ta != 0);
-    const vu X = (vu)VSEL(tneg, (vi){} - (vi)(q - (vu)(rem != 0)), (vi)q); /* floor(t'/u 2^16) */
-    const vu low = S << 16, f = low + X;
+    const vu X = (vu)VSEL(tneg, (vi){} - (vi)(q - (vu)(rem != 0)), (vi)q); /* floor(t'/u 2^k) */
+    const vu low = S << (9 + m), f = low + X;
     const vi borrow = tneg & (f > low); /* wrapped below zero */
     *bad |= borrow & ((S & 0x7FFFFFu) == 0);
     const vi up = (vi)((f + r) < f);
-    return s + ((vu)(borrow - up) << 16);
+    return s + ((vu)(borrow - up) << (23 - m));
 #endif
 }
 
@@ -493,13 +497,8 @@ dk_bf16_run(int op, int mode, int counted, const void *a, const void *b, const v
                 sh = (vu)_mm512_mask_or_epi32((__m512i)z2, dk_sum_inexact(uh, vh2), (__m512i)z2, one);
 #endif
             } else if (op == DK_OP_FMA) { /* round to odd by TwoSum: s + t == u + v exactly */
-                vf v1 = s1 - ul, u1 = s1 - v1, t1 = (ul - u1) + (vl - v1);
-                vf v2 = s2 - uh, u2 = s2 - v2, t2 = (uh - u2) + (vh2 - v2);
-                vi in1 = ((vi)t1 & 0x7FFFFFFF) != 0, in2 = ((vi)t2 & 0x7FFFFFFF) != 0;
-                vi st1 = VSEL(((vi)t1 ^ (vi)sl) < 0, (vi){} - 1, (vi){} + 1);
-                vi st2 = VSEL(((vi)t2 ^ (vi)sh) < 0, (vi){} - 1, (vi){} + 1);
-                sl = (vu)VSEL(in1 & (((vi)sl & 1) == 0), (vi)sl + st1, (vi)sl);
-                sh = (vu)VSEL(in2 & (((vi)sh & 1) == 0), (vi)sh + st2, (vi)sh);
+                sl = (vu)dk_round_odd((vi)sl, DK_BITS(dk_two_sum_err(ul, vl, s1)));
+                sh = (vu)dk_round_odd((vi)sh, DK_BITS(dk_two_sum_err(uh, vh2, s2)));
             }
         }
         vu code;
@@ -523,11 +522,9 @@ dk_bf16_run(int op, int mode, int counted, const void *a, const void *b, const v
             /* (sums of BF16 values are mostly exact: then the plain carry, as for products) */
             if (mode == DK_STOCHASTIC && op != DK_OP_MUL && inexact) {
                 /* TwoSum: s + t == u + v exactly */
-                const vf s1 = (vf)sl, s2 = (vf)sh;
-                const vf v1 = s1 - ul, u1 = s1 - v1, v2 = s2 - uh, u2 = s2 - v2;
-                const vf tl = (ul - u1) + (vl - v1), th = (uh - u2) + (vh2 - v2);
-                wl = dk_bf16_stoch_sum(sl, tl, dk_splitmix_r(hl), &bad);
-                wh = dk_bf16_stoch_sum(sh, th, dk_splitmix_r(hh), &bad);
+                const vf tl = dk_two_sum_err(ul, vl, (vf)sl), th = dk_two_sum_err(uh, vh2, (vf)sh);
+                wl = dk_stoch_sum(sl, tl, dk_splitmix_r(hl), 7, &bad);
+                wh = dk_stoch_sum(sh, th, dk_splitmix_r(hh), 7, &bad);
             } else {
                 wl = dk_bf16_round_half(sl, hl, mode);
                 wh = dk_bf16_round_half(sh, hh, mode);
@@ -578,14 +575,16 @@ dk_narrow_general(int op, const void *a, const void *b, const void *c, void *out
 #ifndef DK_ARITH_ONLY
 /* ---- Narrow formats' fast path (CFloat8, SHP, UHP: add, sub, mul, fma; nearest, stochastic)
  * DK_VL codes per step. A step is finished here when its operands are plain (no Inf or NaN;
- * when flags are counted, no subnormal either: the denormal flag), the FP32 result stands
- * for the exact one (products of two scaled operands are exact, see the top of the file;
- * stochastic add/sub/fma: TwoSum's t is zero; nearest fma: s rounded to odd by t) and no
- * result code lies in the top binade (overflow, Inf, NaN, UHP's negative results). The results round on FP32's own bits (dk_quant_plain:
- * normal results and zeros); a signed format's other lanes (tiny, Tesla gap) by
- * dk_quant_rest, as quantize rounds them, when no flags are counted (the underflow flag is
- * the general path's). Any other step goes through dk_narrow_general. No call inside the
- * loop: across a call every vector register is lost. */
+ * when flags are counted, no subnormal either: the denormal flag), the FP32 result s
+ * stands for the exact one or is rounded with its error (products of two scaled operands
+ * are exact, see the top of the file; nearest fma: s rounded to odd by TwoSum's t;
+ * stochastic add/sub/fma with t != 0 in some lane: the exact s + t rounded by dk_stoch_sum,
+ * for a step whose results all lie in the normal range) and no result code lies in the top
+ * binade (overflow, Inf, NaN, UHP's negative results). The results round on FP32's own bits
+ * (dk_quant_plain: normal results and zeros); a signed format's other lanes (tiny, Tesla
+ * gap) by dk_quant_rest, as quantize rounds them, when no flags are counted (the underflow
+ * flag is the general path's) and every sum is exact. Any other step goes through
+ * dk_narrow_general. No call inside the loop: across a call every vector register is lost. */
 __attribute__((always_inline)) static inline int64_t
 dk_narrow_run(int op, int mode, int width, int is_signed, int counted, const void *a, const void *b,
               const void *c, void *out, int64_t i0, int64_t n, const dk_aconst *q, const dk_qloop *qc,
@@ -610,7 +609,8 @@ dk_narrow_run(int op, int mode, int width, int is_signed, int counted, const voi
         if (counted) bad |= dk_arith_subnormal(ca, q) | dk_arith_subnormal(cb, q);
         vf x = DK_FLT(dk_arith_decode(ca, q, q->dab, q->subab, 0));
         vf y = DK_FLT(dk_arith_decode(cb, q, q->dab, q->subab, 0));
-        vf s;
+        vf s, t = {};
+        int inexact = 0; /* stochastic: a lane whose FP32 sum is not exact */
         if (op == DK_OP_MUL) {
             s = x * y;
         } else {
@@ -624,16 +624,32 @@ dk_narrow_run(int op, int mode, int width, int is_signed, int counted, const voi
             }
             s = x + y;
             if (mode == DK_STOCHASTIC || op == DK_OP_FMA) {
-                const vi tb = DK_BITS(dk_two_sum_err(x, y, s));
-                if (mode == DK_STOCHASTIC) bad |= (tb & 0x7FFFFFFF) != 0;
-                else s = DK_FLT(dk_round_odd(DK_BITS(s), tb));
+                t = dk_two_sum_err(x, y, s);
+                /* 16-bit formats' fma: products of up to 22 bits make about half the steps
+                 * inexact (SHP, normal data), and a branch taken at random cost more than
+                 * the exact rounding it saves (0.55 against 0.80 Gelem/s): no test */
+                if (mode == DK_STOCHASTIC)
+                    inexact = (op == DK_OP_FMA && width == 2) || dk_any((DK_BITS(t) & 0x7FFFFFFF) != 0);
+                else s = DK_FLT(dk_round_odd(DK_BITS(s), DK_BITS(t)));
             }
         }
         vu h = {};
         if (mode == DK_STOCHASTIC) h = dk_rng_next_hi(&lo, &hi);
-        vi plain;
+        vi plain, code;
         unsigned notmask;
-        vi code = dk_quant_plain(DK_BITS(s), h, qc, &q->k, mode, is_signed, 0, &plain, &notmask);
+        if (mode == DK_STOCHASTIC && inexact) {
+            /* the exact s + t rounded on the format's grid in the normal range (dk_stoch_sum;
+             * for lanes with t == 0 it rounds s as dk_quant_plain would), its dropped bits
+             * cleared (else a sum just past max rounded down to max would not be plain: the
+             * general path, same codes), then the code of that grid value. Any other lane
+             * (tiny, Tesla gap, past max, a borrow below a power of two) sends the step to
+             * the general path. */
+            const vi v = (vi)dk_stoch_sum((vu)s, t, dk_splitmix_r(h), m, &bad) & qc->keep;
+            code = dk_quant_plain(v, h, qc, &q->k, DK_TOWARD_ZERO, is_signed, 0, &plain, &notmask);
+            if (notmask != 0) break;
+        } else {
+            code = dk_quant_plain(DK_BITS(s), h, qc, &q->k, mode, is_signed, 0, &plain, &notmask);
+        }
         if (__builtin_expect(notmask != 0, 0)) {
             if (!is_signed || counted) break;
             code = dk_quant_rest(DK_BITS(s), dk_splitmix_r(h), code, plain, &q->moved, qc, &q->k, mode,

@@ -593,6 +593,99 @@ def test_narrow_stochastic_inexact_sum_at_the_carry_boundary(isa, rf, op):
     assert tried >= 3, tried
 
 
+# (sums of two CFloat8 1_4_3 values are exact in FP32: 4-bit significands 18 binades apart
+# at most; its fma can be inexact)
+_SR_CASES = [(rf, op) for rf in (R.RefFormat("shp", 15, "ieee"), R.RefFormat("shp", 20, "tesla"),
+                                 R.RefFormat("cfloat8_152", 15, "tesla"), R.UHP_R)
+             for op in ("add", "sub", "fma")] + [(R.RefFormat("cfloat8_143", 7, "tesla"), "fma")]
+
+
+@pytest.mark.parametrize("rf,op", _SR_CASES, ids=str)
+def test_narrow_stochastic_exact_sums(isa, rf, op):
+    """Stochastic add, sub and fma of the narrow formats round the exact sum, also where its
+    FP32 sum is rounded (the fast loop rounds s + t: dk_stoch_sum): random operands in
+    the normal range (about half of SHP's fma sums inexact in FP32) against the reference,
+    and, one element per call by a seed built for its index, r = 2^32 - f (rounds up) and
+    2^32 - f - 1 (down) with f of SPEC section 2 from Fractions, for inexact sums: random
+    ones, sums just below a power of two (FP32 rounds them up to it: the step below is
+    half) and just above the top of a binade (rounding up carries into the next)."""
+    from fractions import Fraction
+    rng = np.random.default_rng([rf.bias, rf.nbits, rf.m, ["add", "sub", "fma"].index(op)])
+    two = Fraction(2)
+    n, at = 64, 37
+    emin, emax = R.floor_log2(rf.min_normal), R.floor_log2(rf.max)
+
+    def value(e, M, neg):
+        return (-1 if neg else 1) * two ** int(e) * (1 + Fraction(int(M), 2 ** rf.m))
+
+    def code(v):
+        c = R.encode_mag(abs(v), rf)
+        return c | (rf.sign_bit if v < 0 else 0)
+
+    def draw(k, w1, w2):
+        """k operand lists: fma's factors (add's first operand) in binades w1, the addend
+        (the second operand) in w2, normal values."""
+        neg = rng.integers(0, 2, (k, 3)).astype(bool) & rf.signed
+        e1 = rng.integers(w1[0], w1[1] + 1, (k, 2))
+        e2 = rng.integers(w2[0], w2[1] + 1, k)
+        M = rng.integers(0, 2 ** rf.m, (k, 3))
+        if op == "fma":
+            return [[value(e1[i, 0], M[i, 0], neg[i, 0]), value(e1[i, 1], M[i, 1], neg[i, 1]),
+                     value(e2[i], M[i, 2], neg[i, 2])] for i in range(k)]
+        return [[value(e1[i, 0], M[i, 0], neg[i, 0]), value(e2[i], M[i, 2], neg[i, 2])]
+                for i in range(k)]
+
+    def exact(vals):
+        if op == "fma":
+            return vals[0] * vals[1] + vals[2]
+        return vals[0] - vals[1] if op == "sub" else vals[0] + vals[1]
+
+    def fp32_sum(vals):  # products of two p-bit significands are exact in FP32
+        f = [np.float32(float(v)) for v in vals]
+        if op == "fma":
+            return Fraction(float(f[0] * f[1] + f[2]))
+        return Fraction(float(f[0] - f[1] if op == "sub" else f[0] + f[1]))
+
+    wide = (emin, emax // 2 if op == "fma" else emax - 1), (emin, emax - 1)
+    base = draw(n, *wide)
+    ops = [np.array([code(t[j]) for t in base], rf.storage_dtype) for j in range(len(base[0]))]
+    # the boundary elements: random inexact sums (also from far apart binades, where
+    # CFloat8 1_4_3's fma can be inexact at all), then the constructed ones
+    far = (emin, emin + 2) if op == "fma" else (emax - 3, emax - 1), (emax - 3, emax - 1) \
+        if op == "fma" else (emin, emin + 3)
+    specials = [t for t in draw(300, *wide) if fp32_sum(t) != exact(t)][:3] + \
+        [t for t in draw(300, *far) if fp32_sum(t) != exact(t)][:3]
+    e = emax - 2
+    for top in (two ** e, two ** e * (2 - Fraction(1, 2 ** rf.m))):
+        for k in (25, 26, 27, 29):  # |small| below half an FP32 ulp of the large value
+            small = two ** (e - k) * (1 + Fraction(1, 2 ** rf.m))
+            if small < rf.min_normal:
+                continue
+            d = -small if top == two ** e else small  # below 2^e; above the binade's top
+            if op == "fma":
+                specials.append([Fraction(1), d, top])
+            else:
+                specials.append([top, -d if op == "sub" else d])
+    tried = 0
+    for t in specials:
+        x = exact(t)
+        if not rf.signed and any(v < 0 for v in t):
+            continue
+        if x < 0 and not rf.signed or not rf.min_normal <= abs(x) < rf.max:
+            continue
+        assert fp32_sum(t) != x
+        lo, hi = R.neighbours(abs(x), rf)
+        f = int((abs(x) - lo) / (hi - lo) * 2 ** 32)
+        cur = [o.copy() for o in ops]
+        for j, v in enumerate(t):
+            cur[j][at] = code(v)
+        # (f == 0: less than 2^-32 of a step above lo: down even for the largest r)
+        for r in ((1 << 32) - f, (1 << 32) - f - 1) if f else ((1 << 32) - 1,):
+            check(op, cur, rf, "stochastic", _seed_for(r, at))
+        tried += 1
+    assert tried >= 3, tried
+
+
 # --- quantize / fake_quantize fast path (values rounded on FP32's bits, dk_convert_body.h) ----
 _FQ_FORMATS = [R.RefFormat("cfloat8_143", 7, "tesla"), R.RefFormat("cfloat8_143", 0, "ieee"),
                R.RefFormat("cfloat8_152", 40, "flush"), R.RefFormat("cfloat8_152", 15, "tesla"),
