@@ -501,6 +501,44 @@ dk_quant_rest(vi u, vu r, vi res, vi plain, const dk_format *f, const dk_qloop *
     return res;
 }
 
+/* fake_quantize to nearest into a signed format without Inf/NaN (CFloat8, SHP), every lane
+ * up to max in FP32 arithmetic, without a branch: the values dk_quant_plain and
+ * dk_quant_rest give. (|x| + C) - C rounds |x| to a multiple of C's ulp, ties to an even
+ * multiple (the default MXCSR: round to nearest, no FTZ/DAZ; the subtraction is exact):
+ * with C = 2^(e + 23 - m) for |x| in the normal binade [2^e, 2^(e+1)) (|x| + C lies in
+ * [C, 2C), where the ulp is 2^(e - m), the format's quantum there; a carry reaches 2^(e+1)),
+ * and below minnorm C = 2^(qmin + 23) (the subnormal quantum): one maximum of exponent bits.
+ * Then the Tesla gap's rule (nearer of the largest subnormal and minnorm, ties to minnorm;
+ * its lanes lie in the binade below minnorm, where C is the subnormal one) or the flush
+ * (minnorm if reached, else 0). The sign is x's. *notmask: the lanes past max, Inf and NaN
+ * (dk_quant_rest's). */
+__attribute__((always_inline)) static inline vi dk_fake_nearest(vi u, const dk_qloop *c, const dk_qconst *k,
+                                                                int tesla, int flush, unsigned *notmask)
+{
+    const vi a = u & 0x7FFFFFFF;
+    const vi lo = (vi)c->lo; /* minnorm, a power of two */
+    const vi emin = tesla ? lo - (1 << 23) : lo; /* the subnormal quantum times 2^(m - 23)... */
+    const vi C = VMAX(a & 0x7F800000, emin) + ((23 - c->m) << 23); /* ...times 2^(23 - m) */
+    vi g = (vi)(((vf)a + (vf)C) - (vf)C);
+#if DK_VL == 16 /* in mask registers */
+    if (tesla) { /* the gap: a - maxsub - 1 < lo - maxsub - 1, unsigned */
+        const __mmask16 gap = _mm512_cmplt_epu32_mask(_mm512_sub_epi32((__m512i)a, _mm512_set1_epi32(k->maxsub_bits + 1)),
+                                                      _mm512_sub_epi32((__m512i)lo, _mm512_set1_epi32(k->maxsub_bits + 1)));
+        const __mmask16 up = _mm512_mask_cmpge_epi32_mask(gap, (__m512i)a, _mm512_set1_epi32(k->mid_bits));
+        g = (vi)_mm512_mask_mov_epi32((__m512i)g, gap, _mm512_set1_epi32(k->maxsub_bits));
+        g = (vi)_mm512_mask_mov_epi32((__m512i)g, up, (__m512i)lo);
+    } else if (flush) {
+        g = (vi)_mm512_maskz_mov_epi32(_mm512_cmpge_epi32_mask((__m512i)g, (__m512i)lo), (__m512i)g);
+    }
+    *notmask = (uint16_t)_mm512_cmpgt_epu32_mask((__m512i)a, _mm512_set1_epi32((int)c->maxbits));
+#else
+    if (tesla) g = VSEL((a > k->maxsub_bits) & (a < lo), VSEL(a >= k->mid_bits, lo, (vi){} + k->maxsub_bits), g);
+    else if (flush) g = VSEL(g < lo, (vi){}, g);
+    *notmask = (unsigned)_mm256_movemask_ps((__m256)(vi)((vu)a > c->maxbits)); /* DK_VL 8 */
+#endif
+    return g | (u & (int32_t)0x80000000);
+}
+
 /* Vectors per pass of dk_quant_loop: one bit each in a 64-bit word. */
 #define DK_QPASS_VECS 64
 
@@ -582,6 +620,10 @@ dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk
      * overlaps the first pass's memory traffic; with the lanes gathered too: 8M elements,
      * one thread, 2.64-2.81 against 2.45-2.62 ms for N(0,1) * 4, about equal for N(0,1)). */
     const int two_pass = mode == DK_STOCHASTIC || !fake;
+    /* fake_quantize to nearest into CFloat8 or SHP: every lane up to max by dk_fake_nearest
+     * (a vector with a lane below minnorm, one in five for a standard normal into CFloat8
+     * 1_4_3 bias 7, no longer takes a branch at random) */
+    const int fp_near = fake && mode == DK_NEAREST && is_signed && !inf_nan;
     vq rlo = {}, rhi = {};
     if (mode == DK_STOCHASTIC) {
         dk_rng g = dk_rng_at_fast(seed, (uint64_t)index0);
@@ -609,12 +651,15 @@ dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk
                 h = dk_rng_next_hi(&rlo, &rhi);
                 hbuf[v] = h;
             }
-            vi plain;
+            vi plain, res;
             unsigned notmask;
-            vi res = dk_quant_plain(u, h, &c, k, mode, is_signed, fake, &plain, &notmask);
-            if (!two_pass && __builtin_expect(notmask != 0, 0))
+            if (fp_near) res = dk_fake_nearest(u, &c, k, tesla, flush, &notmask);
+            else res = dk_quant_plain(u, h, &c, k, mode, is_signed, fake, &plain, &notmask);
+            if (!two_pass && __builtin_expect(notmask != 0, 0)) {
+                if (fp_near) plain = (vi)((vu)(u & 0x7FFFFFFF) <= c.maxbits);
                 res = dk_quant_rest(u, dk_splitmix_r(h), res, plain, f, &c, k, mode, tesla, flush, inf_nan,
                                     is_signed, fake);
+            }
             if (two_pass && __builtin_expect(overlap, 0)) ubuf[v] = u;
             if (fake) memcpy((float *)out + i, &res, sizeof res);
             else dk_store_codes(out, i, res, width);
