@@ -20,15 +20,18 @@
  *     dk_quant_rest for the others, as quantize does; dk_quant_vec on the portable tier)
  *     gives the correctly rounded result. Stochastic rounding needs the exact value:
  *     lanes with t == 0 are rounded from s exactly; lanes with t != 0 take the scalar path
- *     here (the fast paths below round s + t itself: dk_stoch_sum).
+ *     here, but for signed narrow formats those whose s lies on the subnormal grid (below
+ *     the Tesla gap), which dk_stoch_tiny rounds from s + t (the fast paths below round
+ *     s + t in the normal range: dk_stoch_sum).
  *  3. Zeros and subnormals are decoded exactly (scaled, they are normal FP32 numbers, BF16's
  *     are FP32 subnormals, exact without DAZ); the denormal flag counts subnormal operands,
  *     the underflow flag zero or subnormal results that differ from s + t.
  *  4. Rare lanes go through the scalar semantics (dk_arith_elem): an Inf or NaN operand; a
  *     result code in the top binade or Inf/NaN (overflow and invalid live there, and UHP's
  *     negative results); BF16 products at or below 2^-126 (FP32 may have rounded them);
- *     stochastic lanes with t != 0, and on the portable tier those inside the Tesla gap
- *     (the vector tiers round them with dk_quant_rest: dk_gap_stoch).
+ *     stochastic lanes with t != 0 but those of dk_stoch_tiny, and on the portable tier
+ *     those inside the Tesla gap (the vector tiers round them with dk_quant_rest:
+ *     dk_gap_stoch).
  *  5. The narrow formats (all but BF16 and FP32) have a fast path for add, sub, mul and fma
  *     to nearest or stochastically, as BF16 has: dk_narrow_fast, below.
  * Hardware FP operations run under the default MXCSR, which the driver sets (round to
@@ -127,6 +130,46 @@ static inline int64_t dk_lanes_sum(vi v)
     return s;
 }
 
+/* Stochastic rounding of the exact sum s + t (TwoSum: |t| <= half an ulp of s; t == 0 when s
+ * is exact) onto a signed narrow format's subnormal grid, in the moved format's units: the
+ * grid's quantum is Q = 2^qmin (q->subres), and the lanes taken (*ok) are those whose |s| lies
+ * below the grid's top (the largest subnormal with the Tesla gap, whose rule stays with the
+ * other paths; the smallest normal with IEEE subnormals), so that |s + t| does too and its
+ * neighbours are the multiples of Q around it. With |s| = sig 2^(e - 23) (biased exponent e,
+ * 24-bit sig) and D = qmin + 127 + 23 - e (>= 24 - m there), floor(|s| / Q) = sig >> D and the
+ * fraction below Q, scaled to 32 bits, is sig << (32 - D) when D <= 32 (lanes further below,
+ * |s| < Q 2^-9, zeros among them, are not taken: the fraction would need more than 32 bits).
+ * t' = t signed towards |s| adds floor(t' / Q 2^32) = floor(sig(t) 2^(e(t) + 9 - qmin - 127)),
+ * a right shift (e(t) <= e - 24), rounded down as in dk_stoch_sum. A negative t' may borrow
+ * from floor(|s| / Q) (never below zero: |t'| < |s|); the carry of f + r adds one quantum
+ * (SPEC section 2). Returns the FP32 bits of the rounded value n Q (with s's sign: zero as
+ * +-0) and in *code its code (n and the sign bit: n = 2^m, IEEE's smallest normal, is that
+ * code too), right in the lanes of *ok. */
+__attribute__((always_inline)) static inline vi dk_stoch_tiny(vi sb, vf t, vu r, const dk_aconst *q, vi *ok, vi *code)
+{
+    const int32_t qb = q->k.qmin + 127; /* biased exponent of Q */
+    const vu S = (vu)sb & 0x7FFFFFFFu, tb = (vu)DK_BITS(t), ta = tb & 0x7FFFFFFFu;
+    const vi es = VMAX((vi)(S >> 23), (vi){} + 1), et = VMAX((vi)(ta >> 23), (vi){} + 1);
+    const vu sigs = (S & 0x7FFFFFu) | (vu)VSEL((S >> 23) != 0, (vi){} + 0x800000, (vi){});
+    const vu sigt = (ta & 0x7FFFFFu) | (vu)VSEL((ta >> 23) != 0, (vi){} + 0x800000, (vi){});
+    const vi D = qb + 23 - es;
+    const int32_t top = q->k.tesla ? q->k.maxsub_bits : q->k.minnorm_bits;
+    *ok = ((vi)S < top) & (D <= 32);
+    const vi Dc = VMIN(VMAX(D, (vi){} + 1), (vi){} + 32); /* in range for the shifts below */
+    const vu whole = sigs >> (vu)VMIN(Dc, (vi){} + 31), low = sigs << (vu)(32 - Dc);
+    const vu sh = (vu)VMIN(VMAX(qb - 9 - et, (vi){}), (vi){} + 31);
+    const vu qt = sigt >> sh, rem = sigt & ((((vu){} + 1u) << sh) - 1u);
+    const vi tneg = ((vi)(tb ^ (vu)sb) < 0) & (ta != 0);
+    /* floor(t' / Q 2^32) (rem != 0 is -1 where true) */
+    const vu X = (vu)VSEL(tneg, (vi){} - (vi)(qt - (vu)(rem != 0)), (vi)qt);
+    const vu f = low + X;
+    const vi borrow = tneg & (vi)(f > low); /* wrapped below zero */
+    const vi up = (vi)((f + r) < f);
+    const vi n = (vi)whole + borrow - up; /* (true lanes are -1) */
+    *code = n | ((vi)((vu)sb >> 31) << q->k.signpos);
+    return DK_BITS(__builtin_convertvector(n, vf) * q->subres) | (sb & (int32_t)0x80000000);
+}
+
 __attribute__((always_inline)) static inline void
 dk_arith_loop(int op, const void *a, const void *b, const void *c, void *out, int64_t i0, int64_t n,
               const dk_format *f, const dk_aconst *q, int mode, uint64_t seed, int64_t cnt[4],
@@ -174,9 +217,16 @@ dk_arith_loop(int op, const void *a, const void *b, const void *c, void *out, in
         vi sb = DK_BITS(s), tb = DK_BITS(t);
         vi inexact = (tb & 0x7FFFFFFF) != 0;
         vu r = {};
+        vi tok = {}, tcode = {}; /* lanes rounded onto the subnormal grid, and their codes */
         if (mode == DK_STOCHASTIC) {
             r = dk_rng_next(&lo, &hi);
-            odd |= inexact;
+            vi sent = inexact; /* inexact sums: the scalar semantics, but those that round */
+            if (!bf16 && q->is_signed && !q->k.flush) { /* onto the subnormal grid (exact or not) */
+                const vi tiny_sb = dk_stoch_tiny(sb, t, r, q, &tok, &tcode);
+                sb = VSEL(tok, tiny_sb, sb);
+                sent &= ~tok;
+            }
+            odd |= sent;
 #ifdef DK_ARITH_ONLY
             if (q->k.tesla) { /* inside the Tesla gap: the scalar semantics */
                 vi mag = sb & 0x7FFFFFFF;
@@ -191,6 +241,8 @@ dk_arith_loop(int op, const void *a, const void *b, const void *c, void *out, in
             code = (vi)(((vu)sb + 0x7FFFu + (((vu)sb >> 16) & 1u)) >> 16);
         else if (bf16 && mode == DK_STOCHASTIC) /* s exact (t != 0 went scalar) */
             code = dk_bf16_stoch_vec(sb, r);
+        else if (mode == DK_STOCHASTIC && dk_all(tok)) /* every lane on the subnormal grid */
+            code = tcode;
         else {
 #ifdef DK_ARITH_ONLY
             code = dk_quant_vec(sb, r, &q->k, mode, q->k.tesla, q->k.flush, q->inf_nan, q->is_signed);

@@ -593,6 +593,54 @@ def test_narrow_stochastic_inexact_sum_at_the_carry_boundary(isa, rf, op):
     assert tried >= 3, tried
 
 
+def _sr_exact(op, vals):
+    """The exact result of op on Fractions."""
+    if op == "fma":
+        return vals[0] * vals[1] + vals[2]
+    return vals[0] - vals[1] if op == "sub" else vals[0] + vals[1]
+
+
+def _sr_fp32(op, vals):
+    """FP32's sum, as the kernels form it before rounding (products of two format values
+    are exact in FP32), as a Fraction."""
+    from fractions import Fraction
+    f = [np.float32(float(v)) for v in vals]
+    if op == "fma":
+        return Fraction(float(f[0] * f[1] + f[2]))
+    return Fraction(float(f[0] - f[1] if op == "sub" else f[0] + f[1]))
+
+
+def _sr_value(rf, e, M, neg):
+    """The normal value 2^e (1 + M / 2^m), negated if neg, as a Fraction."""
+    from fractions import Fraction
+    return (-1 if neg else 1) * Fraction(2) ** int(e) * (1 + Fraction(int(M), 2 ** rf.m))
+
+
+def _sr_code(rf, v):
+    """The code of the representable Fraction v."""
+    return R.encode_mag(abs(v), rf) | (rf.sign_bit if v < 0 else 0)
+
+
+def _sr_boundaries(op, rf, ops, specials, at, inexact=True):
+    """For each operand list t of specials (Fractions whose exact result FP32 does not hold,
+    or with inexact=False does), element `at` of a copy of ops gets t, and the call runs
+    with a seed built for that index so that its r = 2^32 - f (rounds up) and 2^32 - f - 1
+    (down), f of SPEC section 2 from Fractions; every element checked against the
+    reference. Returns how many ran."""
+    for t in specials:
+        x = _sr_exact(op, t)
+        assert (_sr_fp32(op, t) != x) == inexact, t
+        lo, hi = R.neighbours(abs(x), rf)
+        f = int((abs(x) - lo) / (hi - lo) * 2 ** 32)
+        cur = [o.copy() for o in ops]
+        for j, v in enumerate(t):
+            cur[j][at] = _sr_code(rf, v)
+        # (f == 0: less than 2^-32 of a step above lo: down even for the largest r)
+        for r in ((1 << 32) - f, (1 << 32) - f - 1) if f else ((1 << 32) - 1,):
+            check(op, cur, rf, "stochastic", _seed_for(r, at))
+    return len(specials)
+
+
 # (sums of two CFloat8 1_4_3 values are exact in FP32: 4-bit significands 18 binades apart
 # at most; its fma can be inexact)
 _SR_CASES = [(rf, op) for rf in (R.RefFormat("shp", 15, "ieee"), R.RefFormat("shp", 20, "tesla"),
@@ -616,11 +664,7 @@ def test_narrow_stochastic_exact_sums(isa, rf, op):
     emin, emax = R.floor_log2(rf.min_normal), R.floor_log2(rf.max)
 
     def value(e, M, neg):
-        return (-1 if neg else 1) * two ** int(e) * (1 + Fraction(int(M), 2 ** rf.m))
-
-    def code(v):
-        c = R.encode_mag(abs(v), rf)
-        return c | (rf.sign_bit if v < 0 else 0)
+        return _sr_value(rf, e, M, neg)
 
     def draw(k, w1, w2):
         """k operand lists: fma's factors (add's first operand) in binades w1, the addend
@@ -635,26 +679,16 @@ def test_narrow_stochastic_exact_sums(isa, rf, op):
         return [[value(e1[i, 0], M[i, 0], neg[i, 0]), value(e2[i], M[i, 2], neg[i, 2])]
                 for i in range(k)]
 
-    def exact(vals):
-        if op == "fma":
-            return vals[0] * vals[1] + vals[2]
-        return vals[0] - vals[1] if op == "sub" else vals[0] + vals[1]
-
-    def fp32_sum(vals):  # products of two p-bit significands are exact in FP32
-        f = [np.float32(float(v)) for v in vals]
-        if op == "fma":
-            return Fraction(float(f[0] * f[1] + f[2]))
-        return Fraction(float(f[0] - f[1] if op == "sub" else f[0] + f[1]))
-
     wide = (emin, emax // 2 if op == "fma" else emax - 1), (emin, emax - 1)
     base = draw(n, *wide)
-    ops = [np.array([code(t[j]) for t in base], rf.storage_dtype) for j in range(len(base[0]))]
+    ops = [np.array([_sr_code(rf, t[j]) for t in base], rf.storage_dtype)
+           for j in range(len(base[0]))]
     # the boundary elements: random inexact sums (also from far apart binades, where
     # CFloat8 1_4_3's fma can be inexact at all), then the constructed ones
     far = (emin, emin + 2) if op == "fma" else (emax - 3, emax - 1), (emax - 3, emax - 1) \
         if op == "fma" else (emin, emin + 3)
-    specials = [t for t in draw(300, *wide) if fp32_sum(t) != exact(t)][:3] + \
-        [t for t in draw(300, *far) if fp32_sum(t) != exact(t)][:3]
+    specials = [t for t in draw(300, *wide) if _sr_fp32(op, t) != _sr_exact(op, t)][:3] + \
+        [t for t in draw(300, *far) if _sr_fp32(op, t) != _sr_exact(op, t)][:3]
     e = emax - 2
     for top in (two ** e, two ** e * (2 - Fraction(1, 2 ** rf.m))):
         for k in (25, 26, 27, 29):  # |small| below half an FP32 ulp of the large value
@@ -666,24 +700,87 @@ def test_narrow_stochastic_exact_sums(isa, rf, op):
                 specials.append([Fraction(1), d, top])
             else:
                 specials.append([top, -d if op == "sub" else d])
-    tried = 0
-    for t in specials:
-        x = exact(t)
-        if not rf.signed and any(v < 0 for v in t):
-            continue
-        if x < 0 and not rf.signed or not rf.min_normal <= abs(x) < rf.max:
-            continue
-        assert fp32_sum(t) != x
-        lo, hi = R.neighbours(abs(x), rf)
-        f = int((abs(x) - lo) / (hi - lo) * 2 ** 32)
-        cur = [o.copy() for o in ops]
-        for j, v in enumerate(t):
-            cur[j][at] = code(v)
-        # (f == 0: less than 2^-32 of a step above lo: down even for the largest r)
-        for r in ((1 << 32) - f, (1 << 32) - f - 1) if f else ((1 << 32) - 1,):
-            check(op, cur, rf, "stochastic", _seed_for(r, at))
-        tried += 1
-    assert tried >= 3, tried
+    specials = [t for t in specials
+                if rf.signed or all(v >= 0 for v in t) and _sr_exact(op, t) >= 0]
+    specials = [t for t in specials if rf.min_normal <= abs(_sr_exact(op, t)) < rf.max]
+    assert _sr_boundaries(op, rf, ops, specials, at) >= 3
+
+
+# Signed formats whose fma can leave a tiny exact result that FP32's sum rounds: SHP at any
+# bias, CFloat8 at large biases (their smallest products lie far below the subnormal grid)
+_TINY_SR = [R.RefFormat("shp", 15, "ieee"), R.RefFormat("shp", 20, "tesla"),
+            R.RefFormat("shp", 63, "tesla"), R.RefFormat("shp", 40, "ieee"),
+            R.RefFormat("cfloat8_152", 63, "tesla"), R.RefFormat("cfloat8_143", 63, "ieee")]
+
+
+@pytest.mark.parametrize("rf", _TINY_SR, ids=str)
+def test_narrow_stochastic_tiny_sums(isa, rf):
+    """Stochastic fma whose exact result a * b + c lies below the smallest normal while
+    FP32's sum of the product and the addend is inexact (the general loop rounds s + t onto
+    the subnormal grid: dk_stoch_tiny; the Tesla gap keeps the other paths). Addends
+    on the subnormal grid (the smallest, the largest, random ones) and products from just
+    below the addend to 2^-40 of it, of either sign; 64 such elements against the reference,
+    then, at one element per call, r = 2^32 - f and 2^32 - f - 1 (_sr_boundaries) for
+    random ones, for exact sums off the grid (dk_stoch_tiny rounds those too), and (large
+    biases) results just below and above grid points: the smallest subnormals, the largest
+    (Tesla: the gap beyond it) and the smallest normal."""
+    from fractions import Fraction
+    rng = np.random.default_rng([rf.bias, rf.nbits, rf.m, 7])
+    two = Fraction(2)
+    n, at = 64, 37
+    q = rf.min_subnormal
+    emin, emax = R.floor_log2(rf.min_normal), R.floor_log2(rf.max)
+    last = 2 ** rf.m - 1  # the largest subnormal, in quanta
+
+    def factors(target, neg):
+        """Two normal values whose product's binade is `target` (None if out of range)."""
+        lo_, hi_ = max(emin, target - emax), min(emax, target - emin)
+        if lo_ > hi_:
+            return None
+        ea = int(rng.integers(lo_, hi_ + 1))
+        M = rng.integers(0, 2 ** rf.m, 2)
+        return [_sr_value(rf, ea, M[0], neg), _sr_value(rf, target - ea, M[1], False)]
+
+    def draw(k, inexact=True, tries=20000):
+        out = []
+        while len(out) < k and tries:
+            tries -= 1
+            kq = int(rng.choice([1, last, int(rng.integers(1, last + 1))]))
+            c = kq * q * (-1 if rng.integers(0, 2) else 1)
+            ab = factors(R.floor_log2(abs(c)) - int(rng.integers(0, 41)), bool(rng.integers(0, 2)))
+            if ab is None:
+                continue
+            t = ab + [c]
+            x = _sr_exact("fma", t)
+            if 0 < abs(x) < rf.min_normal and (_sr_fp32("fma", t) != x) == inexact \
+                    and R.neighbours(abs(x), rf)[0] != abs(x):
+                out.append(t)
+        return out
+
+    base = draw(n)
+    ops = [np.array([_sr_code(rf, t[j]) for t in base], rf.storage_dtype) for j in range(3)]
+    check("fma", ops, rf, "stochastic", int(rng.integers(0, 2 ** 63)))
+    # results just below and above a grid point (a product far below the addend: FP32's
+    # sum is the addend), around the largest subnormal (Tesla: its gap beyond) and the
+    # smallest normal
+    def far_below(c, neg):
+        """Factors whose product lies 2^-26 to 2^-60 of c's binade (FP32's sum is c)."""
+        for d in range(26, 61):
+            ab = factors(R.floor_log2(abs(c)) - d, neg)
+            if ab is not None:
+                return ab + [c]
+        return None  # (small biases: no product of normal values is that small)
+
+    built = [far_below(kq * q, neg) for kq in (1, 2, last // 2, last) for neg in (False, True)]
+    built.append(far_below(rf.min_normal, True))  # just below the smallest normal
+    built = [t for t in built if t is not None]
+    assert len(built) == (9 if rf.bias >= 40 else 0), len(built)
+    assert _sr_boundaries("fma", rf, ops, draw(4) + built, at) >= 4
+    # (CFloat8 1_4_3 bias 63: its products lie 2^29 times or more below its smallest
+    # subnormal, so an fma with a tiny result off the grid is never exact in FP32)
+    exact = draw(3, inexact=False, tries=2000 if rf.family == "cfloat8_143" else 20000)
+    assert len(exact) == (0 if rf.family == "cfloat8_143" else 3), len(exact)
+    _sr_boundaries("fma", rf, ops, exact, at, inexact=False)
 
 
 # --- quantize / fake_quantize fast path (values rounded on FP32's bits, dk_convert_body.h) ----
