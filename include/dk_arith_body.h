@@ -20,8 +20,10 @@
  *     dk_quant_rest for the others, as quantize does; dk_quant_vec on the portable tier)
  *     gives the correctly rounded result. Stochastic rounding needs the exact value:
  *     lanes with t == 0 are rounded from s exactly; lanes with t != 0 take the scalar path
- *     here, but for signed narrow formats those whose s lies on the subnormal grid (below
- *     the Tesla gap), which dk_stoch_tiny rounds from s + t (the fast paths below round
+ *     here, but for the signed narrow formats with subnormals (CFloat8, SHP; not "flush")
+ *     those whose s lies on the subnormal grid (below the largest subnormal with the Tesla
+ *     gap, below the smallest normal with IEEE subnormals; not more than 9 binades below
+ *     the quantum), which dk_stoch_tiny rounds from s + t (the fast paths below round
  *     s + t in the normal range: dk_stoch_sum).
  *  3. Zeros and subnormals are decoded exactly (scaled, they are normal FP32 numbers, BF16's
  *     are FP32 subnormals, exact without DAZ); the denormal flag counts subnormal operands,
@@ -135,7 +137,7 @@ static inline int64_t dk_lanes_sum(vi v)
  * grid's quantum is Q = 2^qmin (q->subres), and the lanes taken (*ok) are those whose |s| lies
  * below the grid's top (the largest subnormal with the Tesla gap, whose rule stays with the
  * other paths; the smallest normal with IEEE subnormals), so that |s + t| does too and its
- * neighbours are the multiples of Q around it. With |s| = sig 2^(e - 23) (biased exponent e,
+ * neighbours are the multiples of Q around it. With |s| = sig 2^(e - 150) (biased exponent e,
  * 24-bit sig) and D = qmin + 127 + 23 - e (>= 24 - m there), floor(|s| / Q) = sig >> D and the
  * fraction below Q, scaled to 32 bits, is sig << (32 - D) when D <= 32 (lanes further below,
  * |s| < Q 2^-9, zeros among them, are not taken: the fraction would need more than 32 bits).

@@ -601,8 +601,9 @@ def _sr_exact(op, vals):
 
 
 def _sr_fp32(op, vals):
-    """FP32's sum, as the kernels form it before rounding (products of two format values
-    are exact in FP32), as a Fraction."""
+    """FP32's sum of the unscaled values (the kernels' sum, scaled, as long as products stay
+    at or above 2^-126: products of two format values are then exact in FP32), as a
+    Fraction."""
     from fractions import Fraction
     f = [np.float32(float(v)) for v in vals]
     if op == "fma":
@@ -710,7 +711,8 @@ def test_narrow_stochastic_exact_sums(isa, rf, op):
 # bias, CFloat8 at large biases (their smallest products lie far below the subnormal grid)
 _TINY_SR = [R.RefFormat("shp", 15, "ieee"), R.RefFormat("shp", 20, "tesla"),
             R.RefFormat("shp", 63, "tesla"), R.RefFormat("shp", 40, "ieee"),
-            R.RefFormat("cfloat8_152", 63, "tesla"), R.RefFormat("cfloat8_143", 63, "ieee")]
+            R.RefFormat("cfloat8_152", 63, "tesla"), R.RefFormat("cfloat8_143", 63, "ieee"),
+            R.RefFormat("shp", 20, "flush"), R.RefFormat("cfloat8_152", 63, "flush")]
 
 
 @pytest.mark.parametrize("rf", _TINY_SR, ids=str)
@@ -722,8 +724,11 @@ def test_narrow_stochastic_tiny_sums(isa, rf):
     below the addend to 2^-40 of it, of either sign; 64 such elements against the reference,
     then, at one element per call, r = 2^32 - f and 2^32 - f - 1 (_sr_boundaries) for
     random ones, for exact sums off the grid (dk_stoch_tiny rounds those too), and (large
-    biases) results just below and above grid points: the smallest subnormals, the largest
-    (Tesla: the gap beyond it) and the smallest normal."""
+    biases) results just below and above grid points of either sign: the smallest
+    subnormals and the largest (for Tesla subnormals |s| is then the largest subnormal: the
+    lane selection's edge, and the gap beyond it), and just below the smallest normal
+    (|s| the smallest normal: the other paths). Formats that flush subnormals (no
+    subnormal addends): small normal addends and products that cancel most of them."""
     from fractions import Fraction
     rng = np.random.default_rng([rf.bias, rf.nbits, rf.m, 7])
     two = Fraction(2)
@@ -745,9 +750,15 @@ def test_narrow_stochastic_tiny_sums(isa, rf):
         out = []
         while len(out) < k and tries:
             tries -= 1
-            kq = int(rng.choice([1, last, int(rng.integers(1, last + 1))]))
-            c = kq * q * (-1 if rng.integers(0, 2) else 1)
-            ab = factors(R.floor_log2(abs(c)) - int(rng.integers(0, 41)), bool(rng.integers(0, 2)))
+            neg = bool(rng.integers(0, 2))
+            if rf.subnormals == "flush":  # a small normal addend, the product of the other sign
+                c = rf.min_normal * (1 + Fraction(int(rng.integers(0, 4)), 2 ** rf.m))
+                c, ab = (-c if neg else c), factors(emin - int(rng.integers(0, 25)), not neg)
+            else:
+                kq = int(rng.choice([1, last, int(rng.integers(1, last + 1))]))
+                c = kq * q * (-1 if neg else 1)
+                ab = factors(R.floor_log2(abs(c)) - int(rng.integers(0, 41)),
+                             bool(rng.integers(0, 2)))
             if ab is None:
                 continue
             t = ab + [c]
@@ -771,10 +782,11 @@ def test_narrow_stochastic_tiny_sums(isa, rf):
                 return ab + [c]
         return None  # (small biases: no product of normal values is that small)
 
-    built = [far_below(kq * q, neg) for kq in (1, 2, last // 2, last) for neg in (False, True)]
+    grid = [] if rf.subnormals == "flush" else [kq * q for kq in (1, 2, last // 2, last)]
+    built = [far_below(sign * v, neg) for v in grid for sign in (1, -1) for neg in (False, True)]
     built.append(far_below(rf.min_normal, True))  # just below the smallest normal
     built = [t for t in built if t is not None]
-    assert len(built) == (9 if rf.bias >= 40 else 0), len(built)
+    assert len(built) == (4 * len(grid) + 1 if rf.bias >= 40 else 0), len(built)
     assert _sr_boundaries("fma", rf, ops, draw(4) + built, at) >= 4
     # (CFloat8 1_4_3 bias 63: its products lie 2^29 times or more below its smallest
     # subnormal, so an fma with a tiny result off the grid is never exact in FP32)
