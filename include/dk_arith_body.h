@@ -132,11 +132,28 @@ static inline int64_t dk_lanes_sum(vi v)
     return s;
 }
 
+/* floor(t' 2^k / u) for TwoSum errors t (bits tb) of sums s, t' = t signed towards |s|, where
+ * `above` - e(t) is the right shift that scales t's 24-bit significand to those units
+ * (biased exponents; subnormal t too). Exact: a right shift, its remainder rounding a
+ * negative t' down (a shift past 31 leaves 0 or -1). *tneg: the lanes with t' < 0. Shared
+ * by dk_stoch_sum (the 8-lane form) and dk_stoch_tiny. */
+__attribute__((always_inline)) static inline vu dk_floor_tail(vu s, vu tb, vi above, vi *tneg)
+{
+    const vu ta = tb & 0x7FFFFFFFu;
+    const vi et = VMAX((vi)(ta >> 23), (vi){} + 1);
+    const vu sig = (ta & 0x7FFFFFu) | (vu)VSEL((ta >> 23) != 0, (vi){} + 0x800000, (vi){});
+    const vu sh = (vu)VMIN(VMAX(above - et, (vi){}), (vi){} + 31);
+    const vu q = sig >> sh, rem = sig & ((((vu){} + 1u) << sh) - 1u);
+    *tneg = ((vi)(tb ^ s) < 0) & (ta != 0);
+    return (vu)VSEL(*tneg, (vi){} - (vi)(q - (vu)(rem != 0)), (vi)q); /* (rem != 0 is -1) */
+}
+
 /* Stochastic rounding of the exact sum s + t (TwoSum: |t| <= half an ulp of s; t == 0 when s
  * is exact) onto a signed narrow format's subnormal grid, in the moved format's units: the
  * grid's quantum is Q = 2^qmin (q->subres), and the lanes taken (*ok) are those whose |s| lies
- * below the grid's top (the largest subnormal with the Tesla gap, whose rule stays with the
- * other paths; the smallest normal with IEEE subnormals), so that |s + t| does too and its
+ * below `top`, the FP32 bits of the grid's top (the largest subnormal with the Tesla gap,
+ * whose rule stays with the other paths; the smallest normal with IEEE subnormals; the
+ * caller tests for such lanes before calling), so that |s + t| does too and its
  * neighbours are the multiples of Q around it. With |s| = sig 2^(e - 150) (biased exponent e,
  * 24-bit sig) and D = qmin + 127 + 23 - e (>= 24 - m there), floor(|s| / Q) = sig >> D and the
  * fraction below Q, scaled to 32 bits, is sig << (32 - D) when D <= 32 (lanes further below,
@@ -147,23 +164,19 @@ static inline int64_t dk_lanes_sum(vi v)
  * (SPEC section 2). Returns the FP32 bits of the rounded value n Q (with s's sign: zero as
  * +-0) and in *code its code (n and the sign bit: n = 2^m, IEEE's smallest normal, is that
  * code too), right in the lanes of *ok. */
-__attribute__((always_inline)) static inline vi dk_stoch_tiny(vi sb, vf t, vu r, const dk_aconst *q, vi *ok, vi *code)
+__attribute__((always_inline)) static inline vi dk_stoch_tiny(vi sb, vf t, vu r, const dk_aconst *q, int32_t top,
+                                                             vi *ok, vi *code)
 {
     const int32_t qb = q->k.qmin + 127; /* biased exponent of Q */
-    const vu S = (vu)sb & 0x7FFFFFFFu, tb = (vu)DK_BITS(t), ta = tb & 0x7FFFFFFFu;
-    const vi es = VMAX((vi)(S >> 23), (vi){} + 1), et = VMAX((vi)(ta >> 23), (vi){} + 1);
+    const vu S = (vu)sb & 0x7FFFFFFFu;
+    const vi es = VMAX((vi)(S >> 23), (vi){} + 1);
     const vu sigs = (S & 0x7FFFFFu) | (vu)VSEL((S >> 23) != 0, (vi){} + 0x800000, (vi){});
-    const vu sigt = (ta & 0x7FFFFFu) | (vu)VSEL((ta >> 23) != 0, (vi){} + 0x800000, (vi){});
     const vi D = qb + 23 - es;
-    const int32_t top = q->k.tesla ? q->k.maxsub_bits : q->k.minnorm_bits;
     *ok = ((vi)S < top) & (D <= 32);
     const vi Dc = VMIN(VMAX(D, (vi){} + 1), (vi){} + 32); /* in range for the shifts below */
     const vu whole = sigs >> (vu)VMIN(Dc, (vi){} + 31), low = sigs << (vu)(32 - Dc);
-    const vu sh = (vu)VMIN(VMAX(qb - 9 - et, (vi){}), (vi){} + 31);
-    const vu qt = sigt >> sh, rem = sigt & ((((vu){} + 1u) << sh) - 1u);
-    const vi tneg = ((vi)(tb ^ (vu)sb) < 0) & (ta != 0);
-    /* floor(t' / Q 2^32) (rem != 0 is -1 where true) */
-    const vu X = (vu)VSEL(tneg, (vi){} - (vi)(qt - (vu)(rem != 0)), (vi)qt);
+    vi tneg;
+    const vu X = dk_floor_tail((vu)sb, (vu)DK_BITS(t), (vi){} + (qb - 9), &tneg); /* floor(t' / Q 2^32) */
     const vu f = low + X;
     const vi borrow = tneg & (vi)(f > low); /* wrapped below zero */
     const vi up = (vi)((f + r) < f);
@@ -223,8 +236,11 @@ dk_arith_loop(int op, const void *a, const void *b, const void *c, void *out, in
         if (mode == DK_STOCHASTIC) {
             r = dk_rng_next(&lo, &hi);
             vi sent = inexact; /* inexact sums: the scalar semantics, but those that round */
-            if (!bf16 && q->is_signed && !q->k.flush) { /* onto the subnormal grid (exact or not) */
-                const vi tiny_sb = dk_stoch_tiny(sb, t, r, q, &tok, &tcode);
+            /* onto the subnormal grid, for a vector with an inexact lane there (its exact
+             * lanes there too; vectors with exact ones only round as before, as cheaply) */
+            const int32_t top = q->k.tesla ? q->k.maxsub_bits : q->k.minnorm_bits;
+            if (!bf16 && q->is_signed && !q->k.flush && dk_any(inexact & ((sb & 0x7FFFFFFF) < top))) {
+                const vi tiny_sb = dk_stoch_tiny(sb, t, r, q, top, &tok, &tcode);
                 sb = VSEL(tok, tiny_sb, sb);
                 sent &= ~tok;
             }
@@ -435,13 +451,10 @@ __attribute__((always_inline)) static inline vu dk_stoch_sum(vu s, vf t, vu r, i
     const __m512i down = _mm512_mask_sub_epi32((__m512i)s, borrow, (__m512i)s, step);
     return (vu)_mm512_mask_add_epi32(down, up, down, step);
 #else
-    const vu S = s & 0x7FFFFFFFu, tb = (vu)t, ta = tb & 0x7FFFFFFFu;
-    const vi es = VMAX((vi)(S >> 23), (vi){} + 1), et = VMAX((vi)(ta >> 23), (vi){} + 1);
-    const vu sig = (ta & 0x7FFFFFu) | (vu)VSEL((ta >> 23) != 0, (vi){} + 0x800000, (vi){});
-    const vu sh = (vu)VMIN(VMAX(es - et - (9 + m), (vi){}), (vi){} + 31);
-    const vu q = sig >> sh, rem = sig & ((((vu){} + 1u) << sh) - 1u);
-    const vi tneg = ((vi)(tb ^ s) < 0) & (ta != 0);
-    const vu X = (vu)VSEL(tneg, (vi){} - (vi)(q - (vu)(rem != 0)), (vi)q); /* floor(t'/u 2^k) */
+    const vu S = s & 0x7FFFFFFFu;
+    const vi es = VMAX((vi)(S >> 23), (vi){} + 1);
+    vi tneg;
+    const vu X = dk_floor_tail(s, (vu)t, es - (9 + m), &tneg); /* floor(t'/u 2^k) */
     const vu low = S << (9 + m), f = low + X;
     const vi borrow = tneg & (f > low); /* wrapped below zero */
     *bad |= borrow & ((S & 0x7FFFFFu) == 0);

@@ -731,7 +731,6 @@ def test_narrow_stochastic_tiny_sums(isa, rf):
     subnormal addends): small normal addends and products that cancel most of them."""
     from fractions import Fraction
     rng = np.random.default_rng([rf.bias, rf.nbits, rf.m, 7])
-    two = Fraction(2)
     n, at = 64, 37
     q = rf.min_subnormal
     emin, emax = R.floor_log2(rf.min_normal), R.floor_log2(rf.max)
