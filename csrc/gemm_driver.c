@@ -1150,11 +1150,15 @@ static void gemm_batch_item(void *arg, int64_t w, int slot)
 }
 
 /* Few rows (m <= DK_GEMM_SMALLM_MAX), amx order, AVX-512: no packing (gemm_smallm.c); the
- * items are ranges of columns, so the bits do not depend on the threads. */
-#define DK_GEMM_SMALLM_COLS 512
+ * items are ranges of columns, so the bits do not depend on the threads. An item has up to
+ * DK_GEMM_SMALLM_COLS columns: long runs of each B row, which the prefetchers follow (1 x
+ * 4096 x 4096 BF16 in a scratch C loop over the kernel, one thread of a Zen 4: 1.3 ms with
+ * items of 2,048 columns, 2.1 ms with 512; docs/gemm.md); fewer when that would leave a
+ * thread without one. */
+#define DK_GEMM_SMALLM_COLS 2048
 typedef struct {
     const dk_gemm_operand *a, *b;
-    int64_t m, n, k, ldo, bso, ncolblk;
+    int64_t m, n, k, ldo, bso, cols, ncolblk;
     float scale;
     float *out;
     uint16_t *range;     /* NULL, or per slot the range of B's codes read (2 each) */
@@ -1165,8 +1169,8 @@ static void smallm_item(void *arg, int64_t item, int slot)
 {
     (void)slot;
     const smallm_args *S = arg;
-    const int64_t bi = item / S->ncolblk, j0 = (item % S->ncolblk) * DK_GEMM_SMALLM_COLS;
-    const int64_t j1 = j0 + DK_GEMM_SMALLM_COLS < S->n ? j0 + DK_GEMM_SMALLM_COLS : S->n;
+    const int64_t bi = item / S->ncolblk, j0 = (item % S->ncolblk) * S->cols;
+    const int64_t j1 = j0 + S->cols < S->n ? j0 + S->cols : S->n;
     const dk_gemm_operand *a = S->a, *b = S->b;
     const unsigned csr = dk_fpenv_enter(); /* as gemm_item */
     dk_gemm_smallm_amx_avx512(S->m, S->k, j0, j1, item_ptr(a, bi), a->rs,
@@ -1289,10 +1293,13 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
     }
 
     if (few_rows(isa, order, m, b->cs)) {
-        smallm_args S = {a, b, m, n, k, ldo, bso, (n + DK_GEMM_SMALLM_COLS - 1) / DK_GEMM_SMALLM_COLS,
-                         scale, out, NULL, term};
         const double work = (double)m * (double)n * (double)k * (double)batch;
         int nthr = work < DK_GEMM_PAR_MIN ? 1 : dk_pool_advise(threads, smallm_item, work);
+        /* columns per item: a multiple of 128 (the register blocks' widths divide it) */
+        int64_t cols = (n + nthr - 1) / nthr;
+        cols = cols > DK_GEMM_SMALLM_COLS ? DK_GEMM_SMALLM_COLS : (cols + 127) / 128 * 128;
+        smallm_args S = {a, b, m, n, k, ldo, bso, cols, (n + cols - 1) / cols, scale, out, NULL,
+                         term};
         int fail = 0;
         S.range = ranges_new(brange != NULL, b, nthr, &fail);
         if (fail) return DK_ENOMEM;

@@ -244,8 +244,9 @@ void dk_gemm_range_u16_avx512(const uint16_t *p, int64_t n, uint16_t *rng);
  * decoded through a table (DK_GEMM_U8). The bits of the packed kernels, scale and NaN
  * canonicalization included. */
 #define DK_GEMM_SMALLM_MAX 8
-/* On the amx tier the tile kernel, with B packed a unit at a time, is the faster from 5 rows
- * (m x 4096 x 4096, 1 and 2 threads: 1.3x at m = 5, 1.5x at m = 8; 0.85-1.0x at m = 4). */
+/* On the amx tier the tile kernel, with B packed a unit at a time, was the faster from 5 rows
+ * (m x 4096 x 4096, 1 and 2 threads: 1.3x at m = 5, 1.5x at m = 8; 0.85-1.0x at m = 4),
+ * measured against the few-rows kernel before it read B 8 rows at a time. */
 #define DK_GEMM_SMALLM_AMX_MAX 4
 void dk_gemm_smallm_amx_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1,
                                const void *a, int64_t ars, int64_t acs, int akind,

@@ -442,9 +442,14 @@ def test_few_rows_against_the_reference_every_tier(m):
     register blocks of 1 x 128, 2 x 64 and 4 x 32), the amx tier up to 4 rows (then its
     tiles, on a partial row tile): against the exact order on mixed data (FTZ
     region, overflow, NaN, signed zeros, subnormals), n across the register blocks' and the
-    masks' edges, k ending in a partial block and an odd element."""
+    masks' edges, k ending in a partial block and an odd element; the kernel's sub-blocks
+    of 4 pairs (k = 17: 4 + 4 + 1 pairs, the last one odd) and, at 5-8 rows, two panels of
+    the buffer that holds E and O between them (512 columns)."""
     rng = np.random.default_rng(100 + m)
-    for n, k in [(1, 95), (31, 33), (130, 64), (47, 1)]:
+    shapes = [(1, 95), (31, 33), (130, 64), (47, 1), (70, 17)]
+    if m >= 5:
+        shapes.append((530, 17))
+    for n, k in shapes:
         a = mixed_codes(rng, (m, k))
         b = mixed_codes(rng, (k, n))
         want = R.amx_order(a, b)

@@ -12,21 +12,34 @@
  * and an O chain over the odd k of each block of 16 pairs, both from +0; the missing odd
  * element of an odd k is a zero pair step; T = E + O (+ 0 when the block is partial: the
  * zero-padded steps turn a -0 into +0), C = C + T from C = +0; finally, under the caller's
- * MXCSR, C * scale and NaN -> 0x7FC00000. Register blocks of 1 x 128, 2 x 64 or 4 x 32
- * outputs (a missing row reads zeros and is not stored; columns masked at the edge, and
- * masked loads read nothing outside B). */
+ * MXCSR, C * scale and NaN -> 0x7FC00000.
+ *
+ * How B is read (a GEMV is a pass over B, so this decides its speed): a block's 32 rows are
+ * taken 8 at a time (SUB pairs), each 8 across the whole column range of the call (up to a
+ * panel), before the next 8. A register block of 16 pairs would read 32 rows at once, a
+ * short run of each, which the hardware prefetchers follow poorly: the BF16 B of 1 x 4096 x
+ * 4096 streamed at 7-8 GB/s that way on a Zen 4, at 15-25 GB/s this way (one thread;
+ * docs/gemm.md). Between the sub-blocks, E and O wait in a panel buffer (L1/L2).
+ * Register blocks of 1 x 128, 2 x 64 or 4 x 32 outputs (a missing row reads zeros and is not
+ * stored; columns masked at the edge, and masked loads read nothing outside B); the 32
+ * codes of a load are widened without crossing lanes (the even columns from the low halves
+ * of the 32-bit lanes, the odd ones from the high halves), and T is put back in column
+ * order once per block. */
 #include "dk_gemm.h"
 
 #include <immintrin.h>
+#include <stdint.h>
 
 #include "dk_lut512.h"
 
 #define BLK DK_GEMM_AMX_BLOCK_PAIRS
+#define SUB 4                /* pairs of a sub-block: 8 rows of B read together */
+#define PANEL_FLOATS 8192    /* E and O between sub-blocks: 32 KiB on the stack */
 
 /* The magnitude range of BF16 codes (dk_gemm_bf16_range's): *mn the smallest nonzero
  * magnitude bits, *mx the largest finite ones, lane-wise. Lanes not loaded are zeros, which
  * count for neither. */
-static inline void track_range(__m512i codes, __m512i *mn, __m512i *mx)
+DK_INLINE void track_range(__m512i codes, __m512i *mn, __m512i *mx)
 {
     const __m512i v = _mm512_and_si512(codes, _mm512_set1_epi16(0x7FFF));
     const __mmask32 finite = _mm512_cmplt_epu16_mask(v, _mm512_set1_epi16(0x7F80));
@@ -35,101 +48,153 @@ static inline void track_range(__m512i codes, __m512i *mn, __m512i *mx)
     *mn = _mm512_mask_min_epu16(*mn, nonzero, *mn, v);
 }
 
-/* Row kk of B, columns j .. j+31 (mask: the valid ones), as two FP32 vectors; with trk,
- * the BF16 codes read also go into the range (rmn, rmx). */
-static inline void load_brow(const void *b, int bkind, int64_t off, __mmask32 mask,
-                             const __m512i t[8], __m512 *lo, __m512 *hi, int trk,
-                             __m512i *rmn, __m512i *rmx)
+/* 32 codes of a B row from element offset off (mask: the valid ones) as FP32: *ev the even
+ * columns of the 32 (0, 2, ..., 30), *od the odd ones. With trk, the BF16 codes read also
+ * go into the range (rmn, rmx). */
+DK_INLINE void load_brow(const void *b, int u8, int64_t off, __mmask32 mask, const __m512i t[8],
+                         __m512 *ev, __m512 *od, int trk, __m512i *rmn, __m512i *rmx)
 {
     __m512i codes;
-    if (bkind == DK_GEMM_U8)
+    if (u8)
         codes = dk_lut512(_mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(mask, (const uint8_t *)b + off)), t);
     else
         codes = _mm512_maskz_loadu_epi16(mask, (const uint16_t *)b + off);
     if (trk) track_range(codes, rmn, rmx);
-    *lo = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(codes)), 16));
-    *hi = _mm512_castsi512_ps(
-        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(codes, 1)), 16));
+    *ev = _mm512_castsi512_ps(_mm512_slli_epi32(codes, 16));
+    *od = _mm512_castsi512_ps(_mm512_and_si512(codes, _mm512_set1_epi32((int)0xFFFF0000u)));
 }
 
-/* A element (row i < m, column kk < k) as FP32 (its BF16 value); zero outside. */
-static inline float a_at(const void *a, int akind, const uint16_t *atab, int64_t ars, int64_t acs,
-                         int64_t i, int64_t m, int64_t kk, int64_t k)
+/* Pairs [s0, s1) of the block of 16 pairs from p0, for rows i0 .. i0+RB-1 and columns
+ * [j, j + 16*CV) (w of them valid; CV even). E and O (RB x CV registers) start from +0 at
+ * the block's first pair, else from `part`; after the block's last pair C = C + T in `out`
+ * (C = +0 + T for the first block), else E and O go back to `part` (RB*CV*32 floats,
+ * 64-byte aligned: for each register, 16 floats of E then 16 of O, lanes as loaded).
+ * ab: the block's A values as FP32, 32 per row (zeros past k). */
+DK_INLINE void sub_block(const int RB, const int CV, const int u8, const int trk, int64_t m,
+                         int64_t k, int64_t p0, int64_t s0, int64_t s1, int64_t i0, int64_t j,
+                         int64_t w, const float *ab, const void *b, int64_t brs,
+                         const __m512i t[8], float *out, int64_t ldo, __m512i *rng, float *part)
 {
-    if (i >= m || kk >= k) return 0.0f;
-    int64_t off = i * ars + kk * acs;
-    uint16_t h = akind == DK_GEMM_U8 ? atab[((const uint8_t *)a)[off]] : ((const uint16_t *)a)[off];
-    union { uint32_t u; float f; } v = {(uint32_t)h << 16};
-    return v.f;
+    __m512i rmn = trk ? rng[0] : _mm512_setzero_si512();
+    __m512i rmx = trk ? rng[1] : _mm512_setzero_si512();
+    const int64_t kpairs = (k + 1) / 2;
+    const int64_t np = kpairs - p0 < BLK ? kpairs - p0 : BLK;
+    const int first = s0 == p0, last = s1 == p0 + np;
+    const __m512 zero = _mm512_setzero_ps();
+    __mmask32 mask[4];
+#pragma GCC unroll 8
+    for (int v = 0; v < CV; v += 2) {
+        const int64_t left = w - 16 * v;
+        mask[v / 2] = left >= 32 ? 0xFFFFFFFFu : left <= 0 ? 0u : (__mmask32)((1u << left) - 1);
+    }
+    __m512 e[4][8], o[4][8];
+#pragma GCC unroll 8
+    for (int r = 0; r < RB; r++)
+#pragma GCC unroll 8
+        for (int v = 0; v < CV; v++) {
+            e[r][v] = first ? zero : _mm512_load_ps(part + 32 * (r * CV + v));
+            o[r][v] = first ? zero : _mm512_load_ps(part + 32 * (r * CV + v) + 16);
+        }
+    /* pairs with both rows in k (the last pair of an odd k has only its even row) */
+    const int64_t pfull = 2 * (p0 + np) > k ? p0 + np - 1 : p0 + np;
+    for (int64_t p = s0; p < s1; p++) {
+        const int64_t ke = 2 * p;
+        const float *ap = ab + 2 * (p - p0);
+#pragma GCC unroll 8
+        for (int v = 0; v < CV; v += 2) {
+            __m512 lo, hi;
+            load_brow(b, u8, ke * brs + j + 16 * v, mask[v / 2], t, &lo, &hi, trk, &rmn, &rmx);
+#pragma GCC unroll 8
+            for (int r = 0; r < RB; r++) {
+                const __m512 av = _mm512_set1_ps(ap[32 * r]);
+                e[r][v] = _mm512_fmadd_ps(av, lo, e[r][v]);
+                e[r][v + 1] = _mm512_fmadd_ps(av, hi, e[r][v + 1]);
+            }
+        }
+        if (p < pfull) {
+#pragma GCC unroll 8
+            for (int v = 0; v < CV; v += 2) {
+                __m512 lo, hi;
+                load_brow(b, u8, (ke + 1) * brs + j + 16 * v, mask[v / 2], t, &lo, &hi, trk, &rmn,
+                          &rmx);
+#pragma GCC unroll 8
+                for (int r = 0; r < RB; r++) {
+                    const __m512 av = _mm512_set1_ps(ap[32 * r + 1]);
+                    o[r][v] = _mm512_fmadd_ps(av, lo, o[r][v]);
+                    o[r][v + 1] = _mm512_fmadd_ps(av, hi, o[r][v + 1]);
+                }
+            }
+        } else { /* the missing odd element: a zero pair step, fma(+0, +0, O) = O + 0 */
+#pragma GCC unroll 8
+            for (int r = 0; r < RB; r++)
+#pragma GCC unroll 8
+                for (int v = 0; v < CV; v++) o[r][v] = _mm512_add_ps(o[r][v], zero);
+        }
+    }
+    if (trk) {
+        rng[0] = rmn;
+        rng[1] = rmx;
+    }
+    if (!last) {
+#pragma GCC unroll 8
+        for (int r = 0; r < RB; r++)
+#pragma GCC unroll 8
+            for (int v = 0; v < CV; v++) {
+                _mm512_store_ps(part + 32 * (r * CV + v), e[r][v]);
+                _mm512_store_ps(part + 32 * (r * CV + v) + 16, o[r][v]);
+            }
+        return;
+    }
+    const int partial = np < BLK;
+    /* T of the even and of the odd columns back to column order: columns 0..15, 16..31 */
+    const __m512i c0 = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i c1 = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+#pragma GCC unroll 8
+    for (int r = 0; r < RB; r++) {
+        if (i0 + r >= m) break;
+#pragma GCC unroll 8
+        for (int v = 0; v < CV; v += 2) {
+            __m512 te = _mm512_add_ps(e[r][v], o[r][v]);
+            __m512 to = _mm512_add_ps(e[r][v + 1], o[r][v + 1]);
+            if (partial) {
+                te = _mm512_add_ps(te, zero);
+                to = _mm512_add_ps(to, zero);
+            }
+            const __m512 tt[2] = {_mm512_permutex2var_ps(te, c0, to),
+                                  _mm512_permutex2var_ps(te, c1, to)};
+            for (int h = 0; h < 2; h++) {
+                const __mmask16 mv = (__mmask16)(h ? mask[v / 2] >> 16 : mask[v / 2]);
+                if (!mv) continue;
+                float *cp = out + (i0 + r) * ldo + j + 16 * (v + h);
+                const __m512 cv = p0 == 0 ? zero : _mm512_maskz_loadu_ps(mv, cp);
+                _mm512_mask_storeu_ps(cp, mv, _mm512_add_ps(cv, tt[h]));
+            }
+        }
+    }
 }
 
-/* One block of 16 k-pairs (from pair p0) for rows i0 .. i0+RB-1 and columns
- * [j, j + 16*CV) (w of them valid): E and O in RB x CV registers (RB * CV <= 8), then
- * C = C + T in `out` (C = +0 + T for the first block). With rng (BF16 B only), the range
- * of the B codes read is merged into rng[0] (smallest nonzero) and rng[1] (largest
- * finite), lane-wise. */
-#define SMALLM_BLOCK(NAME, RB, CV)                                                             \
-    static void NAME(int64_t m, int64_t k, int64_t p0, int64_t i0, int64_t j, int64_t w,        \
-                     const void *a, int64_t ars, int64_t acs, int akind, const uint16_t *atab,  \
-                     const void *b, int64_t brs, int bkind, const __m512i t[8], float *out,     \
-                     int64_t ldo, __m512i *rng)                                                 \
+/* The register blocks, one function per shape, B kind and range tracking. */
+typedef void (*sub_block_fn)(int64_t m, int64_t k, int64_t p0, int64_t s0, int64_t s1,
+                             int64_t i0, int64_t j, int64_t w, const float *ab, const void *b,
+                             int64_t brs, const __m512i *t, float *out, int64_t ldo,
+                             __m512i *rng, float *part);
+#define SUB_BLOCK_FN(NAME, RB, CV, U8, TRK)                                                    \
+    static void NAME(int64_t m, int64_t k, int64_t p0, int64_t s0, int64_t s1, int64_t i0,      \
+                     int64_t j, int64_t w, const float *ab, const void *b, int64_t brs,         \
+                     const __m512i *t, float *out, int64_t ldo, __m512i *rng, float *part)      \
     {                                                                                          \
-        const int trk = rng != NULL && bkind != DK_GEMM_U8;                                    \
-        __m512i rmn = trk ? rng[0] : _mm512_setzero_si512();                                   \
-        __m512i rmx = trk ? rng[1] : _mm512_setzero_si512();                                   \
-        const int64_t kpairs = (k + 1) / 2;                                                    \
-        const int64_t np = kpairs - p0 < BLK ? kpairs - p0 : BLK;                              \
-        const __m512 zero = _mm512_setzero_ps();                                               \
-        __mmask32 mask[(CV + 1) / 2];                                                          \
-        for (int v = 0; v < CV; v += 2) {                                                      \
-            int64_t left = w - 16 * v;                                                         \
-            mask[v / 2] = left >= 32 ? 0xFFFFFFFFu : left <= 0 ? 0u : (__mmask32)((1u << left) - 1); \
-        }                                                                                      \
-        __m512 e[RB][CV], o[RB][CV];                                                           \
-        for (int r = 0; r < RB; r++)                                                           \
-            for (int v = 0; v < CV; v++) e[r][v] = o[r][v] = zero;                             \
-        for (int64_t p = p0; p < p0 + np; p++) {                                               \
-            const int64_t ke = 2 * p, ko = ke + 1;                                             \
-            __m512 be[CV], bo[CV];                                                             \
-            for (int v = 0; v < CV; v += 2) {                                                  \
-                load_brow(b, bkind, ke * brs + j + 16 * v, mask[v / 2], t, &be[v], &be[v + 1], \
-                          trk, &rmn, &rmx);                                                    \
-                if (ko < k)                                                                    \
-                    load_brow(b, bkind, ko * brs + j + 16 * v, mask[v / 2], t, &bo[v],         \
-                              &bo[v + 1], trk, &rmn, &rmx);                                    \
-                else                                                                           \
-                    bo[v] = bo[v + 1] = zero;                                                  \
-            }                                                                                  \
-            for (int r = 0; r < RB; r++) {                                                     \
-                __m512 ae = _mm512_set1_ps(a_at(a, akind, atab, ars, acs, i0 + r, m, ke, k));   \
-                __m512 ao = _mm512_set1_ps(a_at(a, akind, atab, ars, acs, i0 + r, m, ko, k));   \
-                for (int v = 0; v < CV; v++) {                                                 \
-                    e[r][v] = _mm512_fmadd_ps(ae, be[v], e[r][v]);                             \
-                    o[r][v] = _mm512_fmadd_ps(ao, bo[v], o[r][v]);                             \
-                }                                                                              \
-            }                                                                                  \
-        }                                                                                      \
-        const int partial = np < BLK;                                                          \
-        for (int r = 0; r < RB && i0 + r < m; r++)                                             \
-            for (int v = 0; v < CV; v++) {                                                     \
-                __mmask32 mk = mask[v / 2];                                                    \
-                __mmask16 mv = (__mmask16)((v & 1) ? mk >> 16 : mk);                           \
-                if (!mv) continue;                                                             \
-                __m512 tt = _mm512_add_ps(e[r][v], o[r][v]);                                   \
-                if (partial) tt = _mm512_add_ps(tt, zero);                                     \
-                float *cp = out + (i0 + r) * ldo + j + 16 * v;                                 \
-                __m512 cv = p0 == 0 ? zero : _mm512_maskz_loadu_ps(mv, cp);                    \
-                _mm512_mask_storeu_ps(cp, mv, _mm512_add_ps(cv, tt));                          \
-            }                                                                                  \
-        if (trk) {                                                                             \
-            rng[0] = rmn;                                                                      \
-            rng[1] = rmx;                                                                      \
-        }                                                                                      \
+        sub_block(RB, CV, U8, TRK, m, k, p0, s0, s1, i0, j, w, ab, b, brs, t, out, ldo, rng,    \
+                  part);                                                                       \
     }
-
-SMALLM_BLOCK(block_1x8, 1, 8)
-SMALLM_BLOCK(block_2x4, 2, 4)
-SMALLM_BLOCK(block_4x2, 4, 2)
+SUB_BLOCK_FN(r1_bf16, 1, 8, 0, 0)
+SUB_BLOCK_FN(r1_bf16_range, 1, 8, 0, 1)
+SUB_BLOCK_FN(r1_u8, 1, 4, 1, 0)   /* the table takes 8 registers: 64 columns */
+SUB_BLOCK_FN(r2_bf16, 2, 4, 0, 0)
+SUB_BLOCK_FN(r2_bf16_range, 2, 4, 0, 1)
+SUB_BLOCK_FN(r2_u8, 2, 4, 1, 0)
+SUB_BLOCK_FN(r4_bf16, 4, 2, 0, 0)
+SUB_BLOCK_FN(r4_bf16_range, 4, 2, 0, 1)
+SUB_BLOCK_FN(r4_u8, 4, 2, 1, 0)
 
 void dk_gemm_smallm_amx_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1,
                                const void *a, int64_t ars, int64_t acs, int akind,
@@ -139,29 +204,60 @@ void dk_gemm_smallm_amx_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1,
 {
     __m512i t[8] = {0};
     __m512i rng[2] = {_mm512_set1_epi16(0x7FFF), _mm512_setzero_si512()};
-    __m512i *r = brange && bkind != DK_GEMM_U8 ? rng : NULL;
-    if (bkind == DK_GEMM_U8) dk_lut512_load(btab, t);
+    const int u8 = bkind == DK_GEMM_U8;
+    __m512i *r = brange && !u8 ? rng : NULL;
+    if (u8) dk_lut512_load(btab, t);
+    /* one row: 128 columns a register block (64 for 8-bit B); two: 64; more: 4 x 32 */
+    const int rb = m == 1 ? 1 : m == 2 ? 2 : 4;
+    const int cv = rb == 1 ? (u8 ? 4 : 8) : rb == 2 ? 4 : 2;
+    const sub_block_fn plain = rb == 1 ? (u8 ? r1_u8 : r1_bf16)
+                             : rb == 2 ? (u8 ? r2_u8 : r2_bf16) : (u8 ? r4_u8 : r4_bf16);
+    /* B is read once, by the first row block, which also measures the range if asked */
+    const sub_block_fn first = !r ? plain : rb == 1 ? r1_bf16_range
+                             : rb == 2 ? r2_bf16_range : r4_bf16_range;
+    const int64_t step = 16 * cv, mp = (m + rb - 1) / rb * rb;
+    /* a panel: the columns whose E and O fit the buffer, with a chunk to spare (below) */
+    const int64_t esz = u8 ? 1 : 2;
+    int64_t pw = (PANEL_FLOATS / (2 * mp) - step) / step * step;
+    if (pw < step) pw = step;
     const int64_t kpairs = (k + 1) / 2;
+    float ab[DK_GEMM_SMALLM_MAX][32];
+    float part[PANEL_FLOATS] __attribute__((aligned(64)));
     unsigned csr = _mm_getcsr();
     _mm_setcsr(csr | 0x8040u); /* FTZ | DAZ */
-    /* k blocks outermost: each block reads its 32 rows of B across all the columns (whole
-     * runs of a row, which the prefetchers follow), while C (m x (j1 - j0) FP32, in `out`)
-     * stays in L1/L2. One row: 128 columns a register block; two: 64; more: 4 x 32. */
-    const int64_t step = m == 1 ? 128 : m == 2 ? 64 : 32;
-    for (int64_t p0 = 0; p0 < kpairs; p0 += BLK)
-        for (int64_t j = j0; j < j1; j += step) {
-            const int64_t w = j1 - j < step ? j1 - j : step;
-            if (m == 1)
-                block_1x8(m, k, p0, 0, j, w, a, ars, acs, akind, atab, b, brs, bkind, t, out, ldo,
-                          r);
-            else if (m == 2)
-                block_2x4(m, k, p0, 0, j, w, a, ars, acs, akind, atab, b, brs, bkind, t, out, ldo,
-                          r);
-            else /* B is read once, by the first row block */
-                for (int64_t i0 = 0; i0 < m; i0 += 4)
-                    block_4x2(m, k, p0, i0, j, w, a, ars, acs, akind, atab, b, brs, bkind, t, out,
-                              ldo, i0 == 0 ? r : NULL);
+    for (int64_t p0 = 0; p0 < kpairs; p0 += BLK) {
+        /* the block's A values as FP32: zeros past k and in the rows from m up to mp */
+        for (int64_t i = 0; i < mp; i++)
+            for (int64_t q = 0; q < 32; q++) {
+                const int64_t kk = 2 * p0 + q;
+                uint32_t h = 0;
+                if (i < m && kk < k) {
+                    const int64_t off = i * ars + kk * acs;
+                    h = akind == DK_GEMM_U8 ? atab[((const uint8_t *)a)[off]]
+                                            : ((const uint16_t *)a)[off];
+                }
+                const union { uint32_t u; float f; } v = {h << 16};
+                ab[i][q] = v.f;
+            }
+        const int64_t np = kpairs - p0 < BLK ? kpairs - p0 : BLK;
+        for (int64_t jp = j0; jp < j1; jp += pw) {
+            const int64_t jq = j1 - jp < pw ? j1 : jp + pw;
+            for (int64_t s0 = p0; s0 < p0 + np; s0 += SUB) {
+                const int64_t s1 = s0 + SUB < p0 + np ? s0 + SUB : p0 + np;
+                float *pp = part;
+                for (int64_t j = jp, w; j < jq; j += w) {
+                    w = jq - j < step ? jq - j : step;
+                    /* the first chunk ends where B's rows (row 0's, exactly) reach a 64-byte
+                     * boundary, so the loads of the others do not straddle cache lines */
+                    const int64_t lead = (64 - (int64_t)(((uintptr_t)b + (uintptr_t)(j * esz)) & 63)) % 64 / esz;
+                    if (j == jp && lead > 0 && lead < w) w = lead;
+                    for (int64_t i0 = 0; i0 < m; i0 += rb, pp += 32 * rb * cv)
+                        (i0 == 0 ? first : plain)(m, k, p0, s0, s1, i0, j, w, ab[i0], b, brs, t,
+                                                  out, ldo, i0 == 0 ? r : NULL, pp);
+                }
+            }
         }
+    }
     if (r) {
         uint16_t mn[32], mx[32];
         _mm512_storeu_si512((void *)mn, rng[0]);
