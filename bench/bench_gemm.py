@@ -14,7 +14,8 @@ A CPU without AMX, stood in for on an AMX machine (our tiles off, oneDNN's too):
         python bench/bench_gemm.py --versus
 
 Shapes are (m, n, k): squares 256..4096, the skinny (4096, 256, 4096), (64, 4096, 4096)
-and the GEMV-like (8, 4096, 4096), (1, 4096, 4096).
+and the GEMV-like (8, 4096, 4096), (1, 4096, 4096); on the GEMV-like ones also B = W.T
+(torch's linear layout: ``dk.gemm(a, w.T)`` beside ``torch.nn.functional.linear(a, w)``).
 Thread counts 1 and 2 (dk.set_num_threads and threadpoolctl for NumPy's BLAS).
 """
 from __future__ import annotations
@@ -80,6 +81,9 @@ def inputs(m, n, k):
             a32=a, b32=b,
             a16=dk.quantize(a, dk.BF16), b16=dk.quantize(b, dk.BF16),
             a8=dk.quantize(a, F8A), b8=dk.quantize(b, F8B))
+        # torch's linear layout: the weight W = B.T row-major (n x k), the product a @ W.T
+        w = np.ascontiguousarray(b.T)
+        _inputs[key].update(w32=w, w16=dk.quantize(w, dk.BF16))
     return _inputs[key]
 
 
@@ -118,8 +122,13 @@ def runner(impl, m, n, k, threads):
             with _config.use_isa(tier):
                 return dk.gemm(x["a16"], x["b16"], out=o)
         return f
+    if impl == "dk_bf16_wt":            # B = W.T (torch's linear layout), default order
+        o = _out(m, n)
+        return lambda: dk.gemm(x["a16"], x["w16"].T, out=o)
     if impl == "numpy_f32":
         return lambda: np.matmul(x["a32"], x["b32"])
+    if impl == "numpy_f32_wt":
+        return lambda: np.matmul(x["a32"], x["w32"].T)
     if impl == "ml_dtypes_bf16":
         if ml_dtypes is None or max(m, n, k) > 512:
             return None
@@ -130,6 +139,11 @@ def runner(impl, m, n, k, threads):
             return None
         ta, tb = torch.from_numpy(x["a32"]).bfloat16(), torch.from_numpy(x["b32"]).bfloat16()
         return lambda: torch.mm(ta, tb)
+    if impl == "torch_linear":          # torch.nn.functional.linear(a, W), bfloat16
+        if torch is None:
+            return None
+        ta, tw = torch.from_numpy(x["a32"]).bfloat16(), torch.from_numpy(x["w32"]).bfloat16()
+        return lambda: torch.nn.functional.linear(ta, tw)
     if impl == "torch_fp8":             # e4m3 x e5m2 with per-tensor scales, FP32 out
         if torch is None or not hasattr(torch, "_scaled_mm"):
             return None
@@ -176,9 +190,12 @@ def peaks(threads):
 
 
 IMPLS = ["dk_bf16", "dk_bf16_vdpbf16ps", "dk_cf8", "dk_cf8_vdpbf16ps", "dk_bf16_avx512",
-         "dk_bf16_avx2", "numpy_f32", "ml_dtypes_bf16", "torch_bf16", "torch_fp8"]
+         "dk_bf16_avx2", "numpy_f32", "ml_dtypes_bf16", "torch_bf16", "torch_fp8",
+         "dk_bf16_wt", "numpy_f32_wt", "torch_linear"]
 #: implementations timed only on the squares 1024 and 2048 (lower tiers, for reference)
 LOWER_TIER = ("dk_bf16_avx512", "dk_bf16_avx2")
+#: B = W.T, torch's linear layout: timed on the GEMV-like shapes (m <= 8) only
+LINEAR = ("dk_bf16_wt", "numpy_f32_wt", "torch_linear")
 
 
 def _params():
@@ -187,6 +204,8 @@ def _params():
         for th in THREADS:
             for impl in IMPLS:
                 if impl in LOWER_TIER and (shape[0] != shape[2] or shape[0] not in (1024, 2048)):
+                    continue
+                if impl in LINEAR and shape[0] > 8:
                     continue
                 out.append(pytest.param(impl, shape, th, id=f"{impl}-{'x'.join(map(str, shape))}-t{th}"))
     return out
@@ -391,7 +410,7 @@ def main(quick: bool = False) -> None:
             for (m, n, k) in shapes:
                 row = f"{m}x{n}x{k}".ljust(18)
                 for impl in IMPLS:
-                    f = runner(impl, m, n, k, th)
+                    f = None if impl in LINEAR and m > 8 else runner(impl, m, n, k, th)
                     if f is None:
                         row += f"{'-':>19}"
                         continue
@@ -405,6 +424,8 @@ def main(quick: bool = False) -> None:
 #: (ours, peer) pairs compared round by round: the issue's targets at n = 2048
 VERSUS = [("dk_bf16", "torch_bf16"), ("dk_bf16_vdpbf16ps", "torch_bf16"), ("dk_cf8", "dk_bf16"),
           ("dk_cf8", "torch_fp8"), ("dk_bf16", "numpy_f32")]
+#: added for the GEMV-like shapes (m <= 8): B = W.T, torch's linear layout
+VERSUS_LINEAR = [("dk_bf16_wt", "torch_linear"), ("dk_bf16_wt", "numpy_f32_wt")]
 
 
 def versus(shape=(2048, 2048, 2048), rounds: int = 9) -> None:
@@ -417,7 +438,8 @@ def versus(shape=(2048, 2048, 2048), rounds: int = 9) -> None:
     Every timed call starts SETTLE seconds after the previous one, when the peers' threads
     (which spin after a call) have gone to sleep."""
     m, n, k = shape
-    impls = sorted({i for pair in VERSUS for i in pair})
+    pairs = VERSUS + (VERSUS_LINEAR if m <= 8 else [])
+    impls = sorted({i for pair in pairs for i in pair})
     print(f"dojo_kernels tier {_config.get_isa()}; {m}x{n}x{k}; {rounds} interleaved rounds; "
           f"torch: {torch.__version__ if torch else 'not installed'}")
     # the probe of the active tier: TDPBF16PS on the amx tier, else the FP32 FMA of the
@@ -455,7 +477,7 @@ def versus(shape=(2048, 2048, 2048), rounds: int = 9) -> None:
                          f"probe's)" if probes else "")
                 print(f"  {i:<18} GFLOP/s min/median/max {g[0]:8.1f} {statistics.median(g):8.1f} "
                       f"{g[-1]:8.1f}{share}")
-            for a, b in VERSUS:
+            for a, b in pairs:
                 if a in fns and b in fns:
                     q = sorted(tb / ta for ta, tb in zip(times[a], times[b]))
                     print(f"  {a} / {b:<14} per-round ratio min/median/max "

@@ -1181,6 +1181,51 @@ static void smallm_item(void *arg, int64_t item, int slot)
     dk_fpenv_leave(csr);
 }
 
+/* Few rows with B's rows unit (B = W^T, W row-major: torch's linear layout), amx order,
+ * AVX-512 (dk_gemm_smallm_bt_amx_avx512): items are ranges of columns (groups of 16, each
+ * 16 whole rows of W), so the bits do not depend on the threads. The kernel takes A as
+ * FP32; each thread converts the A of a batch item once, into its own buffer. */
+typedef struct {
+    const dk_gemm_operand *a, *b;
+    int64_t m, n, k, kpad, ldo, bso, cols, ncolblk;
+    float scale;
+    float *out;
+    uint16_t *range;           /* NULL, or per slot the range of B's codes read (2 each) */
+    const dk_gemm_addend *add; /* NULL, or added to the item's columns after the product */
+    float *abuf;               /* per slot m x kpad FP32 values of A */
+    int64_t *abuf_item;        /* per slot the batch item whose A abuf holds, -1 for none */
+} smallm_bt_args;
+
+static void smallm_bt_item(void *arg, int64_t item, int slot)
+{
+    const smallm_bt_args *S = arg;
+    const int64_t bi = item / S->ncolblk, j0 = (item % S->ncolblk) * S->cols;
+    const int64_t j1 = j0 + S->cols < S->n ? j0 + S->cols : S->n;
+    const dk_gemm_operand *a = S->a, *b = S->b;
+    float *af = S->abuf + (int64_t)slot * S->m * S->kpad;
+    if (S->abuf_item[slot] != bi) {
+        const char *ap = item_ptr(a, bi);
+        for (int64_t i = 0; i < S->m; i++)
+            for (int64_t kk = 0; kk < S->kpad; kk++) {
+                uint32_t h = 0;
+                if (kk < S->k) {
+                    const int64_t off = i * a->rs + kk * a->cs;
+                    h = a->kind == DK_GEMM_U8 ? a->table[((const uint8_t *)ap)[off]]
+                                              : ((const uint16_t *)ap)[off];
+                }
+                const uint32_t u = h << 16;
+                memcpy(af + i * S->kpad + kk, &u, sizeof u);
+            }
+        S->abuf_item[slot] = bi;
+    }
+    const unsigned csr = dk_fpenv_enter(); /* as gemm_item */
+    dk_gemm_smallm_bt_amx_avx512(S->m, S->k, j0, j1, af, S->kpad, item_ptr(b, bi), b->cs,
+                                 b->kind, b->table, S->scale, S->out + bi * S->bso, S->ldo,
+                                 S->range ? S->range + 2 * slot : NULL);
+    if (S->add) add_term(S->add, bi, 0, j0, S->m, j1 - j0, S->out + bi * S->bso + j0, S->ldo);
+    dk_fpenv_leave(csr);
+}
+
 int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
                    const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
                    float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads,
@@ -1257,11 +1302,17 @@ static int few_rows(int isa, int order, int64_t m, int64_t b_cs)
            b_cs == 1;
 }
 
-int dk_gemm_range_paths(int isa, int kernel, int order, int64_t m, int64_t b_cs)
+/* ... and its form for B's rows unit instead (gemm_smallm.c's bt kernel). */
+static int few_rows_bt(int isa, int order, int64_t m, int64_t b_rs, int64_t b_cs)
+{
+    return !few_rows(isa, order, m, b_cs) && few_rows(isa, order, m, b_rs);
+}
+
+int dk_gemm_range_paths(int isa, int kernel, int order, int64_t m, int64_t b_rs, int64_t b_cs)
 {
     tier_cfg t;
     if (!get_cfg(isa, kernel, order, &t)) return 0;
-    if (few_rows(isa, order, m, b_cs)) return 2;
+    if (few_rows(isa, order, m, b_cs) || few_rows_bt(isa, order, m, b_rs, b_cs)) return 2;
     return (ranges_a(&t) ? 1 : 0) | (t.split_b ? 0 : 2);
 }
 
@@ -1305,6 +1356,32 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
         if (fail) return DK_ENOMEM;
         dk_pool_run_as(nthr, batch * S.ncolblk, smallm_item, &S, work);
         ranges_done(S.range, nthr, brange);  /* A (at most 8 rows) is the caller's to scan */
+        return DK_OK;
+    }
+    if (few_rows_bt(isa, order, m, b->rs, b->cs)) {
+        const double work = (double)m * (double)n * (double)k * (double)batch;
+        int nthr = work < DK_GEMM_PAR_MIN ? 1 : dk_pool_advise(threads, smallm_bt_item, work);
+        /* columns per item: groups of 16, about 4 items a thread, at most 256 */
+        int64_t cols = (n + 4 * nthr - 1) / (4 * nthr);
+        cols = cols > 256 ? 256 : (cols + 15) / 16 * 16;
+        const int64_t kpad = (k + 31) / 32 * 32;
+        smallm_bt_args S = {a, b, m, n, k, kpad, ldo, bso, cols, (n + cols - 1) / cols, scale,
+                            out, NULL, term, NULL, NULL};
+        int fail = 0;
+        S.abuf = malloc(sizeof(float) * (size_t)nthr * (size_t)m * (size_t)kpad);
+        S.abuf_item = malloc(sizeof(int64_t) * (size_t)nthr);
+        S.range = ranges_new(brange != NULL, b, nthr, &fail);
+        if (fail || !S.abuf || !S.abuf_item) {
+            free(S.abuf);
+            free(S.abuf_item);
+            free(S.range);
+            return DK_ENOMEM;
+        }
+        for (int i = 0; i < nthr; i++) S.abuf_item[i] = -1;
+        dk_pool_run_as(nthr, batch * S.ncolblk, smallm_bt_item, &S, work);
+        ranges_done(S.range, nthr, brange);
+        free(S.abuf);
+        free(S.abuf_item);
         return DK_OK;
     }
 

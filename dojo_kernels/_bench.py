@@ -331,6 +331,19 @@ def _run(quick: bool, th: int, tick: Callable[[str], None]) -> List[BenchRow]:
         tb = torch.from_numpy(b).to(torch.bfloat16)
         row("GEMM", f"BF16 {s}^3 (codes in)", fl, gb, "GFLOP/s", "torch bf16 torch.mm",
             lambda: torch.mm(ta, tb))
+    # a GEMV in torch's linear layout (x @ W.T, W row-major): one pass over W
+    g = 2048 if quick else 4096
+    xv = rng.standard_normal((1, g), dtype=np.float32)
+    wv = rng.standard_normal((g, g), dtype=np.float32)
+    xq, wq = quantize(xv, BF16), quantize(wv, BF16)
+    gv: Callable[[], Any] = lambda: gemm(xq, wq.T, a_format=BF16)  # noqa: E731
+    name = f"BF16 GEMV 1x{g}x{g}, B = W.T (codes in)"
+    row("GEMM", name, 2.0 * g * g, gv, "GFLOP/s", "NumPy float32 x @ W.T", lambda: xv @ wv.T)
+    if torch is not None:
+        txv = torch.from_numpy(xv).to(torch.bfloat16)
+        twv = torch.from_numpy(wv).to(torch.bfloat16)
+        row("GEMM", name, 2.0 * g * g, gv, "GFLOP/s", "torch bf16 linear",
+            lambda: torch.nn.functional.linear(txv, twv))
     tick("gemm")
 
     topo = mesh.training_tile()

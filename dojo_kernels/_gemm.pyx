@@ -35,7 +35,8 @@ cdef extern from "dk_gemm.h":
     int DK_GEMM_SMALLM_MAX
     int64_t DK_GEMM_STREAM_MIN_BYTES
     int DK_GEMM_SMALLM_AMX_MAX
-    int dk_gemm_range_paths(int isa, int kernel, int order, int64_t m, int64_t b_cs) nogil
+    int dk_gemm_range_paths(int isa, int kernel, int order, int64_t m, int64_t b_rs,
+                            int64_t b_cs) nogil
     void dk_amx_tdpbf16ps(const uint16_t *a, int64_t lda, const uint32_t *b, int64_t ldb,
                           float *c, int64_t ldc, int m, int n, int kpairs) nogil
     double dk_probe_tdpbf16ps(int64_t iters) nogil
@@ -124,10 +125,10 @@ def _gemm_under_mxcsr(unsigned csr, object a, object b, const uint16_t[::1] tabl
     return rc, after
 
 
-def range_paths(int isa, int kernel, int order, int64_t m, int64_t b_cs):
+def range_paths(int isa, int kernel, int order, int64_t m, int64_t b_cs, int64_t b_rs=0):
     """(A measured, B measured) by gemm_ranges for BF16 operands of a nonempty product with
-    m rows and B's column stride b_cs (elements): dk_gemm_range_paths."""
-    cdef int r = dk_gemm_range_paths(isa, kernel, order, m, b_cs)
+    m rows and B's column and row strides b_cs, b_rs (elements): dk_gemm_range_paths."""
+    cdef int r = dk_gemm_range_paths(isa, kernel, order, m, b_rs, b_cs)
     return bool(r & 1), bool(r & 2)
 
 

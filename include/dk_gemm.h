@@ -89,8 +89,9 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
  * scales by the operands' ranges (SPEC section 5) can thus compute with the scaling it
  * expects and check it against the ranges instead of reading the operands beforehand. */
 /* Which ranges dk_gemm_ranges measures for BF16 operands on a nonempty product with m rows
- * and B's column stride b_cs: bit 0 A, bit 1 B (0 for an unknown isa or order). */
-int dk_gemm_range_paths(int isa, int kernel, int order, int64_t m, int64_t b_cs);
+ * and B's row and column strides b_rs, b_cs: bit 0 A, bit 1 B (0 for an unknown isa or
+ * order). */
+int dk_gemm_range_paths(int isa, int kernel, int order, int64_t m, int64_t b_rs, int64_t b_cs);
 int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
                    const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
                    float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads,
@@ -253,6 +254,13 @@ void dk_gemm_smallm_amx_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1,
                                const uint16_t *atab, const void *b, int64_t brs, int bkind,
                                const uint16_t *btab, float scale, float *out, int64_t ldo,
                                uint16_t *brange);
+/* The same for a B with unit row stride (B = W^T for a row-major W: column j of B, k
+ * contiguous, at b + j*bcs), A given as FP32 values: row i at af + i*kpad, k <= kpad, zeros
+ * from k to kpad (kpad a multiple of 32). Columns [j0, j1) of out, the same bits. */
+void dk_gemm_smallm_bt_amx_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1, const float *af,
+                                  int64_t kpad, const void *b, int64_t bcs, int bkind,
+                                  const uint16_t *btab, float scale, float *out, int64_t ldo,
+                                  uint16_t *brange);
 
 /* avx512bf16-tier packing of CFloat8 A into the AMX "row tiles" layout (dk_gemm_ukr_amxtile):
  * `rows` rows (row r at src + r*lda, k contiguous) x nblk blocks of 32 k-values, decoded

@@ -444,7 +444,9 @@ def test_few_rows_against_the_reference_every_tier(m):
     region, overflow, NaN, signed zeros, subnormals), n across the register blocks' and the
     masks' edges, k ending in a partial block and an odd element; the kernel's sub-blocks
     of 4 pairs (k = 17: 4 + 4 + 1 pairs, the last one odd) and, at 5-8 rows, two panels of
-    the buffer that holds E and O between them (512 columns)."""
+    the buffer that holds E and O between them (512 columns). The same B with unit row
+    stride (B = W.T, W row-major: torch's linear layout) takes the transposing kernel
+    (groups of 16 columns, partial here at n = 1, 31, 47, 70, 130, 530)."""
     rng = np.random.default_rng(100 + m)
     shapes = [(1, 95), (31, 33), (130, 64), (47, 1), (70, 17)]
     if m >= 5:
@@ -452,15 +454,19 @@ def test_few_rows_against_the_reference_every_tier(m):
     for n, k in shapes:
         a = mixed_codes(rng, (m, k))
         b = mixed_codes(rng, (k, n))
+        bt = np.ascontiguousarray(b.T).T          # W.T: k contiguous in each column
+        assert bt.strides[0] == 2 or 1 in (n, k)
         want = R.amx_order(a, b)
         for tier in TIERS:
             assert_bits(glue(a, b, "amx", tier), want, f"m={m} n={n} k={k} {tier}")
+            assert_bits(glue(a, bt, "amx", tier), want, f"B = W.T m={m} n={n} k={k} {tier}")
 
 
 def test_few_rows_threads_batches_formats_and_strides():
     """The few-rows path against the generic tier's packed kernels: 1-3 threads, column
     ranges over several work items, a batch with a shared B, CFloat8 operands, transposed
-    A, and a B whose columns are not contiguous (which takes the packed path)."""
+    A, and a B with unit row stride (B = W.T: the transposing kernel), shared by a batch,
+    one per batch item, in CFloat8, and under a transposed A."""
     rng = np.random.default_rng(77)
     fa, fb = cfloat8_143(9), cfloat8_152(14)
     m, n, k = 5, 1300, 201
@@ -470,8 +476,11 @@ def test_few_rows_threads_batches_formats_and_strides():
     b8 = rng.integers(0, 256, (k, n), dtype=np.uint8)
     at = np.ascontiguousarray(a[0].T).T              # column-major A
     bs = np.asfortranarray(b)                        # columns not contiguous
+    b3 = tiny_mix_bf16(rng, (3, k, n))
+    b3t = np.ascontiguousarray(b3.transpose(0, 2, 1)).transpose(0, 2, 1)
     with _config.use_isa("generic"):
         ref = dk.gemm(a, b)
+        ref3 = dk.gemm(a, b3)
         ref8 = dk.gemm(a8, b8, a_format=fa, b_format=fb)
         ref_mixed = dk.gemm(a[0], b8, b_format=fb)
     saved = dk.get_num_threads()
@@ -484,6 +493,11 @@ def test_few_rows_threads_batches_formats_and_strides():
                     assert_bits(dk.gemm(a, b), bits(ref), what)
                     assert_bits(dk.gemm(at, b), bits(ref[0]), "transposed A " + what)
                     assert_bits(dk.gemm(a[0], bs), bits(ref[0]), "strided B " + what)
+                    assert_bits(dk.gemm(a, bs), bits(ref), "batch, shared W.T " + what)
+                    assert_bits(dk.gemm(at, bs), bits(ref[0]), "transposed A, W.T " + what)
+                    assert_bits(dk.gemm(a, b3t), bits(ref3), "batch of W.T " + what)
+                    assert_bits(dk.gemm(a8, np.asfortranarray(b8), a_format=fa, b_format=fb),
+                                bits(ref8), "CFloat8 W.T " + what)
                     assert_bits(dk.gemm(a8, b8, a_format=fa, b_format=fb), bits(ref8),
                                 "CFloat8 " + what)
                     assert_bits(dk.gemm(a[0], b8, b_format=fb), bits(ref_mixed), "mixed " + what)
@@ -607,7 +621,8 @@ def test_kernels_measure_the_operand_ranges(m, n, k):
                 for what, aa, bb in cases:
                     u8 = aa.dtype == np.uint8
                     rows = _gemm.SMALLM_AMX_MAX if isa == 3 else _gemm.SMALLM_MAX
-                    few = m <= rows and order == "amx" and isa >= 2 and bb.strides[-1] == 2
+                    few = (m <= rows and order == "amx" and isa >= 2
+                           and 2 in (bb.strides[-1], bb.strides[-2]))
                     want_a, want_b = measured(isa, few)
                     for th in (1, 3):
                         out = np.empty((max(aa.shape[0], bb.shape[0]), m, n), np.float32)
@@ -618,7 +633,8 @@ def test_kernels_measure_the_operand_ranges(m, n, k):
                         tag = (what, tier, order, kern, th)
                         assert got_b == (_np_range(bb) if want_b else None), tag
                         assert _gemm.range_paths(isa, kern, ORDER_CODE[order], m,
-                                                 bb.strides[-1] // 2) == (want_a, want_b)
+                                                 bb.strides[-1] // 2,
+                                                 bb.strides[-2] // 2) == (want_a, want_b)
                         assert got_a == (_np_range(aa) if want_a and not u8 else None), tag
                         out2 = np.empty_like(out)
                         assert _gemm.gemm(aa, bb, table8 if u8 else NO_TABLE, NO_TABLE, 1.0,

@@ -4,7 +4,9 @@
  * With m <= DK_GEMM_SMALLM_MAX rows, each element of B is used by at most that many
  * multiply-adds, so packing B (a read and a write of all of it) costs more than the product:
  * this kernel streams B once, row-major (columns contiguous), widening BF16 codes (or
- * CFloat8 codes through the 256-entry table, dk_lut512.h) in registers.
+ * CFloat8 codes through the 256-entry table, dk_lut512.h) in registers. Two kernels: one for
+ * a B with unit column stride (row-major B, below), one for unit row stride (B = W^T for a
+ * row-major W, torch's linear layout: the section at the end).
  *
  * The arithmetic is step for step that of dk_gemm_ukr_amx_avx512 (dk_gemm.h's amx order):
  * FP32 zmm FMA under MXCSR FTZ|DAZ (tininess after rounding; DAZ reads BF16 subnormals,
@@ -36,16 +38,23 @@
 #define SUB 4                /* pairs of a sub-block: 8 rows of B read together */
 #define PANEL_FLOATS 8192    /* E and O between sub-blocks: 32 KiB on the stack */
 
-/* The magnitude range of BF16 codes (dk_gemm_bf16_range's): *mn the smallest nonzero
- * magnitude bits, *mx the largest finite ones, lane-wise. Lanes not loaded are zeros, which
- * count for neither. */
+/* The magnitude range of BF16 codes (dk_gemm_bf16_range's: the smallest nonzero and the
+ * largest finite magnitude bits), lane-wise, without mask registers: *mn holds the least
+ * (v - 1) as unsigned (a zero wraps to 0xFFFF and never wins), *mx the greatest v + 0x80 as
+ * signed (Inf and NaN, 0x7F80 and up, wrap to negatives and never win), v = code & 0x7FFF.
+ * Lanes not loaded are zeros, which count for neither. range_start gives the empty range,
+ * merge_range (below) the magnitudes. */
+DK_INLINE void range_start(__m512i *mn, __m512i *mx)
+{
+    *mn = _mm512_set1_epi16(0x7FFE);
+    *mx = _mm512_set1_epi16(0x0080);
+}
+
 DK_INLINE void track_range(__m512i codes, __m512i *mn, __m512i *mx)
 {
     const __m512i v = _mm512_and_si512(codes, _mm512_set1_epi16(0x7FFF));
-    const __mmask32 finite = _mm512_cmplt_epu16_mask(v, _mm512_set1_epi16(0x7F80));
-    const __mmask32 nonzero = _mm512_test_epi16_mask(v, v);
-    *mx = _mm512_mask_max_epu16(*mx, finite, *mx, v);
-    *mn = _mm512_mask_min_epu16(*mn, nonzero, *mn, v);
+    *mx = _mm512_max_epi16(*mx, _mm512_add_epi16(v, _mm512_set1_epi16(0x0080)));
+    *mn = _mm512_min_epu16(*mn, _mm512_sub_epi16(v, _mm512_set1_epi16(1)));
 }
 
 /* 32 codes of a B row from element offset off (mask: the valid ones) as FP32: *ev the even
@@ -196,6 +205,36 @@ SUB_BLOCK_FN(r4_bf16, 4, 2, 0, 0)
 SUB_BLOCK_FN(r4_bf16_range, 4, 2, 0, 1)
 SUB_BLOCK_FN(r4_u8, 4, 2, 1, 0)
 
+/* The lanes of track_range's (mn, mx) merged into brange[0] (smallest nonzero magnitude)
+ * and brange[1] (largest finite one). */
+static void merge_range(__m512i mn, __m512i mx, uint16_t *brange)
+{
+    uint16_t lo[32], hi[32];
+    _mm512_storeu_si512((void *)lo, _mm512_add_epi16(mn, _mm512_set1_epi16(1)));
+    _mm512_storeu_si512((void *)hi, _mm512_sub_epi16(mx, _mm512_set1_epi16(0x0080)));
+    for (int i = 0; i < 32; i++) {
+        brange[0] = lo[i] < brange[0] ? lo[i] : brange[0];
+        brange[1] = hi[i] > brange[1] ? hi[i] : brange[1];
+    }
+}
+
+/* The last step of every kernel, under the caller's MXCSR (no FTZ): C * scale, NaN ->
+ * 0x7FC00000, for rows 0 .. m-1 and columns [j0, j1) of out. */
+static void scale_out(int64_t m, int64_t j0, int64_t j1, float scale, float *out, int64_t ldo)
+{
+    const __m512 s = _mm512_set1_ps(scale);
+    const __m512 qnan = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FC00000));
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = j0; j < j1; j += 16) {
+            const int64_t w = j1 - j < 16 ? j1 - j : 16;
+            const __mmask16 mv = w == 16 ? 0xFFFF : (__mmask16)((1u << w) - 1);
+            float *cp = out + i * ldo + j;
+            __m512 x = _mm512_mul_ps(_mm512_maskz_loadu_ps(mv, cp), s);
+            x = _mm512_mask_mov_ps(x, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), qnan);
+            _mm512_mask_storeu_ps(cp, mv, x);
+        }
+}
+
 void dk_gemm_smallm_amx_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1,
                                const void *a, int64_t ars, int64_t acs, int akind,
                                const uint16_t *atab, const void *b, int64_t brs, int bkind,
@@ -203,7 +242,8 @@ void dk_gemm_smallm_amx_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1,
                                uint16_t *brange)
 {
     __m512i t[8] = {0};
-    __m512i rng[2] = {_mm512_set1_epi16(0x7FFF), _mm512_setzero_si512()};
+    __m512i rng[2];
+    range_start(&rng[0], &rng[1]);
     const int u8 = bkind == DK_GEMM_U8;
     __m512i *r = brange && !u8 ? rng : NULL;
     if (u8) dk_lut512_load(btab, t);
@@ -258,26 +298,169 @@ void dk_gemm_smallm_amx_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1,
             }
         }
     }
-    if (r) {
-        uint16_t mn[32], mx[32];
-        _mm512_storeu_si512((void *)mn, rng[0]);
-        _mm512_storeu_si512((void *)mx, rng[1]);
-        for (int i = 0; i < 32; i++) {
-            brange[0] = mn[i] < brange[0] ? mn[i] : brange[0];
-            brange[1] = mx[i] > brange[1] ? mx[i] : brange[1];
+    if (r) merge_range(rng[0], rng[1], brange);
+    _mm_setcsr(csr);
+    scale_out(m, j0, j1, scale, out, ldo);
+}
+
+/* ---- B with unit row stride (B = W^T, W row-major: torch's linear layout) ------------------
+ *
+ * Column j of B is a contiguous row of W. A group of 16 columns is read 16 rows of W at a
+ * time, 32 k-values (one block) of each: 16 loads of 32 codes, a 16 x 16 transpose of their
+ * 32-bit pairs, and pair q of the 16 columns is one vector (column l in lane l), as the
+ * packers' pair layout would hold it. Per row of A, E and O are one register each over the
+ * block's 16 pairs, in order, from +0 (a partial block runs its padding pairs: A's buffer
+ * holds zeros there and the masked loads read zeros, so each is fma(+0, +0, .), as in the
+ * order's definition); C = C + T stays in a register over all of k. The 16 rows of W are
+ * read front to back, 16 streams the prefetchers follow. */
+
+/* t[q] lane l = r[l] lane q (32-bit lanes). */
+DK_INLINE void transpose16(const __m512i r[16], __m512i t[16])
+{
+    __m512i a[16], b[16];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) {
+        a[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        a[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    /* b[4i + c], 128-bit lane L: rows 4i .. 4i+3 of element 4L + c */
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        b[4 * i + 0] = _mm512_unpacklo_epi64(a[4 * i], a[4 * i + 2]);
+        b[4 * i + 1] = _mm512_unpackhi_epi64(a[4 * i], a[4 * i + 2]);
+        b[4 * i + 2] = _mm512_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
+        b[4 * i + 3] = _mm512_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
+    }
+    /* t[4L + c] = lane L of b[c], b[4 + c], b[8 + c], b[12 + c] */
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; c++) {
+        const __m512i s01 = _mm512_shuffle_i32x4(b[c], b[4 + c], 0x44);     /* lanes 0, 1 */
+        const __m512i s23 = _mm512_shuffle_i32x4(b[8 + c], b[12 + c], 0x44);
+        const __m512i u01 = _mm512_shuffle_i32x4(b[c], b[4 + c], 0xEE);     /* lanes 2, 3 */
+        const __m512i u23 = _mm512_shuffle_i32x4(b[8 + c], b[12 + c], 0xEE);
+        t[c] = _mm512_shuffle_i32x4(s01, s23, 0x88);
+        t[4 + c] = _mm512_shuffle_i32x4(s01, s23, 0xDD);
+        t[8 + c] = _mm512_shuffle_i32x4(u01, u23, 0x88);
+        t[12 + c] = _mm512_shuffle_i32x4(u01, u23, 0xDD);
+    }
+}
+
+/* track_range over 16 loads, their lanes reduced as a tree first: a chain of 16 updates
+ * of (mn, mx) made the kernel a quarter slower. */
+DK_INLINE void track_range16(const __m512i rw[16], __m512i *mn, __m512i *mx)
+{
+    __m512i lo[16], hi[16];
+#pragma GCC unroll 16
+    for (int l = 0; l < 16; l++) {
+        const __m512i v = _mm512_and_si512(rw[l], _mm512_set1_epi16(0x7FFF));
+        hi[l] = _mm512_add_epi16(v, _mm512_set1_epi16(0x0080));
+        lo[l] = _mm512_sub_epi16(v, _mm512_set1_epi16(1));
+    }
+#pragma GCC unroll 4
+    for (int h = 8; h >= 1; h /= 2)
+#pragma GCC unroll 8
+        for (int l = 0; l < h; l++) {
+            hi[l] = _mm512_max_epi16(hi[l], hi[l + h]);
+            lo[l] = _mm512_min_epu16(lo[l], lo[l + h]);
+        }
+    *mx = _mm512_max_epi16(*mx, hi[0]);
+    *mn = _mm512_min_epu16(*mn, lo[0]);
+}
+
+/* Columns [j, j + g) (g <= 16) for rows 0 .. min(m, MR) - 1: C into out (not yet scaled).
+ * af: A as FP32, row r at af + r*kpad, zeros from k to kpad. */
+DK_INLINE void bt_group(const int MR, const int u8, const int trk, int64_t m, int64_t k,
+                        int64_t j, int64_t g, const float *af, int64_t kpad, const void *b,
+                        int64_t bcs, const __m512i lut[8], float *out, int64_t ldo,
+                        __m512i *rmn, __m512i *rmx)
+{
+    const __m512 zero = _mm512_setzero_ps();
+    const __m512i high = _mm512_set1_epi32((int)0xFFFF0000u);
+    __m512 c[8];
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; r++) c[r] = zero;
+    for (int64_t k0 = 0; k0 < k; k0 += 32) {
+        const int64_t kc = k - k0 < 32 ? k - k0 : 32;
+        const __mmask32 km = kc == 32 ? 0xFFFFFFFFu : (__mmask32)((1u << kc) - 1);
+        __m512i rw[16], tw[16];
+#pragma GCC unroll 16
+        for (int l = 0; l < 16; l++) {
+            if (l >= g) {
+                rw[l] = _mm512_setzero_si512();
+                continue;
+            }
+            if (u8)
+                rw[l] = dk_lut512(_mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(
+                                      km, (const uint8_t *)b + (j + l) * bcs + k0)), lut);
+            else
+                rw[l] = _mm512_maskz_loadu_epi16(km, (const uint16_t *)b + (j + l) * bcs + k0);
+        }
+        if (trk) track_range16(rw, rmn, rmx);
+        transpose16(rw, tw);
+#pragma GCC unroll 8
+        for (int r = 0; r < MR; r++) {
+            if (r >= m) break;
+            const float *ap = af + r * kpad + k0;
+            __m512 e = zero, o = zero;
+#pragma GCC unroll 16
+            for (int q = 0; q < 16; q++) {
+                e = _mm512_fmadd_ps(_mm512_set1_ps(ap[2 * q]),
+                                    _mm512_castsi512_ps(_mm512_slli_epi32(tw[q], 16)), e);
+                o = _mm512_fmadd_ps(_mm512_set1_ps(ap[2 * q + 1]),
+                                    _mm512_castsi512_ps(_mm512_and_si512(tw[q], high)), o);
+            }
+            c[r] = _mm512_add_ps(c[r], _mm512_add_ps(e, o));
         }
     }
-    /* the scale under the caller's MXCSR, as every kernel's last step (no FTZ) */
+    const __mmask16 gm = g == 16 ? 0xFFFF : (__mmask16)((1u << g) - 1);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; r++) {
+        if (r >= m) break;
+        _mm512_mask_storeu_ps(out + r * ldo + j, gm, c[r]);
+    }
+}
+
+typedef void (*bt_group_fn)(int64_t m, int64_t k, int64_t j, int64_t g, const float *af,
+                            int64_t kpad, const void *b, int64_t bcs, const __m512i *lut,
+                            float *out, int64_t ldo, __m512i *rmn, __m512i *rmx);
+#define BT_GROUP_FN(NAME, MR, U8, TRK)                                                         \
+    static void NAME(int64_t m, int64_t k, int64_t j, int64_t g, const float *af, int64_t kpad, \
+                     const void *b, int64_t bcs, const __m512i *lut, float *out, int64_t ldo,   \
+                     __m512i *rmn, __m512i *rmx)                                                \
+    {                                                                                          \
+        bt_group(MR, U8, TRK, m, k, j, g, af, kpad, b, bcs, lut, out, ldo, rmn, rmx);           \
+    }
+/* per row count: BF16 B, BF16 B with its range measured, 8-bit B */
+#define BT_GROUP_FNS(MR)                                                                       \
+    BT_GROUP_FN(bt##MR##_bf16, MR, 0, 0)                                                       \
+    BT_GROUP_FN(bt##MR##_bf16_range, MR, 0, 1)                                                 \
+    BT_GROUP_FN(bt##MR##_u8, MR, 1, 0)
+BT_GROUP_FNS(1)
+BT_GROUP_FNS(2)
+BT_GROUP_FNS(4)
+BT_GROUP_FNS(8)
+static const bt_group_fn bt_groups[4][3] = {{bt1_bf16, bt1_bf16_range, bt1_u8},
+                                            {bt2_bf16, bt2_bf16_range, bt2_u8},
+                                            {bt4_bf16, bt4_bf16_range, bt4_u8},
+                                            {bt8_bf16, bt8_bf16_range, bt8_u8}};
+
+void dk_gemm_smallm_bt_amx_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1, const float *af,
+                                  int64_t kpad, const void *b, int64_t bcs, int bkind,
+                                  const uint16_t *btab, float scale, float *out, int64_t ldo,
+                                  uint16_t *brange)
+{
+    __m512i lut[8] = {0};
+    __m512i rmn, rmx;
+    range_start(&rmn, &rmx);
+    const int u8 = bkind == DK_GEMM_U8, trk = brange != NULL && !u8;
+    if (u8) dk_lut512_load(btab, lut);
+    /* registers for 1, 2, 4 or 8 rows of A (the rows past m are not computed) */
+    const bt_group_fn fn = bt_groups[m == 1 ? 0 : m == 2 ? 1 : m <= 4 ? 2 : 3][u8 ? 2 : trk];
+    unsigned csr = _mm_getcsr();
+    _mm_setcsr(csr | 0x8040u); /* FTZ | DAZ */
+    for (int64_t j = j0; j < j1; j += 16)
+        fn(m, k, j, j1 - j < 16 ? j1 - j : 16, af, kpad, b, bcs, lut, out, ldo, &rmn, &rmx);
+    if (trk) merge_range(rmn, rmx, brange);
     _mm_setcsr(csr);
-    const __m512 s = _mm512_set1_ps(scale);
-    const __m512 qnan = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FC00000));
-    for (int64_t i = 0; i < m; i++)
-        for (int64_t j = j0; j < j1; j += 16) {
-            const int64_t w = j1 - j < 16 ? j1 - j : 16;
-            const __mmask16 mv = w == 16 ? 0xFFFF : (__mmask16)((1u << w) - 1);
-            float *cp = out + i * ldo + j;
-            __m512 x = _mm512_mul_ps(_mm512_maskz_loadu_ps(mv, cp), s);
-            x = _mm512_mask_mov_ps(x, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), qnan);
-            _mm512_mask_storeu_ps(cp, mv, x);
-        }
+    scale_out(m, j0, j1, scale, out, ldo);
 }
