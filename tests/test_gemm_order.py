@@ -462,6 +462,34 @@ def test_few_rows_against_the_reference_every_tier(m):
             assert_bits(glue(a, bt, "amx", tier), want, f"B = W.T m={m} n={n} k={k} {tier}")
 
 
+@pytest.mark.parametrize("k", [2, 33, 66, 95])
+def test_few_rows_padding_never_reads_the_table(k):
+    """8-bit B through a table whose entry 0 is +Inf, then -0: the padding of the last k
+    block is zeros in the order, never table[0]. Code 0 never occurs in B, so every tier,
+    path and layout must give the generic tier's bits (a found bug: the B = W.T kernel
+    decoded its masked-out lanes as table[0] and gave NaN)."""
+    rng = np.random.default_rng(5 + k)
+    m, n = 3, 37
+    a = mixed_codes(rng, (1, m, k), p_huge=0.0, p_special=0.0)    # finite products
+    b = rng.integers(1, 256, (1, k, n), dtype=np.uint8)
+    bt = np.ascontiguousarray(b.transpose(0, 2, 1)).transpose(0, 2, 1)   # W.T per item
+    for first in (0x7F80, 0x8000):
+        table = (np.arange(256, dtype=np.uint16) & 0x7F) | 0x3C00
+        table[0] = first
+        outs = {}
+        for tier in TIERS:
+            isa = _config.ISA_NAMES.index(tier)
+            for what, bb in (("B", b), ("W.T", bt)):
+                out = np.full((1, m, n), np.nan, np.float32)
+                assert _gemm.gemm(a, bb, NO_TABLE, table, 1.0, out, isa, 0, 1,
+                                  ORDER_CODE["amx"]) == 0
+                outs[(tier, what)] = bits(out)
+        want = outs[("generic", "B")] if "generic" in TIERS else outs[(TIERS[0], "B")]
+        assert np.isfinite(want.view(np.float32)).all()
+        for key, got in outs.items():
+            assert_bits(got.view(np.float32), want, f"table[0] = {first:#06x} {key} k={k}")
+
+
 def test_few_rows_threads_batches_formats_and_strides():
     """The few-rows path against the generic tier's packed kernels: 1-3 threads, column
     ranges over several work items, a batch with a shared B, CFloat8 operands, transposed

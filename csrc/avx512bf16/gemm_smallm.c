@@ -389,9 +389,10 @@ DK_INLINE void bt_group(const int MR, const int u8, const int trk, int64_t m, in
                 rw[l] = _mm512_setzero_si512();
                 continue;
             }
-            if (u8)
-                rw[l] = dk_lut512(_mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(
-                                      km, (const uint8_t *)b + (j + l) * bcs + k0)), lut);
+            if (u8) /* the lanes past k are zeros, not table[0] (the padding pairs read them) */
+                rw[l] = _mm512_maskz_mov_epi16(
+                    km, dk_lut512(_mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(
+                                      km, (const uint8_t *)b + (j + l) * bcs + k0)), lut));
             else
                 rw[l] = _mm512_maskz_loadu_epi16(km, (const uint16_t *)b + (j + l) * bcs + k0);
         }
