@@ -1149,13 +1149,18 @@ static void gemm_batch_item(void *arg, int64_t w, int slot)
     dk_fpenv_leave(csr);
 }
 
-/* Few rows (m <= DK_GEMM_SMALLM_MAX), amx order, AVX-512: no packing (gemm_smallm.c); the
- * items are ranges of columns, so the bits do not depend on the threads. An item has up to
- * DK_GEMM_SMALLM_COLS columns: long runs of each B row, which the prefetchers follow (1 x
+/* Few rows (m <= DK_GEMM_SMALLM_MAX), amx order, AVX-512: no packing (gemm_smallm.c), B
+ * read where it lies, by one of two kernels: B's columns unit (row-major B), or B's rows unit
+ * (B = W^T, W row-major: torch's linear layout; the "bt" kernel, which takes A as FP32: each
+ * thread converts the A of a batch item once, into its own buffer). The items are ranges of
+ * columns, so the bits do not depend on the threads. Row-major B: an item has up to
+ * DK_GEMM_SMALLM_COLS columns, long runs of each B row, which the prefetchers follow (1 x
  * 4096 x 4096 BF16 in a scratch C loop over the kernel, one thread of a Zen 4: 1.3 ms with
  * items of 2,048 columns, 2.1 ms with 512; docs/gemm.md); fewer when that would leave a
- * thread without one. */
+ * thread without one. B = W^T: each column is a whole row of W; about 4 items a thread,
+ * at most DK_GEMM_SMALLM_BT_COLS columns. */
 #define DK_GEMM_SMALLM_COLS 2048
+#define DK_GEMM_SMALLM_BT_COLS 256
 typedef struct {
     const dk_gemm_operand *a, *b;
     int64_t m, n, k, ldo, bso, cols, ncolblk;
@@ -1163,66 +1168,36 @@ typedef struct {
     float *out;
     uint16_t *range;     /* NULL, or per slot the range of B's codes read (2 each) */
     const dk_gemm_addend *add; /* NULL, or added to the item's columns after the product */
+    int bt;              /* the bt kernel: */
+    int64_t kpad;        /* k rounded up to a block of 32 */
+    float *abuf;         /* per slot m x kpad FP32 values of A */
+    int64_t *abuf_item;  /* per slot the batch item whose A abuf holds, -1 for none */
 } smallm_args;
 
 static void smallm_item(void *arg, int64_t item, int slot)
 {
-    (void)slot;
     const smallm_args *S = arg;
     const int64_t bi = item / S->ncolblk, j0 = (item % S->ncolblk) * S->cols;
     const int64_t j1 = j0 + S->cols < S->n ? j0 + S->cols : S->n;
     const dk_gemm_operand *a = S->a, *b = S->b;
+    uint16_t *range = S->range ? S->range + 2 * slot : NULL;
+    float *out = S->out + bi * S->bso;
     const unsigned csr = dk_fpenv_enter(); /* as gemm_item */
-    dk_gemm_smallm_amx_avx512(S->m, S->k, j0, j1, item_ptr(a, bi), a->rs,
-                              a->cs, a->kind, a->table, item_ptr(b, bi),
-                              b->rs, b->kind, b->table, S->scale, S->out + bi * S->bso, S->ldo,
-                              S->range ? S->range + 2 * slot : NULL);
-    if (S->add) add_term(S->add, bi, 0, j0, S->m, j1 - j0, S->out + bi * S->bso + j0, S->ldo);
-    dk_fpenv_leave(csr);
-}
-
-/* Few rows with B's rows unit (B = W^T, W row-major: torch's linear layout), amx order,
- * AVX-512 (dk_gemm_smallm_bt_amx_avx512): items are ranges of columns (groups of 16, each
- * 16 whole rows of W), so the bits do not depend on the threads. The kernel takes A as
- * FP32; each thread converts the A of a batch item once, into its own buffer. */
-typedef struct {
-    const dk_gemm_operand *a, *b;
-    int64_t m, n, k, kpad, ldo, bso, cols, ncolblk;
-    float scale;
-    float *out;
-    uint16_t *range;           /* NULL, or per slot the range of B's codes read (2 each) */
-    const dk_gemm_addend *add; /* NULL, or added to the item's columns after the product */
-    float *abuf;               /* per slot m x kpad FP32 values of A */
-    int64_t *abuf_item;        /* per slot the batch item whose A abuf holds, -1 for none */
-} smallm_bt_args;
-
-static void smallm_bt_item(void *arg, int64_t item, int slot)
-{
-    const smallm_bt_args *S = arg;
-    const int64_t bi = item / S->ncolblk, j0 = (item % S->ncolblk) * S->cols;
-    const int64_t j1 = j0 + S->cols < S->n ? j0 + S->cols : S->n;
-    const dk_gemm_operand *a = S->a, *b = S->b;
-    float *af = S->abuf + (int64_t)slot * S->m * S->kpad;
-    if (S->abuf_item[slot] != bi) {
-        const char *ap = item_ptr(a, bi);
-        for (int64_t i = 0; i < S->m; i++)
-            for (int64_t kk = 0; kk < S->kpad; kk++) {
-                uint32_t h = 0;
-                if (kk < S->k) {
-                    const int64_t off = i * a->rs + kk * a->cs;
-                    h = a->kind == DK_GEMM_U8 ? a->table[((const uint8_t *)ap)[off]]
-                                              : ((const uint16_t *)ap)[off];
-                }
-                const uint32_t u = h << 16;
-                memcpy(af + i * S->kpad + kk, &u, sizeof u);
-            }
-        S->abuf_item[slot] = bi;
+    if (S->bt) {
+        float *af = S->abuf + (int64_t)slot * S->m * S->kpad;
+        if (S->abuf_item[slot] != bi) {
+            dk_gemm_a_f32(item_ptr(a, bi), a->rs, a->cs, a->kind, a->table, S->m, S->k, 0,
+                          S->m, S->kpad, af, S->kpad);
+            S->abuf_item[slot] = bi;
+        }
+        dk_gemm_smallm_bt_amx_avx512(S->m, S->k, j0, j1, af, S->kpad, item_ptr(b, bi), b->cs,
+                                     b->kind, b->table, S->scale, out, S->ldo, range);
+    } else {
+        dk_gemm_smallm_amx_avx512(S->m, S->k, j0, j1, item_ptr(a, bi), a->rs, a->cs, a->kind,
+                                  a->table, item_ptr(b, bi), b->rs, b->kind, b->table, S->scale,
+                                  out, S->ldo, range);
     }
-    const unsigned csr = dk_fpenv_enter(); /* as gemm_item */
-    dk_gemm_smallm_bt_amx_avx512(S->m, S->k, j0, j1, af, S->kpad, item_ptr(b, bi), b->cs,
-                                 b->kind, b->table, S->scale, S->out + bi * S->bso, S->ldo,
-                                 S->range ? S->range + 2 * slot : NULL);
-    if (S->add) add_term(S->add, bi, 0, j0, S->m, j1 - j0, S->out + bi * S->bso + j0, S->ldo);
+    if (S->add) add_term(S->add, bi, 0, j0, S->m, j1 - j0, out + j0, S->ldo);
     dk_fpenv_leave(csr);
 }
 
@@ -1343,45 +1318,34 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
         return DK_OK;
     }
 
-    if (few_rows(isa, order, m, b->cs)) {
+    const int bt = few_rows_bt(isa, order, m, b->rs, b->cs);
+    if (bt || few_rows(isa, order, m, b->cs)) {
         const double work = (double)m * (double)n * (double)k * (double)batch;
         int nthr = work < DK_GEMM_PAR_MIN ? 1 : dk_pool_advise(threads, smallm_item, work);
-        /* columns per item: a multiple of 128 (the register blocks' widths divide it) */
-        int64_t cols = (n + nthr - 1) / nthr;
-        cols = cols > DK_GEMM_SMALLM_COLS ? DK_GEMM_SMALLM_COLS : (cols + 127) / 128 * 128;
-        smallm_args S = {a, b, m, n, k, ldo, bso, cols, (n + cols - 1) / cols, scale, out, NULL,
-                         term};
-        int fail = 0;
-        S.range = ranges_new(brange != NULL, b, nthr, &fail);
-        if (fail) return DK_ENOMEM;
-        dk_pool_run_as(nthr, batch * S.ncolblk, smallm_item, &S, work);
-        ranges_done(S.range, nthr, brange);  /* A (at most 8 rows) is the caller's to scan */
-        return DK_OK;
-    }
-    if (few_rows_bt(isa, order, m, b->rs, b->cs)) {
-        const double work = (double)m * (double)n * (double)k * (double)batch;
-        int nthr = work < DK_GEMM_PAR_MIN ? 1 : dk_pool_advise(threads, smallm_bt_item, work);
-        /* columns per item: groups of 16, about 4 items a thread, at most 256 */
-        int64_t cols = (n + 4 * nthr - 1) / (4 * nthr);
-        cols = cols > 256 ? 256 : (cols + 15) / 16 * 16;
+        /* columns per item: a multiple of the kernel's column step (128, or a group of 16) */
+        const int64_t unit = bt ? 16 : 128, cap = bt ? DK_GEMM_SMALLM_BT_COLS : DK_GEMM_SMALLM_COLS;
+        const int64_t per = bt ? 4 * nthr : nthr;
+        int64_t cols = (n + per - 1) / per;
+        cols = cols > cap ? cap : (cols + unit - 1) / unit * unit;
         const int64_t kpad = (k + 31) / 32 * 32;
-        smallm_bt_args S = {a, b, m, n, k, kpad, ldo, bso, cols, (n + cols - 1) / cols, scale,
-                            out, NULL, term, NULL, NULL};
+        smallm_args S = {a, b, m, n, k, ldo, bso, cols, (n + cols - 1) / cols, scale, out, NULL,
+                         term, bt, kpad, NULL, NULL};
         int fail = 0;
-        S.abuf = malloc(sizeof(float) * (size_t)nthr * (size_t)m * (size_t)kpad);
-        S.abuf_item = malloc(sizeof(int64_t) * (size_t)nthr);
         S.range = ranges_new(brange != NULL, b, nthr, &fail);
-        if (fail || !S.abuf || !S.abuf_item) {
-            free(S.abuf);
-            free(S.abuf_item);
+        if (bt && !fail) {
+            S.abuf = malloc(sizeof(float) * (size_t)nthr * (size_t)m * (size_t)kpad);
+            S.abuf_item = malloc(sizeof(int64_t) * (size_t)nthr);
+            fail = !S.abuf || !S.abuf_item;
+            for (int i = 0; !fail && i < nthr; i++) S.abuf_item[i] = -1;
+        }
+        if (!fail) dk_pool_run_as(nthr, batch * S.ncolblk, smallm_item, &S, work);
+        free(S.abuf);
+        free(S.abuf_item);
+        if (fail) {
             free(S.range);
             return DK_ENOMEM;
         }
-        for (int i = 0; i < nthr; i++) S.abuf_item[i] = -1;
-        dk_pool_run_as(nthr, batch * S.ncolblk, smallm_bt_item, &S, work);
-        ranges_done(S.range, nthr, brange);
-        free(S.abuf);
-        free(S.abuf_item);
+        ranges_done(S.range, nthr, brange);  /* A (at most 8 rows) is the caller's to scan */
         return DK_OK;
     }
 

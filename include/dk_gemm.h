@@ -254,6 +254,27 @@ void dk_gemm_smallm_amx_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1,
                                const uint16_t *atab, const void *b, int64_t brs, int bkind,
                                const uint16_t *btab, float scale, float *out, int64_t ldo,
                                uint16_t *brange);
+/* A's values as FP32 for the few-rows kernels: dst[r * ldd + q] = A(r, k0 + q) (element
+ * (i, kk) at a + i*ars + kk*acs, BF16 codes or 8-bit codes through atab) for r < rows and
+ * q < width, zero where r >= m or k0 + q >= k. Exact (BF16 widened; no DAZ here: the FMAs'
+ * MXCSR applies it). */
+DK_INLINE void dk_gemm_a_f32(const void *a, int64_t ars, int64_t acs, int akind,
+                             const uint16_t *atab, int64_t m, int64_t k, int64_t k0,
+                             int64_t rows, int64_t width, float *dst, int64_t ldd)
+{
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t q = 0; q < width; q++) {
+            uint32_t h = 0;
+            if (r < m && k0 + q < k) {
+                const int64_t off = r * ars + (k0 + q) * acs;
+                h = akind == DK_GEMM_U8 ? atab[((const uint8_t *)a)[off]]
+                                        : ((const uint16_t *)a)[off];
+            }
+            const union { uint32_t u; float f; } v = {h << 16};
+            dst[r * ldd + q] = v.f;
+        }
+}
+
 /* The same for a B with unit row stride (B = W^T for a row-major W: column j of B, k
  * contiguous, at b + j*bcs), A given as FP32 values: row i at af + i*kpad, k <= kpad, zeros
  * from k to kpad (kpad a multiple of 32). Columns [j0, j1) of out, the same bits. */

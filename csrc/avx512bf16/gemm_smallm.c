@@ -267,18 +267,7 @@ void dk_gemm_smallm_amx_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1,
     _mm_setcsr(csr | 0x8040u); /* FTZ | DAZ */
     for (int64_t p0 = 0; p0 < kpairs; p0 += BLK) {
         /* the block's A values as FP32: zeros past k and in the rows from m up to mp */
-        for (int64_t i = 0; i < mp; i++)
-            for (int64_t q = 0; q < 32; q++) {
-                const int64_t kk = 2 * p0 + q;
-                uint32_t h = 0;
-                if (i < m && kk < k) {
-                    const int64_t off = i * ars + kk * acs;
-                    h = akind == DK_GEMM_U8 ? atab[((const uint8_t *)a)[off]]
-                                            : ((const uint16_t *)a)[off];
-                }
-                const union { uint32_t u; float f; } v = {h << 16};
-                ab[i][q] = v.f;
-            }
+        dk_gemm_a_f32(a, ars, acs, akind, atab, m, k, 2 * p0, mp, 32, &ab[0][0], 32);
         const int64_t np = kpairs - p0 < BLK ? kpairs - p0 : BLK;
         for (int64_t jp = j0; jp < j1; jp += pw) {
             const int64_t jq = j1 - jp < pw ? j1 : jp + pw;
