@@ -7,6 +7,7 @@ Needs the [torch] extra; skipped (with the reason) in a plain ``pip install ".[t
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 
@@ -429,6 +430,148 @@ def test_d1linear_bfloat16_model():
                 lin.weight.detach().float().numpy().astype(ml_dtypes.bfloat16).T)
     want = (torch.from_numpy(p) + lin.bias.detach().float()).bfloat16()
     assert torch.equal(y.detach(), want)
+
+
+# --- cached_weights -----------------------------------------------------------------------
+def _layer_ref(lin, x, wbias=None):
+    """A D1Linear's forward from the documented rule: x and W rounded with the biases that
+    ref_bias picks from their amaxes (``wbias`` overrides W's), the product, + bias in
+    FP32."""
+    W = lin.weight.detach().numpy()
+    fx = dk.cfloat8_143(ref_bias("cfloat8_143", float(np.abs(x.numpy()).max())))
+    fw = dk.cfloat8_143(ref_bias("cfloat8_143", float(np.abs(W).max())) if wbias is None
+                        else wbias)
+    p = dk.gemm(dk.quantize(x.numpy(), fx), dk.quantize(W, fw).T, a_format=fx, b_format=fw)
+    return p + lin.bias.detach().numpy()
+
+
+class _Counts:
+    """Counts the amax passes and roundings dojo_kernels.torch asks for, by array size."""
+
+    def __init__(self, monkeypatch):
+        self.amax, self.rounds = [], []
+        nx = dt._nx
+        real_amax, real_quantize = nx._max_abs, nx.quantize
+
+        def amax(a):
+            self.amax.append(a.size)
+            return real_amax(a)
+
+        def quantize(a, *args, **kw):
+            self.rounds.append(np.asarray(a).size)
+            return real_quantize(a, *args, **kw)
+
+        monkeypatch.setattr(nx, "_max_abs", amax)
+        monkeypatch.setattr(nx, "quantize", quantize)
+
+    def take(self):
+        # choose_bias's own pass over the one-element array of an amax is not counted
+        out = (sorted(n for n in self.amax if n > 1), sorted(self.rounds))
+        self.amax, self.rounds = [], []
+        return out
+
+
+class _Still(torch.optim.Optimizer):
+    def step(self, closure=None):
+        return None
+
+
+def test_cached_weights_reuses_the_rounding_until_the_weight_changes(monkeypatch):
+    """Inside cached_weights a layer rounds its weight once: later calls measure and round
+    only the input, with the bits of the documented rule. Every way torch changes a
+    parameter (an in-place op, an optimizer step, SROptimizer, load_state_dict, a new .data
+    tensor) rounds it again; the entries go when the context exits."""
+    torch.manual_seed(6)
+    lin = dt.D1Linear(40, 24)
+    x = torch.randn(3, 40)
+    nw, nx_ = lin.weight.numel(), x.numel()
+    counts = _Counts(monkeypatch)
+
+    def check(tag):
+        with torch.no_grad():
+            y = lin(x)
+        assert np.array_equal(bits(y), np_bits(_layer_ref(lin, x))), tag
+        return counts.take()
+
+    assert check("outside") == ([nx_, nw], [nx_, nw])
+    assert check("outside again") == ([nx_, nw], [nx_, nw])       # no cache outside
+    with dt.cached_weights():
+        assert check("first") == ([nx_, nw], [nx_, nw])
+        assert check("hit") == ([nx_], [nx_])
+        with dt.cached_weights():                                   # nested: the same cache
+            assert check("nested hit") == ([nx_], [nx_])
+        assert check("hit after the inner exit") == ([nx_], [nx_])
+        with torch.no_grad():
+            lin.weight.mul_(40.0)                                   # a new amax and bias
+        assert check("in-place op") == ([nx_, nw], [nx_, nw])
+        opt = torch.optim.SGD(lin.parameters(), lr=0.5)
+        lin(x).sum().backward()
+        counts.take()
+        opt.step()
+        assert check("SGD step") == ([nx_, nw], [nx_, nw])
+        # SROptimizer rounds the weights into BF16 when built and at every step, through
+        # NumPy; the optimizer it wraps here changes nothing itself
+        before = lin.weight.detach().clone()
+        sro = dt.SROptimizer(_Still(lin.parameters(), {}), dk.BF16, seed=1)
+        lin(x).sum().backward()
+        sro.step()
+        counts.take()
+        assert not torch.equal(before, lin.weight.detach())
+        assert check("SROptimizer step") == ([nx_, nw], [nx_, nw])
+        other = dt.D1Linear(40, 24)
+        lin.load_state_dict(other.state_dict())
+        assert check("load_state_dict") == ([nx_, nw], [nx_, nw])
+        lin.weight.data = torch.randn(24, 40) * 3                   # new storage, version 0
+        assert check(".data swap") == ([nx_, nw], [nx_, nw])
+        assert check("hit again") == ([nx_], [nx_])
+        assert len(dt._WeightCache.entries) == 1
+    assert not dt._WeightCache.entries and dt._WeightCache.depth == 0
+    assert check("after the context") == ([nx_, nw], [nx_, nw])
+
+
+def test_cached_weights_leave_a_delayed_history_as_without_the_cache():
+    """A delayed bias still moves with the history while the weight is cached: W's history
+    starts with an amax 1000 times its own, so the first calls use that bias and the later
+    ones (once it falls out of the history) W's own, and the cached layer rounds again
+    then. Bits and histories equal the uncached twin's and the documented rule's."""
+    torch.manual_seed(7)
+    recipe = dt.Recipe(bias_policy="delayed", history=2)
+    lin, twin = dt.D1Linear(32, 16, recipe=recipe), dt.D1Linear(32, 16, recipe=recipe)
+    twin.load_state_dict(lin.state_dict())
+    wamax = float(np.abs(lin.weight.detach().numpy()).max())
+    for layer in (lin, twin):
+        layer.scaling["b"].push(wamax * 1000)
+    x = torch.randn(5, 32)
+    with torch.no_grad():
+        with dt.cached_weights():
+            ys = [lin(x) for _ in range(4)]
+        yts = [twin(x) for _ in range(4)]
+    hist = [wamax * 1000]
+    for i, (y, yt) in enumerate(zip(ys, yts)):
+        wb = ref_bias("cfloat8_143", max(hist[-2:]))
+        hist.append(float(np.float32(wamax)))
+        assert np.array_equal(bits(y), bits(yt)), i
+        assert np.array_equal(bits(y), np_bits(_layer_ref(lin, x, wbias=wb))), i
+    assert list(lin.scaling["b"].values) == list(twin.scaling["b"].values) == hist[-2:]
+    assert ref_bias("cfloat8_143", wamax * 1000) != ref_bias("cfloat8_143", wamax)
+
+
+def test_cached_weights_in_training_microbatches():
+    """Gradient accumulation over microbatches inside the context (the weight unchanged
+    between them, as Transformer Engine's is_first_microbatch assumes): the same gradients
+    as without the context, bit for bit, for the CFloat8 and the BF16 recipe."""
+    torch.manual_seed(8)
+    for name in ("cfloat8", "bf16"):
+        lin = dt.D1Linear(48, 20, recipe=dt.RECIPES[name])
+        xs = [torch.randn(6, 48) for _ in range(3)]
+        grads = []
+        for cache in (False, True):
+            lin.zero_grad(set_to_none=True)
+            with (dt.cached_weights() if cache else contextlib.nullcontext()):
+                for x in xs:
+                    lin(x).square().sum().backward()
+            grads.append((bits(lin.weight.grad), bits(lin.bias.grad)))
+        assert all(np.array_equal(a, b) for a, b in zip(*grads)), name
 
 
 # --- the straight-through estimator at the range edges ------------------------------------

@@ -11,8 +11,10 @@ This module is the only place the package imports ``torch``. It gives
   differentiable :func:`gemm` whose two backward products are D1 GEMMs too;
 * a :class:`Recipe` (formats of the forward operands and of the gradients, the per-tensor
   bias policy, the GEMM order), :class:`D1Linear` (a drop-in ``nn.Linear``),
-  :func:`convert` (swaps a model's Linear layers in place) and :class:`SROptimizer`
-  (weights kept in a format, each update rounded stochastically and reproducibly).
+  :func:`convert` (swaps a model's Linear layers in place), :func:`cached_weights` (each
+  layer rounds its weight once while it is unchanged: inference, microbatches) and
+  :class:`SROptimizer` (weights kept in a format, each update rounded stochastically and
+  reproducibly).
 
 Tensors and dtypes
 ------------------
@@ -41,6 +43,7 @@ and with one that has it (``"amx"`` by default there, or ``"vdpbf16ps"``).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import math
@@ -66,7 +69,7 @@ except ImportError:  # pragma: no cover - the extra installs it
 
 __all__ = ["quantize", "dequantize", "fake_quantize", "gemm", "add", "sub", "mul", "fma",
            "Recipe", "RECIPES", "AmaxHistory", "DelayedScaling", "D1Linear", "convert",
-           "SROptimizer", "step_seed", "STE_MODES"]
+           "cached_weights", "SROptimizer", "step_seed", "STE_MODES"]
 
 FormatLike = Union[Format, str]
 STE_MODES = ("clip", "identity")
@@ -418,16 +421,23 @@ class _Spec:
     scaling: Optional[DelayedScaling] = None
     order: Optional[str] = None
     formats: Dict[str, Format] = field(default_factory=dict)
+    amaxes: Dict[str, float] = field(default_factory=dict)
 
-    def resolve(self, role: str, arr: np.ndarray) -> Format:
-        """The format of one operand: fixed, or a family with this call's bias."""
+    def resolve(self, role: str, arr: Optional[np.ndarray], amax: Optional[float] = None
+                ) -> Format:
+        """The format of one operand: fixed, or a family with this call's bias. ``amax``,
+        when given, is ``max|arr|`` already known (a cached weight's): not measured again."""
         like = {"a": self.a, "b": self.b, "grad": self.grad}[role]
         if isinstance(like, Format):
             self.formats[role] = like
             return like
-        # dojo_kernels' one-pass kernel, not a torch reduction: torch's OpenMP threads, once
-        # woken, spin for milliseconds on the core the next D1 GEMM wants (docs/threads.md)
-        amax = _nx._max_abs(arr)
+        if amax is None:
+            # dojo_kernels' one-pass kernel, not a torch reduction: torch's OpenMP threads,
+            # once woken, spin for milliseconds on the core the next D1 GEMM wants
+            # (docs/threads.md)
+            assert arr is not None
+            amax = _nx._max_abs(arr)
+        self.amaxes[role] = amax
         if not math.isfinite(amax):
             raise ValueError(f"{_ROLE_NAMES[role]}: contains NaN or Inf; no bias makes it "
                              "representable")
@@ -483,11 +493,102 @@ def _codes_for(x: torch.Tensor, arr: np.ndarray, spec: _Spec, role: str, name: s
         spec.formats[role] = like
         return arr, like
     f = spec.resolve(role, arr)
+    return _round_codes(arr, f), f
+
+
+def _round_codes(arr: np.ndarray, f: Format) -> np.ndarray:
+    """``arr`` rounded (nearest) into ``f``."""
     if arr.ndim >= 2 and not arr.flags.c_contiguous and _t(arr).flags.c_contiguous:
         # a transposed view (a Linear's W^T): round it in its own layout, no transposing
         # copy; nearest rounding is elementwise, so the codes are the same
-        return _t(_nx.quantize(_t(arr), f)), f
-    return _nx.quantize(arr, f), f
+        return _t(_nx.quantize(_t(arr), f))
+    return _nx.quantize(arr, f)
+
+
+# --- the weight cache ------------------------------------------------------------------
+@dataclass
+class _CachedWeight:
+    """One weight's rounding: the weight itself (held, so that its id is not reused while
+    the entry lives), the state it was read in, its amax (families only) and its codes."""
+
+    weight: torch.Tensor
+    state: Tuple[Any, ...]
+    amax: Optional[float]
+    fmt: Format
+    codes: np.ndarray
+
+
+class _WeightCache:
+    """The state of :func:`cached_weights`: how deep the contexts are nested, and the
+    entries by ``id`` of the weight, dropped when the outermost context exits."""
+
+    depth = 0
+    entries: Dict[int, _CachedWeight] = {}
+
+
+def _weight_state(w: torch.Tensor, view: torch.Tensor) -> Tuple[Any, ...]:
+    """What a cached rounding of ``view`` (a view of the parameter ``w``) depends on: the
+    version counter (torch bumps it at every in-place write through ``w`` or a view of it:
+    an optimizer step, ``load_state_dict``, ``copy_``), the storage, layout and dtype."""
+    return (w._version, view.data_ptr(), tuple(view.shape), tuple(view.stride()), view.dtype)
+
+
+def _weight_codes(w: torch.Tensor, view: torch.Tensor, spec: _Spec, name: str
+                  ) -> Tuple[np.ndarray, Format]:
+    """``_codes_for`` the operand ``view`` of the parameter ``w``, through the cache of
+    :func:`cached_weights` when one is open. A hit skips the amax pass and the rounding; the
+    bias is still chosen every call from the (cached) amax by the recipe's policy, so a
+    delayed history is pushed as without the cache and a changed bias rounds again."""
+    arr: Optional[np.ndarray] = None
+    if _WeightCache.depth == 0:
+        arr = _operand_np(view, name)
+        return _codes_for(view, arr, spec, "b", name)
+    state = _weight_state(w, view)
+    e = _WeightCache.entries.get(id(w))
+    if e is None or e.weight is not w or e.state != state:
+        arr = _operand_np(view, name)
+        if arr.dtype.kind in "ui":   # codes already: nothing to cache
+            return _codes_for(view, arr, spec, "b", name)
+        f = spec.resolve("b", arr)
+        e = _CachedWeight(w, state, spec.amaxes.get("b"), f, _round_codes(arr, f))
+        e.codes.flags.writeable = False
+        _WeightCache.entries[id(w)] = e
+        return e.codes, f
+    f = spec.resolve("b", None, e.amax)
+    if f != e.fmt:   # the policy chose another bias (a delayed history moved on)
+        e.fmt, e.codes = f, _round_codes(_operand_np(view, name), f)
+        e.codes.flags.writeable = False
+    return e.codes, f
+
+
+@contextlib.contextmanager
+def cached_weights() -> Iterator[None]:
+    """Round each :class:`D1Linear` weight once, not at every call, inside this context.
+
+    Every ``D1Linear`` call rounds its weight into the recipe's format: an amax pass over
+    the weight (for a CFloat8 family's bias) and a rounding pass. For a batch-1 forward of
+    a 4096 x 4096 layer that is most of the call. Inside ``with cached_weights():`` a layer
+    keeps its weight's amax and codes and reuses them while the weight is unchanged: the
+    same tensor object, storage, shape, strides and dtype, and the same version counter
+    (``weight._version``, which torch bumps at every in-place write through the parameter
+    or a view of it: an optimizer's step, ``load_state_dict``, ``copy_``, :class:`SROptimizer`'s
+    step). The results are the uncached ones, bit for bit: the bias is still chosen at every
+    call by the recipe's policy from the weight's amax (a ``"delayed"`` history is pushed as
+    without the cache), and a changed bias rounds the weight again.
+
+    Not seen, so not to be done inside the context: writes that bypass the version counter,
+    through ``weight.data`` or a NumPy view of the weight (as with
+    ``torch.nn.utils.parametrize.cached``). The codes are held until the outermost context
+    exits (one byte per weight element for CFloat8, two for BF16). Contexts nest; the cache
+    is process-wide, shared by threads. Inputs and gradients are never cached.
+    """
+    _WeightCache.depth += 1
+    try:
+        yield
+    finally:
+        _WeightCache.depth -= 1
+        if _WeightCache.depth == 0:
+            _WeightCache.entries.clear()
 
 
 def _operand_np(x: Any, name: str) -> np.ndarray:
@@ -602,6 +703,20 @@ def gemm(a: Any, b: Any, *, a_format: Optional[FormatLike] = None,
     ``c``, ``beta``, ``return_plan``, ``machine`` as in :func:`dojo_kernels.gemm`; ``order``
     is passed on only when not None (see the module docstring).
     """
+    return _gemm(a, b, a_format=a_format, b_format=b_format, grad_format=grad_format,
+                 recipe=recipe, scaling=scaling, c=c, beta=beta, out=out,
+                 return_plan=return_plan, machine=machine, order=order)
+
+
+def _gemm(a: Any, b: Any, *, a_format: Optional[FormatLike] = None,
+          b_format: Optional[FormatLike] = None, grad_format: Optional[FormatLike] = None,
+          recipe: Optional[Recipe] = None, scaling: Optional[DelayedScaling] = None,
+          c: Optional[torch.Tensor] = None, beta: Optional[float] = None,
+          out: Optional[torch.Tensor] = None, return_plan: bool = False, machine: Any = None,
+          order: Optional[str] = None, b_of: Optional[torch.Tensor] = None
+          ) -> Union[torch.Tensor, Tuple[torch.Tensor, GemmPlan]]:
+    """:func:`gemm`; ``b_of``, when given, is the parameter ``b`` is a view of (a layer's
+    weight), whose rounding :func:`cached_weights` may reuse."""
     if recipe is not None:
         if not isinstance(recipe, Recipe):
             raise TypeError(f"recipe: expected a dojo_kernels.torch.Recipe, got "
@@ -626,7 +741,10 @@ def gemm(a: Any, b: Any, *, a_format: Optional[FormatLike] = None,
         bad, t = ("a", at) if at.dim() not in (2, 3) else ("b", bt)
         raise ValueError(f"{bad}: expected a 2-D or 3-D tensor, got shape {tuple(t.shape)}")
     ca, fa = _codes_for(at, _operand_np(a, "a"), spec, "a", "a")
-    cb, fb = _codes_for(bt, _operand_np(b, "b"), spec, "b", "b")
+    if b_of is None:
+        cb, fb = _codes_for(bt, _operand_np(b, "b"), spec, "b", "b")
+    else:
+        cb, fb = _weight_codes(b_of, bt, spec, "b")
     ct = None if c is None else _tensor(c, "c")
     c_np = None
     if ct is not None:
@@ -675,7 +793,8 @@ class D1Linear(nn.Linear):
     ``recipe.gradient``; the bias gradient is the FP32 sum of ``dY``.
 
     Same parameters and ``state_dict`` as ``nn.Linear`` (the delayed amax histories, in
-    ``scaling``, are not saved).
+    ``scaling``, are not saved). Each call rounds the weight again (an amax pass and a
+    rounding pass), unless inside :func:`cached_weights`.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
@@ -709,8 +828,8 @@ class D1Linear(nn.Linear):
         # wakes torch's spinning OpenMP threads (see _Spec.resolve). A float64 bias keeps torch's add
         # (y + bias is a float64 sum there).
         fused = self.bias is not None and self.bias.dtype != torch.float64
-        y = gemm(x2, self.weight.t(), recipe=self.recipe, scaling=self.scaling,
-                 c=self.bias if fused else None)
+        y = _gemm(x2, self.weight.t(), recipe=self.recipe, scaling=self.scaling,
+                  c=self.bias if fused else None, b_of=self.weight)
         assert isinstance(y, torch.Tensor)
         if self.bias is not None and not fused:
             y = y + self.bias
@@ -827,6 +946,9 @@ class SROptimizer:
             buf = self._codes[i] = np.empty(arr.shape, self.fmt.storage_dtype)
         _nx.quantize(arr, self.fmt, rounding=rounding, seed=seed, out=buf)
         _nx.dequantize(buf, self.fmt, dtype=arr.dtype, out=arr)
+        # written through NumPy, which torch does not see: bump the version counter as an
+        # in-place torch op would (cached_weights and autograd's saved-tensor check read it)
+        torch.autograd.graph.increment_version(p)
 
     @property
     def param_groups(self) -> List[Dict[str, Any]]:
