@@ -18,6 +18,7 @@ torch = pytest.importorskip(
     "torch", reason="torch not installed: these tests need pip install '.[torch]' "
                     "(CI installs it in its own step)")
 ml_dtypes = pytest.importorskip("ml_dtypes", reason="the [torch] extra installs ml_dtypes")
+from torch.multiprocessing.reductions import StorageWeakRef  # noqa: E402
 
 import dojo_kernels as dk  # noqa: E402
 from dojo_kernels import torch as dt  # noqa: E402
@@ -513,20 +514,95 @@ def test_cached_weights_reuses_the_rounding_until_the_weight_changes(monkeypatch
         # NumPy; the optimizer it wraps here changes nothing itself
         before = lin.weight.detach().clone()
         sro = dt.SROptimizer(_Still(lin.parameters(), {}), dk.BF16, seed=1)
+        counts.take()
+        assert not torch.equal(before, lin.weight.detach())
+        assert check("SROptimizer built") == ([nx_, nw], [nx_, nw])
         lin(x).sum().backward()
         sro.step()
         counts.take()
-        assert not torch.equal(before, lin.weight.detach())
         assert check("SROptimizer step") == ([nx_, nw], [nx_, nw])
         other = dt.D1Linear(40, 24)
         lin.load_state_dict(other.state_dict())
         assert check("load_state_dict") == ([nx_, nw], [nx_, nw])
-        lin.weight.data = torch.randn(24, 40) * 3                   # new storage, version 0
+        lin.weight.data = torch.randn(24, 40) * 3                   # new storage
         assert check(".data swap") == ([nx_, nw], [nx_, nw])
         assert check("hit again") == ([nx_], [nx_])
-        assert len(dt._WeightCache.entries) == 1
-    assert not dt._WeightCache.entries and dt._WeightCache.depth == 0
+        # the cached storage given up by the weight: the entry holds it, so its address
+        # cannot come back, with other values in it, in a state equal to the cached one
+        given_up = StorageWeakRef(lin.weight.untyped_storage())
+        lin.weight.data = torch.randn(24, 40)
+        assert not given_up.expired()
+        assert check("storage given up") == ([nx_, nw], [nx_, nw])
+        lin.half().float()                           # a dtype round trip
+        assert check("half and back") == ([nx_, nw], [nx_, nw])
+        fused = torch.optim.AdamW(lin.parameters(), lr=0.1, fused=True)
+        lin(x).sum().backward()
+        fused.step()               # torch 2.13's fused step does not bump the version
+        counts.take()
+        assert check("fused AdamW step") == ([nx_, nw], [nx_, nw])
+        assert check("hit again") == ([nx_], [nx_])
+        assert len(dt._cache_entries) == 1
+    assert dt._cache_entries is None and dt._cache_depth == 0
+    assert given_up.expired()
     assert check("after the context") == ([nx_, nw], [nx_, nw])
+
+
+def test_cached_weights_shared_weights_and_recipe_changes(monkeypatch):
+    """A weight shared by a BF16 layer and a CFloat8 layer, and a recipe changed on a layer:
+    one entry per format or family, each rounded once; bits as without the cache (the
+    uncached twin of each call, run outside the context right after)."""
+    torch.manual_seed(9)
+    a = dt.D1Linear(32, 16, recipe=dt.RECIPES["bf16"])
+    b = dt.D1Linear(32, 16, recipe=dt.RECIPES["cfloat8"])
+    b.weight, b.bias = a.weight, a.bias
+    x = torch.randn(4, 32)
+    counts = _Counts(monkeypatch)
+    nw, nx_ = a.weight.numel(), x.numel()
+    with torch.no_grad():
+        for step in range(3):
+            for layer, fixed in ((a, True), (b, False)):
+                with dt.cached_weights():
+                    y = layer(x)
+                    got = counts.take()
+                    # the entries live as long as the outermost context: reopen per call
+                    # and count only the first call's rounding
+                assert got == (([] if fixed else [nx_, nw]), [nx_, nw]), (step, fixed)
+                assert np.array_equal(bits(y), bits(layer(x)))
+                counts.take()
+        with dt.cached_weights():
+            ya, yb = a(x), b(x)
+            counts.take()
+            for _ in range(2):
+                assert np.array_equal(bits(a(x)), bits(ya)) and np.array_equal(bits(b(x)), bits(yb))
+                assert counts.take() == ([nx_], [nx_, nx_])        # both hit
+            a.recipe = dt.RECIPES["cfloat8"]                        # b's entry serves a now
+            assert np.array_equal(bits(a(x)), bits(yb))
+            assert counts.take() == ([nx_], [nx_])
+            b.recipe = dt.Recipe(forward=dk.cfloat8_143(7))        # a fixed CFloat8 format
+            yb7 = b(x)
+            assert counts.take() == ([], [nx_, nw])
+        assert np.array_equal(bits(yb7), bits(b(x)))
+
+
+def test_cached_weights_skip_what_they_cannot_track(monkeypatch):
+    """A weight computed at every call (a parametrization: not a leaf) and a layer built
+    under inference mode (no version counter) run uncached inside the context, with the
+    uncached bits, and leave no entry behind."""
+    torch.manual_seed(10)
+    x = torch.randn(2, 24)
+    counts = _Counts(monkeypatch)
+    wn = torch.nn.utils.parametrizations.weight_norm(dt.D1Linear(24, 8))
+    with torch.inference_mode():
+        inf = dt.D1Linear(24, 8)
+    for layer in (wn, inf):
+        with torch.no_grad():
+            want = layer(x)
+            counts.take()
+            with dt.cached_weights():
+                for _ in range(3):
+                    assert np.array_equal(bits(layer(x)), bits(want))
+                    assert counts.take() == ([x.numel(), 192], [x.numel(), 192])
+                assert len(dt._cache_entries) == 0
 
 
 def test_cached_weights_leave_a_delayed_history_as_without_the_cache():
@@ -556,20 +632,25 @@ def test_cached_weights_leave_a_delayed_history_as_without_the_cache():
     assert ref_bias("cfloat8_143", wamax * 1000) != ref_bias("cfloat8_143", wamax)
 
 
-def test_cached_weights_in_training_microbatches():
+def test_cached_weights_in_training_microbatches(monkeypatch):
     """Gradient accumulation over microbatches inside the context (the weight unchanged
-    between them, as Transformer Engine's is_first_microbatch assumes): the same gradients
-    as without the context, bit for bit, for the CFloat8 and the BF16 recipe."""
+    between them, as Transformer Engine's is_first_microbatch assumes): the weight rounded
+    once, the same gradients as without the context, bit for bit, for the CFloat8 and the
+    BF16 recipe."""
     torch.manual_seed(8)
+    counts = _Counts(monkeypatch)
     for name in ("cfloat8", "bf16"):
         lin = dt.D1Linear(48, 20, recipe=dt.RECIPES[name])
         xs = [torch.randn(6, 48) for _ in range(3)]
         grads = []
         for cache in (False, True):
             lin.zero_grad(set_to_none=True)
+            counts.take()
             with (dt.cached_weights() if cache else contextlib.nullcontext()):
                 for x in xs:
                     lin(x).square().sum().backward()
+            weight_rounds = counts.take()[1].count(lin.weight.numel())
+            assert weight_rounds == (1 if cache else 3), (name, cache)
             grads.append((bits(lin.weight.grad), bits(lin.bias.grad)))
         assert all(np.array_equal(a, b) for a, b in zip(*grads)), name
 

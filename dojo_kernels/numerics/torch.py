@@ -47,14 +47,17 @@ import contextlib
 import importlib
 import inspect
 import math
+import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import (Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple,
-                    Union)
+from typing import (Any, Callable, Deque, Dict, Iterator, List, NamedTuple, Optional,
+                    Sequence, Tuple, Union)
 
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import numerics as _nx
 from .formats import BF16, FAMILIES, Format
@@ -506,58 +509,78 @@ def _round_codes(arr: np.ndarray, f: Format) -> np.ndarray:
 
 
 # --- the weight cache ------------------------------------------------------------------
-@dataclass
-class _CachedWeight:
-    """One weight's rounding: the weight itself (held, so that its id is not reused while
-    the entry lives), the state it was read in, its amax (families only) and its codes."""
+class _CachedWeight(NamedTuple):
+    """One weight's rounding into one format (or family): the state the weight was read in,
+    its storage (held, so that its address is not reused while the entry lives), its amax
+    (a family's; None for a fixed format), the format and the codes. Replaced whole, never
+    changed."""
 
-    weight: torch.Tensor
     state: Tuple[Any, ...]
+    storage: torch.Tensor
     amax: Optional[float]
     fmt: Format
     codes: np.ndarray
 
 
-class _WeightCache:
-    """The state of :func:`cached_weights`: how deep the contexts are nested, and the
-    entries by ``id`` of the weight, dropped when the outermost context exits."""
-
-    depth = 0
-    entries: Dict[int, _CachedWeight] = {}
+# cached_weights' state: how deep its contexts are nested, the entries (per weight, held
+# weakly: a weight that dies takes its entries along; then per format or family name), and
+# the optimizer hook that drops a stepped optimizer's weights. Changed under _cache_lock.
+_cache_lock = threading.Lock()
+_cache_depth = 0
+_cache_entries: Any = None          # a torch.utils.weak.WeakIdKeyDictionary while open
+_cache_hook: Any = None
 
 
 def _weight_state(w: torch.Tensor, view: torch.Tensor) -> Tuple[Any, ...]:
     """What a cached rounding of ``view`` (a view of the parameter ``w``) depends on: the
-    version counter (torch bumps it at every in-place write through ``w`` or a view of it:
-    an optimizer step, ``load_state_dict``, ``copy_``), the storage, layout and dtype."""
+    version counter (torch bumps it at every in-place write through ``w`` or a view of it),
+    the storage, layout and dtype."""
     return (w._version, view.data_ptr(), tuple(view.shape), tuple(view.stride()), view.dtype)
+
+
+def _drop_stepped(optimizer: Any, args: Any, kwargs: Any) -> None:
+    """Optimizer step post-hook: a step writes its parameters, and fused optimizers do it
+    without bumping their version counters."""
+    with _cache_lock:
+        if _cache_entries is None:
+            return
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                _cache_entries.pop(p, None)
 
 
 def _weight_codes(w: torch.Tensor, view: torch.Tensor, spec: _Spec, name: str
                   ) -> Tuple[np.ndarray, Format]:
     """``_codes_for`` the operand ``view`` of the parameter ``w``, through the cache of
-    :func:`cached_weights` when one is open. A hit skips the amax pass and the rounding; the
-    bias is still chosen every call from the (cached) amax by the recipe's policy, so a
-    delayed history is pushed as without the cache and a changed bias rounds again."""
-    arr: Optional[np.ndarray] = None
-    if _WeightCache.depth == 0:
-        arr = _operand_np(view, name)
-        return _codes_for(view, arr, spec, "b", name)
+    :func:`cached_weights` when one is open and ``w`` can be cached (a leaf: a weight
+    computed per call, as by a parametrization, is not; nor an inference tensor, which has
+    no version counter). A hit skips the amax pass and the rounding; the bias is still
+    chosen every call from the cached amax by the recipe's policy, so a delayed history is
+    pushed as without the cache, and a changed bias rounds again."""
+    entries = _cache_entries
+    if entries is None or not w.is_leaf or w.is_inference():
+        return _codes_for(view, _operand_np(view, name), spec, "b", name)
+    like = spec.b
     state = _weight_state(w, view)
-    e = _WeightCache.entries.get(id(w))
-    if e is None or e.weight is not w or e.state != state:
+    with _cache_lock:
+        e = entries.get(w, {}).get(like)
+    if e is None or e.state != state:
         arr = _operand_np(view, name)
         if arr.dtype.kind in "ui":   # codes already: nothing to cache
             return _codes_for(view, arr, spec, "b", name)
         f = spec.resolve("b", arr)
-        e = _CachedWeight(w, state, spec.amaxes.get("b"), f, _round_codes(arr, f))
-        e.codes.flags.writeable = False
-        _WeightCache.entries[id(w)] = e
-        return e.codes, f
-    f = spec.resolve("b", None, e.amax)
-    if f != e.fmt:   # the policy chose another bias (a delayed history moved on)
-        e.fmt, e.codes = f, _round_codes(_operand_np(view, name), f)
-        e.codes.flags.writeable = False
+        amax = None if isinstance(like, Format) else spec.amaxes["b"]
+        e = _CachedWeight(state, view.detach(), amax, f, _round_codes(arr, f))
+    else:
+        f = spec.resolve("b", None, e.amax)
+        if f == e.fmt:
+            return e.codes, f
+        # the policy chose another bias (a delayed history moved on)
+        e = e._replace(fmt=f, codes=_round_codes(_operand_np(view, name), f))
+    e.codes.flags.writeable = False
+    with _cache_lock:
+        if _cache_entries is entries:
+            entries.setdefault(w, {})[like] = e
     return e.codes, f
 
 
@@ -565,30 +588,43 @@ def _weight_codes(w: torch.Tensor, view: torch.Tensor, spec: _Spec, name: str
 def cached_weights() -> Iterator[None]:
     """Round each :class:`D1Linear` weight once, not at every call, inside this context.
 
-    Every ``D1Linear`` call rounds its weight into the recipe's format: an amax pass over
-    the weight (for a CFloat8 family's bias) and a rounding pass. For a batch-1 forward of
-    a 4096 x 4096 layer that is most of the call. Inside ``with cached_weights():`` a layer
-    keeps its weight's amax and codes and reuses them while the weight is unchanged: the
-    same tensor object, storage, shape, strides and dtype, and the same version counter
-    (``weight._version``, which torch bumps at every in-place write through the parameter
-    or a view of it: an optimizer's step, ``load_state_dict``, ``copy_``, :class:`SROptimizer`'s
-    step). The results are the uncached ones, bit for bit: the bias is still chosen at every
-    call by the recipe's policy from the weight's amax (a ``"delayed"`` history is pushed as
-    without the cache), and a changed bias rounds the weight again.
+    Every ``D1Linear`` call rounds its weight into the recipe's format (for a CFloat8 family
+    after an amax pass over it, for the per-tensor bias). For a batch-1 forward of a 4096 x
+    4096 layer that is most of the call. Inside ``with cached_weights():`` a layer keeps its
+    weight's amax and codes (per format or family) and reuses them while the weight is
+    unchanged: the same parameter, storage, shape, strides and dtype, and the same version
+    counter (``weight._version``, which torch bumps at every in-place write through the
+    parameter or a view of it: ``load_state_dict``, ``copy_``, an in-place op under
+    ``no_grad``, the for-loop and foreach optimizers; :class:`SROptimizer` bumps it after its
+    writes). The step of any ``torch.optim`` optimizer (fused ones included, which write
+    without bumping it) drops its parameters' entries, through torch's global optimizer
+    step hook. The results are the uncached ones, bit for bit: the bias is still chosen at
+    every call by the recipe's policy from the weight's amax (a ``"delayed"`` history is
+    pushed as without the cache), and a changed bias rounds the weight again.
 
-    Not seen, so not to be done inside the context: writes that bypass the version counter,
-    through ``weight.data`` or a NumPy view of the weight (as with
-    ``torch.nn.utils.parametrize.cached``). The codes are held until the outermost context
-    exits (one byte per weight element for CFloat8, two for BF16). Contexts nest; the cache
-    is process-wide, shared by threads. Inputs and gradients are never cached.
+    Not seen, so not to be done inside the context: writes through a tensor that does not
+    share the parameter's version counter (``weight.data.add_(...)``, a NumPy view of the
+    weight, a flat buffer the weight was assigned from) outside an optimizer's step. Weights
+    that are not leaves (computed at every call, as by ``torch.nn.utils.parametrize``) and
+    inference tensors (no version counter) are not cached. The codes are held until the
+    outermost context exits or the weight is freed: one byte per weight element for
+    CFloat8, two for BF16. Contexts nest; the cache is process-wide (threads share it).
+    Inputs and gradients are never cached.
     """
-    _WeightCache.depth += 1
+    global _cache_depth, _cache_entries, _cache_hook
+    with _cache_lock:
+        if _cache_depth == 0:
+            _cache_entries = WeakIdKeyDictionary()
+            _cache_hook = register_optimizer_step_post_hook(_drop_stepped)
+        _cache_depth += 1
     try:
         yield
     finally:
-        _WeightCache.depth -= 1
-        if _WeightCache.depth == 0:
-            _WeightCache.entries.clear()
+        with _cache_lock:
+            _cache_depth -= 1
+            if _cache_depth == 0:
+                _cache_hook.remove()
+                _cache_entries = _cache_hook = None
 
 
 def _operand_np(x: Any, name: str) -> np.ndarray:
@@ -793,8 +829,8 @@ class D1Linear(nn.Linear):
     ``recipe.gradient``; the bias gradient is the FP32 sum of ``dY``.
 
     Same parameters and ``state_dict`` as ``nn.Linear`` (the delayed amax histories, in
-    ``scaling``, are not saved). Each call rounds the weight again (an amax pass and a
-    rounding pass), unless inside :func:`cached_weights`.
+    ``scaling``, are not saved). Each call rounds the weight again (after an amax pass for
+    a CFloat8 family), unless inside :func:`cached_weights`.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
