@@ -43,14 +43,15 @@ def _step(layer, x, g):
     return run
 
 
-def _layer(kind):
+def _layer(kind, k=K, n=N):
+    """A k -> n layer of one kind, and its dtype (a "_cached" D1 kind is the plain one)."""
     torch.manual_seed(0)
     if kind == "torch_fp32":
-        return torch.nn.Linear(K, N), torch.float32
+        return torch.nn.Linear(k, n), torch.float32
     if kind == "torch_bf16":
-        return torch.nn.Linear(K, N).to(torch.bfloat16), torch.bfloat16
-    recipe = dkt.RECIPES["cfloat8" if kind == "d1_cfloat8" else "bf16"]
-    return dkt.D1Linear(K, N, recipe=recipe), torch.float32
+        return torch.nn.Linear(k, n).to(torch.bfloat16), torch.bfloat16
+    recipe = dkt.RECIPES["cfloat8" if kind.startswith("d1_cfloat8") else "bf16"]
+    return dkt.D1Linear(k, n, recipe=recipe), torch.float32
 
 
 KINDS = ["torch_bf16", "torch_fp32", "d1_bf16", "d1_cfloat8"]
@@ -71,19 +72,9 @@ INF_KINDS = ["d1_cfloat8", "d1_cfloat8_cached", "d1_bf16", "d1_bf16_cached", "to
              "torch_fp32"]
 
 
-def _inference_layer(kind):
-    torch.manual_seed(0)
-    if kind == "torch_fp32":
-        return torch.nn.Linear(INF_K, INF_N), torch.float32
-    if kind == "torch_bf16":
-        return torch.nn.Linear(INF_K, INF_N).to(torch.bfloat16), torch.bfloat16
-    recipe = dkt.RECIPES["cfloat8" if kind.startswith("d1_cfloat8") else "bf16"]
-    return dkt.D1Linear(INF_K, INF_N, recipe=recipe), torch.float32
-
-
 @pytest.mark.parametrize("kind", INF_KINDS)
 def test_linear_batch1_forward(benchmark, kind):
-    layer, dtype = _inference_layer(kind)
+    layer, dtype = _layer(kind, INF_K, INF_N)
     x = torch.randn(1, INF_K, dtype=dtype)
     cache = dkt.cached_weights() if kind.endswith("_cached") else contextlib.nullcontext()
     with torch.no_grad(), cache:
