@@ -125,6 +125,9 @@ def runner(impl, m, n, k, threads):
     if impl == "dk_bf16_wt":            # B = W.T (torch's linear layout), default order
         o = _out(m, n)
         return lambda: dk.gemm(x["a16"], x["w16"].T, out=o)
+    if impl == "dk_bf16_wt_vdpbf16ps":
+        o = _out(m, n)
+        return lambda: dk.gemm(x["a16"], x["w16"].T, out=o, order="vdpbf16ps")
     if impl == "numpy_f32":
         return lambda: np.matmul(x["a32"], x["b32"])
     if impl == "numpy_f32_wt":
@@ -191,11 +194,11 @@ def peaks(threads):
 
 IMPLS = ["dk_bf16", "dk_bf16_vdpbf16ps", "dk_cf8", "dk_cf8_vdpbf16ps", "dk_bf16_avx512",
          "dk_bf16_avx2", "numpy_f32", "ml_dtypes_bf16", "torch_bf16", "torch_fp8",
-         "dk_bf16_wt", "numpy_f32_wt", "torch_linear"]
+         "dk_bf16_wt", "dk_bf16_wt_vdpbf16ps", "numpy_f32_wt", "torch_linear"]
 #: implementations timed only on the squares 1024 and 2048 (lower tiers, for reference)
 LOWER_TIER = ("dk_bf16_avx512", "dk_bf16_avx2")
 #: B = W.T, torch's linear layout: timed on the GEMV-like shapes (m <= 8) only
-LINEAR = ("dk_bf16_wt", "numpy_f32_wt", "torch_linear")
+LINEAR = ("dk_bf16_wt", "dk_bf16_wt_vdpbf16ps", "numpy_f32_wt", "torch_linear")
 
 
 def _params():
@@ -425,7 +428,8 @@ def main(quick: bool = False) -> None:
 VERSUS = [("dk_bf16", "torch_bf16"), ("dk_bf16_vdpbf16ps", "torch_bf16"), ("dk_cf8", "dk_bf16"),
           ("dk_cf8", "torch_fp8"), ("dk_bf16", "numpy_f32")]
 #: added for the GEMV-like shapes (m <= 8): B = W.T, torch's linear layout
-VERSUS_LINEAR = [("dk_bf16_wt", "torch_linear"), ("dk_bf16_wt", "numpy_f32_wt")]
+VERSUS_LINEAR = [("dk_bf16_wt", "torch_linear"), ("dk_bf16_wt_vdpbf16ps", "torch_linear"),
+                 ("dk_bf16_wt", "numpy_f32_wt")]
 
 
 def versus(shape=(2048, 2048, 2048), rounds: int = 9) -> None:

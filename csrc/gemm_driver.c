@@ -1149,10 +1149,11 @@ static void gemm_batch_item(void *arg, int64_t w, int slot)
     dk_fpenv_leave(csr);
 }
 
-/* Few rows (m <= DK_GEMM_SMALLM_MAX), amx order, AVX-512: no packing (gemm_smallm.c), B
- * read where it lies, by one of two kernels: B's columns unit (row-major B), or B's rows unit
- * (B = W^T, W row-major: torch's linear layout; the "bt" kernel, which takes A as FP32: each
- * thread converts the A of a batch item once, into its own buffer). The items are ranges of
+/* Few rows (m <= DK_GEMM_SMALLM_MAX), AVX-512: no packing (gemm_smallm.c), B read where it
+ * lies, by one of two kernels per order: B's columns unit (row-major B), or B's rows unit
+ * (B = W^T, W row-major: torch's linear layout; the "bt" kernels, which take A as FP32
+ * values (amx order) or BF16 pairs (vdpbf16ps order): each thread converts the A of a batch
+ * item once, into its own buffer). The items are ranges of
  * columns, so the bits do not depend on the threads. Row-major B: an item has up to
  * DK_GEMM_SMALLM_COLS columns, long runs of each B row, which the prefetchers follow (1 x
  * 4096 x 4096 BF16 in a scratch C loop over the kernel, one thread of a Zen 4: 1.3 ms with
@@ -1169,8 +1170,10 @@ typedef struct {
     uint16_t *range;     /* NULL, or per slot the range of B's codes read (2 each) */
     const dk_gemm_addend *add; /* NULL, or added to the item's columns after the product */
     int bt;              /* the bt kernel: */
+    int order;           /* its order */
     int64_t kpad;        /* k rounded up to a block of 32 */
-    float *abuf;         /* per slot m x kpad FP32 values of A */
+    float *abuf;         /* per slot m x kpad FP32 values of A (amx order), or m x kpad/2
+                          * BF16 pairs in the same space (vdpbf16ps order) */
     int64_t *abuf_item;  /* per slot the batch item whose A abuf holds, -1 for none */
 } smallm_args;
 
@@ -1185,17 +1188,28 @@ static void smallm_item(void *arg, int64_t item, int slot)
     const unsigned csr = dk_fpenv_enter(); /* as gemm_item */
     if (S->bt) {
         float *af = S->abuf + (int64_t)slot * S->m * S->kpad;
+        uint32_t *ap = (uint32_t *)af;
+        const int vdp = S->order == DK_GEMM_ORDER_VDPBF16PS;
         if (S->abuf_item[slot] != bi) {
-            dk_gemm_a_f32(item_ptr(a, bi), a->rs, a->cs, a->kind, a->table, S->m, S->k, 0,
-                          S->m, S->kpad, af, S->kpad);
+            if (vdp)
+                dk_gemm_a_pairs(item_ptr(a, bi), a->rs, a->cs, a->kind, a->table, S->m, S->k,
+                                0, S->m, S->kpad / 2, ap, S->kpad / 2);
+            else
+                dk_gemm_a_f32(item_ptr(a, bi), a->rs, a->cs, a->kind, a->table, S->m, S->k, 0,
+                              S->m, S->kpad, af, S->kpad);
             S->abuf_item[slot] = bi;
         }
-        dk_gemm_smallm_bt_amx_avx512(S->m, S->k, j0, j1, af, S->kpad, item_ptr(b, bi), b->cs,
-                                     b->kind, b->table, S->scale, out, S->ldo, range);
+        if (vdp)
+            dk_gemm_smallm_bt_vdp_avx512(S->m, S->k, j0, j1, ap, S->kpad, item_ptr(b, bi),
+                                         b->cs, b->kind, b->table, S->scale, out, S->ldo, range);
+        else
+            dk_gemm_smallm_bt_amx_avx512(S->m, S->k, j0, j1, af, S->kpad, item_ptr(b, bi),
+                                         b->cs, b->kind, b->table, S->scale, out, S->ldo, range);
     } else {
-        dk_gemm_smallm_amx_avx512(S->m, S->k, j0, j1, item_ptr(a, bi), a->rs, a->cs, a->kind,
-                                  a->table, item_ptr(b, bi), b->rs, b->kind, b->table, S->scale,
-                                  out, S->ldo, range);
+        (S->order == DK_GEMM_ORDER_VDPBF16PS ? dk_gemm_smallm_vdp_avx512
+                                             : dk_gemm_smallm_amx_avx512)(
+            S->m, S->k, j0, j1, item_ptr(a, bi), a->rs, a->cs, a->kind, a->table,
+            item_ptr(b, bi), b->rs, b->kind, b->table, S->scale, out, S->ldo, range);
     }
     if (S->add) add_term(S->add, bi, 0, j0, S->m, j1 - j0, out + j0, S->ldo);
     dk_fpenv_leave(csr);
@@ -1268,16 +1282,18 @@ static void ranges_done(uint16_t *r, int nthr, uint16_t out[3])
     free(r);
 }
 
-/* The few-rows path (gemm_smallm.c) takes the product: amx order, AVX-512, B columns unit;
- * on the amx tier only up to DK_GEMM_SMALLM_AMX_MAX rows (the tiles are faster beyond). */
+/* The few-rows path (gemm_smallm.c) takes the product: AVX-512, B columns unit, up to
+ * DK_GEMM_SMALLM_MAX rows; in the amx order on the amx tier only up to
+ * DK_GEMM_SMALLM_AMX_MAX (the tiles are faster beyond; the vdpbf16ps order has no tiles:
+ * both tiers run the avx512bf16 kernels in it). */
 static int few_rows(int isa, int order, int64_t m, int64_t b_cs)
 {
-    const int64_t lim = isa >= DK_ISA_AMX ? DK_GEMM_SMALLM_AMX_MAX : DK_GEMM_SMALLM_MAX;
-    return order == DK_GEMM_ORDER_AMX && isa >= DK_ISA_AVX512BF16 && m <= lim &&
-           b_cs == 1;
+    const int64_t lim = isa >= DK_ISA_AMX && order == DK_GEMM_ORDER_AMX ? DK_GEMM_SMALLM_AMX_MAX
+                                                                       : DK_GEMM_SMALLM_MAX;
+    return isa >= DK_ISA_AVX512BF16 && m <= lim && b_cs == 1;
 }
 
-/* ... and its form for B's rows unit instead (gemm_smallm.c's bt kernel). */
+/* ... and its form for B's rows unit instead (gemm_smallm.c's bt kernels). */
 static int few_rows_bt(int isa, int order, int64_t m, int64_t b_rs, int64_t b_cs)
 {
     return !few_rows(isa, order, m, b_cs) && few_rows(isa, order, m, b_rs);
@@ -1329,7 +1345,7 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
         cols = cols > cap ? cap : (cols + unit - 1) / unit * unit;
         const int64_t kpad = (k + 31) / 32 * 32;
         smallm_args S = {a, b, m, n, k, ldo, bso, cols, (n + cols - 1) / cols, scale, out, NULL,
-                         term, bt, kpad, NULL, NULL};
+                         term, bt, order, kpad, NULL, NULL};
         int fail = 0;
         S.range = ranges_new(brange != NULL, b, nthr, &fail);
         if (bt && !fail) {

@@ -254,24 +254,44 @@ void dk_gemm_smallm_amx_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1,
                                const uint16_t *atab, const void *b, int64_t brs, int bkind,
                                const uint16_t *btab, float scale, float *out, int64_t ldo,
                                uint16_t *brange);
-/* A's values as FP32 for the few-rows kernels: dst[r * ldd + q] = A(r, k0 + q) (element
- * (i, kk) at a + i*ars + kk*acs, BF16 codes or 8-bit codes through atab) for r < rows and
- * q < width, zero where r >= m or k0 + q >= k. Exact (BF16 widened; no DAZ here: the FMAs'
- * MXCSR applies it). */
+/* A's BF16 code (i, kk) for the few-rows kernels: element (i, kk) at a + i*ars + kk*acs,
+ * BF16 codes or 8-bit codes through atab; 0 where i >= m or kk >= k. */
+DK_INLINE uint32_t dk_gemm_a_code(const void *a, int64_t ars, int64_t acs, int akind,
+                                  const uint16_t *atab, int64_t m, int64_t k, int64_t r,
+                                  int64_t kk)
+{
+    if (r >= m || kk >= k) return 0;
+    const int64_t off = r * ars + kk * acs;
+    return akind == DK_GEMM_U8 ? atab[((const uint8_t *)a)[off]] : ((const uint16_t *)a)[off];
+}
+
+/* A's values as FP32: dst[r * ldd + q] = A(r, k0 + q) for r < rows and q < width, zero
+ * where r >= m or k0 + q >= k. Exact (BF16 widened; no DAZ here: the FMAs' MXCSR applies
+ * it). */
 DK_INLINE void dk_gemm_a_f32(const void *a, int64_t ars, int64_t acs, int akind,
                              const uint16_t *atab, int64_t m, int64_t k, int64_t k0,
                              int64_t rows, int64_t width, float *dst, int64_t ldd)
 {
     for (int64_t r = 0; r < rows; r++)
         for (int64_t q = 0; q < width; q++) {
-            uint32_t h = 0;
-            if (r < m && k0 + q < k) {
-                const int64_t off = r * ars + (k0 + q) * acs;
-                h = akind == DK_GEMM_U8 ? atab[((const uint8_t *)a)[off]]
-                                        : ((const uint16_t *)a)[off];
-            }
-            const union { uint32_t u; float f; } v = {h << 16};
+            const union { uint32_t u; float f; } v = {
+                dk_gemm_a_code(a, ars, acs, akind, atab, m, k, r, k0 + q) << 16};
             dst[r * ldd + q] = v.f;
+        }
+}
+
+/* ... and as BF16 pairs for the vdpbf16ps order: dst[r * ldd + q] = A(r, 2p) | A(r, 2p + 1)
+ * << 16 (codes), p = p0 + q, for r < rows and q < pairs, zero where r >= m or the element
+ * is past k. */
+DK_INLINE void dk_gemm_a_pairs(const void *a, int64_t ars, int64_t acs, int akind,
+                               const uint16_t *atab, int64_t m, int64_t k, int64_t p0,
+                               int64_t rows, int64_t pairs, uint32_t *dst, int64_t ldd)
+{
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t q = 0; q < pairs; q++) {
+            const int64_t kk = 2 * (p0 + q);
+            dst[r * ldd + q] = dk_gemm_a_code(a, ars, acs, akind, atab, m, k, r, kk) |
+                               dk_gemm_a_code(a, ars, acs, akind, atab, m, k, r, kk + 1) << 16;
         }
 }
 
@@ -282,6 +302,21 @@ void dk_gemm_smallm_bt_amx_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1, 
                                   int64_t kpad, const void *b, int64_t bcs, int bkind,
                                   const uint16_t *btab, float scale, float *out, int64_t ldo,
                                   uint16_t *brange);
+/* The vdpbf16ps order on row-major B, read as dk_gemm_smallm_amx_avx512 reads it (one chain
+ * of VDPBF16PS per output, the instruction itself), up to DK_GEMM_SMALLM_MAX rows on the
+ * avx512bf16 and amx tiers. Same arguments. */
+void dk_gemm_smallm_vdp_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1,
+                               const void *a, int64_t ars, int64_t acs, int akind,
+                               const uint16_t *atab, const void *b, int64_t brs, int bkind,
+                               const uint16_t *btab, float scale, float *out, int64_t ldo,
+                               uint16_t *brange);
+/* The vdpbf16ps order on the same reads of B (one chain of VDPBF16PS per output, the
+ * instruction itself), A given as BF16 pairs (dk_gemm_a_pairs): row i at apairs + i*kpad/2,
+ * zeros from k. Used on the avx512bf16 and amx tiers up to DK_GEMM_SMALLM_MAX rows. */
+void dk_gemm_smallm_bt_vdp_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1,
+                                  const uint32_t *apairs, int64_t kpad, const void *b,
+                                  int64_t bcs, int bkind, const uint16_t *btab, float scale,
+                                  float *out, int64_t ldo, uint16_t *brange);
 
 /* avx512bf16-tier packing of CFloat8 A into the AMX "row tiles" layout (dk_gemm_ukr_amxtile):
  * `rows` rows (row r at src + r*lda, k contiguous) x nblk blocks of 32 k-values, decoded

@@ -12,6 +12,7 @@ reference without DAZ/FTZ (``flush=False``).
 from __future__ import annotations
 
 import importlib
+import itertools
 import math
 import os
 
@@ -446,7 +447,9 @@ def test_few_rows_against_the_reference_every_tier(m):
     of 4 pairs (k = 17: 4 + 4 + 1 pairs, the last one odd) and, at 5-8 rows, two panels of
     the buffer that holds E and O between them (512 columns). The same B with unit row
     stride (B = W.T, W row-major: torch's linear layout) takes the transposing kernel
-    (groups of 16 columns, partial here at n = 1, 31, 47, 70, 130, 530)."""
+    (groups of 16 columns, partial here at n = 1, 31, 47, 70, 130, 530). The vdpbf16ps
+    order's kernels (the same reads of B, a chain of VDPBF16PS per output) in both layouts:
+    only the order's pairs run, k = 1, 17 and 95 ending inside a block or sub-block, k odd."""
     rng = np.random.default_rng(100 + m)
     shapes = [(1, 95), (31, 33), (130, 64), (47, 1), (70, 17)]
     if m >= 5:
@@ -457,9 +460,14 @@ def test_few_rows_against_the_reference_every_tier(m):
         bt = np.ascontiguousarray(b.T).T          # W.T: k contiguous in each column
         assert bt.strides[0] == 2 or 1 in (n, k)
         want = R.amx_order(a, b)
+        want_v = R.ORDERS["vdpbf16ps"](a, b)
         for tier in TIERS:
             assert_bits(glue(a, b, "amx", tier), want, f"m={m} n={n} k={k} {tier}")
             assert_bits(glue(a, bt, "amx", tier), want, f"B = W.T m={m} n={n} k={k} {tier}")
+            assert_bits(glue(a, b, "vdpbf16ps", tier), want_v,
+                        f"vdpbf16ps m={m} n={n} k={k} {tier}")
+            assert_bits(glue(a, bt, "vdpbf16ps", tier), want_v,
+                        f"vdpbf16ps B = W.T m={m} n={n} k={k} {tier}")
 
 
 @pytest.mark.parametrize("k", [2, 33, 66, 95])
@@ -476,25 +484,27 @@ def test_few_rows_padding_never_reads_the_table(k):
     for first in (0x7F80, 0x8000):
         table = (np.arange(256, dtype=np.uint16) & 0x7F) | 0x3C00
         table[0] = first
-        outs = {}
-        for tier in TIERS:
-            isa = _config.ISA_NAMES.index(tier)
-            for what, bb in (("B", b), ("W.T", bt)):
-                out = np.full((1, m, n), np.nan, np.float32)
-                assert _gemm.gemm(a, bb, NO_TABLE, table, 1.0, out, isa, 0, 1,
-                                  ORDER_CODE["amx"]) == 0
-                outs[(tier, what)] = bits(out)
-        want = outs[("generic", "B")] if "generic" in TIERS else outs[(TIERS[0], "B")]
-        assert np.isfinite(want.view(np.float32)).all()
-        for key, got in outs.items():
-            assert_bits(got.view(np.float32), want, f"table[0] = {first:#06x} {key} k={k}")
+        for order in ORDERS:
+            outs = {}
+            for tier in TIERS:
+                isa = _config.ISA_NAMES.index(tier)
+                for what, bb in (("B", b), ("W.T", bt)):
+                    out = np.full((1, m, n), np.nan, np.float32)
+                    assert _gemm.gemm(a, bb, NO_TABLE, table, 1.0, out, isa, 0, 1,
+                                      ORDER_CODE[order]) == 0
+                    outs[(tier, what)] = bits(out)
+            want = outs[("generic", "B")] if "generic" in TIERS else outs[(TIERS[0], "B")]
+            assert np.isfinite(want.view(np.float32)).all()
+            for key, got in outs.items():
+                assert_bits(got.view(np.float32), want,
+                            f"table[0] = {first:#06x} {order} {key} k={k}")
 
 
 def test_few_rows_threads_batches_formats_and_strides():
     """The few-rows path against the generic tier's packed kernels: 1-3 threads, column
     ranges over several work items, a batch with a shared B, CFloat8 operands, transposed
-    A, and a B with unit row stride (B = W.T: the transposing kernel), shared by a batch,
-    one per batch item, in CFloat8, and under a transposed A."""
+    A, and a B with unit row stride (B = W.T: the transposing kernels), shared by a batch,
+    one per batch item, in CFloat8, and under a transposed A; both orders."""
     rng = np.random.default_rng(77)
     fa, fb = cfloat8_143(9), cfloat8_152(14)
     m, n, k = 5, 1300, 201
@@ -506,29 +516,32 @@ def test_few_rows_threads_batches_formats_and_strides():
     bs = np.asfortranarray(b)                        # columns not contiguous
     b3 = tiny_mix_bf16(rng, (3, k, n))
     b3t = np.ascontiguousarray(b3.transpose(0, 2, 1)).transpose(0, 2, 1)
+    refs = {}
     with _config.use_isa("generic"):
-        ref = dk.gemm(a, b)
-        ref3 = dk.gemm(a, b3)
-        ref8 = dk.gemm(a8, b8, a_format=fa, b_format=fb)
-        ref_mixed = dk.gemm(a[0], b8, b_format=fb)
+        for order in ORDERS:
+            refs[order] = (dk.gemm(a, b, order=order), dk.gemm(a, b3, order=order),
+                           dk.gemm(a8, b8, a_format=fa, b_format=fb, order=order),
+                           dk.gemm(a[0], b8, b_format=fb, order=order))
     saved = dk.get_num_threads()
     try:
-        for th in (1, 2, 3):
+        for th, tier, order in itertools.product((1, 2, 3), TIERS, ORDERS):
             dk.set_num_threads(th)
-            for tier in TIERS:
-                with _config.use_isa(tier):
-                    what = f"{tier} threads {th}"
-                    assert_bits(dk.gemm(a, b), bits(ref), what)
-                    assert_bits(dk.gemm(at, b), bits(ref[0]), "transposed A " + what)
-                    assert_bits(dk.gemm(a[0], bs), bits(ref[0]), "strided B " + what)
-                    assert_bits(dk.gemm(a, bs), bits(ref), "batch, shared W.T " + what)
-                    assert_bits(dk.gemm(at, bs), bits(ref[0]), "transposed A, W.T " + what)
-                    assert_bits(dk.gemm(a, b3t), bits(ref3), "batch of W.T " + what)
-                    assert_bits(dk.gemm(a8, np.asfortranarray(b8), a_format=fa, b_format=fb),
-                                bits(ref8), "CFloat8 W.T " + what)
-                    assert_bits(dk.gemm(a8, b8, a_format=fa, b_format=fb), bits(ref8),
-                                "CFloat8 " + what)
-                    assert_bits(dk.gemm(a[0], b8, b_format=fb), bits(ref_mixed), "mixed " + what)
+            ref, ref3, ref8, ref_mixed = refs[order]
+            kw = dict(order=order)
+            with _config.use_isa(tier):
+                what = f"{tier} {order} threads {th}"
+                assert_bits(dk.gemm(a, b, **kw), bits(ref), what)
+                assert_bits(dk.gemm(at, b, **kw), bits(ref[0]), "transposed A " + what)
+                assert_bits(dk.gemm(a[0], bs, **kw), bits(ref[0]), "strided B " + what)
+                assert_bits(dk.gemm(a, bs, **kw), bits(ref), "batch, shared W.T " + what)
+                assert_bits(dk.gemm(at, bs, **kw), bits(ref[0]), "transposed A, W.T " + what)
+                assert_bits(dk.gemm(a, b3t, **kw), bits(ref3), "batch of W.T " + what)
+                assert_bits(dk.gemm(a8, np.asfortranarray(b8), a_format=fa, b_format=fb, **kw),
+                            bits(ref8), "CFloat8 W.T " + what)
+                assert_bits(dk.gemm(a8, b8, a_format=fa, b_format=fb, **kw), bits(ref8),
+                            "CFloat8 " + what)
+                assert_bits(dk.gemm(a[0], b8, b_format=fb, **kw), bits(ref_mixed),
+                            "mixed " + what)
     finally:
         dk.set_num_threads(saved)
 
@@ -649,8 +662,11 @@ def test_kernels_measure_the_operand_ranges(m, n, k):
                 for what, aa, bb in cases:
                     u8 = aa.dtype == np.uint8
                     rows = _gemm.SMALLM_AMX_MAX if isa == 3 else _gemm.SMALLM_MAX
-                    few = (m <= rows and order == "amx" and isa >= 2
-                           and 2 in (bb.strides[-1], bb.strides[-2]))
+                    # the few-rows kernels: B's columns or rows unit, up to 8 rows (in the
+                    # amx order up to 4 on the amx tier, whose tiles the vdpbf16ps order
+                    # does not use)
+                    few = (isa >= 2 and 2 in (bb.strides[-1], bb.strides[-2])
+                           and m <= (rows if order == "amx" else _gemm.SMALLM_MAX))
                     want_a, want_b = measured(isa, few)
                     for th in (1, 3):
                         out = np.empty((max(aa.shape[0], bb.shape[0]), m, n), np.float32)

@@ -1,5 +1,6 @@
-/* gemm_smallm.c (avx512bf16 tier) - the amx accumulation order for products with few rows
- * (GEMV and skinny m), reading B where it lies instead of packing it.
+/* gemm_smallm.c (avx512bf16 tier) - products with few rows (GEMV and skinny m) in both
+ * accumulation orders, reading B where it lies instead of packing it (the vdpbf16ps order's
+ * kernels are the sections after the amx order's).
  *
  * With m <= DK_GEMM_SMALLM_MAX rows, each element of B is used by at most that many
  * multiply-adds, so packing B (a read and a write of all of it) costs more than the product:
@@ -57,6 +58,47 @@ DK_INLINE void track_range(__m512i codes, __m512i *mn, __m512i *mx)
     *mn = _mm512_min_epu16(*mn, _mm512_sub_epi16(v, _mm512_set1_epi16(1)));
 }
 
+/* The column masks of a register block of CV vectors (CV even) whose first w columns are
+ * valid: mask[v / 2] covers the 32 columns of vectors v and v + 1. */
+DK_INLINE void chunk_masks(const int CV, int64_t w, __mmask32 mask[4])
+{
+#pragma GCC unroll 8
+    for (int v = 0; v < CV; v += 2) {
+        const int64_t left = w - 16 * v;
+        mask[v / 2] = left >= 32 ? 0xFFFFFFFFu : left <= 0 ? 0u : (__mmask32)((1u << left) - 1);
+    }
+}
+
+/* The register block of the row-major kernels: rows rb (1, 2 or 4; index rbi) and vectors
+ * cv: one row, 128 columns (64 for an 8-bit B, whose table takes 8 registers); two, 64;
+ * more, 4 x 32. */
+DK_INLINE void reg_block(int64_t m, int u8, int *rbi, int *rb, int *cv)
+{
+    *rbi = m == 1 ? 0 : m == 2 ? 1 : 2;
+    *rb = 1 << *rbi;
+    *cv = *rb == 1 ? (u8 ? 4 : 8) : *rb == 2 ? 4 : 2;
+}
+
+/* The width of the chunk of a panel that starts at column j (panel from jp, jq - j left, a
+ * register block `step` wide): the first chunk ends where B's rows (row 0's, exactly) reach
+ * a 64-byte boundary, so the loads of the others do not straddle cache lines. */
+DK_INLINE int64_t chunk_width(const void *b, int64_t esz, int64_t jp, int64_t j, int64_t jq,
+                              int64_t step)
+{
+    int64_t w = jq - j < step ? jq - j : step;
+    const int64_t lead = (64 - (int64_t)(((uintptr_t)b + (uintptr_t)(j * esz)) & 63)) % 64 / esz;
+    if (j == jp && lead > 0 && lead < w) w = lead;
+    return w;
+}
+
+/* Panel width: the columns whose per-row state (`per_col` floats a column and row of A, for
+ * mp rows) fits the buffer, with a register block to spare. */
+DK_INLINE int64_t panel_width(int64_t mp, int64_t per_col, int64_t step)
+{
+    const int64_t pw = (PANEL_FLOATS / (per_col * mp) - step) / step * step;
+    return pw < step ? step : pw;
+}
+
 /* 32 codes of a B row from element offset off (mask: the valid ones) as FP32: *ev the even
  * columns of the 32 (0, 2, ..., 30), *od the odd ones. With trk, the BF16 codes read also
  * go into the range (rmn, rmx). */
@@ -91,11 +133,7 @@ DK_INLINE void sub_block(const int RB, const int CV, const int u8, const int trk
     const int first = s0 == p0, last = s1 == p0 + np;
     const __m512 zero = _mm512_setzero_ps();
     __mmask32 mask[4];
-#pragma GCC unroll 8
-    for (int v = 0; v < CV; v += 2) {
-        const int64_t left = w - 16 * v;
-        mask[v / 2] = left >= 32 ? 0xFFFFFFFFu : left <= 0 ? 0u : (__mmask32)((1u << left) - 1);
-    }
+    chunk_masks(CV, w, mask);
     __m512 e[4][8], o[4][8];
 #pragma GCC unroll 8
     for (int r = 0; r < RB; r++)
@@ -204,6 +242,9 @@ SUB_BLOCK_FN(r2_u8, 2, 4, 1, 0)
 SUB_BLOCK_FN(r4_bf16, 4, 2, 0, 0)
 SUB_BLOCK_FN(r4_bf16_range, 4, 2, 0, 1)
 SUB_BLOCK_FN(r4_u8, 4, 2, 1, 0)
+static const sub_block_fn sub_blocks[3][3] = {{r1_bf16, r1_bf16_range, r1_u8},
+                                              {r2_bf16, r2_bf16_range, r2_u8},
+                                              {r4_bf16, r4_bf16_range, r4_u8}};
 
 /* The lanes of track_range's (mn, mx) merged into brange[0] (smallest nonzero magnitude)
  * and brange[1] (largest finite one). */
@@ -235,11 +276,127 @@ static void scale_out(int64_t m, int64_t j0, int64_t j1, float scale, float *out
         }
 }
 
-void dk_gemm_smallm_amx_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1,
-                               const void *a, int64_t ars, int64_t acs, int akind,
-                               const uint16_t *atab, const void *b, int64_t brs, int bkind,
-                               const uint16_t *btab, float scale, float *out, int64_t ldo,
-                               uint16_t *brange)
+/* ---- the vdpbf16ps order, B row-major ----------------------------------------------------
+ *
+ * One chain of VDPBF16PS per output over the pairs, in order, from +0 (dk_gemm.h; the
+ * instruction itself: odd element first, DAZ, FTZ, MXCSR ignored). B is read as above: 8
+ * rows (4 pairs) at a time across a panel of columns. Rows 2p and 2p + 1 (zeros for the
+ * missing odd row of an odd k: the order's padding) are interleaved into pairs within the
+ * 128-bit lanes (lo: columns 8L..8L+3 of lane L, hi: 8L+4..8L+7), so C waits in the panel
+ * buffer in that order between the sub-blocks and is put back in column order once, after
+ * the last pair. */
+
+/* Pairs [s0, s1) for rows i0 .. i0+RB-1 and columns [j, j + 16*CV) (w valid; CV even): C
+ * from +0 at pair 0, else from `part` (RB*CV*16 floats, 64-byte aligned); after the last
+ * pair into out (not yet scaled), else back to `part`. ap: A's pairs s0 .. s1-1 of row
+ * i0 + r at ap[r * SUB + (p - s0)] (zeros past k and m). */
+DK_INLINE void vdp_sub(const int RB, const int CV, const int u8, const int trk, int64_t m,
+                       int64_t k, int64_t s0, int64_t s1, int64_t i0, int64_t j, int64_t w,
+                       const uint32_t *ap, const void *b, int64_t brs, const __m512i t[8],
+                       float *out, int64_t ldo, __m512i *rng, float *part)
+{
+    __m512i rmn = trk ? rng[0] : _mm512_setzero_si512();
+    __m512i rmx = trk ? rng[1] : _mm512_setzero_si512();
+    const int64_t kpairs = (k + 1) / 2;
+    const int first = s0 == 0, last = s1 == kpairs;
+    __mmask32 mask[4];
+    chunk_masks(CV, w, mask);
+    __m512 c[4][8];
+#pragma GCC unroll 8
+    for (int r = 0; r < RB; r++)
+#pragma GCC unroll 8
+        for (int v = 0; v < CV; v++)
+            c[r][v] = first ? _mm512_setzero_ps() : _mm512_load_ps(part + 16 * (r * CV + v));
+    for (int64_t p = s0; p < s1; p++) {
+        const int odd = 2 * p + 1 < k;
+#pragma GCC unroll 8
+        for (int v = 0; v < CV; v += 2) {
+            const int64_t off = 2 * p * brs + j + 16 * v;
+            __m512i ev, od = _mm512_setzero_si512();
+            if (u8) {
+                ev = dk_lut512(_mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(
+                                   mask[v / 2], (const uint8_t *)b + off)), t);
+                if (odd)
+                    od = dk_lut512(_mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(
+                                       mask[v / 2], (const uint8_t *)b + off + brs)), t);
+            } else {
+                ev = _mm512_maskz_loadu_epi16(mask[v / 2], (const uint16_t *)b + off);
+                if (odd) od = _mm512_maskz_loadu_epi16(mask[v / 2], (const uint16_t *)b + off + brs);
+            }
+            if (trk) {
+                track_range(ev, &rmn, &rmx);
+                track_range(od, &rmn, &rmx);
+            }
+            const __m512bh lo = (__m512bh)_mm512_unpacklo_epi16(ev, od);
+            const __m512bh hi = (__m512bh)_mm512_unpackhi_epi16(ev, od);
+#pragma GCC unroll 8
+            for (int r = 0; r < RB; r++) {
+                const __m512bh av = (__m512bh)_mm512_set1_epi32((int)ap[r * SUB + (p - s0)]);
+                c[r][v] = _mm512_dpbf16_ps(c[r][v], lo, av);
+                c[r][v + 1] = _mm512_dpbf16_ps(c[r][v + 1], hi, av);
+            }
+        }
+    }
+    if (trk) {
+        rng[0] = rmn;
+        rng[1] = rmx;
+    }
+    if (!last) {
+#pragma GCC unroll 8
+        for (int r = 0; r < RB; r++)
+#pragma GCC unroll 8
+            for (int v = 0; v < CV; v++) _mm512_store_ps(part + 16 * (r * CV + v), c[r][v]);
+        return;
+    }
+    /* back to column order: columns 0..15, 16..31 of the 32 of (lo, hi) */
+    const __m512i c0 = _mm512_set_epi32(23, 22, 21, 20, 7, 6, 5, 4, 19, 18, 17, 16, 3, 2, 1, 0);
+    const __m512i c1 = _mm512_set_epi32(31, 30, 29, 28, 15, 14, 13, 12, 27, 26, 25, 24, 11, 10, 9, 8);
+#pragma GCC unroll 8
+    for (int r = 0; r < RB; r++) {
+        if (i0 + r >= m) break;
+#pragma GCC unroll 8
+        for (int v = 0; v < CV; v += 2) {
+            const __m512 tt[2] = {_mm512_permutex2var_ps(c[r][v], c0, c[r][v + 1]),
+                                  _mm512_permutex2var_ps(c[r][v], c1, c[r][v + 1])};
+            for (int h = 0; h < 2; h++) {
+                const __mmask16 mv = (__mmask16)(h ? mask[v / 2] >> 16 : mask[v / 2]);
+                if (mv) _mm512_mask_storeu_ps(out + (i0 + r) * ldo + j + 16 * (v + h), mv, tt[h]);
+            }
+        }
+    }
+}
+
+typedef void (*vdp_sub_fn)(int64_t m, int64_t k, int64_t s0, int64_t s1, int64_t i0, int64_t j,
+                           int64_t w, const uint32_t *ap, const void *b, int64_t brs,
+                           const __m512i *t, float *out, int64_t ldo, __m512i *rng, float *part);
+#define VDP_SUB_FN(NAME, RB, CV, U8, TRK)                                                      \
+    static void NAME(int64_t m, int64_t k, int64_t s0, int64_t s1, int64_t i0, int64_t j,       \
+                     int64_t w, const uint32_t *ap, const void *b, int64_t brs,                 \
+                     const __m512i *t, float *out, int64_t ldo, __m512i *rng, float *part)      \
+    {                                                                                          \
+        vdp_sub(RB, CV, U8, TRK, m, k, s0, s1, i0, j, w, ap, b, brs, t, out, ldo, rng, part);   \
+    }
+/* the register blocks of the amx-order kernel above: rows x vectors, BF16 B, BF16 B with
+ * its range measured, 8-bit B */
+#define VDP_SUB_FNS(RB, CV, CV8)                                                               \
+    VDP_SUB_FN(v##RB##_bf16, RB, CV, 0, 0)                                                     \
+    VDP_SUB_FN(v##RB##_bf16_range, RB, CV, 0, 1)                                               \
+    VDP_SUB_FN(v##RB##_u8, RB, CV8, 1, 0)
+VDP_SUB_FNS(1, 8, 4)
+VDP_SUB_FNS(2, 4, 4)
+VDP_SUB_FNS(4, 2, 2)
+static const vdp_sub_fn vdp_subs[3][3] = {{v1_bf16, v1_bf16_range, v1_u8},
+                                          {v2_bf16, v2_bf16_range, v2_u8},
+                                          {v4_bf16, v4_bf16_range, v4_u8}};
+
+/* The row-major kernels of both orders: B read 8 rows at a time across a panel of columns
+ * (the amx order: blocks of 16 pairs outermost, E and O in the panel buffer between the
+ * sub-blocks, C in out between the blocks; the vdpbf16ps order: panels outermost, C in the
+ * panel buffer over all of k). */
+static void smallm_rm(int vdp, int64_t m, int64_t k, int64_t j0, int64_t j1, const void *a,
+                      int64_t ars, int64_t acs, int akind, const uint16_t *atab, const void *b,
+                      int64_t brs, int bkind, const uint16_t *btab, float scale, float *out,
+                      int64_t ldo, uint16_t *brange)
 {
     __m512i t[8] = {0};
     __m512i rng[2];
@@ -247,49 +404,81 @@ void dk_gemm_smallm_amx_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1,
     const int u8 = bkind == DK_GEMM_U8;
     __m512i *r = brange && !u8 ? rng : NULL;
     if (u8) dk_lut512_load(btab, t);
-    /* one row: 128 columns a register block (64 for 8-bit B); two: 64; more: 4 x 32 */
-    const int rb = m == 1 ? 1 : m == 2 ? 2 : 4;
-    const int cv = rb == 1 ? (u8 ? 4 : 8) : rb == 2 ? 4 : 2;
-    const sub_block_fn plain = rb == 1 ? (u8 ? r1_u8 : r1_bf16)
-                             : rb == 2 ? (u8 ? r2_u8 : r2_bf16) : (u8 ? r4_u8 : r4_bf16);
-    /* B is read once, by the first row block, which also measures the range if asked */
-    const sub_block_fn first = !r ? plain : rb == 1 ? r1_bf16_range
-                             : rb == 2 ? r2_bf16_range : r4_bf16_range;
+    int rbi, rb, cv;
+    reg_block(m, u8, &rbi, &rb, &cv);
     const int64_t step = 16 * cv, mp = (m + rb - 1) / rb * rb;
-    /* a panel: the columns whose E and O fit the buffer, with a chunk to spare (below) */
     const int64_t esz = u8 ? 1 : 2;
-    int64_t pw = (PANEL_FLOATS / (2 * mp) - step) / step * step;
-    if (pw < step) pw = step;
     const int64_t kpairs = (k + 1) / 2;
-    float ab[DK_GEMM_SMALLM_MAX][32];
     float part[PANEL_FLOATS] __attribute__((aligned(64)));
-    unsigned csr = _mm_getcsr();
-    _mm_setcsr(csr | 0x8040u); /* FTZ | DAZ */
-    for (int64_t p0 = 0; p0 < kpairs; p0 += BLK) {
-        /* the block's A values as FP32: zeros past k and in the rows from m up to mp */
-        dk_gemm_a_f32(a, ars, acs, akind, atab, m, k, 2 * p0, mp, 32, &ab[0][0], 32);
-        const int64_t np = kpairs - p0 < BLK ? kpairs - p0 : BLK;
+    if (vdp) {
+        const vdp_sub_fn plain = vdp_subs[rbi][u8 ? 2 : 0];
+        const vdp_sub_fn first = r ? vdp_subs[rbi][1] : plain; /* B read, and measured, once */
+        const int64_t pw = panel_width(mp, 1, step);             /* C */
+        uint32_t ap[DK_GEMM_SMALLM_MAX * SUB];
         for (int64_t jp = j0; jp < j1; jp += pw) {
             const int64_t jq = j1 - jp < pw ? j1 : jp + pw;
-            for (int64_t s0 = p0; s0 < p0 + np; s0 += SUB) {
-                const int64_t s1 = s0 + SUB < p0 + np ? s0 + SUB : p0 + np;
+            for (int64_t s0 = 0; s0 < kpairs; s0 += SUB) {
+                const int64_t s1 = s0 + SUB < kpairs ? s0 + SUB : kpairs;
+                /* A's pairs s0 .. s0+SUB-1, zeros past k and m */
+                dk_gemm_a_pairs(a, ars, acs, akind, atab, m, k, s0, mp, SUB, ap, SUB);
                 float *pp = part;
                 for (int64_t j = jp, w; j < jq; j += w) {
-                    w = jq - j < step ? jq - j : step;
-                    /* the first chunk ends where B's rows (row 0's, exactly) reach a 64-byte
-                     * boundary, so the loads of the others do not straddle cache lines */
-                    const int64_t lead = (64 - (int64_t)(((uintptr_t)b + (uintptr_t)(j * esz)) & 63)) % 64 / esz;
-                    if (j == jp && lead > 0 && lead < w) w = lead;
-                    for (int64_t i0 = 0; i0 < m; i0 += rb, pp += 32 * rb * cv)
-                        (i0 == 0 ? first : plain)(m, k, p0, s0, s1, i0, j, w, ab[i0], b, brs, t,
-                                                  out, ldo, i0 == 0 ? r : NULL, pp);
+                    w = chunk_width(b, esz, jp, j, jq, step);
+                    for (int64_t i0 = 0; i0 < m; i0 += rb, pp += 16 * rb * cv)
+                        (i0 == 0 ? first : plain)(m, k, s0, s1, i0, j, w, ap + i0 * SUB, b, brs,
+                                                  t, out, ldo, i0 == 0 ? r : NULL, pp);
                 }
             }
         }
+    } else {
+        const sub_block_fn plain = sub_blocks[rbi][u8 ? 2 : 0];
+        const sub_block_fn first = r ? sub_blocks[rbi][1] : plain;
+        const int64_t pw = panel_width(mp, 2, step);             /* E and O */
+        float ab[DK_GEMM_SMALLM_MAX][32];
+        unsigned csr = _mm_getcsr();
+        _mm_setcsr(csr | 0x8040u); /* FTZ | DAZ */
+        for (int64_t p0 = 0; p0 < kpairs; p0 += BLK) {
+            /* the block's A values as FP32: zeros past k and in the rows from m up to mp */
+            dk_gemm_a_f32(a, ars, acs, akind, atab, m, k, 2 * p0, mp, 32, &ab[0][0], 32);
+            const int64_t np = kpairs - p0 < BLK ? kpairs - p0 : BLK;
+            for (int64_t jp = j0; jp < j1; jp += pw) {
+                const int64_t jq = j1 - jp < pw ? j1 : jp + pw;
+                for (int64_t s0 = p0; s0 < p0 + np; s0 += SUB) {
+                    const int64_t s1 = s0 + SUB < p0 + np ? s0 + SUB : p0 + np;
+                    float *pp = part;
+                    for (int64_t j = jp, w; j < jq; j += w) {
+                        w = chunk_width(b, esz, jp, j, jq, step);
+                        for (int64_t i0 = 0; i0 < m; i0 += rb, pp += 32 * rb * cv)
+                            (i0 == 0 ? first : plain)(m, k, p0, s0, s1, i0, j, w, ab[i0], b, brs,
+                                                      t, out, ldo, i0 == 0 ? r : NULL, pp);
+                    }
+                }
+            }
+        }
+        _mm_setcsr(csr);
     }
     if (r) merge_range(rng[0], rng[1], brange);
-    _mm_setcsr(csr);
     scale_out(m, j0, j1, scale, out, ldo);
+}
+
+void dk_gemm_smallm_amx_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1,
+                               const void *a, int64_t ars, int64_t acs, int akind,
+                               const uint16_t *atab, const void *b, int64_t brs, int bkind,
+                               const uint16_t *btab, float scale, float *out, int64_t ldo,
+                               uint16_t *brange)
+{
+    smallm_rm(0, m, k, j0, j1, a, ars, acs, akind, atab, b, brs, bkind, btab, scale, out, ldo,
+              brange);
+}
+
+void dk_gemm_smallm_vdp_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1,
+                               const void *a, int64_t ars, int64_t acs, int akind,
+                               const uint16_t *atab, const void *b, int64_t brs, int bkind,
+                               const uint16_t *btab, float scale, float *out, int64_t ldo,
+                               uint16_t *brange)
+{
+    smallm_rm(1, m, k, j0, j1, a, ars, acs, akind, atab, b, brs, bkind, btab, scale, out, ldo,
+              brange);
 }
 
 /* ---- B with unit row stride (B = W^T, W row-major: torch's linear layout) ------------------
@@ -356,6 +545,34 @@ DK_INLINE void track_range16(const __m512i rw[16], __m512i *mn, __m512i *mx)
     *mn = _mm512_min_epu16(*mn, lo[0]);
 }
 
+/* The k block [k0, k0 + 32) of columns [j, j + g) (g <= 16) of B, transposed: tw[q] lane
+ * l = the BF16 pair (2q, 2q + 1) of the block in column j + l, zeros past k and past g
+ * (for an 8-bit B, zeros too, not table[0]: the padding pairs read them); their range
+ * merged into (rmn, rmx) when trk. */
+DK_INLINE void bt_block(const int u8, const int trk, int64_t k, int64_t k0, int64_t j,
+                        int64_t g, const void *b, int64_t bcs, const __m512i lut[8],
+                        __m512i tw[16], __m512i *rmn, __m512i *rmx)
+{
+    const int64_t kc = k - k0 < 32 ? k - k0 : 32;
+    const __mmask32 km = kc == 32 ? 0xFFFFFFFFu : (__mmask32)((1u << kc) - 1);
+    __m512i rw[16];
+#pragma GCC unroll 16
+    for (int l = 0; l < 16; l++) {
+        if (l >= g) {
+            rw[l] = _mm512_setzero_si512();
+            continue;
+        }
+        if (u8)
+            rw[l] = _mm512_maskz_mov_epi16(
+                km, dk_lut512(_mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(
+                                  km, (const uint8_t *)b + (j + l) * bcs + k0)), lut));
+        else
+            rw[l] = _mm512_maskz_loadu_epi16(km, (const uint16_t *)b + (j + l) * bcs + k0);
+    }
+    if (trk) track_range16(rw, rmn, rmx);
+    transpose16(rw, tw);
+}
+
 /* Columns [j, j + g) (g <= 16) for rows 0 .. min(m, MR) - 1: C into out (not yet scaled).
  * af: A as FP32, row r at af + r*kpad, zeros from k to kpad. */
 DK_INLINE void bt_group(const int MR, const int u8, const int trk, int64_t m, int64_t k,
@@ -369,24 +586,8 @@ DK_INLINE void bt_group(const int MR, const int u8, const int trk, int64_t m, in
 #pragma GCC unroll 8
     for (int r = 0; r < MR; r++) c[r] = zero;
     for (int64_t k0 = 0; k0 < k; k0 += 32) {
-        const int64_t kc = k - k0 < 32 ? k - k0 : 32;
-        const __mmask32 km = kc == 32 ? 0xFFFFFFFFu : (__mmask32)((1u << kc) - 1);
-        __m512i rw[16], tw[16];
-#pragma GCC unroll 16
-        for (int l = 0; l < 16; l++) {
-            if (l >= g) {
-                rw[l] = _mm512_setzero_si512();
-                continue;
-            }
-            if (u8) /* the lanes past k are zeros, not table[0] (the padding pairs read them) */
-                rw[l] = _mm512_maskz_mov_epi16(
-                    km, dk_lut512(_mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(
-                                      km, (const uint8_t *)b + (j + l) * bcs + k0)), lut));
-            else
-                rw[l] = _mm512_maskz_loadu_epi16(km, (const uint16_t *)b + (j + l) * bcs + k0);
-        }
-        if (trk) track_range16(rw, rmn, rmx);
-        transpose16(rw, tw);
+        __m512i tw[16];
+        bt_block(u8, trk, k, k0, j, g, b, bcs, lut, tw, rmn, rmx);
 #pragma GCC unroll 8
         for (int r = 0; r < MR; r++) {
             if (r >= m) break;
@@ -410,34 +611,81 @@ DK_INLINE void bt_group(const int MR, const int u8, const int trk, int64_t m, in
     }
 }
 
-typedef void (*bt_group_fn)(int64_t m, int64_t k, int64_t j, int64_t g, const float *af,
+/* The vdpbf16ps order on the same blocks: per row of A one chain of VDPBF16PS over the
+ * pairs, in order, from +0, the instruction itself (odd element first, DAZ, FTZ: dk_gemm.h;
+ * it ignores MXCSR). Only the ceil(k/2) pairs of the order run (a padding pair past them
+ * would turn a -0 into +0); a missing odd element of an odd k is the zero of the order's
+ * padding (masked loads read zeros, A's pairs hold zeros there). ap: A's BF16 codes as
+ * pairs, row r at ap + r*kpad/2, zeros from k. */
+DK_INLINE void bt_group_vdp(const int MR, const int u8, const int trk, int64_t m, int64_t k,
+                            int64_t j, int64_t g, const uint32_t *ap, int64_t kpad,
+                            const void *b, int64_t bcs, const __m512i lut[8], float *out,
+                            int64_t ldo, __m512i *rmn, __m512i *rmx)
+{
+    __m512 c[8];
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; r++) c[r] = _mm512_setzero_ps();
+    for (int64_t k0 = 0; k0 < k; k0 += 32) {
+        __m512i tw[16];
+        bt_block(u8, trk, k, k0, j, g, b, bcs, lut, tw, rmn, rmx);
+        const int np = k - k0 >= 32 ? 16 : (int)(k - k0 + 1) / 2;
+#pragma GCC unroll 8
+        for (int r = 0; r < MR; r++) {
+            if (r >= m) break;
+            const uint32_t *pp = ap + r * (kpad / 2) + k0 / 2;
+            if (np == 16) {
+#pragma GCC unroll 16
+                for (int q = 0; q < 16; q++)
+                    c[r] = _mm512_dpbf16_ps(c[r], (__m512bh)tw[q],
+                                            (__m512bh)_mm512_set1_epi32((int)pp[q]));
+            } else {
+                for (int q = 0; q < np; q++)
+                    c[r] = _mm512_dpbf16_ps(c[r], (__m512bh)tw[q],
+                                            (__m512bh)_mm512_set1_epi32((int)pp[q]));
+            }
+        }
+    }
+    const __mmask16 gm = g == 16 ? 0xFFFF : (__mmask16)((1u << g) - 1);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; r++) {
+        if (r >= m) break;
+        _mm512_mask_storeu_ps(out + r * ldo + j, gm, c[r]);
+    }
+}
+
+/* One function per row count and operand kind (A's type is the order's: FP32 values for
+ * the amx order, BF16 pairs for the vdpbf16ps order). */
+typedef void (*bt_group_fn)(int64_t m, int64_t k, int64_t j, int64_t g, const void *a,
                             int64_t kpad, const void *b, int64_t bcs, const __m512i *lut,
                             float *out, int64_t ldo, __m512i *rmn, __m512i *rmx);
-#define BT_GROUP_FN(NAME, MR, U8, TRK)                                                         \
-    static void NAME(int64_t m, int64_t k, int64_t j, int64_t g, const float *af, int64_t kpad, \
+#define BT_GROUP_FN(NAME, BODY, ATYPE, MR, U8, TRK)                                            \
+    static void NAME(int64_t m, int64_t k, int64_t j, int64_t g, const void *a, int64_t kpad,  \
                      const void *b, int64_t bcs, const __m512i *lut, float *out, int64_t ldo,   \
                      __m512i *rmn, __m512i *rmx)                                                \
     {                                                                                          \
-        bt_group(MR, U8, TRK, m, k, j, g, af, kpad, b, bcs, lut, out, ldo, rmn, rmx);           \
+        BODY(MR, U8, TRK, m, k, j, g, (const ATYPE *)a, kpad, b, bcs, lut, out, ldo, rmn, rmx); \
     }
-/* per row count: BF16 B, BF16 B with its range measured, 8-bit B */
-#define BT_GROUP_FNS(MR)                                                                       \
-    BT_GROUP_FN(bt##MR##_bf16, MR, 0, 0)                                                       \
-    BT_GROUP_FN(bt##MR##_bf16_range, MR, 0, 1)                                                 \
-    BT_GROUP_FN(bt##MR##_u8, MR, 1, 0)
-BT_GROUP_FNS(1)
-BT_GROUP_FNS(2)
-BT_GROUP_FNS(4)
-BT_GROUP_FNS(8)
-static const bt_group_fn bt_groups[4][3] = {{bt1_bf16, bt1_bf16_range, bt1_u8},
-                                            {bt2_bf16, bt2_bf16_range, bt2_u8},
-                                            {bt4_bf16, bt4_bf16_range, bt4_u8},
-                                            {bt8_bf16, bt8_bf16_range, bt8_u8}};
+/* per order and row count: BF16 B, BF16 B with its range measured, 8-bit B */
+#define BT_GROUP_FNS(P, BODY, ATYPE, MR)                                                       \
+    BT_GROUP_FN(P##MR##_bf16, BODY, ATYPE, MR, 0, 0)                                           \
+    BT_GROUP_FN(P##MR##_bf16_range, BODY, ATYPE, MR, 0, 1)                                     \
+    BT_GROUP_FN(P##MR##_u8, BODY, ATYPE, MR, 1, 0)
+#define BT_ORDER_FNS(P, BODY, ATYPE)                                                           \
+    BT_GROUP_FNS(P, BODY, ATYPE, 1)                                                            \
+    BT_GROUP_FNS(P, BODY, ATYPE, 2)                                                            \
+    BT_GROUP_FNS(P, BODY, ATYPE, 4)                                                            \
+    BT_GROUP_FNS(P, BODY, ATYPE, 8)
+#define BT_ORDER_TABLE(P)                                                                      \
+    {{P##1_bf16, P##1_bf16_range, P##1_u8}, {P##2_bf16, P##2_bf16_range, P##2_u8},              \
+     {P##4_bf16, P##4_bf16_range, P##4_u8}, {P##8_bf16, P##8_bf16_range, P##8_u8}}
+BT_ORDER_FNS(bt, bt_group, float)
+BT_ORDER_FNS(btv, bt_group_vdp, uint32_t)
+static const bt_group_fn bt_groups[2][4][3] = {BT_ORDER_TABLE(bt), BT_ORDER_TABLE(btv)};
 
-void dk_gemm_smallm_bt_amx_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1, const float *af,
-                                  int64_t kpad, const void *b, int64_t bcs, int bkind,
-                                  const uint16_t *btab, float scale, float *out, int64_t ldo,
-                                  uint16_t *brange)
+static void smallm_bt(int vdp, int64_t m, int64_t k, int64_t j0, int64_t j1, const void *a,
+                      int64_t kpad, const void *b, int64_t bcs, int bkind,
+                      const uint16_t *btab, float scale, float *out, int64_t ldo,
+                      uint16_t *brange)
 {
     __m512i lut[8] = {0};
     __m512i rmn, rmx;
@@ -445,12 +693,28 @@ void dk_gemm_smallm_bt_amx_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1, 
     const int u8 = bkind == DK_GEMM_U8, trk = brange != NULL && !u8;
     if (u8) dk_lut512_load(btab, lut);
     /* registers for 1, 2, 4 or 8 rows of A (the rows past m are not computed) */
-    const bt_group_fn fn = bt_groups[m == 1 ? 0 : m == 2 ? 1 : m <= 4 ? 2 : 3][u8 ? 2 : trk];
+    const bt_group_fn fn = bt_groups[vdp][m == 1 ? 0 : m == 2 ? 1 : m <= 4 ? 2 : 3][u8 ? 2 : trk];
     unsigned csr = _mm_getcsr();
-    _mm_setcsr(csr | 0x8040u); /* FTZ | DAZ */
+    _mm_setcsr(csr | 0x8040u); /* FTZ | DAZ (the amx order's FMAs; VDPBF16PS ignores it) */
     for (int64_t j = j0; j < j1; j += 16)
-        fn(m, k, j, j1 - j < 16 ? j1 - j : 16, af, kpad, b, bcs, lut, out, ldo, &rmn, &rmx);
+        fn(m, k, j, j1 - j < 16 ? j1 - j : 16, a, kpad, b, bcs, lut, out, ldo, &rmn, &rmx);
     if (trk) merge_range(rmn, rmx, brange);
     _mm_setcsr(csr);
     scale_out(m, j0, j1, scale, out, ldo);
+}
+
+void dk_gemm_smallm_bt_amx_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1, const float *af,
+                                  int64_t kpad, const void *b, int64_t bcs, int bkind,
+                                  const uint16_t *btab, float scale, float *out, int64_t ldo,
+                                  uint16_t *brange)
+{
+    smallm_bt(0, m, k, j0, j1, af, kpad, b, bcs, bkind, btab, scale, out, ldo, brange);
+}
+
+void dk_gemm_smallm_bt_vdp_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1,
+                                  const uint32_t *apairs, int64_t kpad, const void *b,
+                                  int64_t bcs, int bkind, const uint16_t *btab, float scale,
+                                  float *out, int64_t ldo, uint16_t *brange)
+{
+    smallm_bt(1, m, k, j0, j1, apairs, kpad, b, bcs, bkind, btab, scale, out, ldo, brange);
 }
