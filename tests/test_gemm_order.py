@@ -437,7 +437,7 @@ def test_cfloat8_large_bias_products_kept(order, fa, fb):
         assert np.all(err <= gamma(k) * (np.abs(A) @ np.abs(B)) + 2.0 ** -150)
 
 
-@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 8])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 6, 7, 8])
 def test_few_rows_against_the_reference_every_tier(m):
     """m <= 8 (GEMV, skinny m): the avx512bf16 tier reads B unpacked (gemm_smallm.c,
     register blocks of 1 x 128, 2 x 64 and 4 x 32), the amx tier up to 4 rows (then its
@@ -445,7 +445,8 @@ def test_few_rows_against_the_reference_every_tier(m):
     region, overflow, NaN, signed zeros, subnormals), n across the register blocks' and the
     masks' edges, k ending in a partial block and an odd element; the kernel's sub-blocks
     of 4 pairs (k = 17: 4 + 4 + 1 pairs, the last one odd) and, at 5-8 rows, two panels of
-    the buffer that holds E and O between them (512 columns). The same B with unit row
+    the buffer that holds E and O between them (512 columns; 1,100 columns for the
+    vdpbf16ps order's, whose buffer holds only C). The same B with unit row
     stride (B = W.T, W row-major: torch's linear layout) takes the transposing kernel
     (groups of 16 columns, partial here at n = 1, 31, 47, 70, 130, 530). The vdpbf16ps
     order's kernels (the same reads of B, a chain of VDPBF16PS per output) in both layouts:
@@ -454,6 +455,7 @@ def test_few_rows_against_the_reference_every_tier(m):
     shapes = [(1, 95), (31, 33), (130, 64), (47, 1), (70, 17)]
     if m >= 5:
         shapes.append((530, 17))
+        shapes.append((1100, 9))            # several panels of the vdpbf16ps order's buffer
     for n, k in shapes:
         a = mixed_codes(rng, (m, k))
         b = mixed_codes(rng, (k, n))
@@ -468,6 +470,33 @@ def test_few_rows_against_the_reference_every_tier(m):
                         f"vdpbf16ps m={m} n={n} k={k} {tier}")
             assert_bits(glue(a, bt, "vdpbf16ps", tier), want_v,
                         f"vdpbf16ps B = W.T m={m} n={n} k={k} {tier}")
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_few_rows_negative_zero_sums_both_layouts(order):
+    """A sum that ends at -0: the last element's product (2^-70 x -2^-70) flushes to -0 and
+    every other product is a zero. The vdpbf16ps order runs only its ceil(k/2) pairs (one
+    padding pair more would add +0 and give +0); the amx order runs its block's padding
+    pairs and T + 0 (+0 for a partial block). Both few-rows layouts, every tier, k across
+    the blocks, sub-blocks and odd lengths, against the exact order."""
+    tiny, ntiny = 0x1C80, 0x9C80                  # 2^-70, -2^-70
+    for k in list(range(1, 40)) + [63, 64, 65, 95, 96, 97]:
+        for m in (1, 3, 6, 8):
+            n = 37
+            a = np.zeros((m, k), np.uint16)
+            b = np.zeros((k, n), np.uint16)
+            a[:, k - 1] = tiny
+            b[k - 1, :] = ntiny
+            if k >= 2:
+                b[k - 2, ::2] = 0xBF80              # -1: products -0 with A's +0
+            b[:, 5] = 0
+            b[:, 6] = 0x3F80
+            want = R.ORDERS[order](a, b)
+            if order == "vdpbf16ps":
+                assert want[0, 0] == 0x80000000, k        # want: the bits
+            for tier in TIERS:
+                for lay, bb in (("row-major", b), ("W.T", np.asfortranarray(b))):
+                    assert_bits(glue(a, bb, order, tier), want, f"{order} {lay} m={m} k={k} {tier}")
 
 
 @pytest.mark.parametrize("k", [2, 33, 66, 95])

@@ -38,6 +38,9 @@
 #define BLK DK_GEMM_AMX_BLOCK_PAIRS
 #define SUB 4                /* pairs of a sub-block: 8 rows of B read together */
 #define PANEL_FLOATS 8192    /* E and O between sub-blocks: 32 KiB on the stack */
+/* the register blocks of 1, 2 or 4 rows cover the rows up to DK_GEMM_SMALLM_MAX exactly
+ * (the A buffers below hold that many rows) */
+_Static_assert(DK_GEMM_SMALLM_MAX % 4 == 0, "DK_GEMM_SMALLM_MAX: a multiple of 4 rows");
 
 /* The magnitude range of BF16 codes (dk_gemm_bf16_range's: the smallest nonzero and the
  * largest finite magnitude bits), lane-wise, without mask registers: *mn holds the least
