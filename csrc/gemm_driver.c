@@ -1282,21 +1282,29 @@ static void ranges_done(uint16_t *r, int nthr, uint16_t out[3])
     free(r);
 }
 
-/* The few-rows path (gemm_smallm.c) takes the product: AVX-512, B columns unit, up to
- * DK_GEMM_SMALLM_MAX rows; in the amx order on the amx tier only up to
- * DK_GEMM_SMALLM_AMX_MAX (the tiles are faster beyond; the vdpbf16ps order has no tiles:
- * both tiers run the avx512bf16 kernels in it). */
-static int few_rows(int isa, int order, int64_t m, int64_t b_cs)
+/* The most rows of the few-rows kernels (gemm_smallm.c; AVX-512 only) for B's columns
+ * unit (bt = 0) or B's rows unit (bt = 1): DK_GEMM_SMALLM_MAX, but in the amx order on the
+ * amx tier DK_GEMM_SMALLM_AMX_MAX (the tiles are faster beyond; the vdpbf16ps order has no
+ * tiles: both tiers run the avx512bf16 kernels in it) and in the vdpbf16ps order with
+ * row-major B DK_GEMM_SMALLM_VDP_MAX. */
+static int64_t few_rows_max(int isa, int order, int bt)
 {
-    const int64_t lim = isa >= DK_ISA_AMX && order == DK_GEMM_ORDER_AMX ? DK_GEMM_SMALLM_AMX_MAX
-                                                                       : DK_GEMM_SMALLM_MAX;
-    return isa >= DK_ISA_AVX512BF16 && m <= lim && b_cs == 1;
+    if (isa < DK_ISA_AVX512BF16) return 0;
+    if (order == DK_GEMM_ORDER_AMX)
+        return isa >= DK_ISA_AMX ? DK_GEMM_SMALLM_AMX_MAX : DK_GEMM_SMALLM_MAX;
+    return bt ? DK_GEMM_SMALLM_MAX : DK_GEMM_SMALLM_VDP_MAX;
 }
 
-/* ... and its form for B's rows unit instead (gemm_smallm.c's bt kernels). */
+/* The few-rows path takes the product with B's columns unit ... */
+static int few_rows(int isa, int order, int64_t m, int64_t b_cs)
+{
+    return b_cs == 1 && m <= few_rows_max(isa, order, 0);
+}
+
+/* ... or else with B's rows unit (the bt kernels). */
 static int few_rows_bt(int isa, int order, int64_t m, int64_t b_rs, int64_t b_cs)
 {
-    return !few_rows(isa, order, m, b_cs) && few_rows(isa, order, m, b_rs);
+    return !few_rows(isa, order, m, b_cs) && b_rs == 1 && m <= few_rows_max(isa, order, 1);
 }
 
 int dk_gemm_range_paths(int isa, int kernel, int order, int64_t m, int64_t b_rs, int64_t b_cs)

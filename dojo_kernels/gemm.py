@@ -151,15 +151,15 @@ _KERNEL_NAMES = {
     ("avx512bf16", "amx"): "avx512bf16: FP32 FMA zmm, 7x32, E/O accumulators; "
                            "m <= 8: B read unpacked",
     ("avx512bf16", "vdpbf16ps", "fma"): "avx512bf16: FP32 FMA zmm, 14x32; "
-                                        "m <= 8: VDPBF16PS, B read unpacked",
+                                        "m <= 4 (B = W.T: 8): VDPBF16PS, B read unpacked",
     ("avx512bf16", "vdpbf16ps", "vdpbf16ps"): "avx512bf16: VDPBF16PS zmm, 6x64; "
-                                              "m <= 8: B read unpacked",
+                                              "m <= 4 (B = W.T: 8): B read unpacked",
     ("amx", "amx"): "amx: TDPBF16PS tiles, 32x32 (2x2 tiles of 16x16); "
                     "m <= 4: FP32 FMA zmm, B read unpacked",
     ("amx", "vdpbf16ps", "fma"): "amx: the avx512bf16 FP32 FMA zmm kernel, 14x32; "
-                                 "m <= 8: VDPBF16PS, B read unpacked",
+                                 "m <= 4 (B = W.T: 8): VDPBF16PS, B read unpacked",
     ("amx", "vdpbf16ps", "vdpbf16ps"): "amx: the avx512bf16 VDPBF16PS zmm kernel, 6x64; "
-                                       "m <= 8: B read unpacked",
+                                       "m <= 4 (B = W.T: 8): B read unpacked",
 }
 
 

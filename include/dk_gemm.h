@@ -303,8 +303,12 @@ void dk_gemm_smallm_bt_amx_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1, 
                                   const uint16_t *btab, float scale, float *out, int64_t ldo,
                                   uint16_t *brange);
 /* The vdpbf16ps order on row-major B, read as dk_gemm_smallm_amx_avx512 reads it (one chain
- * of VDPBF16PS per output, the instruction itself), up to DK_GEMM_SMALLM_MAX rows on the
- * avx512bf16 and amx tiers. Same arguments. */
+ * of VDPBF16PS per output, the instruction itself), on the avx512bf16 and amx tiers up to
+ * DK_GEMM_SMALLM_VDP_MAX rows: from 5 rows (two row blocks of 4, the second reading B from
+ * the caches) the packed path was the faster on one thread of a Zen 4 (m x 4096 x 4096 BF16,
+ * builds alternated twice, medians of 15 calls: m = 5 6.1-6.3 ms against 5.1-5.5 packed;
+ * m = 4 3.3-4.2 against 4.1-5.8; m = 8 6.2 against 5.1-6.6). Same arguments. */
+#define DK_GEMM_SMALLM_VDP_MAX 4
 void dk_gemm_smallm_vdp_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1,
                                const void *a, int64_t ars, int64_t acs, int akind,
                                const uint16_t *atab, const void *b, int64_t brs, int bkind,

@@ -690,12 +690,15 @@ def test_kernels_measure_the_operand_ranges(m, n, k):
             for kern in ((0, 1) if isa >= 2 and order == "vdpbf16ps" else (0,)):
                 for what, aa, bb in cases:
                     u8 = aa.dtype == np.uint8
-                    rows = _gemm.SMALLM_AMX_MAX if isa == 3 else _gemm.SMALLM_MAX
-                    # the few-rows kernels: B's columns or rows unit, up to 8 rows (in the
-                    # amx order up to 4 on the amx tier, whose tiles the vdpbf16ps order
-                    # does not use)
-                    few = (isa >= 2 and 2 in (bb.strides[-1], bb.strides[-2])
-                           and m <= (rows if order == "amx" else _gemm.SMALLM_MAX))
+                    # the few-rows kernels: B's columns or rows unit, up to 8 rows; in the
+                    # amx order up to 4 on the amx tier (the vdpbf16ps order has no tiles);
+                    # in the vdpbf16ps order with B's columns unit up to 4
+                    if order == "amx":
+                        rm = bt = _gemm.SMALLM_AMX_MAX if isa == 3 else _gemm.SMALLM_MAX
+                    else:
+                        rm, bt = _gemm.SMALLM_VDP_MAX, _gemm.SMALLM_MAX
+                    few = isa >= 2 and ((bb.strides[-1] == 2 and m <= rm)
+                                        or (bb.strides[-2] == 2 and m <= bt))
                     want_a, want_b = measured(isa, few)
                     for th in (1, 3):
                         out = np.empty((max(aa.shape[0], bb.shape[0]), m, n), np.float32)
