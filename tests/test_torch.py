@@ -563,9 +563,7 @@ def test_cached_weights_shared_weights_and_recipe_changes(monkeypatch):
             for layer, fixed in ((a, True), (b, False)):
                 with dt.cached_weights():
                     y = layer(x)
-                    got = counts.take()
-                    # the entries live as long as the outermost context: reopen per call
-                    # and count only the first call's rounding
+                    got = counts.take()         # a fresh context: the first call rounds
                 assert got == (([] if fixed else [nx_, nw]), [nx_, nw]), (step, fixed)
                 assert np.array_equal(bits(y), bits(layer(x)))
                 counts.take()

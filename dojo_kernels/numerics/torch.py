@@ -566,11 +566,11 @@ def _weight_codes(w: torch.Tensor, view: torch.Tensor, spec: _Spec, name: str
         e = entries.get(w, {}).get(like)
     if e is None or e.state != state:
         arr = _operand_np(view, name)
-        if arr.dtype.kind in "ui":   # codes already: nothing to cache
-            return _codes_for(view, arr, spec, "b", name)
-        f = spec.resolve("b", arr)
+        codes, f = _codes_for(view, arr, spec, "b", name)
+        if codes is arr:             # codes already: nothing to cache
+            return codes, f
         amax = None if isinstance(like, Format) else spec.amaxes["b"]
-        e = _CachedWeight(state, view.detach(), amax, f, _round_codes(arr, f))
+        e = _CachedWeight(state, view.detach(), amax, f, codes)
     else:
         f = spec.resolve("b", None, e.amax)
         if f == e.fmt:
