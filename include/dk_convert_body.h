@@ -370,35 +370,36 @@ dk_quant_plain(vi u, vu h, const dk_qloop *c, const dk_qconst *k, int mode, int 
                vi *plain_out, unsigned *notmask)
 {
     vi a = u & 0x7FFFFFFF;
-    vi v; /* the rounded magnitude's FP32 bits (plain lanes) */
-    if (mode == DK_NEAREST) v = (a + c->half + ((a >> c->sh) & 1)) & c->keep;
+    /* v: the rounded magnitude's FP32 bits (plain lanes); its dropped bits are cleared only
+     * for fake_quantize: codes take v >> (23 - m), which drops them anyway (one operation
+     * less per vector) */
+    vi v;
+    if (mode == DK_NEAREST) v = a + c->half + ((a >> c->sh) & 1);
     else if (mode == DK_STOCHASTIC) /* up where f + r >= 2^32, f = the dropped bits << (9 + m),
                                        * i.e. where they plus r >> (9 + m) carry into the kept part */
-        v = (vi)((vu)a + (h >> (9 + c->m))) & c->keep;
-    else v = a & c->keep;
+        v = (vi)((vu)a + (h >> (9 + c->m)));
+    else v = a;
+    if (fake) v &= c->keep;
     /* signed formats: |x| in [minnorm, max] or zero; unsigned: x itself in that range, zeros
-     * (-0 gives +0), and every negative value (invalid: NaN, below). Stochastic may round
-     * past max; for a signed format the AVX-512 form checks |x| >= minnorm and v <= max: as
-     * v >= |x| with its dropped bits cleared, that admits besides |x| <= max only |x| in
-     * (max, max + ulp) rounded down to max, which is right whether the format saturates or
-     * takes Inf as the upper neighbour (one operation less). */
+     * (-0 gives +0), and every negative value (invalid: NaN, below). No mode rounds such a
+     * value past max: max's dropped bits are zero, and what a rounding adds to the dropped
+     * bits is below one quantum (nearest: half of it; stochastic: r >> (9 + m) < 2^(23 - m)),
+     * so for |x| <= max the kept part reaches max at most. One range check on the input serves
+     * every mode (a check of v <= max beside it measured 2-3% of stochastic quantize to
+     * CFloat8, which is bound by its vector operations). */
     const vi neg = is_signed ? (vi){} : (u < 0) & (a != 0);
 #if DK_VL == 16 /* in mask registers (the vector form only where the caller uses it) */
-    const __mmask16 kz = _mm512_testn_epi32_mask((__m512i)a, (__m512i)a); /* the zeros */
-    const __m512i maxv = _mm512_set1_epi32((int)c->maxbits);
-    __mmask16 kp;
-    if (mode == DK_STOCHASTIC && is_signed) {
-        kp = _mm512_mask_cmple_epu32_mask(_mm512_cmpge_epu32_mask((__m512i)a, (__m512i)c->lo), (__m512i)v, maxv) | kz;
-    } else {
-        kp = _mm512_cmple_epu32_mask((__m512i)((is_signed ? a : u) - (vi)c->lo), (__m512i)c->span) | kz;
-        if (mode == DK_STOCHASTIC) kp &= _mm512_cmple_epu32_mask((__m512i)v, maxv);
-    }
+    /* kp below never holds a zero lane (minnorm's bits lo are not 0): the non-plain lanes
+     * are the non-zero ones outside kp, one kandn (fewer mask operations than with the
+     * zeros' mask: the loop is bound by its vector operations) */
+    const __mmask16 knz = _mm512_test_epi32_mask((__m512i)a, (__m512i)a); /* the non-zeros */
+    __mmask16 kp = _mm512_cmple_epu32_mask((__m512i)((is_signed ? a : u) - (vi)c->lo), (__m512i)c->span);
     if (!is_signed) kp |= _mm512_movepi32_mask((__m512i)u);
-    *plain_out = (vi)_mm512_movm_epi32(kp);
-    *notmask = (uint16_t)~kp;
+    const __mmask16 knot = _kandn_mask16(kp, knz);
+    *plain_out = (vi)_mm512_movm_epi32(_knot_mask16(knot));
+    *notmask = knot;
 #else
     vi plain = (vi)((vu)((is_signed ? a : u) - (vi)c->lo) <= c->span) | (a == 0);
-    if (mode == DK_STOCHASTIC) plain &= (vi)((vu)v <= c->maxbits);
     if (!is_signed) plain |= u < 0;
     *plain_out = plain;
     *notmask = ~(unsigned)_mm256_movemask_ps((__m256)plain) & 0xFFu; /* DK_VL 8 */
@@ -407,8 +408,8 @@ dk_quant_plain(vi u, vu h, const dk_qloop *c, const dk_qconst *k, int mode, int 
     if (fake) {
         res = is_signed ? v | (u & (int32_t)0x80000000) : v;
     } else {
-#if DK_VL == 16 /* zeros give code 0: from the zeros' mask above */
-        res = (vi)_mm512_maskz_sub_epi32((__mmask16)~kz, (__m512i)(v >> c->sh), _mm512_set1_epi32(c->ebase));
+#if DK_VL == 16 /* zeros give code 0: from the non-zeros' mask above */
+        res = (vi)_mm512_maskz_sub_epi32(knz, (__m512i)(v >> c->sh), _mm512_set1_epi32(c->ebase));
 #else
         res = VSEL(a == 0, (vi){}, (v >> c->sh) - c->ebase);
 #endif
@@ -561,13 +562,14 @@ __attribute__((always_inline)) static inline dk_rng dk_rng_at_fast(uint64_t seed
     return g;
 }
 
-/* The lanes that the second pass of dk_quant_loop gathers (at most DK_VL): their inputs,
- * their random numbers' top halves and their element indices. */
+/* The lanes that the second pass of dk_quant_loop gathers (at most DK_VL): their inputs
+ * and their indices in x; and what gives their random numbers (stochastic rounding): the
+ * seed, and the flat index of x[0] plus one. */
 typedef struct {
     vi u;
-    vu h;
     int64_t at[DK_VL];
     int n;
+    uint64_t seed, index1;
 } dk_qgather;
 
 /* Finishes the gathered lanes (dk_quant_plain, then dk_quant_rest: every lane is rounded on
@@ -579,8 +581,17 @@ dk_qgather_flush(dk_qgather *g, void *out, const dk_format *f, const dk_qloop *c
 {
     vi plain;
     unsigned notmask;
-    vi res = dk_quant_plain(g->u, g->h, c, k, mode, is_signed, fake, &plain, &notmask);
-    res = dk_quant_rest(g->u, dk_splitmix_r(g->h), res, plain, f, c, k, mode, tesla, flush, inf_nan,
+    vu h = {}; /* the lanes' random numbers' top halves (dk_splitmix_hi), from their states */
+    if (mode == DK_STOCHASTIC) {
+        vq lo, hi;
+        for (int j = 0; j < DK_VL / 2; j++) {
+            lo[j] = g->seed + ((uint64_t)g->at[j] + g->index1) * 0x9E3779B97F4A7C15ull;
+            hi[j] = g->seed + ((uint64_t)g->at[j + DK_VL / 2] + g->index1) * 0x9E3779B97F4A7C15ull;
+        }
+        h = dk_splitmix_hi(&lo, &hi, 0);
+    }
+    vi res = dk_quant_plain(g->u, h, c, k, mode, is_signed, fake, &plain, &notmask);
+    res = dk_quant_rest(g->u, dk_splitmix_r(h), res, plain, f, c, k, mode, tesla, flush, inf_nan,
                         is_signed, fake);
     for (int j = 0; j < g->n; j++) {
         const int32_t r = res[j];
@@ -588,7 +599,6 @@ dk_qgather_flush(dk_qgather *g, void *out, const dk_format *f, const dk_qloop *c
         else dk_store_code(out, g->at[j], (uint32_t)r, width);
     }
     g->u = (vi){};
-    g->h = (vu){};
     g->n = 0;
 }
 
@@ -599,15 +609,19 @@ dk_qgather_flush(dk_qgather *g, void *out, const dk_format *f, const dk_qloop *c
  * (dk_quant_plain), stores the results, and notes (without a branch) which lanes of which
  * vectors are not plain; the second gathers those lanes, DK_VL at a time across vectors and
  * passes, and finishes them (dk_qgather_flush), taking their input again (from x, or from a
- * copy if `out` overlaps `x`) and their random numbers' top halves from a buffer. A vector
+ * copy if `out` overlaps `x`) and computing their random numbers again from their indices. A vector
  * with a lane below minnorm is common (about 1 in 5 for a standard normal into CFloat8
  * 1_4_3 bias 7) and unpredictable: a branch per vector mispredicted on most of them, and
  * finishing those vectors whole (about one lane in 80 needs it there) cost about 40% of
  * the first pass under stochastic rounding. Besides the results the first pass stores only
- * those top halves and a lane mask per vector (a list of the vectors and a copy of every
- * input measured slower: the stores queue behind the results' cache misses; computing the
- * random numbers again in the second pass was slower too). fake_quantize to nearest keeps
- * one pass with a branch (see two_pass). */
+ * a lane mask per vector (a list of the vectors and a copy of every input measured slower:
+ * the stores queue behind the results' cache misses; so did a copy of every vector's random
+ * numbers, against one SplitMix64 step per DK_VL gathered lanes). fake_quantize to nearest
+ * keeps one pass with a branch (see two_pass).
+ *
+ * Stochastic rounding computes each vector's random numbers two vectors ahead: their chain
+ * of two 64-bit multiplies is long, and the loop is bound by its vector operations (the
+ * random numbers cost about 40% of it on a Zen 4). */
 __attribute__((always_inline)) static inline int64_t
 dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk_qconst *k, int width,
               uint64_t seed, int64_t index0, int mode, int tesla, int flush, int inf_nan, int is_signed,
@@ -625,19 +639,23 @@ dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk
      * 1_4_3 bias 7, no longer takes a branch at random) */
     const int fp_near = fake && mode == DK_NEAREST && is_signed && !inf_nan;
     vq rlo = {}, rhi = {};
+    vu h1 = {}, h2 = {}; /* the next two vectors' random numbers' top halves */
     if (mode == DK_STOCHASTIC) {
         dk_rng g = dk_rng_at_fast(seed, (uint64_t)index0);
         rlo = g.lo;
         rhi = g.hi;
+        h1 = dk_rng_next_hi(&rlo, &rhi);
+        h2 = dk_rng_next_hi(&rlo, &rhi);
     }
     const int64_t nv = n - n % DK_VL; /* elements in whole vectors */
     const char *xb = (const char *)x, *ob = (const char *)out;
     const int overlap = ob < xb + nv * 4 && xb < ob + nv * (fake ? 4 : width);
     vi ubuf[DK_QPASS_VECS]; /* the input of the second pass's vectors, if out overlaps x */
-    vu hbuf[mode == DK_STOCHASTIC ? DK_QPASS_VECS : 1]; /* their random numbers' top halves */
     unsigned lanes[DK_QPASS_VECS]; /* per vector, its lanes that are not plain */
     dk_qgather g;
     memset(&g, 0, sizeof g); /* no lane yet; the vectors' lanes zeros (plain) */
+    g.seed = seed;
+    g.index1 = (uint64_t)index0 + 1u;
     for (int64_t p0 = 0; p0 < nv; p0 += DK_QPASS_VECS * DK_VL) {
         const int64_t p1 = nv - p0 < DK_QPASS_VECS * DK_VL ? nv : p0 + DK_QPASS_VECS * DK_VL;
         uint64_t rest = 0;
@@ -648,8 +666,9 @@ dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk
             __builtin_prefetch(x + i + DK_PREFETCH);
             vu h = {};
             if (mode == DK_STOCHASTIC) {
-                h = dk_rng_next_hi(&rlo, &rhi);
-                hbuf[v] = h;
+                h = h1;
+                h1 = h2;
+                h2 = dk_rng_next_hi(&rlo, &rhi);
             }
             vi plain, res;
             unsigned notmask;
@@ -678,7 +697,6 @@ dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk
                 int32_t xl; /* the lane's FP32 bits */
                 memcpy(&xl, src + 4 * l, sizeof xl);
                 g.u[g.n] = xl;
-                if (mode == DK_STOCHASTIC) g.h[g.n] = hbuf[j][l];
                 g.at[g.n] = at + l;
                 if (++g.n == DK_VL)
                     dk_qgather_flush(&g, out, f, &c, k, width, mode, tesla, flush, inf_nan, is_signed, fake);

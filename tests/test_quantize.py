@@ -442,6 +442,29 @@ def test_stochastic_unbiased(isa, v, rf):
     assert abs(mean - v) <= 5 * se + 1e-300, (mean, v, se)
 
 
+@pytest.mark.parametrize("rf", [
+    R.RefFormat("cfloat8_143", 7, "tesla"),   # saturates to max
+    R.RefFormat("cfloat8_152", 15, "ieee"),
+    R.RefFormat("shp", 15, "tesla"),
+    R.BF16_R,                                  # Inf is the upper neighbour of max
+    R.UHP_R,
+], ids=str)
+def test_stochastic_float32_around_max(isa, rf):
+    # Every float32 pattern within 4,096 steps of max and the last 4,096 below Inf, and random
+    # ones up to 2^24 steps above max, both signs, through the tier's vector loop (float32
+    # input): below max nothing may round past it, above it the format's rule applies.
+    mb = int(np.float32(float(rf.max)).view(np.uint32))
+    rng = np.random.default_rng(7)
+    pats = np.concatenate([np.arange(mb - 4096, mb + 4096), mb + rng.integers(0, 1 << 24, 8192),
+                           np.arange(0x7F800000 - 4096, 0x7F800001)]).astype(np.uint32)
+    pats = pats[pats <= 0x7F800000]
+    x = pats.view(np.float32)
+    if rf.signed:
+        x = np.concatenate([x, -x])
+    for seed in (1, 0xDEADBEEF):
+        check(x, rf, "stochastic", seed=seed)
+
+
 def test_stochastic_seed_semantics(isa):
     fmt = dk.cfloat8_143(7)
     x = np.linspace(-3, 3, 10_001, dtype=np.float32)
