@@ -8,7 +8,10 @@ tokens (DOJO_BENCH_SCALE scales the tokens). One iteration = forward + backward 
 three GEMMs, 3 x 2 M K N FLOP. Peers: nn.Linear in float32 (MKL/oneDNN sgemm) and in
 bfloat16 (oneDNN, AMX or AVX512_BF16 where the CPU has them), same threads (all cores).
 D1Linear runs the CFloat8 recipe (1-4-3 forward, 1-5-2 gradients, bias per tensor) and the
-BF16 recipe: on top of the D1 GEMMs it pays an amax pass and a quantization per operand.
+BF16 recipe: on top of the D1 GEMMs it pays an amax pass and a quantization per operand. The
+"_vdp" rows run the same recipes in the GEMM's ``vdpbf16ps`` order (``Recipe(order=...)``),
+the faster one on a CPU with AVX512_BF16 and no AMX (the default ``amx`` order runs there
+on FP32 FMAs, at half VDPBF16PS's rate on a Zen 4: docs/gemm.md).
 
 The inference rows: one token through a 4096 -> 4096 layer under ``torch.no_grad``, a GEMV
 (2 N K FLOP). Without the cache a D1Linear call measures and rounds the whole weight
@@ -18,6 +21,7 @@ torch's so that torch's spinning OpenMP threads (docs/threads.md) do not sit on 
 cores they use.
 """
 import contextlib
+import dataclasses
 import os
 
 import pytest
@@ -44,17 +48,20 @@ def _step(layer, x, g):
 
 
 def _layer(kind, k=K, n=N):
-    """A k -> n layer of one kind, and its dtype (a "_cached" D1 kind is the plain one)."""
+    """A k -> n layer of one kind, and its dtype (a "_cached" D1 kind is the plain one; a
+    "_vdp" one runs its GEMMs in the ``vdpbf16ps`` order)."""
     torch.manual_seed(0)
     if kind == "torch_fp32":
         return torch.nn.Linear(k, n), torch.float32
     if kind == "torch_bf16":
         return torch.nn.Linear(k, n).to(torch.bfloat16), torch.bfloat16
     recipe = dkt.RECIPES["cfloat8" if kind.startswith("d1_cfloat8") else "bf16"]
+    if kind.endswith("_vdp"):
+        recipe = dataclasses.replace(recipe, order="vdpbf16ps")
     return dkt.D1Linear(k, n, recipe=recipe), torch.float32
 
 
-KINDS = ["torch_bf16", "torch_fp32", "d1_bf16", "d1_cfloat8"]
+KINDS = ["torch_bf16", "torch_fp32", "d1_bf16", "d1_cfloat8", "d1_bf16_vdp", "d1_cfloat8_vdp"]
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -337,7 +337,9 @@ class Recipe:
     margin : binades of headroom (int >= 0) for the bias choice.
     history : amax history length for ``"delayed"`` (default 16).
     order : the D1 GEMM accumulation order passed to :func:`dojo_kernels.gemm` as
-        ``order=`` when not None (default None: the kernel's own default).
+        ``order=`` when not None (default None: the kernel's own default, ``"amx"``). The
+        orders give different bits; on a CPU with AVX512_BF16 and no AMX (AMD Zen 4)
+        ``"vdpbf16ps"`` is about twice as fast (docs/torch.md, Cost).
     """
 
     forward: FormatLike = "cfloat8_143"
