@@ -54,7 +54,8 @@ except ImportError:
     torch = None
 
 SQUARE = [(s, s, s) for s in (256, 512, 1024, 2048, 4096)]
-SKINNY = [(4096, 256, 4096), (64, 4096, 4096), (8, 4096, 4096), (1, 4096, 4096)]  # GEMV last
+SKINNY = [(4096, 256, 4096), (64, 4096, 4096), (16, 4096, 4096), (8, 4096, 4096),
+          (1, 4096, 4096)]  # GEMV last
 SHAPES = SQUARE + SKINNY
 THREADS = [1, 2]
 F8A, F8B = dk.cfloat8_143(7), dk.cfloat8_152(15)
@@ -197,8 +198,10 @@ IMPLS = ["dk_bf16", "dk_bf16_vdpbf16ps", "dk_cf8", "dk_cf8_vdpbf16ps", "dk_bf16_
          "dk_bf16_wt", "dk_bf16_wt_vdpbf16ps", "numpy_f32_wt", "torch_linear"]
 #: implementations timed only on the squares 1024 and 2048 (lower tiers, for reference)
 LOWER_TIER = ("dk_bf16_avx512", "dk_bf16_avx2")
-#: B = W.T, torch's linear layout: timed on the GEMV-like shapes (m <= 8) only
+#: B = W.T, torch's linear layout: timed on the few-rows shapes (m <= 64: the W.T kernels
+#: take up to 64 rows in the amx order, 48 in the vdpbf16ps order) only
 LINEAR = ("dk_bf16_wt", "dk_bf16_wt_vdpbf16ps", "numpy_f32_wt", "torch_linear")
+LINEAR_MAX_M = 64
 
 
 def _params():
@@ -208,7 +211,7 @@ def _params():
             for impl in IMPLS:
                 if impl in LOWER_TIER and (shape[0] != shape[2] or shape[0] not in (1024, 2048)):
                     continue
-                if impl in LINEAR and shape[0] > 8:
+                if impl in LINEAR and shape[0] > LINEAR_MAX_M:
                     continue
                 out.append(pytest.param(impl, shape, th, id=f"{impl}-{'x'.join(map(str, shape))}-t{th}"))
     return out
@@ -427,7 +430,7 @@ def main(quick: bool = False) -> None:
 #: (ours, peer) pairs compared round by round: the issue's targets at n = 2048
 VERSUS = [("dk_bf16", "torch_bf16"), ("dk_bf16_vdpbf16ps", "torch_bf16"), ("dk_cf8", "dk_bf16"),
           ("dk_cf8", "torch_fp8"), ("dk_bf16", "numpy_f32")]
-#: added for the GEMV-like shapes (m <= 8): B = W.T, torch's linear layout
+#: added for the few-rows shapes (m <= LINEAR_MAX_M): B = W.T, torch's linear layout
 VERSUS_LINEAR = [("dk_bf16_wt", "torch_linear"), ("dk_bf16_wt_vdpbf16ps", "torch_linear"),
                  ("dk_bf16_wt", "numpy_f32_wt")]
 
@@ -442,7 +445,7 @@ def versus(shape=(2048, 2048, 2048), rounds: int = 9) -> None:
     Every timed call starts SETTLE seconds after the previous one, when the peers' threads
     (which spin after a call) have gone to sleep."""
     m, n, k = shape
-    pairs = VERSUS + (VERSUS_LINEAR if m <= 8 else [])
+    pairs = VERSUS + (VERSUS_LINEAR if m <= LINEAR_MAX_M else [])
     impls = sorted({i for pair in pairs for i in pair})
     print(f"dojo_kernels tier {_config.get_isa()}; {m}x{n}x{k}; {rounds} interleaved rounds; "
           f"torch: {torch.__version__ if torch else 'not installed'}")

@@ -1283,16 +1283,17 @@ static void ranges_done(uint16_t *r, int nthr, uint16_t out[3])
 }
 
 /* The most rows of the few-rows kernels (gemm_smallm.c; AVX-512 only) for B's columns
- * unit (bt = 0) or B's rows unit (bt = 1): DK_GEMM_SMALLM_MAX, but in the amx order on the
- * amx tier DK_GEMM_SMALLM_AMX_MAX (the tiles are faster beyond; the vdpbf16ps order has no
- * tiles: both tiers run the avx512bf16 kernels in it) and in the vdpbf16ps order with
- * row-major B DK_GEMM_SMALLM_VDP_MAX. */
+ * unit (bt = 0: DK_GEMM_SMALLM_MAX, in the vdpbf16ps order DK_GEMM_SMALLM_VDP_MAX) or B's
+ * rows unit (bt = 1: DK_GEMM_SMALLM_BT_MAX, in the vdpbf16ps order
+ * DK_GEMM_SMALLM_BT_VDP_MAX); in the amx order on the amx tier DK_GEMM_SMALLM_AMX_MAX for
+ * both (the tiles are faster beyond; the vdpbf16ps order has no tiles: both tiers run the
+ * avx512bf16 kernels in it). */
 static int64_t few_rows_max(int isa, int order, int bt)
 {
     if (isa < DK_ISA_AVX512BF16) return 0;
-    if (order == DK_GEMM_ORDER_AMX)
-        return isa >= DK_ISA_AMX ? DK_GEMM_SMALLM_AMX_MAX : DK_GEMM_SMALLM_MAX;
-    return bt ? DK_GEMM_SMALLM_MAX : DK_GEMM_SMALLM_VDP_MAX;
+    if (order == DK_GEMM_ORDER_AMX && isa >= DK_ISA_AMX) return DK_GEMM_SMALLM_AMX_MAX;
+    if (bt) return order == DK_GEMM_ORDER_AMX ? DK_GEMM_SMALLM_BT_MAX : DK_GEMM_SMALLM_BT_VDP_MAX;
+    return order == DK_GEMM_ORDER_AMX ? DK_GEMM_SMALLM_MAX : DK_GEMM_SMALLM_VDP_MAX;
 }
 
 /* The few-rows path takes the product with B's columns unit ... */
@@ -1369,7 +1370,7 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
             free(S.range);
             return DK_ENOMEM;
         }
-        ranges_done(S.range, nthr, brange);  /* A (at most 8 rows) is the caller's to scan */
+        ranges_done(S.range, nthr, brange);  /* A (few rows) is the caller's to scan */
         return DK_OK;
     }
 

@@ -6,6 +6,8 @@ ORDER_AMX: int
 SMALLM_MAX: int
 SMALLM_AMX_MAX: int
 SMALLM_VDP_MAX: int
+SMALLM_BT_MAX: int
+SMALLM_BT_VDP_MAX: int
 STREAM_MIN_BYTES: int
 
 def gemm(a: np.ndarray, b: np.ndarray, table_a: np.ndarray, table_b: np.ndarray, scale: float,

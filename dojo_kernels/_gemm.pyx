@@ -36,6 +36,8 @@ cdef extern from "dk_gemm.h":
     int64_t DK_GEMM_STREAM_MIN_BYTES
     int DK_GEMM_SMALLM_AMX_MAX
     int DK_GEMM_SMALLM_VDP_MAX
+    int DK_GEMM_SMALLM_BT_MAX
+    int DK_GEMM_SMALLM_BT_VDP_MAX
     int dk_gemm_range_paths(int isa, int kernel, int order, int64_t m, int64_t b_rs,
                             int64_t b_cs) nogil
     void dk_amx_tdpbf16ps(const uint16_t *a, int64_t lda, const uint32_t *b, int64_t ldb,
@@ -62,8 +64,13 @@ ORDER_AMX = DK_GEMM_ORDER_AMX
 SMALLM_MAX = DK_GEMM_SMALLM_MAX
 #: The same on the amx tier (beyond it the tile kernel is the faster).
 SMALLM_AMX_MAX = DK_GEMM_SMALLM_AMX_MAX
-#: The same in the vdpbf16ps order with row-major B (B = W.T: SMALLM_MAX).
+#: The same in the vdpbf16ps order with row-major B (B = W.T: SMALLM_BT_MAX).
 SMALLM_VDP_MAX = DK_GEMM_SMALLM_VDP_MAX
+#: The most rows of the few-rows path with B = W.T (unit row stride), amx order (on the amx
+#: tier: SMALLM_AMX_MAX); the most rows of any few-rows path.
+SMALLM_BT_MAX = DK_GEMM_SMALLM_BT_MAX
+#: The same in the vdpbf16ps order.
+SMALLM_BT_VDP_MAX = DK_GEMM_SMALLM_BT_VDP_MAX
 #: Result bytes above which the kernels may write the result with non-temporal stores.
 STREAM_MIN_BYTES = DK_GEMM_STREAM_MIN_BYTES
 

@@ -695,7 +695,7 @@ def _gemm_general(a: Any, b: Any, a_format: Format, b_format: Format, order_code
     # is scanned first (a rescaled copy reads it anyway).
     # the avx512bf16 kernel choice (and its first-call probe) only concerns the vdpbf16ps order
     kern = _kernel_index() if isa >= 2 and order_code == _gemm.ORDER_VDPBF16PS else 0
-    meas_a, meas_b = _range_paths(isa, kern, order_code, min(m, _gemm.SMALLM_MAX + 1),
+    meas_a, meas_b = _range_paths(isa, kern, order_code, min(m, _gemm.SMALLM_BT_MAX + 1),
                                   cb.strides[-1] // cb.itemsize, cb.strides[-2] // cb.itemsize)
     nonempty = m > 0 and n > 0 and k > 0 and nb > 0
     spec_a = a16 and nonempty and meas_a

@@ -297,7 +297,15 @@ DK_INLINE void dk_gemm_a_pairs(const void *a, int64_t ars, int64_t acs, int akin
 
 /* The same for a B with unit row stride (B = W^T for a row-major W: column j of B, k
  * contiguous, at b + j*bcs), A given as FP32 values: row i at af + i*kpad, k <= kpad, zeros
- * from k to kpad (kpad a multiple of 32). Columns [j0, j1) of out, the same bits. */
+ * from k to kpad (kpad a multiple of 32). Columns [j0, j1) of out, the same bits. Up to
+ * DK_GEMM_SMALLM_BT_MAX rows: each block of B transposed once for all of them. The packed
+ * path transposes all of W into its panels; against it on one thread of a Zen 4 (m x 4096
+ * x 4096 BF16, medians of 11 calls; few-rows / packed, ms): amx order m = 9 4.9 / 12.6,
+ * m = 16 7.0 / 12.7, m = 32 12.1 / 17.5, m = 64 25.1 / 29.9 (2 threads 12.7 / 18.1 at
+ * 64-65); the vdpbf16ps order (DK_GEMM_SMALLM_BT_VDP_MAX) m = 9 4.4 / 9.4, m = 32 9.9 /
+ * 13.1, m = 48 14.6 / 14.9, m = 64 19.1 / 17.5. */
+#define DK_GEMM_SMALLM_BT_MAX 64
+#define DK_GEMM_SMALLM_BT_VDP_MAX 48
 void dk_gemm_smallm_bt_amx_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1, const float *af,
                                   int64_t kpad, const void *b, int64_t bcs, int bkind,
                                   const uint16_t *btab, float scale, float *out, int64_t ldo,

@@ -437,7 +437,7 @@ def test_cfloat8_large_bias_products_kept(order, fa, fb):
         assert np.all(err <= gamma(k) * (np.abs(A) @ np.abs(B)) + 2.0 ** -150)
 
 
-@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 6, 7, 8])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 17, 48, 49, 64, 65])
 def test_few_rows_against_the_reference_every_tier(m):
     """m <= 8 (GEMV, skinny m): the avx512bf16 tier reads B unpacked (gemm_smallm.c,
     register blocks of 1 x 128, 2 x 64 and 4 x 32), the amx tier up to 4 rows (then its
@@ -448,12 +448,17 @@ def test_few_rows_against_the_reference_every_tier(m):
     the buffer that holds E and O between them (512 columns; 1,100 columns for the
     vdpbf16ps order's, whose buffer holds only C). The same B with unit row
     stride (B = W.T, W row-major: torch's linear layout) takes the transposing kernel
-    (groups of 16 columns, partial here at n = 1, 31, 47, 70, 130, 530). The vdpbf16ps
+    (groups of 16 columns, partial here at n = 1, 31, 47, 70, 130, 530), up to
+    _gemm.SMALLM_BT_MAX (64) rows, 8 at a time in registers over each block of B (9-64
+    here: a last row block of 1, 5 and 1 rows, then 8; 48 and 64 the limits of the two
+    orders, 49 and 65 past them). The vdpbf16ps
     order's kernels (the same reads of B, a chain of VDPBF16PS per output) in both layouts:
     only the order's pairs run, k = 1, 17 and 95 ending inside a block or sub-block, k odd."""
     rng = np.random.default_rng(100 + m)
     shapes = [(1, 95), (31, 33), (130, 64), (47, 1), (70, 17)]
-    if m >= 5:
+    if m > 8:                               # the W.T kernel's rows (the reference is slow)
+        shapes = [(31, 33), (47, 1), (70, 17)]
+    elif m >= 5:
         shapes.append((530, 17))
         shapes.append((1100, 9))            # several panels of the vdpbf16ps order's buffer
     for n, k in shapes:
@@ -481,7 +486,7 @@ def test_few_rows_negative_zero_sums_both_layouts(order):
     the blocks, sub-blocks and odd lengths, against the exact order."""
     tiny, ntiny = 0x1C80, 0x9C80                  # 2^-70, -2^-70
     for k in list(range(1, 40)) + [63, 64, 65, 95, 96, 97]:
-        for m in (1, 3, 6, 8):
+        for m in (1, 3, 6, 8, 12):
             n = 37
             a = np.zeros((m, k), np.uint16)
             b = np.zeros((k, n), np.uint16)
@@ -529,14 +534,16 @@ def test_few_rows_padding_never_reads_the_table(k):
                             f"table[0] = {first:#06x} {order} {key} k={k}")
 
 
-def test_few_rows_threads_batches_formats_and_strides():
+@pytest.mark.parametrize("m", [5, 40])
+def test_few_rows_threads_batches_formats_and_strides(m):
     """The few-rows path against the generic tier's packed kernels: 1-3 threads, column
     ranges over several work items, a batch with a shared B, CFloat8 operands, transposed
     A, and a B with unit row stride (B = W.T: the transposing kernels), shared by a batch,
-    one per batch item, in CFloat8, and under a transposed A; both orders."""
-    rng = np.random.default_rng(77)
+    one per batch item, in CFloat8, and under a transposed A; both orders. At 40 rows only
+    the W.T kernels take few rows (8 at a time in registers)."""
+    rng = np.random.default_rng(77 + m)
     fa, fb = cfloat8_143(9), cfloat8_152(14)
-    m, n, k = 5, 1300, 201
+    n, k = 1300, 201
     a = tiny_mix_bf16(rng, (3, m, k))
     b = tiny_mix_bf16(rng, (k, n))
     a8 = rng.integers(0, 256, (m, k), dtype=np.uint8)
@@ -650,7 +657,7 @@ def test_range_prepass_every_layout(shape):
 
 
 @pytest.mark.parametrize("m,n,k", [(1, 1100, 67), (5, 300, 67), (8, 40, 33), (9, 70, 67),
-                                   (40, 70, 2100)])
+                                   (48, 70, 67), (65, 70, 2100)])
 def test_kernels_measure_the_operand_ranges(m, n, k):
     """The kernels measure the range of each BF16 operand as they read it
     (_gemm.gemm_ranges): the packed path each block it has packed (the AMX row tiles and
@@ -690,13 +697,15 @@ def test_kernels_measure_the_operand_ranges(m, n, k):
             for kern in ((0, 1) if isa >= 2 and order == "vdpbf16ps" else (0,)):
                 for what, aa, bb in cases:
                     u8 = aa.dtype == np.uint8
-                    # the few-rows kernels: B's columns or rows unit, up to 8 rows; in the
-                    # amx order up to 4 on the amx tier (the vdpbf16ps order has no tiles);
-                    # in the vdpbf16ps order with B's columns unit up to 4
-                    if order == "amx":
-                        rm = bt = _gemm.SMALLM_AMX_MAX if isa == 3 else _gemm.SMALLM_MAX
+                    # the few-rows kernels: B's columns unit up to 8 rows, B's rows unit up
+                    # to 64; in the amx order up to 4 on the amx tier (the vdpbf16ps order
+                    # has no tiles); in the vdpbf16ps order up to 4 and 48
+                    if order == "amx" and isa == 3:
+                        rm = bt = _gemm.SMALLM_AMX_MAX
+                    elif order == "amx":
+                        rm, bt = _gemm.SMALLM_MAX, _gemm.SMALLM_BT_MAX
                     else:
-                        rm, bt = _gemm.SMALLM_VDP_MAX, _gemm.SMALLM_MAX
+                        rm, bt = _gemm.SMALLM_VDP_MAX, _gemm.SMALLM_BT_VDP_MAX
                     few = isa >= 2 and ((bb.strides[-1] == 2 and m <= rm)
                                         or (bb.strides[-2] == 2 and m <= bt))
                     want_a, want_b = measured(isa, few)
