@@ -1149,7 +1149,8 @@ static void gemm_batch_item(void *arg, int64_t w, int slot)
     dk_fpenv_leave(csr);
 }
 
-/* Few rows (m <= DK_GEMM_SMALLM_MAX), AVX-512: no packing (gemm_smallm.c), B read where it
+/* Few rows (m <= DK_GEMM_SMALLM_MAX; B = W^T up to DK_GEMM_SMALLM_BT_MAX), AVX-512: no
+ * packing (gemm_smallm.c), B read where it
  * lies, by one of two kernels per order: B's columns unit (row-major B), or B's rows unit
  * (B = W^T, W row-major: torch's linear layout; the "bt" kernels, which take A as FP32
  * values (amx order) or BF16 pairs (vdpbf16ps order): each thread converts the A of a batch
@@ -1302,17 +1303,21 @@ static int few_rows(int isa, int order, int64_t m, int64_t b_cs)
     return b_cs == 1 && m <= few_rows_max(isa, order, 0);
 }
 
-/* ... or else with B's rows unit (the bt kernels). */
-static int few_rows_bt(int isa, int order, int64_t m, int64_t b_rs, int64_t b_cs)
+/* ... or else with B's rows unit (the bt kernels; beyond DK_GEMM_SMALLM_MAX rows while
+ * A's copy fits DK_GEMM_SMALLM_BT_AWORDS). */
+static int few_rows_bt(int isa, int order, int64_t m, int64_t k, int64_t b_rs, int64_t b_cs)
 {
-    return !few_rows(isa, order, m, b_cs) && b_rs == 1 && m <= few_rows_max(isa, order, 1);
+    const int64_t kpad = (k + 31) / 32 * 32;
+    return !few_rows(isa, order, m, b_cs) && b_rs == 1 && m <= few_rows_max(isa, order, 1) &&
+           (m <= DK_GEMM_SMALLM_MAX || m * kpad <= DK_GEMM_SMALLM_BT_AWORDS);
 }
 
-int dk_gemm_range_paths(int isa, int kernel, int order, int64_t m, int64_t b_rs, int64_t b_cs)
+int dk_gemm_range_paths(int isa, int kernel, int order, int64_t m, int64_t b_rs, int64_t b_cs,
+                        int64_t k)
 {
     tier_cfg t;
     if (!get_cfg(isa, kernel, order, &t)) return 0;
-    if (few_rows(isa, order, m, b_cs) || few_rows_bt(isa, order, m, b_rs, b_cs)) return 2;
+    if (few_rows(isa, order, m, b_cs) || few_rows_bt(isa, order, m, k, b_rs, b_cs)) return 2;
     return (ranges_a(&t) ? 1 : 0) | (t.split_b ? 0 : 2);
 }
 
@@ -1343,7 +1348,7 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
         return DK_OK;
     }
 
-    const int bt = few_rows_bt(isa, order, m, b->rs, b->cs);
+    const int bt = few_rows_bt(isa, order, m, k, b->rs, b->cs);
     if (bt || few_rows(isa, order, m, b->cs)) {
         const double work = (double)m * (double)n * (double)k * (double)batch;
         int nthr = work < DK_GEMM_PAR_MIN ? 1 : dk_pool_advise(threads, smallm_item, work);

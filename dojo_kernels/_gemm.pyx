@@ -39,7 +39,7 @@ cdef extern from "dk_gemm.h":
     int DK_GEMM_SMALLM_BT_MAX
     int DK_GEMM_SMALLM_BT_VDP_MAX
     int dk_gemm_range_paths(int isa, int kernel, int order, int64_t m, int64_t b_rs,
-                            int64_t b_cs) nogil
+                            int64_t b_cs, int64_t k) nogil
     void dk_amx_tdpbf16ps(const uint16_t *a, int64_t lda, const uint32_t *b, int64_t ldb,
                           float *c, int64_t ldc, int m, int n, int kpairs) nogil
     double dk_probe_tdpbf16ps(int64_t iters) nogil
@@ -60,11 +60,12 @@ from dojo_kernels.dk_convert cimport dk_format, dk_flags, dk_quantize
 #: Accumulation orders (the `order` argument of gemm; dk_gemm.h).
 ORDER_VDPBF16PS = DK_GEMM_ORDER_VDPBF16PS
 ORDER_AMX = DK_GEMM_ORDER_AMX
-#: Most rows of the few-rows path (where gemm_ranges measures B's range but not A's).
+#: Most rows of the few-rows path with row-major B (where gemm_ranges measures B's range but
+#: not A's; B = W.T: SMALLM_BT_MAX).
 SMALLM_MAX = DK_GEMM_SMALLM_MAX
 #: The same on the amx tier (beyond it the tile kernel is the faster).
 SMALLM_AMX_MAX = DK_GEMM_SMALLM_AMX_MAX
-#: The same in the vdpbf16ps order with row-major B (B = W.T: SMALLM_BT_MAX).
+#: The same in the vdpbf16ps order with row-major B (B = W.T: SMALLM_BT_VDP_MAX).
 SMALLM_VDP_MAX = DK_GEMM_SMALLM_VDP_MAX
 #: The most rows of the few-rows path with B = W.T (unit row stride), amx order (on the amx
 #: tier: SMALLM_AMX_MAX); the most rows of any few-rows path.
@@ -135,10 +136,12 @@ def _gemm_under_mxcsr(unsigned csr, object a, object b, const uint16_t[::1] tabl
     return rc, after
 
 
-def range_paths(int isa, int kernel, int order, int64_t m, int64_t b_cs, int64_t b_rs=0):
+def range_paths(int isa, int kernel, int order, int64_t m, int64_t b_cs, int64_t b_rs=0,
+                int64_t k=1):
     """(A measured, B measured) by gemm_ranges for BF16 operands of a nonempty product with
-    m rows and B's column and row strides b_cs, b_rs (elements): dk_gemm_range_paths."""
-    cdef int r = dk_gemm_range_paths(isa, kernel, order, m, b_rs, b_cs)
+    m rows, depth k and B's column and row strides b_cs, b_rs (elements):
+    dk_gemm_range_paths."""
+    cdef int r = dk_gemm_range_paths(isa, kernel, order, m, b_rs, b_cs, k)
     return bool(r & 1), bool(r & 2)
 
 

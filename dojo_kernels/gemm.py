@@ -322,9 +322,9 @@ def _bf16_exp(m: int) -> int:
 _EMPTY_RANGE = _Range(0, 0, 0, True)
 @functools.lru_cache(maxsize=256)
 def _range_paths(isa: int, kern: int, order: int, m: int, b_cs: int,
-                 b_rs: int) -> Tuple[bool, bool]:
+                 b_rs: int, k: int) -> Tuple[bool, bool]:
     """Which operands' ranges the kernels measure on this path (_gemm.range_paths)."""
-    return _gemm.range_paths(isa, kern, order, m, b_cs, b_rs)
+    return _gemm.range_paths(isa, kern, order, m, b_cs, b_rs, k)
 
 
 #: The range gemm() assumes of a BF16 operand before the kernel measures it (values of
@@ -696,7 +696,7 @@ def _gemm_general(a: Any, b: Any, a_format: Format, b_format: Format, order_code
     # the avx512bf16 kernel choice (and its first-call probe) only concerns the vdpbf16ps order
     kern = _kernel_index() if isa >= 2 and order_code == _gemm.ORDER_VDPBF16PS else 0
     meas_a, meas_b = _range_paths(isa, kern, order_code, min(m, _gemm.SMALLM_BT_MAX + 1),
-                                  cb.strides[-1] // cb.itemsize, cb.strides[-2] // cb.itemsize)
+                                  cb.strides[-1] // cb.itemsize, cb.strides[-2] // cb.itemsize, k)
     nonempty = m > 0 and n > 0 and k > 0 and nb > 0
     spec_a = a16 and nonempty and meas_a
     spec_b = b16 and nonempty and meas_b

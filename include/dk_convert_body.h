@@ -389,9 +389,9 @@ dk_quant_plain(vi u, vu h, const dk_qloop *c, const dk_qconst *k, int mode, int 
      * CFloat8, which is bound by its vector operations). */
     const vi neg = is_signed ? (vi){} : (u < 0) & (a != 0);
 #if DK_VL == 16 /* in mask registers (the vector form only where the caller uses it) */
-    /* kp below never holds a zero lane (minnorm's bits lo are not 0): the non-plain lanes
-     * are the non-zero ones outside kp, one kandn (fewer mask operations than with the
-     * zeros' mask: the loop is bound by its vector operations) */
+    /* the range check below never admits a zero (minnorm's bits lo are not 0; unsigned
+     * formats then add the negative lanes, -0 among them): the non-plain lanes are the
+     * non-zero ones outside kp, one kandn (fewer mask operations than with the zeros' mask) */
     const __mmask16 knz = _mm512_test_epi32_mask((__m512i)a, (__m512i)a); /* the non-zeros */
     __mmask16 kp = _mm512_cmple_epu32_mask((__m512i)((is_signed ? a : u) - (vi)c->lo), (__m512i)c->span);
     if (!is_signed) kp |= _mm512_movepi32_mask((__m512i)u);
@@ -425,8 +425,8 @@ dk_quant_plain(vi u, vu h, const dk_qloop *c, const dk_qconst *k, int mode, int 
 }
 
 /* The other lanes of a vector whose plain lanes (dk_quant_plain) are res where plain is
- * set: tiny, Tesla gap, beyond max or rounded past it, Inf/NaN, negative into an unsigned
- * format. r: the full random numbers (stochastic only). */
+ * set: tiny, Tesla gap, beyond max, Inf/NaN, negative into an unsigned format. r: the full
+ * random numbers (stochastic only). */
 __attribute__((always_inline)) static inline vi
 dk_quant_rest(vi u, vu r, vi res, vi plain, const dk_format *f, const dk_qloop *c, const dk_qconst *k,
               int mode, int tesla, int flush, int inf_nan, int is_signed, int fake)

@@ -83,15 +83,15 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
  * pointer may be NULL): arange/brange[0] and [1] become what dk_gemm_bf16_range gives for
  * that operand (smallest nonzero and largest finite magnitude bits) and [2] = 1; [2] = 0
  * where the range was not measured (an 8-bit operand, m, n, k or batch 0, and A on the
- * few-rows path, which reads B where it lies and leaves A, at most DK_GEMM_SMALLM_MAX rows,
- * to the caller). The packed path measures each block it packs right after packing it,
+ * few-rows path, which reads B where it lies and leaves A, a few rows, to the caller). The packed path measures each block it packs right after packing it,
  * from the caches; the few-rows path measures B in the registers it loads. A caller that
  * scales by the operands' ranges (SPEC section 5) can thus compute with the scaling it
  * expects and check it against the ranges instead of reading the operands beforehand. */
-/* Which ranges dk_gemm_ranges measures for BF16 operands on a nonempty product with m rows
- * and B's row and column strides b_rs, b_cs: bit 0 A, bit 1 B (0 for an unknown isa or
- * order). */
-int dk_gemm_range_paths(int isa, int kernel, int order, int64_t m, int64_t b_rs, int64_t b_cs);
+/* Which ranges dk_gemm_ranges measures for BF16 operands on a nonempty product with m rows,
+ * depth k and B's row and column strides b_rs, b_cs: bit 0 A, bit 1 B (0 for an unknown isa
+ * or order). */
+int dk_gemm_range_paths(int isa, int kernel, int order, int64_t m, int64_t b_rs, int64_t b_cs,
+                        int64_t k);
 int dk_gemm_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
                    const dk_gemm_operand *a, const dk_gemm_operand *b, float scale,
                    float *out, int64_t ldo, int64_t bso, int isa, int kernel, int threads,
@@ -306,6 +306,10 @@ DK_INLINE void dk_gemm_a_pairs(const void *a, int64_t ars, int64_t acs, int akin
  * 13.1, m = 48 14.6 / 14.9, m = 64 19.1 / 17.5. */
 #define DK_GEMM_SMALLM_BT_MAX 64
 #define DK_GEMM_SMALLM_BT_VDP_MAX 48
+/* Beyond DK_GEMM_SMALLM_MAX rows the W^T kernels are taken only while A's copy (m x kpad
+ * 4-byte words, one per thread) fits in this many words (4 MiB): for a huge k the packed
+ * path's bounded buffers cost less memory. */
+#define DK_GEMM_SMALLM_BT_AWORDS ((int64_t)1 << 20)
 void dk_gemm_smallm_bt_amx_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1, const float *af,
                                   int64_t kpad, const void *b, int64_t bcs, int bkind,
                                   const uint16_t *btab, float scale, float *out, int64_t ldo,
@@ -324,7 +328,7 @@ void dk_gemm_smallm_vdp_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1,
                                uint16_t *brange);
 /* The vdpbf16ps order on the same reads of B (one chain of VDPBF16PS per output, the
  * instruction itself), A given as BF16 pairs (dk_gemm_a_pairs): row i at apairs + i*kpad/2,
- * zeros from k. Used on the avx512bf16 and amx tiers up to DK_GEMM_SMALLM_MAX rows. */
+ * zeros from k. Used on the avx512bf16 and amx tiers up to DK_GEMM_SMALLM_BT_VDP_MAX rows. */
 void dk_gemm_smallm_bt_vdp_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1,
                                   const uint32_t *apairs, int64_t kpad, const void *b,
                                   int64_t bcs, int bkind, const uint16_t *btab, float scale,

@@ -449,7 +449,7 @@ def test_few_rows_against_the_reference_every_tier(m):
     vdpbf16ps order's, whose buffer holds only C). The same B with unit row
     stride (B = W.T, W row-major: torch's linear layout) takes the transposing kernel
     (groups of 16 columns, partial here at n = 1, 31, 47, 70, 130, 530), up to
-    _gemm.SMALLM_BT_MAX (64) rows, 8 at a time in registers over each block of B (9-64
+    _gemm.SMALLM_BT_MAX (64) rows, 8 at a time over each block of B (9-64
     here: a last row block of 1, 5 and 1 rows, then 8; 48 and 64 the limits of the two
     orders, 49 and 65 past them). The vdpbf16ps
     order's kernels (the same reads of B, a chain of VDPBF16PS per output) in both layouts:
@@ -475,6 +475,30 @@ def test_few_rows_against_the_reference_every_tier(m):
                         f"vdpbf16ps m={m} n={n} k={k} {tier}")
             assert_bits(glue(a, bt, "vdpbf16ps", tier), want_v,
                         f"vdpbf16ps B = W.T m={m} n={n} k={k} {tier}")
+
+
+def test_few_rows_w_t_beyond_8_rows_only_while_a_fits():
+    """Beyond 8 rows the W.T kernels copy A (m x k words a thread): they are taken only while
+    the copy fits DK_GEMM_SMALLM_BT_AWORDS (2^20 words), else the packed path runs (its
+    buffers are bounded). 16 rows: k = 65,536 fits, 65,537 (one block more) does not; 8 rows
+    always take the kernel. The path is what range_paths says (A measured only when packed),
+    and the bits are the generic tier's either way."""
+    rng = np.random.default_rng(9)
+    n = 20
+    for m, k, few in ((16, 65536, True), (16, 65537, False), (8, 65537 * 2, True)):
+        a = bf16_codes(rng, (m, k), -2, 2)
+        w = bf16_codes(rng, (n, k), -2, 2)
+        for order in ORDERS:
+            with _config.use_isa("generic"):
+                want = dk.gemm(a, w.T, order=order)
+            for tier in TIERS:
+                isa = _config.ISA_NAMES.index(tier)
+                if isa >= 2:             # (the amx order keeps 4 rows on the amx tier)
+                    here = few and not (isa == 3 and order == "amx")
+                    assert _gemm.range_paths(isa, 0, ORDER_CODE[order], m, k, 1, k) == (
+                        not here, True), (m, k, order, tier)
+                with _config.use_isa(tier):
+                    assert_bits(dk.gemm(a, w.T, order=order), bits(want), f"{m} {k} {order} {tier}")
 
 
 @pytest.mark.parametrize("order", ORDERS)
@@ -540,7 +564,7 @@ def test_few_rows_threads_batches_formats_and_strides(m):
     ranges over several work items, a batch with a shared B, CFloat8 operands, transposed
     A, and a B with unit row stride (B = W.T: the transposing kernels), shared by a batch,
     one per batch item, in CFloat8, and under a transposed A; both orders. At 40 rows only
-    the W.T kernels take few rows (8 at a time in registers)."""
+    the W.T kernels take few rows (8 at a time)."""
     rng = np.random.default_rng(77 + m)
     fa, fb = cfloat8_143(9), cfloat8_152(14)
     n, k = 1300, 201
@@ -718,8 +742,8 @@ def test_kernels_measure_the_operand_ranges(m, n, k):
                         tag = (what, tier, order, kern, th)
                         assert got_b == (_np_range(bb) if want_b else None), tag
                         assert _gemm.range_paths(isa, kern, ORDER_CODE[order], m,
-                                                 bb.strides[-1] // 2,
-                                                 bb.strides[-2] // 2) == (want_a, want_b)
+                                                 bb.strides[-1] // 2, bb.strides[-2] // 2,
+                                                 k) == (want_a, want_b)
                         assert got_a == (_np_range(aa) if want_a and not u8 else None), tag
                         out2 = np.empty_like(out)
                         assert _gemm.gemm(aa, bb, table8 if u8 else NO_TABLE, NO_TABLE, 1.0,

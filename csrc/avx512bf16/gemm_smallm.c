@@ -2,7 +2,8 @@
  * accumulation orders, reading B where it lies instead of packing it (the vdpbf16ps order's
  * kernels are the sections after the amx order's).
  *
- * With m <= DK_GEMM_SMALLM_MAX rows, each element of B is used by at most that many
+ * With m <= DK_GEMM_SMALLM_MAX rows (B = W^T: up to DK_GEMM_SMALLM_BT_MAX, the section at
+ * the end), each element of B is used by at most that many
  * multiply-adds, so packing B (a read and a write of all of it) costs more than the product:
  * this kernel streams B once, row-major (columns contiguous), widening BF16 codes (or
  * CFloat8 codes through the 256-entry table, dk_lut512.h) in registers. Two kernels: one for
@@ -492,8 +493,10 @@ void dk_gemm_smallm_vdp_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1,
  * packers' pair layout would hold it. Per row of A, E and O are one register each over the
  * block's 16 pairs, in order, from +0 (a partial block runs its padding pairs: A's buffer
  * holds zeros there and the masked loads read zeros, so each is fma(+0, +0, .), as in the
- * order's definition); C = C + T stays in a register over all of k. The 16 rows of W are
- * read front to back, 16 streams the prefetchers follow. */
+ * order's definition); C = C + T stays in a register over all of k up to
+ * DK_GEMM_SMALLM_MAX rows, and waits in a stack buffer between the blocks beyond
+ * (bt_group_rows). The 16 rows of W are read front to back, 16 streams the prefetchers
+ * follow. */
 
 /* t[q] lane l = r[l] lane q (32-bit lanes). */
 DK_INLINE void transpose16(const __m512i r[16], __m512i t[16])
@@ -684,8 +687,8 @@ DK_INLINE void bt_group_vdp(const int MR, const int u8, const int trk, int64_t m
 
 /* Columns [j, j + g) for m rows, DK_GEMM_SMALLM_MAX < m <= DK_GEMM_SMALLM_BT_MAX, in either
  * order (vdp: a holds BF16 pairs, else FP32 values): each block of B is loaded and
- * transposed once and used by every row, 8 rows at a time in registers, C waiting in cb
- * between the blocks (two memory operations per row and block, beside 32 FMAs or 16
+ * transposed once and used by every row, 8 rows at a time, each row's C loaded from cb
+ * and stored back (two memory operations per row and block, beside 32 FMAs or 16
  * VDPBF16PS). Blocks of 8 rows over the whole of k, each transposing B again, measured
  * 7.4 ms at 9 x 4096 x 4096 against 4.4 at 8 rows (one thread of a Zen 4). */
 DK_INLINE void bt_group_rows(const int vdp, const int u8, const int trk, int64_t m, int64_t k,
@@ -693,7 +696,8 @@ DK_INLINE void bt_group_rows(const int vdp, const int u8, const int trk, int64_t
                              int64_t bcs, const __m512i lut[8], float *out, int64_t ldo,
                              __m512i *rmn, __m512i *rmx)
 {
-    __m512 cb[DK_GEMM_SMALLM_BT_MAX];
+    _Static_assert(DK_GEMM_SMALLM_BT_VDP_MAX <= DK_GEMM_SMALLM_BT_MAX, "cb holds every row");
+    __m512 cb[DK_GEMM_SMALLM_BT_MAX]; /* m <= DK_GEMM_SMALLM_BT_MAX: the driver's limits */
     for (int64_t r = 0; r < m; r++) cb[r] = _mm512_setzero_ps();
     for (int64_t k0 = 0; k0 < k; k0 += 32) {
         __m512i tw[16];
