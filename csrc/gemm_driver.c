@@ -1305,9 +1305,16 @@ static int few_rows(int isa, int order, int64_t m, int64_t b_cs)
 
 /* ... or else with B's rows unit (the bt kernels; beyond DK_GEMM_SMALLM_MAX rows while
  * A's copy fits DK_GEMM_SMALLM_BT_AWORDS). */
+/* k rounded up to whole blocks of the amx order (the bt kernels' A buffers) */
+static int64_t k_padded(int64_t k)
+{
+    const int64_t blk = 2 * DK_GEMM_AMX_BLOCK_PAIRS;
+    return (k + blk - 1) / blk * blk;
+}
+
 static int few_rows_bt(int isa, int order, int64_t m, int64_t k, int64_t b_rs, int64_t b_cs)
 {
-    const int64_t kpad = (k + 31) / 32 * 32;
+    const int64_t kpad = k_padded(k);
     return !few_rows(isa, order, m, b_cs) && b_rs == 1 && m <= few_rows_max(isa, order, 1) &&
            (m <= DK_GEMM_SMALLM_MAX || m * kpad <= DK_GEMM_SMALLM_BT_AWORDS);
 }
@@ -1357,7 +1364,7 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
         const int64_t per = bt ? 4 * nthr : nthr;
         int64_t cols = (n + per - 1) / per;
         cols = cols > cap ? cap : (cols + unit - 1) / unit * unit;
-        const int64_t kpad = (k + 31) / 32 * 32;
+        const int64_t kpad = k_padded(k);
         smallm_args S = {a, b, m, n, k, ldo, bso, cols, (n + cols - 1) / cols, scale, out, NULL,
                          term, bt, order, kpad, NULL, NULL};
         int fail = 0;

@@ -142,24 +142,23 @@ def _kernel_index() -> int:
 
 
 # The micro-kernel of each (tier, order); ("avx512bf16", "vdpbf16ps") depends on the
-# measured choice above (kernel_name()).
+# measured choice above (kernel_name()). The few-rows limits are the driver's (_gemm).
+_FEW_AMX = (f"m <= {_gemm.SMALLM_MAX} (B = W.T: {_gemm.SMALLM_BT_MAX}): B read unpacked")
+_FEW_VDP = (f"m <= {_gemm.SMALLM_VDP_MAX} (B = W.T: {_gemm.SMALLM_BT_VDP_MAX}): "
+            "VDPBF16PS, B read unpacked")
 _KERNEL_NAMES = {
     ("generic", "amx"): "generic: portable scalar C, 6x16, E/O chains",
     ("generic", "vdpbf16ps"): "generic: portable scalar C, 6x16",
     ("avx2", "amx"): "avx2: FP32 FMA ymm, 3x16, E/O accumulators",
     ("avx2", "vdpbf16ps"): "avx2: FP32 FMA ymm, 6x16",
-    ("avx512bf16", "amx"): "avx512bf16: FP32 FMA zmm, 7x32, E/O accumulators; "
-                           "m <= 8: B read unpacked",
-    ("avx512bf16", "vdpbf16ps", "fma"): "avx512bf16: FP32 FMA zmm, 14x32; "
-                                        "m <= 4 (B = W.T: 8): VDPBF16PS, B read unpacked",
-    ("avx512bf16", "vdpbf16ps", "vdpbf16ps"): "avx512bf16: VDPBF16PS zmm, 6x64; "
-                                              "m <= 4 (B = W.T: 8): B read unpacked",
+    ("avx512bf16", "amx"): "avx512bf16: FP32 FMA zmm, 7x32, E/O accumulators; " + _FEW_AMX,
+    ("avx512bf16", "vdpbf16ps", "fma"): "avx512bf16: FP32 FMA zmm, 14x32; " + _FEW_VDP,
+    ("avx512bf16", "vdpbf16ps", "vdpbf16ps"): "avx512bf16: VDPBF16PS zmm, 6x64; " + _FEW_VDP,
     ("amx", "amx"): "amx: TDPBF16PS tiles, 32x32 (2x2 tiles of 16x16); "
-                    "m <= 4: FP32 FMA zmm, B read unpacked",
-    ("amx", "vdpbf16ps", "fma"): "amx: the avx512bf16 FP32 FMA zmm kernel, 14x32; "
-                                 "m <= 4 (B = W.T: 8): VDPBF16PS, B read unpacked",
+                    f"m <= {_gemm.SMALLM_AMX_MAX}: FP32 FMA zmm, B read unpacked",
+    ("amx", "vdpbf16ps", "fma"): "amx: the avx512bf16 FP32 FMA zmm kernel, 14x32; " + _FEW_VDP,
     ("amx", "vdpbf16ps", "vdpbf16ps"): "amx: the avx512bf16 VDPBF16PS zmm kernel, 6x64; "
-                                       "m <= 4 (B = W.T: 8): B read unpacked",
+                                       + _FEW_VDP,
 }
 
 

@@ -470,12 +470,11 @@ typedef struct { vq el, eh, ol, oh; } dk_rng2;
 static inline dk_rng2 dk_rng2_at(uint64_t seed, uint64_t i0)
 {
     dk_rng2 g;
-    const uint64_t G = 0x9E3779B97F4A7C15ull;
     for (int j = 0; j < DK_VL / 2; j++) {
-        g.el[j] = seed + (i0 + 2u * (uint64_t)j + 1u) * G;
-        g.eh[j] = seed + (i0 + 2u * (uint64_t)(j + DK_VL / 2) + 1u) * G;
-        g.ol[j] = seed + (i0 + 2u * (uint64_t)j + 2u) * G;
-        g.oh[j] = seed + (i0 + 2u * (uint64_t)(j + DK_VL / 2) + 2u) * G;
+        g.el[j] = dk_splitmix_state(seed, i0 + 2u * (uint64_t)j);
+        g.eh[j] = dk_splitmix_state(seed, i0 + 2u * (uint64_t)(j + DK_VL / 2));
+        g.ol[j] = dk_splitmix_state(seed, i0 + 2u * (uint64_t)j + 1u);
+        g.oh[j] = dk_splitmix_state(seed, i0 + 2u * (uint64_t)(j + DK_VL / 2) + 1u);
     }
     return g;
 }
@@ -485,7 +484,7 @@ dk_bf16_run(int op, int mode, int counted, const void *a, const void *b, const v
             int64_t i0, int64_t n, uint64_t seed)
 {
     const int64_t step = 2 * DK_VL;
-    const uint64_t G2 = (uint64_t)step * 0x9E3779B97F4A7C15ull;
+    const uint64_t G2 = (uint64_t)step * DK_SPLITMIX_GAMMA;
     dk_rng2 g = {};
     if (mode == DK_STOCHASTIC) g = dk_rng2_at(seed, (uint64_t)i0);
     const vu HI = (vu){} + 0xFFFF0000u;

@@ -46,8 +46,8 @@ static inline dk_rng dk_rng_at(uint64_t seed, uint64_t i0)
 {
     dk_rng g;
     for (int j = 0; j < DK_VL / 2; j++) {
-        g.lo[j] = seed + (i0 + (uint64_t)j + 1u) * 0x9E3779B97F4A7C15ull;
-        g.hi[j] = seed + (i0 + (uint64_t)(j + DK_VL / 2) + 1u) * 0x9E3779B97F4A7C15ull;
+        g.lo[j] = dk_splitmix_state(seed, i0 + (uint64_t)j);
+        g.hi[j] = dk_splitmix_state(seed, i0 + (uint64_t)(j + DK_VL / 2));
     }
     return g;
 }
@@ -89,13 +89,13 @@ __attribute__((always_inline)) static inline vu dk_splitmix_top(vq *state_lo, vq
 /* The random numbers of the current DK_VL elements; advances the states by DK_VL. */
 __attribute__((always_inline)) static inline vu dk_rng_next(vq *state_lo, vq *state_hi)
 {
-    return dk_splitmix_top(state_lo, state_hi, (uint64_t)DK_VL * 0x9E3779B97F4A7C15ull);
+    return dk_splitmix_top(state_lo, state_hi, (uint64_t)DK_VL * DK_SPLITMIX_GAMMA);
 }
 
 /* dk_rng_next without the last xorshift (see dk_splitmix_hi). */
 __attribute__((always_inline)) static inline vu dk_rng_next_hi(vq *state_lo, vq *state_hi)
 {
-    return dk_splitmix_hi(state_lo, state_hi, (uint64_t)DK_VL * 0x9E3779B97F4A7C15ull);
+    return dk_splitmix_hi(state_lo, state_hi, (uint64_t)DK_VL * DK_SPLITMIX_GAMMA);
 }
 
 /* Constants of one (format, mode) pair, hoisted out of the loop. */
@@ -547,7 +547,7 @@ __attribute__((always_inline)) static inline vi dk_fake_nearest(vi u, const dk_q
  * per-lane multiplies: state i = seed + (i + 1) gamma). */
 __attribute__((always_inline)) static inline dk_rng dk_rng_at_fast(uint64_t seed, uint64_t i0)
 {
-    const uint64_t G = 0x9E3779B97F4A7C15ull, base = seed + (i0 + 1u) * G;
+    const uint64_t G = DK_SPLITMIX_GAMMA, base = dk_splitmix_state(seed, i0);
     dk_rng g;
 #if DK_VL == 16
     g.lo = (vq){0, G, 2 * G, 3 * G, 4 * G, 5 * G, 6 * G, 7 * G} + base;
@@ -564,12 +564,12 @@ __attribute__((always_inline)) static inline dk_rng dk_rng_at_fast(uint64_t seed
 
 /* The lanes that the second pass of dk_quant_loop gathers (at most DK_VL): their inputs
  * and their indices in x; and what gives their random numbers (stochastic rounding): the
- * seed, and the flat index of x[0] plus one. */
+ * seed, and the flat index of x[0]. */
 typedef struct {
     vi u;
     int64_t at[DK_VL];
     int n;
-    uint64_t seed, index1;
+    uint64_t seed, index0;
 } dk_qgather;
 
 /* Finishes the gathered lanes (dk_quant_plain, then dk_quant_rest: every lane is rounded on
@@ -585,8 +585,8 @@ dk_qgather_flush(dk_qgather *g, void *out, const dk_format *f, const dk_qloop *c
     if (mode == DK_STOCHASTIC) {
         vq lo, hi;
         for (int j = 0; j < DK_VL / 2; j++) {
-            lo[j] = g->seed + ((uint64_t)g->at[j] + g->index1) * 0x9E3779B97F4A7C15ull;
-            hi[j] = g->seed + ((uint64_t)g->at[j + DK_VL / 2] + g->index1) * 0x9E3779B97F4A7C15ull;
+            lo[j] = dk_splitmix_state(g->seed, g->index0 + (uint64_t)g->at[j]);
+            hi[j] = dk_splitmix_state(g->seed, g->index0 + (uint64_t)g->at[j + DK_VL / 2]);
         }
         h = dk_splitmix_hi(&lo, &hi, 0);
     }
@@ -655,7 +655,7 @@ dk_quant_loop(const float *x, void *out, int64_t n, const dk_format *f, const dk
     dk_qgather g;
     memset(&g, 0, sizeof g); /* no lane yet; the vectors' lanes zeros (plain) */
     g.seed = seed;
-    g.index1 = (uint64_t)index0 + 1u;
+    g.index0 = (uint64_t)index0;
     for (int64_t p0 = 0; p0 < nv; p0 += DK_QPASS_VECS * DK_VL) {
         const int64_t p1 = nv - p0 < DK_QPASS_VECS * DK_VL ? nv : p0 + DK_QPASS_VECS * DK_VL;
         uint64_t rest = 0;

@@ -75,10 +75,18 @@ DK_INLINE float dk_bitsf(uint32_t b)
     return f;
 }
 
+/* SplitMix64's step (gamma) and its state after i+1 steps from `seed`: the state of the
+ * element with flat index i (SPEC section 2). */
+#define DK_SPLITMIX_GAMMA 0x9E3779B97F4A7C15ull
+DK_INLINE uint64_t dk_splitmix_state(uint64_t seed, uint64_t i)
+{
+    return seed + (i + 1u) * DK_SPLITMIX_GAMMA;
+}
+
 /* SplitMix64 after i+1 steps from `seed`, top 32 bits (SPEC section 2). */
 DK_INLINE uint32_t dk_splitmix32(uint64_t seed, uint64_t i)
 {
-    uint64_t z = seed + (i + 1u) * 0x9E3779B97F4A7C15ull;
+    uint64_t z = dk_splitmix_state(seed, i);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     z ^= z >> 31;

@@ -83,10 +83,11 @@ int dk_gemm(int64_t batch, int64_t m, int64_t n, int64_t k,
  * pointer may be NULL): arange/brange[0] and [1] become what dk_gemm_bf16_range gives for
  * that operand (smallest nonzero and largest finite magnitude bits) and [2] = 1; [2] = 0
  * where the range was not measured (an 8-bit operand, m, n, k or batch 0, and A on the
- * few-rows path, which reads B where it lies and leaves A, a few rows, to the caller). The packed path measures each block it packs right after packing it,
- * from the caches; the few-rows path measures B in the registers it loads. A caller that
- * scales by the operands' ranges (SPEC section 5) can thus compute with the scaling it
- * expects and check it against the ranges instead of reading the operands beforehand. */
+ * few-rows path, which reads B where it lies and leaves A, a few rows, to the caller). The
+ * packed path measures each block it packs right after packing it, from the caches; the
+ * few-rows path measures B in the registers it loads. A caller that scales by the operands'
+ * ranges (SPEC section 5) can thus compute with the scaling it expects and check it against
+ * the ranges instead of reading the operands beforehand. */
 /* Which ranges dk_gemm_ranges measures for BF16 operands on a nonempty product with m rows,
  * depth k and B's row and column strides b_rs, b_cs: bit 0 A, bit 1 B (0 for an unknown isa
  * or order). */
@@ -298,12 +299,10 @@ DK_INLINE void dk_gemm_a_pairs(const void *a, int64_t ars, int64_t acs, int akin
 /* The same for a B with unit row stride (B = W^T for a row-major W: column j of B, k
  * contiguous, at b + j*bcs), A given as FP32 values: row i at af + i*kpad, k <= kpad, zeros
  * from k to kpad (kpad a multiple of 32). Columns [j0, j1) of out, the same bits. Up to
- * DK_GEMM_SMALLM_BT_MAX rows: each block of B transposed once for all of them. The packed
- * path transposes all of W into its panels; against it on one thread of a Zen 4 (m x 4096
- * x 4096 BF16, medians of 11 calls; few-rows / packed, ms): amx order m = 9 4.9 / 12.6,
- * m = 16 7.0 / 12.7, m = 32 12.1 / 17.5, m = 64 25.1 / 29.9 (2 threads 12.7 / 18.1 at
- * 64-65); the vdpbf16ps order (DK_GEMM_SMALLM_BT_VDP_MAX) m = 9 4.4 / 9.4, m = 32 9.9 /
- * 13.1, m = 48 14.6 / 14.9, m = 64 19.1 / 17.5. */
+ * DK_GEMM_SMALLM_BT_MAX rows (DK_GEMM_SMALLM_BT_VDP_MAX in the vdpbf16ps order): each block
+ * of B transposed once for all of them. The limits are where the packed path, which
+ * transposes all of W into its panels, became the faster or about as fast (one thread of a
+ * Zen 4, m x 4096 x 4096 BF16: docs/gemm.md has the table). */
 #define DK_GEMM_SMALLM_BT_MAX 64
 #define DK_GEMM_SMALLM_BT_VDP_MAX 48
 /* Beyond DK_GEMM_SMALLM_MAX rows the W^T kernels are taken only while A's copy (m x kpad

@@ -745,11 +745,10 @@ typedef void (*bt_group_fn)(int64_t m, int64_t k, int64_t j, int64_t g, const vo
      {R##_bf16, R##_bf16_range, R##_u8}}
 BT_ORDER_FNS(bt, bt_group, float)
 BT_ORDER_FNS(btv, bt_group_vdp, uint32_t)
-/* more than DK_GEMM_SMALLM_MAX rows: bt_group_rows (btr0 the amx order, btr1 vdpbf16ps) */
-#define BT_ROWS(VDP, U8, TRK, m, k, j, g, a, kpad, b, bcs, lut, out, ldo, rmn, rmx)             \
-    bt_group_rows(VDP, U8, TRK, m, k, j, g, a, kpad, b, bcs, lut, out, ldo, rmn, rmx)
-BT_GROUP_FNS(btr, BT_ROWS, void, 0)
-BT_GROUP_FNS(btr, BT_ROWS, void, 1)
+/* more than DK_GEMM_SMALLM_MAX rows: bt_group_rows, its first argument the order (btr0 the
+ * amx order, btr1 vdpbf16ps) */
+BT_GROUP_FNS(btr, bt_group_rows, void, 0)
+BT_GROUP_FNS(btr, bt_group_rows, void, 1)
 static const bt_group_fn bt_groups[2][5][3] = {BT_ORDER_TABLE(bt, btr0), BT_ORDER_TABLE(btv, btr1)};
 
 static void smallm_bt(int vdp, int64_t m, int64_t k, int64_t j0, int64_t j1, const void *a,
