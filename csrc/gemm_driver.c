@@ -1172,9 +1172,12 @@ typedef struct {
     const dk_gemm_addend *add; /* NULL, or added to the item's columns after the product */
     int bt;              /* the bt kernel: */
     int order;           /* its order */
+    int tiles;           /* 1: the amx tier's tile kernel (dk_gemm_smallm_bt_amxtile) */
     int64_t kpad;        /* k rounded up to a block of 32 */
+    int64_t aw;          /* words of abuf per slot (bt_abuf_words) */
     float *abuf;         /* per slot m x kpad FP32 values of A (amx order), or m x kpad/2
-                          * BF16 pairs in the same space (vdpbf16ps order) */
+                          * BF16 pairs in the same space (vdpbf16ps order), or A^T's pair
+                          * layout (tiles) */
     int64_t *abuf_item;  /* per slot the batch item whose A abuf holds, -1 for none */
 } smallm_args;
 
@@ -1188,11 +1191,14 @@ static void smallm_item(void *arg, int64_t item, int slot)
     float *out = S->out + bi * S->bso;
     const unsigned csr = dk_fpenv_enter(); /* as gemm_item */
     if (S->bt) {
-        float *af = S->abuf + (int64_t)slot * S->m * S->kpad;
+        float *af = S->abuf + (int64_t)slot * S->aw;
         uint32_t *ap = (uint32_t *)af;
         const int vdp = S->order == DK_GEMM_ORDER_VDPBF16PS;
         if (S->abuf_item[slot] != bi) {
-            if (vdp)
+            if (S->tiles)
+                dk_gemm_a_tpairs(item_ptr(a, bi), a->rs, a->cs, a->kind, a->table, S->m, S->k,
+                                 S->kpad, ap);
+            else if (vdp)
                 dk_gemm_a_pairs(item_ptr(a, bi), a->rs, a->cs, a->kind, a->table, S->m, S->k,
                                 0, S->m, S->kpad / 2, ap, S->kpad / 2);
             else
@@ -1200,7 +1206,10 @@ static void smallm_item(void *arg, int64_t item, int slot)
                               S->m, S->kpad, af, S->kpad);
             S->abuf_item[slot] = bi;
         }
-        if (vdp)
+        if (S->tiles)
+            dk_gemm_smallm_bt_amxtile(S->m, S->k, j0, j1, ap, S->kpad, item_ptr(b, bi), b->cs,
+                                      b->kind, b->table, S->scale, out, S->ldo, range);
+        else if (vdp)
             dk_gemm_smallm_bt_vdp_avx512(S->m, S->k, j0, j1, ap, S->kpad, item_ptr(b, bi),
                                          b->cs, b->kind, b->table, S->scale, out, S->ldo, range);
         else
@@ -1287,12 +1296,14 @@ static void ranges_done(uint16_t *r, int nthr, uint16_t out[3])
  * unit (bt = 0: DK_GEMM_SMALLM_MAX, in the vdpbf16ps order DK_GEMM_SMALLM_VDP_MAX) or B's
  * rows unit (bt = 1: DK_GEMM_SMALLM_BT_MAX, in the vdpbf16ps order
  * DK_GEMM_SMALLM_BT_VDP_MAX); in the amx order on the amx tier DK_GEMM_SMALLM_AMX_MAX for
- * both (the tiles are faster beyond; the vdpbf16ps order has no tiles: both tiers run the
- * avx512bf16 kernels in it). */
+ * B's columns unit (the packed tiles are faster beyond) and DK_GEMM_SMALLM_BT_TILE_MAX for
+ * B's rows unit (beyond DK_GEMM_SMALLM_AMX_MAX rows on the tiles: bt_tiles). The vdpbf16ps
+ * order has no tiles: both tiers run the avx512bf16 kernels in it. */
 static int64_t few_rows_max(int isa, int order, int bt)
 {
     if (isa < DK_ISA_AVX512BF16) return 0;
-    if (order == DK_GEMM_ORDER_AMX && isa >= DK_ISA_AMX) return DK_GEMM_SMALLM_AMX_MAX;
+    if (order == DK_GEMM_ORDER_AMX && isa >= DK_ISA_AMX)
+        return bt ? DK_GEMM_SMALLM_BT_TILE_MAX : DK_GEMM_SMALLM_AMX_MAX;
     if (bt) return order == DK_GEMM_ORDER_AMX ? DK_GEMM_SMALLM_BT_MAX : DK_GEMM_SMALLM_BT_VDP_MAX;
     return order == DK_GEMM_ORDER_AMX ? DK_GEMM_SMALLM_MAX : DK_GEMM_SMALLM_VDP_MAX;
 }
@@ -1312,11 +1323,26 @@ static int64_t k_padded(int64_t k)
     return (k + blk - 1) / blk * blk;
 }
 
+/* B's rows unit on the amx tier's tiles (dk_gemm_smallm_bt_amxtile): the amx order beyond
+ * DK_GEMM_SMALLM_AMX_MAX rows */
+static int bt_tiles(int isa, int order, int64_t m)
+{
+    return isa >= DK_ISA_AMX && order == DK_GEMM_ORDER_AMX && m > DK_GEMM_SMALLM_AMX_MAX;
+}
+
+/* words of a bt kernel's copy of A (per thread): m x kpad, or A^T's pair layout for the
+ * tiles (16 x kpad per sliver of 32 rows) */
+static int64_t bt_abuf_words(int isa, int order, int64_t m, int64_t kpad)
+{
+    return bt_tiles(isa, order, m) ? (m + 31) / 32 * 16 * kpad : m * kpad;
+}
+
 static int few_rows_bt(int isa, int order, int64_t m, int64_t k, int64_t b_rs, int64_t b_cs)
 {
-    const int64_t kpad = k_padded(k);
+    const int64_t words = bt_abuf_words(isa, order, m, k_padded(k));
     return !few_rows(isa, order, m, b_cs) && b_rs == 1 && m <= few_rows_max(isa, order, 1) &&
-           (m <= DK_GEMM_SMALLM_MAX || m * kpad <= DK_GEMM_SMALLM_BT_AWORDS);
+           ((m <= DK_GEMM_SMALLM_MAX && !bt_tiles(isa, order, m)) ||
+            words <= DK_GEMM_SMALLM_BT_AWORDS);
 }
 
 int dk_gemm_range_paths(int isa, int kernel, int order, int64_t m, int64_t b_rs, int64_t b_cs,
@@ -1360,17 +1386,21 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
         const double work = (double)m * (double)n * (double)k * (double)batch;
         int nthr = work < DK_GEMM_PAR_MIN ? 1 : dk_pool_advise(threads, smallm_item, work);
         /* columns per item: a multiple of the kernel's column step (128, or a group of 16) */
-        const int64_t unit = bt ? 16 : 128, cap = bt ? DK_GEMM_SMALLM_BT_COLS : DK_GEMM_SMALLM_COLS;
+        const int tiles = bt && bt_tiles(isa, order, m);
+        /* (the tile kernel takes W's rows 32 at a time) */
+        const int64_t unit = tiles ? 32 : bt ? 16 : 128;
+        const int64_t cap = bt ? DK_GEMM_SMALLM_BT_COLS : DK_GEMM_SMALLM_COLS;
         const int64_t per = bt ? 4 * nthr : nthr;
         int64_t cols = (n + per - 1) / per;
         cols = cols > cap ? cap : (cols + unit - 1) / unit * unit;
         const int64_t kpad = k_padded(k);
         smallm_args S = {a, b, m, n, k, ldo, bso, cols, (n + cols - 1) / cols, scale, out, NULL,
-                         term, bt, order, kpad, NULL, NULL};
+                         term, bt, order, tiles, kpad, bt_abuf_words(isa, order, m, kpad), NULL,
+                         NULL};
         int fail = 0;
         S.range = ranges_new(brange != NULL, b, nthr, &fail);
         if (bt && !fail) {
-            S.abuf = malloc(sizeof(float) * (size_t)nthr * (size_t)m * (size_t)kpad);
+            S.abuf = malloc(sizeof(float) * (size_t)nthr * (size_t)S.aw);
             S.abuf_item = malloc(sizeof(int64_t) * (size_t)nthr);
             fail = !S.abuf || !S.abuf_item;
             for (int i = 0; !fail && i < nthr; i++) S.abuf_item[i] = -1;

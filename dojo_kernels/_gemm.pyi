@@ -8,6 +8,7 @@ SMALLM_AMX_MAX: int
 SMALLM_VDP_MAX: int
 SMALLM_BT_MAX: int
 SMALLM_BT_VDP_MAX: int
+SMALLM_BT_TILE_MAX: int
 STREAM_MIN_BYTES: int
 
 def gemm(a: np.ndarray, b: np.ndarray, table_a: np.ndarray, table_b: np.ndarray, scale: float,

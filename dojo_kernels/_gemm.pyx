@@ -38,6 +38,7 @@ cdef extern from "dk_gemm.h":
     int DK_GEMM_SMALLM_VDP_MAX
     int DK_GEMM_SMALLM_BT_MAX
     int DK_GEMM_SMALLM_BT_VDP_MAX
+    int DK_GEMM_SMALLM_BT_TILE_MAX
     int dk_gemm_range_paths(int isa, int kernel, int order, int64_t m, int64_t b_rs,
                             int64_t b_cs, int64_t k) nogil
     void dk_amx_tdpbf16ps(const uint16_t *a, int64_t lda, const uint32_t *b, int64_t ldb,
@@ -68,10 +69,13 @@ SMALLM_AMX_MAX = DK_GEMM_SMALLM_AMX_MAX
 #: The same in the vdpbf16ps order with row-major B (B = W.T: SMALLM_BT_VDP_MAX).
 SMALLM_VDP_MAX = DK_GEMM_SMALLM_VDP_MAX
 #: The most rows of the few-rows path with B = W.T (unit row stride), amx order (on the amx
-#: tier: SMALLM_AMX_MAX); the most rows of any few-rows path.
+#: tier: SMALLM_BT_TILE_MAX); the most rows of any few-rows path.
 SMALLM_BT_MAX = DK_GEMM_SMALLM_BT_MAX
 #: The same in the vdpbf16ps order.
 SMALLM_BT_VDP_MAX = DK_GEMM_SMALLM_BT_VDP_MAX
+#: With B = W.T on the amx tier, amx order: the tile kernel that reads W's rows as tiles
+#: where they lie (dk_gemm_smallm_bt_amxtile) takes SMALLM_AMX_MAX + 1 to this many rows.
+SMALLM_BT_TILE_MAX = DK_GEMM_SMALLM_BT_TILE_MAX
 #: Result bytes above which the kernels may write the result with non-temporal stores.
 STREAM_MIN_BYTES = DK_GEMM_STREAM_MIN_BYTES
 

@@ -437,7 +437,7 @@ def test_cfloat8_large_bias_products_kept(order, fa, fb):
         assert np.all(err <= gamma(k) * (np.abs(A) @ np.abs(B)) + 2.0 ** -150)
 
 
-@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 17, 48, 49, 64, 65])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 17, 32, 33, 48, 49, 64, 65])
 def test_few_rows_against_the_reference_every_tier(m):
     """m <= 8 (GEMV, skinny m): the avx512bf16 tier reads B unpacked (gemm_smallm.c,
     register blocks of 1 x 128, 2 x 64 and 4 x 32), the amx tier up to 4 rows (then its
@@ -481,7 +481,8 @@ def test_few_rows_w_t_beyond_8_rows_only_while_a_fits():
     """Beyond 8 rows the W.T kernels copy A (m x k words a thread): they are taken only while
     the copy fits DK_GEMM_SMALLM_BT_AWORDS (2^20 words), else the packed path runs (its
     buffers are bounded). 16 rows: k = 65,536 fits, 65,537 (one block more) does not; 8 rows
-    always take the kernel. The path is what range_paths says (A measured only when packed),
+    always take the kernel, but on the amx tier in the amx order, where the tile kernel's
+    copy (A^T in pairs, 16 x kpad words per 32 rows) has the same bound. The path is what range_paths says (A measured only when packed),
     and the bits are the generic tier's either way."""
     rng = np.random.default_rng(9)
     n = 20
@@ -493,12 +494,76 @@ def test_few_rows_w_t_beyond_8_rows_only_while_a_fits():
                 want = dk.gemm(a, w.T, order=order)
             for tier in TIERS:
                 isa = _config.ISA_NAMES.index(tier)
-                if isa >= 2:             # (the amx order keeps 4 rows on the amx tier)
-                    here = few and not (isa == 3 and order == "amx")
+                if isa >= 2:
+                    here = few
+                    if isa == 3 and order == "amx":   # the tiles beyond 4 rows copy A^T in
+                        kpad = -(-k // 32) * 32        # pairs: 16 x kpad words per 32 rows
+                        here = (m + 31) // 32 * 16 * kpad <= 2**20
                     assert _gemm.range_paths(isa, 0, ORDER_CODE[order], m, k, 1, k) == (
                         not here, True), (m, k, order, tier)
                 with _config.use_isa(tier):
                     assert_bits(dk.gemm(a, w.T, order=order), bits(want), f"{m} {k} {order} {tier}")
+
+
+def _w_in_place(rng, w, offset_codes, pad):
+    """W's values in a buffer that starts offset_codes codes past a 64-byte line, row stride
+    k + pad codes."""
+    n, k = w.shape
+    buf = np.zeros(n * (k + pad) + 64, w.dtype)
+    base = (-buf.ctypes.data % 64) // w.itemsize + offset_codes
+    view = buf[base:base + n * (k + pad)].reshape(n, k + pad)[:, :k]
+    view[...] = w
+    return view
+
+
+@pytest.mark.parametrize("m", [5, 16, 32])
+def test_w_t_tiles_read_w_where_it_lies(m):
+    """On the amx tier, amx order, x @ W.T with 5 to _gemm.SMALLM_BT_TILE_MAX rows loads W's
+    rows as tiles where they lie (dk_gemm_smallm_bt_amxtile: C^T = W . x^T); the blocks a
+    whole tile load cannot take are staged: the last rows of a column range (n = 100: 32 +
+    32 + 32 + 4), k's last partial block (k = 113: three whole blocks and 17 codes), every
+    block of a CFloat8 W. W starting on a cache line, 2 and 34 bytes past one, with row
+    strides k and k + 8; 1 to 3 threads (items of whole groups of 32 rows); a scale of 2^-3
+    applied to the result. The bits are the generic tier's (the scalar semantics; the exact
+    order is checked on smaller shapes above) and the range measured in W is NumPy's, with
+    a unique smallest and largest magnitude planted in a whole block, in the partial block
+    and in the last rows. The other tiers run the same cases through their W.T kernels."""
+    rng = np.random.default_rng(300 + m)
+    n, k = 100, 113
+    # specials (most such sums overflow or are NaN), and moderate values
+    for data, (a, w0) in (("mixed", (mixed_codes(rng, (m, k)), mixed_codes(rng, (n, k)))),
+                          ("moderate", (bf16_codes(rng, (m, k), -4, 4),
+                                        bf16_codes(rng, (n, k), -4, 4)))):
+        ref = glue(a, np.ascontiguousarray(w0.T), "amx", "generic", scale=0.125)
+        for off, pad in ((0, 0), (1, 0), (17, 8)):
+            wt = _w_in_place(rng, w0, off, pad).T
+            for tier in TIERS:
+                for th in (1, 2, 3):
+                    assert_bits(glue(a, wt, "amx", tier, threads=th, scale=0.125), bits(ref),
+                                f"{data} m={m} offset {2 * off} B, pad {pad}, {tier}, {th} "
+                                "threads")
+    a3 = a[None]
+    # the range of W, measured on the way
+    isa = _config.ISA_NAMES.index(dk.get_isa())
+    for r, c in ((3, 40), (40, 110), (99, 5), (97, 112)):
+        w = bf16_codes(rng, (n, k), -4, 4)
+        w[r, c] = code(1, -100)                        # the unique smallest magnitude
+        w[n - 1 - r, k - 1 - c] = code(0, 90)          # the unique largest
+        wt = _w_in_place(rng, w, 1, 0).T
+        out = np.empty((1, m, n), np.float32)
+        rc, _, got_b = _gemm.gemm_ranges(a3, wt[None], NO_TABLE, NO_TABLE, 1.0, out, isa, 0, 2,
+                                         ORDER_CODE["amx"])
+        assert rc == 0
+        if isa >= 2:                                   # the few-rows path measures B
+            assert got_b == _np_range(w), (r, c, got_b)
+    # a CFloat8 W: every block staged, decoded
+    fb = cfloat8_152(14)
+    w8 = _w_in_place(rng, rng.integers(0, 256, (n, k), dtype=np.uint8), 3, 5)
+    with _config.use_isa("generic"):
+        ref8 = dk.gemm(a, np.ascontiguousarray(w8.T), b_format=fb)
+    for tier in TIERS:
+        with _config.use_isa(tier):
+            assert_bits(dk.gemm(a, w8.T, b_format=fb), bits(ref8), f"CFloat8 W m={m} {tier}")
 
 
 @pytest.mark.parametrize("order", ORDERS)
@@ -681,7 +746,7 @@ def test_range_prepass_every_layout(shape):
 
 
 @pytest.mark.parametrize("m,n,k", [(1, 1100, 67), (5, 300, 67), (8, 40, 33), (9, 70, 67),
-                                   (48, 70, 67), (65, 70, 2100)])
+                                   (20, 100, 2100), (48, 70, 67), (65, 70, 2100)])
 def test_kernels_measure_the_operand_ranges(m, n, k):
     """The kernels measure the range of each BF16 operand as they read it
     (_gemm.gemm_ranges): the packed path each block it has packed (the AMX row tiles and
@@ -722,10 +787,11 @@ def test_kernels_measure_the_operand_ranges(m, n, k):
                 for what, aa, bb in cases:
                     u8 = aa.dtype == np.uint8
                     # the few-rows kernels: B's columns unit up to 8 rows, B's rows unit up
-                    # to 64; in the amx order up to 4 on the amx tier (the vdpbf16ps order
-                    # has no tiles); in the vdpbf16ps order up to 4 and 48
+                    # to 64; on the amx tier in the amx order up to 4 and (W's rows as
+                    # tiles) 32 (the vdpbf16ps order has no tiles); in the vdpbf16ps order
+                    # up to 4 and 48
                     if order == "amx" and isa == 3:
-                        rm = bt = _gemm.SMALLM_AMX_MAX
+                        rm, bt = _gemm.SMALLM_AMX_MAX, _gemm.SMALLM_BT_TILE_MAX
                     elif order == "amx":
                         rm, bt = _gemm.SMALLM_MAX, _gemm.SMALLM_BT_MAX
                     else:
@@ -797,15 +863,18 @@ def test_kernels_measure_every_packed_region(which, m):
 
 
 @pytest.mark.parametrize("m", [3, 20])
+@pytest.mark.parametrize("layout", ["row-major B", "B = W.T"])
 @pytest.mark.parametrize("case", ["ordinary", "subnormal_b", "huge_b", "tiny_a_huge_b",
                                   "empty_b"])
-def test_scaling_checked_after_the_product(case, m, monkeypatch):
+def test_scaling_checked_after_the_product(case, m, layout, monkeypatch):
     """gemm() computes with the scaling operands of ordinary values get and checks it
     against the ranges the kernels measured, computing again when the data ask for another
     one (SPEC section 5): the bits equal those of the scan-first path (zero rows added to A
     leave its range as it is; the reference is computed with the measuring switched off),
     on every tier, and where nothing can be flushed and the unscaled order stays finite,
-    the exact order without DAZ/FTZ. Ordinary operands are read once."""
+    the exact order without DAZ/FTZ. Ordinary operands are read once. Both layouts of B: a
+    W.T (torch's linear layout) takes the W.T few-rows kernels (on the amx tier the tile
+    kernel that loads W's rows where they lie, at 20 rows)."""
     rng = np.random.default_rng(sum(map(ord, case)) + m)
     k, n = 90, 260
     a = bf16_codes(rng, (m, k), -6, 6)
@@ -843,21 +912,27 @@ def test_scaling_checked_after_the_product(case, m, monkeypatch):
 
     def scan_first(*args):                       # gemm_ranges measuring nothing
         return real["gemm"](*args), None, None
+    wt = layout == "B = W.T"
+    bb = np.ascontiguousarray(b.T).T if wt else b   # (the same values)
     for tier in TIERS:
         with _config.use_isa(tier):
             monkeypatch.setattr(_gemm, "gemm_ranges", scan_first)
-            want = dk.gemm(a, b)
+            want = dk.gemm(a, bb)
             for name, key in (("gemm_ranges", "ranges"), ("gemm", "gemm"),
                               ("bf16_range", "range_b")):
                 monkeypatch.setattr(_gemm, name, spy(name, key))
             calls.update(ranges=0, gemm=0, range_b=0)
-            got = dk.gemm(a, b)
+            got = dk.gemm(a, bb)
             monkeypatch.undo()
-        assert_bits(got, bits(want), f"{case} {tier}")
+        assert_bits(got, bits(want), f"{case} {layout} {tier}")
         if exact is not None:
-            assert_bits(got, exact, f"{case} {tier} exact")
+            assert_bits(got, exact, f"{case} {layout} {tier} exact")
         isa = _config.ISA_NAMES.index(tier)
-        few = m <= (_gemm.SMALLM_AMX_MAX if isa == 3 else _gemm.SMALLM_MAX) and isa >= 2
+        if wt:                  # the W.T kernels (amx tier: FMA up to 4 rows, tiles to 32)
+            few = m <= (_gemm.SMALLM_BT_TILE_MAX if isa == 3 else _gemm.SMALLM_BT_MAX)
+        else:
+            few = m <= (_gemm.SMALLM_AMX_MAX if isa == 3 else _gemm.SMALLM_MAX)
+        few = few and isa >= 2
         seen = (calls["ranges"], calls["gemm"], calls["range_b"])
         if isa >= 2 and not few:      # the AVX-512 tiers measure A and B when packed
             assert seen == expect_packed, (tier, seen)

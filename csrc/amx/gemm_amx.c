@@ -27,6 +27,9 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "dk_lut512.h"
+#include "dk_range512.h"
+
 #define MR DK_GEMM_AMXTILE_MR
 #define NR DK_GEMM_AMXTILE_NR
 
@@ -161,6 +164,105 @@ void dk_gemm_ukr_amxtile_io(int64_t kp, const void *ap, const void *bp, const fl
                             const float *t, int64_t trs, int64_t tcs)
 {
     ukr(kp, ap, bp, cin, ldcin, c, ldc, flags, scale, (flags & DK_UKR_LAST) ? t : NULL, trs, tcs);
+}
+
+/* Few rows, B = W^T (W row-major: torch's linear layout), on the tiles: the transposed
+ * product C^T = W . A^T, which has the same bits (each output's E and O chains take the same
+ * products in the same order: a x b = b x a, and fma(a, b, c) = fma(b, a, c)). W's rows are
+ * the "A" operand and are loaded as tiles where they lie (16 rows x 32 codes, row stride
+ * bcs), so W is read once, unpacked; A^T is the "B" operand, given in the pair layout
+ * (dk_gemm.h: apt). A block that a whole tile load cannot take (the last rows of W when
+ * fewer than 32 remain in the column range, k's last partial block, every block of a
+ * CFloat8 W) is staged: copied (decoded) into a zero-padded buffer first. */
+#define BT_ROWS 32 /* W rows (columns of C) per group: two A tiles */
+
+/* W rows [0, rows) of the group at w (rows <= BT_ROWS), codes [kk0, kk0 + kn) (kn <= 32),
+ * into st (BT_ROWS x 32 codes, zeros elsewhere); the BF16 codes' range into r (NULL: none). */
+static void stage_block(const void *w, int64_t bcs, int bkind, const __m512i tab[8],
+                        int64_t rows, int64_t kk0, int64_t kn, uint16_t *st, dk_range512 *r)
+{
+    const __mmask32 mk = dk_lanes32(kn);
+    for (int64_t i = 0; i < BT_ROWS; i++) {
+        __m512i v = _mm512_setzero_si512();
+        if (i < rows && bkind == DK_GEMM_U8)
+            v = _mm512_maskz_mov_epi16(mk, dk_lut512(_mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(
+                                                         mk, (const uint8_t *)w + i * bcs + kk0)), tab));
+        else if (i < rows) {
+            v = _mm512_maskz_loadu_epi16(mk, (const uint16_t *)w + i * bcs + kk0);
+            if (r) dk_range512_add(r, v);
+        }
+        _mm512_store_si512((void *)(st + i * 32), v);
+    }
+}
+
+void dk_gemm_smallm_bt_amxtile(int64_t m, int64_t k, int64_t j0, int64_t j1, const uint32_t *apt,
+                               int64_t kpad, const void *b, int64_t bcs, int bkind,
+                               const uint16_t *btab, float scale, float *out, int64_t ldo,
+                               uint16_t *brange)
+{
+    static const uint16_t empty[2] = {0x7FFF, 0};
+    dk_range512 rg = dk_range512_start(brange ? brange : empty);
+    __m512i tab[8];
+    if (bkind == DK_GEMM_U8) dk_lut512_load(btab, tab);
+    uint16_t st[BT_ROWS * 32] __attribute__((aligned(64)));
+    float tmp[BT_ROWS * 32] __attribute__((aligned(64)));
+    const int64_t nblk = kpad / 32, np = kpad / 2, nsl = (m + 31) / 32;
+    /* the blocks loaded straight from W: whole blocks of BF16 codes */
+    const int64_t direct = bkind == DK_GEMM_U16 ? k / 32 : 0;
+    dk_gemm_amxtile_enter();
+    for (int64_t jb = j0; jb < j1; jb += BT_ROWS) {
+        const int64_t rows = j1 - jb < BT_ROWS ? j1 - jb : BT_ROWS;
+        const uint16_t *w16 = (const uint16_t *)b + jb * bcs;
+        for (int64_t s = 0; s < nsl; s++) {
+            const uint32_t *as = apt + s * np * 32;
+            dk_range512 *r = brange && s == 0 && bkind == DK_GEMM_U16 ? &rg : NULL;
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            for (int64_t blk = 0; blk < nblk; blk++) {
+                if (rows == BT_ROWS && blk < direct) {
+                    const uint16_t *w0 = w16 + 32 * blk;
+                    _tile_loadd(4, w0, (size_t)bcs * 2);
+                    _tile_loadd(5, w0 + 16 * bcs, (size_t)bcs * 2);
+                    if (r)
+                        for (int i = 0; i < BT_ROWS; i++)
+                            dk_range512_add(r, _mm512_loadu_si512((const void *)(w0 + i * bcs)));
+                } else {
+                    const int64_t kk0 = 32 * blk;
+                    stage_block(bkind == DK_GEMM_U8 ? (const void *)((const uint8_t *)b + jb * bcs)
+                                                    : (const void *)w16,
+                                bcs, bkind, tab, rows, kk0, k - kk0, st, r);
+                    _tile_loadd(4, st, 64);
+                    _tile_loadd(5, st + 16 * 32, 64);
+                }
+                _tile_loadd(6, as + blk * 16 * 32, 128);
+                _tile_loadd(7, as + blk * 16 * 32 + 16, 128);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+                _tile_dpbf16ps(2, 5, 6);
+                _tile_dpbf16ps(3, 5, 7);
+            }
+            /* tmp[jj * 32 + i]: column jb + jj of C, row 32 s + i */
+            C_TILES(_tile_stored, tmp, 32);
+            const int64_t mi = m - 32 * s < 32 ? m - 32 * s : 32;
+            for (int64_t i = 0; i < mi; i++) {
+                float *o = out + (32 * s + i) * ldo + jb;
+                for (int64_t jj = 0; jj < rows; jj++) {
+                    /* the last k block's steps of every kernel: the exact power-of-two
+                     * scale, then NaN -> 0x7FC00000 */
+                    const float x = tmp[jj * 32 + i] * scale;
+                    if (x != x) {
+                        const uint32_t qnan = 0x7FC00000u;
+                        memcpy(o + jj, &qnan, 4);
+                    } else
+                        o[jj] = x;
+                }
+            }
+        }
+    }
+    dk_gemm_amxtile_leave();
+    if (brange) dk_range512_end(rg, brange);
 }
 
 /* One TDPBF16PS on tiles of the given shape, for the tests that prove the contract

@@ -9,12 +9,7 @@
 #include <immintrin.h>
 
 #include "dk_lut512.h"
-
-/* The mask of the first n of 32 lanes (none for n <= 0, all for n >= 32). */
-static inline __mmask32 lanes32(int64_t n)
-{
-    return n <= 0 ? 0 : n >= 32 ? (__mmask32)~0u : (__mmask32)((1u << n) - 1);
-}
+#include "dk_range512.h"
 
 /* The VPERMT2W indices that interleave two rows of 32 codes into pairs (even[j], odd[j]):
  * lanes j = 0..15, then j = 16..31. */
@@ -68,53 +63,21 @@ void dk_gemm_pack_pair_u8_avx512(const uint8_t *src, int64_t ldk, int64_t kp, in
     }
 }
 
-/* The magnitude range of BF16 codes (the scaling pre-pass, dk_gemm_ranges), kept per 16-bit
- * lane while packing: the largest finite magnitude and the smallest nonzero one, as the
- * driver's range_row keeps them (magnitudes are 0..0x7FFF: signed compares suffice). */
-typedef struct { __m512i lo, hi; } range512;
-
-static inline range512 range_start(const uint16_t *rng)
-{
-    range512 r = {_mm512_set1_epi16((short)rng[0]), _mm512_set1_epi16((short)rng[1])};
-    return r;
-}
-
-static inline void range_add(range512 *r, __m512i codes)
-{
-    const __m512i m7 = _mm512_set1_epi16(0x7FFF), inf = _mm512_set1_epi16(0x7F80);
-    __m512i x = _mm512_and_si512(codes, m7);
-    r->hi = _mm512_mask_max_epi16(r->hi, _mm512_cmplt_epi16_mask(x, inf), r->hi, x);
-    r->lo = _mm512_mask_min_epi16(r->lo, _mm512_test_epi16_mask(x, x), r->lo, x);
-}
-
-static inline void range_end(range512 r, uint16_t *rng)
-{
-    /* halve to 8 lanes, then PHMINPOSUW (unsigned; magnitudes are 0..0x7FFF, and the max is
-     * the min of the complements) */
-    __m256i lo = _mm256_min_epi16(_mm512_castsi512_si256(r.lo), _mm512_extracti64x4_epi64(r.lo, 1));
-    __m256i hi = _mm256_max_epi16(_mm512_castsi512_si256(r.hi), _mm512_extracti64x4_epi64(r.hi, 1));
-    __m128i lo8 = _mm_min_epi16(_mm256_castsi256_si128(lo), _mm256_extracti128_si256(lo, 1));
-    __m128i hi8 = _mm_max_epi16(_mm256_castsi256_si128(hi), _mm256_extracti128_si256(hi, 1));
-    /* the lanes started from rng (range_start), so this is the merged range */
-    rng[0] = (uint16_t)_mm_extract_epi16(_mm_minpos_epu16(lo8), 0);
-    rng[1] = (uint16_t)(0xFFFF ^ _mm_extract_epi16(_mm_minpos_epu16(_mm_xor_si128(hi8, _mm_set1_epi16(-1))), 0));
-}
-
 void dk_gemm_range_u16_avx512(const uint16_t *p, int64_t n, uint16_t *rng)
 {
-    range512 r = range_start(rng);
+    dk_range512 r = dk_range512_start(rng);
     int64_t i = 0;
-    for (; i + 32 <= n; i += 32) range_add(&r, _mm512_loadu_si512((const void *)(p + i)));
+    for (; i + 32 <= n; i += 32) dk_range512_add(&r, _mm512_loadu_si512((const void *)(p + i)));
     if (i < n) /* the tail: masked-off lanes read as zeros, which count for neither end */
-        range_add(&r, _mm512_maskz_loadu_epi16(lanes32(n - i), p + i));
-    range_end(r, rng);
+        dk_range512_add(&r, _mm512_maskz_loadu_epi16(dk_lanes32(n - i), p + i));
+    dk_range512_end(r, rng);
 }
 
 void dk_gemm_pack_pair_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp, int64_t nr,
                                   int64_t nsl, int64_t ssl, uint32_t *dst, uint16_t *rng)
 {
     static const uint16_t empty[2] = {0x7FFF, 0};
-    range512 r = range_start(rng ? rng : empty);
+    dk_range512 r = dk_range512_start(rng ? rng : empty);
     /* pair outer, slivers inner: each k-row is read nsl * nr codes at a time. The rows of
      * a wide B are pages apart, past what the hardware prefetchers follow: there the rows
      * PACK_AHEAD pairs on are prefetched by hand (64x4096x4096 on the amx tier, one thread: 1.15x). */
@@ -128,13 +91,13 @@ void dk_gemm_pack_pair_u16_avx512(const uint16_t *src, int64_t ldk, int64_t kp, 
                 __m512i e = _mm512_loadu_si512((const void *)(r0 + j));
                 __m512i o = _mm512_loadu_si512((const void *)(r1 + j));
                 if (rng) {
-                    range_add(&r, e);
-                    range_add(&r, o);
+                    dk_range512_add(&r, e);
+                    dk_range512_add(&r, o);
                 }
                 interleave_store(e, o, dst + s * ssl + p * nr + (j - s * nr));
             }
     }
-    if (rng) range_end(r, rng);
+    if (rng) dk_range512_end(r, rng);
 }
 
 /* Up to 32 codes of one row of a B edge (the lanes of mask m; src NULL: none) as 16-bit
@@ -165,7 +128,7 @@ void dk_gemm_pack_pair_edge_u8_avx512(const uint8_t *src, int64_t ldk, int64_t k
     for (int64_t p = 0; p < kp; p++)
         for (int64_t j = 0; j < nr; j += 32) {
             const int64_t w = ncols - j;
-            const __mmask32 m = lanes32(w);
+            const __mmask32 m = dk_lanes32(w);
             interleave_store(edge_row_u8(EDGE_ROW(src, 2 * p), m, t),
                              edge_row_u8(EDGE_ROW(src, 2 * p + 1), m, t), dst + p * nr + j);
         }
@@ -176,20 +139,20 @@ void dk_gemm_pack_pair_edge_u16_avx512(const uint16_t *src, int64_t ldk, int64_t
                                        uint16_t *rng)
 {
     static const uint16_t empty[2] = {0x7FFF, 0};
-    range512 r = range_start(rng ? rng : empty);
+    dk_range512 r = dk_range512_start(rng ? rng : empty);
     for (int64_t p = 0; p < kp; p++)
         for (int64_t j = 0; j < nr; j += 32) {
             const int64_t w = ncols - j;
-            const __mmask32 m = lanes32(w);
+            const __mmask32 m = dk_lanes32(w);
             const __m512i e = edge_row_u16(EDGE_ROW(src, 2 * p), m);
             const __m512i o = edge_row_u16(EDGE_ROW(src, 2 * p + 1), m);
             if (rng) {
-                range_add(&r, e);
-                range_add(&r, o);
+                dk_range512_add(&r, e);
+                dk_range512_add(&r, o);
             }
             interleave_store(e, o, dst + p * nr + j);
         }
-    if (rng) range_end(r, rng);
+    if (rng) dk_range512_end(r, rng);
 }
 
 #undef EDGE_ROW
@@ -200,7 +163,7 @@ void dk_gemm_pack_rowtile_u8_avx512(const uint8_t *src, int64_t lda, int64_t row
 {
     __m512i t[8];
     dk_lut512_load(table, t);
-    const __mmask32 last = lanes32(klast);
+    const __mmask32 last = dk_lanes32(klast);
     for (int64_t r = 0; r < rows; r++) {
         const uint8_t *q = src + r * lda;
         for (int64_t b = 0; b < nblk; b++) {
@@ -223,9 +186,9 @@ void dk_gemm_pack_rowtile_u16_avx512(const uint16_t *src, int64_t lda, int64_t r
                                      uint16_t *rng)
 {
     static const uint16_t empty[2] = {0x7FFF, 0};
-    range512 rg = range_start(rng ? rng : empty);
+    dk_range512 rg = dk_range512_start(rng ? rng : empty);
     /* the last block's codes: the lanes past them load as zeros (and are never read) */
-    const __mmask32 last = lanes32(klast);
+    const __mmask32 last = dk_lanes32(klast);
     /* rows outer: each row of A is read in k order */
     for (int64_t r = 0; r < rows; r++) {
         const uint16_t *q = src + r * lda;
@@ -233,14 +196,14 @@ void dk_gemm_pack_rowtile_u16_avx512(const uint16_t *src, int64_t lda, int64_t r
             const __mmask32 mk = b + 1 < nblk ? (__mmask32)~0u : last;
             __m512i c = mk == (__mmask32)~0u ? _mm512_loadu_si512((const void *)(q + 32 * b))
                                              : _mm512_maskz_loadu_epi16(mk, q + 32 * b);
-            if (rng) range_add(&rg, c);
+            if (rng) dk_range512_add(&rg, c);
             _mm512_store_si512((void *)(dst + b * 16 * mr + r * 16), c);
         }
     }
     for (int64_t r = rows; r < mr; r++) /* padding rows */
         for (int64_t b = 0; b < nblk; b++)
             _mm512_store_si512((void *)(dst + b * 16 * mr + r * 16), _mm512_setzero_si512());
-    if (rng) range_end(rg, rng);
+    if (rng) dk_range512_end(rg, rng);
 }
 
 /* ---- transposing packers: the operands a torch Linear hands over as transposed views ----
@@ -287,13 +250,13 @@ static inline void transpose16_u32(__m512i r[16])
 static inline __m512i line_u16(const uint16_t *src, int64_t n)
 {
     if (!src || n <= 0) return _mm512_setzero_si512();
-    return n >= 32 ? _mm512_loadu_si512((const void *)src) : _mm512_maskz_loadu_epi16(lanes32(n), src);
+    return n >= 32 ? _mm512_loadu_si512((const void *)src) : _mm512_maskz_loadu_epi16(dk_lanes32(n), src);
 }
 
 static inline __m512i line_u8(const uint8_t *src, int64_t n, const __m512i t[8])
 {
     if (!src || n <= 0) return _mm512_setzero_si512();
-    const __mmask32 m = lanes32(n);
+    const __mmask32 m = dk_lanes32(n);
     const __m256i raw = n >= 32 ? _mm256_loadu_si256((const __m256i *)src) : _mm256_maskz_loadu_epi8(m, src);
     return _mm512_maskz_mov_epi16(m, dk_lut512(_mm512_cvtepu8_epi16(raw), t));
 }
@@ -312,7 +275,7 @@ pair_klines(const char *src, size_t esz, int64_t ldl, int64_t nlines, int64_t kc
             int64_t nr, const __m512i *t, uint32_t *dst, uint16_t *rng)
 {
     static const uint16_t empty[2] = {0x7FFF, 0};
-    range512 rg = range_start(rng ? rng : empty);
+    dk_range512 rg = dk_range512_start(rng ? rng : empty);
     for (int64_t p0 = 0; p0 < kp; p0 += 16) {
         const int64_t np = kp - p0 < 16 ? kp - p0 : 16; /* pairs of this block stored */
         const int64_t kin = kcodes - 2 * p0;             /* codes of each line from here */
@@ -322,14 +285,14 @@ pair_klines(const char *src, size_t esz, int64_t ldl, int64_t nlines, int64_t kc
                 const int64_t l = g + i; /* no pointer past the lines or codes that exist */
                 r[i] = line_codes(l < nlines && kin > 0 ? src + (l * ldl + 2 * p0) * (int64_t)esz : NULL,
                                   kin, t);
-                if (rng) range_add(&rg, r[i]);
+                if (rng) dk_range512_add(&rg, r[i]);
             }
             transpose16_u32(r);
             for (int64_t q = 0; q < np; q++)
                 _mm512_store_si512((void *)(dst + (p0 + q) * nr + g), r[q]);
         }
     }
-    if (rng) range_end(rg, rng);
+    if (rng) dk_range512_end(rg, rng);
 }
 
 void dk_gemm_pack_pair_klines_u16_avx512(const uint16_t *src, int64_t ldl, int64_t nlines,
@@ -357,7 +320,7 @@ rowtile_cols(const char *src, size_t esz, int64_t ldk, int64_t rows, int64_t nbl
              const __m512i *t, uint32_t *dst, uint16_t *rng)
 {
     static const uint16_t empty[2] = {0x7FFF, 0};
-    range512 rg = range_start(rng ? rng : empty);
+    dk_range512 rg = dk_range512_start(rng ? rng : empty);
     const int64_t ldb = ldk * (int64_t)esz;
     for (int64_t b = 0; b < nblk; b++) {
         const int64_t kb = b + 1 < nblk ? 32 : klast; /* codes of this block */
@@ -366,8 +329,8 @@ rowtile_cols(const char *src, size_t esz, int64_t ldk, int64_t rows, int64_t nbl
             const __m512i e = line_codes(2 * p < kb ? src + (32 * b + 2 * p) * ldb : NULL, rows, t);
             const __m512i o = line_codes(2 * p + 1 < kb ? src + (32 * b + 2 * p + 1) * ldb : NULL, rows, t);
             if (rng) {
-                range_add(&rg, e);
-                range_add(&rg, o);
+                dk_range512_add(&rg, e);
+                dk_range512_add(&rg, o);
             }
             lo[p] = _mm512_permutex2var_epi16(e, pairs_lo(), o); /* rows 0..15 */
             hi[p] = _mm512_permutex2var_epi16(e, pairs_hi(), o); /* rows 16..31 */
@@ -379,7 +342,7 @@ rowtile_cols(const char *src, size_t esz, int64_t ldk, int64_t rows, int64_t nbl
             _mm512_store_si512((void *)(dst + b * 16 * 32 + (16 + i) * 16), hi[i]);
         }
     }
-    if (rng) range_end(rg, rng);
+    if (rng) dk_range512_end(rg, rng);
 }
 
 void dk_gemm_pack_rowtile_cols_u16_avx512(const uint16_t *src, int64_t ldk, int64_t rows,
@@ -442,7 +405,7 @@ lines_kc(const char *src, size_t esz, int64_t ldl, int64_t nlines, int64_t kcode
          int64_t lw, int split, const __m512i *t, uint32_t *dst, uint16_t *rng)
 {
     static const uint16_t empty[2] = {0x7FFF, 0};
-    range512 rg = range_start(rng ? rng : empty);
+    dk_range512 rg = dk_range512_start(rng ? rng : empty);
     const int64_t width = split ? 2 * lw : lw; /* lanes per pair */
     for (int64_t p0 = 0; p0 < kp; p0 += 16) {
         const int64_t np = kp - p0 < 16 ? kp - p0 : 16; /* pairs of this block stored */
@@ -454,7 +417,7 @@ lines_kc(const char *src, size_t esz, int64_t ldl, int64_t nlines, int64_t kcode
                 const int64_t l = g + i; /* no pointer past the lines or codes that exist */
                 r[i] = line_codes(l < nlines && kin > 0 ? src + (l * ldl + 2 * p0) * (int64_t)esz : NULL,
                                   kin, t);
-                if (rng) range_add(&rg, r[i]);
+                if (rng) dk_range512_add(&rg, r[i]);
             }
             transpose8x16_u32(r, w);
             for (int x = 0; x < 8; x++) {
@@ -470,7 +433,7 @@ lines_kc(const char *src, size_t esz, int64_t ldl, int64_t nlines, int64_t kcode
             }
         }
     }
-    if (rng) range_end(rg, rng);
+    if (rng) dk_range512_end(rg, rng);
 }
 
 void dk_gemm_pack_lines_kc_u16_avx512(const uint16_t *src, int64_t ldl, int64_t nlines,
@@ -501,7 +464,7 @@ lines_kr(const char *src, size_t esz, int64_t ldk, int64_t nlines, int64_t nsl, 
          int64_t kp, int64_t lw, int split, const __m512i *t, uint32_t *dst, uint16_t *rng)
 {
     static const uint16_t empty[2] = {0x7FFF, 0};
-    range512 rg = range_start(rng ? rng : empty);
+    dk_range512 rg = dk_range512_start(rng ? rng : empty);
     const int64_t width = split ? 2 * lw : lw; /* lanes per pair */
     const __mmask16 lanes = (__mmask16)((1u << lw) - 1u);
     const int64_t ldb = ldk * (int64_t)esz;
@@ -517,8 +480,8 @@ lines_kr(const char *src, size_t esz, int64_t ldk, int64_t nlines, int64_t nsl, 
             const __m512i e = line_codes(r0 && nl > 0 ? r0 + l * (int64_t)esz : NULL, nl, t);
             const __m512i o = line_codes(r1 && nl > 0 ? r1 + l * (int64_t)esz : NULL, nl, t);
             if (rng) {
-                range_add(&rg, e);
-                range_add(&rg, o);
+                dk_range512_add(&rg, e);
+                dk_range512_add(&rg, o);
             }
             const __m512i w = _mm512_permutex2var_epi16(e, pairs_lo(), o); /* lines 0..15 */
             uint32_t *out = dst + s * kp * width + p * width;
@@ -530,7 +493,7 @@ lines_kr(const char *src, size_t esz, int64_t ldk, int64_t nlines, int64_t nsl, 
             }
         }
     }
-    if (rng) range_end(rg, rng);
+    if (rng) dk_range512_end(rg, rng);
 }
 
 void dk_gemm_pack_lines_kr_u16_avx512(const uint16_t *src, int64_t ldk, int64_t nlines,
