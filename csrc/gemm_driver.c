@@ -1331,18 +1331,18 @@ static int bt_tiles(int isa, int order, int64_t m)
 }
 
 /* words of a bt kernel's copy of A (per thread): m x kpad, or A^T's pair layout for the
- * tiles (16 x kpad per sliver of 32 rows) */
+ * tiles (16 x kpad: m <= DK_GEMM_SMALLM_BT_TILE_MAX = 32) */
 static int64_t bt_abuf_words(int isa, int order, int64_t m, int64_t kpad)
 {
-    return bt_tiles(isa, order, m) ? (m + 31) / 32 * 16 * kpad : m * kpad;
+    return bt_tiles(isa, order, m) ? 16 * kpad : m * kpad;
 }
 
 static int few_rows_bt(int isa, int order, int64_t m, int64_t k, int64_t b_rs, int64_t b_cs)
 {
-    const int64_t words = bt_abuf_words(isa, order, m, k_padded(k));
-    return !few_rows(isa, order, m, b_cs) && b_rs == 1 && m <= few_rows_max(isa, order, 1) &&
-           ((m <= DK_GEMM_SMALLM_MAX && !bt_tiles(isa, order, m)) ||
-            words <= DK_GEMM_SMALLM_BT_AWORDS);
+    if (few_rows(isa, order, m, b_cs) || b_rs != 1 || m > few_rows_max(isa, order, 1))
+        return 0;
+    return (m <= DK_GEMM_SMALLM_MAX && !bt_tiles(isa, order, m)) ||
+           bt_abuf_words(isa, order, m, k_padded(k)) <= DK_GEMM_SMALLM_BT_AWORDS;
 }
 
 int dk_gemm_range_paths(int isa, int kernel, int order, int64_t m, int64_t b_rs, int64_t b_cs,
@@ -1400,7 +1400,9 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
         int fail = 0;
         S.range = ranges_new(brange != NULL, b, nthr, &fail);
         if (bt && !fail) {
-            S.abuf = malloc(sizeof(float) * (size_t)nthr * (size_t)S.aw);
+            /* 64-byte aligned: the tile kernel loads A^T's rows of 64 bytes as tiles */
+            void *p = NULL;
+            S.abuf = posix_memalign(&p, 64, sizeof(float) * (size_t)nthr * (size_t)S.aw) ? NULL : p;
             S.abuf_item = malloc(sizeof(int64_t) * (size_t)nthr);
             fail = !S.abuf || !S.abuf_item;
             for (int i = 0; !fail && i < nthr; i++) S.abuf_item[i] = -1;

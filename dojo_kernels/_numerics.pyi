@@ -9,6 +9,10 @@ _Array = npt.NDArray[np.generic]
 _FmtTuple = Tuple[int, int, int, int, int, int, int]
 _FlagTuple = Tuple[int, int, int, int]
 
+LINE_ALIGN_MIN: int
+
+def empty_lined(shape: Tuple[int, ...], dtype: "npt.DTypeLike") -> _Array: ...
+
 # Every array argument: any object exporting a C-contiguous buffer of exactly n elements
 # (a NumPy array of the right dtype, or its bytes). None: out overlapped an input other than
 # element for element, and nothing was computed.

@@ -16,6 +16,28 @@ import numpy as _np
 _ndarray = _np.ndarray
 
 
+#: New results of this many bytes or more start on a 64-byte line (NumPy guarantees 16):
+#: codes used as W in `x @ W.T` on the amx tier are loaded as tiles where they lie, and a
+#: tile row that straddles two lines costs (docs/gemm.md, "B = W.T on the tiles").
+LINE_ALIGN_MIN = 1 << 18
+
+
+def empty_lined(tuple shape, dtype):
+    """An uninitialised C-contiguous array of ``shape`` and ``dtype``; from LINE_ALIGN_MIN
+    bytes on, a view whose first element is on a 64-byte line."""
+    cdef Py_ssize_t nbytes = _np.dtype(dtype).itemsize
+    cdef Py_ssize_t off
+    cdef uint8_t[::1] mv
+    for d in shape:
+        nbytes *= d
+    if nbytes < LINE_ALIGN_MIN:
+        return _np.empty(shape, dtype)
+    buf = _np.empty(nbytes + 64, _np.uint8)
+    mv = buf
+    off = (-<Py_ssize_t>(<size_t>&mv[0])) & 63
+    return buf[off:off + nbytes].view(dtype).reshape(shape)
+
+
 cdef dk_format _fmt(tuple t):
     cdef dk_format f
     f.ebits, f.mbits, f.bias, f.is_signed, f.sub, f.has_inf_nan, f.nan_code = t
@@ -191,7 +213,7 @@ def convert_plain(int entry, x, out, tuple fmt, dtype, int okind, int mode, uint
         held = 1
         n = v[0].len // xw
         if dst is None:
-            dst = _np.empty(tuple([v[0].shape[i] for i in range(v[0].ndim)]), dtype)
+            dst = empty_lined(tuple([v[0].shape[i] for i in range(v[0].ndim)]), dtype)
         if not _take_plain(dst, &v[1], PyBUF_WRITABLE, oc, ow):
             return None
         held = 2
@@ -310,7 +332,7 @@ def arith_plain(int op, tuple operands, out, tuple fmt, dtype, int mode, uint64_
         if n > max_n:
             return None
         if dst is None:
-            dst = _np.empty(tuple([v[0].shape[i] for i in range(v[0].ndim)]), dtype)
+            dst = empty_lined(tuple([v[0].shape[i] for i in range(v[0].ndim)]), dtype)
         if not _take_plain(dst, &v[held], PyBUF_WRITABLE, code, width):
             return None
         held += 1

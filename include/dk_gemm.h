@@ -296,23 +296,18 @@ DK_INLINE void dk_gemm_a_pairs(const void *a, int64_t ars, int64_t acs, int akin
         }
 }
 
-/* ... and as the pair layout of A^T, for the amx tier's W^T tile kernel
- * (dk_gemm_smallm_bt_amxtile): rows in slivers of 32, sliver s at dst + s * (kpad/2) * 32,
- * pair p of it at + p * 32, lane l = A(32s + l, 2p) | A(32s + l, 2p + 1) << 16 (codes), zero
- * where the row is past m or the element past k (kpad a multiple of 32). */
+/* ... and as the pair layout of A^T (m <= 32), for the amx tier's W^T tile kernel
+ * (dk_gemm_smallm_bt_amxtile): pair p at dst + p * 32, lane l = A(l, 2p) | A(l, 2p + 1) <<
+ * 16 (codes), zero where the row is past m or the element past k (kpad/2 pairs, kpad a
+ * multiple of 32). */
 DK_INLINE void dk_gemm_a_tpairs(const void *a, int64_t ars, int64_t acs, int akind,
                                 const uint16_t *atab, int64_t m, int64_t k, int64_t kpad,
                                 uint32_t *dst)
 {
-    const int64_t np = kpad / 2, nsl = (m + 31) / 32;
-    for (int64_t s = 0; s < nsl; s++)
-        for (int64_t p = 0; p < np; p++)
-            for (int64_t l = 0; l < 32; l++) {
-                const int64_t r = 32 * s + l;
-                dst[(s * np + p) * 32 + l] =
-                    dk_gemm_a_code(a, ars, acs, akind, atab, m, k, r, 2 * p) |
-                    dk_gemm_a_code(a, ars, acs, akind, atab, m, k, r, 2 * p + 1) << 16;
-            }
+    for (int64_t p = 0; p < kpad / 2; p++)
+        for (int64_t l = 0; l < 32; l++)
+            dst[p * 32 + l] = dk_gemm_a_code(a, ars, acs, akind, atab, m, k, l, 2 * p) |
+                              dk_gemm_a_code(a, ars, acs, akind, atab, m, k, l, 2 * p + 1) << 16;
 }
 
 /* The same for a B with unit row stride (B = W^T for a row-major W: column j of B, k
@@ -325,19 +320,21 @@ DK_INLINE void dk_gemm_a_tpairs(const void *a, int64_t ars, int64_t acs, int aki
 #define DK_GEMM_SMALLM_BT_MAX 64
 #define DK_GEMM_SMALLM_BT_VDP_MAX 48
 /* Beyond DK_GEMM_SMALLM_MAX rows the W^T kernels are taken only while A's copy (m x kpad
- * 4-byte words, one per thread) fits in this many words (4 MiB): for a huge k the packed
- * path's bounded buffers cost less memory. */
+ * 4-byte words, one per thread; 16 x kpad for the amx tier's tile kernel, at any m) fits in
+ * this many words (4 MiB): for a huge k the packed path's bounded buffers cost less
+ * memory. */
 #define DK_GEMM_SMALLM_BT_AWORDS ((int64_t)1 << 20)
 void dk_gemm_smallm_bt_amx_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1, const float *af,
                                   int64_t kpad, const void *b, int64_t bcs, int bkind,
                                   const uint16_t *btab, float scale, float *out, int64_t ldo,
                                   uint16_t *brange);
 /* amx tier, amx order: the same product on the tiles, from DK_GEMM_SMALLM_AMX_MAX + 1 to
- * DK_GEMM_SMALLM_BT_TILE_MAX rows (one sliver of A^T: with two, W's rows were read twice and
- * the packed tiles were the faster; docs/gemm.md), as C^T = W . A^T (the same bits): W's rows loaded as tiles
- * where they lie (BF16; CFloat8 W and the edges staged, decoded), A given as the pair layout
- * of A^T (dk_gemm_a_tpairs; kpad/2 x 32 words per sliver of 32 rows). Same other arguments
- * as dk_gemm_smallm_bt_amx_avx512. Loads and releases its own tile configuration. */
+ * DK_GEMM_SMALLM_BT_TILE_MAX rows (32: A^T in one tile column; with 64 rows in two, W's
+ * rows were read twice and the packed tiles were the faster; docs/gemm.md), as C^T = W .
+ * A^T (the same bits): W's rows loaded as tiles where they lie (BF16; CFloat8 W and the
+ * edges staged, decoded), A given as the pair layout of A^T (dk_gemm_a_tpairs; kpad/2 x 32
+ * words, 64-byte aligned). Same other arguments as dk_gemm_smallm_bt_amx_avx512. Loads and
+ * releases its own tile configuration. */
 #define DK_GEMM_SMALLM_BT_TILE_MAX 32
 void dk_gemm_smallm_bt_amxtile(int64_t m, int64_t k, int64_t j0, int64_t j1, const uint32_t *apt,
                                int64_t kpad, const void *b, int64_t bcs, int bkind,

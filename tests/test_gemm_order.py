@@ -458,6 +458,8 @@ def test_few_rows_against_the_reference_every_tier(m):
     shapes = [(1, 95), (31, 33), (130, 64), (47, 1), (70, 17)]
     if m > 8:                               # the W.T kernel's rows (the reference is slow)
         shapes = [(31, 33), (47, 1), (70, 17)]
+        if m <= 33:              # a whole group of 32 rows of W and a whole k block: the
+            shapes.append((33, 40))  # amx tier's tiles load them where they lie
     elif m >= 5:
         shapes.append((530, 17))
         shapes.append((1100, 9))            # several panels of the vdpbf16ps order's buffer
@@ -482,11 +484,13 @@ def test_few_rows_w_t_beyond_8_rows_only_while_a_fits():
     the copy fits DK_GEMM_SMALLM_BT_AWORDS (2^20 words), else the packed path runs (its
     buffers are bounded). 16 rows: k = 65,536 fits, 65,537 (one block more) does not; 8 rows
     always take the kernel, but on the amx tier in the amx order, where the tile kernel's
-    copy (A^T in pairs, 16 x kpad words per 32 rows) has the same bound. The path is what range_paths says (A measured only when packed),
+    copy (A^T in pairs, 16 x kpad words at any m from 5 to 32) has the same bound: 5 rows
+    and k = 100,000 take the packed path there (1.6M words) and the kernel elsewhere. The path is what range_paths says (A measured only when packed),
     and the bits are the generic tier's either way."""
     rng = np.random.default_rng(9)
     n = 20
-    for m, k, few in ((16, 65536, True), (16, 65537, False), (8, 65537 * 2, True)):
+    for m, k, few in ((16, 65536, True), (16, 65537, False), (8, 65537 * 2, True),
+                      (5, 100000, True)):
         a = bf16_codes(rng, (m, k), -2, 2)
         w = bf16_codes(rng, (n, k), -2, 2)
         for order in ORDERS:
@@ -496,16 +500,16 @@ def test_few_rows_w_t_beyond_8_rows_only_while_a_fits():
                 isa = _config.ISA_NAMES.index(tier)
                 if isa >= 2:
                     here = few
-                    if isa == 3 and order == "amx":   # the tiles beyond 4 rows copy A^T in
-                        kpad = -(-k // 32) * 32        # pairs: 16 x kpad words per 32 rows
-                        here = (m + 31) // 32 * 16 * kpad <= 2**20
+                    if isa == 3 and order == "amx" and m > 4:  # the tiles copy A^T in
+                        kpad = -(-k // 32) * 32                 # pairs: 16 x kpad words
+                        here = 16 * kpad <= 2**20
                     assert _gemm.range_paths(isa, 0, ORDER_CODE[order], m, k, 1, k) == (
                         not here, True), (m, k, order, tier)
                 with _config.use_isa(tier):
                     assert_bits(dk.gemm(a, w.T, order=order), bits(want), f"{m} {k} {order} {tier}")
 
 
-def _w_in_place(rng, w, offset_codes, pad):
+def _w_in_place(w, offset_codes, pad):
     """W's values in a buffer that starts offset_codes codes past a 64-byte line, row stride
     k + pad codes."""
     n, k = w.shape
@@ -520,23 +524,28 @@ def _w_in_place(rng, w, offset_codes, pad):
 def test_w_t_tiles_read_w_where_it_lies(m):
     """On the amx tier, amx order, x @ W.T with 5 to _gemm.SMALLM_BT_TILE_MAX rows loads W's
     rows as tiles where they lie (dk_gemm_smallm_bt_amxtile: C^T = W . x^T); the blocks a
-    whole tile load cannot take are staged: the last rows of a column range (n = 100: 32 +
-    32 + 32 + 4), k's last partial block (k = 113: three whole blocks and 17 codes), every
-    block of a CFloat8 W. W starting on a cache line, 2 and 34 bytes past one, with row
-    strides k and k + 8; 1 to 3 threads (items of whole groups of 32 rows); a scale of 2^-3
-    applied to the result. The bits are the generic tier's (the scalar semantics; the exact
-    order is checked on smaller shapes above) and the range measured in W is NumPy's, with
-    a unique smallest and largest magnitude planted in a whole block, in the partial block
-    and in the last rows. The other tiers run the same cases through their W.T kernels."""
+    whole tile load cannot take are staged: the last rows of a column range (n = 1,100: 34
+    groups of 32 and 12 rows), k's last partial block (k = 401: 12 whole blocks and 17
+    codes), every block of a CFloat8 W. W starting on a cache line, 2 and 34 bytes past one,
+    with row strides k and k + 8; 1 to 3 threads (m x n x k is above the driver's
+    DK_GEMM_PAR_MIN = 2^21 multiply-adds, so 2 and 3 threads split the columns, in items of
+    whole groups of 32); a scale of 2^-3 applied to the result. The bits are the generic
+    tier's (the scalar semantics; the exact order is checked on smaller shapes above) and
+    the range measured in W is NumPy's, with a unique smallest and largest magnitude planted
+    in a whole block, in the partial block and in the last rows. The other tiers run the
+    same cases through their W.T kernels."""
     rng = np.random.default_rng(300 + m)
-    n, k = 100, 113
-    # specials (most such sums overflow or are NaN), and moderate values
-    for data, (a, w0) in (("mixed", (mixed_codes(rng, (m, k)), mixed_codes(rng, (n, k)))),
+    n, k = 1100, 401
+    assert m * n * k >= 2**21
+    # specials (a few: with many, nearly every sum is NaN), and moderate values
+    mixed = dict(p_tiny=0.2, p_huge=0.02, p_special=0.0005)
+    for data, (a, w0) in (("mixed", (mixed_codes(rng, (m, k), **mixed),
+                                     mixed_codes(rng, (n, k), **mixed))),
                           ("moderate", (bf16_codes(rng, (m, k), -4, 4),
                                         bf16_codes(rng, (n, k), -4, 4)))):
         ref = glue(a, np.ascontiguousarray(w0.T), "amx", "generic", scale=0.125)
         for off, pad in ((0, 0), (1, 0), (17, 8)):
-            wt = _w_in_place(rng, w0, off, pad).T
+            wt = _w_in_place(w0, off, pad).T
             for tier in TIERS:
                 for th in (1, 2, 3):
                     assert_bits(glue(a, wt, "amx", tier, threads=th, scale=0.125), bits(ref),
@@ -545,11 +554,11 @@ def test_w_t_tiles_read_w_where_it_lies(m):
     a3 = a[None]
     # the range of W, measured on the way
     isa = _config.ISA_NAMES.index(dk.get_isa())
-    for r, c in ((3, 40), (40, 110), (99, 5), (97, 112)):
+    for r, c in ((3, 40), (40, 390), (1099, 5), (1090, 400)):
         w = bf16_codes(rng, (n, k), -4, 4)
         w[r, c] = code(1, -100)                        # the unique smallest magnitude
         w[n - 1 - r, k - 1 - c] = code(0, 90)          # the unique largest
-        wt = _w_in_place(rng, w, 1, 0).T
+        wt = _w_in_place(w, 1, 0).T
         out = np.empty((1, m, n), np.float32)
         rc, _, got_b = _gemm.gemm_ranges(a3, wt[None], NO_TABLE, NO_TABLE, 1.0, out, isa, 0, 2,
                                          ORDER_CODE["amx"])
@@ -558,7 +567,7 @@ def test_w_t_tiles_read_w_where_it_lies(m):
             assert got_b == _np_range(w), (r, c, got_b)
     # a CFloat8 W: every block staged, decoded
     fb = cfloat8_152(14)
-    w8 = _w_in_place(rng, rng.integers(0, 256, (n, k), dtype=np.uint8), 3, 5)
+    w8 = _w_in_place(rng.integers(0, 256, (n, k), dtype=np.uint8), 3, 5)
     with _config.use_isa("generic"):
         ref8 = dk.gemm(a, np.ascontiguousarray(w8.T), b_format=fb)
     for tier in TIERS:

@@ -809,3 +809,35 @@ def test_every_small_size_and_offset(isa, rounding):
                 nan = np.isnan(ref)
                 assert np.array_equal(np.isnan(back), nan)
                 assert np.array_equal(bits(back)[~nan], bits(ref)[~nan])
+
+
+def test_large_new_results_start_on_a_line():
+    """New results of _numerics.LINE_ALIGN_MIN bytes or more start on a 64-byte line
+    (NumPy guarantees 16; codes used as W in x @ W.T are loaded as AMX tiles where they
+    lie): quantize on the fast path (contiguous float32) and on the general one (a
+    transposed float64 input), dequantize, fake_quantize and the arithmetic; the values are
+    those written into a plain out= array. Smaller results are plain NumPy arrays."""
+    from dojo_kernels import _numerics
+    lim = _numerics.LINE_ALIGN_MIN
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((lim // 4 // 64 + 1, 64)).astype(np.float32)  # codes >= lim / 2
+    x2 = rng.standard_normal((2 * x.shape[0], 64)).astype(np.float32)     # BF16 codes >= lim
+    cases = [
+        ("quantize BF16", lambda o: dk.quantize(x2, dk.BF16, out=o), x2.shape, np.uint16),
+        ("quantize, transposed float64", lambda o: dk.quantize(
+            x2.astype(np.float64).T, dk.BF16, out=o), x2.T.shape, np.uint16),
+        ("dequantize", lambda o: dk.dequantize(dk.quantize(x, dk.BF16), dk.BF16, out=o),
+         x.shape, np.float32),
+        ("fake_quantize", lambda o: dk.fake_quantize(x, dk.BF16, out=o), x.shape, np.float32),
+        ("add", lambda o: dk.add(dk.quantize(x2, dk.BF16), dk.quantize(x2, dk.BF16), dk.BF16,
+                                 out=o), x2.shape, np.uint16),
+    ]
+    for what, f, shape, dt in cases:
+        got = f(None)
+        assert got.nbytes >= lim and got.ctypes.data % 64 == 0, what
+        assert got.flags.c_contiguous and got.shape == shape and got.dtype == dt, what
+        want = np.empty(shape, dt)
+        f(want)
+        assert np.array_equal(got.view(np.uint8), want.view(np.uint8)), what
+    small = dk.quantize(x[:4], dk.BF16)
+    assert small.base is None                           # below the limit: NumPy's own

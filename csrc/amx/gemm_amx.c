@@ -175,6 +175,7 @@ void dk_gemm_ukr_amxtile_io(int64_t kp, const void *ap, const void *bp, const fl
  * fewer than 32 remain in the column range, k's last partial block, every block of a
  * CFloat8 W) is staged: copied (decoded) into a zero-padded buffer first. */
 #define BT_ROWS 32 /* W rows (columns of C) per group: two A tiles */
+_Static_assert(DK_GEMM_SMALLM_BT_TILE_MAX <= 32, "A^T in one tile column of 32 lanes");
 
 /* W rows [0, rows) of the group at w (rows <= BT_ROWS), codes [kk0, kk0 + kn) (kn <= 32),
  * into st (BT_ROWS x 32 codes, zeros elsewhere); the BF16 codes' range into r (NULL: none). */
@@ -206,58 +207,54 @@ void dk_gemm_smallm_bt_amxtile(int64_t m, int64_t k, int64_t j0, int64_t j1, con
     if (bkind == DK_GEMM_U8) dk_lut512_load(btab, tab);
     uint16_t st[BT_ROWS * 32] __attribute__((aligned(64)));
     float tmp[BT_ROWS * 32] __attribute__((aligned(64)));
-    const int64_t nblk = kpad / 32, np = kpad / 2, nsl = (m + 31) / 32;
+    const int64_t nblk = kpad / 32;
     /* the blocks loaded straight from W: whole blocks of BF16 codes */
     const int64_t direct = bkind == DK_GEMM_U16 ? k / 32 : 0;
     dk_gemm_amxtile_enter();
     for (int64_t jb = j0; jb < j1; jb += BT_ROWS) {
         const int64_t rows = j1 - jb < BT_ROWS ? j1 - jb : BT_ROWS;
         const uint16_t *w16 = (const uint16_t *)b + jb * bcs;
-        for (int64_t s = 0; s < nsl; s++) {
-            const uint32_t *as = apt + s * np * 32;
-            dk_range512 *r = brange && s == 0 && bkind == DK_GEMM_U16 ? &rg : NULL;
-            _tile_zero(0);
-            _tile_zero(1);
-            _tile_zero(2);
-            _tile_zero(3);
-            for (int64_t blk = 0; blk < nblk; blk++) {
-                if (rows == BT_ROWS && blk < direct) {
-                    const uint16_t *w0 = w16 + 32 * blk;
-                    _tile_loadd(4, w0, (size_t)bcs * 2);
-                    _tile_loadd(5, w0 + 16 * bcs, (size_t)bcs * 2);
-                    if (r)
-                        for (int i = 0; i < BT_ROWS; i++)
-                            dk_range512_add(r, _mm512_loadu_si512((const void *)(w0 + i * bcs)));
-                } else {
-                    const int64_t kk0 = 32 * blk;
-                    stage_block(bkind == DK_GEMM_U8 ? (const void *)((const uint8_t *)b + jb * bcs)
-                                                    : (const void *)w16,
-                                bcs, bkind, tab, rows, kk0, k - kk0, st, r);
-                    _tile_loadd(4, st, 64);
-                    _tile_loadd(5, st + 16 * 32, 64);
-                }
-                _tile_loadd(6, as + blk * 16 * 32, 128);
-                _tile_loadd(7, as + blk * 16 * 32 + 16, 128);
-                _tile_dpbf16ps(0, 4, 6);
-                _tile_dpbf16ps(1, 4, 7);
-                _tile_dpbf16ps(2, 5, 6);
-                _tile_dpbf16ps(3, 5, 7);
+        dk_range512 *r = brange && bkind == DK_GEMM_U16 ? &rg : NULL;
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int64_t blk = 0; blk < nblk; blk++) {
+            if (rows == BT_ROWS && blk < direct) {
+                const uint16_t *w0 = w16 + 32 * blk;
+                _tile_loadd(4, w0, (size_t)bcs * 2);
+                _tile_loadd(5, w0 + 16 * bcs, (size_t)bcs * 2);
+                if (r)
+                    for (int i = 0; i < BT_ROWS; i++)
+                        dk_range512_add(r, _mm512_loadu_si512((const void *)(w0 + i * bcs)));
+            } else {
+                const int64_t kk0 = 32 * blk;
+                stage_block(bkind == DK_GEMM_U8 ? (const void *)((const uint8_t *)b + jb * bcs)
+                                                : (const void *)w16,
+                            bcs, bkind, tab, rows, kk0, k - kk0, st, r);
+                _tile_loadd(4, st, 64);
+                _tile_loadd(5, st + 16 * 32, 64);
             }
-            /* tmp[jj * 32 + i]: column jb + jj of C, row 32 s + i */
-            C_TILES(_tile_stored, tmp, 32);
-            const int64_t mi = m - 32 * s < 32 ? m - 32 * s : 32;
-            for (int64_t i = 0; i < mi; i++) {
-                float *o = out + (32 * s + i) * ldo + jb;
-                for (int64_t jj = 0; jj < rows; jj++) {
-                    /* the last k block's steps of every kernel: the exact power-of-two
-                     * scale, then NaN -> 0x7FC00000 */
-                    const float x = tmp[jj * 32 + i] * scale;
-                    if (x != x) {
-                        const uint32_t qnan = 0x7FC00000u;
-                        memcpy(o + jj, &qnan, 4);
-                    } else
-                        o[jj] = x;
-                }
+            _tile_loadd(6, apt + blk * 16 * 32, 128);
+            _tile_loadd(7, apt + blk * 16 * 32 + 16, 128);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+        /* tmp[jj * 32 + i]: column jb + jj of C, row i */
+        C_TILES(_tile_stored, tmp, 32);
+        for (int64_t i = 0; i < m; i++) {
+            float *o = out + i * ldo + jb;
+            for (int64_t jj = 0; jj < rows; jj++) {
+                /* the last k block's steps of every kernel: the exact power-of-two scale,
+                 * then NaN -> 0x7FC00000 */
+                const float x = tmp[jj * 32 + i] * scale;
+                if (x != x) {
+                    const uint32_t qnan = 0x7FC00000u;
+                    memcpy(o + jj, &qnan, 4);
+                } else
+                    o[jj] = x;
             }
         }
     }

@@ -190,7 +190,7 @@ def _dest(out: Optional[np.ndarray], shape: Tuple[int, ...], dtype: np.dtype[Any
         fl = out.flags
         if fl.c_contiguous and fl.aligned:
             return out
-    return np.empty(shape, dtype)
+    return _numerics.empty_lined(shape, dtype)
 
 
 def _run(kernel: Callable[[np.ndarray], Any], dst: np.ndarray) -> Tuple[np.ndarray, Any]:
@@ -199,7 +199,7 @@ def _run(kernel: Callable[[np.ndarray], Any], dst: np.ndarray) -> Tuple[np.ndarr
     takes its place. Returns the array written and what the glue returned."""
     got = kernel(dst)
     if got is None:
-        dst = np.empty(dst.shape, dst.dtype)
+        dst = _numerics.empty_lined(dst.shape, dst.dtype)
         got = kernel(dst)
         assert got is not None  # (a new array overlaps nothing)
     return dst, got
