@@ -53,6 +53,7 @@
 #define DK_GEMM_H
 
 #include "dk_common.h"
+#include <string.h>
 
 /* Accumulation orders (the `order` argument of dk_gemm; see above). */
 enum { DK_GEMM_ORDER_VDPBF16PS = 0, DK_GEMM_ORDER_AMX = 1 };
@@ -304,10 +305,20 @@ DK_INLINE void dk_gemm_a_tpairs(const void *a, int64_t ars, int64_t acs, int aki
                                 const uint16_t *atab, int64_t m, int64_t k, int64_t kpad,
                                 uint32_t *dst)
 {
-    for (int64_t p = 0; p < kpad / 2; p++)
-        for (int64_t l = 0; l < 32; l++)
-            dst[p * 32 + l] = dk_gemm_a_code(a, ars, acs, akind, atab, m, k, l, 2 * p) |
-                              dk_gemm_a_code(a, ars, acs, akind, atab, m, k, l, 2 * p + 1) << 16;
+    const int64_t kp = k / 2; /* whole pairs */
+    memset(dst, 0, sizeof(uint32_t) * 16 * (size_t)kpad);
+    for (int64_t l = 0; l < m; l++) {
+        if (akind == DK_GEMM_U16 && acs == 1) { /* a row of BF16 codes, k contiguous */
+            const uint16_t *row = (const uint16_t *)a + l * ars;
+            for (int64_t p = 0; p < kp; p++)
+                dst[p * 32 + l] = row[2 * p] | (uint32_t)row[2 * p + 1] << 16;
+        } else
+            for (int64_t p = 0; p < kp; p++)
+                dst[p * 32 + l] = dk_gemm_a_code(a, ars, acs, akind, atab, m, k, l, 2 * p) |
+                                  dk_gemm_a_code(a, ars, acs, akind, atab, m, k, l, 2 * p + 1)
+                                      << 16;
+        if (k & 1) dst[kp * 32 + l] = dk_gemm_a_code(a, ars, acs, akind, atab, m, k, l, k - 1);
+    }
 }
 
 /* The same for a B with unit row stride (B = W^T for a row-major W: column j of B, k
