@@ -171,16 +171,18 @@ int64_t dk_gemm_set_par_min(int64_t macs)
 }
 
 /* Tests: how many jc steps ran k inside the columns (kinner), how many let the kernels
- * stream the result, and how many of the kinner steps took k in more than one range, since
- * the process started (dk_gemm_path_counts). The bits are the same either way, so this is
- * how a test knows which path it exercised. */
-static atomic_llong steps_kinner, steps_streamed, steps_kranges;
+ * stream the result, how many of the kinner steps took k in more than one range, and how
+ * many few-rows W^T products ran on the tiles (dk_gemm_smallm_bt_amxtile), since the
+ * process started (dk_gemm_path_counts). The bits are the same either way, so this is how a
+ * test knows which path it exercised. */
+static atomic_llong steps_kinner, steps_streamed, steps_kranges, bt_on_tiles;
 
-void dk_gemm_path_counts(int64_t counts[3])
+void dk_gemm_path_counts(int64_t counts[4])
 {
     counts[0] = (int64_t)atomic_load_explicit(&steps_kinner, memory_order_relaxed);
     counts[1] = (int64_t)atomic_load_explicit(&steps_streamed, memory_order_relaxed);
     counts[2] = (int64_t)atomic_load_explicit(&steps_kranges, memory_order_relaxed);
+    counts[3] = (int64_t)atomic_load_explicit(&bt_on_tiles, memory_order_relaxed);
 }
 
 /* ---- element access and packing ---------------------------------------------------- */
@@ -1330,6 +1332,17 @@ static int bt_tiles(int isa, int order, int64_t m)
     return isa >= DK_ISA_AMX && order == DK_GEMM_ORDER_AMX && m > DK_GEMM_SMALLM_AMX_MAX;
 }
 
+/* ... and from DK_GEMM_SMALLM_BT_TILE_MIN to DK_GEMM_SMALLM_AMX_MAX rows when every row of
+ * W (B's columns: batch items, rows) starts on a 64-byte line, BF16, while A^T's copy fits
+ * DK_GEMM_SMALLM_BT_AWORDS (else the FMA kernel, which any k, line and kind suit: the
+ * operands measured, hence range_paths, are the same for both). */
+static int bt_tiles_lined(int isa, int order, int64_t m, int64_t kpad, const dk_gemm_operand *b)
+{
+    return isa >= DK_ISA_AMX && order == DK_GEMM_ORDER_AMX && m >= DK_GEMM_SMALLM_BT_TILE_MIN &&
+           b->kind == DK_GEMM_U16 && (uintptr_t)b->ptr % 64 == 0 && (b->cs * 2) % 64 == 0 &&
+           (b->bs * 2) % 64 == 0 && 16 * kpad <= DK_GEMM_SMALLM_BT_AWORDS;
+}
+
 /* words of a bt kernel's copy of A (per thread): m x kpad, or A^T's pair layout for the
  * tiles (16 x kpad: m <= DK_GEMM_SMALLM_BT_TILE_MAX = 32) */
 static int64_t bt_abuf_words(int isa, int order, int64_t m, int64_t kpad)
@@ -1386,7 +1399,8 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
         const double work = (double)m * (double)n * (double)k * (double)batch;
         int nthr = work < DK_GEMM_PAR_MIN ? 1 : dk_pool_advise(threads, smallm_item, work);
         /* columns per item: a multiple of the kernel's column step (128, or a group of 16) */
-        const int tiles = bt && bt_tiles(isa, order, m);
+        const int tiles = bt && (bt_tiles(isa, order, m) ||
+                                 bt_tiles_lined(isa, order, m, k_padded(k), b));
         /* (the tile kernel takes W's rows 32 at a time) */
         const int64_t unit = tiles ? 32 : bt ? 16 : 128;
         const int64_t cap = bt ? DK_GEMM_SMALLM_BT_COLS : DK_GEMM_SMALLM_COLS;
@@ -1395,7 +1409,7 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
         cols = cols > cap ? cap : (cols + unit - 1) / unit * unit;
         const int64_t kpad = k_padded(k);
         smallm_args S = {a, b, m, n, k, ldo, bso, cols, (n + cols - 1) / cols, scale, out, NULL,
-                         term, bt, order, tiles, kpad, bt_abuf_words(isa, order, m, kpad), NULL,
+                         term, bt, order, tiles, kpad, tiles ? 16 * kpad : m * kpad, NULL,
                          NULL};
         int fail = 0;
         S.range = ranges_new(brange != NULL, b, nthr, &fail);
@@ -1407,6 +1421,7 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
             fail = !S.abuf || !S.abuf_item;
             for (int i = 0; !fail && i < nthr; i++) S.abuf_item[i] = -1;
         }
+        if (!fail && tiles) atomic_fetch_add_explicit(&bt_on_tiles, 1, memory_order_relaxed);
         if (!fail) dk_pool_run_as(nthr, batch * S.ncolblk, smallm_item, &S, work);
         free(S.abuf);
         free(S.abuf_item);

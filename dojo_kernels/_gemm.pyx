@@ -39,6 +39,7 @@ cdef extern from "dk_gemm.h":
     int DK_GEMM_SMALLM_BT_MAX
     int DK_GEMM_SMALLM_BT_VDP_MAX
     int DK_GEMM_SMALLM_BT_TILE_MAX
+    int DK_GEMM_SMALLM_BT_TILE_MIN
     int dk_gemm_range_paths(int isa, int kernel, int order, int64_t m, int64_t b_rs,
                             int64_t b_cs, int64_t k) nogil
     void dk_amx_tdpbf16ps(const uint16_t *a, int64_t lda, const uint32_t *b, int64_t ldb,
@@ -46,7 +47,7 @@ cdef extern from "dk_gemm.h":
     double dk_probe_tdpbf16ps(int64_t iters) nogil
     void dk_gemm_release_cache() nogil
     int64_t dk_gemm_set_par_min(int64_t macs) nogil
-    void dk_gemm_path_counts(int64_t counts[3]) nogil
+    void dk_gemm_path_counts(int64_t counts[4]) nogil
     double dk_probe_vdpbf16ps_zmm(int64_t iters) nogil
     double dk_probe_fma_zmm(int64_t iters) nogil
     double dk_probe_fma_ymm(int64_t iters) nogil
@@ -76,6 +77,8 @@ SMALLM_BT_VDP_MAX = DK_GEMM_SMALLM_BT_VDP_MAX
 #: With B = W.T on the amx tier, amx order: the tile kernel that reads W's rows as tiles
 #: where they lie (dk_gemm_smallm_bt_amxtile) takes SMALLM_AMX_MAX + 1 to this many rows.
 SMALLM_BT_TILE_MAX = DK_GEMM_SMALLM_BT_TILE_MAX
+#: ... and from this many rows when W's rows start on 64-byte lines (BF16).
+SMALLM_BT_TILE_MIN = DK_GEMM_SMALLM_BT_TILE_MIN
 #: Result bytes above which the kernels may write the result with non-temporal stores.
 STREAM_MIN_BYTES = DK_GEMM_STREAM_MIN_BYTES
 
@@ -531,11 +534,11 @@ dk_pool_forward_to(PyCapsule_GetPointer(_cpu_mod._pool_capsule(), b"dojo_kernels
 
 def _path_counts():
     """Tests: (jc steps that took k inside the columns, jc steps whose result could be
-    streamed, jc steps that took k inside the columns in more than one range of k) since
-    the process started (dk_gemm_path_counts)."""
-    cdef int64_t c[3]
+    streamed, jc steps that took k inside the columns in more than one range of k, few-rows
+    W.T products on the tiles) since the process started (dk_gemm_path_counts)."""
+    cdef int64_t c[4]
     dk_gemm_path_counts(c)
-    return int(c[0]), int(c[1]), int(c[2])
+    return int(c[0]), int(c[1]), int(c[2]), int(c[3])
 
 
 def _set_par_min(int64_t macs):

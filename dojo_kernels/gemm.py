@@ -156,7 +156,8 @@ _KERNEL_NAMES = {
     ("avx512bf16", "vdpbf16ps", "vdpbf16ps"): "avx512bf16: VDPBF16PS zmm, 6x64; " + _FEW_VDP,
     ("amx", "amx"): "amx: TDPBF16PS tiles, 32x32 (2x2 tiles of 16x16); "
                     f"m <= {_gemm.SMALLM_AMX_MAX}: FP32 FMA zmm, B read unpacked; B = W.T "
-                    f"up to {_gemm.SMALLM_BT_TILE_MAX}: W's rows loaded as tiles, unpacked",
+                    f"up to {_gemm.SMALLM_BT_TILE_MAX} (from {_gemm.SMALLM_BT_TILE_MIN} when "
+                    "W's rows start on 64-byte lines): W's rows loaded as tiles, unpacked",
     ("amx", "vdpbf16ps", "fma"): "amx: the avx512bf16 FP32 FMA zmm kernel, 14x32; " + _FEW_VDP,
     ("amx", "vdpbf16ps", "vdpbf16ps"): "amx: the avx512bf16 VDPBF16PS zmm kernel, 6x64; "
                                        + _FEW_VDP,

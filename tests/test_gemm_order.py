@@ -520,22 +520,24 @@ def _w_in_place(w, offset_codes, pad):
     return view
 
 
-@pytest.mark.parametrize("m", [5, 16, 32])
+@pytest.mark.parametrize("m", [1, 2, 4, 5, 16, 32])
 def test_w_t_tiles_read_w_where_it_lies(m):
     """On the amx tier, amx order, x @ W.T with 5 to _gemm.SMALLM_BT_TILE_MAX rows loads W's
     rows as tiles where they lie (dk_gemm_smallm_bt_amxtile: C^T = W . x^T); the blocks a
     whole tile load cannot take are staged: the last rows of a column range (n = 1,100: 34
-    groups of 32 and 12 rows), k's last partial block (k = 401: 12 whole blocks and 17
-    codes), every block of a CFloat8 W. W starting on a cache line, 2 and 34 bytes past one,
-    with row strides k and k + 8; 1 to 3 threads (m x n x k is above the driver's
+    groups of 32 and 12 rows; 5,300 below 5 rows), k's last partial block (k = 401: 12 whole
+    blocks and 17 codes), every block of a CFloat8 W. W starting on a cache line, 2 and 34
+    bytes past one, with row strides k, k + 8 and k + 15; 1 to 3 threads (m x n x k is above the driver's
     DK_GEMM_PAR_MIN = 2^21 multiply-adds, so 2 and 3 threads split the columns, in items of
     whole groups of 32); a scale of 2^-3 applied to the result. The bits are the generic
     tier's (the scalar semantics; the exact order is checked on smaller shapes above) and
     the range measured in W is NumPy's, with a unique smallest and largest magnitude planted
     in a whole block, in the partial block and in the last rows. The other tiers run the
-    same cases through their W.T kernels."""
+    same cases through their W.T kernels. From _gemm.SMALLM_BT_TILE_MIN to 4 rows the tiles
+    run only when every row of W starts on a 64-byte line (row stride 416 codes here,
+    _gemm._path_counts()[3] counts the products on the tiles), else the FMA kernel."""
     rng = np.random.default_rng(300 + m)
-    n, k = 1100, 401
+    n, k = (1100 if m >= 5 else 5300), 401   # (34 or 165 groups of 32, then 12 or 20)
     assert m * n * k >= 2**21
     # specials (a few: with many, nearly every sum is NaN), and moderate values
     mixed = dict(p_tiny=0.2, p_huge=0.02, p_special=0.0005)
@@ -544,17 +546,22 @@ def test_w_t_tiles_read_w_where_it_lies(m):
                           ("moderate", (bf16_codes(rng, (m, k), -4, 4),
                                         bf16_codes(rng, (n, k), -4, 4)))):
         ref = glue(a, np.ascontiguousarray(w0.T), "amx", "generic", scale=0.125)
-        for off, pad in ((0, 0), (1, 0), (17, 8)):
+        for off, pad in ((0, 0), (1, 0), (17, 8), (0, 15)):
             wt = _w_in_place(w0, off, pad).T
+            lined = off == 0 and (k + pad) % 32 == 0
             for tier in TIERS:
                 for th in (1, 2, 3):
+                    before = _gemm._path_counts()[3]
                     assert_bits(glue(a, wt, "amx", tier, threads=th, scale=0.125), bits(ref),
                                 f"{data} m={m} offset {2 * off} B, pad {pad}, {tier}, {th} "
                                 "threads")
+                    tiles = tier == "amx" and (m > _gemm.SMALLM_AMX_MAX or (
+                        lined and m >= _gemm.SMALLM_BT_TILE_MIN))
+                    assert _gemm._path_counts()[3] - before == tiles, (m, off, pad, tier)
     a3 = a[None]
     # the range of W, measured on the way
     isa = _config.ISA_NAMES.index(dk.get_isa())
-    for r, c in ((3, 40), (40, 390), (1099, 5), (1090, 400)):
+    for r, c in ((3, 40), (40, 390), (n - 1, 5), (n - 10, 400)):
         w = bf16_codes(rng, (n, k), -4, 4)
         w[r, c] = code(1, -100)                        # the unique smallest magnitude
         w[n - 1 - r, k - 1 - c] = code(0, 90)          # the unique largest
