@@ -130,7 +130,8 @@ int dk_gemm_test_under_mxcsr(unsigned csr, int64_t batch, int64_t m, int64_t n, 
 void dk_gemm_release_cache(void);
 /* Tests: the jc steps run so far that took k inside the columns (counts[0]), that let the
  * kernels stream the result (counts[1]) and that took k inside the columns in more than one
- * range of k (counts[2]). */
+ * range of k (counts[2]), and the few-rows W^T products run on the tiles (counts[3],
+ * dk_gemm_smallm_bt_amxtile). */
 void dk_gemm_path_counts(int64_t counts[4]);
 /* Tests: hand every packed-path product of at least `macs` multiply-adds per step to the
  * pool, whatever the tier (0 restores the tiers' own thresholds, docs/threads.md); returns
@@ -347,9 +348,10 @@ void dk_gemm_smallm_bt_amx_avx512(int64_t m, int64_t k, int64_t j0, int64_t j1, 
  * words, 64-byte aligned). Same other arguments as dk_gemm_smallm_bt_amx_avx512. Loads and
  * releases its own tile configuration. */
 #define DK_GEMM_SMALLM_BT_TILE_MAX 32
-/* ... and from this many rows up to DK_GEMM_SMALLM_AMX_MAX when W's rows start on 64-byte
- * lines (BF16): then the faster there too (m x 4096 x 4096, one thread: 1.5-1.7 ms against
- * the FMA kernel's 1.7-2.3 at m = 2-4; docs/gemm.md). A row that straddles two lines
+/* ... and from this many rows up to DK_GEMM_SMALLM_AMX_MAX when every row of W (BF16)
+ * starts on a 64-byte line and A^T's copy fits DK_GEMM_SMALLM_BT_AWORDS (k <= 65,536):
+ * then the faster there too (m x 4096 x 4096, one thread, W on a line: 1.65-1.74 ms against
+ * the FMA kernel's 1.84-3.36 at m = 2-4; docs/gemm.md). A row that straddles two lines
  * costs the tiles, not the FMA kernel. */
 #define DK_GEMM_SMALLM_BT_TILE_MIN 2
 void dk_gemm_smallm_bt_amxtile(int64_t m, int64_t k, int64_t j0, int64_t j1, const uint32_t *apt,

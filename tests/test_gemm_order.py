@@ -527,7 +527,8 @@ def test_w_t_tiles_read_w_where_it_lies(m):
     whole tile load cannot take are staged: the last rows of a column range (n = 1,100: 34
     groups of 32 and 12 rows; 5,300 below 5 rows), k's last partial block (k = 401: 12 whole
     blocks and 17 codes), every block of a CFloat8 W. W starting on a cache line, 2 and 34
-    bytes past one, with row strides k, k + 8 and k + 15; 1 to 3 threads (m x n x k is above the driver's
+    bytes past one, with row strides k, k + 8 and k + 15 (on a line and 2 bytes past);
+    1 to 3 threads (m x n x k is above the driver's
     DK_GEMM_PAR_MIN = 2^21 multiply-adds, so 2 and 3 threads split the columns, in items of
     whole groups of 32); a scale of 2^-3 applied to the result. The bits are the generic
     tier's (the scalar semantics; the exact order is checked on smaller shapes above) and
@@ -546,7 +547,7 @@ def test_w_t_tiles_read_w_where_it_lies(m):
                           ("moderate", (bf16_codes(rng, (m, k), -4, 4),
                                         bf16_codes(rng, (n, k), -4, 4)))):
         ref = glue(a, np.ascontiguousarray(w0.T), "amx", "generic", scale=0.125)
-        for off, pad in ((0, 0), (1, 0), (17, 8), (0, 15)):
+        for off, pad in ((0, 0), (1, 0), (17, 8), (0, 15), (1, 15)):
             wt = _w_in_place(w0, off, pad).T
             lined = off == 0 and (k + pad) % 32 == 0
             for tier in TIERS:
@@ -565,7 +566,7 @@ def test_w_t_tiles_read_w_where_it_lies(m):
         w = bf16_codes(rng, (n, k), -4, 4)
         w[r, c] = code(1, -100)                        # the unique smallest magnitude
         w[n - 1 - r, k - 1 - c] = code(0, 90)          # the unique largest
-        wt = _w_in_place(w, 1, 0).T
+        wt = _w_in_place(w, 0, 15).T                   # lined: the tiles from 2 rows
         out = np.empty((1, m, n), np.float32)
         rc, _, got_b = _gemm.gemm_ranges(a3, wt[None], NO_TABLE, NO_TABLE, 1.0, out, isa, 0, 2,
                                          ORDER_CODE["amx"])
