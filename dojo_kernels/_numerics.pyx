@@ -38,6 +38,13 @@ def empty_lined(tuple shape, dtype):
     return buf[off:off + nbytes].view(dtype).reshape(shape)
 
 
+cdef object _new_result(Py_buffer *like, Py_ssize_t nbytes, dtype):
+    """A new result of like's shape and dtype, nbytes long: NumPy's own below
+    LINE_ALIGN_MIN (the small calls pay nothing more), else empty_lined's."""
+    shape = tuple([like.shape[i] for i in range(like.ndim)])
+    return _np.empty(shape, dtype) if nbytes < LINE_ALIGN_MIN else empty_lined(shape, dtype)
+
+
 cdef dk_format _fmt(tuple t):
     cdef dk_format f
     f.ebits, f.mbits, f.bias, f.is_signed, f.sub, f.has_inf_nan, f.nan_code = t
@@ -213,7 +220,7 @@ def convert_plain(int entry, x, out, tuple fmt, dtype, int okind, int mode, uint
         held = 1
         n = v[0].len // xw
         if dst is None:
-            dst = empty_lined(tuple([v[0].shape[i] for i in range(v[0].ndim)]), dtype)
+            dst = _new_result(&v[0], n * ow, dtype)
         if not _take_plain(dst, &v[1], PyBUF_WRITABLE, oc, ow):
             return None
         held = 2
@@ -332,7 +339,7 @@ def arith_plain(int op, tuple operands, out, tuple fmt, dtype, int mode, uint64_
         if n > max_n:
             return None
         if dst is None:
-            dst = empty_lined(tuple([v[0].shape[i] for i in range(v[0].ndim)]), dtype)
+            dst = _new_result(&v[0], n * width, dtype)
         if not _take_plain(dst, &v[held], PyBUF_WRITABLE, code, width):
             return None
         held += 1
