@@ -1332,6 +1332,13 @@ static int bt_tiles(int isa, int order, int64_t m)
     return isa >= DK_ISA_AMX && order == DK_GEMM_ORDER_AMX && m > DK_GEMM_SMALLM_AMX_MAX;
 }
 
+/* words of a bt kernel's copy of A (per thread): m x kpad, or A^T's pair layout for the
+ * tiles (16 x kpad: m <= DK_GEMM_SMALLM_BT_TILE_MAX = 32) */
+static int64_t bt_abuf_words(int tiles, int64_t m, int64_t kpad)
+{
+    return tiles ? 16 * kpad : m * kpad;
+}
+
 /* ... and from DK_GEMM_SMALLM_BT_TILE_MIN to DK_GEMM_SMALLM_AMX_MAX rows when every row of
  * W (B's columns: batch items, rows) starts on a 64-byte line, BF16, while A^T's copy fits
  * DK_GEMM_SMALLM_BT_AWORDS (else the FMA kernel, which any k, line and kind suit: the
@@ -1340,14 +1347,7 @@ static int bt_tiles_lined(int isa, int order, int64_t m, int64_t kpad, const dk_
 {
     return isa >= DK_ISA_AMX && order == DK_GEMM_ORDER_AMX && m >= DK_GEMM_SMALLM_BT_TILE_MIN &&
            b->kind == DK_GEMM_U16 && (uintptr_t)b->ptr % 64 == 0 && (b->cs * 2) % 64 == 0 &&
-           (b->bs * 2) % 64 == 0 && 16 * kpad <= DK_GEMM_SMALLM_BT_AWORDS;
-}
-
-/* words of a bt kernel's copy of A (per thread): m x kpad, or A^T's pair layout for the
- * tiles (16 x kpad: m <= DK_GEMM_SMALLM_BT_TILE_MAX = 32) */
-static int64_t bt_abuf_words(int isa, int order, int64_t m, int64_t kpad)
-{
-    return bt_tiles(isa, order, m) ? 16 * kpad : m * kpad;
+           (b->bs * 2) % 64 == 0 && bt_abuf_words(1, m, kpad) <= DK_GEMM_SMALLM_BT_AWORDS;
 }
 
 static int few_rows_bt(int isa, int order, int64_t m, int64_t k, int64_t b_rs, int64_t b_cs)
@@ -1355,7 +1355,7 @@ static int few_rows_bt(int isa, int order, int64_t m, int64_t k, int64_t b_rs, i
     if (few_rows(isa, order, m, b_cs) || b_rs != 1 || m > few_rows_max(isa, order, 1))
         return 0;
     return (m <= DK_GEMM_SMALLM_MAX && !bt_tiles(isa, order, m)) ||
-           bt_abuf_words(isa, order, m, k_padded(k)) <= DK_GEMM_SMALLM_BT_AWORDS;
+           bt_abuf_words(bt_tiles(isa, order, m), m, k_padded(k)) <= DK_GEMM_SMALLM_BT_AWORDS;
 }
 
 int dk_gemm_range_paths(int isa, int kernel, int order, int64_t m, int64_t b_rs, int64_t b_cs,
@@ -1409,7 +1409,7 @@ int dk_gemm_addend_ranges(int64_t batch, int64_t m, int64_t n, int64_t k,
         cols = cols > cap ? cap : (cols + unit - 1) / unit * unit;
         const int64_t kpad = k_padded(k);
         smallm_args S = {a, b, m, n, k, ldo, bso, cols, (n + cols - 1) / cols, scale, out, NULL,
-                         term, bt, order, tiles, kpad, tiles ? 16 * kpad : m * kpad, NULL,
+                         term, bt, order, tiles, kpad, bt_abuf_words(tiles, m, kpad), NULL,
                          NULL};
         int fail = 0;
         S.range = ranges_new(brange != NULL, b, nthr, &fail);

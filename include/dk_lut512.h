@@ -31,4 +31,32 @@ DK_INLINE __m512i dk_lut512(__m512i code, const __m512i t[8])
     return _mm512_mask_blend_epi16(b7, lo, hi);
 }
 
+/* The mask of the first n of 32 lanes (none for n <= 0, all for n >= 32). */
+DK_INLINE __mmask32 dk_lanes32(int64_t n)
+{
+    return n <= 0 ? 0 : n >= 32 ? (__mmask32)~0u : (__mmask32)((1u << n) - 1);
+}
+
+/* n (0..32) codes of one line as 16-bit lanes, zeros past them; src NULL: none. The u8 form
+ * decodes through t. Nothing past the n codes is read. */
+DK_INLINE __m512i dk_line_u16(const uint16_t *src, int64_t n)
+{
+    if (!src || n <= 0) return _mm512_setzero_si512();
+    return n >= 32 ? _mm512_loadu_si512((const void *)src) : _mm512_maskz_loadu_epi16(dk_lanes32(n), src);
+}
+
+DK_INLINE __m512i dk_line_u8(const uint8_t *src, int64_t n, const __m512i t[8])
+{
+    if (!src || n <= 0) return _mm512_setzero_si512();
+    const __mmask32 m = dk_lanes32(n);
+    const __m256i raw = n >= 32 ? _mm256_loadu_si256((const __m256i *)src) : _mm256_maskz_loadu_epi8(m, src);
+    return _mm512_maskz_mov_epi16(m, dk_lut512(_mm512_cvtepu8_epi16(raw), t));
+}
+
+/* n codes of a line of either width: 8-bit ones decoded through t (t NULL: BF16 codes). */
+DK_INLINE __m512i dk_line_codes(const char *src, int64_t n, const __m512i *t)
+{
+    return t ? dk_line_u8((const uint8_t *)src, n, t) : dk_line_u16((const uint16_t *)src, n);
+}
+
 #endif

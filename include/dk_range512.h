@@ -10,12 +10,7 @@
 #include <stdint.h>
 
 #include "dk_common.h"
-
-/* The mask of the first n of 32 lanes (none for n <= 0, all for n >= 32). */
-DK_INLINE __mmask32 dk_lanes32(int64_t n)
-{
-    return n <= 0 ? 0 : n >= 32 ? (__mmask32)~0u : (__mmask32)((1u << n) - 1);
-}
+#include "dk_lut512.h" /* dk_lanes32 */
 
 typedef struct { __m512i lo, hi; } dk_range512;
 

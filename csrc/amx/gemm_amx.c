@@ -177,21 +177,15 @@ void dk_gemm_ukr_amxtile_io(int64_t kp, const void *ap, const void *bp, const fl
 #define BT_ROWS 32 /* W rows (columns of C) per group: two A tiles */
 _Static_assert(DK_GEMM_SMALLM_BT_TILE_MAX <= 32, "A^T in one tile column of 32 lanes");
 
-/* W rows [0, rows) of the group at w (rows <= BT_ROWS), codes [kk0, kk0 + kn) (kn <= 32),
- * into st (BT_ROWS x 32 codes, zeros elsewhere); the BF16 codes' range into r (NULL: none). */
-static void stage_block(const void *w, int64_t bcs, int bkind, const __m512i tab[8],
-                        int64_t rows, int64_t kk0, int64_t kn, uint16_t *st, dk_range512 *r)
+/* W rows [0, rows) of the group at w (rows <= BT_ROWS; esz bytes a code), codes [kk0, kk0 +
+ * kn), 8-bit ones decoded through t (NULL: BF16), into st (BT_ROWS x 32 codes, zeros
+ * elsewhere); the codes' range into r (NULL: none). */
+static void stage_block(const char *w, size_t esz, int64_t bcs, const __m512i *t, int64_t rows,
+                        int64_t kk0, int64_t kn, uint16_t *st, dk_range512 *r)
 {
-    const __mmask32 mk = dk_lanes32(kn);
     for (int64_t i = 0; i < BT_ROWS; i++) {
-        __m512i v = _mm512_setzero_si512();
-        if (i < rows && bkind == DK_GEMM_U8)
-            v = _mm512_maskz_mov_epi16(mk, dk_lut512(_mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(
-                                                         mk, (const uint8_t *)w + i * bcs + kk0)), tab));
-        else if (i < rows) {
-            v = _mm512_maskz_loadu_epi16(mk, (const uint16_t *)w + i * bcs + kk0);
-            if (r) dk_range512_add(r, v);
-        }
+        const __m512i v = dk_line_codes(i < rows ? w + (i * bcs + kk0) * (int64_t)esz : NULL, kn, t);
+        if (r) dk_range512_add(r, v); /* (zeros count for neither end) */
         _mm512_store_si512((void *)(st + i * 32), v);
     }
 }
@@ -210,11 +204,12 @@ void dk_gemm_smallm_bt_amxtile(int64_t m, int64_t k, int64_t j0, int64_t j1, con
     const int64_t nblk = kpad / 32;
     /* the blocks loaded straight from W: whole blocks of BF16 codes */
     const int64_t direct = bkind == DK_GEMM_U16 ? k / 32 : 0;
+    const size_t esz = bkind == DK_GEMM_U8 ? 1 : 2;
+    dk_range512 *r = brange && bkind == DK_GEMM_U16 ? &rg : NULL;
     dk_gemm_amxtile_enter();
     for (int64_t jb = j0; jb < j1; jb += BT_ROWS) {
         const int64_t rows = j1 - jb < BT_ROWS ? j1 - jb : BT_ROWS;
         const uint16_t *w16 = (const uint16_t *)b + jb * bcs;
-        dk_range512 *r = brange && bkind == DK_GEMM_U16 ? &rg : NULL;
         _tile_zero(0);
         _tile_zero(1);
         _tile_zero(2);
@@ -229,9 +224,8 @@ void dk_gemm_smallm_bt_amxtile(int64_t m, int64_t k, int64_t j0, int64_t j1, con
                         dk_range512_add(r, _mm512_loadu_si512((const void *)(w0 + i * bcs)));
             } else {
                 const int64_t kk0 = 32 * blk;
-                stage_block(bkind == DK_GEMM_U8 ? (const void *)((const uint8_t *)b + jb * bcs)
-                                                : (const void *)w16,
-                            bcs, bkind, tab, rows, kk0, k - kk0, st, r);
+                stage_block((const char *)b + jb * bcs * (int64_t)esz, esz, bcs,
+                            bkind == DK_GEMM_U8 ? tab : NULL, rows, kk0, k - kk0, st, r);
                 _tile_loadd(4, st, 64);
                 _tile_loadd(5, st + 16 * 32, 64);
             }

@@ -245,28 +245,7 @@ static inline void transpose16_u32(__m512i r[16])
     }
 }
 
-/* n (0..32) codes of one line as 16-bit lanes, zeros past them; src NULL: none. The u8 form
- * decodes through t. Nothing past the n codes is read. */
-static inline __m512i line_u16(const uint16_t *src, int64_t n)
-{
-    if (!src || n <= 0) return _mm512_setzero_si512();
-    return n >= 32 ? _mm512_loadu_si512((const void *)src) : _mm512_maskz_loadu_epi16(dk_lanes32(n), src);
-}
-
-static inline __m512i line_u8(const uint8_t *src, int64_t n, const __m512i t[8])
-{
-    if (!src || n <= 0) return _mm512_setzero_si512();
-    const __mmask32 m = dk_lanes32(n);
-    const __m256i raw = n >= 32 ? _mm256_loadu_si256((const __m256i *)src) : _mm256_maskz_loadu_epi8(m, src);
-    return _mm512_maskz_mov_epi16(m, dk_lut512(_mm512_cvtepu8_epi16(raw), t));
-}
-
-/* n codes of a line of either width: 8-bit ones decoded through t (t NULL: BF16 codes). */
-__attribute__((always_inline)) static inline __m512i line_codes(const char *src, int64_t n,
-                                                                const __m512i *t)
-{
-    return t ? line_u8((const uint8_t *)src, n, t) : line_u16((const uint16_t *)src, n);
-}
+/* dk_line_codes (dk_lut512.h): n codes of a line, 8-bit ones decoded */
 
 /* The pair layout from k-contiguous lines, for both code widths (esz bytes a code; t as in
  * line_codes; rng NULL or the BF16 range to merge). */
@@ -283,7 +262,7 @@ pair_klines(const char *src, size_t esz, int64_t ldl, int64_t nlines, int64_t kc
             __m512i r[16];
             for (int i = 0; i < 16; i++) {
                 const int64_t l = g + i; /* no pointer past the lines or codes that exist */
-                r[i] = line_codes(l < nlines && kin > 0 ? src + (l * ldl + 2 * p0) * (int64_t)esz : NULL,
+                r[i] = dk_line_codes(l < nlines && kin > 0 ? src + (l * ldl + 2 * p0) * (int64_t)esz : NULL,
                                   kin, t);
                 if (rng) dk_range512_add(&rg, r[i]);
             }
@@ -326,8 +305,8 @@ rowtile_cols(const char *src, size_t esz, int64_t ldk, int64_t rows, int64_t nbl
         const int64_t kb = b + 1 < nblk ? 32 : klast; /* codes of this block */
         __m512i lo[16], hi[16];
         for (int p = 0; p < 16; p++) {
-            const __m512i e = line_codes(2 * p < kb ? src + (32 * b + 2 * p) * ldb : NULL, rows, t);
-            const __m512i o = line_codes(2 * p + 1 < kb ? src + (32 * b + 2 * p + 1) * ldb : NULL, rows, t);
+            const __m512i e = dk_line_codes(2 * p < kb ? src + (32 * b + 2 * p) * ldb : NULL, rows, t);
+            const __m512i o = dk_line_codes(2 * p + 1 < kb ? src + (32 * b + 2 * p + 1) * ldb : NULL, rows, t);
             if (rng) {
                 dk_range512_add(&rg, e);
                 dk_range512_add(&rg, o);
@@ -399,7 +378,7 @@ static inline __m256i half256(__m512i v, int h)
 }
 
 /* One sliver of lw (1..16) lines, nlines <= lw of them present, for both code widths (esz
- * bytes a code; t as in line_codes; rng NULL or the BF16 range to merge). */
+ * bytes a code; t as in dk_line_codes; rng NULL or the BF16 range to merge). */
 __attribute__((always_inline)) static inline void
 lines_kc(const char *src, size_t esz, int64_t ldl, int64_t nlines, int64_t kcodes, int64_t kp,
          int64_t lw, int split, const __m512i *t, uint32_t *dst, uint16_t *rng)
@@ -415,7 +394,7 @@ lines_kc(const char *src, size_t esz, int64_t ldl, int64_t nlines, int64_t kcode
             __m512i r[8], w[8];
             for (int i = 0; i < 8; i++) {
                 const int64_t l = g + i; /* no pointer past the lines or codes that exist */
-                r[i] = line_codes(l < nlines && kin > 0 ? src + (l * ldl + 2 * p0) * (int64_t)esz : NULL,
+                r[i] = dk_line_codes(l < nlines && kin > 0 ? src + (l * ldl + 2 * p0) * (int64_t)esz : NULL,
                                   kin, t);
                 if (rng) dk_range512_add(&rg, r[i]);
             }
@@ -477,8 +456,8 @@ lines_kr(const char *src, size_t esz, int64_t ldk, int64_t nlines, int64_t nsl, 
             prefetch_pair(src + 2 * (p + PACK_AHEAD) * ldb, ldb, nlines * (int64_t)esz);
         for (int64_t s = 0; s < nsl; s++) {
             const int64_t l = s * lw, nl = nlines - l < 0 ? 0 : nlines - l < lw ? nlines - l : lw;
-            const __m512i e = line_codes(r0 && nl > 0 ? r0 + l * (int64_t)esz : NULL, nl, t);
-            const __m512i o = line_codes(r1 && nl > 0 ? r1 + l * (int64_t)esz : NULL, nl, t);
+            const __m512i e = dk_line_codes(r0 && nl > 0 ? r0 + l * (int64_t)esz : NULL, nl, t);
+            const __m512i o = dk_line_codes(r1 && nl > 0 ? r1 + l * (int64_t)esz : NULL, nl, t);
             if (rng) {
                 dk_range512_add(&rg, e);
                 dk_range512_add(&rg, o);

@@ -199,7 +199,7 @@ def _run(kernel: Callable[[np.ndarray], Any], dst: np.ndarray) -> Tuple[np.ndarr
     takes its place. Returns the array written and what the glue returned."""
     got = kernel(dst)
     if got is None:
-        dst = _numerics.empty_lined(dst.shape, dst.dtype)
+        dst = np.empty(dst.shape, dst.dtype)  # (a temporary that _deliver copies into out)
         got = kernel(dst)
         assert got is not None  # (a new array overlaps nothing)
     return dst, got
